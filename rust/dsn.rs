@@ -1,0 +1,434 @@
+//! DSN detection: tells delivery status notifications (standard RFC 3464/6522/6533 reports and
+//! the non-standard bounces real MTAs write) from other automatic reports (read receipts, abuse
+//! feedback, vacation replies) and from ordinary mail.
+//!
+//! Real mail is ambiguous, so detection combines signals. A *strong* signal is something only a
+//! bounce carries (a delivery-status part, X-Failed-Recipients, ...) and decides alone. *Weak*
+//! signals (a null sender, a mailer-daemon From, a bounce-like subject or body) decide only in
+//! pairs, and the body is read only when exactly one weak signal fired, so ordinary mail costs a
+//! header scan and nothing more.
+
+use memchr::memmem;
+
+use crate::scan::{HeaderFacts, RecipientStatus};
+
+/// What kind of automatic report a message is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReportKind {
+    Dsn,
+    Mdn,
+    Arf,
+    AutoReply,
+}
+
+impl ReportKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReportKind::Dsn => "dsn",
+            ReportKind::Mdn => "mdn",
+            ReportKind::Arf => "arf",
+            ReportKind::AutoReply => "auto-reply",
+        }
+    }
+}
+
+/// The form a DSN takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DsnKind {
+    /// RFC 3464 / RFC 6522: a message/delivery-status part.
+    DeliveryStatus,
+    /// RFC 6533: a message/global-delivery-status part.
+    GlobalDeliveryStatus,
+    /// A bounce with no machine-readable status part, recognised by its other signals.
+    NonStandard,
+}
+
+impl DsnKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DsnKind::DeliveryStatus => "delivery-status",
+            DsnKind::GlobalDeliveryStatus => "global-delivery-status",
+            DsnKind::NonStandard => "non-standard",
+        }
+    }
+}
+
+/// Signal names are part of the public output: keep them stable.
+pub mod signal {
+    pub const REPORT_TYPE: &str = "report-type-delivery-status";
+    pub const STATUS_PART: &str = "delivery-status-part";
+    pub const FAILED_RECIPIENTS: &str = "x-failed-recipients";
+    pub const EXCHANGE_NDR: &str = "exchange-ndr";
+    pub const QMAIL_BOUNCE: &str = "qmail-bounce";
+    pub const NULL_SENDER: &str = "null-sender";
+    pub const DAEMON_SENDER: &str = "daemon-sender";
+    pub const BOUNCE_SUBJECT: &str = "bounce-subject";
+    pub const AUTO_SUBMITTED_FAILURE: &str = "auto-submitted-failure";
+    pub const BOUNCE_BODY: &str = "bounce-body";
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DsnVerdict {
+    pub kind: DsnKind,
+    /// Every signal that fired, strong ones first.
+    pub signals: Vec<&'static str>,
+    pub recipients: Vec<RecipientStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Detection {
+    pub report_kind: Option<ReportKind>,
+    pub dsn: Option<DsnVerdict>,
+}
+
+/// Body bytes read for bounce phrases when the headers leave the verdict open.
+const BODY_WINDOW: usize = 32 << 10;
+
+/// Local parts of addresses that only software sends from.
+const DAEMON_LOCAL_PARTS: &[&str] = &[
+    "mailer-daemon",
+    "mailer_daemon",
+    "mailerdaemon",
+    "mail-daemon",
+    "maildaemon",
+    "mdaemon",
+    "postmaster",
+    "post_master",
+    "post-master",
+    // The corpus anonymisation spells it so; real mail does not, and the cost of matching is nil.
+    "poostmaster",
+];
+
+const DAEMON_DISPLAY_NAMES: &[&str] =
+    &["mail delivery system", "mail delivery subsystem", "mailer-daemon", "mailer daemon", "ndr administrator", "mail delivery service"];
+
+/// Lowercased subject phrases that bounces use, in the languages seen in the wild.
+const BOUNCE_SUBJECTS: &[&str] = &[
+    "undeliverable",
+    "undelivered",
+    "undeliverd",
+    "returned mail",
+    "returned to sender",
+    "returning message to sender",
+    "delivery status notification",
+    "delivery notification",
+    "delivery failure",
+    "delivery failed",
+    "delivery has failed",
+    "delivery problem",
+    "delivery status",
+    "failed delivery",
+    "failure notice",
+    "failure delivery",
+    "non-delivery",
+    "nondeliverable",
+    "non delivery",
+    "non-deliverable",
+    "not delivered",
+    "could not be delivered",
+    "couldn't be delivered",
+    "could not send message",
+    "mail system error",
+    "mail delivery failed",
+    "permanent delivery failure",
+    "delayed mail",
+    "delivery delayed",
+    "bounce",
+    "message you sent blocked",
+    "rejected",
+    "mail failure",
+    "error sending",
+    "returned message",
+    "message not delivered",
+    // German
+    "unzustellbar",
+    "nicht zustellbar",
+    "fehlgeschlagen",
+    // French
+    "non remis",
+    "non distribuable",
+    "échec de la remise",
+    "echec de la remise",
+    "non délivré",
+    "impossible de remettre",
+    // Spanish, Portuguese
+    "no se puede entregar",
+    "no entregado",
+    "não entregue",
+    "não é possível entregar",
+    "nao entregue",
+    "falha na entrega",
+    "mensagem não entregue",
+    // Italian
+    "non recapitabile",
+    "mancata consegna",
+    "impossibile recapitare",
+    "non recapitato",
+    // Dutch
+    "onbestelbaar",
+    "niet bezorgd",
+    "kan niet worden bezorgd",
+    // Nordic, Polish, Czech
+    "kan inte levereras",
+    "kunne ikke leveres",
+    "ei voitu toimittaa",
+    "niedostarczalne",
+    "nie dostarczono",
+    "nedoručitelné",
+    // Russian
+    "недоставленное",
+    "не доставлено",
+    "невозможно доставить",
+    "не может быть доставлено",
+    "ошибка доставки",
+    // Japanese, Chinese, Korean
+    "配信不能",
+    "配送エラー",
+    "配信エラー",
+    "送信エラー",
+    "不達",
+    "配信できません",
+    "送信できませんでした",
+    "配送されませんでした",
+    "退信",
+    "无法投递",
+    "未送达",
+    "投递失败",
+    "無法傳遞",
+    "전달되지",
+];
+
+/// Lowercased phrases bounce bodies use; read only when the headers leave the verdict open.
+const BOUNCE_BODY_PHRASES: &[&str] = &[
+    "this is the mail system at host",
+    "this is the qmail-send program",
+    "i'm afraid i wasn't able to deliver",
+    "this message was created automatically by mail delivery software",
+    "delivery to the following recipient",
+    "could not be delivered",
+    "couldn't be delivered",
+    "was not delivered",
+    "wasn't delivered",
+    "delivery has failed",
+    "delivery failed",
+    "delivery failure",
+    "permanent error",
+    "permanent fatal error",
+    "undeliverable",
+    "undelivered",
+    "unable to deliver",
+    "user unknown",
+    "unknown user",
+    "no such user",
+    "mailbox unavailable",
+    "mailbox is full",
+    "mailbox full",
+    "returned mail",
+    "non-delivery",
+    "transcript of session follows",
+    "\"notificationtype\":\"bounce\"",
+    "\"bouncetype\"",
+    "not a member",
+    "are not member",
+    "duplicated message-id",
+    "loop alert",
+    "message could not be",
+    "rejected",
+];
+
+const AUTO_REPLY_SUBJECT_PREFIXES: &[&str] =
+    &["auto:", "automatic reply", "autoreply", "auto-reply", "auto reply", "out of office", "abwesenheitsnotiz", "réponse automatique", "respuesta automática", "risposta automatica"];
+
+/// Detects what kind of report `msg` is. `mail_from` is the envelope sender when known: an
+/// empty string or `<>` is the null reverse-path.
+pub fn detect(facts: &HeaderFacts, msg: &[u8], mail_from: Option<&str>) -> Detection {
+    let mut strong: Vec<&'static str> = Vec::new();
+    let report_type = facts
+        .content_type
+        .as_ref()
+        .filter(|ct| ct.is("multipart", "report"))
+        .and_then(|ct| ct.param("report-type"))
+        .map(|v| v.to_ascii_lowercase());
+    let global_part = facts.has_part("message", "global-delivery-status");
+    let status_part = global_part || facts.has_part("message", "delivery-status");
+    let bare_status = facts
+        .content_type
+        .as_ref()
+        .is_some_and(|ct| ct.is("message", "delivery-status") || ct.is("message", "global-delivery-status"));
+    if matches!(report_type.as_deref(), Some("delivery-status" | "global-delivery-status")) {
+        strong.push(signal::REPORT_TYPE);
+    }
+    if status_part || bare_status {
+        strong.push(signal::STATUS_PART);
+    }
+
+    let arf = report_type.as_deref() == Some("feedback-report") || facts.has_part("message", "feedback-report");
+    let mdn =
+        report_type.as_deref() == Some("disposition-notification") || facts.has_part("message", "disposition-notification");
+    if strong.is_empty() && (arf || mdn) {
+        let kind = if arf { ReportKind::Arf } else { ReportKind::Mdn };
+        return Detection { report_kind: Some(kind), dsn: None };
+    }
+
+    if facts.x_failed_recipients.is_some() {
+        strong.push(signal::FAILED_RECIPIENTS);
+    }
+    if facts.marker_fields.iter().any(|m| m == "x-ms-exchange-message-is-ndr") {
+        strong.push(signal::EXCHANGE_NDR);
+    }
+    if facts.qmail_bounce {
+        strong.push(signal::QMAIL_BOUNCE);
+    }
+
+    let mut weak: Vec<&'static str> = Vec::new();
+    let envelope_null = mail_from.map(is_null_path);
+    let null_sender = envelope_null.unwrap_or_else(|| facts.return_path.as_deref().is_some_and(is_null_or_daemon_path));
+    if null_sender {
+        weak.push(signal::NULL_SENDER);
+    }
+    if [facts.from.as_deref(), facts.sender.as_deref()].into_iter().flatten().any(is_daemon_address) {
+        weak.push(signal::DAEMON_SENDER);
+    }
+    let subject = facts.subject.as_deref().map(str::to_lowercase);
+    if subject.as_deref().is_some_and(|s| BOUNCE_SUBJECTS.iter().any(|p| s.contains(p))) {
+        weak.push(signal::BOUNCE_SUBJECT);
+    }
+    if facts.auto_submitted.as_deref().is_some_and(|v| v.to_ascii_lowercase().contains("failure")) {
+        weak.push(signal::AUTO_SUBMITTED_FAILURE);
+    }
+    if strong.is_empty() && weak.len() == 1 && body_has_bounce_phrase(msg, facts) {
+        weak.push(signal::BOUNCE_BODY);
+    }
+
+    if !strong.is_empty() || weak.len() >= 2 {
+        let kind = if global_part || report_type.as_deref() == Some("global-delivery-status") {
+            DsnKind::GlobalDeliveryStatus
+        } else if status_part || bare_status {
+            DsnKind::DeliveryStatus
+        } else {
+            DsnKind::NonStandard
+        };
+        strong.extend(weak);
+        return Detection {
+            report_kind: Some(ReportKind::Dsn),
+            dsn: Some(DsnVerdict { kind, signals: strong, recipients: facts.recipients.clone() }),
+        };
+    }
+
+    let auto_reply = facts.auto_submitted.as_deref().is_some_and(|v| !v.trim().eq_ignore_ascii_case("no"))
+        || facts.marker_fields.iter().any(|m| m == "x-autoreply" || m == "x-autorespond")
+        || facts.precedence.as_deref().is_some_and(|p| p.trim().eq_ignore_ascii_case("auto_reply"))
+        || subject.as_deref().is_some_and(|s| AUTO_REPLY_SUBJECT_PREFIXES.iter().any(|p| s.trim_start().starts_with(p)));
+    Detection { report_kind: auto_reply.then_some(ReportKind::AutoReply), dsn: None }
+}
+
+/// `<>`, empty, or with only white space inside the brackets.
+pub fn is_null_path(path: &str) -> bool {
+    let inner = path.trim().trim_start_matches('<').trim_end_matches('>');
+    inner.trim().is_empty()
+}
+
+/// Return-Path as written by the final delivery: `<>`, or `<MAILER-DAEMON>` as sendmail writes
+/// for a null envelope sender.
+fn is_null_or_daemon_path(path: &str) -> bool {
+    is_null_path(path) || local_part(extract_address(path)).is_some_and(|lp| lp.eq_ignore_ascii_case("mailer-daemon"))
+}
+
+/// The address in `Name <addr>`, or the whole value when there are no brackets.
+pub fn extract_address(value: &str) -> &str {
+    match (value.rfind('<'), value.rfind('>')) {
+        (Some(open), Some(close)) if open < close => value[open + 1..close].trim(),
+        _ => value.trim(),
+    }
+}
+
+fn local_part(address: &str) -> Option<&str> {
+    let lp = address.rsplit_once('@').map_or(address, |(lp, _)| lp).trim().trim_matches('"');
+    (!lp.is_empty()).then_some(lp)
+}
+
+fn is_daemon_address(value: &str) -> bool {
+    let address = extract_address(value);
+    if value.contains('<') && address.is_empty() {
+        return true; // `From: Mail Delivery System <>`
+    }
+    if local_part(address).is_some_and(|lp| DAEMON_LOCAL_PARTS.iter().any(|d| lp.eq_ignore_ascii_case(d))) {
+        return true;
+    }
+    let lower = value.to_lowercase();
+    DAEMON_DISPLAY_NAMES.iter().any(|name| lower.contains(name))
+}
+
+fn body_has_bounce_phrase(msg: &[u8], facts: &HeaderFacts) -> bool {
+    let start = header_end(msg, facts);
+    let end = msg.len().min(start + BODY_WINDOW);
+    if start >= end {
+        return false;
+    }
+    let lower = msg[start..end].to_ascii_lowercase();
+    BOUNCE_BODY_PHRASES.iter().any(|p| memmem::find(&lower, p.as_bytes()).is_some())
+}
+
+fn header_end(msg: &[u8], facts: &HeaderFacts) -> usize {
+    // `header_length` counts from the first header line, after a possible mbox From_ line.
+    let from_line = if msg.starts_with(b"From ") {
+        memchr::memchr2(b'\n', b'\r', msg).map_or(msg.len(), |i| i + 1)
+    } else {
+        0
+    };
+    (from_line + facts.header_length).min(msg.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scan::scan;
+
+    fn detect_bytes(msg: &[u8], mail_from: Option<&str>) -> Detection {
+        detect(&scan(msg, None), msg, mail_from)
+    }
+
+    #[test]
+    fn standard_report_is_a_dsn() {
+        let msg = b"From: MAILER-DAEMON@x\nContent-Type: multipart/report; report-type=delivery-status; boundary=b\n\n--b\nContent-Type: message/delivery-status\n\nFinal-Recipient: rfc822; a@b\nAction: failed\nStatus: 5.1.1\n\n--b--\n";
+        let d = detect_bytes(msg, None);
+        let dsn = d.dsn.unwrap();
+        assert_eq!(dsn.kind, DsnKind::DeliveryStatus);
+        assert_eq!(&dsn.signals[..2], [signal::REPORT_TYPE, signal::STATUS_PART]);
+        assert!(dsn.signals.contains(&signal::DAEMON_SENDER));
+        assert_eq!(dsn.recipients[0].status.as_deref(), Some("5.1.1"));
+    }
+
+    #[test]
+    fn vacation_reply_is_not_a_dsn() {
+        let msg = b"Return-Path: <>\nFrom: kijitora@example.net\nAuto-Submitted: auto-replied\nSubject: Away until May\n\nI am away.\n";
+        let d = detect_bytes(msg, None);
+        assert_eq!(d.report_kind, Some(ReportKind::AutoReply));
+        assert!(d.dsn.is_none());
+    }
+
+    #[test]
+    fn envelope_sender_overrides_return_path() {
+        let msg = b"Return-Path: <>\nFrom: postmaster@example.org\nSubject: hello\n\nhi\n";
+        assert!(detect_bytes(msg, None).dsn.is_some());
+        assert!(detect_bytes(msg, Some("user@example.org")).dsn.is_none());
+        assert!(detect_bytes(b"From: postmaster@x\nSubject: hello\n\nhi\n", Some("<>")).dsn.is_some());
+    }
+
+    #[test]
+    fn feedback_report_is_arf_not_dsn() {
+        let msg = b"Return-Path: <>\nFrom: postmaster@x\nContent-Type: multipart/report; report-type=feedback-report; boundary=b\n\n--b\nContent-Type: message/feedback-report\n\nFeedback-Type: abuse\n--b--\n";
+        let d = detect_bytes(msg, None);
+        assert_eq!(d.report_kind, Some(ReportKind::Arf));
+        assert!(d.dsn.is_none());
+    }
+
+    #[test]
+    fn body_is_read_only_to_break_a_single_weak_signal() {
+        let msg = b"From: MAILER-DAEMON@x\nSubject: hi\n\nThis is the mail system at host x.\n";
+        let d = detect_bytes(msg, Some("a@b"));
+        assert_eq!(d.dsn.unwrap().signals, [signal::DAEMON_SENDER, signal::BOUNCE_BODY]);
+        let ordinary = b"From: a@b\nSubject: hi\n\nthe message could not be delivered, said my friend\n";
+        assert!(detect_bytes(ordinary, Some("a@b")).dsn.is_none());
+    }
+}

@@ -1,0 +1,347 @@
+//! The routing policy: which pool a message goes through, and why.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::dsn::{detect, Detection};
+use crate::scan::{scan, HeaderFacts};
+
+/// Reason names are part of the public output: keep them stable.
+pub mod reason {
+    pub const DSN: &str = "dsn";
+    pub const SPAM_SCORE: &str = "spam-score";
+    pub const SENDER_DOMAIN_NO_RECORDS: &str = "sender-domain-no-records";
+    pub const SENDER_DOMAIN_UNKNOWN: &str = "sender-domain-unknown";
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Error {
+    /// A threshold or score that is NaN or infinite.
+    NotFinite { what: &'static str, value: f64 },
+    /// A pool name that is empty, or the same for both pools.
+    BadPoolName(String),
+    /// A header name that is not a valid RFC 5322 field name.
+    BadHeaderName(String),
+    /// An option value outside its allowed set.
+    BadOption { what: &'static str, value: String, allowed: &'static str },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::NotFinite { what, value } => write!(f, "{what} must be a finite number, got {value}"),
+            Error::BadPoolName(why) => write!(f, "invalid pool names: {why}"),
+            Error::BadHeaderName(name) => write!(f, "invalid score header name {name:?}: expected printable ASCII without ':' or spaces"),
+            Error::BadOption { what, value, allowed } => write!(f, "invalid {what} {value:?}: expected one of {allowed}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// What the sender-domain check found (filled in by the DNS layer; absent when not checked).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DomainStatus {
+    HasRecords,
+    NoRecords,
+    Unknown,
+}
+
+impl DomainStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DomainStatus::HasRecords => "has-records",
+            DomainStatus::NoRecords => "no-records",
+            DomainStatus::Unknown => "unknown",
+        }
+    }
+
+    pub fn parse(value: &str) -> Result<Self, Error> {
+        match value {
+            "has-records" => Ok(DomainStatus::HasRecords),
+            "no-records" => Ok(DomainStatus::NoRecords),
+            "unknown" => Ok(DomainStatus::Unknown),
+            _ => Err(Error::BadOption { what: "sender-domain status", value: value.into(), allowed: "has-records, no-records, unknown" }),
+        }
+    }
+}
+
+/// Which pool a message goes through when its sender domain could not be checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnknownDomainPool {
+    /// The default: mail not known to be good stays off the normal pool's addresses.
+    HighRisk,
+    /// Keep deliverability during a resolver outage, at some risk to the normal pool.
+    Normal,
+}
+
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub normal_pool: String,
+    pub high_risk_pool: String,
+    /// High risk when the score is strictly greater than this.
+    pub threshold: f64,
+    pub tenant_thresholds: BTreeMap<String, f64>,
+    /// Lowercased name of the header only the relay's own spam filter writes; None trusts no header.
+    pub score_header: Option<String>,
+    pub unknown_domain_pool: UnknownDomainPool,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            normal_pool: "normal".into(),
+            high_risk_pool: "high-risk".into(),
+            // SpamAssassin's and rspamd's customary "this is spam" score.
+            threshold: 5.0,
+            tenant_thresholds: BTreeMap::new(),
+            score_header: None,
+            unknown_domain_pool: UnknownDomainPool::HighRisk,
+        }
+    }
+}
+
+impl Policy {
+    /// Checks a policy built field by field; every constructor goes through here.
+    pub fn validated(mut self) -> Result<Self, Error> {
+        finite("threshold", self.threshold)?;
+        for value in self.tenant_thresholds.values() {
+            finite("tenant threshold", *value)?;
+        }
+        if self.normal_pool.trim().is_empty() || self.high_risk_pool.trim().is_empty() {
+            return Err(Error::BadPoolName("pool names must not be empty".into()));
+        }
+        if self.normal_pool == self.high_risk_pool {
+            return Err(Error::BadPoolName(format!("both pools are named {:?}", self.normal_pool)));
+        }
+        if let Some(name) = &self.score_header {
+            if name.is_empty() || !name.bytes().all(|b| (33..=126).contains(&b) && b != b':') {
+                return Err(Error::BadHeaderName(name.clone()));
+            }
+            self.score_header = Some(name.to_ascii_lowercase());
+        }
+        Ok(self)
+    }
+
+    pub fn threshold_for(&self, tenant: Option<&str>) -> f64 {
+        tenant.and_then(|t| self.tenant_thresholds.get(t)).copied().unwrap_or(self.threshold)
+    }
+}
+
+fn finite(what: &'static str, value: f64) -> Result<f64, Error> {
+    if value.is_finite() {
+        Ok(value)
+    } else {
+        Err(Error::NotFinite { what, value })
+    }
+}
+
+/// Where the score in a decision came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScoreSource {
+    Caller,
+    Header,
+}
+
+impl ScoreSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScoreSource::Caller => "caller",
+            ScoreSource::Header => "header",
+        }
+    }
+}
+
+/// What the caller knows about a message besides its bytes.
+#[derive(Clone, Debug, Default)]
+pub struct Envelope<'a> {
+    pub mail_from: Option<&'a str>,
+    pub score: Option<f64>,
+    pub tenant: Option<&'a str>,
+    /// The client is not the relay's own trusted filter: no header it wrote is trusted.
+    pub untrusted_client: bool,
+    pub sender_domain: Option<DomainStatus>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Decision {
+    pub pool: String,
+    pub high_risk: bool,
+    /// Every reason that applied, in a fixed order.
+    pub reasons: Vec<&'static str>,
+    pub detection: Detection,
+    pub score: Option<f64>,
+    pub score_source: Option<ScoreSource>,
+    pub threshold: f64,
+    pub sender_domain: Option<DomainStatus>,
+    /// Scanner defects plus policy notes such as `score-header-repeated`.
+    pub defects: Vec<&'static str>,
+}
+
+/// Scans and classifies one message.
+pub fn classify(msg: &[u8], envelope: &Envelope, policy: &Policy) -> Result<Decision, Error> {
+    if let Some(score) = envelope.score {
+        finite("score", score)?;
+    }
+    let facts = scan(msg, policy.score_header.as_deref());
+    Ok(decide(&facts, msg, envelope, policy))
+}
+
+/// Classifies a message already scanned with `policy.score_header`.
+pub fn decide(facts: &HeaderFacts, msg: &[u8], envelope: &Envelope, policy: &Policy) -> Decision {
+    let detection = detect(facts, msg, envelope.mail_from);
+    let mut defects = facts.defects.clone();
+    let (score, score_source) = match envelope.score {
+        Some(score) => (Some(score), Some(ScoreSource::Caller)),
+        None => match header_score(facts, policy, envelope.untrusted_client, &mut defects) {
+            Some(score) => (Some(score), Some(ScoreSource::Header)),
+            None => (None, None),
+        },
+    };
+    let threshold = policy.threshold_for(envelope.tenant);
+
+    let mut reasons = Vec::new();
+    let mut high_risk = false;
+    if detection.dsn.is_some() {
+        reasons.push(reason::DSN);
+        high_risk = true;
+    }
+    if score.is_some_and(|s| s > threshold) {
+        reasons.push(reason::SPAM_SCORE);
+        high_risk = true;
+    }
+    match envelope.sender_domain {
+        Some(DomainStatus::NoRecords) => {
+            reasons.push(reason::SENDER_DOMAIN_NO_RECORDS);
+            high_risk = true;
+        }
+        Some(DomainStatus::Unknown) => {
+            reasons.push(reason::SENDER_DOMAIN_UNKNOWN);
+            high_risk |= policy.unknown_domain_pool == UnknownDomainPool::HighRisk;
+        }
+        _ => {}
+    }
+    let pool = if high_risk { &policy.high_risk_pool } else { &policy.normal_pool };
+    Decision {
+        pool: pool.clone(),
+        high_risk,
+        reasons,
+        detection,
+        score,
+        score_source,
+        threshold,
+        sender_domain: envelope.sender_domain,
+        defects,
+    }
+}
+
+/// The score from the trusted header, if it may be trusted: configured, present exactly once,
+/// parseable, finite, and the client is the relay's own.
+fn header_score(facts: &HeaderFacts, policy: &Policy, untrusted_client: bool, defects: &mut Vec<&'static str>) -> Option<f64> {
+    policy.score_header.as_ref()?;
+    if untrusted_client {
+        if !facts.score_header_values.is_empty() {
+            defects.push("score-header-untrusted");
+        }
+        return None;
+    }
+    match facts.score_header_values.as_slice() {
+        [] => None,
+        [value] => {
+            let parsed = parse_score(value);
+            if parsed.is_none() {
+                defects.push("score-header-invalid");
+            }
+            parsed
+        }
+        _ => {
+            // A second copy means someone other than our filter wrote one: trust neither.
+            defects.push("score-header-repeated");
+            None
+        }
+    }
+}
+
+/// Reads `5.3`, `-1.2 (required 5)`, or SpamAssassin's `Yes, score=5.3 required=5.0`.
+pub fn parse_score(value: &str) -> Option<f64> {
+    let lower = value.to_ascii_lowercase();
+    let start = lower.find("score=").map_or(0, |i| i + "score=".len());
+    let rest = lower[start..].trim_start();
+    let end = rest
+        .char_indices()
+        .find(|&(i, c)| !(c.is_ascii_digit() || c == '.' || ((c == '-' || c == '+') && i == 0)))
+        .map_or(rest.len(), |(i, _)| i);
+    rest[..end].parse::<f64>().ok().filter(|s| s.is_finite())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy_with_header() -> Policy {
+        Policy { score_header: Some("X-Spam-Score".into()), ..Policy::default() }.validated().unwrap()
+    }
+
+    #[test]
+    fn score_must_exceed_threshold() {
+        let policy = Policy::default();
+        let at = Envelope { score: Some(5.0), ..Default::default() };
+        let above = Envelope { score: Some(5.0001), ..Default::default() };
+        assert_eq!(classify(b"Subject: x\n\n", &at, &policy).unwrap().pool, "normal");
+        let d = classify(b"Subject: x\n\n", &above, &policy).unwrap();
+        assert_eq!((d.pool.as_str(), d.reasons.as_slice()), ("high-risk", &[reason::SPAM_SCORE][..]));
+    }
+
+    #[test]
+    fn tenant_threshold_applies() {
+        let mut policy = Policy::default();
+        policy.tenant_thresholds.insert("strict".into(), 1.0);
+        let env = Envelope { score: Some(2.0), tenant: Some("strict"), ..Default::default() };
+        let d = classify(b"\n", &env, &policy).unwrap();
+        assert_eq!((d.pool.as_str(), d.threshold), ("high-risk", 1.0));
+        let env = Envelope { score: Some(2.0), tenant: Some("other"), ..Default::default() };
+        assert_eq!(classify(b"\n", &env, &policy).unwrap().pool, "normal");
+    }
+
+    #[test]
+    fn header_score_trusted_only_once_and_from_trusted_clients() {
+        let policy = policy_with_header();
+        let once = b"X-Spam-Score: 9.5\nSubject: x\n\n";
+        let d = classify(once, &Envelope::default(), &policy).unwrap();
+        assert_eq!((d.score, d.score_source), (Some(9.5), Some(ScoreSource::Header)));
+        let twice = b"X-Spam-Score: -100\nX-Spam-Score: 9.5\n\n";
+        let d = classify(twice, &Envelope::default(), &policy).unwrap();
+        assert_eq!(d.score, None);
+        assert!(d.defects.contains(&"score-header-repeated"));
+        let untrusted = Envelope { untrusted_client: true, ..Default::default() };
+        assert_eq!(classify(once, &untrusted, &policy).unwrap().score, None);
+        assert_eq!(classify(once, &Envelope::default(), &Policy::default()).unwrap().score, None);
+    }
+
+    #[test]
+    fn unknown_domain_is_never_no_records() {
+        let env = Envelope { sender_domain: Some(DomainStatus::Unknown), ..Default::default() };
+        let d = classify(b"\n", &env, &Policy::default()).unwrap();
+        assert_eq!(d.reasons, [reason::SENDER_DOMAIN_UNKNOWN]);
+        assert_eq!(d.pool, "high-risk");
+        let lenient = Policy { unknown_domain_pool: UnknownDomainPool::Normal, ..Policy::default() };
+        assert_eq!(classify(b"\n", &env, &lenient).unwrap().pool, "normal");
+    }
+
+    #[test]
+    fn bad_values_are_errors() {
+        assert!(classify(b"", &Envelope { score: Some(f64::NAN), ..Default::default() }, &Policy::default()).is_err());
+        assert!(Policy { threshold: f64::INFINITY, ..Policy::default() }.validated().is_err());
+        assert!(Policy { high_risk_pool: "normal".into(), ..Policy::default() }.validated().is_err());
+        assert!(Policy { score_header: Some("X Bad:".into()), ..Policy::default() }.validated().is_err());
+    }
+
+    #[test]
+    fn parses_score_forms() {
+        assert_eq!(parse_score("5.3"), Some(5.3));
+        assert_eq!(parse_score(" -1.5 (required 5)"), Some(-1.5));
+        assert_eq!(parse_score("Yes, score=12.0 required=5.0"), Some(12.0));
+        assert_eq!(parse_score("high"), None);
+        assert_eq!(parse_score("nan"), None);
+    }
+}
