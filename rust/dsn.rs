@@ -65,6 +65,7 @@ pub mod signal {
     pub const BOUNCE_SUBJECT: &str = "bounce-subject";
     pub const AUTO_SUBMITTED_FAILURE: &str = "auto-submitted-failure";
     pub const BOUNCE_BODY: &str = "bounce-body";
+    pub const SES_NOTIFICATION: &str = "ses-notification";
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -109,6 +110,8 @@ const BOUNCE_SUBJECTS: &[&str] = &[
     "undeliverd",
     "returned mail",
     "returned to sender",
+    "returning to sender",
+    "mail failed",
     "returning message to sender",
     "delivery status notification",
     "delivery notification",
@@ -140,6 +143,9 @@ const BOUNCE_SUBJECTS: &[&str] = &[
     "error sending",
     "returned message",
     "message not delivered",
+    // fml mailing-list manager error notices
+    "are not member",
+    "loop alert",
     // German
     "unzustellbar",
     "nicht zustellbar",
@@ -183,6 +189,8 @@ const BOUNCE_SUBJECTS: &[&str] = &[
     "ошибка доставки",
     // Japanese, Chinese, Korean
     "配信不能",
+    "メールエラー",
+    "エラー通知",
     "配送エラー",
     "配信エラー",
     "送信エラー",
@@ -226,8 +234,6 @@ const BOUNCE_BODY_PHRASES: &[&str] = &[
     "returned mail",
     "non-delivery",
     "transcript of session follows",
-    "\"notificationtype\":\"bounce\"",
-    "\"bouncetype\"",
     "not a member",
     "are not member",
     "duplicated message-id",
@@ -295,6 +301,14 @@ pub fn detect(facts: &HeaderFacts, msg: &[u8], mail_from: Option<&str>) -> Detec
     }
     if facts.auto_submitted.as_deref().is_some_and(|v| v.to_ascii_lowercase().contains("failure")) {
         weak.push(signal::AUTO_SUBMITTED_FAILURE);
+    }
+    // Amazon SNS delivers SES notifications as JSON mail; the body says which kind.
+    if facts.marker_fields.iter().any(|m| m == "x-amz-sns-message-id") {
+        match ses_notification_type(msg, facts).as_deref() {
+            Some("bounce" | "delivery") => strong.push(signal::SES_NOTIFICATION),
+            Some("complaint") if strong.is_empty() => return Detection { report_kind: Some(ReportKind::Arf), dsn: None },
+            _ => {}
+        }
     }
     if strong.is_empty() && weak.len() == 1 && body_has_bounce_phrase(msg, facts) {
         weak.push(signal::BOUNCE_BODY);
@@ -367,6 +381,18 @@ fn body_has_bounce_phrase(msg: &[u8], facts: &HeaderFacts) -> bool {
     }
     let lower = msg[start..end].to_ascii_lowercase();
     BOUNCE_BODY_PHRASES.iter().any(|p| memmem::find(&lower, p.as_bytes()).is_some())
+}
+
+/// The `notificationType` of an Amazon SES notification body, lowercased. The JSON may be
+/// raw or, in the SNS envelope, escaped inside a string (`\"notificationType\":\"Bounce\"`).
+fn ses_notification_type(msg: &[u8], facts: &HeaderFacts) -> Option<String> {
+    let start = header_end(msg, facts);
+    let body = &msg[start..msg.len().min(start + 4096)];
+    let key = memmem::find(body, b"notificationType")? + "notificationType".len();
+    let rest = &body[key..];
+    let open = rest.iter().take(16).position(|b| !matches!(b, b'\\' | b'"' | b':' | b' '))?;
+    let len = rest[open..].iter().take(32).position(|b| matches!(b, b'\\' | b'"'))?;
+    Some(String::from_utf8_lossy(&rest[open..open + len]).to_ascii_lowercase())
 }
 
 fn header_end(msg: &[u8], facts: &HeaderFacts) -> usize {

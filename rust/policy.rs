@@ -24,6 +24,22 @@ pub enum Error {
     BadHeaderName(String),
     /// An option value outside its allowed set.
     BadOption { what: &'static str, value: String, allowed: &'static str },
+    /// An error about one message of a batch.
+    InBatch { index: usize, error: Box<Error> },
+}
+
+impl Error {
+    pub fn in_batch(self, index: usize) -> Error {
+        Error::InBatch { index, error: Box::new(self) }
+    }
+
+    /// The error itself, without the batch position.
+    pub fn root(&self) -> &Error {
+        match self {
+            Error::InBatch { error, .. } => error.root(),
+            other => other,
+        }
+    }
 }
 
 impl fmt::Display for Error {
@@ -33,6 +49,7 @@ impl fmt::Display for Error {
             Error::BadPoolName(why) => write!(f, "invalid pool names: {why}"),
             Error::BadHeaderName(name) => write!(f, "invalid score header name {name:?}: expected printable ASCII without ':' or spaces"),
             Error::BadOption { what, value, allowed } => write!(f, "invalid {what} {value:?}: expected one of {allowed}"),
+            Error::InBatch { index, error } => write!(f, "message {index} of the batch: {error}"),
         }
     }
 }

@@ -118,6 +118,7 @@ const MARKER_FIELDS: &[&str] = &[
     "x-mailer-daemon-error",
     "x-failed-recipients",
     "x-ses-outgoing",
+    "x-amz-sns-message-id",
 ];
 
 /// A position in `msg` after the line starting at `pos`, and the end of that line's content.

@@ -1,0 +1,281 @@
+//! `Policy`, `classify()`, `classify_many()` and the frozen `Decision`.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedBytes;
+use pyo3::types::{PyDict, PyTuple};
+use rayon::prelude::*;
+
+use super::errors::to_py_err;
+use super::scan::recipients_tuple;
+use crate::dsn::DsnVerdict;
+use crate::policy::{self, Decision, DomainStatus, Envelope, Policy, UnknownDomainPool};
+
+#[pyclass(frozen, name = "Policy", module = "deliverypool")]
+pub struct PyPolicy(pub Arc<Policy>);
+
+fn default_policy() -> Arc<Policy> {
+    static DEFAULT: OnceLock<Arc<Policy>> = OnceLock::new();
+    DEFAULT.get_or_init(|| Arc::new(Policy::default())).clone()
+}
+
+fn policy_or_default(policy: Option<&Bound<'_, PyPolicy>>) -> Arc<Policy> {
+    policy.map_or_else(default_policy, |p| p.get().0.clone())
+}
+
+#[pymethods]
+impl PyPolicy {
+    #[new]
+    #[pyo3(signature = (*, normal_pool="normal".to_owned(), high_risk_pool="high-risk".to_owned(), threshold=5.0, tenant_thresholds=None, score_header=None, unknown_domain_pool="high-risk"))]
+    fn new(
+        normal_pool: String,
+        high_risk_pool: String,
+        threshold: f64,
+        tenant_thresholds: Option<BTreeMap<String, f64>>,
+        score_header: Option<String>,
+        unknown_domain_pool: &str,
+    ) -> PyResult<Self> {
+        let unknown_domain_pool = match unknown_domain_pool {
+            "high-risk" => UnknownDomainPool::HighRisk,
+            "normal" => UnknownDomainPool::Normal,
+            other => {
+                return Err(to_py_err(policy::Error::BadOption {
+                    what: "unknown_domain_pool",
+                    value: other.into(),
+                    allowed: "high-risk, normal",
+                }))
+            }
+        };
+        let policy = Policy {
+            normal_pool,
+            high_risk_pool,
+            threshold,
+            tenant_thresholds: tenant_thresholds.unwrap_or_default(),
+            score_header,
+            unknown_domain_pool,
+        };
+        Ok(PyPolicy(Arc::new(policy.validated().map_err(to_py_err)?)))
+    }
+
+    #[getter]
+    fn normal_pool(&self) -> &str {
+        &self.0.normal_pool
+    }
+    #[getter]
+    fn high_risk_pool(&self) -> &str {
+        &self.0.high_risk_pool
+    }
+    #[getter]
+    fn threshold(&self) -> f64 {
+        self.0.threshold
+    }
+    #[getter]
+    fn tenant_thresholds<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let dict = PyDict::new(py);
+        for (tenant, threshold) in &self.0.tenant_thresholds {
+            dict.set_item(tenant, threshold)?;
+        }
+        Ok(dict)
+    }
+    /// Lowercased name of the trusted spam-score header, or None.
+    #[getter]
+    fn score_header(&self) -> Option<&str> {
+        self.0.score_header.as_deref()
+    }
+    #[getter]
+    fn unknown_domain_pool(&self) -> &'static str {
+        match self.0.unknown_domain_pool {
+            UnknownDomainPool::HighRisk => "high-risk",
+            UnknownDomainPool::Normal => "normal",
+        }
+    }
+    /// The threshold that applies to `tenant`.
+    #[pyo3(signature = (tenant=None))]
+    fn threshold_for(&self, tenant: Option<&str>) -> f64 {
+        self.0.threshold_for(tenant)
+    }
+    fn __repr__(&self) -> String {
+        let p = &self.0;
+        format!(
+            "Policy(normal_pool={:?}, high_risk_pool={:?}, threshold={}, tenant_thresholds={:?}, score_header={:?}, unknown_domain_pool={:?})",
+            p.normal_pool, p.high_risk_pool, p.threshold, p.tenant_thresholds, p.score_header, self.unknown_domain_pool()
+        )
+    }
+}
+
+#[pyclass(frozen, name = "DsnVerdict", module = "deliverypool")]
+pub struct PyDsnVerdict(pub DsnVerdict);
+
+#[pymethods]
+impl PyDsnVerdict {
+    /// delivery-status, global-delivery-status or non-standard.
+    #[getter]
+    fn kind(&self) -> &'static str {
+        self.0.kind.as_str()
+    }
+    #[getter]
+    fn signals<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        PyTuple::new(py, &self.0.signals)
+    }
+    #[getter]
+    fn recipients<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        recipients_tuple(py, &self.0.recipients)
+    }
+    fn __repr__(&self) -> String {
+        format!("DsnVerdict(kind={:?}, signals={:?})", self.0.kind.as_str(), self.0.signals)
+    }
+}
+
+#[pyclass(frozen, name = "Decision", module = "deliverypool")]
+pub struct PyDecision(pub Decision);
+
+#[pymethods]
+impl PyDecision {
+    #[getter]
+    fn pool(&self) -> &str {
+        &self.0.pool
+    }
+    #[getter]
+    fn high_risk(&self) -> bool {
+        self.0.high_risk
+    }
+    #[getter]
+    fn reasons<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        PyTuple::new(py, &self.0.reasons)
+    }
+    #[getter]
+    fn dsn(&self) -> Option<PyDsnVerdict> {
+        self.0.detection.dsn.clone().map(PyDsnVerdict)
+    }
+    /// dsn, mdn, arf, auto-reply, or None for ordinary mail.
+    #[getter]
+    fn report_kind(&self) -> Option<&'static str> {
+        self.0.detection.report_kind.map(|k| k.as_str())
+    }
+    #[getter]
+    fn score(&self) -> Option<f64> {
+        self.0.score
+    }
+    /// caller, header, or None when no score was available.
+    #[getter]
+    fn score_source(&self) -> Option<&'static str> {
+        self.0.score_source.map(|s| s.as_str())
+    }
+    #[getter]
+    fn threshold(&self) -> f64 {
+        self.0.threshold
+    }
+    #[getter]
+    fn sender_domain(&self) -> Option<&'static str> {
+        self.0.sender_domain.map(DomainStatus::as_str)
+    }
+    #[getter]
+    fn defects<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        PyTuple::new(py, &self.0.defects)
+    }
+    fn __repr__(&self) -> String {
+        format!(
+            "Decision(pool={:?}, reasons={:?}, report_kind={:?}, score={:?}, threshold={})",
+            self.0.pool,
+            self.0.reasons,
+            self.report_kind(),
+            self.0.score,
+            self.0.threshold
+        )
+    }
+}
+
+fn parse_domain_status(value: Option<&str>) -> PyResult<Option<DomainStatus>> {
+    value.map(DomainStatus::parse).transpose().map_err(|e| PyValueError::new_err(e.to_string()))
+}
+
+/// Classifies one message. Fast enough (microseconds) that releasing the GIL would cost more
+/// than it saves, so it keeps it.
+#[pyfunction]
+#[pyo3(signature = (message, *, mail_from=None, score=None, tenant=None, policy=None, untrusted_client=false, sender_domain=None))]
+#[allow(clippy::too_many_arguments)]
+pub fn classify(
+    message: &[u8],
+    mail_from: Option<&str>,
+    score: Option<f64>,
+    tenant: Option<&str>,
+    policy: Option<&Bound<'_, PyPolicy>>,
+    untrusted_client: bool,
+    sender_domain: Option<&str>,
+) -> PyResult<PyDecision> {
+    let policy = policy_or_default(policy);
+    let envelope = Envelope { mail_from, score, tenant, untrusted_client, sender_domain: parse_domain_status(sender_domain)? };
+    policy::classify(message, &envelope, &policy).map(PyDecision).map_err(to_py_err)
+}
+
+/// Below this many messages a batch runs on the calling thread: handing work to other cores
+/// costs more than it saves.
+const PARALLEL_MIN_BATCH: usize = 256;
+
+fn per_message<T>(name: &str, values: Option<Vec<T>>, count: usize) -> PyResult<Option<Vec<T>>> {
+    match values {
+        Some(v) if v.len() != count => {
+            Err(PyValueError::new_err(format!("{name} has {} items but there are {count} messages", v.len())))
+        }
+        other => Ok(other),
+    }
+}
+
+/// Classifies a batch. Inputs are extracted first, then the work runs with the GIL released,
+/// spread over every core for large batches. Per-message arguments are sequences as long as
+/// `messages`.
+#[pyfunction]
+#[pyo3(signature = (messages, *, mail_from=None, score=None, tenant=None, policy=None, untrusted_client=false, sender_domain=None))]
+#[allow(clippy::too_many_arguments)]
+pub fn classify_many(
+    py: Python<'_>,
+    messages: &Bound<'_, PyAny>,
+    mail_from: Option<Vec<Option<String>>>,
+    score: Option<Vec<Option<f64>>>,
+    tenant: Option<Vec<Option<String>>>,
+    policy: Option<&Bound<'_, PyPolicy>>,
+    untrusted_client: bool,
+    sender_domain: Option<Vec<Option<String>>>,
+) -> PyResult<Vec<PyDecision>> {
+    let mut bodies: Vec<PyBackedBytes> = Vec::new();
+    for (index, item) in messages.try_iter()?.enumerate() {
+        let item = item?;
+        let bytes = item.extract::<PyBackedBytes>().map_err(|_| {
+            PyTypeError::new_err(format!("messages[{index}] must be bytes, not {}", item.get_type().name().map_or_else(|_| "?".into(), |n| n.to_string())))
+        })?;
+        bodies.push(bytes);
+    }
+    let count = bodies.len();
+    let mail_from = per_message("mail_from", mail_from, count)?;
+    let score = per_message("score", score, count)?;
+    let tenant = per_message("tenant", tenant, count)?;
+    let statuses = per_message("sender_domain", sender_domain, count)?
+        .map(|v| v.iter().map(|s| parse_domain_status(s.as_deref())).collect::<PyResult<Vec<_>>>())
+        .transpose()?;
+    let policy = policy_or_default(policy);
+
+    let classify_one = |i: usize| {
+        let envelope = Envelope {
+            mail_from: mail_from.as_ref().and_then(|v| v[i].as_deref()),
+            score: score.as_ref().and_then(|v| v[i]),
+            tenant: tenant.as_ref().and_then(|v| v[i].as_deref()),
+            untrusted_client,
+            sender_domain: statuses.as_ref().and_then(|v| v[i]),
+        };
+        policy::classify(&bodies[i], &envelope, &policy).map_err(|e| (i, e))
+    };
+    let results: Result<Vec<Decision>, (usize, policy::Error)> = py.detach(|| {
+        if count >= PARALLEL_MIN_BATCH {
+            (0..count).into_par_iter().map(classify_one).collect()
+        } else {
+            (0..count).map(classify_one).collect()
+        }
+    });
+    match results {
+        Ok(decisions) => Ok(decisions.into_iter().map(PyDecision).collect()),
+        Err((index, error)) => Err(to_py_err(error.in_batch(index))),
+    }
+}
