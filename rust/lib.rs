@@ -2,6 +2,7 @@
 //! `python.rs` is the only module that knows about Python.
 #![forbid(unsafe_code)]
 
+pub mod cache;
 pub mod dsn;
 pub mod encoded_word;
 pub mod policy;
