@@ -29,10 +29,10 @@ fn policy_or_default(policy: Option<&Bound<'_, PyPolicy>>) -> Arc<Policy> {
 #[pymethods]
 impl PyPolicy {
     #[new]
-    #[pyo3(signature = (*, normal_pool="normal".to_owned(), high_risk_pool="high-risk".to_owned(), threshold=5.0, tenant_thresholds=None, score_header=None, unknown_domain_pool="high-risk"))]
+    #[pyo3(signature = (*, normal_pool="normal", high_risk_pool="high-risk", threshold=5.0, tenant_thresholds=None, score_header=None, unknown_domain_pool="high-risk"))]
     fn new(
-        normal_pool: String,
-        high_risk_pool: String,
+        normal_pool: &str,
+        high_risk_pool: &str,
         threshold: f64,
         tenant_thresholds: Option<BTreeMap<String, f64>>,
         score_header: Option<String>,
@@ -50,8 +50,8 @@ impl PyPolicy {
             }
         };
         let policy = Policy {
-            normal_pool,
-            high_risk_pool,
+            normal_pool: normal_pool.to_owned(),
+            high_risk_pool: high_risk_pool.to_owned(),
             threshold,
             tenant_thresholds: tenant_thresholds.unwrap_or_default(),
             score_header,

@@ -1,0 +1,179 @@
+"""Type stubs for the Rust extension. Checked against the built module by
+`python -m mypy.stubtest deliverypool._core`."""
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Literal, final
+
+__all__ = [
+    "ContentType",
+    "Decision",
+    "DsnVerdict",
+    "HeaderFacts",
+    "MimePart",
+    "Policy",
+    "PolicyError",
+    "RecipientStatus",
+    "ScoreError",
+    "__version__",
+    "classify",
+    "classify_many",
+    "scan",
+]
+
+__version__: str
+
+_DomainStatus = Literal["has-records", "no-records", "unknown"]
+
+class PolicyError(ValueError):
+    """A routing policy value is invalid."""
+
+class ScoreError(ValueError):
+    """A spam score is NaN or infinite."""
+
+@final
+class ContentType:
+    @property
+    def mime_type(self) -> str: ...
+    @property
+    def maintype(self) -> str: ...
+    @property
+    def subtype(self) -> str: ...
+    @property
+    def params(self) -> dict[str, str]: ...
+    def param(self, name: str) -> str | None: ...
+    def __eq__(self, other: object, /) -> bool: ...
+
+@final
+class MimePart:
+    @property
+    def content_type(self) -> ContentType: ...
+    @property
+    def depth(self) -> int: ...
+
+@final
+class RecipientStatus:
+    @property
+    def final_recipient(self) -> str | None: ...
+    @property
+    def action(self) -> str | None: ...
+    @property
+    def status(self) -> str | None: ...
+    @property
+    def diagnostic_code(self) -> str | None: ...
+
+@final
+class HeaderFacts:
+    @property
+    def header_length(self) -> int: ...
+    @property
+    def field_count(self) -> int: ...
+    @property
+    def content_type(self) -> ContentType | None: ...
+    @property
+    def from_(self) -> str | None: ...
+    @property
+    def sender(self) -> str | None: ...
+    @property
+    def return_path(self) -> str | None: ...
+    @property
+    def subject(self) -> str | None: ...
+    @property
+    def auto_submitted(self) -> str | None: ...
+    @property
+    def precedence(self) -> str | None: ...
+    @property
+    def x_failed_recipients(self) -> str | None: ...
+    @property
+    def message_id(self) -> str | None: ...
+    @property
+    def score_header_values(self) -> tuple[str, ...]: ...
+    @property
+    def marker_fields(self) -> tuple[str, ...]: ...
+    @property
+    def qmail_bounce(self) -> bool: ...
+    @property
+    def parts(self) -> tuple[MimePart, ...]: ...
+    @property
+    def recipients(self) -> tuple[RecipientStatus, ...]: ...
+    @property
+    def defects(self) -> tuple[str, ...]: ...
+
+@final
+class Policy:
+    def __new__(
+        cls,
+        *,
+        normal_pool: str = "normal",
+        high_risk_pool: str = "high-risk",
+        threshold: float = 5.0,
+        tenant_thresholds: Mapping[str, float] | None = None,
+        score_header: str | None = None,
+        unknown_domain_pool: Literal["high-risk", "normal"] = "high-risk",
+    ) -> Policy: ...
+    @property
+    def normal_pool(self) -> str: ...
+    @property
+    def high_risk_pool(self) -> str: ...
+    @property
+    def threshold(self) -> float: ...
+    @property
+    def tenant_thresholds(self) -> dict[str, float]: ...
+    @property
+    def score_header(self) -> str | None: ...
+    @property
+    def unknown_domain_pool(self) -> Literal["high-risk", "normal"]: ...
+    def threshold_for(self, tenant: str | None = None) -> float: ...
+
+@final
+class DsnVerdict:
+    @property
+    def kind(self) -> Literal["delivery-status", "global-delivery-status", "non-standard"]: ...
+    @property
+    def signals(self) -> tuple[str, ...]: ...
+    @property
+    def recipients(self) -> tuple[RecipientStatus, ...]: ...
+
+@final
+class Decision:
+    @property
+    def pool(self) -> str: ...
+    @property
+    def high_risk(self) -> bool: ...
+    @property
+    def reasons(self) -> tuple[str, ...]: ...
+    @property
+    def dsn(self) -> DsnVerdict | None: ...
+    @property
+    def report_kind(self) -> Literal["dsn", "mdn", "arf", "auto-reply"] | None: ...
+    @property
+    def score(self) -> float | None: ...
+    @property
+    def score_source(self) -> Literal["caller", "header"] | None: ...
+    @property
+    def threshold(self) -> float: ...
+    @property
+    def sender_domain(self) -> _DomainStatus | None: ...
+    @property
+    def defects(self) -> tuple[str, ...]: ...
+
+def scan(message: bytes, *, score_header: str | None = None) -> HeaderFacts: ...
+def classify(
+    message: bytes,
+    *,
+    mail_from: str | None = None,
+    score: float | None = None,
+    tenant: str | None = None,
+    policy: Policy | None = None,
+    untrusted_client: bool = False,
+    sender_domain: _DomainStatus | None = None,
+) -> Decision: ...
+def classify_many(
+    messages: Iterable[bytes],
+    *,
+    mail_from: Sequence[str | None] | None = None,
+    score: Sequence[float | None] | None = None,
+    tenant: Sequence[str | None] | None = None,
+    policy: Policy | None = None,
+    untrusted_client: bool = False,
+    sender_domain: Sequence[_DomainStatus | None] | None = None,
+) -> list[Decision]: ...
