@@ -1,11 +1,14 @@
 //! The only place that knows about Python: thin wrappers over the pure-Rust core.
 
+mod cache;
 mod errors;
 mod policy;
 mod scan;
 
 #[pyo3::pymodule]
 mod _core {
+    #[pymodule_export]
+    use super::cache::{PyCacheStats, PyDnsCache};
     #[pymodule_export]
     use super::errors::{PolicyError, ScoreError};
     #[pymodule_export]
