@@ -5,8 +5,8 @@
 //! Real mail is ambiguous, so detection combines signals. A *strong* signal is something only a
 //! bounce carries (a delivery-status part, X-Failed-Recipients, ...) and decides alone. *Weak*
 //! signals (a null sender, a mailer-daemon From, a bounce-like subject or body) decide only in
-//! pairs, and the body is read only when exactly one weak signal fired, so ordinary mail costs a
-//! header scan and nothing more.
+//! pairs that include one about the sender, and the body is read only when exactly one
+//! sender signal fired, so ordinary mail costs a header scan and nothing more.
 
 use memchr::memmem;
 
@@ -66,6 +66,7 @@ pub mod signal {
     pub const AUTO_SUBMITTED_FAILURE: &str = "auto-submitted-failure";
     pub const BOUNCE_BODY: &str = "bounce-body";
     pub const SES_NOTIFICATION: &str = "ses-notification";
+    pub const NO_REPLY_SENDER: &str = "no-reply-sender";
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -310,11 +311,19 @@ pub fn detect(facts: &HeaderFacts, msg: &[u8], mail_from: Option<&str>) -> Detec
             _ => {}
         }
     }
-    if strong.is_empty() && weak.len() == 1 && body_has_bounce_phrase(msg, facts) {
+    // Text a person can write (subject, body) never decides alone: a weak verdict also needs
+    // something about who sent the message. A no-reply sender is only a hint (newsletters use
+    // it too), so with it both the subject and the body must read like a bounce.
+    let from_software = weak.iter().any(|s| *s != signal::BOUNCE_SUBJECT);
+    let no_reply = !from_software && weak.len() == 1 && facts.from.as_deref().is_some_and(is_no_reply_address);
+    if strong.is_empty() && weak.len() == 1 && (from_software || no_reply) && body_has_bounce_phrase(msg, facts) {
         weak.push(signal::BOUNCE_BODY);
+        if no_reply {
+            weak.insert(0, signal::NO_REPLY_SENDER);
+        }
     }
 
-    if !strong.is_empty() || weak.len() >= 2 {
+    if !strong.is_empty() || (weak.len() >= 2 && from_software) || (no_reply && weak.len() == 3) {
         let kind = if global_part || report_type.as_deref() == Some("global-delivery-status") {
             DsnKind::GlobalDeliveryStatus
         } else if status_part || bare_status {
@@ -348,12 +357,20 @@ fn is_null_or_daemon_path(path: &str) -> bool {
     is_null_path(path) || local_part(extract_address(path)).is_some_and(|lp| lp.eq_ignore_ascii_case("mailer-daemon"))
 }
 
-/// The address in `Name <addr>`, or the whole value when there are no brackets.
+/// The address in `Name <addr>`; without brackets, the first word holding an `@` (so that
+/// `addr (comment)` yields `addr`), or the whole value.
 pub fn extract_address(value: &str) -> &str {
     match (value.rfind('<'), value.rfind('>')) {
         (Some(open), Some(close)) if open < close => value[open + 1..close].trim(),
-        _ => value.trim(),
+        _ => value.split_whitespace().find(|w| w.contains('@')).unwrap_or(value.trim()),
     }
+}
+
+fn is_no_reply_address(value: &str) -> bool {
+    local_part(extract_address(value)).is_some_and(|lp| {
+        let lp = lp.to_ascii_lowercase();
+        lp == "noreply" || lp == "no-reply" || lp == "no_reply" || lp == "donotreply" || lp == "do-not-reply"
+    })
 }
 
 fn local_part(address: &str) -> Option<&str> {

@@ -382,28 +382,16 @@ pub fn scan_with_limits(msg: &[u8], score_header: Option<&str>, limits: &ScanLim
             }
         };
         match name.as_slice() {
-            b"content-type" => {
-                if raw_content_type.is_none() {
-                    raw_content_type = Some(value.to_vec());
-                }
-            }
+            b"content-type" if raw_content_type.is_none() => raw_content_type = Some(value.to_vec()),
             b"from" => keep_first(&mut facts.from, value),
             b"sender" => keep_first(&mut facts.sender, value),
             b"return-path" => keep_first(&mut facts.return_path, value),
-            b"subject" => {
-                if facts.subject.is_none() {
-                    facts.subject = Some(decode_header_text(value));
-                }
-            }
+            b"subject" if facts.subject.is_none() => facts.subject = Some(decode_header_text(value)),
             b"auto-submitted" => keep_first(&mut facts.auto_submitted, value),
             b"precedence" => keep_first(&mut facts.precedence, value),
             b"x-failed-recipients" => keep_first(&mut facts.x_failed_recipients, value),
             b"message-id" => keep_first(&mut facts.message_id, value),
-            b"received" => {
-                if !facts.qmail_bounce && memmem::find(value, b"invoked for bounce").is_some() {
-                    facts.qmail_bounce = true;
-                }
-            }
+            b"received" if !facts.qmail_bounce => facts.qmail_bounce = memmem::find(value, b"invoked for bounce").is_some(),
             _ => {}
         }
         if let Some(score_name) = score_header {
