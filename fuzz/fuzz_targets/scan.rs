@@ -1,0 +1,17 @@
+//! Scanner, DSN detection and policy on arbitrary bytes: no panic, and no runaway time
+//! (libFuzzer's -timeout flags an input that takes too long).
+#![no_main]
+
+use deliverypool::policy::{classify, Envelope, Policy};
+use deliverypool::scan::scan;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let facts = scan(data, Some("x-spam-score"));
+    assert!(facts.header_length <= data.len());
+    let policy = Policy { score_header: Some("x-spam-score".into()), ..Policy::default() };
+    for mail_from in [None, Some(""), Some("a@b.example")] {
+        let envelope = Envelope { mail_from, ..Envelope::default() };
+        classify(data, &envelope, &policy).expect("no score was given, so classify cannot fail");
+    }
+});
