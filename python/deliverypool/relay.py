@@ -1,0 +1,463 @@
+"""The SMTP front end: accept, classify, spool, then answer 250.
+
+`RoutingHandler` is an aiosmtpd handler (``handle_RCPT`` / ``handle_DATA`` hooks) that a user
+can mount in their own aiosmtpd server; `Relay` ties it to a spool, the delivery engine and the
+router, and `run_relay` runs all of it from a `RelayConfig`.
+
+What the handler enforces:
+
+* never an open relay: RCPT is refused (554 5.7.1) unless the client's address is in
+  ``listener.allowed_networks`` or the client authenticated;
+* the size limit (aiosmtpd's SIZE extension, 552), the line length limit (500) and the command
+  length limit, and a recipient count limit (452);
+* SMTP smuggling: a message with a bare LF or bare CR anywhere (in particular before the final
+  dot, the "<LF>.<CR><LF>" trick) is refused with 554 5.6.0. aiosmtpd 1.4.5 and later only end
+  DATA on <CR><LF>.<CR><LF>, so the smuggled commands would otherwise end up *inside* the
+  message and reach the next hop, which may read them differently;
+* the trusted spam-score header: a client outside ``listener.trusted_score_networks`` cannot
+  set it. Its copies are removed before scoring and it is classified as untrusted.
+
+Only after the message is committed to the spool does DATA answer 250.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import hmac
+import ipaddress
+import logging
+import re
+import signal
+import ssl
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+from deliverypool._core import Decision, Policy, classify
+from deliverypool.config import RelayConfig
+from deliverypool.delivery import DeliveryEngine, MxLookup
+from deliverypool.spool import NewMessage, Spool, listing, read_counters
+
+log = logging.getLogger("deliverypool.relay")
+
+# Checks a sender domain: returns "has-records", "no-records" or "unknown" (issue 3's outcomes).
+SenderCheck = Callable[[str], Awaitable[str]]
+
+_ADDRESS = re.compile(r"^[^\s@<>]+@[^\s@<>]+$")
+
+
+# --- message helpers ---------------------------------------------------------------------
+
+
+def has_bare_line_ending(data: bytes) -> bool:
+    """True when `data` holds an LF not preceded by CR or a CR not followed by LF."""
+    crlf = data.count(b"\r\n")
+    return data.count(b"\n") != crlf or data.count(b"\r") != crlf
+
+
+def strip_header(message: bytes, name: str) -> tuple[bytes, int]:
+    """Removes every field called `name` (case-insensitive, with its folded continuation
+    lines) from the header section. Returns the message and how many fields were removed."""
+    lowered = name.lower().encode("ascii")
+    end = message.find(b"\r\n\r\n")
+    header = message if end < 0 else message[: end + 2]
+    if lowered not in header.lower():
+        return message, 0
+    kept: list[bytes] = []
+    removed = 0
+    dropping = False
+    for line in header.splitlines(keepends=True):
+        if line[:1] in (b" ", b"\t"):
+            if not dropping:
+                kept.append(line)
+            continue
+        field_name = line.split(b":", 1)[0].strip().lower()
+        dropping = b":" in line and field_name == lowered
+        if dropping:
+            removed += 1
+        else:
+            kept.append(line)
+    rest = b"" if end < 0 else message[end + 2 :]
+    return b"".join(kept) + rest, removed
+
+
+def _domain(address: str) -> str:
+    return address.rpartition("@")[2].rstrip(".").lower()
+
+
+def _in(address: str | None, networks: Sequence[Any]) -> bool:
+    if not address:
+        return False
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in network for network in networks)
+
+
+# --- routing -----------------------------------------------------------------------------
+
+
+class MessageRouter:
+    """Classifies a message with the configured policy, asking `sender_check` (the DNS
+    sender-domain check) about the envelope sender's domain first when there is one."""
+
+    def __init__(self, policy: Policy, sender_check: SenderCheck | None = None) -> None:
+        self.policy = policy
+        self.sender_check = sender_check
+
+    async def route(
+        self, message: bytes, *, mail_from: str, tenant: str | None = None, untrusted_client: bool = False
+    ) -> Decision:
+        sender_domain = None
+        if self.sender_check is not None and mail_from and "@" in mail_from:
+            sender_domain = await self.sender_check(_domain(mail_from))
+        return classify(
+            message,
+            mail_from=mail_from,
+            tenant=tenant,
+            policy=self.policy,
+            untrusted_client=untrusted_client,
+            sender_domain=sender_domain,
+        )
+
+
+def policy_from_config(config: RelayConfig) -> Policy:
+    p = config.policy
+    return Policy(
+        normal_pool=p.normal_pool,
+        high_risk_pool=p.high_risk_pool,
+        threshold=p.threshold,
+        tenant_thresholds=dict(p.tenants) or None,
+        score_header=p.score_header,
+        unknown_domain_pool=p.unknown_domain_pool,
+    )
+
+
+# --- the handler -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Accepted:
+    queue_id: str
+    pool: str
+    reasons: tuple[str, ...]
+
+
+class RoutingHandler:
+    """aiosmtpd handler: relay control, smuggling and score-header defences, classification,
+    and spooling before the 250. Mount it in any aiosmtpd server::
+
+        relay = Relay(config)
+        await relay.start()
+        controller = Controller(relay.handler, hostname="127.0.0.1", port=2525,
+                                authenticator=relay.handler.authenticate)
+
+    The handler may run on another event loop (aiosmtpd's Controller runs its own in a thread):
+    it then hands each message to the relay's loop.
+    """
+
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+        self.config = relay.config.listener
+
+    def relay_allowed(self, session: Session) -> bool:
+        peer = session.peer[0] if isinstance(session.peer, tuple) else None
+        return bool(session.authenticated) or _in(peer, self.config.allowed_networks)
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
+    ) -> str:
+        if address and not _ADDRESS.match(address):
+            return "553 5.1.7 Bad sender address syntax"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 OK"
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
+        if not self.relay_allowed(session):
+            log.warning("refused relay peer=%s rcpt=%s", session.peer, address)
+            return "554 5.7.1 Relay access denied"
+        if not _ADDRESS.match(address):
+            return "501 5.1.3 Bad recipient address syntax"
+        if len(envelope.rcpt_tos) >= self.config.max_recipients:
+            return "452 4.5.3 Too many recipients"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if not self.relay_allowed(session):  # RCPT already refused; belt and braces
+            return "554 5.7.1 Relay access denied"
+        content = envelope.original_content or b""
+        if has_bare_line_ending(content):
+            log.warning("refused bare LF/CR peer=%s from=%s", session.peer, envelope.mail_from)
+            return "554 5.6.0 Message contains a bare LF or CR; use CRLF line endings (SMTP smuggling)"
+        peer = session.peer[0] if isinstance(session.peer, tuple) else None
+        login = session.auth_data.login.decode("utf-8", "replace") if isinstance(session.auth_data, LoginPassword) else None
+        work = self.relay.accept(
+            mail_from=envelope.mail_from or "",
+            recipients=tuple(envelope.rcpt_tos),
+            content=content,
+            peer=peer,
+            helo=session.host_name or "unknown",
+            login=login,
+        )
+        try:
+            if asyncio.get_running_loop() is self.relay.loop:
+                accepted = await work
+            else:
+                assert self.relay.loop is not None
+                accepted = await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(work, self.relay.loop))
+        except Exception:
+            log.exception("could not spool a message from %s", session.peer)
+            return "451 4.3.0 Temporary failure storing the message; try again later"
+        return f"250 2.0.0 Ok: queued as {accepted.queue_id}"
+
+    def authenticate(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
+    ) -> AuthResult:
+        """aiosmtpd authenticator for PLAIN and LOGIN against ``listener.auth_users``."""
+        if not isinstance(auth_data, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        user = auth_data.login.decode("utf-8", "replace")
+        expected = self.config.auth_users.get(user)
+        ok = expected is not None and hmac.compare_digest(expected.encode("utf-8"), auth_data.password)
+        if not ok:
+            log.warning("failed AUTH peer=%s user=%s", session.peer, user)
+        return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
+
+
+# --- the relay ---------------------------------------------------------------------------
+
+
+class Relay:
+    """Spool, delivery engine, router and SMTP listener for one configuration."""
+
+    def __init__(
+        self,
+        config: RelayConfig,
+        *,
+        mx: MxLookup | None = None,
+        sender_check: SenderCheck | None = None,
+        router: MessageRouter | None = None,
+    ) -> None:
+        self.config = config
+        self.spool = Spool(config.spool.directory)
+        self.mx = mx
+        self.router = router or MessageRouter(policy_from_config(config), sender_check)
+        self.engine: DeliveryEngine | None = None
+        self.handler = RoutingHandler(self)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.server: asyncio.AbstractServer | None = None
+        self.recovered = 0
+        self.possible_duplicates = 0
+
+    async def start(self) -> None:
+        """Opens the spool and starts delivering what it holds."""
+        self.loop = asyncio.get_running_loop()
+        if self.mx is None:
+            self.mx = _default_mx(self.config)
+        recovery = await self.spool.open()
+        self.engine = DeliveryEngine(self.config, self.spool, mx=self.mx, route_dsn=self._route_dsn)
+        self.recovered = sum(len(job.recipients) for job in recovery.pending)
+        self.possible_duplicates = recovery.requeued_in_flight
+        if recovery.pending:
+            log.info(
+                "recovered %d unfinished recipients (%d were in flight: possible duplicates)",
+                self.recovered,
+                recovery.requeued_in_flight,
+            )
+        self.engine.resume(recovery.pending)
+
+    async def listen(self) -> asyncio.AbstractServer:
+        """Starts the SMTP listener on the configured address."""
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(self.smtp_factory(), self.config.listener.host, self.config.listener.port)
+        return self.server
+
+    def smtp_factory(self) -> Callable[[], SMTP]:
+        """A protocol factory for `loop.create_server`, configured from the listener section."""
+        listener = self.config.listener
+        limits = type("RelaySMTP", (SMTP,), {"line_length_limit": listener.line_length_limit, "command_size_limit": listener.command_size_limit})
+        tls_context = None
+        if listener.tls_certificate is not None and listener.tls_key is not None:
+            tls_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            tls_context.load_cert_chain(listener.tls_certificate, listener.tls_key)
+        auth = bool(listener.auth_users)
+        loop = asyncio.get_running_loop()
+
+        def factory() -> SMTP:
+            return limits(  # type: ignore[no-any-return]
+                self.handler,
+                hostname=listener.hostname,
+                ident="deliverypool",
+                data_size_limit=listener.size_limit,
+                enable_SMTPUTF8=True,
+                decode_data=False,
+                tls_context=tls_context,
+                authenticator=self.handler.authenticate if auth else None,
+                auth_require_tls=not listener.allow_plaintext_auth,
+                auth_exclude_mechanism=None if auth else ["LOGIN", "PLAIN"],
+                command_call_limit=10_000,
+                timeout=300,
+                loop=loop,
+            )
+
+        return factory
+
+    async def accept(
+        self,
+        *,
+        mail_from: str,
+        recipients: tuple[str, ...],
+        content: bytes,
+        peer: str | None,
+        helo: str,
+        login: str | None = None,
+    ) -> Accepted:
+        """Classifies and spools one message; returns once it is on disk."""
+        assert self.engine is not None, "Relay.start() first"
+        untrusted = not _in(peer, self.config.listener.trusted_score_networks)
+        header = self.config.policy.score_header
+        if header and untrusted:
+            content, removed = strip_header(content, header)
+            if removed:
+                log.info("removed %d client-written %s field(s) peer=%s", removed, header, peer)
+        content = self._received(helo, peer, login) + content
+        decision = await self.router.route(content, mail_from=mail_from, tenant=login, untrusted_client=untrusted)
+        from deliverypool._core import scan
+
+        facts = scan(content)
+        job = await self.spool.accept(
+            NewMessage(
+                mail_from=mail_from,
+                recipients=recipients,
+                body=content,
+                pool=decision.pool,
+                reasons=tuple(decision.reasons),
+                tenant=login,
+                header_message_id=facts.message_id,
+            )
+        )
+        log.info(
+            "accepted queue_id=%s message_id=%s from=<%s> recipients=%d pool=%s reasons=%s",
+            job.queue_id,
+            facts.message_id or "-",
+            mail_from,
+            len(recipients),
+            decision.pool,
+            ",".join(decision.reasons) or "-",
+        )
+        self.engine.submit(job, content)
+        return Accepted(job.queue_id, decision.pool, tuple(decision.reasons))
+
+    def _received(self, helo: str, peer: str | None, login: str | None) -> bytes:
+        auth = " with ESMTPA" if login else " with ESMTP"
+        date = email.utils.formatdate(localtime=False)
+        helo = "".join(c for c in helo if c.isprintable() and c not in "()\r\n")[:100]
+        return f"Received: from {helo} ([{peer or 'unknown'}])\r\n\tby {self.config.listener.hostname} (deliverypool){auth}; {date}\r\n".encode(
+            "ascii", "replace"
+        )
+
+    async def _route_dsn(self, dsn: bytes) -> tuple[str, tuple[str, ...]]:
+        decision = await self.router.route(dsn, mail_from="")
+        return decision.pool, tuple(decision.reasons)
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.server.wait_closed(), 5)
+            self.server = None
+        if self.engine is not None:
+            await self.engine.stop()
+        await self.spool.close()
+
+
+def _default_mx(config: RelayConfig) -> MxLookup | None:
+    """The DNS engineer's resolver pointed at the configured nameservers, when MX delivery
+    needs it and the module is available."""
+    if all(pool.delivery == "smarthost" for pool in config.pools.values()):
+        return None
+    from deliverypool.dnsmx import resolver_mx
+
+    return resolver_mx(config.dns)
+
+
+async def run_relay(config: RelayConfig, *, ready: Callable[[Relay], None] | None = None) -> None:
+    """Runs the relay until SIGINT or SIGTERM: recovers the spool, delivers, listens."""
+    relay = Relay(config, sender_check=_sender_check(config))
+    await relay.start()
+    await relay.listen()
+    log.info("listening on %s:%d, spool %s", config.listener.host, config.listener.port, config.spool.directory)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
+    if ready is not None:
+        ready(relay)
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping")
+        await relay.stop()
+
+
+def _sender_check(config: RelayConfig) -> SenderCheck | None:
+    if not config.dns.check_sender_domain:
+        return None
+    from deliverypool.dnsmx import resolver_sender_check
+
+    return resolver_sender_check(config.dns)
+
+
+# --- the queue command -------------------------------------------------------------------
+
+
+def show_queue(directory: str, out: TextIO = sys.stdout) -> int:
+    """Prints what the spool at `directory` holds, one recipient a line, and the counters.
+    Returns the number of unfinished recipients. Works while a relay runs."""
+    import time
+
+    rows = listing(directory)
+    now = time.time()
+    pending = 0
+    if rows:
+        out.write(f"{'QUEUE ID':<13} {'STATE':<10} {'POOL':<10} {'TRIES':>5} {'NEXT':>8}  {'FROM':<28} RECIPIENT / LAST REPLY\n")
+    for row in rows:
+        if row.state not in ("delivered", "failed"):
+            pending += 1
+        wait = "-" if row.state in ("delivered", "failed") else _ago(row.next_attempt - now)
+        sender = f"<{row.mail_from}>"
+        out.write(f"{row.queue_id:<13} {row.state:<10} {row.pool:<10} {row.attempts:>5} {wait:>8}  {sender:<28} {row.address}\n")
+        if row.last_reply:
+            out.write(f"{'':>13} {row.last_reply[:100]}\n")
+    counters = read_counters(directory)
+    out.write(
+        f"{pending} recipient(s) pending in {len({r.queue_id for r in rows})} message(s); "
+        + ", ".join(f"{k} {v}" for k, v in sorted(counters.items()))
+        + "\n"
+    )
+    return pending
+
+
+def _ago(seconds: float) -> str:
+    if seconds <= 0:
+        return "now"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+

@@ -1,0 +1,531 @@
+"""The durable queue: SQLite in WAL mode with group commit.
+
+One writer thread owns the database connection. Every change (accepting a message, marking
+recipients in flight, recording delivery outcomes) is a small function queued for that thread;
+the thread takes *everything* queued at that moment, runs it inside one transaction and commits
+once, so a hundred messages accepted at the same time share one fsync. Each caller awaits the
+commit of the batch its change went into, so when `Spool.accept` returns the message is on disk
+and the relay may answer 250.
+
+Durability: ``journal_mode=WAL`` with ``synchronous=FULL``. In WAL mode NORMAL would already
+survive a killed process (the WAL is in the page cache), but not a power cut; FULL syncs the
+WAL at every commit, which makes "250" mean "on stable storage" and costs one fsync per batch,
+not per message, thanks to group commit.
+
+Each recipient has a state: ``queued`` (waiting for its first attempt), ``in-flight`` (an
+attempt has started), ``deferred`` (waiting until ``next_attempt``), ``delivered`` and
+``failed``. A message is deleted once every recipient is delivered or failed. On open, every
+recipient left ``in-flight`` by a previous process is queued again; the remote server may
+already have it, so it is counted as a possible duplicate (at-least-once delivery).
+
+A lock file in the spool directory keeps a second relay from opening the same spool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import queue
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+DATABASE = "spool.sqlite3"
+LOCK = "spool.lock"
+# Upper bound on the changes one transaction takes; more wait for the next commit.
+MAX_BATCH = 1024
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY,
+    queue_id TEXT NOT NULL UNIQUE,
+    mail_from TEXT NOT NULL,
+    pool TEXT NOT NULL,
+    reasons TEXT NOT NULL,
+    tenant TEXT,
+    header_message_id TEXT,
+    received_at REAL NOT NULL,
+    size INTEGER NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS recipients (
+    id INTEGER PRIMARY KEY,
+    message INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+    address TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('queued', 'in-flight', 'deferred', 'delivered', 'failed')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL,
+    last_reply TEXT,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS recipients_by_message ON recipients(message);
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+"""
+
+COUNTERS = ("accepted", "delivered", "failed", "bounces", "recovered_in_flight")
+
+
+class State(str, Enum):
+    QUEUED = "queued"
+    IN_FLIGHT = "in-flight"
+    DEFERRED = "deferred"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+FINAL_STATES = (State.DELIVERED.value, State.FAILED.value)
+
+
+class SpoolError(RuntimeError):
+    """The spool cannot be opened or written."""
+
+
+class SpoolLocked(SpoolError):
+    """Another process has the spool open."""
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    """A message to put in the spool, already routed to a pool."""
+
+    mail_from: str
+    recipients: tuple[str, ...]
+    body: bytes
+    pool: str
+    reasons: tuple[str, ...] = ()
+    tenant: str | None = None
+    header_message_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    """Recipients of one spooled message waiting for a delivery attempt."""
+
+    message: int
+    queue_id: str
+    mail_from: str
+    pool: str
+    reasons: tuple[str, ...]
+    header_message_id: str | None
+    received_at: float
+    recipients: tuple[tuple[int, str], ...]  # (recipient id, address)
+    attempts: int = 0
+    next_attempt: float = 0.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of an attempt for one recipient. `next_attempt` only for DEFERRED."""
+
+    recipient: int
+    state: State
+    reply: str
+    next_attempt: float = 0.0
+    attempts: int = 0
+
+
+@dataclass(frozen=True)
+class RecipientRow:
+    queue_id: str
+    address: str
+    state: str
+    attempts: int
+    next_attempt: float
+    last_reply: str | None
+    mail_from: str
+    pool: str
+    reasons: tuple[str, ...]
+    received_at: float
+    size: int
+    header_message_id: str | None
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What `Spool.open` found: unfinished work and how many recipients were interrupted in
+    flight (possible duplicates)."""
+
+    pending: tuple[Job, ...]
+    requeued_in_flight: int
+
+
+@dataclass
+class SpoolStats:
+    commits: int = 0
+    changes: int = 0
+    largest_batch: int = 0
+
+
+_Request = tuple[Callable[[sqlite3.Connection], Any], asyncio.AbstractEventLoop, "asyncio.Future[Any]"]
+
+
+def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
+    else:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout = 5000")
+    if not readonly:
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise SpoolError(f"{path}: cannot use WAL mode (got {mode})")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def new_queue_id() -> str:
+    """Twelve upper-case hex digits: time-ordered prefix, random suffix."""
+    return f"{int(time.time()) & 0xFFFFFF:06X}{secrets.token_hex(3).upper()}"
+
+
+class Spool:
+    """The spool in `directory`. Use ``await spool.open()`` (or ``async with``) before use."""
+
+    def __init__(self, directory: str | os.PathLike[str], *, clock: Callable[[], float] = time.time) -> None:
+        self.directory = Path(directory)
+        self.path = self.directory / DATABASE
+        self.clock = clock
+        self.stats = SpoolStats()
+        self._requests: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._reader_lock = threading.Lock()
+        self._lock_fd: int | None = None
+
+    # --- life cycle ---------------------------------------------------------------------
+
+    async def open(self) -> Recovery:
+        """Locks and opens the spool, creates it if needed, and recovers: recipients left in
+        flight are queued again and counted. Returns everything unfinished."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.directory / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise SpoolLocked(f"{self.directory}: the spool is in use by another process") from None
+        self._lock_fd = fd
+        try:
+            self._conn = await asyncio.to_thread(self._setup)
+        except BaseException:
+            self._unlock()
+            raise
+        self._reader = _connect(self.path, readonly=True)
+        self._thread = threading.Thread(target=self._write_loop, name=f"spool-writer {self.directory}", daemon=True)
+        self._thread.start()
+        requeued = await self.run(_recover)
+        pending = await self.pending()
+        return Recovery(pending=tuple(pending), requeued_in_flight=requeued)
+
+    def _setup(self) -> sqlite3.Connection:
+        conn = _connect(self.path)
+        conn.executescript(_SCHEMA)
+        conn.executemany("INSERT OR IGNORE INTO counters (name, value) VALUES (?, 0)", [(c,) for c in COUNTERS])
+        return conn
+
+    async def close(self) -> None:
+        """Finishes queued changes, then closes. Safe to call twice."""
+        thread = self._thread
+        if thread is not None:
+            self._requests.put(None)
+            await asyncio.to_thread(thread.join)
+            self._thread = None
+        for conn in (self._conn, self._reader):
+            if conn is not None:
+                conn.close()
+        self._conn = self._reader = None
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    async def __aenter__(self) -> Spool:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- the writer -----------------------------------------------------------------------
+
+    def run(self, change: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """Queues `change` for the writer thread; the future resolves after the transaction
+        holding it commits (or with the exception `change` raised; other changes in the same
+        batch are unaffected)."""
+        if self._thread is None:
+            raise SpoolError("the spool is not open")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._requests.put((change, loop, future))
+        return future
+
+    def _write_loop(self) -> None:
+        conn = self._conn
+        assert conn is not None
+        stopping = False
+        while not stopping:
+            first = self._requests.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < MAX_BATCH:
+                try:
+                    item = self._requests.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
+            self._commit(conn, batch)
+
+    def _commit(self, conn: sqlite3.Connection, batch: list[_Request]) -> None:
+        results: list[tuple[Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for change, _, _ in batch:
+                conn.execute("SAVEPOINT change")
+                try:
+                    results.append((change(conn), None))
+                    conn.execute("RELEASE change")
+                except Exception as exc:  # the change's own failure goes to its caller
+                    conn.execute("ROLLBACK TO change")
+                    conn.execute("RELEASE change")
+                    results.append((None, exc))
+            conn.execute("COMMIT")
+        except Exception as exc:  # the commit itself failed: nobody's change is durable
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            error = SpoolError(f"spool commit failed: {exc}")
+            results = [(None, error)] * len(batch)
+        self.stats.commits += 1
+        self.stats.changes += len(batch)
+        self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+        for (_, loop, future), (value, error) in zip(batch, results):
+            try:
+                loop.call_soon_threadsafe(_settle, future, value, error)
+            except RuntimeError:  # the caller's loop is closed: nobody waits any more
+                pass
+
+    # --- changes --------------------------------------------------------------------------
+
+    async def accept(self, message: NewMessage) -> Job:
+        """Stores a message with its recipients queued. Returns once it is on disk."""
+        now = self.clock()
+        return await self.run(lambda conn: _insert(conn, message, now))
+
+    async def mark_in_flight(self, recipient_ids: Iterable[int]) -> None:
+        """Records that an attempt starts. Awaited before sending, so that a
+        crash during the attempt is known at recovery as a possible duplicate."""
+        ids = [(self.clock(), rid) for rid in recipient_ids]
+        await self.run(
+            lambda conn: conn.executemany(
+                "UPDATE recipients SET state = 'in-flight', updated_at = ? WHERE id = ?", ids
+            )
+        )
+
+    async def record(self, outcomes: Sequence[Outcome], bounce: NewMessage | None = None) -> Job | None:
+        """Records attempt outcomes and, in the same transaction, stores `bounce` (the DSN for
+        the failed recipients) so that a failure and its DSN are never separated by a crash.
+        Messages whose recipients are all finished are removed."""
+        now = self.clock()
+        return await self.run(lambda conn: _record(conn, outcomes, bounce, now))
+
+    async def pending(self) -> list[Job]:
+        """Unfinished recipients, one Job per message and state, oldest first."""
+        return await asyncio.to_thread(self._read, _pending)
+
+    async def body(self, message: int) -> bytes:
+        def read(conn: sqlite3.Connection) -> bytes:
+            row = conn.execute("SELECT body FROM messages WHERE id = ?", (message,)).fetchone()
+            if row is None:
+                raise KeyError(f"message {message} is not in the spool")
+            return bytes(row[0])
+
+        return await asyncio.to_thread(self._read, read)
+
+    async def counters(self) -> dict[str, int]:
+        return await asyncio.to_thread(self._read, _counters)
+
+    def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        if self._reader is None:
+            raise SpoolError("the spool is not open")
+        with self._reader_lock:
+            return query(self._reader)
+
+
+def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)
+
+
+def _bump(conn: sqlite3.Connection, name: str, by: int = 1) -> None:
+    if by:
+        conn.execute("UPDATE counters SET value = value + ? WHERE name = ?", (by, name))
+
+
+def _insert(conn: sqlite3.Connection, message: NewMessage, now: float) -> Job:
+    if not message.recipients:
+        raise ValueError("a message needs at least one recipient")
+    queue_id = new_queue_id()
+    while conn.execute("SELECT 1 FROM messages WHERE queue_id = ?", (queue_id,)).fetchone():
+        queue_id = new_queue_id()
+    cursor = conn.execute(
+        "INSERT INTO messages (queue_id, mail_from, pool, reasons, tenant, header_message_id, received_at, size, body)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            queue_id,
+            message.mail_from,
+            message.pool,
+            ",".join(message.reasons),
+            message.tenant,
+            message.header_message_id,
+            now,
+            len(message.body),
+            message.body,
+        ),
+    )
+    message_id = cursor.lastrowid
+    assert message_id is not None
+    recipients = []
+    for address in message.recipients:
+        rc = conn.execute(
+            "INSERT INTO recipients (message, address, state, next_attempt, updated_at) VALUES (?, ?, 'queued', ?, ?)",
+            (message_id, address, now, now),
+        )
+        assert rc.lastrowid is not None
+        recipients.append((rc.lastrowid, address))
+    _bump(conn, "accepted")
+    return Job(
+        message=message_id,
+        queue_id=queue_id,
+        mail_from=message.mail_from,
+        pool=message.pool,
+        reasons=message.reasons,
+        header_message_id=message.header_message_id,
+        received_at=now,
+        recipients=tuple(recipients),
+        next_attempt=now,
+    )
+
+
+def _record(conn: sqlite3.Connection, outcomes: Sequence[Outcome], bounce: NewMessage | None, now: float) -> Job | None:
+    messages: set[int] = set()
+    for outcome in outcomes:
+        row = conn.execute("SELECT message FROM recipients WHERE id = ?", (outcome.recipient,)).fetchone()
+        if row is None:
+            continue
+        messages.add(row[0])
+        conn.execute(
+            "UPDATE recipients SET state = ?, last_reply = ?, next_attempt = ?, updated_at = ?,"
+            " attempts = max(attempts, ?) WHERE id = ?",
+            (outcome.state.value, outcome.reply, outcome.next_attempt or now, now, outcome.attempts, outcome.recipient),
+        )
+    _bump(conn, "delivered", sum(o.state is State.DELIVERED for o in outcomes))
+    _bump(conn, "failed", sum(o.state is State.FAILED for o in outcomes))
+    for message in messages:
+        conn.execute(
+            "DELETE FROM messages WHERE id = ? AND NOT EXISTS"
+            " (SELECT 1 FROM recipients WHERE message = ? AND state NOT IN ('delivered', 'failed'))",
+            (message, message),
+        )
+    if bounce is None:
+        return None
+    _bump(conn, "bounces")
+    return _insert(conn, bounce, now)
+
+
+def _recover(conn: sqlite3.Connection) -> int:
+    count = conn.execute("UPDATE recipients SET state = 'queued' WHERE state = 'in-flight'").rowcount
+    _bump(conn, "recovered_in_flight", count)
+    return count
+
+
+_PENDING_QUERY = """
+SELECT m.id, m.queue_id, m.mail_from, m.pool, m.reasons, m.header_message_id, m.received_at,
+       r.id, r.address, r.state, r.attempts, r.next_attempt
+FROM recipients r JOIN messages m ON m.id = r.message
+WHERE r.state NOT IN ('delivered', 'failed')
+ORDER BY m.id, r.state, r.next_attempt, r.id
+"""
+
+
+def _pending(conn: sqlite3.Connection) -> list[Job]:
+    jobs: list[Job] = []
+    current: tuple[Any, ...] | None = None
+    recipients: list[tuple[int, str]] = []
+    attempts = 0
+    next_attempt = 0.0
+
+    def flush() -> None:
+        if current is not None:
+            mid, qid, mail_from, pool, reasons, hmid, received = current[:7]
+            jobs.append(
+                Job(mid, qid, mail_from, pool, tuple(filter(None, reasons.split(","))), hmid, received,
+                    tuple(recipients), attempts, next_attempt)
+            )
+
+    for row in conn.execute(_PENDING_QUERY):
+        key = row[:7] + (row[9], row[11])
+        if key != current:
+            flush()
+            current, recipients, attempts, next_attempt = key, [], row[10], row[11]
+        recipients.append((row[7], row[8]))
+        attempts = max(attempts, row[10])
+    flush()
+    return jobs
+
+
+def _counters(conn: sqlite3.Connection) -> dict[str, int]:
+    return {name: value for name, value in conn.execute("SELECT name, value FROM counters")}
+
+
+def listing(directory: str | os.PathLike[str]) -> list[RecipientRow]:
+    """Every recipient in the spool at `directory`, read-only (works while a relay runs)."""
+    path = Path(directory) / DATABASE
+    if not path.exists():
+        return []
+    conn = _connect(path, readonly=True)
+    try:
+        rows = conn.execute(
+            "SELECT m.queue_id, r.address, r.state, r.attempts, r.next_attempt, r.last_reply, m.mail_from, m.pool,"
+            " m.reasons, m.received_at, m.size, m.header_message_id"
+            " FROM recipients r JOIN messages m ON m.id = r.message ORDER BY m.received_at, m.id, r.id"
+        ).fetchall()
+    finally:
+        conn.close()
+    return [
+        RecipientRow(q, a, s, n, t, reply, f, p, tuple(filter(None, reasons.split(","))), rec, size, hmid)
+        for (q, a, s, n, t, reply, f, p, reasons, rec, size, hmid) in rows
+    ]
+
+
+def read_counters(directory: str | os.PathLike[str]) -> dict[str, int]:
+    path = Path(directory) / DATABASE
+    if not path.exists():
+        return {name: 0 for name in COUNTERS}
+    conn = _connect(path, readonly=True)
+    try:
+        return _counters(conn)
+    finally:
+        conn.close()

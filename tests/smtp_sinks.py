@@ -1,0 +1,245 @@
+"""Real SMTP peers on loopback for the relay tests: aiosmtpd sinks that record the source
+address each connection came from, with scripted replies; a runner for the stdlib event loop
+and uvloop; and a relay configuration builder."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from deliverypool import config as cfg
+
+T = TypeVar("T")
+
+NORMAL_SOURCE = "127.0.0.2"
+HIGH_RISK_SOURCE = "127.0.0.3"
+
+LOOP_KINDS = ["asyncio", "uvloop"]
+
+
+def run_on(kind: str, main: Coroutine[Any, Any, T]) -> T:
+    """Runs `main` on a fresh event loop of `kind` ("asyncio" or "uvloop")."""
+    if kind == "uvloop":
+        import uvloop
+
+        factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    else:
+        factory = asyncio.new_event_loop
+    if sys.version_info >= (3, 11):
+        with asyncio.Runner(loop_factory=factory) as runner:
+            return runner.run(main)
+    loop = factory()  # pragma: no cover - Python 3.10
+    try:
+        return loop.run_until_complete(main)
+    finally:
+        loop.close()
+
+
+@pytest.fixture(params=LOOP_KINDS)
+def aio(request: pytest.FixtureRequest) -> Callable[[Coroutine[Any, Any, T]], T]:
+    """Runs a coroutine on the stdlib loop and, in a second run of the test, on uvloop."""
+    return lambda main: run_on(request.param, main)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Delivery:
+    peer: str
+    helo: str
+    mail_from: str
+    rcpt_tos: list[str]
+    content: bytes
+    tls: bool
+
+
+# A reply script entry: an SMTP reply string, or "drop" to close the connection.
+Script = list[str]
+
+
+@dataclass
+class SinkHandler:
+    """Records every message; `rcpt_replies` / `data_replies` are consumed one per command
+    (an empty list means 250)."""
+
+    name: str
+    deliveries: list[Delivery] = field(default_factory=list)
+    rcpt_replies: Script = field(default_factory=list)
+    data_replies: Script = field(default_factory=list)
+    reject_rcpt: dict[str, str] = field(default_factory=dict)
+    connections: list[str] = field(default_factory=list)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        assert session.peer is not None
+        self.connections.append(session.peer[0])
+        return responses
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]) -> str:
+        if address in self.reject_rcpt:
+            return self.reject_rcpt[address]
+        if self.rcpt_replies:
+            reply = self.rcpt_replies.pop(0)
+            if not reply.startswith("2"):
+                return reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.data_replies:
+            reply = self.data_replies.pop(0)
+            if reply == "drop":
+                assert server.transport is not None
+                server.transport.close()
+                return "421 closing"
+            if not reply.startswith("2"):
+                return reply
+        self.deliveries.append(
+            Delivery(
+                peer=session.peer[0],
+                helo=session.host_name or "",
+                mail_from=envelope.mail_from or "",
+                rcpt_tos=list(envelope.rcpt_tos),
+                content=envelope.original_content or b"",
+                tls=session.ssl is not None,
+            )
+        )
+        self.arrived.set()
+        return "250 2.0.0 OK sink"
+
+    def peers(self) -> set[str]:
+        return {d.peer for d in self.deliveries}
+
+
+class MidDataDropSMTP(SMTP):
+    """Closes the connection after reading part of the message data, once per `budget`."""
+
+    budget: list[int] = []
+
+    async def smtp_DATA(self, arg: str) -> None:
+        if self.budget and self.budget[0] > 0:
+            self.budget[0] -= 1
+            await self.push("354 End data with <CR><LF>.<CR><LF>")
+            await self._reader.read(10)
+            assert self.transport is not None
+            self.transport.close()
+            return
+        await super().smtp_DATA(arg)
+
+
+@dataclass
+class Sink:
+    handler: SinkHandler
+    host: str
+    port: int
+    server: asyncio.AbstractServer
+
+    @property
+    def deliveries(self) -> list[Delivery]:
+        return self.handler.deliveries
+
+    async def wait_for(self, count: int, timeout: float = 20.0) -> list[Delivery]:
+        """Waits until `count` messages arrived (fails the test after `timeout`)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while len(self.handler.deliveries) < count:
+            self.handler.arrived.clear()
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise AssertionError(f"sink {self.handler.name}: {len(self.handler.deliveries)} of {count} messages arrived")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.handler.arrived.wait(), remaining)
+        return self.handler.deliveries
+
+
+@contextlib.asynccontextmanager
+async def sink(host: str, port: int, name: str = "sink", smtp_class: type[SMTP] = SMTP, **handler_args: Any) -> AsyncIterator[Sink]:
+    """An aiosmtpd sink on `host`:`port` running on the current event loop."""
+    handler = SinkHandler(name, **handler_args)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: smtp_class(handler, hostname=name, enable_SMTPUTF8=True, loop=loop), host, port
+    )
+    try:
+        yield Sink(handler, host, port, server)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def eventually(check: Callable[[], bool] | Callable[[], Awaitable[bool]], timeout: float = 20.0, what: str = "condition") -> None:
+    """Polls `check` until it is true; fails after `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def relay_config(
+    spool: Path,
+    *,
+    mx_port: int = 2526,
+    smarthost: str | None = None,
+    listen_port: int | None = None,
+    extra: str = "",
+    pool_extra: str = "",
+) -> cfg.RelayConfig:
+    """A two-pool relay on loopback: normal from 127.0.0.2, high-risk from 127.0.0.3, fast
+    retries, MX delivery to `mx_port` (or everything through `smarthost`)."""
+    delivery = f'delivery = "smarthost"\nsmarthost = "{smarthost}"' if smarthost else f"mx_port = {mx_port}"
+    text = f"""
+hostname = "relay.test"
+{extra}
+[listener]
+address = "127.0.0.1:{listen_port or free_port()}"
+[spool]
+directory = "{spool}"
+[policy]
+threshold = 5.0
+score_header = "X-Spam-Score"
+[dns]
+check_sender_domain = false
+[pools.normal]
+source_addresses = ["{NORMAL_SOURCE}"]
+ehlo_name = "normal.relay.test"
+idle_timeout = "200ms"
+{delivery}
+retry = {{ initial = "100ms", maximum = "300ms" }}
+{pool_extra}
+[pools.high-risk]
+source_addresses = ["{HIGH_RISK_SOURCE}"]
+ehlo_name = "high-risk.relay.test"
+idle_timeout = "200ms"
+{delivery}
+retry = {{ initial = "100ms", maximum = "300ms" }}
+{pool_extra}
+"""
+    return cfg.loads(text)
+
+
+def message(subject: str = "hello", *, sender: str = "alice@sender.test", extra_headers: str = "", body: str = "Hi.\r\n", message_id: str | None = None) -> bytes:
+    mid = message_id or f"<{abs(hash((subject, body, extra_headers)))}@sender.test>"
+    return (
+        f"From: {sender}\r\nTo: bob@dest.test\r\nSubject: {subject}\r\nMessage-ID: {mid}\r\n{extra_headers}\r\n{body}"
+    ).encode()
