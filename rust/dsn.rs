@@ -83,6 +83,8 @@ pub struct Detection {
     pub dsn: Option<DsnVerdict>,
 }
 
+const SUBJECT_MATCH_CHARS: usize = 512;
+
 /// Body bytes read for bounce phrases when the headers leave the verdict open.
 const BODY_WINDOW: usize = 32 << 10;
 
@@ -296,7 +298,8 @@ pub fn detect(facts: &HeaderFacts, msg: &[u8], mail_from: Option<&str>) -> Detec
     if [facts.from.as_deref(), facts.sender.as_deref()].into_iter().flatten().any(is_daemon_address) {
         weak.push(signal::DAEMON_SENDER);
     }
-    let subject = facts.subject.as_deref().map(str::to_lowercase);
+    // Bounce subjects state their case up front; matching a megabyte subject would be waste.
+    let subject = facts.subject.as_deref().map(|s| s.chars().take(SUBJECT_MATCH_CHARS).collect::<String>().to_lowercase());
     if subject.as_deref().is_some_and(|s| BOUNCE_SUBJECTS.iter().any(|p| s.contains(p))) {
         weak.push(signal::BOUNCE_SUBJECT);
     }

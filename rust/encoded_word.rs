@@ -40,6 +40,8 @@ pub fn decode_header_text(raw: &[u8]) -> String {
     out
 }
 
+const MAX_WORD_BYTES: usize = 1024;
+
 /// `=?charset?enc?text?=` starting at `start`; returns the text and the offset after `?=`.
 fn decode_word(raw: &[u8], start: usize) -> Option<(String, usize)> {
     let rest = &raw[start + 2..];
@@ -50,7 +52,10 @@ fn decode_word(raw: &[u8], start: usize) -> Option<(String, usize)> {
         return None;
     }
     let body_start = q1 + 3;
-    let body_len = memchr::memmem::find(&rest[body_start..], b"?=")?;
+    // An encoded word holds no white space (and RFC 2047 caps it at 75 bytes): looking for its
+    // end past a generous window would make text full of "=?" quadratic.
+    let window = &rest[body_start..rest.len().min(body_start + MAX_WORD_BYTES)];
+    let body_len = memchr::memmem::find(window, b"?=")?;
     let body = &rest[body_start..body_start + body_len];
     if body.iter().any(|&b| b == b' ' || b == b'\t' || b == b'\n' || b == b'\r') {
         return None;

@@ -158,14 +158,14 @@ pub fn read_fields(
     let mut pos = start;
     let mut current: Option<Field> = None;
     while pos < msg.len() {
-        if pos >= stop {
+        let (line_end, next) = next_line(msg, pos);
+        if line_end > stop {
             defects.push("header-too-large");
             // Skip to the blank line if there is one, so part headers still are found; bounded
             // because a header block without one ends the search at the end of the input.
             pos = find_blank_line(msg, pos).unwrap_or(msg.len());
             break;
         }
-        let (line_end, next) = next_line(msg, pos);
         let line = &msg[pos..line_end];
         if line.is_empty() {
             pos = next;
@@ -421,7 +421,7 @@ pub fn scan_with_limits(msg: &[u8], score_header: Option<&str>, limits: &ScanLim
     if let Some(ct) = facts.content_type.clone() {
         if ct.maintype == "multipart" {
             let body_end = msg.len().min(body_start.saturating_add(limits.max_body_bytes));
-            let mut walker = PartWalker { msg: &msg[..body_end], limits, facts: &mut facts, defects: &mut defects };
+            let mut walker = PartWalker { msg: &msg[..body_end], search_budget: 4 * limits.max_body_bytes, limits, facts: &mut facts, defects: &mut defects };
             match ct.param("boundary") {
                 Some(boundary) if !boundary.is_empty() => walker.walk(body_start, boundary.as_bytes(), 1),
                 _ => walker.defects.push("multipart-without-boundary"),
@@ -441,6 +441,9 @@ pub fn scan_with_limits(msg: &[u8], score_header: Option<&str>, limits: &ScanLim
 
 struct PartWalker<'a, 'f> {
     msg: &'a [u8],
+    /// Bytes left to search for delimiters over all nesting levels: nested parts with bogus
+    /// boundaries would otherwise each search the rest of the body.
+    search_budget: usize,
     limits: &'a ScanLimits,
     facts: &'f mut HeaderFacts,
     defects: &'f mut Vec<&'static str>,
@@ -456,7 +459,15 @@ impl PartWalker<'_, '_> {
         let finder = memmem::Finder::new(&delimiter);
         let mut pos = from;
         loop {
-            let Some(found) = find_delimiter_line(self.msg, pos, &finder) else { return };
+            let search_end = self.msg.len().min(pos.saturating_add(self.search_budget));
+            let Some(found) = find_delimiter_line(&self.msg[..search_end], pos, &finder) else {
+                if search_end < self.msg.len() {
+                    self.defects.push("body-scan-truncated");
+                }
+                self.search_budget -= search_end.saturating_sub(pos);
+                return;
+            };
+            self.search_budget -= found.saturating_sub(pos);
             let after = found + delimiter.len();
             if self.msg[after..].starts_with(b"--") {
                 return; // close delimiter

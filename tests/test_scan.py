@@ -60,8 +60,18 @@ def test_ten_megabyte_header_block_without_blank_line() -> None:
 
 
 def test_huge_single_line_and_deep_nesting_are_bounded() -> None:
-    facts = scan(b"Subject: " + b"x" * (3 << 20) + b"\n\nbody")
-    assert "header-too-large" in facts.defects
+    for endless in (b"Subject: " + b"x" * (3 << 20) + b"\n\nbody", b"Subject: " + b"x" * (10 << 20)):
+        facts = scan(endless)
+        assert "header-too-large" in facts.defects
+        assert facts.subject is None
+    # Text full of "=?" that never closes an encoded word, and a bogus boundary per nested part.
+    assert scan(b"Subject: " + b"=?a?b?" * 100_000 + b"\n\n").field_count == 1
+    bogus = b"Content-Type: multipart/mixed; boundary=b0\n\n" + b"".join(
+        f"--b0\nContent-Type: multipart/mixed; boundary=zz{i}\n\n".encode() for i in range(70)) + b"x" * (1 << 20)
+    # Each nested part would search the whole remaining megabyte: the search budget stops that.
+    facts = scan(bogus)
+    assert "body-scan-truncated" in facts.defects
+    assert 0 < len(facts.parts) < 70
     nested = b"Content-Type: multipart/mixed; boundary=b0\n\n"
     for depth in range(1, 50):
         nested += f"--b{depth - 1}\nContent-Type: multipart/mixed; boundary=b{depth}\n\n".encode()
