@@ -1,54 +1,23 @@
 """Real SMTP peers on loopback for the relay tests: aiosmtpd sinks that record the source
-address each connection came from, with scripted replies; a runner for the stdlib event loop
-and uvloop; and a relay configuration builder."""
+address each connection came from, with scripted replies, and a relay configuration builder.
+(The stdlib-loop/uvloop runner is the `aio_run` fixture from tests/dnsserver.py.)"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import socket
-import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from deliverypool import config as cfg
 
-T = TypeVar("T")
-
 NORMAL_SOURCE = "127.0.0.2"
 HIGH_RISK_SOURCE = "127.0.0.3"
-
-LOOP_KINDS = ["asyncio", "uvloop"]
-
-
-def run_on(kind: str, main: Coroutine[Any, Any, T]) -> T:
-    """Runs `main` on a fresh event loop of `kind` ("asyncio" or "uvloop")."""
-    if kind == "uvloop":
-        import uvloop
-
-        factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    else:
-        factory = asyncio.new_event_loop
-    if sys.version_info >= (3, 11):
-        with asyncio.Runner(loop_factory=factory) as runner:
-            return runner.run(main)
-    loop = factory()  # pragma: no cover - Python 3.10
-    try:
-        return loop.run_until_complete(main)
-    finally:
-        loop.close()
-
-
-@pytest.fixture(params=LOOP_KINDS)
-def aio(request: pytest.FixtureRequest) -> Callable[[Coroutine[Any, Any, T]], T]:
-    """Runs a coroutine on the stdlib loop and, in a second run of the test, on uvloop."""
-    return lambda main: run_on(request.param, main)
-
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
@@ -112,7 +81,7 @@ class SinkHandler:
             Delivery(
                 peer=session.peer[0],
                 helo=session.host_name or "",
-                mail_from=envelope.mail_from or "",
+                mail_from="" if envelope.mail_from in (None, "<>") else envelope.mail_from,
                 rcpt_tos=list(envelope.rcpt_tos),
                 content=envelope.original_content or b"",
                 tls=session.ssl is not None,
@@ -200,40 +169,43 @@ def relay_config(
     spool: Path,
     *,
     mx_port: int = 2526,
+    nameserver: str | None = None,
     smarthost: str | None = None,
     listen_port: int | None = None,
-    extra: str = "",
+    listener: str = "",
+    policy: str = "",
     pool_extra: str = "",
+    high_risk_sources: str = f'["{HIGH_RISK_SOURCE}"]',
 ) -> cfg.RelayConfig:
     """A two-pool relay on loopback: normal from 127.0.0.2, high-risk from 127.0.0.3, fast
-    retries, MX delivery to `mx_port` (or everything through `smarthost`)."""
+    retries, MX delivery to `mx_port` through `nameserver` (or everything to `smarthost`)."""
     delivery = f'delivery = "smarthost"\nsmarthost = "{smarthost}"' if smarthost else f"mx_port = {mx_port}"
+    dns = f'nameservers = ["{nameserver}"]\ntimeout = "1s"' if nameserver else "check_sender_domain = false"
+    pools = ""
+    for name, sources in (("normal", f'["{NORMAL_SOURCE}"]'), ("high-risk", high_risk_sources)):
+        pools += f"""
+[pools.{name}]
+source_addresses = {sources}
+ehlo_name = "{name}.relay.test"
+idle_timeout = "200ms"
+{delivery}
+retry = {{ initial = "100ms", maximum = "300ms" }}
+{pool_extra}
+"""
     text = f"""
 hostname = "relay.test"
-{extra}
 [listener]
 address = "127.0.0.1:{listen_port or free_port()}"
+{listener}
 [spool]
 directory = "{spool}"
 [policy]
 threshold = 5.0
 score_header = "X-Spam-Score"
+{policy}
 [dns]
-check_sender_domain = false
-[pools.normal]
-source_addresses = ["{NORMAL_SOURCE}"]
-ehlo_name = "normal.relay.test"
-idle_timeout = "200ms"
-{delivery}
-retry = {{ initial = "100ms", maximum = "300ms" }}
-{pool_extra}
-[pools.high-risk]
-source_addresses = ["{HIGH_RISK_SOURCE}"]
-ehlo_name = "high-risk.relay.test"
-idle_timeout = "200ms"
-{delivery}
-retry = {{ initial = "100ms", maximum = "300ms" }}
-{pool_extra}
+{dns}
+{pools}
 """
     return cfg.loads(text)
 

@@ -175,7 +175,9 @@ class RoutingHandler:
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
     ) -> str:
-        if address and not _ADDRESS.match(address):
+        # aiosmtpd passes the null reverse-path as "<>" and needs a non-empty mail_from for RCPT
+        # to be accepted, so it stays "<>" in the envelope; `handle_DATA` maps it to "".
+        if address != "<>" and not _ADDRESS.match(address):
             return "553 5.1.7 Bad sender address syntax"
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
@@ -205,7 +207,7 @@ class RoutingHandler:
         peer = session.peer[0] if isinstance(session.peer, tuple) else None
         login = session.auth_data.login.decode("utf-8", "replace") if isinstance(session.auth_data, LoginPassword) else None
         work = self.relay.accept(
-            mail_from=envelope.mail_from or "",
+            mail_from="" if envelope.mail_from in (None, "<>") else envelope.mail_from,
             recipients=tuple(envelope.rcpt_tos),
             content=content,
             peer=peer,
@@ -254,6 +256,7 @@ class Relay:
         self.config = config
         self.spool = Spool(config.spool.directory)
         self.mx = mx
+        self._own_router = router is None
         self.router = router or MessageRouter(policy_from_config(config), sender_check)
         self.engine: DeliveryEngine | None = None
         self.handler = RoutingHandler(self)
@@ -265,8 +268,7 @@ class Relay:
     async def start(self) -> None:
         """Opens the spool and starts delivering what it holds."""
         self.loop = asyncio.get_running_loop()
-        if self.mx is None:
-            self.mx = _default_mx(self.config)
+        self._connect_dns()
         recovery = await self.spool.open()
         self.engine = DeliveryEngine(self.config, self.spool, mx=self.mx, route_dsn=self._route_dsn)
         self.recovered = sum(len(job.recipients) for job in recovery.pending)
@@ -278,6 +280,21 @@ class Relay:
                 recovery.requeued_in_flight,
             )
         self.engine.resume(recovery.pending)
+
+    def _connect_dns(self) -> None:
+        """Points MX lookups and the sender-domain check, unless given, at one shared
+        `deliverypool.dns.Resolver` using the configured nameservers."""
+        needs_mx = self.mx is None and any(pool.delivery == "mx" for pool in self.config.pools.values())
+        needs_sender = self.router.sender_check is None and self.config.dns.check_sender_domain and self._own_router
+        if not (needs_mx or needs_sender):
+            return
+        from deliverypool import dnsmx
+
+        resolver = dnsmx.make_resolver(self.config.dns)
+        if needs_mx:
+            self.mx = dnsmx.ResolverMx(resolver)
+        if needs_sender:
+            self.router.sender_check = dnsmx.sender_check(resolver)
 
     async def listen(self) -> asyncio.AbstractServer:
         """Starts the SMTP listener on the configured address."""
@@ -384,19 +401,9 @@ class Relay:
         await self.spool.close()
 
 
-def _default_mx(config: RelayConfig) -> MxLookup | None:
-    """The DNS engineer's resolver pointed at the configured nameservers, when MX delivery
-    needs it and the module is available."""
-    if all(pool.delivery == "smarthost" for pool in config.pools.values()):
-        return None
-    from deliverypool.dnsmx import resolver_mx
-
-    return resolver_mx(config.dns)
-
-
 async def run_relay(config: RelayConfig, *, ready: Callable[[Relay], None] | None = None) -> None:
     """Runs the relay until SIGINT or SIGTERM: recovers the spool, delivers, listens."""
-    relay = Relay(config, sender_check=_sender_check(config))
+    relay = Relay(config)
     await relay.start()
     await relay.listen()
     log.info("listening on %s:%d, spool %s", config.listener.host, config.listener.port, config.spool.directory)
@@ -412,14 +419,6 @@ async def run_relay(config: RelayConfig, *, ready: Callable[[Relay], None] | Non
     finally:
         log.info("stopping")
         await relay.stop()
-
-
-def _sender_check(config: RelayConfig) -> SenderCheck | None:
-    if not config.dns.check_sender_domain:
-        return None
-    from deliverypool.dnsmx import resolver_sender_check
-
-    return resolver_sender_check(config.dns)
 
 
 # --- the queue command -------------------------------------------------------------------

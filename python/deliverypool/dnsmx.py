@@ -1,0 +1,81 @@
+"""Joins the DNS resolver (`deliverypool.dns`, issue 3) to the relay: MX lookups with host
+addresses for delivery, and the sender-domain check for routing.
+
+The resolver answers "which hosts, in which order" (RFC 5321 §5.1: preference order, implicit
+MX, null MX); delivery also needs each host's A and AAAA records, asked through the same
+nameservers and kept in the same Rust cache. DNS outcomes become SMTP-style replies so logs
+and DSNs read like any remote answer: a null MX is ``556 5.1.10``, a domain that does not
+exist ``550 5.1.2``, a DNS failure ``451 4.4.3`` (retried; never a fallback to the domain's
+own address records).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+
+import dns.rdatatype
+
+from deliverypool import delivery
+from deliverypool.config import DnsConfig
+from deliverypool.dns import Nameserver, PermanentDnsError, Resolver, ResolverConfig, TemporaryDnsError
+
+_PERMANENT = {
+    "null-mx": "556 5.1.10 Recipient domain {domain} has a null MX: it accepts no mail (RFC 7505)",
+    "nxdomain": "550 5.1.2 Recipient domain {domain} does not exist",
+    "no-records": "550 5.1.2 Recipient domain {domain} has no MX, A or AAAA record",
+    "invalid-domain": "550 5.1.2 Recipient domain {domain} is not a valid domain name",
+}
+
+
+def make_resolver(config: DnsConfig) -> Resolver:
+    return Resolver(
+        ResolverConfig(nameservers=tuple(Nameserver(host, port) for host, port in config.nameservers), timeout=config.timeout)
+    )
+
+
+class ResolverMx:
+    """`delivery.MxLookup` backed by a `deliverypool.dns.Resolver`."""
+
+    def __init__(self, resolver: Resolver) -> None:
+        self.resolver = resolver
+
+    async def mail_exchangers(self, domain: str) -> Sequence[delivery.MailExchanger]:
+        try:
+            hosts = await self.resolver.mail_exchangers(domain)
+        except PermanentDnsError as exc:
+            template = _PERMANENT.get(exc.reason, "550 5.1.2 Recipient domain {domain}: " + exc.reason)
+            raise delivery.DestinationError(template.format(domain=domain), permanent=True) from None
+        except TemporaryDnsError as exc:
+            raise delivery.DestinationError(f"451 4.4.3 DNS lookup for {domain} failed: {exc.reason}", permanent=False) from None
+        addresses = await asyncio.gather(*(self.addresses(mx.host) for mx in hosts))
+        result = [delivery.MailExchanger(mx.preference, mx.host, found) for mx, found in zip(hosts, addresses) if found]
+        if not result:
+            raise delivery.DestinationError(
+                f"451 4.4.3 No address found for any mail exchanger of {domain}", permanent=False
+            )
+        return result
+
+    async def addresses(self, host: str) -> tuple[str, ...]:
+        """The host's IPv4 then IPv6 addresses, through the resolver's cache. A lookup that
+        fails counts as no address (the next MX host is tried)."""
+        found: list[str] = []
+        for kind, rdtype in (("A", dns.rdatatype.A), ("AAAA", dns.rdatatype.AAAA)):
+            cached = self.resolver.cache.get(kind, host)  # type: ignore[arg-type]
+            if cached is None:
+                # `_query` follows CNAMEs and applies the resolver's retries and in-flight cap.
+                answer = await self.resolver._query(host, rdtype)
+                cached = tuple(rd.address for rd in answer.rrset) if answer.rrset is not None else ()
+                self.resolver.cache.put(kind, host, cached, ttl=answer.ttl, outcome=answer.outcome)  # type: ignore[arg-type]
+            found.extend(cached)  # type: ignore[arg-type]
+        return tuple(found)
+
+
+def sender_check(resolver: Resolver) -> Callable[[str], Awaitable[str]]:
+    """The sender-domain check as the relay's router wants it: domain -> status string."""
+
+    async def check(domain: str) -> str:
+        return (await resolver.check_sender_domain(domain)).status
+
+    return check
+

@@ -1,0 +1,325 @@
+"""End-to-end delivery: a client speaks SMTP to the relay, the relay routes, spools and delivers
+to aiosmtpd sinks on 127.0.0.1x, with MX answers from a real NSD on loopback. The sinks record
+the source address of each connection: 127.0.0.2 is the normal pool, 127.0.0.3 high-risk."""
+
+from __future__ import annotations
+
+import contextlib
+import email
+import socket
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosmtplib
+import pytest
+
+from deliverypool import classify
+from deliverypool.config import RelayConfig
+from deliverypool.relay import Relay
+from deliverypool.spool import listing, read_counters
+from tests.dnsserver import DP_TEST, NsdServer, nsd_binary
+from tests.smtp_sinks import HIGH_RISK_SOURCE, NORMAL_SOURCE, MidDataDropSMTP, Sink, eventually, message, relay_config, sink
+
+Run = Callable[[Coroutine[Any, Any, Any]], Any]
+
+MAIL_TEST = """\
+$ORIGIN mail.test.
+$TTL 300
+@           3600 IN SOA ns.dp.test. hostmaster.dp.test. 1 3600 900 604800 60
+@           NS ns.dp.test.
+; recipient domains
+dest        MX 10 mx1.dest
+dest        MX 20 mx2.dest
+mx1.dest    A 127.0.0.10
+mx2.dest    A 127.0.0.11
+pref        MX 10 down.pref
+pref        MX 20 mx2.dest
+down.pref   A 127.0.0.19
+implicit    A 127.0.0.12
+nullmx      MX 0 .
+soft        MX 10 mx.soft
+mx.soft     A 127.0.0.13
+hard        MX 10 mx.hard
+mx.hard     A 127.0.0.14
+drop        MX 10 mx.drop
+mx.drop     A 127.0.0.15
+; sender domains: DSNs to senders at sender.mail.test go to 127.0.0.16
+sender      MX 10 mx.sender
+mx.sender   A 127.0.0.16
+"""
+
+# A domain that does not exist: no records at all.
+GHOST_SENDER = "someone@ghost.mail.test"
+SENDER = "alice@sender.mail.test"
+
+
+@pytest.fixture(scope="module")
+def mail_dns() -> Iterator[str]:
+    if nsd_binary() is None:
+        pytest.skip("nsd is not installed: run scripts/install-test-servers.sh")
+    server = NsdServer({"dp.test": DP_TEST, "mail.test": MAIL_TEST})
+    server.start()
+    yield server.address
+    server.close()
+
+
+def common_port(hosts: list[str]) -> int:
+    """A TCP port free on every one of `hosts`."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind((hosts[0], 0))
+            port = int(probe.getsockname()[1])
+        try:
+            for host in hosts:
+                with socket.socket() as s:
+                    s.bind((host, port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no common free port")
+
+
+SINK_HOSTS = {
+    "mx1": "127.0.0.10",
+    "mx2": "127.0.0.11",
+    "implicit": "127.0.0.12",
+    "soft": "127.0.0.13",
+    "hard": "127.0.0.14",
+    "drop": "127.0.0.15",
+    "sender": "127.0.0.16",
+}
+
+
+@dataclass
+class World:
+    relay: Relay
+    config: RelayConfig
+    sinks: dict[str, Sink]
+
+    async def send(self, msg: bytes, *, sender: str, to: list[str], source: str = "127.0.0.1") -> str:
+        return await submit(self.config, msg, sender=sender, to=to, source=source)
+
+    async def settled(self) -> None:
+        """Waits until the spool holds nothing unfinished."""
+        await eventually(lambda: not [r for r in listing(self.config.spool.directory) if r.state not in ("delivered", "failed")], what="empty queue")
+
+
+async def submit(config: RelayConfig, msg: bytes, *, sender: str, to: list[str], source: str = "127.0.0.1") -> str:
+    """Sends one message to the relay (a null `sender` too, which aiosmtplib.send refuses)."""
+    client = aiosmtplib.SMTP(
+        hostname=config.listener.host, port=config.listener.port, source_address=(source, 0), start_tls=False
+    )
+    async with client:
+        errors, reply = await client.sendmail(sender, to, msg)
+    assert not errors
+    return reply
+
+
+@contextlib.asynccontextmanager
+async def world(tmp_path: Path, nameserver: str, **config: Any) -> AsyncIterator[World]:
+    port = common_port(list(SINK_HOSTS.values()))
+    conf = relay_config(tmp_path / "spool", mx_port=port, nameserver=nameserver, **config)
+    async with contextlib.AsyncExitStack() as stack:
+        sinks = {}
+        for name, host in SINK_HOSTS.items():
+            smtp_class = MidDataDropSMTP if name == "drop" else None
+            extra = {"smtp_class": smtp_class} if smtp_class else {}
+            sinks[name] = await stack.enter_async_context(sink(host, port, name, **extra))
+        relay = Relay(conf)
+        await relay.start()
+        await relay.listen()
+        try:
+            yield World(relay, conf, sinks)
+        finally:
+            await relay.stop()
+
+
+def test_each_reason_reaches_its_pool(aio_run: Run, tmp_path: Path, mail_dns: str, corpus: Path) -> None:
+    dsn = (corpus / "maildir" / "bsd" / "rfc3464-01.eml").read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    assert "dsn" in classify(dsn, mail_from="").reasons
+
+    async def main() -> None:
+        async with world(tmp_path, mail_dns, listener='trusted_score_networks = ["127.0.0.1/32"]') as w:
+            await w.send(message("ordinary", message_id="<ordinary@t>"), sender=SENDER, to=["bob@dest.mail.test"])
+            await w.send(
+                message("spammy", extra_headers="X-Spam-Score: 9.5\r\n", message_id="<scored@t>"),
+                sender=SENDER,
+                to=["bob@dest.mail.test"],
+            )
+            # The same header from a client that may not set it is removed: normal pool.
+            await w.send(
+                message("forged", extra_headers="X-Spam-Score: 9.5\r\n", message_id="<forged@t>"),
+                sender=SENDER,
+                to=["bob@dest.mail.test"],
+                source="127.0.0.5",
+            )
+            await w.send(dsn, sender="", to=["bob@dest.mail.test"])
+            await w.send(message("ghost", sender=GHOST_SENDER, message_id="<ghost@t>"), sender=GHOST_SENDER, to=["bob@dest.mail.test"])
+            delivered = await w.sinks["mx1"].wait_for(5)
+            seen = {email.message_from_bytes(d.content)["Message-ID"]: d for d in delivered}
+            assert seen["<ordinary@t>"].peer == NORMAL_SOURCE
+            assert seen["<forged@t>"].peer == NORMAL_SOURCE
+            assert b"X-Spam-Score" not in seen["<forged@t>"].content
+            assert seen["<scored@t>"].peer == HIGH_RISK_SOURCE
+            assert seen["<ghost@t>"].peer == HIGH_RISK_SOURCE
+            dsn_delivery = [d for d in delivered if d.mail_from == ""]
+            assert [d.peer for d in dsn_delivery] == [HIGH_RISK_SOURCE]
+            assert seen["<ordinary@t>"].helo == "normal.relay.test"
+            assert seen["<scored@t>"].helo == "high-risk.relay.test"
+            assert not w.sinks["mx2"].deliveries  # the preferred MX took everything
+
+    aio_run(main())
+
+
+def test_mx_preference_and_implicit_mx(aio_run: Run, tmp_path: Path, mail_dns: str) -> None:
+    async def main() -> None:
+        async with world(tmp_path, mail_dns) as w:
+            # pref.mail.test: the preferred MX (127.0.0.19) has no server; the next one gets it.
+            await w.send(message("pref"), sender=SENDER, to=["x@pref.mail.test"])
+            # implicit.mail.test has only an A record: it is its own MX.
+            await w.send(message("implicit"), sender=SENDER, to=["x@implicit.mail.test"])
+            assert (await w.sinks["mx2"].wait_for(1))[0].rcpt_tos == ["x@pref.mail.test"]
+            assert (await w.sinks["implicit"].wait_for(1))[0].rcpt_tos == ["x@implicit.mail.test"]
+            assert not w.sinks["mx1"].deliveries
+
+    aio_run(main())
+
+
+def test_temporary_failure_then_success(aio_run: Run, tmp_path: Path, mail_dns: str) -> None:
+    async def main() -> None:
+        async with world(tmp_path, mail_dns) as w:
+            w.sinks["soft"].handler.data_replies[:] = ["451 4.3.0 try again later", "421 4.3.2 busy"]
+            await w.send(message("soft"), sender=SENDER, to=["x@soft.mail.test"])
+            delivered = await w.sinks["soft"].wait_for(1)
+            assert delivered[0].peer == NORMAL_SOURCE
+            await w.settled()
+            counters = read_counters(w.config.spool.directory)
+            assert counters["delivered"] == 1 and counters["failed"] == 0
+            assert w.relay.engine is not None and w.relay.engine.stats.deferred == 2
+            assert not w.sinks["sender"].deliveries  # no DSN for a delay
+
+    aio_run(main())
+
+
+def test_permanent_failure_sends_a_dsn_through_the_high_risk_pool(aio_run: Run, tmp_path: Path, mail_dns: str) -> None:
+    async def main() -> None:
+        async with world(tmp_path, mail_dns) as w:
+            w.sinks["hard"].handler.reject_rcpt["nobody@hard.mail.test"] = "550 5.1.1 <nobody@hard.mail.test>: no such user"
+            original = message("will bounce", message_id="<bounce-me@t>")
+            await w.send(original, sender=SENDER, to=["nobody@hard.mail.test", "x@dest.mail.test"])
+            # The other recipient is delivered normally.
+            assert (await w.sinks["mx1"].wait_for(1))[0].peer == NORMAL_SOURCE
+            (dsn,) = await w.sinks["sender"].wait_for(1)
+            assert dsn.peer == HIGH_RISK_SOURCE
+            assert dsn.mail_from == ""
+            assert dsn.rcpt_tos == [SENDER]
+            report = email.message_from_bytes(dsn.content)
+            assert report.get_content_type() == "multipart/report"
+            assert report.get_param("report-type") == "delivery-status"
+            text, status, headers = report.get_payload()
+            assert text.get_content_type() == "text/plain"
+            assert status.get_content_type() == "message/delivery-status"
+            fields = "\n".join(str(block) for block in status.get_payload())
+            assert "Reporting-MTA: dns; relay.test" in fields
+            assert "Final-Recipient: rfc822; nobody@hard.mail.test" in fields
+            assert "Action: failed" in fields
+            assert "Status: 5.1.1" in fields
+            assert "Diagnostic-Code: smtp; 550 5.1.1" in fields
+            assert "x@dest.mail.test" not in fields
+            assert headers.get_content_type() == "text/rfc822-headers"
+            assert b"Message-ID: <bounce-me@t>" in dsn.content
+            decision = classify(dsn.content, mail_from="")
+            assert "dsn" in decision.reasons and decision.dsn is not None
+            await w.settled()
+
+    aio_run(main())
+
+
+def test_null_mx_fails_at_once_with_a_dsn(aio_run: Run, tmp_path: Path, mail_dns: str) -> None:
+    async def main() -> None:
+        async with world(tmp_path, mail_dns) as w:
+            await w.send(message("null mx"), sender=SENDER, to=["x@nullmx.mail.test"])
+            (dsn,) = await w.sinks["sender"].wait_for(1)
+            assert dsn.peer == HIGH_RISK_SOURCE
+            assert b"Status: 5.1.10" in dsn.content
+            assert w.relay.engine is not None and w.relay.engine.stats.deferred == 0
+
+    aio_run(main())
+
+
+def test_no_dsn_for_a_message_with_a_null_sender(aio_run: Run, tmp_path: Path, mail_dns: str) -> None:
+    async def main() -> None:
+        async with world(tmp_path, mail_dns) as w:
+            w.sinks["hard"].handler.reject_rcpt["nobody@hard.mail.test"] = "550 5.1.1 no such user"
+            await w.send(message("a bounce of a bounce"), sender="", to=["nobody@hard.mail.test"])
+            await eventually(lambda: read_counters(w.config.spool.directory)["failed"] == 1, what="the failure")
+            await w.settled()
+            assert read_counters(w.config.spool.directory)["bounces"] == 0
+            assert w.relay.engine is not None and w.relay.engine.stats.bounces == 0
+            assert not w.sinks["sender"].deliveries
+
+    aio_run(main())
+
+
+def test_connection_dropped_mid_data_is_retried(aio_run: Run, tmp_path: Path, mail_dns: str) -> None:
+    async def main() -> None:
+        MidDataDropSMTP.budget[:] = [2]
+        async with world(tmp_path, mail_dns) as w:
+            await w.send(message("dropped"), sender=SENDER, to=["x@drop.mail.test"])
+            (delivered,) = await w.sinks["drop"].wait_for(1)
+            assert delivered.peer == NORMAL_SOURCE
+            assert MidDataDropSMTP.budget == [0]
+            await w.settled()
+            assert w.relay.engine is not None and w.relay.engine.stats.deferred == 2
+
+    aio_run(main())
+
+
+def test_high_risk_never_falls_back_to_normal_addresses(aio_run: Run, tmp_path: Path, mail_dns: str) -> None:
+    # The high-risk pool only has an IPv6 address, useless for these IPv4 destinations: its
+    # mail waits (deferred) rather than leave from the normal pool's 127.0.0.2.
+    async def main() -> None:
+        async with world(tmp_path, mail_dns, high_risk_sources='["::1"]', listener='trusted_score_networks = ["127.0.0.1/32"]') as w:
+            await w.send(message("spam", extra_headers="X-Spam-Score: 50\r\n"), sender=SENDER, to=["x@dest.mail.test"])
+            await w.send(message("fine"), sender=SENDER, to=["y@dest.mail.test"])
+            (ok,) = await w.sinks["mx1"].wait_for(1)
+            assert ok.rcpt_tos == ["y@dest.mail.test"] and ok.peer == NORMAL_SOURCE
+            assert w.relay.engine is not None
+            await eventually(lambda: w.relay.engine is not None and w.relay.engine.stats.deferred >= 3, what="retries")
+            rows = [r for r in listing(w.config.spool.directory) if r.pool == "high-risk"]
+            assert rows and all(r.state in ("deferred", "in-flight", "queued") for r in rows)
+            assert all(d.rcpt_tos != ["x@dest.mail.test"] for s in w.sinks.values() for d in s.deliveries)
+
+    aio_run(main())
+
+
+def test_smarthost_mode_binds_each_pools_address(aio_run: Run, tmp_path: Path) -> None:
+    async def main() -> None:
+        port = common_port(["127.0.0.20"])
+        conf = relay_config(
+            tmp_path / "spool", smarthost=f"127.0.0.20:{port}", listener='trusted_score_networks = ["127.0.0.1/32"]'
+        )
+        async with sink("127.0.0.20", port, "smarthost") as smarthost:
+            relay = Relay(conf)
+            await relay.start()
+            await relay.listen()
+            try:
+                for score in ("1", "9"):
+                    await submit(
+                        conf,
+                        message(f"score {score}", extra_headers=f"X-Spam-Score: {score}\r\n"),
+                        sender=SENDER,
+                        to=["a@anywhere.test", "b@elsewhere.test"],
+                    )
+                delivered = await smarthost.wait_for(2)
+                by_subject = {email.message_from_bytes(d.content)["Subject"]: d for d in delivered}
+                assert by_subject["score 1"].peer == NORMAL_SOURCE
+                assert by_subject["score 9"].peer == HIGH_RISK_SOURCE
+                # One transaction carries both recipients, whatever their domains.
+                assert sorted(by_subject["score 1"].rcpt_tos) == ["a@anywhere.test", "b@elsewhere.test"]
+            finally:
+                await relay.stop()
+
+    aio_run(main())
