@@ -136,7 +136,8 @@ class ResolverConfig:
     """Everything a :class:`Resolver` needs, validated at construction.
 
     ``nameservers`` empty means the system's (``/etc/resolv.conf``).
-    ``timeout`` is one attempt's limit; a query makes ``1 + retries`` attempts at most.
+    ``timeout`` is how long one nameserver gets per attempt; an attempt tries each nameserver
+    in turn, and a query makes ``1 + retries`` attempts at most.
     """
 
     nameservers: tuple[Nameserver, ...] = ()
@@ -284,7 +285,10 @@ def _failure(error: BaseException) -> str:
     if isinstance(error, dns.message.ChainTooLong):
         return "cname-loop"
     if isinstance(error, dns.resolver.NoNameservers):
-        texts = [str(e[3]) for e in error.kwargs.get("errors", ()) if len(e) > 3]
+        errors = [e[3] for e in error.kwargs.get("errors", ()) if len(e) > 3]
+        if any(isinstance(e, dns.message.ChainTooLong) for e in errors):
+            return "cname-loop"
+        texts = [str(e) for e in errors]
         for rcode in ("SERVFAIL", "REFUSED", "NOTIMP", "FORMERR"):
             if rcode in texts:
                 return rcode.lower()
@@ -318,8 +322,9 @@ class Resolver:
         resolver = dns.asyncresolver.Resolver(configure=not config.nameservers)
         if config.nameservers:
             resolver.nameservers = [dns.nameserver.Do53Nameserver(ns.host, ns.port) for ns in config.nameservers]
+        # One attempt asks each nameserver in turn, each for at most `timeout`.
         resolver.timeout = config.timeout
-        resolver.lifetime = config.timeout
+        resolver.lifetime = config.timeout * max(1, len(resolver.nameservers))
         resolver.retry_servfail = False
         resolver.cache = None  # ours is the cache
         # 1232 bytes: the DNS Flag Day 2020 EDNS buffer size, which avoids fragmentation.
