@@ -1,0 +1,143 @@
+"""Routing with DNS end to end: Router against NSD and a nameserver that never answers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+import pytest
+
+from deliverypool._core import Decision, Policy, classify
+from deliverypool.dns import Resolver, ResolverConfig
+from deliverypool.router import Router
+from tests.dnsserver import NsdServer, SilentServer
+
+T = TypeVar("T")
+Run = Callable[[Coroutine[Any, Any, T]], T]
+
+MESSAGE = b"From: Alice <alice@mx-only.dp.test>\r\nTo: bob@example.net\r\nSubject: hello\r\n\r\nHi Bob.\r\n"
+
+
+def router_for(server: NsdServer | SilentServer, policy: Policy | None = None, **options: Any) -> Router:
+    options.setdefault("timeout", 0.3)
+    options.setdefault("retries", 0)
+    config = ResolverConfig.from_strings([server.address], min_ttl=0.0, **options)
+    return Router(Resolver(config, cache=config.make_cache(manual_clock=True)), policy=policy)
+
+
+def message_from(domain: str) -> bytes:
+    return MESSAGE.replace(b"mx-only.dp.test", domain.encode())
+
+
+@pytest.mark.parametrize(
+    ("mail_from", "status", "high_risk", "reason"),
+    [
+        ("alice@mx-only.dp.test", "has-records", False, None),
+        ("alice@a-only.dp.test", "has-records", False, None),
+        ("<alice@Missing.DP.test>", "no-records", True, "sender-domain-no-records"),
+        ("alice@nodata.dp.test", "no-records", True, "sender-domain-no-records"),
+        ("alice@nullmx-a.dp.test", "no-records", True, "sender-domain-no-records"),
+        ("alice@bücher.test", "has-records", False, None),
+        ("alice@x.broken.test", "unknown", True, "sender-domain-unknown"),
+    ],
+)
+def test_route(nsd: NsdServer, aio_run: Run[Decision], mail_from: str, status: str, high_risk: bool, reason: str | None) -> None:
+    decision = aio_run(router_for(nsd).route(MESSAGE, mail_from=mail_from))
+    assert decision.sender_domain == status
+    assert decision.high_risk is high_risk
+    assert decision.pool == ("high-risk" if high_risk else "normal")
+    dns_reasons = [r for r in decision.reasons if r.startswith("sender-domain")]
+    assert dns_reasons == ([reason] if reason else [])
+
+
+def test_unreachable_nameserver_is_unknown_never_no_records(silent_nameserver: SilentServer) -> None:
+    decision = asyncio.run(router_for(silent_nameserver).route(MESSAGE, mail_from="a@missing.dp.test"))
+    assert decision.sender_domain == "unknown"
+    assert "sender-domain-unknown" in decision.reasons
+    assert "sender-domain-no-records" not in decision.reasons
+    assert decision.high_risk, "the default policy sends unknown to the high-risk pool"
+
+    lenient = router_for(silent_nameserver, policy=Policy(unknown_domain_pool="normal"))
+    decision = asyncio.run(lenient.route(MESSAGE, mail_from="a@missing.dp.test"))
+    assert (decision.pool, decision.reasons) == ("normal", ("sender-domain-unknown",))
+
+
+def test_null_sender_and_no_dns_are_not_checked(nsd: NsdServer) -> None:
+    router = router_for(nsd)
+    assert asyncio.run(router.route(MESSAGE, mail_from=None)).sender_domain is None
+    assert asyncio.run(router.route(MESSAGE, mail_from="<>")).sender_domain is None
+    assert router.resolver is not None and router.resolver.queries == 0
+    no_dns = Router(None)
+    assert asyncio.run(no_dns.route(MESSAGE, mail_from="a@missing.dp.test")).sender_domain is None
+
+
+def test_warm_cache_routes_without_suspending(nsd: NsdServer) -> None:
+    router = router_for(nsd)
+    asyncio.run(router.route(MESSAGE, mail_from="a@missing.dp.test"))
+    # Drive the coroutine by hand, outside any event loop: if it awaited anything it would
+    # yield here instead of finishing on the first step.
+    coroutine = router.route(MESSAGE, mail_from="b@MISSING.dp.test")
+    with pytest.raises(StopIteration) as finished:
+        coroutine.send(None)
+    decision: Decision = finished.value.value
+    assert decision.reasons == ("sender-domain-no-records",)
+
+
+def test_a_cold_domain_costs_one_round_for_all_waiting_messages(nsd: NsdServer, aio_run: Run[list[Decision]]) -> None:
+    router = router_for(nsd)
+
+    async def main() -> list[Decision]:
+        return await asyncio.gather(*(router.route(MESSAGE, mail_from=f"u{i}@nodata.dp.test") for i in range(100)))
+
+    decisions = aio_run(main())
+    assert {d.sender_domain for d in decisions} == {"no-records"}
+    assert router.resolver is not None and router.resolver.queries == 3
+
+
+def test_route_many(nsd: NsdServer, aio_run: Run[list[Decision]]) -> None:
+    router = router_for(nsd)
+    domains = ["mx-only.dp.test", "missing.dp.test", "x.broken.test", "a-only.dp.test"]
+    senders: list[str | None] = [f"u{i}@{domains[i % 4]}" for i in range(100)] + [None]
+    messages = [message_from(domains[i % 4]) for i in range(100)] + [MESSAGE]
+    decisions = aio_run(router.route_many(messages, mail_from=senders))
+    assert router.resolver is not None
+    assert router.resolver.queries <= 3 * len(domains), "one round per cold domain"
+    expected = {"mx-only.dp.test": "has-records", "missing.dp.test": "no-records",
+                "x.broken.test": "unknown", "a-only.dp.test": "has-records"}  # fmt: skip
+    assert [d.sender_domain for d in decisions] == [expected[domains[i % 4]] for i in range(100)] + [None]
+    # Same decisions as classify() given the same statuses.
+    for message, sender, decision in zip(messages, senders, decisions):
+        again = classify(message, mail_from=sender, sender_domain=decision.sender_domain)
+        assert (again.pool, again.reasons) == (decision.pool, decision.reasons)
+
+    queries = router.resolver.queries
+    small = aio_run(router.route_many(messages[:3], mail_from=senders[:3]))
+    assert [d.sender_domain for d in small] == [d.sender_domain for d in decisions[:3]]
+    assert router.resolver.queries == queries, "a warm batch sends no query"
+
+
+def test_route_many_checks_lengths(nsd: NsdServer) -> None:
+    with pytest.raises(ValueError, match="mail_from has 1 entries for 2 messages"):
+        asyncio.run(router_for(nsd).route_many([MESSAGE, MESSAGE], mail_from=["a@mx-only.dp.test"]))
+
+
+def test_header_from_check(nsd: NsdServer) -> None:
+    config = ResolverConfig.from_strings([nsd.address], min_ttl=0.0)
+    router = Router(Resolver(config), check_header_from=True)
+    # Envelope fine, header From on a domain without records: the worse outcome wins.
+    decision = asyncio.run(router.route(message_from("missing.dp.test"), mail_from="a@mx-only.dp.test"))
+    assert decision.sender_domain == "no-records"
+    decision = asyncio.run(router.route(MESSAGE, mail_from="a@mx-only.dp.test"))
+    assert decision.sender_domain == "has-records"
+    batch = asyncio.run(router.route_many([MESSAGE, message_from("x.broken.test")], mail_from=["a@mx-only.dp.test"] * 2))
+    assert [d.sender_domain for d in batch] == ["has-records", "unknown"]
+
+
+def test_from_nameservers(nsd: NsdServer) -> None:
+    router = Router.from_nameservers([nsd.address], timeout=0.5)
+    assert router.resolver is not None
+    assert router.resolver.config.timeout == 0.5
+    decision = asyncio.run(router.route(MESSAGE, mail_from="a@missing.dp.test"))
+    assert decision.reasons == ("sender-domain-no-records",)
+    assert router.resolver.cache.stats().insertions == 1
