@@ -23,3 +23,7 @@ def corpus() -> Path:
     if not CORPUS.is_dir():
         pytest.fail(f"the shared corpus is missing: expected it at {CORPUS}")
     return CORPUS
+
+
+# DNS test servers and the event-loop runner live in tests/dnsserver.py (the DNS tests' own block).
+from tests.dnsserver import aio_run, nsd, silent_nameserver, truncating_nameserver  # noqa: E402, F401
