@@ -1,0 +1,245 @@
+"""The SMTP front end: relay control, limits, smuggling, the score header, 250-after-spool, and
+mounting RoutingHandler in a user's own aiosmtpd Controller. Delivery goes to a smarthost
+port where nothing listens, so accepted mail stays in the spool for inspection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import aiosmtplib
+import pytest
+from aiosmtpd.controller import Controller
+
+from deliverypool.config import RelayConfig
+from deliverypool.relay import Relay, has_bare_line_ending, strip_header
+from deliverypool.spool import listing
+from tests.smtp_sinks import free_port, message, relay_config
+
+Run = Callable[[Coroutine[Any, Any, Any]], Any]
+SENDER = "alice@sender.test"
+
+
+def config(tmp_path: Path, listener: str = "") -> RelayConfig:
+    # Nothing listens on the smarthost port: accepted mail waits in the spool.
+    return relay_config(tmp_path / "spool", smarthost=f"127.0.0.1:{free_port()}", listener=listener)
+
+
+@contextlib.asynccontextmanager
+async def running(conf: RelayConfig) -> AsyncIterator[Relay]:
+    relay = Relay(conf)
+    await relay.start()
+    await relay.listen()
+    try:
+        yield relay
+    finally:
+        await relay.stop()
+
+
+async def dialogue(conf: RelayConfig, lines: list[bytes], source: str = "127.0.0.1") -> list[bytes]:
+    """Speaks raw SMTP: sends each line (a command or a chunk of data) and collects every
+    reply line the server writes, until it closes or stays silent."""
+    reader, writer = await asyncio.open_connection(conf.listener.host, conf.listener.port, local_addr=(source, 0))
+    replies = [await reader.readline()]
+    for line in lines:
+        writer.write(line)
+        await writer.drain()
+        if line.endswith(b"\r\n"):
+            replies += await _read_reply(reader)
+    writer.close()
+    with contextlib.suppress(ConnectionError):
+        await writer.wait_closed()
+    return replies
+
+
+async def _read_reply(reader: asyncio.StreamReader) -> list[bytes]:
+    lines = []
+    while True:
+        try:
+            line = await asyncio.wait_for(reader.readline(), 0.5)
+        except asyncio.TimeoutError:
+            return lines
+        if not line:
+            return lines
+        lines.append(line)
+        if line[3:4] != b"-":
+            return lines
+
+
+def queued(conf: RelayConfig) -> list[str]:
+    return [row.header_message_id or "" for row in listing(conf.spool.directory)]
+
+
+def test_client_outside_allowed_networks_cannot_relay(aio_run: Run, tmp_path: Path) -> None:
+    conf = config(tmp_path, 'allowed_networks = ["127.0.0.1/32"]')
+
+    async def main() -> None:
+        async with running(conf):
+            client = aiosmtplib.SMTP(hostname="127.0.0.1", port=conf.listener.port, source_address=("127.0.0.9", 0), start_tls=False)
+            async with client:
+                await client.mail(SENDER)
+                with pytest.raises(aiosmtplib.SMTPRecipientRefused) as refused:
+                    await client.rcpt("victim@example.org")
+                assert refused.value.code == 554
+                assert "Relay access denied" in refused.value.message
+            # The same client from an allowed address is served.
+            await aiosmtplib.send(message("ok"), sender=SENDER, recipients=["x@example.org"], hostname="127.0.0.1", port=conf.listener.port)
+            assert len(listing(conf.spool.directory)) == 1
+
+    aio_run(main())
+
+
+def test_authenticated_client_may_relay_from_anywhere(aio_run: Run, tmp_path: Path) -> None:
+    conf = config(
+        tmp_path, 'allowed_networks = ["127.0.0.1/32"]\nallow_plaintext_auth = true\nauth_users = { carol = "s3cret" }'
+    )
+
+    async def main() -> None:
+        async with running(conf):
+            kwargs: dict[str, Any] = dict(hostname="127.0.0.1", port=conf.listener.port, source_address=("127.0.0.9", 0), start_tls=False)
+            with pytest.raises(aiosmtplib.SMTPAuthenticationError):
+                await aiosmtplib.send(message("bad"), sender=SENDER, recipients=["x@example.org"], username="carol", password="wrong", **kwargs)
+            await aiosmtplib.send(message("good", message_id="<auth@t>"), sender=SENDER, recipients=["x@example.org"], username="carol", password="s3cret", **kwargs)
+            assert queued(conf) == ["<auth@t>"]
+            # The authenticated user is the tenant.
+            relay_rows = listing(conf.spool.directory)
+            assert relay_rows[0].mail_from == SENDER
+
+    aio_run(main())
+
+
+def test_oversized_message_is_refused(aio_run: Run, tmp_path: Path) -> None:
+    conf = config(tmp_path, 'size_limit = "10k"')
+
+    async def main() -> None:
+        async with running(conf):
+            big = message("big", body="x" * 70 + "\r\n") * 1  # header + one line
+            big = big + (b"y" * 70 + b"\r\n") * 200  # ~14 KB
+            with pytest.raises(aiosmtplib.SMTPResponseException) as refused:
+                await aiosmtplib.send(big, sender=SENDER, recipients=["x@example.org"], hostname="127.0.0.1", port=conf.listener.port)
+            assert refused.value.code == 552
+            # Declared up front with SIZE=, it is refused at MAIL.
+            replies = await dialogue(conf, [b"EHLO c\r\n", b"MAIL FROM:<a@b.test> SIZE=20000\r\n"])
+            assert any(r.startswith(b"250-SIZE 10240") for r in replies)
+            assert replies[-1].startswith(b"552")
+            assert listing(conf.spool.directory) == []
+
+    aio_run(main())
+
+
+def test_overlong_line_and_command_are_refused(aio_run: Run, tmp_path: Path) -> None:
+    conf = config(tmp_path)
+
+    async def main() -> None:
+        async with running(conf):
+            replies = await dialogue(conf, [b"EHLO c\r\n", b"MAIL FROM:<" + b"a" * 600 + b"@b.test>\r\n"])
+            assert replies[-1].startswith(b"500")
+            long_line = message("long").replace(b"Hi.", b"z" * 2000)
+            with pytest.raises(aiosmtplib.SMTPResponseException) as refused:
+                await aiosmtplib.send(long_line, sender=SENDER, recipients=["x@example.org"], hostname="127.0.0.1", port=conf.listener.port)
+            assert refused.value.code == 500
+            assert listing(conf.spool.directory) == []
+
+    aio_run(main())
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        # The classic: <LF>.<CR><LF> ends DATA for lenient servers, smuggling a second message.
+        b"Subject: one\r\n\r\nhello\n.\r\nMAIL FROM:<evil@x.test>\r\nRCPT TO:<v@example.org>\r\nDATA\r\nSubject: smuggled\r\n\r\nhi\r\n.\r\n",
+        # <CR>.<CR> variants and a lone bare LF in a header.
+        b"Subject: two\r\n\r\nhello\r.\r\nMAIL FROM:<evil@x.test>\r\n.\r\n",
+        b"Subject: three\nX-Other: y\r\n\r\nbody\r\n.\r\n",
+    ],
+)
+def test_smtp_smuggling_is_refused(aio_run: Run, tmp_path: Path, payload: bytes) -> None:
+    conf = config(tmp_path)
+
+    async def main() -> None:
+        async with running(conf):
+            replies = await dialogue(
+                conf, [b"EHLO c\r\n", b"MAIL FROM:<a@sender.test>\r\n", b"RCPT TO:<v@example.org>\r\n", b"DATA\r\n", payload]
+            )
+            text = b"".join(replies)
+            assert b"554 5.6.0" in text
+            assert b"smuggled" not in text
+            assert listing(conf.spool.directory) == []
+
+    aio_run(main())
+
+
+def test_bare_line_ending_detection() -> None:
+    assert not has_bare_line_ending(b"a\r\nb\r\n")
+    assert has_bare_line_ending(b"a\r\nb\n.\r\n")
+    assert has_bare_line_ending(b"a\rb\r\n")
+    assert has_bare_line_ending(b"a\n\rb")
+
+
+def test_strip_header_removes_every_copy_with_continuations() -> None:
+    msg = b"X-Spam-Score: 1\r\nFrom: a@b\r\nx-spam-score: 2\r\n  continued\r\nSubject: s\r\n\r\nX-Spam-Score: in body\r\n"
+    stripped, removed = strip_header(msg, "X-Spam-Score")
+    assert removed == 2
+    assert stripped == b"From: a@b\r\nSubject: s\r\n\r\nX-Spam-Score: in body\r\n"
+    assert strip_header(b"From: a\r\n\r\nbody", "X-Spam-Score") == (b"From: a\r\n\r\nbody", 0)
+
+
+def test_score_header_only_trusted_from_the_content_filter(aio_run: Run, tmp_path: Path) -> None:
+    conf = config(tmp_path, 'trusted_score_networks = ["127.0.0.1/32"]')
+
+    async def main() -> None:
+        async with running(conf):
+            spam = message("spam", extra_headers="X-Spam-Score: 12\r\n")
+            await aiosmtplib.send(spam, sender=SENDER, recipients=["x@example.org"], hostname="127.0.0.1", port=conf.listener.port)
+            await aiosmtplib.send(
+                spam, sender=SENDER, recipients=["y@example.org"], hostname="127.0.0.1", port=conf.listener.port, source_address=("127.0.0.7", 0)
+            )
+            rows = {row.address: row for row in listing(conf.spool.directory)}
+            assert rows["x@example.org"].pool == "high-risk"
+            assert "spam-score" in rows["x@example.org"].reasons
+            assert rows["y@example.org"].pool == "normal"
+
+    aio_run(main())
+
+
+def test_250_means_the_message_is_in_the_spool(aio_run: Run, tmp_path: Path) -> None:
+    conf = config(tmp_path)
+
+    async def main() -> None:
+        async with running(conf) as relay:
+            for n in range(20):
+                _, reply = await aiosmtplib.send(
+                    message(f"m{n}", message_id=f"<m{n}@t>"), sender=SENDER, recipients=["x@example.org"], hostname="127.0.0.1", port=conf.listener.port
+                )
+                queue_id = reply.rsplit(" ", 1)[-1]
+                # Read from a separate connection to the database file: committed, not cached.
+                assert queue_id in {row.queue_id for row in listing(conf.spool.directory)}
+            assert relay.spool.stats.commits >= 1
+
+    aio_run(main())
+
+
+def test_handler_mounted_in_a_users_controller(aio_run: Run, tmp_path: Path) -> None:
+    """Embedding: RoutingHandler in aiosmtpd's Controller, which runs its own loop in a thread."""
+    conf = config(tmp_path)
+    port = free_port()
+
+    async def main() -> None:
+        relay = Relay(conf)
+        await relay.start()
+        controller = Controller(relay.handler, hostname="127.0.0.1", port=port, data_size_limit=conf.listener.size_limit)
+        await asyncio.to_thread(controller.start)
+        try:
+            assert threading.current_thread() is threading.main_thread()
+            _, reply = await aiosmtplib.send(message("embedded", message_id="<emb@t>"), sender=SENDER, recipients=["x@example.org"], hostname="127.0.0.1", port=port)
+            assert reply.startswith("2.0.0 Ok: queued as ")
+            assert queued(conf) == ["<emb@t>"]
+        finally:
+            await asyncio.to_thread(controller.stop)
+            await relay.stop()
+
+    aio_run(main())

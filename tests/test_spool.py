@@ -1,0 +1,142 @@
+"""The SQLite spool: group commit, per-recipient state, recovery, the lock, and the DSN stored
+in the same transaction as the failure."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deliverypool.spool import NewMessage, Outcome, Spool, SpoolLocked, State, listing, read_counters
+
+Run = Callable[[Coroutine[Any, Any, Any]], Any]
+
+
+def new(n: int = 0, recipients: tuple[str, ...] = ("a@x.test",), pool: str = "normal") -> NewMessage:
+    return NewMessage("s@y.test", recipients, f"Subject: {n}\r\n\r\nbody\r\n".encode(), pool, ("dsn",) if pool != "normal" else (), None, f"<{n}@y>")
+
+
+def test_concurrent_accepts_share_commits(aio_run: Run, tmp_path: Path) -> None:
+    async def main() -> None:
+        async with Spool(tmp_path) as spool:
+            jobs = await asyncio.gather(*(spool.accept(new(n)) for n in range(300)))
+            assert len({job.queue_id for job in jobs}) == 300
+            # 300 accepts, one transaction each if there were no group commit.
+            assert spool.stats.changes >= 300
+            assert spool.stats.commits < 100
+            assert spool.stats.largest_batch > 3
+            assert len(await spool.pending()) == 300
+
+    aio_run(main())
+
+
+def test_settings_make_a_250_durable(aio_run: Run, tmp_path: Path) -> None:
+    async def main() -> None:
+        async with Spool(tmp_path) as spool:
+            assert spool._conn is not None
+            assert spool._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            assert spool._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+    aio_run(main())
+
+
+def test_recipient_states_and_cleanup(aio_run: Run, tmp_path: Path) -> None:
+    async def main() -> None:
+        async with Spool(tmp_path) as spool:
+            job = await spool.accept(new(1, ("a@x.test", "b@x.test", "c@x.test")))
+            (a, _), (b, _), (c, _) = job.recipients
+            await spool.mark_in_flight([a, b, c])
+            states = {row.address: row.state for row in listing(tmp_path)}
+            assert set(states.values()) == {"in-flight"}
+            await spool.record(
+                [
+                    Outcome(a, State.DELIVERED, "250 ok", attempts=1),
+                    Outcome(b, State.DEFERRED, "451 later", next_attempt=1e12, attempts=1),
+                    Outcome(c, State.FAILED, "550 no", attempts=1),
+                ]
+            )
+            rows = {row.address: row for row in listing(tmp_path)}
+            assert rows["a@x.test"].state == "delivered"
+            assert rows["b@x.test"].state == "deferred" and rows["b@x.test"].next_attempt == 1e12
+            assert rows["b@x.test"].last_reply == "451 later" and rows["b@x.test"].attempts == 1
+            assert rows["c@x.test"].state == "failed"
+            (pending,) = await spool.pending()
+            assert pending.recipients == ((b, "b@x.test"),) and pending.next_attempt == 1e12
+            # The last recipient finishes: the message leaves the spool.
+            await spool.record([Outcome(b, State.DELIVERED, "250 ok", attempts=2)])
+            assert listing(tmp_path) == []
+            assert await spool.pending() == []
+            counters = await spool.counters()
+            assert counters["delivered"] == 2 and counters["failed"] == 1 and counters["accepted"] == 1
+
+    aio_run(main())
+
+
+def test_recovery_requeues_in_flight_and_counts_them(aio_run: Run, tmp_path: Path) -> None:
+    async def main() -> None:
+        spool = Spool(tmp_path)
+        await spool.open()
+        first = await spool.accept(new(1))
+        second = await spool.accept(new(2))
+        await spool.mark_in_flight([rid for rid, _ in first.recipients])
+        await spool.close()
+        # The first was being sent when the process stopped: it may already have arrived.
+        spool = Spool(tmp_path)
+        recovery = await spool.open()
+        assert recovery.requeued_in_flight == 1
+        assert sorted(job.queue_id for job in recovery.pending) == sorted([first.queue_id, second.queue_id])
+        assert {row.state for row in listing(tmp_path)} == {"queued"}
+        await spool.close()
+        assert read_counters(tmp_path)["recovered_in_flight"] == 1
+
+    aio_run(main())
+
+
+def test_a_second_process_cannot_open_the_spool(aio_run: Run, tmp_path: Path) -> None:
+    async def main() -> None:
+        async with Spool(tmp_path):
+            with pytest.raises(SpoolLocked):
+                await Spool(tmp_path).open()
+        # Closed: free again.
+        async with Spool(tmp_path):
+            pass
+
+    aio_run(main())
+
+
+def test_failure_and_its_dsn_commit_together(aio_run: Run, tmp_path: Path) -> None:
+    async def main() -> None:
+        async with Spool(tmp_path) as spool:
+            job = await spool.accept(new(1))
+            (rid, _), = job.recipients
+            dsn = NewMessage("", ("s@y.test",), b"Subject: bounce\r\n\r\n", "high-risk", ("dsn",))
+            stored = await spool.record([Outcome(rid, State.FAILED, "550 no")], bounce=dsn)
+            assert stored is not None and stored.pool == "high-risk" and stored.mail_from == ""
+            rows = listing(tmp_path)
+            assert [(r.mail_from, r.pool, r.state) for r in rows] == [("", "high-risk", "queued")]
+            assert (await spool.counters())["bounces"] == 1
+            # A change that fails rolls back alone; the others in its batch still commit.
+            bad = spool.accept(NewMessage("s@y.test", (), b"x", "normal"))
+            good = spool.accept(new(3))
+            results = await asyncio.gather(bad, good, return_exceptions=True)
+            assert isinstance(results[0], ValueError)
+            assert len(listing(tmp_path)) == 2
+
+    aio_run(main())
+
+
+def test_listing_reads_while_the_writer_holds_the_database(aio_run: Run, tmp_path: Path) -> None:
+    async def main() -> None:
+        async with Spool(tmp_path) as spool:
+            await spool.accept(new(1))
+            # `deliverypool queue` opens the file read-only from another connection.
+            conn = sqlite3.connect(f"file:{tmp_path / 'spool.sqlite3'}?mode=ro", uri=True)
+            assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] == 1
+            conn.close()
+            assert len(listing(tmp_path)) == 1
+
+    aio_run(main())
