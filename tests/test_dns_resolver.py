@@ -304,6 +304,27 @@ def test_mail_exchanger_failures(nsd: NsdServer, domain: str, error: type[Except
         assert info.value.reason == reason  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("target.dp.test", ("192.0.2.3",)),
+        ("aaaa-only.dp.test", ("2001:db8::1",)),
+        ("nullmx-a.dp.test", ("192.0.2.2",)),
+        ("alias-ext.dp.test", ("192.0.2.9",)),  # CNAME into another zone
+        ("nodata.dp.test", ()),
+        ("missing.dp.test", ()),
+        ("x.broken.test", ()),
+        ("not a host", ()),
+    ],
+)
+def test_addresses_of_a_host(nsd: NsdServer, host: str, expected: tuple[str, ...]) -> None:
+    resolver = resolver_for(nsd)
+    assert asyncio.run(resolver.addresses(host)) == expected
+    queries = resolver.queries
+    assert asyncio.run(resolver.addresses(host)) == expected
+    assert resolver.queries == queries, "the second time from the cache"
+
+
 def test_mail_exchangers_timeout_is_temporary(silent_nameserver: SilentServer) -> None:
     resolver = resolver_for(silent_nameserver, timeout=0.2, retries=0)
     with pytest.raises(TemporaryDnsError) as info:

@@ -557,6 +557,29 @@ class Resolver:
             return TemporaryDnsError(domain, a.detail if a.outcome == "unknown" else aaaa.detail), "unknown", 0
         return PermanentDnsError(domain, "no-records"), "negative", min(mx.ttl, a.ttl, aaaa.ttl)
 
+    async def addresses(self, host: str) -> tuple[str, ...]:
+        """A mail exchanger's IPv4 then IPv6 addresses, CNAMEs followed, each record type
+        cached and single-flighted on its own. A type whose lookup fails or has no records
+        adds nothing: delivery then moves on to the next exchanger (and reports 4.4.3 when
+        none has an address)."""
+        ascii_host = normalize_domain(host)
+        if ascii_host is None:
+            return ()
+        v4, v6 = await asyncio.gather(self._addresses(ascii_host, "A"), self._addresses(ascii_host, "AAAA"))
+        return v4 + v6
+
+    async def _addresses(self, host: str, kind: Literal["A", "AAAA"]) -> tuple[str, ...]:
+        cached = self.cache.get(kind, host)
+        if cached is None:
+            cached = await self._single_flight((kind, host), lambda: self._addresses_and_store(host, kind))
+        return cached  # type: ignore[return-value]
+
+    async def _addresses_and_store(self, host: str, kind: Literal["A", "AAAA"]) -> tuple[str, ...]:
+        answer = await self._query(host, dns.rdatatype.A if kind == "A" else dns.rdatatype.AAAA)
+        found = tuple(rd.address for rd in answer.rrset) if answer.rrset is not None else ()
+        self.cache.put(kind, host, found, ttl=answer.ttl, outcome=answer.outcome)
+        return found
+
 
 def _is_null_mx(rrset: dns.rrset.RRset | None) -> bool:
     """RFC 7505: a single MX record with preference 0 and the root as exchange."""
