@@ -4,7 +4,8 @@
 #      scripts/build-wheels.sh when it is missing or older than the sources;
 #   2. makes a fresh virtualenv in a temp dir outside the source tree and installs the wheel with
 #      its `test` and `uvloop` extras (the pip cache lives in target/pip-cache);
-#   3. with cargo, rustc and rustup taken off PATH and PYTHONPATH unset, checks the installed
+#   3. installs the test servers tests/ starts (scripts/install-test-servers.sh);
+#   4. with cargo, rustc and rustup taken off PATH and PYTHONPATH unset, checks the installed
 #      package (deliverypool.__file__ in the venv's site-packages, version, console script), then
 #      runs pytest on tests/ with a guard plugin that fails the run if `deliverypool` was imported
 #      from anywhere but that site-packages: a file missing from the wheel fails the run.
@@ -110,6 +111,11 @@ def pytest_sessionfinish(session, exitstatus):
         print(f"\nwheel guard: {err}", file=sys.stderr)
         session.exitstatus = 4
 EOF
+
+# The test servers tests/ starts (NSD); the script does nothing when they are installed.
+if [ -f scripts/install-test-servers.sh ]; then
+    bash scripts/install-test-servers.sh
+fi
 
 export PIP_CACHE_DIR=$REPO/target/pip-cache
 export PIP_DISABLE_PIP_VERSION_CHECK=1
