@@ -1,5 +1,5 @@
-"""Joins the DNS resolver (`deliverypool.dns`, issue 3) to the relay: MX lookups with host
-addresses for delivery, and the sender-domain check for routing.
+"""Joins the DNS resolver (`deliverypool.dns`, issue 3) to delivery: MX lookups with host
+addresses. (The sender-domain check for routing is `deliverypool.router.Router`.)
 
 The resolver answers "which hosts, in which order" (RFC 5321 §5.1: preference order, implicit
 MX, null MX); delivery also needs each host's A and AAAA records, asked through the same
@@ -12,7 +12,7 @@ own address records).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 
 import dns.rdatatype
 
@@ -69,13 +69,3 @@ class ResolverMx:
                 self.resolver.cache.put(kind, host, cached, ttl=answer.ttl, outcome=answer.outcome)  # type: ignore[arg-type]
             found.extend(cached)  # type: ignore[arg-type]
         return tuple(found)
-
-
-def sender_check(resolver: Resolver) -> Callable[[str], Awaitable[str]]:
-    """The sender-domain check as the relay's router wants it: domain -> status string."""
-
-    async def check(domain: str) -> str:
-        return (await resolver.check_sender_domain(domain)).status
-
-    return check
-

@@ -38,15 +38,14 @@ from typing import Any, TextIO
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from deliverypool._core import Decision, Policy, classify
+from deliverypool import dnsmx
+from deliverypool._core import Policy, scan
 from deliverypool.config import RelayConfig
 from deliverypool.delivery import DeliveryEngine, MxLookup
+from deliverypool.router import Router
 from deliverypool.spool import NewMessage, Spool, listing, read_counters
 
 log = logging.getLogger("deliverypool.relay")
-
-# Checks a sender domain: returns "has-records", "no-records" or "unknown" (issue 3's outcomes).
-SenderCheck = Callable[[str], Awaitable[str]]
 
 _ADDRESS = re.compile(r"^[^\s@<>]+@[^\s@<>]+$")
 
@@ -103,30 +102,6 @@ def _in(address: str | None, networks: Sequence[Any]) -> bool:
 
 
 # --- routing -----------------------------------------------------------------------------
-
-
-class MessageRouter:
-    """Classifies a message with the configured policy, asking `sender_check` (the DNS
-    sender-domain check) about the envelope sender's domain first when there is one."""
-
-    def __init__(self, policy: Policy, sender_check: SenderCheck | None = None) -> None:
-        self.policy = policy
-        self.sender_check = sender_check
-
-    async def route(
-        self, message: bytes, *, mail_from: str, tenant: str | None = None, untrusted_client: bool = False
-    ) -> Decision:
-        sender_domain = None
-        if self.sender_check is not None and mail_from and "@" in mail_from:
-            sender_domain = await self.sender_check(_domain(mail_from))
-        return classify(
-            message,
-            mail_from=mail_from,
-            tenant=tenant,
-            policy=self.policy,
-            untrusted_client=untrusted_client,
-            sender_domain=sender_domain,
-        )
 
 
 def policy_from_config(config: RelayConfig) -> Policy:
@@ -250,14 +225,12 @@ class Relay:
         config: RelayConfig,
         *,
         mx: MxLookup | None = None,
-        sender_check: SenderCheck | None = None,
-        router: MessageRouter | None = None,
+        router: Router | None = None,
     ) -> None:
         self.config = config
         self.spool = Spool(config.spool.directory)
         self.mx = mx
-        self._own_router = router is None
-        self.router = router or MessageRouter(policy_from_config(config), sender_check)
+        self.router = router
         self.engine: DeliveryEngine | None = None
         self.handler = RoutingHandler(self)
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -282,19 +255,16 @@ class Relay:
         self.engine.resume(recovery.pending)
 
     def _connect_dns(self) -> None:
-        """Points MX lookups and the sender-domain check, unless given, at one shared
-        `deliverypool.dns.Resolver` using the configured nameservers."""
+        """Points MX lookups and the router's sender-domain check, unless given, at one
+        shared `deliverypool.dns.Resolver` (and its Rust cache) on the configured nameservers."""
         needs_mx = self.mx is None and any(pool.delivery == "mx" for pool in self.config.pools.values())
-        needs_sender = self.router.sender_check is None and self.config.dns.check_sender_domain and self._own_router
-        if not (needs_mx or needs_sender):
-            return
-        from deliverypool import dnsmx
-
-        resolver = dnsmx.make_resolver(self.config.dns)
+        needs_sender = self.router is None and self.config.dns.check_sender_domain
+        resolver = dnsmx.make_resolver(self.config.dns) if needs_mx or needs_sender else None
         if needs_mx:
+            assert resolver is not None
             self.mx = dnsmx.ResolverMx(resolver)
-        if needs_sender:
-            self.router.sender_check = dnsmx.sender_check(resolver)
+        if self.router is None:
+            self.router = Router(resolver if needs_sender else None, policy=policy_from_config(self.config))
 
     async def listen(self) -> asyncio.AbstractServer:
         """Starts the SMTP listener on the configured address."""
@@ -351,9 +321,8 @@ class Relay:
             if removed:
                 log.info("removed %d client-written %s field(s) peer=%s", removed, header, peer)
         content = self._received(helo, peer, login) + content
+        assert self.router is not None
         decision = await self.router.route(content, mail_from=mail_from, tenant=login, untrusted_client=untrusted)
-        from deliverypool._core import scan
-
         facts = scan(content)
         job = await self.spool.accept(
             NewMessage(
@@ -387,6 +356,7 @@ class Relay:
         )
 
     async def _route_dsn(self, dsn: bytes) -> tuple[str, tuple[str, ...]]:
+        assert self.router is not None
         decision = await self.router.route(dsn, mail_from="")
         return decision.pool, tuple(decision.reasons)
 
@@ -460,3 +430,80 @@ def _ago(seconds: float) -> str:
     return f"{seconds:.0f}s"
 
 
+
+
+# --- commands (wired into `deliverypool relay` and `deliverypool queue` by cli.py) -----------
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """One line per event on stderr, unless the application configured logging already."""
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter
+
+
+def run(main: Awaitable[Any], loop: str | None = None) -> Any:
+    """Runs `main` on uvloop when it is installed (or `loop` = "uvloop"), else the stdlib loop."""
+    if loop != "asyncio":
+        try:
+            import uvloop
+
+            return uvloop.run(main)  # type: ignore[arg-type]
+        except ImportError:
+            if loop == "uvloop":
+                raise
+    return asyncio.run(main)  # type: ignore[arg-type]
+
+
+def relay_command(config_path: str, *, loop: str | None = None) -> int:
+    """`deliverypool relay --config PATH`: exit status 2 for a bad configuration."""
+    from deliverypool.config import ConfigError, load
+    from deliverypool.spool import SpoolError
+
+    try:
+        config = load(config_path)
+    except ConfigError as exc:
+        print(f"deliverypool relay: {config_path}: {exc}", file=sys.stderr)
+        return 2
+    configure_logging()
+    try:
+        run(run_relay(config), loop)
+    except SpoolError as exc:
+        print(f"deliverypool relay: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # e.g. the listen address is in use
+        print(f"deliverypool relay: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def queue_command(config_path: str | None = None, *, spool_directory: str | None = None, out: TextIO = sys.stdout) -> int:
+    """`deliverypool queue [--config PATH]`: the spool of the configured relay (or the
+    directory given, or ./spool). Exit status 0, or 2 for a bad configuration."""
+    from deliverypool.config import ConfigError, load
+
+    directory = spool_directory
+    if directory is None and config_path is not None:
+        try:
+            directory = str(load(config_path).spool.directory)
+        except ConfigError as exc:
+            print(f"deliverypool queue: {config_path}: {exc}", file=sys.stderr)
+            return 2
+    show_queue(directory or "spool", out)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m deliverypool.relay --config PATH [--loop asyncio|uvloop]`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m deliverypool.relay")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--loop", choices=["asyncio", "uvloop"])
+    args = parser.parse_args(argv)
+    return relay_command(args.config, loop=args.loop)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

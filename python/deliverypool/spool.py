@@ -312,8 +312,8 @@ class Spool:
         except Exception as exc:  # the commit itself failed: nobody's change is durable
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            error = SpoolError(f"spool commit failed: {exc}")
-            results = [(None, error)] * len(batch)
+            failure = SpoolError(f"spool commit failed: {exc}")
+            results = [(None, failure)] * len(batch)
         self.stats.commits += 1
         self.stats.changes += len(batch)
         self.stats.largest_batch = max(self.stats.largest_batch, len(batch))

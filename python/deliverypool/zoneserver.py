@@ -96,19 +96,21 @@ class ZoneServer(asyncio.DatagramProtocol):
                     continue
             elif not any(other.is_subdomain(name) for other in zone.nodes):
                 response.set_rcode(dns.rcode.NXDOMAIN)
-            soa = zone.get_rdataset(zone.origin, dns.rdatatype.SOA)
+            origin = zone.origin
+            assert origin is not None  # from_text always sets it
+            soa = zone.get_rdataset(origin, dns.rdatatype.SOA)
             if soa is not None:
-                response.authority.append(_rrset(zone.origin, soa))
+                response.authority.append(_rrset(origin, soa))
             return response
         response.set_rcode(dns.rcode.SERVFAIL)
         return response
 
     def _zone_for(self, name: dns.name.Name) -> dns.zone.Zone | None:
-        best: dns.zone.Zone | None = None
+        best: tuple[int, dns.zone.Zone] | None = None
         for origin, zone in self.zones.items():
-            if name.is_subdomain(origin) and (best is None or len(origin) > len(best.origin)):
-                best = zone
-        return best
+            if name.is_subdomain(origin) and (best is None or len(origin) > best[0]):
+                best = (len(origin), zone)
+        return None if best is None else best[1]
 
 
 def _rrset(name: dns.name.Name, rdataset: dns.rdataset.Rdataset) -> dns.rrset.RRset:
