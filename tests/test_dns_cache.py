@@ -10,6 +10,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -232,3 +233,5 @@ class CacheModel(RuleBasedStateMachine):
 
 
 TestCacheModel = CacheModel.TestCase
+# Enough runs to reach every rule sequence of interest; the CI profile's 500 would take ~10 s.
+TestCacheModel.settings = settings(max_examples=150, stateful_step_count=40)

@@ -88,7 +88,7 @@ class Router:
             domain = sender_domain(mail_from)
             if domain is not None:
                 # The cache first, synchronously: with a warm cache nothing below suspends.
-                check = resolver.cached_sender_check(domain)
+                check: SenderDomainCheck | None = resolver.cache.sender_status(domain)  # type: ignore[assignment]
                 if check is None:
                     check = await resolver.check_sender_domain(domain)
                 status = check.status
