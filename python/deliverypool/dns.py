@@ -292,8 +292,8 @@ def _failure(error: BaseException) -> str:
         for rcode in ("SERVFAIL", "REFUSED", "NOTIMP", "FORMERR"):
             if rcode in texts:
                 return rcode.lower()
-        if any("Truncated" in t or "onnection refused" in t for t in texts):
-            return "truncated"
+        if any(isinstance(e, dns.message.Truncated) for e in errors):
+            return "truncated"  # over UDP, and TCP did not fix it
     return "error"
 
 
