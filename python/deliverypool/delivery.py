@@ -491,7 +491,14 @@ class DeliveryEngine:
                     lane.idle -= 1
                 continue
             work = lane.queue.popleft()
-            alive = await self._transaction(lane, session, work)
+            try:
+                alive = await self._transaction(lane, session, work)
+            except Exception:
+                # A local failure (the spool, a bug): the work stays in the spool; try it again
+                # later on a fresh connection rather than leave it until the next restart.
+                log.exception("queue_id=%s: delivery attempt failed locally", work.job.queue_id)
+                self._later(lane.pool.retry.initial, work.job, None)
+                return
             sent += 1
             if not alive:
                 return
@@ -579,6 +586,16 @@ class DeliveryEngine:
     # --- outcomes ------------------------------------------------------------------------
 
     async def _settle(self, work: _Work, replies: Mapping[int, tuple[str, str | None]], body: bytes | None = None) -> None:
+        try:
+            await self._record(work, replies, body)
+        except Exception:
+            # The outcome could not be stored: the spool still says queued or in flight, so
+            # attempt again later (a duplicate at worst, never a loss).
+            log.exception("queue_id=%s: could not record the outcome", work.job.queue_id)
+            if not self._stopping:
+                self._later(self.config.pools.get(work.job.pool, self.config.high_risk_pool).retry.initial, work.job, None)
+
+    async def _record(self, work: _Work, replies: Mapping[int, tuple[str, str | None]], body: bytes | None) -> None:
         job = work.job
         pool = self.config.pools.get(job.pool, self.config.high_risk_pool)
         now = self.clock()

@@ -331,14 +331,11 @@ class Spool:
         return await self.run(lambda conn: _insert(conn, message, now))
 
     async def mark_in_flight(self, recipient_ids: Iterable[int]) -> None:
-        """Records that an attempt starts. Awaited before sending, so that a
-        crash during the attempt is known at recovery as a possible duplicate."""
-        ids = [(self.clock(), rid) for rid in recipient_ids]
-        await self.run(
-            lambda conn: conn.executemany(
-                "UPDATE recipients SET state = 'in-flight', updated_at = ? WHERE id = ?", ids
-            )
-        )
+        """Records that an attempt starts. Awaited before sending, so that a crash during the
+        attempt is known at recovery as a possible duplicate."""
+        ids = list(recipient_ids)
+        now = self.clock()
+        await self.run(lambda conn: _set_in_flight(conn, ids, now))
 
     async def record(self, outcomes: Sequence[Outcome], bounce: NewMessage | None = None) -> Job | None:
         """Records attempt outcomes and, in the same transaction, stores `bounce` (the DSN for
@@ -427,6 +424,13 @@ def _insert(conn: sqlite3.Connection, message: NewMessage, now: float) -> Job:
         recipients=tuple(recipients),
         next_attempt=now,
     )
+
+
+def _set_in_flight(conn: sqlite3.Connection, ids: Sequence[int], now: float) -> None:
+    # One execute per id rather than executemany: executemany inside the per-change SAVEPOINTs
+    # failed under load (CPython 3.11: "bad parameter or other API misuse").
+    for rid in ids:
+        conn.execute("UPDATE recipients SET state = 'in-flight', updated_at = ? WHERE id = ?", (now, rid))
 
 
 def _record(conn: sqlite3.Connection, outcomes: Sequence[Outcome], bounce: NewMessage | None, now: float) -> Job | None:

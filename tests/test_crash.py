@@ -1,0 +1,192 @@
+"""Kill -9 the relay while it accepts and delivers a few thousand messages, restart it, and
+check that every message acknowledged with 250 reaches the sink.
+
+The relay runs as a subprocess (`python -m deliverypool.relay`) on the same kind of event loop
+as the test; the clients and the sink run in the test process. Duplicates are allowed
+(at-least-once) but must be accounted for: no more than the recipients the restarted relay
+found in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import aiosmtplib
+import pytest
+
+from deliverypool.spool import read_counters
+from tests.smtp_sinks import NORMAL_SOURCE, free_port, sink
+
+Run = Callable[[Coroutine[Any, Any, Any]], Any]
+
+MESSAGES = 3000
+CLIENTS = 12
+REPO = Path(__file__).resolve().parents[1]
+
+
+def crash_config(spool: Path, listen: int, sink_port: int) -> str:
+    pools = ""
+    for name, source in (("normal", NORMAL_SOURCE), ("high-risk", "127.0.0.3")):
+        pools += f"""
+[pools.{name}]
+source_addresses = ["{source}"]
+delivery = "smarthost"
+smarthost = "127.0.0.20:{sink_port}"
+max_connections_per_destination = 6
+idle_timeout = "500ms"
+retry = {{ initial = "200ms", maximum = "500ms" }}
+"""
+    return f"""
+hostname = "relay.test"
+[listener]
+address = "127.0.0.1:{listen}"
+[spool]
+directory = "{spool}"
+[dns]
+check_sender_domain = false
+{pools}"""
+
+
+class RelayProcess:
+    def __init__(self, config: Path, port: int, loop: str) -> None:
+        self.config, self.port, self.loop = config, port, loop
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = config.parent / "relay.log"
+
+    async def start(self) -> None:
+        env = dict(os.environ, PYTHONPATH=str(REPO / "python") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "deliverypool.relay", "--config", str(self.config), "--loop", self.loop],
+                stdout=log,
+                stderr=log,
+                env=env,
+            )
+        for _ in range(400):
+            assert self.process.poll() is None, self.log.read_text()[-3000:]
+            with contextlib.suppress(OSError):
+                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                writer.close()
+                return
+            await asyncio.sleep(0.025)
+        raise AssertionError("the relay did not start listening")
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def mail(n: int) -> bytes:
+    return (
+        f"From: load@sender.test\r\nTo: sink@dest.test\r\nSubject: crash test {n}\r\n"
+        f"Message-ID: <crash-{n}@t>\r\n\r\nmessage {n}\r\n"
+    ).encode()
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_kill_9_loses_no_acknowledged_message(loop: str, tmp_path: Path) -> None:
+    listen, sink_port = free_port(), free_port("127.0.0.20")
+    config = tmp_path / "relay.toml"
+    config.write_text(crash_config(tmp_path / "spool", listen, sink_port))
+    relay = RelayProcess(config, listen, loop)
+    acked: set[int] = set()
+    kills: list[int] = []
+
+    async def client(numbers: collections.deque[int], stop: asyncio.Event) -> None:
+        """Sends numbers from the shared deque over one reused connection until told to stop
+        or the relay goes away (the number in hand is put back for the next run)."""
+        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=listen, start_tls=False, timeout=10)
+        try:
+            await smtp.connect()
+            while numbers and not stop.is_set():
+                n = numbers.popleft()
+                try:
+                    await smtp.sendmail("load@sender.test", ["sink@dest.test"], mail(n))
+                except (aiosmtplib.SMTPException, OSError):
+                    numbers.append(n)  # no 250: not acknowledged, send it again later
+                    return
+                acked.add(n)
+        except (aiosmtplib.SMTPException, OSError):
+            return
+        finally:
+            smtp.close()
+
+    async def phase(numbers: collections.deque[int], kill_after: int | None) -> None:
+        stop = asyncio.Event()
+        tasks = [asyncio.ensure_future(client(numbers, stop)) for _ in range(CLIENTS)]
+        if kill_after is not None:
+            while len(acked) < kill_after and not all(t.done() for t in tasks):
+                await asyncio.sleep(0.005)
+            relay.kill()  # in the middle of accepting and delivering
+            kills.append(len(acked))
+        await asyncio.gather(*tasks)
+
+    async def main() -> None:
+        numbers = collections.deque(range(MESSAGES))
+        async with sink("127.0.0.20", sink_port, "crash-sink") as destination:
+            try:
+                await relay.start()
+                await phase(numbers, kill_after=MESSAGES // 3)
+                arrived_before_restart = len(destination.deliveries)
+                await relay.start()
+                await phase(numbers, kill_after=2 * MESSAGES // 3)
+                await relay.start()
+                await phase(numbers, kill_after=None)
+                assert not numbers and len(acked) == MESSAGES
+
+                def ids() -> collections.Counter[int]:
+                    return collections.Counter(
+                        int(d.content.split(b"Message-ID: <crash-", 1)[1].split(b"@", 1)[0]) for d in destination.deliveries
+                    )
+
+                loop_ = asyncio.get_running_loop()
+                deadline = loop_.time() + 60
+                while not acked <= set(ids()):
+                    assert loop_.time() < deadline, f"{len(acked - set(ids()))} acknowledged messages never arrived"
+                    await asyncio.sleep(0.05)
+            finally:
+                relay.stop()
+            received = ids()
+            missing = acked - set(received)
+            assert not missing
+            duplicates = sum(count - 1 for count in received.values())
+            counters = read_counters(tmp_path / "spool")
+            # A client whose connection died before it read the 250 sends that message again,
+            # so the spool may hold two copies: those are the client's duplicates. Every other
+            # duplicate is a recipient the relay found in flight at a restart.
+            resent = counters["accepted"] - MESSAGES
+            assert resent >= 0
+            assert duplicates <= counters["recovered_in_flight"] + resent
+            assert arrived_before_restart < MESSAGES
+            assert all(k < MESSAGES for k in kills)
+            print(
+                f"crash test ({loop}): {MESSAGES} acknowledged, kills after {kills} acks, "
+                f"{len(received)} distinct arrived, {duplicates} duplicates, "
+                f"{counters['recovered_in_flight']} recovered in flight, {resent} sent twice by clients"
+            )
+
+    if loop == "uvloop":
+        import uvloop
+
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
