@@ -4,6 +4,7 @@ tests/dnsserver.py), a nameserver that never answers, and one that only truncate
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import socket
 import time
 from collections.abc import Callable, Coroutine
@@ -12,6 +13,8 @@ from typing import Any, TypeVar
 import dns.rdatatype
 import dns.rrset
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from deliverypool._core import DnsCache
 from deliverypool.dns import (
@@ -387,3 +390,36 @@ def test_a_given_cache_is_used(nsd: NsdServer) -> None:
     asyncio.run(resolver.check_sender_domain("mx-only.dp.test"))
     assert cache.stats().insertions == 1
     assert cache.sender_status("mx-only.dp.test") is not None
+
+
+# --- properties of the name helpers ---------------------------------------------------------------
+
+_LDH = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-ÄÖÜäöüßé_. ", min_size=0, max_size=80)
+
+
+@given(_LDH)
+def test_normalize_domain_yields_valid_idempotent_names(text: str) -> None:
+    result = normalize_domain(text)
+    if result is None:
+        return
+    assert result.isascii() and result == result.lower() and not result.endswith(".")
+    assert len(result) <= 253
+    labels = result.split(".")
+    assert len(labels) >= 2
+    assert all(0 < len(label) <= 63 and not label.startswith("-") and not label.endswith("-") for label in labels)
+    assert normalize_domain(result) == result
+    assert normalize_domain(text.upper() + ".") == result or not text.isascii()
+
+
+@given(st.ip_addresses(), st.integers(1, 65535))
+def test_nameserver_round_trip(address: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> None:
+    nameserver = Nameserver(str(address), port)
+    assert Nameserver.parse(str(nameserver)) == nameserver
+
+
+@settings(max_examples=100)  # st.emails() is slow to draw from
+@given(st.emails())
+def test_sender_domain_of_an_address(address: str) -> None:
+    domain = sender_domain(address)
+    assert domain == address.rpartition("@")[2].lower()
+    assert sender_domain(f"<{address}>") == domain
