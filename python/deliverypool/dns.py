@@ -268,14 +268,13 @@ class _Answer:
         return self.detail == "nxdomain"
 
 
-def _negative_ttl(response: dns.message.Message | None) -> int:
-    """RFC 2308: min(SOA TTL, SOA MINIMUM) from the authority section; 0 without an SOA
-    (RFC 2308 §5: such answers should not be cached; the cache floor still applies)."""
+def _negative_ttl(response: dns.message.Message | None) -> int | None:
+    """RFC 2308: min(SOA TTL, SOA MINIMUM) from the authority section; None without an SOA."""
     if response is not None:
         for rrset in response.authority:
             if rrset.rdtype == dns.rdatatype.SOA and len(rrset):
                 return int(DnsCache.negative_ttl(rrset.ttl, rrset[0].minimum))
-    return 0
+    return None
 
 
 def _failure(error: BaseException) -> str:
@@ -313,7 +312,8 @@ class Resolver:
     """Sender-domain checks and MX lookups, cached in a :class:`DnsCache`.
 
     One resolver serves any number of concurrent callers: a domain's lookup runs once however
-    many wait on it, and at most ``max_in_flight`` queries are outstanding.
+    many wait on it, and at most ``max_in_flight`` queries are outstanding. It belongs to one
+    event loop at a time (the cache itself may be shared by resolvers on other threads).
     """
 
     def __init__(self, config: ResolverConfig | None = None, *, cache: DnsCache | None = None) -> None:
@@ -380,8 +380,9 @@ class Resolver:
                 ttl = answer.rrset.ttl if cname_ttl is None else min(answer.rrset.ttl, cname_ttl)
                 return _Answer("positive", "records", ttl, answer.rrset)
             target = chain.canonical_name.to_text(omit_final_dot=True).lower()
-            negative_ttl = _negative_ttl(answer.response)
-            if target == name or negative_ttl or not chain.cnames:
+            soa_ttl = _negative_ttl(answer.response)
+            if target == name or soa_ttl is not None or not chain.cnames:
+                negative_ttl = soa_ttl or 0
                 ttl = negative_ttl if cname_ttl is None else min(negative_ttl, cname_ttl)
                 return _Answer("negative", "nodata", ttl)
             if target in seen:
@@ -400,7 +401,8 @@ class Resolver:
             except dns.resolver.NXDOMAIN as e:
                 responses: dict[dns.name.Name, dns.message.Message] = e.kwargs.get("responses") or {}
                 response = next(iter(responses.values()), None)
-                return _Answer("negative", "nxdomain", _negative_ttl(response))
+                # Without an SOA, RFC 2308 §5 says not to cache: 0 leaves only the cache's floor.
+                return _Answer("negative", "nxdomain", _negative_ttl(response) or 0)
             except (dns.exception.Timeout, dns.resolver.NoNameservers) as e:
                 failure = _failure(e)  # worth another attempt
             except (dns.exception.DNSException, OSError) as e:
