@@ -5,6 +5,9 @@
 //! The scanner is total: any byte string yields a `HeaderFacts`. What was odd about the input
 //! is reported in `defects` instead of an error, because a relay must route even broken mail.
 
+use std::borrow::Cow;
+use std::sync::LazyLock;
+
 use memchr::{memchr2, memmem};
 
 use crate::encoded_word::decode_header_text;
@@ -121,6 +124,39 @@ const MARKER_FIELDS: &[&str] = &[
     "x-amz-sns-message-id",
 ];
 
+/// Field names up to this long are lowercased on the stack; every name the scanner looks for
+/// is shorter, so a longer one is lowercased on the heap only to be compared and dropped.
+const NAME_BUF: usize = 64;
+
+/// Calls `f` with the field name lowercased, without allocating for any name the scanner knows.
+#[inline]
+fn with_lowercase<R>(name: &[u8], f: impl FnOnce(&[u8]) -> R) -> R {
+    if name.len() <= NAME_BUF {
+        let mut buf = [0u8; NAME_BUF];
+        let lower = &mut buf[..name.len()];
+        lower.copy_from_slice(name);
+        lower.make_ascii_lowercase();
+        f(lower)
+    } else {
+        f(&name.to_ascii_lowercase())
+    }
+}
+
+/// qmail's bounce notice names itself in a Received field.
+static QMAIL_BOUNCE: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(b"invoked for bounce"));
+static QMAIL_INVOKED: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(b"invoked"));
+
+/// Whether the unfolded value holds "invoked for bounce", unfolding only when it might: a
+/// continuation line starts with white space, so a fold can fall between the words but never
+/// inside "invoked".
+fn is_qmail_bounce(field: &Field) -> bool {
+    let raw = field.raw_value();
+    if !field.is_folded() {
+        return QMAIL_BOUNCE.find(raw).is_some();
+    }
+    QMAIL_INVOKED.find(raw).is_some() && QMAIL_BOUNCE.find(&field.value()).is_some()
+}
+
 /// A position in `msg` after the line starting at `pos`, and the end of that line's content.
 /// Line ends are CRLF, LF or a bare CR.
 #[inline]
@@ -138,25 +174,54 @@ fn next_line(msg: &[u8], pos: usize) -> (usize, usize) {
     }
 }
 
-/// One unfolded header field: name and value bytes with folding line breaks turned into nothing
-/// (the whitespace that starts a continuation line is kept, as RFC 5322 unfolding says).
-pub struct Field {
-    pub name: Vec<u8>,
-    pub value: Vec<u8>,
+/// One header field, borrowed from the message: its name, and its value as written (from
+/// after the colon to the end of its last continuation line).
+pub struct Field<'a> {
+    pub name: &'a [u8],
+    raw_value: &'a [u8],
+    folded: bool,
+}
+
+impl<'a> Field<'a> {
+    /// The unfolded value: folding line breaks turned into nothing (the whitespace that starts
+    /// a continuation line is kept, as RFC 5322 unfolding says). Borrowed unless folded.
+    pub fn value(&self) -> Cow<'a, [u8]> {
+        if self.folded {
+            // Every CR and LF in the span is a line break: lines are split at any of them.
+            Cow::Owned(self.raw_value.iter().copied().filter(|&b| b != b'\r' && b != b'\n').collect())
+        } else {
+            Cow::Borrowed(self.raw_value)
+        }
+    }
+
+    /// The value as it stands in the message, folding line breaks included.
+    pub fn raw_value(&self) -> &'a [u8] {
+        self.raw_value
+    }
+
+    pub fn is_folded(&self) -> bool {
+        self.folded
+    }
 }
 
 /// Reads the header block starting at `start`, calling `sink` for each field.
 /// Returns the offset just past the blank line (or where reading stopped).
-pub fn read_fields(
-    msg: &[u8],
+pub fn read_fields<'a>(
+    msg: &'a [u8],
     start: usize,
     limit: usize,
     defects: &mut Vec<&'static str>,
-    mut sink: impl FnMut(Field),
+    mut sink: impl FnMut(Field<'a>),
 ) -> usize {
     let stop = msg.len().min(start.saturating_add(limit));
     let mut pos = start;
-    let mut current: Option<Field> = None;
+    // The field being read: where its name and value start and end, and whether it is folded.
+    let mut current: Option<(usize, usize, usize, usize, bool)> = None;
+    let field = |(name_start, name_end, value_start, value_end, folded): (usize, usize, usize, usize, bool)| Field {
+        name: &msg[name_start..name_end],
+        raw_value: &msg[value_start..value_end],
+        folded,
+    };
     while pos < msg.len() {
         let (line_end, next) = next_line(msg, pos);
         if line_end > stop {
@@ -173,18 +238,21 @@ pub fn read_fields(
         }
         if line[0] == b' ' || line[0] == b'\t' {
             match current.as_mut() {
-                Some(field) => field.value.extend_from_slice(line),
+                Some((_, _, _, value_end, folded)) => {
+                    *value_end = line_end;
+                    *folded = true;
+                }
                 None => defects.push("continuation-without-field"),
             }
             pos = next;
             continue;
         }
         match parse_field_start(line) {
-            Some((name, value)) => {
-                if let Some(field) = current.take() {
-                    sink(field);
+            Some((name_len, colon)) => {
+                if let Some(done) = current.take() {
+                    sink(field(done));
                 }
-                current = Some(Field { name: name.to_vec(), value: value.to_vec() });
+                current = Some((pos, pos + name_len, pos + colon + 1, line_end, false));
                 pos = next;
             }
             None => {
@@ -195,8 +263,8 @@ pub fn read_fields(
             }
         }
     }
-    if let Some(field) = current.take() {
-        sink(field);
+    if let Some(done) = current.take() {
+        sink(field(done));
     }
     pos
 }
@@ -212,7 +280,8 @@ fn find_blank_line(msg: &[u8], from: usize) -> Option<usize> {
 
 /// `Name: value` with a field name of printable ASCII; whitespace before the colon is tolerated
 /// (obsolete syntax, RFC 5322 section 4.5).
-fn parse_field_start(line: &[u8]) -> Option<(&[u8], &[u8])> {
+/// Returns the length of the name and the offset of the colon.
+fn parse_field_start(line: &[u8]) -> Option<(usize, usize)> {
     let colon = memchr::memchr(b':', line)?;
     let mut name = &line[..colon];
     while let Some((&last, rest)) = name.split_last() {
@@ -225,7 +294,7 @@ fn parse_field_start(line: &[u8]) -> Option<(&[u8], &[u8])> {
     if name.is_empty() || !name.iter().all(|&b| (33..=126).contains(&b)) {
         return None;
     }
-    Some((name, &line[colon + 1..]))
+    Some((name.len(), colon))
 }
 
 fn trim(bytes: &[u8]) -> &[u8] {
@@ -247,12 +316,12 @@ pub fn text(bytes: &[u8]) -> String {
 /// Parses a Content-Type value. Returns None for a value with no `type/subtype`.
 pub fn parse_content_type(value: &[u8]) -> Option<ContentType> {
     let value = strip_comments(value);
-    let mut pieces = split_params(&value);
+    let mut pieces = Params { rest: Some(&value) };
     let media = pieces.next()?;
     let media = trim(media);
     let slash = memchr::memchr(b'/', media)?;
-    let maintype = trim(&media[..slash]).to_ascii_lowercase();
-    let subtype = trim(&media[slash + 1..]).to_ascii_lowercase();
+    let maintype = trim(&media[..slash]);
+    let subtype = trim(&media[slash + 1..]);
     if maintype.is_empty() || subtype.is_empty() {
         return None;
     }
@@ -260,20 +329,27 @@ pub fn parse_content_type(value: &[u8]) -> Option<ContentType> {
     for piece in pieces {
         let piece = trim(piece);
         let Some(eq) = memchr::memchr(b'=', piece) else { continue };
-        let name = trim(&piece[..eq]).to_ascii_lowercase();
+        let name = trim(&piece[..eq]);
         let raw = trim(&piece[eq + 1..]);
-        let value = unquote(raw);
         if !name.is_empty() {
-            params.push((text(&name), text(&value)));
+            params.push((lowercase_text(name), text(&unquote(raw))));
         }
     }
-    Some(ContentType { maintype: text(&maintype), subtype: text(&subtype), params })
+    Some(ContentType { maintype: lowercase_text(maintype), subtype: lowercase_text(subtype), params })
+}
+
+/// `text` of the ASCII-lowercased bytes (lowercasing ASCII changes neither UTF-8 validity nor
+/// any other byte, so lowercasing the text after is the same).
+fn lowercase_text(bytes: &[u8]) -> String {
+    let mut out = text(bytes);
+    out.make_ascii_lowercase();
+    out
 }
 
 /// Removes RFC 5322 comments outside quoted strings (`text/plain (comment); ...`).
-fn strip_comments(value: &[u8]) -> Vec<u8> {
+fn strip_comments(value: &[u8]) -> Cow<'_, [u8]> {
     if memchr::memchr(b'(', value).is_none() {
-        return value.to_vec();
+        return Cow::Borrowed(value);
     }
     let mut out = Vec::with_capacity(value.len());
     let (mut depth, mut quoted, mut escaped) = (0usize, false, false);
@@ -302,32 +378,39 @@ fn strip_comments(value: &[u8]) -> Vec<u8> {
             _ => {}
         }
     }
-    out
+    Cow::Owned(out)
 }
 
-/// Splits on `;` outside quoted strings.
-fn split_params(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let mut start = 0;
-    let mut quoted = false;
-    let mut escaped = false;
-    let mut pieces = Vec::new();
-    for (i, &b) in value.iter().enumerate() {
-        if escaped {
-            escaped = false;
-        } else if b == b'\\' && quoted {
-            escaped = true;
-        } else if b == b'"' {
-            quoted = !quoted;
-        } else if b == b';' && !quoted {
-            pieces.push(&value[start..i]);
-            start = i + 1;
+/// The pieces of a parameter list: split on `;` outside quoted strings. A split happens only
+/// outside quotes and escapes, so each piece starts in the unquoted state.
+struct Params<'a> {
+    rest: Option<&'a [u8]>,
+}
+
+impl<'a> Iterator for Params<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let value = self.rest?;
+        let (mut quoted, mut escaped) = (false, false);
+        for (i, &b) in value.iter().enumerate() {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' && quoted {
+                escaped = true;
+            } else if b == b'"' {
+                quoted = !quoted;
+            } else if b == b';' && !quoted {
+                self.rest = Some(&value[i + 1..]);
+                return Some(&value[..i]);
+            }
         }
+        self.rest = None;
+        Some(value)
     }
-    pieces.push(&value[start..]);
-    pieces.into_iter()
 }
 
-fn unquote(raw: &[u8]) -> Vec<u8> {
+fn unquote(raw: &[u8]) -> Cow<'_, [u8]> {
     if raw.len() >= 2 && raw[0] == b'"' {
         let inner = &raw[1..];
         let mut out = Vec::with_capacity(inner.len());
@@ -344,9 +427,9 @@ fn unquote(raw: &[u8]) -> Vec<u8> {
                 out.push(b);
             }
         }
-        out
+        Cow::Owned(out)
     } else {
-        raw.to_vec()
+        Cow::Borrowed(raw)
     }
 }
 
@@ -369,41 +452,46 @@ pub fn scan_with_limits(msg: &[u8], score_header: Option<&str>, limits: &ScanLim
     let mut facts = HeaderFacts::default();
     let start = header_start(msg);
     let mut defects = Vec::new();
-    let mut raw_content_type: Option<Vec<u8>> = None;
+    // The first Content-Type field, parsed (None inside: it is not a valid one).
+    let mut content_type: Option<Option<ContentType>> = None;
     let mut eight_bit = false;
     let body_start = read_fields(msg, start, limits.max_header_bytes, &mut defects, |field| {
         facts.field_count += 1;
-        let name = field.name.to_ascii_lowercase();
-        let value = trim(&field.value);
-        eight_bit |= !value.is_ascii();
-        let keep_first = |slot: &mut Option<String>, v: &[u8]| {
-            if slot.is_none() {
-                *slot = Some(text(v));
+        // Unfolding and trimming remove only ASCII bytes: the raw value answers this as well.
+        eight_bit |= !field.raw_value().is_ascii();
+        with_lowercase(field.name, |name| {
+            // The value is unfolded (a copy only when folded) for the fields kept, not for the rest.
+            let keep_first = |slot: &mut Option<String>| {
+                if slot.is_none() {
+                    *slot = Some(text(trim(&field.value())));
+                }
+            };
+            match name {
+                b"content-type" if content_type.is_none() => content_type = Some(parse_content_type(trim(&field.value()))),
+                b"from" => keep_first(&mut facts.from),
+                b"sender" => keep_first(&mut facts.sender),
+                b"return-path" => keep_first(&mut facts.return_path),
+                b"subject" if facts.subject.is_none() => facts.subject = Some(decode_header_text(trim(&field.value()))),
+                b"auto-submitted" => keep_first(&mut facts.auto_submitted),
+                b"precedence" => keep_first(&mut facts.precedence),
+                b"x-failed-recipients" => keep_first(&mut facts.x_failed_recipients),
+                b"message-id" => keep_first(&mut facts.message_id),
+                b"received" if !facts.qmail_bounce => facts.qmail_bounce = is_qmail_bounce(&field),
+                _ => {}
             }
-        };
-        match name.as_slice() {
-            b"content-type" if raw_content_type.is_none() => raw_content_type = Some(value.to_vec()),
-            b"from" => keep_first(&mut facts.from, value),
-            b"sender" => keep_first(&mut facts.sender, value),
-            b"return-path" => keep_first(&mut facts.return_path, value),
-            b"subject" if facts.subject.is_none() => facts.subject = Some(decode_header_text(value)),
-            b"auto-submitted" => keep_first(&mut facts.auto_submitted, value),
-            b"precedence" => keep_first(&mut facts.precedence, value),
-            b"x-failed-recipients" => keep_first(&mut facts.x_failed_recipients, value),
-            b"message-id" => keep_first(&mut facts.message_id, value),
-            b"received" if !facts.qmail_bounce => facts.qmail_bounce = memmem::find(value, b"invoked for bounce").is_some(),
-            _ => {}
-        }
-        if let Some(score_name) = score_header {
-            if name.as_slice() == score_name.as_bytes() {
-                facts.score_header_values.push(text(value));
+            if let Some(score_name) = score_header {
+                if name == score_name.as_bytes() {
+                    facts.score_header_values.push(text(trim(&field.value())));
+                }
             }
-        }
-        if let Ok(name_str) = std::str::from_utf8(&name) {
-            if MARKER_FIELDS.contains(&name_str) && !facts.marker_fields.iter().any(|m| m == name_str) {
-                facts.marker_fields.push(name_str.to_owned());
+            if name.starts_with(b"x-") {
+                if let Some(marker) = MARKER_FIELDS.iter().find(|m| m.as_bytes() == name) {
+                    if !facts.marker_fields.iter().any(|m| m == marker) {
+                        facts.marker_fields.push((*marker).to_owned());
+                    }
+                }
             }
-        }
+        })
     });
     facts.header_length = body_start - start;
     if eight_bit {
@@ -412,13 +500,13 @@ pub fn scan_with_limits(msg: &[u8], score_header: Option<&str>, limits: &ScanLim
     if facts.field_count == 0 && !msg.is_empty() {
         defects.push("no-header-fields");
     }
-    if let Some(raw) = raw_content_type {
-        match parse_content_type(&raw) {
-            Some(ct) => facts.content_type = Some(ct),
-            None => defects.push("invalid-content-type"),
-        }
+    match content_type {
+        Some(Some(ct)) => facts.content_type = Some(ct),
+        Some(None) => defects.push("invalid-content-type"),
+        None => {}
     }
-    if let Some(ct) = facts.content_type.clone() {
+    // Taken out while the parts are read (the walker fills `facts`), put back after.
+    if let Some(ct) = facts.content_type.take() {
         if ct.maintype == "multipart" {
             let body_end = msg.len().min(body_start.saturating_add(limits.max_body_bytes));
             let mut walker = PartWalker { msg: &msg[..body_end], search_budget: 4 * limits.max_body_bytes, limits, facts: &mut facts, defects: &mut defects };
@@ -433,6 +521,7 @@ pub fn scan_with_limits(msg: &[u8], score_header: Option<&str>, limits: &ScanLim
             // A bare delivery-status message: read its fields as a part of its own.
             facts.recipients.extend(read_delivery_status(msg, body_start, limits, &mut defects));
         }
+        facts.content_type = Some(ct);
     }
     defects.dedup();
     facts.defects = defects;
@@ -481,7 +570,7 @@ impl PartWalker<'_, '_> {
             let mut bad_ct = false;
             let part_body = read_fields(self.msg, part_start, 64 << 10, self.defects, |field| {
                 if part_ct.is_none() && !bad_ct && field.name.eq_ignore_ascii_case(b"content-type") {
-                    part_ct = parse_content_type(trim(&field.value));
+                    part_ct = parse_content_type(trim(&field.value()));
                     bad_ct = part_ct.is_none();
                 }
             });
@@ -546,8 +635,8 @@ fn read_delivery_status(
         let mut status = RecipientStatus::default();
         let mut per_recipient = false;
         let end = read_fields(msg, pos, 64 << 10, &mut Vec::new(), |field| {
-            let value = || Some(text(trim(&field.value)));
-            match field.name.to_ascii_lowercase().as_slice() {
+            let value = || Some(text(trim(&field.value())));
+            with_lowercase(field.name, |name| match name {
                 b"final-recipient" | b"original-recipient" if status.final_recipient.is_none() => {
                     per_recipient = true;
                     status.final_recipient = value();
@@ -562,7 +651,7 @@ fn read_delivery_status(
                 }
                 b"diagnostic-code" => status.diagnostic_code = value(),
                 _ => {}
-            }
+            })
         });
         if per_recipient {
             out.push(status);
