@@ -40,7 +40,7 @@ def test_json_reports_every_corpus_message(corpus: Path) -> None:
     expected = sum(len(list((corpus / "maildir" / Path(d).name).glob("*.eml"))) for d in maildirs)
     expected += sum(len(split_mbox(Path(m).read_bytes())) for m in mailboxes)
     assert len(records) == expected
-    assert set(records[0]) == {"source", "pool", "reasons", "dsn", "report_kind", "score", "threshold"}
+    assert set(records[0]) == {"source", "pool", "reasons", "dsn", "report_kind", "score", "threshold", "sender_domain"}
     mbox_sources = [r["source"] for r in records if str(r["source"]).startswith(str(corpus / "mailbox" / "mbox-0"))]
     assert mbox_sources[:2] == [f"{corpus}/mailbox/mbox-0#1", f"{corpus}/mailbox/mbox-0#2"]
     bounces = [r for r in records if "/lhost-" in str(r["source"])]
@@ -78,9 +78,9 @@ def test_maildir_and_mail_from(tmp_path: Path) -> None:
         (tmp_path / sub).mkdir()
     (tmp_path / "new" / "1").write_bytes(b"From: MAILER-DAEMON@x.example\nSubject: hi\n\nhello\n")
     (tmp_path / "tmp" / "ignored").write_bytes(ORDINARY[0])
-    null = json_lines(run("classify", "--json", "--mail-from", "<>", str(tmp_path)).stdout)
+    null = json_lines(run("classify", "--json", "--no-dns", "--mail-from", "<>", str(tmp_path)).stdout)
     assert [r["pool"] for r in null] == ["high-risk"]
-    named = json_lines(run("classify", "--json", "--mail-from", "a@b.example", str(tmp_path)).stdout)
+    named = json_lines(run("classify", "--json", "--no-dns", "--mail-from", "a@b.example", str(tmp_path)).stdout)
     assert [r["pool"] for r in named] == ["normal"]
 
 

@@ -1,19 +1,12 @@
 """`deliverypool classify` with DNS (--nameserver, --no-dns), against NSD on loopback.
-
-Strict xfail until the lead wires the flags into cli.py (see the issue 3 report); once they
-work these pass, xfail_strict turns that into a failure, and the mark must go.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from tests.dnsserver import NsdServer, SilentServer
 from tests.test_cli import json_lines, run
-
-pytestmark = pytest.mark.xfail(reason="--nameserver/--no-dns not wired into cli.py yet", strict=True)
 
 MESSAGE = b"From: someone@a-domain.test\nSubject: hello\n\nhello\n"
 

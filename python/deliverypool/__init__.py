@@ -1,8 +1,10 @@
 """deliverypool: routes outbound mail to a normal or a high-risk delivery pool."""
 
 from deliverypool._core import (
+    CacheStats,
     ContentType,
     Decision,
+    DnsCache,
     DsnVerdict,
     HeaderFacts,
     MimePart,
@@ -17,8 +19,10 @@ from deliverypool._core import (
 )
 
 __all__ = [
+    "CacheStats",
     "ContentType",
     "Decision",
+    "DnsCache",
     "DsnVerdict",
     "HeaderFacts",
     "MimePart",

@@ -10,6 +10,8 @@ from collections.abc import Iterator, Sequence
 from typing import Any, TextIO
 
 from deliverypool._core import Decision, Policy, PolicyError, classify_many
+from deliverypool.dns import Nameserver, SenderDomainCheck, check_sender_domains
+from deliverypool.dns import run as run_async
 from deliverypool.sources import read_messages
 
 # Messages classified per call: large enough to use every core, small enough to stream.
@@ -23,7 +25,15 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def decision_record(source: str, decision: Decision) -> dict[str, Any]:
+def _nameserver(text: str) -> str:
+    try:
+        Nameserver.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def decision_record(source: str, decision: Decision, sender_check: SenderDomainCheck | None = None) -> dict[str, Any]:
     """The JSON object `classify --json` prints for one message."""
     dsn = decision.dsn
     return {
@@ -34,6 +44,7 @@ def decision_record(source: str, decision: Decision) -> dict[str, Any]:
         "report_kind": decision.report_kind,
         "score": decision.score,
         "threshold": decision.threshold,
+        "sender_domain": None if sender_check is None else sender_check.as_json(),
     }
 
 
@@ -89,6 +100,10 @@ def run_classify(args: argparse.Namespace, out: TextIO = sys.stdout, errors: Tex
     except PolicyError as error:
         errors.write(f"deliverypool: {error}\n")
         return 2
+    # The sender domain is the envelope sender's: without --mail-from there is none to check.
+    sender_check: SenderDomainCheck | None = None
+    if args.mail_from is not None and not args.no_dns:
+        [sender_check] = run_async(check_sender_domains([args.mail_from], args.nameserver))
     writer = TableWriter(out) if not args.json else None
     status = 0
     for batch in _batches(args.paths, errors):
@@ -103,9 +118,10 @@ def run_classify(args: argparse.Namespace, out: TextIO = sys.stdout, errors: Tex
             score=[args.score] * count if args.score is not None else None,
             tenant=[args.tenant] * count if args.tenant is not None else None,
             policy=policy,
+            sender_domain=[sender_check.status] * count if sender_check is not None else None,
         )
         for source, decision in zip(sources, decisions):
-            record = decision_record(source, decision)
+            record = decision_record(source, decision, sender_check)
             if writer is None:
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
             else:
@@ -136,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--mail-from", metavar="ADDR",
                           help="envelope sender (MAIL FROM) for every message; '' or '<>' is the null sender")
     classify.add_argument("--tenant", metavar="ID", help="tenant whose threshold applies")
+    classify.add_argument("--nameserver", action="append", default=[], type=_nameserver, metavar="HOST[:PORT]",
+                          help="check the --mail-from domain with this nameserver (repeatable; default: the system's)")
+    classify.add_argument("--no-dns", action="store_true", help="do not check the sender domain in DNS")
     classify.add_argument("--json", action="store_true", help="print one JSON object per message")
     classify.set_defaults(handler=run_classify)
     return parser
