@@ -47,6 +47,10 @@ command -v cargo >/dev/null || die "cargo is not on PATH: building wheels needs 
 
 # --- tools -------------------------------------------------------------------------------------
 TOOLS=$REPO/target/wheel-tools
+# Caches stay in the repo's target/: pip's, zig's and cargo-zigbuild's (which follow XDG_CACHE_HOME).
+export PIP_CACHE_DIR=$REPO/target/pip-cache
+export XDG_CACHE_HOME=$REPO/target/wheel-cache
+export ZIG_GLOBAL_CACHE_DIR=$XDG_CACHE_HOME/zig ZIG_LOCAL_CACHE_DIR=$XDG_CACHE_HOME/zig
 TOOLS_VENV=$TOOLS/venv
 TOOLS_SPEC="maturin==$MATURIN_VERSION ziglang==$ZIGLANG_VERSION auditwheel==$AUDITWHEEL_VERSION"
 if [ "$(cat "$TOOLS/stamp" 2>/dev/null)" != "$TOOLS_SPEC" ]; then
