@@ -188,7 +188,14 @@ impl<'a> Field<'a> {
     pub fn value(&self) -> Cow<'a, [u8]> {
         if self.folded {
             // Every CR and LF in the span is a line break: lines are split at any of them.
-            Cow::Owned(self.raw_value.iter().copied().filter(|&b| b != b'\r' && b != b'\n').collect())
+            let mut out = Vec::with_capacity(self.raw_value.len());
+            let mut rest = self.raw_value;
+            while let Some(i) = memchr2(b'\r', b'\n', rest) {
+                out.extend_from_slice(&rest[..i]);
+                rest = &rest[i + 1..];
+            }
+            out.extend_from_slice(rest);
+            Cow::Owned(out)
         } else {
             Cow::Borrowed(self.raw_value)
         }
@@ -392,18 +399,24 @@ impl<'a> Iterator for Params<'a> {
 
     fn next(&mut self) -> Option<&'a [u8]> {
         let value = self.rest?;
-        let (mut quoted, mut escaped) = (false, false);
-        for (i, &b) in value.iter().enumerate() {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' && quoted {
-                escaped = true;
-            } else if b == b'"' {
-                quoted = !quoted;
-            } else if b == b';' && !quoted {
-                self.rest = Some(&value[i + 1..]);
-                return Some(&value[..i]);
+        let mut quoted = false;
+        let mut i = 0;
+        while let Some(found) = memchr::memchr3(b';', b'"', b'\\', &value[i..]) {
+            let j = i + found;
+            match value[j] {
+                // A quoted pair: the next byte is taken as it is.
+                b'\\' if quoted => {
+                    i = value.len().min(j + 2);
+                    continue;
+                }
+                b'"' => quoted = !quoted,
+                b';' if !quoted => {
+                    self.rest = Some(&value[j + 1..]);
+                    return Some(&value[..j]);
+                }
+                _ => {}
             }
+            i = j + 1;
         }
         self.rest = None;
         Some(value)
@@ -545,11 +558,10 @@ impl PartWalker<'_, '_> {
         let mut delimiter = Vec::with_capacity(boundary.len() + 2);
         delimiter.extend_from_slice(b"--");
         delimiter.extend_from_slice(boundary);
-        let finder = memmem::Finder::new(&delimiter);
         let mut pos = from;
         loop {
             let search_end = self.msg.len().min(pos.saturating_add(self.search_budget));
-            let Some(found) = find_delimiter_line(&self.msg[..search_end], pos, &finder) else {
+            let Some(found) = find_delimiter_line(&self.msg[..search_end], pos, &delimiter) else {
                 if search_end < self.msg.len() {
                     self.defects.push("body-scan-truncated");
                 }
@@ -602,14 +614,25 @@ impl PartWalker<'_, '_> {
     }
 }
 
-/// Finds `--boundary` at the start of a line at or after `pos`.
-fn find_delimiter_line(msg: &[u8], mut pos: usize, finder: &memmem::Finder) -> Option<usize> {
+static DASHES: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(b"--"));
+
+/// Finds `delimiter` (`--boundary`) at the start of a line at or after `pos`. Searches for the
+/// leading `--` with a finder built once, not one per boundary (building a finder for a long
+/// needle costs more than searching a typical body), and skips to the next line after a `--`
+/// that does not start a line.
+fn find_delimiter_line(msg: &[u8], mut pos: usize, delimiter: &[u8]) -> Option<usize> {
+    debug_assert!(delimiter.starts_with(b"--"));
     while pos < msg.len() {
-        let i = pos + finder.find(&msg[pos..])?;
+        let i = pos + DASHES.find(&msg[pos..])?;
         if i == 0 || msg[i - 1] == b'\n' || msg[i - 1] == b'\r' {
-            return Some(i);
+            if msg[i..].starts_with(delimiter) {
+                return Some(i);
+            }
+            pos = i + 1;
+        } else {
+            // No delimiter can start before the next line.
+            pos = i + 1 + memchr2(b'\n', b'\r', &msg[i..])?;
         }
-        pos = i + 1;
     }
     None
 }
