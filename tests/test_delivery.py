@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import email
-import socket
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 
 from deliverypool import classify
 from deliverypool.config import RelayConfig
+from deliverypool.demo import common_port
 from deliverypool.relay import Relay
 from deliverypool.spool import listing, read_counters
 from tests.dnsserver import DP_TEST, NsdServer, nsd_binary
@@ -63,22 +63,6 @@ def mail_dns() -> Iterator[str]:
     server.start()
     yield server.address
     server.close()
-
-
-def common_port(hosts: list[str]) -> int:
-    """A TCP port free on every one of `hosts`."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind((hosts[0], 0))
-            port = int(probe.getsockname()[1])
-        try:
-            for host in hosts:
-                with socket.socket() as s:
-                    s.bind((host, port))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no common free port")
 
 
 SINK_HOSTS = {

@@ -237,6 +237,8 @@ class Relay:
         self.server: asyncio.AbstractServer | None = None
         self.recovered = 0
         self.possible_duplicates = 0
+        # Called after each message is spooled, with the result and the stored message.
+        self.on_accept: Callable[[Accepted, bytes], None] | None = None
 
     async def start(self) -> None:
         """Opens the spool and starts delivering what it holds."""
@@ -345,7 +347,10 @@ class Relay:
             ",".join(decision.reasons) or "-",
         )
         self.engine.submit(job, content)
-        return Accepted(job.queue_id, decision.pool, tuple(decision.reasons))
+        accepted = Accepted(job.queue_id, decision.pool, tuple(decision.reasons))
+        if self.on_accept is not None:
+            self.on_accept(accepted, content)
+        return accepted
 
     def _received(self, helo: str, peer: str | None, login: str | None) -> bytes:
         auth = " with ESMTPA" if login else " with ESMTP"

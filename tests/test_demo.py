@@ -1,0 +1,24 @@
+"""`deliverypool demo` end to end: every kind of mail reaches the sinks from its pool's address."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from deliverypool.demo import HIGH_RISK_SOURCE, NORMAL_SOURCE, check, demo
+
+Run = Callable[[Coroutine[Any, Any, Any]], Any]
+
+
+def test_demo_routes_every_kind_to_its_pool(aio_run: Run) -> None:
+    out = io.StringIO()
+    stats = aio_run(demo(out, scale=2, clients=4))
+    assert check(stats) == []
+    assert set(stats["ordinary"].peers) == {NORMAL_SOURCE}
+    for kind in ("scored", "dsn", "ghost", "bounce"):
+        assert set(stats[kind].peers) == {HIGH_RISK_SOURCE}, kind
+    assert stats["ghost"].reasons["sender-domain-no-records"] == stats["ghost"].sent
+    assert stats["bounce"].delivered == stats["nullmx"].sent > 0
+    report = out.getvalue()
+    assert "sender domain without records" in report and "delivered after" in report
