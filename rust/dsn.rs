@@ -8,6 +8,8 @@
 //! pairs that include one about the sender, and the body is read only when exactly one
 //! sender signal fired, so ordinary mail costs a header scan and nothing more.
 
+use std::sync::LazyLock;
+
 use memchr::memmem;
 
 use crate::scan::{HeaderFacts, RecipientStatus};
@@ -299,8 +301,14 @@ pub fn detect(facts: &HeaderFacts, msg: &[u8], mail_from: Option<&str>) -> Detec
         weak.push(signal::DAEMON_SENDER);
     }
     // Bounce subjects state their case up front; matching a megabyte subject would be waste.
-    let subject = facts.subject.as_deref().map(|s| s.chars().take(SUBJECT_MATCH_CHARS).collect::<String>().to_lowercase());
-    if subject.as_deref().is_some_and(|s| BOUNCE_SUBJECTS.iter().any(|p| s.contains(p))) {
+    let subject = facts.subject.as_deref().map(|s| {
+        if s.is_ascii() {
+            s[..s.len().min(SUBJECT_MATCH_CHARS)].to_ascii_lowercase() // the same, in one copy
+        } else {
+            s.chars().take(SUBJECT_MATCH_CHARS).collect::<String>().to_lowercase()
+        }
+    });
+    if subject.as_deref().is_some_and(|s| SUBJECT_PHRASES.any_in(s.as_bytes())) {
         weak.push(signal::BOUNCE_SUBJECT);
     }
     if facts.auto_submitted.as_deref().is_some_and(|v| v.to_ascii_lowercase().contains("failure")) {
@@ -400,8 +408,38 @@ fn body_has_bounce_phrase(msg: &[u8], facts: &HeaderFacts) -> bool {
         return false;
     }
     let lower = msg[start..end].to_ascii_lowercase();
-    BOUNCE_BODY_PHRASES.iter().any(|p| memmem::find(&lower, p.as_bytes()).is_some())
+    BODY_PHRASES.iter().any(|finder| finder.find(&lower).is_some())
 }
+
+/// Phrases looked for anywhere in a short text, indexed by their first byte: the text is read
+/// once, not once per phrase (`str::contains` for each of a hundred subject phrases built a
+/// searcher per phrase and per message).
+struct PhraseSet {
+    by_first_byte: Vec<Vec<&'static [u8]>>,
+}
+
+impl PhraseSet {
+    fn new(phrases: &[&'static str]) -> Self {
+        let mut by_first_byte = vec![Vec::new(); 256];
+        for phrase in phrases {
+            if let Some(&first) = phrase.as_bytes().first() {
+                by_first_byte[first as usize].push(phrase.as_bytes());
+            }
+        }
+        PhraseSet { by_first_byte }
+    }
+
+    /// Whether any phrase occurs in `text` (byte for byte: for UTF-8 text and phrases, the same
+    /// as `str::contains`).
+    fn any_in(&self, text: &[u8]) -> bool {
+        (0..text.len()).any(|i| self.by_first_byte[text[i] as usize].iter().any(|p| text[i..].starts_with(p)))
+    }
+}
+
+static SUBJECT_PHRASES: LazyLock<PhraseSet> = LazyLock::new(|| PhraseSet::new(BOUNCE_SUBJECTS));
+/// One finder per body phrase, built once (a body window is long: memmem beats PhraseSet there).
+static BODY_PHRASES: LazyLock<Vec<memmem::Finder<'static>>> =
+    LazyLock::new(|| BOUNCE_BODY_PHRASES.iter().map(|p| memmem::Finder::new(p.as_bytes())).collect());
 
 /// The `notificationType` of an Amazon SES notification body, lowercased. The JSON may be
 /// raw or, in the SNS envelope, escaped inside a string (`\"notificationType\":\"Bounce\"`).

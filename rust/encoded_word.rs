@@ -3,7 +3,14 @@
 //! Decoding serves matching, not display: an unknown charset or a broken word is kept as it
 //! stands instead of failing.
 
+use std::borrow::Cow;
+use std::sync::LazyLock;
+
 use encoding_rs::{Encoding, ISO_2022_JP, UTF_8, WINDOWS_1252};
+use memchr::memmem;
+
+/// Built once: building a finder costs more than searching a typical Subject.
+static WORD_START: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(b"=?"));
 
 /// Decodes header text: encoded words become text in their charset, whitespace between two
 /// adjacent encoded words is dropped (RFC 2047 section 6.2), raw bytes are read as UTF-8, or
@@ -13,7 +20,7 @@ pub fn decode_header_text(raw: &[u8]) -> String {
     let mut pos = 0;
     let mut last_was_word = false;
     while pos < raw.len() {
-        let found = memchr::memmem::find(&raw[pos..], b"=?").map(|i| pos + i);
+        let found = WORD_START.find(&raw[pos..]).map(|i| pos + i);
         let literal_end = found.unwrap_or(raw.len());
         if let Some(start) = found {
             if let Some((decoded, end)) = decode_word(raw, start) {
@@ -69,23 +76,24 @@ fn decode_word(raw: &[u8], start: usize) -> Option<(String, usize)> {
     let charset = charset.split(|&b| b == b'*').next().unwrap_or(charset);
     let text = match Encoding::for_label(charset) {
         Some(enc) => enc.decode_without_bom_handling(&bytes).0.into_owned(),
-        None => decode_raw(&bytes),
+        None => decode_raw(&bytes).into_owned(),
     };
     Some((text, start + 2 + body_start + body_len + 2))
 }
 
-fn decode_raw(bytes: &[u8]) -> String {
+/// Borrowed when the bytes are already the text (UTF-8 without escapes, the common case).
+fn decode_raw(bytes: &[u8]) -> Cow<'_, str> {
     if let Ok(s) = std::str::from_utf8(bytes) {
         if !s.contains('\x1b') {
-            return s.to_owned();
+            return Cow::Borrowed(s);
         }
-        return ISO_2022_JP.decode_without_bom_handling(bytes).0.into_owned();
+        return ISO_2022_JP.decode_without_bom_handling(bytes).0;
     }
     let (text, _, had_errors) = UTF_8.decode(bytes);
     if !had_errors {
-        return text.into_owned();
+        return text;
     }
-    WINDOWS_1252.decode_without_bom_handling(bytes).0.into_owned()
+    WINDOWS_1252.decode_without_bom_handling(bytes).0
 }
 
 fn decode_q(body: &[u8]) -> Vec<u8> {

@@ -34,12 +34,12 @@ impl Default for ScanLimits {
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ContentType {
-    /// Lowercased media type, e.g. `multipart`.
-    pub maintype: String,
+    /// Lowercased media type, e.g. `multipart`. Common names are static strings, not copies.
+    pub maintype: Cow<'static, str>,
     /// Lowercased subtype, e.g. `report`.
-    pub subtype: String,
+    pub subtype: Cow<'static, str>,
     /// Parameters with lowercased names and unquoted values, in order of appearance.
-    pub params: Vec<(String, String)>,
+    pub params: Vec<(Cow<'static, str>, String)>,
 }
 
 impl ContentType {
@@ -339,10 +339,38 @@ pub fn parse_content_type(value: &[u8]) -> Option<ContentType> {
         let name = trim(&piece[..eq]);
         let raw = trim(&piece[eq + 1..]);
         if !name.is_empty() {
-            params.push((lowercase_text(name), text(&unquote(raw))));
+            params.push((lowercase_name(name, PARAM_NAMES), text(&unquote(raw))));
         }
     }
-    Some(ContentType { maintype: lowercase_text(maintype), subtype: lowercase_text(subtype), params })
+    Some(ContentType { maintype: lowercase_name(maintype, MAINTYPES), subtype: lowercase_name(subtype, SUBTYPES), params })
+}
+
+const MAINTYPES: &[&str] = &["text", "multipart", "message", "application", "image", "audio", "video"];
+const SUBTYPES: &[&str] = &[
+    "plain",
+    "html",
+    "mixed",
+    "alternative",
+    "related",
+    "report",
+    "delivery-status",
+    "global-delivery-status",
+    "rfc822",
+    "global",
+    "rfc822-headers",
+    "global-headers",
+    "feedback-report",
+    "disposition-notification",
+    "octet-stream",
+];
+const PARAM_NAMES: &[&str] = &["boundary", "charset", "report-type", "format", "delsp", "name", "type"];
+
+/// `lowercase_text(bytes)`, as one of `known` when it is one (no allocation then).
+fn lowercase_name(bytes: &[u8], known: &[&'static str]) -> Cow<'static, str> {
+    match known.iter().find(|k| k.as_bytes().eq_ignore_ascii_case(bytes)) {
+        Some(k) => Cow::Borrowed(k),
+        None => Cow::Owned(lowercase_text(bytes)),
+    }
 }
 
 /// `text` of the ASCII-lowercased bytes (lowercasing ASCII changes neither UTF-8 validity nor
