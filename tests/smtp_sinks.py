@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,12 +137,20 @@ class Sink:
 
 
 @contextlib.asynccontextmanager
-async def sink(host: str, port: int, name: str = "sink", smtp_class: type[SMTP] = SMTP, **handler_args: Any) -> AsyncIterator[Sink]:
-    """An aiosmtpd sink on `host`:`port` running on the current event loop."""
+async def sink(
+    host: str,
+    port: int,
+    name: str = "sink",
+    smtp_class: type[SMTP] = SMTP,
+    tls_context: ssl.SSLContext | None = None,
+    **handler_args: Any,
+) -> AsyncIterator[Sink]:
+    """An aiosmtpd sink on `host`:`port` running on the current event loop; with
+    `tls_context` it offers STARTTLS."""
     handler = SinkHandler(name, **handler_args)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: smtp_class(handler, hostname=name, enable_SMTPUTF8=True, loop=loop), host, port
+        lambda: smtp_class(handler, hostname=name, enable_SMTPUTF8=True, tls_context=tls_context, loop=loop), host, port
     )
     try:
         yield Sink(handler, host, port, server)

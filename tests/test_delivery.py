@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import email
+import shutil
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -303,6 +306,65 @@ def test_smarthost_mode_binds_each_pools_address(aio_run: Run, tmp_path: Path) -
                 assert by_subject["score 9"].peer == HIGH_RISK_SOURCE
                 # One transaction carries both recipients, whatever their domains.
                 assert sorted(by_subject["score 1"].rcpt_tos) == ["a@anywhere.test", "b@elsewhere.test"]
+            finally:
+                await relay.stop()
+
+    aio_run(main())
+
+
+@pytest.fixture(scope="module")
+def server_tls(tmp_path_factory: pytest.TempPathFactory) -> ssl.SSLContext:
+    """A self-signed certificate for the sinks (opportunistic TLS does not verify it)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=mx.test"],
+        check=True,
+        capture_output=True,
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+@pytest.mark.parametrize("offered", [True, False])
+def test_opportunistic_starttls(aio_run: Run, tmp_path: Path, server_tls: ssl.SSLContext, offered: bool) -> None:
+    """STARTTLS when the destination offers it (with a certificate nobody could verify), plain
+    SMTP when it does not."""
+
+    async def main() -> None:
+        port = common_port(["127.0.0.20"])
+        conf = relay_config(tmp_path / "spool", smarthost=f"127.0.0.20:{port}")
+        async with sink("127.0.0.20", port, "tls", tls_context=server_tls if offered else None) as destination:
+            relay = Relay(conf)
+            await relay.start()
+            await relay.listen()
+            try:
+                await submit(conf, message("secret"), sender=SENDER, to=["x@anywhere.test"])
+                (delivered,) = await destination.wait_for(1)
+                assert delivered.tls is offered
+                assert delivered.peer == NORMAL_SOURCE
+            finally:
+                await relay.stop()
+
+    aio_run(main())
+
+
+def test_required_tls_defers_when_not_offered(aio_run: Run, tmp_path: Path) -> None:
+    async def main() -> None:
+        port = common_port(["127.0.0.20"])
+        conf = relay_config(tmp_path / "spool", smarthost=f"127.0.0.20:{port}", pool_extra='tls = "required"')
+        async with sink("127.0.0.20", port, "plain") as destination:
+            relay = Relay(conf)
+            await relay.start()
+            await relay.listen()
+            try:
+                await submit(conf, message("secret"), sender=SENDER, to=["x@anywhere.test"])
+                await eventually(lambda: relay.engine is not None and relay.engine.stats.deferred >= 2, what="deferrals")
+                assert not destination.deliveries
             finally:
                 await relay.stop()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from deliverypool.config import RelayConfig
-from deliverypool.relay import Relay, has_bare_line_ending, strip_header
+from deliverypool.relay import Relay, has_bare_line_ending, queue_command, relay_command, strip_header
 from deliverypool.spool import listing
 from tests.smtp_sinks import free_port, message, relay_config
 
@@ -243,3 +244,27 @@ def test_handler_mounted_in_a_users_controller(aio_run: Run, tmp_path: Path) -> 
             await relay.stop()
 
     aio_run(main())
+
+
+def test_queue_command_lists_the_spool(aio_run: Run, tmp_path: Path) -> None:
+    conf = config(tmp_path)
+
+    async def main() -> None:
+        async with running(conf):
+            await aiosmtplib.send(message("listed"), sender=SENDER, recipients=["x@example.org", "y@example.org"], hostname="127.0.0.1", port=conf.listener.port)
+
+    aio_run(main())
+    out = io.StringIO()
+    path = tmp_path / "relay.toml"
+    path.write_text(f'[spool]\ndirectory = "{conf.spool.directory}"\n[pools.normal]\nsource_addresses = ["127.0.0.2"]\n[pools.high-risk]\nsource_addresses = ["127.0.0.3"]\n')
+    assert queue_command(str(path), out=out) == 0
+    text = out.getvalue()
+    assert "x@example.org" in text and "y@example.org" in text and "<alice@sender.test>" in text
+    assert "2 recipient(s) pending in 1 message(s)" in text
+
+
+def test_relay_command_names_the_bad_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "relay.toml"
+    path.write_text('[pools.normal]\nsource_addresses = ["127.0.0.2"]\n[pools.high-risk]\nsource_addresses = ["127.0.0.3", "nope"]\n')
+    assert relay_command(str(path)) == 2
+    assert "pools.high-risk.source_addresses[1]: not an IP address: 'nope'" in capsys.readouterr().err
