@@ -52,6 +52,8 @@ class SinkHandler:
     reject_rcpt: dict[str, str] = field(default_factory=dict)
     connections: list[str] = field(default_factory=list)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    sessions: int = 0
+    max_sessions: int = 0
 
     async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]) -> list[str]:
         session.host_name = hostname
@@ -95,7 +97,21 @@ class SinkHandler:
         return {d.peer for d in self.deliveries}
 
 
-class MidDataDropSMTP(SMTP):
+class CountingSMTP(SMTP):
+    """Counts the sessions open at once on its handler (`sessions`, `max_sessions`)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        handler = self.event_handler
+        handler.sessions += 1
+        handler.max_sessions = max(handler.max_sessions, handler.sessions)
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.event_handler.sessions -= 1
+        super().connection_lost(exc)
+
+
+class MidDataDropSMTP(CountingSMTP):
     """Closes the connection after reading part of the message data, once per `budget`."""
 
     budget: list[int] = []
@@ -141,7 +157,7 @@ async def sink(
     host: str,
     port: int,
     name: str = "sink",
-    smtp_class: type[SMTP] = SMTP,
+    smtp_class: type[SMTP] = CountingSMTP,
     tls_context: ssl.SSLContext | None = None,
     **handler_args: Any,
 ) -> AsyncIterator[Sink]:

@@ -4,6 +4,7 @@ the source address of each connection: 127.0.0.2 is the normal pool, 127.0.0.3 h
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import email
 import shutil
@@ -367,5 +368,37 @@ def test_required_tls_defers_when_not_offered(aio_run: Run, tmp_path: Path) -> N
                 assert not destination.deliveries
             finally:
                 await relay.stop()
+
+    aio_run(main())
+
+
+def test_temporary_failures_until_max_age_then_a_dsn(aio_run: Run, tmp_path: Path, mail_dns: str) -> None:
+    async def main() -> None:
+        async with world(tmp_path, mail_dns, pool_extra='max_age = "1s"') as w:
+            w.sinks["soft"].handler.rcpt_replies[:] = ["450 4.2.1 mailbox busy"] * 1000
+            await w.send(message("never", message_id="<expire@t>"), sender=SENDER, to=["x@soft.mail.test"])
+            (dsn,) = await w.sinks["sender"].wait_for(1)
+            assert dsn.peer == HIGH_RISK_SOURCE and dsn.mail_from == ""
+            assert b"Action: failed" in dsn.content and b"Status: 4.2.1" in dsn.content
+            assert b"Diagnostic-Code: smtp; 450 4.2.1 mailbox busy" in dsn.content
+            assert b"Message-ID: <expire@t>" in dsn.content
+            assert not w.sinks["soft"].deliveries
+            engine = w.relay.engine
+            assert engine is not None and engine.stats.deferred >= 2  # it was retried first
+            await w.settled()
+
+    aio_run(main())
+
+
+def test_connections_per_destination_are_limited_and_reused(aio_run: Run, tmp_path: Path, mail_dns: str) -> None:
+    async def main() -> None:
+        async with world(tmp_path, mail_dns, pool_extra="max_connections_per_destination = 2") as w:
+            await asyncio.gather(
+                *(w.send(message(f"bulk {n}", message_id=f"<bulk{n}@t>"), sender=SENDER, to=[f"u{n}@dest.mail.test"]) for n in range(40))
+            )
+            await w.sinks["mx1"].wait_for(40)
+            # 40 messages over at most 2 connections at a time, each carrying several messages.
+            assert w.sinks["mx1"].handler.max_sessions <= 2
+            assert len(w.sinks["mx1"].handler.connections) < 40
 
     aio_run(main())
