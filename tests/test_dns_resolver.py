@@ -37,7 +37,8 @@ Run = Callable[[Coroutine[Any, Any, T]], T]
 
 
 def resolver_for(*servers: NsdServer | SilentServer | TruncatingServer, **options: Any) -> Resolver:
-    options.setdefault("timeout", 0.5)
+    # Generous: a loaded CI machine can be slow to answer; tests of silence pass their own.
+    options.setdefault("timeout", 2.0)
     options.setdefault("min_ttl", 0.0)
     config = ResolverConfig.from_strings([s.address for s in servers], **options)
     return Resolver(config, cache=config.make_cache(manual_clock=True))
@@ -408,7 +409,7 @@ def test_normalize_domain_yields_valid_idempotent_names(text: str) -> None:
     assert len(labels) >= 2
     assert all(0 < len(label) <= 63 and not label.startswith("-") and not label.endswith("-") for label in labels)
     assert normalize_domain(result) == result
-    assert normalize_domain(text.upper() + ".") == result or not text.isascii()
+    assert normalize_domain(text.upper().removesuffix(".") + ".") == result or not text.isascii()
 
 
 @given(st.ip_addresses(), st.integers(1, 65535))
