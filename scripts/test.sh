@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as a newcomer and CI run it: installs what it needs, then runs the
-# Rust tests, the stub check and the Python tests (benchmarks once, in quick mode).
+# Rust tests, the stub check, the Python tests (benchmarks once, in quick mode), and the
+# Python tests again against the built wheel installed in a fresh virtualenv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,3 +14,5 @@ echo "== stub check"
 .venv/bin/python -m mypy.stubtest deliverypool._core
 echo "== pytest"
 .venv/bin/python -m pytest "$@"
+echo "== the installed wheel, in a fresh virtualenv without Rust"
+bash scripts/test-wheel.sh
