@@ -47,6 +47,9 @@ from deliverypool.spool import NewMessage, Spool, listing, read_counters
 
 log = logging.getLogger("deliverypool.relay")
 
+# Bodies up to this size are handed to delivery from memory.
+KEEP_IN_MEMORY = 256 * 1024
+
 _ADDRESS = re.compile(r"^[^\s@<>]+@[^\s@<>]+$")
 
 
@@ -346,7 +349,9 @@ class Relay:
             decision.pool,
             ",".join(decision.reasons) or "-",
         )
-        self.engine.submit(job, content)
+        # Small messages go to delivery from memory; large ones are read back from the spool
+        # when their turn comes, so a backlog does not hold every body in memory.
+        self.engine.submit(job, content if len(content) <= KEEP_IN_MEMORY else None)
         accepted = Accepted(job.queue_id, decision.pool, tuple(decision.reasons))
         if self.on_accept is not None:
             self.on_accept(accepted, content)
