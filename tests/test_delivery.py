@@ -410,3 +410,23 @@ def test_connections_per_destination_are_limited_and_reused(aio_run: Run, tmp_pa
             assert len(w.sinks["mx1"].handler.connections) < 40
 
     aio_run(main())
+
+
+def test_large_message_is_read_back_from_the_spool(aio_run: Run, tmp_path: Path) -> None:
+    async def main() -> None:
+        port = common_port(["127.0.0.20"])
+        conf = relay_config(tmp_path / "spool", smarthost=f"127.0.0.20:{port}")
+        body = "".join(f"line {n:06d} " + "x" * 60 + "\r\n" for n in range(6000))  # ~450 KB
+        big = message("big", body=body)
+        async with sink("127.0.0.20", port, "big") as destination:
+            relay = Relay(conf)
+            await relay.start()
+            await relay.listen()
+            try:
+                await submit(conf, big, sender=SENDER, to=["x@anywhere.test"])
+                (delivered,) = await destination.wait_for(1)
+                assert delivered.content.endswith(big)
+            finally:
+                await relay.stop()
+
+    aio_run(main())
