@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# Relay throughput and latency: the deliverypool relay against a stock Postfix relay, same load,
+# same machine, everything on loopback.
+#
+#   bash benches/relay_vs_postfix.sh            # 2000 messages, 8 sessions, 4 KiB each
+#   MESSAGES=10000 SESSIONS=20 bash benches/relay_vs_postfix.sh
+#
+# For each relay: Postfix's smtp-source sends MESSAGES messages over SESSIONS parallel sessions
+# into the relay, which delivers them to Postfix's smtp-sink (a fresh one per relay, dumping
+# every message to a file). Both relays keep their normal durable queue: the deliverypool
+# spool (SQLite, WAL, synchronous=FULL) and Postfix's queue (fsynced files). While the load
+# runs, a probe client sends PROBES messages at a steady pace and notes when each one was
+# accepted (the 250 after DATA); the time it reached the sink (its dump file's mtime) minus
+# that is its latency.
+#
+# Printed: messages per second from the first message sent to the last one arriving at the
+# sink, acceptance rate (smtp-source's own run time), p50/p99 latency, messages lost, and the
+# ratio of the two relays. Installs Postfix (with no system configuration) if smtp-source is
+# missing; starts and stops everything itself; every wait is bounded by TIMEOUT seconds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+MESSAGES=${MESSAGES:-2000}
+SESSIONS=${SESSIONS:-8}
+SIZE=${SIZE:-4096}
+PROBES=${PROBES:-100}
+TIMEOUT=${TIMEOUT:-300}
+PY=${PY:-.venv/bin/python}
+# Ports on 127.0.0.1: the two relays' listeners and their sinks.
+DP_PORT=${DP_PORT:-2625}
+PF_PORT=${PF_PORT:-2626}
+DP_SINK=${DP_SINK:-2627}
+PF_SINK=${PF_SINK:-2628}
+
+if ! command -v smtp-source >/dev/null || ! command -v smtp-sink >/dev/null || ! command -v postfix >/dev/null; then
+    echo "== installing postfix (smtp-source, smtp-sink; no system configuration)"
+    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >/dev/null
+    apt-get install -y -q postfix >/dev/null
+fi
+PATH=$PATH:/usr/sbin
+
+WORK=$(mktemp -d /tmp/relay-bench.XXXXXX)
+chmod 755 "$WORK"
+PIDS=()
+PF_CONF="$WORK/postfix-conf"
+cleanup() {
+    if [ -f "$PF_CONF/main.cf" ]; then
+        postfix -c "$PF_CONF" stop >/dev/null 2>&1 || true
+    fi
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+wait_port() { # host port
+    local deadline=$((SECONDS + 30))
+    until "$PY" -c "import socket,sys; socket.create_connection(('$1', $2), 1).close()" 2>/dev/null; do
+        [ $SECONDS -lt $deadline ] || { echo "nothing listens on $1:$2 after 30 s" >&2; return 1; }
+        sleep 0.2
+    done
+}
+
+start_sink() { # port dump-dir
+    mkdir -p "$2" && chmod 1777 "$2"
+    smtp-sink -u nobody -d "$2/%M." "127.0.0.1:$1" 256 &
+    PIDS+=($!)
+    wait_port 127.0.0.1 "$1"
+}
+
+start_deliverypool() {
+    mkdir -p "$WORK/dp"
+    cat >"$WORK/dp/relay.toml" <<EOF
+hostname = "relay.bench.test"
+
+[listener]
+address = "127.0.0.1:$DP_PORT"
+allowed_networks = ["127.0.0.0/8"]
+size_limit = "25MB"
+
+[spool]
+directory = "spool"
+
+[dns]
+check_sender_domain = false
+
+[pools.normal]
+source_addresses = ["127.0.0.2"]
+delivery = "smarthost"
+smarthost = "127.0.0.1:$DP_SINK"
+tls = "none"
+max_connections_per_destination = 20
+max_messages_per_connection = 100
+
+[pools.high-risk]
+source_addresses = ["127.0.0.3"]
+delivery = "smarthost"
+smarthost = "127.0.0.1:$DP_SINK"
+tls = "none"
+max_connections_per_destination = 20
+EOF
+    "$PY" -m deliverypool.relay --config "$WORK/dp/relay.toml" >"$WORK/dp/relay.log" 2>&1 &
+    PIDS+=($!)
+    wait_port 127.0.0.1 "$DP_PORT"
+}
+
+start_postfix() {
+    # A private instance: its own configuration and queue directories, loopback only, relaying
+    # everything it accepts from 127.0.0.0/8 to the sink, default concurrency (20).
+    mkdir -p "$PF_CONF" "$WORK/postfix-queue" "$WORK/postfix-data"
+    cat >"$PF_CONF/main.cf" <<EOF
+compatibility_level = 3.6
+queue_directory = $WORK/postfix-queue
+data_directory = $WORK/postfix-data
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = postfix.bench.test
+mydestination =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+smtpd_relay_restrictions = permit_mynetworks, reject
+relayhost = [127.0.0.1]:$PF_SINK
+smtp_dns_support_level = disabled
+smtp_tls_security_level = none
+maillog_file = $WORK/postfix.log
+maillog_file_prefixes = $WORK
+EOF
+    # The stock master.cf with the SMTP listener moved to our port and nothing chrooted.
+    sed -e "s/^smtp      inet/127.0.0.1:$PF_PORT inet/" -e 's/^\([a-z0-9.:-]* *[a-z-]* *[-ny] *[-ny] *\)[-y]/\1n/' \
+        /usr/share/postfix/master.cf.dist >"$PF_CONF/master.cf"
+    if ! grep -q "^postlog" "$PF_CONF/master.cf"; then
+        echo "postlog   unix-dgram n  -       n       -       1       postlogd" >>"$PF_CONF/master.cf"
+    fi
+    chown postfix "$WORK/postfix-data"
+    # Postfix reports start-up errors to syslog or its log file, not to a stderr that is no tty.
+    if ! postfix -c "$PF_CONF" start; then
+        tail -5 "$WORK/postfix.log" >&2 || true
+        return 1
+    fi
+    wait_port 127.0.0.1 "$PF_PORT"
+}
+
+run_case() { # name port sink-port start-function
+    local name=$1 port=$2 sink_port=$3 start=$4
+    local dump="$WORK/$name-sink"
+    start_sink "$sink_port" "$dump"
+    "$start"
+    echo "== $name: $MESSAGES messages of $SIZE bytes over $SESSIONS sessions, $PROBES latency probes"
+    "$PY" benches/relay_probe.py send --port "$port" --count "$PROBES" --out "$WORK/$name-probes.json" --timeout "$TIMEOUT" &
+    local probe=$!
+    local start_ns end_ns
+    start_ns=$(date +%s%N)
+    timeout "$TIMEOUT" smtp-source -s "$SESSIONS" -m "$MESSAGES" -l "$SIZE" -f sender@bench.test -t rcpt@sink.test "127.0.0.1:$port"
+    end_ns=$(date +%s%N)
+    wait "$probe"
+    "$PY" benches/relay_probe.py collect --dump "$dump" --probes "$WORK/$name-probes.json" \
+        --messages "$MESSAGES" --start-ns "$start_ns" --accepted-ns "$end_ns" --timeout "$TIMEOUT" \
+        --name "$name" --out "$WORK/$name-result.json"
+}
+
+run_case deliverypool "$DP_PORT" "$DP_SINK" start_deliverypool
+run_case postfix "$PF_PORT" "$PF_SINK" start_postfix
+"$PY" benches/relay_probe.py compare "$WORK/deliverypool-result.json" "$WORK/postfix-result.json"
