@@ -71,7 +71,8 @@ def missing(what: str) -> None:
 def mail_dns() -> Iterator[str]:
     if nsd_binary() is None:
         missing("nsd is not installed: run scripts/install-test-servers.sh")
-    server = NsdServer({"dp.test": DP_TEST, "mail.test": MAIL_TEST})
+    # broken.test is configured without a zone file: NSD answers SERVFAIL for it.
+    server = NsdServer({"dp.test": DP_TEST, "mail.test": MAIL_TEST, "broken.test": None})
     server.start()
     yield server.address
     server.close()
@@ -428,5 +429,19 @@ def test_large_message_is_read_back_from_the_spool(aio_run: Run, tmp_path: Path)
                 assert delivered.content.endswith(big)
             finally:
                 await relay.stop()
+
+    aio_run(main())
+
+
+def test_dns_failure_defers_and_never_fails_over(aio_run: Run, tmp_path: Path, mail_dns: str) -> None:
+    async def main() -> None:
+        async with world(tmp_path, mail_dns) as w:
+            await w.send(message("servfail"), sender=SENDER, to=["x@broken.test"])
+            await eventually(lambda: w.relay.engine is not None and w.relay.engine.stats.deferred >= 2, what="retries")
+            (row,) = listing(w.config.spool.directory)
+            assert row.state in ("deferred", "in-flight", "queued")
+            assert row.last_reply is not None and row.last_reply.startswith("451 4.4.3")
+            assert read_counters(w.config.spool.directory)["failed"] == 0
+            assert all(not s.deliveries for s in w.sinks.values())
 
     aio_run(main())

@@ -22,3 +22,15 @@ def test_demo_routes_every_kind_to_its_pool(aio_run: Run) -> None:
     assert stats["bounce"].delivered == stats["nullmx"].sent > 0
     report = out.getvalue()
     assert "sender domain without records" in report and "delivered after" in report
+
+
+def test_generated_bounces_stand_in_for_the_corpus() -> None:
+    """On a clone without ../shared/corpus the demo writes its own bounces: they must be DSNs."""
+    from deliverypool import classify
+    from deliverypool.demo import generated_bounces
+
+    bounces = generated_bounces(3)
+    assert len(bounces) == 3
+    for bounce in bounces:
+        decision = classify(bounce, mail_from="")
+        assert "dsn" in decision.reasons and decision.pool == "high-risk"
