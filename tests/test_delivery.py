@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email
+import logging
 import os
+import re
 import shutil
 import ssl
 import subprocess
@@ -184,7 +186,9 @@ def test_mx_preference_and_implicit_mx(aio_run: Run, tmp_path: Path, mail_dns: s
     aio_run(main())
 
 
-def test_temporary_failure_then_success(aio_run: Run, tmp_path: Path, mail_dns: str) -> None:
+def test_temporary_failure_then_success(aio_run: Run, tmp_path: Path, mail_dns: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="deliverypool.delivery")
+
     async def main() -> None:
         async with world(tmp_path, mail_dns) as w:
             w.sinks["soft"].handler.data_replies[:] = ["451 4.3.0 try again later", "421 4.3.2 busy"]
@@ -198,6 +202,11 @@ def test_temporary_failure_then_success(aio_run: Run, tmp_path: Path, mail_dns: 
             assert not w.sinks["sender"].deliveries  # no DSN for a delay
 
     aio_run(main())
+    # One log line per attempt: queue and message ids, pool, source, host, reply.
+    attempts = [r.getMessage() for r in caplog.records if r.getMessage().startswith("attempt ")]
+    assert [line.split(" reply=")[1][:3] for line in attempts] == ["451", "421", "250"]
+    for line in attempts:
+        assert re.search(r"queue_id=\w{12} message_id=<\d+@sender\.test> pool=normal source=127\.0\.0\.2 host=mx\.soft\.mail\.test\[127\.0\.0\.13\]:\d+ reply=", line), line
 
 
 def test_permanent_failure_sends_a_dsn_through_the_high_risk_pool(aio_run: Run, tmp_path: Path, mail_dns: str) -> None:
