@@ -287,21 +287,12 @@ fn find_blank_line(msg: &[u8], from: usize) -> Option<usize> {
 
 /// `Name: value` with a field name of printable ASCII; whitespace before the colon is tolerated
 /// (obsolete syntax, RFC 5322 section 4.5).
-/// Returns the length of the name and the offset of the colon.
+/// Returns the length of the name and the offset of the colon. One pass over the name, which
+/// is short, instead of a search for the colon over the whole line.
 fn parse_field_start(line: &[u8]) -> Option<(usize, usize)> {
-    let colon = memchr::memchr(b':', line)?;
-    let mut name = &line[..colon];
-    while let Some((&last, rest)) = name.split_last() {
-        if last == b' ' || last == b'\t' {
-            name = rest;
-        } else {
-            break;
-        }
-    }
-    if name.is_empty() || !name.iter().all(|&b| (33..=126).contains(&b)) {
-        return None;
-    }
-    Some((name.len(), colon))
+    let name_len = line.iter().position(|&b| !(33..=126).contains(&b) || b == b':').unwrap_or(line.len());
+    let colon = name_len + line[name_len..].iter().position(|&b| b != b' ' && b != b'\t')?;
+    (name_len > 0 && line[colon] == b':').then_some((name_len, colon))
 }
 
 fn trim(bytes: &[u8]) -> &[u8] {
