@@ -111,6 +111,23 @@ class CountingSMTP(SMTP):
         super().connection_lost(exc)
 
 
+class OneMessageSMTP(CountingSMTP):
+    """Takes one message per connection: a second MAIL closes the connection without a reply,
+    as a server does when its idle timer fires just as the client starts a transaction."""
+
+    served = 0
+
+    async def smtp_MAIL(self, arg: str) -> None:
+        if self.served and self.transport is not None:
+            self.transport.close()
+            return
+        await super().smtp_MAIL(arg)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        await super().smtp_DATA(arg)
+        self.served += 1
+
+
 class MidDataDropSMTP(CountingSMTP):
     """Closes the connection after reading part of the message data, once per `budget`."""
 

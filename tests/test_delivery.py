@@ -27,7 +27,7 @@ from deliverypool.demo import common_port
 from deliverypool.relay import Relay
 from deliverypool.spool import listing, read_counters
 from tests.dnsserver import DP_TEST, NsdServer, nsd_binary
-from tests.smtp_sinks import HIGH_RISK_SOURCE, NORMAL_SOURCE, MidDataDropSMTP, Sink, eventually, message, relay_config, sink
+from tests.smtp_sinks import HIGH_RISK_SOURCE, NORMAL_SOURCE, MidDataDropSMTP, OneMessageSMTP, Sink, eventually, message, relay_config, sink
 
 Run = Callable[[Coroutine[Any, Any, Any]], Any]
 
@@ -452,5 +452,24 @@ def test_dns_failure_defers_and_never_fails_over(aio_run: Run, tmp_path: Path, m
             assert row.last_reply is not None and row.last_reply.startswith("451 4.4.3")
             assert read_counters(w.config.spool.directory)["failed"] == 0
             assert all(not s.deliveries for s in w.sinks.values())
+
+    aio_run(main())
+
+
+def test_a_reused_connection_closed_by_the_server_is_reopened_without_a_retry(aio_run: Run, tmp_path: Path) -> None:
+    async def main() -> None:
+        port = common_port(["127.0.0.20"])
+        conf = relay_config(tmp_path / "spool", smarthost=f"127.0.0.20:{port}")
+        async with sink("127.0.0.20", port, "one-shot", smtp_class=OneMessageSMTP) as destination:
+            relay = Relay(conf)
+            await relay.start()
+            await relay.listen()
+            try:
+                await asyncio.gather(*(submit(conf, message(f"m{n}"), sender=SENDER, to=["x@anywhere.test"]) for n in range(6)))
+                await destination.wait_for(6)
+                assert relay.engine is not None and relay.engine.stats.deferred == 0
+                assert len(destination.handler.connections) >= 6
+            finally:
+                await relay.stop()
 
     aio_run(main())

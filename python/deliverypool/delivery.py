@@ -229,6 +229,7 @@ class _Session:
     smtp: aiosmtplib.SMTP
     host: str  # "name[ip]:port"
     source: str
+    transactions: int = 0
 
 
 @dataclass
@@ -519,7 +520,18 @@ class DeliveryEngine:
                 options.append(f"SIZE={len(body)}")
             if smtp.supports_extension("8bitmime") and _8BIT.search(body):
                 options.append("BODY=8BITMIME")
-            await smtp.mail(job.mail_from, options=options)
+            try:
+                await smtp.mail(job.mail_from, options=options)
+            except (aiosmtplib.SMTPServerDisconnected, ConnectionError, aiosmtplib.SMTPSenderRefused) as exc:
+                closed = not isinstance(exc, aiosmtplib.SMTPSenderRefused) or exc.code == 421
+                if session.transactions == 0 or not closed:
+                    raise
+                # The server closed a reused connection while it was idle: not a failed
+                # attempt. Put the work back in front and open a new connection.
+                log.info("queue_id=%s: %s closed the reused connection (%s); reconnecting", job.queue_id, session.host, exc)
+                lane.queue.appendleft(work)
+                return False
+            session.transactions += 1
             for rid, address in job.recipients:
                 try:
                     await smtp.rcpt(address)
