@@ -8,6 +8,8 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from deliverypool import config as cfg
 
@@ -136,3 +138,22 @@ def test_load_resolves_the_spool_relative_to_the_file(tmp_path: Path) -> None:
     assert cfg.load(path).spool.directory == tmp_path / "queue"
     with pytest.raises(cfg.ConfigError, match="cannot read"):
         cfg.load(tmp_path / "missing.toml")
+
+
+@given(
+    host=st.one_of(
+        st.ip_addresses().map(str),
+        st.from_regex(r"\A[a-z][a-z0-9-]{0,10}(\.[a-z][a-z0-9-]{0,10}){0,3}\Z"),
+    ),
+    port=st.integers(1, 65535),
+)
+def test_host_port_round_trip(host: str, port: int) -> None:
+    written = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    assert cfg.parse_host_port("k", written) == (host, port)
+    assert cfg.parse_host_port("k", host, 25) == (host, 25)
+
+
+@given(st.integers(0, 10**6), st.sampled_from(["", "s", "m", "h", "d", "w"]))
+def test_duration_units(amount: int, unit: str) -> None:
+    scale = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[unit]
+    assert cfg.parse_duration("k", f"{amount}{unit}") == amount * scale

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import re
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
@@ -14,6 +15,8 @@ from typing import Any
 
 import aiosmtplib
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from aiosmtpd.controller import Controller
 
 from deliverypool.config import RelayConfig
@@ -268,3 +271,26 @@ def test_relay_command_names_the_bad_key(tmp_path: Path, capsys: pytest.CaptureF
     path.write_text('[pools.normal]\nsource_addresses = ["127.0.0.2"]\n[pools.high-risk]\nsource_addresses = ["127.0.0.3", "nope"]\n')
     assert relay_command(str(path)) == 2
     assert "pools.high-risk.source_addresses[1]: not an IP address: 'nope'" in capsys.readouterr().err
+
+
+_FIELD_NAMES = st.sampled_from(["X-Spam-Score", "x-spam-score", "Subject", "From", "X-Spam-Scorer", "Received"])
+_VALUES = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=20)
+
+
+@given(
+    fields=st.lists(st.tuples(_FIELD_NAMES, _VALUES, st.lists(_VALUES, max_size=2)), max_size=8),
+    body=st.binary(max_size=50).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"\r\n")),
+)
+def test_strip_header_property(fields: list[tuple[str, str, list[str]]], body: bytes) -> None:
+    header = "".join(f"{name}: {value}\r\n" + "".join(f"\t{c}\r\n" for c in cont) for name, value, cont in fields)
+    message = header.encode() + b"\r\n" + body
+    stripped, removed = strip_header(message, "X-Spam-Score")
+    assert removed == sum(name.lower() == "x-spam-score" for name, _, _ in fields)
+    kept = [(n, v, c) for n, v, c in fields if n.lower() != "x-spam-score"]
+    expected = "".join(f"{n}: {v}\r\n" + "".join(f"\t{c}\r\n" for c in cont) for n, v, cont in kept).encode()
+    assert stripped == expected + b"\r\n" + body
+
+
+@given(st.binary(max_size=60).map(lambda b: bytes(c if c % 3 else (10, 13)[c % 2] for c in b)))
+def test_bare_line_ending_matches_a_regex(data: bytes) -> None:
+    assert has_bare_line_ending(data) == bool(re.search(rb"(?<!\r)\n|\r(?!\n)", data))

@@ -66,6 +66,8 @@ def strip_header(message: bytes, name: str) -> tuple[bytes, int]:
     """Removes every field called `name` (case-insensitive, with its folded continuation
     lines) from the header section. Returns the message and how many fields were removed."""
     lowered = name.lower().encode("ascii")
+    if message.startswith(b"\r\n"):  # no header fields at all
+        return message, 0
     end = message.find(b"\r\n\r\n")
     header = message if end < 0 else message[: end + 2]
     if lowered not in header.lower():
