@@ -200,8 +200,15 @@ pub fn classify(msg: &[u8], envelope: &Envelope, policy: &Policy) -> Result<Deci
     if let Some(score) = envelope.score {
         finite("score", score)?;
     }
-    let facts = scan(msg, policy.score_header.as_deref());
-    Ok(decide(&facts, msg, envelope, policy))
+    let mut facts = scan(msg, policy.score_header.as_deref());
+    // The facts end here: their recipients move into the verdict instead of being copied
+    // (detection reads nothing else of them).
+    let recipients = std::mem::take(&mut facts.recipients);
+    let mut decision = decide(&facts, msg, envelope, policy);
+    if let Some(verdict) = decision.detection.dsn.as_mut() {
+        verdict.recipients = recipients;
+    }
+    Ok(decision)
 }
 
 /// Classifies a message already scanned with `policy.score_header`.
