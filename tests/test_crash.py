@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import os
 import signal
 import subprocess
 import sys
@@ -30,7 +29,6 @@ Run = Callable[[Coroutine[Any, Any, Any]], Any]
 
 MESSAGES = 3000
 CLIENTS = 12
-REPO = Path(__file__).resolve().parents[1]
 
 
 def crash_config(spool: Path, listen: int, sink_port: int) -> str:
@@ -63,13 +61,12 @@ class RelayProcess:
         self.log = config.parent / "relay.log"
 
     async def start(self) -> None:
-        env = dict(os.environ, PYTHONPATH=str(REPO / "python") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        # The same interpreter, so the same installed deliverypool (editable or the wheel).
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "deliverypool.relay", "--config", str(self.config), "--loop", self.loop],
                 stdout=log,
                 stderr=log,
-                env=env,
             )
         for _ in range(400):
             assert self.process.poll() is None, self.log.read_text()[-3000:]
