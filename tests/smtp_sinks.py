@@ -80,6 +80,7 @@ class SinkHandler:
                 return "421 closing"
             if not reply.startswith("2"):
                 return reply
+        assert isinstance(session.peer, tuple)
         self.deliveries.append(
             Delivery(
                 peer=session.peer[0],

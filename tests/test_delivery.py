@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email
+import email.message
 import logging
 import os
 import re
@@ -16,7 +17,7 @@ import subprocess
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import aiosmtplib
 import pytest
@@ -27,7 +28,7 @@ from deliverypool.demo import common_port
 from deliverypool.relay import Relay
 from deliverypool.spool import listing, read_counters
 from tests.dnsserver import DP_TEST, NsdServer, nsd_binary
-from tests.smtp_sinks import HIGH_RISK_SOURCE, NORMAL_SOURCE, MidDataDropSMTP, OneMessageSMTP, Sink, eventually, message, relay_config, sink
+from tests.smtp_sinks import HIGH_RISK_SOURCE, NORMAL_SOURCE, CountingSMTP, MidDataDropSMTP, OneMessageSMTP, Sink, eventually, message, relay_config, sink
 
 Run = Callable[[Coroutine[Any, Any, Any]], Any]
 
@@ -62,7 +63,7 @@ GHOST_SENDER = "someone@ghost.mail.test"
 SENDER = "alice@sender.mail.test"
 
 
-def missing(what: str) -> None:
+def missing(what: str) -> NoReturn:
     """A test server or tool is missing: a failure in CI (which installs them), else a skip."""
     if os.environ.get("CI"):
         pytest.fail(what)
@@ -123,9 +124,8 @@ async def world(tmp_path: Path, nameserver: str, **config: Any) -> AsyncIterator
     async with contextlib.AsyncExitStack() as stack:
         sinks = {}
         for name, host in SINK_HOSTS.items():
-            smtp_class = MidDataDropSMTP if name == "drop" else None
-            extra = {"smtp_class": smtp_class} if smtp_class else {}
-            sinks[name] = await stack.enter_async_context(sink(host, port, name, **extra))
+            smtp_class = MidDataDropSMTP if name == "drop" else CountingSMTP
+            sinks[name] = await stack.enter_async_context(sink(host, port, name, smtp_class=smtp_class))
         relay = Relay(conf)
         await relay.start()
         await relay.listen()
@@ -224,7 +224,9 @@ def test_permanent_failure_sends_a_dsn_through_the_high_risk_pool(aio_run: Run, 
             report = email.message_from_bytes(dsn.content)
             assert report.get_content_type() == "multipart/report"
             assert report.get_param("report-type") == "delivery-status"
-            text, status, headers = report.get_payload()
+            parts = report.get_payload()
+            assert isinstance(parts, list)
+            text, status, headers = [part for part in parts if isinstance(part, email.message.Message)]
             assert text.get_content_type() == "text/plain"
             assert status.get_content_type() == "message/delivery-status"
             fields = "\n".join(str(block) for block in status.get_payload())

@@ -61,7 +61,7 @@ async def dialogue(conf: RelayConfig, lines: list[bytes], source: str = "127.0.0
 
 
 async def _read_reply(reader: asyncio.StreamReader) -> list[bytes]:
-    lines = []
+    lines: list[bytes] = []
     while True:
         try:
             line = await asyncio.wait_for(reader.readline(), 0.5)
