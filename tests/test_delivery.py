@@ -475,3 +475,28 @@ def test_a_reused_connection_closed_by_the_server_is_reopened_without_a_retry(ai
                 await relay.stop()
 
     aio_run(main())
+
+
+def test_source_addresses_are_picked_by_weight_within_the_family(tmp_path: Path) -> None:
+    import collections
+    import random
+
+    from deliverypool.delivery import DeliveryEngine
+    from deliverypool.spool import Spool
+
+    conf = relay_config(
+        tmp_path / "spool",
+        high_risk_sources='["127.0.0.3", { address = "127.0.0.4", weight = 3 }, "::1"]',
+    )
+
+    async def route(_: bytes) -> tuple[str, tuple[str, ...]]:
+        return "high-risk", ()
+
+    engine = DeliveryEngine(conf, Spool(tmp_path), mx=None, route_dsn=route, rng=random.Random(7))
+    pool = conf.pools["high-risk"]
+    picks = collections.Counter(str(engine._source_for(pool, "192.0.2.1").address) for _ in range(4000))  # type: ignore[union-attr]
+    assert set(picks) == {"127.0.0.3", "127.0.0.4"}
+    assert 2.5 < picks["127.0.0.4"] / picks["127.0.0.3"] < 3.5
+    assert {str(engine._source_for(pool, "2001:db8::1").address) for _ in range(20)} == {"::1"}  # type: ignore[union-attr]
+    # The normal pool has no IPv6 address: no source, rather than anything borrowed.
+    assert engine._source_for(conf.pools["normal"], "2001:db8::1") is None
