@@ -157,7 +157,39 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--no-dns", action="store_true", help="do not check the sender domain in DNS")
     classify.add_argument("--json", action="store_true", help="print one JSON object per message")
     classify.set_defaults(handler=run_classify)
+
+    relay = commands.add_parser("relay", help="run the relay: accept over SMTP, spool, deliver from each pool",
+                                description="Run the relay with the configuration in a TOML file.")
+    relay.add_argument("--config", required=True, metavar="PATH", help="the relay's TOML configuration")
+    relay.add_argument("--loop", choices=["asyncio", "uvloop"], help="event loop (default: uvloop when installed)")
+    relay.set_defaults(handler=lambda args: _relay().relay_command(args.config, loop=args.loop))
+
+    queue = commands.add_parser("queue", help="show what is in the spool",
+                                description="List the messages and recipients in the relay's spool.")
+    queue.add_argument("--config", metavar="PATH", help="the relay's TOML configuration (for its spool directory)")
+    queue.add_argument("--spool", metavar="DIR", help="the spool directory (default: the config's, else ./spool)")
+    queue.set_defaults(handler=lambda args: _relay().queue_command(args.config, spool_directory=args.spool))
+
+    demo = commands.add_parser("demo", help="run the relay on loopback with a mixed workload and show the routing",
+                               description="Start the relay with two loopback pools (normal from 127.0.0.2, "
+                               "high-risk from 127.0.0.3), loopback sinks and a local DNS server, send ordinary "
+                               "mail, spam, DSNs and mail from a domain without records, and show where each went.")
+    demo.add_argument("--scale", type=int, default=10, metavar="N", help="workload size: N x (40 ordinary, 10 spam, 8 DSN, 5 no-records, ...) messages (default 10)")
+    demo.set_defaults(handler=lambda args: _demo().demo_command(scale=args.scale))
     return parser
+
+
+def _relay() -> Any:
+    # Imported on use: `classify` should not pay for loading the SMTP stack.
+    from deliverypool import relay
+
+    return relay
+
+
+def _demo() -> Any:
+    from deliverypool import demo
+
+    return demo
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-import dns.rdatatype
 
 from deliverypool import delivery
 from deliverypool.config import DnsConfig
@@ -48,24 +47,10 @@ class ResolverMx:
             raise delivery.DestinationError(template.format(domain=domain), permanent=True) from None
         except TemporaryDnsError as exc:
             raise delivery.DestinationError(f"451 4.4.3 DNS lookup for {domain} failed: {exc.reason}", permanent=False) from None
-        addresses = await asyncio.gather(*(self.addresses(mx.host) for mx in hosts))
+        addresses = await asyncio.gather(*(self.resolver.addresses(mx.host) for mx in hosts))
         result = [delivery.MailExchanger(mx.preference, mx.host, found) for mx, found in zip(hosts, addresses) if found]
         if not result:
             raise delivery.DestinationError(
                 f"451 4.4.3 No address found for any mail exchanger of {domain}", permanent=False
             )
         return result
-
-    async def addresses(self, host: str) -> tuple[str, ...]:
-        """The host's IPv4 then IPv6 addresses, through the resolver's cache. A lookup that
-        fails counts as no address (the next MX host is tried)."""
-        found: list[str] = []
-        for kind, rdtype in (("A", dns.rdatatype.A), ("AAAA", dns.rdatatype.AAAA)):
-            cached = self.resolver.cache.get(kind, host)  # type: ignore[arg-type]
-            if cached is None:
-                # `_query` follows CNAMEs and applies the resolver's retries and in-flight cap.
-                answer = await self.resolver._query(host, rdtype)
-                cached = tuple(rd.address for rd in answer.rrset) if answer.rrset is not None else ()
-                self.resolver.cache.put(kind, host, cached, ttl=answer.ttl, outcome=answer.outcome)  # type: ignore[arg-type]
-            found.extend(cached)  # type: ignore[arg-type]
-        return tuple(found)
