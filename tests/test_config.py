@@ -24,9 +24,9 @@ source_addresses = ["192.0.2.20"]
 
 
 def documented_example() -> str:
-    text = (REPO / "docs" / "relay.md").read_text()
+    text = (REPO / "README.md").read_text()
     blocks = re.findall(r"```toml\n(.*?)```", text, re.S)
-    assert blocks, "docs/relay.md has no ```toml block"
+    assert blocks, "README.md has no ```toml block"
     return blocks[0]
 
 
