@@ -258,24 +258,24 @@ pub fn detect(facts: &HeaderFacts, msg: &[u8], mail_from: Option<&str>) -> Detec
         .content_type
         .as_ref()
         .filter(|ct| ct.is("multipart", "report"))
-        .and_then(|ct| ct.param("report-type"))
-        .map(|v| v.to_ascii_lowercase());
+        .and_then(|ct| ct.param("report-type"));
+    let report_type_is = |name: &str| report_type.is_some_and(|v| v.eq_ignore_ascii_case(name));
     let global_part = facts.has_part("message", "global-delivery-status");
     let status_part = global_part || facts.has_part("message", "delivery-status");
     let bare_status = facts
         .content_type
         .as_ref()
         .is_some_and(|ct| ct.is("message", "delivery-status") || ct.is("message", "global-delivery-status"));
-    if matches!(report_type.as_deref(), Some("delivery-status" | "global-delivery-status")) {
+    if report_type_is("delivery-status") || report_type_is("global-delivery-status") {
         strong.push(signal::REPORT_TYPE);
     }
     if status_part || bare_status {
         strong.push(signal::STATUS_PART);
     }
 
-    let arf = report_type.as_deref() == Some("feedback-report") || facts.has_part("message", "feedback-report");
+    let arf = report_type_is("feedback-report") || facts.has_part("message", "feedback-report");
     let mdn =
-        report_type.as_deref() == Some("disposition-notification") || facts.has_part("message", "disposition-notification");
+        report_type_is("disposition-notification") || facts.has_part("message", "disposition-notification");
     if strong.is_empty() && (arf || mdn) {
         let kind = if arf { ReportKind::Arf } else { ReportKind::Mdn };
         return Detection { report_kind: Some(kind), dsn: None };
@@ -335,7 +335,7 @@ pub fn detect(facts: &HeaderFacts, msg: &[u8], mail_from: Option<&str>) -> Detec
     }
 
     if !strong.is_empty() || (weak.len() >= 2 && from_software) || (no_reply && weak.len() == 3) {
-        let kind = if global_part || report_type.as_deref() == Some("global-delivery-status") {
+        let kind = if global_part || report_type_is("global-delivery-status") {
             DsnKind::GlobalDeliveryStatus
         } else if status_part || bare_status {
             DsnKind::DeliveryStatus

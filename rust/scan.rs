@@ -685,7 +685,10 @@ fn read_delivery_status(
                 }
                 b"action" => {
                     per_recipient = true;
-                    status.action = value().map(|v| v.to_ascii_lowercase());
+                    status.action = value().map(|mut v| {
+                        v.make_ascii_lowercase();
+                        v
+                    });
                 }
                 b"status" => {
                     per_recipient = true;
