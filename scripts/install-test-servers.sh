@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Installs the authoritative DNS server (NSD) that tests/dnsserver.py starts on loopback.
-# Idempotent: does nothing when nsd is already on the machine. Needs root (CI runs as root).
+# Installs the Debian programs the tests start: the authoritative DNS server NSD (tests/dnsserver.py)
+# and the openssl command (test certificates for STARTTLS). Idempotent: apt runs only when one is
+# missing. Needs root or sudo (CI runs as root).
 set -euo pipefail
 
-if command -v nsd >/dev/null 2>&1 || [ -x /usr/sbin/nsd ]; then
+missing=()
+command -v nsd >/dev/null 2>&1 || [ -x /usr/sbin/nsd ] || missing+=(nsd)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi
 
@@ -13,7 +17,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends nsd >/dev/null
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # The Debian package starts a system nsd on port 53 when a service manager runs; the tests
 # start their own instance and never need it. Stop it where it runs, ignore where it does not.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet nsd 2>/dev/null; then
