@@ -103,7 +103,7 @@ smarthost = "127.0.0.1:$DP_SINK"
 tls = "none"
 max_connections_per_destination = 20
 EOF
-    "$PY" -m deliverypool.relay --config "$WORK/dp/relay.toml" >"$WORK/dp/relay.log" 2>&1 &
+    "$PY" -m deliverypool.cli relay --config "$WORK/dp/relay.toml" >"$WORK/dp/relay.log" 2>&1 &
     PIDS+=($!)
     wait_port 127.0.0.1 "$DP_PORT"
 }
