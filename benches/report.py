@@ -24,7 +24,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     data = json.loads(args.json.read_text())
     rows = [
-        {"group": b["group"], "name": b["name"], "mean": b["stats"]["mean"], "extra_info": b.get("extra_info", {})}
+        {
+            "group": b["group"],
+            "name": b["name"],
+            "mean": b["stats"]["mean"],
+            "median": b["stats"]["median"],
+            "extra_info": b.get("extra_info", {}),
+        }
         for b in data["benchmarks"]
     ]
     machine = data.get("machine_info", {})
