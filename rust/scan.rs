@@ -124,22 +124,17 @@ const MARKER_FIELDS: &[&str] = &[
     "x-amz-sns-message-id",
 ];
 
-/// Field names up to this long are lowercased on the stack; every name the scanner looks for
-/// is shorter, so a longer one is lowercased on the heap only to be compared and dropped.
-const NAME_BUF: usize = 64;
-
-/// Calls `f` with the field name lowercased, without allocating for any name the scanner knows.
+/// `name` is `lowercased` (an ASCII lowercase constant) in any case. Field names are printable
+/// ASCII, so this is the same as comparing the lowercased name, with no copy.
 #[inline]
-fn with_lowercase<R>(name: &[u8], f: impl FnOnce(&[u8]) -> R) -> R {
-    if name.len() <= NAME_BUF {
-        let mut buf = [0u8; NAME_BUF];
-        let lower = &mut buf[..name.len()];
-        lower.copy_from_slice(name);
-        lower.make_ascii_lowercase();
-        f(lower)
-    } else {
-        f(&name.to_ascii_lowercase())
-    }
+fn name_is(name: &[u8], lowercased: &str) -> bool {
+    name.eq_ignore_ascii_case(lowercased.as_bytes())
+}
+
+/// `name` lowercased equals `lowercased` exactly (which may hold uppercase and then never matches).
+#[inline]
+fn lowercase_equals(name: &[u8], lowercased: &[u8]) -> bool {
+    name.len() == lowercased.len() && name.iter().zip(lowercased).all(|(a, b)| a.to_ascii_lowercase() == *b)
 }
 
 /// qmail's bounce notice names itself in a Received field.
@@ -491,39 +486,39 @@ pub fn scan_with_limits(msg: &[u8], score_header: Option<&str>, limits: &ScanLim
         facts.field_count += 1;
         // Unfolding and trimming remove only ASCII bytes: the raw value answers this as well.
         eight_bit |= !field.raw_value().is_ascii();
-        with_lowercase(field.name, |name| {
-            // The value is unfolded (a copy only when folded) for the fields kept, not for the rest.
-            let keep_first = |slot: &mut Option<String>| {
-                if slot.is_none() {
-                    *slot = Some(text(trim(&field.value())));
-                }
-            };
-            match name {
-                b"content-type" if content_type.is_none() => content_type = Some(parse_content_type(trim(&field.value()))),
-                b"from" => keep_first(&mut facts.from),
-                b"sender" => keep_first(&mut facts.sender),
-                b"return-path" => keep_first(&mut facts.return_path),
-                b"subject" if facts.subject.is_none() => facts.subject = Some(decode_header_text(trim(&field.value()))),
-                b"auto-submitted" => keep_first(&mut facts.auto_submitted),
-                b"precedence" => keep_first(&mut facts.precedence),
-                b"x-failed-recipients" => keep_first(&mut facts.x_failed_recipients),
-                b"message-id" => keep_first(&mut facts.message_id),
-                b"received" if !facts.qmail_bounce => facts.qmail_bounce = is_qmail_bounce(&field),
-                _ => {}
+        // The value is unfolded (a copy only when folded) for the fields kept, not for the rest.
+        let keep_first = |slot: &mut Option<String>| {
+            if slot.is_none() {
+                *slot = Some(text(trim(&field.value())));
             }
-            if let Some(score_name) = score_header {
-                if name == score_name.as_bytes() {
-                    facts.score_header_values.push(text(trim(&field.value())));
+        };
+        // Names are compared without lowercasing a copy; the length picks the candidates.
+        let name = field.name;
+        match name.len() {
+            12 if content_type.is_none() && name_is(name, "content-type") => content_type = Some(parse_content_type(trim(&field.value()))),
+            4 if name_is(name, "from") => keep_first(&mut facts.from),
+            6 if name_is(name, "sender") => keep_first(&mut facts.sender),
+            11 if name_is(name, "return-path") => keep_first(&mut facts.return_path),
+            7 if facts.subject.is_none() && name_is(name, "subject") => facts.subject = Some(decode_header_text(trim(&field.value()))),
+            14 if name_is(name, "auto-submitted") => keep_first(&mut facts.auto_submitted),
+            10 if name_is(name, "precedence") => keep_first(&mut facts.precedence),
+            19 if name_is(name, "x-failed-recipients") => keep_first(&mut facts.x_failed_recipients),
+            10 if name_is(name, "message-id") => keep_first(&mut facts.message_id),
+            8 if !facts.qmail_bounce && name_is(name, "received") => facts.qmail_bounce = is_qmail_bounce(&field),
+            _ => {}
+        }
+        if let Some(score_name) = score_header {
+            if lowercase_equals(name, score_name.as_bytes()) {
+                facts.score_header_values.push(text(trim(&field.value())));
+            }
+        }
+        if name.get(..2).is_some_and(|prefix| prefix.eq_ignore_ascii_case(b"x-")) {
+            if let Some(marker) = MARKER_FIELDS.iter().find(|m| name_is(name, m)) {
+                if !facts.marker_fields.iter().any(|m| m == marker) {
+                    facts.marker_fields.push((*marker).to_owned());
                 }
             }
-            if name.starts_with(b"x-") {
-                if let Some(marker) = MARKER_FIELDS.iter().find(|m| m.as_bytes() == name) {
-                    if !facts.marker_fields.iter().any(|m| m == marker) {
-                        facts.marker_fields.push((*marker).to_owned());
-                    }
-                }
-            }
-        })
+        }
     });
     facts.header_length = body_start - start;
     if eight_bit {
@@ -678,25 +673,22 @@ fn read_delivery_status(
         let mut per_recipient = false;
         let end = read_fields(msg, pos, 64 << 10, &mut Vec::new(), |field| {
             let value = || Some(text(trim(&field.value())));
-            with_lowercase(field.name, |name| match name {
-                b"final-recipient" | b"original-recipient" if status.final_recipient.is_none() => {
-                    per_recipient = true;
-                    status.final_recipient = value();
-                }
-                b"action" => {
-                    per_recipient = true;
-                    status.action = value().map(|mut v| {
-                        v.make_ascii_lowercase();
-                        v
-                    });
-                }
-                b"status" => {
-                    per_recipient = true;
-                    status.status = value();
-                }
-                b"diagnostic-code" => status.diagnostic_code = value(),
-                _ => {}
-            })
+            let name = field.name;
+            if status.final_recipient.is_none() && (name_is(name, "final-recipient") || name_is(name, "original-recipient")) {
+                per_recipient = true;
+                status.final_recipient = value();
+            } else if name_is(name, "action") {
+                per_recipient = true;
+                status.action = value().map(|mut v| {
+                    v.make_ascii_lowercase();
+                    v
+                });
+            } else if name_is(name, "status") {
+                per_recipient = true;
+                status.status = value();
+            } else if name_is(name, "diagnostic-code") {
+                status.diagnostic_code = value();
+            }
         });
         if per_recipient {
             out.push(status);
