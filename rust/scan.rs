@@ -353,7 +353,11 @@ const PARAM_NAMES: &[&str] = &["boundary", "charset", "report-type", "format", "
 
 /// `lowercase_text(bytes)`, as one of `known` when it is one (no allocation then).
 fn lowercase_name(bytes: &[u8], known: &[&'static str]) -> Cow<'static, str> {
-    match known.iter().find(|k| k.as_bytes().eq_ignore_ascii_case(bytes)) {
+    // Media types are mostly written in lowercase already: an exact comparison (a length check,
+    // then memcmp) finds them before the byte-by-byte case-insensitive one is tried. The known
+    // names are distinct lowercase strings, so at most one matches either way.
+    let exact = known.iter().find(|k| k.as_bytes() == bytes);
+    match exact.or_else(|| known.iter().find(|k| k.as_bytes().eq_ignore_ascii_case(bytes))) {
         Some(k) => Cow::Borrowed(k),
         None => Cow::Owned(lowercase_text(bytes)),
     }
