@@ -106,8 +106,10 @@ impl PyPolicy {
     }
 }
 
+/// Shares the verdict with the `Decision` it came from: `Decision.dsn` hands out a new view
+/// each time without copying the signals and recipients.
 #[pyclass(frozen, name = "DsnVerdict", module = "deliverypool")]
-pub struct PyDsnVerdict(pub DsnVerdict);
+pub struct PyDsnVerdict(pub Arc<DsnVerdict>);
 
 #[pymethods]
 impl PyDsnVerdict {
@@ -130,60 +132,71 @@ impl PyDsnVerdict {
 }
 
 #[pyclass(frozen, name = "Decision", module = "deliverypool")]
-pub struct PyDecision(pub Decision);
+pub struct PyDecision {
+    /// The decision, its DSN verdict taken out into `dsn`.
+    decision: Decision,
+    dsn: Option<Arc<DsnVerdict>>,
+}
+
+impl From<Decision> for PyDecision {
+    fn from(mut decision: Decision) -> Self {
+        let dsn = decision.detection.dsn.take().map(Arc::new);
+        PyDecision { decision, dsn }
+    }
+}
 
 #[pymethods]
 impl PyDecision {
     #[getter]
     fn pool(&self) -> &str {
-        &self.0.pool
+        &self.decision.pool
     }
     #[getter]
     fn high_risk(&self) -> bool {
-        self.0.high_risk
+        self.decision.high_risk
     }
     #[getter]
     fn reasons<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
-        PyTuple::new(py, &self.0.reasons)
+        PyTuple::new(py, &self.decision.reasons)
     }
     #[getter]
     fn dsn(&self) -> Option<PyDsnVerdict> {
-        self.0.detection.dsn.clone().map(PyDsnVerdict)
+        self.dsn.clone().map(PyDsnVerdict)
     }
     /// dsn, mdn, arf, auto-reply, or None for ordinary mail.
     #[getter]
     fn report_kind(&self) -> Option<&'static str> {
-        self.0.detection.report_kind.map(|k| k.as_str())
+        self.decision.detection.report_kind.map(|k| k.as_str())
     }
     #[getter]
     fn score(&self) -> Option<f64> {
-        self.0.score
+        self.decision.score
     }
     /// caller, header, or None when no score was available.
     #[getter]
     fn score_source(&self) -> Option<&'static str> {
-        self.0.score_source.map(|s| s.as_str())
+        self.decision.score_source.map(|s| s.as_str())
     }
     #[getter]
     fn threshold(&self) -> f64 {
-        self.0.threshold
+        self.decision.threshold
     }
     #[getter]
     fn sender_domain(&self) -> Option<&'static str> {
-        self.0.sender_domain.map(DomainStatus::as_str)
+        self.decision.sender_domain.map(DomainStatus::as_str)
     }
     #[getter]
     fn defects<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
-        PyTuple::new(py, &self.0.defects)
+        PyTuple::new(py, &self.decision.defects)
     }
     fn __repr__(&self) -> String {
         format!(
             "Decision(pool={:?}, reasons={:?}, report_kind={:?}, score={:?}, threshold={})",
-            self.0.pool,
-            self.0.reasons,
+            self.decision.pool,
+            self.decision.reasons,
             self.report_kind(),
-            self.0.score,
-            self.0.threshold
+            self.decision.score,
+            self.decision.threshold
         )
     }
 }
@@ -208,7 +221,7 @@ pub fn classify(
 ) -> PyResult<PyDecision> {
     let policy = policy_or_default(policy);
     let envelope = Envelope { mail_from, score, tenant, untrusted_client, sender_domain: parse_domain_status(sender_domain)? };
-    policy::classify(message, &envelope, &policy).map(PyDecision).map_err(to_py_err)
+    policy::classify(message, &envelope, &policy).map(PyDecision::from).map_err(to_py_err)
 }
 
 /// Below this many messages a batch runs on the calling thread: handing work to other cores
@@ -265,9 +278,10 @@ pub fn classify_many(
             untrusted_client,
             sender_domain: statuses.as_ref().and_then(|v| v[i]),
         };
-        policy::classify(&bodies[i], &envelope, &policy).map_err(|e| (i, e))
+        // Wrapped here, on the worker threads, rather than after the GIL is taken back.
+        policy::classify(&bodies[i], &envelope, &policy).map(PyDecision::from).map_err(|e| (i, e))
     };
-    let results: Result<Vec<Decision>, (usize, policy::Error)> = py.detach(|| {
+    let results: Result<Vec<PyDecision>, (usize, policy::Error)> = py.detach(|| {
         if count >= PARALLEL_MIN_BATCH {
             (0..count).into_par_iter().map(classify_one).collect()
         } else {
@@ -275,7 +289,7 @@ pub fn classify_many(
         }
     });
     match results {
-        Ok(decisions) => Ok(decisions.into_iter().map(PyDecision).collect()),
+        Ok(decisions) => Ok(decisions),
         Err((index, error)) => Err(to_py_err(error.in_batch(index))),
     }
 }
