@@ -14,5 +14,7 @@ echo "== stub check"
 .venv/bin/python -m mypy.stubtest deliverypool._core
 echo "== pytest"
 .venv/bin/python -m pytest "$@"
+echo "== benchmarks, quick mode (each body once: they must not rot; figures: benches/README.md)"
+.venv/bin/python -m pytest benches --benchmark-disable -q
 echo "== the installed wheel, in a fresh virtualenv without Rust"
 bash scripts/test-wheel.sh
