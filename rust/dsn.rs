@@ -303,12 +303,13 @@ pub fn detect(facts: &HeaderFacts, msg: &[u8], mail_from: Option<&str>) -> Detec
     // Bounce subjects state their case up front; matching a megabyte subject would be waste.
     let subject = facts.subject.as_deref().map(|s| {
         if s.is_ascii() {
-            s[..s.len().min(SUBJECT_MATCH_CHARS)].to_ascii_lowercase() // the same, in one copy
+            // Matched ignoring ASCII case: the same as lowercasing a copy, without the copy.
+            Subject::Ascii(&s[..s.len().min(SUBJECT_MATCH_CHARS)])
         } else {
-            s.chars().take(SUBJECT_MATCH_CHARS).collect::<String>().to_lowercase()
+            Subject::Lowercased(s.chars().take(SUBJECT_MATCH_CHARS).collect::<String>().to_lowercase())
         }
     });
-    if subject.as_deref().is_some_and(|s| SUBJECT_PHRASES.any_in(s.as_bytes())) {
+    if subject.as_ref().is_some_and(Subject::has_bounce_phrase) {
         weak.push(signal::BOUNCE_SUBJECT);
     }
     if facts.auto_submitted.as_deref().is_some_and(|v| v.to_ascii_lowercase().contains("failure")) {
@@ -352,8 +353,36 @@ pub fn detect(facts: &HeaderFacts, msg: &[u8], mail_from: Option<&str>) -> Detec
     let auto_reply = facts.auto_submitted.as_deref().is_some_and(|v| !v.trim().eq_ignore_ascii_case("no"))
         || facts.marker_fields.iter().any(|m| m == "x-autoreply" || m == "x-autorespond")
         || facts.precedence.as_deref().is_some_and(|p| p.trim().eq_ignore_ascii_case("auto_reply"))
-        || subject.as_deref().is_some_and(|s| AUTO_REPLY_SUBJECT_PREFIXES.iter().any(|p| s.trim_start().starts_with(p)));
+        || subject.as_ref().is_some_and(Subject::starts_like_auto_reply);
     Detection { report_kind: auto_reply.then_some(ReportKind::AutoReply), dsn: None }
+}
+
+/// The first `SUBJECT_MATCH_CHARS` characters of a Subject, as matched against lowercase phrases.
+enum Subject<'a> {
+    /// ASCII text as written: compared ignoring ASCII case.
+    Ascii(&'a str),
+    /// Other text, lowercased (Unicode).
+    Lowercased(String),
+}
+
+impl Subject<'_> {
+    fn has_bounce_phrase(&self) -> bool {
+        match self {
+            Subject::Ascii(s) => SUBJECT_PHRASES.any_in_ignore_ascii_case(s.as_bytes()),
+            Subject::Lowercased(s) => SUBJECT_PHRASES.any_in(s.as_bytes()),
+        }
+    }
+
+    fn starts_like_auto_reply(&self) -> bool {
+        match self {
+            // Lowercasing ASCII leaves white space as it is, so trimming first is the same.
+            Subject::Ascii(s) => {
+                let s = s.trim_start().as_bytes();
+                AUTO_REPLY_SUBJECT_PREFIXES.iter().any(|p| s.len() >= p.len() && s[..p.len()].eq_ignore_ascii_case(p.as_bytes()))
+            }
+            Subject::Lowercased(s) => AUTO_REPLY_SUBJECT_PREFIXES.iter().any(|p| s.trim_start().starts_with(p)),
+        }
+    }
 }
 
 /// `<>`, empty, or with only white space inside the brackets.
@@ -371,7 +400,9 @@ fn is_null_or_daemon_path(path: &str) -> bool {
 /// The address in `Name <addr>`; without brackets, the first word holding an `@` (so that
 /// `addr (comment)` yields `addr`), or the whole value.
 pub fn extract_address(value: &str) -> &str {
-    match (value.rfind('<'), value.rfind('>')) {
+    // Byte searches: the same offsets as `str::rfind` for an ASCII character, without its
+    // general char searcher.
+    match (memchr::memrchr(b'<', value.as_bytes()), memchr::memrchr(b'>', value.as_bytes())) {
         (Some(open), Some(close)) if open < close => value[open + 1..close].trim(),
         _ => value.split_whitespace().find(|w| w.contains('@')).unwrap_or(value.trim()),
     }
@@ -397,8 +428,17 @@ fn is_daemon_address(value: &str) -> bool {
     if local_part(address).is_some_and(|lp| DAEMON_LOCAL_PARTS.iter().any(|d| lp.eq_ignore_ascii_case(d))) {
         return true;
     }
+    if value.is_ascii() {
+        // Unicode and ASCII lowercasing agree on ASCII text: no lowercased copy needed.
+        return DAEMON_DISPLAY_NAMES.iter().any(|name| contains_ignore_ascii_case(value.as_bytes(), name.as_bytes()));
+    }
     let lower = value.to_lowercase();
     DAEMON_DISPLAY_NAMES.iter().any(|name| lower.contains(name))
+}
+
+/// Whether `needle` (ASCII lowercase) occurs in `haystack` ignoring ASCII case.
+fn contains_ignore_ascii_case(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 fn body_has_bounce_phrase(msg: &[u8], facts: &HeaderFacts) -> bool {
@@ -433,6 +473,16 @@ impl PhraseSet {
     /// as `str::contains`).
     fn any_in(&self, text: &[u8]) -> bool {
         (0..text.len()).any(|i| self.by_first_byte[text[i] as usize].iter().any(|p| text[i..].starts_with(p)))
+    }
+
+    /// `any_in` of the ASCII-lowercased `text`, without lowercasing a copy (the phrases are
+    /// lowercase; a non-ASCII byte compares exactly either way).
+    fn any_in_ignore_ascii_case(&self, text: &[u8]) -> bool {
+        (0..text.len()).any(|i| {
+            self.by_first_byte[text[i].to_ascii_lowercase() as usize]
+                .iter()
+                .any(|p| text.len() - i >= p.len() && text[i..i + p.len()].eq_ignore_ascii_case(p))
+        })
     }
 }
 

@@ -308,6 +308,26 @@ pub fn text(bytes: &[u8]) -> String {
 
 /// Parses a Content-Type value. Returns None for a value with no `type/subtype`.
 pub fn parse_content_type(value: &[u8]) -> Option<ContentType> {
+    parse_content_type_with(value, Detail::Full)
+}
+
+/// How much of the message a scan keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Detail {
+    /// Everything `HeaderFacts` holds.
+    Full,
+    /// Only what routing reads (`policy::classify`): no Message-ID, and of the Content-Type
+    /// parameters only `boundary` and `report-type`. Every other field is as in `Full`.
+    Routing,
+}
+
+/// The only Content-Type parameters routing reads.
+fn routing_param(name: &[u8]) -> bool {
+    // The same as comparing `lowercase_name(name, ..)`: lowercasing changes only ASCII letters.
+    name.eq_ignore_ascii_case(b"boundary") || name.eq_ignore_ascii_case(b"report-type")
+}
+
+fn parse_content_type_with(value: &[u8], detail: Detail) -> Option<ContentType> {
     let value = strip_comments(value);
     let mut pieces = Params { rest: Some(&value) };
     let media = pieces.next()?;
@@ -324,7 +344,7 @@ pub fn parse_content_type(value: &[u8]) -> Option<ContentType> {
         let Some(eq) = memchr::memchr(b'=', piece) else { continue };
         let name = trim(&piece[..eq]);
         let raw = trim(&piece[eq + 1..]);
-        if !name.is_empty() {
+        if !name.is_empty() && (detail == Detail::Full || routing_param(name)) {
             params.push((lowercase_name(name, PARAM_NAMES), text(&unquote(raw))));
         }
     }
@@ -480,6 +500,16 @@ pub fn scan(msg: &[u8], score_header: Option<&str>) -> HeaderFacts {
 }
 
 pub fn scan_with_limits(msg: &[u8], score_header: Option<&str>, limits: &ScanLimits) -> HeaderFacts {
+    scan_detail(msg, score_header, limits, Detail::Full)
+}
+
+/// `scan`, keeping only what `policy::classify` reads: `message_id` is None and content types
+/// hold only their `boundary` and `report-type` parameters. Everything else is as `scan` gives.
+pub(crate) fn scan_for_routing(msg: &[u8], score_header: Option<&str>) -> HeaderFacts {
+    scan_detail(msg, score_header, &ScanLimits::default(), Detail::Routing)
+}
+
+fn scan_detail(msg: &[u8], score_header: Option<&str>, limits: &ScanLimits, detail: Detail) -> HeaderFacts {
     let mut facts = HeaderFacts::default();
     let start = header_start(msg);
     let mut defects = Vec::new();
@@ -499,7 +529,9 @@ pub fn scan_with_limits(msg: &[u8], score_header: Option<&str>, limits: &ScanLim
         // Names are compared without lowercasing a copy; the length picks the candidates.
         let name = field.name;
         match name.len() {
-            12 if content_type.is_none() && name_is(name, "content-type") => content_type = Some(parse_content_type(trim(&field.value()))),
+            12 if content_type.is_none() && name_is(name, "content-type") => {
+                content_type = Some(parse_content_type_with(trim(&field.value()), detail))
+            }
             4 if name_is(name, "from") => keep_first(&mut facts.from),
             6 if name_is(name, "sender") => keep_first(&mut facts.sender),
             11 if name_is(name, "return-path") => keep_first(&mut facts.return_path),
@@ -507,7 +539,7 @@ pub fn scan_with_limits(msg: &[u8], score_header: Option<&str>, limits: &ScanLim
             14 if name_is(name, "auto-submitted") => keep_first(&mut facts.auto_submitted),
             10 if name_is(name, "precedence") => keep_first(&mut facts.precedence),
             19 if name_is(name, "x-failed-recipients") => keep_first(&mut facts.x_failed_recipients),
-            10 if name_is(name, "message-id") => keep_first(&mut facts.message_id),
+            10 if detail == Detail::Full && name_is(name, "message-id") => keep_first(&mut facts.message_id),
             8 if !facts.qmail_bounce && name_is(name, "received") => facts.qmail_bounce = is_qmail_bounce(&field),
             _ => {}
         }
@@ -540,7 +572,14 @@ pub fn scan_with_limits(msg: &[u8], score_header: Option<&str>, limits: &ScanLim
     if let Some(ct) = facts.content_type.take() {
         if ct.maintype == "multipart" {
             let body_end = msg.len().min(body_start.saturating_add(limits.max_body_bytes));
-            let mut walker = PartWalker { msg: &msg[..body_end], search_budget: 4 * limits.max_body_bytes, limits, facts: &mut facts, defects: &mut defects };
+            let mut walker = PartWalker {
+                msg: &msg[..body_end],
+                search_budget: 4 * limits.max_body_bytes,
+                limits,
+                detail,
+                facts: &mut facts,
+                defects: &mut defects,
+            };
             match ct.param("boundary") {
                 Some(boundary) if !boundary.is_empty() => walker.walk(body_start, boundary.as_bytes(), 1),
                 _ => walker.defects.push("multipart-without-boundary"),
@@ -565,6 +604,7 @@ struct PartWalker<'a, 'f> {
     /// boundaries would otherwise each search the rest of the body.
     search_budget: usize,
     limits: &'a ScanLimits,
+    detail: Detail,
     facts: &'f mut HeaderFacts,
     defects: &'f mut Vec<&'static str>,
 }
@@ -573,13 +613,12 @@ impl PartWalker<'_, '_> {
     /// Reads the part headers between `--boundary` delimiter lines from `from` on, following
     /// nested multiparts; message/rfc822 parts are attachments and are not entered.
     fn walk(&mut self, from: usize, boundary: &[u8], depth: usize) {
-        let mut delimiter = Vec::with_capacity(boundary.len() + 2);
-        delimiter.extend_from_slice(b"--");
-        delimiter.extend_from_slice(boundary);
+        // The delimiter is `--` and the boundary; it is matched in place, not built.
+        let delimiter_len = boundary.len() + 2;
         let mut pos = from;
         loop {
             let search_end = self.msg.len().min(pos.saturating_add(self.search_budget));
-            let Some(found) = find_delimiter_line(&self.msg[..search_end], pos, &delimiter) else {
+            let Some(found) = find_delimiter_line(&self.msg[..search_end], pos, boundary) else {
                 if search_end < self.msg.len() {
                     self.defects.push("body-scan-truncated");
                 }
@@ -587,7 +626,7 @@ impl PartWalker<'_, '_> {
                 return;
             };
             self.search_budget -= found.saturating_sub(pos);
-            let after = found + delimiter.len();
+            let after = found + delimiter_len;
             if self.msg[after..].starts_with(b"--") {
                 return; // close delimiter
             }
@@ -598,9 +637,10 @@ impl PartWalker<'_, '_> {
             }
             let mut part_ct: Option<ContentType> = None;
             let mut bad_ct = false;
+            let detail = self.detail;
             let part_body = read_fields(self.msg, part_start, 64 << 10, self.defects, |field| {
                 if part_ct.is_none() && !bad_ct && field.name.eq_ignore_ascii_case(b"content-type") {
-                    part_ct = parse_content_type(trim(&field.value()));
+                    part_ct = parse_content_type_with(trim(&field.value()), detail);
                     bad_ct = part_ct.is_none();
                 }
             });
@@ -634,16 +674,15 @@ impl PartWalker<'_, '_> {
 
 static DASHES: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(b"--"));
 
-/// Finds `delimiter` (`--boundary`) at the start of a line at or after `pos`. Searches for the
+/// Finds the delimiter `--boundary` at the start of a line at or after `pos`. Searches for the
 /// leading `--` with a finder built once, not one per boundary (building a finder for a long
 /// needle costs more than searching a typical body), and skips to the next line after a `--`
 /// that does not start a line.
-fn find_delimiter_line(msg: &[u8], mut pos: usize, delimiter: &[u8]) -> Option<usize> {
-    debug_assert!(delimiter.starts_with(b"--"));
+fn find_delimiter_line(msg: &[u8], mut pos: usize, boundary: &[u8]) -> Option<usize> {
     while pos < msg.len() {
         let i = pos + DASHES.find(&msg[pos..])?;
         if i == 0 || msg[i - 1] == b'\n' || msg[i - 1] == b'\r' {
-            if msg[i..].starts_with(delimiter) {
+            if msg[i + 2..].starts_with(boundary) {
                 return Some(i);
             }
             pos = i + 1;
