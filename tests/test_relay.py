@@ -294,3 +294,75 @@ def test_strip_header_property(fields: list[tuple[str, str, list[str]]], body: b
 @given(st.binary(max_size=60).map(lambda b: bytes(c if c % 3 else (10, 13)[c % 2] for c in b)))
 def test_bare_line_ending_matches_a_regex(data: bytes) -> None:
     assert has_bare_line_ending(data) == bool(re.search(rb"(?<!\r)\n|\r(?!\n)", data))
+
+
+# --- RelaySMTP: the per-connection set-up done once, the fast address parse -------------------
+
+
+def test_prototype_connection_matches_a_fully_built_one(aio_run: Run, tmp_path: Path) -> None:
+    conf = config(tmp_path, 'allow_plaintext_auth = true\nauth_users = { carol = "s3cret" }')
+
+    async def main() -> None:
+        relay = Relay(conf)
+        factory = relay.smtp_factory()
+        first, second, third = factory(), factory(), factory()
+        cls = type(first)
+        assert cls._prototype is not None, "the prototype was not usable: every connection runs SMTP.__init__"
+        for conn in (second, third):
+            assert set(vars(conn)) == set(vars(first))
+            for key, value in vars(first).items():
+                other = vars(conn)[key]
+                if key in ("_stream_reader_wr", "_strong_reader", "_closed"):  # StreamReaderProtocol's own
+                    assert other is not value
+                elif key == "_client_connected_cb":
+                    assert other.__self__ is conn and other.__func__ is value.__func__
+                elif key == "_smtp_methods":
+                    assert other.keys() == value.keys()
+                    assert all(m.__self__ is conn and m.__func__ is value[n].__func__ for n, m in other.items())
+                elif key == "_auth_methods":
+                    assert other.keys() == value.keys() == {"LOGIN", "PLAIN"}
+                    for name, attr in other.items():
+                        assert attr.is_builtin == value[name].is_builtin
+                        assert attr.method.__self__ is (conn if attr.is_builtin else value[name].method.__self__)
+                else:
+                    assert other == value, key
+                    if isinstance(value, (dict, list, set)):
+                        assert other is not value, f"{key} is shared between connections"
+        # Each connection has its own command size limits (aiosmtpd keeps one dict on the class).
+        second.command_size_limits["MAIL"] += 26
+        assert third.command_size_limits["MAIL"] == conf.listener.command_size_limit
+        assert second.command_size_limits["MAIL"] == conf.listener.command_size_limit + 26
+
+    aio_run(main())
+
+
+def _addresses() -> st.SearchStrategy[str]:
+    atoms = st.text("ab.-+@<>()[]\" \t:,;\\é=X", max_size=12)
+    plain = st.from_regex(r"\A<[a-z]{1,3}(\.[a-z]{1,3})?@[a-z]{1,3}(\.[a-z]{1,3})?>\Z")
+    return st.one_of(atoms.map(lambda s: "<" + s), st.tuples(plain, atoms).map("".join), st.tuples(plain, atoms, atoms).map(" ".join))
+
+
+@given(_addresses())
+def test_fast_address_parse_agrees_with_aiosmtpd(arg: str) -> None:
+    from aiosmtpd.smtp import SMTP
+
+    from deliverypool.relay import RelaySMTP
+
+    def outcome(parse: Callable[[str], Any], text: str) -> Any:
+        try:
+            return parse(text)
+        except Exception as exc:  # aiosmtpd's parser raises IndexError on some inputs
+            return type(exc)
+
+    conn = RelaySMTP.__new__(RelaySMTP)
+    for text in (arg, "<" + arg, arg + " "):
+        assert outcome(conn._getaddr, text) == outcome(lambda t: SMTP._getaddr(conn, t), text)
+
+
+def test_fast_address_parse_keeps_the_local_part_limit() -> None:
+    from deliverypool.relay import RelaySMTP
+
+    limited = type("Limited", (RelaySMTP,), {"local_part_limit": 5})
+    conn = limited.__new__(limited)
+    assert conn._getaddr("<abcde@x.test> SIZE=10") == ("abcde@x.test", "SIZE=10")
+    assert conn._getaddr("<abcdef@x.test>") == (None, None)
