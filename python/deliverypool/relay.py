@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import functools
 import hmac
 import ipaddress
 import logging
@@ -99,13 +100,21 @@ def _domain(address: str) -> str:
 def _in(address: str | None, networks: Sequence[Any]) -> bool:
     if not address:
         return False
+    ip = _peer_ip(address)
+    return ip is not None and any(ip in network for network in networks)
+
+
+@functools.lru_cache(maxsize=4096)
+def _peer_ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The client address as an `ipaddress` object (IPv4-mapped IPv6 as IPv4), or None. Cached:
+    it is asked two or three times per message, and clients come back."""
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
-        return False
+        return None
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip in network for network in networks)
+        return ip.ipv4_mapped
+    return ip
 
 
 # --- routing -----------------------------------------------------------------------------
