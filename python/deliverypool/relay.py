@@ -93,10 +93,6 @@ def strip_header(message: bytes, name: str) -> tuple[bytes, int]:
     return b"".join(kept) + rest, removed
 
 
-def _domain(address: str) -> str:
-    return address.rpartition("@")[2].rstrip(".").lower()
-
-
 def _in(address: str | None, networks: Sequence[Any]) -> bool:
     if not address:
         return False
