@@ -11,7 +11,7 @@ from typing import Any, TextIO
 
 from deliverypool._core import Decision, Policy, PolicyError, classify_many
 from deliverypool.dns import Nameserver, SenderDomainCheck, check_sender_domains
-from deliverypool.dns import run as run_async
+from deliverypool.eventloop import run as run_async
 from deliverypool.sources import read_messages
 
 # Messages classified per call: large enough to use every core, small enough to stream.

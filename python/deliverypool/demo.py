@@ -37,7 +37,8 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from deliverypool import classify
 from deliverypool import config as cfg
 from deliverypool.delivery import Failure, build_dsn
-from deliverypool.relay import Accepted, Relay, run
+from deliverypool.eventloop import run
+from deliverypool.relay import Accepted, Relay
 from deliverypool.zoneserver import ZoneServer
 
 NORMAL_SOURCE = "127.0.0.2"

@@ -612,13 +612,3 @@ async def check_sender_domains(
     ``HOST[:PORT]`` strings (empty: the system's); ``options`` go to :class:`ResolverConfig`."""
     resolver = Resolver(ResolverConfig.from_strings(nameservers, **options))
     return await resolver.sender_domain_checks(mail_from)
-
-
-def run(main: Coroutine[Any, Any, _T]) -> _T:
-    """Runs a coroutine on uvloop when it is installed, else on the stdlib loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main)
-    return uvloop.run(main)
-

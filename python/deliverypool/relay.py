@@ -35,7 +35,7 @@ import ssl
 import sys
 import types
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TextIO
 
@@ -45,6 +45,7 @@ from deliverypool import dnsmx
 from deliverypool._core import Policy, scan
 from deliverypool.config import RelayConfig
 from deliverypool.delivery import DeliveryEngine, MxLookup
+from deliverypool.eventloop import run
 from deliverypool.router import Router
 from deliverypool.spool import NewMessage, Spool, listing, read_counters
 
@@ -589,19 +590,6 @@ def configure_logging(level: int = logging.INFO) -> None:
     if not root.handlers:
         logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter
-
-
-def run(main: Awaitable[Any], loop: str | None = None) -> Any:
-    """Runs `main` on uvloop when it is installed (or `loop` = "uvloop"), else the stdlib loop."""
-    if loop != "asyncio":
-        try:
-            import uvloop
-
-            return uvloop.run(main)  # type: ignore[arg-type]
-        except ImportError:
-            if loop == "uvloop":
-                raise
-    return asyncio.run(main)  # type: ignore[arg-type]
 
 
 def relay_command(config_path: str, *, loop: str | None = None) -> int:
