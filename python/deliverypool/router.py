@@ -68,10 +68,8 @@ class Router:
         domain = sender_domain(mail_from)
         if domain is None:
             return None
-        check = resolver.cached_sender_check(domain)
-        if check is None:
-            check = await resolver.check_sender_domain(domain)
-        return check
+        # The cache first, synchronously: with a warm cache nothing below suspends.
+        return resolver.cached_sender_check(domain) or await resolver.check_sender_domain(domain)
 
     async def route(
         self,
@@ -82,16 +80,8 @@ class Router:
         tenant: str | None = None,
         untrusted_client: bool = False,
     ) -> Decision:
-        status: DomainStatus | None = None
-        resolver = self.resolver
-        if resolver is not None:
-            domain = sender_domain(mail_from)
-            if domain is not None:
-                # The cache first, synchronously: with a warm cache nothing below suspends.
-                check: SenderDomainCheck | None = resolver.cache.sender_status(domain)  # type: ignore[assignment]
-                if check is None:
-                    check = await resolver.check_sender_domain(domain)
-                status = check.status
+        check = await self.sender_check(mail_from)
+        status: DomainStatus | None = None if check is None else check.status
         if self.check_header_from:
             status = _worse(status, await self._header_from_status(message))
         return classify(
