@@ -12,7 +12,7 @@ use std::sync::LazyLock;
 
 use memchr::memmem;
 
-use crate::scan::{HeaderFacts, RecipientStatus};
+use crate::scan::{HeaderIndex, RecipientFields, RecipientStatus};
 
 /// What kind of automatic report a message is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -252,14 +252,14 @@ const AUTO_REPLY_SUBJECT_PREFIXES: &[&str] =
 
 /// Detects what kind of report `msg` is. `mail_from` is the envelope sender when known: an
 /// empty string or `<>` is the null reverse-path.
-pub fn detect(facts: &HeaderFacts, msg: &[u8], mail_from: Option<&str>) -> Detection {
+pub fn detect(facts: &HeaderIndex, msg: &[u8], mail_from: Option<&str>) -> Detection {
     let mut strong: Vec<&'static str> = Vec::new();
     let report_type = facts
         .content_type
         .as_ref()
         .filter(|ct| ct.is("multipart", "report"))
         .and_then(|ct| ct.param("report-type"));
-    let report_type_is = |name: &str| report_type.is_some_and(|v| v.eq_ignore_ascii_case(name));
+    let report_type_is = |name: &str| report_type.as_deref().is_some_and(|v| v.eq_ignore_ascii_case(name));
     let global_part = facts.has_part("message", "global-delivery-status");
     let status_part = global_part || facts.has_part("message", "delivery-status");
     let bare_status = facts
@@ -284,7 +284,7 @@ pub fn detect(facts: &HeaderFacts, msg: &[u8], mail_from: Option<&str>) -> Detec
     if facts.x_failed_recipients.is_some() {
         strong.push(signal::FAILED_RECIPIENTS);
     }
-    if facts.marker_fields.iter().any(|m| m == "x-ms-exchange-message-is-ndr") {
+    if facts.markers.contains("x-ms-exchange-message-is-ndr") {
         strong.push(signal::EXCHANGE_NDR);
     }
     if facts.qmail_bounce {
@@ -293,15 +293,17 @@ pub fn detect(facts: &HeaderFacts, msg: &[u8], mail_from: Option<&str>) -> Detec
 
     let mut weak: Vec<&'static str> = Vec::new();
     let envelope_null = mail_from.map(is_null_path);
-    let null_sender = envelope_null.unwrap_or_else(|| facts.return_path.as_deref().is_some_and(is_null_or_daemon_path));
+    let null_sender = envelope_null.unwrap_or_else(|| facts.return_path.is_some_and(|v| is_null_or_daemon_path(&v.text())));
     if null_sender {
         weak.push(signal::NULL_SENDER);
     }
-    if [facts.from.as_deref(), facts.sender.as_deref()].into_iter().flatten().any(is_daemon_address) {
+    let from = facts.from.map(|v| v.text());
+    if [from.as_deref(), facts.sender.map(|v| v.text()).as_deref()].into_iter().flatten().any(is_daemon_address) {
         weak.push(signal::DAEMON_SENDER);
     }
     // Bounce subjects state their case up front; matching a megabyte subject would be waste.
-    let subject = facts.subject.as_deref().map(|s| {
+    let subject_text = facts.subject.map(|v| v.decoded());
+    let subject = subject_text.as_deref().map(|s| {
         if s.is_ascii() {
             // Matched ignoring ASCII case: the same as lowercasing a copy, without the copy.
             Subject::Ascii(&s[..s.len().min(SUBJECT_MATCH_CHARS)])
@@ -312,11 +314,12 @@ pub fn detect(facts: &HeaderFacts, msg: &[u8], mail_from: Option<&str>) -> Detec
     if subject.as_ref().is_some_and(Subject::has_bounce_phrase) {
         weak.push(signal::BOUNCE_SUBJECT);
     }
-    if facts.auto_submitted.as_deref().is_some_and(|v| v.to_ascii_lowercase().contains("failure")) {
+    let auto_submitted = facts.auto_submitted.map(|v| v.text());
+    if auto_submitted.as_deref().is_some_and(|v| v.to_ascii_lowercase().contains("failure")) {
         weak.push(signal::AUTO_SUBMITTED_FAILURE);
     }
     // Amazon SNS delivers SES notifications as JSON mail; the body says which kind.
-    if facts.marker_fields.iter().any(|m| m == "x-amz-sns-message-id") {
+    if facts.markers.contains("x-amz-sns-message-id") {
         match ses_notification_type(msg, facts).as_deref() {
             Some("bounce" | "delivery") => strong.push(signal::SES_NOTIFICATION),
             Some("complaint") if strong.is_empty() => return Detection { report_kind: Some(ReportKind::Arf), dsn: None },
@@ -327,7 +330,7 @@ pub fn detect(facts: &HeaderFacts, msg: &[u8], mail_from: Option<&str>) -> Detec
     // something about who sent the message. A no-reply sender is only a hint (newsletters use
     // it too), so with it both the subject and the body must read like a bounce.
     let from_software = weak.iter().any(|s| *s != signal::BOUNCE_SUBJECT);
-    let no_reply = !from_software && weak.len() == 1 && facts.from.as_deref().is_some_and(is_no_reply_address);
+    let no_reply = !from_software && weak.len() == 1 && from.as_deref().is_some_and(is_no_reply_address);
     if strong.is_empty() && weak.len() == 1 && (from_software || no_reply) && body_has_bounce_phrase(msg, facts) {
         weak.push(signal::BOUNCE_BODY);
         if no_reply {
@@ -346,13 +349,14 @@ pub fn detect(facts: &HeaderFacts, msg: &[u8], mail_from: Option<&str>) -> Detec
         strong.extend(weak);
         return Detection {
             report_kind: Some(ReportKind::Dsn),
-            dsn: Some(DsnVerdict { kind, signals: strong, recipients: facts.recipients.clone() }),
+            dsn: Some(DsnVerdict { kind, signals: strong, recipients: facts.recipients.iter().map(RecipientFields::decode).collect() }),
         };
     }
 
-    let auto_reply = facts.auto_submitted.as_deref().is_some_and(|v| !v.trim().eq_ignore_ascii_case("no"))
-        || facts.marker_fields.iter().any(|m| m == "x-autoreply" || m == "x-autorespond")
-        || facts.precedence.as_deref().is_some_and(|p| p.trim().eq_ignore_ascii_case("auto_reply"))
+    let auto_reply = auto_submitted.as_deref().is_some_and(|v| !v.trim().eq_ignore_ascii_case("no"))
+        || facts.markers.contains("x-autoreply")
+        || facts.markers.contains("x-autorespond")
+        || facts.precedence.is_some_and(|p| p.text().trim().eq_ignore_ascii_case("auto_reply"))
         || subject.as_ref().is_some_and(Subject::starts_like_auto_reply);
     Detection { report_kind: auto_reply.then_some(ReportKind::AutoReply), dsn: None }
 }
@@ -441,7 +445,7 @@ fn contains_ignore_ascii_case(haystack: &[u8], needle: &[u8]) -> bool {
     needle.is_empty() || haystack.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
 }
 
-fn body_has_bounce_phrase(msg: &[u8], facts: &HeaderFacts) -> bool {
+fn body_has_bounce_phrase(msg: &[u8], facts: &HeaderIndex) -> bool {
     let start = header_end(msg, facts);
     let end = msg.len().min(start + BODY_WINDOW);
     if start >= end {
@@ -493,7 +497,7 @@ static BODY_PHRASES: LazyLock<Vec<memmem::Finder<'static>>> =
 
 /// The `notificationType` of an Amazon SES notification body, lowercased. The JSON may be
 /// raw or, in the SNS envelope, escaped inside a string (`\"notificationType\":\"Bounce\"`).
-fn ses_notification_type(msg: &[u8], facts: &HeaderFacts) -> Option<String> {
+fn ses_notification_type(msg: &[u8], facts: &HeaderIndex) -> Option<String> {
     let start = header_end(msg, facts);
     let body = &msg[start..msg.len().min(start + 4096)];
     let key = memmem::find(body, b"notificationType")? + "notificationType".len();
@@ -503,7 +507,7 @@ fn ses_notification_type(msg: &[u8], facts: &HeaderFacts) -> Option<String> {
     Some(String::from_utf8_lossy(&rest[open..open + len]).to_ascii_lowercase())
 }
 
-fn header_end(msg: &[u8], facts: &HeaderFacts) -> usize {
+fn header_end(msg: &[u8], facts: &HeaderIndex) -> usize {
     // `header_length` counts from the first header line, after a possible mbox From_ line.
     let from_line = if msg.starts_with(b"From ") {
         memchr::memchr2(b'\n', b'\r', msg).map_or(msg.len(), |i| i + 1)
@@ -516,10 +520,10 @@ fn header_end(msg: &[u8], facts: &HeaderFacts) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scan::scan;
+    use crate::scan::index;
 
     fn detect_bytes(msg: &[u8], mail_from: Option<&str>) -> Detection {
-        detect(&scan(msg, None), msg, mail_from)
+        detect(&index(msg, None), msg, mail_from)
     }
 
     #[test]

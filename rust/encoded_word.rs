@@ -15,7 +15,10 @@ static WORD_START: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::
 /// Decodes header text: encoded words become text in their charset, whitespace between two
 /// adjacent encoded words is dropped (RFC 2047 section 6.2), raw bytes are read as UTF-8, or
 /// ISO-2022-JP when they carry its escapes, or else Windows-1252.
-pub fn decode_header_text(raw: &[u8]) -> String {
+pub fn decode_header_text(raw: &[u8]) -> Cow<'_, str> {
+    if WORD_START.find(raw).is_none() {
+        return decode_raw(raw);
+    }
     let mut out = String::with_capacity(raw.len());
     let mut pos = 0;
     let mut last_was_word = false;
@@ -44,7 +47,7 @@ pub fn decode_header_text(raw: &[u8]) -> String {
         pos = literal_end;
         last_was_word = false;
     }
-    out
+    Cow::Owned(out)
 }
 
 const MAX_WORD_BYTES: usize = 1024;

@@ -1,9 +1,13 @@
-//! Header scanning: find the header block of a raw RFC 5322 message, unfold it and keep the
-//! fields routing needs, then read the MIME part headers of a multipart message (bounded work,
-//! no body decoding) to find delivery-status parts and their per-recipient fields.
+//! Header scanning: find the header block of a raw RFC 5322 message and index the fields
+//! routing needs, then read the MIME part headers of a multipart message (bounded work, no body
+//! decoding) to find delivery-status parts and their per-recipient fields.
 //!
-//! The scanner is total: any byte string yields a `HeaderFacts`. What was odd about the input
-//! is reported in `defects` instead of an error, because a relay must route even broken mail.
+//! `index` is the hot path: its `HeaderIndex` borrows every value from the message and decodes
+//! nothing until asked (unfolding, RFC 2047, parameter lists), so routing pays only for the
+//! fields it reads. `scan` decodes everything into an owned `HeaderFacts`.
+//!
+//! The scanner is total: any byte string yields a result. What was odd about the input is
+//! reported in `defects` instead of an error, because a relay must route even broken mail.
 
 use std::borrow::Cow;
 use std::sync::LazyLock;
@@ -11,6 +15,7 @@ use std::sync::LazyLock;
 use memchr::{memchr2, memmem};
 
 use crate::encoded_word::decode_header_text;
+use crate::line_scanner::LineScanner;
 
 /// Bounds that keep the work per message small whatever the input.
 #[derive(Clone, Debug)]
@@ -32,19 +37,109 @@ impl Default for ScanLimits {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct ContentType {
+/// A header field value as it stands in the message: from after the colon to the end of its
+/// last continuation line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RawValue<'a> {
+    bytes: &'a [u8],
+    folded: bool,
+}
+
+impl<'a> RawValue<'a> {
+    /// The value as written, folding line breaks included.
+    pub fn as_written(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    pub fn is_folded(&self) -> bool {
+        self.folded
+    }
+
+    /// The unfolded value: folding line breaks turned into nothing (the whitespace that starts
+    /// a continuation line is kept, as RFC 5322 unfolding says). Borrowed unless folded.
+    pub fn unfolded(&self) -> Cow<'a, [u8]> {
+        if !self.folded {
+            return Cow::Borrowed(self.bytes);
+        }
+        without_line_breaks(Cow::Borrowed(self.bytes))
+    }
+
+    /// Unfolded, white space trimmed at both ends.
+    pub fn trimmed(&self) -> Cow<'a, [u8]> {
+        match self.unfolded() {
+            Cow::Borrowed(bytes) => Cow::Borrowed(trim(bytes)),
+            Cow::Owned(bytes) => Cow::Owned(trim(&bytes).to_vec()),
+        }
+    }
+
+    /// `trimmed`, as text (see `text`).
+    pub fn text(&self) -> Cow<'a, str> {
+        map_text(self.trimmed(), text)
+    }
+
+    /// `trimmed`, with RFC 2047 encoded words decoded (unstructured fields such as Subject).
+    pub fn decoded(&self) -> Cow<'a, str> {
+        map_text(self.trimmed(), decode_header_text)
+    }
+}
+
+/// Unfolds: every CR and LF in a field value is a line break (lines are split at any of them),
+/// and unfolding removes line breaks, keeping the white space that follows them.
+fn without_line_breaks(bytes: Cow<'_, [u8]>) -> Cow<'_, [u8]> {
+    if memchr2(b'\r', b'\n', &bytes).is_none() {
+        return bytes;
+    }
+    Cow::Owned(bytes.iter().copied().filter(|&b| b != b'\r' && b != b'\n').collect())
+}
+
+/// Applies a borrowing decoder to bytes that may be owned, keeping the borrow when they are not.
+fn map_text<'a>(bytes: Cow<'a, [u8]>, decode: impl for<'b> Fn(&'b [u8]) -> Cow<'b, str>) -> Cow<'a, str> {
+    match bytes {
+        Cow::Borrowed(bytes) => decode(bytes),
+        Cow::Owned(bytes) => Cow::Owned(decode(&bytes).into_owned()),
+    }
+}
+
+/// A parsed Content-Type. The media type is parsed when the field is read (it decides the part
+/// walk); the parameter list is kept as written and parsed when a parameter is asked for.
+///
+/// The value is parsed without unfolding it first: a folding line break is always followed by
+/// white space, so outside names and values it is white space to trim, and the few names and
+/// values with a fold inside are unfolded when read. Quoting and comments are unaffected: a
+/// line break is neither a quote, a backslash, a parenthesis nor a `;`, and a quoted pair
+/// that escapes a CR yields, once unfolded, the same text as one that escapes the space after.
+#[derive(Clone, Debug)]
+pub struct ContentType<'a> {
     /// Lowercased media type, e.g. `multipart`. Common names are static strings, not copies.
     pub maintype: Cow<'static, str>,
     /// Lowercased subtype, e.g. `report`.
     pub subtype: Cow<'static, str>,
-    /// Parameters with lowercased names and unquoted values, in order of appearance.
-    pub params: Vec<(Cow<'static, str>, String)>,
+    /// What follows the media type's `;`, comments removed, as written (maybe folded).
+    params: Cow<'a, [u8]>,
 }
 
-impl ContentType {
-    pub fn param(&self, name: &str) -> Option<&str> {
-        self.params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+impl<'a> ContentType<'a> {
+    /// The first parameter called `name` (lowercase), unquoted.
+    pub fn param(&self, name: &str) -> Option<Cow<'_, str>> {
+        self.raw_params()
+            .find(|(key, _)| if key.is_ascii() { lowercase_equals(key, name.as_bytes()) } else { lowercase_text(key) == name })
+            .map(|(_, value)| param_value(value))
+    }
+
+    /// Every parameter in order of appearance: lowercased name, unquoted value.
+    pub fn params(&self) -> impl Iterator<Item = (Cow<'static, str>, Cow<'_, str>)> {
+        self.raw_params().map(|(key, value)| (lowercase_name(&key, PARAM_NAMES), param_value(value)))
+    }
+
+    /// Names (unfolded) and values (as written), trimmed, skipping pieces that are not
+    /// `name=value`.
+    fn raw_params(&self) -> impl Iterator<Item = (Cow<'_, [u8]>, &[u8])> {
+        Params { rest: Some(&self.params) }.filter_map(|piece| {
+            let piece = trim(piece);
+            let eq = memchr::memchr(b'=', piece)?;
+            let name = trim(&piece[..eq]);
+            (!name.is_empty()).then(|| (without_line_breaks(Cow::Borrowed(name)), trim(&piece[eq + 1..])))
+        })
     }
 
     pub fn is(&self, maintype: &str, subtype: &str) -> bool {
@@ -54,32 +149,180 @@ impl ContentType {
     pub fn mime_type(&self) -> String {
         format!("{}/{}", self.maintype, self.subtype)
     }
+
+    pub fn into_owned(self) -> ContentType<'static> {
+        ContentType { maintype: self.maintype, subtype: self.subtype, params: Cow::Owned(self.params.into_owned()) }
+    }
 }
 
-/// The per-recipient fields of a delivery-status part (RFC 3464 section 2.3).
+/// A parameter's value as written: unquoted, unfolded, as text.
+fn param_value(raw: &[u8]) -> Cow<'_, str> {
+    map_text(without_line_breaks(unquote(raw)), text)
+}
+
+/// Equal when the media types and the parsed parameters are, however they were written.
+impl PartialEq for ContentType<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.maintype == other.maintype && self.subtype == other.subtype && self.params().eq(other.params())
+    }
+}
+
+/// The per-recipient fields of a delivery-status part (RFC 3464 section 2.3), decoded.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RecipientStatus {
     pub final_recipient: Option<String>,
+    /// Lowercased.
     pub action: Option<String>,
     pub status: Option<String>,
     pub diagnostic_code: Option<String>,
 }
 
+/// `RecipientStatus` as written in the message, decoded on demand.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RecipientFields<'a> {
+    pub final_recipient: Option<RawValue<'a>>,
+    pub action: Option<RawValue<'a>>,
+    pub status: Option<RawValue<'a>>,
+    pub diagnostic_code: Option<RawValue<'a>>,
+}
+
+impl RecipientFields<'_> {
+    pub fn decode(&self) -> RecipientStatus {
+        let text = |value: Option<RawValue>| value.map(|v| v.text().into_owned());
+        RecipientStatus {
+            final_recipient: text(self.final_recipient),
+            action: text(self.action).map(|mut action| {
+                action.make_ascii_lowercase();
+                action
+            }),
+            status: text(self.status),
+            diagnostic_code: text(self.diagnostic_code),
+        }
+    }
+}
+
 /// One MIME part seen while walking the message's own structure.
 #[derive(Clone, Debug, PartialEq)]
-pub struct PartInfo {
-    pub content_type: ContentType,
+pub struct PartInfo<'a> {
+    pub content_type: ContentType<'a>,
     /// 1 for a direct child of the top-level multipart, 2 for a grandchild, ...
     pub depth: usize,
 }
 
+/// Fields whose mere presence says a program, not a person, wrote the message.
+pub const MARKER_FIELDS: &[&str] = &[
+    "x-ms-exchange-message-is-ndr",
+    "x-ms-exchange-generated-message-source",
+    "x-autoreply",
+    "x-autorespond",
+    "x-autogenerated",
+    "x-auto-response-suppress",
+    "x-mailer-daemon-error",
+    "x-failed-recipients",
+    "x-ses-outgoing",
+    "x-amz-sns-message-id",
+];
+
+/// The marker fields present, in order of first appearance, with no allocation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Markers {
+    /// Indexes into `MARKER_FIELDS`; each appears at most once.
+    seen: [u8; MARKER_FIELDS.len()],
+    len: u8,
+}
+
+impl Markers {
+    fn add(&mut self, index: usize) {
+        if !self.seen[..self.len as usize].contains(&(index as u8)) {
+            self.seen[self.len as usize] = index as u8;
+            self.len += 1;
+        }
+    }
+
+    /// Lowercased names, in order of first appearance.
+    pub fn iter(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.seen[..self.len as usize].iter().map(|&i| MARKER_FIELDS[i as usize])
+    }
+
+    /// Whether the field `name` (one of `MARKER_FIELDS`) is present.
+    pub fn contains(&self, name: &str) -> bool {
+        self.iter().any(|m| m == name)
+    }
+}
+
+/// What the scanner found, borrowed from the message; values are decoded only when read.
+#[derive(Clone, Debug, Default)]
+pub struct HeaderIndex<'a> {
+    /// Bytes of the header block, including the blank line that ends it.
+    pub header_length: usize,
+    /// Number of header fields read.
+    pub field_count: usize,
+    pub content_type: Option<ContentType<'a>>,
+    /// The first of each of these fields.
+    pub from: Option<RawValue<'a>>,
+    pub sender: Option<RawValue<'a>>,
+    pub return_path: Option<RawValue<'a>>,
+    pub subject: Option<RawValue<'a>>,
+    pub auto_submitted: Option<RawValue<'a>>,
+    pub precedence: Option<RawValue<'a>>,
+    pub x_failed_recipients: Option<RawValue<'a>>,
+    pub message_id: Option<RawValue<'a>>,
+    /// Every value of the configured spam-score header, in order.
+    pub score_header_values: Vec<RawValue<'a>>,
+    /// Other fields that mark automatic mail (X-MS-Exchange-Message-Is-Ndr, X-Autoreply, ...).
+    pub markers: Markers,
+    /// A Received field says qmail handled the message "invoked for bounce".
+    pub qmail_bounce: bool,
+    /// The message's own MIME parts (not those inside an attached message).
+    pub parts: Vec<PartInfo<'a>>,
+    /// Per-recipient fields of every delivery-status part found among `parts`.
+    pub recipients: Vec<RecipientFields<'a>>,
+    /// What was odd about the input, as stable strings.
+    pub defects: Vec<&'static str>,
+}
+
+impl HeaderIndex<'_> {
+    pub fn has_part(&self, maintype: &str, subtype: &str) -> bool {
+        self.parts.iter().any(|p| p.content_type.is(maintype, subtype))
+    }
+
+    /// Every field decoded into owned values.
+    pub fn to_facts(&self) -> HeaderFacts {
+        let text = |value: Option<RawValue>| value.map(|v| v.text().into_owned());
+        HeaderFacts {
+            header_length: self.header_length,
+            field_count: self.field_count,
+            content_type: self.content_type.clone().map(ContentType::into_owned),
+            from: text(self.from),
+            sender: text(self.sender),
+            return_path: text(self.return_path),
+            subject: self.subject.map(|v| v.decoded().into_owned()),
+            auto_submitted: text(self.auto_submitted),
+            precedence: text(self.precedence),
+            x_failed_recipients: text(self.x_failed_recipients),
+            message_id: text(self.message_id),
+            score_header_values: self.score_header_values.iter().map(|v| v.text().into_owned()).collect(),
+            marker_fields: self.markers.iter().map(str::to_owned).collect(),
+            qmail_bounce: self.qmail_bounce,
+            parts: self
+                .parts
+                .iter()
+                .map(|p| PartInfo { content_type: p.content_type.clone().into_owned(), depth: p.depth })
+                .collect(),
+            recipients: self.recipients.iter().map(RecipientFields::decode).collect(),
+            defects: self.defects.clone(),
+        }
+    }
+}
+
+/// `HeaderIndex` with every value decoded and owned.
 #[derive(Clone, Debug, Default)]
 pub struct HeaderFacts {
     /// Bytes of the header block, including the blank line that ends it.
     pub header_length: usize,
     /// Number of header fields read.
     pub field_count: usize,
-    pub content_type: Option<ContentType>,
+    pub content_type: Option<ContentType<'static>>,
     pub from: Option<String>,
     pub sender: Option<String>,
     pub return_path: Option<String>,
@@ -97,7 +340,7 @@ pub struct HeaderFacts {
     /// A Received field says qmail handled the message "invoked for bounce".
     pub qmail_bounce: bool,
     /// The message's own MIME parts (not those inside an attached message).
-    pub parts: Vec<PartInfo>,
+    pub parts: Vec<PartInfo<'static>>,
     /// Per-recipient fields of every delivery-status part found among `parts`.
     pub recipients: Vec<RecipientStatus>,
     /// What was odd about the input, as stable strings.
@@ -108,27 +351,6 @@ impl HeaderFacts {
     pub fn has_part(&self, maintype: &str, subtype: &str) -> bool {
         self.parts.iter().any(|p| p.content_type.is(maintype, subtype))
     }
-}
-
-/// Fields whose mere presence says a program, not a person, wrote the message.
-const MARKER_FIELDS: &[&str] = &[
-    "x-ms-exchange-message-is-ndr",
-    "x-ms-exchange-generated-message-source",
-    "x-autoreply",
-    "x-autorespond",
-    "x-autogenerated",
-    "x-auto-response-suppress",
-    "x-mailer-daemon-error",
-    "x-failed-recipients",
-    "x-ses-outgoing",
-    "x-amz-sns-message-id",
-];
-
-/// `name` is `lowercased` (an ASCII lowercase constant) in any case. Field names are printable
-/// ASCII, so this is the same as comparing the lowercased name, with no copy.
-#[inline]
-fn name_is(name: &[u8], lowercased: &str) -> bool {
-    name.eq_ignore_ascii_case(lowercased.as_bytes())
 }
 
 /// `name` lowercased equals `lowercased` exactly (which may hold uppercase and then never matches).
@@ -144,66 +366,37 @@ static QMAIL_INVOKED: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memme
 /// Whether the unfolded value holds "invoked for bounce", unfolding only when it might: a
 /// continuation line starts with white space, so a fold can fall between the words but never
 /// inside "invoked".
-fn is_qmail_bounce(field: &Field) -> bool {
-    let raw = field.raw_value();
-    if !field.is_folded() {
+fn is_qmail_bounce(value: RawValue) -> bool {
+    let raw = value.as_written();
+    if !value.is_folded() {
         return QMAIL_BOUNCE.find(raw).is_some();
     }
-    QMAIL_INVOKED.find(raw).is_some() && QMAIL_BOUNCE.find(&field.value()).is_some()
+    QMAIL_INVOKED.find(raw).is_some() && QMAIL_BOUNCE.find(&value.unfolded()).is_some()
 }
 
 /// A position in `msg` after the line starting at `pos`, and the end of that line's content.
 /// Line ends are CRLF, LF or a bare CR.
 #[inline]
 fn next_line(msg: &[u8], pos: usize) -> (usize, usize) {
-    match memchr2(b'\n', b'\r', &msg[pos..]) {
-        None => (msg.len(), msg.len()),
-        Some(i) => {
-            let end = pos + i;
-            if msg[end] == b'\r' && msg.get(end + 1) == Some(&b'\n') {
-                (end, end + 2)
-            } else {
-                (end, end + 1)
-            }
-        }
+    let end = memchr2(b'\n', b'\r', &msg[pos..]).map_or(msg.len(), |i| pos + i);
+    (end, line_after(msg, end))
+}
+
+/// The start of the next line, given where this one's content ends (at its line break).
+#[inline]
+fn line_after(msg: &[u8], line_end: usize) -> usize {
+    match msg.get(line_end) {
+        None => msg.len(),
+        Some(b'\r') if msg.get(line_end + 1) == Some(&b'\n') => line_end + 2,
+        Some(_) => line_end + 1,
     }
 }
 
-/// One header field, borrowed from the message: its name, and its value as written (from
-/// after the colon to the end of its last continuation line).
+/// One header field, borrowed from the message.
+#[derive(Clone, Copy, Debug)]
 pub struct Field<'a> {
     pub name: &'a [u8],
-    raw_value: &'a [u8],
-    folded: bool,
-}
-
-impl<'a> Field<'a> {
-    /// The unfolded value: folding line breaks turned into nothing (the whitespace that starts
-    /// a continuation line is kept, as RFC 5322 unfolding says). Borrowed unless folded.
-    pub fn value(&self) -> Cow<'a, [u8]> {
-        if self.folded {
-            // Every CR and LF in the span is a line break: lines are split at any of them.
-            let mut out = Vec::with_capacity(self.raw_value.len());
-            let mut rest = self.raw_value;
-            while let Some(i) = memchr2(b'\r', b'\n', rest) {
-                out.extend_from_slice(&rest[..i]);
-                rest = &rest[i + 1..];
-            }
-            out.extend_from_slice(rest);
-            Cow::Owned(out)
-        } else {
-            Cow::Borrowed(self.raw_value)
-        }
-    }
-
-    /// The value as it stands in the message, folding line breaks included.
-    pub fn raw_value(&self) -> &'a [u8] {
-        self.raw_value
-    }
-
-    pub fn is_folded(&self) -> bool {
-        self.folded
-    }
+    pub value: RawValue<'a>,
 }
 
 /// Reads the header block starting at `start`, calling `sink` for each field.
@@ -221,11 +414,15 @@ pub fn read_fields<'a>(
     let mut current: Option<(usize, usize, usize, usize, bool)> = None;
     let field = |(name_start, name_end, value_start, value_end, folded): (usize, usize, usize, usize, bool)| Field {
         name: &msg[name_start..name_end],
-        raw_value: &msg[value_start..value_end],
-        folded,
+        value: RawValue { bytes: &msg[value_start..value_end], folded },
     };
+    let mut scanner = LineScanner::new(msg);
     while pos < msg.len() {
-        let (line_end, next) = next_line(msg, pos);
+        // A line break also stops a name, so the name's end comes first and the line's end is
+        // searched from there.
+        let name_end = scanner.name_stop(pos).unwrap_or(msg.len());
+        let line_end = scanner.line_break(name_end).unwrap_or(msg.len());
+        let next = line_after(msg, line_end);
         if line_end > stop {
             defects.push("header-too-large");
             // Skip to the blank line if there is one, so part headers still are found; bounded
@@ -249,12 +446,12 @@ pub fn read_fields<'a>(
             pos = next;
             continue;
         }
-        match parse_field_start(line) {
-            Some((name_len, colon)) => {
+        match field_colon(msg, pos, name_end, line_end) {
+            Some(colon) => {
                 if let Some(done) = current.take() {
                     sink(field(done));
                 }
-                current = Some((pos, pos + name_len, pos + colon + 1, line_end, false));
+                current = Some((pos, name_end, colon + 1, line_end, false));
                 pos = next;
             }
             None => {
@@ -280,14 +477,15 @@ fn find_blank_line(msg: &[u8], from: usize) -> Option<usize> {
         .map(|(i, len)| from + i + len)
 }
 
-/// `Name: value` with a field name of printable ASCII; whitespace before the colon is tolerated
-/// (obsolete syntax, RFC 5322 section 4.5).
-/// Returns the length of the name and the offset of the colon. One pass over the name, which
-/// is short, instead of a search for the colon over the whole line.
-fn parse_field_start(line: &[u8]) -> Option<(usize, usize)> {
-    let name_len = line.iter().position(|&b| !(33..=126).contains(&b) || b == b':').unwrap_or(line.len());
-    let colon = name_len + line[name_len..].iter().position(|&b| b != b' ' && b != b'\t')?;
-    (name_len > 0 && line[colon] == b':').then_some((name_len, colon))
+/// The colon of `Name: value`, for a line from `start` to `line_end` whose name (printable
+/// ASCII but `:`) ends at `name_end`; white space before the colon is tolerated (obsolete
+/// syntax, RFC 5322 section 4.5). None when the line is not a field.
+fn field_colon(msg: &[u8], start: usize, name_end: usize, line_end: usize) -> Option<usize> {
+    if name_end == start {
+        return None;
+    }
+    let colon = name_end + msg[name_end..line_end].iter().position(|&b| b != b' ' && b != b'\t')?;
+    (msg[colon] == b':').then_some(colon)
 }
 
 fn trim(bytes: &[u8]) -> &[u8] {
@@ -298,39 +496,20 @@ fn trim(bytes: &[u8]) -> &[u8] {
 }
 
 /// Header text as a string: UTF-8 when it is, otherwise each byte as Latin-1, so 8-bit garbage
-/// never fails and ASCII matching still works.
-pub fn text(bytes: &[u8]) -> String {
+/// never fails and ASCII matching still works. Borrowed when UTF-8.
+pub fn text(bytes: &[u8]) -> Cow<'_, str> {
     match std::str::from_utf8(bytes) {
-        Ok(s) => s.to_owned(),
-        Err(_) => bytes.iter().map(|&b| b as char).collect(),
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => Cow::Owned(bytes.iter().map(|&b| b as char).collect()),
     }
 }
 
-/// Parses a Content-Type value. Returns None for a value with no `type/subtype`.
-pub fn parse_content_type(value: &[u8]) -> Option<ContentType> {
-    parse_content_type_with(value, Detail::Full)
-}
-
-/// How much of the message a scan keeps.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Detail {
-    /// Everything `HeaderFacts` holds.
-    Full,
-    /// Only what routing reads (`policy::classify`): no Message-ID, and of the Content-Type
-    /// parameters only `boundary` and `report-type`. Every other field is as in `Full`.
-    Routing,
-}
-
-/// The only Content-Type parameters routing reads.
-fn routing_param(name: &[u8]) -> bool {
-    // The same as comparing `lowercase_name(name, ..)`: lowercasing changes only ASCII letters.
-    name.eq_ignore_ascii_case(b"boundary") || name.eq_ignore_ascii_case(b"report-type")
-}
-
-fn parse_content_type_with(value: &[u8], detail: Detail) -> Option<ContentType> {
-    let value = strip_comments(value);
-    let mut pieces = Params { rest: Some(&value) };
-    let media = pieces.next()?;
+/// Parses a Content-Type value as written (maybe folded). Returns None for a value with no
+/// `type/subtype`.
+pub fn parse_content_type(value: &[u8]) -> Option<ContentType<'_>> {
+    let value = strip_comments(trim(value));
+    let media = Params { rest: Some(&value) }.next()?;
+    let params_start = (media.len() + 1).min(value.len());
     let media = trim(media);
     let slash = memchr::memchr(b'/', media)?;
     let maintype = trim(&media[..slash]);
@@ -338,17 +517,16 @@ fn parse_content_type_with(value: &[u8], detail: Detail) -> Option<ContentType> 
     if maintype.is_empty() || subtype.is_empty() {
         return None;
     }
-    let mut params = Vec::new();
-    for piece in pieces {
-        let piece = trim(piece);
-        let Some(eq) = memchr::memchr(b'=', piece) else { continue };
-        let name = trim(&piece[..eq]);
-        let raw = trim(&piece[eq + 1..]);
-        if !name.is_empty() && (detail == Detail::Full || routing_param(name)) {
-            params.push((lowercase_name(name, PARAM_NAMES), text(&unquote(raw))));
+    let name = |bytes: &[u8], known| lowercase_name(&without_line_breaks(Cow::Borrowed(bytes)), known);
+    let (maintype, subtype) = (name(maintype, MAINTYPES), name(subtype, SUBTYPES));
+    let params = match value {
+        Cow::Borrowed(bytes) => Cow::Borrowed(&bytes[params_start..]),
+        Cow::Owned(mut bytes) => {
+            bytes.drain(..params_start);
+            Cow::Owned(bytes)
         }
-    }
-    Some(ContentType { maintype: lowercase_name(maintype, MAINTYPES), subtype: lowercase_name(subtype, SUBTYPES), params })
+    };
+    Some(ContentType { maintype, subtype, params })
 }
 
 const MAINTYPES: &[&str] = &["text", "multipart", "message", "application", "image", "audio", "video"];
@@ -386,11 +564,10 @@ fn lowercase_name(bytes: &[u8], known: &[&'static str]) -> Cow<'static, str> {
 /// `text` of the ASCII-lowercased bytes (lowercasing ASCII changes neither UTF-8 validity nor
 /// any other byte, so lowercasing the text after is the same).
 fn lowercase_text(bytes: &[u8]) -> String {
-    let mut out = text(bytes);
+    let mut out = text(bytes).into_owned();
     out.make_ascii_lowercase();
     out
 }
-
 /// Removes RFC 5322 comments outside quoted strings (`text/plain (comment); ...`).
 fn strip_comments(value: &[u8]) -> Cow<'_, [u8]> {
     if memchr::memchr(b'(', value).is_none() {
@@ -464,6 +641,12 @@ impl<'a> Iterator for Params<'a> {
 fn unquote(raw: &[u8]) -> Cow<'_, [u8]> {
     if raw.len() >= 2 && raw[0] == b'"' {
         let inner = &raw[1..];
+        // Without a quoted pair the text is what lies between the quotes: no copy.
+        match memchr2(b'"', b'\\', inner) {
+            None => return Cow::Borrowed(inner),
+            Some(i) if inner[i] == b'"' => return Cow::Borrowed(&inner[..i]),
+            Some(_) => {}
+        }
         let mut out = Vec::with_capacity(inner.len());
         let mut escaped = false;
         for &b in inner {
@@ -493,91 +676,93 @@ fn header_start(msg: &[u8]) -> usize {
     }
 }
 
-/// Scans `msg` with the default limits; `score_header` is the lowercased name of the trusted
-/// spam-score header, if any.
+/// Scans `msg` with the default limits and decodes every field; `score_header` is the
+/// lowercased name of the trusted spam-score header, if any.
 pub fn scan(msg: &[u8], score_header: Option<&str>) -> HeaderFacts {
-    scan_with_limits(msg, score_header, &ScanLimits::default())
+    index(msg, score_header).to_facts()
 }
 
 pub fn scan_with_limits(msg: &[u8], score_header: Option<&str>, limits: &ScanLimits) -> HeaderFacts {
-    scan_detail(msg, score_header, limits, Detail::Full)
+    index_with_limits(msg, score_header, limits).to_facts()
 }
 
-/// `scan`, keeping only what `policy::classify` reads: `message_id` is None and content types
-/// hold only their `boundary` and `report-type` parameters. Everything else is as `scan` gives.
-pub(crate) fn scan_for_routing(msg: &[u8], score_header: Option<&str>) -> HeaderFacts {
-    scan_detail(msg, score_header, &ScanLimits::default(), Detail::Routing)
+/// Indexes `msg` with the default limits: the fields routing reads, borrowed, not decoded.
+pub fn index<'a>(msg: &'a [u8], score_header: Option<&str>) -> HeaderIndex<'a> {
+    index_with_limits(msg, score_header, &ScanLimits::default())
 }
 
-fn scan_detail(msg: &[u8], score_header: Option<&str>, limits: &ScanLimits, detail: Detail) -> HeaderFacts {
-    let mut facts = HeaderFacts::default();
+pub fn index_with_limits<'a>(msg: &'a [u8], score_header: Option<&str>, limits: &ScanLimits) -> HeaderIndex<'a> {
+    let mut index = HeaderIndex::default();
     let start = header_start(msg);
     let mut defects = Vec::new();
     // The first Content-Type field, parsed (None inside: it is not a valid one).
-    let mut content_type: Option<Option<ContentType>> = None;
-    let mut eight_bit = false;
+    let mut content_type: Option<Option<ContentType<'a>>> = None;
+    // Where the first field starts and the last one ends: between them lie only field names
+    // (printable ASCII), line breaks and values, so 8-bit text is looked for in one pass.
+    let mut fields_span: Option<(usize, usize)> = None;
+    let offset = |part: &[u8]| part.as_ptr() as usize - msg.as_ptr() as usize;
     let body_start = read_fields(msg, start, limits.max_header_bytes, &mut defects, |field| {
-        facts.field_count += 1;
-        // Unfolding and trimming remove only ASCII bytes: the raw value answers this as well.
-        eight_bit |= !field.raw_value().is_ascii();
-        // The value is unfolded (a copy only when folded) for the fields kept, not for the rest.
-        let keep_first = |slot: &mut Option<String>| {
+        index.field_count += 1;
+        let value = field.value;
+        let value_end = offset(value.as_written()) + value.as_written().len();
+        match fields_span.as_mut() {
+            Some((_, end)) => *end = value_end,
+            None => fields_span = Some((offset(field.name), value_end)),
+        }
+        let keep_first = |slot: &mut Option<RawValue<'a>>| {
             if slot.is_none() {
-                *slot = Some(text(trim(&field.value())));
+                *slot = Some(value);
             }
         };
         // Names are compared without lowercasing a copy; the length picks the candidates.
         let name = field.name;
         match name.len() {
-            12 if content_type.is_none() && name_is(name, "content-type") => {
-                content_type = Some(parse_content_type_with(trim(&field.value()), detail))
+            12 if content_type.is_none() && name.eq_ignore_ascii_case(b"content-type") => {
+                content_type = Some(parse_content_type(value.as_written()))
             }
-            4 if name_is(name, "from") => keep_first(&mut facts.from),
-            6 if name_is(name, "sender") => keep_first(&mut facts.sender),
-            11 if name_is(name, "return-path") => keep_first(&mut facts.return_path),
-            7 if facts.subject.is_none() && name_is(name, "subject") => facts.subject = Some(decode_header_text(trim(&field.value()))),
-            14 if name_is(name, "auto-submitted") => keep_first(&mut facts.auto_submitted),
-            10 if name_is(name, "precedence") => keep_first(&mut facts.precedence),
-            19 if name_is(name, "x-failed-recipients") => keep_first(&mut facts.x_failed_recipients),
-            10 if detail == Detail::Full && name_is(name, "message-id") => keep_first(&mut facts.message_id),
-            8 if !facts.qmail_bounce && name_is(name, "received") => facts.qmail_bounce = is_qmail_bounce(&field),
+            4 if name.eq_ignore_ascii_case(b"from") => keep_first(&mut index.from),
+            6 if name.eq_ignore_ascii_case(b"sender") => keep_first(&mut index.sender),
+            11 if name.eq_ignore_ascii_case(b"return-path") => keep_first(&mut index.return_path),
+            7 if name.eq_ignore_ascii_case(b"subject") => keep_first(&mut index.subject),
+            14 if name.eq_ignore_ascii_case(b"auto-submitted") => keep_first(&mut index.auto_submitted),
+            10 if name.eq_ignore_ascii_case(b"precedence") => keep_first(&mut index.precedence),
+            19 if name.eq_ignore_ascii_case(b"x-failed-recipients") => keep_first(&mut index.x_failed_recipients),
+            10 if name.eq_ignore_ascii_case(b"message-id") => keep_first(&mut index.message_id),
+            8 if !index.qmail_bounce && name.eq_ignore_ascii_case(b"received") => index.qmail_bounce = is_qmail_bounce(value),
             _ => {}
         }
         if let Some(score_name) = score_header {
             if lowercase_equals(name, score_name.as_bytes()) {
-                facts.score_header_values.push(text(trim(&field.value())));
+                index.score_header_values.push(value);
             }
         }
         if name.get(..2).is_some_and(|prefix| prefix.eq_ignore_ascii_case(b"x-")) {
-            if let Some(marker) = MARKER_FIELDS.iter().find(|m| name_is(name, m)) {
-                if !facts.marker_fields.iter().any(|m| m == marker) {
-                    facts.marker_fields.push((*marker).to_owned());
-                }
+            if let Some(marker) = MARKER_FIELDS.iter().position(|m| name.eq_ignore_ascii_case(m.as_bytes())) {
+                index.markers.add(marker);
             }
         }
     });
-    facts.header_length = body_start - start;
-    if eight_bit {
+    index.header_length = body_start - start;
+    if fields_span.is_some_and(|(first, last)| !msg[first..last].is_ascii()) {
         defects.push("8bit-header");
     }
-    if facts.field_count == 0 && !msg.is_empty() {
+    if index.field_count == 0 && !msg.is_empty() {
         defects.push("no-header-fields");
     }
     match content_type {
-        Some(Some(ct)) => facts.content_type = Some(ct),
+        Some(Some(ct)) => index.content_type = Some(ct),
         Some(None) => defects.push("invalid-content-type"),
         None => {}
     }
-    // Taken out while the parts are read (the walker fills `facts`), put back after.
-    if let Some(ct) = facts.content_type.take() {
+    if let Some(ct) = &index.content_type {
         if ct.maintype == "multipart" {
             let body_end = msg.len().min(body_start.saturating_add(limits.max_body_bytes));
             let mut walker = PartWalker {
                 msg: &msg[..body_end],
                 search_budget: 4 * limits.max_body_bytes,
                 limits,
-                detail,
-                facts: &mut facts,
+                parts: &mut index.parts,
+                recipients: &mut index.recipients,
                 defects: &mut defects,
             };
             match ct.param("boundary") {
@@ -589,13 +774,12 @@ fn scan_detail(msg: &[u8], score_header: Option<&str>, limits: &ScanLimits, deta
             }
         } else if ct.is("message", "delivery-status") || ct.is("message", "global-delivery-status") {
             // A bare delivery-status message: read its fields as a part of its own.
-            facts.recipients.extend(read_delivery_status(msg, body_start, limits, &mut defects));
+            read_delivery_status(msg, body_start, limits, &mut index.recipients, &mut defects);
         }
-        facts.content_type = Some(ct);
     }
     defects.dedup();
-    facts.defects = defects;
-    facts
+    index.defects = defects;
+    index
 }
 
 struct PartWalker<'a, 'f> {
@@ -603,13 +787,13 @@ struct PartWalker<'a, 'f> {
     /// Bytes left to search for delimiters over all nesting levels: nested parts with bogus
     /// boundaries would otherwise each search the rest of the body.
     search_budget: usize,
-    limits: &'a ScanLimits,
-    detail: Detail,
-    facts: &'f mut HeaderFacts,
+    limits: &'f ScanLimits,
+    parts: &'f mut Vec<PartInfo<'a>>,
+    recipients: &'f mut Vec<RecipientFields<'a>>,
     defects: &'f mut Vec<&'static str>,
 }
 
-impl PartWalker<'_, '_> {
+impl<'a> PartWalker<'a, '_> {
     /// Reads the part headers between `--boundary` delimiter lines from `from` on, following
     /// nested multiparts; message/rfc822 parts are attachments and are not entered.
     fn walk(&mut self, from: usize, boundary: &[u8], depth: usize) {
@@ -631,16 +815,15 @@ impl PartWalker<'_, '_> {
                 return; // close delimiter
             }
             let (_, part_start) = next_line(self.msg, after);
-            if self.facts.parts.len() >= self.limits.max_parts {
+            if self.parts.len() >= self.limits.max_parts {
                 self.defects.push("too-many-parts");
                 return;
             }
-            let mut part_ct: Option<ContentType> = None;
+            let mut part_ct: Option<ContentType<'a>> = None;
             let mut bad_ct = false;
-            let detail = self.detail;
             let part_body = read_fields(self.msg, part_start, 64 << 10, self.defects, |field| {
                 if part_ct.is_none() && !bad_ct && field.name.eq_ignore_ascii_case(b"content-type") {
-                    part_ct = parse_content_type_with(trim(&field.value()), detail);
+                    part_ct = parse_content_type(field.value.as_written());
                     bad_ct = part_ct.is_none();
                 }
             });
@@ -648,17 +831,16 @@ impl PartWalker<'_, '_> {
                 self.defects.push("invalid-content-type");
             }
             // RFC 2046: a part without Content-Type is text/plain (message/rfc822 in a digest).
-            let ct = part_ct.unwrap_or_else(|| ContentType {
-                maintype: "text".into(),
-                subtype: "plain".into(),
-                params: Vec::new(),
+            let ct = part_ct.unwrap_or(ContentType {
+                maintype: Cow::Borrowed("text"),
+                subtype: Cow::Borrowed("plain"),
+                params: Cow::Borrowed(b""),
             });
             let is_status = ct.is("message", "delivery-status") || ct.is("message", "global-delivery-status");
-            let nested = (ct.maintype == "multipart").then(|| ct.param("boundary").map(|b| b.as_bytes().to_vec())).flatten();
-            self.facts.parts.push(PartInfo { content_type: ct, depth });
+            let nested = if ct.maintype == "multipart" { ct.param("boundary").map(|b| b.as_bytes().to_vec()) } else { None };
+            self.parts.push(PartInfo { content_type: ct, depth });
             if is_status {
-                let statuses = read_delivery_status(self.msg, part_body, self.limits, self.defects);
-                self.facts.recipients.extend(statuses);
+                read_delivery_status(self.msg, part_body, self.limits, self.recipients, self.defects);
             }
             if let Some(inner) = nested {
                 if depth < self.limits.max_depth && !inner.is_empty() {
@@ -695,14 +877,15 @@ fn find_delimiter_line(msg: &[u8], mut pos: usize, boundary: &[u8]) -> Option<us
 }
 
 /// Reads the per-recipient blocks of a delivery-status body (RFC 3464 section 2.1: a
-/// per-message block, then one block per recipient, separated by blank lines).
-fn read_delivery_status(
-    msg: &[u8],
+/// per-message block, then one block per recipient, separated by blank lines) into `out`.
+fn read_delivery_status<'a>(
+    msg: &'a [u8],
     from: usize,
     limits: &ScanLimits,
+    out: &mut Vec<RecipientFields<'a>>,
     defects: &mut Vec<&'static str>,
-) -> Vec<RecipientStatus> {
-    let mut out = Vec::new();
+) {
+    let found_before = out.len();
     let mut pos = from;
     // Blank lines may precede the per-message block; a delimiter line ends the part.
     for _ in 0..limits.max_parts.max(1) * 4 {
@@ -712,25 +895,23 @@ fn read_delivery_status(
         if pos >= msg.len() || msg[pos..].starts_with(b"--") {
             break;
         }
-        let mut status = RecipientStatus::default();
+        let mut status = RecipientFields::default();
         let mut per_recipient = false;
         let end = read_fields(msg, pos, 64 << 10, &mut Vec::new(), |field| {
-            let value = || Some(text(trim(&field.value())));
             let name = field.name;
-            if status.final_recipient.is_none() && (name_is(name, "final-recipient") || name_is(name, "original-recipient")) {
+            if status.final_recipient.is_none()
+                && (name.eq_ignore_ascii_case(b"final-recipient") || name.eq_ignore_ascii_case(b"original-recipient"))
+            {
                 per_recipient = true;
-                status.final_recipient = value();
-            } else if name_is(name, "action") {
+                status.final_recipient = Some(field.value);
+            } else if name.eq_ignore_ascii_case(b"action") {
                 per_recipient = true;
-                status.action = value().map(|mut v| {
-                    v.make_ascii_lowercase();
-                    v
-                });
-            } else if name_is(name, "status") {
+                status.action = Some(field.value);
+            } else if name.eq_ignore_ascii_case(b"status") {
                 per_recipient = true;
-                status.status = value();
-            } else if name_is(name, "diagnostic-code") {
-                status.diagnostic_code = value();
+                status.status = Some(field.value);
+            } else if name.eq_ignore_ascii_case(b"diagnostic-code") {
+                status.diagnostic_code = Some(field.value);
             }
         });
         if per_recipient {
@@ -741,10 +922,9 @@ fn read_delivery_status(
         }
         pos = end;
     }
-    if out.is_empty() {
+    if out.len() == found_before {
         defects.push("delivery-status-without-recipients");
     }
-    out
 }
 
 #[cfg(test)]
@@ -766,10 +946,10 @@ mod tests {
     fn content_type_parameters_quoted_or_not_any_case() {
         let ct = parse_content_type(b"Multipart/REPORT; Report-Type=\"delivery-status\";\r\n\tboundary=abc (x)").unwrap();
         assert_eq!(ct.mime_type(), "multipart/report");
-        assert_eq!(ct.param("report-type"), Some("delivery-status"));
-        assert_eq!(ct.param("boundary"), Some("abc"));
+        assert_eq!(ct.param("report-type").as_deref(), Some("delivery-status"));
+        assert_eq!(ct.param("boundary").as_deref(), Some("abc"));
         let ct = parse_content_type(b"text/plain; name=\"a;b\\\"c\"").unwrap();
-        assert_eq!(ct.param("name"), Some("a;b\"c"));
+        assert_eq!(ct.param("name").as_deref(), Some("a;b\"c"));
         assert!(parse_content_type(b"garbage").is_none());
     }
 

@@ -4,8 +4,11 @@
 //!
 //! Groups:
 //! * `headers`: each message's header block alone (up to and including its blank line), the
-//!   same bytes for every contender. `deliverypool` is `scan::scan`: unfolding, the routing
-//!   fields kept, Subject RFC 2047-decoded, Content-Type parsed. `mail-parser/raw` is
+//!   same bytes for every contender. `deliverypool` is `scan::index`, what routing runs: every
+//!   field found, the routing fields kept as borrowed spans, Content-Type's media type parsed,
+//!   nothing decoded until read. `deliverypool/decode-all` is `scan::scan`: the same, then every
+//!   kept field unfolded and decoded into owned strings (Subject RFC 2047-decoded, Content-Type
+//!   parameters parsed), as `deliverypool.scan()` returns them to Python. `mail-parser/raw` is
 //!   `MessageParser::new().parse_headers`, every field kept as raw text (its cheapest setting);
 //!   `mail-parser/mime+subject` also parses the MIME headers and decodes Subject, closer to the
 //!   scanner's work. `memchr-floor` only counts `\n`: the floor any header reader stays above.
@@ -20,7 +23,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use mail_parser::{HeaderName, MessageParser};
 
 use deliverypool::policy::{classify, Envelope, Policy};
-use deliverypool::scan::scan;
+use deliverypool::scan::{index, scan};
 
 fn corpus_dir() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/sisimai");
@@ -103,6 +106,13 @@ fn headers(c: &mut Criterion) {
     group.throughput(Throughput::Bytes(bytes as u64));
 
     group.bench_function("deliverypool", |b| {
+        b.iter(|| {
+            for block in &blocks {
+                black_box(index(black_box(block), None));
+            }
+        })
+    });
+    group.bench_function("deliverypool/decode-all", |b| {
         b.iter(|| {
             for block in &blocks {
                 black_box(scan(black_box(block), None));

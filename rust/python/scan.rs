@@ -6,7 +6,7 @@ use pyo3::types::{PyDict, PyTuple};
 use crate::scan::{ContentType, HeaderFacts, PartInfo, RecipientStatus};
 
 #[pyclass(frozen, name = "ContentType", module = "deliverypool")]
-pub struct PyContentType(pub ContentType);
+pub struct PyContentType(pub ContentType<'static>);
 
 #[pymethods]
 impl PyContentType {
@@ -27,16 +27,17 @@ impl PyContentType {
     #[getter]
     fn params<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let dict = PyDict::new(py);
-        for (name, value) in self.0.params.iter().rev() {
-            dict.set_item(name, value)?;
+        let params: Vec<_> = self.0.params().collect();
+        for (name, value) in params.iter().rev() {
+            dict.set_item(name.as_ref(), value.as_ref())?;
         }
         Ok(dict)
     }
-    fn param(&self, name: &str) -> Option<&str> {
-        self.0.param(&name.to_ascii_lowercase())
+    fn param(&self, name: &str) -> Option<String> {
+        self.0.param(&name.to_ascii_lowercase()).map(|value| value.into_owned())
     }
     fn __repr__(&self) -> String {
-        format!("ContentType({:?}, params={:?})", self.0.mime_type(), self.0.params)
+        format!("ContentType({:?}, params={:?})", self.0.mime_type(), self.0.params().collect::<Vec<_>>())
     }
     fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
         other.cast::<PyContentType>().is_ok_and(|o| o.get().0 == self.0)
@@ -44,7 +45,7 @@ impl PyContentType {
 }
 
 #[pyclass(frozen, name = "MimePart", module = "deliverypool")]
-pub struct PyMimePart(pub PartInfo);
+pub struct PyMimePart(pub PartInfo<'static>);
 
 #[pymethods]
 impl PyMimePart {
