@@ -116,6 +116,8 @@ pub struct ContentType<'a> {
     pub subtype: Cow<'static, str>,
     /// What follows the media type's `;`, comments removed, as written (maybe folded).
     params: Cow<'a, [u8]>,
+    /// The value holds line breaks: names and values are unfolded when read.
+    folded: bool,
 }
 
 impl<'a> ContentType<'a> {
@@ -123,12 +125,12 @@ impl<'a> ContentType<'a> {
     pub fn param(&self, name: &str) -> Option<Cow<'_, str>> {
         self.raw_params()
             .find(|(key, _)| if key.is_ascii() { lowercase_equals(key, name.as_bytes()) } else { lowercase_text(key) == name })
-            .map(|(_, value)| param_value(value))
+            .map(|(_, value)| param_value(value, self.folded))
     }
 
     /// Every parameter in order of appearance: lowercased name, unquoted value.
     pub fn params(&self) -> impl Iterator<Item = (Cow<'static, str>, Cow<'_, str>)> {
-        self.raw_params().map(|(key, value)| (lowercase_name(&key, PARAM_NAMES), param_value(value)))
+        self.raw_params().map(|(key, value)| (lowercase_name(&key, PARAM_NAMES), param_value(value, self.folded)))
     }
 
     /// Names (unfolded) and values (as written), trimmed, skipping pieces that are not
@@ -138,7 +140,7 @@ impl<'a> ContentType<'a> {
             let piece = trim(piece);
             let eq = memchr::memchr(b'=', piece)?;
             let name = trim(&piece[..eq]);
-            (!name.is_empty()).then(|| (without_line_breaks(Cow::Borrowed(name)), trim(&piece[eq + 1..])))
+            (!name.is_empty()).then(|| (unfold_if(name, self.folded), trim(&piece[eq + 1..])))
         })
     }
 
@@ -151,13 +153,23 @@ impl<'a> ContentType<'a> {
     }
 
     pub fn into_owned(self) -> ContentType<'static> {
-        ContentType { maintype: self.maintype, subtype: self.subtype, params: Cow::Owned(self.params.into_owned()) }
+        ContentType { params: Cow::Owned(self.params.into_owned()), ..self }
     }
 }
 
 /// A parameter's value as written: unquoted, unfolded, as text.
-fn param_value(raw: &[u8]) -> Cow<'_, str> {
-    map_text(without_line_breaks(unquote(raw)), text)
+fn param_value(raw: &[u8], folded: bool) -> Cow<'_, str> {
+    let unquoted = unquote(raw);
+    map_text(if folded { without_line_breaks(unquoted) } else { unquoted }, text)
+}
+
+/// `bytes` unfolded, when they come from a folded value.
+fn unfold_if(bytes: &[u8], folded: bool) -> Cow<'_, [u8]> {
+    if folded {
+        without_line_breaks(Cow::Borrowed(bytes))
+    } else {
+        Cow::Borrowed(bytes)
+    }
 }
 
 /// Equal when the media types and the parsed parameters are, however they were written.
@@ -353,6 +365,13 @@ impl HeaderFacts {
     }
 }
 
+/// `bytes` equal `lowercase` (ASCII lowercase) ignoring ASCII case. Lengths are compared
+/// first, inline, so a candidate of another length costs one comparison.
+#[inline]
+fn eq_lowercase(bytes: &[u8], lowercase: &[u8]) -> bool {
+    bytes.len() == lowercase.len() && bytes.eq_ignore_ascii_case(lowercase)
+}
+
 /// `name` lowercased equals `lowercased` exactly (which may hold uppercase and then never matches).
 #[inline]
 fn lowercase_equals(name: &[u8], lowercased: &[u8]) -> bool {
@@ -507,7 +526,12 @@ pub fn text(bytes: &[u8]) -> Cow<'_, str> {
 /// Parses a Content-Type value as written (maybe folded). Returns None for a value with no
 /// `type/subtype`.
 pub fn parse_content_type(value: &[u8]) -> Option<ContentType<'_>> {
-    let value = strip_comments(trim(value));
+    content_type_of(RawValue { bytes: value, folded: memchr2(b'\r', b'\n', value).is_some() })
+}
+
+fn content_type_of(value: RawValue<'_>) -> Option<ContentType<'_>> {
+    let folded = value.folded;
+    let value = strip_comments(trim(value.bytes));
     let media = Params { rest: Some(&value) }.next()?;
     let params_start = (media.len() + 1).min(value.len());
     let media = trim(media);
@@ -517,7 +541,7 @@ pub fn parse_content_type(value: &[u8]) -> Option<ContentType<'_>> {
     if maintype.is_empty() || subtype.is_empty() {
         return None;
     }
-    let name = |bytes: &[u8], known| lowercase_name(&without_line_breaks(Cow::Borrowed(bytes)), known);
+    let name = |bytes: &[u8], known| lowercase_name(&unfold_if(bytes, folded), known);
     let (maintype, subtype) = (name(maintype, MAINTYPES), name(subtype, SUBTYPES));
     let params = match value {
         Cow::Borrowed(bytes) => Cow::Borrowed(&bytes[params_start..]),
@@ -526,7 +550,7 @@ pub fn parse_content_type(value: &[u8]) -> Option<ContentType<'_>> {
             Cow::Owned(bytes)
         }
     };
-    Some(ContentType { maintype, subtype, params })
+    Some(ContentType { maintype, subtype, params, folded })
 }
 
 const MAINTYPES: &[&str] = &["text", "multipart", "message", "application", "image", "audio", "video"];
@@ -551,11 +575,8 @@ const PARAM_NAMES: &[&str] = &["boundary", "charset", "report-type", "format", "
 
 /// `lowercase_text(bytes)`, as one of `known` when it is one (no allocation then).
 fn lowercase_name(bytes: &[u8], known: &[&'static str]) -> Cow<'static, str> {
-    // Media types are mostly written in lowercase already: an exact comparison (a length check,
-    // then memcmp) finds them before the byte-by-byte case-insensitive one is tried. The known
-    // names are distinct lowercase strings, so at most one matches either way.
-    let exact = known.iter().find(|k| k.as_bytes() == bytes);
-    match exact.or_else(|| known.iter().find(|k| k.as_bytes().eq_ignore_ascii_case(bytes))) {
+    // The known names are distinct lowercase strings, so at most one matches ignoring case.
+    match known.iter().find(|k| eq_lowercase(bytes, k.as_bytes())) {
         Some(k) => Cow::Borrowed(k),
         None => Cow::Owned(lowercase_text(bytes)),
     }
@@ -717,18 +738,18 @@ pub fn index_with_limits<'a>(msg: &'a [u8], score_header: Option<&str>, limits: 
         // Names are compared without lowercasing a copy; the length picks the candidates.
         let name = field.name;
         match name.len() {
-            12 if content_type.is_none() && name.eq_ignore_ascii_case(b"content-type") => {
-                content_type = Some(parse_content_type(value.as_written()))
+            12 if content_type.is_none() && eq_lowercase(name, b"content-type") => {
+                content_type = Some(content_type_of(value))
             }
-            4 if name.eq_ignore_ascii_case(b"from") => keep_first(&mut index.from),
-            6 if name.eq_ignore_ascii_case(b"sender") => keep_first(&mut index.sender),
-            11 if name.eq_ignore_ascii_case(b"return-path") => keep_first(&mut index.return_path),
-            7 if name.eq_ignore_ascii_case(b"subject") => keep_first(&mut index.subject),
-            14 if name.eq_ignore_ascii_case(b"auto-submitted") => keep_first(&mut index.auto_submitted),
-            10 if name.eq_ignore_ascii_case(b"precedence") => keep_first(&mut index.precedence),
-            19 if name.eq_ignore_ascii_case(b"x-failed-recipients") => keep_first(&mut index.x_failed_recipients),
-            10 if name.eq_ignore_ascii_case(b"message-id") => keep_first(&mut index.message_id),
-            8 if !index.qmail_bounce && name.eq_ignore_ascii_case(b"received") => index.qmail_bounce = is_qmail_bounce(value),
+            4 if eq_lowercase(name, b"from") => keep_first(&mut index.from),
+            6 if eq_lowercase(name, b"sender") => keep_first(&mut index.sender),
+            11 if eq_lowercase(name, b"return-path") => keep_first(&mut index.return_path),
+            7 if eq_lowercase(name, b"subject") => keep_first(&mut index.subject),
+            14 if eq_lowercase(name, b"auto-submitted") => keep_first(&mut index.auto_submitted),
+            10 if eq_lowercase(name, b"precedence") => keep_first(&mut index.precedence),
+            19 if eq_lowercase(name, b"x-failed-recipients") => keep_first(&mut index.x_failed_recipients),
+            10 if eq_lowercase(name, b"message-id") => keep_first(&mut index.message_id),
+            8 if !index.qmail_bounce && eq_lowercase(name, b"received") => index.qmail_bounce = is_qmail_bounce(value),
             _ => {}
         }
         if let Some(score_name) = score_header {
@@ -737,7 +758,7 @@ pub fn index_with_limits<'a>(msg: &'a [u8], score_header: Option<&str>, limits: 
             }
         }
         if name.get(..2).is_some_and(|prefix| prefix.eq_ignore_ascii_case(b"x-")) {
-            if let Some(marker) = MARKER_FIELDS.iter().position(|m| name.eq_ignore_ascii_case(m.as_bytes())) {
+            if let Some(marker) = MARKER_FIELDS.iter().position(|m| eq_lowercase(name, m.as_bytes())) {
                 index.markers.add(marker);
             }
         }
@@ -822,8 +843,8 @@ impl<'a> PartWalker<'a, '_> {
             let mut part_ct: Option<ContentType<'a>> = None;
             let mut bad_ct = false;
             let part_body = read_fields(self.msg, part_start, 64 << 10, self.defects, |field| {
-                if part_ct.is_none() && !bad_ct && field.name.eq_ignore_ascii_case(b"content-type") {
-                    part_ct = parse_content_type(field.value.as_written());
+                if part_ct.is_none() && !bad_ct && eq_lowercase(field.name, b"content-type") {
+                    part_ct = content_type_of(field.value);
                     bad_ct = part_ct.is_none();
                 }
             });
@@ -835,6 +856,7 @@ impl<'a> PartWalker<'a, '_> {
                 maintype: Cow::Borrowed("text"),
                 subtype: Cow::Borrowed("plain"),
                 params: Cow::Borrowed(b""),
+                folded: false,
             });
             let is_status = ct.is("message", "delivery-status") || ct.is("message", "global-delivery-status");
             let nested = if ct.maintype == "multipart" { ct.param("boundary").map(|b| b.as_bytes().to_vec()) } else { None };
@@ -900,17 +922,17 @@ fn read_delivery_status<'a>(
         let end = read_fields(msg, pos, 64 << 10, &mut Vec::new(), |field| {
             let name = field.name;
             if status.final_recipient.is_none()
-                && (name.eq_ignore_ascii_case(b"final-recipient") || name.eq_ignore_ascii_case(b"original-recipient"))
+                && (eq_lowercase(name, b"final-recipient") || eq_lowercase(name, b"original-recipient"))
             {
                 per_recipient = true;
                 status.final_recipient = Some(field.value);
-            } else if name.eq_ignore_ascii_case(b"action") {
+            } else if eq_lowercase(name, b"action") {
                 per_recipient = true;
                 status.action = Some(field.value);
-            } else if name.eq_ignore_ascii_case(b"status") {
+            } else if eq_lowercase(name, b"status") {
                 per_recipient = true;
                 status.status = Some(field.value);
-            } else if name.eq_ignore_ascii_case(b"diagnostic-code") {
+            } else if eq_lowercase(name, b"diagnostic-code") {
                 status.diagnostic_code = Some(field.value);
             }
         });
