@@ -106,8 +106,11 @@ fn masks64(block: &[u8; 64]) -> (u64, u64) {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
+use masks64_portable as masks64;
+
+#[cfg(any(test, not(target_arch = "x86_64")))]
 #[inline]
-fn masks64(block: &[u8; 64]) -> (u64, u64) {
+fn masks64_portable(block: &[u8; 64]) -> (u64, u64) {
     block.iter().enumerate().fold((0, 0), |(breaks, stops), (i, &b)| {
         (breaks | (u64::from(is_line_break(b)) << i), stops | (u64::from(is_name_stop(b)) << i))
     })
@@ -155,6 +158,25 @@ mod tests {
                 assert_eq!(every(&bytes, |s, pos| s.line_break(pos)), expected(is_line_break), "{bytes:?}");
                 assert_eq!(every(&bytes, |s, pos| s.name_stop(pos)), expected(is_name_stop), "{bytes:?}");
             }
+        }
+    }
+
+    #[test]
+    fn intrinsics_agree_with_the_portable_version() {
+        let mut seed = 0x2545f4914f6cdd1du64;
+        for _ in 0..2000 {
+            let mut block = [0u8; 64];
+            for b in block.iter_mut() {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                *b = (seed >> 24) as u8;
+            }
+            assert_eq!(masks64(&block), masks64_portable(&block));
+        }
+        let every_byte: Vec<u8> = (0..=255).collect();
+        for block in every_byte.chunks_exact(64) {
+            assert_eq!(masks64(block.try_into().unwrap()), masks64_portable(block.try_into().unwrap()));
         }
     }
 
