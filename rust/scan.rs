@@ -975,6 +975,29 @@ mod tests {
         assert!(parse_content_type(b"garbage").is_none());
     }
 
+    /// Content-Type is parsed on the folded value; it must read as the unfolded one does,
+    /// wherever the fold falls (inside quotes, names, values, after a backslash, in comments).
+    #[test]
+    fn folded_content_type_reads_as_unfolded() {
+        let values: &[&[u8]] = &[
+            b"multipart/mixed;\r\n boundary=\"a\r\n b\"",
+            b"multipart/report; report-type=delivery-status;\r\n\tboundary=\"==x\"",
+            b"Multi\r\n part/Mixed; bound\r\n ary=abc",
+            b"text/plain; name=\"a\\\r\n b\"; charset=us-\r\n ascii",
+            b"text/plain (a\r\n comment); format=flowed\r\n",
+            b"message/\r\n delivery-status",
+            b"text/plain;\r\n\r\n x=\"\r\n\"",
+        ];
+        for value in values {
+            let unfolded: Vec<u8> = value.iter().copied().filter(|&b| b != b'\r' && b != b'\n').collect();
+            let (folded, plain) = (parse_content_type(value), parse_content_type(&unfolded));
+            let show = |ct: Option<ContentType>| {
+                ct.map(|ct| (ct.mime_type(), ct.params().map(|(k, v)| (k.into_owned(), v.into_owned())).collect::<Vec<_>>()))
+            };
+            assert_eq!(show(folded), show(plain), "{}", String::from_utf8_lossy(value));
+        }
+    }
+
     #[test]
     fn finds_delivery_status_part_and_recipient_fields() {
         let msg = b"Content-Type: multipart/report; report-type=delivery-status; boundary=\"XX\"\n\n\
