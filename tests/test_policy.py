@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import math
+import sys
 
 import pytest
 from hypothesis import given
@@ -138,3 +140,18 @@ def test_batch_errors_name_the_message() -> None:
     with pytest.raises(TypeError, match=r"messages\[1\] must be bytes"):
         classify_many([b"", "text"])  # type: ignore[list-item]
     assert classify_many(iter([b"Subject: x\n\n"]))[0].pool == "normal"
+
+
+def test_results_are_outside_the_cycle_collector_and_freed() -> None:
+    # They hold no Python objects, so they are untracked (cheaper collections); they must
+    # still be freed by reference counting alone.
+    decisions = classify_many((ORDINARY + [GLOBAL_DSN]) * 20)
+    assert not any(gc.is_tracked(d) for d in decisions)
+    assert not gc.is_tracked(classify(ORDINARY[0]))
+    before = sys.getallocatedblocks()
+    for _ in range(20):
+        batch = classify_many([GLOBAL_DSN] * 2_000)
+        assert batch[-1].dsn is not None
+        del batch
+    gc.collect()
+    assert sys.getallocatedblocks() - before < 2_000

@@ -6,10 +6,11 @@ use std::sync::{Arc, OnceLock};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::{PyDict, PyList, PyTuple};
 use rayon::prelude::*;
 
 use super::errors::to_py_err;
+use super::untracked;
 use super::scan::recipients_tuple;
 use crate::dsn::DsnVerdict;
 use crate::policy::{self, Decision, DomainStatus, Envelope, Policy, UnknownDomainPool};
@@ -210,7 +211,8 @@ fn parse_domain_status(value: Option<&str>) -> PyResult<Option<DomainStatus>> {
 #[pyfunction]
 #[pyo3(signature = (message, *, mail_from=None, score=None, tenant=None, policy=None, untrusted_client=false, sender_domain=None))]
 #[allow(clippy::too_many_arguments)]
-pub fn classify(
+pub fn classify<'py>(
+    py: Python<'py>,
     message: &[u8],
     mail_from: Option<&str>,
     score: Option<f64>,
@@ -218,10 +220,11 @@ pub fn classify(
     policy: Option<&Bound<'_, PyPolicy>>,
     untrusted_client: bool,
     sender_domain: Option<&str>,
-) -> PyResult<PyDecision> {
+) -> PyResult<Bound<'py, PyDecision>> {
     let policy = policy_or_default(policy);
     let envelope = Envelope { mail_from, score, tenant, untrusted_client, sender_domain: parse_domain_status(sender_domain)? };
-    policy::classify(message, &envelope, &policy).map(PyDecision::from).map_err(to_py_err)
+    let decision = policy::classify(message, &envelope, &policy).map_err(to_py_err)?;
+    untracked(py, PyDecision::from(decision))
 }
 
 /// Below this many messages a batch runs on the calling thread: handing work to other cores
@@ -243,8 +246,8 @@ fn per_message<T>(name: &str, values: Option<Vec<T>>, count: usize) -> PyResult<
 #[pyfunction]
 #[pyo3(signature = (messages, *, mail_from=None, score=None, tenant=None, policy=None, untrusted_client=false, sender_domain=None))]
 #[allow(clippy::too_many_arguments)]
-pub fn classify_many(
-    py: Python<'_>,
+pub fn classify_many<'py>(
+    py: Python<'py>,
     messages: &Bound<'_, PyAny>,
     mail_from: Option<Vec<Option<String>>>,
     score: Option<Vec<Option<f64>>>,
@@ -252,7 +255,7 @@ pub fn classify_many(
     policy: Option<&Bound<'_, PyPolicy>>,
     untrusted_client: bool,
     sender_domain: Option<Vec<Option<String>>>,
-) -> PyResult<Vec<PyDecision>> {
+) -> PyResult<Bound<'py, PyList>> {
     let mut bodies: Vec<PyBackedBytes> = Vec::new();
     for (index, item) in messages.try_iter()?.enumerate() {
         let item = item?;
@@ -288,8 +291,7 @@ pub fn classify_many(
             (0..count).map(classify_one).collect()
         }
     });
-    match results {
-        Ok(decisions) => Ok(decisions),
-        Err((index, error)) => Err(to_py_err(error.in_batch(index))),
-    }
+    let decisions = results.map_err(|(index, error)| to_py_err(error.in_batch(index)))?;
+    let objects = decisions.into_iter().map(|decision| untracked(py, decision)).collect::<PyResult<Vec<_>>>()?;
+    PyList::new(py, objects)
 }

@@ -3,6 +3,7 @@
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
+use super::untracked;
 use crate::scan::{ContentType, HeaderFacts, PartInfo, RecipientStatus};
 
 #[pyclass(frozen, name = "ContentType", module = "deliverypool")]
@@ -188,7 +189,7 @@ impl PyHeaderFacts {
 /// what is odd about the input is listed in `defects`.
 #[pyfunction]
 #[pyo3(signature = (message, *, score_header=None))]
-pub fn scan(message: &[u8], score_header: Option<&str>) -> PyHeaderFacts {
+pub fn scan<'py>(py: Python<'py>, message: &[u8], score_header: Option<&str>) -> PyResult<Bound<'py, PyHeaderFacts>> {
     let lowered = score_header.map(str::to_ascii_lowercase);
-    PyHeaderFacts(crate::scan::scan(message, lowered.as_deref()))
+    untracked(py, PyHeaderFacts(crate::scan::scan(message, lowered.as_deref())))
 }
