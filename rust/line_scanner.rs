@@ -4,7 +4,9 @@
 //! Header lines are short (60 bytes on average in the corpus) and names shorter: a fresh
 //! `memchr2` per line spent more in its set-up than in the search, and a byte loop over each
 //! name was the hottest code of the scanner. Here one pass classifies 64 bytes into two masks
-//! and each stop then costs a count of trailing zeros.
+//! and each stop then costs a count of trailing zeros. The same pass notes whether any byte it
+//! classified has the high bit set, so a header block of plain ASCII needs no second pass to
+//! tell that it holds no 8-bit text.
 
 pub struct LineScanner<'a> {
     bytes: &'a [u8],
@@ -14,12 +16,21 @@ pub struct LineScanner<'a> {
     breaks: u64,
     /// Bit i set: `bytes[chunk + i]` cannot be part of a field name: outside 33..=126, or `:`.
     name_stops: u64,
+    /// Some byte of the chunks classified so far is 128 or above.
+    saw_eight_bit: bool,
 }
 
 impl<'a> LineScanner<'a> {
     pub fn new(bytes: &'a [u8]) -> Self {
-        let (breaks, name_stops) = masks_at(bytes, 0);
-        LineScanner { bytes, chunk: 0, breaks, name_stops }
+        let masks = masks_at(bytes, 0);
+        LineScanner { bytes, chunk: 0, breaks: masks.breaks, name_stops: masks.name_stops, saw_eight_bit: masks.eight_bit != 0 }
+    }
+
+    /// Whether a byte of 128 or above lies in any 64 bytes classified so far: when false, every
+    /// byte up to the last stop found is ASCII (the converse does not hold: the last chunk may
+    /// reach past what the reader used).
+    pub fn saw_eight_bit(&self) -> bool {
+        self.saw_eight_bit
     }
 
     /// Offset of the first CR or LF at or after `pos`.
@@ -57,19 +68,29 @@ impl<'a> LineScanner<'a> {
     }
 
     fn load(&mut self, chunk: usize) {
+        let masks = masks_at(self.bytes, chunk);
         self.chunk = chunk;
-        (self.breaks, self.name_stops) = masks_at(self.bytes, chunk);
+        self.breaks = masks.breaks;
+        self.name_stops = masks.name_stops;
+        self.saw_eight_bit |= masks.eight_bit != 0;
     }
 }
 
+/// One bit per byte of a 64-byte block.
+#[derive(Debug, PartialEq, Eq)]
+struct Masks {
+    breaks: u64,
+    name_stops: u64,
+    eight_bit: u64,
+}
+
 #[inline]
-fn masks_at(bytes: &[u8], at: usize) -> (u64, u64) {
+fn masks_at(bytes: &[u8], at: usize) -> Masks {
     let rest = bytes.get(at..).unwrap_or_default();
     match rest.first_chunk::<64>() {
         Some(block) => masks64(block),
         None => {
-            // The tail, padded with name bytes that are not line breaks, then the padding's
-            // bits cleared so that nothing is found past the end.
+            // The tail, padded with a byte of none of the classes: nothing is found past the end.
             let mut block = [b'a'; 64];
             block[..rest.len()].copy_from_slice(rest);
             masks64(&block)
@@ -79,30 +100,78 @@ fn masks_at(bytes: &[u8], at: usize) -> (u64, u64) {
 
 #[cfg(target_arch = "x86_64")]
 #[inline]
+fn masks64(block: &[u8; 64]) -> Masks {
+    // Detected once by std and cached: each call reads one atomic flag.
+    if std::arch::is_x86_feature_detected!("avx2") {
+        masks64_avx2(block)
+    } else {
+        masks64_sse2(block)
+    }
+}
+
+/// The compiler does not turn the portable version below into vector instructions (it cost
+/// half again as many instructions per header block as one memchr2 per line); these do. SSE2
+/// is part of the x86_64 baseline; AVX2 halves the work where the CPU has it.
+#[cfg(target_arch = "x86_64")]
+#[inline]
 #[allow(unsafe_code)]
-fn masks64(block: &[u8; 64]) -> (u64, u64) {
+fn masks64_sse2(block: &[u8; 64]) -> Masks {
     use std::arch::x86_64::{
         __m128i, _mm_cmpeq_epi8, _mm_cmplt_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
     };
-    // The compiler does not turn the portable version below into these instructions (it cost
-    // half again as many instructions per header block as one memchr2 per line).
     // SAFETY: SSE2 is part of the x86_64 baseline, so the intrinsics are always available; the
     // four unaligned 16-byte loads read inside the 64-byte array.
     unsafe {
         let (lf, cr, colon, del, name_min) =
             (_mm_set1_epi8(b'\n' as i8), _mm_set1_epi8(b'\r' as i8), _mm_set1_epi8(b':' as i8), _mm_set1_epi8(127), _mm_set1_epi8(33));
-        let (mut breaks, mut stops) = (0u64, 0u64);
+        let mut masks = Masks { breaks: 0, name_stops: 0, eight_bit: 0 };
         for i in 0..4 {
             let v = _mm_loadu_si128(block.as_ptr().add(16 * i).cast::<__m128i>());
             let line_break = _mm_or_si128(_mm_cmpeq_epi8(v, lf), _mm_cmpeq_epi8(v, cr));
             // Signed: bytes of 128 and above are negative, so below 33 as well.
             let outside = _mm_or_si128(_mm_cmplt_epi8(v, name_min), _mm_cmpeq_epi8(v, del));
             let stop = _mm_or_si128(outside, _mm_cmpeq_epi8(v, colon));
-            breaks |= u64::from(_mm_movemask_epi8(line_break) as u16) << (16 * i);
-            stops |= u64::from(_mm_movemask_epi8(stop) as u16) << (16 * i);
+            masks.breaks |= u64::from(_mm_movemask_epi8(line_break) as u16) << (16 * i);
+            masks.name_stops |= u64::from(_mm_movemask_epi8(stop) as u16) << (16 * i);
+            masks.eight_bit |= u64::from(_mm_movemask_epi8(v) as u16) << (16 * i);
         }
-        (breaks, stops)
+        masks
     }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[allow(unsafe_code)]
+fn masks64_avx2(block: &[u8; 64]) -> Masks {
+    #[target_feature(enable = "avx2")]
+    fn classify(block: &[u8; 64]) -> Masks {
+        use std::arch::x86_64::{
+            __m256i, _mm256_cmpeq_epi8, _mm256_cmpgt_epi8, _mm256_loadu_si256, _mm256_movemask_epi8, _mm256_or_si256,
+            _mm256_set1_epi8,
+        };
+        let (lf, cr, colon, del, below_name) = (
+            _mm256_set1_epi8(b'\n' as i8),
+            _mm256_set1_epi8(b'\r' as i8),
+            _mm256_set1_epi8(b':' as i8),
+            _mm256_set1_epi8(127),
+            _mm256_set1_epi8(33),
+        );
+        let mut masks = Masks { breaks: 0, name_stops: 0, eight_bit: 0 };
+        for i in 0..2 {
+            // SAFETY: the two unaligned 32-byte loads read inside the 64-byte array.
+            let v = unsafe { _mm256_loadu_si256(block.as_ptr().add(32 * i).cast::<__m256i>()) };
+            let line_break = _mm256_or_si256(_mm256_cmpeq_epi8(v, lf), _mm256_cmpeq_epi8(v, cr));
+            // Signed: 33 > v for every byte below 33 and for every byte of 128 and above.
+            let outside = _mm256_or_si256(_mm256_cmpgt_epi8(below_name, v), _mm256_cmpeq_epi8(v, del));
+            let stop = _mm256_or_si256(outside, _mm256_cmpeq_epi8(v, colon));
+            masks.breaks |= u64::from(_mm256_movemask_epi8(line_break) as u32) << (32 * i);
+            masks.name_stops |= u64::from(_mm256_movemask_epi8(stop) as u32) << (32 * i);
+            masks.eight_bit |= u64::from(_mm256_movemask_epi8(v) as u32) << (32 * i);
+        }
+        masks
+    }
+    // SAFETY: called only after `is_x86_feature_detected!("avx2")` said the CPU has AVX2.
+    unsafe { classify(block) }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -110,10 +179,14 @@ use masks64_portable as masks64;
 
 #[cfg(any(test, not(target_arch = "x86_64")))]
 #[inline]
-fn masks64_portable(block: &[u8; 64]) -> (u64, u64) {
-    block.iter().enumerate().fold((0, 0), |(breaks, stops), (i, &b)| {
-        (breaks | (u64::from(is_line_break(b)) << i), stops | (u64::from(is_name_stop(b)) << i))
-    })
+fn masks64_portable(block: &[u8; 64]) -> Masks {
+    let mut masks = Masks { breaks: 0, name_stops: 0, eight_bit: 0 };
+    for (i, &b) in block.iter().enumerate() {
+        masks.breaks |= u64::from(is_line_break(b)) << i;
+        masks.name_stops |= u64::from(is_name_stop(b)) << i;
+        masks.eight_bit |= u64::from(b >= 128) << i;
+    }
+    masks
 }
 
 #[cfg(any(test, not(target_arch = "x86_64")))]
@@ -162,6 +235,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(target_arch = "x86_64")]
     fn intrinsics_agree_with_the_portable_version() {
         let mut seed = 0x2545f4914f6cdd1du64;
         for _ in 0..2000 {
@@ -172,11 +246,18 @@ mod tests {
                 seed ^= seed << 17;
                 *b = (seed >> 24) as u8;
             }
-            assert_eq!(masks64(&block), masks64_portable(&block));
+            assert_eq!(masks64_sse2(&block), masks64_portable(&block));
+            if std::arch::is_x86_feature_detected!("avx2") {
+                assert_eq!(masks64_avx2(&block), masks64_portable(&block));
+            }
         }
         let every_byte: Vec<u8> = (0..=255).collect();
         for block in every_byte.chunks_exact(64) {
-            assert_eq!(masks64(block.try_into().unwrap()), masks64_portable(block.try_into().unwrap()));
+            let block: &[u8; 64] = block.try_into().unwrap();
+            assert_eq!(masks64_sse2(block), masks64_portable(block));
+            if std::arch::is_x86_feature_detected!("avx2") {
+                assert_eq!(masks64_avx2(block), masks64_portable(block));
+            }
         }
     }
 

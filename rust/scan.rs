@@ -419,14 +419,15 @@ pub struct Field<'a> {
 }
 
 /// Reads the header block starting at `start`, calling `sink` for each field.
-/// Returns the offset just past the blank line (or where reading stopped).
+/// Returns the offset just past the blank line (or where reading stopped), and false when every
+/// byte of every field is certainly ASCII (true: maybe not, look).
 pub fn read_fields<'a>(
     msg: &'a [u8],
     start: usize,
     limit: usize,
     defects: &mut Vec<&'static str>,
     mut sink: impl FnMut(Field<'a>),
-) -> usize {
+) -> (usize, bool) {
     let stop = msg.len().min(start.saturating_add(limit));
     let mut pos = start;
     // The field being read: where its name and value start and end, and whether it is folded.
@@ -484,7 +485,7 @@ pub fn read_fields<'a>(
     if let Some(done) = current.take() {
         sink(field(done));
     }
-    pos
+    (pos, scanner.saw_eight_bit())
 }
 
 fn find_blank_line(msg: &[u8], from: usize) -> Option<usize> {
@@ -722,7 +723,7 @@ pub fn index_with_limits<'a>(msg: &'a [u8], score_header: Option<&str>, limits: 
     // (printable ASCII), line breaks and values, so 8-bit text is looked for in one pass.
     let mut fields_span: Option<(usize, usize)> = None;
     let offset = |part: &[u8]| part.as_ptr() as usize - msg.as_ptr() as usize;
-    let body_start = read_fields(msg, start, limits.max_header_bytes, &mut defects, |field| {
+    let (body_start, maybe_eight_bit) = read_fields(msg, start, limits.max_header_bytes, &mut defects, |field| {
         index.field_count += 1;
         let value = field.value;
         let value_end = offset(value.as_written()) + value.as_written().len();
@@ -764,7 +765,7 @@ pub fn index_with_limits<'a>(msg: &'a [u8], score_header: Option<&str>, limits: 
         }
     });
     index.header_length = body_start - start;
-    if fields_span.is_some_and(|(first, last)| !msg[first..last].is_ascii()) {
+    if maybe_eight_bit && fields_span.is_some_and(|(first, last)| !msg[first..last].is_ascii()) {
         defects.push("8bit-header");
     }
     if index.field_count == 0 && !msg.is_empty() {
@@ -842,7 +843,7 @@ impl<'a> PartWalker<'a, '_> {
             }
             let mut part_ct: Option<ContentType<'a>> = None;
             let mut bad_ct = false;
-            let part_body = read_fields(self.msg, part_start, 64 << 10, self.defects, |field| {
+            let (part_body, _) = read_fields(self.msg, part_start, 64 << 10, self.defects, |field| {
                 if part_ct.is_none() && !bad_ct && eq_lowercase(field.name, b"content-type") {
                     part_ct = content_type_of(field.value);
                     bad_ct = part_ct.is_none();
@@ -919,7 +920,7 @@ fn read_delivery_status<'a>(
         }
         let mut status = RecipientFields::default();
         let mut per_recipient = false;
-        let end = read_fields(msg, pos, 64 << 10, &mut Vec::new(), |field| {
+        let (end, _) = read_fields(msg, pos, 64 << 10, &mut Vec::new(), |field| {
             let name = field.name;
             if status.final_recipient.is_none()
                 && (eq_lowercase(name, b"final-recipient") || eq_lowercase(name, b"original-recipient"))
@@ -1022,6 +1023,19 @@ Content-Type: multipart/mixed; boundary=YY\n\n--YY\nContent-Type: message/delive
         let facts = scan(&msg, None);
         assert!(facts.defects.contains(&"header-too-large"));
         assert!(facts.field_count < 30_000);
+    }
+
+    #[test]
+    fn eight_bit_header_text_is_a_defect_but_eight_bit_body_text_is_not() {
+        let defect = |msg: &[u8]| scan(msg, None).defects.contains(&"8bit-header");
+        assert!(defect(b"Subject: caf\xe9\n\nbody"));
+        assert!(defect(b"Subject: x\n fold caf\xe9\nFrom: a@b\n\n"));
+        // In the same 64 bytes as the headers, but after the blank line.
+        assert!(!defect(b"Subject: x\n\ncaf\xe9"));
+        // Before the first field (a stray continuation line), as before the index.
+        assert!(!defect(b" caf\xe9\nSubject: x\n\n"));
+        let long: Vec<u8> = [&b"Subject: "[..], &[b'a'; 200], b"\xe9\n\n"].concat();
+        assert!(defect(&long));
     }
 
     #[test]
