@@ -207,7 +207,11 @@ class CacheStats:
 
 @final
 class DnsCache:
-    """A bounded, thread-safe LRU of DNS outcomes with per-entry expiry."""
+    """A bounded, thread-safe LRU of DNS outcomes with per-entry expiry.
+
+    Expiry is measured on the coarse monotonic clock on Linux: accurate to one kernel tick
+    (1 to 10 ms). `manual_clock=True` gives a clock that moves only by `advance_clock`.
+    """
 
     def __new__(
         cls,
