@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as a newcomer and CI run it: installs what it needs, then runs the
-# Rust tests, the stub check, the Python tests (benchmarks once, in quick mode), and the
-# Python tests again against the built wheel installed in a fresh virtualenv.
+# Rust tests (natively, and on aarch64 under qemu-user), the stub check, the Python tests
+# (benchmarks once, in quick mode), and the Python tests again against the built wheel
+# installed in a fresh virtualenv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,7 @@ bash scripts/setup.sh
 
 echo "== cargo test"
 cargo test --quiet
+bash scripts/test-aarch64.sh
 echo "== stub check"
 .venv/bin/python -m mypy.stubtest deliverypool._core
 echo "== pytest"
