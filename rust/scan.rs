@@ -92,6 +92,15 @@ fn without_line_breaks(bytes: Cow<'_, [u8]>) -> Cow<'_, [u8]> {
     Cow::Owned(bytes.iter().copied().filter(|&b| b != b'\r' && b != b'\n').collect())
 }
 
+/// A kept field's text, owned (for the decoded forms, `HeaderFacts` and `RecipientStatus`).
+fn owned_text(value: Option<RawValue>) -> Option<String> {
+    value.map(|v| v.text().into_owned())
+}
+
+fn has_part(parts: &[PartInfo], maintype: &str, subtype: &str) -> bool {
+    parts.iter().any(|p| p.content_type.is(maintype, subtype))
+}
+
 /// Applies a borrowing decoder to bytes that may be owned, keeping the borrow when they are not.
 fn map_text<'a>(bytes: Cow<'a, [u8]>, decode: impl for<'b> Fn(&'b [u8]) -> Cow<'b, str>) -> Cow<'a, str> {
     match bytes {
@@ -200,15 +209,14 @@ pub struct RecipientFields<'a> {
 
 impl RecipientFields<'_> {
     pub fn decode(&self) -> RecipientStatus {
-        let text = |value: Option<RawValue>| value.map(|v| v.text().into_owned());
         RecipientStatus {
-            final_recipient: text(self.final_recipient),
-            action: text(self.action).map(|mut action| {
+            final_recipient: owned_text(self.final_recipient),
+            action: owned_text(self.action).map(|mut action| {
                 action.make_ascii_lowercase();
                 action
             }),
-            status: text(self.status),
-            diagnostic_code: text(self.diagnostic_code),
+            status: owned_text(self.status),
+            diagnostic_code: owned_text(self.diagnostic_code),
         }
     }
 }
@@ -295,24 +303,23 @@ pub struct HeaderIndex<'a> {
 
 impl HeaderIndex<'_> {
     pub fn has_part(&self, maintype: &str, subtype: &str) -> bool {
-        self.parts.iter().any(|p| p.content_type.is(maintype, subtype))
+        has_part(&self.parts, maintype, subtype)
     }
 
     /// Every field decoded into owned values.
     pub fn to_facts(&self) -> HeaderFacts {
-        let text = |value: Option<RawValue>| value.map(|v| v.text().into_owned());
         HeaderFacts {
             header_length: self.header_length,
             field_count: self.field_count,
             content_type: self.content_type.clone().map(ContentType::into_owned),
-            from: text(self.from),
-            sender: text(self.sender),
-            return_path: text(self.return_path),
+            from: owned_text(self.from),
+            sender: owned_text(self.sender),
+            return_path: owned_text(self.return_path),
             subject: self.subject.map(|v| v.decoded().into_owned()),
-            auto_submitted: text(self.auto_submitted),
-            precedence: text(self.precedence),
-            x_failed_recipients: text(self.x_failed_recipients),
-            message_id: text(self.message_id),
+            auto_submitted: owned_text(self.auto_submitted),
+            precedence: owned_text(self.precedence),
+            x_failed_recipients: owned_text(self.x_failed_recipients),
+            message_id: owned_text(self.message_id),
             score_header_values: self.score_header_values.iter().map(|v| v.text().into_owned()).collect(),
             marker_fields: self.markers.iter().map(str::to_owned).collect(),
             qmail_bounce: self.qmail_bounce,
@@ -361,7 +368,7 @@ pub struct HeaderFacts {
 
 impl HeaderFacts {
     pub fn has_part(&self, maintype: &str, subtype: &str) -> bool {
-        self.parts.iter().any(|p| p.content_type.is(maintype, subtype))
+        has_part(&self.parts, maintype, subtype)
     }
 }
 
