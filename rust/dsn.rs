@@ -429,7 +429,7 @@ fn is_daemon_address(value: &str) -> bool {
     if value.contains('<') && address.is_empty() {
         return true; // `From: Mail Delivery System <>`
     }
-    if local_part(address).is_some_and(|lp| DAEMON_LOCAL_PARTS.iter().any(|d| lp.len() == d.len() && lp.eq_ignore_ascii_case(d))) {
+    if local_part(address).is_some_and(|lp| DAEMON_LOCAL_PARTS.iter().any(|d| lp.eq_ignore_ascii_case(d))) {
         return true;
     }
     if value.is_ascii() {

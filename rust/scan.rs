@@ -372,13 +372,6 @@ impl HeaderFacts {
     }
 }
 
-/// `bytes` equal `lowercase` (ASCII lowercase) ignoring ASCII case. Lengths are compared
-/// first, inline, so a candidate of another length costs one comparison.
-#[inline]
-fn eq_lowercase(bytes: &[u8], lowercase: &[u8]) -> bool {
-    bytes.len() == lowercase.len() && bytes.eq_ignore_ascii_case(lowercase)
-}
-
 /// `name` lowercased equals `lowercased` exactly (which may hold uppercase and then never matches).
 #[inline]
 fn lowercase_equals(name: &[u8], lowercased: &[u8]) -> bool {
@@ -584,7 +577,7 @@ const PARAM_NAMES: &[&str] = &["boundary", "charset", "report-type", "format", "
 /// `lowercase_text(bytes)`, as one of `known` when it is one (no allocation then).
 fn lowercase_name(bytes: &[u8], known: &[&'static str]) -> Cow<'static, str> {
     // The known names are distinct lowercase strings, so at most one matches ignoring case.
-    match known.iter().find(|k| eq_lowercase(bytes, k.as_bytes())) {
+    match known.iter().find(|k| k.as_bytes().eq_ignore_ascii_case(bytes)) {
         Some(k) => Cow::Borrowed(k),
         None => Cow::Owned(lowercase_text(bytes)),
     }
@@ -746,18 +739,18 @@ pub fn index_with_limits<'a>(msg: &'a [u8], score_header: Option<&str>, limits: 
         // Names are compared without lowercasing a copy; the length picks the candidates.
         let name = field.name;
         match name.len() {
-            12 if content_type.is_none() && eq_lowercase(name, b"content-type") => {
+            12 if content_type.is_none() && name.eq_ignore_ascii_case(b"content-type") => {
                 content_type = Some(content_type_of(value))
             }
-            4 if eq_lowercase(name, b"from") => keep_first(&mut index.from),
-            6 if eq_lowercase(name, b"sender") => keep_first(&mut index.sender),
-            11 if eq_lowercase(name, b"return-path") => keep_first(&mut index.return_path),
-            7 if eq_lowercase(name, b"subject") => keep_first(&mut index.subject),
-            14 if eq_lowercase(name, b"auto-submitted") => keep_first(&mut index.auto_submitted),
-            10 if eq_lowercase(name, b"precedence") => keep_first(&mut index.precedence),
-            19 if eq_lowercase(name, b"x-failed-recipients") => keep_first(&mut index.x_failed_recipients),
-            10 if eq_lowercase(name, b"message-id") => keep_first(&mut index.message_id),
-            8 if !index.qmail_bounce && eq_lowercase(name, b"received") => index.qmail_bounce = is_qmail_bounce(value),
+            4 if name.eq_ignore_ascii_case(b"from") => keep_first(&mut index.from),
+            6 if name.eq_ignore_ascii_case(b"sender") => keep_first(&mut index.sender),
+            11 if name.eq_ignore_ascii_case(b"return-path") => keep_first(&mut index.return_path),
+            7 if name.eq_ignore_ascii_case(b"subject") => keep_first(&mut index.subject),
+            14 if name.eq_ignore_ascii_case(b"auto-submitted") => keep_first(&mut index.auto_submitted),
+            10 if name.eq_ignore_ascii_case(b"precedence") => keep_first(&mut index.precedence),
+            19 if name.eq_ignore_ascii_case(b"x-failed-recipients") => keep_first(&mut index.x_failed_recipients),
+            10 if name.eq_ignore_ascii_case(b"message-id") => keep_first(&mut index.message_id),
+            8 if !index.qmail_bounce && name.eq_ignore_ascii_case(b"received") => index.qmail_bounce = is_qmail_bounce(value),
             _ => {}
         }
         if let Some(score_name) = score_header {
@@ -766,7 +759,7 @@ pub fn index_with_limits<'a>(msg: &'a [u8], score_header: Option<&str>, limits: 
             }
         }
         if name.get(..2).is_some_and(|prefix| prefix.eq_ignore_ascii_case(b"x-")) {
-            if let Some(marker) = MARKER_FIELDS.iter().position(|m| eq_lowercase(name, m.as_bytes())) {
+            if let Some(marker) = MARKER_FIELDS.iter().position(|m| name.eq_ignore_ascii_case(m.as_bytes())) {
                 index.markers.add(marker);
             }
         }
@@ -851,7 +844,7 @@ impl<'a> PartWalker<'a, '_> {
             let mut part_ct: Option<ContentType<'a>> = None;
             let mut bad_ct = false;
             let (part_body, _) = read_fields(self.msg, part_start, 64 << 10, self.defects, |field| {
-                if part_ct.is_none() && !bad_ct && eq_lowercase(field.name, b"content-type") {
+                if part_ct.is_none() && !bad_ct && field.name.eq_ignore_ascii_case(b"content-type") {
                     part_ct = content_type_of(field.value);
                     bad_ct = part_ct.is_none();
                 }
@@ -930,17 +923,17 @@ fn read_delivery_status<'a>(
         let (end, _) = read_fields(msg, pos, 64 << 10, &mut Vec::new(), |field| {
             let name = field.name;
             if status.final_recipient.is_none()
-                && (eq_lowercase(name, b"final-recipient") || eq_lowercase(name, b"original-recipient"))
+                && (name.eq_ignore_ascii_case(b"final-recipient") || name.eq_ignore_ascii_case(b"original-recipient"))
             {
                 per_recipient = true;
                 status.final_recipient = Some(field.value);
-            } else if eq_lowercase(name, b"action") {
+            } else if name.eq_ignore_ascii_case(b"action") {
                 per_recipient = true;
                 status.action = Some(field.value);
-            } else if eq_lowercase(name, b"status") {
+            } else if name.eq_ignore_ascii_case(b"status") {
                 per_recipient = true;
                 status.status = Some(field.value);
-            } else if eq_lowercase(name, b"diagnostic-code") {
+            } else if name.eq_ignore_ascii_case(b"diagnostic-code") {
                 status.diagnostic_code = Some(field.value);
             }
         });
