@@ -58,10 +58,7 @@ impl<'a> RawValue<'a> {
     /// The unfolded value: folding line breaks turned into nothing (the whitespace that starts
     /// a continuation line is kept, as RFC 5322 unfolding says). Borrowed unless folded.
     pub fn unfolded(&self) -> Cow<'a, [u8]> {
-        if !self.folded {
-            return Cow::Borrowed(self.bytes);
-        }
-        without_line_breaks(Cow::Borrowed(self.bytes))
+        unfold(Cow::Borrowed(self.bytes), self.folded)
     }
 
     /// Unfolded, white space trimmed at both ends.
@@ -83,9 +80,20 @@ impl<'a> RawValue<'a> {
     }
 }
 
-/// Unfolds: every CR and LF in a field value is a line break (lines are split at any of them),
-/// and unfolding removes line breaks, keeping the white space that follows them.
-fn without_line_breaks(bytes: Cow<'_, [u8]>) -> Cow<'_, [u8]> {
+/// Unfolds bytes from a field value, when it is `folded`: every CR and LF in a field value is a
+/// line break (lines are split at any of them), and unfolding removes line breaks, keeping the
+/// white space that follows them. Borrowed when there is nothing to remove.
+#[inline]
+fn unfold(bytes: Cow<'_, [u8]>, folded: bool) -> Cow<'_, [u8]> {
+    // Most values are not folded: that test stays inline at the call, the removal does not.
+    if folded {
+        remove_line_breaks(bytes)
+    } else {
+        bytes
+    }
+}
+
+fn remove_line_breaks(bytes: Cow<'_, [u8]>) -> Cow<'_, [u8]> {
     if memchr2(b'\r', b'\n', &bytes).is_none() {
         return bytes;
     }
@@ -149,7 +157,7 @@ impl<'a> ContentType<'a> {
             let piece = trim(piece);
             let eq = memchr::memchr(b'=', piece)?;
             let name = trim(&piece[..eq]);
-            (!name.is_empty()).then(|| (unfold_if(name, self.folded), trim(&piece[eq + 1..])))
+            (!name.is_empty()).then(|| (unfold(Cow::Borrowed(name), self.folded), trim(&piece[eq + 1..])))
         })
     }
 
@@ -168,17 +176,7 @@ impl<'a> ContentType<'a> {
 
 /// A parameter's value as written: unquoted, unfolded, as text.
 fn param_value(raw: &[u8], folded: bool) -> Cow<'_, str> {
-    let unquoted = unquote(raw);
-    map_text(if folded { without_line_breaks(unquoted) } else { unquoted }, text)
-}
-
-/// `bytes` unfolded, when they come from a folded value.
-fn unfold_if(bytes: &[u8], folded: bool) -> Cow<'_, [u8]> {
-    if folded {
-        without_line_breaks(Cow::Borrowed(bytes))
-    } else {
-        Cow::Borrowed(bytes)
-    }
+    map_text(unfold(unquote(raw), folded), text)
 }
 
 /// Equal when the media types and the parsed parameters are, however they were written.
@@ -542,7 +540,7 @@ fn content_type_of(value: RawValue<'_>) -> Option<ContentType<'_>> {
     if maintype.is_empty() || subtype.is_empty() {
         return None;
     }
-    let name = |bytes: &[u8], known| lowercase_name(&unfold_if(bytes, folded), known);
+    let name = |bytes: &[u8], known| lowercase_name(&unfold(Cow::Borrowed(bytes), folded), known);
     let (maintype, subtype) = (name(maintype, MAINTYPES), name(subtype, SUBTYPES));
     let params = match value {
         Cow::Borrowed(bytes) => Cow::Borrowed(&bytes[params_start..]),
