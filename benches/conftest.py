@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from deliverypool.corpus import corpus_paths
-from deliverypool.sources import read_messages
+from deliverypool.mail.sources import read_messages
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "corpus" / "sisimai"

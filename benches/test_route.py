@@ -1,7 +1,7 @@
 """Group `route`: `await Router.route(message, mail_from=...)` with a warm DNS cache, one
 message at a time on one event loop (one core), in messages per second.
 
-* `deliverypool`: `deliverypool.router.Router` over a `Resolver` whose cache already holds
+* `deliverypool`: `deliverypool.routing.router.Router` over a `Resolver` whose cache already holds
   every sender domain, so no query is sent (the resolver points at a closed loopback port,
   which would fail loudly if one were).
 * `baseline`: what a Python user would write instead: the sender domain looked up in a
@@ -20,8 +20,10 @@ import cachetools
 import pytest
 
 from benches import baseline
-from deliverypool.dns import Nameserver, Resolver, ResolverConfig, SenderDomainCheck, sender_domain
-from deliverypool.router import Router
+from deliverypool.lookup.resolver import Nameserver, Resolver, ResolverConfig
+from deliverypool.lookup.sender import SenderDomainCheck
+from deliverypool.mail.address import sender_domain
+from deliverypool.routing.router import Router
 
 pytestmark = pytest.mark.benchmark(group="route")
 

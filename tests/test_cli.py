@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from deliverypool.sources import split_mbox
+from deliverypool.mail.sources import split_mbox
 from tests.messages import GLOBAL_DSN, ORDINARY
 
 

@@ -1,7 +1,7 @@
 """Kill -9 the relay while it accepts and delivers a few thousand messages, restart it, and
 check that every message acknowledged with 250 reaches the sink.
 
-The relay runs as a subprocess (`python -m deliverypool.relay`) on the same kind of event loop
+The relay runs as a subprocess (`python -m deliverypool.cli relay`) on the same kind of event loop
 as the test; the clients and the sink run in the test process. Duplicates are allowed
 (at-least-once) but must be accounted for: no more than the recipients the restarted relay
 found in flight.
@@ -22,7 +22,7 @@ from typing import Any
 import aiosmtplib
 import pytest
 
-from deliverypool.spool import read_counters
+from deliverypool.queue.listing import read_counters
 from tests.smtp_sinks import NORMAL_SOURCE, free_port, sink
 
 Run = Callable[[Coroutine[Any, Any, Any]], Any]
@@ -64,7 +64,7 @@ class RelayProcess:
         # The same interpreter, so the same installed deliverypool (editable or the wheel).
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "deliverypool.relay", "--config", str(self.config), "--loop", self.loop],
+                [sys.executable, "-m", "deliverypool.cli", "relay", "--config", str(self.config), "--loop", self.loop],
                 stdout=log,
                 stderr=log,
             )

@@ -24,9 +24,9 @@ import pytest
 
 from deliverypool import classify
 from deliverypool.config import RelayConfig
-from deliverypool.demo import common_port
-from deliverypool.relay import Relay
-from deliverypool.spool import listing, read_counters
+from deliverypool.cli.demo import common_port
+from deliverypool.app import Relay
+from deliverypool.queue.listing import listing, read_counters
 from tests.dnsserver import DP_TEST, NsdServer, nsd_binary
 from tests.smtp_sinks import HIGH_RISK_SOURCE, NORMAL_SOURCE, CountingSMTP, MidDataDropSMTP, OneMessageSMTP, Sink, eventually, message, relay_config, sink
 
@@ -481,8 +481,8 @@ def test_source_addresses_are_picked_by_weight_within_the_family(tmp_path: Path)
     import collections
     import random
 
-    from deliverypool.delivery import DeliveryEngine
-    from deliverypool.spool import Spool
+    from deliverypool.outbound.scheduler import DeliveryEngine
+    from deliverypool.queue.spool import Spool
 
     conf = relay_config(
         tmp_path / "spool",
@@ -494,9 +494,9 @@ def test_source_addresses_are_picked_by_weight_within_the_family(tmp_path: Path)
 
     engine = DeliveryEngine(conf, Spool(tmp_path), mx=None, route_dsn=route, rng=random.Random(7))
     pool = conf.pools["high-risk"]
-    picks = collections.Counter(str(engine._source_for(pool, "192.0.2.1").address) for _ in range(4000))  # type: ignore[union-attr]
+    picks = collections.Counter(str(engine.connector.source_for(pool, "192.0.2.1").address) for _ in range(4000))  # type: ignore[union-attr]
     assert set(picks) == {"127.0.0.3", "127.0.0.4"}
     assert 2.5 < picks["127.0.0.4"] / picks["127.0.0.3"] < 3.5
-    assert {str(engine._source_for(pool, "2001:db8::1").address) for _ in range(20)} == {"::1"}  # type: ignore[union-attr]
+    assert {str(engine.connector.source_for(pool, "2001:db8::1").address) for _ in range(20)} == {"::1"}  # type: ignore[union-attr]
     # The normal pool has no IPv6 address: no source, rather than anything borrowed.
-    assert engine._source_for(conf.pools["normal"], "2001:db8::1") is None
+    assert engine.connector.source_for(conf.pools["normal"], "2001:db8::1") is None

@@ -6,7 +6,7 @@ import io
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from deliverypool.demo import HIGH_RISK_SOURCE, NORMAL_SOURCE, check, demo
+from deliverypool.cli.demo import HIGH_RISK_SOURCE, NORMAL_SOURCE, check, demo
 
 Run = Callable[[Coroutine[Any, Any, Any]], Any]
 
@@ -27,7 +27,7 @@ def test_demo_routes_every_kind_to_its_pool(aio_run: Run) -> None:
 def test_generated_bounces_stand_in_for_the_corpus() -> None:
     """On a clone without ../shared/corpus the demo writes its own bounces: they must be DSNs."""
     from deliverypool import classify
-    from deliverypool.demo import generated_bounces
+    from deliverypool.cli.demo import generated_bounces
 
     bounces = generated_bounces(3)
     assert len(bounces) == 3

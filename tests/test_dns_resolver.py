@@ -17,19 +17,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deliverypool._core import DnsCache
-from deliverypool.dns import (
-    _Answer,
-    MailExchanger,
-    Nameserver,
-    PermanentDnsError,
-    Resolver,
-    ResolverConfig,
-    SenderDomainCheck,
-    TemporaryDnsError,
-    check_sender_domains,
-    normalize_domain,
-    sender_domain,
-)
+from deliverypool.errors import PermanentDnsError, TemporaryDnsError
+from deliverypool.lookup.mx import MailExchanger, MxResolver
+from deliverypool.lookup.resolver import Answer, Nameserver, Resolver, ResolverConfig
+from deliverypool.lookup.sender import SenderDomainCheck, SenderDomains, check_sender_domains
+from deliverypool.mail.address import normalize_domain, sender_domain
 from tests.dnsserver import NsdServer, SilentServer, TruncatingServer, ttl_zone
 
 T = TypeVar("T")
@@ -70,34 +62,34 @@ def test_sender_domain_outcomes(
     nsd: NsdServer, aio_run: Run[SenderDomainCheck], domain: str, status: str, detail: str, ttl: int
 ) -> None:
     resolver = resolver_for(nsd)
-    check = aio_run(resolver.check_sender_domain(domain))
+    check = aio_run(SenderDomains(resolver).check(domain))
     assert (check.status, check.detail, check.ttl) == (status, detail, ttl)
     # Cached for the DNS TTL, or the unknown TTL for failures.
     remaining = resolver.cache.remaining_ttl("sender", domain)
     assert remaining == pytest.approx(ttl if status != "unknown" else resolver.config.unknown_ttl)
-    assert resolver.cached_sender_check(domain) is check
+    assert SenderDomains(resolver).cached(domain) is check
 
 
-def test_null_mx_next_to_an_address_can_count_as_no_mx(nsd: NsdServer) -> None:
-    resolver = resolver_for(nsd, null_mx_with_address="has-records")
-    with_a = asyncio.run(resolver.check_sender_domain("nullmx-a.dp.test"))
-    alone = asyncio.run(resolver.check_sender_domain("nullmx.dp.test"))
+def test_null_mx_next_to_an_address_can_count_as_no_mx(nsd: NsdServer, aio_run: Run) -> None:
+    senders = SenderDomains(resolver_for(nsd), null_mx_with_address="has-records")
+    with_a = aio_run(senders.check("nullmx-a.dp.test"))
+    alone = aio_run(senders.check("nullmx.dp.test"))
     assert (with_a.status, with_a.detail) == ("has-records", "address")
     assert (alone.status, alone.detail) == ("no-records", "null-mx")
 
 
 def test_verdict_is_given_as_soon_as_it_is_certain() -> None:
     """The decision table behind "stop as soon as the answer is known", fed partial answers."""
-    verdict = Resolver(ResolverConfig.from_strings(["127.0.0.1:9"]))._verdict
+    verdict = SenderDomains(Resolver(ResolverConfig.from_strings(["127.0.0.1:9"])))._verdict
     mx_rrset = dns.rrset.from_text("d.test.", 300, "IN", "MX", "10 mail.d.test.")
     null_rrset = dns.rrset.from_text("d.test.", 300, "IN", "MX", "0 .")
     a_rrset = dns.rrset.from_text("d.test.", 120, "IN", "A", "192.0.2.1")
-    mx, null_mx = _Answer("positive", "records", 300, mx_rrset), _Answer("positive", "records", 300, null_rrset)
-    a, nodata, nx = _Answer("positive", "records", 120, a_rrset), _Answer("negative", "nodata", 60), _Answer("negative", "nxdomain", 60)
-    failed = _Answer("unknown", "timeout", 0)
+    mx, null_mx = Answer("positive", "records", 300, mx_rrset), Answer("positive", "records", 300, null_rrset)
+    a, nodata, nx = Answer("positive", "records", 120, a_rrset), Answer("negative", "nodata", 60), Answer("negative", "nxdomain", 60)
+    failed = Answer("unknown", "timeout", 0)
     MX, A, AAAA = dns.rdatatype.MX, dns.rdatatype.A, dns.rdatatype.AAAA
 
-    def status(answers: dict[dns.rdatatype.RdataType, _Answer], complete: bool = False) -> str | None:
+    def status(answers: dict[dns.rdatatype.RdataType, Answer], complete: bool = False) -> str | None:
         check = verdict("d.test", answers, complete=complete)
         return None if check is None else f"{check.status}/{check.detail}"
 
@@ -113,22 +105,22 @@ def test_verdict_is_given_as_soon_as_it_is_certain() -> None:
     assert status({MX: mx, A: failed}) == "has-records/mx"
 
 
-def test_idn_is_looked_up_as_a_label_and_cached_under_both_spellings(nsd: NsdServer) -> None:
+def test_idn_is_looked_up_as_a_label_and_cached_under_both_spellings(nsd: NsdServer, aio_run: Run) -> None:
     resolver = resolver_for(nsd)
-    check = asyncio.run(resolver.check_sender_domain("BÜCHER.test"))
+    check = aio_run(SenderDomains(resolver).check("BÜCHER.test"))
     assert (check.domain, check.status) == ("xn--bcher-kva.test", "has-records")
     queries = resolver.queries
     for spelling in ("bücher.test", "xn--bcher-kva.test", "XN--BCHER-KVA.TEST."):
-        assert asyncio.run(resolver.check_sender_domain(spelling)).status == "has-records"
+        assert aio_run(SenderDomains(resolver).check(spelling)).status == "has-records"
     assert resolver.queries == queries, "every spelling is served from the cache"
 
 
 @pytest.mark.parametrize(
     "domain", ["", "localhost", "bad_domain.test", "-dash.test", "a..test", "1.2.3.4", "[192.0.2.1]", "x" * 64 + ".test"]
 )
-def test_invalid_domains_are_no_records_without_a_query(nsd: NsdServer, domain: str) -> None:
+def test_invalid_domains_are_no_records_without_a_query(nsd: NsdServer, domain: str, aio_run: Run) -> None:
     resolver = resolver_for(nsd)
-    check = asyncio.run(resolver.check_sender_domain(domain))
+    check = aio_run(SenderDomains(resolver).check(domain))
     assert (check.status, check.detail) == ("no-records", "invalid-domain")
     assert resolver.queries == 0
 
@@ -136,23 +128,23 @@ def test_invalid_domains_are_no_records_without_a_query(nsd: NsdServer, domain: 
 def test_timeout_is_unknown_never_no_records(silent_nameserver: SilentServer, aio_run: Run[SenderDomainCheck]) -> None:
     resolver = resolver_for(silent_nameserver, timeout=0.2, retries=1)
     started = time.monotonic()
-    check = aio_run(resolver.check_sender_domain("mx-only.dp.test"))
+    check = aio_run(SenderDomains(resolver).check("mx-only.dp.test"))
     elapsed = time.monotonic() - started
     assert (check.status, check.detail) == ("unknown", "timeout")
     assert 0.35 < elapsed < 2.0, "two attempts of 0.2 s, MX/A/AAAA in parallel"
     assert resolver.queries == 6, "1 + 1 retry for each of MX, A, AAAA"
 
 
-def test_truncation_that_tcp_cannot_fix_is_unknown(truncating_nameserver: TruncatingServer) -> None:
+def test_truncation_that_tcp_cannot_fix_is_unknown(truncating_nameserver: TruncatingServer, aio_run: Run) -> None:
     resolver = resolver_for(truncating_nameserver, retries=0)
-    check = asyncio.run(resolver.check_sender_domain("mx-only.dp.test"))
+    check = aio_run(SenderDomains(resolver).check("mx-only.dp.test"))
     assert (check.status, check.detail) == ("unknown", "truncated")
     assert truncating_nameserver.queries >= 3
 
 
-def test_second_nameserver_answers_when_the_first_is_silent(nsd: NsdServer, silent_nameserver: SilentServer) -> None:
+def test_second_nameserver_answers_when_the_first_is_silent(nsd: NsdServer, silent_nameserver: SilentServer, aio_run: Run) -> None:
     resolver = resolver_for(silent_nameserver, nsd, timeout=1.0)
-    check = asyncio.run(resolver.check_sender_domain("missing.dp.test"))
+    check = aio_run(SenderDomains(resolver).check("missing.dp.test"))
     assert (check.status, check.detail) == ("no-records", "nxdomain")
 
 
@@ -160,7 +152,7 @@ def test_concurrent_checks_of_a_cold_domain_share_one_round(nsd: NsdServer, aio_
     resolver = resolver_for(nsd)
 
     async def many() -> list[SenderDomainCheck]:
-        return await asyncio.gather(*(resolver.check_sender_domain("nodata.dp.test") for _ in range(50)))
+        return await asyncio.gather(*(SenderDomains(resolver).check("nodata.dp.test") for _ in range(50)))
 
     checks = aio_run(many())
     assert {c.status for c in checks} == {"no-records"}
@@ -168,28 +160,28 @@ def test_concurrent_checks_of_a_cold_domain_share_one_round(nsd: NsdServer, aio_
     assert resolver.queries == 3, "one MX, one A, one AAAA query for 50 callers"
 
 
-def test_a_cancelled_caller_does_not_cancel_the_shared_lookup(nsd: NsdServer) -> None:
+def test_a_cancelled_caller_does_not_cancel_the_shared_lookup(nsd: NsdServer, aio_run: Run) -> None:
     resolver = resolver_for(nsd)
 
     async def main() -> SenderDomainCheck:
-        first = asyncio.ensure_future(resolver.check_sender_domain("a-only.dp.test"))
-        second = asyncio.ensure_future(resolver.check_sender_domain("a-only.dp.test"))
+        first = asyncio.ensure_future(SenderDomains(resolver).check("a-only.dp.test"))
+        second = asyncio.ensure_future(SenderDomains(resolver).check("a-only.dp.test"))
         await asyncio.sleep(0)
         first.cancel()
         return await second
 
-    assert asyncio.run(main()).status == "has-records"
+    assert aio_run(main()).status == "has-records"
     assert resolver.queries == 3
 
 
-def test_queries_in_flight_are_capped(silent_nameserver: SilentServer) -> None:
+def test_queries_in_flight_are_capped(silent_nameserver: SilentServer, aio_run: Run) -> None:
     """With max_in_flight=2, the silent server receives exactly 2 queries while 15 wait."""
     resolver = resolver_for(silent_nameserver, timeout=1.0, retries=0, max_in_flight=2)
 
     drain(silent_nameserver.udp)  # what earlier tests left there
 
     async def main() -> int:
-        tasks = [asyncio.ensure_future(resolver.check_sender_domain(f"d{i}.dp.test")) for i in range(5)]
+        tasks = [asyncio.ensure_future(SenderDomains(resolver).check(f"d{i}.dp.test")) for i in range(5)]
         await asyncio.sleep(0.3)
         received = drain(silent_nameserver.udp)
         for task in tasks:
@@ -197,7 +189,7 @@ def test_queries_in_flight_are_capped(silent_nameserver: SilentServer) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
         return received
 
-    assert asyncio.run(main()) == 2
+    assert aio_run(main()) == 2
 
 
 def drain(sock: socket.socket) -> int:
@@ -213,7 +205,7 @@ def drain(sock: socket.socket) -> int:
         sock.setblocking(True)
 
 
-def test_ttl_old_answer_until_expiry_then_the_new_one(nsd: NsdServer) -> None:
+def test_ttl_old_answer_until_expiry_then_the_new_one(nsd: NsdServer, aio_run: Run) -> None:
     """Change the zone and reload NSD: the cache serves the old answer for the record's TTL,
     then asks again and gets the new one (and the same for a negative answer)."""
     nsd.reload("ttl.test", ttl_zone(10, "www 30 A 192.0.2.30\n"), serial=10)
@@ -221,7 +213,7 @@ def test_ttl_old_answer_until_expiry_then_the_new_one(nsd: NsdServer) -> None:
     cache = resolver.cache
 
     def check() -> SenderDomainCheck:
-        return asyncio.run(resolver.check_sender_domain("www.ttl.test"))
+        return aio_run(SenderDomains(resolver).check("www.ttl.test"))
 
     first = check()
     assert (first.status, first.ttl) == ("has-records", 30)  # min(A 30, MX NODATA 60)
@@ -243,15 +235,15 @@ def test_ttl_old_answer_until_expiry_then_the_new_one(nsd: NsdServer) -> None:
     assert (check().status, check().detail) == ("has-records", "mx")
 
 
-def test_unknown_is_retried_after_the_unknown_ttl(nsd: NsdServer) -> None:
+def test_unknown_is_retried_after_the_unknown_ttl(nsd: NsdServer, aio_run: Run) -> None:
     resolver = resolver_for(nsd, unknown_ttl=4.0)
-    assert asyncio.run(resolver.check_sender_domain("x.broken.test")).status == "unknown"
+    assert aio_run(SenderDomains(resolver).check("x.broken.test")).status == "unknown"
     queries = resolver.queries
     resolver.cache.advance_clock(3.9)
-    asyncio.run(resolver.check_sender_domain("x.broken.test"))
+    aio_run(SenderDomains(resolver).check("x.broken.test"))
     assert resolver.queries == queries
     resolver.cache.advance_clock(0.1)
-    asyncio.run(resolver.check_sender_domain("x.broken.test"))
+    aio_run(SenderDomains(resolver).check("x.broken.test"))
     assert resolver.queries > queries
 
 
@@ -262,7 +254,7 @@ def test_mail_exchangers_by_preference_equal_ones_shuffled(nsd: NsdServer, aio_r
     resolver = resolver_for(nsd)
 
     async def main() -> list[list[MailExchanger]]:
-        return [await resolver.mail_exchangers("multi-mx.dp.test") for _ in range(40)]
+        return [await MxResolver(resolver).exchangers("multi-mx.dp.test") for _ in range(40)]
 
     results = aio_run(main())
     for exchangers in results:
@@ -284,8 +276,8 @@ def test_mail_exchangers_by_preference_equal_ones_shuffled(nsd: NsdServer, aio_r
         ("Bücher.test", [MailExchanger(10, "mail.xn--bcher-kva.test")]),
     ],
 )
-def test_mail_exchangers(nsd: NsdServer, domain: str, expected: list[MailExchanger]) -> None:
-    assert asyncio.run(resolver_for(nsd).mail_exchangers(domain)) == expected
+def test_mail_exchangers(nsd: NsdServer, domain: str, expected: list[MailExchanger], aio_run: Run) -> None:
+    assert aio_run(MxResolver(resolver_for(nsd)).exchangers(domain)) == expected
 
 
 @pytest.mark.parametrize(
@@ -300,11 +292,11 @@ def test_mail_exchangers(nsd: NsdServer, domain: str, expected: list[MailExchang
         ("unserved.example", TemporaryDnsError, "refused"),
     ],
 )
-def test_mail_exchanger_failures(nsd: NsdServer, domain: str, error: type[Exception], reason: str) -> None:
+def test_mail_exchanger_failures(nsd: NsdServer, domain: str, error: type[Exception], reason: str, aio_run: Run) -> None:
     resolver = resolver_for(nsd)
     for _ in range(2):  # the second time from the cache, same error
         with pytest.raises(error) as info:
-            asyncio.run(resolver.mail_exchangers(domain))
+            aio_run(MxResolver(resolver).exchangers(domain))
         assert info.value.reason == reason  # type: ignore[attr-defined]
 
 
@@ -321,18 +313,18 @@ def test_mail_exchanger_failures(nsd: NsdServer, domain: str, error: type[Except
         ("not a host", ()),
     ],
 )
-def test_addresses_of_a_host(nsd: NsdServer, host: str, expected: tuple[str, ...]) -> None:
+def test_addresses_of_a_host(nsd: NsdServer, host: str, expected: tuple[str, ...], aio_run: Run) -> None:
     resolver = resolver_for(nsd)
-    assert asyncio.run(resolver.addresses(host)) == expected
+    assert aio_run(MxResolver(resolver).addresses(host)) == expected
     queries = resolver.queries
-    assert asyncio.run(resolver.addresses(host)) == expected
+    assert aio_run(MxResolver(resolver).addresses(host)) == expected
     assert resolver.queries == queries, "the second time from the cache"
 
 
-def test_mail_exchangers_timeout_is_temporary(silent_nameserver: SilentServer) -> None:
+def test_mail_exchangers_timeout_is_temporary(silent_nameserver: SilentServer, aio_run: Run) -> None:
     resolver = resolver_for(silent_nameserver, timeout=0.2, retries=0)
     with pytest.raises(TemporaryDnsError) as info:
-        asyncio.run(resolver.mail_exchangers("mx-only.dp.test"))
+        aio_run(MxResolver(resolver).exchangers("mx-only.dp.test"))
     assert info.value.reason == "timeout"
     assert isinstance(info.value, LookupError)
 
@@ -353,12 +345,16 @@ def test_nameserver_parsing() -> None:
 
 @pytest.mark.parametrize(
     ("options", "key"),
-    [({"timeout": 0}, "timeout"), ({"retries": -1}, "retries"), ({"max_in_flight": 0}, "max_in_flight"),
-     ({"null_mx_with_address": "maybe"}, "null_mx_with_address")],
+    [({"timeout": 0}, "timeout"), ({"retries": -1}, "retries"), ({"max_in_flight": 0}, "max_in_flight")],
 )  # fmt: skip
 def test_config_errors_name_the_key(options: dict[str, Any], key: str) -> None:
     with pytest.raises(ValueError, match=f"^{key}:"):
         ResolverConfig(**options)
+
+
+def test_an_unknown_null_mx_rule_is_refused() -> None:
+    with pytest.raises(ValueError, match="^null_mx_with_address:"):
+        SenderDomains(Resolver(), null_mx_with_address="maybe")  # type: ignore[arg-type]
 
 
 def test_sender_domain_and_normalization() -> None:
@@ -374,8 +370,8 @@ def test_sender_domain_and_normalization() -> None:
     assert normalize_domain("a" * 64 + ".test") is None
 
 
-def test_batch_helper_for_the_cli(nsd: NsdServer) -> None:
-    checks = asyncio.run(
+def test_batch_helper_for_the_cli(nsd: NsdServer, aio_run: Run) -> None:
+    checks = aio_run(
         check_sender_domains(["a@mx-only.dp.test", None, "b@missing.dp.test", "c@mx-only.dp.test"], [nsd.address])
     )
     assert [c.status if c else None for c in checks] == ["has-records", None, "no-records", "has-records"]
@@ -385,10 +381,10 @@ def test_batch_helper_for_the_cli(nsd: NsdServer) -> None:
     }  # fmt: skip
 
 
-def test_a_given_cache_is_used(nsd: NsdServer) -> None:
+def test_a_given_cache_is_used(nsd: NsdServer, aio_run: Run) -> None:
     cache = DnsCache(10, min_ttl=0)
     resolver = Resolver(ResolverConfig.from_strings([nsd.address]), cache=cache)
-    asyncio.run(resolver.check_sender_domain("mx-only.dp.test"))
+    aio_run(SenderDomains(resolver).check("mx-only.dp.test"))
     assert cache.stats().insertions == 1
     assert cache.sender_status("mx-only.dp.test") is not None
 

@@ -20,8 +20,11 @@ from hypothesis import strategies as st
 from aiosmtpd.controller import Controller
 
 from deliverypool.config import RelayConfig
-from deliverypool.relay import Relay, has_bare_line_ending, queue_command, relay_command, strip_header
-from deliverypool.spool import listing
+from deliverypool.app import Relay
+from deliverypool.cli.queue import queue_command
+from deliverypool.cli.relay import relay_command
+from deliverypool.mail.headers import has_bare_line_ending, strip_header
+from deliverypool.queue.listing import listing
 from tests.smtp_sinks import free_port, message, relay_config
 
 Run = Callable[[Coroutine[Any, Any, Any]], Any]
@@ -346,7 +349,7 @@ def _addresses() -> st.SearchStrategy[str]:
 def test_fast_address_parse_agrees_with_aiosmtpd(arg: str) -> None:
     from aiosmtpd.smtp import SMTP
 
-    from deliverypool.relay import RelaySMTP
+    from deliverypool.ingress.smtp import RelaySMTP
 
     def outcome(parse: Callable[[str], Any], text: str) -> Any:
         try:
@@ -360,7 +363,7 @@ def test_fast_address_parse_agrees_with_aiosmtpd(arg: str) -> None:
 
 
 def test_fast_address_parse_keeps_the_local_part_limit() -> None:
-    from deliverypool.relay import RelaySMTP
+    from deliverypool.ingress.smtp import RelaySMTP
 
     limited = type("Limited", (RelaySMTP,), {"local_part_limit": 5})
     conn = limited.__new__(limited)

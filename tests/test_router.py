@@ -9,8 +9,8 @@ from typing import Any, TypeVar
 import pytest
 
 from deliverypool._core import Decision, Policy, classify
-from deliverypool.dns import Resolver, ResolverConfig
-from deliverypool.router import Router
+from deliverypool.lookup.resolver import Resolver, ResolverConfig
+from deliverypool.routing.router import Router
 from tests.dnsserver import NsdServer, SilentServer
 
 T = TypeVar("T")
@@ -52,30 +52,30 @@ def test_route(nsd: NsdServer, aio_run: Run[Decision], mail_from: str, status: s
     assert dns_reasons == ([reason] if reason else [])
 
 
-def test_unreachable_nameserver_is_unknown_never_no_records(silent_nameserver: SilentServer) -> None:
-    decision = asyncio.run(router_for(silent_nameserver, timeout=0.3).route(MESSAGE, mail_from="a@missing.dp.test"))
+def test_unreachable_nameserver_is_unknown_never_no_records(silent_nameserver: SilentServer, aio_run: Run) -> None:
+    decision = aio_run(router_for(silent_nameserver, timeout=0.3).route(MESSAGE, mail_from="a@missing.dp.test"))
     assert decision.sender_domain == "unknown"
     assert "sender-domain-unknown" in decision.reasons
     assert "sender-domain-no-records" not in decision.reasons
     assert decision.high_risk, "the default policy sends unknown to the high-risk pool"
 
     lenient = router_for(silent_nameserver, policy=Policy(unknown_domain_pool="normal"), timeout=0.3)
-    decision = asyncio.run(lenient.route(MESSAGE, mail_from="a@missing.dp.test"))
+    decision = aio_run(lenient.route(MESSAGE, mail_from="a@missing.dp.test"))
     assert (decision.pool, decision.reasons) == ("normal", ("sender-domain-unknown",))
 
 
-def test_null_sender_and_no_dns_are_not_checked(nsd: NsdServer) -> None:
+def test_null_sender_and_no_dns_are_not_checked(nsd: NsdServer, aio_run: Run) -> None:
     router = router_for(nsd)
-    assert asyncio.run(router.route(MESSAGE, mail_from=None)).sender_domain is None
-    assert asyncio.run(router.route(MESSAGE, mail_from="<>")).sender_domain is None
+    assert aio_run(router.route(MESSAGE, mail_from=None)).sender_domain is None
+    assert aio_run(router.route(MESSAGE, mail_from="<>")).sender_domain is None
     assert router.resolver is not None and router.resolver.queries == 0
     no_dns = Router(None)
-    assert asyncio.run(no_dns.route(MESSAGE, mail_from="a@missing.dp.test")).sender_domain is None
+    assert aio_run(no_dns.route(MESSAGE, mail_from="a@missing.dp.test")).sender_domain is None
 
 
-def test_warm_cache_routes_without_suspending(nsd: NsdServer) -> None:
+def test_warm_cache_routes_without_suspending(nsd: NsdServer, aio_run: Run) -> None:
     router = router_for(nsd)
-    asyncio.run(router.route(MESSAGE, mail_from="a@missing.dp.test"))
+    aio_run(router.route(MESSAGE, mail_from="a@missing.dp.test"))
     # Drive the coroutine by hand, outside any event loop: if it awaited anything it would
     # yield here instead of finishing on the first step.
     coroutine = router.route(MESSAGE, mail_from="b@MISSING.dp.test")
@@ -118,27 +118,27 @@ def test_route_many(nsd: NsdServer, aio_run: Run[list[Decision]]) -> None:
     assert router.resolver.queries == queries, "a warm batch sends no query"
 
 
-def test_route_many_checks_lengths(nsd: NsdServer) -> None:
+def test_route_many_checks_lengths(nsd: NsdServer, aio_run: Run) -> None:
     with pytest.raises(ValueError, match="mail_from has 1 entries for 2 messages"):
-        asyncio.run(router_for(nsd).route_many([MESSAGE, MESSAGE], mail_from=["a@mx-only.dp.test"]))
+        aio_run(router_for(nsd).route_many([MESSAGE, MESSAGE], mail_from=["a@mx-only.dp.test"]))
 
 
-def test_header_from_check(nsd: NsdServer) -> None:
+def test_header_from_check(nsd: NsdServer, aio_run: Run) -> None:
     config = ResolverConfig.from_strings([nsd.address], min_ttl=0.0)
     router = Router(Resolver(config), check_header_from=True)
     # Envelope fine, header From on a domain without records: the worse outcome wins.
-    decision = asyncio.run(router.route(message_from("missing.dp.test"), mail_from="a@mx-only.dp.test"))
+    decision = aio_run(router.route(message_from("missing.dp.test"), mail_from="a@mx-only.dp.test"))
     assert decision.sender_domain == "no-records"
-    decision = asyncio.run(router.route(MESSAGE, mail_from="a@mx-only.dp.test"))
+    decision = aio_run(router.route(MESSAGE, mail_from="a@mx-only.dp.test"))
     assert decision.sender_domain == "has-records"
-    batch = asyncio.run(router.route_many([MESSAGE, message_from("x.broken.test")], mail_from=["a@mx-only.dp.test"] * 2))
+    batch = aio_run(router.route_many([MESSAGE, message_from("x.broken.test")], mail_from=["a@mx-only.dp.test"] * 2))
     assert [d.sender_domain for d in batch] == ["has-records", "unknown"]
 
 
-def test_from_nameservers(nsd: NsdServer) -> None:
+def test_from_nameservers(nsd: NsdServer, aio_run: Run) -> None:
     router = Router.from_nameservers([nsd.address], timeout=2.0)
     assert router.resolver is not None
     assert router.resolver.config.timeout == 2.0
-    decision = asyncio.run(router.route(MESSAGE, mail_from="a@missing.dp.test"))
+    decision = aio_run(router.route(MESSAGE, mail_from="a@missing.dp.test"))
     assert decision.reasons == ("sender-domain-no-records",)
     assert router.resolver.cache.stats().insertions == 1

@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
-from deliverypool.spool import NewMessage, Outcome, Spool, SpoolLocked, State, listing, read_counters
+from deliverypool.errors import SpoolLocked
+from deliverypool.queue.listing import listing, read_counters
+from deliverypool.queue.spool import NewMessage, Outcome, Spool, State
 
 Run = Callable[[Coroutine[Any, Any, Any]], Any]
 

@@ -32,7 +32,7 @@ fn corpus_dir() -> PathBuf {
 }
 
 /// Splits mbox data at `From ` lines that start the data or follow a blank line, as
-/// `deliverypool.sources.split_mbox` does, dropping the separator lines.
+/// `deliverypool.mail.sources.split_mbox` does, dropping the separator lines.
 fn split_mbox(data: &[u8]) -> Vec<Vec<u8>> {
     if !data.starts_with(b"From ") {
         return vec![data.to_vec()];

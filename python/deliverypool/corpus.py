@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deliverypool._core import Decision, classify
-from deliverypool.sources import read_messages
+from deliverypool.mail.sources import read_messages
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus" / "sisimai"
 

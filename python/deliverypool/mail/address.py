@@ -21,6 +21,7 @@ import dns.name
 import idna
 
 __all__ = [
+    "DOT_ATOM_PATTERN",
     "IDNA_CODEC",
     "AddressError",
     "Mailbox",
@@ -37,7 +38,9 @@ IDNA_CODEC: Final = dns.name.IDNA_2008_Practical
 _LABEL: Final = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
 # RFC 5321 §4.1.2: atext, and qtextSMTP / quoted-pairSMTP (printable ASCII).
 _ATEXT: Final = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
-_DOT_ATOM: Final = re.compile(rf"{_ATEXT}+(?:\.{_ATEXT}+)*\Z")
+# A dot-atom (RFC 5322 §3.2.3), as a pattern to build on.
+DOT_ATOM_PATTERN: Final = rf"{_ATEXT}+(?:\.{_ATEXT}+)*"
+_DOT_ATOM: Final = re.compile(rf"{DOT_ATOM_PATTERN}\Z")
 _QUOTED: Final = re.compile(r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"\Z')
 # The same with UTF-8 (RFC 6531 §3.3): any non-ASCII character that is not a control.
 _DOT_ATOM_UTF8: Final = re.compile(rf"(?:{_ATEXT}|[^\x00-\x7f\x80-\x9f])+(?:\.(?:{_ATEXT}|[^\x00-\x7f\x80-\x9f])+)*\Z")

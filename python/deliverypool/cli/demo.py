@@ -2,7 +2,7 @@
 
 It starts, in one process:
 
-* a tiny authoritative DNS server on 127.0.0.1 (`deliverypool.zoneserver`) for the ``.test``
+* a tiny authoritative DNS server on 127.0.0.1 (`deliverypool.testing.zoneserver`) for the ``.test``
   demo domains: ``shop.test`` with two MX hosts, ``sender.test`` (the senders' domain, with
   its own MX), ``nullmx.test`` with a null MX, and nothing at all for ``ghost.test``;
 * SMTP sinks (aiosmtpd) as the MX hosts, on 127.0.0.10, 127.0.0.11 and 127.0.0.12, which
@@ -36,10 +36,10 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from deliverypool import classify
 from deliverypool import config as cfg
-from deliverypool.delivery import Failure, build_dsn
+from deliverypool.mail.dsn import Failure, build_dsn
 from deliverypool.eventloop import run
-from deliverypool.relay import Accepted, Relay
-from deliverypool.zoneserver import ZoneServer
+from deliverypool.app import Accepted, Relay, configure_logging
+from deliverypool.testing.zoneserver import ZoneServer
 
 NORMAL_SOURCE = "127.0.0.2"
 HIGH_RISK_SOURCE = "127.0.0.3"
@@ -339,8 +339,6 @@ def check(stats: dict[str, KindStats]) -> list[str]:
 def demo_command(*, scale: int = 10, out: TextIO = sys.stdout) -> int:
     """`deliverypool demo`: exit status 0 when every kind was delivered from its pool."""
     import logging
-
-    from deliverypool.relay import configure_logging
 
     configure_logging(logging.WARNING)
     stats: dict[str, KindStats] = run(demo(out, scale=scale))

@@ -13,15 +13,9 @@ from email.utils import getaddresses
 from typing import Any, Final
 
 from deliverypool._core import Decision, Policy, classify, classify_many, scan
-from deliverypool.dns import (
-    NO_RECORDS,
-    UNKNOWN,
-    DomainStatus,
-    Resolver,
-    ResolverConfig,
-    SenderDomainCheck,
-    sender_domain,
-)
+from deliverypool.lookup.resolver import Resolver, ResolverConfig
+from deliverypool.lookup.sender import NO_RECORDS, UNKNOWN, DomainStatus, SenderDomainCheck, SenderDomains
+from deliverypool.mail.address import sender_domain
 
 __all__ = ["Router"]
 
@@ -44,6 +38,7 @@ class Router:
         self, resolver: Resolver | None = None, *, policy: Policy | None = None, check_header_from: bool = False
     ) -> None:
         self.resolver = resolver
+        self.senders = SenderDomains(resolver) if resolver is not None else None
         self.policy = policy
         self.check_header_from = check_header_from
 
@@ -62,14 +57,14 @@ class Router:
 
     async def sender_check(self, mail_from: str | None) -> SenderDomainCheck | None:
         """The envelope sender's domain check; None for the null sender or without DNS."""
-        resolver = self.resolver
-        if resolver is None:
+        senders = self.senders
+        if senders is None:
             return None
         domain = sender_domain(mail_from)
         if domain is None:
             return None
         # The cache first, synchronously: with a warm cache nothing below suspends.
-        return resolver.cached_sender_check(domain) or await resolver.check_sender_domain(domain)
+        return senders.cached(domain) or await senders.check(domain)
 
     async def route(
         self,
@@ -106,10 +101,10 @@ class Router:
         """Routes a batch: cached domains without I/O, every cold domain queried once,
         concurrently, then one ``classify_many`` call."""
         statuses: list[DomainStatus | None] | None = None
-        if self.resolver is not None and mail_from is not None:
+        if self.senders is not None and mail_from is not None:
             if len(mail_from) != len(messages):
                 raise ValueError(f"mail_from has {len(mail_from)} entries for {len(messages)} messages")
-            checks = await self.resolver.sender_domain_checks(mail_from)
+            checks = await self.senders.checks(mail_from)
             statuses = [c.status if c is not None else None for c in checks]
         if self.check_header_from:
             header = await asyncio.gather(*(self._header_from_status(m) for m in messages))
@@ -127,7 +122,7 @@ class Router:
         return classify_many(messages, **kwargs)
 
     async def _header_from_status(self, message: bytes) -> DomainStatus | None:
-        if self.resolver is None:
+        if self.senders is None:
             return None
         from_ = scan(message).from_
         if from_ is None:

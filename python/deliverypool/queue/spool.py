@@ -33,9 +33,11 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Any, TypeVar
+
+from deliverypool.errors import SpoolError, SpoolLocked
+from deliverypool.queue.schema import FINAL_STATES_SQL, State, decode_reasons, encode_reasons, migrate
 
 T = TypeVar("T")
 
@@ -43,58 +45,6 @@ DATABASE = "spool.sqlite3"
 LOCK = "spool.lock"
 # Upper bound on the changes one transaction takes; more wait for the next commit.
 MAX_BATCH = 1024
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY,
-    queue_id TEXT NOT NULL UNIQUE,
-    mail_from TEXT NOT NULL,
-    pool TEXT NOT NULL,
-    reasons TEXT NOT NULL,
-    tenant TEXT,
-    header_message_id TEXT,
-    received_at REAL NOT NULL,
-    size INTEGER NOT NULL,
-    body BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS recipients (
-    id INTEGER PRIMARY KEY,
-    message INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
-    address TEXT NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('queued', 'in-flight', 'deferred', 'delivered', 'failed')),
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt REAL NOT NULL,
-    last_reply TEXT,
-    updated_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS recipients_by_message ON recipients(message);
-CREATE TABLE IF NOT EXISTS counters (
-    name TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
-);
-"""
-
-COUNTERS = ("accepted", "delivered", "failed", "bounces", "recovered_in_flight")
-
-
-class State(str, Enum):
-    QUEUED = "queued"
-    IN_FLIGHT = "in-flight"
-    DEFERRED = "deferred"
-    DELIVERED = "delivered"
-    FAILED = "failed"
-
-
-FINAL_STATES = (State.DELIVERED.value, State.FAILED.value)
-
-
-class SpoolError(RuntimeError):
-    """The spool cannot be opened or written."""
-
-
-class SpoolLocked(SpoolError):
-    """Another process has the spool open."""
-
 
 @dataclass(frozen=True)
 class NewMessage:
@@ -137,22 +87,6 @@ class Outcome:
 
 
 @dataclass(frozen=True)
-class RecipientRow:
-    queue_id: str
-    address: str
-    state: str
-    attempts: int
-    next_attempt: float
-    last_reply: str | None
-    mail_from: str
-    pool: str
-    reasons: tuple[str, ...]
-    received_at: float
-    size: int
-    header_message_id: str | None
-
-
-@dataclass(frozen=True)
 class Recovery:
     """What `Spool.open` found: unfinished work and how many recipients were interrupted in
     flight (possible duplicates)."""
@@ -171,11 +105,14 @@ class SpoolStats:
 _Request = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]"]
 
 
-def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """A connection to the spool database at `path`: rows read by column name; the writer in
+    WAL mode with ``synchronous=FULL`` and foreign keys."""
     if readonly:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
     else:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA busy_timeout = 5000")
     if not readonly:
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -227,7 +164,7 @@ class Spool:
         self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="spool-io")
         try:
             self._conn = await self._loop.run_in_executor(self._io, self._setup)
-            self._reader = await self._loop.run_in_executor(self._io, lambda: _connect(self.path, readonly=True))
+            self._reader = await self._loop.run_in_executor(self._io, lambda: connect(self.path, readonly=True))
         except BaseException:
             self._io.shutdown(wait=False)
             self._unlock()
@@ -240,9 +177,12 @@ class Spool:
         return Recovery(pending=tuple(pending), requeued_in_flight=requeued)
 
     def _setup(self) -> sqlite3.Connection:
-        conn = _connect(self.path)
-        conn.executescript(_SCHEMA)
-        conn.executemany("INSERT OR IGNORE INTO counters (name, value) VALUES (?, 0)", [(c,) for c in COUNTERS])
+        conn = connect(self.path)
+        try:
+            migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     async def close(self) -> None:
@@ -369,7 +309,7 @@ class Spool:
         return await self._read(read)
 
     async def counters(self) -> dict[str, int]:
-        return await self._read(_counters)
+        return await self._read(counters)
 
     async def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
         """Runs a read on the I/O thread with the read-only connection (WAL: readers see the
@@ -407,7 +347,7 @@ def _insert(conn: sqlite3.Connection, message: NewMessage, now: float) -> Job:
             queue_id,
             message.mail_from,
             message.pool,
-            ",".join(message.reasons),
+            encode_reasons(message.reasons),
             message.tenant,
             message.header_message_id,
             now,
@@ -420,8 +360,8 @@ def _insert(conn: sqlite3.Connection, message: NewMessage, now: float) -> Job:
     recipients = []
     for address in message.recipients:
         rc = conn.execute(
-            "INSERT INTO recipients (message, address, state, next_attempt, updated_at) VALUES (?, ?, 'queued', ?, ?)",
-            (message_id, address, now, now),
+            "INSERT INTO recipients (message, address, state, next_attempt, updated_at) VALUES (?, ?, ?, ?, ?)",
+            (message_id, address, State.QUEUED.value, now, now),
         )
         assert rc.lastrowid is not None
         recipients.append((rc.lastrowid, address))
@@ -443,7 +383,7 @@ def _set_in_flight(conn: sqlite3.Connection, ids: Sequence[int], now: float) -> 
     # One execute per id rather than executemany: executemany inside the per-change SAVEPOINTs
     # failed under load (CPython 3.11: "bad parameter or other API misuse").
     for rid in ids:
-        conn.execute("UPDATE recipients SET state = 'in-flight', updated_at = ? WHERE id = ?", (now, rid))
+        conn.execute("UPDATE recipients SET state = ?, updated_at = ? WHERE id = ?", (State.IN_FLIGHT.value, now, rid))
 
 
 def _record(conn: sqlite3.Connection, outcomes: Sequence[Outcome], bounce: NewMessage | None, now: float) -> Job | None:
@@ -452,7 +392,7 @@ def _record(conn: sqlite3.Connection, outcomes: Sequence[Outcome], bounce: NewMe
         row = conn.execute("SELECT message FROM recipients WHERE id = ?", (outcome.recipient,)).fetchone()
         if row is None:
             continue
-        messages.add(row[0])
+        messages.add(row["message"])
         conn.execute(
             "UPDATE recipients SET state = ?, last_reply = ?, next_attempt = ?, updated_at = ?,"
             " attempts = max(attempts, ?) WHERE id = ?",
@@ -463,7 +403,7 @@ def _record(conn: sqlite3.Connection, outcomes: Sequence[Outcome], bounce: NewMe
     for message in messages:
         conn.execute(
             "DELETE FROM messages WHERE id = ? AND NOT EXISTS"
-            " (SELECT 1 FROM recipients WHERE message = ? AND state NOT IN ('delivered', 'failed'))",
+            f" (SELECT 1 FROM recipients WHERE message = ? AND state NOT IN {FINAL_STATES_SQL})",
             (message, message),
         )
     if bounce is None:
@@ -473,76 +413,56 @@ def _record(conn: sqlite3.Connection, outcomes: Sequence[Outcome], bounce: NewMe
 
 
 def _recover(conn: sqlite3.Connection) -> int:
-    count = conn.execute("UPDATE recipients SET state = 'queued' WHERE state = 'in-flight'").rowcount
+    count = conn.execute(
+        "UPDATE recipients SET state = ? WHERE state = ?", (State.QUEUED.value, State.IN_FLIGHT.value)
+    ).rowcount
     _bump(conn, "recovered_in_flight", count)
     return count
 
 
-_PENDING_QUERY = """
-SELECT m.id, m.queue_id, m.mail_from, m.pool, m.reasons, m.header_message_id, m.received_at,
-       r.id, r.address, r.state, r.attempts, r.next_attempt
+_PENDING_QUERY = f"""
+SELECT m.id AS message, m.queue_id, m.mail_from, m.pool, m.reasons, m.header_message_id, m.received_at,
+       r.id AS recipient, r.address, r.state, r.attempts, r.next_attempt
 FROM recipients r JOIN messages m ON m.id = r.message
-WHERE r.state NOT IN ('delivered', 'failed')
+WHERE r.state NOT IN {FINAL_STATES_SQL}
 ORDER BY m.id, r.state, r.next_attempt, r.id
 """
 
 
 def _pending(conn: sqlite3.Connection) -> list[Job]:
+    """One Job per message, state and next attempt."""
     jobs: list[Job] = []
-    current: tuple[Any, ...] | None = None
-    recipients: list[tuple[int, str]] = []
-    attempts = 0
-    next_attempt = 0.0
+    group: list[sqlite3.Row] = []
 
     def flush() -> None:
-        if current is not None:
-            mid, qid, mail_from, pool, reasons, hmid, received = current[:7]
+        if group:
+            first = group[0]
             jobs.append(
-                Job(mid, qid, mail_from, pool, tuple(filter(None, reasons.split(","))), hmid, received,
-                    tuple(recipients), attempts, next_attempt)
+                Job(
+                    message=first["message"],
+                    queue_id=first["queue_id"],
+                    mail_from=first["mail_from"],
+                    pool=first["pool"],
+                    reasons=decode_reasons(first["reasons"]),
+                    header_message_id=first["header_message_id"],
+                    received_at=first["received_at"],
+                    recipients=tuple((row["recipient"], row["address"]) for row in group),
+                    attempts=max(row["attempts"] for row in group),
+                    next_attempt=first["next_attempt"],
+                )
             )
+            group.clear()
 
+    key: tuple[Any, ...] | None = None
     for row in conn.execute(_PENDING_QUERY):
-        key = row[:7] + (row[9], row[11])
-        if key != current:
+        row_key = (row["message"], row["state"], row["next_attempt"])
+        if row_key != key:
             flush()
-            current, recipients, attempts, next_attempt = key, [], row[10], row[11]
-        recipients.append((row[7], row[8]))
-        attempts = max(attempts, row[10])
+            key = row_key
+        group.append(row)
     flush()
     return jobs
 
 
-def _counters(conn: sqlite3.Connection) -> dict[str, int]:
-    return {name: value for name, value in conn.execute("SELECT name, value FROM counters")}
-
-
-def listing(directory: str | os.PathLike[str]) -> list[RecipientRow]:
-    """Every recipient in the spool at `directory`, read-only (works while a relay runs)."""
-    path = Path(directory) / DATABASE
-    if not path.exists():
-        return []
-    conn = _connect(path, readonly=True)
-    try:
-        rows = conn.execute(
-            "SELECT m.queue_id, r.address, r.state, r.attempts, r.next_attempt, r.last_reply, m.mail_from, m.pool,"
-            " m.reasons, m.received_at, m.size, m.header_message_id"
-            " FROM recipients r JOIN messages m ON m.id = r.message ORDER BY m.received_at, m.id, r.id"
-        ).fetchall()
-    finally:
-        conn.close()
-    return [
-        RecipientRow(q, a, s, n, t, reply, f, p, tuple(filter(None, reasons.split(","))), rec, size, hmid)
-        for (q, a, s, n, t, reply, f, p, reasons, rec, size, hmid) in rows
-    ]
-
-
-def read_counters(directory: str | os.PathLike[str]) -> dict[str, int]:
-    path = Path(directory) / DATABASE
-    if not path.exists():
-        return {name: 0 for name in COUNTERS}
-    conn = _connect(path, readonly=True)
-    try:
-        return _counters(conn)
-    finally:
-        conn.close()
+def counters(conn: sqlite3.Connection) -> dict[str, int]:
+    return {row["name"]: row["value"] for row in conn.execute("SELECT name, value FROM counters")}

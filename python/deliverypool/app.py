@@ -1,0 +1,216 @@
+"""The relay: wires the stages of a message's path together and runs them.
+
+::
+
+    ingress (aiosmtpd handler)  ->  Relay.accept: strip untrusted score fields, add Received,
+    routing (Router: classify + sender-domain check)  ->  queue (Spool: committed before 250)
+    ->  outbound (DeliveryEngine: lanes per pool and destination)  ->  the next hop
+
+`Relay` owns one spool, one delivery engine, one router and one SMTP listener for a
+`RelayConfig`; `run_relay` runs all of it until SIGINT or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Callable
+
+from aiosmtpd.smtp import SMTP
+
+from deliverypool._core import Policy, scan
+from deliverypool.config import DnsConfig, RelayConfig
+from deliverypool.ingress.handler import Accepted, RoutingHandler, in_networks
+from deliverypool.ingress.smtp import protocol_factory
+from deliverypool.lookup.mx import MxLookup, MxResolver
+from deliverypool.lookup.resolver import Nameserver, Resolver, ResolverConfig
+from deliverypool.mail.headers import received_field, strip_header
+from deliverypool.outbound.scheduler import DeliveryEngine
+from deliverypool.queue.spool import NewMessage, Spool
+from deliverypool.routing.router import Router
+
+__all__ = ["Accepted", "Relay", "configure_logging", "policy_from_config", "resolver_from_config", "run_relay"]
+
+log = logging.getLogger("deliverypool.relay")
+
+# Bodies up to this size are handed to delivery from memory.
+KEEP_IN_MEMORY = 256 * 1024
+
+
+def policy_from_config(config: RelayConfig) -> Policy:
+    p = config.policy
+    return Policy(
+        normal_pool=p.normal_pool,
+        high_risk_pool=p.high_risk_pool,
+        threshold=p.threshold,
+        tenant_thresholds=dict(p.tenants) or None,
+        score_header=p.score_header,
+        unknown_domain_pool=p.unknown_domain_pool,
+    )
+
+
+def resolver_from_config(config: DnsConfig) -> Resolver:
+    nameservers = tuple(Nameserver(host, port) for host, port in config.nameservers)
+    return Resolver(ResolverConfig(nameservers=nameservers, timeout=config.timeout))
+
+
+class Relay:
+    """Spool, delivery engine, router and SMTP listener for one configuration."""
+
+    def __init__(
+        self,
+        config: RelayConfig,
+        *,
+        mx: MxLookup | None = None,
+        router: Router | None = None,
+    ) -> None:
+        self.config = config
+        self.spool = Spool(config.spool.directory)
+        self.mx = mx
+        self.router = router
+        self.engine: DeliveryEngine | None = None
+        self.handler = RoutingHandler(self)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.server: asyncio.AbstractServer | None = None
+        self.recovered = 0
+        self.possible_duplicates = 0
+        # Called after each message is spooled, with the result and the stored message. It
+        # cannot change the answer: the message is stored, so the client gets 250 whatever
+        # the hook does (an exception is logged).
+        self.on_accept: Callable[[Accepted, bytes], None] | None = None
+
+    async def start(self) -> None:
+        """Opens the spool and starts delivering what it holds."""
+        self.loop = asyncio.get_running_loop()
+        self._connect_dns()
+        recovery = await self.spool.open()
+        self.engine = DeliveryEngine(self.config, self.spool, mx=self.mx, route_dsn=self._route_dsn)
+        self.recovered = sum(len(job.recipients) for job in recovery.pending)
+        self.possible_duplicates = recovery.requeued_in_flight
+        if recovery.pending:
+            log.info(
+                "recovered %d unfinished recipients (%d were in flight: possible duplicates)",
+                self.recovered,
+                recovery.requeued_in_flight,
+            )
+        self.engine.resume(recovery.pending)
+
+    def _connect_dns(self) -> None:
+        """Points MX lookups and the router's sender-domain check, unless given, at one
+        shared resolver (and its Rust cache) on the configured nameservers."""
+        needs_mx = self.mx is None and any(pool.delivery == "mx" for pool in self.config.pools.values())
+        needs_sender = self.router is None and self.config.dns.check_sender_domain
+        resolver = resolver_from_config(self.config.dns) if needs_mx or needs_sender else None
+        if needs_mx:
+            assert resolver is not None
+            self.mx = MxResolver(resolver)
+        if self.router is None:
+            self.router = Router(resolver if needs_sender else None, policy=policy_from_config(self.config))
+
+    async def listen(self) -> asyncio.AbstractServer:
+        """Starts the SMTP listener on the configured address."""
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(self.smtp_factory(), self.config.listener.host, self.config.listener.port)
+        return self.server
+
+    def smtp_factory(self) -> Callable[[], SMTP]:
+        """A protocol factory for `loop.create_server`, configured from the listener section."""
+        return protocol_factory(self.config.listener, self.handler)
+
+    async def accept(
+        self,
+        *,
+        mail_from: str,
+        recipients: tuple[str, ...],
+        content: bytes,
+        peer: str | None,
+        helo: str,
+        login: str | None = None,
+    ) -> Accepted:
+        """Classifies and spools one message; returns once it is on disk."""
+        assert self.engine is not None and self.router is not None, "Relay.start() first"
+        untrusted = not in_networks(peer, self.config.listener.trusted_score_networks)
+        header = self.config.policy.score_header
+        if header and untrusted:
+            content, removed = strip_header(content, header)
+            if removed:
+                log.info("removed %d client-written %s field(s) peer=%s", removed, header, peer)
+        content = received_field(helo=helo, peer=peer, by=self.config.listener.hostname, authenticated=login is not None) + content
+        decision = await self.router.route(content, mail_from=mail_from, tenant=login, untrusted_client=untrusted)
+        message_id = scan(content).message_id  # TEMPORARY: Decision.message_id lands with branch rust10
+        job = await self.spool.accept(
+            NewMessage(
+                mail_from=mail_from,
+                recipients=recipients,
+                body=content,
+                pool=decision.pool,
+                reasons=tuple(decision.reasons),
+                tenant=login,
+                header_message_id=message_id,
+            )
+        )
+        log.info(
+            "accepted queue_id=%s message_id=%s from=<%s> recipients=%d pool=%s reasons=%s",
+            job.queue_id,
+            message_id or "-",
+            mail_from,
+            len(recipients),
+            decision.pool,
+            ",".join(decision.reasons) or "-",
+        )
+        # Small messages go to delivery from memory; large ones are read back from the spool
+        # when their turn comes, so a backlog does not hold every body in memory.
+        self.engine.submit(job, content if len(content) <= KEEP_IN_MEMORY else None)
+        accepted = Accepted(job.queue_id, decision.pool, tuple(decision.reasons))
+        if self.on_accept is not None:
+            try:
+                self.on_accept(accepted, content)
+            except Exception:
+                log.exception("on_accept hook failed for queue_id=%s (the message is stored)", job.queue_id)
+        return accepted
+
+    async def _route_dsn(self, dsn: bytes) -> tuple[str, tuple[str, ...]]:
+        assert self.router is not None
+        decision = await self.router.route(dsn, mail_from="")
+        return decision.pool, tuple(decision.reasons)
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.server.wait_closed(), 5)
+            self.server = None
+        if self.engine is not None:
+            await self.engine.stop()
+        await self.spool.close()
+
+
+async def run_relay(config: RelayConfig, *, ready: Callable[[Relay], None] | None = None) -> None:
+    """Runs the relay until SIGINT or SIGTERM: recovers the spool, delivers, listens."""
+    relay = Relay(config)
+    await relay.start()
+    await relay.listen()
+    log.info("listening on %s:%d, spool %s", config.listener.host, config.listener.port, config.spool.directory)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
+    if ready is not None:
+        ready(relay)
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping")
+        await relay.stop()
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """One line per event on stderr, unless the application configured logging already."""
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter

@@ -1,0 +1,85 @@
+"""The `deliverypool` command: one module per subcommand in this package (classify, relay,
+queue, demo), wired into one argument parser here."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from deliverypool.cli.classify import finite_float, nameserver_argument, run_classify
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="deliverypool",
+        description="Route outbound mail to the normal or the high-risk delivery pool.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    classify = commands.add_parser(
+        "classify",
+        help="classify messages and print the pool each one goes through",
+        description="Classify messages. PATH is a message file, an mbox file, a Maildir "
+        "(or any folder of message files), or - for standard input.",
+    )
+    classify.add_argument("paths", nargs="+", metavar="PATH")
+    classify.add_argument("--threshold", type=finite_float, default=5.0, metavar="T",
+                          help="spam score above which mail is high-risk (default 5.0)")
+    classify.add_argument("--score", type=finite_float, metavar="S",
+                          help="spam score given by your filter, for every message")
+    classify.add_argument("--score-header", metavar="NAME",
+                          help="trust the score in this header (written only by your own filter)")
+    classify.add_argument("--mail-from", metavar="ADDR",
+                          help="envelope sender (MAIL FROM) for every message; '' or '<>' is the null sender")
+    classify.add_argument("--tenant", metavar="ID", help="tenant whose threshold applies")
+    classify.add_argument("--nameserver", action="append", default=[], type=nameserver_argument, metavar="HOST[:PORT]",
+                          help="check the --mail-from domain with this nameserver (repeatable; default: the system's)")
+    classify.add_argument("--no-dns", action="store_true", help="do not check the sender domain in DNS")
+    classify.add_argument("--json", action="store_true", help="print one JSON object per message")
+    classify.set_defaults(handler=run_classify)
+
+    relay = commands.add_parser("relay", help="run the relay: accept over SMTP, spool, deliver from each pool",
+                                description="Run the relay with the configuration in a TOML file.")
+    relay.add_argument("--config", required=True, metavar="PATH", help="the relay's TOML configuration")
+    relay.add_argument("--loop", choices=["asyncio", "uvloop"], help="event loop (default: uvloop when installed)")
+    relay.set_defaults(handler=lambda args: _command("relay").relay_command(args.config, loop=args.loop))
+
+    queue = commands.add_parser("queue", help="show what is in the spool",
+                                description="List the messages and recipients in the relay's spool.")
+    queue.add_argument("--config", metavar="PATH", help="the relay's TOML configuration (for its spool directory)")
+    queue.add_argument("--spool", metavar="DIR", help="the spool directory (default: the config's, else ./spool)")
+    queue.set_defaults(handler=lambda args: _command("queue").queue_command(args.config, spool_directory=args.spool))
+
+    demo = commands.add_parser("demo", help="run the relay on loopback with a mixed workload and show the routing",
+                               description="Start the relay with two loopback pools (normal from 127.0.0.2, "
+                               "high-risk from 127.0.0.3), loopback sinks and a local DNS server, send ordinary "
+                               "mail, spam, DSNs and mail from a domain without records, and show where each went.")
+    demo.add_argument("--scale", type=int, default=10, metavar="N", help="workload size: N x (40 ordinary, 10 spam, 8 DSN, 5 no-records, ...) messages (default 10)")
+    demo.set_defaults(handler=lambda args: _command("demo").demo_command(scale=args.scale))
+    return parser
+
+
+def _command(name: str) -> Any:
+    # Imported on use: `classify` should not pay for loading the SMTP stack.
+    return importlib.import_module(f"deliverypool.cli.{name}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # `deliverypool classify ... | head` is normal use, not an error.
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

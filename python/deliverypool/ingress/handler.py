@@ -1,0 +1,167 @@
+"""The aiosmtpd handler of the relay: relay control, address syntax, the smuggling defence,
+then hands each message to the relay (classify, spool) and answers 250 once it is stored.
+
+What the handler enforces:
+
+* never an open relay: RCPT is refused (554 5.7.1) unless the client's address is in
+  ``listener.allowed_networks`` or the client authenticated;
+* addresses that are not RFC 5321 mailboxes (:func:`deliverypool.mail.address.parse_mailbox`)
+  are refused at MAIL (553) or RCPT (501); a recipient count limit (452);
+* SMTP smuggling: a message with a bare LF or bare CR anywhere (in particular before the final
+  dot, the "<LF>.<CR><LF>" trick) is refused with 554 5.6.0. aiosmtpd 1.4.5 and later only end
+  DATA on <CR><LF>.<CR><LF>, so the smuggled commands would otherwise end up *inside* the
+  message and reach the next hop, which may read them differently.
+
+The size limit (552), line length limit (500) and command length limit are aiosmtpd's, set
+from the listener section by :func:`deliverypool.ingress.smtp.protocol_factory`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hmac
+import ipaddress
+import logging
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+from deliverypool.config import ListenerConfig
+from deliverypool.mail.address import AddressError, parse_mailbox
+from deliverypool.mail.headers import has_bare_line_ending
+
+if TYPE_CHECKING:
+    from deliverypool.app import Relay
+
+__all__ = ["Accepted", "RoutingHandler", "in_networks", "peer_ip"]
+
+log = logging.getLogger("deliverypool.relay")
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A message stored in the spool: its queue id, pool and routing reasons."""
+
+    queue_id: str
+    pool: str
+    reasons: tuple[str, ...]
+
+
+@functools.lru_cache(maxsize=4096)
+def peer_ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The client address as an `ipaddress` object (IPv4-mapped IPv6 as IPv4), or None. Cached:
+    it is asked two or three times per message, and clients come back."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def in_networks(address: str | None, networks: Sequence[Any]) -> bool:
+    """True when the client `address` lies in one of `networks`."""
+    if not address:
+        return False
+    ip = peer_ip(address)
+    return ip is not None and any(ip in network for network in networks)
+
+
+class RoutingHandler:
+    """aiosmtpd handler: relay control, smuggling defence, and spooling before the 250. Mount
+    it in any aiosmtpd server::
+
+        relay = Relay(config)
+        await relay.start()
+        controller = Controller(relay.handler, hostname="127.0.0.1", port=2525,
+                                authenticator=relay.handler.authenticate)
+
+    The handler may run on another event loop (aiosmtpd's Controller runs its own in a thread):
+    it then hands each message to the relay's loop.
+    """
+
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+        self.config: ListenerConfig = relay.config.listener
+
+    def relay_allowed(self, session: Session) -> bool:
+        peer = session.peer[0] if isinstance(session.peer, tuple) else None
+        return bool(session.authenticated) or in_networks(peer, self.config.allowed_networks)
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
+    ) -> str:
+        # aiosmtpd passes the null reverse-path as "<>" and needs a non-empty mail_from for RCPT
+        # to be accepted, so it stays "<>" in the envelope; `handle_DATA` maps it to "".
+        if address != "<>":
+            try:
+                parse_mailbox(address, smtputf8=True)
+            except AddressError as error:
+                return f"553 5.1.7 Bad sender address syntax ({error.reason})"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 OK"
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
+        if not self.relay_allowed(session):
+            log.warning("refused relay peer=%s rcpt=%s", session.peer, address)
+            return "554 5.7.1 Relay access denied"
+        try:
+            parse_mailbox(address, smtputf8=True)
+        except AddressError as error:
+            return f"501 5.1.3 Bad recipient address syntax ({error.reason})"
+        if len(envelope.rcpt_tos) >= self.config.max_recipients:
+            return "452 4.5.3 Too many recipients"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if not self.relay_allowed(session):  # RCPT already refused; belt and braces
+            return "554 5.7.1 Relay access denied"
+        content = envelope.original_content or b""
+        if has_bare_line_ending(content):
+            log.warning("refused bare LF/CR peer=%s from=%s", session.peer, envelope.mail_from)
+            return "554 5.6.0 Message contains a bare LF or CR; use CRLF line endings (SMTP smuggling)"
+        peer = session.peer[0] if isinstance(session.peer, tuple) else None
+        login = session.auth_data.login.decode("utf-8", "replace") if isinstance(session.auth_data, LoginPassword) else None
+        work = self.relay.accept(
+            mail_from="" if envelope.mail_from in (None, "<>") else envelope.mail_from,
+            recipients=tuple(envelope.rcpt_tos),
+            content=content,
+            peer=peer,
+            helo=session.host_name or "unknown",
+            login=login,
+        )
+        try:
+            accepted = await self._on_relay_loop(work)
+        except Exception:
+            log.exception("could not spool a message from %s", session.peer)
+            return "451 4.3.0 Temporary failure storing the message; try again later"
+        return f"250 2.0.0 Ok: queued as {accepted.queue_id}"
+
+    async def _on_relay_loop(self, work: Awaitable[Accepted]) -> Accepted:
+        loop = self.relay.loop
+        if loop is None or asyncio.get_running_loop() is loop:
+            return await work
+        assert asyncio.iscoroutine(work)
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(work, loop))
+
+    def authenticate(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
+    ) -> AuthResult:
+        """aiosmtpd authenticator for PLAIN and LOGIN against ``listener.auth_users``."""
+        if not isinstance(auth_data, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        user = auth_data.login.decode("utf-8", "replace")
+        expected = self.config.auth_users.get(user)
+        ok = expected is not None and hmac.compare_digest(expected.encode("utf-8"), auth_data.password)
+        if not ok:
+            log.warning("failed AUTH peer=%s user=%s", session.peer, user)
+        return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)

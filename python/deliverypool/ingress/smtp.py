@@ -1,0 +1,180 @@
+"""The SMTP protocol of the relay's front end: aiosmtpd's `SMTP`, configured from the
+``[listener]`` section, with its per-connection set-up done once per configuration.
+
+This module uses aiosmtpd's private attributes (``_smtp_methods``, ``_auth_methods``,
+``_handle_hooks``, ``_getaddr``); pyproject.toml pins aiosmtpd to the minor versions the tests
+cover, and :meth:`RelaySMTP._remember` falls back to aiosmtpd's own set-up when it finds state
+it does not know.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import ssl
+import types
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from aiosmtpd.smtp import SMTP
+
+from deliverypool.config import ListenerConfig
+from deliverypool.mail.address import DOT_ATOM_PATTERN
+
+__all__ = ["RelaySMTP", "protocol_factory"]
+
+# A reverse-path or forward-path that is a plain dot-atom address in angle brackets, followed
+# by nothing or by whitespace and parameters (not a comment). For these, aiosmtpd's parse with
+# the email package's RFC 5322 grammar gives the same (address, rest); tests/test_relay.py
+# checks that on fuzzed input. Anything else takes aiosmtpd's own path.
+_PLAIN_PATH = re.compile(rf"<({DOT_ATOM_PATTERN}@{DOT_ATOM_PATTERN})>(?:[ \t]+([^\s(][^\r\n]*))?[ \t]*\Z")
+
+# Attributes of the prototype that each connection rebuilds rather than shares.
+_PER_CONNECTION = frozenset({"_smtp_methods", "_auth_methods", "_handle_hooks", "command_size_limits"})
+_SHAREABLE = (type(None), bool, int, float, str, bytes, tuple, frozenset, ssl.SSLContext, asyncio.AbstractEventLoop)
+
+
+class RelaySMTP(SMTP):
+    """aiosmtpd's `SMTP` with its per-connection set-up done once per configuration.
+
+    `SMTP.__init__` builds its command and AUTH tables with `inspect.getmembers` and `dir` on
+    every connection; with one connection per message that was ~8% of the relay's time. The
+    first connection of a factory (`Relay.smtp_factory`) is built by `SMTP.__init__`; its
+    state becomes the prototype of the later ones, which get the same values with the bound
+    methods rebound to themselves and their own copies of the dicts. If the prototype holds
+    anything not known to be safe to share (a newer aiosmtpd adding state), every connection
+    takes `SMTP.__init__` as before.
+
+    Each connection also gets its own ``command_size_limits`` (aiosmtpd keeps one dict on the
+    class, cleared by every new connection and raised by every EHLO, so concurrent sessions
+    move each other's MAIL limit); the base is the configured ``command_size_limit``.
+
+    MAIL and RCPT paths that are plain ``<dot-atom@dot-atom>`` are parsed with a regular
+    expression instead of the email package's header parser (which also defines a class on
+    every call); anything else goes to aiosmtpd's parser.
+    """
+
+    _prototype: ClassVar[dict[str, Any] | None] = None
+    _copied: ClassVar[tuple[str, ...]] = ()
+    _smtp_functions: ClassVar[dict[str, Any]]
+    _auth_entries: ClassVar[dict[str, Any]]
+    _hooks: ClassVar[dict[str, Any]]
+    _usable: ClassVar[bool] = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.command_size_limits = self._fresh_limits()
+
+    @classmethod
+    def _fresh_limits(cls) -> defaultdict[str, int]:
+        base = cls.command_size_limit
+        return defaultdict(lambda: base)
+
+    @classmethod
+    def create(cls, handler: Any, loop: asyncio.AbstractEventLoop, kwargs: dict[str, Any]) -> RelaySMTP:
+        """A protocol instance for one connection; `kwargs` must be the same on every call
+        for this class (each `smtp_factory` makes its own class)."""
+        prototype = cls.__dict__.get("_prototype")
+        if prototype is None or not cls._usable:
+            first = cls(handler, loop=loop, **kwargs)
+            if cls.__dict__.get("_prototype") is None and cls._usable:
+                cls._remember(first, loop)
+            return first
+        self = cls.__new__(cls)
+        asyncio.StreamReaderProtocol.__init__(
+            self,
+            asyncio.StreamReader(loop=loop, limit=cls.line_length_limit),
+            client_connected_cb=self._cb_client_connected,
+            loop=loop,
+        )
+        self.__dict__.update(prototype)
+        for name in cls._copied:
+            setattr(self, name, prototype[name].copy())
+        self._smtp_methods = {name: types.MethodType(f, self) for name, f in cls._smtp_functions.items()}
+        self._auth_methods = {
+            name: type(attr)(types.MethodType(attr.method, self) if attr.is_builtin else attr.method, attr.is_builtin)
+            for name, attr in cls._auth_entries.items()
+        }
+        self._handle_hooks = dict(cls._hooks)
+        self.command_size_limits = cls._fresh_limits()
+        return self
+
+    @classmethod
+    def _remember(cls, first: RelaySMTP, loop: asyncio.AbstractEventLoop) -> None:
+        bare = asyncio.StreamReaderProtocol(asyncio.StreamReader(loop=loop), client_connected_cb=lambda r, w: None, loop=loop)
+        protocol_keys = set(vars(bare))
+        prototype = {k: v for k, v in vars(first).items() if k not in protocol_keys and k not in _PER_CONNECTION}
+        known = all(isinstance(getattr(first, k, None), dict) for k in _PER_CONNECTION)
+        copied = []
+        for key, value in prototype.items():
+            if isinstance(value, types.MethodType):
+                known = known and value.__self__ is not first
+            elif type(value) in (dict, list, set):
+                copied.append(key)  # e.g. the call-limit base: each connection its own copy
+            elif not isinstance(value, _SHAREABLE) and value is not first.event_handler and not callable(value):
+                known = False
+        smtp_functions = {}
+        for name, method in first._smtp_methods.items():
+            if not (isinstance(method, types.MethodType) and method.__self__ is first):
+                known = False
+                break
+            smtp_functions[name] = method.__func__
+        auth_entries = {}
+        for name, attr in first._auth_methods.items():
+            if attr.is_builtin:
+                if not (isinstance(attr.method, types.MethodType) and attr.method.__self__ is first):
+                    known = False
+                    break
+                attr = type(attr)(attr.method.__func__, True)
+            auth_entries[name] = attr
+        if not known:
+            cls._usable = False
+            return
+        cls._copied = tuple(copied)
+        cls._smtp_functions = smtp_functions
+        cls._auth_entries = auth_entries
+        cls._hooks = dict(first._handle_hooks)
+        cls._prototype = prototype
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        match = _PLAIN_PATH.match(arg)
+        if match is None:
+            return super()._getaddr(arg)
+        address = match.group(1)
+        if self.local_part_limit and len(address.rpartition("@")[0]) > self.local_part_limit:
+            return None, None
+        return address, match.group(2) or ""
+
+
+def protocol_factory(listener: ListenerConfig, handler: Any) -> Callable[[], SMTP]:
+    """A protocol factory for `loop.create_server`, configured from the listener section;
+    `handler` is the aiosmtpd handler (a :class:`~deliverypool.ingress.handler.RoutingHandler`)."""
+    limits: type[RelaySMTP] = type(
+        "RelaySMTP", (RelaySMTP,), {"line_length_limit": listener.line_length_limit, "command_size_limit": listener.command_size_limit}
+    )
+    tls_context = None
+    if listener.tls_certificate is not None and listener.tls_key is not None:
+        tls_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls_context.load_cert_chain(listener.tls_certificate, listener.tls_key)
+    auth = bool(listener.auth_users)
+    loop = asyncio.get_running_loop()
+
+    kwargs: dict[str, Any] = dict(
+        hostname=listener.hostname,
+        ident="deliverypool",
+        data_size_limit=listener.size_limit,
+        enable_SMTPUTF8=True,
+        decode_data=False,
+        tls_context=tls_context,
+        authenticator=handler.authenticate if auth else None,
+        auth_require_tls=not listener.allow_plaintext_auth,
+        auth_exclude_mechanism=None if auth else ["LOGIN", "PLAIN"],
+        command_call_limit=10_000,
+        timeout=300,
+    )
+
+    def factory() -> SMTP:
+        return limits.create(handler, loop, kwargs)
+
+    return factory

@@ -1,0 +1,106 @@
+"""The DSN writer: RFC 3464 delivery status notifications for recipients the relay could not
+deliver to (``multipart/report; report-type=delivery-status``), with the original message's
+header section attached as ``text/rfc822-headers``."""
+
+from __future__ import annotations
+
+import email.utils
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from deliverypool.mail.headers import header_section, one_line_ascii
+
+__all__ = ["Failure", "build_dsn", "status_of"]
+
+_ENHANCED_STATUS: Final = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\b")
+_LINE_BREAK: Final = re.compile(rb"\r\n|\n|\r")
+
+
+@dataclass(frozen=True)
+class Failure:
+    recipient: str
+    reply: str
+    remote_host: str | None = None
+
+
+def status_of(reply: str, *, expired: bool = False) -> str:
+    """The RFC 3463 status for a reply: its enhanced status code when it has one, else one
+    derived from the reply code. An expired temporary failure keeps its 4.x.x status (the
+    DSN's Action: failed says it is final); without one it is 4.4.7."""
+    code, _, text = reply.partition(" ")
+    match = _ENHANCED_STATUS.match(text)
+    if match and match.group(1) == code[:1]:
+        return match.group(0)
+    if code.startswith("5"):
+        return "5.0.0"
+    return "4.4.7" if expired else "4.0.0"
+
+
+def build_dsn(
+    *,
+    reporting_mta: str,
+    original_sender: str,
+    failures: Sequence[Failure],
+    original: bytes,
+    queue_id: str,
+    arrival: float,
+    expired: bool = False,
+    now: float | None = None,
+) -> bytes:
+    """An RFC 3464 delivery status notification (multipart/report; report-type=delivery-status)
+    for `failures`, addressed to `original_sender`, with the original message's headers."""
+    now = time.time() if now is None else now
+    boundary = f"{queue_id}.{int(now)}/{reporting_mta}"
+    lines = [
+        f"From: Mail Delivery System <MAILER-DAEMON@{reporting_mta}>",
+        f"To: <{original_sender}>",
+        "Subject: Undelivered Mail Returned to Sender",
+        f"Date: {email.utils.formatdate(now, localtime=False)}",
+        f"Message-ID: {email.utils.make_msgid('dsn', domain=reporting_mta)}",
+        "Auto-Submitted: auto-replied",
+        "MIME-Version: 1.0",
+        f'Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"',
+        "",
+        "This is a MIME-encapsulated message.",
+        "",
+        f"--{boundary}",
+        "Content-Type: text/plain; charset=us-ascii",
+        "",
+        f"This is the mail system at {reporting_mta}.",
+        "",
+        "Your message could not be delivered to one or more recipients"
+        + (" within the time allowed." if expired else ".")
+        + " It is attached below.",
+        "",
+    ]
+    for failure in failures:
+        where = f" (host {failure.remote_host} said)" if failure.remote_host else ""
+        lines.append(f"<{failure.recipient}>{where}: {one_line_ascii(failure.reply)}")
+    lines += [
+        "",
+        f"--{boundary}",
+        "Content-Type: message/delivery-status",
+        "",
+        f"Reporting-MTA: dns; {reporting_mta}",
+        f"X-Deliverypool-Queue-ID: {queue_id}",
+        f"Arrival-Date: {email.utils.formatdate(arrival, localtime=False)}",
+        "",
+    ]
+    for failure in failures:
+        lines += [f"Final-Recipient: rfc822; {failure.recipient}", "Action: failed", f"Status: {status_of(failure.reply, expired=expired)}"]
+        if failure.remote_host:
+            lines.append(f"Remote-MTA: dns; {failure.remote_host}")
+        lines += [f"Diagnostic-Code: smtp; {one_line_ascii(failure.reply)}", ""]
+    head = "\r\n".join(lines).encode("ascii")
+    headers = _crlf(header_section(original))
+    tail = f"\r\n--{boundary}--\r\n".encode("ascii")
+    part = f"--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n".encode("ascii")
+    return head + b"\r\n" + part + headers + tail
+
+
+
+def _crlf(text: bytes) -> bytes:
+    return _LINE_BREAK.sub(b"\r\n", text)

@@ -1,0 +1,96 @@
+"""Header-section helpers for the relay: where the header block ends (the scanner's answer),
+removing a field, the Received trace field, and the bare-line-ending check.
+
+Where the header block starts and ends is decided once, by the Rust scanner
+(:func:`deliverypool._core.header_block`), for CRLF, LF-only and CR-only messages alike; the
+helpers here never search for the blank line themselves.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+from typing import Final
+
+try:
+    from deliverypool._core import header_block
+except ImportError:  # TEMPORARY until the Rust header_block lands (branch rust10)
+    _END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+
+    def header_block(message: bytes) -> tuple[int, int]:
+        start = 0
+        if message.startswith(b"From "):
+            m = re.compile(rb"\r\n|\n|\r").search(message)
+            start = m.end() if m else len(message)
+        if message[start:start + 2] == b"\r\n":
+            return start, start + 2
+        if message[start:start + 1] in (b"\n", b"\r"):
+            return start, start + 1
+        m = _END.search(message, start)
+        return (start, m.end()) if m else (start, len(message))
+
+__all__ = ["has_bare_line_ending", "header_section", "one_line_ascii", "received_field", "strip_header"]
+
+_LINE: Final = re.compile(rb"[^\r\n]*(?:\r\n|\n|\r)|[^\r\n]+\Z")
+
+
+def has_bare_line_ending(data: bytes) -> bool:
+    """True when `data` holds an LF not preceded by CR or a CR not followed by LF."""
+    crlf = data.count(b"\r\n")
+    return data.count(b"\n") != crlf or data.count(b"\r") != crlf
+
+
+def header_section(message: bytes) -> bytes:
+    """The header fields of a message, without the separating blank line (and without a leading
+    mbox ``From `` line), ending with a line break."""
+    start, body = header_block(message)
+    section = message[start:body]
+    # The body starts after the blank line: drop that one line break from the end.
+    for ending in (b"\r\n\r\n", b"\n\n", b"\r\r"):
+        if section.endswith(ending):
+            return section[: -len(ending) // 2]
+    if section and not section.endswith((b"\n", b"\r")):
+        section += b"\r\n"
+    return section
+
+
+def strip_header(message: bytes, name: str) -> tuple[bytes, int]:
+    """Removes every field called `name` (case-insensitive, with its folded continuation
+    lines) from the header section; the body is never touched, whatever the line endings.
+    Returns the message and how many fields were removed."""
+    lowered = name.lower().encode("ascii")
+    start, body = header_block(message)
+    header = message[start:body]
+    if lowered not in header.lower():
+        return message, 0
+    kept: list[bytes] = []
+    removed = 0
+    dropping = False
+    for match in _LINE.finditer(header):
+        line = match.group(0)
+        if line[:1] in (b" ", b"\t"):
+            if not dropping:
+                kept.append(line)
+            continue
+        field_name = line.split(b":", 1)[0].strip().lower()
+        dropping = b":" in line and field_name == lowered
+        if dropping:
+            removed += 1
+        else:
+            kept.append(line)
+    return message[:start] + b"".join(kept) + message[body:], removed
+
+
+def received_field(*, helo: str, peer: str | None, by: str, authenticated: bool) -> bytes:
+    """The relay's ``Received:`` trace field (RFC 5321 §4.4) for a message from `peer`."""
+    protocol = "ESMTPA" if authenticated else "ESMTP"
+    date = email.utils.formatdate(localtime=False)
+    helo = "".join(c for c in helo if c.isprintable() and c not in "()\r\n")[:100]
+    text = f"Received: from {helo} ([{peer or 'unknown'}])\r\n\tby {by} (deliverypool) with {protocol}; {date}\r\n"
+    return text.encode("ascii", "replace")
+
+
+def one_line_ascii(text: str) -> str:
+    """`text` as one line of ASCII (non-ASCII replaced, runs of white space and line breaks
+    made one space), for log lines and DSN fields that quote a remote reply."""
+    return " ".join(text.encode("ascii", "replace").decode("ascii").split())

@@ -1,0 +1,1 @@
+"""What operators see: the event stream inside the relay, metrics and the surge monitor."""

@@ -1,0 +1,317 @@
+"""The delivery scheduler: sends spooled mail from each pool's own source addresses.
+
+Work is grouped in *lanes*, one per (pool, destination): the recipient domain in MX mode, the
+smarthost otherwise. A lane runs up to ``max_connections_per_destination`` connections
+(:class:`~deliverypool.outbound.transaction.Connector`); each is bound to one of the pool's
+source addresses and carries several messages before it closes. A lane only ever sees its own
+pool's addresses, so mail routed to the high-risk pool never leaves from a normal-pool address,
+not even when every high-risk address is failing: it is deferred instead.
+
+Every attempt ends as a recorded outcome (:mod:`~deliverypool.outbound.outcomes`): a remote
+reply, a destination that cannot be reached, or a local failure (a bug, the spool) all defer or
+fail the recipients; nothing is left waiting for a restart.
+
+Each delivery attempt logs one line on the ``deliverypool.delivery`` logger::
+
+    attempt queue_id=65A1B2C3D4E5 message_id=<x@y> pool=normal source=127.0.0.2
+        host=mx1.example.net[127.0.0.10]:25 reply=250 recipients=1
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+from deliverypool.config import PoolConfig, RelayConfig
+from deliverypool.errors import DestinationError
+from deliverypool.lookup.mx import MxLookup
+from deliverypool.mail.address import domain_of
+from deliverypool.mail.headers import one_line_ascii
+from deliverypool.outbound.outcomes import DeliveryStats, DsnRouter, Recorder
+from deliverypool.outbound.transaction import Connector, Session, send
+from deliverypool.queue.spool import Job, Spool
+
+__all__ = ["DeliveryEngine"]
+
+log = logging.getLogger("deliverypool.delivery")
+
+# The reply recorded when an attempt failed on our side (a bug, the spool): retried.
+LOCAL_FAILURE = "451 4.3.0 Local error while delivering; will retry"
+
+
+@dataclass
+class _Work:
+    """Recipients of one message for one destination."""
+
+    job: Job
+    body: bytes | None = None
+
+
+@dataclass
+class _Lane:
+    pool: PoolConfig
+    destination: str  # the recipient domain, or "[host]:port" for a smarthost
+    queue: deque[_Work] = field(default_factory=deque)
+    active: int = 0
+    idle: int = 0
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class DeliveryEngine:
+    """Delivers everything the spool holds and everything submitted while it runs."""
+
+    def __init__(
+        self,
+        config: RelayConfig,
+        spool: Spool,
+        *,
+        mx: MxLookup | None,
+        route_dsn: DsnRouter,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.spool = spool
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.stats = DeliveryStats()
+        self.connector = Connector(mx, self.rng, self.stats)
+        self.recorder = Recorder(config, spool, route_dsn, self.stats, clock=clock, rng=self.rng)
+        self._lanes: dict[tuple[str, str], _Lane] = {}
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # --- submitting work -----------------------------------------------------------------
+
+    def submit(self, job: Job, body: bytes | None = None) -> None:
+        """Schedules a spooled job: now if due, else at its next_attempt."""
+        delay = job.next_attempt - self.clock()
+        if delay > 0:
+            self._later(delay, job, body)
+        else:
+            self._enqueue(job, body)
+
+    def resume(self, jobs: Sequence[Job]) -> None:
+        """Schedules the unfinished jobs a spool recovered at start."""
+        for job in jobs:
+            self.submit(job)
+
+    def _later(self, delay: float, job: Job, body: bytes | None) -> None:
+        loop = asyncio.get_running_loop()
+        handle: asyncio.TimerHandle
+
+        def fire() -> None:
+            self._timers.discard(handle)
+            self._enqueue(job, body)
+
+        handle = loop.call_later(delay, fire)
+        self._timers.add(handle)
+
+    def _pool_of(self, job: Job) -> PoolConfig:
+        pool = self.config.pools.get(job.pool)
+        if pool is None:
+            # The pool was removed from the configuration while mail waited for it: fall back
+            # to the high-risk pool, never to the normal one.
+            log.warning("queue_id=%s: pool %r is not configured, using %r", job.queue_id, job.pool, self.config.policy.high_risk_pool)
+            pool = self.config.high_risk_pool
+        return pool
+
+    def _enqueue(self, job: Job, body: bytes | None) -> None:
+        if self._stopping:
+            return
+        pool = self._pool_of(job)
+        if pool.delivery == "smarthost":
+            assert pool.smarthost is not None
+            host, port = pool.smarthost
+            groups = {f"[{host}]:{port}": job.recipients}
+        else:
+            by_domain: dict[str, list[tuple[int, str]]] = {}
+            for rid, address in job.recipients:
+                by_domain.setdefault(domain_of(address), []).append((rid, address))
+            groups = {d: tuple(r) for d, r in by_domain.items()}
+        for destination, recipients in groups.items():
+            lane = self._lanes.get((pool.name, destination))
+            if lane is None:
+                lane = self._lanes[(pool.name, destination)] = _Lane(pool, destination)
+            lane.queue.append(_Work(replace(job, recipients=tuple(recipients)), body))
+            lane.wakeup.set()
+            if lane.active < pool.max_connections_per_destination and len(lane.queue) > lane.idle:
+                lane.active += 1
+                self._idle.clear()
+                self._spawn(self._worker(lane))
+
+    def _spawn(self, coroutine: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("delivery task failed", exc_info=task.exception())
+        if not self._tasks:
+            self._idle.set()
+
+    @property
+    def busy(self) -> bool:
+        """True while a connection is open or work waits for one (not counting deferrals)."""
+        return bool(self._tasks)
+
+    @property
+    def scheduled(self) -> int:
+        """Deferred jobs waiting for their next attempt."""
+        return len(self._timers)
+
+    async def wait_idle(self) -> None:
+        """Returns when no work is being delivered (deferred work may still wait)."""
+        while self._tasks:
+            await self._idle.wait()
+            await asyncio.sleep(0)
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stops taking new work, lets current transactions finish for up to `timeout`
+        seconds, then cancels the rest (recipients left in flight are retried at start)."""
+        self._stopping = True
+        for handle in self._timers:
+            handle.cancel()
+        self._timers.clear()
+        for lane in self._lanes.values():
+            lane.queue.clear()
+            lane.wakeup.set()
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+
+    # --- connections ---------------------------------------------------------------------
+
+    async def _worker(self, lane: _Lane) -> None:
+        try:
+            while lane.queue and not self._stopping:
+                try:
+                    session = await self.connector.open(lane.pool, lane.destination)
+                except DestinationError as error:
+                    # The destination is unreachable for everything waiting in this lane.
+                    await self._fail_lane(lane, error.reply)
+                    continue
+                except Exception:
+                    # A failure on our side (a bug, a name the resolver cannot encode): the
+                    # work is deferred like any temporary failure, never left in the lane.
+                    log.exception("pool=%s destination=%s: could not open a connection", lane.pool.name, lane.destination)
+                    await self._fail_lane(lane, LOCAL_FAILURE)
+                    continue
+                try:
+                    await self._serve(lane, session)
+                finally:
+                    await self.connector.close(session)
+        finally:
+            lane.active -= 1
+            if lane.active == 0 and not lane.queue:
+                self._lanes.pop((lane.pool.name, lane.destination), None)
+
+    async def _fail_lane(self, lane: _Lane, reply: str) -> None:
+        """Records `reply` for every recipient waiting in `lane`."""
+        works = list(lane.queue)
+        lane.queue.clear()
+        for work in works:
+            self._log(work, lane, None, None, reply)
+            await self._settle(work, {rid: (reply, None) for rid, _ in work.job.recipients})
+
+    async def _serve(self, lane: _Lane, session: Session) -> None:
+        sent = 0
+        while sent < lane.pool.max_messages_per_connection and not self._stopping:
+            if not lane.queue:
+                lane.idle += 1
+                try:
+                    lane.wakeup.clear()
+                    await asyncio.wait_for(lane.wakeup.wait(), lane.pool.idle_timeout)
+                except asyncio.TimeoutError:
+                    return
+                finally:
+                    lane.idle -= 1
+                continue
+            work = lane.queue.popleft()
+            try:
+                alive = await self._transaction(lane, session, work)
+            except Exception:
+                # A local failure (the spool, a bug): record it as a temporary failure so the
+                # attempt is counted and retried with backoff, on a fresh connection.
+                log.exception("queue_id=%s: delivery attempt failed locally", work.job.queue_id)
+                self._log(work, lane, session.source, session.host, LOCAL_FAILURE)
+                self._spawn(self._settle(work, {rid: (LOCAL_FAILURE, None) for rid, _ in work.job.recipients}))
+                return
+            sent += 1
+            if not alive:
+                return
+
+    async def _transaction(self, lane: _Lane, session: Session, work: _Work) -> bool:
+        """One mail transaction for `work`. Returns False when the connection is unusable."""
+        job = work.job
+        body = work.body if work.body is not None else await self.spool.body(job.message)
+        await self.spool.mark_in_flight(rid for rid, _ in job.recipients)
+        attempt = await send(session, job.mail_from, job.recipients, body)
+        if attempt.reconnect:
+            lane.queue.appendleft(work)
+            return False
+        self._log(work, lane, session.source, session.host, attempt.final, attempt.replies)
+        # Outcomes commit in the background: the connection moves on to the next message.
+        self._spawn(self._settle(work, attempt.replies, body))
+        return attempt.alive
+
+    def _log(
+        self,
+        work: _Work,
+        lane: _Lane,
+        source: str | None,
+        host: str | None,
+        reply: str,
+        replies: Mapping[int, tuple[str, str | None]] | None = None,
+    ) -> None:
+        self.stats.attempts += 1
+        refused = ""
+        if replies:
+            addresses = dict(work.job.recipients)
+            bad = [f"{addresses[rid]}:{r.split(' ', 1)[0]}" for rid, (r, _) in replies.items() if not r.startswith("2")]
+            if bad and len(bad) < len(replies):
+                refused = " refused=" + ",".join(bad)
+        log.info(
+            "attempt queue_id=%s message_id=%s pool=%s source=%s host=%s reply=%s recipients=%d%s",
+            work.job.queue_id,
+            work.job.header_message_id or "-",
+            lane.pool.name,
+            source or "-",
+            host or lane.destination,
+            one_line_ascii(reply)[:200],
+            len(work.job.recipients),
+            refused,
+        )
+
+    # --- outcomes ------------------------------------------------------------------------
+
+    async def _settle(self, work: _Work, replies: Mapping[int, tuple[str, str | None]], body: bytes | None = None) -> None:
+        job = work.job
+        try:
+            recorded = await self.recorder.record(job, replies, body if body is not None else work.body)
+        except Exception:
+            # The outcome could not be stored: the spool still says queued or in flight, so
+            # attempt again later (a duplicate at worst, never a loss).
+            log.exception("queue_id=%s: could not record the outcome", job.queue_id)
+            if not self._stopping:
+                self._later(self._pool_of(job).retry.initial, job, None)
+            return
+        if recorded.bounce is not None:
+            bounce = recorded.bounce
+            log.info("bounce queue_id=%s for=%s dsn_queue_id=%s pool=%s", job.queue_id, job.mail_from, bounce.queue_id, bounce.pool)
+            self._enqueue(bounce, recorded.bounce_body)
+        if recorded.retry is not None and not self._stopping:
+            self._later(recorded.retry.next_attempt - self.clock(), recorded.retry, None)

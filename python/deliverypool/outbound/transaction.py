@@ -1,0 +1,210 @@
+"""One connection and one mail transaction: which hosts to try for a destination, which of the
+pool's source addresses to bind, and the SMTP dialogue (aiosmtplib) that turns a message and its
+recipients into one reply per recipient.
+
+Nothing here touches the spool: the scheduler decides what to send, the outcomes module what the
+replies mean.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import random
+import re
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+import aiosmtplib
+
+from deliverypool.config import PoolConfig, SourceAddress
+from deliverypool.errors import DestinationError
+from deliverypool.lookup.mx import MxLookup
+from deliverypool.outbound.outcomes import DeliveryStats
+
+__all__ = ["Attempt", "Connector", "Session", "send"]
+
+log = logging.getLogger("deliverypool.delivery")
+
+_8BIT: Final = re.compile(rb"[\x80-\xff]")
+
+# Replies keyed by recipient id: (reply text, the host that gave it or None for a local reply).
+Replies = dict[int, tuple[str, "str | None"]]
+
+
+@dataclass
+class Session:
+    """An open connection to one host, bound to one source address of one pool."""
+
+    smtp: aiosmtplib.SMTP
+    host: str  # "name[ip]:port"
+    source: str
+    transactions: int = 0
+
+
+@dataclass
+class Attempt:
+    """What one transaction gave: a reply per recipient (``replies``), the reply that ended it
+    (``final``), whether the connection can carry another message (``alive``), and
+    ``reconnect`` when the server had closed a reused connection before the transaction began
+    (not an attempt at all: the work goes back to the front of the queue)."""
+
+    replies: Replies = field(default_factory=dict)
+    final: str = ""
+    alive: bool = True
+    reconnect: bool = False
+
+
+class Connector:
+    """Opens connections for a pool's lanes: the targets of a destination in order, a source
+    address of the target's family (by weight), STARTTLS as the pool says."""
+
+    def __init__(self, mx: MxLookup | None, rng: random.Random, stats: DeliveryStats) -> None:
+        self.mx = mx
+        self.rng = rng
+        self.stats = stats
+        self._tls = ssl.create_default_context()
+        # Opportunistic TLS, as in Postfix's "may" level: encrypt when offered, do not verify.
+        self._tls.check_hostname = False
+        self._tls.verify_mode = ssl.CERT_NONE
+
+    async def targets(self, pool: PoolConfig, destination: str) -> list[tuple[str, str, int]]:
+        """(host name, address, port) to try in order for a lane's destination: the smarthost's
+        addresses, or the MX hosts' of the recipient domain."""
+        if pool.delivery == "smarthost":
+            assert pool.smarthost is not None
+            host, port = pool.smarthost
+            try:
+                ipaddress.ip_address(host)
+                return [(host, host, port)]
+            except ValueError:
+                pass
+            try:
+                infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=1)
+            except (OSError, UnicodeError) as exc:
+                raise DestinationError(f"451 4.4.3 Cannot resolve smarthost {host}: {exc}", permanent=False) from None
+            return [(host, str(info[4][0]), port) for info in infos]
+        if self.mx is None:
+            raise DestinationError("451 4.3.5 No resolver configured for MX delivery", permanent=False)
+        exchangers = await self.mx.mail_exchangers(destination)
+        targets = [(mx.host, address, pool.mx_port) for mx in exchangers for address in mx.addresses]
+        if not targets:
+            raise DestinationError(f"451 4.4.4 No address for any mail exchanger of {destination}", permanent=False)
+        return targets
+
+    def source_for(self, pool: PoolConfig, address: str) -> SourceAddress | None:
+        """One of the pool's source addresses of `address`'s family, picked by weight."""
+        version = ipaddress.ip_address(address).version
+        candidates = [s for s in pool.source_addresses if s.address.version == version]
+        if not candidates:
+            return None
+        return self.rng.choices(candidates, weights=[s.weight for s in candidates])[0]
+
+    async def open(self, pool: PoolConfig, destination: str) -> Session:
+        """A connection to the first target that greets with 220. Raises DestinationError when
+        none does (temporary: the lane's work is deferred)."""
+        targets = await self.targets(pool, destination)
+        last = "no usable host"
+        for host, address, port in targets:
+            source = self.source_for(pool, address)
+            label = f"{host}[{address}]:{port}"
+            if source is None:
+                last = f"{label}: pool {pool.name} has no IPv{ipaddress.ip_address(address).version} source address"
+                continue
+            smtp = aiosmtplib.SMTP(
+                hostname=address,
+                port=port,
+                source_address=(str(source.address), 0),
+                local_hostname=pool.ehlo_name,
+                timeout=pool.command_timeout,
+                start_tls={"opportunistic": None, "required": True, "none": False}[pool.tls],
+                tls_context=self._tls if pool.tls == "opportunistic" else None,
+            )
+            try:
+                await smtp.connect(timeout=pool.connect_timeout)
+            except aiosmtplib.SMTPResponseException as exc:
+                # A 4xx or 5xx greeting: try the next host (RFC 5321 §5.1).
+                last = f"{exc.code} {exc.message}"
+                log.info("connect pool=%s source=%s host=%s reply=%s", pool.name, source.address, label, exc.code)
+                smtp.close()
+                continue
+            except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
+                last = f"{label}: {exc}"
+                log.info("connect pool=%s source=%s host=%s reply=connect-failed (%s)", pool.name, source.address, label, exc)
+                smtp.close()
+                continue
+            self.stats.connections += 1
+            return Session(smtp, label, str(source.address))
+        raise DestinationError(f"451 4.4.1 Could not deliver to {destination}: {last}", permanent=False)
+
+    @staticmethod
+    async def close(session: Session) -> None:
+        try:
+            if session.smtp.is_connected:
+                await session.smtp.quit(timeout=5)
+        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+            pass
+        finally:
+            session.smtp.close()
+
+
+async def send(session: Session, mail_from: str, recipients: Sequence[tuple[int, str]], body: bytes) -> Attempt:
+    """One mail transaction: MAIL, RCPT for each recipient, DATA when any was accepted.
+    Every recipient ends with a reply (remote, or a local 4.4.2 when the connection was lost)."""
+    smtp = session.smtp
+    attempt = Attempt()
+    replies = attempt.replies
+    accepted: list[int] = []
+    try:
+        options = []
+        if smtp.supports_extension("size"):
+            options.append(f"SIZE={len(body)}")
+        if smtp.supports_extension("8bitmime") and _8BIT.search(body):
+            options.append("BODY=8BITMIME")
+        try:
+            await smtp.mail(mail_from, options=options)
+        except (aiosmtplib.SMTPServerDisconnected, ConnectionError, aiosmtplib.SMTPSenderRefused) as exc:
+            closed = not isinstance(exc, aiosmtplib.SMTPSenderRefused) or exc.code == 421
+            if session.transactions == 0 or not closed:
+                raise
+            # The server closed a reused connection while it was idle: not a failed attempt.
+            log.info("%s closed the reused connection (%s); reconnecting", session.host, exc)
+            attempt.reconnect = True
+            attempt.alive = False
+            return attempt
+        session.transactions += 1
+        for rid, address in recipients:
+            try:
+                await smtp.rcpt(address)
+                accepted.append(rid)
+            except aiosmtplib.SMTPRecipientRefused as exc:
+                replies[rid] = (f"{exc.code} {exc.message}", session.host)
+        if accepted:
+            response = await smtp.data(body)
+            attempt.final = f"{response.code} {response.message}"
+            for rid in accepted:
+                replies[rid] = (attempt.final, session.host)
+        else:
+            attempt.final = next(iter(replies.values()))[0]
+            await smtp.rset()
+    except aiosmtplib.SMTPResponseException as exc:
+        attempt.final = f"{exc.code} {exc.message}"
+        for rid, _ in recipients:
+            replies.setdefault(rid, (attempt.final, session.host))
+        attempt.alive = exc.code != 421
+        if attempt.alive:
+            try:
+                await smtp.rset()
+            except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+                attempt.alive = False
+    except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
+        attempt.alive = False
+        attempt.final = f"451 4.4.2 Connection to {session.host} lost: {exc or type(exc).__name__}"
+        for rid, _ in recipients:
+            if rid in accepted or rid not in replies:
+                replies[rid] = (attempt.final, None)
+    attempt.alive = attempt.alive and smtp.is_connected
+    return attempt

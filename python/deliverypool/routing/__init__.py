@@ -1,0 +1,2 @@
+"""Deciding the pool: the router joins the Rust classifier (scan, DSN detection, policy) with
+the sender-domain check."""
