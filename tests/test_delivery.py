@@ -25,7 +25,8 @@ import pytest
 from deliverypool import classify
 from deliverypool.config import RelayConfig
 from deliverypool.cli.demo import common_port
-from deliverypool.app import Relay
+from deliverypool.app import Relay, resolver_from_config
+from deliverypool.lookup.mx import MailExchanger, MxLookup, MxResolver
 from deliverypool.queue.listing import listing, read_counters
 from tests.dnsserver import DP_TEST, NsdServer, nsd_binary
 from tests.smtp_sinks import HIGH_RISK_SOURCE, NORMAL_SOURCE, CountingSMTP, MidDataDropSMTP, OneMessageSMTP, Sink, eventually, message, relay_config, sink
@@ -118,7 +119,9 @@ async def submit(config: RelayConfig, msg: bytes, *, sender: str, to: list[str],
 
 
 @contextlib.asynccontextmanager
-async def world(tmp_path: Path, nameserver: str, **config: Any) -> AsyncIterator[World]:
+async def world(
+    tmp_path: Path, nameserver: str, *, mx: Callable[[RelayConfig], MxLookup] | None = None, **config: Any
+) -> AsyncIterator[World]:
     port = common_port(list(SINK_HOSTS.values()))
     conf = relay_config(tmp_path / "spool", mx_port=port, nameserver=nameserver, **config)
     async with contextlib.AsyncExitStack() as stack:
@@ -126,7 +129,7 @@ async def world(tmp_path: Path, nameserver: str, **config: Any) -> AsyncIterator
         for name, host in SINK_HOSTS.items():
             smtp_class = MidDataDropSMTP if name == "drop" else CountingSMTP
             sinks[name] = await stack.enter_async_context(sink(host, port, name, smtp_class=smtp_class))
-        relay = Relay(conf)
+        relay = Relay(conf, mx=mx(conf) if mx is not None else None)
         await relay.start()
         await relay.listen()
         try:
@@ -406,6 +409,43 @@ def test_temporary_failures_until_max_age_then_a_dsn(aio_run: Run, tmp_path: Pat
             engine = w.relay.engine
             assert engine is not None and engine.stats.deferred >= 2  # it was retried first
             await w.settled()
+
+    aio_run(main())
+
+
+class ExplodingMx:
+    """Real MX answers, except that looking up boom.mail.test raises what no MX lookup is meant
+    to raise (as getaddrinfo does with UnicodeError for a name such as ``a..b``)."""
+
+    def __init__(self, config: RelayConfig) -> None:
+        self.inner = MxResolver(resolver_from_config(config.dns))
+        self.calls = 0
+
+    async def mail_exchangers(self, domain: str) -> list[MailExchanger]:
+        if domain == "boom.mail.test":
+            self.calls += 1
+            raise UnicodeError("encoding with 'idna' codec failed (UnicodeError: label empty or too long)")
+        return await self.inner.mail_exchangers(domain)
+
+
+def test_an_unexpected_error_in_a_lane_defers_then_fails_its_recipients(aio_run: Run, tmp_path: Path, mail_dns: str) -> None:
+    """Every failure of an attempt ends as a deferral or a failure: a lane whose connection
+    set-up raises something other than DestinationError is retried with backoff and, at
+    max_age, bounced; the co-recipient at another destination is delivered meanwhile."""
+
+    async def main() -> None:
+        async with world(tmp_path, mail_dns, mx=ExplodingMx, pool_extra='max_age = "1s"') as w:
+            await w.send(message("boom", message_id="<boom@t>"), sender=SENDER, to=["x@boom.mail.test", "y@dest.mail.test"])
+            assert (await w.sinks["mx1"].wait_for(1))[0].rcpt_tos == ["y@dest.mail.test"]
+            (dsn,) = await w.sinks["sender"].wait_for(1)
+            assert dsn.peer == HIGH_RISK_SOURCE and dsn.rcpt_tos == [SENDER]
+            assert b"Final-Recipient: rfc822; x@boom.mail.test" in dsn.content
+            assert b"Status: 4.3.0" in dsn.content
+            mx = w.relay.mx
+            assert isinstance(mx, ExplodingMx) and mx.calls >= 2, "retried before it failed"
+            await w.settled()
+            counters = read_counters(w.config.spool.directory)
+            assert counters["delivered"] == 2 and counters["failed"] == 1  # y, then the DSN; x failed
 
     aio_run(main())
 

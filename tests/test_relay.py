@@ -195,6 +195,49 @@ def test_strip_header_removes_every_copy_with_continuations() -> None:
     assert strip_header(b"From: a\r\n\r\nbody", "X-Spam-Score") == (b"From: a\r\n\r\nbody", 0)
 
 
+def test_strip_header_never_touches_the_body_of_an_lf_only_message(aio_run: Run, tmp_path: Path) -> None:
+    """An LF-only message through the public Relay.accept: only header fields are removed."""
+    msg = b"X-Spam-Score: 1\nFrom: a@sender.test\nSubject: s\n\nX-Spam-Score: a body line\nbye\n"
+    assert strip_header(msg, "X-Spam-Score") == (b"From: a@sender.test\nSubject: s\n\nX-Spam-Score: a body line\nbye\n", 1)
+    assert strip_header(b"Subject: s\r\rX-Spam-Score: 9\r", "X-Spam-Score") == (b"Subject: s\r\rX-Spam-Score: 9\r", 0)
+    mbox = b"From sender Mon Jan  1 00:00:00 2026\nX-Spam-Score: 1\nSubject: s\n\nX-Spam-Score: 2\n"
+    assert strip_header(mbox, "X-Spam-Score") == (b"From sender Mon Jan  1 00:00:00 2026\nSubject: s\n\nX-Spam-Score: 2\n", 1)
+    conf = config(tmp_path)
+
+    async def main() -> None:
+        async with running(conf) as relay:
+            stored: list[bytes] = []
+            relay.on_accept = lambda accepted, content: stored.append(content)
+            await relay.accept(mail_from=SENDER, recipients=("x@example.org",), content=msg, peer="192.0.2.1", helo="client.test")
+            (content,) = stored
+            assert content.endswith(b"From: a@sender.test\nSubject: s\n\nX-Spam-Score: a body line\nbye\n")
+            assert content.count(b"X-Spam-Score") == 1
+
+    aio_run(main())
+
+
+def test_a_failing_on_accept_hook_does_not_turn_the_250_into_451(aio_run: Run, tmp_path: Path) -> None:
+    """After the spool commit the answer is 250, whatever a hook does: a 451 would make the
+    client send the stored message again, and it would be delivered twice."""
+    conf = config(tmp_path)
+
+    async def main() -> None:
+        async with running(conf) as relay:
+
+            def broken(accepted: Any, content: bytes) -> None:
+                raise RuntimeError("a hook with a bug")
+
+            relay.on_accept = broken
+            errors, reply = await aiosmtplib.send(
+                message("hooked", message_id="<hooked@t>"), sender=SENDER, recipients=["x@example.org"],
+                hostname="127.0.0.1", port=conf.listener.port,
+            )
+            assert not errors and reply.startswith("2.0.0 Ok: queued as ")
+            assert queued(conf) == ["<hooked@t>"]
+
+    aio_run(main())
+
+
 def test_score_header_only_trusted_from_the_content_filter(aio_run: Run, tmp_path: Path) -> None:
     conf = config(tmp_path, 'trusted_score_networks = ["127.0.0.1/32"]')
 

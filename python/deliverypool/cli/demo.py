@@ -37,6 +37,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from deliverypool import classify
 from deliverypool import config as cfg
 from deliverypool.mail.dsn import Failure, build_dsn
+from deliverypool.mail.headers import header_block, header_section
 from deliverypool.eventloop import run
 from deliverypool.app import Accepted, Relay, configure_logging
 from deliverypool.testing.zoneserver import ZoneServer
@@ -107,12 +108,12 @@ def _kind_of(content: bytes) -> str | None:
     """The demo's kind marker, from the message's own header section only (a DSN quotes the
     original's headers in its body)."""
     marker = f"\r\n{KIND_HEADER}: ".encode()
-    end_of_header = content.find(b"\r\n\r\n")
-    start = content.find(marker, 0, end_of_header if end_of_header >= 0 else len(content))
+    header = b"\r\n" + header_section(content)
+    start = header.find(marker)
     if start < 0:
         return None
-    end = content.find(b"\r", start + len(marker))
-    return content[start + len(marker) : end].decode("ascii", "replace")
+    end = header.find(b"\r", start + len(marker))
+    return header[start + len(marker) : end].decode("ascii", "replace")
 
 
 def _crlf(data: bytes) -> bytes:
@@ -132,8 +133,7 @@ def corpus_bounces(limit: int) -> list[bytes]:
             found = []
             for file in files:
                 message = _crlf(file.read_bytes())
-                if message.startswith(b"From "):  # an mbox separator line, not a header
-                    message = message.split(b"\r\n", 1)[1]
+                message = message[header_block(message)[0] :]  # without an mbox From_ line
                 fits = max(map(len, message.split(b"\r\n"))) <= 998  # RFC 5321 line limit
                 if fits and "dsn" in classify(message, mail_from="").reasons:
                     found.append(message)

@@ -29,7 +29,7 @@ except ImportError:  # TEMPORARY until the Rust header_block lands (branch rust1
         m = _END.search(message, start)
         return (start, m.end()) if m else (start, len(message))
 
-__all__ = ["has_bare_line_ending", "header_section", "one_line_ascii", "received_field", "strip_header"]
+__all__ = ["has_bare_line_ending", "header_block", "header_section", "one_line_ascii", "received_field", "strip_header"]
 
 _LINE: Final = re.compile(rb"[^\r\n]*(?:\r\n|\n|\r)|[^\r\n]+\Z")
 
