@@ -1,12 +1,10 @@
 #!/usr/bin/env bash
-# Installs the Debian programs the tests start: the authoritative DNS server NSD (tests/dnsserver.py)
-# and the openssl command (test certificates for STARTTLS). Idempotent: apt runs only when one is
-# missing. Needs root or sudo (CI runs as root).
+# Installs the Debian programs the tests start: the authoritative DNS server NSD (tests/dnsserver.py).
+# Idempotent: apt runs only when one is missing. Needs root or sudo (CI runs as root).
 set -euo pipefail
 
 missing=()
 command -v nsd >/dev/null 2>&1 || [ -x /usr/sbin/nsd ] || missing+=(nsd)
-command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi

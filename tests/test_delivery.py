@@ -11,9 +11,7 @@ import email.message
 import logging
 import os
 import re
-import shutil
 import ssl
-import subprocess
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import Any, NoReturn
 
 import aiosmtplib
 import pytest
+import trustme
 
 from deliverypool import classify
 from deliverypool.config import RelayConfig
@@ -337,20 +336,11 @@ def test_smarthost_mode_binds_each_pools_address(aio_run: Run, tmp_path: Path) -
 
 
 @pytest.fixture(scope="module")
-def server_tls(tmp_path_factory: pytest.TempPathFactory) -> ssl.SSLContext:
-    """A self-signed certificate for the sinks (opportunistic TLS does not verify it)."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        missing("openssl is not installed (Debian package openssl)")
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=mx.test"],
-        check=True,
-        capture_output=True,
-    )
+def server_tls() -> ssl.SSLContext:
+    """A certificate for the sinks from a throwaway CA (opportunistic TLS does not verify it)."""
+    ca = trustme.CA()
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
+    ca.issue_cert("mx.test").configure_cert(context)
     return context
 
 
