@@ -14,6 +14,8 @@ cargo test --quiet
 bash scripts/test-aarch64.sh
 echo "== stub check"
 .venv/bin/python -m mypy.stubtest deliverypool._core
+echo "== mypy --strict"
+.venv/bin/python -m mypy
 echo "== pytest"
 .venv/bin/python -m pytest "$@"
 echo "== benchmarks, quick mode (each body once: they must not rot; figures: benches/README.md)"

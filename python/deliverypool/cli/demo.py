@@ -258,7 +258,7 @@ async def demo(out: TextIO = sys.stdout, *, scale: int = 10, clients: int = 8, t
             relay = Relay(config)
 
             def accepted(result: Accepted, content: bytes) -> None:
-                entry = stats[_kind_of(b"\r\n" + content) or "bounce"]
+                entry = stats[_kind_of(content) or "bounce"]
                 entry.pools[result.pool] += 1
                 entry.reasons.update(result.reasons or ("-",))
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass, replace
 
 from deliverypool.config import RelayConfig
 from deliverypool.mail.dsn import Failure, build_dsn
-from deliverypool.queue.spool import Job, NewMessage, Outcome, Spool, State
+from deliverypool.queue.schema import State
+from deliverypool.queue.spool import Job, NewMessage, Outcome, Spool
 
 __all__ = ["DeliveryStats", "DsnRouter", "Recorded", "Recorder"]
 

@@ -115,5 +115,5 @@ class ZoneServer(asyncio.DatagramProtocol):
 
 def _rrset(name: dns.name.Name, rdataset: dns.rdataset.Rdataset) -> dns.rrset.RRset:
     rrset = dns.rrset.RRset(name, rdataset.rdclass, rdataset.rdtype)
-    rrset.update(rdataset)
+    rrset.update(rdataset)  # type: ignore[no-untyped-call]  # dnspython's Set.update has no annotations
     return rrset
