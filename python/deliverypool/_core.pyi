@@ -253,3 +253,32 @@ class DnsCache:
     @property
     def unknown_ttl(self) -> float: ...
     def __len__(self) -> int: ...
+
+__all__ += ["DataReader", "dot_stuff"]
+
+_DataProblem = Literal["bare-line-ending", "nul", "line-too-long", "too-large"]
+
+@final
+class DataReader:
+    """The SMTP DATA reader: fed the connection's input as it arrives (any split across reads),
+    finds ``<CRLF>.<CRLF>``, removes the transparency dots, and refuses bare CR/LF (SMTP
+    smuggling), NUL bytes, over-long lines and oversized data. Stores nothing more once the
+    message is refused, but reads on to the end of data."""
+
+    def __new__(cls, *, size_limit: int, line_length_limit: int, expected_size: int | None = None) -> DataReader: ...
+    def feed(self, data: bytes | bytearray) -> int:
+        """Reads `data`; returns how many of its bytes belong to the DATA section (fewer than
+        ``len(data)`` only once the end is found)."""
+    @property
+    def done(self) -> bool: ...
+    @property
+    def problem(self) -> _DataProblem | None: ...
+    @property
+    def received(self) -> int: ...
+    def take(self, prefix: bytes | None = None) -> bytes:
+        """The message with `prefix` in front, once; RuntimeError before the end of data or
+        for a refused message."""
+
+def dot_stuff(message: bytes) -> bytes:
+    """The message dot-stuffed for DATA (RFC 5321 §4.5.2); `message` itself when no line
+    starts with a dot."""

@@ -4,6 +4,7 @@ mod cache;
 mod errors;
 mod policy;
 mod scan;
+mod smtp_data;
 
 use pyo3::prelude::*;
 use pyo3::pyclass_init::PyClassInitializer;
@@ -34,6 +35,8 @@ mod _core {
     use super::policy::{classify, classify_many, PyDecision, PyDsnVerdict, PyPolicy};
     #[pymodule_export]
     use super::scan::{scan, PyContentType, PyHeaderFacts, PyMimePart, PyRecipientStatus};
+    #[pymodule_export]
+    use super::smtp_data::{dot_stuff, PyDataReader};
 
     #[pymodule_init]
     fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {

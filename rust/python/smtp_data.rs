@@ -1,0 +1,80 @@
+//! `DataReader` (the SMTP DATA reader fed from the connection's buffer) and `dot_stuff`.
+
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyBytes};
+
+use crate::smtp_data::{self, DataReader};
+
+#[pyclass(name = "DataReader", module = "deliverypool")]
+pub struct PyDataReader(DataReader);
+
+/// The bytes of a `bytes` or `bytearray`, read while no Python code can run.
+#[allow(unsafe_code)]
+fn with_bytes<R>(input: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult<R> {
+    if let Ok(array) = input.cast::<PyByteArray>() {
+        // SAFETY: the slice lives only for `f`, which is Rust code that calls no Python code and
+        // does not release the GIL, so nothing can resize or free the bytearray meanwhile.
+        return Ok(f(unsafe { array.as_bytes() }));
+    }
+    let bytes = input.cast::<PyBytes>()?;
+    Ok(f(bytes.as_bytes()))
+}
+
+#[pymethods]
+impl PyDataReader {
+    #[new]
+    #[pyo3(signature = (*, size_limit, line_length_limit, expected_size=None))]
+    fn new(size_limit: usize, line_length_limit: usize, expected_size: Option<usize>) -> Self {
+        PyDataReader(DataReader::new(size_limit, line_length_limit, expected_size))
+    }
+
+    /// Reads `data` (a `bytes` or the connection's `bytearray` buffer); returns how many of its
+    /// bytes belong to the DATA section (fewer than `len(data)` only once the end is found).
+    fn feed(&mut self, data: &Bound<'_, PyAny>) -> PyResult<usize> {
+        with_bytes(data, |bytes| self.0.feed(bytes))
+    }
+
+    /// True once `<CRLF>.<CRLF>` was read.
+    #[getter]
+    fn done(&self) -> bool {
+        self.0.done()
+    }
+
+    /// None, or why the message is refused: "bare-line-ending", "nul", "line-too-long",
+    /// "too-large".
+    #[getter]
+    fn problem(&self) -> Option<&'static str> {
+        self.0.problem().map(smtp_data::Problem::as_str)
+    }
+
+    /// Bytes received so far, as sent.
+    #[getter]
+    fn received(&self) -> usize {
+        self.0.received()
+    }
+
+    /// The message with `prefix` in front (a trace field, say), as one new `bytes`; the
+    /// reader's own copy is released. Raises RuntimeError before the end of data or for a
+    /// refused message.
+    #[pyo3(signature = (prefix=None))]
+    fn take<'py>(&mut self, py: Python<'py>, prefix: Option<&[u8]>) -> PyResult<Bound<'py, PyBytes>> {
+        let prefix = prefix.unwrap_or_default();
+        let message = self.0.take().ok_or_else(|| PyRuntimeError::new_err("no message: the data is not complete, or was refused"))?;
+        PyBytes::new_with(py, prefix.len() + message.len(), |buffer| {
+            buffer[..prefix.len()].copy_from_slice(prefix);
+            buffer[prefix.len()..].copy_from_slice(&message);
+            Ok(())
+        })
+    }
+}
+
+/// The message dot-stuffed for DATA (RFC 5321 §4.5.2); the same object when no line starts
+/// with a dot.
+#[pyfunction]
+pub fn dot_stuff<'py>(py: Python<'py>, message: &Bound<'py, PyBytes>) -> Bound<'py, PyBytes> {
+    match smtp_data::dot_stuff(message.as_bytes()) {
+        Some(stuffed) => PyBytes::new(py, &stuffed),
+        None => message.clone(),
+    }
+}

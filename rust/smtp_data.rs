@@ -1,0 +1,334 @@
+//! The SMTP DATA reader: the bytes a client sends after `354`, turned into the message, in
+//! whole buffers rather than a line at a time.
+//!
+//! Fed the connection's input as it arrives (any split across reads), it finds the end of data
+//! (`<CRLF>.<CRLF>`, RFC 5321 §4.1.1.4), removes the transparency dots (§4.5.2), and checks on
+//! the way what the relay refuses:
+//!
+//! * a bare CR or a bare LF anywhere (SMTP smuggling: `<LF>.<CR><LF>` and its cousins only end
+//!   the data for *some* servers, so the relay takes no message that holds one);
+//! * a NUL byte (RFC 5321 §4.5.2 and RFC 6152 exclude NUL from text and 8BITMIME alike);
+//! * a line longer than the line limit (counted with its CRLF, as aiosmtpd does);
+//! * more data than the size limit (counted as sent, without the final `.<CRLF>`).
+//!
+//! As aiosmtpd 1.4.5 and later do, only `<CRLF>.<CRLF>` ends the data: lines are split at CRLF
+//! alone, so a bare LF never starts a line. Once the message is known to be refused, nothing
+//! more is stored (its memory is released at once) but the input is still read to the end of
+//! data, so that the reply comes at the right time and the session can go on.
+//!
+//! Cost: one pass with `memchr3` over the input and one copy into the message buffer; the
+//! buffer is reserved up front when the client declared the size (ESMTP `SIZE=`).
+
+/// Why a message was refused (the first problem found wins, except that an oversized message
+/// is reported as such, as aiosmtpd does: 552 tells the client more than a line error).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Problem {
+    BareLineEnding,
+    Nul,
+    LineTooLong,
+    TooLarge,
+}
+
+impl Problem {
+    pub const ALL: [Problem; 4] = [Problem::BareLineEnding, Problem::Nul, Problem::LineTooLong, Problem::TooLarge];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Problem::BareLineEnding => "bare-line-ending",
+            Problem::Nul => "nul",
+            Problem::LineTooLong => "line-too-long",
+            Problem::TooLarge => "too-large",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct DataReader {
+    size_limit: usize,
+    line_limit: usize,
+    out: Vec<u8>,
+    /// Bytes of the current line seen so far, its leading dot included, its line break not.
+    line_len: usize,
+    /// The current line began with a dot (not copied to `out`).
+    dot_line: bool,
+    /// The last byte seen was a CR whose meaning depends on the next one (not copied yet).
+    pending_cr: bool,
+    /// Bytes received, as sent (dots and line breaks included).
+    received: usize,
+    problem: Option<Problem>,
+    done: bool,
+    taken: bool,
+}
+
+impl DataReader {
+    /// `expected` is the size the client declared, if any: the buffer is reserved for it (up to
+    /// the size limit) so a large message is not copied as it grows.
+    pub fn new(size_limit: usize, line_limit: usize, expected: Option<usize>) -> DataReader {
+        let reserve = expected.map_or(0, |e| e.min(size_limit.saturating_add(2)));
+        DataReader {
+            size_limit,
+            line_limit,
+            out: Vec::with_capacity(reserve),
+            line_len: 0,
+            dot_line: false,
+            pending_cr: false,
+            received: 0,
+            problem: None,
+            done: false,
+            taken: false,
+        }
+    }
+
+    pub fn done(&self) -> bool {
+        self.done
+    }
+
+    pub fn problem(&self) -> Option<Problem> {
+        self.problem
+    }
+
+    /// Bytes received so far, as sent.
+    pub fn received(&self) -> usize {
+        self.received
+    }
+
+    /// Reads from `input`; returns how many bytes belong to the data (all of them, unless the
+    /// end of data was found: then the rest is the client's next command, pipelined).
+    pub fn feed(&mut self, input: &[u8]) -> usize {
+        let mut i = 0;
+        while i < input.len() && !self.done {
+            if self.pending_cr {
+                self.pending_cr = false;
+                if input[i] == b'\n' {
+                    i += 1;
+                    self.received += 1;
+                    self.end_of_line();
+                    continue;
+                }
+                self.flag(Problem::BareLineEnding);
+                self.push(b"\r");
+                self.line_len += 1;
+            }
+            if self.line_len == 0 && !self.dot_line && input[i] == b'.' {
+                self.dot_line = true;
+                self.line_len = 1;
+                self.received += 1;
+                i += 1;
+                continue;
+            }
+            let rest = &input[i..];
+            let run = memchr::memchr3(b'\r', b'\n', 0, rest).unwrap_or(rest.len());
+            self.push(&rest[..run]);
+            self.line_len += run;
+            self.received += run;
+            i += run;
+            if let Some(&byte) = input.get(i) {
+                i += 1;
+                self.received += 1;
+                match byte {
+                    b'\r' => self.pending_cr = true,
+                    b'\n' => {
+                        self.flag(Problem::BareLineEnding);
+                        self.push(b"\n");
+                        self.line_len += 1;
+                    }
+                    _ => {
+                        self.flag(Problem::Nul);
+                        self.line_len += 1;
+                    }
+                }
+            }
+            if self.line_len + 2 > self.line_limit {
+                self.flag(Problem::LineTooLong);
+            }
+        }
+        i
+    }
+
+    /// A CRLF ended the current line: the end of data, or one more line of the message.
+    fn end_of_line(&mut self) {
+        if self.dot_line && self.line_len == 1 {
+            self.done = true;
+            // The final ".<CRLF>" is not part of the data.
+            self.received -= 3;
+            if self.received > self.size_limit {
+                self.problem = Some(Problem::TooLarge);
+            }
+            return;
+        }
+        if self.line_len + 2 > self.line_limit {
+            self.flag(Problem::LineTooLong);
+        }
+        self.push(b"\r\n");
+        self.line_len = 0;
+        self.dot_line = false;
+        // Over the limit by more than the terminator could account for: refused for sure.
+        if self.received > self.size_limit.saturating_add(3) {
+            self.problem = Some(Problem::TooLarge);
+            self.discard();
+        }
+    }
+
+    fn flag(&mut self, problem: Problem) {
+        if self.problem.is_none() {
+            self.problem = Some(problem);
+            self.discard();
+        }
+    }
+
+    fn discard(&mut self) {
+        self.out = Vec::new();
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        if self.problem.is_none() {
+            self.out.extend_from_slice(bytes);
+        }
+    }
+
+    /// The message, once the end of data was found without a problem (and not yet taken).
+    pub fn message(&self) -> Option<&[u8]> {
+        self.complete().then_some(self.out.as_slice())
+    }
+
+    /// The message buffer, taken out of the reader (once).
+    pub fn take(&mut self) -> Option<Vec<u8>> {
+        let message = self.complete().then(|| std::mem::take(&mut self.out));
+        self.taken |= message.is_some();
+        message
+    }
+
+    fn complete(&self) -> bool {
+        self.done && self.problem.is_none() && !self.taken
+    }
+}
+
+/// Dot-stuffs a message for sending (RFC 5321 §4.5.2): a dot is added before every line that
+/// starts with one. `None` when no line does (the message goes out as it is, no copy). The
+/// message must use CRLF line endings (the relay stores nothing else).
+pub fn dot_stuff(message: &[u8]) -> Option<Vec<u8>> {
+    let needs = message.first() == Some(&b'.') || memchr::memmem::find(message, b"\n.").is_some();
+    if !needs {
+        return None;
+    }
+    let mut out = Vec::with_capacity(message.len() + message.len() / 64 + 1);
+    let mut start = 0;
+    if message.first() == Some(&b'.') {
+        out.push(b'.');
+    }
+    for position in memchr::memmem::find_iter(message, b"\n.") {
+        out.extend_from_slice(&message[start..=position]);
+        out.push(b'.');
+        start = position + 1;
+    }
+    out.extend_from_slice(&message[start..]);
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_split(input: &[u8], split: usize) -> (DataReader, usize) {
+        let mut reader = DataReader::new(1 << 20, 1001, None);
+        let (a, b) = input.split_at(split.min(input.len()));
+        let mut used = reader.feed(a);
+        if !reader.done() {
+            used += reader.feed(b);
+        }
+        (reader, used)
+    }
+
+    fn read(input: &[u8]) -> (Option<Vec<u8>>, Option<Problem>, usize) {
+        let mut reader = DataReader::new(1 << 20, 1001, None);
+        let used = reader.feed(input);
+        (reader.take(), reader.problem(), used)
+    }
+
+    #[test]
+    fn ends_at_crlf_dot_crlf_and_unstuffs() {
+        let (message, problem, used) = read(b"Subject: x\r\n\r\n..hidden\r\n.a\r\nend\r\n.\r\nQUIT\r\n");
+        assert_eq!(problem, None);
+        assert_eq!(message.unwrap(), b"Subject: x\r\n\r\n.hidden\r\na\r\nend\r\n");
+        assert_eq!(used, b"Subject: x\r\n\r\n..hidden\r\n.a\r\nend\r\n.\r\n".len());
+    }
+
+    #[test]
+    fn empty_message() {
+        let (message, problem, used) = read(b".\r\nQUIT\r\n");
+        assert_eq!((message.unwrap(), problem, used), (Vec::new(), None, 3));
+    }
+
+    #[test]
+    fn every_split_gives_the_same_answer() {
+        let inputs: [&[u8]; 5] = [
+            b"a\r\n..b\r\n.\r\nRSET\r\n",
+            b"a\r\nb\n.\r\nc\r\n.\r\n",
+            b"a\r\nb\r.\r\nc\r\n.\r\n",
+            b"a\x00b\r\n.\r\n",
+            b".\r\n",
+        ];
+        for input in inputs {
+            let whole = read(input);
+            for split in 0..=input.len() {
+                let (mut reader, used) = read_split(input, split);
+                assert_eq!((reader.take(), reader.problem(), used), whole, "split at {split} of {input:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn smuggling_variants_are_refused_and_do_not_end_the_data() {
+        for trick in [&b"x\n.\r\n"[..], b"x\r\n.\n", b"x\r.\r\n", b"x\r\n.\r", b"x\n.\n", b"x\r\n.\rQ"] {
+            let mut input = trick.to_vec();
+            input.extend_from_slice(b"MAIL FROM:<evil@x>\r\n\r\n.\r\n");
+            let (message, problem, used) = read(&input);
+            assert_eq!(problem, Some(Problem::BareLineEnding), "{trick:?}");
+            assert_eq!(message, None);
+            assert_eq!(used, input.len(), "only the real terminator ends the data: {trick:?}");
+        }
+    }
+
+    #[test]
+    fn limits() {
+        let mut reader = DataReader::new(10, 1001, None);
+        let input = b"0123456789\r\n.\r\n";
+        assert_eq!(reader.feed(input), input.len());
+        assert_eq!(reader.problem(), Some(Problem::TooLarge));
+        // Exactly at the limit (10 bytes with the CRLF) is fine.
+        let mut reader = DataReader::new(10, 1001, None);
+        reader.feed(b"01234567\r\n.\r\n");
+        assert_eq!(reader.take().unwrap(), b"01234567\r\n");
+        let mut long = vec![b'a'; 1000];
+        long.extend_from_slice(b"\r\n.\r\n");
+        let (message, problem, _) = read(&long);
+        assert_eq!((message, problem), (None, Some(Problem::LineTooLong)));
+        let mut fits = vec![b'a'; 999];
+        fits.extend_from_slice(b"\r\n.\r\n");
+        assert!(read(&fits).0.is_some());
+    }
+
+    #[test]
+    fn a_refused_message_keeps_no_memory() {
+        let mut reader = DataReader::new(100, 1001, None);
+        let line = b"0123456789012345678901234567890123456789\r\n";
+        for _ in 0..100 {
+            reader.feed(line);
+        }
+        assert_eq!(reader.problem(), Some(Problem::TooLarge));
+        assert_eq!(reader.out.capacity(), 0);
+        assert!(!reader.done());
+        reader.feed(b".\r\n");
+        assert!(reader.done());
+    }
+
+    #[test]
+    fn dot_stuffing_round_trips() {
+        assert_eq!(dot_stuff(b"a\r\nb\r\n"), None);
+        assert_eq!(dot_stuff(b".a\r\n.\r\nb.\r\n..c\r\n").unwrap(), b"..a\r\n..\r\nb.\r\n...c\r\n");
+        let message = b".x\r\n..y\r\nz\r\n.\r\n";
+        let mut wire = dot_stuff(message).unwrap();
+        wire.extend_from_slice(b".\r\n");
+        assert_eq!(read(&wire).0.unwrap(), message);
+    }
+}
