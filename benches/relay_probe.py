@@ -6,6 +6,10 @@
     relay_probe.py collect --dump DIR --probes probes.json --messages M ...
         waits (bounded) until smtp-sink has dumped every message, then computes throughput,
         latency percentiles and losses.
+    relay_probe.py usage --match TEXT --out usage.json
+        writes the CPU seconds (user+system, exited children included) and the sum of the peak
+        RSS of every process whose command line contains TEXT (or whose executable is under
+        TEXT after "exe:"), and the machine's busy CPU seconds (/proc/stat).
     relay_probe.py compare A.json B.json
         prints both results and their ratio.
 """
@@ -52,6 +56,50 @@ def _message_id(path: Path) -> str | None:
     return None
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _processes(match: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if match.startswith("exe:"):
+                hit = os.readlink(entry / "exe").startswith(match[4:])
+            else:
+                hit = match.encode() in (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if hit:
+            found.append(int(entry.name))
+    return found
+
+
+def usage(match: str, out: Path) -> int:
+    cpu = 0.0
+    peak_kib = pss_kib = 0
+    pids = _processes(match)
+    for pid in pids:
+        try:
+            fields = (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1]).split()
+            # utime, stime, cutime, cstime: fields 14-17 of stat, 12-15 after the command.
+            cpu += sum(int(x) for x in fields[11:15]) / _TICK
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak_kib += int(line.split()[1])
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    pss_kib += int(line.split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    values = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    ticks = [int(v) for v in values]
+    busy = (sum(ticks[:8]) - ticks[3] - ticks[4]) / _TICK  # everything but idle and iowait
+    out.write_text(json.dumps({"cpu_seconds": cpu, "peak_rss_mib": peak_kib / 1024, "pss_mib": pss_kib / 1024, "processes": len(pids), "machine_busy_seconds": busy}))
+    return 0
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
@@ -67,6 +115,12 @@ def collect(args: argparse.Namespace) -> int:
         if len(files) >= expected or time.monotonic() > deadline:
             break
         time.sleep(0.1)
+    after = None
+    if args.usage_match:
+        # Taken as soon as everything arrived: the relay's work is done, its idle time not counted.
+        usage_path = Path(args.out).with_suffix(".usage.json")
+        usage(args.usage_match, usage_path)
+        after = json.loads(usage_path.read_text())
     time.sleep(0.5)  # a late duplicate would show up now
     files = [p for p in dump.iterdir() if p.is_file()]
     arrived: dict[str, float] = {}
@@ -83,6 +137,13 @@ def collect(args: argparse.Namespace) -> int:
     latencies = [arrived[p["message_id"]] - p["accepted"] for p in probes if p["message_id"] in arrived]
     start = args.start_ns / 1e9
     last = max(load_arrivals) if load_arrivals else float("nan")
+    before = json.loads(Path(args.usage_before).read_text()) if args.usage_before else None
+    cpu = machine = rss = pss = float("nan")
+    if before is not None and after is not None:
+        cpu = after["cpu_seconds"] - before["cpu_seconds"]
+        machine = after["machine_busy_seconds"] - before["machine_busy_seconds"]
+        rss, pss = after["peak_rss_mib"], after["pss_mib"]
+    handled = max(1, len(load_arrivals))
     result = {
         "name": args.name,
         "messages": args.messages,
@@ -94,6 +155,12 @@ def collect(args: argparse.Namespace) -> int:
         "latency_p50_ms": percentile(latencies, 0.50) * 1e3 if latencies else float("nan"),
         "latency_p99_ms": percentile(latencies, 0.99) * 1e3 if latencies else float("nan"),
         "probes": len(probes),
+        "size": args.size,
+        "cpu_ms_per_message": cpu / handled * 1e3,
+        "cpu_us_per_kib": cpu / handled / (args.size / 1024) * 1e6 if args.size else float("nan"),
+        "machine_cpu_ms_per_message": machine / handled * 1e3,
+        "peak_rss_mib": rss,
+        "pss_mib": pss,
     }
     Path(args.out).write_text(json.dumps(result))
     print(_line(result))
@@ -104,7 +171,29 @@ def _line(r: dict) -> str:
     return (
         f"{r['name']:<13} {r['messages_per_second']:>9,.0f} msg/s delivered   {r['accepted_per_second']:>9,.0f} msg/s accepted   "
         f"latency p50 {r['latency_p50_ms']:>8.1f} ms  p99 {r['latency_p99_ms']:>8.1f} ms   "
-        f"lost {r['lost']}  duplicates {r['duplicates']}"
+        f"lost {r['lost']}  duplicates {r['duplicates']}   "
+        f"cpu {r.get('cpu_ms_per_message', float('nan')):.2f} ms/msg ({r.get('cpu_us_per_kib', float('nan')):.1f} us/KiB), "
+        f"machine {r.get('machine_cpu_ms_per_message', float('nan')):.2f} ms/msg, peak RSS {r.get('peak_rss_mib', float('nan')):.0f} MiB"
+    )
+
+
+HEADER = (
+    "| size | deliverypool msg/s | Postfix msg/s | ratio | p50 / p99 ms (dp) | p50 / p99 ms (Postfix) | relay CPU ms/msg (dp) "
+    "| relay CPU µs/KiB (dp) | machine CPU ms/msg dp / Postfix | peak RSS MiB dp / Postfix (sum over processes) "
+    "| PSS MiB at the end dp / Postfix | lost dp / Postfix | dup dp / Postfix |"
+)
+
+
+def row(ours: dict, theirs: dict) -> str:
+    ratio = ours["messages_per_second"] / theirs["messages_per_second"] if theirs["messages_per_second"] else float("nan")
+    size = ours["size"]
+    label = f"{size // 1024} KiB" if size < 1 << 20 else f"{size / (1 << 20):g} MiB"
+    return (
+        f"| {label} | {ours['messages_per_second']:,.0f} | {theirs['messages_per_second']:,.0f} | **{ratio:.2f}** "
+        f"| {ours['latency_p50_ms']:.0f} / {ours['latency_p99_ms']:.0f} | {theirs['latency_p50_ms']:.0f} / {theirs['latency_p99_ms']:.0f} "
+        f"| {ours['cpu_ms_per_message']:.2f} | {ours['cpu_us_per_kib']:.1f} "
+        f"| {ours['machine_cpu_ms_per_message']:.2f} / {theirs['machine_cpu_ms_per_message']:.2f} "
+        f"| {ours['peak_rss_mib']:.0f} / {theirs['peak_rss_mib']:.0f} | {ours['pss_mib']:.0f} / {theirs['pss_mib']:.0f} | {ours['lost']} / {theirs['lost']} | {ours['duplicates']} / {theirs['duplicates']} |"
     )
 
 
@@ -115,6 +204,15 @@ def compare(a: str, b: str) -> int:
     print(_line(theirs))
     ratio = ours["messages_per_second"] / theirs["messages_per_second"] if theirs["messages_per_second"] else float("nan")
     print(f"throughput ratio {ours['name']}/{theirs['name']}: {ratio:.2f}")
+    return 0
+
+
+def table(paths: list[str]) -> int:
+    """Markdown table from result files given as deliverypool, Postfix pairs."""
+    print(HEADER)
+    print("|" + "|".join([" --- "] * (HEADER.count("|") - 1)) + "|")
+    for ours, theirs in zip(paths[::2], paths[1::2]):
+        print(row(json.loads(Path(ours).read_text()), json.loads(Path(theirs).read_text())))
     return 0
 
 
@@ -135,6 +233,14 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--timeout", type=float, default=300)
     c.add_argument("--name", required=True)
     c.add_argument("--out", required=True)
+    c.add_argument("--size", type=int, default=0)
+    c.add_argument("--usage-before")
+    c.add_argument("--usage-match")
+    u = sub.add_parser("usage")
+    u.add_argument("--match", required=True)
+    u.add_argument("--out", type=Path, required=True)
+    t = sub.add_parser("table")
+    t.add_argument("results", nargs="+")
     m = sub.add_parser("compare")
     m.add_argument("a")
     m.add_argument("b")
@@ -143,6 +249,10 @@ def main(argv: list[str] | None = None) -> int:
         return send(args.port, args.count, args.out, args.timeout)
     if args.command == "collect":
         return collect(args)
+    if args.command == "usage":
+        return usage(args.match, args.out)
+    if args.command == "table":
+        return table(args.results)
     return compare(args.a, args.b)
 
 

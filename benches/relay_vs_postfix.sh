@@ -2,8 +2,8 @@
 # Relay throughput and latency: the deliverypool relay against a stock Postfix relay, same load,
 # same machine, everything on loopback.
 #
-#   bash benches/relay_vs_postfix.sh            # 2000 messages, 8 sessions, 4 KiB each
-#   MESSAGES=10000 SESSIONS=20 bash benches/relay_vs_postfix.sh
+#   bash benches/relay_vs_postfix.sh                       # the size sweep: 2 KiB to 1 MiB
+#   SIZES="102400" MESSAGES=2000 SESSIONS=20 bash benches/relay_vs_postfix.sh
 #
 # For each relay: Postfix's smtp-source sends MESSAGES messages over SESSIONS parallel sessions
 # into the relay, which delivers them to Postfix's smtp-sink (a fresh one per relay, dumping
@@ -13,16 +13,19 @@
 # accepted (the 250 after DATA); the time it reached the sink (its dump file's mtime) minus
 # that is its latency.
 #
-# Printed: messages per second from the first message sent to the last one arriving at the
-# sink, acceptance rate (smtp-source's own run time), p50/p99 latency, messages lost, and the
-# ratio of the two relays. Installs Postfix (with no system configuration) if smtp-source is
+# For each size in SIZES (bytes; default 2 KiB, 20 KiB, 100 KiB, 1 MiB), both relays run in turn
+# on the same load. Printed, one row per size: messages per second from the first message sent
+# to the last one arriving at the sink, p50/p99 latency, the relay's own CPU time per message and
+# per KiB (every process of it, exited children included), the machine's busy CPU per message
+# (all processes: fair to Postfix, whose work is spread over many), the peak RSS of the relay's
+# processes, messages lost and duplicated, and the ratio of the two relays. MESSAGES defaults to
+# a count per size that keeps each run to a few seconds (MESSAGES sets one count for all). Installs Postfix (with no system configuration) if smtp-source is
 # missing; starts and stops everything itself; every wait is bounded by TIMEOUT seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-MESSAGES=${MESSAGES:-2000}
-SESSIONS=${SESSIONS:-8}
-SIZE=${SIZE:-4096}
+SIZES=${SIZES:-"2048 20480 102400 1048576"}
+SESSIONS=${SESSIONS:-20}
 PROBES=${PROBES:-100}
 TIMEOUT=${TIMEOUT:-300}
 PY=${PY:-.venv/bin/python}
@@ -104,13 +107,21 @@ tls = "none"
 max_connections_per_destination = 20
 EOF
     "$PY" -m deliverypool.cli relay --config "$WORK/dp/relay.toml" >"$WORK/dp/relay.log" 2>&1 &
-    PIDS+=($!)
+    DP_PID=$!
+    PIDS+=($DP_PID)
     wait_port 127.0.0.1 "$DP_PORT"
+}
+
+stop_deliverypool() {
+    kill "$DP_PID" 2>/dev/null || true
+    wait "$DP_PID" 2>/dev/null || true
+    rm -rf "$WORK/dp"
 }
 
 start_postfix() {
     # A private instance: its own configuration and queue directories, loopback only, relaying
     # everything it accepts from 127.0.0.0/8 to the sink, default concurrency (20).
+    rm -rf "$WORK/postfix-queue" "$WORK/postfix-data"
     mkdir -p "$PF_CONF" "$WORK/postfix-queue" "$WORK/postfix-data"
     cat >"$PF_CONF/main.cf" <<EOF
 compatibility_level = 3.6
@@ -145,24 +156,49 @@ EOF
     wait_port 127.0.0.1 "$PF_PORT"
 }
 
-run_case() { # name port sink-port start-function
-    local name=$1 port=$2 sink_port=$3 start=$4
-    local dump="$WORK/$name-sink"
+stop_postfix() {
+    postfix -c "$PF_CONF" stop >/dev/null 2>&1 || true
+    sleep 1
+}
+
+messages_for() { # size -> messages: a few seconds of load per run
+    if [ -n "${MESSAGES:-}" ]; then echo "$MESSAGES"; return; fi
+    if [ "$1" -le 20480 ]; then echo 3000; elif [ "$1" -le 102400 ]; then echo 1500; else echo 300; fi
+}
+
+run_case() { # name port sink-port start-function stop-function size match
+    local name=$1 port=$2 sink_port=$3 start=$4 stop=$5 size=$6 match=$7
+    local messages
+    messages=$(messages_for "$size")
+    local dump="$WORK/$name-$size-sink"
     start_sink "$sink_port" "$dump"
+    local sink_pid=${PIDS[-1]}
     "$start"
-    echo "== $name: $MESSAGES messages of $SIZE bytes over $SESSIONS sessions, $PROBES latency probes"
-    "$PY" benches/relay_probe.py send --port "$port" --count "$PROBES" --out "$WORK/$name-probes.json" --timeout "$TIMEOUT" &
+    echo "== $name: $messages messages of $size bytes over $SESSIONS sessions, $PROBES latency probes"
+    "$PY" benches/relay_probe.py usage --match "$match" --out "$WORK/$name-$size-before.json"
+    "$PY" benches/relay_probe.py send --port "$port" --count "$PROBES" --out "$WORK/$name-$size-probes.json" --timeout "$TIMEOUT" &
     local probe=$!
     local start_ns end_ns
     start_ns=$(date +%s%N)
-    timeout "$TIMEOUT" smtp-source -s "$SESSIONS" -m "$MESSAGES" -l "$SIZE" -f sender@bench.test -t rcpt@sink.test "127.0.0.1:$port"
+    timeout "$TIMEOUT" smtp-source -s "$SESSIONS" -m "$messages" -l "$size" -f sender@bench.test -t rcpt@sink.test "127.0.0.1:$port"
     end_ns=$(date +%s%N)
     wait "$probe"
-    "$PY" benches/relay_probe.py collect --dump "$dump" --probes "$WORK/$name-probes.json" \
-        --messages "$MESSAGES" --start-ns "$start_ns" --accepted-ns "$end_ns" --timeout "$TIMEOUT" \
-        --name "$name" --out "$WORK/$name-result.json"
+    "$PY" benches/relay_probe.py collect --dump "$dump" --probes "$WORK/$name-$size-probes.json" \
+        --messages "$messages" --start-ns "$start_ns" --accepted-ns "$end_ns" --timeout "$TIMEOUT" \
+        --name "$name" --size "$size" --out "$WORK/$name-$size-result.json" \
+        --usage-before "$WORK/$name-$size-before.json" --usage-match "$match"
+    "$stop"
+    kill "$sink_pid" 2>/dev/null || true
+    wait "$sink_pid" 2>/dev/null || true
+    rm -rf "$dump"
 }
 
-run_case deliverypool "$DP_PORT" "$DP_SINK" start_deliverypool
-run_case postfix "$PF_PORT" "$PF_SINK" start_postfix
-"$PY" benches/relay_probe.py compare "$WORK/deliverypool-result.json" "$WORK/postfix-result.json"
+RESULTS=()
+for size in $SIZES; do
+    run_case deliverypool "$DP_PORT" "$DP_SINK" start_deliverypool stop_deliverypool "$size" "$WORK/dp/relay.toml"
+    run_case postfix "$PF_PORT" "$PF_SINK" start_postfix stop_postfix "$size" exe:/usr/lib/postfix/sbin/
+    RESULTS+=("$WORK/deliverypool-$size-result.json" "$WORK/postfix-$size-result.json")
+done
+echo
+echo "== $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg), $SESSIONS sessions, commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+"$PY" benches/relay_probe.py table "${RESULTS[@]}"

@@ -403,6 +403,23 @@ def test_temporary_failures_until_max_age_then_a_dsn(aio_run: Run, tmp_path: Pat
     aio_run(main())
 
 
+def test_the_body_arrives_byte_for_byte(aio_run: Run, tmp_path: Path, mail_dns: str) -> None:
+    """Dot-stuffing on the way in and on the way out: lines that are or start with dots, 8-bit
+    text, a long line and no final line break in the body the client meant."""
+    body = ".\r\n..\r\n.leading dot\r\nmiddle . dot\r\n\u00e9t\u00e9 \u2603\r\n" + "x" * 990 + "\r\n."
+
+    async def main() -> None:
+        async with world(tmp_path, mail_dns) as w:
+            original = message("dots", body=body, message_id="<dots@t>")
+            await w.send(original, sender=SENDER, to=["x@dest.mail.test"])
+            (delivered,) = await w.sinks["mx1"].wait_for(1)
+            assert delivered.content.startswith(b"Received: ")
+            # aiosmtplib (the test client) ends the message with CRLF; the relay keeps the rest.
+            assert delivered.content.endswith(original + b"\r\n")
+
+    aio_run(main())
+
+
 class ExplodingMx:
     """Real MX answers, except that looking up boom.mail.test raises what no MX lookup is meant
     to raise (as getaddrinfo does with UnicodeError for a name such as ``a..b``)."""
