@@ -16,8 +16,10 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from aiosmtpd.smtp import SMTP
 
@@ -38,6 +40,8 @@ log = logging.getLogger("deliverypool.relay")
 
 # Bodies up to this size are handed to delivery from memory.
 KEEP_IN_MEMORY = 256 * 1024
+# Connections the kernel queues before the relay accepts them (asyncio's default is 100).
+LISTEN_BACKLOG = 1024
 
 
 def policy_from_config(config: RelayConfig) -> Policy:
@@ -66,9 +70,11 @@ class Relay:
         *,
         mx: MxLookup | None = None,
         router: Router | None = None,
+        spool_directory: Path | None = None,
     ) -> None:
         self.config = config
-        self.spool = Spool(config.spool.directory)
+        # A worker of `deliverypool relay` has a shard of the spool; an embedded relay the spool.
+        self.spool = Spool(spool_directory or config.spool.directory)
         self.mx = mx
         self.router = router
         self.engine: DeliveryEngine | None = None
@@ -110,10 +116,15 @@ class Relay:
         if self.router is None:
             self.router = Router(resolver if needs_sender else None, policy=policy_from_config(self.config))
 
-    async def listen(self) -> asyncio.AbstractServer:
-        """Starts the SMTP listener on the configured address."""
+    async def listen(self, sock: socket.socket | None = None) -> asyncio.AbstractServer:
+        """Starts the SMTP listener on the configured address, or on `sock` (a listening socket
+        shared with other workers)."""
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(self.smtp_factory(), self.config.listener.host, self.config.listener.port)
+        if sock is not None:
+            self.server = await loop.create_server(self.smtp_factory(), sock=sock, backlog=LISTEN_BACKLOG)
+        else:
+            listener = self.config.listener
+            self.server = await loop.create_server(self.smtp_factory(), listener.host, listener.port, backlog=LISTEN_BACKLOG)
         return self.server
 
     def smtp_factory(self) -> Callable[[], SMTP]:
@@ -188,12 +199,19 @@ class Relay:
         await self.spool.close()
 
 
-async def run_relay(config: RelayConfig, *, ready: Callable[[Relay], None] | None = None) -> None:
-    """Runs the relay until SIGINT or SIGTERM: recovers the spool, delivers, listens."""
-    relay = Relay(config)
+async def run_relay(
+    config: RelayConfig,
+    *,
+    ready: Callable[[Relay], None] | None = None,
+    sock: socket.socket | None = None,
+    spool_directory: Path | None = None,
+) -> None:
+    """Runs the relay until SIGINT or SIGTERM: recovers the spool, delivers, listens (on `sock`
+    when a supervisor shares one, with `spool_directory` its shard)."""
+    relay = Relay(config, spool_directory=spool_directory)
     await relay.start()
-    await relay.listen()
-    log.info("listening on %s:%d, spool %s", config.listener.host, config.listener.port, config.spool.directory)
+    await relay.listen(sock)
+    log.info("listening on %s:%d, spool %s", config.listener.host, config.listener.port, relay.spool.directory)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -47,7 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Run the relay with the configuration in a TOML file.")
     relay.add_argument("--config", required=True, metavar="PATH", help="the relay's TOML configuration")
     relay.add_argument("--loop", choices=["asyncio", "uvloop"], help="event loop (default: uvloop when installed)")
-    relay.set_defaults(handler=lambda args: _command("relay").relay_command(args.config, loop=args.loop))
+    relay.add_argument("--workers", type=int, metavar="N", help="worker processes (default: one per core)")
+    relay.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # internal: a worker's shard
+    relay.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)  # internal: the shared socket
+    relay.set_defaults(
+        handler=lambda args: _command("relay").relay_command(
+            args.config, loop=args.loop, workers=args.workers, worker=args.worker, listen_fd=args.listen_fd
+        )
+    )
 
     queue = commands.add_parser("queue", help="show what is in the spool",
                                 description="List the messages and recipients in the relay's spool.")

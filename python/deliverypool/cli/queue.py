@@ -18,19 +18,25 @@ def show_queue(directory: str, out: TextIO = sys.stdout) -> int:
     rows = listing(directory)
     now = time.time()
     pending = 0
+    sharded = any(row.shard for row in rows)
     if rows:
-        out.write(f"{'QUEUE ID':<13} {'STATE':<10} {'POOL':<10} {'TRIES':>5} {'NEXT':>8}  {'FROM':<28} RECIPIENT / LAST REPLY\n")
+        shard = f"{'SHARD':<9}" if sharded else ""
+        out.write(f"{shard}{'QUEUE ID':<13} {'STATE':<10} {'POOL':<10} {'TRIES':>5} {'NEXT':>8}  {'FROM':<28} RECIPIENT / LAST REPLY\n")
     for row in rows:
         if not row.finished:
             pending += 1
         wait = "-" if row.finished else _ago(row.next_attempt - now)
         sender = f"<{row.mail_from}>"
-        out.write(f"{row.queue_id:<13} {row.state:<10} {row.pool:<10} {row.attempts:>5} {wait:>8}  {sender:<28} {row.address}\n")
+        shard = f"{row.shard:<9}" if sharded else ""
+        out.write(f"{shard}{row.queue_id:<13} {row.state:<10} {row.pool:<10} {row.attempts:>5} {wait:>8}  {sender:<28} {row.address}\n")
         if row.last_reply:
             out.write(f"{'':>13} {row.last_reply[:100]}\n")
     counters = read_counters(directory)
+    shards = len({r.shard for r in rows}) if sharded else 1
     out.write(
-        f"{pending} recipient(s) pending in {len({r.queue_id for r in rows})} message(s); "
+        f"{pending} recipient(s) pending in {len({r.queue_id for r in rows})} message(s)"
+        + (f" across {shards} shard(s)" if sharded else "")
+        + "; "
         + ", ".join(f"{k} {v}" for k, v in sorted(counters.items()))
         + "\n"
     )

@@ -1,18 +1,32 @@
-"""`deliverypool relay --config PATH`: runs the relay until SIGINT or SIGTERM."""
+"""`deliverypool relay --config PATH [--workers N]`: runs the relay until SIGINT or SIGTERM.
+
+By default a supervisor runs one worker per core (:mod:`deliverypool.supervisor`); each worker
+is started by the supervisor as ``deliverypool relay --worker K --listen-fd FD`` (internal
+options: the shard and the shared listening socket)."""
 
 from __future__ import annotations
 
+import socket
 import sys
+from pathlib import Path
 
 from deliverypool.app import configure_logging, run_relay
 from deliverypool.config import ConfigError, load
 from deliverypool.errors import SpoolError
 from deliverypool.eventloop import run
+from deliverypool.supervisor import Supervisor, default_workers, die_with_supervisor, shard_directory
 
 __all__ = ["relay_command"]
 
 
-def relay_command(config_path: str, *, loop: str | None = None) -> int:
+def relay_command(
+    config_path: str,
+    *,
+    loop: str | None = None,
+    workers: int | None = None,
+    worker: int | None = None,
+    listen_fd: int | None = None,
+) -> int:
     """Exit status 2 for a bad configuration, 1 when the relay cannot start (the spool is
     locked or unusable, the listen address is in use), 0 after a clean stop."""
     try:
@@ -22,11 +36,16 @@ def relay_command(config_path: str, *, loop: str | None = None) -> int:
         return 2
     configure_logging()
     try:
-        run(run_relay(config), loop)
+        if worker is not None and listen_fd is not None:
+            die_with_supervisor()
+            sock = socket.socket(fileno=listen_fd)
+            run(run_relay(config, sock=sock, spool_directory=shard_directory(config.spool.directory, worker)), loop)
+            return 0
+        count = workers if workers is not None else default_workers()
+        return Supervisor(Path(config_path), config, count, loop=loop).run()
     except SpoolError as exc:
         print(f"deliverypool relay: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # e.g. the listen address is in use
         print(f"deliverypool relay: {exc}", file=sys.stderr)
         return 1
-    return 0

@@ -1,5 +1,8 @@
 """Read-only views of a spool, for ``deliverypool queue`` and monitoring: they open the database
-read-only and work while a relay runs (WAL readers never block the writer)."""
+read-only and work while a relay runs (WAL readers never block the writer).
+
+A spool directory holds one database, or one per worker in ``shard-K/`` folders
+(:mod:`deliverypool.supervisor`); the views cover every one of them."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from pathlib import Path
 from deliverypool.queue.schema import COUNTERS, FINAL_STATES, decode_reasons
 from deliverypool.queue.spool import DATABASE, connect, counters
 
-__all__ = ["RecipientRow", "listing", "read_counters"]
+__all__ = ["RecipientRow", "databases", "listing", "read_counters"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,7 @@ class RecipientRow:
     size: int
     header_message_id: str | None
     tenant: str | None
+    shard: str = ""  # "" for an unsharded spool, else the shard folder's name
 
     @property
     def finished(self) -> bool:
@@ -41,11 +45,21 @@ FROM recipients r JOIN messages m ON m.id = r.message ORDER BY m.received_at, m.
 """
 
 
+def databases(directory: str | os.PathLike[str]) -> list[tuple[str, Path]]:
+    """(shard name, database path) of every database in the spool at `directory`."""
+    root = Path(directory)
+    found = [("", root / DATABASE)] if (root / DATABASE).exists() else []
+    shards = sorted((p for p in root.glob("shard-*") if p.is_dir()), key=lambda p: (len(p.name), p.name))
+    return found + [(shard.name, shard / DATABASE) for shard in shards if (shard / DATABASE).exists()]
+
+
 def listing(directory: str | os.PathLike[str]) -> list[RecipientRow]:
-    """Every recipient in the spool at `directory`."""
-    path = Path(directory) / DATABASE
-    if not path.exists():
-        return []
+    """Every recipient in the spool at `directory` (every shard), oldest message first."""
+    rows = [row for shard, path in databases(directory) for row in _rows(shard, path)]
+    return sorted(rows, key=lambda r: r.received_at)
+
+
+def _rows(shard: str, path: Path) -> list[RecipientRow]:
     conn = connect(path, readonly=True)
     try:
         rows = conn.execute(_LISTING).fetchall()
@@ -66,17 +80,20 @@ def listing(directory: str | os.PathLike[str]) -> list[RecipientRow]:
             size=row["size"],
             header_message_id=row["header_message_id"],
             tenant=row["tenant"],
+            shard=shard,
         )
         for row in rows
     ]
 
 
 def read_counters(directory: str | os.PathLike[str]) -> dict[str, int]:
-    path = Path(directory) / DATABASE
-    if not path.exists():
-        return {name: 0 for name in COUNTERS}
-    conn = connect(path, readonly=True)
-    try:
-        return counters(conn)
-    finally:
-        conn.close()
+    """The spool's counters, summed over its shards."""
+    total = {name: 0 for name in COUNTERS}
+    for _, path in databases(directory):
+        conn = connect(path, readonly=True)
+        try:
+            for name, value in counters(conn).items():
+                total[name] = total.get(name, 0) + value
+        finally:
+            conn.close()
+    return total

@@ -1,0 +1,176 @@
+"""The relay on every core: one supervisor process and N worker processes.
+
+The supervisor binds the listening socket once and hands it to every worker (an inherited
+descriptor: all workers accept on the same socket, so a worker that dies takes no queued
+connection with it and the port never closes). Each worker is a whole relay (`app.Relay`: SMTP
+front end, router, delivery) with a spool *shard* of its own, ``SPOOL/shard-K``; a message
+stays in the shard of the worker that accepted it until it is delivered or bounced.
+
+When a worker exits unexpectedly the supervisor starts a new one for the same shard at once
+(after a pause that doubles, up to 30 s, while workers keep dying within seconds of their
+start); the new worker recovers the shard like any relay start (what was in flight is sent
+again: at-least-once). SIGTERM or SIGINT to the supervisor stops the workers (each finishes its
+transactions for a few seconds) and then the supervisor. Workers die with the supervisor
+(``PR_SET_PDEATHSIG``), so a killed supervisor leaves no orphan holding a shard.
+
+What must be the same for every worker (sender counters, restrictions, surge windows) lives in
+the shared state database ``SPOOL/state.sqlite3`` (:mod:`deliverypool.state`), which every
+worker opens; with ``[state] redis`` it lives in Redis and is shared by nodes too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from deliverypool.config import RelayConfig
+
+__all__ = ["Supervisor", "default_workers", "listen_socket", "shard_directory"]
+
+log = logging.getLogger("deliverypool.supervisor")
+
+# A worker that dies sooner than this after its start counts as crashing: the next start waits.
+_STABLE_AFTER = 10.0
+_MAX_PAUSE = 30.0
+_STOP_GRACE = 15.0
+
+
+def default_workers() -> int:
+    """The number of cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def shard_directory(spool: Path, shard: int) -> Path:
+    return spool / f"shard-{shard}"
+
+
+def listen_socket(host: str, port: int, backlog: int) -> socket.socket:
+    """The relay's listening socket, bound once by the supervisor."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.create_server((host, port), family=family, backlog=backlog)
+    sock.set_inheritable(True)
+    return sock
+
+
+@dataclass
+class _Worker:
+    shard: int
+    process: subprocess.Popen[bytes] | None = None
+    started: float = 0.0
+    pause: float = 0.0
+    restart_at: float = 0.0
+    restarts: int = 0
+
+
+@dataclass
+class Supervisor:
+    """Starts, watches and stops the workers of one relay configuration."""
+
+    config_path: Path
+    config: RelayConfig
+    workers: int
+    loop: str | None = None
+    backlog: int = 1024
+    _children: list[_Worker] = field(default_factory=list)
+    _stopping: bool = False
+
+    def run(self) -> int:
+        listener = self.config.listener
+        sock = listen_socket(listener.host, listener.port, self.backlog)
+        adopt_unsharded_spool(self.config.spool.directory)
+        log.info("supervisor: %d worker(s) on %s:%d, spool %s", self.workers, listener.host, listener.port, self.config.spool.directory)
+        previous = {signum: signal.signal(signum, self._stop) for signum in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self._children = [_Worker(shard) for shard in range(self.workers)]
+            for worker in self._children:
+                self._start(worker, sock)
+            while not self._stopping:
+                self._watch(sock)
+                time.sleep(0.1)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            self._stop_all()
+            sock.close()
+        return 0
+
+    def _stop(self, signum: int, frame: object) -> None:
+        self._stopping = True
+
+    def _start(self, worker: _Worker, sock: socket.socket) -> None:
+        command = [sys.executable, "-m", "deliverypool.cli", "relay", "--config", str(self.config_path)]
+        command += ["--worker", str(worker.shard), "--listen-fd", str(sock.fileno())]
+        if self.loop:
+            command += ["--loop", self.loop]
+        environment = dict(os.environ, DELIVERYPOOL_SUPERVISOR=str(os.getpid()))
+        worker.process = subprocess.Popen(command, pass_fds=(sock.fileno(),), env=environment)
+        worker.started = time.monotonic()
+        log.info("supervisor: worker %d started (pid %d)", worker.shard, worker.process.pid)
+
+    def _watch(self, sock: socket.socket) -> None:
+        now = time.monotonic()
+        for worker in self._children:
+            process = worker.process
+            if process is not None and process.poll() is not None:
+                code = process.returncode
+                worker.process = None
+                worker.restarts += 1
+                if now - worker.started < _STABLE_AFTER:
+                    worker.pause = min(_MAX_PAUSE, max(0.5, worker.pause * 2))
+                else:
+                    worker.pause = 0.0
+                worker.restart_at = now + worker.pause
+                log.error("supervisor: worker %d (pid %d) exited with %s; restarting in %.1fs", worker.shard, process.pid, code, worker.pause)
+            if worker.process is None and now >= worker.restart_at and not self._stopping:
+                self._start(worker, sock)
+
+    def _stop_all(self) -> None:
+        running = [w.process for w in self._children if w.process is not None and w.process.poll() is None]
+        for process in running:
+            process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + _STOP_GRACE
+        for process in running:
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def adopt_unsharded_spool(spool: Path) -> None:
+    """A spool written before shards existed (``SPOOL/spool.sqlite3``) becomes shard 0, once,
+    before any worker starts."""
+    from deliverypool.queue.spool import DATABASE
+
+    legacy = spool / DATABASE
+    shard = shard_directory(spool, 0)
+    if legacy.exists() and not (shard / DATABASE).exists():
+        shard.mkdir(parents=True, exist_ok=True)
+        for suffix in ("", "-wal", "-shm"):
+            source = spool / f"{DATABASE}{suffix}"
+            if source.exists():
+                source.rename(shard / source.name)
+        log.info("supervisor: the unsharded spool in %s is now shard 0", spool)
+
+
+def die_with_supervisor() -> None:
+    """In a worker: get SIGKILL when the supervisor dies (Linux ``PR_SET_PDEATHSIG``), and exit
+    now if it is already gone."""
+    supervisor = int(os.environ.get("DELIVERYPOOL_SUPERVISOR", "0"))
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if supervisor and os.getppid() != supervisor:
+        os._exit(1)
