@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -55,8 +56,8 @@ check_sender_domain = false
 
 
 class RelayProcess:
-    def __init__(self, config: Path, port: int, loop: str) -> None:
-        self.config, self.port, self.loop = config, port, loop
+    def __init__(self, config: Path, port: int, loop: str, workers: int = 1) -> None:
+        self.config, self.port, self.loop, self.workers = config, port, loop, workers
         self.process: subprocess.Popen[bytes] | None = None
         self.log = config.parent / "relay.log"
 
@@ -64,7 +65,8 @@ class RelayProcess:
         # The same interpreter, so the same installed deliverypool (editable or the wheel).
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "deliverypool.cli", "relay", "--config", str(self.config), "--loop", self.loop],
+                [sys.executable, "-m", "deliverypool.cli", "relay", "--config", str(self.config), "--loop", self.loop,
+                 "--workers", str(self.workers)],
                 stdout=log,
                 stderr=log,
             )
@@ -82,6 +84,12 @@ class RelayProcess:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait()
 
+    def workers_pids(self) -> list[int]:
+        """The supervisor's worker processes."""
+        assert self.process is not None
+        pid = self.process.pid
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
@@ -97,6 +105,83 @@ def mail(n: int) -> bytes:
         f"From: load@sender.test\r\nTo: sink@dest.test\r\nSubject: crash test {n}\r\n"
         f"Message-ID: <crash-{n}@t>\r\n\r\nmessage {n}\r\n"
     ).encode()
+
+
+def sent_ids(deliveries: list[Any]) -> collections.Counter[int]:
+    return collections.Counter(int(d.content.split(b"Message-ID: <crash-", 1)[1].split(b"@", 1)[0]) for d in deliveries)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_killed_worker_is_replaced_and_loses_nothing(loop: str, tmp_path: Path) -> None:
+    """Two workers under load; one gets SIGKILL. The listener stays up (the other worker keeps
+    accepting at once), the supervisor starts a new worker for the shard, which recovers it:
+    every acknowledged message reaches the sink."""
+    listen, sink_port = free_port(), free_port("127.0.0.20")
+    config = tmp_path / "relay.toml"
+    config.write_text(crash_config(tmp_path / "spool", listen, sink_port))
+    relay = RelayProcess(config, listen, loop, workers=2)
+    acked: set[int] = set()
+    total = 1500
+
+    async def client(numbers: collections.deque[int]) -> None:
+        while numbers:
+            smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=listen, start_tls=False, timeout=10)
+            try:
+                await smtp.connect()
+                while numbers:
+                    n = numbers.popleft()
+                    try:
+                        await smtp.sendmail("load@sender.test", ["sink@dest.test"], mail(n))
+                    except (aiosmtplib.SMTPException, OSError):
+                        numbers.append(n)  # its worker died before the 250: send it again
+                        break
+                    acked.add(n)
+            except (aiosmtplib.SMTPException, OSError):
+                await asyncio.sleep(0.01)
+            finally:
+                smtp.close()
+
+    async def main() -> None:
+        numbers = collections.deque(range(total))
+        async with sink("127.0.0.20", sink_port, "crash-sink") as destination:
+            try:
+                await relay.start()
+                workers = []
+                for _ in range(200):
+                    workers = relay.workers_pids()
+                    if len(workers) == 2:
+                        break
+                    await asyncio.sleep(0.05)
+                assert len(workers) == 2
+                tasks = [asyncio.ensure_future(client(numbers)) for _ in range(CLIENTS)]
+                while len(acked) < total // 3:
+                    await asyncio.sleep(0.005)
+                victim = workers[0]
+                os.kill(victim, signal.SIGKILL)
+                # The port is still served: a new connection is greeted by the other worker.
+                reader, writer = await asyncio.open_connection("127.0.0.1", listen)
+                assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"220")
+                writer.close()
+                await asyncio.gather(*tasks)
+                assert len(acked) == total
+                replaced = relay.workers_pids()
+                assert len(replaced) == 2 and victim not in replaced
+                loop_ = asyncio.get_running_loop()
+                deadline = loop_.time() + 60
+                while not acked <= set(sent_ids(destination.deliveries)):
+                    assert loop_.time() < deadline, f"{len(acked - set(sent_ids(destination.deliveries)))} never arrived"
+                    await asyncio.sleep(0.05)
+            finally:
+                relay.stop()
+            counters = read_counters(tmp_path / "spool")
+            assert counters["accepted"] >= total and counters["delivered"] >= total
+
+    if loop == "uvloop":
+        import uvloop
+
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
