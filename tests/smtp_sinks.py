@@ -177,14 +177,19 @@ async def sink(
     name: str = "sink",
     smtp_class: type[SMTP] = CountingSMTP,
     tls_context: ssl.SSLContext | None = None,
+    data_size_limit: int | None = 33554432,
     **handler_args: Any,
 ) -> AsyncIterator[Sink]:
     """An aiosmtpd sink on `host`:`port` running on the current event loop; with
-    `tls_context` it offers STARTTLS."""
+    `tls_context` it offers STARTTLS; `data_size_limit` is aiosmtpd's (its default 32 MiB)."""
     handler = SinkHandler(name, **handler_args)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: smtp_class(handler, hostname=name, enable_SMTPUTF8=True, tls_context=tls_context, loop=loop), host, port
+        lambda: smtp_class(
+            handler, hostname=name, enable_SMTPUTF8=True, tls_context=tls_context, data_size_limit=data_size_limit, loop=loop
+        ),
+        host,
+        port,
     )
     try:
         yield Sink(handler, host, port, server)

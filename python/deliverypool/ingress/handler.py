@@ -131,6 +131,11 @@ class RoutingHandler:
             return "554 5.6.0 Message contains a bare LF or CR; use CRLF line endings (SMTP smuggling)"
         peer = session.peer[0] if isinstance(session.peer, tuple) else None
         login = session.auth_data.login.decode("utf-8", "replace") if isinstance(session.auth_data, LoginPassword) else None
+        # From here the relay holds the only reference to the message, so that a copy it makes
+        # (the trace field in front) frees the original at once: a large message is in memory
+        # at most twice.
+        assert isinstance(content, bytes)
+        envelope.content = envelope.original_content = None
         work = self.relay.accept(
             mail_from="" if envelope.mail_from in (None, "<>") else envelope.mail_from,
             recipients=tuple(envelope.rcpt_tos),
@@ -139,6 +144,7 @@ class RoutingHandler:
             helo=session.host_name or "unknown",
             login=login,
         )
+        del content
         try:
             accepted = await self._on_relay_loop(work)
         except Exception:

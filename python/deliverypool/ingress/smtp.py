@@ -206,8 +206,9 @@ class RelaySMTP(SMTP):
             self._set_post_data_state()  # type: ignore[no-untyped-call]
             await self.push(_REFUSALS[problem])
             return
-        content = reader.take()
-        envelope.content = envelope.original_content = content
+        # The envelope holds the only reference (the handler may hand it on and drop it).
+        envelope.content = envelope.original_content = reader.take()
+        del reader
         status = await self._call_handler_hook("DATA")
         self._set_post_data_state()  # type: ignore[no-untyped-call]
         await self.push("250 OK" if status is MISSING else status)

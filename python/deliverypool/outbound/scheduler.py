@@ -257,15 +257,15 @@ class DeliveryEngine:
     async def _transaction(self, lane: _Lane, session: Session, work: _Work) -> bool:
         """One mail transaction for `work`. Returns False when the connection is unusable."""
         job = work.job
-        body = work.body if work.body is not None else await self.spool.body(job.message)
+        body = work.body if work.body is not None else await self.spool.stored(job.message)
         await self.spool.mark_in_flight(rid for rid, _ in job.recipients)
-        attempt = await send(session, job.mail_from, job.recipients, body)
+        attempt = await send(session, job.mail_from, job.recipients, body, self.spool)
         if attempt.reconnect:
             lane.queue.appendleft(work)
             return False
         self._log(work, lane, session.source, session.host, attempt.final, attempt.replies)
         # Outcomes commit in the background: the connection moves on to the next message.
-        self._spawn(self._settle(work, attempt.replies, body))
+        self._spawn(self._settle(work, attempt.replies, body if isinstance(body, bytes) else None))
         return attempt.alive
 
     def _log(

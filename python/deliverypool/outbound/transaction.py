@@ -13,8 +13,9 @@ import ipaddress
 import logging
 import random
 import ssl
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiosmtplib
 
@@ -23,6 +24,7 @@ from deliverypool.config import PoolConfig, SourceAddress
 from deliverypool.errors import DestinationError
 from deliverypool.lookup.mx import MxLookup
 from deliverypool.outbound.outcomes import DeliveryStats
+from deliverypool.queue.spool import Spool
 
 __all__ = ["Attempt", "Connector", "Session", "send"]
 
@@ -149,19 +151,26 @@ class Connector:
             session.smtp.close()
 
 
-async def _data(smtp: aiosmtplib.SMTP, body: bytes) -> aiosmtplib.SMTPResponse:
-    """DATA with the body as stored: dot-stuffed in Rust (no copy when no line starts with a
-    dot) and written as it is. aiosmtplib's own ``data()`` also rewrites every line ending with
-    a regular expression and copies the body three times; the spool only holds CRLF text (the
-    DATA reader refuses bare CR and LF, and the relay's own DSNs are CRLF), so neither is
-    needed. The reply is read with the protocol's public ``read_response``."""
-    start = await smtp.execute_command(b"DATA")
-    if start.code != 354:
-        raise aiosmtplib.SMTPDataError(start.code, start.message)
+async def _data(smtp: aiosmtplib.SMTP, pieces: AsyncIterator[bytes]) -> aiosmtplib.SMTPResponse:
+    """DATA with the body as stored, in pieces that each end at a line break: each dot-stuffed in
+    Rust (no copy when no line starts with a dot) and written once the transport has taken the
+    one before (flow control), so a large message is never held whole, or twice. aiosmtplib's
+    own ``data()`` also rewrites every line ending with a regular expression and copies the body
+    three times; the spool only holds CRLF text (the DATA reader refuses bare CR and LF, and
+    the relay's own DSNs are CRLF), so neither is needed. The reply is read with the protocol's
+    public ``read_response``."""
+    ready = await smtp.execute_command(b"DATA")
+    if ready.code != 354:
+        raise aiosmtplib.SMTPDataError(ready.code, ready.message)
     protocol = smtp.protocol
     if protocol is None:
         raise aiosmtplib.SMTPServerDisconnected("Connection lost")
-    protocol.write(dot_stuff(body))
+    first = True
+    async for piece in pieces:
+        if not first:
+            await protocol._drain_helper()
+        protocol.write(dot_stuff(piece))
+        first = False
     protocol.write(b".\r\n")
     response = await protocol.read_response(timeout=smtp.timeout)
     if response.code != 250:
@@ -169,7 +178,9 @@ async def _data(smtp: aiosmtplib.SMTP, body: bytes) -> aiosmtplib.SMTPResponse:
     return response
 
 
-async def send(session: Session, mail_from: str, recipients: Sequence[tuple[int, str]], body: bytes) -> Attempt:
+async def send(
+    session: Session, mail_from: str, recipients: Sequence[tuple[int, str]], body: bytes | Path, spool: Spool
+) -> Attempt:
     """One mail transaction: MAIL, RCPT for each recipient, DATA when any was accepted.
     Every recipient ends with a reply (remote, or a local 4.4.2 when the connection was lost)."""
     smtp = session.smtp
@@ -178,9 +189,11 @@ async def send(session: Session, mail_from: str, recipients: Sequence[tuple[int,
     accepted: list[int] = []
     try:
         options = []
+        size = len(body) if isinstance(body, bytes) else body.stat().st_size
         if smtp.supports_extension("size"):
-            options.append(f"SIZE={len(body)}")
-        if smtp.supports_extension("8bitmime") and not body.isascii():
+            options.append(f"SIZE={size}")
+        # A body file is not read for this: declaring 8BITMIME for 7-bit text is harmless.
+        if smtp.supports_extension("8bitmime") and (not isinstance(body, bytes) or not body.isascii()):
             options.append("BODY=8BITMIME")
         try:
             await smtp.mail(mail_from, options=options)
@@ -201,7 +214,7 @@ async def send(session: Session, mail_from: str, recipients: Sequence[tuple[int,
             except aiosmtplib.SMTPRecipientRefused as exc:
                 replies[rid] = (f"{exc.code} {exc.message}", session.host)
         if accepted:
-            response = await _data(smtp, body)
+            response = await _data(smtp, spool.chunks(body))
             attempt.final = f"{response.code} {response.message}"
             for rid in accepted:
                 replies[rid] = (attempt.final, session.host)

@@ -85,8 +85,14 @@ CREATE TABLE IF NOT EXISTS counters (
 );
 """
 
+# Version 2: bodies larger than the spool's file threshold live in files (BODIES/<queue id>); the
+# row names the file and its body column is empty.
+_V2: Final = """
+ALTER TABLE messages ADD COLUMN body_file TEXT
+"""
+
 # MIGRATIONS[n - 1] takes a spool from version n - 1 to version n.
-MIGRATIONS: Final[tuple[str, ...]] = (_V1,)
+MIGRATIONS: Final[tuple[str, ...]] = (_V1, _V2)
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 

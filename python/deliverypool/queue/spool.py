@@ -31,7 +31,7 @@ import concurrent.futures
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -43,6 +43,11 @@ T = TypeVar("T")
 
 DATABASE = "spool.sqlite3"
 LOCK = "spool.lock"
+# Bodies larger than this are written to a file of their own (BODIES/<queue id>, fsynced before
+# the row that names it is committed) instead of into the database: a large message is then
+# written once, off the event loop, and read back without SQLite assembling a copy of it.
+BODIES = "bodies"
+FILE_THRESHOLD = 256 * 1024
 # Upper bound on the changes one transaction takes; more wait for the next commit.
 MAX_BATCH = 1024
 
@@ -143,6 +148,9 @@ class Spool:
         self._loop: asyncio.AbstractEventLoop | None = None
         # One thread for everything that may wait on the disk: COMMIT (its fsync) and reads.
         self._io: concurrent.futures.ThreadPoolExecutor | None = None
+        # Body files are written and read on threads of their own, so that a large message
+        # never holds up the commits of the others.
+        self._files: concurrent.futures.ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
@@ -162,17 +170,20 @@ class Spool:
         self._lock_fd = fd
         self._loop = asyncio.get_running_loop()
         self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="spool-io")
+        self._files = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="spool-files")
         try:
             self._conn = await self._loop.run_in_executor(self._io, self._setup)
             self._reader = await self._loop.run_in_executor(self._io, lambda: connect(self.path, readonly=True))
         except BaseException:
             self._io.shutdown(wait=False)
+            self._files.shutdown(wait=False)
             self._unlock()
             raise
         self._closing = False
         self._wakeup = asyncio.Event()
         self._writer = asyncio.ensure_future(self._write_loop())
         requeued = await self.run(_recover)
+        await self._remove_orphan_bodies()
         pending = await self.pending()
         return Recovery(pending=tuple(pending), requeued_in_flight=requeued)
 
@@ -198,6 +209,9 @@ class Spool:
                     await asyncio.get_running_loop().run_in_executor(self._io, conn.close)
             self._io.shutdown(wait=True)
             self._io = None
+        if self._files is not None:
+            self._files.shutdown(wait=True)
+            self._files = None
         self._conn = self._reader = None
         self._unlock()
 
@@ -279,7 +293,16 @@ class Spool:
     async def accept(self, message: NewMessage) -> Job:
         """Stores a message with its recipients queued. Returns once it is on disk."""
         now = self.clock()
-        return await self.run(lambda conn: _insert(conn, message, now))
+        if len(message.body) <= FILE_THRESHOLD:
+            return await self.run(lambda conn: _insert(conn, message, now))
+        queue_id = new_queue_id()
+        path = self.directory / BODIES / queue_id
+        await self._on_file_thread(lambda: _write_file(path, message.body))
+        try:
+            return await self.run(lambda conn: _insert(conn, message, now, queue_id=queue_id, body_file=path.name))
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
 
     async def mark_in_flight(self, recipient_ids: Iterable[int]) -> None:
         """Records that an attempt starts. Awaited before sending, so that a crash during the
@@ -293,20 +316,76 @@ class Spool:
         the failed recipients) so that a failure and its DSN are never separated by a crash.
         Messages whose recipients are all finished are removed."""
         now = self.clock()
-        return await self.run(lambda conn: _record(conn, outcomes, bounce, now))
+        stored, finished_files = await self.run(lambda conn: _record(conn, outcomes, bounce, now))
+        if finished_files:
+            bodies = self.directory / BODIES
+            await self._on_file_thread(lambda: _unlink(bodies / name for name in finished_files))
+        return stored
 
     async def pending(self) -> list[Job]:
         """Unfinished recipients, one Job per message and state, oldest first."""
         return await self._read(_pending)
 
     async def body(self, message: int) -> bytes:
-        def read(conn: sqlite3.Connection) -> bytes:
-            row = conn.execute("SELECT body FROM messages WHERE id = ?", (message,)).fetchone()
+        """The whole stored message (a body file is read on a file thread, not behind the
+        commits). Delivery streams large bodies instead: :meth:`stored`."""
+        stored = await self.stored(message)
+        if isinstance(stored, bytes):
+            return stored
+        return await self._on_file_thread(stored.read_bytes)
+
+    async def stored(self, message: int) -> bytes | Path:
+        """The message as stored: its bytes, or the path of its body file."""
+
+        def read(conn: sqlite3.Connection) -> tuple[bytes, str | None]:
+            row = conn.execute("SELECT body, body_file FROM messages WHERE id = ?", (message,)).fetchone()
             if row is None:
                 raise KeyError(f"message {message} is not in the spool")
-            return bytes(row[0])
+            return bytes(row["body"]), row["body_file"]
 
-        return await self._read(read)
+        body, body_file = await self._read(read)
+        return body if body_file is None else self.directory / BODIES / body_file
+
+    async def chunks(self, stored: bytes | Path, size: int = 1 << 20) -> AsyncIterator[bytes]:
+        """A stored message in pieces of about `size` bytes that each end at a line break (so
+        each can be dot-stuffed alone), read from a body file on a file thread."""
+        if isinstance(stored, bytes):
+            yield stored
+            return
+        handle = await self._on_file_thread(lambda: stored.open("rb"))
+        try:
+            carry = b""
+            while True:
+                block = await self._on_file_thread(lambda: handle.read(size))
+                if not block:
+                    if carry:
+                        yield carry
+                    return
+                block = carry + block
+                cut = block.rfind(b"\n") + 1
+                if cut == 0:
+                    carry = block
+                    continue
+                carry = block[cut:]
+                yield block[:cut]
+        finally:
+            await self._on_file_thread(handle.close)
+
+    async def _remove_orphan_bodies(self) -> None:
+        """Body files no row names: written by a process that died before their row was
+        committed (the client got no 250 for them)."""
+        bodies = self.directory / BODIES
+        if not bodies.is_dir():
+            return
+        named = await self._read(lambda conn: {row[0] for row in conn.execute("SELECT body_file FROM messages WHERE body_file IS NOT NULL")})
+        orphans = [path for path in bodies.iterdir() if path.name not in named]
+        if orphans:
+            await self._on_file_thread(lambda: _unlink(orphans))
+
+    async def _on_file_thread(self, work: Callable[[], T]) -> T:
+        if self._files is None:
+            raise SpoolError("the spool is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._files, work)
 
     async def counters(self) -> dict[str, int]:
         return await self._read(counters)
@@ -334,15 +413,39 @@ def _bump(conn: sqlite3.Connection, name: str, by: int = 1) -> None:
         conn.execute("UPDATE counters SET value = value + ? WHERE name = ?", (by, name))
 
 
-def _insert(conn: sqlite3.Connection, message: NewMessage, now: float) -> Job:
+def _write_file(path: Path, body: bytes) -> None:
+    """Writes a body file durably: the data, then its directory entry."""
+    path.parent.mkdir(exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(body)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def _unlink(paths: Iterable[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
+def _insert(conn: sqlite3.Connection, message: NewMessage, now: float, *, queue_id: str | None = None, body_file: str | None = None) -> Job:
     if not message.recipients:
         raise ValueError("a message needs at least one recipient")
-    queue_id = new_queue_id()
-    while conn.execute("SELECT 1 FROM messages WHERE queue_id = ?", (queue_id,)).fetchone():
+    if queue_id is None:
         queue_id = new_queue_id()
+        while conn.execute("SELECT 1 FROM messages WHERE queue_id = ?", (queue_id,)).fetchone():
+            queue_id = new_queue_id()
     cursor = conn.execute(
-        "INSERT INTO messages (queue_id, mail_from, pool, reasons, tenant, header_message_id, received_at, size, body)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO messages (queue_id, mail_from, pool, reasons, tenant, header_message_id, received_at, size, body, body_file)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             queue_id,
             message.mail_from,
@@ -352,7 +455,8 @@ def _insert(conn: sqlite3.Connection, message: NewMessage, now: float) -> Job:
             message.header_message_id,
             now,
             len(message.body),
-            message.body,
+            b"" if body_file is not None else message.body,
+            body_file,
         ),
     )
     message_id = cursor.lastrowid
@@ -386,7 +490,10 @@ def _set_in_flight(conn: sqlite3.Connection, ids: Sequence[int], now: float) -> 
         conn.execute("UPDATE recipients SET state = ?, updated_at = ? WHERE id = ?", (State.IN_FLIGHT.value, now, rid))
 
 
-def _record(conn: sqlite3.Connection, outcomes: Sequence[Outcome], bounce: NewMessage | None, now: float) -> Job | None:
+def _record(
+    conn: sqlite3.Connection, outcomes: Sequence[Outcome], bounce: NewMessage | None, now: float
+) -> tuple[Job | None, list[str]]:
+    """Returns the stored DSN's job (or None) and the body files of messages now finished."""
     messages: set[int] = set()
     for outcome in outcomes:
         row = conn.execute("SELECT message FROM recipients WHERE id = ?", (outcome.recipient,)).fetchone()
@@ -400,16 +507,22 @@ def _record(conn: sqlite3.Connection, outcomes: Sequence[Outcome], bounce: NewMe
         )
     _bump(conn, "delivered", sum(o.state is State.DELIVERED for o in outcomes))
     _bump(conn, "failed", sum(o.state is State.FAILED for o in outcomes))
+    finished: list[str] = []
     for message in messages:
-        conn.execute(
-            "DELETE FROM messages WHERE id = ? AND NOT EXISTS"
+        row = conn.execute(
+            "SELECT body_file FROM messages WHERE id = ? AND NOT EXISTS"
             f" (SELECT 1 FROM recipients WHERE message = ? AND state NOT IN {FINAL_STATES_SQL})",
             (message, message),
-        )
+        ).fetchone()
+        if row is None:
+            continue
+        conn.execute("DELETE FROM messages WHERE id = ?", (message,))
+        if row["body_file"] is not None:
+            finished.append(row["body_file"])
     if bounce is None:
-        return None
+        return None, finished
     _bump(conn, "bounces")
-    return _insert(conn, bounce, now)
+    return _insert(conn, bounce, now), finished
 
 
 def _recover(conn: sqlite3.Connection) -> int:
