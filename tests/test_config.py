@@ -140,20 +140,141 @@ def test_load_resolves_the_spool_relative_to_the_file(tmp_path: Path) -> None:
         cfg.load(tmp_path / "missing.toml")
 
 
+@pytest.mark.parametrize(
+    ("smarthost", "expected"),
+    [
+        ("relay.example:587", ("relay.example", 587)),
+        ("Relay.Example.NET", ("relay.example.net", 25)),  # the ASCII form, as mail/address.py gives it
+        ("bücher.example:25", ("xn--bcher-kva.example", 25)),
+        ("localhost:2525", ("localhost", 2525)),
+        ("192.0.2.25", ("192.0.2.25", 25)),
+        ("[2001:db8::25]:2525", ("2001:db8::25", 2525)),
+        ("2001:db8::25", ("2001:db8::25", 25)),
+    ],
+)
+def test_smarthost(smarthost: str, expected: tuple[str, int]) -> None:
+    conf = cfg.loads(MINIMAL.replace('["192.0.2.10"]', f'["192.0.2.10"]\ndelivery = "smarthost"\nsmarthost = "{smarthost}"'))
+    assert conf.pools["normal"].smarthost == expected
+
+
+@pytest.mark.parametrize(
+    ("smarthost", "message"),
+    [
+        ("a..b:25", "pools.normal.smarthost: not a host name or IP address: 'a..b'"),
+        ("relay:25", "pools.normal.smarthost: not a host name or IP address: 'relay'"),  # one label: only localhost
+        ("-relay.example", "pools.normal.smarthost: not a host name or IP address: '-relay.example'"),
+        ("relay.example:0", "pools.normal.smarthost: bad port '0': 'relay.example:0'"),
+        ("[2001:db8::25", "pools.normal.smarthost: unclosed '[': '[2001:db8::25'"),
+        ("", "pools.normal.smarthost: expected host:port: ''"),
+    ],
+)
+def test_smarthost_must_be_a_host_name_or_address(smarthost: str, message: str) -> None:
+    with pytest.raises(cfg.ConfigError) as error:
+        cfg.loads(MINIMAL.replace('["192.0.2.10"]', f'["192.0.2.10"]\ndelivery = "smarthost"\nsmarthost = "{smarthost}"'))
+    assert str(error.value) == message
+
+
 @given(
     host=st.one_of(
         st.ip_addresses().map(str),
-        st.from_regex(r"\A[a-z][a-z0-9-]{0,10}(\.[a-z][a-z0-9-]{0,10}){0,3}\Z"),
+        st.from_regex(r"\A[a-z][a-z0-9]{0,10}(\.[a-z][a-z0-9-]{0,9}[a-z0-9]){1,3}\Z"),
     ),
     port=st.integers(1, 65535),
 )
-def test_host_port_round_trip(host: str, port: int) -> None:
+def test_smarthost_round_trip(host: str, port: int) -> None:
     written = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    assert cfg.parse_host_port("k", written) == (host, port)
-    assert cfg.parse_host_port("k", host, 25) == (host, 25)
+    pool = {"source_addresses": ["192.0.2.10"], "delivery": "smarthost"}
+    data = {"pools": {"normal": {**pool, "smarthost": written}, "high-risk": {**pool, "source_addresses": ["192.0.2.20"], "smarthost": host}}}
+    conf = cfg.from_dict(data)
+    assert conf.pools["normal"].smarthost == (host, port)
+    assert conf.pools["high-risk"].smarthost == (host, 25)
 
 
-@given(st.integers(0, 10**6), st.sampled_from(["", "s", "m", "h", "d", "w"]))
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("[listener]\nmax_recipients = \"5\"", "listener.max_recipients: must be an integer, got a string"),
+        ("[listener]\nline_length_limit = 99", "listener.line_length_limit: must be at least 100, got 99"),
+        ("[listener]\nsize_limit = 1.5", 'listener.size_limit: must be a whole number of bytes or a string like "25MB", got a number'),
+        ("[listener]\nsize_limit = \"0k\"", "listener.size_limit: must be a positive size, got '0k'"),
+        ("[listener]\naddress = \"127.0.0.1\"", "listener.address: needs a port (host:port): '127.0.0.1'"),
+        ("[listener]\nallow_plaintext_auth = 1", "listener.allow_plaintext_auth: must be true or false, got an integer"),
+        ("[listener]\ntls_key = \"\"", "listener.tls_key: must be a non-empty string, got an empty one"),
+        ("[policy]\nthreshold = true", "policy.threshold: must be a number, got a boolean"),
+        ("[policy]\nthreshold = nan", "policy.threshold: must be a finite number, got nan"),
+        ('[policy]\nscore_header = "X Spam"', "policy.score_header: not a header field name: 'X Spam'"),
+        ('[policy.tenants]\n"acme.corp" = "x"', 'policy.tenants."acme.corp": must be a number, got a string'),
+        ("[dns]\ncheck_sender_domain = \"yes\"", "dns.check_sender_domain: must be true or false, got a string"),
+        ("[dns]\ntimeout = 0", "dns.timeout: must be longer than zero, got 0"),
+        ("[dns]\nnameservers = \"127.0.0.53\"", "dns.nameservers: must be an array, got a string"),
+        ("[spool]\ndirectory = 5", "spool.directory: must be a non-empty string, got an integer"),
+        ("[pools.normal.retry]\nmaximum = \"1s\"", "pools.normal.retry.maximum: must not be shorter than initial"),
+        ("[pools.normal.retry]\nfactor = 0.5", "pools.normal.retry.factor: must be at least 1, got 0.5"),
+        ("[pools.extra]\nsource_addresses = [{ address = \"192.0.2.30\", weight = 0 }]", "pools.extra.source_addresses[0].weight: must be at least 1, got 0"),
+        ("[pools.extra]\nsource_addresses = [\"192.0.2.30\", \"192.0.2.30\"]", "pools.extra.source_addresses[1]: 192.0.2.30 is listed twice"),
+        ("[pools.extra]\nsource_addresses = [3]", "pools.extra.source_addresses[0]: must be a table, got an integer"),
+        ("[pools.extra]\nehlo_name = \"x.example\"", "pools.extra.source_addresses: required: the addresses this pool sends from"),
+        ('[pools.extra]\nsource_addresses = ["192.0.2.30"]\nname = "other"', "pools.extra.name: unknown key"),
+        ('[pools.extra]\nsource_addresses = ["192.0.2.30"]\nmx_port = 65536', "pools.extra.mx_port: must be at most 65535, got 65536"),
+        ('[pools.extra]\nsource_addresses = ["192.0.2.30"]\ndelivery = "lmtp"', "pools.extra.delivery: must be 'mx' or 'smarthost', got 'lmtp'"),
+    ],
+)
+def test_error_messages(extra: str, message: str) -> None:
+    with pytest.raises(cfg.ConfigError) as error:
+        cfg.loads(MINIMAL + extra)
+    assert str(error.value) == message
+    assert (error.value.key, error.value.problem) == tuple(message.split(": ", 1))
+
+
+def test_every_problem_is_reported_one_per_line() -> None:
+    text = 'hostname = "not a name"\n[listener]\nmax_recipients = 0\n[dns]\ntimeout = "soon"\n' + MINIMAL + 'retyr = {}\n'
+    with pytest.raises(cfg.ConfigError) as error:
+        cfg.loads(text)
+    assert str(error.value).splitlines() == [
+        "hostname: not a host name: 'not a name'",
+        "listener.max_recipients: must be at least 1, got 0",
+        "dns.timeout: not a duration (like 500ms, 90s, 15m, 4h, 5d, 1w): 'soon'",
+        "pools.high-risk.retyr: unknown key",
+    ]
+    assert error.value.key == "hostname" and error.value.problem == "not a host name: 'not a name'"
+    assert [key for key, _ in error.value.errors] == ["hostname", "listener.max_recipients", "dns.timeout", "pools.high-risk.retyr"]
+
+
+def test_the_hostname_is_the_default_ehlo_and_listener_name() -> None:
+    conf = cfg.loads('hostname = "relay.example.net"\n' + MINIMAL + 'ehlo_name = "bulk.example.net"\n')
+    assert conf.pools["normal"].ehlo_name == "relay.example.net"
+    assert conf.pools["high-risk"].ehlo_name == "bulk.example.net"
+    assert conf.listener.hostname == "relay.example.net" and conf.hostname == "relay.example.net"
+    assert cfg.loads(MINIMAL).pools["normal"].ehlo_name == "localhost"
+
+
+def test_pools_are_named_by_their_key() -> None:
+    conf = cfg.loads(MINIMAL)
+    assert {name: pool.name for name, pool in conf.pools.items()} == {"normal": "normal", "high-risk": "high-risk"}
+    # A pool given as an object is named by its key too, without renaming the caller's object.
+    pool = cfg.PoolConfig(source_addresses=(cfg.SourceAddress(address=ipaddress.ip_address("192.0.2.30")),))
+    conf = cfg.from_dict({"pools": {"normal": cfg.loads(MINIMAL).pools["normal"], "high-risk": pool}})
+    assert conf.high_risk_pool.name == "high-risk" and pool.name == ""
+
+
+def test_the_configuration_is_immutable_and_typed() -> None:
+    conf = cfg.loads(MINIMAL + '[listener]\ntls_certificate = "c.pem"\ntls_key = "k.pem"\nauth_users = { bob = "pw" }\n[policy.tenants]\nacme = 2\n')
+    with pytest.raises(ValueError, match="frozen"):
+        conf.hostname = "other"  # type: ignore[misc]
+    with pytest.raises(ValueError, match="frozen"):
+        conf.pools["normal"].retry.initial = 1.0  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        conf.pools["x"] = conf.normal_pool  # type: ignore[index]
+    with pytest.raises(TypeError):
+        conf.listener.auth_users["eve"] = "pw"  # type: ignore[index]
+    assert conf.listener.tls_certificate == Path("c.pem") and isinstance(conf.listener.tls_key, Path)
+    assert conf.policy.tenants == {"acme": 2.0} and isinstance(conf.policy.tenants["acme"], float)
+    assert isinstance(conf.pools["normal"].source_addresses[0].address, ipaddress.IPv4Address)
+    assert isinstance(conf.listener.allowed_networks[0], ipaddress.IPv4Network)
+    assert conf.listener.address == ("127.0.0.1", 2525)
+
+
+@given(st.integers(1, 10**6), st.sampled_from(["", "s", "m", "h", "d", "w"]))
 def test_duration_units(amount: int, unit: str) -> None:
     scale = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[unit]
-    assert cfg.parse_duration("k", f"{amount}{unit}") == amount * scale
+    assert cfg.parse_duration(f"{amount}{unit}") == amount * scale
