@@ -4,14 +4,26 @@ is refused with an error that names its key."""
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
+import sys
 from pathlib import Path
+from typing import Any
 
+import jsonschema  # type: ignore[import-untyped]
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
 from deliverypool import config as cfg
+from deliverypool.config.schema import main as schema_main
+from deliverypool.config.schema import schema_text
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -278,3 +290,79 @@ def test_the_configuration_is_immutable_and_typed() -> None:
 def test_duration_units(amount: int, unit: str) -> None:
     scale = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[unit]
     assert cfg.parse_duration(f"{amount}{unit}") == amount * scale
+
+
+# --- the JSON Schema for editors (docs/relay.schema.json) ---------------------------------
+
+SCHEMA_FILE = REPO / "docs" / "relay.schema.json"
+
+
+def schema_validator() -> Any:
+    schema = json.loads(SCHEMA_FILE.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+
+
+def test_the_committed_schema_is_what_the_models_generate() -> None:
+    assert SCHEMA_FILE.read_text() == schema_text(), (
+        "docs/relay.schema.json is stale: run .venv/bin/python -m deliverypool.config.schema docs/relay.schema.json"
+    )
+
+
+def test_every_key_in_the_schema_has_a_description() -> None:
+    schema = json.loads(SCHEMA_FILE.read_text())
+    tables = [schema, *(d for d in schema["$defs"].values() if "properties" in d)]
+    tables += [alt for d in schema["$defs"].values() for alt in d.get("anyOf", []) if "properties" in alt]
+    keys = {(table.get("title"), key): prop for table in tables for key, prop in table["properties"].items()}
+    assert len(keys) > 40  # every table was found, SourceAddress's inside its anyOf too
+    assert [key for key, prop in keys.items() if not prop.get("description")] == []
+    # The keys are exactly the models' fields: none missing, none invented.
+    models: list[type[BaseModel]] = [cfg.RelayConfig, cfg.ListenerConfig, cfg.SpoolConfig, cfg.PolicyConfig, cfg.DnsConfig, cfg.PoolConfig, cfg.RetryConfig, cfg.SourceAddress]
+    assert {(m.__name__ if m is not cfg.RelayConfig else schema["title"], f) for m in models for f in m.model_fields} == set(keys)
+
+
+def test_the_schema_accepts_what_loads_accepts() -> None:
+    validator = schema_validator()
+    assert list(validator.iter_errors(tomllib.loads(documented_example()))) == []
+    assert list(validator.iter_errors(tomllib.loads(MINIMAL))) == []
+    for duration in (90, 0.5, "90s", "500ms", "1.5h", "1w"):
+        for size in (1000, "25MB", "512k", "10MiB"):
+            data = tomllib.loads(MINIMAL + f"[dns]\ntimeout = {json.dumps(duration)}\n[listener]\nsize_limit = {json.dumps(size)}\n")
+            assert list(validator.iter_errors(data)) == [], (duration, size)
+            cfg.from_dict(data)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        '[dns]\ntimeout = "soon"',
+        "[dns]\ntimeout = -1",
+        '[listener]\nsize_limit = "big"',
+        '[listener]\nsize_limit = "1.5MB"',
+        '[listener]\nhostnmae = "x"',
+        '[listener]\nhostname = "not a name"',
+        '[listener]\naddress = "127.0.0.1"',
+        '[pools.extra]\nsource_addresses = ["10.0.0.300"]',
+        '[pools.extra]\nsource_addresses = []',
+        '[pools.extra]\nehlo_name = "x.example"',
+        '[pools.extra]\nsource_addresses = [{ address = "192.0.2.30", weight = 0 }]',
+        '[pools.extra]\nsource_addresses = ["192.0.2.30"]\ntls = "maybe"',
+        '[pools.extra]\nsource_addresses = ["192.0.2.30"]\nname = "extra"',
+        "[pools.normal.retry]\njitter = 1.5",
+        '[policy]\nscore_header = "X Spam"',
+        '[policy.tenants]\nacme = "x"',
+    ],
+)
+def test_the_schema_refuses_what_loads_refuses(extra: str) -> None:
+    data = tomllib.loads(MINIMAL + extra)
+    assert list(schema_validator().iter_errors(data)) != []
+    with pytest.raises(cfg.ConfigError):
+        cfg.from_dict(data)
+
+
+def test_the_schema_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert schema_main([str(tmp_path / "schema.json")]) == 0
+    assert (tmp_path / "schema.json").read_text() == SCHEMA_FILE.read_text()
+    assert schema_main([]) == 0
+    assert capsys.readouterr().out == SCHEMA_FILE.read_text()
+    assert schema_main(["--help"]) == 2
