@@ -7,6 +7,7 @@ import ipaddress
 import json
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,19 +37,49 @@ source_addresses = ["192.0.2.20"]
 
 
 def documented_example() -> str:
-    text = (REPO / "README.md").read_text()
-    blocks = re.findall(r"```toml\n(.*?)```", text, re.S)
-    assert blocks, "README.md has no ```toml block"
+    """The TOML block of the README's "### Configuration" section (up to the next heading)."""
+    lines = (REPO / "README.md").read_text(encoding="utf-8").splitlines(keepends=True)
+    assert "### Configuration\n" in lines, 'README.md has no "### Configuration" section'
+    blocks: list[str] = []
+    fence: list[str] | None = None  # the lines of the code block being read
+    language = ""
+    for line in lines[lines.index("### Configuration\n") + 1 :]:
+        if fence is None and line.startswith("#"):
+            break  # the next heading ends the section
+        if line.startswith("```"):
+            if fence is None:
+                fence, language = [], line[3:].strip()
+            else:
+                if language == "toml":
+                    blocks.append("".join(fence))
+                fence = None
+        elif fence is not None:
+            fence.append(line)
+    assert len(blocks) == 1, f"the Configuration section has {len(blocks)} ```toml blocks, expected one"
     return blocks[0]
 
 
 def test_the_documented_example_loads() -> None:
     conf = cfg.loads(documented_example())
+    assert conf.hostname == "relay.example.net"
     assert set(conf.pools) == {"normal", "high-risk"}
-    normal = conf.pools["normal"]
-    assert [s.address for s in normal.source_addresses][:2] == [ipaddress.ip_address("192.0.2.10"), ipaddress.ip_address("192.0.2.11")]
-    assert conf.high_risk_pool.delivery in ("mx", "smarthost")
-    assert conf.policy.score_header is not None
+    normal, high_risk = conf.normal_pool, conf.high_risk_pool
+    assert [(s.address, s.weight) for s in normal.source_addresses] == [
+        (ipaddress.ip_address("192.0.2.10"), 1),
+        (ipaddress.ip_address("192.0.2.11"), 1),
+        (ipaddress.ip_address("2001:db8::10"), 2),
+    ]
+    assert (normal.retry.initial, normal.retry.maximum, normal.retry.factor, normal.retry.jitter) == (60, 4 * 3600, 2, 0.2)
+    assert (normal.max_age, normal.idle_timeout, normal.connect_timeout, normal.command_timeout) == (5 * 86400, 2, 30, 300)
+    assert (normal.ehlo_name, normal.delivery, normal.tls, normal.smarthost) == ("out1.example.net", "mx", "opportunistic", None)
+    assert (high_risk.delivery, high_risk.smarthost, high_risk.max_age) == ("smarthost", ("smarthost.example.net", 25), 2 * 86400)
+    listener = conf.listener
+    assert (listener.host, listener.port, listener.size_limit) == ("127.0.0.1", 2525, 25 * 1024 * 1024)
+    assert listener.trusted_score_networks == (ipaddress.ip_network("10.1.2.3/32"),)
+    assert listener.tls_key == Path("/etc/deliverypool/relay.key") and dict(listener.auth_users) == {"app1": "a-long-random-password"}
+    assert (conf.policy.threshold, dict(conf.policy.tenants), conf.policy.score_header) == (5.0, {"app1": 3.0}, "X-Spam-Score")
+    assert (conf.dns.nameservers, conf.dns.timeout) == ((("127.0.0.53", 53),), 2.0)
+    assert conf.spool.directory == Path("/var/spool/deliverypool")
 
 
 def test_defaults() -> None:
@@ -286,10 +317,107 @@ def test_the_configuration_is_immutable_and_typed() -> None:
     assert conf.listener.address == ("127.0.0.1", 2525)
 
 
-@given(st.integers(1, 10**6), st.sampled_from(["", "s", "m", "h", "d", "w"]))
-def test_duration_units(amount: int, unit: str) -> None:
-    scale = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[unit]
-    assert cfg.parse_duration(f"{amount}{unit}") == amount * scale
+# --- durations and sizes (config/units.py) -----------------------------------------------
+
+DURATION_SCALES = {"": 1, "ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+SIZE_SCALES = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+# What a duration or a size may be made of; anything else is garbage.
+UNIT_TEXT = set("0123456789. \t" + "msmhdwkgib" + "MSHDWKGIB")
+spaces = st.sampled_from(["", " ", "  ", "\t"])
+
+
+@given(st.integers(1, 10**9), st.sampled_from(sorted(DURATION_SCALES)), spaces, spaces, spaces)
+def test_duration_whole_units(amount: int, unit: str, before: str, between: str, after: str) -> None:
+    assert cfg.parse_duration(f"{before}{amount}{between}{unit}{after}") == amount * DURATION_SCALES[unit]
+
+
+@given(st.integers(0, 10**6), st.from_regex(r"\A[0-9]{1,6}\Z"), st.sampled_from(sorted(DURATION_SCALES)))
+def test_duration_decimals(whole: int, fraction: str, unit: str) -> None:
+    number = f"{whole}.{fraction}"
+    if float(number) == 0:
+        with pytest.raises(ValueError, match="longer than zero"):
+            cfg.parse_duration(number + unit)
+    else:
+        assert cfg.parse_duration(number + unit) == float(number) * DURATION_SCALES[unit]
+
+
+@given(st.floats(min_value=0, exclude_min=True, allow_infinity=False, allow_nan=False))
+def test_duration_format_round_trip(seconds: float) -> None:
+    text = cfg.format_duration(seconds)
+    assert cfg.parse_duration(text) == seconds
+    assert cfg.parse_duration(seconds) == seconds  # a number is seconds
+    assert cfg.format_duration(cfg.parse_duration(text)) == text
+
+
+DURATION_ORDER = ["w", "d", "h", "m", "s", "ms"]
+
+
+@given(st.integers(1, 10**6), st.sampled_from(DURATION_ORDER))
+def test_duration_format_picks_the_largest_exact_unit(amount: int, unit: str) -> None:
+    text = cfg.format_duration(amount * DURATION_SCALES[unit])
+    written = re.fullmatch(r"([1-9][0-9]*)(w|d|h|m|s|ms)", text)
+    assert written, text
+    picked = DURATION_ORDER.index(written[2])
+    assert picked <= DURATION_ORDER.index(unit)
+    if picked > 0:  # the next larger unit does not divide it
+        assert int(written[1]) * DURATION_SCALES[written[2]] % DURATION_SCALES[DURATION_ORDER[picked - 1]] != 0
+
+
+@pytest.mark.parametrize(("parse", "points"), [(cfg.parse_duration, 1), (cfg.parse_size, 0)], ids=["duration", "size"])
+@given(text=st.one_of(st.text(max_size=20), st.text(alphabet=sorted(UNIT_TEXT), max_size=8)))
+def test_garbage_is_refused(parse: Callable[[object], float], points: int, text: str) -> None:
+    try:
+        value = parse(text)
+    except ValueError as exc:
+        assert repr(text) in str(exc)  # the message shows what was written
+        return
+    # Whatever is accepted is made of ASCII digits, a decimal point for a duration, a unit
+    # and spaces, and is a positive finite amount.
+    assert set(text) <= UNIT_TEXT and text.count(".") <= points
+    assert 0 < value < float("inf")
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["", "s", "5 s s", "-5s", "+5s", "5sec", "5S", "1e3s", "5.s", ".5s", "5,5s", "5 5s", "٥s", "5\u2003s", "0", "0ms", "0.0h", "9" * 400, -1, 0, 0.0, float("inf"), float("nan"), 10**400, True, None, [5], {"s": 5}],
+)
+def test_duration_refuses(value: object) -> None:
+    with pytest.raises(ValueError):
+        cfg.parse_duration(value)
+
+
+@given(
+    st.integers(1, 10**12),
+    st.sampled_from(["k", "m", "g"]),
+    st.sampled_from(["", "i"]),
+    st.sampled_from(["", "b"]),
+    st.booleans(),
+    spaces,
+)
+def test_size_units_are_powers_of_1024_in_any_spelling(amount: int, prefix: str, infix: str, suffix: str, upper: bool, between: str) -> None:
+    unit = prefix + infix + suffix
+    text = f"{amount}{between}{unit.upper() if upper else unit}"
+    assert cfg.parse_size(text) == amount * SIZE_SCALES[prefix]
+    assert cfg.parse_size(f"{amount}B") == cfg.parse_size(f"{amount}") == cfg.parse_size(amount) == amount
+
+
+@given(st.integers(1, 2**70))
+def test_size_format_round_trip(size: int) -> None:
+    text = cfg.format_size(size)
+    assert cfg.parse_size(text) == size
+    assert re.fullmatch(r"[1-9][0-9]*(GiB|MiB|KiB|B)", text)
+    assert text.endswith("B") and (text[-3:] not in ("KiB", "MiB", "GiB") or size % 1024 == 0)
+
+
+def test_format_examples() -> None:
+    assert [cfg.format_size(n) for n in (1, 1023, 1024, 1536, 25 * 1024**2, 3 * 1024**3, 1024**4)] == ["1B", "1023B", "1KiB", "1536B", "25MiB", "3GiB", "1024GiB"]
+    assert [cfg.format_duration(s) for s in (0.5, 1, 90, 120, 3600, 5 * 86400, 14 * 86400, 0.0001, 1.5e-7)] == ["500ms", "1s", "90s", "2m", "1h", "5d", "2w", "0.0001s", "0.00000015s"]
+
+
+@pytest.mark.parametrize("value", ["", "MB", "1.5MB", "-1k", "25 MB B", "25TB", "25KK", "٥k", "0", "0k", 0, -1, 1.0, 1.5, True, None, ["25MB"]])
+def test_size_refuses(value: object) -> None:
+    with pytest.raises(ValueError):
+        cfg.parse_size(value)
 
 
 # --- the JSON Schema for editors (docs/relay.schema.json) ---------------------------------

@@ -30,8 +30,8 @@ __all__ = ["DURATION_PATTERN", "SIZE_PATTERN", "Duration", "Size", "format_durat
 DURATION_PATTERN: Final = r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$"
 SIZE_PATTERN: Final = r"^\s*(\d+)\s*([kKmMgG][iI]?[bB]?|[bB])?\s*$"
 
-_DURATION: Final = re.compile(DURATION_PATTERN)
-_SIZE: Final = re.compile(SIZE_PATTERN)
+_DURATION: Final = re.compile(DURATION_PATTERN, re.ASCII)  # \d: ASCII digits only, as in JSON Schema
+_SIZE: Final = re.compile(SIZE_PATTERN, re.ASCII)
 # Largest first: format_duration writes the largest unit that is exact.
 DURATION_UNITS: Final = {"w": 604800.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 SIZE_UNITS: Final = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
@@ -67,9 +67,10 @@ def format_duration(seconds: float) -> str:
     """The shortest string `parse_duration` reads back as exactly `seconds` (> 0): the largest
     unit that divides it (``"5d"``, ``"90s"``, ``"500ms"``), else decimal seconds."""
     for unit, scale in DURATION_UNITS.items():
-        count = seconds / scale
-        if count.is_integer() and float(int(count)) * scale == seconds:
-            return f"{int(count)}{unit}"
+        # Exact as parse_duration computes it: 0.003 / 0.001 is not 3, but 3 * 0.001 is 0.003.
+        count = round(seconds / scale)
+        if count >= 1 and count * scale == seconds:
+            return f"{count}{unit}"
     # repr is the shortest text that reads back as the same float; Decimal spells it without
     # an exponent, which the duration syntax has no room for.
     return f"{Decimal(repr(seconds)):f}s"
