@@ -17,6 +17,7 @@ from typing import Annotated, Any, Final, Literal, Optional, TypeVar, Union
 
 from pydantic import (
     AfterValidator,
+    GetJsonSchemaHandler,
     AllowInfNan,
     BaseModel,
     ConfigDict,
@@ -29,6 +30,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from deliverypool.config.errors import Invalid, toml_kind
 from deliverypool.config.units import Duration, Size, format_duration, format_size
@@ -173,7 +176,10 @@ def _host_port(value: object, default_port: int | None) -> tuple[str, int]:
         raise ValueError(str(exc)) from None
 
 
+# host:port or [v6]:port, as parse_host_port reads them without a default port.
 _HOST_PORT_SCHEMA: Final = {"type": "string", "pattern": r"^\s*(\[[^\]]*\]|[^:\[\]]+):[0-9]+\s*$"}
+
+
 def _listen_address(value: object) -> tuple[str, int]:
     return _host_port(value, None)
 
@@ -254,7 +260,7 @@ class SourceAddress(_Table):
         return data
 
     @classmethod
-    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> Any:
+    def __get_pydantic_json_schema__(cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
         return {"anyOf": [_IP_SCHEMA, handler(core_schema)]}
 
 
