@@ -317,12 +317,22 @@ def test_the_configuration_is_immutable_and_typed() -> None:
     assert conf.listener.address == ("127.0.0.1", 2525)
 
 
+@pytest.mark.parametrize("text", [MINIMAL, "documented"])
+def test_a_dump_loads_back_the_same(text: str) -> None:
+    conf = cfg.loads(documented_example() if text == "documented" else text)
+    dumped = conf.model_dump(mode="json")
+    assert json.loads(json.dumps(dumped)) == dumped  # plain JSON: strings, numbers, tables
+    assert dumped["listener"]["address"] == "127.0.0.1:2525"
+    assert cfg.from_dict(dumped) == conf
+    assert [p.name for p in cfg.from_dict(dumped).pools.values()] == list(conf.pools)
+
+
 # --- durations and sizes (config/units.py) -----------------------------------------------
 
 DURATION_SCALES = {"": 1, "ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 SIZE_SCALES = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 # What a duration or a size may be made of; anything else is garbage.
-UNIT_TEXT = set("0123456789. \t" + "msmhdwkgib" + "MSHDWKGIB")
+UNIT_TEXT = set("0123456789." + " \t\n\r\f\v" + "msmhdwkgib" + "MSHDWKGIB")
 spaces = st.sampled_from(["", " ", "  ", "\t"])
 
 

@@ -72,6 +72,22 @@ _HEADER_NAME: Final = re.compile(HEADER_NAME_PATTERN)
 # Each is a plain validator (so the message is ours and names what the key wants) with the
 # JSON Schema of what the file may hold.
 
+def _as_text(value: object) -> str:
+    """The serializer of addresses, networks and paths: the string the file writes."""
+    return str(value)
+
+
+def _host_port_text(host_port: tuple[str, int]) -> str:
+    """The serializer of (host, port): ``host:port``, ``[v6]:port``, read back the same."""
+    host, port = host_port
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# Each type below dumps (model_dump(mode="json")) to what the file would write, so that a dump
+# loads back into an equal configuration.
+AsText = PlainSerializer(_as_text, return_type=str)
+AsHostPort = PlainSerializer(_host_port_text, return_type=str)
+
 Int = Annotated[int, Strict()]
 Number = Annotated[float, Strict(), AllowInfNan(False)]
 Bool = Annotated[bool, Strict()]
@@ -124,7 +140,7 @@ def _path(value: object) -> Path:
     return value if isinstance(value, Path) else Path(_text(value))
 
 
-FilePath = Annotated[Path, PlainValidator(_path), WithJsonSchema({"type": "string", "minLength": 1})]
+FilePath = Annotated[Path, PlainValidator(_path), AsText, WithJsonSchema({"type": "string", "minLength": 1})]
 
 
 def _ip_address(value: object) -> IPAddress:
@@ -139,7 +155,7 @@ def _ip_address(value: object) -> IPAddress:
 
 
 _IP_SCHEMA: Final = {"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]}
-IPAddressField = Annotated[IPAddress, PlainValidator(_ip_address), WithJsonSchema(_IP_SCHEMA)]
+IPAddressField = Annotated[IPAddress, PlainValidator(_ip_address), AsText, WithJsonSchema(_IP_SCHEMA)]
 
 
 def _ip_network(value: object) -> IPNetwork:
@@ -156,6 +172,7 @@ def _ip_network(value: object) -> IPNetwork:
 IPNetworkField = Annotated[
     IPNetwork,
     PlainValidator(_ip_network),
+    AsText,
     WithJsonSchema({"type": "string", "description": "an address with a prefix length, like 192.0.2.0/24 or 2001:db8::/32"}),
 ]
 
@@ -184,7 +201,7 @@ def _listen_address(value: object) -> tuple[str, int]:
     return _host_port(value, None)
 
 
-ListenAddress = Annotated[tuple[str, int], PlainValidator(_listen_address), WithJsonSchema(_HOST_PORT_SCHEMA)]
+ListenAddress = Annotated[tuple[str, int], PlainValidator(_listen_address), AsHostPort, WithJsonSchema(_HOST_PORT_SCHEMA)]
 
 
 def _smarthost(value: object) -> tuple[str, int]:
@@ -199,7 +216,7 @@ def _smarthost(value: object) -> tuple[str, int]:
     return host, port
 
 
-SmartHost = Annotated[tuple[str, int], PlainValidator(_smarthost), WithJsonSchema({"type": "string", "minLength": 1})]
+SmartHost = Annotated[tuple[str, int], PlainValidator(_smarthost), AsHostPort, WithJsonSchema({"type": "string", "minLength": 1})]
 
 
 def _nameserver(value: object) -> tuple[str, int]:
@@ -208,7 +225,7 @@ def _nameserver(value: object) -> tuple[str, int]:
     return host, port
 
 
-NameServer = Annotated[tuple[str, int], PlainValidator(_nameserver), WithJsonSchema({"type": "string", "minLength": 1})]
+NameServer = Annotated[tuple[str, int], PlainValidator(_nameserver), AsHostPort, WithJsonSchema({"type": "string", "minLength": 1})]
 
 V = TypeVar("V")
 
@@ -372,7 +389,7 @@ class ListenerConfig(_Table):
     address: ListenAddress = Field(
         DEFAULT_LISTEN,
         description='"host:port" to listen on; "[::1]:2525" for IPv6.',
-        json_schema_extra=_shown_default("{}:{}".format(*DEFAULT_LISTEN)),
+        json_schema_extra=_shown_default(_host_port_text(DEFAULT_LISTEN)),
     )
     allowed_networks: tuple[IPNetworkField, ...] = Field(
         (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")),

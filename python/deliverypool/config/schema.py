@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
-from pydantic_core import core_schema
+from pydantic_core import core_schema, to_jsonable_python
 
 from deliverypool.config.model import RelayConfig
 
@@ -42,10 +42,31 @@ class _TomlSchema(GenerateJsonSchema):
     def field_title_should_be_set(self, schema: Any) -> bool:
         return False
 
+    def encode_default(self, dft: Any) -> Any:
+        # By value, not by the field's serializer (pydantic < 2.9 cannot encode ipaddress
+        # objects that way); the defaults the file would write are given by the models.
+        return to_jsonable_python(dft, fallback=str)
+
+
+def _plain_refs(schema: Any) -> Any:
+    """``{"allOf": [{"$ref": R}], ...}`` as ``{"$ref": R, ...}``: what pydantic before 2.9 wrote
+    for a reference with a description beside it (draft 2020-12 allows the siblings), so that
+    every supported pydantic writes the same file."""
+    if isinstance(schema, list):
+        return [_plain_refs(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    plain = {key: _plain_refs(value) for key, value in schema.items()}
+    wrapped = plain.get("allOf")
+    if isinstance(wrapped, list) and len(wrapped) == 1 and set(wrapped[0]) == {"$ref"}:
+        del plain["allOf"]
+        plain = {"$ref": wrapped[0]["$ref"], **plain}
+    return plain
+
 
 def json_schema() -> dict[str, Any]:
     """The schema of a relay configuration file, as a JSON object."""
-    generated = RelayConfig.model_json_schema(schema_generator=_TomlSchema)
+    generated: dict[str, Any] = _plain_refs(RelayConfig.model_json_schema(schema_generator=_TomlSchema))
     return {"$schema": _TomlSchema.schema_dialect, "$id": SCHEMA_ID, "title": "deliverypool relay configuration", **{k: v for k, v in generated.items() if k != "title"}}
 
 
