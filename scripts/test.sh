@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as a newcomer and CI run it: installs what it needs, then runs the
-# Rust tests (natively, and on aarch64 under qemu-user), the stub check, the Python tests
-# (benchmarks once, in quick mode), and the Python tests again against the built wheel
-# installed in a fresh virtualenv.
+# Rust tests (natively, and on aarch64 under qemu-user), the stub check, mypy --strict on the
+# package, the Python tests (benchmarks once, in quick mode), and the Python
+# tests again against the built wheel installed in a fresh virtualenv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,8 +14,9 @@ cargo test --quiet
 bash scripts/test-aarch64.sh
 echo "== stub check"
 .venv/bin/python -m mypy.stubtest deliverypool._core
-echo "== mypy --strict"
+echo "== mypy --strict: the package (pydantic plugin, pyproject.toml) and the configuration tests"
 .venv/bin/python -m mypy
+.venv/bin/python -m mypy --strict tests/test_config.py
 echo "== pytest"
 .venv/bin/python -m pytest "$@"
 echo "== benchmarks, quick mode (each body once: they must not rot; figures: benches/README.md)"

@@ -4,14 +4,27 @@ is refused with an error that names its key."""
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import jsonschema  # type: ignore[import-untyped]
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
 from deliverypool import config as cfg
+from deliverypool.config.schema import main as schema_main
+from deliverypool.config.schema import schema_text
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,19 +37,49 @@ source_addresses = ["192.0.2.20"]
 
 
 def documented_example() -> str:
-    text = (REPO / "README.md").read_text()
-    blocks = re.findall(r"```toml\n(.*?)```", text, re.S)
-    assert blocks, "README.md has no ```toml block"
+    """The TOML block of the README's "### Configuration" section (up to the next heading)."""
+    lines = (REPO / "README.md").read_text(encoding="utf-8").splitlines(keepends=True)
+    assert "### Configuration\n" in lines, 'README.md has no "### Configuration" section'
+    blocks: list[str] = []
+    fence: list[str] | None = None  # the lines of the code block being read
+    language = ""
+    for line in lines[lines.index("### Configuration\n") + 1 :]:
+        if fence is None and line.startswith("#"):
+            break  # the next heading ends the section
+        if line.startswith("```"):
+            if fence is None:
+                fence, language = [], line[3:].strip()
+            else:
+                if language == "toml":
+                    blocks.append("".join(fence))
+                fence = None
+        elif fence is not None:
+            fence.append(line)
+    assert len(blocks) == 1, f"the Configuration section has {len(blocks)} ```toml blocks, expected one"
     return blocks[0]
 
 
 def test_the_documented_example_loads() -> None:
     conf = cfg.loads(documented_example())
+    assert conf.hostname == "relay.example.net"
     assert set(conf.pools) == {"normal", "high-risk"}
-    normal = conf.pools["normal"]
-    assert [s.address for s in normal.source_addresses][:2] == [ipaddress.ip_address("192.0.2.10"), ipaddress.ip_address("192.0.2.11")]
-    assert conf.high_risk_pool.delivery in ("mx", "smarthost")
-    assert conf.policy.score_header is not None
+    normal, high_risk = conf.normal_pool, conf.high_risk_pool
+    assert [(s.address, s.weight) for s in normal.source_addresses] == [
+        (ipaddress.ip_address("192.0.2.10"), 1),
+        (ipaddress.ip_address("192.0.2.11"), 1),
+        (ipaddress.ip_address("2001:db8::10"), 2),
+    ]
+    assert (normal.retry.initial, normal.retry.maximum, normal.retry.factor, normal.retry.jitter) == (60, 4 * 3600, 2, 0.2)
+    assert (normal.max_age, normal.idle_timeout, normal.connect_timeout, normal.command_timeout) == (5 * 86400, 2, 30, 300)
+    assert (normal.ehlo_name, normal.delivery, normal.tls, normal.smarthost) == ("out1.example.net", "mx", "opportunistic", None)
+    assert (high_risk.delivery, high_risk.smarthost, high_risk.max_age) == ("smarthost", ("smarthost.example.net", 25), 2 * 86400)
+    listener = conf.listener
+    assert (listener.host, listener.port, listener.size_limit) == ("127.0.0.1", 2525, 25 * 1024 * 1024)
+    assert listener.trusted_score_networks == (ipaddress.ip_network("10.1.2.3/32"),)
+    assert listener.tls_key == Path("/etc/deliverypool/relay.key") and dict(listener.auth_users) == {"app1": "a-long-random-password"}
+    assert (conf.policy.threshold, dict(conf.policy.tenants), conf.policy.score_header) == (5.0, {"app1": 3.0}, "X-Spam-Score")
+    assert (conf.dns.nameservers, conf.dns.timeout) == ((("127.0.0.53", 53),), 2.0)
+    assert conf.spool.directory == Path("/var/spool/deliverypool")
 
 
 def test_defaults() -> None:
@@ -140,20 +183,324 @@ def test_load_resolves_the_spool_relative_to_the_file(tmp_path: Path) -> None:
         cfg.load(tmp_path / "missing.toml")
 
 
+@pytest.mark.parametrize(
+    ("smarthost", "expected"),
+    [
+        ("relay.example:587", ("relay.example", 587)),
+        ("Relay.Example.NET", ("relay.example.net", 25)),  # the ASCII form, as mail/address.py gives it
+        ("bücher.example:25", ("xn--bcher-kva.example", 25)),
+        ("localhost:2525", ("localhost", 2525)),
+        ("192.0.2.25", ("192.0.2.25", 25)),
+        ("[2001:db8::25]:2525", ("2001:db8::25", 2525)),
+        ("2001:db8::25", ("2001:db8::25", 25)),
+    ],
+)
+def test_smarthost(smarthost: str, expected: tuple[str, int]) -> None:
+    conf = cfg.loads(MINIMAL.replace('["192.0.2.10"]', f'["192.0.2.10"]\ndelivery = "smarthost"\nsmarthost = "{smarthost}"'))
+    assert conf.pools["normal"].smarthost == expected
+
+
+@pytest.mark.parametrize(
+    ("smarthost", "message"),
+    [
+        ("a..b:25", "pools.normal.smarthost: not a host name or IP address: 'a..b'"),
+        ("relay:25", "pools.normal.smarthost: not a host name or IP address: 'relay'"),  # one label: only localhost
+        ("-relay.example", "pools.normal.smarthost: not a host name or IP address: '-relay.example'"),
+        ("relay.example:0", "pools.normal.smarthost: bad port '0': 'relay.example:0'"),
+        ("[2001:db8::25", "pools.normal.smarthost: unclosed '[': '[2001:db8::25'"),
+        ("", "pools.normal.smarthost: expected host:port: ''"),
+    ],
+)
+def test_smarthost_must_be_a_host_name_or_address(smarthost: str, message: str) -> None:
+    with pytest.raises(cfg.ConfigError) as error:
+        cfg.loads(MINIMAL.replace('["192.0.2.10"]', f'["192.0.2.10"]\ndelivery = "smarthost"\nsmarthost = "{smarthost}"'))
+    assert str(error.value) == message
+
+
 @given(
     host=st.one_of(
         st.ip_addresses().map(str),
-        st.from_regex(r"\A[a-z][a-z0-9-]{0,10}(\.[a-z][a-z0-9-]{0,10}){0,3}\Z"),
+        st.from_regex(r"\A[a-z][a-z0-9]{0,10}(\.[a-z][a-z0-9-]{0,9}[a-z0-9]){1,3}\Z"),
     ),
     port=st.integers(1, 65535),
 )
-def test_host_port_round_trip(host: str, port: int) -> None:
+def test_smarthost_round_trip(host: str, port: int) -> None:
     written = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    assert cfg.parse_host_port("k", written) == (host, port)
-    assert cfg.parse_host_port("k", host, 25) == (host, 25)
+    pool = {"source_addresses": ["192.0.2.10"], "delivery": "smarthost"}
+    data = {"pools": {"normal": {**pool, "smarthost": written}, "high-risk": {**pool, "source_addresses": ["192.0.2.20"], "smarthost": host}}}
+    conf = cfg.from_dict(data)
+    assert conf.pools["normal"].smarthost == (host, port)
+    assert conf.pools["high-risk"].smarthost == (host, 25)
 
 
-@given(st.integers(0, 10**6), st.sampled_from(["", "s", "m", "h", "d", "w"]))
-def test_duration_units(amount: int, unit: str) -> None:
-    scale = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[unit]
-    assert cfg.parse_duration("k", f"{amount}{unit}") == amount * scale
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("[listener]\nmax_recipients = \"5\"", "listener.max_recipients: must be an integer, got a string"),
+        ("[listener]\nline_length_limit = 99", "listener.line_length_limit: must be at least 100, got 99"),
+        ("[listener]\nsize_limit = 1.5", 'listener.size_limit: must be a whole number of bytes or a string like "25MB", got a number'),
+        ("[listener]\nsize_limit = \"0k\"", "listener.size_limit: must be a positive size, got '0k'"),
+        ("[listener]\naddress = \"127.0.0.1\"", "listener.address: needs a port (host:port): '127.0.0.1'"),
+        ("[listener]\nallow_plaintext_auth = 1", "listener.allow_plaintext_auth: must be true or false, got an integer"),
+        ("[listener]\ntls_key = \"\"", "listener.tls_key: must be a non-empty string, got an empty one"),
+        ("[policy]\nthreshold = true", "policy.threshold: must be a number, got a boolean"),
+        ("[policy]\nthreshold = nan", "policy.threshold: must be a finite number, got nan"),
+        ('[policy]\nscore_header = "X Spam"', "policy.score_header: not a header field name: 'X Spam'"),
+        ('[policy.tenants]\n"acme.corp" = "x"', 'policy.tenants."acme.corp": must be a number, got a string'),
+        ("[dns]\ncheck_sender_domain = \"yes\"", "dns.check_sender_domain: must be true or false, got a string"),
+        ("[dns]\ntimeout = 0", "dns.timeout: must be longer than zero, got 0"),
+        ("[dns]\nnameservers = \"127.0.0.53\"", "dns.nameservers: must be an array, got a string"),
+        ("[spool]\ndirectory = 5", "spool.directory: must be a non-empty string, got an integer"),
+        ("[pools.normal.retry]\nmaximum = \"1s\"", "pools.normal.retry.maximum: must not be shorter than initial"),
+        ("[pools.normal.retry]\nfactor = 0.5", "pools.normal.retry.factor: must be at least 1, got 0.5"),
+        ("[pools.extra]\nsource_addresses = [{ address = \"192.0.2.30\", weight = 0 }]", "pools.extra.source_addresses[0].weight: must be at least 1, got 0"),
+        ("[pools.extra]\nsource_addresses = [\"192.0.2.30\", \"192.0.2.30\"]", "pools.extra.source_addresses[1]: 192.0.2.30 is listed twice"),
+        ("[pools.extra]\nsource_addresses = [3]", "pools.extra.source_addresses[0]: must be a table, got an integer"),
+        ("[pools.extra]\nehlo_name = \"x.example\"", "pools.extra.source_addresses: required: the addresses this pool sends from"),
+        ('[pools.extra]\nsource_addresses = ["192.0.2.30"]\nname = "other"', "pools.extra.name: unknown key"),
+        ('[pools.extra]\nsource_addresses = ["192.0.2.30"]\nmx_port = 65536', "pools.extra.mx_port: must be at most 65535, got 65536"),
+        ('[pools.extra]\nsource_addresses = ["192.0.2.30"]\ndelivery = "lmtp"', "pools.extra.delivery: must be 'mx' or 'smarthost', got 'lmtp'"),
+    ],
+)
+def test_error_messages(extra: str, message: str) -> None:
+    with pytest.raises(cfg.ConfigError) as error:
+        cfg.loads(MINIMAL + extra)
+    assert str(error.value) == message
+    assert (error.value.key, error.value.problem) == tuple(message.split(": ", 1))
+
+
+def test_every_problem_is_reported_one_per_line() -> None:
+    text = 'hostname = "not a name"\n[listener]\nmax_recipients = 0\n[dns]\ntimeout = "soon"\n' + MINIMAL + 'retyr = {}\n'
+    with pytest.raises(cfg.ConfigError) as error:
+        cfg.loads(text)
+    assert str(error.value).splitlines() == [
+        "hostname: not a host name: 'not a name'",
+        "listener.max_recipients: must be at least 1, got 0",
+        "dns.timeout: not a duration (like 500ms, 90s, 15m, 4h, 5d, 1w): 'soon'",
+        "pools.high-risk.retyr: unknown key",
+    ]
+    assert error.value.key == "hostname" and error.value.problem == "not a host name: 'not a name'"
+    assert [key for key, _ in error.value.errors] == ["hostname", "listener.max_recipients", "dns.timeout", "pools.high-risk.retyr"]
+
+
+def test_the_hostname_is_the_default_ehlo_and_listener_name() -> None:
+    conf = cfg.loads('hostname = "relay.example.net"\n' + MINIMAL + 'ehlo_name = "bulk.example.net"\n')
+    assert conf.pools["normal"].ehlo_name == "relay.example.net"
+    assert conf.pools["high-risk"].ehlo_name == "bulk.example.net"
+    assert conf.listener.hostname == "relay.example.net" and conf.hostname == "relay.example.net"
+    assert cfg.loads(MINIMAL).pools["normal"].ehlo_name == "localhost"
+
+
+def test_pools_are_named_by_their_key() -> None:
+    conf = cfg.loads(MINIMAL)
+    assert {name: pool.name for name, pool in conf.pools.items()} == {"normal": "normal", "high-risk": "high-risk"}
+    # A pool given as an object is named by its key too, without renaming the caller's object.
+    pool = cfg.PoolConfig(source_addresses=(cfg.SourceAddress(address=ipaddress.ip_address("192.0.2.30")),))
+    conf = cfg.from_dict({"pools": {"normal": cfg.loads(MINIMAL).pools["normal"], "high-risk": pool}})
+    assert conf.high_risk_pool.name == "high-risk" and pool.name == ""
+
+
+def test_the_configuration_is_immutable_and_typed() -> None:
+    conf = cfg.loads(MINIMAL + '[listener]\ntls_certificate = "c.pem"\ntls_key = "k.pem"\nauth_users = { bob = "pw" }\n[policy.tenants]\nacme = 2\n')
+    with pytest.raises(ValueError, match="frozen"):
+        conf.hostname = "other"  # type: ignore[misc]
+    with pytest.raises(ValueError, match="frozen"):
+        conf.pools["normal"].retry.initial = 1.0  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        conf.pools["x"] = conf.normal_pool  # type: ignore[index]
+    with pytest.raises(TypeError):
+        conf.listener.auth_users["eve"] = "pw"  # type: ignore[index]
+    assert conf.listener.tls_certificate == Path("c.pem") and isinstance(conf.listener.tls_key, Path)
+    assert conf.policy.tenants == {"acme": 2.0} and isinstance(conf.policy.tenants["acme"], float)
+    assert isinstance(conf.pools["normal"].source_addresses[0].address, ipaddress.IPv4Address)
+    assert isinstance(conf.listener.allowed_networks[0], ipaddress.IPv4Network)
+    assert conf.listener.address == ("127.0.0.1", 2525)
+
+
+@pytest.mark.parametrize("text", [MINIMAL, "documented"])
+def test_a_dump_loads_back_the_same(text: str) -> None:
+    conf = cfg.loads(documented_example() if text == "documented" else text)
+    dumped = conf.model_dump(mode="json")
+    assert json.loads(json.dumps(dumped)) == dumped  # plain JSON: strings, numbers, tables
+    assert dumped["listener"]["address"] == "127.0.0.1:2525"
+    assert cfg.from_dict(dumped) == conf
+    assert [p.name for p in cfg.from_dict(dumped).pools.values()] == list(conf.pools)
+
+
+# --- durations and sizes (config/units.py) -----------------------------------------------
+
+DURATION_SCALES = {"": 1, "ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+SIZE_SCALES = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+# What a duration or a size may be made of; anything else is garbage.
+UNIT_TEXT = set("0123456789." + " \t\n\r\f\v" + "msmhdwkgib" + "MSHDWKGIB")
+spaces = st.sampled_from(["", " ", "  ", "\t"])
+
+
+@given(st.integers(1, 10**9), st.sampled_from(sorted(DURATION_SCALES)), spaces, spaces, spaces)
+def test_duration_whole_units(amount: int, unit: str, before: str, between: str, after: str) -> None:
+    assert cfg.parse_duration(f"{before}{amount}{between}{unit}{after}") == amount * DURATION_SCALES[unit]
+
+
+@given(st.integers(0, 10**6), st.from_regex(r"\A[0-9]{1,6}\Z"), st.sampled_from(sorted(DURATION_SCALES)))
+def test_duration_decimals(whole: int, fraction: str, unit: str) -> None:
+    number = f"{whole}.{fraction}"
+    if float(number) == 0:
+        with pytest.raises(ValueError, match="longer than zero"):
+            cfg.parse_duration(number + unit)
+    else:
+        assert cfg.parse_duration(number + unit) == float(number) * DURATION_SCALES[unit]
+
+
+@given(st.floats(min_value=0, exclude_min=True, allow_infinity=False, allow_nan=False))
+def test_duration_format_round_trip(seconds: float) -> None:
+    text = cfg.format_duration(seconds)
+    assert cfg.parse_duration(text) == seconds
+    assert cfg.parse_duration(seconds) == seconds  # a number is seconds
+    assert cfg.format_duration(cfg.parse_duration(text)) == text
+
+
+DURATION_ORDER = ["w", "d", "h", "m", "s", "ms"]
+
+
+@given(st.integers(1, 10**6), st.sampled_from(DURATION_ORDER))
+def test_duration_format_picks_the_largest_exact_unit(amount: int, unit: str) -> None:
+    text = cfg.format_duration(amount * DURATION_SCALES[unit])
+    written = re.fullmatch(r"([1-9][0-9]*)(w|d|h|m|s|ms)", text)
+    assert written, text
+    picked = DURATION_ORDER.index(written[2])
+    assert picked <= DURATION_ORDER.index(unit)
+    if picked > 0:  # the next larger unit does not divide it
+        assert int(written[1]) * DURATION_SCALES[written[2]] % DURATION_SCALES[DURATION_ORDER[picked - 1]] != 0
+
+
+@pytest.mark.parametrize(("parse", "points"), [(cfg.parse_duration, 1), (cfg.parse_size, 0)], ids=["duration", "size"])
+@given(text=st.one_of(st.text(max_size=20), st.text(alphabet=sorted(UNIT_TEXT), max_size=8)))
+def test_garbage_is_refused(parse: Callable[[object], float], points: int, text: str) -> None:
+    try:
+        value = parse(text)
+    except ValueError as exc:
+        assert repr(text) in str(exc)  # the message shows what was written
+        return
+    # Whatever is accepted is made of ASCII digits, a decimal point for a duration, a unit
+    # and spaces, and is a positive finite amount.
+    assert set(text) <= UNIT_TEXT and text.count(".") <= points
+    assert 0 < value < float("inf")
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["", "s", "5 s s", "-5s", "+5s", "5sec", "5S", "1e3s", "5.s", ".5s", "5,5s", "5 5s", "٥s", "5\u2003s", "0", "0ms", "0.0h", "9" * 400, -1, 0, 0.0, float("inf"), float("nan"), 10**400, True, None, [5], {"s": 5}],
+)
+def test_duration_refuses(value: object) -> None:
+    with pytest.raises(ValueError):
+        cfg.parse_duration(value)
+
+
+@given(
+    st.integers(1, 10**12),
+    st.sampled_from(["k", "m", "g"]),
+    st.sampled_from(["", "i"]),
+    st.sampled_from(["", "b"]),
+    st.booleans(),
+    spaces,
+)
+def test_size_units_are_powers_of_1024_in_any_spelling(amount: int, prefix: str, infix: str, suffix: str, upper: bool, between: str) -> None:
+    unit = prefix + infix + suffix
+    text = f"{amount}{between}{unit.upper() if upper else unit}"
+    assert cfg.parse_size(text) == amount * SIZE_SCALES[prefix]
+    assert cfg.parse_size(f"{amount}B") == cfg.parse_size(f"{amount}") == cfg.parse_size(amount) == amount
+
+
+@given(st.integers(1, 2**70))
+def test_size_format_round_trip(size: int) -> None:
+    text = cfg.format_size(size)
+    assert cfg.parse_size(text) == size
+    assert re.fullmatch(r"[1-9][0-9]*(GiB|MiB|KiB|B)", text)
+    assert text.endswith("B") and (text[-3:] not in ("KiB", "MiB", "GiB") or size % 1024 == 0)
+
+
+def test_format_examples() -> None:
+    assert [cfg.format_size(n) for n in (1, 1023, 1024, 1536, 25 * 1024**2, 3 * 1024**3, 1024**4)] == ["1B", "1023B", "1KiB", "1536B", "25MiB", "3GiB", "1024GiB"]
+    assert [cfg.format_duration(s) for s in (0.5, 1, 90, 120, 3600, 5 * 86400, 14 * 86400, 0.0001, 1.5e-7)] == ["500ms", "1s", "90s", "2m", "1h", "5d", "2w", "0.0001s", "0.00000015s"]
+
+
+@pytest.mark.parametrize("value", ["", "MB", "1.5MB", "-1k", "25 MB B", "25TB", "25KK", "٥k", "0", "0k", 0, -1, 1.0, 1.5, True, None, ["25MB"]])
+def test_size_refuses(value: object) -> None:
+    with pytest.raises(ValueError):
+        cfg.parse_size(value)
+
+
+# --- the JSON Schema for editors (docs/relay.schema.json) ---------------------------------
+
+SCHEMA_FILE = REPO / "docs" / "relay.schema.json"
+
+
+def schema_validator() -> Any:
+    schema = json.loads(SCHEMA_FILE.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+
+
+def test_the_committed_schema_is_what_the_models_generate() -> None:
+    assert SCHEMA_FILE.read_text() == schema_text(), (
+        "docs/relay.schema.json is stale: run .venv/bin/python -m deliverypool.config.schema docs/relay.schema.json"
+    )
+
+
+def test_every_key_in_the_schema_has_a_description() -> None:
+    schema = json.loads(SCHEMA_FILE.read_text())
+    tables = [schema, *(d for d in schema["$defs"].values() if "properties" in d)]
+    tables += [alt for d in schema["$defs"].values() for alt in d.get("anyOf", []) if "properties" in alt]
+    keys = {(table.get("title"), key): prop for table in tables for key, prop in table["properties"].items()}
+    assert len(keys) > 40  # every table was found, SourceAddress's inside its anyOf too
+    assert [key for key, prop in keys.items() if not prop.get("description")] == []
+    # The keys are exactly the models' fields: none missing, none invented.
+    models: list[type[BaseModel]] = [cfg.RelayConfig, cfg.ListenerConfig, cfg.SpoolConfig, cfg.PolicyConfig, cfg.DnsConfig, cfg.PoolConfig, cfg.RetryConfig, cfg.SourceAddress]
+    assert {(m.__name__ if m is not cfg.RelayConfig else schema["title"], f) for m in models for f in m.model_fields} == set(keys)
+
+
+def test_the_schema_accepts_what_loads_accepts() -> None:
+    validator = schema_validator()
+    assert list(validator.iter_errors(tomllib.loads(documented_example()))) == []
+    assert list(validator.iter_errors(tomllib.loads(MINIMAL))) == []
+    for duration in (90, 0.5, "90s", "500ms", "1.5h", "1w"):
+        for size in (1000, "25MB", "512k", "10MiB"):
+            data = tomllib.loads(MINIMAL + f"[dns]\ntimeout = {json.dumps(duration)}\n[listener]\nsize_limit = {json.dumps(size)}\n")
+            assert list(validator.iter_errors(data)) == [], (duration, size)
+            cfg.from_dict(data)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        '[dns]\ntimeout = "soon"',
+        "[dns]\ntimeout = -1",
+        '[listener]\nsize_limit = "big"',
+        '[listener]\nsize_limit = "1.5MB"',
+        '[listener]\nhostnmae = "x"',
+        '[listener]\nhostname = "not a name"',
+        '[listener]\naddress = "127.0.0.1"',
+        '[pools.extra]\nsource_addresses = ["10.0.0.300"]',
+        '[pools.extra]\nsource_addresses = []',
+        '[pools.extra]\nehlo_name = "x.example"',
+        '[pools.extra]\nsource_addresses = [{ address = "192.0.2.30", weight = 0 }]',
+        '[pools.extra]\nsource_addresses = ["192.0.2.30"]\ntls = "maybe"',
+        '[pools.extra]\nsource_addresses = ["192.0.2.30"]\nname = "extra"',
+        "[pools.normal.retry]\njitter = 1.5",
+        '[policy]\nscore_header = "X Spam"',
+        '[policy.tenants]\nacme = "x"',
+    ],
+)
+def test_the_schema_refuses_what_loads_refuses(extra: str) -> None:
+    data = tomllib.loads(MINIMAL + extra)
+    assert list(schema_validator().iter_errors(data)) != []
+    with pytest.raises(cfg.ConfigError):
+        cfg.from_dict(data)
+
+
+def test_the_schema_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert schema_main([str(tmp_path / "schema.json")]) == 0
+    assert (tmp_path / "schema.json").read_text() == SCHEMA_FILE.read_text()
+    assert schema_main([]) == 0
+    assert capsys.readouterr().out == SCHEMA_FILE.read_text()
+    assert schema_main(["--help"]) == 2

@@ -1,0 +1,552 @@
+"""The relay's configuration as frozen pydantic models, one per TOML table.
+
+Each field's ``description`` is the documentation of its key: it is what `python -m
+deliverypool.config.schema` writes into ``docs/relay.schema.json`` for editors to show. The
+scalar types check TOML's types strictly (``"5"`` is not an integer, ``1`` is not ``true``),
+as the hand-written validator this replaces did.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Annotated, Any, Final, Literal, Optional, TypeVar, Union
+
+from pydantic import (
+    AfterValidator,
+    GetJsonSchemaHandler,
+    AllowInfNan,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    PrivateAttr,
+    Strict,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
+
+from deliverypool.config.errors import Invalid, toml_kind
+from deliverypool.config.units import Duration, Size, format_duration, format_size
+from deliverypool.mail.address import AddressError, normalize_domain, parse_host_port
+
+__all__ = [
+    "DnsConfig",
+    "IPAddress",
+    "IPNetwork",
+    "ListenerConfig",
+    "PolicyConfig",
+    "PoolConfig",
+    "RelayConfig",
+    "RetryConfig",
+    "SourceAddress",
+    "SpoolConfig",
+]
+
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+DEFAULT_LISTEN: Final = ("127.0.0.1", 2525)
+DEFAULT_MAX_AGE: Final = 5 * 24 * 3600.0
+DEFAULT_SIZE_LIMIT: Final = 25 * 1024 * 1024
+
+# A name for EHLO and Received: labels of letters, digits and inner hyphens, up to 63
+# characters, 253 in all; a single label (the default, "localhost") is allowed. No look-around,
+# so that every JSON Schema regex engine takes it too.
+HOSTNAME_PATTERN: Final = r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
+HOSTNAME_LENGTH: Final = 253
+# RFC 5322 field name: printable ASCII but the colon.
+HEADER_NAME_PATTERN: Final = r"^[!-9;-~]+$"
+_HOSTNAME: Final = re.compile(HOSTNAME_PATTERN)
+_HEADER_NAME: Final = re.compile(HEADER_NAME_PATTERN)
+
+
+# --- scalar types ------------------------------------------------------------------------
+# Each is a plain validator (so the message is ours and names what the key wants) with the
+# JSON Schema of what the file may hold.
+
+def _as_text(value: object) -> str:
+    """The serializer of addresses, networks and paths: the string the file writes."""
+    return str(value)
+
+
+def _host_port_text(host_port: tuple[str, int]) -> str:
+    """The serializer of (host, port): ``host:port``, ``[v6]:port``, read back the same."""
+    host, port = host_port
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# Each type below dumps (model_dump(mode="json")) to what the file would write, so that a dump
+# loads back into an equal configuration.
+AsText = PlainSerializer(_as_text, return_type=str)
+AsHostPort = PlainSerializer(_host_port_text, return_type=str)
+
+Int = Annotated[int, Strict()]
+Number = Annotated[float, Strict(), AllowInfNan(False)]
+Bool = Annotated[bool, Strict()]
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"must be a non-empty string, got {toml_kind(value) if not isinstance(value, str) else 'an empty one'}")
+    return value
+
+
+Text = Annotated[str, PlainValidator(_text), WithJsonSchema({"type": "string", "minLength": 1})]
+
+
+def _host_name(value: object) -> str:
+    text = _text(value)
+    if not _is_host_name(text):
+        raise ValueError(f"not a host name: {text!r}")
+    return text
+
+
+def _is_host_name(text: str) -> bool:
+    return len(text) <= HOSTNAME_LENGTH and _HOSTNAME.fullmatch(text) is not None
+
+
+HostName = Annotated[
+    str, PlainValidator(_host_name), WithJsonSchema({"type": "string", "maxLength": HOSTNAME_LENGTH, "pattern": HOSTNAME_PATTERN})
+]
+
+
+def _header_name(value: object) -> str:
+    if not isinstance(value, str) or not _HEADER_NAME.fullmatch(value):
+        raise ValueError(f"not a header field name: {value!r}")
+    return value
+
+
+HeaderName = Annotated[str, PlainValidator(_header_name), WithJsonSchema({"type": "string", "pattern": HEADER_NAME_PATTERN})]
+
+
+def _password(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("password must be a non-empty string")
+    return value
+
+
+Password = Annotated[str, PlainValidator(_password), WithJsonSchema({"type": "string", "minLength": 1})]
+
+
+def _path(value: object) -> Path:
+    return value if isinstance(value, Path) else Path(_text(value))
+
+
+FilePath = Annotated[Path, PlainValidator(_path), AsText, WithJsonSchema({"type": "string", "minLength": 1})]
+
+
+def _ip_address(value: object) -> IPAddress:
+    if isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"must be an IP address string, got {toml_kind(value)}")
+    try:
+        return ipaddress.ip_address(value.strip())
+    except ValueError:
+        raise ValueError(f"not an IP address: {value!r}") from None
+
+
+_IP_SCHEMA: Final = {"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]}
+IPAddressField = Annotated[IPAddress, PlainValidator(_ip_address), AsText, WithJsonSchema(_IP_SCHEMA)]
+
+
+def _ip_network(value: object) -> IPNetwork:
+    if isinstance(value, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"must be a network string like 192.0.2.0/24, got {toml_kind(value)}")
+    try:
+        return ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError:
+        raise ValueError(f"not an IP network: {value!r}") from None
+
+
+IPNetworkField = Annotated[
+    IPNetwork,
+    PlainValidator(_ip_network),
+    AsText,
+    WithJsonSchema({"type": "string", "description": "an address with a prefix length, like 192.0.2.0/24 or 2001:db8::/32"}),
+]
+
+
+def _host_port(value: object, default_port: int | None) -> tuple[str, int]:
+    """``host:port`` read by the project's one parser (`deliverypool.mail.address`); from
+    Python, a ``(host, port)`` tuple too."""
+    if isinstance(value, tuple) and len(value) == 2:
+        host, port = value
+        if isinstance(host, str) and host and isinstance(port, int) and 0 < port < 65536:
+            return host, port
+        raise ValueError(f"must be (host, port) with a port in 1-65535, got {value!r}")
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string like host:port, got {toml_kind(value)}")
+    try:
+        return parse_host_port(value, default_port)
+    except AddressError as exc:
+        raise ValueError(str(exc)) from None
+
+
+# host:port or [v6]:port, as parse_host_port reads them without a default port.
+_HOST_PORT_SCHEMA: Final = {"type": "string", "pattern": r"^\s*(\[[^\]]*\]|[^:\[\]]+):[0-9]+\s*$"}
+
+
+def _listen_address(value: object) -> tuple[str, int]:
+    return _host_port(value, None)
+
+
+ListenAddress = Annotated[tuple[str, int], PlainValidator(_listen_address), AsHostPort, WithJsonSchema(_HOST_PORT_SCHEMA)]
+
+
+def _smarthost(value: object) -> tuple[str, int]:
+    host, port = _host_port(value, 25)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        name = "localhost" if host.lower() == "localhost" else normalize_domain(host)
+        if name is None:
+            raise ValueError(f"not a host name or IP address: {host!r}") from None
+        host = name
+    return host, port
+
+
+SmartHost = Annotated[tuple[str, int], PlainValidator(_smarthost), AsHostPort, WithJsonSchema({"type": "string", "minLength": 1})]
+
+
+def _nameserver(value: object) -> tuple[str, int]:
+    host, port = _host_port(value, 53)
+    _ip_address(host)
+    return host, port
+
+
+NameServer = Annotated[tuple[str, int], PlainValidator(_nameserver), AsHostPort, WithJsonSchema({"type": "string", "minLength": 1})]
+
+V = TypeVar("V")
+
+
+def _thaw(mapping: Mapping[str, V]) -> dict[str, V]:
+    return dict(mapping)
+
+
+# A table of names to values that stays read-only inside a frozen model.
+ReadOnlyTable = Annotated[Mapping[str, V], AfterValidator(MappingProxyType), PlainSerializer(_thaw)]
+
+
+def _empty() -> Mapping[str, Any]:
+    return MappingProxyType({})
+
+
+def _shown_default(value: object) -> dict[str, Any]:
+    """For `Field(json_schema_extra=...)`: the default as the file would write it."""
+    return {"default": value}
+
+
+def _no_default(schema: dict[str, Any]) -> None:
+    """For `Field(json_schema_extra=...)`: a default that depends on another key (the top-level
+    hostname) is described, not stated."""
+    schema.pop("default", None)
+
+
+class _Table(BaseModel):
+    """A TOML table: unknown keys are errors (they are usually typos), values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- the tables --------------------------------------------------------------------------
+
+
+class SourceAddress(_Table):
+    """One address a pool sends from: an IP address, or a table with the address and a weight.
+    Weights pick among the pool's addresses of the family the destination needs."""
+
+    address: IPAddressField = Field(description="The IPv4 or IPv6 address to bind outgoing connections to.")
+    weight: Int = Field(1, ge=1, description="Relative share of this pool's connections of this address family.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_address(cls, data: Any) -> Any:
+        if isinstance(data, (str, ipaddress.IPv4Address, ipaddress.IPv6Address)):
+            return {"address": _ip_address(data)}
+        return data
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return {"anyOf": [_IP_SCHEMA, handler(core_schema)]}
+
+
+class RetryConfig(_Table):
+    """Exponential backoff after a 4xx reply or a connection error: the n-th retry waits
+    min(maximum, initial * factor^(n-1)), multiplied by a random factor between 1 - jitter
+    and 1 + jitter."""
+
+    initial: Duration = Field(60.0, description="Wait before the first retry.", json_schema_extra=_shown_default("1m"))
+    maximum: Duration = Field(4 * 3600.0, description="Longest wait between retries; not shorter than initial.", json_schema_extra=_shown_default("4h"))
+    factor: Number = Field(2.0, ge=1.0, description="Each wait is this many times the previous one (at least 1).")
+    jitter: Number = Field(0.2, ge=0.0, lt=1.0, description="Random spread of each wait, as a fraction (0 to below 1).")
+
+    @model_validator(mode="after")
+    def _maximum_not_below_initial(self) -> RetryConfig:
+        if self.maximum < self.initial:
+            raise Invalid("must not be shorter than initial", "maximum")
+        return self
+
+    def delay(self, attempts: int, unit_random: float) -> float:
+        """Seconds to wait after the `attempts`-th failed attempt; `unit_random` in [0, 1)."""
+        exponent = max(0, attempts - 1)
+        # Capping the exponent first keeps factor**exponent finite for huge attempt counts.
+        base = self.initial * self.factor ** min(exponent, 64)
+        base = min(self.maximum, base)
+        return base * (1.0 - self.jitter + 2.0 * self.jitter * unit_random)
+
+
+class PoolConfig(_Table):
+    """A delivery pool: the source addresses its mail leaves from and how it delivers."""
+
+    # The pool's key in [pools] (see `name`), set when a RelayConfig is validated.
+    _name: str = PrivateAttr(default="")
+    source_addresses: tuple[SourceAddress, ...] = Field(
+        min_length=1,
+        description=(
+            "IPv4/IPv6 addresses this pool binds, plain or { address, weight }. A destination's address family "
+            "picks among them by weight. The high-risk pool may not share any address with the normal pool."
+        ),
+    )
+    ehlo_name: HostName = Field(
+        "localhost", description="Name this pool gives in EHLO. Default: the top-level hostname.", json_schema_extra=_no_default
+    )
+    max_connections_per_destination: Int = Field(
+        4, ge=1, description="Connections open at once to one destination: a recipient domain in MX mode, the smarthost otherwise."
+    )
+    delivery: Literal["mx", "smarthost"] = Field(
+        "mx",
+        description=(
+            '"mx": MX hosts by preference (RFC 5321 §5.1), the domain\'s A/AAAA as implicit MX, a null MX fails at once, '
+            'a DNS error defers. "smarthost": everything to smarthost.'
+        ),
+    )
+    smarthost: Optional[SmartHost] = Field(
+        None,
+        description=(
+            'Where delivery = "smarthost" sends everything: "host:port" or "host" (port 25); the host is a host name '
+            "with a dot, localhost, or an IP address ([v6]:port). Required with, and only with, that delivery."
+        ),
+    )
+    mx_port: Int = Field(25, ge=1, le=65535, description="TCP port of MX hosts (the demo and tests use unprivileged ports).")
+    tls: Literal["opportunistic", "required", "none"] = Field(
+        "opportunistic",
+        description=(
+            '"opportunistic": STARTTLS when offered, certificate not checked; "required": STARTTLS with a verified '
+            'certificate, else deferred; "none": never STARTTLS.'
+        ),
+    )
+    max_age: Duration = Field(
+        DEFAULT_MAX_AGE,
+        description="How long deferred mail is retried; a last attempt is made then, after which the recipient fails with a DSN.",
+        json_schema_extra=_shown_default(format_duration(DEFAULT_MAX_AGE)),
+    )
+    retry: RetryConfig = Field(default_factory=RetryConfig, description="Backoff after a 4xx reply or a connection error.")
+    max_messages_per_connection: Int = Field(100, ge=1, description="Messages sent over one connection before it is closed and a new one opened.")
+    idle_timeout: Duration = Field(
+        2.0, description="How long an idle connection to a destination stays open waiting for more mail.", json_schema_extra=_shown_default("2s")
+    )
+    connect_timeout: Duration = Field(30.0, description="Time allowed to connect and read the greeting.", json_schema_extra=_shown_default("30s"))
+    command_timeout: Duration = Field(300.0, description="Time allowed for each SMTP command's reply.", json_schema_extra=_shown_default("5m"))
+
+    @property
+    def name(self) -> str:
+        """The pool's name: its key in ``[pools]``."""
+        return self._name
+
+    @field_validator("source_addresses")
+    @classmethod
+    def _listed_once(cls, sources: tuple[SourceAddress, ...]) -> tuple[SourceAddress, ...]:
+        seen: set[IPAddress] = set()
+        for i, source in enumerate(sources):
+            if source.address in seen:
+                raise Invalid(f"{source.address} is listed twice", i)
+            seen.add(source.address)
+        return sources
+
+    @model_validator(mode="after")
+    def _smarthost_iff_delivery(self) -> PoolConfig:
+        if self.delivery == "smarthost" and self.smarthost is None:
+            raise Invalid('required when delivery = "smarthost"', "smarthost")
+        if self.delivery == "mx" and self.smarthost is not None:
+            raise Invalid('set, but delivery is "mx": add delivery = "smarthost" or remove it', "smarthost")
+        return self
+
+
+class ListenerConfig(_Table):
+    """The SMTP listener that applications (or a content filter) hand mail to."""
+
+    address: ListenAddress = Field(
+        DEFAULT_LISTEN,
+        description='"host:port" to listen on; "[::1]:2525" for IPv6.',
+        json_schema_extra=_shown_default(_host_port_text(DEFAULT_LISTEN)),
+    )
+    allowed_networks: tuple[IPNetworkField, ...] = Field(
+        (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")),
+        description="Clients that may relay without AUTH.",
+        json_schema_extra=_shown_default(["127.0.0.0/8", "::1/128"]),
+    )
+    trusted_score_networks: tuple[IPNetworkField, ...] = Field(
+        (),
+        description="Clients whose copy of policy.score_header counts (a content filter). Everyone else's copies are removed before scoring.",
+    )
+    auth_users: ReadOnlyTable[Password] = Field(
+        default_factory=_empty,
+        description=(
+            "User name -> password for AUTH PLAIN/LOGIN, which lets clients outside allowed_networks relay. Needs "
+            "tls_certificate and tls_key unless allow_plaintext_auth. The user name is the tenant. Empty: no AUTH."
+        ),
+    )
+    allow_plaintext_auth: Bool = Field(False, description="Offer AUTH without STARTTLS (passwords in clear text).")
+    tls_certificate: Optional[FilePath] = Field(None, description="PEM certificate (chain) for STARTTLS; goes with tls_key.")
+    tls_key: Optional[FilePath] = Field(None, description="PEM private key for STARTTLS; goes with tls_certificate.")
+    size_limit: Size = Field(
+        DEFAULT_SIZE_LIMIT,
+        description=(
+            'Largest message accepted (SIZE extension); larger mail gets 552. Bytes, or a string like "25MB" or "512k": '
+            "k, M and G are powers of 1024 (25MB = 26,214,400 bytes)."
+        ),
+        json_schema_extra=_shown_default(format_size(DEFAULT_SIZE_LIMIT)),
+    )
+    line_length_limit: Int = Field(1001, ge=100, description="Longest line accepted, in bytes with CRLF; longer lines get 500.")
+    command_size_limit: Int = Field(512, ge=100, description="Longest SMTP command line accepted, in bytes.")
+    max_recipients: Int = Field(1000, ge=1, description="Recipients accepted per message.")
+    hostname: HostName = Field(
+        "localhost", description="Name in the greeting and Received: headers. Default: the top-level hostname.", json_schema_extra=_no_default
+    )
+
+    @property
+    def host(self) -> str:
+        return self.address[0]
+
+    @property
+    def port(self) -> int:
+        return self.address[1]
+
+    @model_validator(mode="after")
+    def _auth_needs_tls(self) -> ListenerConfig:
+        if (self.tls_certificate is None) != (self.tls_key is None):
+            missing = "tls_key" if self.tls_key is None else "tls_certificate"
+            raise Invalid("tls_certificate and tls_key go together", missing)
+        if self.auth_users and self.tls_certificate is None and not self.allow_plaintext_auth:
+            raise Invalid("AUTH sends passwords: set tls_certificate and tls_key, or allow_plaintext_auth = true", "auth_users")
+        return self
+
+
+class PolicyConfig(_Table):
+    """Routing: which mail goes through the high-risk pool."""
+
+    threshold: Number = Field(5.0, description="Spam score above which (strictly) mail goes high-risk.")
+    tenants: ReadOnlyTable[Number] = Field(
+        default_factory=_empty, description="Per-tenant thresholds; the tenant is the AUTH user name."
+    )
+    score_header: Optional[HeaderName] = Field(
+        None, description="Header field holding the spam score; trusted only from listener.trusted_score_networks, and only once."
+    )
+    unknown_domain_pool: Literal["high-risk", "normal"] = Field(
+        "high-risk", description="Where mail goes when the sender domain's DNS lookup fails."
+    )
+    normal_pool: Text = Field("normal", description="Name of the pool for mail known to be good.")
+    high_risk_pool: Text = Field("high-risk", description="Name of the pool for DSNs, spam and mail from domains without records.")
+
+
+class DnsConfig(_Table):
+    """The resolver for MX lookups and the sender-domain check."""
+
+    nameservers: tuple[NameServer, ...] = Field(
+        (), description='Nameservers as "IP" or "IP:port" ("[v6]:port"); empty or absent: the system\'s resolvers.'
+    )
+    timeout: Duration = Field(2.0, description="Time allowed for one query to one nameserver.", json_schema_extra=_shown_default("2s"))
+    check_sender_domain: Bool = Field(True, description="Route mail from sender domains without MX, A or AAAA records high-risk.")
+
+
+class SpoolConfig(_Table):
+    """Where accepted mail is stored until delivered."""
+
+    directory: FilePath = Field(
+        Path("spool"), description="Folder of the spool database; a relative path is relative to the configuration file.",
+        json_schema_extra=_shown_default("spool"),
+    )
+
+
+class RelayConfig(_Table):
+    """The configuration of `deliverypool relay`."""
+
+    hostname: HostName = Field("localhost", description="Name of this relay: Reporting-MTA in DSNs, default EHLO name, Received: headers.")
+    listener: ListenerConfig = Field(default_factory=ListenerConfig, description="The SMTP listener.")
+    spool: SpoolConfig = Field(default_factory=SpoolConfig, description="The spool.")
+    policy: PolicyConfig = Field(default_factory=PolicyConfig, description="The routing policy.")
+    dns: DnsConfig = Field(default_factory=DnsConfig, description="DNS resolution.")
+    pools: ReadOnlyTable[PoolConfig] = Field(
+        min_length=1, description="The delivery pools by name: at least policy.normal_pool and policy.high_risk_pool."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inherit(cls, data: Any) -> Any:
+        """The top-level hostname is the default EHLO name of every pool and the listener's
+        name."""
+        if not isinstance(data, Mapping):
+            return data
+        data = dict(data)
+        hostname = data.get("hostname")
+        # An invalid hostname is reported once, at its own key, not again at each inheritor.
+        inherits = isinstance(hostname, str) and _is_host_name(hostname)
+        listener = data.get("listener", {})
+        if inherits and isinstance(listener, Mapping):
+            data["listener"] = {"hostname": hostname, **listener}
+        pools = data.get("pools")
+        if inherits and isinstance(pools, Mapping):
+            data["pools"] = {name: {"ehlo_name": hostname, **pool} if isinstance(pool, Mapping) else pool for name, pool in pools.items()}
+        return data
+
+    @field_validator("pools")
+    @classmethod
+    def _named(cls, pools: Mapping[str, PoolConfig]) -> Mapping[str, PoolConfig]:
+        """Each pool is named by its key."""
+        named = {}
+        for name, pool in pools.items():
+            if pool.name != name:
+                pool = pool.model_copy()
+                pool._name = name
+            named[name] = pool
+        return MappingProxyType(named)
+
+    @model_validator(mode="after")
+    def _pools_apart(self) -> RelayConfig:
+        policy = self.policy
+        for role, name in (("normal_pool", policy.normal_pool), ("high_risk_pool", policy.high_risk_pool)):
+            if name not in self.pools:
+                raise Invalid(f"no pool named {name!r} (defined: {', '.join(self.pools)})", "policy", role)
+        if policy.normal_pool == policy.high_risk_pool:
+            raise Invalid("must differ from normal_pool", "policy", "high_risk_pool")
+        # The whole point of the high-risk pool: its mail never leaves from a normal address.
+        normal_addresses = {s.address for s in self.normal_pool.source_addresses}
+        for i, source in enumerate(self.high_risk_pool.source_addresses):
+            if source.address in normal_addresses:
+                raise Invalid(
+                    f"{source.address} is also a source address of the normal pool {policy.normal_pool!r}",
+                    "pools",
+                    policy.high_risk_pool,
+                    "source_addresses",
+                    i,
+                )
+        return self
+
+    @property
+    def normal_pool(self) -> PoolConfig:
+        return self.pools[self.policy.normal_pool]
+
+    @property
+    def high_risk_pool(self) -> PoolConfig:
+        return self.pools[self.policy.high_risk_pool]
