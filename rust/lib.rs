@@ -9,6 +9,7 @@ pub mod encoded_word;
 mod line_scanner;
 pub mod policy;
 pub mod scan;
+pub mod seen;
 pub mod smtp_data;
 
 #[cfg(feature = "python")]

@@ -50,7 +50,7 @@ def policy_from_config(config: RelayConfig) -> Policy:
         normal_pool=p.normal_pool,
         high_risk_pool=p.high_risk_pool,
         threshold=p.threshold,
-        tenant_thresholds=dict(p.tenants) or None,
+        tenant_thresholds={name: t.threshold for name, t in config.tenants.items() if t.threshold is not None} or None,
         score_header=p.score_header,
         unknown_domain_pool=p.unknown_domain_pool,
     )

@@ -4,6 +4,7 @@ mod cache;
 mod errors;
 mod policy;
 mod scan;
+mod seen;
 mod smtp_data;
 
 use pyo3::prelude::*;
@@ -35,6 +36,8 @@ mod _core {
     use super::policy::{classify, classify_many, PyDecision, PyDsnVerdict, PyPolicy};
     #[pymodule_export]
     use super::scan::{scan, PyContentType, PyHeaderFacts, PyMimePart, PyRecipientStatus};
+    #[pymodule_export]
+    use super::seen::PyMessageIdFilter;
     #[pymodule_export]
     use super::smtp_data::{dot_stuff, PyDataReader};
 

@@ -26,20 +26,27 @@ from deliverypool.config.model import (
     SourceAddress,
     SpoolConfig,
 )
+from deliverypool.config.observe import NO_TENANT, AdminConfig, AlertsConfig, MonitorConfig, ObserveConfig, TenantConfig
 from deliverypool.config.units import format_duration, format_size, parse_duration, parse_size
 
 __all__ = [
+    "NO_TENANT",
+    "AdminConfig",
+    "AlertsConfig",
     "ConfigError",
     "DnsConfig",
     "IPAddress",
     "IPNetwork",
     "ListenerConfig",
+    "MonitorConfig",
+    "ObserveConfig",
     "PolicyConfig",
     "PoolConfig",
     "RelayConfig",
     "RetryConfig",
     "SourceAddress",
     "SpoolConfig",
+    "TenantConfig",
     "format_duration",
     "format_size",
     "from_dict",
