@@ -30,9 +30,12 @@ from deliverypool.ingress.smtp import protocol_factory
 from deliverypool.lookup.mx import MxLookup, MxResolver
 from deliverypool.lookup.resolver import Nameserver, Resolver, ResolverConfig
 from deliverypool.mail.headers import received_field, strip_header
+from deliverypool.observe.service import Observer
 from deliverypool.outbound.scheduler import DeliveryEngine
 from deliverypool.queue.spool import NewMessage, Spool
 from deliverypool.routing.router import Router
+from deliverypool.routing.tenants import Tenants
+from deliverypool.supervisor import shard_directory
 
 __all__ = ["Accepted", "Relay", "configure_logging", "policy_from_config", "resolver_from_config", "run_relay"]
 
@@ -87,6 +90,16 @@ class Relay:
         # cannot change the answer: the message is stored, so the client gets 250 whatever
         # the hook does (an exception is logged).
         self.on_accept: Callable[[Accepted, bytes], None] | None = None
+        self.tenants = Tenants(config.tenants)
+        # Events, metrics and the surge monitor (observe/); the process whose spool is the
+        # relay's own or its shard 0 leads: it runs the monitor and the admin listener.
+        root = config.spool.directory
+        self.observer = Observer(
+            config,
+            spool_root=root,
+            worker=self.spool.directory.name if self.spool.directory != root else "main",
+            leader=self.spool.directory in (root, shard_directory(root, 0)),
+        )
 
     async def start(self) -> None:
         """Opens the spool and starts delivering what it holds."""
@@ -94,6 +107,10 @@ class Relay:
         self._connect_dns()
         recovery = await self.spool.open()
         self.engine = DeliveryEngine(self.config, self.spool, mx=self.mx, route_dsn=self._route_dsn)
+        await self.observer.start()
+        self.spool.on_commit = self.observer.commit
+        self.engine.on_attempt = self.observer.attempt
+        self.engine.recorder.on_bounce = self.observer.generated
         self.recovered = sum(len(job.recipients) for job in recovery.pending)
         self.possible_duplicates = recovery.requeued_in_flight
         if recovery.pending:
@@ -150,7 +167,8 @@ class Relay:
             if removed:
                 log.info("removed %d client-written %s field(s) peer=%s", removed, header, peer)
         content = received_field(helo=helo, peer=peer, by=self.config.listener.hostname, authenticated=login is not None) + content
-        decision = await self.router.route(content, mail_from=mail_from, tenant=login, untrusted_client=untrusted)
+        tenant = self.tenants.resolve(login, peer)
+        decision = await self.router.route(content, mail_from=mail_from, tenant=tenant, untrusted_client=untrusted)
         message_id = scan(content).message_id  # TEMPORARY: Decision.message_id lands with branch rust10
         job = await self.spool.accept(
             NewMessage(
@@ -159,7 +177,7 @@ class Relay:
                 body=content,
                 pool=decision.pool,
                 reasons=tuple(decision.reasons),
-                tenant=login,
+                tenant=tenant,
                 header_message_id=message_id,
             )
         )
@@ -176,6 +194,12 @@ class Relay:
         # when their turn comes, so a backlog does not hold every body in memory.
         self.engine.submit(job, content if len(content) <= KEEP_IN_MEMORY else None)
         accepted = Accepted(job.queue_id, decision.pool, tuple(decision.reasons))
+        try:
+            self.observer.accepted(
+                queue_id=job.queue_id, decision=decision, content=content, tenant=tenant, peer=peer, recipients=len(recipients), message_id=message_id
+            )
+        except Exception:
+            log.exception("observer failed for queue_id=%s (the message is stored)", job.queue_id)
         if self.on_accept is not None:
             try:
                 self.on_accept(accepted, content)
@@ -196,6 +220,7 @@ class Relay:
             self.server = None
         if self.engine is not None:
             await self.engine.stop()
+        await self.observer.stop()
         await self.spool.close()
 
 

@@ -63,6 +63,8 @@ class Recorder:
         self.stats = stats
         self.clock = clock
         self.rng = rng
+        # Told of every DSN the relay stores (observe/): queue ids, pool, failures, tenant.
+        self.on_bounce: Callable[..., None] | None = None
 
     async def record(self, job: Job, replies: Mapping[int, tuple[str, str | None]], body: bytes | None) -> Recorded:
         """Records one attempt for `job`'s recipients; `body` is the message (read from the
@@ -112,5 +114,10 @@ class Recorder:
         stored = await self.spool.record([replace(o, attempts=attempts) for o in outcomes], bounce)
         if stored is not None and bounce is not None:
             self.stats.bounces += 1
+            if self.on_bounce is not None:
+                try:
+                    self.on_bounce(queue_id=job.queue_id, dsn_queue_id=stored.queue_id, pool=stored.pool, failures=failures, tenant=job.tenant)
+                except Exception:
+                    pass  # observation only: the DSN is stored
         retry_job = replace(job, recipients=tuple(retry), attempts=attempts, next_attempt=next_attempt) if retry else None
         return Recorded(stored, bounce.body if stored is not None and bounce is not None else None, retry_job)

@@ -78,6 +78,7 @@ class Job:
     recipients: tuple[tuple[int, str], ...]  # (recipient id, address)
     attempts: int = 0
     next_attempt: float = 0.0
+    tenant: str | None = None
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,8 @@ class Spool:
         self._conn: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
+        # Told how long each commit took, in seconds (observe/: the commit histogram).
+        self.on_commit: Callable[[float], None] | None = None
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -276,7 +279,10 @@ class Spool:
                     conn.execute("ROLLBACK TO change")
                     conn.execute("RELEASE change")
                     results.append((None, exc))
+            started = time.perf_counter()
             await self._loop.run_in_executor(self._io, conn.execute, "COMMIT")
+            if self.on_commit is not None:
+                self.on_commit(time.perf_counter() - started)
         except Exception as exc:  # the commit itself failed: nobody's change is durable
             if conn.in_transaction:
                 await self._loop.run_in_executor(self._io, conn.execute, "ROLLBACK")
@@ -480,6 +486,7 @@ def _insert(conn: sqlite3.Connection, message: NewMessage, now: float, *, queue_
         received_at=now,
         recipients=tuple(recipients),
         next_attempt=now,
+        tenant=message.tenant,
     )
 
 
@@ -534,7 +541,7 @@ def _recover(conn: sqlite3.Connection) -> int:
 
 
 _PENDING_QUERY = f"""
-SELECT m.id AS message, m.queue_id, m.mail_from, m.pool, m.reasons, m.header_message_id, m.received_at,
+SELECT m.id AS message, m.queue_id, m.mail_from, m.pool, m.reasons, m.header_message_id, m.received_at, m.tenant,
        r.id AS recipient, r.address, r.state, r.attempts, r.next_attempt
 FROM recipients r JOIN messages m ON m.id = r.message
 WHERE r.state NOT IN {FINAL_STATES_SQL}
@@ -562,6 +569,7 @@ def _pending(conn: sqlite3.Connection) -> list[Job]:
                     recipients=tuple((row["recipient"], row["address"]) for row in group),
                     attempts=max(row["attempts"] for row in group),
                     next_attempt=first["next_attempt"],
+                    tenant=first["tenant"],
                 )
             )
             group.clear()
