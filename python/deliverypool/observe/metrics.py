@@ -43,6 +43,7 @@ REASONS: Final[tuple[str, ...]] = tuple(
     getattr(_core, "REASONS", ("dsn", "spam-score", "sender-domain-no-records", "sender-domain-unknown"))
 )
 
+_REASON_LABELS: Final = frozenset((*REASONS, "none"))
 COMMIT_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 OTHER: Final = "other"
 
@@ -71,7 +72,7 @@ class MetricsRecorder:
         if isinstance(event, MessageAccepted):
             pool = self._pool(event.pool)
             for reason in event.reasons or ("none",):
-                counts[("deliverypool_messages_total", (("pool", pool), ("reason", reason if reason in REASONS else OTHER)))] += 1
+                counts[("deliverypool_messages_total", (("pool", pool), ("reason", reason if reason in _REASON_LABELS else OTHER)))] += 1
             tenant = self._tenant(event.tenant)
             counts[("deliverypool_tenant_messages_total", (("tenant", tenant),))] += 1
             self.minutes[(int(event.at // 60), tenant, "messages")] += 1
