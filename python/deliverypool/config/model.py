@@ -483,6 +483,16 @@ class RelayConfig(_Table):
     """The configuration of `deliverypool relay`."""
 
     hostname: HostName = Field("localhost", description="Name of this relay: Reporting-MTA in DSNs, default EHLO name, Received: headers.")
+    workers: Optional[Int] = Field(
+        None,
+        ge=1,
+        le=256,
+        description=(
+            "Worker processes of `deliverypool relay`, each a whole relay with a spool shard of its own, all "
+            "accepting on the one listening socket. Default: one per core."
+        ),
+        json_schema_extra=_no_default,
+    )
     listener: ListenerConfig = Field(default_factory=ListenerConfig, description="The SMTP listener.")
     spool: SpoolConfig = Field(default_factory=SpoolConfig, description="The spool.")
     policy: PolicyConfig = Field(default_factory=PolicyConfig, description="The routing policy.")

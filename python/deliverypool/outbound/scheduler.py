@@ -263,6 +263,13 @@ class DeliveryEngine:
         if attempt.reconnect:
             lane.queue.appendleft(work)
             return False
+        if attempt.untried:
+            # The server takes no more recipients in this transaction: the rest go first in the
+            # next one, on this connection, without counting an attempt.
+            untried = set(attempt.untried)
+            rest = tuple(r for r in job.recipients if r[0] in untried)
+            lane.queue.appendleft(_Work(replace(job, recipients=rest), work.body))
+            work = _Work(replace(job, recipients=tuple(r for r in job.recipients if r[0] not in untried)), work.body)
         self._log(work, lane, session.source, session.host, attempt.final, attempt.replies)
         # Outcomes commit in the background: the connection moves on to the next message.
         self._spawn(self._settle(work, attempt.replies, body if isinstance(body, bytes) else None))
