@@ -14,6 +14,8 @@ import aiosmtplib
 from deliverypool.app import Relay
 from deliverypool.cli.demo import common_port
 from deliverypool.config import RelayConfig
+from deliverypool.lookup.mx import MailExchanger
+from deliverypool.testing.static_mx import StaticMx
 from deliverypool.queue.listing import listing, read_counters
 from tests.smtp_sinks import HIGH_RISK_SOURCE, NORMAL_SOURCE, Sink, eventually, message, relay_config, sink
 
@@ -93,5 +95,39 @@ def test_recipients_refused_as_too_many_go_out_at_once_in_the_next_transaction(a
             await settled(conf)
             assert relay.engine is not None and relay.engine.stats.deferred == 0
             assert relay.engine.stats.connections == 1
+
+    aio_run(main())
+
+
+def test_a_relay_that_is_its_own_mx_stops_the_loop_with_5_4_6_and_a_dsn(aio_run: Run, tmp_path: Path) -> None:
+    """loop.test's MX is the relay itself. Before: one message accepted again 1,630 times in
+    20 s. Now: at the hop limit (50 Received fields) the relay refuses it with 554 5.4.6, the
+    copy before it fails, and the sender gets one DSN saying so."""
+    port = common_port(["127.0.0.1", DESTINATION])
+    conf = relay_config(tmp_path / "spool", mx_port=port, listen_port=port)
+    mx = StaticMx(
+        {
+            "loop.test": [MailExchanger(10, "relay.loop.test", ("127.0.0.1",))],
+            "sender.test": [MailExchanger(10, "mx.sender.test", (DESTINATION,))],
+        }
+    )
+
+    async def main() -> None:
+        async with sink(DESTINATION, port, "sender-mx") as destination:
+            relay = Relay(conf, mx=mx)
+            await relay.start()
+            await relay.listen()
+            try:
+                await submit(conf, message("loop", message_id="<loop@t>"), ["someone@loop.test"])
+                (dsn,) = await destination.wait_for(1, timeout=60)
+                assert dsn.mail_from == "" and dsn.rcpt_tos == [SENDER]
+                assert b"Status: 5.4.6" in dsn.content and b"Too many hops" in dsn.content
+                await settled(conf)
+                counters = read_counters(conf.spool.directory)
+                # The client's copy and 49 more, each with one more Received field, then refused.
+                assert counters["accepted"] == conf.listener.max_hops + 1  # the 50 copies and the DSN
+                assert counters["bounces"] == 1
+            finally:
+                await relay.stop()
 
     aio_run(main())

@@ -29,7 +29,8 @@ from deliverypool.ingress.handler import Accepted, RoutingHandler, in_networks
 from deliverypool.ingress.smtp import protocol_factory
 from deliverypool.lookup.mx import MxLookup, MxResolver
 from deliverypool.lookup.resolver import Nameserver, Resolver, ResolverConfig
-from deliverypool.mail.headers import received_field, strip_header
+from deliverypool.errors import MessageRefused
+from deliverypool.mail.headers import count_received, received_field, strip_header
 from deliverypool.outbound.scheduler import DeliveryEngine
 from deliverypool.queue.spool import NewMessage, Spool
 from deliverypool.routing.router import Router
@@ -149,6 +150,11 @@ class Relay:
             content, removed = strip_header(content, header)
             if removed:
                 log.info("removed %d client-written %s field(s) peer=%s", removed, header, peer)
+        hops = count_received(content)
+        if hops >= self.config.listener.max_hops:
+            # Ours would be one more: a routing loop (an MX or smarthost pointing back here).
+            log.warning("refused a message with %d Received fields from=<%s> peer=%s (routing loop?)", hops, mail_from, peer)
+            raise MessageRefused(f"554 5.4.6 Too many hops ({hops} Received fields): routing loop", "too-many-hops")
         content = received_field(helo=helo, peer=peer, by=self.config.listener.hostname, authenticated=login is not None) + content
         decision = await self.router.route(content, mail_from=mail_from, tenant=login, untrusted_client=untrusted)
         message_id = scan(content).message_id  # TEMPORARY: Decision.message_id lands with branch rust10

@@ -14,6 +14,7 @@ __all__ = [
     "AddressError",
     "DestinationError",
     "DnsLookupError",
+    "MessageRefused",
     "PermanentDnsError",
     "PolicyError",
     "ScoreError",
@@ -55,6 +56,16 @@ class DestinationError(Exception):
     def code(self) -> int:
         head = self.reply[:3]
         return int(head) if head.isdigit() else (550 if self.permanent else 451)
+
+
+class MessageRefused(Exception):
+    """The relay will not take a message; ``reply`` is the SMTP reply the client gets
+    ("554 5.4.6 ..."), ``reason`` a short machine-readable name (``too-many-hops``, ...)."""
+
+    def __init__(self, reply: str, reason: str) -> None:
+        super().__init__(reply)
+        self.reply = reply
+        self.reason = reason
 
 
 class SpoolError(RuntimeError):

@@ -421,6 +421,14 @@ class ListenerConfig(_Table):
     line_length_limit: Int = Field(1001, ge=100, description="Longest line accepted, in bytes with CRLF; longer lines get 500.")
     command_size_limit: Int = Field(512, ge=100, description="Longest SMTP command line accepted, in bytes.")
     max_recipients: Int = Field(1000, ge=1, description="Recipients accepted per message.")
+    max_hops: Int = Field(
+        50,
+        ge=1,
+        description=(
+            "A message whose header already holds more Received: fields than this is refused with 554 5.4.6 "
+            "(a routing loop; Postfix's hopcount_limit). The sending relay then bounces it."
+        ),
+    )
     hostname: HostName = Field(
         "localhost", description="Name in the greeting and Received: headers. Default: the top-level hostname.", json_schema_extra=_no_default
     )
