@@ -75,7 +75,7 @@ class Relay:
     ) -> None:
         self.config = config
         # A worker of `deliverypool relay` has a shard of the spool; an embedded relay the spool.
-        self.spool = Spool(spool_directory or config.spool.directory)
+        self.spool = Spool(spool_directory or config.spool.directory, reserve=config.spool.reserve)
         self.mx = mx
         self.router = router
         self.engine: DeliveryEngine | None = None

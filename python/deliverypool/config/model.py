@@ -485,6 +485,15 @@ class SpoolConfig(_Table):
         Path("spool"), description="Folder of the spool database; a relative path is relative to the configuration file.",
         json_schema_extra=_shown_default("spool"),
     )
+    reserve: Size = Field(
+        16 * 1024 * 1024,
+        description=(
+            "Disk space kept back (a file in the spool) for the state changes of mail already accepted. When the "
+            "disk fills, it is released: deliveries go on (and free space), new mail gets 452 4.3.1 until twice this "
+            "much is free again."
+        ),
+        json_schema_extra=_shown_default("16MB"),
+    )
 
 
 class RelayConfig(_Table):

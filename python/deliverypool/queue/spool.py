@@ -25,7 +25,10 @@ A lock file in the spool directory keeps a second relay from opening the same sp
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
+import logging
+import shutil
 import os
 import concurrent.futures
 import secrets
@@ -36,10 +39,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from deliverypool.errors import SpoolError, SpoolLocked
+from deliverypool.errors import SpoolError, SpoolFull, SpoolLocked
 from deliverypool.queue.schema import FINAL_STATES_SQL, State, decode_reasons, encode_reasons, migrate
 
 T = TypeVar("T")
+
+log = logging.getLogger("deliverypool.spool")
 
 DATABASE = "spool.sqlite3"
 LOCK = "spool.lock"
@@ -48,6 +53,11 @@ LOCK = "spool.lock"
 # written once, off the event loop, and read back without SQLite assembling a copy of it.
 BODIES = "bodies"
 FILE_THRESHOLD = 256 * 1024
+# Space kept back for state changes: when the disk fills, this file is removed so that
+# deliveries can still mark recipients in flight and record their outcomes (which is what frees
+# space again); new mail gets 452 until there is twice this much free again.
+RESERVE = "reserve"
+RESERVE_BYTES = 16 * 1024 * 1024
 # Upper bound on the changes one transaction takes; more wait for the next commit.
 MAX_BATCH = 1024
 
@@ -107,7 +117,9 @@ class SpoolStats:
     largest_batch: int = 0
 
 
-_Request = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]"]
+# A queued change, its caller's future, and whether it may use the reserve (state changes of mail
+# already accepted) or not (new mail).
+_Request = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]", bool]
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -124,6 +136,9 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         if str(mode).lower() != "wal":
             raise SpoolError(f"{path}: cannot use WAL mode (got {mode})")
         conn.execute("PRAGMA synchronous = FULL")
+        # After a checkpoint the WAL file shrinks back to this size, so space freed by delivered
+        # mail is given back to the disk rather than kept for the next burst.
+        conn.execute("PRAGMA journal_size_limit = 67108864")
         conn.execute("PRAGMA foreign_keys = ON")
     return conn
 
@@ -136,9 +151,14 @@ def new_queue_id() -> str:
 class Spool:
     """The spool in `directory`. Use ``await spool.open()`` (or ``async with``) before use."""
 
-    def __init__(self, directory: str | os.PathLike[str], *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, directory: str | os.PathLike[str], *, clock: Callable[[], float] = time.time, reserve: int = RESERVE_BYTES
+    ) -> None:
         self.directory = Path(directory)
         self.path = self.directory / DATABASE
+        self.reserve = reserve
+        # True while the reserve is spent: new mail is refused, state changes go on.
+        self.low_space = False
         self.clock = clock
         self.stats = SpoolStats()
         self._pending: list[_Request] = []
@@ -172,7 +192,14 @@ class Spool:
         self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="spool-io")
         self._files = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="spool-files")
         try:
-            self._conn = await self._loop.run_in_executor(self._io, self._setup)
+            try:
+                self._conn = await self._loop.run_in_executor(self._io, self._setup)
+            except Exception as exc:
+                # Started on a full disk: spend the reserve to open, and drain.
+                if not (_is_full(exc) and await self._release_reserve()):
+                    raise
+                self._conn = await self._loop.run_in_executor(self._io, self._setup)
+            await self._loop.run_in_executor(self._io, self._make_reserve)
             self._reader = await self._loop.run_in_executor(self._io, lambda: connect(self.path, readonly=True))
         except BaseException:
             self._io.shutdown(wait=False)
@@ -195,6 +222,45 @@ class Spool:
             conn.close()
             raise
         return conn
+
+    def _make_reserve(self) -> None:
+        """Keeps the reserve file in place and decides low-space mode: entered when less than
+        the reserve is free (besides the reserve itself), left once twice as much is free and the
+        reserve exists again."""
+        path = self.directory / RESERVE
+        free = shutil.disk_usage(self.directory).free
+        if free < self.reserve:
+            if not self.low_space:
+                log.error("spool %s: less than %d bytes free; refusing new mail (452) until space is back", self.directory, self.reserve)
+            self.low_space = True
+            return
+        if not path.exists():
+            if free < 2 * self.reserve:
+                return
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+                try:
+                    os.posix_fallocate(fd, 0, self.reserve)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError:
+                path.unlink(missing_ok=True)
+                return
+            free -= self.reserve
+        if self.low_space and free >= self.reserve:
+            log.warning("spool %s: free space is back, accepting mail again", self.directory)
+            self.low_space = False
+
+    async def _release_reserve(self) -> bool:
+        """Removes the reserve file (entering low-space mode); False when there was none."""
+        path = self.directory / RESERVE
+        self.low_space = True
+        if not path.exists():
+            return False
+        path.unlink()
+        log.error("spool %s: the disk is full; reserve released, refusing new mail (452) until space is back", self.directory)
+        return True
 
     async def close(self) -> None:
         """Finishes queued changes, then closes. Safe to call twice."""
@@ -229,16 +295,17 @@ class Spool:
 
     # --- the writer -----------------------------------------------------------------------
 
-    def run(self, change: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+    def run(self, change: Callable[[sqlite3.Connection], T], *, essential: bool = True) -> asyncio.Future[T]:
         """Queues `change` for the next transaction; the future resolves once the transaction
         holding it is committed to disk (or with the exception `change` raised: that change
         is rolled back alone, the others in the batch are unaffected). Call it on the loop
-        that opened the spool."""
+        that opened the spool. A change that is not `essential` (new mail) never uses the
+        reserve: on a full disk it fails with :class:`SpoolFull`."""
         if self._writer is None or self._closing or self._wakeup is None:
             raise SpoolError("the spool is not open")
         assert self._loop is not None
         future: asyncio.Future[T] = self._loop.create_future()
-        self._pending.append((change, future))
+        self._pending.append((change, future, essential))
         self._wakeup.set()
         return future
 
@@ -262,17 +329,46 @@ class Spool:
             await self._commit(batch)
 
     async def _commit(self, batch: list[_Request]) -> None:
+        results = await self._try_commit(batch)
+        if isinstance(results, BaseException):
+            failure = results
+            if _is_full(failure) and await self._release_reserve():
+                # The disk is full: state changes of accepted mail go on in the reserve; new
+                # mail is refused.
+                refused = SpoolFull("the spool's disk is full")
+                for change, future, essential in batch:
+                    if not essential:
+                        _settle(future, None, refused)
+                batch = [request for request in batch if request[2]]
+                results = await self._try_commit(batch) if batch else []
+            if isinstance(results, BaseException):
+                kind = SpoolFull if _is_full(results) else SpoolError
+                results = [(None, kind(f"spool commit failed: {results}"))] * len(batch)
+        elif self.low_space:
+            await self._loop_run(self._make_reserve)
+        self.stats.commits += 1
+        self.stats.changes += len(batch)
+        self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+        for (_, future, _), (value, error) in zip(batch, results):
+            _settle(future, value, error)
+
+    async def _try_commit(self, batch: list[_Request]) -> list[tuple[Any, BaseException | None]] | BaseException:
+        """One transaction for `batch`: every change's result or error, or the exception that
+        made the whole transaction fail (then nothing of it is stored)."""
         conn = self._conn
         assert conn is not None and self._loop is not None
         results: list[tuple[Any, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for change, _ in batch:
+            for change, _, _ in batch:
                 conn.execute("SAVEPOINT change")
                 try:
                     results.append((change(conn), None))
                     conn.execute("RELEASE change")
-                except Exception as exc:  # the change's own failure goes to its caller
+                except Exception as exc:
+                    if _is_full(exc):
+                        raise  # not this change's fault: the whole batch waits for space
+                    # The change's own failure goes to its caller.
                     conn.execute("ROLLBACK TO change")
                     conn.execute("RELEASE change")
                     results.append((None, exc))
@@ -280,28 +376,31 @@ class Spool:
         except Exception as exc:  # the commit itself failed: nobody's change is durable
             if conn.in_transaction:
                 await self._loop.run_in_executor(self._io, conn.execute, "ROLLBACK")
-            failure = SpoolError(f"spool commit failed: {exc}")
-            results = [(None, failure)] * len(batch)
-        self.stats.commits += 1
-        self.stats.changes += len(batch)
-        self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
-        for (_, future), (value, error) in zip(batch, results):
-            _settle(future, value, error)
+            return exc
+        return results
+
+    async def _loop_run(self, work: Callable[[], T]) -> T:
+        assert self._loop is not None and self._io is not None
+        return await self._loop.run_in_executor(self._io, work)
 
     # --- changes --------------------------------------------------------------------------
 
     async def accept(self, message: NewMessage) -> Job:
         """Stores a message with its recipients queued. Returns once it is on disk."""
+        if self.low_space:
+            raise SpoolFull("the spool's disk is full")
         now = self.clock()
         if len(message.body) <= FILE_THRESHOLD:
-            return await self.run(lambda conn: _insert(conn, message, now))
+            return await self.run(lambda conn: _insert(conn, message, now), essential=False)
         queue_id = new_queue_id()
         path = self.directory / BODIES / queue_id
-        await self._on_file_thread(lambda: _write_file(path, message.body))
         try:
-            return await self.run(lambda conn: _insert(conn, message, now, queue_id=queue_id, body_file=path.name))
-        except BaseException:
+            await self._on_file_thread(lambda: _write_file(path, message.body))
+            return await self.run(lambda conn: _insert(conn, message, now, queue_id=queue_id, body_file=path.name), essential=False)
+        except BaseException as exc:
             path.unlink(missing_ok=True)
+            if _is_full(exc):
+                raise SpoolFull(f"the spool's disk is full: {exc}") from None
             raise
 
     async def mark_in_flight(self, recipient_ids: Iterable[int]) -> None:
@@ -397,6 +496,15 @@ class Spool:
         if reader is None or self._io is None:
             raise SpoolError("the spool is not open")
         return await asyncio.get_running_loop().run_in_executor(self._io, query, reader)
+
+
+def _is_full(exc: BaseException) -> bool:
+    """The disk (or the database's size limit) is full."""
+    if isinstance(exc, SpoolFull):
+        return True
+    if isinstance(exc, sqlite3.Error):
+        return getattr(exc, "sqlite_errorname", "") == "SQLITE_FULL" or "database or disk is full" in str(exc)
+    return isinstance(exc, OSError) and exc.errno == errno.ENOSPC
 
 
 def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
