@@ -8,19 +8,19 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiosmtplib
 import pytest
 
-from deliverypool.app import Relay
 from deliverypool.cli.demo import common_port
 from deliverypool.config import RelayConfig
 from deliverypool.queue.listing import listing, read_counters
 from deliverypool.queue.spool import Spool
 from tests.smtp_sinks import CountingSMTP, eventually, message, relay_config, sink
+from tests.test_relay import running
 
 Run = Callable[[Coroutine[Any, Any, Any]], Any]
 SENDER = "alice@sender.test"
@@ -66,17 +66,6 @@ async def submit(conf: RelayConfig, n: int) -> str:
         except aiosmtplib.SMTPDataError as exc:
             return f"{exc.code} {exc.message}"
     return "250"
-
-
-@contextlib.asynccontextmanager
-async def running(conf: RelayConfig) -> AsyncIterator[Relay]:
-    relay = Relay(conf)
-    await relay.start()
-    await relay.listen()
-    try:
-        yield relay
-    finally:
-        await relay.stop()
 
 
 def test_a_full_disk_refuses_new_mail_and_still_delivers_the_queue(aio_run: Run, small_disk: Path) -> None:
