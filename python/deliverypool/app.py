@@ -103,7 +103,7 @@ class Relay:
                 self.recovered,
                 recovery.requeued_in_flight,
             )
-        self.engine.resume(recovery.pending)
+        self.engine.resume(recovery.pending, recovery.dsn_batches)
 
     def _connect_dns(self) -> None:
         """Points MX lookups and the router's sender-domain check, unless given, at one

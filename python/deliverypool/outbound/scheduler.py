@@ -35,7 +35,7 @@ from deliverypool.mail.address import domain_of
 from deliverypool.mail.headers import one_line_ascii
 from deliverypool.outbound.outcomes import DeliveryStats, DsnRouter, Recorder
 from deliverypool.outbound.transaction import Connector, Session, send
-from deliverypool.queue.spool import Job, Spool
+from deliverypool.queue.spool import DsnBatch, Job, Spool
 
 __all__ = ["DeliveryEngine"]
 
@@ -108,10 +108,18 @@ class DeliveryEngine:
         else:
             self._enqueue(job, body)
 
-    def resume(self, jobs: Sequence[Job]) -> None:
-        """Schedules the unfinished jobs a spool recovered at start."""
+    def resume(self, jobs: Sequence[Job], dsn_batches: Sequence[DsnBatch] = ()) -> None:
+        """Schedules the unfinished jobs a spool recovered at start, and writes the DSNs of
+        failure batches that ended just before a crash."""
         for job in jobs:
             self.submit(job)
+        for batch in dsn_batches:
+            self._spawn(self._bounce(batch))
+
+    async def _bounce(self, batch: DsnBatch) -> None:
+        job, dsn = await self.recorder.bounce(batch)
+        log.info("bounce queue_id=%s for=%s dsn_queue_id=%s pool=%s (after a restart)", batch.queue_id, batch.mail_from, job.queue_id, job.pool)
+        self._enqueue(job, dsn)
 
     def _later(self, delay: float, job: Job, body: bytes | None) -> None:
         loop = asyncio.get_running_loop()
@@ -353,9 +361,8 @@ class DeliveryEngine:
             if not self._stopping:
                 self._later(self._pool_of(job).retry.initial, job, None)
             return
-        if recorded.bounce is not None:
-            bounce = recorded.bounce
+        for bounce, dsn in recorded.bounces:
             log.info("bounce queue_id=%s for=%s dsn_queue_id=%s pool=%s", job.queue_id, job.mail_from, bounce.queue_id, bounce.pool)
-            self._enqueue(bounce, recorded.bounce_body)
+            self._enqueue(bounce, dsn)
         if recorded.retry is not None and not self._stopping:
             self._later(recorded.retry.next_attempt - self.clock(), recorded.retry, None)

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from deliverypool.errors import SpoolError, SpoolFull, SpoolLocked
-from deliverypool.queue.schema import FINAL_STATES_SQL, State, decode_reasons, encode_reasons, migrate
+from deliverypool.queue.schema import ACTIVE_STATES_SQL, FINAL_STATES_SQL, State, decode_reasons, encode_reasons, migrate
 
 T = TypeVar("T")
 
@@ -92,13 +92,38 @@ class Job:
 
 @dataclass(frozen=True)
 class Outcome:
-    """The result of an attempt for one recipient. `next_attempt` only for DEFERRED."""
+    """The result of an attempt for one recipient. `next_attempt` only for DEFERRED; `host` the
+    remote host that gave the reply (None for a local one); `dsn` for a FAILED recipient whose
+    sender is to get a DSN."""
 
     recipient: int
     state: State
     reply: str
     next_attempt: float = 0.0
     attempts: int = 0
+    host: str | None = None
+    dsn: bool = False
+
+
+@dataclass(frozen=True)
+class FailedRecipient:
+    """A failed recipient that a DSN is due for."""
+
+    recipient: int
+    address: str
+    reply: str
+    host: str | None
+
+
+@dataclass(frozen=True)
+class DsnBatch:
+    """A message whose failure batch is over: every recipient it lists, for one DSN."""
+
+    message: int
+    queue_id: str
+    mail_from: str
+    received_at: float
+    failures: tuple[FailedRecipient, ...]
 
 
 @dataclass(frozen=True)
@@ -108,6 +133,7 @@ class Recovery:
 
     pending: tuple[Job, ...]
     requeued_in_flight: int
+    dsn_batches: tuple[DsnBatch, ...] = ()
 
 
 @dataclass
@@ -212,7 +238,7 @@ class Spool:
         requeued = await self.run(_recover)
         await self._remove_orphan_bodies()
         pending = await self.pending()
-        return Recovery(pending=tuple(pending), requeued_in_flight=requeued)
+        return Recovery(pending=tuple(pending), requeued_in_flight=requeued, dsn_batches=tuple(await self.dsn_batches()))
 
     def _setup(self) -> sqlite3.Connection:
         conn = connect(self.path)
@@ -410,16 +436,32 @@ class Spool:
         now = self.clock()
         await self.run(lambda conn: _set_in_flight(conn, ids, now))
 
-    async def record(self, outcomes: Sequence[Outcome], bounce: NewMessage | None = None) -> Job | None:
-        """Records attempt outcomes and, in the same transaction, stores `bounce` (the DSN for
-        the failed recipients) so that a failure and its DSN are never separated by a crash.
-        Messages whose recipients are all finished are removed."""
+    async def record(self, outcomes: Sequence[Outcome]) -> list[DsnBatch]:
+        """Records attempt outcomes. A failure that is due a DSN is marked pending; when this
+        ends a message's failure batch (none of its recipients queued or in flight), the batch
+        is returned for one DSN, to be stored with :meth:`store_dsn` (until then the marks keep
+        it, across a crash too). Messages whose recipients are all finished are removed."""
         now = self.clock()
-        stored, finished_files = await self.run(lambda conn: _record(conn, outcomes, bounce, now))
-        if finished_files:
+        batches, finished_files = await self.run(lambda conn: _record(conn, outcomes, now))
+        await self._remove_bodies(finished_files)
+        return batches
+
+    async def store_dsn(self, batch: DsnBatch, dsn: NewMessage) -> Job:
+        """Stores the DSN for a failure batch and clears its marks in one transaction (a crash
+        before: the batch is found again at start; after: the DSN is in the spool)."""
+        now = self.clock()
+        job, finished_files = await self.run(lambda conn: _store_dsn(conn, batch, dsn, now))
+        await self._remove_bodies(finished_files)
+        return job
+
+    async def dsn_batches(self) -> list[DsnBatch]:
+        """Failure batches that ended without their DSN stored (a crash in between)."""
+        return await self._read(lambda conn: [b for m in _pending_dsn_messages(conn) if (b := _batch(conn, m)) is not None])
+
+    async def _remove_bodies(self, names: list[str]) -> None:
+        if names:
             bodies = self.directory / BODIES
-            await self._on_file_thread(lambda: _unlink(bodies / name for name in finished_files))
-        return stored
+            await self._on_file_thread(lambda: _unlink(bodies / name for name in names))
 
     async def pending(self) -> list[Job]:
         """Unfinished recipients, one Job per message and state, oldest first."""
@@ -598,10 +640,8 @@ def _set_in_flight(conn: sqlite3.Connection, ids: Sequence[int], now: float) -> 
         conn.execute("UPDATE recipients SET state = ?, updated_at = ? WHERE id = ?", (State.IN_FLIGHT.value, now, rid))
 
 
-def _record(
-    conn: sqlite3.Connection, outcomes: Sequence[Outcome], bounce: NewMessage | None, now: float
-) -> tuple[Job | None, list[str]]:
-    """Returns the stored DSN's job (or None) and the body files of messages now finished."""
+def _record(conn: sqlite3.Connection, outcomes: Sequence[Outcome], now: float) -> tuple[list[DsnBatch], list[str]]:
+    """Returns the failure batches now over and the body files of messages now finished."""
     messages: set[int] = set()
     for outcome in outcomes:
         row = conn.execute("SELECT message FROM recipients WHERE id = ?", (outcome.recipient,)).fetchone()
@@ -609,17 +649,67 @@ def _record(
             continue
         messages.add(row["message"])
         conn.execute(
-            "UPDATE recipients SET state = ?, last_reply = ?, next_attempt = ?, updated_at = ?,"
-            " attempts = max(attempts, ?) WHERE id = ?",
-            (outcome.state.value, outcome.reply, outcome.next_attempt or now, now, outcome.attempts, outcome.recipient),
+            "UPDATE recipients SET state = ?, last_reply = ?, last_host = ?, next_attempt = ?, updated_at = ?,"
+            " attempts = max(attempts, ?), dsn_pending = ? WHERE id = ?",
+            (
+                outcome.state.value,
+                outcome.reply,
+                outcome.host,
+                outcome.next_attempt or now,
+                now,
+                outcome.attempts,
+                int(outcome.dsn and outcome.state is State.FAILED),
+                outcome.recipient,
+            ),
         )
     _bump(conn, "delivered", sum(o.state is State.DELIVERED for o in outcomes))
     _bump(conn, "failed", sum(o.state is State.FAILED for o in outcomes))
+    batches = [batch for message in messages if (batch := _batch(conn, message)) is not None]
+    return batches, _remove_finished(conn, messages)
+
+
+def _batch(conn: sqlite3.Connection, message: int) -> DsnBatch | None:
+    """The message's DSN batch if its failure batch is over, else None."""
+    active = conn.execute(f"SELECT 1 FROM recipients WHERE message = ? AND state IN {ACTIVE_STATES_SQL}", (message,)).fetchone()
+    if active is not None:
+        return None
+    rows = conn.execute(
+        "SELECT id, address, last_reply, last_host FROM recipients WHERE message = ? AND dsn_pending = 1 ORDER BY id", (message,)
+    ).fetchall()
+    if not rows:
+        return None
+    head = conn.execute("SELECT queue_id, mail_from, received_at FROM messages WHERE id = ?", (message,)).fetchone()
+    return DsnBatch(
+        message=message,
+        queue_id=head["queue_id"],
+        mail_from=head["mail_from"],
+        received_at=head["received_at"],
+        failures=tuple(FailedRecipient(r["id"], r["address"], r["last_reply"] or "", r["last_host"]) for r in rows),
+    )
+
+
+def _pending_dsn_messages(conn: sqlite3.Connection) -> list[int]:
+    return [row["message"] for row in conn.execute("SELECT DISTINCT message FROM recipients WHERE dsn_pending = 1")]
+
+
+def _store_dsn(conn: sqlite3.Connection, batch: DsnBatch, dsn: NewMessage, now: float) -> tuple[Job, list[str]]:
+    conn.execute(
+        f"UPDATE recipients SET dsn_pending = 0 WHERE id IN ({', '.join('?' * len(batch.failures))})",
+        [f.recipient for f in batch.failures],
+    )
+    _bump(conn, "bounces")
+    job = _insert(conn, dsn, now)
+    return job, _remove_finished(conn, {batch.message})
+
+
+def _remove_finished(conn: sqlite3.Connection, messages: Iterable[int]) -> list[str]:
+    """Deletes the messages whose recipients are all delivered or failed, with no DSN still due;
+    returns their body files."""
     finished: list[str] = []
     for message in messages:
         row = conn.execute(
             "SELECT body_file FROM messages WHERE id = ? AND NOT EXISTS"
-            f" (SELECT 1 FROM recipients WHERE message = ? AND state NOT IN {FINAL_STATES_SQL})",
+            f" (SELECT 1 FROM recipients WHERE message = ? AND (state NOT IN {FINAL_STATES_SQL} OR dsn_pending = 1))",
             (message, message),
         ).fetchone()
         if row is None:
@@ -627,10 +717,7 @@ def _record(
         conn.execute("DELETE FROM messages WHERE id = ?", (message,))
         if row["body_file"] is not None:
             finished.append(row["body_file"])
-    if bounce is None:
-        return None, finished
-    _bump(conn, "bounces")
-    return _insert(conn, bounce, now), finished
+    return finished
 
 
 def _recover(conn: sqlite3.Connection) -> int:
