@@ -366,3 +366,28 @@ def test_label_values_cannot_be_chosen_by_a_client(aio_run: Run, tmp_path: Path)
     assert dsns == {(("origin", "relayed"), ("status_class", "unknown"), ("tenant", "acme")): 12.0}
     bounces = {labels["category"]: v for labels, v in metrics["deliverypool_bounces_total"]}
     assert bounces == {"other": 12.0}  # 5.77.1: no such subject; the text decides, and says nothing known
+
+
+def test_the_monitor_command_prints_a_snapshot_and_a_table(aio_run: Run, tmp_path: Path) -> None:
+    from deliverypool.cli.monitor import monitor_command, snapshot_table
+    from rich.console import Console
+
+    conf = monitor_config(tmp_path, free_port())
+    assert conf.admin.address is not None
+    admin = "%s:%d" % conf.admin.address
+
+    async def main() -> str:
+        async with running(conf):
+            await send(conf, message("hi"), source="127.0.2.5")
+            await asyncio.sleep(0.3)  # one flush
+            out = io.StringIO()
+            assert await asyncio.to_thread(monitor_command, admin, as_json=True, out=out) == 0
+            return out.getvalue()
+
+    data = json.loads(aio_run(main()))
+    assert set(data["tenants"]) == {"acme", "globex", "none"} and data["tenants"]["globex"]["messages_per_minute"] > 0
+    console = Console(file=io.StringIO(), width=140)
+    console.print(snapshot_table(data))
+    rendered = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "globex" in rendered and "baseline/min" in rendered
+    assert monitor_command(f"127.0.0.1:{free_port()}", as_json=True, out=io.StringIO()) == 1

@@ -139,6 +139,7 @@ class AlertsConfig(_Table):
 class ObserveConfig(_Table):
     """The event stream inside the relay."""
 
+    enabled: Bool = Field(True, description="Publish events (metrics, the surge monitor and the event log read them); false: none of those.")
     event_log: Optional[FilePath] = Field(
         None, description="Write every event as a JSON line to this file (relative: in the spool directory); absent: no event log."
     )

@@ -86,6 +86,7 @@ class Observer:
         self.leader = leader
         self.clock = clock
         self.run_loops = run_loops
+        self.enabled = config.observe.enabled
         self.tenants = Tenants(config.tenants)
         self.bus = EventBus(config.observe.queue_size)
         self.metrics = MetricsRecorder(config)
@@ -117,6 +118,8 @@ class Observer:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        if not self.enabled:
+            return
         await self._thread(self.store.open)
         await self._thread(self.relayed.load)
         await self.bus.start()
@@ -154,6 +157,8 @@ class Observer:
         await self._read_dsns(now)
 
     async def stop(self) -> None:
+        if not self.enabled:
+            return
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -194,6 +199,8 @@ class Observer:
     ) -> None:
         """A message was spooled: publishes MessageAccepted, and DsnRelayed for a DSN; the
         Message-ID of any other message joins the relayed set."""
+        if not self.enabled:
+            return
         now = self.clock()
         dsn = decision.dsn
         self.bus.publish(
@@ -216,18 +223,24 @@ class Observer:
         )
 
     def attempt(self, *, queue_id: str, pool: str, source: str | None, destination: str, host: str | None, reply: str, replies: Mapping[int, tuple[str, str | None]] | None, recipients: int) -> None:
+        if not self.enabled:
+            return
         codes = [r for r, _ in replies.values()] if replies else [reply] * recipients
         delivered = sum(r.startswith("2") for r in codes)
         failed = sum(r.startswith("5") for r in codes)
         self.bus.publish(DeliveryAttempt(self.clock(), queue_id, pool, source, destination, host, reply[:200], delivered, len(codes) - delivered - failed, failed))
 
     def generated(self, *, queue_id: str, dsn_queue_id: str, pool: str, failures: list[Failure], tenant: str | None) -> None:
+        if not self.enabled:
+            return
         recipients = tuple(
             DsnRecipient(f.recipient.lower()[:254], "failed", normalize_status(f.reply), bounce_category(f.reply, f.reply)) for f in failures
         )
         self.bus.publish(DsnGenerated(self.clock(), queue_id, dsn_queue_id, tenant, pool, recipients))
 
     def commit(self, seconds: float) -> None:
+        if not self.enabled:
+            return
         self.metrics.observe_commit(seconds)
 
     # --- the DSN windows -------------------------------------------------------------------

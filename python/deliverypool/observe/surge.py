@@ -24,8 +24,8 @@ first match wins:
    Message-ID is not among those relayed) although the original From is one of the tenant's
    own domains;
 3. ``directory-harvest`` when 60% of the failed recipients are bad mailboxes (5.1.1, 5.1.10,
-   "no such user"), with distinct local parts for 70% of them, at no more domains than
-   ``max(3, the tenant's own domains)``;
+   "no such user"), with distinct local parts for 70% of them, and 80% of the failed
+   recipients are at a few domains (the ``max(3, the tenant's own domains)`` most frequent);
 4. ``spam-attack`` when half of the failed recipients are spam- or policy-related (5.7.x,
    "rejected as spam", blocklisted) at five or more distinct domains;
 5. ``rogue-server`` when 80% come from one client address, or one reporting MTA, that carried
@@ -142,7 +142,9 @@ def decide_cause(
         return "rogue-server", evidence
     if n and backscatter / n >= 0.5:
         return "backscatter", evidence
-    if failed and bad_mailbox / failed >= 0.6 and len(locals_) >= 0.7 * bad_mailbox and len(domains) <= max(3, own_domains):
+    few = sum(count for _, count in domains.most_common(max(3, own_domains)))
+    evidence["top_domains_share"] = _share(few, failed)
+    if failed and bad_mailbox / failed >= 0.6 and len(locals_) >= 0.7 * bad_mailbox and few >= 0.8 * failed:
         return "directory-harvest", evidence
     if failed and spammy / failed >= 0.5 and len(domains) >= 5:
         return "spam-attack", evidence
