@@ -85,9 +85,14 @@ class Clients:
     def __init__(self, port: int) -> None:
         self.port = port
         self.open: dict[str, aiosmtplib.SMTP] = {}
+        self.sent: dict[str, int] = {}
 
     async def send(self, source: str, sender: str, rcpt: str, content: bytes) -> None:
         client = self.open.get(source)
+        self.sent[source] = self.sent.get(source, 0) + 1
+        if client is not None and self.sent[source] % 1000 == 0:  # the listener's MAIL limit per connection
+            await client.quit()
+            client = None
         if client is None or not client.is_connected:
             client = aiosmtplib.SMTP(hostname="127.0.0.1", port=self.port, source_address=(source, 0), start_tls=False)
             await client.connect()

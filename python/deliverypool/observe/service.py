@@ -16,6 +16,7 @@ import functools
 import json
 import logging
 import os
+import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -113,6 +114,8 @@ class Observer:
         self._last_saved = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._store_open = False
+        self._store_failed = False
 
     # --- life cycle ------------------------------------------------------------------------
 
@@ -120,11 +123,14 @@ class Observer:
         self._loop = asyncio.get_running_loop()
         if not self.enabled:
             return
-        await self._thread(self.store.open)
-        await self._thread(self.relayed.load)
+        # Observations never stop the relay: without its state database (a full disk, say) it
+        # runs, counts in memory and tries again at each flush.
+        await self._ensure_store()
+        try:
+            await self._thread(self.relayed.load)
+        except OSError as exc:
+            log.warning("observer: cannot read the relayed Message-IDs in %s: %s", self.relayed.directory, exc)
         await self.bus.start()
-        if self.leader and self.config.monitor.enabled:
-            await self._start_monitor()
         if self.leader and self.config.alerts.webhook is not None:
             self.webhook = Webhook(self.config.alerts)
             await self.webhook.start()
@@ -139,6 +145,22 @@ class Observer:
             self._tasks.append(asyncio.ensure_future(self._every(self.config.observe.flush_interval, self.flush)))
             if self.monitor is not None:
                 self._tasks.append(asyncio.ensure_future(self._every(self.config.monitor.tick, self.evaluate)))
+
+    async def _ensure_store(self) -> bool:
+        if self._store_open:
+            return True
+        try:
+            await self._thread(self.store.open)
+        except (OSError, sqlite3.Error) as exc:
+            if not self._store_failed:
+                log.warning("observer: cannot open the state database %s (%s); metrics and surge windows wait for it", self.store.path, exc)
+            self._store_failed = True
+            return False
+        self._store_open = True
+        self._store_failed = False
+        if self.monitor is None and self.leader and self.config.monitor.enabled:
+            await self._start_monitor()
+        return True
 
     async def _start_monitor(self) -> None:
         now = self.clock()
@@ -171,7 +193,8 @@ class Observer:
             await self.admin.stop()
         if self.webhook is not None:
             await self.webhook.stop()
-        await self._thread(self.store.close)
+        if self._store_open:
+            await self._thread(self.store.close)
 
     async def _every(self, seconds: float, work: Callable[[], Any]) -> None:
         while True:
@@ -279,6 +302,8 @@ class Observer:
                 self._dropped[name] = stats["dropped"]
         dsns, self._dsns = self._dsns, []
         event_log = self.event_log
+        if not await self._ensure_store():
+            return  # these counts are lost: observations, not mail
 
         def write() -> None:
             self.store.add(counts, dsns, minutes)
@@ -298,7 +323,7 @@ class Observer:
     async def evaluate(self) -> list[dict[str, Any]]:
         """Reads the DSNs every worker recorded since the last time, slides the windows and
         raises or resolves alerts. Returns the alerts that changed."""
-        if self.monitor is None:
+        if self.monitor is None or not self._store_open:
             return []
         now = self.clock()
         await self._read_dsns(now)
