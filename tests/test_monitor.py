@@ -391,3 +391,58 @@ def test_the_monitor_command_prints_a_snapshot_and_a_table(aio_run: Run, tmp_pat
     rendered = console.file.getvalue()  # type: ignore[attr-defined]
     assert "globex" in rendered and "baseline/min" in rendered
     assert monitor_command(f"127.0.0.1:{free_port()}", as_json=True, out=io.StringIO()) == 1
+
+
+def test_two_workers_give_one_view_and_one_surge(aio_run: Run, tmp_path: Path) -> None:
+    """`deliverypool relay --workers 2`: each worker counts its own mail and DSNs; /metrics (served
+    by worker 0 from the shared state database) sums both, and DSNs spread over both workers
+    make one surge."""
+    from tests.test_crash import RelayProcess, crash_config
+
+    sink_port, listen, admin = free_port(), free_port(), free_port()
+    path = tmp_path / "relay.toml"
+    path.write_text(
+        crash_config(tmp_path / "spool", listen, sink_port)
+        + TENANTS
+        + f'[monitor]\nwindow = "2s"\nbaseline = "24s"\nmin_dsns = 10\ninterval = "100ms"\n[admin]\naddress = "127.0.0.1:{admin}"\n'
+        + '[observe]\nflush_interval = "100ms"\n'
+    )
+    from deliverypool import config as cfg
+
+    conf = cfg.load(path)
+    relay = RelayProcess(path, listen, "asyncio", workers=2)
+
+    async def main() -> None:
+        async with sink("127.0.0.20", sink_port, "sink"):
+            await relay.start()
+            try:
+                # Each message on its own connection: the kernel spreads them over the workers.
+                for i in range(40):
+                    await send(conf, message(f"m{i}", message_id=f"<w{i}@acme.example>"), source="127.0.1.5")
+
+                async def all_counted() -> bool:
+                    with contextlib.suppress(aiohttp.ClientError, AssertionError):
+                        rows = (await scrape(conf)).get("deliverypool_tenant_messages_total", [])
+                        return ({"tenant": "acme"}, 40.0) in rows
+                    return False
+                await eventually(all_counted, timeout=30, what="both workers' messages in one counter")
+                await asyncio.sleep(2.5)  # the learning period of the short window
+                rng = random.Random(3)
+                for n in range(14):
+                    spec, _ = SCENARIOS["directory-harvest"](FACTORY, rng, "acme.example", n)
+                    await send_dsn(conf, FACTORY.dsn(spec), source="127.0.1.5", rcpt=spec.original_from)
+
+                async def fired() -> bool:
+                    with contextlib.suppress(aiohttp.ClientError, AssertionError):
+                        return bool((await get_json(conf, "/api/alerts"))["active"])
+                    return False
+                await eventually(fired, timeout=30, what="one surge over both workers")
+                active = (await get_json(conf, "/api/alerts"))["active"]
+            finally:
+                relay.stop()
+        assert [(a["tenant"], a["cause"]) for a in active] == [("acme", "directory-harvest")]
+        assert active[0]["evidence"]["dsns"] >= 10
+
+    aio_run(main())
+    # Both workers took part: each wrote relayed Message-IDs of its own.
+    assert {p.name.split("-")[0] + "-" + p.name.split("-")[1] for p in (tmp_path / "spool" / "seen").glob("*.bloom")} == {"shard-0", "shard-1"}

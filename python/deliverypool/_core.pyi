@@ -304,7 +304,7 @@ class MessageIdFilter:
         """Adds `message_id`; returns whether it was (probably) there already."""
     def add_many(self, message_ids: Sequence[str]) -> int:
         """Adds every ID (the GIL released); returns how many were new."""
-    def __contains__(self, message_id: str) -> bool: ...
+    def __contains__(self, key: str, /) -> bool: ...
     def contains_many(self, message_ids: Sequence[str]) -> list[bool]:
         """Membership of every ID, in order (the GIL released)."""
     def union(self, other: MessageIdFilter) -> MessageIdFilter:

@@ -135,8 +135,9 @@ def decide_cause(
     def new(value: str | None, history: Mapping[str, float] | None) -> bool:
         if value is None:
             return False
+        # Without a history nothing is known to be new.
         total = sum((history or {}).values())
-        return total == 0 or (history or {}).get(value, 0.0) / total < 0.2
+        return total > 0 and (history or {}).get(value, 0.0) / total < 0.2
 
     if n and (repeats / n >= 0.5 or malformed / n >= 0.5 or loops / n >= 0.3):
         return "rogue-server", evidence
