@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "high-risk from 127.0.0.3), loopback sinks and a local DNS server, send ordinary "
                                "mail, spam, DSNs and mail from a domain without records, and show where each went.")
     demo.add_argument("--scale", type=int, default=10, metavar="N", help="workload size: N x (40 ordinary, 10 spam, 8 DSN, 5 no-records, ...) messages (default 10)")
-    demo.set_defaults(handler=lambda args: _command("demo").demo_command(scale=args.scale))
+    demo.add_argument("--keep-running", action="store_true", help="keep the relay and its admin listener running after the demo (Ctrl-C stops)")
+    demo.set_defaults(handler=lambda args: _command("demo").demo_command(scale=args.scale, keep_running=args.keep_running))
     return parser
 
 
