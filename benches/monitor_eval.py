@@ -231,10 +231,13 @@ def main() -> int:
     parser.add_argument("--hours", type=float, default=24.0, help="simulated hours of the steady run")
     parser.add_argument("--quick", action="store_true", help="one short scenario only (the test command's check)")
     parser.add_argument("--cpu", type=int, default=0, metavar="N", help="also measure CPU per message over N messages, 3 rounds each")
+    parser.add_argument("--cpu-only", action="store_true", help="only the CPU measurement")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     results = []
-    if args.quick:
+    if args.cpu_only:
+        pass
+    elif args.quick:
         results.append(asyncio.run(run(50, "directory-harvest", 35, 10)))
     else:
         results.append(asyncio.run(run(int(args.hours * 60), None, 0, 0)))

@@ -416,14 +416,21 @@ def test_two_workers_give_one_view_and_one_surge(aio_run: Run, tmp_path: Path) -
         async with sink("127.0.0.20", sink_port, "sink"):
             await relay.start()
             try:
-                # Each message on its own connection: the kernel spreads them over the workers.
-                for i in range(40):
-                    await send(conf, message(f"m{i}", message_id=f"<w{i}@acme.example>"), source="127.0.1.5")
+                # Each message on its own connection, until both workers took some (the kernel
+                # picks the worker; each writes its relayed Message-IDs to a file of its own).
+                seen = tmp_path / "spool" / "seen"
+                sent = 0
+                while sent < 40 or len({p.name.split("-2")[0] for p in seen.glob("shard-*.bloom")}) < 2:
+                    assert sent < 400, "one worker took every connection"
+                    await send(conf, message(f"m{sent}", message_id=f"<w{sent}@acme.example>"), source="127.0.1.5")
+                    sent += 1
+                    if sent % 20 == 0:
+                        await asyncio.sleep(0.3)  # the workers write their filters at each flush (100 ms)
 
                 async def all_counted() -> bool:
                     with contextlib.suppress(aiohttp.ClientError, AssertionError):
                         rows = (await scrape(conf)).get("deliverypool_tenant_messages_total", [])
-                        return ({"tenant": "acme"}, 40.0) in rows
+                        return ({"tenant": "acme"}, float(sent)) in rows
                     return False
                 await eventually(all_counted, timeout=30, what="both workers' messages in one counter")
                 await asyncio.sleep(2.5)  # the learning period of the short window
