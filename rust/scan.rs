@@ -738,7 +738,7 @@ pub fn index_with_limits<'a>(msg: &'a [u8], score_header: Option<&str>, limits: 
         let name = field.name;
         match name.len() {
             12 if content_type.is_none() && name.eq_ignore_ascii_case(b"content-type") => {
-                content_type = Some(content_type_of(value))
+                content_type = Some(content_type_of(value));
             }
             4 if name.eq_ignore_ascii_case(b"from") => keep_first(&mut index.from),
             6 if name.eq_ignore_ascii_case(b"sender") => keep_first(&mut index.sender),

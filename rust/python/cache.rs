@@ -12,7 +12,7 @@ use pyo3::prelude::*;
 
 use crate::cache::{self, AnyClock, CacheError, CacheStats, DnsCache, Freshness, Kind, TtlLimits};
 
-fn cache_err(error: CacheError) -> PyErr {
+fn cache_err(error: &CacheError) -> PyErr {
     match error {
         CacheError::NotManualClock => PyRuntimeError::new_err(error.to_string()),
         _ => PyValueError::new_err(error.to_string()),
@@ -51,7 +51,7 @@ impl PyDnsCache {
             max_negative_ttl: seconds("max_negative_ttl", max_negative_ttl)?,
             unknown_ttl: seconds("unknown_ttl", unknown_ttl)?,
         };
-        DnsCache::new(capacity, limits, AnyClock::new(manual_clock)).map(PyDnsCache).map_err(cache_err)
+        DnsCache::new(capacity, limits, AnyClock::new(manual_clock)).map(PyDnsCache).map_err(|e| cache_err(&e))
     }
 
     /// The live value for (kind, domain), or None. Counts a hit or a miss.
@@ -111,7 +111,7 @@ impl PyDnsCache {
 
     /// Moves a manual clock forward (a cache made with `manual_clock=True`); for tests.
     fn advance_clock(&self, seconds: f64) -> PyResult<()> {
-        self.0.clock().advance(self::seconds("seconds", seconds)?).map_err(cache_err)
+        self.0.clock().advance(self::seconds("seconds", seconds)?).map_err(|e| cache_err(&e))
     }
 
     /// The RFC 2308 negative TTL: min(SOA TTL, SOA MINIMUM).

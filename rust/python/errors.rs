@@ -10,7 +10,7 @@ create_exception!(deliverypool, PolicyError, PyValueError, "A routing policy val
 create_exception!(deliverypool, ScoreError, PyValueError, "A spam score is NaN or infinite.");
 
 /// The one mapping from core errors to Python exceptions.
-pub fn to_py_err(error: Error) -> PyErr {
+pub fn to_py_err(error: &Error) -> PyErr {
     let message = error.to_string();
     match error.root() {
         Error::NotFinite { what: "score", .. } => ScoreError::new_err(message),

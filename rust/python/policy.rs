@@ -43,7 +43,7 @@ impl PyPolicy {
             "high-risk" => UnknownDomainPool::HighRisk,
             "normal" => UnknownDomainPool::Normal,
             other => {
-                return Err(to_py_err(policy::Error::BadOption {
+                return Err(to_py_err(&policy::Error::BadOption {
                     what: "unknown_domain_pool",
                     value: other.into(),
                     allowed: "high-risk, normal",
@@ -58,7 +58,7 @@ impl PyPolicy {
             score_header,
             unknown_domain_pool,
         };
-        Ok(PyPolicy(Arc::new(policy.validated().map_err(to_py_err)?)))
+        Ok(PyPolicy(Arc::new(policy.validated().map_err(|e| to_py_err(&e))?)))
     }
 
     #[getter]
@@ -167,7 +167,7 @@ impl PyDecision {
     /// dsn, mdn, arf, auto-reply, or None for ordinary mail.
     #[getter]
     fn report_kind(&self) -> Option<&'static str> {
-        self.decision.detection.report_kind.map(|k| k.as_str())
+        self.decision.detection.report_kind.map(super::super::dsn::ReportKind::as_str)
     }
     #[getter]
     fn score(&self) -> Option<f64> {
@@ -176,7 +176,7 @@ impl PyDecision {
     /// caller, header, or None when no score was available.
     #[getter]
     fn score_source(&self) -> Option<&'static str> {
-        self.decision.score_source.map(|s| s.as_str())
+        self.decision.score_source.map(policy::ScoreSource::as_str)
     }
     #[getter]
     fn threshold(&self) -> f64 {
@@ -223,7 +223,7 @@ pub fn classify<'py>(
 ) -> PyResult<Bound<'py, PyDecision>> {
     let policy = policy_or_default(policy);
     let envelope = Envelope { mail_from, score, tenant, untrusted_client, sender_domain: parse_domain_status(sender_domain)? };
-    let decision = policy::classify(message, &envelope, &policy).map_err(to_py_err)?;
+    let decision = policy::classify(message, &envelope, &policy).map_err(|e| to_py_err(&e))?;
     untracked(py, PyDecision::from(decision))
 }
 
@@ -291,7 +291,7 @@ pub fn classify_many<'py>(
             (0..count).map(classify_one).collect()
         }
     });
-    let decisions = results.map_err(|(index, error)| to_py_err(error.in_batch(index)))?;
+    let decisions = results.map_err(|(index, error)| to_py_err(&error.in_batch(index)))?;
     let objects = decisions.into_iter().map(|decision| untracked(py, decision)).collect::<PyResult<Vec<_>>>()?;
     PyList::new(py, objects)
 }

@@ -35,7 +35,7 @@ impl PyContentType {
         Ok(dict)
     }
     fn param(&self, name: &str) -> Option<String> {
-        self.0.param(&name.to_ascii_lowercase()).map(|value| value.into_owned())
+        self.0.param(&name.to_ascii_lowercase()).map(std::borrow::Cow::into_owned)
     }
     fn __repr__(&self) -> String {
         format!("ContentType({:?}, params={:?})", self.0.mime_type(), self.0.params().collect::<Vec<_>>())
