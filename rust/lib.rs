@@ -6,6 +6,7 @@
 pub mod cache;
 pub mod dsn;
 pub mod encoded_word;
+pub mod labels;
 mod line_scanner;
 pub mod policy;
 pub mod scan;

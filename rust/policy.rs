@@ -4,14 +4,19 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::dsn::{detect, Detection};
+use crate::labels::{closed_set, Defect};
 use crate::scan::{self, HeaderIndex};
 
-/// Reason names are part of the public output: keep them stable.
-pub mod reason {
-    pub const DSN: &str = "dsn";
-    pub const SPAM_SCORE: &str = "spam-score";
-    pub const SENDER_DOMAIN_NO_RECORDS: &str = "sender-domain-no-records";
-    pub const SENDER_DOMAIN_UNKNOWN: &str = "sender-domain-unknown";
+closed_set! {
+    /// Why a message goes through the high-risk pool (`REASONS` in Python). Public output:
+    /// keep the names stable.
+    pub enum Reason debug_as_name {
+        Dsn = "dsn",
+        SpamScore = "spam-score",
+        SenderDomainNoRecords = "sender-domain-no-records",
+        /// Also when the policy keeps such mail on the normal pool.
+        SenderDomainUnknown = "sender-domain-unknown",
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -185,14 +190,14 @@ pub struct Decision {
     pub pool: String,
     pub high_risk: bool,
     /// Every reason that applied, in a fixed order.
-    pub reasons: Vec<&'static str>,
+    pub reasons: Vec<Reason>,
     pub detection: Detection,
     pub score: Option<f64>,
     pub score_source: Option<ScoreSource>,
     pub threshold: f64,
     pub sender_domain: Option<DomainStatus>,
     /// Scanner defects plus policy notes such as `score-header-repeated`.
-    pub defects: Vec<&'static str>,
+    pub defects: Vec<Defect>,
 }
 
 /// Scans and classifies one message.
@@ -212,7 +217,7 @@ pub fn decide(facts: &HeaderIndex, msg: &[u8], envelope: &Envelope, policy: &Pol
 }
 
 /// `decide`, with `defects` standing for `facts.defects`.
-fn decide_with_defects(facts: &HeaderIndex, mut defects: Vec<&'static str>, msg: &[u8], envelope: &Envelope, policy: &Policy) -> Decision {
+fn decide_with_defects(facts: &HeaderIndex, mut defects: Vec<Defect>, msg: &[u8], envelope: &Envelope, policy: &Policy) -> Decision {
     let detection = detect(facts, msg, envelope.mail_from);
     let (score, score_source) = match envelope.score {
         Some(score) => (Some(score), Some(ScoreSource::Caller)),
@@ -226,20 +231,20 @@ fn decide_with_defects(facts: &HeaderIndex, mut defects: Vec<&'static str>, msg:
     let mut reasons = Vec::new();
     let mut high_risk = false;
     if detection.dsn.is_some() {
-        reasons.push(reason::DSN);
+        reasons.push(Reason::Dsn);
         high_risk = true;
     }
     if score.is_some_and(|s| s > threshold) {
-        reasons.push(reason::SPAM_SCORE);
+        reasons.push(Reason::SpamScore);
         high_risk = true;
     }
     match envelope.sender_domain {
         Some(DomainStatus::NoRecords) => {
-            reasons.push(reason::SENDER_DOMAIN_NO_RECORDS);
+            reasons.push(Reason::SenderDomainNoRecords);
             high_risk = true;
         }
         Some(DomainStatus::Unknown) => {
-            reasons.push(reason::SENDER_DOMAIN_UNKNOWN);
+            reasons.push(Reason::SenderDomainUnknown);
             high_risk |= policy.unknown_domain_pool == UnknownDomainPool::HighRisk;
         }
         _ => {}
@@ -260,11 +265,11 @@ fn decide_with_defects(facts: &HeaderIndex, mut defects: Vec<&'static str>, msg:
 
 /// The score from the trusted header, if it may be trusted: configured, present exactly once,
 /// parseable, finite, and the client is the relay's own.
-fn header_score(facts: &HeaderIndex, policy: &Policy, untrusted_client: bool, defects: &mut Vec<&'static str>) -> Option<f64> {
+fn header_score(facts: &HeaderIndex, policy: &Policy, untrusted_client: bool, defects: &mut Vec<Defect>) -> Option<f64> {
     policy.score_header.as_ref()?;
     if untrusted_client {
         if !facts.score_header_values.is_empty() {
-            defects.push("score-header-untrusted");
+            defects.push(Defect::ScoreHeaderUntrusted);
         }
         return None;
     }
@@ -273,13 +278,13 @@ fn header_score(facts: &HeaderIndex, policy: &Policy, untrusted_client: bool, de
         [value] => {
             let parsed = parse_score(&value.text());
             if parsed.is_none() {
-                defects.push("score-header-invalid");
+                defects.push(Defect::ScoreHeaderInvalid);
             }
             parsed
         }
         _ => {
             // A second copy means someone other than our filter wrote one: trust neither.
-            defects.push("score-header-repeated");
+            defects.push(Defect::ScoreHeaderRepeated);
             None
         }
     }
@@ -312,7 +317,7 @@ mod tests {
         let above = Envelope { score: Some(5.0001), ..Default::default() };
         assert_eq!(classify(b"Subject: x\n\n", &at, &policy).unwrap().pool, "normal");
         let d = classify(b"Subject: x\n\n", &above, &policy).unwrap();
-        assert_eq!((d.pool.as_str(), d.reasons.as_slice()), ("high-risk", &[reason::SPAM_SCORE][..]));
+        assert_eq!((d.pool.as_str(), d.reasons.as_slice()), ("high-risk", &[Reason::SpamScore][..]));
     }
 
     #[test]
@@ -335,7 +340,7 @@ mod tests {
         let twice = b"X-Spam-Score: -100\nX-Spam-Score: 9.5\n\n";
         let d = classify(twice, &Envelope::default(), &policy).unwrap();
         assert_eq!(d.score, None);
-        assert!(d.defects.contains(&"score-header-repeated"));
+        assert!(d.defects.contains(&Defect::ScoreHeaderRepeated));
         let untrusted = Envelope { untrusted_client: true, ..Default::default() };
         assert_eq!(classify(once, &untrusted, &policy).unwrap().score, None);
         assert_eq!(classify(once, &Envelope::default(), &Policy::default()).unwrap().score, None);
@@ -345,7 +350,7 @@ mod tests {
     fn unknown_domain_is_never_no_records() {
         let env = Envelope { sender_domain: Some(DomainStatus::Unknown), ..Default::default() };
         let d = classify(b"\n", &env, &Policy::default()).unwrap();
-        assert_eq!(d.reasons, [reason::SENDER_DOMAIN_UNKNOWN]);
+        assert_eq!(d.reasons, [Reason::SenderDomainUnknown]);
         assert_eq!(d.pool, "high-risk");
         let lenient = Policy { unknown_domain_pool: UnknownDomainPool::Normal, ..Policy::default() };
         assert_eq!(classify(b"\n", &env, &lenient).unwrap().pool, "normal");

@@ -1,6 +1,11 @@
 """deliverypool: routes outbound mail to a normal or a high-risk delivery pool."""
 
 from deliverypool._core import (
+    DEFECTS,
+    DSN_KINDS,
+    REASONS,
+    REPORT_KINDS,
+    SIGNALS,
     CacheStats,
     ContentType,
     Decision,
@@ -19,6 +24,11 @@ from deliverypool._core import (
 )
 
 __all__ = [
+    "DEFECTS",
+    "DSN_KINDS",
+    "REASONS",
+    "REPORT_KINDS",
+    "SIGNALS",
     "CacheStats",
     "ContentType",
     "Decision",

@@ -5,6 +5,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal, final
 
 __all__ = [
+    "DEFECTS",
+    "DSN_KINDS",
+    "REASONS",
+    "REPORT_KINDS",
+    "SIGNALS",
     "ContentType",
     "Decision",
     "DsnVerdict",
@@ -21,6 +26,19 @@ __all__ = [
 ]
 
 __version__: str
+
+# The closed sets of names deliverypool outputs, each every valid name once, in the order of its
+# table in the Rust core (rust/labels.rs explains). Metrics labels and configuration name these.
+REASONS: tuple[str, ...]
+"""Every `Decision.reasons` name: dsn, spam-score, sender-domain-no-records, sender-domain-unknown."""
+SIGNALS: tuple[str, ...]
+"""Every `DsnVerdict.signals` name."""
+DEFECTS: tuple[str, ...]
+"""Every `HeaderFacts.defects` and `Decision.defects` name."""
+REPORT_KINDS: tuple[str, ...]
+"""Every `Decision.report_kind` value but None: dsn, mdn, arf, auto-reply."""
+DSN_KINDS: tuple[str, ...]
+"""Every `DsnVerdict.kind`: delivery-status, global-delivery-status, non-standard."""
 
 _DomainStatus = Literal["has-records", "no-records", "unknown"]
 

@@ -6,8 +6,11 @@ mod policy;
 mod scan;
 
 use pyo3::prelude::*;
+use pyo3::types::PyTuple;
 use pyo3::pyclass_init::PyClassInitializer;
 use pyo3::PyClass;
+
+use crate::labels::Label;
 
 /// A new Python object for `value`, untracked by the cycle collector. PyO3 makes every class a
 /// GC type, but the result types hold only Rust data and so can never be part of a cycle; left
@@ -38,6 +41,22 @@ mod _core {
     #[pymodule_init]
     fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
         use pyo3::types::PyModuleMethods;
-        m.add("__version__", env!("CARGO_PKG_VERSION"))
+
+        use crate::dsn::{DsnKind, ReportKind, Signal};
+        use crate::labels::Defect;
+        use crate::policy::Reason;
+
+        m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+        let py = m.py();
+        m.add("REASONS", super::names::<Reason>(py)?)?;
+        m.add("SIGNALS", super::names::<Signal>(py)?)?;
+        m.add("DEFECTS", super::names::<Defect>(py)?)?;
+        m.add("REPORT_KINDS", super::names::<ReportKind>(py)?)?;
+        m.add("DSN_KINDS", super::names::<DsnKind>(py)?)
     }
+}
+
+/// Every name of a closed set, in table order, as a tuple of str.
+fn names<T: Label>(py: Python<'_>) -> PyResult<Bound<'_, PyTuple>> {
+    PyTuple::new(py, T::ALL.iter().map(|member| member.as_str()))
 }

@@ -121,7 +121,7 @@ impl PyDsnVerdict {
     }
     #[getter]
     fn signals<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
-        PyTuple::new(py, &self.0.signals)
+        PyTuple::new(py, self.0.signals.iter().map(|s| s.as_str()))
     }
     #[getter]
     fn recipients<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
@@ -158,7 +158,7 @@ impl PyDecision {
     }
     #[getter]
     fn reasons<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
-        PyTuple::new(py, &self.decision.reasons)
+        PyTuple::new(py, self.decision.reasons.iter().map(|r| r.as_str()))
     }
     #[getter]
     fn dsn(&self) -> Option<PyDsnVerdict> {
@@ -188,7 +188,7 @@ impl PyDecision {
     }
     #[getter]
     fn defects<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
-        PyTuple::new(py, &self.decision.defects)
+        PyTuple::new(py, self.decision.defects.iter().map(|d| d.as_str()))
     }
     fn __repr__(&self) -> String {
         format!(

@@ -170,7 +170,7 @@ impl PyHeaderFacts {
     }
     #[getter]
     fn defects<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
-        PyTuple::new(py, &self.0.defects)
+        PyTuple::new(py, self.0.defects.iter().map(|d| d.as_str()))
     }
     fn __repr__(&self) -> String {
         format!(
