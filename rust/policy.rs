@@ -19,9 +19,11 @@ closed_set! {
     }
 }
 
+/// What is wrong with a policy, or with what the caller says about one message.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Error {
-    /// A threshold or score that is NaN or infinite.
+    // The policy.
+    /// A threshold that is NaN or infinite.
     NotFinite { what: &'static str, value: f64 },
     /// A pool name that is empty, or the same for both pools.
     BadPoolName(String),
@@ -29,22 +31,11 @@ pub enum Error {
     BadHeaderName(String),
     /// An option value outside its allowed set.
     BadOption { what: &'static str, value: String, allowed: &'static str },
-    /// An error about one message of a batch.
-    InBatch { index: usize, error: Box<Error> },
-}
-
-impl Error {
-    pub fn in_batch(self, index: usize) -> Error {
-        Error::InBatch { index, error: Box::new(self) }
-    }
-
-    /// The error itself, without the batch position.
-    pub fn root(&self) -> &Error {
-        match self {
-            Error::InBatch { error, .. } => error.root(),
-            other => other,
-        }
-    }
+    // One message's envelope.
+    /// The caller's spam score is NaN or infinite.
+    BadScore(f64),
+    /// A sender-domain status other than has-records, no-records, unknown.
+    BadSenderDomain(String),
 }
 
 impl fmt::Display for Error {
@@ -54,7 +45,10 @@ impl fmt::Display for Error {
             Error::BadPoolName(why) => write!(f, "invalid pool names: {why}"),
             Error::BadHeaderName(name) => write!(f, "invalid score header name {name:?}: expected printable ASCII without ':' or spaces"),
             Error::BadOption { what, value, allowed } => write!(f, "invalid {what} {value:?}: expected one of {allowed}"),
-            Error::InBatch { index, error } => write!(f, "message {index} of the batch: {error}"),
+            Error::BadScore(value) => write!(f, "score must be a finite number, got {value}"),
+            Error::BadSenderDomain(value) => {
+                write!(f, "invalid sender-domain status {value:?}: expected one of has-records, no-records, unknown")
+            }
         }
     }
 }
@@ -83,7 +77,7 @@ impl DomainStatus {
             "has-records" => Ok(DomainStatus::HasRecords),
             "no-records" => Ok(DomainStatus::NoRecords),
             "unknown" => Ok(DomainStatus::Unknown),
-            _ => Err(Error::BadOption { what: "sender-domain status", value: value.into(), allowed: "has-records, no-records, unknown" }),
+            _ => Err(Error::BadSenderDomain(value.into())),
         }
     }
 }
@@ -202,8 +196,8 @@ pub struct Decision {
 
 /// Scans and classifies one message.
 pub fn classify(msg: &[u8], envelope: &Envelope, policy: &Policy) -> Result<Decision, Error> {
-    if let Some(score) = envelope.score {
-        finite("score", score)?;
+    if let Some(score) = envelope.score.filter(|s| !s.is_finite()) {
+        return Err(Error::BadScore(score));
     }
     let mut index = scan::index(msg, policy.score_header.as_deref());
     // The index ends here: its defects move into the decision instead of being copied.
@@ -358,7 +352,10 @@ mod tests {
 
     #[test]
     fn bad_values_are_errors() {
-        assert!(classify(b"", &Envelope { score: Some(f64::NAN), ..Default::default() }, &Policy::default()).is_err());
+        let nan = classify(b"", &Envelope { score: Some(f64::NAN), ..Default::default() }, &Policy::default());
+        assert!(matches!(nan, Err(Error::BadScore(s)) if s.is_nan()));
+        assert_eq!(DomainStatus::parse("maybe"), Err(Error::BadSenderDomain("maybe".into())));
+        assert_eq!(DomainStatus::parse("no-records"), Ok(DomainStatus::NoRecords));
         assert!(Policy { threshold: f64::INFINITY, ..Policy::default() }.validated().is_err());
         assert!(Policy { high_risk_pool: "normal".into(), ..Policy::default() }.validated().is_err());
         assert!(Policy { score_header: Some("X Bad:".into()), ..Policy::default() }.validated().is_err());

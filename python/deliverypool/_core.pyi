@@ -16,9 +16,11 @@ __all__ = [
     "HeaderFacts",
     "MimePart",
     "Policy",
+    "MessageTypeError",
     "PolicyError",
     "RecipientStatus",
     "ScoreError",
+    "SenderDomainError",
     "__version__",
     "classify",
     "classify_many",
@@ -47,6 +49,26 @@ class PolicyError(ValueError):
 
 class ScoreError(ValueError):
     """A spam score is NaN or infinite."""
+
+    index: int | None
+    """The message's position in a `classify_many` batch; None from `classify`."""
+
+class SenderDomainError(ValueError):
+    """A sender_domain status is not has-records, no-records or unknown."""
+
+    index: int | None
+    """The message's position in a `classify_many` batch; None from `classify`."""
+
+class MessageTypeError(TypeError):
+    """A message of a `classify_many` batch is not bytes (`classify` raises a plain TypeError)."""
+
+    index: int | None
+    """The message's position in the batch."""
+
+class CacheError(ValueError):
+    """An argument to a DnsCache method is invalid: capacity, TTL limits, seconds, kind,
+    outcome, or a missing ttl. (Advancing a cache that runs on the system clock is a
+    RuntimeError.)"""
 
 @final
 class ContentType:
@@ -198,7 +220,7 @@ def classify_many(
 
 # --- DNS cache (rust/python/cache.rs) ---
 
-__all__ += ["CacheStats", "DnsCache"]
+__all__ += ["CacheError", "CacheStats", "DnsCache"]
 
 _CacheKind = Literal["sender", "MX", "mx", "A", "a", "AAAA", "aaaa"]
 

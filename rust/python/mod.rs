@@ -1,4 +1,9 @@
 //! The only place that knows about Python: thin wrappers over the pure-Rust core.
+//!
+//! Nothing here may panic: a panic would reach Python as a `PanicException`, which is not an
+//! `Exception`. Errors go through `errors::to_py_err`; the lints below keep unwraps, panics and
+//! unchecked indexing out of this layer (the core is fuzzed for the same, see fuzz/).
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, clippy::unreachable)]
 
 mod cache;
 mod errors;
@@ -32,7 +37,7 @@ mod _core {
     #[pymodule_export]
     use super::cache::{PyCacheStats, PyDnsCache};
     #[pymodule_export]
-    use super::errors::{PolicyError, ScoreError};
+    use super::errors::{CacheError, MessageTypeError, PolicyError, ScoreError, SenderDomainError};
     #[pymodule_export]
     use super::policy::{classify, classify_many, PyDecision, PyDsnVerdict, PyPolicy};
     #[pymodule_export]
@@ -48,6 +53,7 @@ mod _core {
 
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
         let py = m.py();
+        super::errors::add_index_defaults(py)?;
         m.add("REASONS", super::names::<Reason>(py)?)?;
         m.add("SIGNALS", super::names::<Signal>(py)?)?;
         m.add("DEFECTS", super::names::<Defect>(py)?)?;

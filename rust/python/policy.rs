@@ -3,13 +3,12 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
-use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyDict, PyList, PyTuple};
 use rayon::prelude::*;
 
-use super::errors::to_py_err;
+use super::errors::{to_py_err, Error};
 use super::untracked;
 use super::scan::recipients_tuple;
 use crate::dsn::DsnVerdict;
@@ -32,6 +31,7 @@ impl PyPolicy {
     #[new]
     #[pyo3(signature = (*, normal_pool="normal", high_risk_pool="high-risk", threshold=5.0, tenant_thresholds=None, score_header=None, unknown_domain_pool="high-risk"))]
     fn new(
+        py: Python<'_>,
         normal_pool: &str,
         high_risk_pool: &str,
         threshold: f64,
@@ -43,7 +43,7 @@ impl PyPolicy {
             "high-risk" => UnknownDomainPool::HighRisk,
             "normal" => UnknownDomainPool::Normal,
             other => {
-                return Err(to_py_err(&policy::Error::BadOption {
+                return Err(to_py_err(py, policy::Error::BadOption {
                     what: "unknown_domain_pool",
                     value: other.into(),
                     allowed: "high-risk, normal",
@@ -58,7 +58,7 @@ impl PyPolicy {
             score_header,
             unknown_domain_pool,
         };
-        Ok(PyPolicy(Arc::new(policy.validated().map_err(|e| to_py_err(&e))?)))
+        Ok(PyPolicy(Arc::new(policy.validated().map_err(|e| to_py_err(py, e))?)))
     }
 
     #[getter]
@@ -202,8 +202,8 @@ impl PyDecision {
     }
 }
 
-fn parse_domain_status(value: Option<&str>) -> PyResult<Option<DomainStatus>> {
-    value.map(DomainStatus::parse).transpose().map_err(|e| PyValueError::new_err(e.to_string()))
+fn parse_domain_status(value: Option<&str>) -> Result<Option<DomainStatus>, policy::Error> {
+    value.map(DomainStatus::parse).transpose()
 }
 
 /// Classifies one message. Fast enough (microseconds) that releasing the GIL would cost more
@@ -222,8 +222,9 @@ pub fn classify<'py>(
     sender_domain: Option<&str>,
 ) -> PyResult<Bound<'py, PyDecision>> {
     let policy = policy_or_default(policy);
-    let envelope = Envelope { mail_from, score, tenant, untrusted_client, sender_domain: parse_domain_status(sender_domain)? };
-    let decision = policy::classify(message, &envelope, &policy).map_err(|e| to_py_err(&e))?;
+    let sender_domain = parse_domain_status(sender_domain).map_err(|e| to_py_err(py, e))?;
+    let envelope = Envelope { mail_from, score, tenant, untrusted_client, sender_domain };
+    let decision = policy::classify(message, &envelope, &policy).map_err(|e| to_py_err(py, e))?;
     untracked(py, PyDecision::from(decision))
 }
 
@@ -231,11 +232,9 @@ pub fn classify<'py>(
 /// costs more than it saves.
 const PARALLEL_MIN_BATCH: usize = 256;
 
-fn per_message<T>(name: &str, values: Option<Vec<T>>, count: usize) -> PyResult<Option<Vec<T>>> {
+fn per_message<T>(name: &'static str, values: Option<Vec<T>>, count: usize) -> Result<Option<Vec<T>>, Error> {
     match values {
-        Some(v) if v.len() != count => {
-            Err(PyValueError::new_err(format!("{name} has {} items but there are {count} messages", v.len())))
-        }
+        Some(v) if v.len() != count => Err(Error::LengthMismatch { name, len: v.len(), count }),
         other => Ok(other),
     }
 }
@@ -260,38 +259,49 @@ pub fn classify_many<'py>(
     for (index, item) in messages.try_iter()?.enumerate() {
         let item = item?;
         let bytes = item.extract::<PyBackedBytes>().map_err(|_| {
-            PyTypeError::new_err(format!("messages[{index}] must be bytes, not {}", item.get_type().name().map_or_else(|_| "?".into(), |n| n.to_string())))
+            let type_name = item.get_type().name().map_or_else(|_| "?".into(), |n| n.to_string());
+            to_py_err(py, Error::NotBytes(type_name).in_batch(index))
         })?;
         bodies.push(bytes);
     }
     let count = bodies.len();
-    let mail_from = per_message("mail_from", mail_from, count)?;
-    let score = per_message("score", score, count)?;
-    let tenant = per_message("tenant", tenant, count)?;
-    let statuses = per_message("sender_domain", sender_domain, count)?
-        .map(|v| v.iter().map(|s| parse_domain_status(s.as_deref())).collect::<PyResult<Vec<_>>>())
-        .transpose()?;
+    let lengths_checked = || -> Result<_, Error> {
+        let mail_from = per_message("mail_from", mail_from, count)?;
+        let score = per_message("score", score, count)?;
+        let tenant = per_message("tenant", tenant, count)?;
+        let statuses = per_message("sender_domain", sender_domain, count)?
+            .map(|v| {
+                v.iter()
+                    .enumerate()
+                    .map(|(i, s)| parse_domain_status(s.as_deref()).map_err(|e| Error::from(e).in_batch(i)))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?;
+        Ok((mail_from, score, tenant, statuses))
+    };
+    let (mail_from, score, tenant, statuses) = lengths_checked().map_err(|e| to_py_err(py, e))?;
     let policy = policy_or_default(policy);
 
-    let classify_one = |i: usize| {
+    // The per-message sequences are as long as `bodies` (checked above): `get` always finds.
+    let classify_one = |(i, body): (usize, &PyBackedBytes)| {
         let envelope = Envelope {
-            mail_from: mail_from.as_ref().and_then(|v| v[i].as_deref()),
-            score: score.as_ref().and_then(|v| v[i]),
-            tenant: tenant.as_ref().and_then(|v| v[i].as_deref()),
+            mail_from: mail_from.as_ref().and_then(|v| v.get(i)?.as_deref()),
+            score: score.as_ref().and_then(|v| *v.get(i)?),
+            tenant: tenant.as_ref().and_then(|v| v.get(i)?.as_deref()),
             untrusted_client,
-            sender_domain: statuses.as_ref().and_then(|v| v[i]),
+            sender_domain: statuses.as_ref().and_then(|v| *v.get(i)?),
         };
         // Wrapped here, on the worker threads, rather than after the GIL is taken back.
-        policy::classify(&bodies[i], &envelope, &policy).map(PyDecision::from).map_err(|e| (i, e))
+        policy::classify(body, &envelope, &policy).map(PyDecision::from).map_err(|e| (i, e))
     };
     let results: Result<Vec<PyDecision>, (usize, policy::Error)> = py.detach(|| {
         if count >= PARALLEL_MIN_BATCH {
-            (0..count).into_par_iter().map(classify_one).collect()
+            bodies.par_iter().enumerate().map(classify_one).collect()
         } else {
-            (0..count).map(classify_one).collect()
+            bodies.iter().enumerate().map(classify_one).collect()
         }
     });
-    let decisions = results.map_err(|(index, error)| to_py_err(&error.in_batch(index)))?;
+    let decisions = results.map_err(|(index, error)| to_py_err(py, Error::from(error).in_batch(index)))?;
     let objects = decisions.into_iter().map(|decision| untracked(py, decision)).collect::<PyResult<Vec<_>>>()?;
     PyList::new(py, objects)
 }
