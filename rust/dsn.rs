@@ -13,7 +13,7 @@ use std::sync::LazyLock;
 use memchr::memmem;
 
 use crate::labels::closed_set;
-use crate::scan::{HeaderIndex, RecipientFields, RecipientStatus};
+use crate::scan::{header_start, HeaderIndex, RecipientFields, RecipientStatus};
 
 closed_set! {
     /// What kind of automatic report a message is (`REPORT_KINDS` in Python).
@@ -496,12 +496,7 @@ fn ses_notification_type(msg: &[u8], facts: &HeaderIndex) -> Option<String> {
 
 fn header_end(msg: &[u8], facts: &HeaderIndex) -> usize {
     // `header_length` counts from the first header line, after a possible mbox From_ line.
-    let from_line = if msg.starts_with(b"From ") {
-        memchr::memchr2(b'\n', b'\r', msg).map_or(msg.len(), |i| i + 1)
-    } else {
-        0
-    };
-    (from_line + facts.header_length).min(msg.len())
+    (header_start(msg) + facts.header_length).min(msg.len())
 }
 
 #[cfg(test)]

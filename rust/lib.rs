@@ -3,6 +3,7 @@
 //! Python. Unsafe code is denied crate-wide in Cargo.toml's `[lints]`; the few measured hot
 //! paths that need it allow it by name.
 
+pub mod address;
 pub mod cache;
 pub mod dsn;
 pub mod encoded_word;

@@ -1,11 +1,13 @@
 //! The routing policy: which pool a message goes through, and why.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 
+use crate::address::{first_address, Address};
 use crate::dsn::{detect, Detection};
 use crate::labels::{closed_set, Defect};
-use crate::scan::{self, HeaderIndex};
+use crate::scan::{self, HeaderIndex, ValueSpan};
 
 closed_set! {
     /// Why a message goes through the high-risk pool (`REASONS` in Python). Public output:
@@ -192,6 +194,26 @@ pub struct Decision {
     pub sender_domain: Option<DomainStatus>,
     /// Scanner defects plus policy notes such as `score-header-repeated`.
     pub defects: Vec<Defect>,
+    /// Where the first Message-ID and From fields' values are in the message: what callers ask
+    /// after routing (`message_id`, `header_from`), kept so that they need not scan again and
+    /// so that routing pays nothing for them until they are read.
+    pub message_id_field: Option<ValueSpan>,
+    pub from_field: Option<ValueSpan>,
+}
+
+impl Decision {
+    /// The header Message-ID as `scan` reads it (unfolded, trimmed). `msg` is the message
+    /// this decision is about.
+    pub fn message_id<'a>(&self, msg: &'a [u8]) -> Option<Cow<'a, str>> {
+        Some(self.message_id_field?.in_message(msg)?.text())
+    }
+
+    /// The first address of the header From field, lowercased (see `address::first_address`);
+    /// None without a From field or a usable address in it. `msg` is the message this
+    /// decision is about.
+    pub fn header_from(&self, msg: &[u8]) -> Option<Address> {
+        first_address(&self.from_field?.in_message(msg)?.text())
+    }
 }
 
 /// Scans and classifies one message.
@@ -254,6 +276,8 @@ fn decide_with_defects(facts: &HeaderIndex, mut defects: Vec<Defect>, msg: &[u8]
         threshold,
         sender_domain: envelope.sender_domain,
         defects,
+        message_id_field: facts.message_id.map(|v| v.span_in(msg)),
+        from_field: facts.from.map(|v| v.span_in(msg)),
     }
 }
 
@@ -359,6 +383,32 @@ mod tests {
         assert!(Policy { threshold: f64::INFINITY, ..Policy::default() }.validated().is_err());
         assert!(Policy { high_risk_pool: "normal".into(), ..Policy::default() }.validated().is_err());
         assert!(Policy { score_header: Some("X Bad:".into()), ..Policy::default() }.validated().is_err());
+    }
+
+    #[test]
+    fn decision_reads_message_id_and_from_without_a_second_scan() {
+        for eol in ["\r\n", "\n", "\r"] {
+            let msg = format!(
+                "From sender Mon Jan  1 00:00:00 2024{eol}Message-ID:{eol} <a.1@Example.org>{eol}From: \"Doe, J\" <J.Doe@Mail.Example.ORG>,{eol} other@x.example{eol}From: second@y.example{eol}{eol}body"
+            );
+            let msg = msg.as_bytes();
+            let d = classify(msg, &Envelope::default(), &Policy::default()).unwrap();
+            let facts = scan::scan(msg, None);
+            assert_eq!(d.message_id(msg).as_deref(), facts.message_id.as_deref(), "{eol:?}");
+            assert_eq!(d.message_id(msg).as_deref(), Some("<a.1@Example.org>"));
+            let from = d.header_from(msg).unwrap();
+            assert_eq!((from.as_str(), from.domain()), ("j.doe@mail.example.org", "mail.example.org"));
+        }
+        let bare = b"Subject: x\n\n";
+        let d = classify(bare, &Envelope::default(), &Policy::default()).unwrap();
+        assert_eq!((d.message_id(bare), d.header_from(bare)), (None, None));
+        let unusable = b"From: Mail Delivery System <>\n\n";
+        let d = classify(unusable, &Envelope::default(), &Policy::default()).unwrap();
+        assert!(d.from_field.is_some() && d.header_from(unusable).is_none());
+        // Handed another, shorter message, the decision reads nothing rather than panic.
+        let long = b"Subject: a long one\nMessage-ID: <x@y>\nFrom: a@b.example\n\n";
+        let d = classify(long, &Envelope::default(), &Policy::default()).unwrap();
+        assert_eq!((d.message_id(b"short"), d.header_from(b"short")), (None, None));
     }
 
     #[test]

@@ -79,6 +79,29 @@ impl<'a> RawValue<'a> {
     pub fn decoded(&self) -> Cow<'a, str> {
         map_text(self.trimmed(), decode_header_text)
     }
+
+    /// Where this value lies in `msg`, the message it was read from.
+    pub fn span_in(&self, msg: &[u8]) -> ValueSpan {
+        let start = (self.bytes.as_ptr() as usize).wrapping_sub(msg.as_ptr() as usize);
+        ValueSpan { start, end: start.wrapping_add(self.bytes.len()), folded: self.folded }
+    }
+}
+
+/// A `RawValue` without the borrow: where a field value lies in its message, for results that
+/// outlive the scan (a `Decision`) and read the field later from the same bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ValueSpan {
+    start: usize,
+    end: usize,
+    folded: bool,
+}
+
+impl ValueSpan {
+    /// The value in `msg`, which must be the message the span came from; None when `msg` is
+    /// too short to be it.
+    pub fn in_message(self, msg: &[u8]) -> Option<RawValue<'_>> {
+        msg.get(self.start..self.end).map(|bytes| RawValue { bytes, folded: self.folded })
+    }
 }
 
 /// Unfolds bytes from a field value, when it is `folded`: every CR and LF in a field value is a
@@ -689,12 +712,25 @@ fn unquote(raw: &[u8]) -> Cow<'_, [u8]> {
 }
 
 /// Offset of the first header line: a leading mbox `From ` separator line is not a header.
-fn header_start(msg: &[u8]) -> usize {
+pub fn header_start(msg: &[u8]) -> usize {
     if msg.starts_with(b"From ") {
         next_line(msg, 0).1
     } else {
         0
     }
+}
+
+/// Where the header block is: the offset of its first field (after a leading mbox `From ` line,
+/// which is skipped) and the offset of the body, just past the blank line that ends the block.
+/// Line breaks are CRLF, LF or a bare CR, as everywhere in the scanner. Without a blank line the
+/// body starts where the scanner stops reading fields: at the first line that is neither a field
+/// nor a continuation (the `missing-header-body-separator` defect), at the end of the message
+/// when it ends inside the header block, or past the next blank line when the block is larger
+/// than `ScanLimits::max_header_bytes`. `scan(msg).header_length` is the difference.
+pub fn header_block(msg: &[u8]) -> (usize, usize) {
+    let start = header_start(msg);
+    let (body, _) = read_fields(msg, start, ScanLimits::default().max_header_bytes, &mut Vec::new(), |_| {});
+    (start, body)
 }
 
 /// Scans `msg` with the default limits and decodes every field; `score_header` is the
@@ -1049,5 +1085,30 @@ Content-Type: multipart/mixed; boundary=YY\n\n--YY\nContent-Type: message/delive
         let facts = scan(b"From: x@y\nthis is not a header\nSubject: hidden\n\n", None);
         assert_eq!(facts.subject, None);
         assert!(facts.defects.contains(&Defect::MissingHeaderBodySeparator));
+    }
+
+    #[test]
+    fn header_block_offsets() {
+        for eol in ["\r\n", "\n", "\r"] {
+            let fields = format!("From: a@b{eol}Subject: one{eol} two{eol}");
+            let msg = format!("{fields}{eol}body{eol}");
+            assert_eq!(header_block(msg.as_bytes()), (0, fields.len() + eol.len()), "{eol:?}");
+            let mbox_line = format!("From a@b Sat Oct  4 08:00:09 2025{eol}");
+            let mbox = format!("{mbox_line}{msg}");
+            let block = header_block(mbox.as_bytes());
+            assert_eq!(block, (mbox_line.len(), mbox_line.len() + fields.len() + eol.len()), "{eol:?}");
+            assert_eq!(block.1 - block.0, scan(mbox.as_bytes(), None).header_length);
+            // No blank line: the message ends in the header block.
+            assert_eq!(header_block(fields.as_bytes()), (0, fields.len()));
+            // A line that is not a field ends the block; it belongs to the body.
+            let unseparated = format!("{fields}not a field{eol}more{eol}");
+            assert_eq!(header_block(unseparated.as_bytes()), (0, fields.len()));
+        }
+        assert_eq!(header_block(b""), (0, 0));
+        assert_eq!(header_block(b"\r\nbody"), (0, 2));
+        assert_eq!(header_block(b"\n"), (0, 1));
+        assert_eq!(header_block(b"From only-an-mbox-line"), (22, 22));
+        // "From:" is a field, not an mbox separator line.
+        assert_eq!(header_block(b"From: a@b\n\n"), (0, 11));
     }
 }

@@ -23,6 +23,7 @@ from deliverypool._core import (
     __version__,
     classify,
     classify_many,
+    header_block,
     scan,
 )
 
@@ -49,5 +50,6 @@ __all__ = [
     "__version__",
     "classify",
     "classify_many",
+    "header_block",
     "scan",
 ]

@@ -24,6 +24,7 @@ __all__ = [
     "__version__",
     "classify",
     "classify_many",
+    "header_block",
     "scan",
 ]
 
@@ -175,6 +176,13 @@ class DsnVerdict:
 
 @final
 class Decision:
+    """Where a message goes and why, with what callers read from the message afterwards
+    (`message_id`, `from_address`, `from_domain`), so that they need not scan it again.
+
+    A Decision holds a reference to its message's bytes (no copy) and reads those fields
+    from it when asked: routing does not pay for them, and the message lives as long as the
+    Decision does."""
+
     @property
     def pool(self) -> str: ...
     @property
@@ -195,8 +203,31 @@ class Decision:
     def sender_domain(self) -> _DomainStatus | None: ...
     @property
     def defects(self) -> tuple[str, ...]: ...
+    @property
+    def message_id(self) -> str | None:
+        """The header Message-ID, as `scan(message).message_id` reads it; None without one."""
+    @property
+    def from_address(self) -> str | None:
+        """The first address of the header From field, lowercased (`"Doe, J" <J@Example.ORG>`
+        gives `j@example.org`); None without a From field or without a usable address in it
+        (such as `Mail Delivery System <>`). Groups, comments and quoting are understood, as
+        `email.utils.getaddresses` understands them."""
+    @property
+    def from_domain(self) -> str | None:
+        """The domain of `from_address` (lowercased, not IDNA-encoded), or None with it."""
 
 def scan(message: bytes, *, score_header: str | None = None) -> HeaderFacts: ...
+def header_block(message: bytes) -> tuple[int, int]:
+    """Where the header block is, as the scanner reads it: `(start, body)`.
+
+    `start` is the offset of the first header field: 0, or just past a leading mbox `From `
+    line. `body` is the offset of the body: just past the blank line that ends the header
+    block (CRLF, LF or a bare CR line breaks alike), or `len(message)` when the message ends
+    inside the header block. When a line that is neither a field nor a continuation ends the
+    block without a blank line, `body` is that line's offset (it belongs to the body). For an
+    empty message, `(0, 0)`. `body - start == scan(message).header_length`.
+    """
+
 def classify(
     message: bytes,
     *,

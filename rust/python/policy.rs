@@ -1,16 +1,18 @@
 //! `Policy`, `classify()`, `classify_many()` and the frozen `Decision`.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
-use pyo3::types::{PyDict, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 use rayon::prelude::*;
 
 use super::errors::{to_py_err, Error};
 use super::untracked;
 use super::scan::recipients_tuple;
+use crate::address::Address;
 use crate::dsn::DsnVerdict;
 use crate::policy::{self, Decision, DomainStatus, Envelope, Policy, UnknownDomainPool};
 
@@ -137,12 +139,26 @@ pub struct PyDecision {
     /// The decision, its DSN verdict taken out into `dsn`.
     decision: Decision,
     dsn: Option<Arc<DsnVerdict>>,
+    /// The message decided on: the caller's `bytes` object itself (a reference, not a copy;
+    /// a `bytearray` in a batch is copied once, as before). `message_id` and `from_*` read
+    /// their fields from it on access, so routing does not pay for them.
+    message: PyBackedBytes,
 }
 
-impl From<Decision> for PyDecision {
+/// A decision ready to become a `Decision` object: its verdict shared (made on the worker
+/// threads of a batch, where the message is not at hand).
+struct Decided(Decision, Option<Arc<DsnVerdict>>);
+
+impl From<Decision> for Decided {
     fn from(mut decision: Decision) -> Self {
         let dsn = decision.detection.dsn.take().map(Arc::new);
-        PyDecision { decision, dsn }
+        Decided(decision, dsn)
+    }
+}
+
+impl PyDecision {
+    fn new(Decided(decision, dsn): Decided, message: PyBackedBytes) -> Self {
+        PyDecision { decision, dsn, message }
     }
 }
 
@@ -190,6 +206,21 @@ impl PyDecision {
     fn defects<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
         PyTuple::new(py, self.decision.defects.iter().map(|d| d.as_str()))
     }
+    /// The header Message-ID, as `scan(message).message_id` reads it.
+    #[getter]
+    fn message_id(&self) -> Option<Cow<'_, str>> {
+        self.decision.message_id(&self.message)
+    }
+    /// The first address of the header From field, lowercased.
+    #[getter(from_address)]
+    fn header_from_address(&self) -> Option<String> {
+        self.decision.header_from(&self.message).map(Address::into_string)
+    }
+    /// The domain of `from_address`, lowercased.
+    #[getter(from_domain)]
+    fn header_from_domain(&self) -> Option<String> {
+        self.decision.header_from(&self.message).map(|address| address.domain().to_owned())
+    }
     fn __repr__(&self) -> String {
         format!(
             "Decision(pool={:?}, reasons={:?}, report_kind={:?}, score={:?}, threshold={})",
@@ -213,7 +244,7 @@ fn parse_domain_status(value: Option<&str>) -> Result<Option<DomainStatus>, poli
 #[allow(clippy::too_many_arguments)]
 pub fn classify<'py>(
     py: Python<'py>,
-    message: &[u8],
+    message: Bound<'py, PyBytes>,
     mail_from: Option<&str>,
     score: Option<f64>,
     tenant: Option<&str>,
@@ -224,8 +255,8 @@ pub fn classify<'py>(
     let policy = policy_or_default(policy);
     let sender_domain = parse_domain_status(sender_domain).map_err(|e| to_py_err(py, e))?;
     let envelope = Envelope { mail_from, score, tenant, untrusted_client, sender_domain };
-    let decision = policy::classify(message, &envelope, &policy).map_err(|e| to_py_err(py, e))?;
-    untracked(py, PyDecision::from(decision))
+    let decision = policy::classify(message.as_bytes(), &envelope, &policy).map_err(|e| to_py_err(py, e))?;
+    untracked(py, PyDecision::new(decision.into(), PyBackedBytes::from(message)))
 }
 
 /// Below this many messages a batch runs on the calling thread: handing work to other cores
@@ -292,9 +323,9 @@ pub fn classify_many<'py>(
             sender_domain: statuses.as_ref().and_then(|v| *v.get(i)?),
         };
         // Wrapped here, on the worker threads, rather than after the GIL is taken back.
-        policy::classify(body, &envelope, &policy).map(PyDecision::from).map_err(|e| (i, e))
+        policy::classify(body, &envelope, &policy).map(Decided::from).map_err(|e| (i, e))
     };
-    let results: Result<Vec<PyDecision>, (usize, policy::Error)> = py.detach(|| {
+    let results: Result<Vec<Decided>, (usize, policy::Error)> = py.detach(|| {
         if count >= PARALLEL_MIN_BATCH {
             bodies.par_iter().enumerate().map(classify_one).collect()
         } else {
@@ -302,6 +333,10 @@ pub fn classify_many<'py>(
         }
     });
     let decisions = results.map_err(|(index, error)| to_py_err(py, Error::from(error).in_batch(index)))?;
-    let objects = decisions.into_iter().map(|decision| untracked(py, decision)).collect::<PyResult<Vec<_>>>()?;
+    let objects = decisions
+        .into_iter()
+        .zip(bodies)
+        .map(|(decided, body)| untracked(py, PyDecision::new(decided, body)))
+        .collect::<PyResult<Vec<_>>>()?;
     PyList::new(py, objects)
 }

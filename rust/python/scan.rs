@@ -185,6 +185,13 @@ impl PyHeaderFacts {
     }
 }
 
+/// Where the header block is: `(start, body)`, the offset of the first field (after a leading
+/// mbox `From ` line) and of the body (past the blank line; see `scan::header_block`).
+#[pyfunction]
+pub fn header_block(message: &[u8]) -> (usize, usize) {
+    crate::scan::header_block(message)
+}
+
 /// Scans the header block (and MIME part headers) of a raw message. Never fails on content:
 /// what is odd about the input is listed in `defects`.
 #[pyfunction]
