@@ -32,15 +32,13 @@ from deliverypool.lookup.resolver import Nameserver, Resolver, ResolverConfig
 from deliverypool.errors import MessageRefused
 from deliverypool.mail.headers import count_received, received_field, strip_header
 from deliverypool.outbound.scheduler import DeliveryEngine
-from deliverypool.queue.spool import NewMessage, Spool
+from deliverypool.queue.spool import FILE_THRESHOLD, NewMessage, Spool
 from deliverypool.routing.router import Router
 
 __all__ = ["Accepted", "Relay", "configure_logging", "policy_from_config", "resolver_from_config", "run_relay"]
 
 log = logging.getLogger("deliverypool.relay")
 
-# Bodies up to this size are handed to delivery from memory.
-KEEP_IN_MEMORY = 256 * 1024
 # Connections the kernel queues before the relay accepts them (asyncio's default is 100).
 LISTEN_BACKLOG = 1024
 
@@ -94,7 +92,9 @@ class Relay:
         self.loop = asyncio.get_running_loop()
         self._connect_dns()
         recovery = await self.spool.open()
-        self.engine = DeliveryEngine(self.config, self.spool, mx=self.mx, route_dsn=self._route_dsn)
+        self.engine = DeliveryEngine(
+            self.config, self.spool, mx=self.mx, route_dsn=self._route_dsn, memory_budget=self.config.spool.memory_budget
+        )
         self.recovered = sum(len(job.recipients) for job in recovery.pending)
         self.possible_duplicates = recovery.requeued_in_flight
         if recovery.pending:
@@ -178,9 +178,9 @@ class Relay:
             decision.pool,
             ",".join(decision.reasons) or "-",
         )
-        # Small messages go to delivery from memory; large ones are read back from the spool
-        # when their turn comes, so a backlog does not hold every body in memory.
-        self.engine.submit(job, content if len(content) <= KEEP_IN_MEMORY else None)
+        # Delivery gets the body from memory (within its memory budget); a body the spool keeps
+        # in a file of its own is streamed from there.
+        self.engine.submit(job, content if len(content) <= FILE_THRESHOLD else None)
         accepted = Accepted(job.queue_id, decision.pool, tuple(decision.reasons))
         if self.on_accept is not None:
             try:
