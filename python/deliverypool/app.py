@@ -233,8 +233,16 @@ async def run_relay(
 
 
 def configure_logging(level: int = logging.INFO) -> None:
-    """One line per event on stderr, unless the application configured logging already."""
+    """One line per event on stderr, unless the application configured logging already.
+
+    The relay logs two lines per message (accepted, attempt): the record attributes nobody
+    formats (the caller's file and line, found by walking the stack; the thread and process
+    names) are not gathered."""
     root = logging.getLogger()
     if not root.handlers:
         logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+        logging._srcfile = None  # the documented switch that turns findCaller off
+        logging.logThreads = False
+        logging.logProcesses = False
+        logging.logMultiprocessing = False
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter
