@@ -23,7 +23,7 @@ from pathlib import Path
 
 from aiosmtpd.smtp import SMTP
 
-from deliverypool._core import Policy, scan
+from deliverypool._core import Policy
 from deliverypool.config import DnsConfig, RelayConfig
 from deliverypool.ingress.handler import Accepted, RoutingHandler, in_networks
 from deliverypool.ingress.smtp import protocol_factory
@@ -33,7 +33,7 @@ from deliverypool.errors import MessageRefused
 from deliverypool.mail.headers import count_received, received_field, strip_header
 from deliverypool.observe.service import Observer
 from deliverypool.outbound.scheduler import DeliveryEngine
-from deliverypool.queue.spool import NewMessage, Spool
+from deliverypool.queue.spool import FILE_THRESHOLD, NewMessage, Spool
 from deliverypool.routing.router import Router
 from deliverypool.routing.tenants import Tenants
 from deliverypool.supervisor import shard_directory
@@ -42,8 +42,6 @@ __all__ = ["Accepted", "Relay", "configure_logging", "policy_from_config", "reso
 
 log = logging.getLogger("deliverypool.relay")
 
-# Bodies up to this size are handed to delivery from memory.
-KEEP_IN_MEMORY = 256 * 1024
 # Connections the kernel queues before the relay accepts them (asyncio's default is 100).
 LISTEN_BACKLOG = 1024
 
@@ -107,7 +105,9 @@ class Relay:
         self.loop = asyncio.get_running_loop()
         self._connect_dns()
         recovery = await self.spool.open()
-        self.engine = DeliveryEngine(self.config, self.spool, mx=self.mx, route_dsn=self._route_dsn)
+        self.engine = DeliveryEngine(
+            self.config, self.spool, mx=self.mx, route_dsn=self._route_dsn, memory_budget=self.config.spool.memory_budget
+        )
         await self.observer.start()
         self.spool.on_commit = self.observer.commit
         self.engine.on_attempt = self.observer.attempt
@@ -175,7 +175,7 @@ class Relay:
         content = received_field(helo=helo, peer=peer, by=self.config.listener.hostname, authenticated=login is not None) + content
         tenant = self.tenants.resolve(login, peer)
         decision = await self.router.route(content, mail_from=mail_from, tenant=tenant, untrusted_client=untrusted)
-        message_id = scan(content).message_id  # TEMPORARY: Decision.message_id lands with branch rust10
+        message_id = decision.message_id
         job = await self.spool.accept(
             NewMessage(
                 mail_from=mail_from,
@@ -196,9 +196,9 @@ class Relay:
             decision.pool,
             ",".join(decision.reasons) or "-",
         )
-        # Small messages go to delivery from memory; large ones are read back from the spool
-        # when their turn comes, so a backlog does not hold every body in memory.
-        self.engine.submit(job, content if len(content) <= KEEP_IN_MEMORY else None)
+        # Delivery gets the body from memory (within its memory budget); a body the spool keeps
+        # in a file of its own is streamed from there.
+        self.engine.submit(job, content if len(content) <= FILE_THRESHOLD else None)
         accepted = Accepted(job.queue_id, decision.pool, tuple(decision.reasons))
         try:
             self.observer.accepted(
@@ -258,8 +258,16 @@ async def run_relay(
 
 
 def configure_logging(level: int = logging.INFO) -> None:
-    """One line per event on stderr, unless the application configured logging already."""
+    """One line per event on stderr, unless the application configured logging already.
+
+    The relay logs two lines per message (accepted, attempt): the record attributes nobody
+    formats (the caller's file and line, found by walking the stack; the thread and process
+    names) are not gathered."""
     root = logging.getLogger()
     if not root.handlers:
         logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+        logging._srcfile = None  # the documented switch that turns findCaller off
+        logging.logThreads = False
+        logging.logProcesses = False
+        logging.logMultiprocessing = False
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter

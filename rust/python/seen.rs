@@ -6,7 +6,7 @@ use pyo3::types::PyBytes;
 
 use crate::seen::{SeenError, SeenFilter};
 
-fn to_py_err(error: SeenError) -> PyErr {
+fn to_py_err(error: &SeenError) -> PyErr {
     PyValueError::new_err(error.to_string())
 }
 
@@ -21,7 +21,7 @@ impl PyMessageIdFilter {
     #[new]
     #[pyo3(signature = (expected, fp_rate = 0.001))]
     fn new(expected: u64, fp_rate: f64) -> PyResult<Self> {
-        SeenFilter::with_capacity(expected, fp_rate).map(Self).map_err(to_py_err)
+        SeenFilter::with_capacity(expected, fp_rate).map(Self).map_err(|e| to_py_err(&e))
     }
 
     /// Adds `message_id`; returns whether it was (probably) there already.
@@ -30,6 +30,7 @@ impl PyMessageIdFilter {
     }
 
     /// Adds every ID (the GIL released); returns how many were new.
+    #[allow(clippy::needless_pass_by_value)] // PyO3 extracts the list into an owned Vec
     fn add_many(&self, py: Python<'_>, message_ids: Vec<String>) -> usize {
         py.detach(|| message_ids.iter().filter(|id| !self.0.add(id.as_bytes())).count())
     }
@@ -39,13 +40,14 @@ impl PyMessageIdFilter {
     }
 
     /// Membership of every ID, in order (the GIL released).
+    #[allow(clippy::needless_pass_by_value)] // PyO3 extracts the list into an owned Vec
     fn contains_many(&self, py: Python<'_>, message_ids: Vec<String>) -> Vec<bool> {
         py.detach(|| message_ids.iter().map(|id| self.0.contains(id.as_bytes())).collect())
     }
 
     /// A new filter with the IDs of both; ValueError unless both have the same size.
     fn union(&self, other: &PyMessageIdFilter) -> PyResult<Self> {
-        self.0.union(&other.0).map(Self).map_err(to_py_err)
+        self.0.union(&other.0).map(Self).map_err(|e| to_py_err(&e))
     }
 
     fn to_bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
@@ -54,7 +56,7 @@ impl PyMessageIdFilter {
 
     #[staticmethod]
     fn from_bytes(data: &[u8]) -> PyResult<Self> {
-        SeenFilter::from_bytes(data).map(Self).map_err(to_py_err)
+        SeenFilter::from_bytes(data).map(Self).map_err(|e| to_py_err(&e))
     }
 
     #[getter]
