@@ -260,7 +260,7 @@ def test_each_cause_fires_with_its_evidence_and_resolves(aio_run: Run, tmp_path:
     aio_run(main())
 
 
-def test_webhook_down_alerts_are_retried_and_the_relay_is_unaffected(aio_run: Run, tmp_path: Path) -> None:
+def test_webhook_down_alerts_are_retried_and_the_relay_is_unaffected(aio_run: Run, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     port, hook_port = free_port(), free_port()
     conf = monitor_config(tmp_path, port, webhook=f"http://127.0.0.1:{hook_port}/hook")
 
@@ -281,6 +281,9 @@ def test_webhook_down_alerts_are_retried_and_the_relay_is_unaffected(aio_run: Ru
             assert received[0]["cause"] == "directory-harvest" and received[0]["state"] == "firing"
             status = await get_json(conf, "/api/status")
             assert status["webhook"]["failed_attempts"] >= 3 and status["webhook"]["sent"] >= 1
+            # The alert was logged on deliverypool.alerts, once, as a warning with its JSON.
+            logged = [r for r in caplog.records if r.name == "deliverypool.alerts" and "dsn-surge firing" in r.getMessage()]
+            assert len(logged) == 1 and logged[0].levelname == "WARNING" and '"cause": "directory-harvest"' in logged[0].getMessage()
 
     aio_run(main())
 

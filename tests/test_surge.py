@@ -153,3 +153,19 @@ def test_the_bus_drops_for_a_full_subscriber_and_never_blocks() -> None:
 
     fast, dropped, fast_dropped = asyncio.run(main())
     assert (fast, dropped, fast_dropped) == (10, 6, 0)
+
+
+def test_the_event_log_writes_json_lines_and_rotates(tmp_path: Any) -> None:
+    import json
+
+    from deliverypool.observe.service import EventLog
+
+    log = EventLog(tmp_path / "events.jsonl", max_bytes=400, keep=2)
+    for n in range(12):
+        log(MessageAccepted(float(n), f"Q{n}", "acme", "normal", ("spam-score",), "10.0.0.1", 1, f"<{n}@x>"))
+        log.flush()
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["events.jsonl", "events.jsonl.1", "events.jsonl.2"]  # keep = 2 rotated files
+    lines = [json.loads(line) for name in files for line in (tmp_path / name).read_text().splitlines()]
+    assert all(line["kind"] == "message-accepted" and line["tenant"] == "acme" for line in lines)
+    assert lines and max(line["at"] for line in lines) == 11.0
