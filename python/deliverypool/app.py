@@ -33,6 +33,7 @@ from deliverypool.mail.headers import received_field, strip_header
 from deliverypool.outbound.scheduler import DeliveryEngine
 from deliverypool.queue.spool import NewMessage, Spool
 from deliverypool.routing.router import Router
+from deliverypool.routing.scores import ScoredRouter, Submission, scored_router
 
 __all__ = ["Accepted", "Relay", "configure_logging", "policy_from_config", "resolver_from_config", "run_relay"]
 
@@ -77,6 +78,7 @@ class Relay:
         self.spool = Spool(spool_directory or config.spool.directory)
         self.mx = mx
         self.router = router
+        self.scores: ScoredRouter | None = None
         self.engine: DeliveryEngine | None = None
         self.handler = RoutingHandler(self)
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -115,6 +117,7 @@ class Relay:
             self.mx = MxResolver(resolver)
         if self.router is None:
             self.router = Router(resolver if needs_sender else None, policy=policy_from_config(self.config))
+        self.scores = scored_router(self.config, self.router)
 
     async def listen(self, sock: socket.socket | None = None) -> asyncio.AbstractServer:
         """Starts the SMTP listener on the configured address, or on `sock` (a listening socket
@@ -142,7 +145,7 @@ class Relay:
         login: str | None = None,
     ) -> Accepted:
         """Classifies and spools one message; returns once it is on disk."""
-        assert self.engine is not None and self.router is not None, "Relay.start() first"
+        assert self.engine is not None and self.scores is not None, "Relay.start() first"
         untrusted = not in_networks(peer, self.config.listener.trusted_score_networks)
         header = self.config.policy.score_header
         if header and untrusted:
@@ -150,32 +153,34 @@ class Relay:
             if removed:
                 log.info("removed %d client-written %s field(s) peer=%s", removed, header, peer)
         content = received_field(helo=helo, peer=peer, by=self.config.listener.hostname, authenticated=login is not None) + content
-        decision = await self.router.route(content, mail_from=mail_from, tenant=login, untrusted_client=untrusted)
+        submission = Submission(mail_from, recipients, client_address=peer, helo=helo, login=login)
+        routed = await self.scores.route(content, submission, tenant=login, untrusted_client=untrusted)
         message_id = scan(content).message_id  # TEMPORARY: Decision.message_id lands with branch rust10
         job = await self.spool.accept(
             NewMessage(
                 mail_from=mail_from,
                 recipients=recipients,
                 body=content,
-                pool=decision.pool,
-                reasons=tuple(decision.reasons),
+                pool=routed.pool,
+                reasons=routed.reasons,
                 tenant=login,
                 header_message_id=message_id,
             )
         )
         log.info(
-            "accepted queue_id=%s message_id=%s from=<%s> recipients=%d pool=%s reasons=%s",
+            "accepted queue_id=%s message_id=%s from=<%s> recipients=%d pool=%s reasons=%s spam=%s",
             job.queue_id,
             message_id or "-",
             mail_from,
             len(recipients),
-            decision.pool,
-            ",".join(decision.reasons) or "-",
+            routed.pool,
+            ",".join(routed.reasons) or "-",
+            routed.spam.summary() if routed.spam is not None else "-",
         )
         # Small messages go to delivery from memory; large ones are read back from the spool
         # when their turn comes, so a backlog does not hold every body in memory.
         self.engine.submit(job, content if len(content) <= KEEP_IN_MEMORY else None)
-        accepted = Accepted(job.queue_id, decision.pool, tuple(decision.reasons))
+        accepted = Accepted(job.queue_id, routed.pool, routed.reasons, routed.spam)
         if self.on_accept is not None:
             try:
                 self.on_accept(accepted, content)
@@ -196,6 +201,8 @@ class Relay:
             self.server = None
         if self.engine is not None:
             await self.engine.stop()
+        if self.scores is not None:
+            await self.scores.close()
         await self.spool.close()
 
 
@@ -232,3 +239,4 @@ def configure_logging(level: int = logging.INFO) -> None:
     if not root.handlers:
         logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per rspamd request

@@ -1,5 +1,5 @@
 """The `deliverypool` command: one module per subcommand in this package (classify, relay,
-queue, demo), wired into one argument parser here."""
+milter, queue, demo), wired into one argument parser here."""
 
 from __future__ import annotations
 
@@ -55,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
             args.config, loop=args.loop, workers=args.workers, worker=args.worker, listen_fd=args.listen_fd
         )
     )
+
+    milter = commands.add_parser("milter", help="run the Postfix milter: route each message to its pool's transport",
+                                 description="Run the milter Postfix calls for each message (smtpd_milters): it adds "
+                                 "the header that milter_header_checks turn into the transport of the message's pool.")
+    milter.add_argument("--config", required=True, metavar="PATH", help="the relay's TOML configuration ([milter], [score], [policy], [dns])")
+    milter.set_defaults(handler=lambda args: _command("milter").milter_command(args.config))
 
     queue = commands.add_parser("queue", help="show what is in the spool",
                                 description="List the messages and recipients in the relay's spool.")
