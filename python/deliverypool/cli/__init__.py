@@ -40,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--nameserver", action="append", default=[], type=nameserver_argument, metavar="HOST[:PORT]",
                           help="check the --mail-from domain with this nameserver (repeatable; default: the system's)")
     classify.add_argument("--no-dns", action="store_true", help="do not check the sender domain in DNS")
+    classify.add_argument("--rspamd", metavar="URL",
+                          help="score each message without --score or a --score-header field with rspamd at URL "
+                          "(http://127.0.0.1:11333); its verdict goes into the JSON output")
+    classify.add_argument("--rspamd-timeout", type=finite_float, default=5.0, metavar="SECONDS",
+                          help="time allowed for each rspamd answer (default 5)")
     classify.add_argument("--json", action="store_true", help="print one JSON object per message")
     classify.set_defaults(handler=run_classify)
 
