@@ -54,6 +54,17 @@ class SinkHandler:
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     sessions: int = 0
     max_sessions: int = 0
+    # Recipients taken per transaction; more get 452 4.5.3 (0: no limit).
+    max_recipients: int = 0
+    # The stage at which a ResettingSMTP (tests/test_faults.py) resets the connection once.
+    reset_at: str = ""
+    mail_options: list[list[str]] = field(default_factory=list)
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]) -> str:
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        self.mail_options.append(list(options))
+        return "250 OK"
 
     async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]) -> list[str]:
         session.host_name = hostname
@@ -64,6 +75,8 @@ class SinkHandler:
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]) -> str:
         if address in self.reject_rcpt:
             return self.reject_rcpt[address]
+        if self.max_recipients and len(envelope.rcpt_tos) >= self.max_recipients:
+            return "452 4.5.3 Too many recipients"
         if self.rcpt_replies:
             reply = self.rcpt_replies.pop(0)
             if not reply.startswith("2"):
@@ -178,6 +191,7 @@ async def sink(
     smtp_class: type[SMTP] = CountingSMTP,
     tls_context: ssl.SSLContext | None = None,
     data_size_limit: int | None = 33554432,
+    smtputf8: bool = True,
     **handler_args: Any,
 ) -> AsyncIterator[Sink]:
     """An aiosmtpd sink on `host`:`port` running on the current event loop; with
@@ -186,7 +200,7 @@ async def sink(
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
         lambda: smtp_class(
-            handler, hostname=name, enable_SMTPUTF8=True, tls_context=tls_context, data_size_limit=data_size_limit, loop=loop
+            handler, hostname=name, enable_SMTPUTF8=smtputf8, tls_context=tls_context, data_size_limit=data_size_limit, loop=loop
         ),
         host,
         port,

@@ -29,7 +29,8 @@ from deliverypool.ingress.handler import Accepted, RoutingHandler, in_networks
 from deliverypool.ingress.smtp import protocol_factory
 from deliverypool.lookup.mx import MxLookup, MxResolver
 from deliverypool.lookup.resolver import Nameserver, Resolver, ResolverConfig
-from deliverypool.mail.headers import received_field, strip_header
+from deliverypool.errors import MessageRefused
+from deliverypool.mail.headers import count_received, received_field, strip_header
 from deliverypool.outbound.scheduler import DeliveryEngine
 from deliverypool.queue.spool import NewMessage, Spool
 from deliverypool.routing.router import Router
@@ -75,7 +76,7 @@ class Relay:
     ) -> None:
         self.config = config
         # A worker of `deliverypool relay` has a shard of the spool; an embedded relay the spool.
-        self.spool = Spool(spool_directory or config.spool.directory)
+        self.spool = Spool(spool_directory or config.spool.directory, reserve=config.spool.reserve)
         self.mx = mx
         self.router = router
         self.scores: ScoredRouter | None = None
@@ -104,7 +105,7 @@ class Relay:
                 self.recovered,
                 recovery.requeued_in_flight,
             )
-        self.engine.resume(recovery.pending)
+        self.engine.resume(recovery.pending, recovery.dsn_batches)
 
     def _connect_dns(self) -> None:
         """Points MX lookups and the router's sender-domain check, unless given, at one
@@ -152,6 +153,11 @@ class Relay:
             content, removed = strip_header(content, header)
             if removed:
                 log.info("removed %d client-written %s field(s) peer=%s", removed, header, peer)
+        hops = count_received(content)
+        if hops >= self.config.listener.max_hops:
+            # Ours would be one more: a routing loop (an MX or smarthost pointing back here).
+            log.warning("refused a message with %d Received fields from=<%s> peer=%s (routing loop?)", hops, mail_from, peer)
+            raise MessageRefused(f"554 5.4.6 Too many hops ({hops} Received fields): routing loop", "too-many-hops")
         content = received_field(helo=helo, peer=peer, by=self.config.listener.hostname, authenticated=login is not None) + content
         submission = Submission(mail_from, recipients, client_address=peer, helo=helo, login=login)
         routed = await self.scores.route(content, submission, tenant=login, untrusted_client=untrusted)

@@ -14,10 +14,12 @@ __all__ = [
     "AddressError",
     "DestinationError",
     "DnsLookupError",
+    "MessageRefused",
     "PermanentDnsError",
     "PolicyError",
     "ScoreError",
     "SpoolError",
+    "SpoolFull",
     "SpoolLocked",
     "TemporaryDnsError",
 ]
@@ -57,8 +59,23 @@ class DestinationError(Exception):
         return int(head) if head.isdigit() else (550 if self.permanent else 451)
 
 
+class MessageRefused(Exception):
+    """The relay will not take a message; ``reply`` is the SMTP reply the client gets
+    ("554 5.4.6 ..."), ``reason`` a short machine-readable name (``too-many-hops``, ...)."""
+
+    def __init__(self, reply: str, reason: str) -> None:
+        super().__init__(reply)
+        self.reply = reply
+        self.reason = reason
+
+
 class SpoolError(RuntimeError):
     """The spool cannot be opened or written."""
+
+
+class SpoolFull(SpoolError):
+    """The spool's disk is full: new mail is refused (452 4.3.1) until there is room again;
+    mail already accepted is still delivered."""
 
 
 class SpoolLocked(SpoolError):

@@ -41,7 +41,7 @@ def relay_command(
             sock = socket.socket(fileno=listen_fd)
             run(run_relay(config, sock=sock, spool_directory=shard_directory(config.spool.directory, worker)), loop)
             return 0
-        count = workers if workers is not None else default_workers()
+        count = workers or config.workers or default_workers()
         return Supervisor(Path(config_path), config, count, loop=loop).run()
     except SpoolError as exc:
         print(f"deliverypool relay: {exc}", file=sys.stderr)

@@ -459,6 +459,14 @@ class ListenerConfig(_Table):
     line_length_limit: Int = Field(1001, ge=100, description="Longest line accepted, in bytes with CRLF; longer lines get 500.")
     command_size_limit: Int = Field(512, ge=100, description="Longest SMTP command line accepted, in bytes.")
     max_recipients: Int = Field(1000, ge=1, description="Recipients accepted per message.")
+    max_hops: Int = Field(
+        50,
+        ge=1,
+        description=(
+            "A message whose header already holds more Received: fields than this is refused with 554 5.4.6 "
+            "(a routing loop; Postfix's hopcount_limit). The sending relay then bounces it."
+        ),
+    )
     hostname: HostName = Field(
         "localhost", description="Name in the greeting and Received: headers. Default: the top-level hostname.", json_schema_extra=_no_default
     )
@@ -514,6 +522,15 @@ class SpoolConfig(_Table):
     directory: FilePath = Field(
         Path("spool"), description="Folder of the spool database; a relative path is relative to the configuration file.",
         json_schema_extra=_shown_default("spool"),
+    )
+    reserve: Size = Field(
+        16 * 1024 * 1024,
+        description=(
+            "Disk space kept back (a file in the spool) for the state changes of mail already accepted. When the "
+            "disk fills, it is released: deliveries go on (and free space), new mail gets 452 4.3.1 until twice this "
+            "much is free again."
+        ),
+        json_schema_extra=_shown_default("16MB"),
     )
 
 
@@ -583,6 +600,16 @@ class RelayConfig(_Table):
     """The configuration of `deliverypool relay`."""
 
     hostname: HostName = Field("localhost", description="Name of this relay: Reporting-MTA in DSNs, default EHLO name, Received: headers.")
+    workers: Optional[Int] = Field(
+        None,
+        ge=1,
+        le=256,
+        description=(
+            "Worker processes of `deliverypool relay`, each a whole relay with a spool shard of its own, all "
+            "accepting on the one listening socket. Default: one per core."
+        ),
+        json_schema_extra=_no_default,
+    )
     listener: ListenerConfig = Field(default_factory=ListenerConfig, description="The SMTP listener.")
     spool: SpoolConfig = Field(default_factory=SpoolConfig, description="The spool.")
     policy: PolicyConfig = Field(default_factory=PolicyConfig, description="The routing policy.")

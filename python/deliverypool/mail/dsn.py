@@ -47,12 +47,13 @@ def build_dsn(
     original: bytes,
     queue_id: str,
     arrival: float,
-    expired: bool = False,
     now: float | None = None,
 ) -> bytes:
     """An RFC 3464 delivery status notification (multipart/report; report-type=delivery-status)
-    for `failures`, addressed to `original_sender`, with the original message's headers."""
+    for `failures`, addressed to `original_sender`, with the original message's headers. A
+    failure with a temporary (4xx) reply is one that expired: retried until the pool's max_age."""
     now = time.time() if now is None else now
+    expired = any(not failure.reply.startswith("5") for failure in failures)
     boundary = f"{queue_id}.{int(now)}/{reporting_mta}"
     lines = [
         f"From: Mail Delivery System <MAILER-DAEMON@{reporting_mta}>",
@@ -78,7 +79,7 @@ def build_dsn(
     ]
     for failure in failures:
         where = f" (host {failure.remote_host} said)" if failure.remote_host else ""
-        lines.append(f"<{failure.recipient}>{where}: {one_line_ascii(failure.reply)}")
+        lines.append(f"<{_embedded(failure.recipient)}>{where}: {one_line_ascii(failure.reply)}")
     lines += [
         "",
         f"--{boundary}",
@@ -90,16 +91,31 @@ def build_dsn(
         "",
     ]
     for failure in failures:
-        lines += [f"Final-Recipient: rfc822; {failure.recipient}", "Action: failed", f"Status: {status_of(failure.reply, expired=expired)}"]
+        status = status_of(failure.reply, expired=not failure.reply.startswith("5"))
+        lines += [_final_recipient(failure.recipient), "Action: failed", f"Status: {status}"]
         if failure.remote_host:
             lines.append(f"Remote-MTA: dns; {failure.remote_host}")
         lines += [f"Diagnostic-Code: smtp; {one_line_ascii(failure.reply)}", ""]
-    head = "\r\n".join(lines).encode("ascii")
+    # Only the To: field can hold UTF-8 (a sender that needs SMTPUTF8, RFC 6532): the DSN then
+    # goes out with SMTPUTF8 like any mail to that address.
+    head = "\r\n".join(lines).encode("utf-8")
     headers = _crlf(header_section(original))
     tail = f"\r\n--{boundary}--\r\n".encode("ascii")
     part = f"--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n".encode("ascii")
     return head + b"\r\n" + part + headers + tail
 
+
+def _embedded(address: str) -> str:
+    """An address in ASCII for the report: non-ASCII characters as RFC 6533 §3 ``\\x{HEX}``."""
+    return "".join(c if " " < c < "\x7f" and c != "\\" else f"\\x{{{ord(c):X}}}" for c in address)
+
+
+def _final_recipient(address: str) -> str:
+    """``Final-Recipient``: type ``rfc822`` for an ASCII address, ``utf-8`` (RFC 6533 §3, in its
+    ASCII ``utf-8-addr-xtext`` form) for one that needs SMTPUTF8."""
+    if address.isascii():
+        return f"Final-Recipient: rfc822; {address}"
+    return f"Final-Recipient: utf-8; {_embedded(address)}"
 
 
 def _crlf(text: bytes) -> bytes:

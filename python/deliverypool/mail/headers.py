@@ -29,9 +29,10 @@ except ImportError:  # TEMPORARY until the Rust header_block lands (branch rust1
         m = _END.search(message, start)
         return (start, m.end()) if m else (start, len(message))
 
-__all__ = ["has_bare_line_ending", "header_block", "header_section", "one_line_ascii", "received_field", "strip_header"]
+__all__ = ["count_received", "has_bare_line_ending", "header_block", "header_section", "one_line_ascii", "received_field", "strip_header"]
 
 _LINE: Final = re.compile(rb"[^\r\n]*(?:\r\n|\n|\r)|[^\r\n]+\Z")
+_RECEIVED: Final = re.compile(rb"(?:\A|[\r\n])received[ \t]*:", re.IGNORECASE)
 
 
 def has_bare_line_ending(data: bytes) -> bool:
@@ -94,3 +95,10 @@ def one_line_ascii(text: str) -> str:
     """`text` as one line of ASCII (non-ASCII replaced, runs of white space and line breaks
     made one space), for log lines and DSN fields that quote a remote reply."""
     return " ".join(text.encode("ascii", "replace").decode("ascii").split())
+
+
+def count_received(message: bytes) -> int:
+    """How many ``Received:`` trace fields the header section holds: the hops the message made
+    (RFC 5321 §6.3: a loop shows as an ever-growing trace)."""
+    start, body = header_block(message)
+    return len(_RECEIVED.findall(message, start, body))

@@ -23,6 +23,7 @@ from deliverypool._core import dot_stuff
 from deliverypool.config import PoolConfig, SourceAddress
 from deliverypool.errors import DestinationError
 from deliverypool.lookup.mx import MxLookup
+from deliverypool.mail.address import AddressError, parse_mailbox
 from deliverypool.outbound.outcomes import DeliveryStats
 from deliverypool.queue.spool import Spool
 
@@ -50,12 +51,15 @@ class Attempt:
     """What one transaction gave: a reply per recipient (``replies``), the reply that ended it
     (``final``), whether the connection can carry another message (``alive``), and
     ``reconnect`` when the server had closed a reused connection before the transaction began
-    (not an attempt at all: the work goes back to the front of the queue)."""
+    (not an attempt at all: the work goes back to the front of the queue), and ``untried``
+    recipients the server would not take in this transaction (452 4.5.3, "too many
+    recipients"): not attempted, sent at once in the next transaction."""
 
     replies: Replies = field(default_factory=dict)
     final: str = ""
     alive: bool = True
     reconnect: bool = False
+    untried: list[int] = field(default_factory=list)
 
 
 class Connector:
@@ -178,15 +182,61 @@ async def _data(smtp: aiosmtplib.SMTP, pieces: AsyncIterator[bytes]) -> aiosmtpl
     return response
 
 
+def _is_too_many_recipients(code: int, message: str) -> bool:
+    """A 452 that means "no more recipients in this transaction" (RFC 5321 §4.5.3.1.10), not a
+    problem with this recipient: the rest go out at once in the next transaction."""
+    return code == 452 and ("4.5.3" in message or "too many recipients" in message.lower())
+
+
+# RFC 6531 §3.2: an address that needs SMTPUTF8 cannot be sent to a next hop without it.
+NO_SMTPUTF8 = "553 5.6.7 The next hop does not support SMTPUTF8, which this address needs"
+BAD_ADDRESS = "553 5.1.3 The address cannot be sent: {reason}"
+
+
+def wire_address(address: str) -> tuple[str | None, bool, str]:
+    """An address as it goes on the wire: its domain in ASCII (IDNA 2008), whether the local
+    part needs SMTPUTF8, and, when it cannot be sent at all, the reply to record (else "")."""
+    if not address:
+        return "", False, ""  # the null reverse-path
+    try:
+        mailbox = parse_mailbox(address, smtputf8=True)
+    except AddressError as error:
+        return None, False, BAD_ADDRESS.format(reason=error.reason)
+    return str(mailbox), mailbox.utf8, ""
+
+
 async def send(
     session: Session, mail_from: str, recipients: Sequence[tuple[int, str]], body: bytes | Path, spool: Spool
 ) -> Attempt:
     """One mail transaction: MAIL, RCPT for each recipient, DATA when any was accepted.
-    Every recipient ends with a reply (remote, or a local 4.4.2 when the connection was lost)."""
+
+    Every recipient ends with a reply (remote, or local: a 4.4.2 when the connection was lost,
+    a 5.6.7 for an address that needs SMTPUTF8 the next hop lacks, a 5.1.3 for one that cannot
+    be sent at all) -- or in ``attempt.untried`` when the server said it takes no more
+    recipients in this transaction (452 4.5.3), to be sent at once in the next."""
     smtp = session.smtp
     attempt = Attempt()
     replies = attempt.replies
     accepted: list[int] = []
+    utf8_offered = smtp.supports_extension("smtputf8")
+    sender, sender_utf8, sender_problem = wire_address(mail_from)
+    if sender is None or (sender_utf8 and not utf8_offered):
+        reply = sender_problem or NO_SMTPUTF8
+        attempt.final = reply
+        attempt.replies.update({rid: (reply, None) for rid, _ in recipients})
+        return attempt
+    wire: list[tuple[int, str, bool]] = []
+    for rid, address in recipients:
+        text, utf8, problem = wire_address(address)
+        if text is None or (utf8 and not utf8_offered):
+            replies[rid] = (problem or NO_SMTPUTF8, None)
+        else:
+            wire.append((rid, text, utf8))
+    if not wire:
+        attempt.final = next(iter(replies.values()))[0]
+        return attempt
+    smtputf8 = utf8_offered and (sender_utf8 or any(utf8 for _, _, utf8 in wire))
+    encoding = "utf-8" if smtputf8 else "ascii"
     try:
         options = []
         size = len(body) if isinstance(body, bytes) else body.stat().st_size
@@ -195,8 +245,10 @@ async def send(
         # A body file is not read for this: declaring 8BITMIME for 7-bit text is harmless.
         if smtp.supports_extension("8bitmime") and (not isinstance(body, bytes) or not body.isascii()):
             options.append("BODY=8BITMIME")
+        if smtputf8:
+            options.append("SMTPUTF8")
         try:
-            await smtp.mail(mail_from, options=options)
+            await smtp.mail(sender, options=options, encoding=encoding)
         except (aiosmtplib.SMTPServerDisconnected, ConnectionError, aiosmtplib.SMTPSenderRefused) as exc:
             closed = not isinstance(exc, aiosmtplib.SMTPSenderRefused) or exc.code == 421
             if session.transactions == 0 or not closed:
@@ -207,11 +259,14 @@ async def send(
             attempt.alive = False
             return attempt
         session.transactions += 1
-        for rid, address in recipients:
+        for index, (rid, address, _) in enumerate(wire):
             try:
-                await smtp.rcpt(address)
+                await smtp.rcpt(address, encoding=encoding)
                 accepted.append(rid)
             except aiosmtplib.SMTPRecipientRefused as exc:
+                if _is_too_many_recipients(exc.code, exc.message) and (accepted or index > 0):
+                    attempt.untried = [rid for rid, _, _ in wire[index:]]
+                    break
                 replies[rid] = (f"{exc.code} {exc.message}", session.host)
         if accepted:
             response = await _data(smtp, spool.chunks(body))
@@ -223,8 +278,10 @@ async def send(
             await smtp.rset()
     except aiosmtplib.SMTPResponseException as exc:
         attempt.final = f"{exc.code} {exc.message}"
+        untried = set(attempt.untried)
         for rid, _ in recipients:
-            replies.setdefault(rid, (attempt.final, session.host))
+            if rid not in untried:
+                replies.setdefault(rid, (attempt.final, session.host))
         attempt.alive = exc.code != 421
         if attempt.alive:
             try:
@@ -233,6 +290,7 @@ async def send(
                 attempt.alive = False
     except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
         attempt.alive = False
+        attempt.untried = []
         attempt.final = f"451 4.4.2 Connection to {session.host} lost: {exc or type(exc).__name__}"
         for rid, _ in recipients:
             if rid in accepted or rid not in replies:
