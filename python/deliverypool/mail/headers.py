@@ -13,7 +13,7 @@ import re
 from typing import Final
 
 try:
-    from deliverypool._core import header_block
+    from deliverypool._core import header_block  # type: ignore[attr-defined,unused-ignore]  # until rust10 adds it to _core.pyi
 except ImportError:  # TEMPORARY until the Rust header_block lands (branch rust10)
     _END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 
