@@ -260,9 +260,10 @@ class ScoredRouter:
     ) -> Routed:
         route = self.router.route
         mail_from = submission.mail_from
-        # The trusted header, if any, is the Rust policy's to read: asked without DNS first.
-        probe = classify(message, policy=self.policy, untrusted_client=untrusted_client)
-        if probe.score_source == "header" or self.source is None:
+        # The trusted header, if any, is the Rust policy's to read: without a score source the
+        # decision reads it; with one, a classification without DNS tells first whether there
+        # is one (so that the relay's default path classifies once).
+        if self.source is None or classify(message, policy=self.policy, untrusted_client=untrusted_client).score_source == "header":
             decision = await route(message, mail_from=mail_from, tenant=tenant, untrusted_client=untrusted_client)
             spam = None if decision.score is None else SpamVerdict("header", decision.score)
             return Routed(decision, spam, decision.pool, tuple(decision.reasons))
