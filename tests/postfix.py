@@ -9,12 +9,15 @@ main.cf and master.cf, the pool addresses and ports replaced by the test's.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,6 +28,19 @@ MASTER_CF_DIST = Path("/usr/share/postfix/master.cf.dist")
 README_NORMAL_SOURCE = "192.0.2.10"
 README_HIGH_RISK_SOURCE = "198.51.100.7"
 README_MILTER = "inet:127.0.0.1:8893"
+
+
+def wait_listening(port: int, failure: Callable[[], str], seconds: float = 30.0) -> None:
+    """Waits until something accepts connections on 127.0.0.1:`port`; fails with `failure()`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), 1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise AssertionError(failure()) from None
+            time.sleep(0.05)
 
 
 def postfix_installed() -> bool:
@@ -123,17 +139,7 @@ delay_warning_time = 0
         assert check.returncode == 0, f"postfix check: {check.stdout}{check.stderr}{self.log()}"
         started = self.postfix("start")
         assert started.returncode == 0, f"postfix start: {started.stdout}{started.stderr}{self.log()}"
-        import socket
-
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 1).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"Postfix does not listen on 127.0.0.1:{self.port}\n{self.log()}") from None
-                time.sleep(0.1)
+        wait_listening(self.port, lambda: f"Postfix does not listen on 127.0.0.1:{self.port}\n{self.log()}")
 
     def flush(self) -> None:
         """Asks the queue manager to retry deferred mail now."""
@@ -141,8 +147,6 @@ delay_warning_time = 0
 
     def queue(self) -> list[dict[str, object]]:
         """The queue as postqueue -j lists it (one dict per message)."""
-        import json
-
         out = subprocess.run(
             ["/usr/sbin/postqueue", "-c", str(self.config_dir), "-j"], capture_output=True, text=True, timeout=30
         ).stdout

@@ -13,30 +13,32 @@ from deliverypool import config as cfg
 from deliverypool.routing.scores import Routed, Submission
 from tests.smtp_sinks import message
 
-milter = pytest.importorskip("deliverypool.ingress.milter", reason="pymilter is not installed (the milter extra)")
+pytest.importorskip("Milter", reason="pymilter is not installed (the milter extra)")
+
+from deliverypool.ingress.milter import MilterService, milter_socket  # noqa: E402
 
 POOLS = '[pools.normal]\nsource_addresses = ["127.0.0.2"]\n[pools.high-risk]\nsource_addresses = ["127.0.0.3"]\n'
 SCORED = message("scored upstream", extra_headers="X-Spam-Score: 9.5\r\n")
 
 
-def service(trust: bool) -> Iterator[milter.MilterService]:
+def service(trust: bool) -> Iterator[MilterService]:
     text = f'[policy]\nscore_header = "X-Spam-Score"\n[dns]\ncheck_sender_domain = false\n[milter]\ntrust_score_header = {str(trust).lower()}\n'
-    running = milter.MilterService(cfg.loads(text + POOLS))
+    running = MilterService(cfg.loads(text + POOLS))
     yield running
     running.close()
 
 
 @pytest.fixture
-def trusting() -> Iterator[milter.MilterService]:
+def trusting() -> Iterator[MilterService]:
     yield from service(True)
 
 
 @pytest.fixture
-def distrusting() -> Iterator[milter.MilterService]:
+def distrusting() -> Iterator[MilterService]:
     yield from service(False)
 
 
-def route_from_a_thread(running: milter.MilterService, content: bytes, submission: Submission) -> Routed:
+def route_from_a_thread(running: MilterService, content: bytes, submission: Submission) -> Routed:
     """As libmilter calls it: from a thread that is not the service's loop."""
     results: list[Routed] = []
     thread = threading.Thread(target=lambda: results.append(running.route(content, submission)))
@@ -46,7 +48,7 @@ def route_from_a_thread(running: milter.MilterService, content: bytes, submissio
     return routed
 
 
-def test_the_score_header_counts_only_with_trust_score_header(trusting: milter.MilterService, distrusting: milter.MilterService) -> None:
+def test_the_score_header_counts_only_with_trust_score_header(trusting: MilterService, distrusting: MilterService) -> None:
     submission = Submission("alice@sender.test", ("bob@dest.test",), client_address="127.0.0.1", helo="client")
     trusted = route_from_a_thread(trusting, SCORED, submission)
     assert (trusted.pool, trusted.reasons, trusted.decision.score_source) == ("high-risk", ("spam-score",), "header")
@@ -57,7 +59,7 @@ def test_the_score_header_counts_only_with_trust_score_header(trusting: milter.M
 
 def test_the_auth_user_is_the_tenant() -> None:
     text = '[policy]\nscore_header = "X-Spam-Score"\n[policy.tenants]\nlenient = 20.0\n[dns]\ncheck_sender_domain = false\n[milter]\ntrust_score_header = true\n'
-    running = milter.MilterService(cfg.loads(text + POOLS))
+    running = MilterService(cfg.loads(text + POOLS))
     try:
         routed = route_from_a_thread(running, SCORED, Submission("alice@sender.test", login="lenient"))
     finally:
@@ -65,7 +67,7 @@ def test_the_auth_user_is_the_tenant() -> None:
     assert (routed.pool, routed.decision.threshold) == ("normal", 20.0)
 
 
-def test_a_null_sender_dsn_is_high_risk(distrusting: milter.MilterService) -> None:
+def test_a_null_sender_dsn_is_high_risk(distrusting: MilterService) -> None:
     dsn = message("Undelivered Mail Returned to Sender", sender="MAILER-DAEMON@relay.test", extra_headers="Auto-Submitted: auto-replied\r\n",
                   body="This is the mail system at host relay.test.\r\n\r\nI'm sorry to have to inform you that your message could not\r\nbe delivered to one or more recipients.\r\n")
     routed = route_from_a_thread(distrusting, dsn, Submission(""))
@@ -73,5 +75,5 @@ def test_a_null_sender_dsn_is_high_risk(distrusting: milter.MilterService) -> No
 
 
 def test_libmilter_socket_names() -> None:
-    assert milter.milter_socket("127.0.0.1", 8893) == "inet:8893@127.0.0.1"
-    assert milter.milter_socket("::1", 8893) == "inet6:8893@::1"
+    assert milter_socket("127.0.0.1", 8893) == "inet:8893@127.0.0.1"
+    assert milter_socket("::1", 8893) == "inet6:8893@::1"

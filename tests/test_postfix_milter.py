@@ -15,20 +15,22 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from aiosmtpd.controller import Controller
 
 from tests.conftest import CORPUS
 from tests.dnsserver import NsdServer
-from tests.postfix import PostfixInstance, postfix_installed, readme_blocks
+from tests.postfix import PostfixInstance, postfix_installed, readme_blocks, wait_listening
 from tests.rspamd import GTUBE, RspamdServer, rspamd_installed
 from tests.smtp_sinks import HIGH_RISK_SOURCE, NORMAL_SOURCE, Delivery, SinkHandler, free_port
 
 REPO = Path(__file__).resolve().parents[1]
+_T = TypeVar("_T")
 BOUNCING = "nobody@dest.test"  # the sink refuses this recipient: Postfix bounces to the sender
 
 
@@ -62,15 +64,7 @@ class Milter:
             assert time.monotonic() < deadline, f"the milter did not start:\n{self.log()}"
             time.sleep(0.05)
         # libmilter opens its socket just after that line.
-        import socket
-
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 1).close()
-                return
-            except OSError:
-                assert time.monotonic() < deadline, f"the milter does not listen:\n{self.log()}"
-                time.sleep(0.05)
+        wait_listening(self.port, lambda: f"the milter does not listen:\n{self.log()}")
 
     def kill(self) -> None:
         assert self.process is not None
@@ -104,16 +98,18 @@ class Stack:
             refused = client.sendmail(sender, list(recipients), content.encode())
         assert refused == {}
 
-    def arrived(self, mid: str, count: int = 1, seconds: float = 60.0) -> list[Delivery]:
-        """The deliveries of the message with Message-ID `mid` (waits for `count` of them)."""
+    def poll(self, found: Callable[[], list[_T]], seconds: float = 60.0, what: str = "") -> list[_T]:
+        """Calls `found` until it returns a non-empty list; fails after `seconds`."""
         deadline = time.monotonic() + seconds
-        while True:
-            found = [d for d in list(self.sink.deliveries) if message_id(d.content) == mid]
-            if len(found) >= count:
-                return found
+        while not (result := found()):
             if time.monotonic() > deadline:
-                raise AssertionError(f"{mid}: {len(found)} of {count} arrived\n{self.postfix.log()[-3000:]}\n{self.milter.log()[-2000:]}")
+                raise AssertionError(f"{what or 'nothing found'}\n{self.postfix.log()[-3000:]}\n{self.milter.log()[-2000:]}")
             time.sleep(0.05)
+        return result
+
+    def arrived(self, mid: str) -> list[Delivery]:
+        """The deliveries of the message with Message-ID `mid`, once there is one."""
+        return self.poll(lambda: [d for d in list(self.sink.deliveries) if message_id(d.content) == mid], what=f"{mid} did not arrive")
 
 
 def need(installed: bool, what: str) -> None:
@@ -226,20 +222,10 @@ def test_postfixs_own_bounce_leaves_from_the_high_risk_address(stack: Stack) -> 
     mid = message_id(content.encode())
     stack.send(content, recipients=(BOUNCING,))
     # The original was ordinary mail: it went out through the normal transport and was refused...
-    deadline = time.monotonic() + 60
-    while not (refused := [line for line in stack.postfix.log().splitlines() if f"to=<{BOUNCING}>" in line and "status=bounced" in line]):
-        assert time.monotonic() < deadline, stack.postfix.log()[-3000:]
-        time.sleep(0.05)
+    refused = stack.poll(lambda: [line for line in stack.postfix.log().splitlines() if f"to=<{BOUNCING}>" in line and "status=bounced" in line])
     assert "postfix/dp-normal/smtp" in refused[0] and "550 5.1.1 no such user" in refused[0]
     # ... and Postfix's bounce (null sender, never seen by a milter) took default_transport.
-    deadline = time.monotonic() + 60
-    while True:
-        bounces = [d for d in list(stack.sink.deliveries) if d.mail_from == "" and mid.encode() in d.content]
-        if bounces:
-            break
-        assert time.monotonic() < deadline, stack.postfix.log()[-3000:]
-        time.sleep(0.05)
-    [bounce] = bounces
+    [bounce] = stack.poll(lambda: [d for d in list(stack.sink.deliveries) if d.mail_from == "" and mid.encode() in d.content])
     assert bounce.peer == HIGH_RISK_SOURCE and bounce.rcpt_tos == ["alice@mx-only.dp.test"]
     assert b"Undelivered Mail Returned to Sender" in bounce.content
 
