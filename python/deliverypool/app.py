@@ -23,7 +23,7 @@ from pathlib import Path
 
 from aiosmtpd.smtp import SMTP
 
-from deliverypool._core import Policy, scan
+from deliverypool._core import Policy
 from deliverypool.config import DnsConfig, RelayConfig
 from deliverypool.ingress.handler import Accepted, RoutingHandler, in_networks
 from deliverypool.ingress.smtp import protocol_factory
@@ -161,7 +161,7 @@ class Relay:
         content = received_field(helo=helo, peer=peer, by=self.config.listener.hostname, authenticated=login is not None) + content
         submission = Submission(mail_from, recipients, client_address=peer, helo=helo, login=login)
         routed = await self.scores.route(content, submission, tenant=login, untrusted_client=untrusted)
-        message_id = scan(content).message_id  # TEMPORARY: Decision.message_id lands with branch rust10
+        message_id = routed.decision.message_id
         job = await self.spool.accept(
             NewMessage(
                 mail_from=mail_from,
