@@ -56,8 +56,10 @@ def stopped_rspamd(rspamd: RspamdServer) -> Iterator[RspamdServer]:
     rspamd.start()
 
 
-def scored(url: str, *, fallback: Any = "no-score", timeout: float = 5.0) -> ScoredRouter:
-    return ScoredRouter(Router(policy=Policy(threshold=5.0, score_header="X-Spam-Score")), RspamdScores(url, timeout=timeout, max_size=2**20), fallback=fallback)
+def scored(url: str, *, fallback: Any = "normal", timeout: float = 5.0) -> ScoredRouter:
+    """rspamd at `url`; `fallback` is the policy's score_unavailable_pool."""
+    policy = Policy(threshold=5.0, score_header="X-Spam-Score", score_unavailable_pool=fallback)
+    return ScoredRouter(Router(policy=policy), RspamdScores(url, timeout=timeout, max_size=2**20))
 
 
 def test_gtube_is_spam_and_an_ordinary_message_ham(rspamd: RspamdServer, aio_run: Run[Any]) -> None:
@@ -144,10 +146,11 @@ def test_rspamd_stopped_no_score_fallback(stopped_rspamd: RspamdServer, aio_run:
         return spam, ham, scores.source.stats.as_dict()
 
     spam, ham, stats = aio_run(main())
-    # Unscored: the GTUBE message is not known to be spam, so it is routed on its other facts.
-    assert (spam.pool, spam.reasons, spam.decision.score) == ("normal", (), None)
+    # Unscored: the GTUBE message is not known to be spam, so it is routed on its other facts;
+    # the decision says why it has no score.
+    assert (spam.pool, spam.reasons, spam.decision.score) == ("normal", (SCORE_UNAVAILABLE,), None)
     assert spam.spam is not None and (spam.spam.failure, spam.spam.score) == ("unreachable", None)
-    assert ham.pool == "normal"
+    assert (ham.pool, ham.reasons) == ("normal", (SCORE_UNAVAILABLE,))
     assert stats["failures"] == {"timeout": 0, "unreachable": 2, "bad-response": 0}
     assert (stats["requests"], stats["verdicts"], stats["fallback_high_risk"]) == (2, 0, 0)
 
@@ -157,7 +160,7 @@ def test_rspamd_stopped_high_risk_fallback(stopped_rspamd: RspamdServer) -> None
     routed = asyncio.run(scores.route(HAM, SUBMISSION))
     asyncio.run(scores.close())
     assert (routed.pool, routed.reasons) == ("high-risk", (SCORE_UNAVAILABLE,))
-    assert routed.decision.pool == "normal"  # the engine's own decision, kept for the record
+    assert routed.decision.high_risk and routed.decision.score is None
     assert scores.source is not None and scores.source.stats.fallback_high_risk == 1
 
 
@@ -253,7 +256,8 @@ def test_the_relay_routes_by_rspamds_score_and_keeps_accepting_when_rspamd_stops
             spam, ham, late_result = accepted
             assert (spam.pool, spam.reasons) == ("high-risk", ("spam-score",)) and spam.spam is not None and spam.spam.action == "reject"
             assert (ham.pool, ham.reasons) == ("normal", ()) and ham.spam is not None and ham.spam.action == "no action"
-            assert (late_result.pool, late_result.spam.failure if late_result.spam else None) == ("normal", "unreachable")
+            assert (late_result.pool, late_result.reasons) == ("normal", (SCORE_UNAVAILABLE,))
+            assert late_result.spam is not None and late_result.spam.failure == "unreachable"
             assert relay.scores is not None and relay.scores.source is not None
             assert relay.scores.source.stats.failures["unreachable"] == 1
 

@@ -555,8 +555,8 @@ class ScoreConfig(_Table):
     fallback: Literal["no-score", "high-risk"] = Field(
         "no-score",
         description=(
-            'When rspamd is unreachable, slow or answers nonsense: "no-score" routes the message as unscored; '
-            '"high-risk" sends it through the high-risk pool (reason spam-score-unavailable).'
+            'When rspamd is unreachable, slow or answers nonsense (reason spam-score-unavailable): "no-score" routes '
+            'the message as unscored; "high-risk" sends it through the high-risk pool.'
         ),
     )
     max_size: Size = Field(

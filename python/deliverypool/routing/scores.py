@@ -14,9 +14,10 @@ Two sources, in this order:
    kept in the :class:`SpamVerdict`.
 
 When rspamd cannot answer (unreachable, slower than ``score.timeout``, an answer that is not a
-verdict) nothing is raised: the message is routed as unscored (``fallback = "no-score"``) or
-through the high-risk pool with the reason ``spam-score-unavailable`` (``fallback =
-"high-risk"``), and :class:`ScoreStats` counts the failure by reason.
+verdict) nothing is raised: the decision carries the reason ``spam-score-unavailable`` and the
+message goes where the policy's ``score_unavailable_pool`` says (``[score] fallback``:
+``"no-score"`` routes it as unscored, ``"high-risk"`` through the high-risk pool), and
+:class:`ScoreStats` counts the failure by reason.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import asyncio
 import logging
 import math
 from collections.abc import Mapping
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Protocol
 
@@ -49,7 +51,8 @@ __all__ = [
 
 log = logging.getLogger("deliverypool.scores")
 
-# The reason a decision carries when rspamd could not score it and the fallback is high-risk.
+# The reason a decision carries when rspamd was asked and could not score it (one of the Rust
+# core's REASONS; high-risk when the policy's score_unavailable_pool says so).
 SCORE_UNAVAILABLE: Final = "spam-score-unavailable"
 # Why a score source gave no verdict: a closed set (the failure counter's labels).
 Failure = Literal["timeout", "unreachable", "bad-response"]
@@ -113,13 +116,7 @@ class ScoreStats:
     fallback_high_risk: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "requests": self.requests,
-            "verdicts": self.verdicts,
-            "skipped_too_large": self.skipped_too_large,
-            "failures": dict(self.failures),
-            "fallback_high_risk": self.fallback_high_risk,
-        }
+        return dataclasses.asdict(self)
 
 
 class ScoreSource(Protocol):
@@ -136,7 +133,8 @@ class ScoreSource(Protocol):
 
 
 class RspamdScores:
-    """rspamd's ``/checkv2`` over HTTP (httpx, one pooled client per event loop)."""
+    """rspamd's ``/checkv2`` over HTTP (httpx: one pooled client, made on the event loop that
+    first uses it)."""
 
     def __init__(self, url: str, *, timeout: float, max_size: int) -> None:
         self.url = url.rstrip("/") + "/checkv2"
@@ -237,22 +235,28 @@ def _finite(value: object) -> float | None:
 
 @dataclass(frozen=True)
 class Routed:
-    """The routing of one message: the Rust decision, the spam verdict it used, and the pool
-    and reasons to act on (the decision's, unless the high-risk fallback applied)."""
+    """The routing of one message: the Rust decision and the spam verdict it used."""
 
     decision: Decision
     spam: SpamVerdict | None
-    pool: str
-    reasons: tuple[str, ...]
+
+    @property
+    def pool(self) -> str:
+        return self.decision.pool
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        return tuple(self.decision.reasons)
 
 
 class ScoredRouter:
-    """`Router.route` with the score from `source` for messages without a trusted one."""
+    """`Router.route` with the score from `source` for messages without a trusted one. What
+    a message without a score (the source failed) gets is the router's policy's
+    ``score_unavailable_pool``; the decision says ``spam-score-unavailable`` either way."""
 
-    def __init__(self, router: Router, source: ScoreSource | None = None, *, fallback: Literal["no-score", "high-risk"] = "no-score") -> None:
+    def __init__(self, router: Router, source: ScoreSource | None = None) -> None:
         self.router = router
         self.source = source
-        self.fallback = fallback
         self.policy = router.policy or Policy()
 
     async def route(
@@ -265,21 +269,22 @@ class ScoredRouter:
         # is one (so that the relay's default path classifies once).
         if self.source is None or classify(message, policy=self.policy, untrusted_client=untrusted_client).score_source == "header":
             decision = await route(message, mail_from=mail_from, tenant=tenant, untrusted_client=untrusted_client)
-            spam = None if decision.score is None else SpamVerdict("header", decision.score)
-            return Routed(decision, spam, decision.pool, tuple(decision.reasons))
-        # The sender-domain check and rspamd at the same time; then the decision with the
-        # score, which finds the sender's domain in the DNS cache (no second round of queries).
+            return Routed(decision, None if decision.score is None else SpamVerdict("header", decision.score))
+        # The sender-domain check and rspamd at the same time; then the decision with what
+        # rspamd said, which finds the sender's domain in the DNS cache (no second round of
+        # queries).
         decision, spam = await asyncio.gather(
             route(message, mail_from=mail_from, tenant=tenant, untrusted_client=untrusted_client),
             self.source.check(message, submission),
         )
-        if spam is not None and spam.score is not None:
-            decision = await route(message, mail_from=mail_from, score=spam.score, tenant=tenant, untrusted_client=untrusted_client)
-        pool, reasons = decision.pool, tuple(decision.reasons)
-        if spam is not None and spam.failure is not None and self.fallback == "high-risk":
-            self.source.stats.fallback_high_risk += 1
-            pool, reasons = self.policy.high_risk_pool, reasons + (SCORE_UNAVAILABLE,)
-        return Routed(decision, spam, pool, reasons)
+        if spam is not None:
+            failed = spam.failure is not None
+            decision = await route(
+                message, mail_from=mail_from, score=spam.score, tenant=tenant, untrusted_client=untrusted_client, score_unavailable=failed
+            )
+            if failed and decision.high_risk and self.policy.score_unavailable_pool == "high-risk":
+                self.source.stats.fallback_high_risk += 1
+        return Routed(decision, spam)
 
     async def close(self) -> None:
         if self.source is not None:
@@ -287,6 +292,7 @@ class ScoredRouter:
 
 
 def scored_router(config: RelayConfig, router: Router) -> ScoredRouter:
-    """The score pipeline `[score]` configures, around `router`."""
+    """The score pipeline `[score]` configures, around `router` (whose policy holds the
+    fallback: `deliverypool.app.policy_from_config`)."""
     source = RspamdScores.from_config(config.score) if config.score.source == "rspamd" else None
-    return ScoredRouter(router, source, fallback=config.score.fallback)
+    return ScoredRouter(router, source)
