@@ -32,7 +32,7 @@ from deliverypool.lookup.resolver import Nameserver, Resolver, ResolverConfig
 from deliverypool.errors import MessageRefused
 from deliverypool.mail.headers import count_received, received_field, strip_header
 from deliverypool.outbound.scheduler import DeliveryEngine
-from deliverypool.queue.spool import NewMessage, Spool
+from deliverypool.queue.spool import FILE_THRESHOLD, NewMessage, Spool
 from deliverypool.routing.router import Router
 from deliverypool.routing.scores import ScoredRouter, Submission, scored_router
 
@@ -40,8 +40,6 @@ __all__ = ["Accepted", "Relay", "configure_logging", "policy_from_config", "reso
 
 log = logging.getLogger("deliverypool.relay")
 
-# Bodies up to this size are handed to delivery from memory.
-KEEP_IN_MEMORY = 256 * 1024
 # Connections the kernel queues before the relay accepts them (asyncio's default is 100).
 LISTEN_BACKLOG = 1024
 
@@ -97,7 +95,9 @@ class Relay:
         self.loop = asyncio.get_running_loop()
         self._connect_dns()
         recovery = await self.spool.open()
-        self.engine = DeliveryEngine(self.config, self.spool, mx=self.mx, route_dsn=self._route_dsn)
+        self.engine = DeliveryEngine(
+            self.config, self.spool, mx=self.mx, route_dsn=self._route_dsn, memory_budget=self.config.spool.memory_budget
+        )
         self.recovered = sum(len(job.recipients) for job in recovery.pending)
         self.possible_duplicates = recovery.requeued_in_flight
         if recovery.pending:
@@ -184,9 +184,9 @@ class Relay:
             ",".join(routed.reasons) or "-",
             routed.spam.summary() if routed.spam is not None else "-",
         )
-        # Small messages go to delivery from memory; large ones are read back from the spool
-        # when their turn comes, so a backlog does not hold every body in memory.
-        self.engine.submit(job, content if len(content) <= KEEP_IN_MEMORY else None)
+        # Delivery gets the body from memory (within its memory budget); a body the spool keeps
+        # in a file of its own is streamed from there.
+        self.engine.submit(job, content if len(content) <= FILE_THRESHOLD else None)
         accepted = Accepted(job.queue_id, routed.pool, routed.reasons, routed.spam)
         if self.on_accept is not None:
             try:
@@ -241,9 +241,17 @@ async def run_relay(
 
 
 def configure_logging(level: int = logging.INFO) -> None:
-    """One line per event on stderr, unless the application configured logging already."""
+    """One line per event on stderr, unless the application configured logging already.
+
+    The relay logs two lines per message (accepted, attempt): the record attributes nobody
+    formats (the caller's file and line, found by walking the stack; the thread and process
+    names) are not gathered."""
     root = logging.getLogger()
     if not root.handlers:
         logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+        logging._srcfile = None  # the documented switch that turns findCaller off
+        logging.logThreads = False
+        logging.logProcesses = False
+        logging.logMultiprocessing = False
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per rspamd request

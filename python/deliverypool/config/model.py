@@ -532,6 +532,15 @@ class SpoolConfig(_Table):
         ),
         json_schema_extra=_shown_default("16MB"),
     )
+    memory_budget: Size = Field(
+        64 * 1024 * 1024,
+        description=(
+            "Bodies of queued mail each worker keeps in memory, in all, so that delivery need not read them back. "
+            "Past it, a body is read from the spool when its attempt starts: a long queue (a destination that "
+            "stalls) costs no memory per message."
+        ),
+        json_schema_extra=_shown_default("64MB"),
+    )
 
 
 class ScoreConfig(_Table):

@@ -83,8 +83,14 @@ class DeliveryEngine:
         route_dsn: DsnRouter,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        memory_budget: int = 64 * 1024 * 1024,
     ) -> None:
         self.config = config
+        # Bodies of queued work kept in memory, at most this many bytes in all: past it, a body
+        # is read from the spool when its attempt starts, so a stalled destination with a long
+        # queue costs no memory per message.
+        self.memory_budget = memory_budget
+        self.held = 0
         self.spool = spool
         self.clock = clock
         self.rng = rng or random.Random()
@@ -158,12 +164,24 @@ class DeliveryEngine:
             lane = self._lanes.get((pool.name, destination))
             if lane is None:
                 lane = self._lanes[(pool.name, destination)] = _Lane(pool, destination)
-            lane.queue.append(_Work(replace(job, recipients=tuple(recipients)), body))
+            lane.queue.append(_Work(replace(job, recipients=tuple(recipients)), self._hold(body)))
             lane.wakeup.set()
             if lane.active < pool.max_connections_per_destination and len(lane.queue) > lane.idle:
                 lane.active += 1
                 self._idle.clear()
                 self._spawn(self._worker(lane))
+
+    def _hold(self, body: bytes | None) -> bytes | None:
+        """`body` if the memory budget has room for it (then counted), else None."""
+        if body is None or self.held + len(body) > self.memory_budget:
+            return None
+        self.held += len(body)
+        return body
+
+    def _release(self, work: _Work) -> None:
+        if work.body is not None:
+            self.held -= len(work.body)
+            work.body = None
 
     def _spawn(self, coroutine: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coroutine)
@@ -201,6 +219,8 @@ class DeliveryEngine:
             handle.cancel()
         self._timers.clear()
         for lane in self._lanes.values():
+            for work in lane.queue:
+                self._release(work)
             lane.queue.clear()
             lane.wakeup.set()
         if self._tasks:
@@ -225,7 +245,7 @@ class DeliveryEngine:
                     session = await self.connector.open(lane.pool, lane.destination)
                 except DestinationError as error:
                     # The destination is unreachable for everything waiting in this lane.
-                    lane.queue.appendleft(first.work)
+                    lane.queue.appendleft(first.work)  # its body was released: none is kept
                     await self._fail_lane(lane, error.reply)
                     continue
                 except Exception:
@@ -249,6 +269,7 @@ class DeliveryEngine:
         works = list(lane.queue)
         lane.queue.clear()
         for work in works:
+            self._release(work)
             self._log(work, lane, None, None, reply)
             await self._settle(work, {rid: (reply, None) for rid, _ in work.job.recipients})
 
@@ -257,8 +278,10 @@ class DeliveryEngine:
         when that failed on our side (then recorded as a local failure and retried later)."""
         work = lane.queue.popleft()
         job = work.job
+        held = work.body
+        self._release(work)
         try:
-            body = work.body if work.body is not None else await self.spool.stored(job.message)
+            body = held if held is not None else await self.spool.stored(job.message)
             await self.spool.mark_in_flight(rid for rid, _ in job.recipients)
         except Exception:
             log.exception("queue_id=%s: could not prepare the delivery attempt", job.queue_id)
@@ -306,15 +329,15 @@ class DeliveryEngine:
         job = work.job
         attempt = await send(session, job.mail_from, job.recipients, body, self.spool)
         if attempt.reconnect:
-            lane.queue.appendleft(work)
+            lane.queue.appendleft(_Work(job, self._hold(body if isinstance(body, bytes) else None)))
             return False
         if attempt.untried:
             # The server takes no more recipients in this transaction: the rest go first in the
             # next one, on this connection, without counting an attempt.
             untried = set(attempt.untried)
             rest = tuple(r for r in job.recipients if r[0] in untried)
-            lane.queue.appendleft(_Work(replace(job, recipients=rest), work.body))
-            work = _Work(replace(job, recipients=tuple(r for r in job.recipients if r[0] not in untried)), work.body)
+            lane.queue.appendleft(_Work(replace(job, recipients=rest), self._hold(body if isinstance(body, bytes) else None)))
+            work = _Work(replace(job, recipients=tuple(r for r in job.recipients if r[0] not in untried)))
         self._log(work, lane, session.source, session.host, attempt.final, attempt.replies)
         # Outcomes commit in the background: the connection moves on to the next message.
         self._spawn(self._settle(work, attempt.replies, body if isinstance(body, bytes) else None))
