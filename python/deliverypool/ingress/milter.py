@@ -46,8 +46,9 @@ log = logging.getLogger("deliverypool.milter")
 
 _T = TypeVar("_T")
 
-# libmilter's name of a TCP listening socket: inet:PORT@HOST, inet6:PORT@HOST.
+
 def milter_socket(host: str, port: int) -> str:
+    """libmilter's name of a TCP listening socket: ``inet:PORT@HOST``, ``inet6:PORT@HOST``."""
     return f"inet6:{port}@{host}" if ":" in host else f"inet:{port}@{host}"
 
 
@@ -89,6 +90,8 @@ class MilterService:
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(5.0)
+            if not self._thread.is_alive():
+                self.loop.close()
 
 
 def _new_event_loop() -> asyncio.AbstractEventLoop:
