@@ -56,6 +56,7 @@ def everything_about(message: bytes) -> Iterable[dict[str, set[str]]]:
     yield produced(classify(message, mail_from="<>", sender_domain="no-records", score=9.0))
     yield produced(classify(message, policy=SCORED, sender_domain="unknown"))
     yield produced(classify(message, policy=SCORED, untrusted_client=True))
+    yield produced(classify(message, policy=SCORED, score_unavailable=True))
     yield {"DEFECTS": set(scan(message).defects)}
 
 

@@ -156,6 +156,7 @@ class Policy:
         tenant_thresholds: Mapping[str, float] | None = None,
         score_header: str | None = None,
         unknown_domain_pool: Literal["high-risk", "normal"] = "high-risk",
+        score_unavailable_pool: Literal["high-risk", "normal"] = "normal",
     ) -> Policy: ...
     @property
     def normal_pool(self) -> str: ...
@@ -169,6 +170,8 @@ class Policy:
     def score_header(self) -> str | None: ...
     @property
     def unknown_domain_pool(self) -> Literal["high-risk", "normal"]: ...
+    @property
+    def score_unavailable_pool(self) -> Literal["high-risk", "normal"]: ...
     def threshold_for(self, tenant: str | None = None) -> float: ...
 
 @final
@@ -243,6 +246,7 @@ def classify(
     policy: Policy | None = None,
     untrusted_client: bool = False,
     sender_domain: _DomainStatus | None = None,
+    score_unavailable: bool = False,
 ) -> Decision: ...
 def classify_many(
     messages: Iterable[bytes],
@@ -253,6 +257,7 @@ def classify_many(
     policy: Policy | None = None,
     untrusted_client: bool = False,
     sender_domain: Sequence[_DomainStatus | None] | None = None,
+    score_unavailable: Sequence[bool] | None = None,
 ) -> list[Decision]: ...
 
 # --- DNS cache (rust/python/cache.rs) ---

@@ -49,14 +49,15 @@ def _domain(value: object) -> str:
 DomainName = Annotated[str, PlainValidator(_domain), WithJsonSchema({"type": "string", "minLength": 1})]
 
 
-def _http_url(value: object) -> str:
+def _webhook_url(value: object) -> str:
+    # Not model.HttpUrl (a base URL): a webhook's path and query (often a token) are kept as written.
     text = _text(value)
-    if not re.match(r"^https?://[^\s/]+(/\S*)?$", text):
+    if not re.match(r"^https?://[^\s/?#]+([/?]\S*)?$", text):
         raise ValueError(f"not an http:// or https:// URL: {text!r}")
     return text
 
 
-HttpUrl = Annotated[str, PlainValidator(_http_url), WithJsonSchema({"type": "string", "pattern": "^https?://"})]
+WebhookUrl = Annotated[str, PlainValidator(_webhook_url), WithJsonSchema({"type": "string", "pattern": "^https?://"})]
 
 
 def check_tenant_name(name: str) -> None:
@@ -128,7 +129,7 @@ class AdminConfig(_Table):
 class AlertsConfig(_Table):
     """Where surge alerts go besides the log (deliverypool.alerts) and GET /api/alerts."""
 
-    webhook: Optional[HttpUrl] = Field(None, description="URL each alert is POSTed to as JSON (firing, then resolved); retried with backoff.")
+    webhook: Optional[WebhookUrl] = Field(None, description="URL each alert is POSTed to as JSON (firing, then resolved); retried with backoff.")
     queue_size: Int = Field(1000, ge=1, description="Alerts waiting for the webhook; when full the oldest is dropped (and counted).")
     timeout: Duration = Field(10.0, description="Time allowed for one POST.", json_schema_extra=_shown_default("10s"))
     retry_initial: Duration = Field(1.0, description="Wait before the first retry of a failed POST.", json_schema_extra=_shown_default("1s"))
