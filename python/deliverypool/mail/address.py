@@ -69,7 +69,8 @@ def normalize_domain(domain: str) -> str | None:
     IDNA 2008 rejects."""
     domain = domain.strip()
     if domain.endswith("."):
-        domain = domain[:-1]
+        # White space before the trailing dot goes too: "a.example ." reads as "a.example.".
+        domain = domain[:-1].rstrip()
     if not domain or domain.startswith("["):
         return None
     if domain.isascii():
