@@ -73,7 +73,7 @@ fn mutations(msg: &[u8]) -> Vec<Vec<u8>> {
 fn dump(out: &mut String, msg: &[u8]) {
     let f = scan(msg, Some("x-spam-score"));
     let ct = |c: &ContentType| format!("{} {:?}", c.mime_type(), c.params().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>());
-    writeln!(out, "len={} fields={} ct={:?}", f.header_length, f.field_count, f.content_type.as_ref().map(ct)).unwrap();
+    writeln!(out, "start={} len={} fields={} ct={:?}", f.header_start, f.header_length, f.field_count, f.content_type.as_ref().map(ct)).unwrap();
     writeln!(
         out,
         "from={:?} sender={:?} rp={:?} subj={:?} as={:?} prec={:?} xfr={:?} mid={:?}",
@@ -104,7 +104,7 @@ fn dump(out: &mut String, msg: &[u8]) {
     for (i, envelope) in envelopes.iter().enumerate() {
         for policy in [&plain, &with_header] {
             let d = classify(msg, envelope, policy).unwrap();
-            let dsn = d.detection.dsn.as_ref().map(|v| format!("{:?} {:?} {:?}", v.kind, v.signals, v.recipients));
+            let dsn = d.detection.dsn.as_ref().map(|v| format!("{:?} {:?} {} {:?}", v.kind, v.signals, v.strength, v.recipients));
             writeln!(
                 out,
                 " c{i} pool={} hr={} reasons={:?} kind={:?} dsn={:?} score={:?} src={:?} thr={} sd={:?} defects={:?}",
@@ -135,8 +135,7 @@ fn main() {
                 .iter()
                 .map(|(_, m)| {
                     let facts = index(m, None);
-                    let start = if m.starts_with(b"From ") { m.iter().position(|&b| b == b'\n').map_or(m.len(), |i| i + 1) } else { 0 };
-                    &m[start.min(m.len())..(start + facts.header_length).min(m.len())]
+                    &m[facts.header_start..(facts.header_start + facts.header_length).min(m.len())]
                 })
                 .collect();
             let mut fields = 0;

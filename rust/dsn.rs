@@ -2,16 +2,23 @@
 //! the non-standard bounces real MTAs write) from other automatic reports (read receipts, abuse
 //! feedback, vacation replies) and from ordinary mail.
 //!
-//! Real mail is ambiguous, so detection combines signals. A *strong* signal is something only a
-//! bounce carries (a delivery-status part, X-Failed-Recipients, ...) and decides alone. *Weak*
-//! signals (a null sender, a mailer-daemon From, a bounce-like subject or body) decide only in
-//! pairs that include one about the sender, and the body is read only when exactly one
-//! sender signal fired, so ordinary mail costs a header scan and nothing more.
+//! Real mail is ambiguous, so the verdict weighs evidence. Each signal that fires adds its
+//! points (`SIGNALS`); a message is a DSN at `THRESHOLD` points. A *structural* signal (a
+//! delivery-status part, X-Failed-Recipients, ...) is something only a bounce carries and
+//! reaches the threshold alone. The others add up: a daemon sender and a bounce subject are
+//! enough, so are a bounce template's sentence in the body and a bounce subject; a person can
+//! write bounce words, so wording alone is not. Trace fields (qmail's `invoked for bounce`
+//! Received line, copied through lists and forwards), no-reply senders and Auto-Submitted are
+//! hints: they add a little and never decide alone. The body (its first `BODY_WINDOW` bytes) is
+//! read only when the headers leave the verdict open and could still close it, so ordinary
+//! mail costs a header scan and a subject match.
 
 use std::sync::LazyLock;
 
 use memchr::memmem;
 
+use crate::matcher::{GroupId, Matcher};
+use crate::phrases::{self, Kind, GROUPS};
 use crate::scan::{HeaderIndex, RecipientFields, RecipientStatus};
 
 /// What kind of automatic report a message is.
@@ -56,26 +63,133 @@ impl DsnKind {
 }
 
 /// Signal names are part of the public output: keep them stable.
+/// Signal names are part of the public output: keep them stable. `SIGNALS` says what each
+/// counts.
 pub mod signal {
     pub const REPORT_TYPE: &str = "report-type-delivery-status";
     pub const STATUS_PART: &str = "delivery-status-part";
     pub const FAILED_RECIPIENTS: &str = "x-failed-recipients";
     pub const EXCHANGE_NDR: &str = "exchange-ndr";
-    pub const QMAIL_BOUNCE: &str = "qmail-bounce";
+    pub const SES_NOTIFICATION: &str = "ses-notification";
     pub const NULL_SENDER: &str = "null-sender";
     pub const DAEMON_SENDER: &str = "daemon-sender";
-    pub const BOUNCE_SUBJECT: &str = "bounce-subject";
     pub const AUTO_SUBMITTED_FAILURE: &str = "auto-submitted-failure";
+    pub const BOUNCE_SUBJECT: &str = "bounce-subject";
+    pub const BOUNCE_SUBJECT_WORD: &str = "bounce-subject-word";
+    pub const BOUNCE_TEMPLATE: &str = "bounce-template";
     pub const BOUNCE_BODY: &str = "bounce-body";
-    pub const SES_NOTIFICATION: &str = "ses-notification";
+    pub const AUTO_SUBMITTED: &str = "auto-submitted";
     pub const NO_REPLY_SENDER: &str = "no-reply-sender";
+    pub const QMAIL_BOUNCE: &str = "qmail-bounce";
 }
+
+/// What a signal is evidence of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SignalClass {
+    /// Machine-readable structure only bounces carry: decides alone.
+    Structure,
+    /// Who sent the message.
+    Sender,
+    /// What the subject or body says.
+    Text,
+    /// Common to bounces and other automatic or relayed mail: never decides alone.
+    Hint,
+}
+
+impl SignalClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignalClass::Structure => "structure",
+            SignalClass::Sender => "sender",
+            SignalClass::Text => "text",
+            SignalClass::Hint => "hint",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SignalSpec {
+    pub name: &'static str,
+    pub class: SignalClass,
+    /// Points added when the signal fires; a DSN needs `THRESHOLD`.
+    pub points: u32,
+}
+
+/// Points a verdict needs.
+pub const THRESHOLD: u32 = 100;
+
+const fn spec(name: &'static str, class: SignalClass, points: u32) -> SignalSpec {
+    SignalSpec { name, class, points }
+}
+
+/// Every signal, in the order a verdict lists them, with what it counts. The weights encode
+/// the rules: a daemon sender (60) with a bounce subject (50) or any bounce wording in the body
+/// (40) is enough; a template sentence in the body (55) with a bounce subject (50), a null
+/// sender (50) or Auto-Submitted failure (50) is enough, but with a bounce word a person might
+/// put in a subject (40) it is not; a null sender needs the body. The hints (10-20) count only
+/// together with a sender signal.
+pub const SIGNALS: &[SignalSpec] = &[
+    spec(signal::REPORT_TYPE, SignalClass::Structure, THRESHOLD),
+    spec(signal::STATUS_PART, SignalClass::Structure, THRESHOLD),
+    spec(signal::FAILED_RECIPIENTS, SignalClass::Structure, THRESHOLD),
+    spec(signal::EXCHANGE_NDR, SignalClass::Structure, THRESHOLD),
+    spec(signal::SES_NOTIFICATION, SignalClass::Structure, THRESHOLD),
+    spec(signal::NULL_SENDER, SignalClass::Sender, 50),
+    spec(signal::DAEMON_SENDER, SignalClass::Sender, 60),
+    spec(signal::AUTO_SUBMITTED_FAILURE, SignalClass::Sender, 50),
+    spec(signal::BOUNCE_SUBJECT, SignalClass::Text, 50),
+    spec(signal::BOUNCE_SUBJECT_WORD, SignalClass::Text, 40),
+    spec(signal::BOUNCE_TEMPLATE, SignalClass::Text, 55),
+    spec(signal::BOUNCE_BODY, SignalClass::Text, 40),
+    spec(signal::AUTO_SUBMITTED, SignalClass::Hint, 10),
+    spec(signal::NO_REPLY_SENDER, SignalClass::Hint, 10),
+    spec(signal::QMAIL_BOUNCE, SignalClass::Hint, 20),
+];
+
+/// The entry of `SIGNALS` for `name` (one of `signal::*`).
+pub fn signal_spec(name: &str) -> Option<&'static SignalSpec> {
+    SIGNALS.iter().find(|s| s.name == name)
+}
+
+/// Points of a signal, resolved at compile time.
+const fn points(name: &str) -> u32 {
+    let mut i = 0;
+    while i < SIGNALS.len() {
+        if const_str_eq(SIGNALS[i].name, name) {
+            return SIGNALS[i].points;
+        }
+        i += 1;
+    }
+    panic!("not a signal");
+}
+
+const fn const_str_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// The most points the body can add: reading it is worth it only from `THRESHOLD` minus this.
+const BODY_MAX: u32 = points(signal::BOUNCE_TEMPLATE);
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct DsnVerdict {
     pub kind: DsnKind,
-    /// Every signal that fired, strong ones first.
+    /// Every signal that fired, in `SIGNALS` order.
     pub signals: Vec<&'static str>,
+    /// The signals' points over `THRESHOLD`: 1.0 is just enough, each structural signal counts
+    /// 1.0 alone. Only evidence that was read counts (the body is not read once the headers
+    /// decided).
+    pub strength: f64,
     pub recipients: Vec<RecipientStatus>,
 }
 
@@ -83,6 +197,29 @@ pub struct DsnVerdict {
 pub struct Detection {
     pub report_kind: Option<ReportKind>,
     pub dsn: Option<DsnVerdict>,
+}
+
+/// Options of `detect_with`. The default is what routing uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DetectOptions {
+    /// Phrase groups (bit `i` for `phrases::GROUPS[i]`) whose matches are ignored: the corpus
+    /// tool's leave-one-family-out run. Tested only when a phrase matches.
+    pub disabled_groups: u128,
+}
+
+impl DetectOptions {
+    /// Options with the groups called `names` disabled; None names an unknown group.
+    pub fn without_groups<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Self, &'a str> {
+        let mut disabled_groups = 0u128;
+        for name in names {
+            disabled_groups |= 1u128 << phrases::group_id(name).ok_or(name)?;
+        }
+        Ok(DetectOptions { disabled_groups })
+    }
+
+    fn enabled(&self, group: GroupId) -> bool {
+        self.disabled_groups & (1u128 << group) == 0
+    }
 }
 
 const SUBJECT_MATCH_CHARS: usize = 512;
@@ -105,155 +242,105 @@ const DAEMON_LOCAL_PARTS: &[&str] = &[
     "poostmaster",
 ];
 
-const DAEMON_DISPLAY_NAMES: &[&str] =
-    &["mail delivery system", "mail delivery subsystem", "mailer-daemon", "mailer daemon", "ndr administrator", "mail delivery service"];
+/// Exchange Online sends NDRs from `MicrosoftExchange<32 hex digits>@<tenant domain>`.
+const EXCHANGE_SYSTEM_LOCAL_PART: &str = "microsoftexchange";
 
-/// Lowercased subject phrases that bounces use, in the languages seen in the wild.
-const BOUNCE_SUBJECTS: &[&str] = &[
-    "undeliverable",
-    "undelivered",
-    "undeliverd",
-    "returned mail",
-    "returned to sender",
-    "returning to sender",
-    "mail failed",
-    "returning message to sender",
-    "delivery status notification",
-    "delivery notification",
-    "delivery failure",
-    "delivery failed",
-    "delivery has failed",
-    "delivery problem",
-    "delivery status",
-    "failed delivery",
-    "failure notice",
-    "failure delivery",
-    "non-delivery",
-    "nondeliverable",
-    "non delivery",
-    "non-deliverable",
-    "not delivered",
-    "could not be delivered",
-    "couldn't be delivered",
-    "could not send message",
-    "mail system error",
-    "mail delivery failed",
-    "permanent delivery failure",
-    "delayed mail",
-    "delivery delayed",
-    "bounce",
-    "message you sent blocked",
-    "rejected",
-    "mail failure",
-    "error sending",
-    "returned message",
-    "message not delivered",
-    // fml mailing-list manager error notices
-    "are not member",
-    "loop alert",
-    // German
-    "unzustellbar",
-    "nicht zustellbar",
-    "fehlgeschlagen",
-    // French
-    "non remis",
-    "non distribuable",
-    "échec de la remise",
-    "echec de la remise",
-    "non délivré",
-    "impossible de remettre",
-    // Spanish, Portuguese
-    "no se puede entregar",
-    "no entregado",
-    "não entregue",
-    "não é possível entregar",
-    "nao entregue",
-    "falha na entrega",
-    "mensagem não entregue",
-    // Italian
-    "non recapitabile",
-    "mancata consegna",
-    "impossibile recapitare",
-    "non recapitato",
-    // Dutch
-    "onbestelbaar",
-    "niet bezorgd",
-    "kan niet worden bezorgd",
-    // Nordic, Polish, Czech
-    "kan inte levereras",
-    "kunne ikke leveres",
-    "ei voitu toimittaa",
-    "niedostarczalne",
-    "nie dostarczono",
-    "nedoručitelné",
-    // Russian
-    "недоставленное",
-    "не доставлено",
-    "невозможно доставить",
-    "не может быть доставлено",
-    "ошибка доставки",
-    // Japanese, Chinese, Korean
-    "配信不能",
-    "メールエラー",
-    "エラー通知",
-    "配送エラー",
-    "配信エラー",
-    "送信エラー",
-    "不達",
-    "配信できません",
-    "送信できませんでした",
-    "配送されませんでした",
-    "退信",
-    "无法投递",
-    "未送达",
-    "投递失败",
-    "無法傳遞",
-    "전달되지",
-];
-
-/// Lowercased phrases bounce bodies use; read only when the headers leave the verdict open.
-const BOUNCE_BODY_PHRASES: &[&str] = &[
-    "this is the mail system at host",
-    "this is the qmail-send program",
-    "i'm afraid i wasn't able to deliver",
-    "this message was created automatically by mail delivery software",
-    "delivery to the following recipient",
-    "could not be delivered",
-    "couldn't be delivered",
-    "was not delivered",
-    "wasn't delivered",
-    "delivery has failed",
-    "delivery failed",
-    "delivery failure",
-    "permanent error",
-    "permanent fatal error",
-    "undeliverable",
-    "undelivered",
-    "unable to deliver",
-    "user unknown",
-    "unknown user",
-    "no such user",
-    "mailbox unavailable",
-    "mailbox is full",
-    "mailbox full",
-    "returned mail",
-    "non-delivery",
-    "transcript of session follows",
-    "not a member",
-    "are not member",
-    "duplicated message-id",
-    "loop alert",
-    "message could not be",
-    "rejected",
+/// Display names of bounce senders: Postfix and Exim ("Mail Delivery System"), sendmail and
+/// Gmail ("Mail Delivery Subsystem"), Courier ("Courier mail server at <host>"), Exchange.
+const DAEMON_DISPLAY_NAMES: &[&str] = &[
+    "mail delivery system",
+    "mail delivery subsystem",
+    "mailer-daemon",
+    "mailer daemon",
+    "ndr administrator",
+    "mail delivery service",
+    "courier mail server at",
 ];
 
 const AUTO_REPLY_SUBJECT_PREFIXES: &[&str] =
     &["auto:", "automatic reply", "autoreply", "auto-reply", "auto reply", "out of office", "abwesenheitsnotiz", "réponse automatique", "respuesta automática", "risposta automatica"];
 
+/// Values after `auto-generated`/`auto-replied` in Auto-Submitted that only delivery reports
+/// use: sendmail writes `auto-generated (failure)`, `(warning-timeout)`,
+/// `(postmaster-notification)`, `(postmaster-warning)`.
+const AUTO_SUBMITTED_FAILURES: &[&str] = &["failure", "warning-timeout", "postmaster-notification", "postmaster-warning"];
+
 /// Detects what kind of report `msg` is. `mail_from` is the envelope sender when known: an
 /// empty string or `<>` is the null reverse-path.
 pub fn detect(facts: &HeaderIndex, msg: &[u8], mail_from: Option<&str>) -> Detection {
-    let mut strong: Vec<&'static str> = Vec::new();
+    detect_with(facts, msg, mail_from, &DetectOptions::default())
+}
+
+/// A signal's index in `SIGNALS` (the test `signal_ids_follow_the_table` keeps them in step).
+#[derive(Clone, Copy)]
+enum Id {
+    ReportType,
+    StatusPart,
+    FailedRecipients,
+    ExchangeNdr,
+    SesNotification,
+    NullSender,
+    DaemonSender,
+    AutoSubmittedFailure,
+    BounceSubject,
+    BounceSubjectWord,
+    BounceTemplate,
+    BounceBody,
+    AutoSubmitted,
+    NoReplySender,
+    QmailBounce,
+}
+
+/// The structural signals lead the table, then the sender signals; the hints end it.
+const STRUCTURAL: u32 = (1 << (Id::SesNotification as u32 + 1)) - 1;
+const SENDER: u32 = (1 << Id::NullSender as u32) | (1 << Id::DaemonSender as u32) | (1 << Id::AutoSubmittedFailure as u32);
+const HINTS: u32 = (1 << Id::AutoSubmitted as u32) | (1 << Id::NoReplySender as u32) | (1 << Id::QmailBounce as u32);
+
+/// Which signals fired (bits in `SIGNALS` order) and their points.
+#[derive(Default)]
+struct Evidence {
+    fired: u32,
+    /// Points of the signals that fired, hints apart.
+    points: u32,
+    hint_points: u32,
+}
+
+impl Evidence {
+    fn add(&mut self, id: Id) {
+        let bit = 1 << id as u32;
+        if self.fired & bit == 0 {
+            self.fired |= bit;
+            if bit & HINTS != 0 {
+                self.hint_points += SIGNALS[id as usize].points;
+            } else {
+                self.points += SIGNALS[id as usize].points;
+            }
+        }
+    }
+
+    /// What the verdict counts: hints only corroborate a sender signal. Relayed and quoted mail
+    /// (list posts, helpdesk replies, forwards) carries bounce text together with hints, so
+    /// with text alone they would add up to a verdict the text does not support.
+    fn total(&self) -> u32 {
+        if self.fired & SENDER != 0 {
+            self.points + self.hint_points
+        } else {
+            self.points
+        }
+    }
+
+    fn structural(&self) -> bool {
+        self.fired & STRUCTURAL != 0
+    }
+
+    fn names(&self) -> Vec<&'static str> {
+        SIGNALS.iter().enumerate().filter(|(i, _)| self.fired & (1 << i) != 0).map(|(_, s)| s.name).collect()
+    }
+}
+
+/// `detect` with options (the corpus tool disables phrase groups).
+pub fn detect_with(facts: &HeaderIndex, msg: &[u8], mail_from: Option<&str>, options: &DetectOptions) -> Detection {
+    let mut evidence = Evidence::default();
     let report_type = facts
         .content_type
         .as_ref()
@@ -267,78 +354,102 @@ pub fn detect(facts: &HeaderIndex, msg: &[u8], mail_from: Option<&str>) -> Detec
         .as_ref()
         .is_some_and(|ct| ct.is("message", "delivery-status") || ct.is("message", "global-delivery-status"));
     if report_type_is("delivery-status") || report_type_is("global-delivery-status") {
-        strong.push(signal::REPORT_TYPE);
+        evidence.add(Id::ReportType);
     }
     if status_part || bare_status {
-        strong.push(signal::STATUS_PART);
+        evidence.add(Id::StatusPart);
     }
 
     let arf = report_type_is("feedback-report") || facts.has_part("message", "feedback-report");
     let mdn =
         report_type_is("disposition-notification") || facts.has_part("message", "disposition-notification");
-    if strong.is_empty() && (arf || mdn) {
+    if !evidence.structural() && (arf || mdn) {
         let kind = if arf { ReportKind::Arf } else { ReportKind::Mdn };
         return Detection { report_kind: Some(kind), dsn: None };
     }
 
     if facts.x_failed_recipients.is_some() {
-        strong.push(signal::FAILED_RECIPIENTS);
+        evidence.add(Id::FailedRecipients);
     }
     if facts.markers.contains("x-ms-exchange-message-is-ndr") {
-        strong.push(signal::EXCHANGE_NDR);
+        evidence.add(Id::ExchangeNdr);
     }
-    if facts.qmail_bounce {
-        strong.push(signal::QMAIL_BOUNCE);
+    // Amazon SNS delivers SES notifications as JSON mail; the body says which kind.
+    if facts.markers.contains("x-amz-sns-message-id") {
+        match ses_notification_type(msg, facts).as_deref() {
+            Some("bounce" | "delivery") => evidence.add(Id::SesNotification),
+            Some("complaint") if !evidence.structural() => return Detection { report_kind: Some(ReportKind::Arf), dsn: None },
+            _ => {}
+        }
     }
 
-    let mut weak: Vec<&'static str> = Vec::new();
     let envelope_null = mail_from.map(is_null_path);
     let null_sender = envelope_null.unwrap_or_else(|| facts.return_path.is_some_and(|v| is_null_or_daemon_path(&v.text())));
     if null_sender {
-        weak.push(signal::NULL_SENDER);
+        evidence.add(Id::NullSender);
     }
-    let from = facts.from.map(|v| v.text());
-    if [from.as_deref(), facts.sender.map(|v| v.text()).as_deref()].into_iter().flatten().any(is_daemon_address) {
-        weak.push(signal::DAEMON_SENDER);
+    let from_text = facts.from.map(|v| v.text());
+    let from = from_text.as_deref().map(SenderAddress::new);
+    let sender_text = facts.sender.map(|v| v.text());
+    if from.as_ref().is_some_and(SenderAddress::is_daemon) || sender_text.as_deref().is_some_and(|s| SenderAddress::new(s).is_daemon()) {
+        evidence.add(Id::DaemonSender);
+    }
+    let auto_submitted = facts.auto_submitted.map(|v| v.text());
+    if let Some(value) = auto_submitted.as_deref() {
+        if AUTO_SUBMITTED_FAILURES.iter().any(|f| contains_ignore_ascii_case(value.as_bytes(), f.as_bytes())) {
+            evidence.add(Id::AutoSubmittedFailure);
+        } else if !value.trim().eq_ignore_ascii_case("no") {
+            evidence.add(Id::AutoSubmitted);
+        }
     }
     // Bounce subjects state their case up front; matching a megabyte subject would be waste.
     let subject_text = facts.subject.map(|v| v.decoded());
     let subject = subject_text.as_deref().map(|s| {
+        let s = without_list_tag(s.trim_start());
         if s.is_ascii() {
-            // Matched ignoring ASCII case: the same as lowercasing a copy, without the copy.
+            // The matcher ignores ASCII case: no lowercased copy needed.
             Subject::Ascii(&s[..s.len().min(SUBJECT_MATCH_CHARS)])
         } else {
             Subject::Lowercased(s.chars().take(SUBJECT_MATCH_CHARS).collect::<String>().to_lowercase())
         }
     });
-    if subject.as_ref().is_some_and(Subject::has_bounce_phrase) {
-        weak.push(signal::BOUNCE_SUBJECT);
-    }
-    let auto_submitted = facts.auto_submitted.map(|v| v.text());
-    if auto_submitted.as_deref().is_some_and(|v| v.to_ascii_lowercase().contains("failure")) {
-        weak.push(signal::AUTO_SUBMITTED_FAILURE);
-    }
-    // Amazon SNS delivers SES notifications as JSON mail; the body says which kind.
-    if facts.markers.contains("x-amz-sns-message-id") {
-        match ses_notification_type(msg, facts).as_deref() {
-            Some("bounce" | "delivery") => strong.push(signal::SES_NOTIFICATION),
-            Some("complaint") if strong.is_empty() => return Detection { report_kind: Some(ReportKind::Arf), dsn: None },
-            _ => {}
+    if let Some(subject) = &subject {
+        let (mut form, mut word, mut reply) = (false, false, false);
+        SUBJECT_MATCHER.scan(subject.text().as_bytes(), true, |group| {
+            if options.enabled(group) {
+                match GROUPS[group as usize].kind {
+                    Kind::SubjectForm => form = true,
+                    Kind::SubjectWord => word = true,
+                    Kind::ReplyPrefix => reply = true,
+                    _ => {}
+                }
+            }
+            false
+        });
+        // "Re: Undeliverable: ..." and "Fwd: Returned mail" are a person's subjects.
+        if !reply && form {
+            evidence.add(Id::BounceSubject);
+        } else if !reply && word {
+            evidence.add(Id::BounceSubjectWord);
         }
     }
-    // Text a person can write (subject, body) never decides alone: a weak verdict also needs
-    // something about who sent the message. A no-reply sender is only a hint (newsletters use
-    // it too), so with it both the subject and the body must read like a bounce.
-    let from_software = weak.iter().any(|s| *s != signal::BOUNCE_SUBJECT);
-    let no_reply = !from_software && weak.len() == 1 && from.as_deref().is_some_and(is_no_reply_address);
-    if strong.is_empty() && weak.len() == 1 && (from_software || no_reply) && body_has_bounce_phrase(msg, facts) {
-        weak.push(signal::BOUNCE_BODY);
-        if no_reply {
-            weak.insert(0, signal::NO_REPLY_SENDER);
+    if from.as_ref().is_some_and(SenderAddress::is_no_reply) {
+        evidence.add(Id::NoReplySender);
+    }
+    // Copied through lists and forwards: a hint, not a verdict.
+    if facts.qmail_bounce {
+        evidence.add(Id::QmailBounce);
+    }
+
+    if !evidence.structural() && evidence.total() < THRESHOLD && evidence.total() + BODY_MAX >= THRESHOLD {
+        match body_evidence(msg, facts, options) {
+            Some(Kind::BodyTemplate) => evidence.add(Id::BounceTemplate),
+            Some(_) => evidence.add(Id::BounceBody),
+            None => {}
         }
     }
 
-    if !strong.is_empty() || (weak.len() >= 2 && from_software) || (no_reply && weak.len() == 3) {
+    if evidence.structural() || evidence.total() >= THRESHOLD {
         let kind = if global_part || report_type_is("global-delivery-status") {
             DsnKind::GlobalDeliveryStatus
         } else if status_part || bare_status {
@@ -346,10 +457,14 @@ pub fn detect(facts: &HeaderIndex, msg: &[u8], mail_from: Option<&str>) -> Detec
         } else {
             DsnKind::NonStandard
         };
-        strong.extend(weak);
         return Detection {
             report_kind: Some(ReportKind::Dsn),
-            dsn: Some(DsnVerdict { kind, signals: strong, recipients: facts.recipients.iter().map(RecipientFields::decode).collect() }),
+            dsn: Some(DsnVerdict {
+                kind,
+                signals: evidence.names(),
+                strength: f64::from(evidence.total()) / f64::from(THRESHOLD),
+                recipients: facts.recipients.iter().map(RecipientFields::decode).collect(),
+            }),
         };
     }
 
@@ -361,35 +476,75 @@ pub fn detect(facts: &HeaderIndex, msg: &[u8], mail_from: Option<&str>) -> Detec
     Detection { report_kind: auto_reply.then_some(ReportKind::AutoReply), dsn: None }
 }
 
-/// The first `SUBJECT_MATCH_CHARS` characters of a Subject, as matched against lowercase phrases.
+/// `s` after a leading list tag (`[users] Re: ...`): subject forms and reply prefixes are
+/// anchored after it.
+fn without_list_tag(s: &str) -> &str {
+    match s.strip_prefix('[').and_then(|rest| rest.get(..rest.len().min(64))?.find(']').map(|i| &rest[i + 1..])) {
+        Some(rest) => rest.trim_start(),
+        None => s,
+    }
+}
+
+/// The first `SUBJECT_MATCH_CHARS` characters of a Subject, leading white space (and a list
+/// tag) removed, as matched against lowercase phrases.
 enum Subject<'a> {
-    /// ASCII text as written: compared ignoring ASCII case.
+    /// ASCII text as written: matched ignoring ASCII case.
     Ascii(&'a str),
     /// Other text, lowercased (Unicode).
     Lowercased(String),
 }
 
 impl Subject<'_> {
-    fn has_bounce_phrase(&self) -> bool {
+    fn text(&self) -> &str {
         match self {
-            Subject::Ascii(s) => SUBJECT_PHRASES.any_in_ignore_ascii_case(s.as_bytes()),
-            Subject::Lowercased(s) => SUBJECT_PHRASES.any_in(s.as_bytes()),
+            Subject::Ascii(s) => s,
+            Subject::Lowercased(s) => s,
         }
     }
 
     fn starts_like_auto_reply(&self) -> bool {
         match self {
-            // Lowercasing ASCII leaves white space as it is, so trimming first is the same.
             Subject::Ascii(s) => {
-                let s = s.trim_start().as_bytes();
+                let s = s.as_bytes();
                 AUTO_REPLY_SUBJECT_PREFIXES.iter().any(|p| s.len() >= p.len() && s[..p.len()].eq_ignore_ascii_case(p.as_bytes()))
             }
-            Subject::Lowercased(s) => AUTO_REPLY_SUBJECT_PREFIXES.iter().any(|p| s.trim_start().starts_with(p)),
+            Subject::Lowercased(s) => AUTO_REPLY_SUBJECT_PREFIXES.iter().any(|p| s.starts_with(p)),
         }
     }
 }
 
-/// `<>`, empty, or with only white space inside the brackets.
+/// The strongest kind of body phrase among the first `BODY_WINDOW` bytes of the body: one pass,
+/// stopping at the first template sentence.
+fn body_evidence(msg: &[u8], facts: &HeaderIndex, options: &DetectOptions) -> Option<Kind> {
+    let start = header_end(msg, facts);
+    let end = msg.len().min(start + BODY_WINDOW);
+    let mut best = None;
+    BODY_MATCHER.scan(&msg[start.min(end)..end], false, |group| {
+        if !options.enabled(group) {
+            return false;
+        }
+        let kind = GROUPS[group as usize].kind;
+        if kind == Kind::BodyTemplate || best.is_none() {
+            best = Some(kind);
+        }
+        kind == Kind::BodyTemplate
+    });
+    best
+}
+
+fn matcher_for(subject: bool) -> Matcher {
+    Matcher::new(
+        GROUPS
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| g.kind.in_subject() == subject)
+            .flat_map(|(id, g)| g.phrases.iter().map(move |p| (*p, id as GroupId))),
+    )
+}
+
+static SUBJECT_MATCHER: LazyLock<Matcher> = LazyLock::new(|| matcher_for(true));
+static BODY_MATCHER: LazyLock<Matcher> = LazyLock::new(|| matcher_for(false));
+
 pub fn is_null_path(path: &str) -> bool {
     let inner = path.trim().trim_start_matches('<').trim_end_matches('>');
     inner.trim().is_empty()
@@ -412,32 +567,55 @@ pub fn extract_address(value: &str) -> &str {
     }
 }
 
-fn is_no_reply_address(value: &str) -> bool {
-    local_part(extract_address(value)).is_some_and(|lp| {
-        let lp = lp.to_ascii_lowercase();
-        lp == "noreply" || lp == "no-reply" || lp == "no_reply" || lp == "donotreply" || lp == "do-not-reply"
-    })
-}
-
 fn local_part(address: &str) -> Option<&str> {
-    let lp = address.rsplit_once('@').map_or(address, |(lp, _)| lp).trim().trim_matches('"');
+    let lp = address.rsplit_once('@').map_or(address, |(lp, _)| lp).trim().trim_matches(&['"', '\\', '\''][..]);
     (!lp.is_empty()).then_some(lp)
 }
 
+/// A From or Sender value with its local part, found once for every rule that reads it.
+struct SenderAddress<'a> {
+    value: &'a str,
+    local_part: Option<&'a str>,
+    /// `Name <>`: brackets with nothing inside.
+    empty: bool,
+}
+
+impl<'a> SenderAddress<'a> {
+    fn new(value: &'a str) -> Self {
+        let address = extract_address(value);
+        SenderAddress { value, local_part: local_part(address), empty: address.is_empty() && value.contains('<') }
+    }
+
+    fn is_daemon(&self) -> bool {
+        if self.empty {
+            return true; // `From: Mail Delivery System <>`
+        }
+        if self.local_part.is_some_and(|lp| {
+            DAEMON_LOCAL_PARTS.iter().any(|d| lp.eq_ignore_ascii_case(d))
+                || (lp.len() > EXCHANGE_SYSTEM_LOCAL_PART.len()
+                    && lp.as_bytes()[..EXCHANGE_SYSTEM_LOCAL_PART.len()].eq_ignore_ascii_case(EXCHANGE_SYSTEM_LOCAL_PART.as_bytes()))
+        }) {
+            return true;
+        }
+        let value = self.value;
+        if value.is_ascii() {
+            // Unicode and ASCII lowercasing agree on ASCII text: no lowercased copy needed.
+            return DAEMON_DISPLAY_NAMES.iter().any(|name| contains_ignore_ascii_case(value.as_bytes(), name.as_bytes()));
+        }
+        let lower = value.to_lowercase();
+        DAEMON_DISPLAY_NAMES.iter().any(|name| lower.contains(name))
+    }
+
+    fn is_no_reply(&self) -> bool {
+        self.local_part.is_some_and(|lp| NO_REPLY_LOCAL_PARTS.iter().any(|n| lp.eq_ignore_ascii_case(n)))
+    }
+}
+
+const NO_REPLY_LOCAL_PARTS: &[&str] = &["noreply", "no-reply", "no_reply", "donotreply", "do-not-reply"];
+
+#[cfg(test)]
 fn is_daemon_address(value: &str) -> bool {
-    let address = extract_address(value);
-    if value.contains('<') && address.is_empty() {
-        return true; // `From: Mail Delivery System <>`
-    }
-    if local_part(address).is_some_and(|lp| DAEMON_LOCAL_PARTS.iter().any(|d| lp.eq_ignore_ascii_case(d))) {
-        return true;
-    }
-    if value.is_ascii() {
-        // Unicode and ASCII lowercasing agree on ASCII text: no lowercased copy needed.
-        return DAEMON_DISPLAY_NAMES.iter().any(|name| contains_ignore_ascii_case(value.as_bytes(), name.as_bytes()));
-    }
-    let lower = value.to_lowercase();
-    DAEMON_DISPLAY_NAMES.iter().any(|name| lower.contains(name))
+    SenderAddress::new(value).is_daemon()
 }
 
 /// Whether `needle` (ASCII lowercase) occurs in `haystack` ignoring ASCII case.
@@ -445,58 +623,7 @@ fn contains_ignore_ascii_case(haystack: &[u8], needle: &[u8]) -> bool {
     needle.is_empty() || haystack.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
 }
 
-fn body_has_bounce_phrase(msg: &[u8], facts: &HeaderIndex) -> bool {
-    let start = header_end(msg, facts);
-    let end = msg.len().min(start + BODY_WINDOW);
-    if start >= end {
-        return false;
-    }
-    let lower = msg[start..end].to_ascii_lowercase();
-    BODY_PHRASES.iter().any(|finder| finder.find(&lower).is_some())
-}
 
-/// Phrases looked for anywhere in a short text, indexed by their first byte: the text is read
-/// once, not once per phrase (`str::contains` for each of a hundred subject phrases built a
-/// searcher per phrase and per message).
-struct PhraseSet {
-    by_first_byte: Vec<Vec<&'static [u8]>>,
-}
-
-impl PhraseSet {
-    fn new(phrases: &[&'static str]) -> Self {
-        let mut by_first_byte = vec![Vec::new(); 256];
-        for phrase in phrases {
-            if let Some(&first) = phrase.as_bytes().first() {
-                by_first_byte[first as usize].push(phrase.as_bytes());
-            }
-        }
-        PhraseSet { by_first_byte }
-    }
-
-    /// Whether any phrase occurs in `text` (byte for byte: for UTF-8 text and phrases, the same
-    /// as `str::contains`).
-    fn any_in(&self, text: &[u8]) -> bool {
-        (0..text.len()).any(|i| self.by_first_byte[text[i] as usize].iter().any(|p| text[i..].starts_with(p)))
-    }
-
-    /// `any_in` of the ASCII-lowercased `text`, without lowercasing a copy (the phrases are
-    /// lowercase; a non-ASCII byte compares exactly either way).
-    fn any_in_ignore_ascii_case(&self, text: &[u8]) -> bool {
-        (0..text.len()).any(|i| {
-            self.by_first_byte[text[i].to_ascii_lowercase() as usize]
-                .iter()
-                .any(|p| text.len() - i >= p.len() && text[i..i + p.len()].eq_ignore_ascii_case(p))
-        })
-    }
-}
-
-static SUBJECT_PHRASES: LazyLock<PhraseSet> = LazyLock::new(|| PhraseSet::new(BOUNCE_SUBJECTS));
-/// One finder per body phrase, built once (a body window is long: memmem beats PhraseSet there).
-static BODY_PHRASES: LazyLock<Vec<memmem::Finder<'static>>> =
-    LazyLock::new(|| BOUNCE_BODY_PHRASES.iter().map(|p| memmem::Finder::new(p.as_bytes())).collect());
-
-/// The `notificationType` of an Amazon SES notification body, lowercased. The JSON may be
-/// raw or, in the SNS envelope, escaped inside a string (`\"notificationType\":\"Bounce\"`).
 fn ses_notification_type(msg: &[u8], facts: &HeaderIndex) -> Option<String> {
     let start = header_end(msg, facts);
     let body = &msg[start..msg.len().min(start + 4096)];
@@ -508,14 +635,9 @@ fn ses_notification_type(msg: &[u8], facts: &HeaderIndex) -> Option<String> {
 }
 
 fn header_end(msg: &[u8], facts: &HeaderIndex) -> usize {
-    // `header_length` counts from the first header line, after a possible mbox From_ line.
-    let from_line = if msg.starts_with(b"From ") {
-        memchr::memchr2(b'\n', b'\r', msg).map_or(msg.len(), |i| i + 1)
-    } else {
-        0
-    };
-    (from_line + facts.header_length).min(msg.len())
+    (facts.header_start + facts.header_length).min(msg.len())
 }
+
 
 #[cfg(test)]
 mod tests {
@@ -562,11 +684,156 @@ mod tests {
     }
 
     #[test]
-    fn body_is_read_only_to_break_a_single_weak_signal() {
+    fn body_is_read_only_when_the_headers_leave_the_verdict_open() {
         let msg = b"From: MAILER-DAEMON@x\nSubject: hi\n\nThis is the mail system at host x.\n";
         let d = detect_bytes(msg, Some("a@b"));
-        assert_eq!(d.dsn.unwrap().signals, [signal::DAEMON_SENDER, signal::BOUNCE_BODY]);
-        let ordinary = b"From: a@b\nSubject: hi\n\nthe message could not be delivered, said my friend\n";
+        assert_eq!(d.dsn.unwrap().signals, [signal::DAEMON_SENDER, signal::BOUNCE_TEMPLATE]);
+        let wording = b"From: MAILER-DAEMON@x\nSubject: hi\n\n<a@b>: user unknown\n";
+        assert_eq!(detect_bytes(wording, Some("a@b")).dsn.unwrap().signals, [signal::DAEMON_SENDER, signal::BOUNCE_BODY]);
+        // No header evidence: the body is not read, whatever it says.
+        let ordinary = b"From: a@b\nSubject: hi\n\nThis is the mail system at host x. The message could not be delivered\n";
         assert!(detect_bytes(ordinary, Some("a@b")).dsn.is_none());
+        // Decided by the headers: the body adds nothing to the signals.
+        let decided = b"From: MAILER-DAEMON@x\nSubject: Undelivered Mail Returned to Sender\n\nThis is the mail system at host x.\n";
+        assert_eq!(detect_bytes(decided, Some("a@b")).dsn.unwrap().signals, [signal::DAEMON_SENDER, signal::BOUNCE_SUBJECT]);
+    }
+
+    /// Exim's own bounce, from a sender no daemon list knows: the subject form and the template
+    /// sentence decide together.
+    const EXIM_FROM_NDR: &[u8] = b"From: ndr@mx.example.net\nTo: a@example.com\n\
+Subject: Mail delivery failed: returning message to sender\n\n\
+This message was created automatically by mail delivery software.\n\n\
+A message that you sent could not be delivered to one or more of its\nrecipients. This is a permanent error. \
+The following address(es) failed:\n\n  b@example.org\n    Unrouteable address\n";
+
+    #[test]
+    fn template_body_and_bounce_subject_decide_without_a_sender_signal() {
+        let dsn = detect_bytes(EXIM_FROM_NDR, Some("ndr@mx.example.net")).dsn.expect("a DSN");
+        assert_eq!(dsn.signals, [signal::BOUNCE_SUBJECT, signal::BOUNCE_TEMPLATE]);
+        assert_eq!(dsn.kind, DsnKind::NonStandard);
+        assert!((dsn.strength - 1.05).abs() < 1e-9, "{}", dsn.strength);
+        // Either alone is not enough.
+        let no_body = b"From: ndr@mx.example.net\nSubject: Mail delivery failed: returning message to sender\n\nSorry.\n";
+        assert!(detect_bytes(no_body, Some("ndr@mx.example.net")).dsn.is_none());
+        let person_subject = b"From: ann@example.com\nSubject: why did my mail bounce?\n\n\
+This message was created automatically by mail delivery software.\n";
+        assert!(detect_bytes(person_subject, Some("ann@example.com")).dsn.is_none());
+    }
+
+    #[test]
+    fn disabled_groups_are_ignored() {
+        let facts = index(EXIM_FROM_NDR, None);
+        let without = |names: &[&'static str]| {
+            let options = DetectOptions::without_groups(names.iter().copied()).unwrap();
+            detect_with(&facts, EXIM_FROM_NDR, None, &options).dsn
+        };
+        assert!(without(&[]).is_some());
+        // Without the subject form the subject is only a bounce word: with the template
+        // sentence that is 95 points, not enough.
+        assert!(without(&["exim-subject"]).is_none());
+        assert!(without(&["exim-subject", "bounce-subject-words"]).is_none());
+        assert!(without(&["exim-body", "failure-wording", "smtp-reply-wording"]).is_none());
+        assert_eq!(DetectOptions::without_groups(["no-such-group"]), Err("no-such-group"));
+    }
+
+    #[test]
+    fn qmail_trace_line_never_decides_alone() {
+        // A list post whose Received trail holds qmail's bounce line (copied from a bounce the
+        // list once relayed): the trace is a hint.
+        let post = b"Received: (qmail 4242 invoked for bounce); 1 Jan 2016 10:00:00 -0000\n\
+From: Ann <ann@example.org>\nTo: list@lists.example.org\nSubject: [list] meeting notes\n\
+List-Id: <list.lists.example.org>\nPrecedence: list\n\nNotes attached.\n";
+        let facts = index(post, None);
+        assert!(facts.qmail_bounce);
+        assert!(detect(&facts, post, None).dsn.is_none());
+        // With qmail's own text and sender it is one signal among others.
+        let bounce = b"Received: (qmail 4242 invoked for bounce); 1 Jan 2016 10:00:00 -0000\n\
+From: MAILER-DAEMON@mx.example.org\nSubject: failure notice\n\nHi. This is the qmail-send program at mx.example.org.\n";
+        let dsn = detect_bytes(bounce, None).dsn.unwrap();
+        assert_eq!(dsn.signals, [signal::DAEMON_SENDER, signal::BOUNCE_SUBJECT, signal::QMAIL_BOUNCE]);
+    }
+
+    #[test]
+    fn reply_and_forward_prefixes_silence_the_subject() {
+        for subject in ["Fwd: Returned mail: see transcript for details", "Re: Undeliverable: hello", "AW: Unzustellbar: Termin", "TR: Non remis : test"] {
+            let msg = format!("From: Bob <bob@example.com>\nSubject: {subject}\n\n---------- Forwarded message ---------\n\
+The original message was received at Mon, 1 Jan 2024\n   ----- The following addresses had permanent fatal errors -----\n");
+            assert!(detect_bytes(msg.as_bytes(), Some("bob@example.com")).dsn.is_none(), "{subject}");
+        }
+        // A bounce from postmaster whose subject is the original's "Re:" still counts its sender.
+        let bounce = b"From: post_master@vtext.example.com\nSubject: Re:Test message\n\nError: user unknown\n";
+        assert_eq!(detect_bytes(bounce, None).dsn.unwrap().signals, [signal::DAEMON_SENDER, signal::BOUNCE_BODY]);
+    }
+
+    #[test]
+    fn malformed_and_system_sender_addresses() {
+        assert!(is_daemon_address("Postmaster\\@example.com"));
+        assert!(is_daemon_address("\"postmaster\"@example.com"));
+        assert!(is_daemon_address("Microsoft Outlook <MicrosoftExchange329e71ec88ae4615bbc36ab6ce41109e@contoso.com>"));
+        assert!(!is_daemon_address("Microsoft Exchange fan <microsoftexchange@example.com>"));
+        assert!(!is_daemon_address("System Administrator <admin@example.com>"));
+    }
+
+    #[test]
+    fn signal_ids_follow_the_table() {
+        let ids = [
+            (Id::ReportType, signal::REPORT_TYPE),
+            (Id::StatusPart, signal::STATUS_PART),
+            (Id::FailedRecipients, signal::FAILED_RECIPIENTS),
+            (Id::ExchangeNdr, signal::EXCHANGE_NDR),
+            (Id::SesNotification, signal::SES_NOTIFICATION),
+            (Id::NullSender, signal::NULL_SENDER),
+            (Id::DaemonSender, signal::DAEMON_SENDER),
+            (Id::AutoSubmittedFailure, signal::AUTO_SUBMITTED_FAILURE),
+            (Id::BounceSubject, signal::BOUNCE_SUBJECT),
+            (Id::BounceSubjectWord, signal::BOUNCE_SUBJECT_WORD),
+            (Id::BounceTemplate, signal::BOUNCE_TEMPLATE),
+            (Id::BounceBody, signal::BOUNCE_BODY),
+            (Id::AutoSubmitted, signal::AUTO_SUBMITTED),
+            (Id::NoReplySender, signal::NO_REPLY_SENDER),
+            (Id::QmailBounce, signal::QMAIL_BOUNCE),
+        ];
+        assert_eq!(ids.len(), SIGNALS.len());
+        for (id, name) in ids {
+            assert_eq!(SIGNALS[id as usize].name, name);
+        }
+        for (i, s) in SIGNALS.iter().enumerate() {
+            assert_eq!(s.class == SignalClass::Structure, STRUCTURAL & (1 << i) != 0, "{}", s.name);
+        }
+    }
+
+    /// The rules the weights stand for, checked on the table itself.
+    #[test]
+    fn weights_keep_the_rules() {
+        let p = |name: &str| signal_spec(name).unwrap().points;
+        let dsn = |names: &[&str]| names.iter().map(|n| p(n)).sum::<u32>() >= THRESHOLD;
+        for s in SIGNALS {
+            assert_eq!(s.points >= THRESHOLD, s.class == SignalClass::Structure, "only structure decides alone: {}", s.name);
+        }
+        use signal::*;
+        assert!(dsn(&[DAEMON_SENDER, BOUNCE_SUBJECT]) && dsn(&[DAEMON_SENDER, BOUNCE_SUBJECT_WORD]));
+        assert!(dsn(&[DAEMON_SENDER, BOUNCE_BODY]) && dsn(&[NULL_SENDER, DAEMON_SENDER]));
+        assert!(dsn(&[BOUNCE_SUBJECT, BOUNCE_TEMPLATE]) && dsn(&[NULL_SENDER, BOUNCE_TEMPLATE]));
+        assert!(dsn(&[AUTO_SUBMITTED_FAILURE, BOUNCE_TEMPLATE]));
+        // What a person can write is not enough, with or without one hint.
+        assert!(!dsn(&[BOUNCE_SUBJECT_WORD, BOUNCE_TEMPLATE]) && !dsn(&[BOUNCE_SUBJECT, BOUNCE_BODY]));
+
+        assert!(!dsn(&[NULL_SENDER, BOUNCE_BODY]) && !dsn(&[NULL_SENDER, BOUNCE_SUBJECT_WORD]));
+        // Hints count only with a sender signal (`Evidence::total`); with one they can tip it.
+        let hints: Vec<&str> = SIGNALS.iter().filter(|s| s.class == SignalClass::Hint).map(|s| s.name).collect();
+        assert!(!dsn(&hints), "the hints together");
+        let hint_bits = hints.iter().map(|h| 1u32 << SIGNALS.iter().position(|s| s.name == *h).unwrap()).fold(0, |a, b| a | b);
+        assert_eq!(hint_bits, HINTS);
+        for (i, s) in SIGNALS.iter().enumerate() {
+            assert_eq!(s.class == SignalClass::Sender, SENDER & (1 << i) != 0, "{}", s.name);
+        }
+        let counted = |ids: &[Id]| {
+            let mut e = Evidence::default();
+            ids.iter().for_each(|id| e.add(*id));
+            e.total()
+        };
+        assert_eq!(counted(&[Id::BounceSubjectWord, Id::BounceTemplate, Id::AutoSubmitted, Id::QmailBounce, Id::NoReplySender]), 95);
+        assert_eq!(counted(&[Id::NullSender, Id::BounceBody, Id::NoReplySender]), 100);
+        assert_eq!(BODY_MAX, SIGNALS.iter().filter(|s| s.name == BOUNCE_TEMPLATE || s.name == BOUNCE_BODY).map(|s| s.points).max().unwrap());
     }
 }

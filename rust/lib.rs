@@ -7,6 +7,8 @@ pub mod cache;
 pub mod dsn;
 pub mod encoded_word;
 mod line_scanner;
+pub mod matcher;
+pub mod phrases;
 pub mod policy;
 pub mod scan;
 

@@ -17,6 +17,56 @@ use memchr::{memchr2, memmem};
 use crate::encoded_word::decode_header_text;
 use crate::line_scanner::LineScanner;
 
+/// Defect names are part of the public output: keep them stable. `DEFECTS` lists them all.
+pub mod defect {
+    /// The header block did not end within `ScanLimits::max_header_bytes`.
+    pub const HEADER_TOO_LARGE: &str = "header-too-large";
+    /// A continuation line (starting with white space) before any field.
+    pub const CONTINUATION_WITHOUT_FIELD: &str = "continuation-without-field";
+    /// A line that is neither a field nor a continuation ended the header block.
+    pub const MISSING_HEADER_BODY_SEPARATOR: &str = "missing-header-body-separator";
+    /// 8-bit bytes in header fields.
+    pub const EIGHT_BIT_HEADER: &str = "8bit-header";
+    pub const NO_HEADER_FIELDS: &str = "no-header-fields";
+    pub const INVALID_CONTENT_TYPE: &str = "invalid-content-type";
+    pub const MULTIPART_WITHOUT_BOUNDARY: &str = "multipart-without-boundary";
+    pub const BODY_SCAN_TRUNCATED: &str = "body-scan-truncated";
+    pub const TOO_MANY_PARTS: &str = "too-many-parts";
+    pub const MULTIPART_TOO_DEEP: &str = "multipart-too-deep";
+    pub const DELIVERY_STATUS_WITHOUT_RECIPIENTS: &str = "delivery-status-without-recipients";
+    /// Skipped before the first field: a UTF-8 byte-order mark.
+    pub const LEADING_BOM: &str = "leading-bom";
+    /// Skipped before the first field: blank lines (Exchange NDRs saved from Outlook, ...).
+    pub const LEADING_BLANK_LINES: &str = "leading-blank-lines";
+    /// Skipped before the first field: an mbox `From ` separator line.
+    pub const MBOX_FROM_LINE: &str = "mbox-from-line";
+    /// Skipped before the first field: an escaped mbox separator, `>From `.
+    pub const ESCAPED_FROM_LINE: &str = "escaped-from-line";
+    /// Skipped before the first field: up to `JUNK_LINES` lines that are not fields, followed
+    /// by at least two lines of a header block.
+    pub const JUNK_BEFORE_HEADER: &str = "junk-before-header";
+}
+
+/// Every defect the scanner reports.
+pub const DEFECTS: &[&str] = &[
+    defect::HEADER_TOO_LARGE,
+    defect::CONTINUATION_WITHOUT_FIELD,
+    defect::MISSING_HEADER_BODY_SEPARATOR,
+    defect::EIGHT_BIT_HEADER,
+    defect::NO_HEADER_FIELDS,
+    defect::INVALID_CONTENT_TYPE,
+    defect::MULTIPART_WITHOUT_BOUNDARY,
+    defect::BODY_SCAN_TRUNCATED,
+    defect::TOO_MANY_PARTS,
+    defect::MULTIPART_TOO_DEEP,
+    defect::DELIVERY_STATUS_WITHOUT_RECIPIENTS,
+    defect::LEADING_BOM,
+    defect::LEADING_BLANK_LINES,
+    defect::MBOX_FROM_LINE,
+    defect::ESCAPED_FROM_LINE,
+    defect::JUNK_BEFORE_HEADER,
+];
+
 /// Bounds that keep the work per message small whatever the input.
 #[derive(Clone, Debug)]
 pub struct ScanLimits {
@@ -271,7 +321,10 @@ impl Markers {
 /// What the scanner found, borrowed from the message; values are decoded only when read.
 #[derive(Clone, Debug, Default)]
 pub struct HeaderIndex<'a> {
-    /// Bytes of the header block, including the blank line that ends it.
+    /// Offset of the first header field: after what the scanner skipped before it (see the
+    /// `defect::LEADING_*`, `MBOX_FROM_LINE`, `ESCAPED_FROM_LINE`, `JUNK_BEFORE_HEADER`).
+    pub header_start: usize,
+    /// Bytes of the header block from `header_start`, including the blank line that ends it.
     pub header_length: usize,
     /// Number of header fields read.
     pub field_count: usize,
@@ -307,6 +360,7 @@ impl HeaderIndex<'_> {
     /// Every field decoded into owned values.
     pub fn to_facts(&self) -> HeaderFacts {
         HeaderFacts {
+            header_start: self.header_start,
             header_length: self.header_length,
             field_count: self.field_count,
             content_type: self.content_type.clone().map(ContentType::into_owned),
@@ -335,7 +389,9 @@ impl HeaderIndex<'_> {
 /// `HeaderIndex` with every value decoded and owned.
 #[derive(Clone, Debug, Default)]
 pub struct HeaderFacts {
-    /// Bytes of the header block, including the blank line that ends it.
+    /// Offset of the first header field (see `HeaderIndex::header_start`).
+    pub header_start: usize,
+    /// Bytes of the header block from `header_start`, including the blank line that ends it.
     pub header_length: usize,
     /// Number of header fields read.
     pub field_count: usize,
@@ -442,7 +498,7 @@ pub fn read_fields<'a>(
         let line_end = scanner.line_break(name_end).unwrap_or(msg.len());
         let next = line_after(msg, line_end);
         if line_end > stop {
-            defects.push("header-too-large");
+            defects.push(defect::HEADER_TOO_LARGE);
             // Skip to the blank line if there is one, so part headers still are found; bounded
             // because a header block without one ends the search at the end of the input.
             pos = find_blank_line(msg, pos).unwrap_or(msg.len());
@@ -459,7 +515,7 @@ pub fn read_fields<'a>(
                     *value_end = line_end;
                     *folded = true;
                 }
-                None => defects.push("continuation-without-field"),
+                None => defects.push(defect::CONTINUATION_WITHOUT_FIELD),
             }
             pos = next;
             continue;
@@ -475,7 +531,7 @@ pub fn read_fields<'a>(
             None => {
                 // A line that is neither a field nor a continuation ends the header block, as in
                 // Postfix and Python's email package; the line belongs to the body.
-                defects.push("missing-header-body-separator");
+                defects.push(defect::MISSING_HEADER_BODY_SEPARATOR);
                 break;
             }
         }
@@ -687,13 +743,72 @@ fn unquote(raw: &[u8]) -> Cow<'_, [u8]> {
     }
 }
 
-/// Offset of the first header line: a leading mbox `From ` separator line is not a header.
-fn header_start(msg: &[u8]) -> usize {
-    if msg.starts_with(b"From ") {
-        next_line(msg, 0).1
-    } else {
-        0
+/// Lines of junk skipped before a header block, at most (Outlook's "Microsoft Mail Internet
+/// Headers Version 2.0" line, a saved file's title, ...).
+const JUNK_LINES: usize = 5;
+/// Bytes of junk skipped before a header block, at most.
+const JUNK_BYTES: usize = 1024;
+
+/// Offset of the header block. Skips, and reports in `defects`, what real files put before it:
+/// a UTF-8 byte-order mark, blank lines, an mbox `From ` line or an escaped `>From ` line (in
+/// any order, a few times at most). The common case (a field name first) costs one byte test.
+/// (`header_after_junk` handles lines of junk after these, once the first line turned out not
+/// to be a field.)
+fn header_start(msg: &[u8], limits: &ScanLimits, defects: &mut Vec<&'static str>) -> usize {
+    let mut pos = 0;
+    for _ in 0..8 {
+        let rest = &msg[pos..];
+        match rest.first() {
+            Some(0xEF) if rest.starts_with(b"\xEF\xBB\xBF") => {
+                defects.push(defect::LEADING_BOM);
+                pos += 3;
+            }
+            Some(b'\r' | b'\n') => {
+                defects.push(defect::LEADING_BLANK_LINES);
+                let stop = msg.len().min(limits.max_header_bytes);
+                pos += rest.iter().take(stop.saturating_sub(pos)).take_while(|&&b| b == b'\r' || b == b'\n').count();
+                if pos >= stop {
+                    break;
+                }
+            }
+            Some(b'F') if rest.starts_with(b"From ") => {
+                defects.push(defect::MBOX_FROM_LINE);
+                pos = next_line(msg, pos).1;
+            }
+            Some(b'>') if rest.starts_with(b">From ") => {
+                defects.push(defect::ESCAPED_FROM_LINE);
+                pos = next_line(msg, pos).1;
+            }
+            _ => break,
+        }
     }
+    pos
+}
+
+/// Whether the line at `pos` is `name: value` (a field name of printable ASCII but `:`, white
+/// space allowed before the colon).
+fn is_field_line(msg: &[u8], pos: usize) -> bool {
+    let rest = &msg[pos..];
+    let name_len = rest.iter().take_while(|&&b| (33..=126).contains(&b) && b != b':').count();
+    name_len > 0 && rest[name_len..].iter().find(|&&b| b != b' ' && b != b'\t') == Some(&b':')
+}
+
+/// Where a header block starts after junk lines from `pos`: the first of the next `JUNK_LINES`
+/// lines (within `JUNK_BYTES`) that is a field followed by another field or a continuation.
+fn header_after_junk(msg: &[u8], mut pos: usize) -> Option<usize> {
+    let limit = msg.len().min(pos + JUNK_BYTES);
+    for _ in 0..JUNK_LINES {
+        pos = next_line(msg, pos).1;
+        if pos >= limit {
+            return None;
+        }
+        if is_field_line(msg, pos) {
+            let after = next_line(msg, pos).1;
+            let continues = after < msg.len() && (msg[after] == b' ' || msg[after] == b'\t' || is_field_line(msg, after));
+            return continues.then_some(pos);
+        }
+    }
+    None
 }
 
 /// Scans `msg` with the default limits and decodes every field; `score_header` is the
@@ -713,15 +828,15 @@ pub fn index<'a>(msg: &'a [u8], score_header: Option<&str>) -> HeaderIndex<'a> {
 
 pub fn index_with_limits<'a>(msg: &'a [u8], score_header: Option<&str>, limits: &ScanLimits) -> HeaderIndex<'a> {
     let mut index = HeaderIndex::default();
-    let start = header_start(msg);
     let mut defects = Vec::new();
+    let mut start = header_start(msg, limits, &mut defects);
     // The first Content-Type field, parsed (None inside: it is not a valid one).
     let mut content_type: Option<Option<ContentType<'a>>> = None;
     // Where the first field starts and the last one ends: between them lie only field names
     // (printable ASCII), line breaks and values, so 8-bit text is looked for in one pass.
     let mut fields_span: Option<(usize, usize)> = None;
     let offset = |part: &[u8]| part.as_ptr() as usize - msg.as_ptr() as usize;
-    let (body_start, maybe_eight_bit) = read_fields(msg, start, limits.max_header_bytes, &mut defects, |field| {
+    let mut sink = |field: Field<'a>| {
         index.field_count += 1;
         let value = field.value;
         let value_end = offset(value.as_written()) + value.as_written().len();
@@ -761,17 +876,29 @@ pub fn index_with_limits<'a>(msg: &'a [u8], score_header: Option<&str>, limits: 
                 index.markers.add(marker);
             }
         }
-    });
+    };
+    let (mut body_start, mut maybe_eight_bit) = read_fields(msg, start, limits.max_header_bytes, &mut defects, &mut sink);
+    // A first line that is not a field: junk before a header block, when one follows it (looked
+    // for only now, so that mail starting with a field pays nothing for it).
+    if body_start == start && defects.last() == Some(&defect::MISSING_HEADER_BODY_SEPARATOR) {
+        if let Some(first) = header_after_junk(msg, start) {
+            defects.pop();
+            defects.push(defect::JUNK_BEFORE_HEADER);
+            start = first;
+            (body_start, maybe_eight_bit) = read_fields(msg, start, limits.max_header_bytes, &mut defects, &mut sink);
+        }
+    }
+    index.header_start = start;
     index.header_length = body_start - start;
     if maybe_eight_bit && fields_span.is_some_and(|(first, last)| !msg[first..last].is_ascii()) {
-        defects.push("8bit-header");
+        defects.push(defect::EIGHT_BIT_HEADER);
     }
     if index.field_count == 0 && !msg.is_empty() {
-        defects.push("no-header-fields");
+        defects.push(defect::NO_HEADER_FIELDS);
     }
     match content_type {
         Some(Some(ct)) => index.content_type = Some(ct),
-        Some(None) => defects.push("invalid-content-type"),
+        Some(None) => defects.push(defect::INVALID_CONTENT_TYPE),
         None => {}
     }
     if let Some(ct) = &index.content_type {
@@ -787,10 +914,10 @@ pub fn index_with_limits<'a>(msg: &'a [u8], score_header: Option<&str>, limits: 
             };
             match ct.param("boundary") {
                 Some(boundary) if !boundary.is_empty() => walker.walk(body_start, boundary.as_bytes(), 1),
-                _ => walker.defects.push("multipart-without-boundary"),
+                _ => walker.defects.push(defect::MULTIPART_WITHOUT_BOUNDARY),
             }
             if body_end < msg.len() {
-                defects.push("body-scan-truncated");
+                defects.push(defect::BODY_SCAN_TRUNCATED);
             }
         } else if ct.is("message", "delivery-status") || ct.is("message", "global-delivery-status") {
             // A bare delivery-status message: read its fields as a part of its own.
@@ -824,7 +951,7 @@ impl<'a> PartWalker<'a, '_> {
             let search_end = self.msg.len().min(pos.saturating_add(self.search_budget));
             let Some(found) = find_delimiter_line(&self.msg[..search_end], pos, boundary) else {
                 if search_end < self.msg.len() {
-                    self.defects.push("body-scan-truncated");
+                    self.defects.push(defect::BODY_SCAN_TRUNCATED);
                 }
                 self.search_budget -= search_end.saturating_sub(pos);
                 return;
@@ -836,7 +963,7 @@ impl<'a> PartWalker<'a, '_> {
             }
             let (_, part_start) = next_line(self.msg, after);
             if self.parts.len() >= self.limits.max_parts {
-                self.defects.push("too-many-parts");
+                self.defects.push(defect::TOO_MANY_PARTS);
                 return;
             }
             let mut part_ct: Option<ContentType<'a>> = None;
@@ -848,7 +975,7 @@ impl<'a> PartWalker<'a, '_> {
                 }
             });
             if bad_ct {
-                self.defects.push("invalid-content-type");
+                self.defects.push(defect::INVALID_CONTENT_TYPE);
             }
             // RFC 2046: a part without Content-Type is text/plain (message/rfc822 in a digest).
             let ct = part_ct.unwrap_or(ContentType {
@@ -867,7 +994,7 @@ impl<'a> PartWalker<'a, '_> {
                 if depth < self.limits.max_depth && !inner.is_empty() {
                     self.walk(part_body, &inner, depth + 1);
                 } else {
-                    self.defects.push("multipart-too-deep");
+                    self.defects.push(defect::MULTIPART_TOO_DEEP);
                 }
             }
             pos = part_body.max(after);
@@ -944,7 +1071,7 @@ fn read_delivery_status<'a>(
         pos = end;
     }
     if out.len() == found_before {
-        defects.push("delivery-status-without-recipients");
+        defects.push(defect::DELIVERY_STATUS_WITHOUT_RECIPIENTS);
     }
 }
 
@@ -1019,13 +1146,13 @@ Content-Type: multipart/mixed; boundary=YY\n\n--YY\nContent-Type: message/delive
             msg.extend_from_slice(b"X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n");
         }
         let facts = scan(&msg, None);
-        assert!(facts.defects.contains(&"header-too-large"));
+        assert!(facts.defects.contains(&defect::HEADER_TOO_LARGE));
         assert!(facts.field_count < 30_000);
     }
 
     #[test]
     fn eight_bit_header_text_is_a_defect_but_eight_bit_body_text_is_not() {
-        let defect = |msg: &[u8]| scan(msg, None).defects.contains(&"8bit-header");
+        let defect = |msg: &[u8]| scan(msg, None).defects.contains(&defect::EIGHT_BIT_HEADER);
         assert!(defect(b"Subject: caf\xe9\n\nbody"));
         assert!(defect(b"Subject: x\n fold caf\xe9\nFrom: a@b\n\n"));
         // In the same 64 bytes as the headers, but after the blank line.
@@ -1037,16 +1164,61 @@ Content-Type: multipart/mixed; boundary=YY\n\n--YY\nContent-Type: message/delive
     }
 
     #[test]
-    fn mbox_from_line_is_skipped() {
-        let facts = scan(b"From someone Sat Oct  4 08:00:09 2025\nFrom: x@y\n\n", None);
-        assert_eq!(facts.from.as_deref(), Some("x@y"));
-        assert!(facts.defects.is_empty());
+    fn what_precedes_the_first_field_is_skipped_and_reported() {
+        let cases: &[(&[u8], &[&str])] = &[
+            (b"From someone Sat Oct  4 08:00:09 2025\nFrom: x@y\nSubject: s\n\nbody", &[defect::MBOX_FROM_LINE]),
+            (b">From someone Sat Oct  4 08:00:09 2025\r\nFrom: x@y\r\nSubject: s\r\n\r\nbody", &[defect::ESCAPED_FROM_LINE]),
+            (b"\xEF\xBB\xBFFrom: x@y\nSubject: s\n\nbody", &[defect::LEADING_BOM]),
+            (b"\r\n\r\nFrom: x@y\r\nSubject: s\r\n\r\nbody", &[defect::LEADING_BLANK_LINES]),
+            (b"\xEF\xBB\xBF\nFrom x@y Mon Jan  1 00:00:00 2024\nFrom: x@y\nSubject: s\n\nbody", &[defect::LEADING_BOM, defect::LEADING_BLANK_LINES, defect::MBOX_FROM_LINE]),
+            // Outlook's "Internet headers" view, saved: one line of junk, then the fields.
+            (b"Microsoft Mail Internet Headers Version 2.0\r\nFrom: x@y\r\nSubject: s\r\n\r\nbody", &[defect::JUNK_BEFORE_HEADER]),
+            (b"\n\nsaved by webmail\n\nFrom: x@y\nSubject: s\n\nbody", &[defect::LEADING_BLANK_LINES, defect::JUNK_BEFORE_HEADER]),
+        ];
+        for (msg, defects) in cases {
+            let facts = scan(msg, None);
+            let shown = String::from_utf8_lossy(msg);
+            assert_eq!(facts.from.as_deref(), Some("x@y"), "{shown:?}");
+            assert_eq!(facts.subject.as_deref(), Some("s"), "{shown:?}");
+            assert_eq!(&facts.defects, defects, "{shown:?}");
+            assert_eq!(&msg[facts.header_start..facts.header_start + 5], b"From:", "{shown:?}");
+            assert!(msg[facts.header_start + facts.header_length..].starts_with(b"body"), "{shown:?}");
+        }
+    }
+
+    #[test]
+    fn junk_needs_a_header_block_after_it() {
+        // Text whose third line happens to look like a field is text: no fields, as before.
+        let facts = scan(b"Dear Ann,\nthanks.\nNote: see below\nBob\n", None);
+        assert_eq!(facts.field_count, 0);
+        assert!(facts.defects.contains(&defect::NO_HEADER_FIELDS));
+        assert!(!facts.defects.contains(&defect::JUNK_BEFORE_HEADER));
+        assert_eq!(facts.header_start, 0);
+        // More junk lines than allowed.
+        let long = b"1\n2\n3\n4\n5\n6\nFrom: x@y\nSubject: s\n\n";
+        assert_eq!(scan(long, None).field_count, 0);
+        // Blank lines only, and a megabyte of them, are bounded and have no fields.
+        let blank = vec![b'\n'; 3 << 20];
+        let facts = scan(&blank, None);
+        assert_eq!(facts.field_count, 0);
+        assert!(facts.header_start <= 1 << 20);
+    }
+
+    #[test]
+    fn every_defect_is_in_the_table() {
+        let source = include_str!("scan.rs");
+        let pushed = source.matches("push(defect::").count();
+        assert!(pushed >= 14, "{pushed}");
+        for name in DEFECTS {
+            assert!(DEFECTS.iter().filter(|d| *d == name).count() == 1, "{name} twice");
+        }
+        assert!(!source.contains(&format!(".push({}", '"')), "a defect pushed as a literal instead of a `defect::` name");
     }
 
     #[test]
     fn non_field_line_ends_headers() {
         let facts = scan(b"From: x@y\nthis is not a header\nSubject: hidden\n\n", None);
         assert_eq!(facts.subject, None);
-        assert!(facts.defects.contains(&"missing-header-body-separator"));
+        assert!(facts.defects.contains(&defect::MISSING_HEADER_BODY_SEPARATOR));
     }
 }

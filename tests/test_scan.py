@@ -39,7 +39,7 @@ def facts_key(facts: HeaderFacts) -> tuple[object, ...]:
 @given(st.binary(max_size=4096))
 def test_any_bytes_scan_without_error(data: bytes) -> None:
     facts = scan(data, score_header="X-Spam-Score")
-    assert 0 <= facts.header_length <= len(data)
+    assert 0 <= facts.header_start <= facts.header_start + facts.header_length <= len(data)
     assert isinstance(facts.defects, tuple)
 
 

@@ -8,6 +8,7 @@ from deliverypool._core import (
     DsnVerdict,
     HeaderFacts,
     MimePart,
+    PHRASE_GROUPS,
     Policy,
     PolicyError,
     RecipientStatus,
@@ -15,6 +16,7 @@ from deliverypool._core import (
     __version__,
     classify,
     classify_many,
+    detect,
     scan,
 )
 
@@ -26,6 +28,7 @@ __all__ = [
     "DsnVerdict",
     "HeaderFacts",
     "MimePart",
+    "PHRASE_GROUPS",
     "Policy",
     "PolicyError",
     "RecipientStatus",
@@ -33,5 +36,6 @@ __all__ = [
     "__version__",
     "classify",
     "classify_many",
+    "detect",
     "scan",
 ]

@@ -13,10 +13,12 @@ __all__ = [
     "Policy",
     "PolicyError",
     "RecipientStatus",
+    "PHRASE_GROUPS",
     "ScoreError",
     "__version__",
     "classify",
     "classify_many",
+    "detect",
     "scan",
 ]
 
@@ -63,6 +65,8 @@ class RecipientStatus:
 
 @final
 class HeaderFacts:
+    @property
+    def header_start(self) -> int: ...
     @property
     def header_length(self) -> int: ...
     @property
@@ -131,6 +135,8 @@ class DsnVerdict:
     @property
     def signals(self) -> tuple[str, ...]: ...
     @property
+    def strength(self) -> float: ...
+    @property
     def recipients(self) -> tuple[RecipientStatus, ...]: ...
 
 @final
@@ -156,7 +162,16 @@ class Decision:
     @property
     def defects(self) -> tuple[str, ...]: ...
 
+_PhraseKind = Literal["subject-form", "subject-word", "reply-prefix", "body-template", "body-wording"]
+
+# (name, kind, source, families, phrases): `source` is the software that writes the wording,
+# None for a group introduced for the corpus `families`.
+PHRASE_GROUPS: tuple[tuple[str, _PhraseKind, str | None, tuple[str, ...], tuple[str, ...]], ...]
+
 def scan(message: bytes, *, score_header: str | None = None) -> HeaderFacts: ...
+def detect(
+    message: bytes, *, mail_from: str | None = None, disabled_groups: Sequence[str] | None = None
+) -> tuple[Literal["dsn", "mdn", "arf", "auto-reply"] | None, DsnVerdict | None]: ...
 def classify(
     message: bytes,
     *,

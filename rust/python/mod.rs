@@ -1,6 +1,7 @@
 //! The only place that knows about Python: thin wrappers over the pure-Rust core.
 
 mod cache;
+mod dsn;
 mod errors;
 mod policy;
 mod scan;
@@ -29,6 +30,8 @@ mod _core {
     #[pymodule_export]
     use super::cache::{PyCacheStats, PyDnsCache};
     #[pymodule_export]
+    use super::dsn::detect;
+    #[pymodule_export]
     use super::errors::{PolicyError, ScoreError};
     #[pymodule_export]
     use super::policy::{classify, classify_many, PyDecision, PyDsnVerdict, PyPolicy};
@@ -38,6 +41,7 @@ mod _core {
     #[pymodule_init]
     fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
         use pyo3::types::PyModuleMethods;
-        m.add("__version__", env!("CARGO_PKG_VERSION"))
+        m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+        m.add("PHRASE_GROUPS", super::dsn::phrase_groups(m.py())?)
     }
 }

@@ -104,6 +104,12 @@ pub struct PyHeaderFacts(pub HeaderFacts);
 
 #[pymethods]
 impl PyHeaderFacts {
+    /// Offset of the first header field (after a byte-order mark, blank lines, a From_ line or
+    /// junk the scanner skipped; see `defects`).
+    #[getter]
+    fn header_start(&self) -> usize {
+        self.0.header_start
+    }
     #[getter]
     fn header_length(&self) -> usize {
         self.0.header_length
