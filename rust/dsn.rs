@@ -9,7 +9,7 @@
 //! enough, so are a bounce template's sentence in the body and a bounce subject; a person can
 //! write bounce words, so wording alone is not. Trace fields (qmail's `invoked for bounce`
 //! Received line, copied through lists and forwards), no-reply senders and Auto-Submitted are
-//! hints: they add a little and never decide alone. The body (its first `BODY_WINDOW` bytes) is
+//! hints: they count only together with a sender signal. The body (its first `BODY_WINDOW` bytes) is
 //! read only when the headers leave the verdict open and could still close it, so ordinary
 //! mail costs a header scan and a subject match.
 

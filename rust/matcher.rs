@@ -222,57 +222,63 @@ impl Matcher {
     }
 }
 
+/// What the automaton must find, written the slow obvious way: the text collapsed as phrases
+/// are, then each phrase looked for at every position. For the tests and the fuzz target.
+#[doc(hidden)]
+pub fn reference(phrases: &[(&str, GroupId)], text: &[u8], anchored: bool) -> Vec<GroupId> {
+    let mut collapsed = Vec::new();
+    for &b in text {
+        let b = b.to_ascii_lowercase();
+        if is_space(b) {
+            if collapsed.last() != Some(&b' ') {
+                collapsed.push(b' ');
+            }
+        } else {
+            collapsed.push(b);
+        }
+    }
+    let mut found: Vec<GroupId> = phrases
+        .iter()
+        .filter(|(p, _)| {
+            let (at_start, p) = p.strip_prefix('^').map_or((false, *p), |rest| (true, rest));
+            let (at_end, p) = p.strip_suffix('$').map_or((false, p), |rest| (true, rest));
+            let p = normalise(p);
+            if p.is_empty() || (at_start || at_end) && !anchored {
+                return false;
+            }
+            match (at_start, at_end) {
+                (true, true) => collapsed == p,
+                (true, false) => collapsed.starts_with(&p),
+                (false, true) => collapsed.ends_with(&p),
+                (false, false) => collapsed.windows(p.len()).any(|w| w == p.as_slice()),
+            }
+        })
+        .map(|(_, g)| *g)
+        .collect();
+    found.sort_unstable();
+    found.dedup();
+    found
+}
+
+/// The groups the automaton finds, sorted and deduplicated (the reference's form).
+#[doc(hidden)]
+pub fn found_groups(matcher: &Matcher, text: &[u8], anchored: bool) -> Vec<GroupId> {
+    let mut found = Vec::new();
+    matcher.scan(text, anchored, |g| {
+        found.push(g);
+        false
+    });
+    found.sort_unstable();
+    found.dedup();
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// What the automaton must find, written the slow obvious way: normalise the text as the
-    /// phrases are, then look for each phrase at every position.
-    fn naive(phrases: &[(&str, GroupId)], text: &[u8], anchored: bool) -> Vec<GroupId> {
-        let mut collapsed = Vec::new();
-        for &b in text {
-            let b = b.to_ascii_lowercase();
-            if is_space(b) {
-                if collapsed.last() != Some(&b' ') {
-                    collapsed.push(b' ');
-                }
-            } else {
-                collapsed.push(b);
-            }
-        }
-        let mut found: Vec<GroupId> = phrases
-            .iter()
-            .filter(|(p, _)| {
-                let (at_start, p) = p.strip_prefix('^').map_or((false, *p), |rest| (true, rest));
-                let (at_end, p) = p.strip_suffix('$').map_or((false, p), |rest| (true, rest));
-                let p = normalise(p);
-                if p.is_empty() || (at_start || at_end) && !anchored {
-                    return false;
-                }
-                match (at_start, at_end) {
-                    (true, true) => collapsed == p,
-                    (true, false) => collapsed.starts_with(&p),
-                    (false, true) => collapsed.ends_with(&p),
-                    (false, false) => collapsed.windows(p.len()).any(|w| w == p.as_slice()),
-                }
-            })
-            .map(|(_, g)| *g)
-            .collect();
-        found.sort_unstable();
-        found.dedup();
-        found
-    }
-
     fn automaton(phrases: &[(&str, GroupId)], text: &[u8], anchored: bool) -> Vec<GroupId> {
-        let m = Matcher::new(phrases.iter().copied());
-        let mut found = Vec::new();
-        m.scan(text, anchored, |g| {
-            found.push(g);
-            false
-        });
-        found.sort_unstable();
-        found.dedup();
-        found
+        found_groups(&Matcher::new(phrases.iter().copied()), text, anchored)
     }
 
     #[test]
@@ -333,7 +339,7 @@ mod tests {
             let len = random(40);
             let text: Vec<u8> = (0..len).map(|_| alphabet[random(alphabet.len())]).collect();
             let anchored = round % 2 == 0;
-            assert_eq!(automaton(&phrases, &text, anchored), naive(&phrases, &text, anchored), "{phrases:?} {text:?}");
+            assert_eq!(automaton(&phrases, &text, anchored), reference(&phrases, &text, anchored), "{phrases:?} {text:?}");
         }
     }
 }

@@ -8,6 +8,8 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from deliverypool import PHRASE_GROUPS, classify, classify_many, detect, scan
 from deliverypool.corpus import (
@@ -353,3 +355,18 @@ def test_corpus_location(corpus: Path, tmp_path: Path, monkeypatch: pytest.Monke
     assert main([str(corpus), "--by-family"]) == 0
     out = capsys.readouterr().out
     assert "DSN recall:" in out and "leave-one-family-out recall:" in out
+
+
+_GROUP_NAMES = [g[0] for g in PHRASE_GROUPS if g[1] != "reply-prefix"]
+_SAMPLES = [m for _, m in BOUNCES.values()] + [m for _, _, m in NEGATIVES[::23]]
+
+
+@given(st.sampled_from(_SAMPLES), st.sets(st.sampled_from(_GROUP_NAMES)))
+def test_disabling_phrase_groups_never_makes_a_dsn(message: bytes, disabled: set[str]) -> None:
+    # Phrase groups only add points (reply prefixes, which take the subject's away, stay on):
+    # whatever is a DSN with some disabled is one with none disabled.
+    kind, verdict = detect(message, disabled_groups=sorted(disabled))
+    if verdict is not None:
+        assert detect(message)[1] is not None
+    if not disabled:
+        assert (verdict is None) == (classify(message).dsn is None)

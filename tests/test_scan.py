@@ -167,3 +167,27 @@ def test_non_bytes_input_is_a_type_error() -> None:
     with pytest.raises(TypeError):
         scan("a str is not a message")  # type: ignore[arg-type]
     assert deliverypool.scan(b"").field_count == 0
+
+
+_PREFIXES = {
+    b"\xef\xbb\xbf": ("leading-bom",),
+    b"\r\n": ("leading-blank-lines",),
+    b"\n\n\n": ("leading-blank-lines",),
+    b"From MAILER-DAEMON Mon Jan  1 10:00:00 2024\n": ("mbox-from-line",),
+    b">From MAILER-DAEMON Mon Jan  1 10:00:00 2024\r\n": ("escaped-from-line",),
+    b"Microsoft Mail Internet Headers Version 2.0\r\n": ("junk-before-header",),
+}
+
+
+@given(header_blocks(), st.sampled_from(sorted(_PREFIXES)))
+def test_what_precedes_the_header_block_changes_only_the_defects(fields: list[tuple[str, list[str]]], prefix: bytes) -> None:
+    message = render(fields, "\n", False)
+    plain = scan(message, score_header="x-spam-score")
+    prefixed = scan(prefix + message, score_header="x-spam-score")
+    if plain.field_count < 2:
+        # Junk is skipped only before a header block of two lines or more.
+        return
+    assert prefixed.header_start == len(prefix)
+    assert prefixed.header_length == plain.header_length
+    assert prefixed.defects == _PREFIXES[prefix] + plain.defects
+    assert facts_key(prefixed)[:-1] == facts_key(plain)[:-1]
