@@ -126,12 +126,17 @@ impl PyDsnVerdict {
     fn signals<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
         PyTuple::new(py, self.0.signals.iter().map(|s| s.as_str()))
     }
+    /// Points of the signals that fired over the threshold: 1.0 is just enough.
+    #[getter]
+    fn strength(&self) -> f64 {
+        self.0.strength
+    }
     #[getter]
     fn recipients<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
         recipients_tuple(py, &self.0.recipients)
     }
     fn __repr__(&self) -> String {
-        format!("DsnVerdict(kind={:?}, signals={:?})", self.0.kind.as_str(), self.0.signals)
+        format!("DsnVerdict(kind={:?}, signals={:?}, strength={})", self.0.kind.as_str(), self.0.signals, self.0.strength)
     }
 }
 
