@@ -162,8 +162,11 @@ class Relay:
         peer: str | None,
         helo: str,
         login: str | None = None,
+        traced: bool = False,
     ) -> Accepted:
-        """Classifies and spools one message; returns once it is on disk."""
+        """Classifies and spools one message; returns once it is on disk. `traced` says the
+        relay's ``Received:`` field is already in front of `content` (the DATA reader puts it
+        there); otherwise it is added here."""
         assert self.engine is not None and self.scores is not None, "Relay.start() first"
         untrusted = not in_networks(peer, self.config.listener.trusted_score_networks)
         header = self.config.policy.score_header
@@ -171,12 +174,13 @@ class Relay:
             content, removed = strip_header(content, header)
             if removed:
                 log.info("removed %d client-written %s field(s) peer=%s", removed, header, peer)
-        hops = count_received(content)
+        hops = count_received(content) - traced
         if hops >= self.config.listener.max_hops:
             # Ours would be one more: a routing loop (an MX or smarthost pointing back here).
             log.warning("refused a message with %d Received fields from=<%s> peer=%s (routing loop?)", hops, mail_from, peer)
             raise MessageRefused(f"554 5.4.6 Too many hops ({hops} Received fields): routing loop", "too-many-hops")
-        content = received_field(helo=helo, peer=peer, by=self.config.listener.hostname, authenticated=login is not None) + content
+        if not traced:
+            content = received_field(helo=helo, peer=peer, by=self.config.listener.hostname, authenticated=login is not None) + content
         tenant = self.tenants.resolve(login, peer)
         submission = Submission(mail_from, recipients, client_address=peer, helo=helo, login=login)
         routed = await self.scores.route(content, submission, tenant=tenant, untrusted_client=untrusted)

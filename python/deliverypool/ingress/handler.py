@@ -130,7 +130,10 @@ class RoutingHandler:
         if not self.relay_allowed(session):  # RCPT already refused; belt and braces
             return "554 5.7.1 Relay access denied"
         content = envelope.original_content or b""
-        if has_bare_line_ending(content):
+        # RelaySMTP's DATA reader has refused bare line endings already and put the relay's
+        # trace field in front; under another aiosmtpd protocol both are done here.
+        traced = getattr(envelope, "deliverypool_traced", False)
+        if not traced and has_bare_line_ending(content):
             log.warning("refused bare LF/CR peer=%s from=%s", session.peer, envelope.mail_from)
             return "554 5.6.0 Message contains a bare LF or CR; use CRLF line endings (SMTP smuggling)"
         peer = session.peer[0] if isinstance(session.peer, tuple) else None
@@ -147,6 +150,7 @@ class RoutingHandler:
             peer=peer,
             helo=session.host_name or "unknown",
             login=login,
+            traced=traced,
         )
         del content
         try:

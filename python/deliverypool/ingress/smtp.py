@@ -24,6 +24,7 @@ from deliverypool._core import DataReader
 
 from deliverypool.config import ListenerConfig
 from deliverypool.mail.address import DOT_ATOM_PATTERN
+from deliverypool.mail.headers import received_field
 
 __all__ = ["RelaySMTP", "protocol_factory"]
 
@@ -206,8 +207,15 @@ class RelaySMTP(SMTP):
             self._set_post_data_state()  # type: ignore[no-untyped-call]
             await self.push(_REFUSALS[problem])
             return
-        # The envelope holds the only reference (the handler may hand it on and drop it).
-        envelope.content = envelope.original_content = reader.take()
+        # The relay's trace field goes in front as the message is taken out of the reader: one
+        # copy of the message instead of two. The envelope holds the only reference (the
+        # handler hands it on and drops it).
+        session = self.session
+        assert session is not None
+        peer = session.peer[0] if isinstance(session.peer, tuple) else None
+        trace = received_field(helo=session.host_name or "unknown", peer=peer, by=self.hostname, authenticated=bool(session.authenticated))
+        envelope.content = envelope.original_content = reader.take(trace)
+        envelope.deliverypool_traced = True  # type: ignore[attr-defined]  # read by RoutingHandler
         del reader
         status = await self._call_handler_hook("DATA")
         self._set_post_data_state()  # type: ignore[no-untyped-call]
