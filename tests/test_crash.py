@@ -55,21 +55,30 @@ check_sender_domain = false
 {pools}"""
 
 
+# Runs the rest of its command line with RLIMIT_NOFILE set to (argv[1], argv[2]).
+_WITH_OPEN_FILES = (
+    "import os, resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), int(sys.argv[2]))); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[3:]])"
+)
+
+
 class RelayProcess:
-    def __init__(self, config: Path, port: int, loop: str, workers: int = 1) -> None:
+    """`deliverypool relay` as a subprocess; `open_files` = (soft, hard) RLIMIT_NOFILE for it."""
+
+    def __init__(self, config: Path, port: int, loop: str, workers: int = 1, open_files: tuple[int, int] | None = None) -> None:
         self.config, self.port, self.loop, self.workers = config, port, loop, workers
+        self.open_files = open_files
         self.process: subprocess.Popen[bytes] | None = None
         self.log = config.parent / "relay.log"
 
     async def start(self) -> None:
         # The same interpreter, so the same installed deliverypool (editable or the wheel).
+        command = [sys.executable, "-m", "deliverypool.cli", "relay", "--config", str(self.config), "--loop", self.loop,
+                   "--workers", str(self.workers)]
+        if self.open_files is not None:
+            command = [sys.executable, "-c", _WITH_OPEN_FILES, *map(str, self.open_files), *command[1:]]
         with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "deliverypool.cli", "relay", "--config", str(self.config), "--loop", self.loop,
-                 "--workers", str(self.workers)],
-                stdout=log,
-                stderr=log,
-            )
+            self.process = subprocess.Popen(command, stdout=log, stderr=log)
         for _ in range(400):
             assert self.process.poll() is None, self.log.read_text()[-3000:]
             with contextlib.suppress(OSError):
