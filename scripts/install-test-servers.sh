@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Installs the Debian programs the tests start: the authoritative DNS server NSD (tests/dnsserver.py).
+# Installs the Debian programs the tests start: the authoritative DNS server NSD (tests/dnsserver.py),
+# and ss (iproute2), which reads a listening socket's backlog (tests/test_ingress_hardening.py).
 # Idempotent: apt runs only when one is missing. Needs root or sudo (CI runs as root).
 set -euo pipefail
 
 missing=()
 command -v nsd >/dev/null 2>&1 || [ -x /usr/sbin/nsd ] || missing+=(nsd)
+command -v ss >/dev/null 2>&1 || [ -x /usr/bin/ss ] || [ -x /bin/ss ] || missing+=(iproute2)
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi

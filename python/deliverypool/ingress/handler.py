@@ -120,7 +120,7 @@ class RoutingHandler:
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
     ) -> str:
         if not self.relay_allowed(session):
-            log.warning("refused relay peer=%s rcpt=%s", session.peer, address)
+            log.warning("refused relay peer=%s rcpt=%s", session.peer, address, extra={"rate_limit": "refused relay"})
             return "554 5.7.1 Relay access denied"
         try:
             parse_mailbox(address, smtputf8=envelope.smtp_utf8)
@@ -137,7 +137,7 @@ class RoutingHandler:
             return "554 5.7.1 Relay access denied"
         content = envelope.original_content or b""
         if has_bare_line_ending(content):
-            log.warning("refused bare LF/CR peer=%s from=%s", session.peer, envelope.mail_from)
+            log.warning("refused bare LF/CR peer=%s from=%s", session.peer, envelope.mail_from, extra={"rate_limit": "refused bare line ending"})
             return "554 5.6.0 Message contains a bare LF or CR; use CRLF line endings (SMTP smuggling)"
         peer = session.peer[0] if isinstance(session.peer, tuple) else None
         login = session.auth_data.login.decode("utf-8", "replace") if isinstance(session.auth_data, LoginPassword) else None
