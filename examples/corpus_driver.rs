@@ -16,13 +16,15 @@
 //!
 //! The dump covers each corpus file and mutated copies of it (truncations, inserted, deleted and
 //! changed bytes): `scan` with a score header, and `classify` under four envelopes and two
-//! policies.
+//! policies. Lines starting with ` fields ` (the header block, and the Message-ID and From
+//! address a `Decision` reads back) came after the rest: `grep -v '^ fields '` gives the dump
+//! as it was before them.
 
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
 use deliverypool::policy::{classify, DomainStatus, Envelope, Policy};
-use deliverypool::scan::{index, scan, ContentType};
+use deliverypool::scan::{header_block, index, scan, ContentType};
 
 fn corpus() -> Vec<(String, Vec<u8>)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/sisimai");
@@ -101,9 +103,16 @@ fn dump(out: &mut String, msg: &[u8]) {
         },
         Envelope { untrusted_client: true, sender_domain: Some(DomainStatus::Unknown), ..Default::default() },
     ];
+    let block = header_block(msg);
+    assert_eq!(block.1 - block.0, f.header_length, "header_block disagrees with scan");
+    let mut fields = None;
     for (i, envelope) in envelopes.iter().enumerate() {
         for policy in [&plain, &with_header] {
             let d = classify(msg, envelope, policy).unwrap();
+            let read = (d.message_id(msg).map(std::borrow::Cow::into_owned), d.header_from(msg));
+            assert_eq!(read.0, f.message_id, "Decision::message_id disagrees with scan");
+            assert!(fields.as_ref().map_or(true, |first| *first == read), "fields differ between envelopes");
+            fields = Some(read);
             let dsn = d.detection.dsn.as_ref().map(|v| format!("{:?} {:?} {:?}", v.kind, v.signals, v.recipients));
             writeln!(
                 out,
@@ -112,6 +121,10 @@ fn dump(out: &mut String, msg: &[u8]) {
             )
             .unwrap();
         }
+    }
+    if let Some((_, from)) = fields {
+        let from = from.as_ref().map(|a| (a.as_str(), a.domain()));
+        writeln!(out, " fields block={block:?} from={from:?}").unwrap();
     }
 }
 
@@ -134,9 +147,8 @@ fn main() {
             let blocks: Vec<&[u8]> = messages
                 .iter()
                 .map(|(_, m)| {
-                    let facts = index(m, None);
-                    let start = if m.starts_with(b"From ") { m.iter().position(|&b| b == b'\n').map_or(m.len(), |i| i + 1) } else { 0 };
-                    &m[start.min(m.len())..(start + facts.header_length).min(m.len())]
+                    let (start, body) = header_block(m);
+                    &m[start..body]
                 })
                 .collect();
             let mut fields = 0;

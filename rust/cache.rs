@@ -52,13 +52,14 @@ impl Kind {
         }
     }
 
-    pub fn parse(value: &str) -> Option<Kind> {
+    /// `sender`, `MX`, `A` or `AAAA` (the record types in either case).
+    pub fn parse(value: &str) -> Result<Kind, CacheError> {
         match value {
-            "sender" => Some(Kind::SenderStatus),
-            "MX" | "mx" => Some(Kind::Mx),
-            "A" | "a" => Some(Kind::A),
-            "AAAA" | "aaaa" => Some(Kind::Aaaa),
-            _ => None,
+            "sender" => Ok(Kind::SenderStatus),
+            "MX" | "mx" => Ok(Kind::Mx),
+            "A" | "a" => Ok(Kind::A),
+            "AAAA" | "aaaa" => Ok(Kind::Aaaa),
+            _ => Err(CacheError::BadKind(value.into())),
         }
     }
 
@@ -81,6 +82,18 @@ pub enum Freshness {
 }
 
 impl Freshness {
+    /// The freshness of an answer of class `outcome` (`positive`, `negative` or `unknown`)
+    /// with record or negative TTL `ttl`, which the first two need and `unknown` ignores.
+    pub fn parse(outcome: &str, ttl: Option<u32>) -> Result<Freshness, CacheError> {
+        let need_ttl = |outcome| ttl.ok_or(CacheError::MissingTtl { outcome });
+        match outcome {
+            "positive" => Ok(Freshness::Positive { ttl: need_ttl("positive")? }),
+            "negative" => Ok(Freshness::Negative { ttl: need_ttl("negative")? }),
+            "unknown" => Ok(Freshness::Unknown),
+            other => Err(CacheError::BadOutcome(other.into())),
+        }
+    }
+
     pub fn class(self) -> &'static str {
         match self {
             Freshness::Positive { .. } => "positive",
@@ -94,6 +107,11 @@ impl Freshness {
 /// MINIMUM field.
 pub fn negative_ttl(soa_ttl: u32, soa_minimum: u32) -> u32 {
     soa_ttl.min(soa_minimum)
+}
+
+/// A number of seconds given by a caller (`what` names it in the error): finite and >= 0.
+pub fn seconds(what: &'static str, value: f64) -> Result<Duration, CacheError> {
+    Duration::try_from_secs_f64(value).map_err(|_| CacheError::BadSeconds { what, value })
 }
 
 /// Floors and ceilings applied to the TTLs DNS hands out.
@@ -146,11 +164,19 @@ impl TtlLimits {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum CacheError {
     /// Capacity must be at least 1 and fit the slab's 32-bit indices.
     BadCapacity(usize),
     BadLimits(String),
+    /// A duration that is negative, NaN or too large.
+    BadSeconds { what: &'static str, value: f64 },
+    /// Not one of the kinds `Kind::parse` knows.
+    BadKind(String),
+    /// Not one of the outcomes `Freshness::parse` knows.
+    BadOutcome(String),
+    /// A positive or negative answer without its TTL.
+    MissingTtl { outcome: &'static str },
     /// Time can only be moved on a manual clock.
     NotManualClock,
 }
@@ -160,6 +186,12 @@ impl fmt::Display for CacheError {
         match self {
             CacheError::BadCapacity(n) => write!(f, "cache capacity must be between 1 and {MAX_CAPACITY}, got {n}"),
             CacheError::BadLimits(why) => write!(f, "invalid cache TTL limits: {why}"),
+            CacheError::BadSeconds { what, value } => write!(f, "{what} must be a finite number of seconds >= 0, got {value}"),
+            CacheError::BadKind(kind) => write!(f, "invalid cache kind {kind:?}: expected one of sender, MX, A, AAAA"),
+            CacheError::BadOutcome(outcome) => {
+                write!(f, "invalid outcome {outcome:?}: expected one of positive, negative, unknown")
+            }
+            CacheError::MissingTtl { outcome } => write!(f, "a {outcome} answer needs its ttl"),
             CacheError::NotManualClock => write!(f, "this cache runs on the system clock; only a manual clock can be advanced"),
         }
     }
@@ -734,6 +766,21 @@ mod tests {
         let bad = TtlLimits { min_ttl: Duration::from_secs(10), max_ttl: Duration::from_secs(5), ..TtlLimits::default() };
         assert!(matches!(DnsCache::<u32>::new(1, bad, SystemClock::default()), Err(CacheError::BadLimits(m)) if m.contains("max_ttl")));
         assert_eq!(AnyClock::new(false).advance(Duration::from_secs(1)), Err(CacheError::NotManualClock));
+    }
+
+    #[test]
+    fn arguments_are_parsed_or_rejected_by_name() {
+        assert_eq!(Kind::parse("aaaa"), Ok(Kind::Aaaa));
+        assert_eq!(Kind::parse("TXT"), Err(CacheError::BadKind("TXT".into())));
+        assert_eq!(Freshness::parse("negative", Some(30)), Ok(Freshness::Negative { ttl: 30 }));
+        assert_eq!(Freshness::parse("unknown", None), Ok(Freshness::Unknown));
+        assert_eq!(Freshness::parse("positive", None), Err(CacheError::MissingTtl { outcome: "positive" }));
+        assert_eq!(Freshness::parse("maybe", Some(1)), Err(CacheError::BadOutcome("maybe".into())));
+        assert_eq!(seconds("min_ttl", 2.5), Ok(Duration::from_millis(2500)));
+        for bad in [-1.0, f64::NAN, f64::INFINITY, 1e300] {
+            let error = seconds("min_ttl", bad).unwrap_err();
+            assert!(error.to_string().starts_with("min_ttl must be a finite number of seconds >= 0"), "{error}");
+        }
     }
 
     #[test]

@@ -12,70 +12,57 @@ use std::sync::LazyLock;
 
 use memchr::memmem;
 
-use crate::scan::{HeaderIndex, RecipientFields, RecipientStatus};
+use crate::labels::closed_set;
+use crate::scan::{header_start, HeaderIndex, RecipientFields, RecipientStatus};
 
-/// What kind of automatic report a message is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ReportKind {
-    Dsn,
-    Mdn,
-    Arf,
-    AutoReply,
-}
-
-impl ReportKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReportKind::Dsn => "dsn",
-            ReportKind::Mdn => "mdn",
-            ReportKind::Arf => "arf",
-            ReportKind::AutoReply => "auto-reply",
-        }
+closed_set! {
+    /// What kind of automatic report a message is (`REPORT_KINDS` in Python).
+    #[derive(Debug)]
+    pub enum ReportKind {
+        Dsn = "dsn",
+        Mdn = "mdn",
+        Arf = "arf",
+        AutoReply = "auto-reply",
     }
 }
 
-/// The form a DSN takes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum DsnKind {
-    /// RFC 3464 / RFC 6522: a message/delivery-status part.
-    DeliveryStatus,
-    /// RFC 6533: a message/global-delivery-status part.
-    GlobalDeliveryStatus,
-    /// A bounce with no machine-readable status part, recognised by its other signals.
-    NonStandard,
-}
-
-impl DsnKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DsnKind::DeliveryStatus => "delivery-status",
-            DsnKind::GlobalDeliveryStatus => "global-delivery-status",
-            DsnKind::NonStandard => "non-standard",
-        }
+closed_set! {
+    /// The form a DSN takes (`DSN_KINDS` in Python).
+    #[derive(Debug)]
+    pub enum DsnKind {
+        /// RFC 3464 / RFC 6522: a message/delivery-status part.
+        DeliveryStatus = "delivery-status",
+        /// RFC 6533: a message/global-delivery-status part.
+        GlobalDeliveryStatus = "global-delivery-status",
+        /// A bounce with no machine-readable status part, recognised by its other signals.
+        NonStandard = "non-standard",
     }
 }
 
-/// Signal names are part of the public output: keep them stable.
-pub mod signal {
-    pub const REPORT_TYPE: &str = "report-type-delivery-status";
-    pub const STATUS_PART: &str = "delivery-status-part";
-    pub const FAILED_RECIPIENTS: &str = "x-failed-recipients";
-    pub const EXCHANGE_NDR: &str = "exchange-ndr";
-    pub const QMAIL_BOUNCE: &str = "qmail-bounce";
-    pub const NULL_SENDER: &str = "null-sender";
-    pub const DAEMON_SENDER: &str = "daemon-sender";
-    pub const BOUNCE_SUBJECT: &str = "bounce-subject";
-    pub const AUTO_SUBMITTED_FAILURE: &str = "auto-submitted-failure";
-    pub const BOUNCE_BODY: &str = "bounce-body";
-    pub const SES_NOTIFICATION: &str = "ses-notification";
-    pub const NO_REPLY_SENDER: &str = "no-reply-sender";
+closed_set! {
+    /// The signals a DSN verdict lists (`SIGNALS` in Python). Public output: keep the names
+    /// stable. A new signal is one line here.
+    pub enum Signal debug_as_name {
+        ReportType = "report-type-delivery-status",
+        StatusPart = "delivery-status-part",
+        FailedRecipients = "x-failed-recipients",
+        ExchangeNdr = "exchange-ndr",
+        QmailBounce = "qmail-bounce",
+        NullSender = "null-sender",
+        DaemonSender = "daemon-sender",
+        BounceSubject = "bounce-subject",
+        AutoSubmittedFailure = "auto-submitted-failure",
+        BounceBody = "bounce-body",
+        SesNotification = "ses-notification",
+        NoReplySender = "no-reply-sender",
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct DsnVerdict {
     pub kind: DsnKind,
     /// Every signal that fired, strong ones first.
-    pub signals: Vec<&'static str>,
+    pub signals: Vec<Signal>,
     pub recipients: Vec<RecipientStatus>,
 }
 
@@ -253,7 +240,7 @@ const AUTO_REPLY_SUBJECT_PREFIXES: &[&str] =
 /// Detects what kind of report `msg` is. `mail_from` is the envelope sender when known: an
 /// empty string or `<>` is the null reverse-path.
 pub fn detect(facts: &HeaderIndex, msg: &[u8], mail_from: Option<&str>) -> Detection {
-    let mut strong: Vec<&'static str> = Vec::new();
+    let mut strong: Vec<Signal> = Vec::new();
     let report_type = facts
         .content_type
         .as_ref()
@@ -267,10 +254,10 @@ pub fn detect(facts: &HeaderIndex, msg: &[u8], mail_from: Option<&str>) -> Detec
         .as_ref()
         .is_some_and(|ct| ct.is("message", "delivery-status") || ct.is("message", "global-delivery-status"));
     if report_type_is("delivery-status") || report_type_is("global-delivery-status") {
-        strong.push(signal::REPORT_TYPE);
+        strong.push(Signal::ReportType);
     }
     if status_part || bare_status {
-        strong.push(signal::STATUS_PART);
+        strong.push(Signal::StatusPart);
     }
 
     let arf = report_type_is("feedback-report") || facts.has_part("message", "feedback-report");
@@ -282,24 +269,24 @@ pub fn detect(facts: &HeaderIndex, msg: &[u8], mail_from: Option<&str>) -> Detec
     }
 
     if facts.x_failed_recipients.is_some() {
-        strong.push(signal::FAILED_RECIPIENTS);
+        strong.push(Signal::FailedRecipients);
     }
     if facts.markers.contains("x-ms-exchange-message-is-ndr") {
-        strong.push(signal::EXCHANGE_NDR);
+        strong.push(Signal::ExchangeNdr);
     }
     if facts.qmail_bounce {
-        strong.push(signal::QMAIL_BOUNCE);
+        strong.push(Signal::QmailBounce);
     }
 
-    let mut weak: Vec<&'static str> = Vec::new();
+    let mut weak: Vec<Signal> = Vec::new();
     let envelope_null = mail_from.map(is_null_path);
     let null_sender = envelope_null.unwrap_or_else(|| facts.return_path.is_some_and(|v| is_null_or_daemon_path(&v.text())));
     if null_sender {
-        weak.push(signal::NULL_SENDER);
+        weak.push(Signal::NullSender);
     }
     let from = facts.from.map(|v| v.text());
     if [from.as_deref(), facts.sender.map(|v| v.text()).as_deref()].into_iter().flatten().any(is_daemon_address) {
-        weak.push(signal::DAEMON_SENDER);
+        weak.push(Signal::DaemonSender);
     }
     // Bounce subjects state their case up front; matching a megabyte subject would be waste.
     let subject_text = facts.subject.map(|v| v.decoded());
@@ -312,16 +299,16 @@ pub fn detect(facts: &HeaderIndex, msg: &[u8], mail_from: Option<&str>) -> Detec
         }
     });
     if subject.as_ref().is_some_and(Subject::has_bounce_phrase) {
-        weak.push(signal::BOUNCE_SUBJECT);
+        weak.push(Signal::BounceSubject);
     }
     let auto_submitted = facts.auto_submitted.map(|v| v.text());
     if auto_submitted.as_deref().is_some_and(|v| v.to_ascii_lowercase().contains("failure")) {
-        weak.push(signal::AUTO_SUBMITTED_FAILURE);
+        weak.push(Signal::AutoSubmittedFailure);
     }
     // Amazon SNS delivers SES notifications as JSON mail; the body says which kind.
     if facts.markers.contains("x-amz-sns-message-id") {
         match ses_notification_type(msg, facts).as_deref() {
-            Some("bounce" | "delivery") => strong.push(signal::SES_NOTIFICATION),
+            Some("bounce" | "delivery") => strong.push(Signal::SesNotification),
             Some("complaint") if strong.is_empty() => return Detection { report_kind: Some(ReportKind::Arf), dsn: None },
             _ => {}
         }
@@ -329,12 +316,12 @@ pub fn detect(facts: &HeaderIndex, msg: &[u8], mail_from: Option<&str>) -> Detec
     // Text a person can write (subject, body) never decides alone: a weak verdict also needs
     // something about who sent the message. A no-reply sender is only a hint (newsletters use
     // it too), so with it both the subject and the body must read like a bounce.
-    let from_software = weak.iter().any(|s| *s != signal::BOUNCE_SUBJECT);
+    let from_software = weak.iter().any(|s| *s != Signal::BounceSubject);
     let no_reply = !from_software && weak.len() == 1 && from.as_deref().is_some_and(is_no_reply_address);
     if strong.is_empty() && weak.len() == 1 && (from_software || no_reply) && body_has_bounce_phrase(msg, facts) {
-        weak.push(signal::BOUNCE_BODY);
+        weak.push(Signal::BounceBody);
         if no_reply {
-            weak.insert(0, signal::NO_REPLY_SENDER);
+            weak.insert(0, Signal::NoReplySender);
         }
     }
 
@@ -509,12 +496,7 @@ fn ses_notification_type(msg: &[u8], facts: &HeaderIndex) -> Option<String> {
 
 fn header_end(msg: &[u8], facts: &HeaderIndex) -> usize {
     // `header_length` counts from the first header line, after a possible mbox From_ line.
-    let from_line = if msg.starts_with(b"From ") {
-        memchr::memchr2(b'\n', b'\r', msg).map_or(msg.len(), |i| i + 1)
-    } else {
-        0
-    };
-    (from_line + facts.header_length).min(msg.len())
+    (header_start(msg) + facts.header_length).min(msg.len())
 }
 
 #[cfg(test)]
@@ -532,8 +514,8 @@ mod tests {
         let d = detect_bytes(msg, None);
         let dsn = d.dsn.unwrap();
         assert_eq!(dsn.kind, DsnKind::DeliveryStatus);
-        assert_eq!(&dsn.signals[..2], [signal::REPORT_TYPE, signal::STATUS_PART]);
-        assert!(dsn.signals.contains(&signal::DAEMON_SENDER));
+        assert_eq!(&dsn.signals[..2], [Signal::ReportType, Signal::StatusPart]);
+        assert!(dsn.signals.contains(&Signal::DaemonSender));
         assert_eq!(dsn.recipients[0].status.as_deref(), Some("5.1.1"));
     }
 
@@ -565,7 +547,7 @@ mod tests {
     fn body_is_read_only_to_break_a_single_weak_signal() {
         let msg = b"From: MAILER-DAEMON@x\nSubject: hi\n\nThis is the mail system at host x.\n";
         let d = detect_bytes(msg, Some("a@b"));
-        assert_eq!(d.dsn.unwrap().signals, [signal::DAEMON_SENDER, signal::BOUNCE_BODY]);
+        assert_eq!(d.dsn.unwrap().signals, [Signal::DaemonSender, Signal::BounceBody]);
         let ordinary = b"From: a@b\nSubject: hi\n\nthe message could not be delivered, said my friend\n";
         assert!(detect_bytes(ordinary, Some("a@b")).dsn.is_none());
     }

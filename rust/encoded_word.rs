@@ -65,7 +65,7 @@ fn decode_word(raw: &[u8], start: usize) -> Option<(String, usize)> {
     // An encoded word holds no white space (and RFC 2047 caps it at 75 bytes): looking for its
     // end past a generous window would make text full of "=?" quadratic.
     let window = &rest[body_start..rest.len().min(body_start + MAX_WORD_BYTES)];
-    let body_len = memchr::memmem::find(window, b"?=")?;
+    let body_len = memmem::find(window, b"?=")?;
     let body = &rest[body_start..body_start + body_len];
     if body.iter().any(|&b| b == b' ' || b == b'\t' || b == b'\n' || b == b'\r') {
         return None;
@@ -137,7 +137,7 @@ pub fn decode_base64(body: &[u8]) -> Option<Vec<u8>> {
     let mut acc: u32 = 0;
     let mut bits = 0u32;
     for &b in body {
-        let v = match b {
+        let v = u32::from(match b {
             b'A'..=b'Z' => b - b'A',
             b'a'..=b'z' => b - b'a' + 26,
             b'0'..=b'9' => b - b'0' + 52,
@@ -145,7 +145,7 @@ pub fn decode_base64(body: &[u8]) -> Option<Vec<u8>> {
             b'/' => 63,
             b'=' => break,
             _ => continue,
-        } as u32;
+        });
         acc = (acc << 6) | v;
         bits += 6;
         if bits >= 8 {

@@ -203,7 +203,7 @@ fn is_name_stop(b: u8) -> bool {
 mod tests {
     use super::*;
 
-    fn every(bytes: &[u8], find: impl Fn(&mut LineScanner<'_>, usize) -> Option<usize>) -> Vec<usize> {
+    fn every<'a>(bytes: &'a [u8], find: impl Fn(&mut LineScanner<'a>, usize) -> Option<usize>) -> Vec<usize> {
         let mut scanner = LineScanner::new(bytes);
         let mut out = Vec::new();
         let mut pos = 0;
@@ -228,8 +228,8 @@ mod tests {
                     })
                     .collect();
                 let expected = |f: fn(u8) -> bool| (0..len).filter(|&i| f(bytes[i])).collect::<Vec<_>>();
-                assert_eq!(every(&bytes, |s, pos| s.line_break(pos)), expected(is_line_break), "{bytes:?}");
-                assert_eq!(every(&bytes, |s, pos| s.name_stop(pos)), expected(is_name_stop), "{bytes:?}");
+                assert_eq!(every(&bytes, LineScanner::line_break), expected(is_line_break), "{bytes:?}");
+                assert_eq!(every(&bytes, LineScanner::name_stop), expected(is_name_stop), "{bytes:?}");
             }
         }
     }
@@ -240,7 +240,7 @@ mod tests {
         let mut seed = 0x2545f4914f6cdd1du64;
         for _ in 0..2000 {
             let mut block = [0u8; 64];
-            for b in block.iter_mut() {
+            for b in &mut block {
                 seed ^= seed << 13;
                 seed ^= seed >> 7;
                 seed ^= seed << 17;

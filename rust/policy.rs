@@ -1,22 +1,31 @@
 //! The routing policy: which pool a message goes through, and why.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 
+use crate::address::{first_address, Address};
 use crate::dsn::{detect, Detection};
-use crate::scan::{self, HeaderIndex};
+use crate::labels::{closed_set, Defect};
+use crate::scan::{self, HeaderIndex, ValueSpan};
 
-/// Reason names are part of the public output: keep them stable.
-pub mod reason {
-    pub const DSN: &str = "dsn";
-    pub const SPAM_SCORE: &str = "spam-score";
-    pub const SENDER_DOMAIN_NO_RECORDS: &str = "sender-domain-no-records";
-    pub const SENDER_DOMAIN_UNKNOWN: &str = "sender-domain-unknown";
+closed_set! {
+    /// Why a message goes through the high-risk pool (`REASONS` in Python). Public output:
+    /// keep the names stable.
+    pub enum Reason debug_as_name {
+        Dsn = "dsn",
+        SpamScore = "spam-score",
+        SenderDomainNoRecords = "sender-domain-no-records",
+        /// Also when the policy keeps such mail on the normal pool.
+        SenderDomainUnknown = "sender-domain-unknown",
+    }
 }
 
+/// What is wrong with a policy, or with what the caller says about one message.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Error {
-    /// A threshold or score that is NaN or infinite.
+    // The policy.
+    /// A threshold that is NaN or infinite.
     NotFinite { what: &'static str, value: f64 },
     /// A pool name that is empty, or the same for both pools.
     BadPoolName(String),
@@ -24,22 +33,11 @@ pub enum Error {
     BadHeaderName(String),
     /// An option value outside its allowed set.
     BadOption { what: &'static str, value: String, allowed: &'static str },
-    /// An error about one message of a batch.
-    InBatch { index: usize, error: Box<Error> },
-}
-
-impl Error {
-    pub fn in_batch(self, index: usize) -> Error {
-        Error::InBatch { index, error: Box::new(self) }
-    }
-
-    /// The error itself, without the batch position.
-    pub fn root(&self) -> &Error {
-        match self {
-            Error::InBatch { error, .. } => error.root(),
-            other => other,
-        }
-    }
+    // One message's envelope.
+    /// The caller's spam score is NaN or infinite.
+    BadScore(f64),
+    /// A sender-domain status other than has-records, no-records, unknown.
+    BadSenderDomain(String),
 }
 
 impl fmt::Display for Error {
@@ -49,7 +47,10 @@ impl fmt::Display for Error {
             Error::BadPoolName(why) => write!(f, "invalid pool names: {why}"),
             Error::BadHeaderName(name) => write!(f, "invalid score header name {name:?}: expected printable ASCII without ':' or spaces"),
             Error::BadOption { what, value, allowed } => write!(f, "invalid {what} {value:?}: expected one of {allowed}"),
-            Error::InBatch { index, error } => write!(f, "message {index} of the batch: {error}"),
+            Error::BadScore(value) => write!(f, "score must be a finite number, got {value}"),
+            Error::BadSenderDomain(value) => {
+                write!(f, "invalid sender-domain status {value:?}: expected one of has-records, no-records, unknown")
+            }
         }
     }
 }
@@ -78,7 +79,7 @@ impl DomainStatus {
             "has-records" => Ok(DomainStatus::HasRecords),
             "no-records" => Ok(DomainStatus::NoRecords),
             "unknown" => Ok(DomainStatus::Unknown),
-            _ => Err(Error::BadOption { what: "sender-domain status", value: value.into(), allowed: "has-records, no-records, unknown" }),
+            _ => Err(Error::BadSenderDomain(value.into())),
         }
     }
 }
@@ -185,20 +186,40 @@ pub struct Decision {
     pub pool: String,
     pub high_risk: bool,
     /// Every reason that applied, in a fixed order.
-    pub reasons: Vec<&'static str>,
+    pub reasons: Vec<Reason>,
     pub detection: Detection,
     pub score: Option<f64>,
     pub score_source: Option<ScoreSource>,
     pub threshold: f64,
     pub sender_domain: Option<DomainStatus>,
     /// Scanner defects plus policy notes such as `score-header-repeated`.
-    pub defects: Vec<&'static str>,
+    pub defects: Vec<Defect>,
+    /// Where the first Message-ID and From fields' values are in the message: what callers ask
+    /// after routing (`message_id`, `header_from`), kept so that they need not scan again and
+    /// so that routing pays nothing for them until they are read.
+    pub message_id_field: Option<ValueSpan>,
+    pub from_field: Option<ValueSpan>,
+}
+
+impl Decision {
+    /// The header Message-ID as `scan` reads it (unfolded, trimmed). `msg` is the message
+    /// this decision is about.
+    pub fn message_id<'a>(&self, msg: &'a [u8]) -> Option<Cow<'a, str>> {
+        Some(self.message_id_field?.in_message(msg)?.text())
+    }
+
+    /// The first address of the header From field, lowercased (see `address::first_address`);
+    /// None without a From field or a usable address in it. `msg` is the message this
+    /// decision is about.
+    pub fn header_from(&self, msg: &[u8]) -> Option<Address> {
+        first_address(&self.from_field?.in_message(msg)?.text())
+    }
 }
 
 /// Scans and classifies one message.
 pub fn classify(msg: &[u8], envelope: &Envelope, policy: &Policy) -> Result<Decision, Error> {
-    if let Some(score) = envelope.score {
-        finite("score", score)?;
+    if let Some(score) = envelope.score.filter(|s| !s.is_finite()) {
+        return Err(Error::BadScore(score));
     }
     let mut index = scan::index(msg, policy.score_header.as_deref());
     // The index ends here: its defects move into the decision instead of being copied.
@@ -212,7 +233,7 @@ pub fn decide(facts: &HeaderIndex, msg: &[u8], envelope: &Envelope, policy: &Pol
 }
 
 /// `decide`, with `defects` standing for `facts.defects`.
-fn decide_with_defects(facts: &HeaderIndex, mut defects: Vec<&'static str>, msg: &[u8], envelope: &Envelope, policy: &Policy) -> Decision {
+fn decide_with_defects(facts: &HeaderIndex, mut defects: Vec<Defect>, msg: &[u8], envelope: &Envelope, policy: &Policy) -> Decision {
     let detection = detect(facts, msg, envelope.mail_from);
     let (score, score_source) = match envelope.score {
         Some(score) => (Some(score), Some(ScoreSource::Caller)),
@@ -226,20 +247,20 @@ fn decide_with_defects(facts: &HeaderIndex, mut defects: Vec<&'static str>, msg:
     let mut reasons = Vec::new();
     let mut high_risk = false;
     if detection.dsn.is_some() {
-        reasons.push(reason::DSN);
+        reasons.push(Reason::Dsn);
         high_risk = true;
     }
     if score.is_some_and(|s| s > threshold) {
-        reasons.push(reason::SPAM_SCORE);
+        reasons.push(Reason::SpamScore);
         high_risk = true;
     }
     match envelope.sender_domain {
         Some(DomainStatus::NoRecords) => {
-            reasons.push(reason::SENDER_DOMAIN_NO_RECORDS);
+            reasons.push(Reason::SenderDomainNoRecords);
             high_risk = true;
         }
         Some(DomainStatus::Unknown) => {
-            reasons.push(reason::SENDER_DOMAIN_UNKNOWN);
+            reasons.push(Reason::SenderDomainUnknown);
             high_risk |= policy.unknown_domain_pool == UnknownDomainPool::HighRisk;
         }
         _ => {}
@@ -255,16 +276,18 @@ fn decide_with_defects(facts: &HeaderIndex, mut defects: Vec<&'static str>, msg:
         threshold,
         sender_domain: envelope.sender_domain,
         defects,
+        message_id_field: facts.message_id.map(|v| v.span_in(msg)),
+        from_field: facts.from.map(|v| v.span_in(msg)),
     }
 }
 
 /// The score from the trusted header, if it may be trusted: configured, present exactly once,
 /// parseable, finite, and the client is the relay's own.
-fn header_score(facts: &HeaderIndex, policy: &Policy, untrusted_client: bool, defects: &mut Vec<&'static str>) -> Option<f64> {
+fn header_score(facts: &HeaderIndex, policy: &Policy, untrusted_client: bool, defects: &mut Vec<Defect>) -> Option<f64> {
     policy.score_header.as_ref()?;
     if untrusted_client {
         if !facts.score_header_values.is_empty() {
-            defects.push("score-header-untrusted");
+            defects.push(Defect::ScoreHeaderUntrusted);
         }
         return None;
     }
@@ -273,13 +296,13 @@ fn header_score(facts: &HeaderIndex, policy: &Policy, untrusted_client: bool, de
         [value] => {
             let parsed = parse_score(&value.text());
             if parsed.is_none() {
-                defects.push("score-header-invalid");
+                defects.push(Defect::ScoreHeaderInvalid);
             }
             parsed
         }
         _ => {
             // A second copy means someone other than our filter wrote one: trust neither.
-            defects.push("score-header-repeated");
+            defects.push(Defect::ScoreHeaderRepeated);
             None
         }
     }
@@ -312,7 +335,7 @@ mod tests {
         let above = Envelope { score: Some(5.0001), ..Default::default() };
         assert_eq!(classify(b"Subject: x\n\n", &at, &policy).unwrap().pool, "normal");
         let d = classify(b"Subject: x\n\n", &above, &policy).unwrap();
-        assert_eq!((d.pool.as_str(), d.reasons.as_slice()), ("high-risk", &[reason::SPAM_SCORE][..]));
+        assert_eq!((d.pool.as_str(), d.reasons.as_slice()), ("high-risk", &[Reason::SpamScore][..]));
     }
 
     #[test]
@@ -335,7 +358,7 @@ mod tests {
         let twice = b"X-Spam-Score: -100\nX-Spam-Score: 9.5\n\n";
         let d = classify(twice, &Envelope::default(), &policy).unwrap();
         assert_eq!(d.score, None);
-        assert!(d.defects.contains(&"score-header-repeated"));
+        assert!(d.defects.contains(&Defect::ScoreHeaderRepeated));
         let untrusted = Envelope { untrusted_client: true, ..Default::default() };
         assert_eq!(classify(once, &untrusted, &policy).unwrap().score, None);
         assert_eq!(classify(once, &Envelope::default(), &Policy::default()).unwrap().score, None);
@@ -345,7 +368,7 @@ mod tests {
     fn unknown_domain_is_never_no_records() {
         let env = Envelope { sender_domain: Some(DomainStatus::Unknown), ..Default::default() };
         let d = classify(b"\n", &env, &Policy::default()).unwrap();
-        assert_eq!(d.reasons, [reason::SENDER_DOMAIN_UNKNOWN]);
+        assert_eq!(d.reasons, [Reason::SenderDomainUnknown]);
         assert_eq!(d.pool, "high-risk");
         let lenient = Policy { unknown_domain_pool: UnknownDomainPool::Normal, ..Policy::default() };
         assert_eq!(classify(b"\n", &env, &lenient).unwrap().pool, "normal");
@@ -353,10 +376,39 @@ mod tests {
 
     #[test]
     fn bad_values_are_errors() {
-        assert!(classify(b"", &Envelope { score: Some(f64::NAN), ..Default::default() }, &Policy::default()).is_err());
+        let nan = classify(b"", &Envelope { score: Some(f64::NAN), ..Default::default() }, &Policy::default());
+        assert!(matches!(nan, Err(Error::BadScore(s)) if s.is_nan()));
+        assert_eq!(DomainStatus::parse("maybe"), Err(Error::BadSenderDomain("maybe".into())));
+        assert_eq!(DomainStatus::parse("no-records"), Ok(DomainStatus::NoRecords));
         assert!(Policy { threshold: f64::INFINITY, ..Policy::default() }.validated().is_err());
         assert!(Policy { high_risk_pool: "normal".into(), ..Policy::default() }.validated().is_err());
         assert!(Policy { score_header: Some("X Bad:".into()), ..Policy::default() }.validated().is_err());
+    }
+
+    #[test]
+    fn decision_reads_message_id_and_from_without_a_second_scan() {
+        for eol in ["\r\n", "\n", "\r"] {
+            let msg = format!(
+                "From sender Mon Jan  1 00:00:00 2024{eol}Message-ID:{eol} <a.1@Example.org>{eol}From: \"Doe, J\" <J.Doe@Mail.Example.ORG>,{eol} other@x.example{eol}From: second@y.example{eol}{eol}body"
+            );
+            let msg = msg.as_bytes();
+            let d = classify(msg, &Envelope::default(), &Policy::default()).unwrap();
+            let facts = scan::scan(msg, None);
+            assert_eq!(d.message_id(msg).as_deref(), facts.message_id.as_deref(), "{eol:?}");
+            assert_eq!(d.message_id(msg).as_deref(), Some("<a.1@Example.org>"));
+            let from = d.header_from(msg).unwrap();
+            assert_eq!((from.as_str(), from.domain()), ("j.doe@mail.example.org", "mail.example.org"));
+        }
+        let bare = b"Subject: x\n\n";
+        let d = classify(bare, &Envelope::default(), &Policy::default()).unwrap();
+        assert_eq!((d.message_id(bare), d.header_from(bare)), (None, None));
+        let unusable = b"From: Mail Delivery System <>\n\n";
+        let d = classify(unusable, &Envelope::default(), &Policy::default()).unwrap();
+        assert!(d.from_field.is_some() && d.header_from(unusable).is_none());
+        // Handed another, shorter message, the decision reads nothing rather than panic.
+        let long = b"Subject: a long one\nMessage-ID: <x@y>\nFrom: a@b.example\n\n";
+        let d = classify(long, &Envelope::default(), &Policy::default()).unwrap();
+        assert_eq!((d.message_id(b"short"), d.header_from(b"short")), (None, None));
     }
 
     #[test]

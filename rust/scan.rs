@@ -15,6 +15,7 @@ use std::sync::LazyLock;
 use memchr::{memchr2, memmem};
 
 use crate::encoded_word::decode_header_text;
+use crate::labels::Defect;
 use crate::line_scanner::LineScanner;
 
 /// Bounds that keep the work per message small whatever the input.
@@ -77,6 +78,29 @@ impl<'a> RawValue<'a> {
     /// `trimmed`, with RFC 2047 encoded words decoded (unstructured fields such as Subject).
     pub fn decoded(&self) -> Cow<'a, str> {
         map_text(self.trimmed(), decode_header_text)
+    }
+
+    /// Where this value lies in `msg`, the message it was read from.
+    pub fn span_in(&self, msg: &[u8]) -> ValueSpan {
+        let start = (self.bytes.as_ptr() as usize).wrapping_sub(msg.as_ptr() as usize);
+        ValueSpan { start, end: start.wrapping_add(self.bytes.len()), folded: self.folded }
+    }
+}
+
+/// A `RawValue` without the borrow: where a field value lies in its message, for results that
+/// outlive the scan (a `Decision`) and read the field later from the same bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ValueSpan {
+    start: usize,
+    end: usize,
+    folded: bool,
+}
+
+impl ValueSpan {
+    /// The value in `msg`, which must be the message the span came from; None when `msg` is
+    /// too short to be it.
+    pub fn in_message(self, msg: &[u8]) -> Option<RawValue<'_>> {
+        msg.get(self.start..self.end).map(|bytes| RawValue { bytes, folded: self.folded })
     }
 }
 
@@ -296,7 +320,7 @@ pub struct HeaderIndex<'a> {
     /// Per-recipient fields of every delivery-status part found among `parts`.
     pub recipients: Vec<RecipientFields<'a>>,
     /// What was odd about the input, as stable strings.
-    pub defects: Vec<&'static str>,
+    pub defects: Vec<Defect>,
 }
 
 impl HeaderIndex<'_> {
@@ -361,7 +385,7 @@ pub struct HeaderFacts {
     /// Per-recipient fields of every delivery-status part found among `parts`.
     pub recipients: Vec<RecipientStatus>,
     /// What was odd about the input, as stable strings.
-    pub defects: Vec<&'static str>,
+    pub defects: Vec<Defect>,
 }
 
 impl HeaderFacts {
@@ -423,7 +447,7 @@ pub fn read_fields<'a>(
     msg: &'a [u8],
     start: usize,
     limit: usize,
-    defects: &mut Vec<&'static str>,
+    defects: &mut Vec<Defect>,
     mut sink: impl FnMut(Field<'a>),
 ) -> (usize, bool) {
     let stop = msg.len().min(start.saturating_add(limit));
@@ -442,7 +466,7 @@ pub fn read_fields<'a>(
         let line_end = scanner.line_break(name_end).unwrap_or(msg.len());
         let next = line_after(msg, line_end);
         if line_end > stop {
-            defects.push("header-too-large");
+            defects.push(Defect::HeaderTooLarge);
             // Skip to the blank line if there is one, so part headers still are found; bounded
             // because a header block without one ends the search at the end of the input.
             pos = find_blank_line(msg, pos).unwrap_or(msg.len());
@@ -459,7 +483,7 @@ pub fn read_fields<'a>(
                     *value_end = line_end;
                     *folded = true;
                 }
-                None => defects.push("continuation-without-field"),
+                None => defects.push(Defect::ContinuationWithoutField),
             }
             pos = next;
             continue;
@@ -475,7 +499,7 @@ pub fn read_fields<'a>(
             None => {
                 // A line that is neither a field nor a continuation ends the header block, as in
                 // Postfix and Python's email package; the line belongs to the body.
-                defects.push("missing-header-body-separator");
+                defects.push(Defect::MissingHeaderBodySeparator);
                 break;
             }
         }
@@ -688,12 +712,25 @@ fn unquote(raw: &[u8]) -> Cow<'_, [u8]> {
 }
 
 /// Offset of the first header line: a leading mbox `From ` separator line is not a header.
-fn header_start(msg: &[u8]) -> usize {
+pub fn header_start(msg: &[u8]) -> usize {
     if msg.starts_with(b"From ") {
         next_line(msg, 0).1
     } else {
         0
     }
+}
+
+/// Where the header block is: the offset of its first field (after a leading mbox `From ` line,
+/// which is skipped) and the offset of the body, just past the blank line that ends the block.
+/// Line breaks are CRLF, LF or a bare CR, as everywhere in the scanner. Without a blank line the
+/// body starts where the scanner stops reading fields: at the first line that is neither a field
+/// nor a continuation (the `missing-header-body-separator` defect), at the end of the message
+/// when it ends inside the header block, or past the next blank line when the block is larger
+/// than `ScanLimits::max_header_bytes`. `scan(msg).header_length` is the difference.
+pub fn header_block(msg: &[u8]) -> (usize, usize) {
+    let start = header_start(msg);
+    let (body, _) = read_fields(msg, start, ScanLimits::default().max_header_bytes, &mut Vec::new(), |_| {});
+    (start, body)
 }
 
 /// Scans `msg` with the default limits and decodes every field; `score_header` is the
@@ -738,7 +775,7 @@ pub fn index_with_limits<'a>(msg: &'a [u8], score_header: Option<&str>, limits: 
         let name = field.name;
         match name.len() {
             12 if content_type.is_none() && name.eq_ignore_ascii_case(b"content-type") => {
-                content_type = Some(content_type_of(value))
+                content_type = Some(content_type_of(value));
             }
             4 if name.eq_ignore_ascii_case(b"from") => keep_first(&mut index.from),
             6 if name.eq_ignore_ascii_case(b"sender") => keep_first(&mut index.sender),
@@ -764,14 +801,14 @@ pub fn index_with_limits<'a>(msg: &'a [u8], score_header: Option<&str>, limits: 
     });
     index.header_length = body_start - start;
     if maybe_eight_bit && fields_span.is_some_and(|(first, last)| !msg[first..last].is_ascii()) {
-        defects.push("8bit-header");
+        defects.push(Defect::EightBitHeader);
     }
     if index.field_count == 0 && !msg.is_empty() {
-        defects.push("no-header-fields");
+        defects.push(Defect::NoHeaderFields);
     }
     match content_type {
         Some(Some(ct)) => index.content_type = Some(ct),
-        Some(None) => defects.push("invalid-content-type"),
+        Some(None) => defects.push(Defect::InvalidContentType),
         None => {}
     }
     if let Some(ct) = &index.content_type {
@@ -787,10 +824,10 @@ pub fn index_with_limits<'a>(msg: &'a [u8], score_header: Option<&str>, limits: 
             };
             match ct.param("boundary") {
                 Some(boundary) if !boundary.is_empty() => walker.walk(body_start, boundary.as_bytes(), 1),
-                _ => walker.defects.push("multipart-without-boundary"),
+                _ => walker.defects.push(Defect::MultipartWithoutBoundary),
             }
             if body_end < msg.len() {
-                defects.push("body-scan-truncated");
+                defects.push(Defect::BodyScanTruncated);
             }
         } else if ct.is("message", "delivery-status") || ct.is("message", "global-delivery-status") {
             // A bare delivery-status message: read its fields as a part of its own.
@@ -810,7 +847,7 @@ struct PartWalker<'a, 'f> {
     limits: &'f ScanLimits,
     parts: &'f mut Vec<PartInfo<'a>>,
     recipients: &'f mut Vec<RecipientFields<'a>>,
-    defects: &'f mut Vec<&'static str>,
+    defects: &'f mut Vec<Defect>,
 }
 
 impl<'a> PartWalker<'a, '_> {
@@ -824,7 +861,7 @@ impl<'a> PartWalker<'a, '_> {
             let search_end = self.msg.len().min(pos.saturating_add(self.search_budget));
             let Some(found) = find_delimiter_line(&self.msg[..search_end], pos, boundary) else {
                 if search_end < self.msg.len() {
-                    self.defects.push("body-scan-truncated");
+                    self.defects.push(Defect::BodyScanTruncated);
                 }
                 self.search_budget -= search_end.saturating_sub(pos);
                 return;
@@ -836,7 +873,7 @@ impl<'a> PartWalker<'a, '_> {
             }
             let (_, part_start) = next_line(self.msg, after);
             if self.parts.len() >= self.limits.max_parts {
-                self.defects.push("too-many-parts");
+                self.defects.push(Defect::TooManyParts);
                 return;
             }
             let mut part_ct: Option<ContentType<'a>> = None;
@@ -848,7 +885,7 @@ impl<'a> PartWalker<'a, '_> {
                 }
             });
             if bad_ct {
-                self.defects.push("invalid-content-type");
+                self.defects.push(Defect::InvalidContentType);
             }
             // RFC 2046: a part without Content-Type is text/plain (message/rfc822 in a digest).
             let ct = part_ct.unwrap_or(ContentType {
@@ -867,7 +904,7 @@ impl<'a> PartWalker<'a, '_> {
                 if depth < self.limits.max_depth && !inner.is_empty() {
                     self.walk(part_body, &inner, depth + 1);
                 } else {
-                    self.defects.push("multipart-too-deep");
+                    self.defects.push(Defect::MultipartTooDeep);
                 }
             }
             pos = part_body.max(after);
@@ -904,7 +941,7 @@ fn read_delivery_status<'a>(
     from: usize,
     limits: &ScanLimits,
     out: &mut Vec<RecipientFields<'a>>,
-    defects: &mut Vec<&'static str>,
+    defects: &mut Vec<Defect>,
 ) {
     let found_before = out.len();
     let mut pos = from;
@@ -944,7 +981,7 @@ fn read_delivery_status<'a>(
         pos = end;
     }
     if out.len() == found_before {
-        defects.push("delivery-status-without-recipients");
+        defects.push(Defect::DeliveryStatusWithoutRecipients);
     }
 }
 
@@ -1019,13 +1056,13 @@ Content-Type: multipart/mixed; boundary=YY\n\n--YY\nContent-Type: message/delive
             msg.extend_from_slice(b"X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n");
         }
         let facts = scan(&msg, None);
-        assert!(facts.defects.contains(&"header-too-large"));
+        assert!(facts.defects.contains(&Defect::HeaderTooLarge));
         assert!(facts.field_count < 30_000);
     }
 
     #[test]
     fn eight_bit_header_text_is_a_defect_but_eight_bit_body_text_is_not() {
-        let defect = |msg: &[u8]| scan(msg, None).defects.contains(&"8bit-header");
+        let defect = |msg: &[u8]| scan(msg, None).defects.contains(&Defect::EightBitHeader);
         assert!(defect(b"Subject: caf\xe9\n\nbody"));
         assert!(defect(b"Subject: x\n fold caf\xe9\nFrom: a@b\n\n"));
         // In the same 64 bytes as the headers, but after the blank line.
@@ -1047,6 +1084,31 @@ Content-Type: multipart/mixed; boundary=YY\n\n--YY\nContent-Type: message/delive
     fn non_field_line_ends_headers() {
         let facts = scan(b"From: x@y\nthis is not a header\nSubject: hidden\n\n", None);
         assert_eq!(facts.subject, None);
-        assert!(facts.defects.contains(&"missing-header-body-separator"));
+        assert!(facts.defects.contains(&Defect::MissingHeaderBodySeparator));
+    }
+
+    #[test]
+    fn header_block_offsets() {
+        for eol in ["\r\n", "\n", "\r"] {
+            let fields = format!("From: a@b{eol}Subject: one{eol} two{eol}");
+            let msg = format!("{fields}{eol}body{eol}");
+            assert_eq!(header_block(msg.as_bytes()), (0, fields.len() + eol.len()), "{eol:?}");
+            let mbox_line = format!("From a@b Sat Oct  4 08:00:09 2025{eol}");
+            let mbox = format!("{mbox_line}{msg}");
+            let block = header_block(mbox.as_bytes());
+            assert_eq!(block, (mbox_line.len(), mbox_line.len() + fields.len() + eol.len()), "{eol:?}");
+            assert_eq!(block.1 - block.0, scan(mbox.as_bytes(), None).header_length);
+            // No blank line: the message ends in the header block.
+            assert_eq!(header_block(fields.as_bytes()), (0, fields.len()));
+            // A line that is not a field ends the block; it belongs to the body.
+            let unseparated = format!("{fields}not a field{eol}more{eol}");
+            assert_eq!(header_block(unseparated.as_bytes()), (0, fields.len()));
+        }
+        assert_eq!(header_block(b""), (0, 0));
+        assert_eq!(header_block(b"\r\nbody"), (0, 2));
+        assert_eq!(header_block(b"\n"), (0, 1));
+        assert_eq!(header_block(b"From only-an-mbox-line"), (22, 22));
+        // "From:" is a field, not an mbox separator line.
+        assert_eq!(header_block(b"From: a@b\n\n"), (0, 11));
     }
 }

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as a newcomer and CI run it: installs what it needs, then runs the
-# Rust tests (natively, and on aarch64 under qemu-user), the stub check, mypy --strict on the
-# package, the Python tests (benchmarks once, in quick mode), and the Python
-# tests again against the built wheel installed in a fresh virtualenv.
+# Rust tests (natively, and on aarch64 under qemu-user), clippy, the stub check, mypy --strict on
+# the package, the Python tests (benchmarks once, in quick mode), and the Python tests again
+# against the built wheel installed in a fresh virtualenv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +11,12 @@ bash scripts/setup.sh
 
 echo "== cargo test"
 cargo test --quiet
+echo "== clippy (the lints are in Cargo.toml's [lints]), without and with the Python binding"
+if ! cargo clippy --version >/dev/null 2>&1; then
+    rustup component add clippy
+fi
+cargo clippy --quiet --all-targets -- -D warnings
+cargo clippy --quiet --all-targets --features python -- -D warnings
 bash scripts/test-aarch64.sh
 echo "== stub check"
 .venv/bin/python -m mypy.stubtest deliverypool._core

@@ -56,6 +56,8 @@ class SinkHandler:
     max_sessions: int = 0
     # Recipients taken per transaction; more get 452 4.5.3 (0: no limit).
     max_recipients: int = 0
+    # The stage at which a ResettingSMTP (tests/test_faults.py) resets the connection once.
+    reset_at: str = ""
     mail_options: list[list[str]] = field(default_factory=list)
 
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import smtplib
+import socket
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,82 @@ def test_a_50_mib_message_costs_about_twice_its_size(loop: str, tmp_path: Path) 
         uvloop.run(main())
     else:
         asyncio.run(main())
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_a_stalled_destination_with_a_long_queue_costs_no_memory_per_message(tmp_path: Path) -> None:
+    """300 messages of 100 KiB for a destination that accepts connections and never greets.
+    Before: every body up to 256 KiB stayed in memory while it waited (RSS grew by the queue,
+    102 MB for 1,000). Now the worker keeps at most its memory budget (4 MiB here) of bodies;
+    the rest are read from the spool when their attempt starts."""
+    listen, port = free_port(), free_port("127.0.0.20")
+    config = tmp_path / "relay.toml"
+    config.write_text(crash_config(tmp_path / "spool", listen, port).replace('directory = "', 'memory_budget = "4MB"\ndirectory = "'))
+    stalled = socket.create_server(("127.0.0.20", port), backlog=1024)
+    relay = RelayProcess(config, listen, "asyncio", workers=1)
+    body = b"Subject: queued\r\n\r\n" + (b"z" * 78 + b"\r\n") * (100 * 1024 // 80)
+
+    def send(count: int) -> None:
+        with smtplib.SMTP("127.0.0.1", listen, timeout=60) as client:
+            for n in range(count):
+                client.sendmail("q@sender.test", ["sink@dest.test"], body.replace(b"queued", f"queued {n}".encode()))
+
+    async def main() -> None:
+        try:
+            await relay.start()
+            (worker,) = relay.workers_pids()
+            await asyncio.to_thread(send, 20)
+            before = rss_kib(worker)
+            await asyncio.to_thread(send, 300)
+            growth = (rss_kib(worker) - before) * 1024
+        finally:
+            relay.stop()
+            stalled.close()
+        queued = 300 * len(body)
+        print(f"stalled destination: {queued / 2**20:.0f} MiB queued, worker RSS grew by {growth / 2**20:.1f} MiB")
+        assert growth < queued / 3, f"RSS grew by {growth / 2**20:.1f} MiB for {queued / 2**20:.0f} MiB of queued bodies"
+
+    asyncio.run(main())
+
+
+def test_24_mib_of_empty_lines_costs_about_twice_its_size(tmp_path: Path) -> None:
+    """One DATA of 24 MiB of empty lines (under the 25 MiB limit), no SIZE declared. Before: RSS
+    112 MB -> 2.1 GB and the event loop blocked for 30-40 s (a line at a time). Now the DATA
+    reader takes it in whole buffers: peak memory about twice the message, and a client that
+    talks to the same worker meanwhile is served."""
+    listen, sink_port = free_port(), free_port("127.0.0.20")
+    config = tmp_path / "relay.toml"
+    config.write_text(crash_config(tmp_path / "spool", listen, sink_port))
+    relay = RelayProcess(config, listen, "uvloop", workers=1)
+    body = b"Subject: empty lines\r\n" + b"\r\n" * (12 * 1024 * 1024)
+
+    def send(message: bytes) -> None:
+        with smtplib.SMTP("127.0.0.1", listen, timeout=120) as client:
+            client.sendmail("e@sender.test", ["sink@dest.test"], message)
+
+    async def main() -> None:
+        async with sink("127.0.0.20", sink_port, "sink", data_size_limit=None) as destination:
+            try:
+                await relay.start()
+                (worker,) = relay.workers_pids()
+                await asyncio.to_thread(send, b"Subject: warm-up\r\n\r\nhello\r\n")
+                await destination.wait_for(1)
+                before = peak_kib(worker)
+                big = asyncio.ensure_future(asyncio.to_thread(send, body))
+                await asyncio.to_thread(send, b"Subject: meanwhile\r\n\r\nhello\r\n")
+                await big
+                await destination.wait_for(3, timeout=120)
+                growth = (peak_kib(worker) - before) * 1024
+            finally:
+                relay.stop()
+        ratio = growth / len(body)
+        print(f"24 MiB of empty lines: worker peak memory grew by {growth / 2**20:.0f} MiB = {ratio:.2f}x")
+        assert ratio < 2.6
+
+    asyncio.run(main())

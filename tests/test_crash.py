@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -89,9 +90,16 @@ class RelayProcess:
         raise AssertionError("the relay did not start listening")
 
     def kill(self) -> None:
+        """SIGKILL to the supervisor; returns once its workers, which the kernel kills with it
+        (PR_SET_PDEATHSIG), are gone too, so that no dying worker still holds the port."""
         assert self.process is not None
+        workers = self.workers_pids()
         self.process.send_signal(signal.SIGKILL)
         self.process.wait()
+        deadline = time.monotonic() + 10
+        while any(Path(f"/proc/{pid}").exists() and _alive(pid) for pid in workers):
+            assert time.monotonic() < deadline, "a worker outlived its supervisor"
+            time.sleep(0.01)
 
     def workers_pids(self) -> list[int]:
         """The supervisor's worker processes."""
@@ -107,6 +115,14 @@ class RelayProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def _alive(pid: int) -> bool:
+    """Not exited (a zombie waiting for its reaper counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def mail(n: int) -> bytes:
@@ -167,6 +183,8 @@ def test_a_killed_worker_is_replaced_and_loses_nothing(loop: str, tmp_path: Path
                     await asyncio.sleep(0.005)
                 victim = workers[0]
                 os.kill(victim, signal.SIGKILL)
+                while _alive(victim):  # until then it may still accept, and reset, a connection
+                    await asyncio.sleep(0.005)
                 # The port is still served: a new connection is greeted by the other worker.
                 reader, writer = await asyncio.open_connection("127.0.0.1", listen)
                 assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"220")

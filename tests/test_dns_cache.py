@@ -14,7 +14,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from deliverypool._core import CacheStats, DnsCache
+from deliverypool._core import CacheError, CacheStats, DnsCache
 
 
 def manual(capacity: int = 8, **limits: float) -> DnsCache:
@@ -85,21 +85,32 @@ def test_zero_ttl_is_not_stored() -> None:
 
 
 def test_bad_arguments() -> None:
-    with pytest.raises(ValueError, match="capacity"):
+    assert issubclass(CacheError, ValueError)
+    with pytest.raises(CacheError, match="capacity"):
         DnsCache(0)
-    with pytest.raises(ValueError, match="max_ttl"):
+    with pytest.raises(CacheError, match="max_ttl"):
         DnsCache(10, min_ttl=10, max_ttl=5)
-    with pytest.raises(ValueError, match="min_ttl"):
+    with pytest.raises(CacheError, match="^min_ttl must be a finite number of seconds >= 0, got NaN$"):
         DnsCache(10, min_ttl=float("nan"))
     cache = DnsCache(10)
-    with pytest.raises(ValueError, match="kind"):
+    with pytest.raises(CacheError, match='kind "TXT"'):
         cache.get("TXT", "a.test")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="outcome"):
+    for method in (cache.remaining_ttl, cache.remove):
+        with pytest.raises(CacheError, match="kind"):
+            method("txt", "a.test")  # type: ignore[arg-type]
+    with pytest.raises(CacheError, match="outcome"):
         cache.put("MX", "a.test", 1, ttl=1, outcome="maybe")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="needs its ttl"):
+    with pytest.raises(CacheError, match="^a negative answer needs its ttl$"):
+        cache.put("MX", "a.test", 1, outcome="negative")
+    with pytest.raises(CacheError, match="needs its ttl"):
         cache.put("MX", "a.test", 1)
-    with pytest.raises(RuntimeError, match="manual clock"):
+    assert len(cache) == 0
+    with pytest.raises(CacheError, match="^seconds must be"):
+        DnsCache(10, manual_clock=True).advance_clock(-1)
+    # A state, not an argument: not a CacheError.
+    with pytest.raises(RuntimeError, match="manual clock") as not_manual:
         cache.advance_clock(1)
+    assert not isinstance(not_manual.value, ValueError)
 
 
 def test_values_are_released_on_eviction_and_clear() -> None:

@@ -12,7 +12,7 @@ from deliverypool import classify, classify_many
 from deliverypool.corpus import corpus_paths, evaluate, expected_dsn
 from tests.messages import GLOBAL_DSN, MDN, ORDINARY
 
-# The README states the rates reached; these are the floors the issue sets.
+# The README states the rates reached; these are the floors below which the suite fails.
 MIN_RECALL = 0.99
 
 

@@ -131,3 +131,30 @@ def test_a_relay_that_is_its_own_mx_stops_the_loop_with_5_4_6_and_a_dsn(aio_run:
                 await relay.stop()
 
     aio_run(main())
+
+
+def test_one_message_to_fifty_dead_domains_gets_one_dsn(aio_run: Run, tmp_path: Path) -> None:
+    """Fifty recipients at fifty domains that do not exist, one lane each. Before: fifty DSNs to
+    the (possibly forged) sender. Now: one, listing all fifty failures."""
+    port = common_port([DESTINATION])
+    conf = relay_config(tmp_path / "spool", mx_port=port)
+    mx = StaticMx({"sender.test": [MailExchanger(10, "mx.sender.test", (DESTINATION,))]})
+    dead = [f"user{i}@dead{i}.test" for i in range(50)]
+
+    async def main() -> None:
+        async with sink(DESTINATION, port, "sender-mx") as destination:
+            relay = Relay(conf, mx=mx)
+            await relay.start()
+            await relay.listen()
+            try:
+                await submit(conf, message("fifty"), dead)
+                (dsn,) = await destination.wait_for(1)
+                await settled(conf)
+                assert len(destination.deliveries) == 1
+                assert sorted(line.split(b"; ", 1)[1].decode() for line in dsn.content.split(b"\r\n") if line.startswith(b"Final-Recipient:")) == sorted(dead)
+                assert dsn.content.count(b"Status: 5.1.2") == 50
+                assert read_counters(conf.spool.directory)["bounces"] == 1
+            finally:
+                await relay.stop()
+
+    aio_run(main())

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from deliverypool import Policy, PolicyError, ScoreError, classify, classify_many
+from deliverypool import MessageTypeError, Policy, PolicyError, ScoreError, SenderDomainError, classify, classify_many
 from tests.messages import GLOBAL_DSN, ORDINARY
 
 finite = st.floats(allow_nan=False, allow_infinity=False, min_value=-1e6, max_value=1e6)
@@ -92,8 +92,9 @@ def test_caller_score_wins_over_header() -> None:
 
 
 def test_bad_values_raise_precise_value_errors() -> None:
-    with pytest.raises(ScoreError, match="finite"):
+    with pytest.raises(ScoreError, match="finite") as score_error:
         classify(ORDINARY[0], score=math.nan)
+    assert score_error.value.index is None
     with pytest.raises(ValueError):
         classify(ORDINARY[0], score=math.inf)
     for kwargs in [{"threshold": math.nan}, {"normal_pool": "x", "high_risk_pool": "x"}, {"normal_pool": ""},
@@ -102,8 +103,13 @@ def test_bad_values_raise_precise_value_errors() -> None:
         with pytest.raises(PolicyError):
             Policy(**kwargs)  # type: ignore[arg-type]
     assert issubclass(PolicyError, ValueError) and issubclass(ScoreError, ValueError)
-    with pytest.raises(ValueError, match="sender-domain"):
+    assert issubclass(SenderDomainError, ValueError) and issubclass(MessageTypeError, TypeError)
+    with pytest.raises(SenderDomainError, match="sender-domain") as status_error:
         classify(ORDINARY[0], sender_domain="maybe")  # type: ignore[arg-type]
+    assert status_error.value.index is None
+    # Only the two envelope errors are about a message; the others stay policy errors.
+    assert not issubclass(PolicyError, (ScoreError, SenderDomainError))
+    assert not issubclass(ScoreError, PolicyError) and not issubclass(SenderDomainError, PolicyError)
 
 
 def test_unknown_sender_domain_policy_choice() -> None:
@@ -133,12 +139,20 @@ def test_large_batch_runs_in_parallel_path_and_keeps_order() -> None:
 
 
 def test_batch_errors_name_the_message() -> None:
-    with pytest.raises(ScoreError, match="message 1 of the batch"):
-        classify_many([b"", b""], score=[1.0, math.nan])
-    with pytest.raises(ValueError, match="score has 1 items but there are 2 messages"):
+    with pytest.raises(ScoreError, match="^message 1 of the batch: score must be a finite number, got NaN$") as score:
+        classify_many([b"", b"", b""], score=[1.0, math.nan, math.inf])
+    assert score.value.index == 1
+    with pytest.raises(SenderDomainError, match="^message 2 of the batch: invalid sender-domain status") as status:
+        classify_many([b""] * 3, sender_domain=["unknown", None, "maybe"])  # type: ignore[list-item]
+    assert status.value.index == 2
+    with pytest.raises(ValueError, match="score has 1 items but there are 2 messages") as mismatch:
         classify_many([b"", b""], score=[1.0])
-    with pytest.raises(TypeError, match=r"messages\[1\] must be bytes"):
+    assert type(mismatch.value) is ValueError and not hasattr(mismatch.value, "index")
+    with pytest.raises(MessageTypeError, match=r"^messages\[1\] must be bytes, not str$") as not_bytes:
         classify_many([b"", "text"])  # type: ignore[list-item]
+    assert not_bytes.value.index == 1 and isinstance(not_bytes.value, TypeError)
+    # The class keeps index None: one error's index does not leak into the next.
+    assert ScoreError.index is None and ScoreError("x").index is None
     assert classify_many(iter([b"Subject: x\n\n"]))[0].pool == "normal"
 
 

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import deliverypool
-from deliverypool import HeaderFacts, scan
+from deliverypool import HeaderFacts, header_block, scan
 from tests.messages import GLOBAL_DSN
 
 
@@ -167,3 +167,37 @@ def test_non_bytes_input_is_a_type_error() -> None:
     with pytest.raises(TypeError):
         scan("a str is not a message")  # type: ignore[arg-type]
     assert deliverypool.scan(b"").field_count == 0
+
+
+@pytest.mark.parametrize("eol", ["\r\n", "\n", "\r"])
+def test_header_block_with_each_line_ending(eol: str) -> None:
+    fields = f"From: a@b.example{eol}Subject: one{eol}\ttwo{eol}"
+    message = f"{fields}{eol}body{eol}{eol}more{eol}".encode()
+    assert header_block(message) == (0, len(fields) + len(eol))
+    assert message[header_block(message)[1]:] == f"body{eol}{eol}more{eol}".encode()
+    mbox_line = f"From a@b.example Sat Oct  4 08:00:09 2025{eol}"
+    mbox = mbox_line.encode() + message
+    assert header_block(mbox) == (len(mbox_line), len(mbox_line) + len(fields) + len(eol))
+    # No blank line: the message ends in the header block.
+    assert header_block(fields.encode()) == (0, len(fields))
+    # A line that is not a field ends the block; it is the first line of the body.
+    assert header_block(f"{fields}no colon here{eol}".encode()) == (0, len(fields))
+
+
+def test_header_block_edge_cases() -> None:
+    assert header_block(b"") == (0, 0)
+    assert header_block(b"\r\nbody") == (0, 2)
+    assert header_block(b"From only-an-mbox-line") == (22, 22)
+    assert header_block(b"From: a@b\n\nx") == (0, 11)  # "From:" is a field, not an mbox line
+    with pytest.raises(TypeError):
+        header_block("text")  # type: ignore[arg-type]
+
+
+@given(st.binary(max_size=2048) | st.builds(lambda f, eol, fold: render(f, eol, fold), header_blocks(),
+                                             st.sampled_from(["\n", "\r\n", "\r"]), st.booleans()))
+def test_header_block_is_the_scanners_answer(message: bytes) -> None:
+    start, body = header_block(message)
+    assert 0 <= start <= body <= len(message)
+    assert body - start == scan(message).header_length
+    if start:
+        assert message.startswith(b"From ")

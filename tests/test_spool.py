@@ -110,23 +110,46 @@ def test_a_second_process_cannot_open_the_spool(aio_run: Run, tmp_path: Path) ->
     aio_run(main())
 
 
-def test_failure_and_its_dsn_commit_together(aio_run: Run, tmp_path: Path) -> None:
+def test_failures_are_kept_until_their_dsn_is_stored(aio_run: Run, tmp_path: Path) -> None:
+    """A failure due a DSN is marked in the spool; the batch ends when no recipient of the
+    message is queued or in flight; the DSN is stored with the marks cleared, and only then is
+    the message removed. A restart in between finds the batch again."""
+
     async def main() -> None:
         async with Spool(tmp_path) as spool:
-            job = await spool.accept(new(1))
-            (rid, _), = job.recipients
-            dsn = NewMessage("", ("s@y.test",), b"Subject: bounce\r\n\r\n", "high-risk", ("dsn",))
-            stored = await spool.record([Outcome(rid, State.FAILED, "550 no")], bounce=dsn)
-            assert stored is not None and stored.pool == "high-risk" and stored.mail_from == ""
-            rows = listing(tmp_path)
-            assert [(r.mail_from, r.pool, r.state) for r in rows] == [("", "high-risk", "queued")]
+            job = await spool.accept(NewMessage("s@y.test", ("a@x.test", "b@x.test", "c@x.test"), b"Subject: s\r\n\r\n", "normal"))
+            (a, _), (b, _), (c, _) = job.recipients
+            # One failure while two recipients are still queued: the batch is not over.
+            assert await spool.record([Outcome(a, State.FAILED, "550 no such user", attempts=1, host="mx.x.test", dsn=True)]) == []
+            # One deferred, one failed: nothing queued or in flight any more, the batch is over.
+            (batch,) = await spool.record(
+                [
+                    Outcome(b, State.FAILED, "550 5.1.1 unknown", attempts=1, dsn=True),
+                    Outcome(c, State.DEFERRED, "451 later", next_attempt=9e9, attempts=1),
+                ]
+            )
+            assert [(f.address, f.reply, f.host) for f in batch.failures] == [
+                ("a@x.test", "550 no such user", "mx.x.test"),
+                ("b@x.test", "550 5.1.1 unknown", None),
+            ]
+        async with Spool(tmp_path) as spool:
+            assert [len(b.failures) for b in await spool.dsn_batches()] == [2], "found again after a restart"
+            dsn = await spool.store_dsn(batch, NewMessage("", ("s@y.test",), b"Subject: bounce\r\n\r\n", "high-risk", ("dsn",)))
+            assert dsn.pool == "high-risk" and dsn.mail_from == ""
+            assert await spool.dsn_batches() == []
             assert (await spool.counters())["bounces"] == 1
+            # c is still deferred: the original stays; c failing later makes a batch of its own.
+            (again,) = await spool.record([Outcome(c, State.FAILED, "451 later", attempts=2, dsn=True)])
+            assert [f.address for f in again.failures] == ["c@x.test"]
+            await spool.store_dsn(again, NewMessage("", ("s@y.test",), b"Subject: bounce 2\r\n\r\n", "high-risk", ("dsn",)))
+            rows = listing(tmp_path)
+            assert sorted((r.mail_from, r.state) for r in rows) == [("", "queued"), ("", "queued")], "original removed"
             # A change that fails rolls back alone; the others in its batch still commit.
             bad = spool.accept(NewMessage("s@y.test", (), b"x", "normal"))
             good = spool.accept(new(3))
             results = await asyncio.gather(bad, good, return_exceptions=True)
             assert isinstance(results[0], ValueError)
-            assert len(listing(tmp_path)) == 2
+            assert len(listing(tmp_path)) == 3
 
     aio_run(main())
 

@@ -110,14 +110,14 @@ fn headers(c: &mut Criterion) {
             for block in &blocks {
                 black_box(index(black_box(block), None));
             }
-        })
+        });
     });
     group.bench_function("deliverypool/decode-all", |b| {
         b.iter(|| {
             for block in &blocks {
                 black_box(scan(black_box(block), None));
             }
-        })
+        });
     });
     let raw = MessageParser::new();
     group.bench_function("mail-parser/raw", |b| {
@@ -125,7 +125,7 @@ fn headers(c: &mut Criterion) {
             for block in &blocks {
                 black_box(raw.parse_headers(black_box(block)));
             }
-        })
+        });
     });
     let mime = MessageParser::new().with_mime_headers().header_text(HeaderName::Subject);
     group.bench_function("mail-parser/mime+subject", |b| {
@@ -133,7 +133,7 @@ fn headers(c: &mut Criterion) {
             for block in &blocks {
                 black_box(mime.parse_headers(black_box(block)));
             }
-        })
+        });
     });
     group.bench_function("memchr-floor", |b| {
         b.iter(|| {
@@ -142,7 +142,7 @@ fn headers(c: &mut Criterion) {
                 lines += memchr::memchr_iter(b'\n', black_box(block)).count();
             }
             black_box(lines)
-        })
+        });
     });
     group.finish();
 }
@@ -157,7 +157,7 @@ fn messages(c: &mut Criterion) {
             for message in &messages {
                 black_box(classify(black_box(message), &Envelope::default(), &policy).unwrap());
             }
-        })
+        });
     });
     let parser = MessageParser::default();
     group.bench_function("mail-parser/parse", |b| {
@@ -165,7 +165,7 @@ fn messages(c: &mut Criterion) {
             for message in &messages {
                 black_box(parser.parse(black_box(message)));
             }
-        })
+        });
     });
     group.finish();
 }

@@ -5,22 +5,43 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal, final
 
 __all__ = [
+    "DEFECTS",
+    "DSN_KINDS",
+    "REASONS",
+    "REPORT_KINDS",
+    "SIGNALS",
     "ContentType",
     "Decision",
     "DsnVerdict",
     "HeaderFacts",
     "MimePart",
     "Policy",
+    "MessageTypeError",
     "PolicyError",
     "RecipientStatus",
     "ScoreError",
+    "SenderDomainError",
     "__version__",
     "classify",
     "classify_many",
+    "header_block",
     "scan",
 ]
 
 __version__: str
+
+# The closed sets of names deliverypool outputs, each every valid name once, in the order of its
+# table in the Rust core (rust/labels.rs explains). Metrics labels and configuration name these.
+REASONS: tuple[str, ...]
+"""Every `Decision.reasons` name: dsn, spam-score, sender-domain-no-records, sender-domain-unknown."""
+SIGNALS: tuple[str, ...]
+"""Every `DsnVerdict.signals` name."""
+DEFECTS: tuple[str, ...]
+"""Every `HeaderFacts.defects` and `Decision.defects` name."""
+REPORT_KINDS: tuple[str, ...]
+"""Every `Decision.report_kind` value but None: dsn, mdn, arf, auto-reply."""
+DSN_KINDS: tuple[str, ...]
+"""Every `DsnVerdict.kind`: delivery-status, global-delivery-status, non-standard."""
 
 _DomainStatus = Literal["has-records", "no-records", "unknown"]
 
@@ -29,6 +50,26 @@ class PolicyError(ValueError):
 
 class ScoreError(ValueError):
     """A spam score is NaN or infinite."""
+
+    index: int | None
+    """The message's position in a `classify_many` batch; None from `classify`."""
+
+class SenderDomainError(ValueError):
+    """A sender_domain status is not has-records, no-records or unknown."""
+
+    index: int | None
+    """The message's position in a `classify_many` batch; None from `classify`."""
+
+class MessageTypeError(TypeError):
+    """A message of a `classify_many` batch is not bytes (`classify` raises a plain TypeError)."""
+
+    index: int | None
+    """The message's position in the batch."""
+
+class CacheError(ValueError):
+    """An argument to a DnsCache method is invalid: capacity, TTL limits, seconds, kind,
+    outcome, or a missing ttl. (Advancing a cache that runs on the system clock is a
+    RuntimeError.)"""
 
 @final
 class ContentType:
@@ -135,6 +176,13 @@ class DsnVerdict:
 
 @final
 class Decision:
+    """Where a message goes and why, with what callers read from the message afterwards
+    (`message_id`, `from_address`, `from_domain`), so that they need not scan it again.
+
+    A Decision holds a reference to its message's bytes (no copy) and reads those fields
+    from it when asked: routing does not pay for them, and the message lives as long as the
+    Decision does."""
+
     @property
     def pool(self) -> str: ...
     @property
@@ -155,8 +203,31 @@ class Decision:
     def sender_domain(self) -> _DomainStatus | None: ...
     @property
     def defects(self) -> tuple[str, ...]: ...
+    @property
+    def message_id(self) -> str | None:
+        """The header Message-ID, as `scan(message).message_id` reads it; None without one."""
+    @property
+    def from_address(self) -> str | None:
+        """The first address of the header From field, lowercased (`"Doe, J" <J@Example.ORG>`
+        gives `j@example.org`); None without a From field or without a usable address in it
+        (such as `Mail Delivery System <>`). Groups, comments and quoting are understood, as
+        `email.utils.getaddresses` understands them."""
+    @property
+    def from_domain(self) -> str | None:
+        """The domain of `from_address` (lowercased, not IDNA-encoded), or None with it."""
 
 def scan(message: bytes, *, score_header: str | None = None) -> HeaderFacts: ...
+def header_block(message: bytes) -> tuple[int, int]:
+    """Where the header block is, as the scanner reads it: `(start, body)`.
+
+    `start` is the offset of the first header field: 0, or just past a leading mbox `From `
+    line. `body` is the offset of the body: just past the blank line that ends the header
+    block (CRLF, LF or a bare CR line breaks alike), or `len(message)` when the message ends
+    inside the header block. When a line that is neither a field nor a continuation ends the
+    block without a blank line, `body` is that line's offset (it belongs to the body). For an
+    empty message, `(0, 0)`. `body - start == scan(message).header_length`.
+    """
+
 def classify(
     message: bytes,
     *,
@@ -180,7 +251,7 @@ def classify_many(
 
 # --- DNS cache (rust/python/cache.rs) ---
 
-__all__ += ["CacheStats", "DnsCache"]
+__all__ += ["CacheError", "CacheStats", "DnsCache"]
 
 _CacheKind = Literal["sender", "MX", "mx", "A", "a", "AAAA", "aaaa"]
 

@@ -21,8 +21,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-
-from deliverypool._core import Policy, scan
+from deliverypool._core import Policy
 from deliverypool.config import DnsConfig, RelayConfig
 from deliverypool.ingress.handler import Accepted, RoutingHandler, in_networks
 from deliverypool.ingress.limits import Admission, Limits, raise_open_file_limit
@@ -34,7 +33,7 @@ from deliverypool.errors import MessageRefused
 from deliverypool.mail.headers import count_received, received_field, strip_header
 from deliverypool.observe.logs import RateLimit
 from deliverypool.outbound.scheduler import DeliveryEngine
-from deliverypool.queue.spool import NewMessage, Spool
+from deliverypool.queue.spool import FILE_THRESHOLD, NewMessage, Spool
 from deliverypool.routing.router import Router
 from deliverypool.supervisor import listen_socket
 
@@ -42,8 +41,6 @@ __all__ = ["Accepted", "Relay", "configure_logging", "policy_from_config", "reso
 
 log = logging.getLogger("deliverypool.relay")
 
-# Bodies up to this size are handed to delivery from memory.
-KEEP_IN_MEMORY = 256 * 1024
 
 
 def policy_from_config(config: RelayConfig) -> Policy:
@@ -76,7 +73,7 @@ class Relay:
     ) -> None:
         self.config = config
         # A worker of `deliverypool relay` has a shard of the spool; an embedded relay the spool.
-        self.spool = Spool(spool_directory or config.spool.directory)
+        self.spool = Spool(spool_directory or config.spool.directory, reserve=config.spool.reserve)
         self.mx = mx
         self.router = router
         self.engine: DeliveryEngine | None = None
@@ -95,7 +92,9 @@ class Relay:
         self.loop = asyncio.get_running_loop()
         self._connect_dns()
         recovery = await self.spool.open()
-        self.engine = DeliveryEngine(self.config, self.spool, mx=self.mx, route_dsn=self._route_dsn)
+        self.engine = DeliveryEngine(
+            self.config, self.spool, mx=self.mx, route_dsn=self._route_dsn, memory_budget=self.config.spool.memory_budget
+        )
         self.recovered = sum(len(job.recipients) for job in recovery.pending)
         self.possible_duplicates = recovery.requeued_in_flight
         if recovery.pending:
@@ -104,7 +103,7 @@ class Relay:
                 self.recovered,
                 recovery.requeued_in_flight,
             )
-        self.engine.resume(recovery.pending)
+        self.engine.resume(recovery.pending, recovery.dsn_batches)
 
     def _connect_dns(self) -> None:
         """Points MX lookups and the router's sender-domain check, unless given, at one
@@ -126,7 +125,7 @@ class Relay:
         listener = self.config.listener
         limits = Limits.for_listener(listener, raise_open_file_limit())
         if sock is None:
-            sock = listen_socket(listener.host, listener.port, listener.backlog)
+            sock = listen_socket(listener.host, listener.port, listener.backlog, wait=0.0)
         admission = Admission(listener, limits)
         server = Listener(sock, protocol_factory(listener, self.handler, admission), admission)
         await server.start_serving()
@@ -169,7 +168,7 @@ class Relay:
             raise MessageRefused(f"554 5.4.6 Too many hops ({hops} Received fields): routing loop", "too-many-hops")
         content = received_field(helo=helo, peer=peer, by=self.config.listener.hostname, authenticated=login is not None) + content
         decision = await self.router.route(content, mail_from=mail_from, tenant=login, untrusted_client=untrusted)
-        message_id = scan(content).message_id  # TEMPORARY: Decision.message_id lands with branch rust10
+        message_id = decision.message_id
         job = await self.spool.accept(
             NewMessage(
                 mail_from=mail_from,
@@ -190,9 +189,9 @@ class Relay:
             decision.pool,
             ",".join(decision.reasons) or "-",
         )
-        # Small messages go to delivery from memory; large ones are read back from the spool
-        # when their turn comes, so a backlog does not hold every body in memory.
-        self.engine.submit(job, content if len(content) <= KEEP_IN_MEMORY else None)
+        # Delivery gets the body from memory (within its memory budget); a body the spool keeps
+        # in a file of its own is streamed from there.
+        self.engine.submit(job, content if len(content) <= FILE_THRESHOLD else None)
         accepted = Accepted(job.queue_id, decision.pool, tuple(decision.reasons))
         if self.on_accept is not None:
             try:
@@ -245,10 +244,18 @@ async def run_relay(
 
 
 def configure_logging(level: int = logging.INFO) -> None:
-    """One line per event on stderr, unless the application configured logging already."""
+    """One line per event on stderr, unless the application configured logging already.
+
+    The relay logs two lines per message (accepted, attempt): the record attributes nobody
+    formats (the caller's file and line, found by walking the stack; the thread and process
+    names) are not gathered."""
     root = logging.getLogger()
     if not root.handlers:
         logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
         for handler in root.handlers:
             handler.addFilter(RateLimit())  # lines a flood repeats: a few per minute, then a count
+        logging._srcfile = None  # the documented switch that turns findCaller off
+        logging.logThreads = False
+        logging.logProcesses = False
+        logging.logMultiprocessing = False
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter

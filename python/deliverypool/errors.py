@@ -19,6 +19,7 @@ __all__ = [
     "PolicyError",
     "ScoreError",
     "SpoolError",
+    "SpoolFull",
     "SpoolLocked",
     "TemporaryDnsError",
 ]
@@ -70,6 +71,11 @@ class MessageRefused(Exception):
 
 class SpoolError(RuntimeError):
     """The spool cannot be opened or written."""
+
+
+class SpoolFull(SpoolError):
+    """The spool's disk is full: new mail is refused (452 4.3.1) until there is room again;
+    mail already accepted is still delivered."""
 
 
 class SpoolLocked(SpoolError):

@@ -20,6 +20,7 @@ worker opens; with ``[state] redis`` it lives in Redis and is shared by nodes to
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -54,12 +55,22 @@ def shard_directory(spool: Path, shard: int) -> Path:
     return spool / f"shard-{shard}"
 
 
-def listen_socket(host: str, port: int, backlog: int) -> socket.socket:
+def listen_socket(host: str, port: int, backlog: int, *, wait: float = 10.0) -> socket.socket:
     """The relay's listening socket (``listener.backlog``), bound once by the supervisor, or by
     a relay that listens on its own. Workers accept on it and never listen() again, so its
-    backlog stays this one."""
+    backlog stays this one. While the address is in use it tries again for up to `wait`
+    seconds: after a killed supervisor, its workers (which the kernel kills too) may hold the
+    socket for a moment."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.create_server((host, port), family=family, backlog=backlog)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            sock = socket.create_server((host, port), family=family, backlog=backlog)
+            break
+        except OSError as error:
+            if error.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
     sock.set_inheritable(True)
     somaxconn = _somaxconn()
     if somaxconn is not None and backlog > somaxconn:

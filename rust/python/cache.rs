@@ -7,26 +7,17 @@
 
 use std::time::Duration;
 
-use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 
-use crate::cache::{self, AnyClock, CacheError, CacheStats, DnsCache, Freshness, Kind, TtlLimits};
+use super::errors::to_py_err;
+use crate::cache::{self, AnyClock, CacheStats, DnsCache, Freshness, Kind, TtlLimits};
 
-fn cache_err(error: CacheError) -> PyErr {
-    match error {
-        CacheError::NotManualClock => PyRuntimeError::new_err(error.to_string()),
-        _ => PyValueError::new_err(error.to_string()),
-    }
+fn kind(py: Python<'_>, value: &str) -> PyResult<Kind> {
+    Kind::parse(value).map_err(|e| to_py_err(py, e))
 }
 
-fn kind(value: &str) -> PyResult<Kind> {
-    Kind::parse(value)
-        .ok_or_else(|| PyValueError::new_err(format!("invalid cache kind {value:?}: expected one of sender, MX, A, AAAA")))
-}
-
-fn seconds(name: &str, value: f64) -> PyResult<Duration> {
-    Duration::try_from_secs_f64(value)
-        .map_err(|_| PyValueError::new_err(format!("{name} must be a finite number of seconds >= 0, got {value}")))
+fn seconds(py: Python<'_>, what: &'static str, value: f64) -> PyResult<Duration> {
+    cache::seconds(what, value).map_err(|e| to_py_err(py, e))
 }
 
 /// A bounded, thread-safe LRU of DNS outcomes with per-entry expiry.
@@ -38,6 +29,7 @@ impl PyDnsCache {
     #[new]
     #[pyo3(signature = (capacity=10_000, *, min_ttl=5.0, max_ttl=86_400.0, max_negative_ttl=3_600.0, unknown_ttl=10.0, manual_clock=false))]
     fn new(
+        py: Python<'_>,
         capacity: usize,
         min_ttl: f64,
         max_ttl: f64,
@@ -46,17 +38,17 @@ impl PyDnsCache {
         manual_clock: bool,
     ) -> PyResult<Self> {
         let limits = TtlLimits {
-            min_ttl: seconds("min_ttl", min_ttl)?,
-            max_ttl: seconds("max_ttl", max_ttl)?,
-            max_negative_ttl: seconds("max_negative_ttl", max_negative_ttl)?,
-            unknown_ttl: seconds("unknown_ttl", unknown_ttl)?,
+            min_ttl: seconds(py, "min_ttl", min_ttl)?,
+            max_ttl: seconds(py, "max_ttl", max_ttl)?,
+            max_negative_ttl: seconds(py, "max_negative_ttl", max_negative_ttl)?,
+            unknown_ttl: seconds(py, "unknown_ttl", unknown_ttl)?,
         };
-        DnsCache::new(capacity, limits, AnyClock::new(manual_clock)).map(PyDnsCache).map_err(cache_err)
+        DnsCache::new(capacity, limits, AnyClock::new(manual_clock)).map(PyDnsCache).map_err(|e| to_py_err(py, e))
     }
 
     /// The live value for (kind, domain), or None. Counts a hit or a miss.
     fn get(&self, py: Python<'_>, kind: &str, domain: &str) -> PyResult<Option<Py<PyAny>>> {
-        Ok(self.0.get_with(self::kind(kind)?, domain, |v| v.clone_ref(py)))
+        Ok(self.0.get_with(self::kind(py, kind)?, domain, |v| v.clone_ref(py)))
     }
 
     /// `get("sender", domain)`: the cached sender-domain outcome, on the per-message path.
@@ -68,32 +60,22 @@ impl PyDnsCache {
     /// "positive" (record TTL), "negative" (RFC 2308 negative TTL), "unknown" (`unknown_ttl`;
     /// `ttl` is ignored).
     #[pyo3(signature = (kind, domain, value, *, ttl=None, outcome="positive"))]
-    fn put(&self, kind: &str, domain: &str, value: Py<PyAny>, ttl: Option<u32>, outcome: &str) -> PyResult<f64> {
-        let kind = self::kind(kind)?;
-        let need_ttl = || ttl.ok_or_else(|| PyValueError::new_err(format!("a {outcome} answer needs its ttl")));
-        let freshness = match outcome {
-            "positive" => Freshness::Positive { ttl: need_ttl()? },
-            "negative" => Freshness::Negative { ttl: need_ttl()? },
-            "unknown" => Freshness::Unknown,
-            other => {
-                return Err(PyValueError::new_err(format!(
-                    "invalid outcome {other:?}: expected one of positive, negative, unknown"
-                )))
-            }
-        };
+    fn put(&self, py: Python<'_>, kind: &str, domain: &str, value: Py<PyAny>, ttl: Option<u32>, outcome: &str) -> PyResult<f64> {
+        let kind = self::kind(py, kind)?;
+        let freshness = Freshness::parse(outcome, ttl).map_err(|e| to_py_err(py, e))?;
         let (lifetime, displaced) = self.0.insert(kind, domain, value, freshness);
         drop(displaced); // after the lock: releasing objects may run Python code
         Ok(lifetime.as_secs_f64())
     }
 
     /// Seconds left for a live entry, or None; neither a hit nor a miss, and no LRU change.
-    fn remaining_ttl(&self, kind: &str, domain: &str) -> PyResult<Option<f64>> {
-        Ok(self.0.remaining_ttl(self::kind(kind)?, domain).map(|d| d.as_secs_f64()))
+    fn remaining_ttl(&self, py: Python<'_>, kind: &str, domain: &str) -> PyResult<Option<f64>> {
+        Ok(self.0.remaining_ttl(self::kind(py, kind)?, domain).map(|d| d.as_secs_f64()))
     }
 
     /// Removes an entry and returns its value (live or expired), or None.
-    fn remove(&self, kind: &str, domain: &str) -> PyResult<Option<Py<PyAny>>> {
-        Ok(self.0.remove(self::kind(kind)?, domain))
+    fn remove(&self, py: Python<'_>, kind: &str, domain: &str) -> PyResult<Option<Py<PyAny>>> {
+        Ok(self.0.remove(self::kind(py, kind)?, domain))
     }
 
     fn clear(&self) {
@@ -110,8 +92,8 @@ impl PyDnsCache {
     }
 
     /// Moves a manual clock forward (a cache made with `manual_clock=True`); for tests.
-    fn advance_clock(&self, seconds: f64) -> PyResult<()> {
-        self.0.clock().advance(self::seconds("seconds", seconds)?).map_err(cache_err)
+    fn advance_clock(&self, py: Python<'_>, seconds: f64) -> PyResult<()> {
+        self.0.clock().advance(self::seconds(py, "seconds", seconds)?).map_err(|e| to_py_err(py, e))
     }
 
     /// The RFC 2308 negative TTL: min(SOA TTL, SOA MINIMUM).

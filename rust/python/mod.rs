@@ -1,4 +1,9 @@
 //! The only place that knows about Python: thin wrappers over the pure-Rust core.
+//!
+//! Nothing here may panic: a panic would reach Python as a `PanicException`, which is not an
+//! `Exception`. Errors go through `errors::to_py_err`; the lints below keep unwraps, panics and
+//! unchecked indexing out of this layer (the core is fuzzed for the same, see fuzz/).
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, clippy::unreachable)]
 
 mod cache;
 mod errors;
@@ -7,11 +12,15 @@ mod scan;
 mod smtp_data;
 
 use pyo3::prelude::*;
+use pyo3::types::PyTuple;
 use pyo3::pyclass_init::PyClassInitializer;
 use pyo3::PyClass;
 
+use crate::labels::Label;
+
 /// A new Python object for `value`, untracked by the cycle collector. PyO3 makes every class a
-/// GC type, but the result types hold only Rust data and so can never be part of a cycle; left
+/// GC type, but the result types hold only Rust data (and `Decision` its message's `bytes`,
+/// which references nothing), so they can never be part of a cycle; left
 /// tracked, a batch of 100,000 decisions spent ~1,100 instructions per decision in collections
 /// triggered while the batch was being built (callgrind), and every later full collection
 /// walks them again.
@@ -19,7 +28,8 @@ use pyo3::PyClass;
 fn untracked<T: PyClass>(py: Python<'_>, value: impl Into<PyClassInitializer<T>>) -> PyResult<Bound<'_, T>> {
     let object = Bound::new(py, value)?;
     // SAFETY: `object` is a live GC object just made by PyO3; untracking one that references no
-    // Python object is what CPython itself does for tuples of atoms. PyO3's dealloc untracks it
+    // Python object, or only objects that reference none (`bytes`), is what CPython itself does
+    // for tuples of atoms. PyO3's dealloc untracks it
     // again, which does nothing for an untracked object.
     unsafe { pyo3::ffi::PyObject_GC_UnTrack(object.as_ptr().cast()) };
     Ok(object)
@@ -30,17 +40,34 @@ mod _core {
     #[pymodule_export]
     use super::cache::{PyCacheStats, PyDnsCache};
     #[pymodule_export]
-    use super::errors::{PolicyError, ScoreError};
+    use super::errors::{CacheError, MessageTypeError, PolicyError, ScoreError, SenderDomainError};
     #[pymodule_export]
     use super::policy::{classify, classify_many, PyDecision, PyDsnVerdict, PyPolicy};
     #[pymodule_export]
-    use super::scan::{scan, PyContentType, PyHeaderFacts, PyMimePart, PyRecipientStatus};
+    use super::scan::{header_block, scan, PyContentType, PyHeaderFacts, PyMimePart, PyRecipientStatus};
     #[pymodule_export]
     use super::smtp_data::{dot_stuff, PyDataReader};
 
     #[pymodule_init]
     fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
         use pyo3::types::PyModuleMethods;
-        m.add("__version__", env!("CARGO_PKG_VERSION"))
+
+        use crate::dsn::{DsnKind, ReportKind, Signal};
+        use crate::labels::Defect;
+        use crate::policy::Reason;
+
+        m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+        let py = m.py();
+        super::errors::add_index_defaults(py)?;
+        m.add("REASONS", super::names::<Reason>(py)?)?;
+        m.add("SIGNALS", super::names::<Signal>(py)?)?;
+        m.add("DEFECTS", super::names::<Defect>(py)?)?;
+        m.add("REPORT_KINDS", super::names::<ReportKind>(py)?)?;
+        m.add("DSN_KINDS", super::names::<DsnKind>(py)?)
     }
+}
+
+/// Every name of a closed set, in table order, as a tuple of str.
+fn names<T: Label>(py: Python<'_>) -> PyResult<Bound<'_, PyTuple>> {
+    PyTuple::new(py, T::ALL.iter().map(|member| member.as_str()))
 }

@@ -1,17 +1,18 @@
 //! `Policy`, `classify()`, `classify_many()` and the frozen `Decision`.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
-use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
-use pyo3::types::{PyDict, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 use rayon::prelude::*;
 
-use super::errors::to_py_err;
+use super::errors::{to_py_err, Error};
 use super::untracked;
 use super::scan::recipients_tuple;
+use crate::address::Address;
 use crate::dsn::DsnVerdict;
 use crate::policy::{self, Decision, DomainStatus, Envelope, Policy, UnknownDomainPool};
 
@@ -32,6 +33,7 @@ impl PyPolicy {
     #[new]
     #[pyo3(signature = (*, normal_pool="normal", high_risk_pool="high-risk", threshold=5.0, tenant_thresholds=None, score_header=None, unknown_domain_pool="high-risk"))]
     fn new(
+        py: Python<'_>,
         normal_pool: &str,
         high_risk_pool: &str,
         threshold: f64,
@@ -43,7 +45,7 @@ impl PyPolicy {
             "high-risk" => UnknownDomainPool::HighRisk,
             "normal" => UnknownDomainPool::Normal,
             other => {
-                return Err(to_py_err(policy::Error::BadOption {
+                return Err(to_py_err(py, policy::Error::BadOption {
                     what: "unknown_domain_pool",
                     value: other.into(),
                     allowed: "high-risk, normal",
@@ -58,7 +60,7 @@ impl PyPolicy {
             score_header,
             unknown_domain_pool,
         };
-        Ok(PyPolicy(Arc::new(policy.validated().map_err(to_py_err)?)))
+        Ok(PyPolicy(Arc::new(policy.validated().map_err(|e| to_py_err(py, e))?)))
     }
 
     #[getter]
@@ -121,7 +123,7 @@ impl PyDsnVerdict {
     }
     #[getter]
     fn signals<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
-        PyTuple::new(py, &self.0.signals)
+        PyTuple::new(py, self.0.signals.iter().map(|s| s.as_str()))
     }
     #[getter]
     fn recipients<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
@@ -137,12 +139,26 @@ pub struct PyDecision {
     /// The decision, its DSN verdict taken out into `dsn`.
     decision: Decision,
     dsn: Option<Arc<DsnVerdict>>,
+    /// The message decided on: the caller's `bytes` object itself (a reference, not a copy;
+    /// a `bytearray` in a batch is copied once, as before). `message_id` and `from_*` read
+    /// their fields from it on access, so routing does not pay for them.
+    message: PyBackedBytes,
 }
 
-impl From<Decision> for PyDecision {
+/// A decision ready to become a `Decision` object: its verdict shared (made on the worker
+/// threads of a batch, where the message is not at hand).
+struct Decided(Decision, Option<Arc<DsnVerdict>>);
+
+impl From<Decision> for Decided {
     fn from(mut decision: Decision) -> Self {
         let dsn = decision.detection.dsn.take().map(Arc::new);
-        PyDecision { decision, dsn }
+        Decided(decision, dsn)
+    }
+}
+
+impl PyDecision {
+    fn new(Decided(decision, dsn): Decided, message: PyBackedBytes) -> Self {
+        PyDecision { decision, dsn, message }
     }
 }
 
@@ -158,7 +174,7 @@ impl PyDecision {
     }
     #[getter]
     fn reasons<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
-        PyTuple::new(py, &self.decision.reasons)
+        PyTuple::new(py, self.decision.reasons.iter().map(|r| r.as_str()))
     }
     #[getter]
     fn dsn(&self) -> Option<PyDsnVerdict> {
@@ -167,7 +183,7 @@ impl PyDecision {
     /// dsn, mdn, arf, auto-reply, or None for ordinary mail.
     #[getter]
     fn report_kind(&self) -> Option<&'static str> {
-        self.decision.detection.report_kind.map(|k| k.as_str())
+        self.decision.detection.report_kind.map(super::super::dsn::ReportKind::as_str)
     }
     #[getter]
     fn score(&self) -> Option<f64> {
@@ -176,7 +192,7 @@ impl PyDecision {
     /// caller, header, or None when no score was available.
     #[getter]
     fn score_source(&self) -> Option<&'static str> {
-        self.decision.score_source.map(|s| s.as_str())
+        self.decision.score_source.map(policy::ScoreSource::as_str)
     }
     #[getter]
     fn threshold(&self) -> f64 {
@@ -188,7 +204,22 @@ impl PyDecision {
     }
     #[getter]
     fn defects<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
-        PyTuple::new(py, &self.decision.defects)
+        PyTuple::new(py, self.decision.defects.iter().map(|d| d.as_str()))
+    }
+    /// The header Message-ID, as `scan(message).message_id` reads it.
+    #[getter]
+    fn message_id(&self) -> Option<Cow<'_, str>> {
+        self.decision.message_id(&self.message)
+    }
+    /// The first address of the header From field, lowercased.
+    #[getter(from_address)]
+    fn header_from_address(&self) -> Option<String> {
+        self.decision.header_from(&self.message).map(Address::into_string)
+    }
+    /// The domain of `from_address`, lowercased.
+    #[getter(from_domain)]
+    fn header_from_domain(&self) -> Option<String> {
+        self.decision.header_from(&self.message).map(|address| address.domain().to_owned())
     }
     fn __repr__(&self) -> String {
         format!(
@@ -202,8 +233,8 @@ impl PyDecision {
     }
 }
 
-fn parse_domain_status(value: Option<&str>) -> PyResult<Option<DomainStatus>> {
-    value.map(DomainStatus::parse).transpose().map_err(|e| PyValueError::new_err(e.to_string()))
+fn parse_domain_status(value: Option<&str>) -> Result<Option<DomainStatus>, policy::Error> {
+    value.map(DomainStatus::parse).transpose()
 }
 
 /// Classifies one message. Fast enough (microseconds) that releasing the GIL would cost more
@@ -213,7 +244,7 @@ fn parse_domain_status(value: Option<&str>) -> PyResult<Option<DomainStatus>> {
 #[allow(clippy::too_many_arguments)]
 pub fn classify<'py>(
     py: Python<'py>,
-    message: &[u8],
+    message: Bound<'py, PyBytes>,
     mail_from: Option<&str>,
     score: Option<f64>,
     tenant: Option<&str>,
@@ -222,20 +253,19 @@ pub fn classify<'py>(
     sender_domain: Option<&str>,
 ) -> PyResult<Bound<'py, PyDecision>> {
     let policy = policy_or_default(policy);
-    let envelope = Envelope { mail_from, score, tenant, untrusted_client, sender_domain: parse_domain_status(sender_domain)? };
-    let decision = policy::classify(message, &envelope, &policy).map_err(to_py_err)?;
-    untracked(py, PyDecision::from(decision))
+    let sender_domain = parse_domain_status(sender_domain).map_err(|e| to_py_err(py, e))?;
+    let envelope = Envelope { mail_from, score, tenant, untrusted_client, sender_domain };
+    let decision = policy::classify(message.as_bytes(), &envelope, &policy).map_err(|e| to_py_err(py, e))?;
+    untracked(py, PyDecision::new(decision.into(), PyBackedBytes::from(message)))
 }
 
 /// Below this many messages a batch runs on the calling thread: handing work to other cores
 /// costs more than it saves.
 const PARALLEL_MIN_BATCH: usize = 256;
 
-fn per_message<T>(name: &str, values: Option<Vec<T>>, count: usize) -> PyResult<Option<Vec<T>>> {
+fn per_message<T>(name: &'static str, values: Option<Vec<T>>, count: usize) -> Result<Option<Vec<T>>, Error> {
     match values {
-        Some(v) if v.len() != count => {
-            Err(PyValueError::new_err(format!("{name} has {} items but there are {count} messages", v.len())))
-        }
+        Some(v) if v.len() != count => Err(Error::LengthMismatch { name, len: v.len(), count }),
         other => Ok(other),
     }
 }
@@ -260,38 +290,53 @@ pub fn classify_many<'py>(
     for (index, item) in messages.try_iter()?.enumerate() {
         let item = item?;
         let bytes = item.extract::<PyBackedBytes>().map_err(|_| {
-            PyTypeError::new_err(format!("messages[{index}] must be bytes, not {}", item.get_type().name().map_or_else(|_| "?".into(), |n| n.to_string())))
+            let type_name = item.get_type().name().map_or_else(|_| "?".into(), |n| n.to_string());
+            to_py_err(py, Error::NotBytes(type_name).in_batch(index))
         })?;
         bodies.push(bytes);
     }
     let count = bodies.len();
-    let mail_from = per_message("mail_from", mail_from, count)?;
-    let score = per_message("score", score, count)?;
-    let tenant = per_message("tenant", tenant, count)?;
-    let statuses = per_message("sender_domain", sender_domain, count)?
-        .map(|v| v.iter().map(|s| parse_domain_status(s.as_deref())).collect::<PyResult<Vec<_>>>())
-        .transpose()?;
+    let lengths_checked = || -> Result<_, Error> {
+        let mail_from = per_message("mail_from", mail_from, count)?;
+        let score = per_message("score", score, count)?;
+        let tenant = per_message("tenant", tenant, count)?;
+        let statuses = per_message("sender_domain", sender_domain, count)?
+            .map(|v| {
+                v.iter()
+                    .enumerate()
+                    .map(|(i, s)| parse_domain_status(s.as_deref()).map_err(|e| Error::from(e).in_batch(i)))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?;
+        Ok((mail_from, score, tenant, statuses))
+    };
+    let (mail_from, score, tenant, statuses) = lengths_checked().map_err(|e| to_py_err(py, e))?;
     let policy = policy_or_default(policy);
 
-    let classify_one = |i: usize| {
+    // The per-message sequences are as long as `bodies` (checked above): `get` always finds.
+    let classify_one = |(i, body): (usize, &PyBackedBytes)| {
         let envelope = Envelope {
-            mail_from: mail_from.as_ref().and_then(|v| v[i].as_deref()),
-            score: score.as_ref().and_then(|v| v[i]),
-            tenant: tenant.as_ref().and_then(|v| v[i].as_deref()),
+            mail_from: mail_from.as_ref().and_then(|v| v.get(i)?.as_deref()),
+            score: score.as_ref().and_then(|v| *v.get(i)?),
+            tenant: tenant.as_ref().and_then(|v| v.get(i)?.as_deref()),
             untrusted_client,
-            sender_domain: statuses.as_ref().and_then(|v| v[i]),
+            sender_domain: statuses.as_ref().and_then(|v| *v.get(i)?),
         };
         // Wrapped here, on the worker threads, rather than after the GIL is taken back.
-        policy::classify(&bodies[i], &envelope, &policy).map(PyDecision::from).map_err(|e| (i, e))
+        policy::classify(body, &envelope, &policy).map(Decided::from).map_err(|e| (i, e))
     };
-    let results: Result<Vec<PyDecision>, (usize, policy::Error)> = py.detach(|| {
+    let results: Result<Vec<Decided>, (usize, policy::Error)> = py.detach(|| {
         if count >= PARALLEL_MIN_BATCH {
-            (0..count).into_par_iter().map(classify_one).collect()
+            bodies.par_iter().enumerate().map(classify_one).collect()
         } else {
-            (0..count).map(classify_one).collect()
+            bodies.iter().enumerate().map(classify_one).collect()
         }
     });
-    let decisions = results.map_err(|(index, error)| to_py_err(error.in_batch(index)))?;
-    let objects = decisions.into_iter().map(|decision| untracked(py, decision)).collect::<PyResult<Vec<_>>>()?;
+    let decisions = results.map_err(|(index, error)| to_py_err(py, Error::from(error).in_batch(index)))?;
+    let objects = decisions
+        .into_iter()
+        .zip(bodies)
+        .map(|(decided, body)| untracked(py, PyDecision::new(decided, body)))
+        .collect::<PyResult<Vec<_>>>()?;
     PyList::new(py, objects)
 }

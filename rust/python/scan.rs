@@ -35,7 +35,7 @@ impl PyContentType {
         Ok(dict)
     }
     fn param(&self, name: &str) -> Option<String> {
-        self.0.param(&name.to_ascii_lowercase()).map(|value| value.into_owned())
+        self.0.param(&name.to_ascii_lowercase()).map(std::borrow::Cow::into_owned)
     }
     fn __repr__(&self) -> String {
         format!("ContentType({:?}, params={:?})", self.0.mime_type(), self.0.params().collect::<Vec<_>>())
@@ -170,7 +170,7 @@ impl PyHeaderFacts {
     }
     #[getter]
     fn defects<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
-        PyTuple::new(py, &self.0.defects)
+        PyTuple::new(py, self.0.defects.iter().map(|d| d.as_str()))
     }
     fn __repr__(&self) -> String {
         format!(
@@ -183,6 +183,13 @@ impl PyHeaderFacts {
             self.0.defects
         )
     }
+}
+
+/// Where the header block is: `(start, body)`, the offset of the first field (after a leading
+/// mbox `From ` line) and of the body (past the blank line; see `scan::header_block`).
+#[pyfunction]
+pub fn header_block(message: &[u8]) -> (usize, usize) {
+    crate::scan::header_block(message)
 }
 
 /// Scans the header block (and MIME part headers) of a raw message. Never fails on content:

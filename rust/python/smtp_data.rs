@@ -62,8 +62,9 @@ impl PyDataReader {
         let prefix = prefix.unwrap_or_default();
         let message = self.0.take().ok_or_else(|| PyRuntimeError::new_err("no message: the data is not complete, or was refused"))?;
         PyBytes::new_with(py, prefix.len() + message.len(), |buffer| {
-            buffer[..prefix.len()].copy_from_slice(prefix);
-            buffer[prefix.len()..].copy_from_slice(&message);
+            let (head, tail) = buffer.split_at_mut(prefix.len());
+            head.copy_from_slice(prefix);
+            tail.copy_from_slice(&message);
             Ok(())
         })
     }

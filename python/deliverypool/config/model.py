@@ -541,6 +541,24 @@ class SpoolConfig(_Table):
         Path("spool"), description="Folder of the spool database; a relative path is relative to the configuration file.",
         json_schema_extra=_shown_default("spool"),
     )
+    reserve: Size = Field(
+        16 * 1024 * 1024,
+        description=(
+            "Disk space kept back (a file in the spool) for the state changes of mail already accepted. When the "
+            "disk fills, it is released: deliveries go on (and free space), new mail gets 452 4.3.1 until twice this "
+            "much is free again."
+        ),
+        json_schema_extra=_shown_default("16MB"),
+    )
+    memory_budget: Size = Field(
+        64 * 1024 * 1024,
+        description=(
+            "Bodies of queued mail each worker keeps in memory, in all, so that delivery need not read them back. "
+            "Past it, a body is read from the spool when its attempt starts: a long queue (a destination that "
+            "stalls) costs no memory per message."
+        ),
+        json_schema_extra=_shown_default("64MB"),
+    )
 
 
 class RelayConfig(_Table):

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from deliverypool.config import ListenerConfig
-from deliverypool.errors import MessageRefused
+from deliverypool.errors import MessageRefused, SpoolFull
 from deliverypool.mail.address import AddressError, parse_mailbox
 from deliverypool.mail.headers import has_bare_line_ending
 
@@ -159,6 +159,9 @@ class RoutingHandler:
             accepted = await self._on_relay_loop(work)
         except MessageRefused as refused:
             return refused.reply
+        except SpoolFull:
+            log.warning("refused a message from %s: the spool's disk is full", session.peer)
+            return "452 4.3.1 Insufficient system storage; try again later"
         except Exception:
             log.exception("could not spool a message from %s", session.peer)
             return "451 4.3.0 Temporary failure storing the message; try again later"

@@ -47,12 +47,13 @@ def build_dsn(
     original: bytes,
     queue_id: str,
     arrival: float,
-    expired: bool = False,
     now: float | None = None,
 ) -> bytes:
     """An RFC 3464 delivery status notification (multipart/report; report-type=delivery-status)
-    for `failures`, addressed to `original_sender`, with the original message's headers."""
+    for `failures`, addressed to `original_sender`, with the original message's headers. A
+    failure with a temporary (4xx) reply is one that expired: retried until the pool's max_age."""
     now = time.time() if now is None else now
+    expired = any(not failure.reply.startswith("5") for failure in failures)
     boundary = f"{queue_id}.{int(now)}/{reporting_mta}"
     lines = [
         f"From: Mail Delivery System <MAILER-DAEMON@{reporting_mta}>",
@@ -90,7 +91,8 @@ def build_dsn(
         "",
     ]
     for failure in failures:
-        lines += [_final_recipient(failure.recipient), "Action: failed", f"Status: {status_of(failure.reply, expired=expired)}"]
+        status = status_of(failure.reply, expired=not failure.reply.startswith("5"))
+        lines += [_final_recipient(failure.recipient), "Action: failed", f"Status: {status}"]
         if failure.remote_host:
             lines.append(f"Remote-MTA: dns; {failure.remote_host}")
         lines += [f"Diagnostic-Code: smtp; {one_line_ascii(failure.reply)}", ""]

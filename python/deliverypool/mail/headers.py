@@ -12,22 +12,7 @@ import email.utils
 import re
 from typing import Final
 
-try:
-    from deliverypool._core import header_block
-except ImportError:  # TEMPORARY until the Rust header_block lands (branch rust10)
-    _END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
-
-    def header_block(message: bytes) -> tuple[int, int]:
-        start = 0
-        if message.startswith(b"From "):
-            m = re.compile(rb"\r\n|\n|\r").search(message)
-            start = m.end() if m else len(message)
-        if message[start:start + 2] == b"\r\n":
-            return start, start + 2
-        if message[start:start + 1] in (b"\n", b"\r"):
-            return start, start + 1
-        m = _END.search(message, start)
-        return (start, m.end()) if m else (start, len(message))
+from deliverypool._core import header_block
 
 __all__ = ["count_received", "has_bare_line_ending", "header_block", "header_section", "one_line_ascii", "received_field", "strip_header"]
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from deliverypool.config import RelayConfig
 from deliverypool.mail.dsn import Failure, build_dsn
 from deliverypool.queue.schema import State
-from deliverypool.queue.spool import Job, NewMessage, Outcome, Spool
+from deliverypool.queue.spool import DsnBatch, Job, NewMessage, Outcome, Spool
 
 __all__ = ["DeliveryStats", "DsnRouter", "Recorded", "Recorder"]
 
@@ -36,16 +36,16 @@ class DeliveryStats:
 
 @dataclass(frozen=True)
 class Recorded:
-    """What recording an attempt left to schedule: the DSN now in the spool (with its body),
-    and the recipients to retry, as a job due at its ``next_attempt``."""
+    """What recording an attempt left to schedule: the DSNs now in the spool (with their
+    bodies), and the recipients to retry, as a job due at its ``next_attempt``."""
 
-    bounce: Job | None = None
-    bounce_body: bytes | None = None
+    bounces: tuple[tuple[Job, bytes], ...] = ()
     retry: Job | None = None
 
 
 class Recorder:
-    """Turns replies into recipient outcomes (and a DSN) in one spool transaction."""
+    """Turns replies into recipient outcomes in the spool, and a message's failures into one
+    DSN when its failure batch is over."""
 
     def __init__(
         self,
@@ -65,25 +65,22 @@ class Recorder:
         self.rng = rng
 
     async def record(self, job: Job, replies: Mapping[int, tuple[str, str | None]], body: bytes | None) -> Recorded:
-        """Records one attempt for `job`'s recipients; `body` is the message (read from the
-        spool when None and a DSN needs its headers)."""
+        """Records one attempt for `job`'s recipients; `body` is the message, if at hand (else
+        read from the spool when a DSN needs its headers)."""
         pool = self.config.pools.get(job.pool, self.config.high_risk_pool)
         now = self.clock()
         attempts = job.attempts + 1
         expires = job.received_at + pool.max_age
         outcomes: list[Outcome] = []
-        failures: list[Failure] = []
         retry: list[tuple[int, str]] = []
-        expired = False
         addresses = dict(job.recipients)
+        wants_dsn = bool(job.mail_from)
         for rid, (reply, host) in replies.items():
             if reply.startswith("2"):
-                outcomes.append(Outcome(rid, State.DELIVERED, reply))
+                outcomes.append(Outcome(rid, State.DELIVERED, reply, attempts=attempts, host=host))
                 self.stats.delivered += 1
             elif reply.startswith("5") or now >= expires:
-                outcomes.append(Outcome(rid, State.FAILED, reply))
-                failures.append(Failure(addresses[rid], reply, host))
-                expired = expired or not reply.startswith("5")
+                outcomes.append(Outcome(rid, State.FAILED, reply, attempts=attempts, host=host, dsn=wants_dsn))
                 self.stats.failed += 1
             else:
                 retry.append((rid, addresses[rid]))
@@ -91,26 +88,27 @@ class Recorder:
         if retry:
             delay = pool.retry.delay(attempts, self.rng.random())
             next_attempt = min(now + delay, expires)
-            outcomes += [Outcome(rid, State.DEFERRED, replies[rid][0], next_attempt) for rid, _ in retry]
+            outcomes += [Outcome(rid, State.DEFERRED, replies[rid][0], next_attempt, attempts, replies[rid][1]) for rid, _ in retry]
             self.stats.deferred += len(retry)
-        bounce: NewMessage | None = None
-        if failures and job.mail_from:
-            if body is None:
-                body = await self.spool.body(job.message)
-            dsn = build_dsn(
-                reporting_mta=self.config.hostname,
-                original_sender=job.mail_from,
-                failures=failures,
-                original=body,
-                queue_id=job.queue_id,
-                arrival=job.received_at,
-                expired=expired,
-                now=now,
-            )
-            dsn_pool, reasons = await self.route_dsn(dsn)
-            bounce = NewMessage("", (job.mail_from,), dsn, dsn_pool, reasons, None, None)
-        stored = await self.spool.record([replace(o, attempts=attempts) for o in outcomes], bounce)
-        if stored is not None and bounce is not None:
-            self.stats.bounces += 1
+        batches = await self.spool.record(outcomes)
+        bounces = [await self.bounce(batch, body) for batch in batches]
         retry_job = replace(job, recipients=tuple(retry), attempts=attempts, next_attempt=next_attempt) if retry else None
-        return Recorded(stored, bounce.body if stored is not None and bounce is not None else None, retry_job)
+        return Recorded(tuple(bounces), retry_job)
+
+    async def bounce(self, batch: DsnBatch, body: bytes | None = None) -> tuple[Job, bytes]:
+        """Writes, routes and stores the one DSN of a failure batch; returns its job and body."""
+        if body is None:
+            body = await self.spool.body(batch.message)
+        dsn = build_dsn(
+            reporting_mta=self.config.hostname,
+            original_sender=batch.mail_from,
+            failures=[Failure(f.address, f.reply, f.host) for f in batch.failures],
+            original=body,
+            queue_id=batch.queue_id,
+            arrival=batch.received_at,
+            now=self.clock(),
+        )
+        dsn_pool, reasons = await self.route_dsn(dsn)
+        job = await self.spool.store_dsn(batch, NewMessage("", (batch.mail_from,), dsn, dsn_pool, reasons, None, None))
+        self.stats.bounces += 1
+        return job, dsn

@@ -26,6 +26,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from deliverypool.config import PoolConfig, RelayConfig
 from deliverypool.errors import DestinationError
@@ -34,7 +35,7 @@ from deliverypool.mail.address import domain_of
 from deliverypool.mail.headers import one_line_ascii
 from deliverypool.outbound.outcomes import DeliveryStats, DsnRouter, Recorder
 from deliverypool.outbound.transaction import Connector, Session, send
-from deliverypool.queue.spool import Job, Spool
+from deliverypool.queue.spool import DsnBatch, Job, Spool
 
 __all__ = ["DeliveryEngine"]
 
@@ -50,6 +51,14 @@ class _Work:
 
     job: Job
     body: bytes | None = None
+
+
+@dataclass
+class _Ready:
+    """A work with its body at hand and its recipients marked in flight."""
+
+    work: _Work
+    body: bytes | Path
 
 
 @dataclass
@@ -74,8 +83,14 @@ class DeliveryEngine:
         route_dsn: DsnRouter,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        memory_budget: int = 64 * 1024 * 1024,
     ) -> None:
         self.config = config
+        # Bodies of queued work kept in memory, at most this many bytes in all: past it, a body
+        # is read from the spool when its attempt starts, so a stalled destination with a long
+        # queue costs no memory per message.
+        self.memory_budget = memory_budget
+        self.held = 0
         self.spool = spool
         self.clock = clock
         self.rng = rng or random.Random()
@@ -99,10 +114,18 @@ class DeliveryEngine:
         else:
             self._enqueue(job, body)
 
-    def resume(self, jobs: Sequence[Job]) -> None:
-        """Schedules the unfinished jobs a spool recovered at start."""
+    def resume(self, jobs: Sequence[Job], dsn_batches: Sequence[DsnBatch] = ()) -> None:
+        """Schedules the unfinished jobs a spool recovered at start, and writes the DSNs of
+        failure batches that ended just before a crash."""
         for job in jobs:
             self.submit(job)
+        for batch in dsn_batches:
+            self._spawn(self._bounce(batch))
+
+    async def _bounce(self, batch: DsnBatch) -> None:
+        job, dsn = await self.recorder.bounce(batch)
+        log.info("bounce queue_id=%s for=%s dsn_queue_id=%s pool=%s (after a restart)", batch.queue_id, batch.mail_from, job.queue_id, job.pool)
+        self._enqueue(job, dsn)
 
     def _later(self, delay: float, job: Job, body: bytes | None) -> None:
         loop = asyncio.get_running_loop()
@@ -141,12 +164,24 @@ class DeliveryEngine:
             lane = self._lanes.get((pool.name, destination))
             if lane is None:
                 lane = self._lanes[(pool.name, destination)] = _Lane(pool, destination)
-            lane.queue.append(_Work(replace(job, recipients=tuple(recipients)), body))
+            lane.queue.append(_Work(replace(job, recipients=tuple(recipients)), self._hold(body)))
             lane.wakeup.set()
             if lane.active < pool.max_connections_per_destination and len(lane.queue) > lane.idle:
                 lane.active += 1
                 self._idle.clear()
                 self._spawn(self._worker(lane))
+
+    def _hold(self, body: bytes | None) -> bytes | None:
+        """`body` if the memory budget has room for it (then counted), else None."""
+        if body is None or self.held + len(body) > self.memory_budget:
+            return None
+        self.held += len(body)
+        return body
+
+    def _release(self, work: _Work) -> None:
+        if work.body is not None:
+            self.held -= len(work.body)
+            work.body = None
 
     def _spawn(self, coroutine: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coroutine)
@@ -184,6 +219,8 @@ class DeliveryEngine:
             handle.cancel()
         self._timers.clear()
         for lane in self._lanes.values():
+            for work in lane.queue:
+                self._release(work)
             lane.queue.clear()
             lane.wakeup.set()
         if self._tasks:
@@ -198,20 +235,28 @@ class DeliveryEngine:
     async def _worker(self, lane: _Lane) -> None:
         try:
             while lane.queue and not self._stopping:
+                # The first message is made ready (its body found, its recipients marked in
+                # flight) before a connection is opened: a failure on our side (the spool
+                # unwritable, the disk full) never turns into connections carrying no mail.
+                first = await self._next_ready(lane)
+                if first is None:
+                    continue
                 try:
                     session = await self.connector.open(lane.pool, lane.destination)
                 except DestinationError as error:
                     # The destination is unreachable for everything waiting in this lane.
+                    lane.queue.appendleft(first.work)  # its body was released: none is kept
                     await self._fail_lane(lane, error.reply)
                     continue
                 except Exception:
                     # A failure on our side (a bug, a name the resolver cannot encode): the
                     # work is deferred like any temporary failure, never left in the lane.
                     log.exception("pool=%s destination=%s: could not open a connection", lane.pool.name, lane.destination)
+                    lane.queue.appendleft(first.work)
                     await self._fail_lane(lane, LOCAL_FAILURE)
                     continue
                 try:
-                    await self._serve(lane, session)
+                    await self._serve(lane, session, first)
                 finally:
                     await self.connector.close(session)
         finally:
@@ -224,52 +269,75 @@ class DeliveryEngine:
         works = list(lane.queue)
         lane.queue.clear()
         for work in works:
+            self._release(work)
             self._log(work, lane, None, None, reply)
             await self._settle(work, {rid: (reply, None) for rid, _ in work.job.recipients})
 
-    async def _serve(self, lane: _Lane, session: Session) -> None:
+    async def _next_ready(self, lane: _Lane) -> _Ready | None:
+        """The next work of the lane with its body and its recipients marked in flight, or None
+        when that failed on our side (then recorded as a local failure and retried later)."""
+        work = lane.queue.popleft()
+        job = work.job
+        held = work.body
+        self._release(work)
+        try:
+            body = held if held is not None else await self.spool.stored(job.message)
+            await self.spool.mark_in_flight(rid for rid, _ in job.recipients)
+        except Exception:
+            log.exception("queue_id=%s: could not prepare the delivery attempt", job.queue_id)
+            self._log(work, lane, None, None, LOCAL_FAILURE)
+            await self._settle(work, {rid: (LOCAL_FAILURE, None) for rid, _ in job.recipients})
+            return None
+        return _Ready(work, body)
+
+    async def _serve(self, lane: _Lane, session: Session, ready: _Ready | None) -> None:
         sent = 0
         while sent < lane.pool.max_messages_per_connection and not self._stopping:
-            if not lane.queue:
-                lane.idle += 1
-                try:
-                    lane.wakeup.clear()
-                    await asyncio.wait_for(lane.wakeup.wait(), lane.pool.idle_timeout)
-                except asyncio.TimeoutError:
-                    return
-                finally:
-                    lane.idle -= 1
-                continue
-            work = lane.queue.popleft()
+            if ready is None:
+                if not lane.queue:
+                    lane.idle += 1
+                    try:
+                        lane.wakeup.clear()
+                        await asyncio.wait_for(lane.wakeup.wait(), lane.pool.idle_timeout)
+                    except asyncio.TimeoutError:
+                        return
+                    finally:
+                        lane.idle -= 1
+                    continue
+                ready = await self._next_ready(lane)
+                if ready is None:
+                    return  # our side is failing: close the connection rather than hold it idle
             try:
-                alive = await self._transaction(lane, session, work)
+                alive = await self._transaction(lane, session, ready)
             except Exception:
-                # A local failure (the spool, a bug): record it as a temporary failure so the
-                # attempt is counted and retried with backoff, on a fresh connection.
+                # A local failure (a bug): record it as a temporary failure so the attempt is
+                # counted and retried with backoff, on a fresh connection.
+                work = ready.work
                 log.exception("queue_id=%s: delivery attempt failed locally", work.job.queue_id)
                 self._log(work, lane, session.source, session.host, LOCAL_FAILURE)
                 self._spawn(self._settle(work, {rid: (LOCAL_FAILURE, None) for rid, _ in work.job.recipients}))
                 return
+            ready = None
             sent += 1
             if not alive:
                 return
 
-    async def _transaction(self, lane: _Lane, session: Session, work: _Work) -> bool:
-        """One mail transaction for `work`. Returns False when the connection is unusable."""
+    async def _transaction(self, lane: _Lane, session: Session, ready: _Ready) -> bool:
+        """One mail transaction for a prepared work. Returns False when the connection is
+        unusable."""
+        work, body = ready.work, ready.body
         job = work.job
-        body = work.body if work.body is not None else await self.spool.stored(job.message)
-        await self.spool.mark_in_flight(rid for rid, _ in job.recipients)
         attempt = await send(session, job.mail_from, job.recipients, body, self.spool)
         if attempt.reconnect:
-            lane.queue.appendleft(work)
+            lane.queue.appendleft(_Work(job, self._hold(body if isinstance(body, bytes) else None)))
             return False
         if attempt.untried:
             # The server takes no more recipients in this transaction: the rest go first in the
             # next one, on this connection, without counting an attempt.
             untried = set(attempt.untried)
             rest = tuple(r for r in job.recipients if r[0] in untried)
-            lane.queue.appendleft(_Work(replace(job, recipients=rest), work.body))
-            work = _Work(replace(job, recipients=tuple(r for r in job.recipients if r[0] not in untried)), work.body)
+            lane.queue.appendleft(_Work(replace(job, recipients=rest), self._hold(body if isinstance(body, bytes) else None)))
+            work = _Work(replace(job, recipients=tuple(r for r in job.recipients if r[0] not in untried)))
         self._log(work, lane, session.source, session.host, attempt.final, attempt.replies)
         # Outcomes commit in the background: the connection moves on to the next message.
         self._spawn(self._settle(work, attempt.replies, body if isinstance(body, bytes) else None))
@@ -316,9 +384,8 @@ class DeliveryEngine:
             if not self._stopping:
                 self._later(self._pool_of(job).retry.initial, job, None)
             return
-        if recorded.bounce is not None:
-            bounce = recorded.bounce
+        for bounce, dsn in recorded.bounces:
             log.info("bounce queue_id=%s for=%s dsn_queue_id=%s pool=%s", job.queue_id, job.mail_from, bounce.queue_id, bounce.pool)
-            self._enqueue(bounce, recorded.bounce_body)
+            self._enqueue(bounce, dsn)
         if recorded.retry is not None and not self._stopping:
             self._later(recorded.retry.next_attempt - self.clock(), recorded.retry, None)

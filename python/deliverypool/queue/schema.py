@@ -50,6 +50,9 @@ def _sql_list(values: Iterable[str]) -> str:
 
 STATE_CHECK: Final = _sql_list(s.value for s in State)
 FINAL_STATES_SQL: Final = _sql_list(FINAL_STATES)
+# Recipients whose attempt is under way or about to start: while a message has any, a failure
+# batch is not over.
+ACTIVE_STATES_SQL: Final = _sql_list((State.QUEUED.value, State.IN_FLIGHT.value))
 
 COUNTERS: Final = ("accepted", "delivered", "failed", "bounces", "recovered_in_flight")
 
@@ -91,8 +94,16 @@ _V2: Final = """
 ALTER TABLE messages ADD COLUMN body_file TEXT
 """
 
+# Version 3: one DSN per message and failure batch. A failed recipient whose sender gets a DSN is
+# marked dsn_pending (with the host that failed it) until the batch ends (no recipient of the
+# message queued or in flight); then one DSN lists them all, stored with the marks cleared.
+_V3: Final = """
+ALTER TABLE recipients ADD COLUMN dsn_pending INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE recipients ADD COLUMN last_host TEXT
+"""
+
 # MIGRATIONS[n - 1] takes a spool from version n - 1 to version n.
-MIGRATIONS: Final[tuple[str, ...]] = (_V1, _V2)
+MIGRATIONS: Final[tuple[str, ...]] = (_V1, _V2, _V3)
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 

@@ -25,7 +25,10 @@ A lock file in the spool directory keeps a second relay from opening the same sp
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
+import logging
+import shutil
 import os
 import concurrent.futures
 import secrets
@@ -36,10 +39,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from deliverypool.errors import SpoolError, SpoolLocked
-from deliverypool.queue.schema import FINAL_STATES_SQL, State, decode_reasons, encode_reasons, migrate
+from deliverypool.errors import SpoolError, SpoolFull, SpoolLocked
+from deliverypool.queue.schema import ACTIVE_STATES_SQL, FINAL_STATES_SQL, State, decode_reasons, encode_reasons, migrate
 
 T = TypeVar("T")
+
+log = logging.getLogger("deliverypool.spool")
 
 DATABASE = "spool.sqlite3"
 LOCK = "spool.lock"
@@ -48,6 +53,11 @@ LOCK = "spool.lock"
 # written once, off the event loop, and read back without SQLite assembling a copy of it.
 BODIES = "bodies"
 FILE_THRESHOLD = 256 * 1024
+# Space kept back for state changes: when the disk fills, this file is removed so that
+# deliveries can still mark recipients in flight and record their outcomes (which is what frees
+# space again); new mail gets 452 until there is twice this much free again.
+RESERVE = "reserve"
+RESERVE_BYTES = 16 * 1024 * 1024
 # Upper bound on the changes one transaction takes; more wait for the next commit.
 MAX_BATCH = 1024
 
@@ -82,13 +92,38 @@ class Job:
 
 @dataclass(frozen=True)
 class Outcome:
-    """The result of an attempt for one recipient. `next_attempt` only for DEFERRED."""
+    """The result of an attempt for one recipient. `next_attempt` only for DEFERRED; `host` the
+    remote host that gave the reply (None for a local one); `dsn` for a FAILED recipient whose
+    sender is to get a DSN."""
 
     recipient: int
     state: State
     reply: str
     next_attempt: float = 0.0
     attempts: int = 0
+    host: str | None = None
+    dsn: bool = False
+
+
+@dataclass(frozen=True)
+class FailedRecipient:
+    """A failed recipient that a DSN is due for."""
+
+    recipient: int
+    address: str
+    reply: str
+    host: str | None
+
+
+@dataclass(frozen=True)
+class DsnBatch:
+    """A message whose failure batch is over: every recipient it lists, for one DSN."""
+
+    message: int
+    queue_id: str
+    mail_from: str
+    received_at: float
+    failures: tuple[FailedRecipient, ...]
 
 
 @dataclass(frozen=True)
@@ -98,6 +133,7 @@ class Recovery:
 
     pending: tuple[Job, ...]
     requeued_in_flight: int
+    dsn_batches: tuple[DsnBatch, ...] = ()
 
 
 @dataclass
@@ -107,7 +143,9 @@ class SpoolStats:
     largest_batch: int = 0
 
 
-_Request = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]"]
+# A queued change, its caller's future, and whether it may use the reserve (state changes of mail
+# already accepted) or not (new mail).
+_Request = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]", bool]
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -124,6 +162,9 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         if str(mode).lower() != "wal":
             raise SpoolError(f"{path}: cannot use WAL mode (got {mode})")
         conn.execute("PRAGMA synchronous = FULL")
+        # After a checkpoint the WAL file shrinks back to this size, so space freed by delivered
+        # mail is given back to the disk rather than kept for the next burst.
+        conn.execute("PRAGMA journal_size_limit = 67108864")
         conn.execute("PRAGMA foreign_keys = ON")
     return conn
 
@@ -136,9 +177,14 @@ def new_queue_id() -> str:
 class Spool:
     """The spool in `directory`. Use ``await spool.open()`` (or ``async with``) before use."""
 
-    def __init__(self, directory: str | os.PathLike[str], *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, directory: str | os.PathLike[str], *, clock: Callable[[], float] = time.time, reserve: int = RESERVE_BYTES
+    ) -> None:
         self.directory = Path(directory)
         self.path = self.directory / DATABASE
+        self.reserve = reserve
+        # True while the reserve is spent: new mail is refused, state changes go on.
+        self.low_space = False
         self.clock = clock
         self.stats = SpoolStats()
         self._pending: list[_Request] = []
@@ -172,7 +218,14 @@ class Spool:
         self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="spool-io")
         self._files = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="spool-files")
         try:
-            self._conn = await self._loop.run_in_executor(self._io, self._setup)
+            try:
+                self._conn = await self._loop.run_in_executor(self._io, self._setup)
+            except Exception as exc:
+                # Started on a full disk: spend the reserve to open, and drain.
+                if not (_is_full(exc) and await self._release_reserve()):
+                    raise
+                self._conn = await self._loop.run_in_executor(self._io, self._setup)
+            await self._loop.run_in_executor(self._io, self._make_reserve)
             self._reader = await self._loop.run_in_executor(self._io, lambda: connect(self.path, readonly=True))
         except BaseException:
             self._io.shutdown(wait=False)
@@ -185,7 +238,7 @@ class Spool:
         requeued = await self.run(_recover)
         await self._remove_orphan_bodies()
         pending = await self.pending()
-        return Recovery(pending=tuple(pending), requeued_in_flight=requeued)
+        return Recovery(pending=tuple(pending), requeued_in_flight=requeued, dsn_batches=tuple(await self.dsn_batches()))
 
     def _setup(self) -> sqlite3.Connection:
         conn = connect(self.path)
@@ -195,6 +248,45 @@ class Spool:
             conn.close()
             raise
         return conn
+
+    def _make_reserve(self) -> None:
+        """Keeps the reserve file in place and decides low-space mode: entered when less than
+        the reserve is free (besides the reserve itself), left once twice as much is free and the
+        reserve exists again."""
+        path = self.directory / RESERVE
+        free = shutil.disk_usage(self.directory).free
+        if free < self.reserve:
+            if not self.low_space:
+                log.error("spool %s: less than %d bytes free; refusing new mail (452) until space is back", self.directory, self.reserve)
+            self.low_space = True
+            return
+        if not path.exists():
+            if free < 2 * self.reserve:
+                return
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+                try:
+                    os.posix_fallocate(fd, 0, self.reserve)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError:
+                path.unlink(missing_ok=True)
+                return
+            free -= self.reserve
+        if self.low_space and free >= self.reserve:
+            log.warning("spool %s: free space is back, accepting mail again", self.directory)
+            self.low_space = False
+
+    async def _release_reserve(self) -> bool:
+        """Removes the reserve file (entering low-space mode); False when there was none."""
+        path = self.directory / RESERVE
+        self.low_space = True
+        if not path.exists():
+            return False
+        path.unlink()
+        log.error("spool %s: the disk is full; reserve released, refusing new mail (452) until space is back", self.directory)
+        return True
 
     async def close(self) -> None:
         """Finishes queued changes, then closes. Safe to call twice."""
@@ -229,16 +321,17 @@ class Spool:
 
     # --- the writer -----------------------------------------------------------------------
 
-    def run(self, change: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+    def run(self, change: Callable[[sqlite3.Connection], T], *, essential: bool = True) -> asyncio.Future[T]:
         """Queues `change` for the next transaction; the future resolves once the transaction
         holding it is committed to disk (or with the exception `change` raised: that change
         is rolled back alone, the others in the batch are unaffected). Call it on the loop
-        that opened the spool."""
+        that opened the spool. A change that is not `essential` (new mail) never uses the
+        reserve: on a full disk it fails with :class:`SpoolFull`."""
         if self._writer is None or self._closing or self._wakeup is None:
             raise SpoolError("the spool is not open")
         assert self._loop is not None
         future: asyncio.Future[T] = self._loop.create_future()
-        self._pending.append((change, future))
+        self._pending.append((change, future, essential))
         self._wakeup.set()
         return future
 
@@ -262,17 +355,46 @@ class Spool:
             await self._commit(batch)
 
     async def _commit(self, batch: list[_Request]) -> None:
+        results = await self._try_commit(batch)
+        if isinstance(results, BaseException):
+            failure = results
+            if _is_full(failure) and await self._release_reserve():
+                # The disk is full: state changes of accepted mail go on in the reserve; new
+                # mail is refused.
+                refused = SpoolFull("the spool's disk is full")
+                for change, future, essential in batch:
+                    if not essential:
+                        _settle(future, None, refused)
+                batch = [request for request in batch if request[2]]
+                results = await self._try_commit(batch) if batch else []
+            if isinstance(results, BaseException):
+                kind = SpoolFull if _is_full(results) else SpoolError
+                results = [(None, kind(f"spool commit failed: {results}"))] * len(batch)
+        elif self.low_space:
+            await self._loop_run(self._make_reserve)
+        self.stats.commits += 1
+        self.stats.changes += len(batch)
+        self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+        for (_, future, _), (value, error) in zip(batch, results):
+            _settle(future, value, error)
+
+    async def _try_commit(self, batch: list[_Request]) -> list[tuple[Any, BaseException | None]] | BaseException:
+        """One transaction for `batch`: every change's result or error, or the exception that
+        made the whole transaction fail (then nothing of it is stored)."""
         conn = self._conn
         assert conn is not None and self._loop is not None
         results: list[tuple[Any, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for change, _ in batch:
+            for change, _, _ in batch:
                 conn.execute("SAVEPOINT change")
                 try:
                     results.append((change(conn), None))
                     conn.execute("RELEASE change")
-                except Exception as exc:  # the change's own failure goes to its caller
+                except Exception as exc:
+                    if _is_full(exc):
+                        raise  # not this change's fault: the whole batch waits for space
+                    # The change's own failure goes to its caller.
                     conn.execute("ROLLBACK TO change")
                     conn.execute("RELEASE change")
                     results.append((None, exc))
@@ -280,28 +402,31 @@ class Spool:
         except Exception as exc:  # the commit itself failed: nobody's change is durable
             if conn.in_transaction:
                 await self._loop.run_in_executor(self._io, conn.execute, "ROLLBACK")
-            failure = SpoolError(f"spool commit failed: {exc}")
-            results = [(None, failure)] * len(batch)
-        self.stats.commits += 1
-        self.stats.changes += len(batch)
-        self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
-        for (_, future), (value, error) in zip(batch, results):
-            _settle(future, value, error)
+            return exc
+        return results
+
+    async def _loop_run(self, work: Callable[[], T]) -> T:
+        assert self._loop is not None and self._io is not None
+        return await self._loop.run_in_executor(self._io, work)
 
     # --- changes --------------------------------------------------------------------------
 
     async def accept(self, message: NewMessage) -> Job:
         """Stores a message with its recipients queued. Returns once it is on disk."""
+        if self.low_space:
+            raise SpoolFull("the spool's disk is full")
         now = self.clock()
         if len(message.body) <= FILE_THRESHOLD:
-            return await self.run(lambda conn: _insert(conn, message, now))
+            return await self.run(lambda conn: _insert(conn, message, now), essential=False)
         queue_id = new_queue_id()
         path = self.directory / BODIES / queue_id
-        await self._on_file_thread(lambda: _write_file(path, message.body))
         try:
-            return await self.run(lambda conn: _insert(conn, message, now, queue_id=queue_id, body_file=path.name))
-        except BaseException:
+            await self._on_file_thread(lambda: _write_file(path, message.body))
+            return await self.run(lambda conn: _insert(conn, message, now, queue_id=queue_id, body_file=path.name), essential=False)
+        except BaseException as exc:
             path.unlink(missing_ok=True)
+            if _is_full(exc):
+                raise SpoolFull(f"the spool's disk is full: {exc}") from None
             raise
 
     async def mark_in_flight(self, recipient_ids: Iterable[int]) -> None:
@@ -311,16 +436,32 @@ class Spool:
         now = self.clock()
         await self.run(lambda conn: _set_in_flight(conn, ids, now))
 
-    async def record(self, outcomes: Sequence[Outcome], bounce: NewMessage | None = None) -> Job | None:
-        """Records attempt outcomes and, in the same transaction, stores `bounce` (the DSN for
-        the failed recipients) so that a failure and its DSN are never separated by a crash.
-        Messages whose recipients are all finished are removed."""
+    async def record(self, outcomes: Sequence[Outcome]) -> list[DsnBatch]:
+        """Records attempt outcomes. A failure that is due a DSN is marked pending; when this
+        ends a message's failure batch (none of its recipients queued or in flight), the batch
+        is returned for one DSN, to be stored with :meth:`store_dsn` (until then the marks keep
+        it, across a crash too). Messages whose recipients are all finished are removed."""
         now = self.clock()
-        stored, finished_files = await self.run(lambda conn: _record(conn, outcomes, bounce, now))
-        if finished_files:
+        batches, finished_files = await self.run(lambda conn: _record(conn, outcomes, now))
+        await self._remove_bodies(finished_files)
+        return batches
+
+    async def store_dsn(self, batch: DsnBatch, dsn: NewMessage) -> Job:
+        """Stores the DSN for a failure batch and clears its marks in one transaction (a crash
+        before: the batch is found again at start; after: the DSN is in the spool)."""
+        now = self.clock()
+        job, finished_files = await self.run(lambda conn: _store_dsn(conn, batch, dsn, now))
+        await self._remove_bodies(finished_files)
+        return job
+
+    async def dsn_batches(self) -> list[DsnBatch]:
+        """Failure batches that ended without their DSN stored (a crash in between)."""
+        return await self._read(lambda conn: [b for m in _pending_dsn_messages(conn) if (b := _batch(conn, m)) is not None])
+
+    async def _remove_bodies(self, names: list[str]) -> None:
+        if names:
             bodies = self.directory / BODIES
-            await self._on_file_thread(lambda: _unlink(bodies / name for name in finished_files))
-        return stored
+            await self._on_file_thread(lambda: _unlink(bodies / name for name in names))
 
     async def pending(self) -> list[Job]:
         """Unfinished recipients, one Job per message and state, oldest first."""
@@ -397,6 +538,15 @@ class Spool:
         if reader is None or self._io is None:
             raise SpoolError("the spool is not open")
         return await asyncio.get_running_loop().run_in_executor(self._io, query, reader)
+
+
+def _is_full(exc: BaseException) -> bool:
+    """The disk (or the database's size limit) is full."""
+    if isinstance(exc, SpoolFull):
+        return True
+    if isinstance(exc, sqlite3.Error):
+        return getattr(exc, "sqlite_errorname", "") == "SQLITE_FULL" or "database or disk is full" in str(exc)
+    return isinstance(exc, OSError) and exc.errno == errno.ENOSPC
 
 
 def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
@@ -490,10 +640,8 @@ def _set_in_flight(conn: sqlite3.Connection, ids: Sequence[int], now: float) -> 
         conn.execute("UPDATE recipients SET state = ?, updated_at = ? WHERE id = ?", (State.IN_FLIGHT.value, now, rid))
 
 
-def _record(
-    conn: sqlite3.Connection, outcomes: Sequence[Outcome], bounce: NewMessage | None, now: float
-) -> tuple[Job | None, list[str]]:
-    """Returns the stored DSN's job (or None) and the body files of messages now finished."""
+def _record(conn: sqlite3.Connection, outcomes: Sequence[Outcome], now: float) -> tuple[list[DsnBatch], list[str]]:
+    """Returns the failure batches now over and the body files of messages now finished."""
     messages: set[int] = set()
     for outcome in outcomes:
         row = conn.execute("SELECT message FROM recipients WHERE id = ?", (outcome.recipient,)).fetchone()
@@ -501,17 +649,67 @@ def _record(
             continue
         messages.add(row["message"])
         conn.execute(
-            "UPDATE recipients SET state = ?, last_reply = ?, next_attempt = ?, updated_at = ?,"
-            " attempts = max(attempts, ?) WHERE id = ?",
-            (outcome.state.value, outcome.reply, outcome.next_attempt or now, now, outcome.attempts, outcome.recipient),
+            "UPDATE recipients SET state = ?, last_reply = ?, last_host = ?, next_attempt = ?, updated_at = ?,"
+            " attempts = max(attempts, ?), dsn_pending = ? WHERE id = ?",
+            (
+                outcome.state.value,
+                outcome.reply,
+                outcome.host,
+                outcome.next_attempt or now,
+                now,
+                outcome.attempts,
+                int(outcome.dsn and outcome.state is State.FAILED),
+                outcome.recipient,
+            ),
         )
     _bump(conn, "delivered", sum(o.state is State.DELIVERED for o in outcomes))
     _bump(conn, "failed", sum(o.state is State.FAILED for o in outcomes))
+    batches = [batch for message in messages if (batch := _batch(conn, message)) is not None]
+    return batches, _remove_finished(conn, messages)
+
+
+def _batch(conn: sqlite3.Connection, message: int) -> DsnBatch | None:
+    """The message's DSN batch if its failure batch is over, else None."""
+    active = conn.execute(f"SELECT 1 FROM recipients WHERE message = ? AND state IN {ACTIVE_STATES_SQL}", (message,)).fetchone()
+    if active is not None:
+        return None
+    rows = conn.execute(
+        "SELECT id, address, last_reply, last_host FROM recipients WHERE message = ? AND dsn_pending = 1 ORDER BY id", (message,)
+    ).fetchall()
+    if not rows:
+        return None
+    head = conn.execute("SELECT queue_id, mail_from, received_at FROM messages WHERE id = ?", (message,)).fetchone()
+    return DsnBatch(
+        message=message,
+        queue_id=head["queue_id"],
+        mail_from=head["mail_from"],
+        received_at=head["received_at"],
+        failures=tuple(FailedRecipient(r["id"], r["address"], r["last_reply"] or "", r["last_host"]) for r in rows),
+    )
+
+
+def _pending_dsn_messages(conn: sqlite3.Connection) -> list[int]:
+    return [row["message"] for row in conn.execute("SELECT DISTINCT message FROM recipients WHERE dsn_pending = 1")]
+
+
+def _store_dsn(conn: sqlite3.Connection, batch: DsnBatch, dsn: NewMessage, now: float) -> tuple[Job, list[str]]:
+    conn.execute(
+        f"UPDATE recipients SET dsn_pending = 0 WHERE id IN ({', '.join('?' * len(batch.failures))})",
+        [f.recipient for f in batch.failures],
+    )
+    _bump(conn, "bounces")
+    job = _insert(conn, dsn, now)
+    return job, _remove_finished(conn, {batch.message})
+
+
+def _remove_finished(conn: sqlite3.Connection, messages: Iterable[int]) -> list[str]:
+    """Deletes the messages whose recipients are all delivered or failed, with no DSN still due;
+    returns their body files."""
     finished: list[str] = []
     for message in messages:
         row = conn.execute(
             "SELECT body_file FROM messages WHERE id = ? AND NOT EXISTS"
-            f" (SELECT 1 FROM recipients WHERE message = ? AND state NOT IN {FINAL_STATES_SQL})",
+            f" (SELECT 1 FROM recipients WHERE message = ? AND (state NOT IN {FINAL_STATES_SQL} OR dsn_pending = 1))",
             (message, message),
         ).fetchone()
         if row is None:
@@ -519,10 +717,7 @@ def _record(
         conn.execute("DELETE FROM messages WHERE id = ?", (message,))
         if row["body_file"] is not None:
             finished.append(row["body_file"])
-    if bounce is None:
-        return None, finished
-    _bump(conn, "bounces")
-    return _insert(conn, bounce, now), finished
+    return finished
 
 
 def _recover(conn: sqlite3.Connection) -> int:
