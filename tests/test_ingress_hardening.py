@@ -590,6 +590,56 @@ def test_the_auth_failure_memory_is_bounded(aio_run: Run, tmp_path: Path, monkey
     aio_run(main())
 
 
+def test_auth_limits_hold_after_starttls(aio_run: Run, tmp_path: Path) -> None:
+    """The usual set-up (AUTH only over TLS): the session after STARTTLS keeps its failure count
+    and its delays, and the right password still works on a new connection."""
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    certificate = ca.issue_cert("127.0.0.1")
+    certificate.cert_chain_pems[0].write_to_path(tmp_path / "relay.crt")
+    certificate.private_key_pem.write_to_path(tmp_path / "relay.key")
+    conf = config(
+        tmp_path,
+        f'{ALLOWED}\nauth_users = {{ carol = "s3cret" }}\ntls_certificate = "{tmp_path / "relay.crt"}"\n'
+        f'tls_key = "{tmp_path / "relay.key"}"\nauth_failure_delay = "100ms"',
+    )
+    client_tls = ssl.create_default_context()
+    ca.configure_trust(client_tls)
+
+    async def main() -> None:
+        async with running(conf):
+            loop = asyncio.get_running_loop()
+            kwargs: dict[str, Any] = dict(
+                hostname="127.0.0.1", port=conf.listener.port, source_address=(OUTSIDE, 0), tls_context=client_tls, start_tls=True,
+            )
+            smtp = aiosmtplib.SMTP(**kwargs)
+            await smtp.connect()
+            await smtp.ehlo()  # again, over TLS
+            assert "auth" in smtp.esmtp_extensions
+            for n in (1, 2):
+                start = loop.time()
+                with pytest.raises(aiosmtplib.SMTPAuthenticationError) as failed:
+                    await smtp.auth_plain("carol", f"wrong{n}")  # login() would try each mechanism
+                assert failed.value.code == 535
+                assert loop.time() - start >= 0.1 * n * 0.95
+            with pytest.raises(aiosmtplib.SMTPAuthenticationError) as dropped:
+                await smtp.auth_plain("carol", "wrong3")
+            assert dropped.value.code == 421
+            with pytest.raises(aiosmtplib.SMTPServerDisconnected):
+                await smtp.noop()
+            smtp.close()
+            await aiosmtplib.send(
+                message("tls", message_id="<tls@t>"), sender=SENDER, recipients=["x@example.org"], username="carol",
+                password="s3cret", **kwargs,
+            )
+            assert [row.header_message_id for row in listing(conf.spool.directory)] == ["<tls@t>"]
+
+    aio_run(main())
+
+
 # --- 5. the idle timeout -------------------------------------------------------------------
 
 
