@@ -201,6 +201,47 @@ def test_a_flood_of_idle_connections_leaves_room_for_clients_and_delivery(loop: 
         asyncio.run(main())
 
 
+def test_out_of_file_descriptors_the_listener_pauses_and_then_serves(aio_run: Run, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """This process (the relay's) is made to run out of descriptors while a client connects:
+    accept() fails with EMFILE. The listener says so once and waits (no busy retry, no
+    traceback, the queued client not dropped); given descriptors again, it greets the client."""
+    import os
+    import resource
+
+    conf = config(tmp_path)
+
+    async def main() -> None:
+        async with running(conf):
+            loop = asyncio.get_running_loop()
+            probe = socket.socket()
+            probe.setblocking(False)
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            # Fill every free descriptor below the highest in use, then forbid any above it.
+            fillers: list[int] = []
+            highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+            while not fillers or fillers[-1] <= highest:
+                fillers.append(os.open("/dev/null", os.O_RDONLY))
+            os.close(fillers.pop())
+            caplog.clear()
+            resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, hard))
+            try:
+                await loop.sock_connect(probe, ("127.0.0.1", conf.listener.port))
+                await eventually(lambda: any("cannot accept connections" in r.getMessage() for r in caplog.records), what="the EMFILE line")
+                await asyncio.sleep(0.5)
+            finally:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+                for fd in fillers:
+                    os.close(fd)
+            reader, writer = await asyncio.open_connection(sock=probe)
+            assert await asyncio.wait_for(reader.readline(), 30) == b"220 relay.test deliverypool\r\n"
+            writer.close()
+            lines = [r for r in caplog.records if "cannot accept connections" in r.getMessage()]
+            assert 1 <= len(lines) <= 3, [r.getMessage() for r in lines]
+            assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+    aio_run(main())
+
+
 # --- 2. the listen backlog -----------------------------------------------------------------
 
 
