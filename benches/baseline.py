@@ -9,9 +9,13 @@ It is meant to be a fair opponent, not a straw man:
 * MIME part headers are found the way `rust/scan.rs` finds them (a delimiter search over the
   body, no body decoding, the same limits: 64 parts, depth 4, 4 MiB of body) and each part's
   header block is parsed with the same stdlib parser;
-* every signal, word list and decision rule of `rust/dsn.rs` is mirrored one for one, including
-  the body read only when a single sender signal fired, and the same policy outcome (a DSN goes
-  to the high-risk pool).
+* every signal and decision rule of `rust/dsn.rs` is mirrored one for one (the points of each
+  signal, hints counted only with a sender signal, the body read only when the headers leave
+  the verdict open), and the same policy outcome (a DSN goes to the high-risk pool);
+* the phrase groups are `deliverypool.PHRASE_GROUPS`, the Rust table itself, so the two cannot
+  drift; they are matched the way a Python programmer would: the text lowercased, white space
+  collapsed with a regular expression, then `in` (or `startswith`/`endswith` for anchored
+  subject forms) for each phrase.
 
 `test_scan.py::test_baseline_agrees_with_deliverypool` checks that the verdicts agree on the
 corpus, so this file cannot drift into measuring something easier.
@@ -25,6 +29,9 @@ from email.header import decode_header, make_header
 from email.message import Message
 from email.parser import BytesParser, Parser
 from email.policy import compat32
+
+# Data only: the phrase table. The matching below is Python's.
+from deliverypool import PHRASE_GROUPS
 
 _bytes_parser = BytesParser(policy=compat32)
 _text_parser = Parser(policy=compat32)
@@ -58,138 +65,37 @@ DAEMON_DISPLAY_NAMES = (
     "mailer daemon",
     "ndr administrator",
     "mail delivery service",
+    "courier mail server at",
 )
 
-BOUNCE_SUBJECTS = (
-    "undeliverable",
-    "undelivered",
-    "undeliverd",
-    "returned mail",
-    "returned to sender",
-    "returning to sender",
-    "mail failed",
-    "returning message to sender",
-    "delivery status notification",
-    "delivery notification",
-    "delivery failure",
-    "delivery failed",
-    "delivery has failed",
-    "delivery problem",
-    "delivery status",
-    "failed delivery",
-    "failure notice",
-    "failure delivery",
-    "non-delivery",
-    "nondeliverable",
-    "non delivery",
-    "non-deliverable",
-    "not delivered",
-    "could not be delivered",
-    "couldn't be delivered",
-    "could not send message",
-    "mail system error",
-    "mail delivery failed",
-    "permanent delivery failure",
-    "delayed mail",
-    "delivery delayed",
-    "bounce",
-    "message you sent blocked",
-    "rejected",
-    "mail failure",
-    "error sending",
-    "returned message",
-    "message not delivered",
-    "are not member",
-    "loop alert",
-    "unzustellbar",
-    "nicht zustellbar",
-    "fehlgeschlagen",
-    "non remis",
-    "non distribuable",
-    "échec de la remise",
-    "echec de la remise",
-    "non délivré",
-    "impossible de remettre",
-    "no se puede entregar",
-    "no entregado",
-    "não entregue",
-    "não é possível entregar",
-    "nao entregue",
-    "falha na entrega",
-    "mensagem não entregue",
-    "non recapitabile",
-    "mancata consegna",
-    "impossibile recapitare",
-    "non recapitato",
-    "onbestelbaar",
-    "niet bezorgd",
-    "kan niet worden bezorgd",
-    "kan inte levereras",
-    "kunne ikke leveres",
-    "ei voitu toimittaa",
-    "niedostarczalne",
-    "nie dostarczono",
-    "nedoručitelné",
-    "недоставленное",
-    "не доставлено",
-    "невозможно доставить",
-    "не может быть доставлено",
-    "ошибка доставки",
-    "配信不能",
-    "メールエラー",
-    "エラー通知",
-    "配送エラー",
-    "配信エラー",
-    "送信エラー",
-    "不達",
-    "配信できません",
-    "送信できませんでした",
-    "配送されませんでした",
-    "退信",
-    "无法投递",
-    "未送达",
-    "投递失败",
-    "無法傳遞",
-    "전달되지",
-)
+def _phrases(kinds: set[str]) -> list[tuple[str, str, bool, bool]]:
+    """(kind, phrase, anchored at the start, anchored at the end) of the groups of `kinds`."""
+    out = []
+    for _name, kind, _source, _families, phrases in PHRASE_GROUPS:
+        if kind in kinds:
+            for phrase in phrases:
+                start, end = phrase.startswith("^"), phrase.endswith("$")
+                out.append((kind, phrase[1 if start else 0 : -1 if end else None], start, end))
+    return out
 
-BOUNCE_BODY_PHRASES = tuple(
-    p.encode()
-    for p in (
-        "this is the mail system at host",
-        "this is the qmail-send program",
-        "i'm afraid i wasn't able to deliver",
-        "this message was created automatically by mail delivery software",
-        "delivery to the following recipient",
-        "could not be delivered",
-        "couldn't be delivered",
-        "was not delivered",
-        "wasn't delivered",
-        "delivery has failed",
-        "delivery failed",
-        "delivery failure",
-        "permanent error",
-        "permanent fatal error",
-        "undeliverable",
-        "undelivered",
-        "unable to deliver",
-        "user unknown",
-        "unknown user",
-        "no such user",
-        "mailbox unavailable",
-        "mailbox is full",
-        "mailbox full",
-        "returned mail",
-        "non-delivery",
-        "transcript of session follows",
-        "not a member",
-        "are not member",
-        "duplicated message-id",
-        "loop alert",
-        "message could not be",
-        "rejected",
-    )
-)
+
+SUBJECT_PHRASES = _phrases({"subject-form", "subject-word", "reply-prefix"})
+BODY_TEMPLATES = tuple(p.encode() for _, p, _, _ in _phrases({"body-template"}))
+BODY_WORDING = tuple(p.encode() for _, p, _, _ in _phrases({"body-wording"}))
+
+# Points per signal and the threshold (rust/dsn.rs SIGNALS).
+POINTS = {
+    "report-type-delivery-status": 100, "delivery-status-part": 100, "x-failed-recipients": 100, "exchange-ndr": 100,
+    "ses-notification": 100, "null-sender": 50, "daemon-sender": 60, "auto-submitted-failure": 50, "bounce-subject": 50,
+    "bounce-subject-word": 40, "bounce-template": 55, "bounce-body": 40, "auto-submitted": 10, "no-reply-sender": 10,
+    "qmail-bounce": 20,
+}
+ORDER = list(POINTS)
+STRUCTURAL = set(ORDER[:5])
+SENDER = {"null-sender", "daemon-sender", "auto-submitted-failure"}
+HINTS = {"auto-submitted", "no-reply-sender", "qmail-bounce"}
+THRESHOLD = 100
+AUTO_SUBMITTED_FAILURES = ("failure", "warning-timeout", "postmaster-notification", "postmaster-warning")
 
 AUTO_REPLY_SUBJECT_PREFIXES = (
     "auto:",
@@ -283,7 +189,7 @@ def extract_address(value: str) -> str:
 
 def local_part(address: str) -> str | None:
     lp = address.rpartition("@")[0] if "@" in address else address
-    lp = lp.strip().strip('"')
+    lp = lp.strip().strip("\"\\'")
     return lp or None
 
 
@@ -300,6 +206,8 @@ def is_daemon_address(value: str) -> bool:
         return True
     lp = local_part(address)
     if lp is not None and lp.lower() in DAEMON_LOCAL_PARTS:
+        return True
+    if lp is not None and len(lp) > 17 and lp[:17].lower() == "microsoftexchange":
         return True
     lower = value.lower()
     return any(name in lower for name in DAEMON_DISPLAY_NAMES)
@@ -414,8 +322,14 @@ def _ses_notification_type(body: bytes) -> str | None:
 # --- detection and policy --------------------------------------------------------------------
 
 
+_SKIPPED_START = re.compile(rb"\A(?:\xef\xbb\xbf|[\r\n]+|>?From [^\r\n]*(?:\r\n|\r|\n)?)+")
+
+
 def detect(message: bytes, mail_from: str | None = None) -> Detection:
-    msg = _bytes_parser.parsebytes(message, headersonly=True)
+    # What the scanner skips before the first field (a byte-order mark, blank lines, From_
+    # lines); its junk-line rule is not mirrored (no corpus message has junk).
+    skipped = _SKIPPED_START.match(message)
+    msg = _bytes_parser.parsebytes(message[skipped.end() :] if skipped else message, headersonly=True)
     content_type = msg.get_content_type() if "content-type" in msg else None
     parts: list[str] = []
     recipients: list[Recipient] = []
@@ -447,28 +361,6 @@ def detect(message: bytes, mail_from: str | None = None) -> Detection:
         strong.append("x-failed-recipients")
     if "x-ms-exchange-message-is-ndr" in msg:
         strong.append("exchange-ndr")
-    if any("invoked for bounce" in _LINE_BREAK.sub("", str(v)) for v in msg.get_all("received", ())):
-        strong.append("qmail-bounce")
-
-    weak: list[str] = []
-    if mail_from is not None:
-        null_sender = is_null_path(mail_from)
-    else:
-        return_path = _value(msg, "return-path")
-        null_sender = return_path is not None and is_null_or_daemon_path(return_path)
-    if null_sender:
-        weak.append("null-sender")
-    from_ = _value(msg, "from")
-    senders = [v for v in (from_, _value(msg, "sender")) if v is not None]
-    if any(is_daemon_address(v) for v in senders):
-        weak.append("daemon-sender")
-    subject = _subject(msg)
-    subject = subject.lower() if subject is not None else None
-    if subject is not None and any(p in subject for p in BOUNCE_SUBJECTS):
-        weak.append("bounce-subject")
-    auto_submitted = _value(msg, "auto-submitted")
-    if auto_submitted is not None and "failure" in auto_submitted.lower():
-        weak.append("auto-submitted-failure")
     body: bytes | None = None
     if "x-amz-sns-message-id" in msg:
         body = _body_bytes(msg)
@@ -478,25 +370,61 @@ def detect(message: bytes, mail_from: str | None = None) -> Detection:
         elif kind == "complaint" and not strong:
             return Detection("arf", None, parts)
 
-    from_software = any(s != "bounce-subject" for s in weak)
-    no_reply = not from_software and len(weak) == 1 and from_ is not None and is_no_reply_address(from_)
-    if not strong and len(weak) == 1 and (from_software or no_reply):
+    fired = set(strong)
+    if mail_from is not None:
+        null_sender = is_null_path(mail_from)
+    else:
+        return_path = _value(msg, "return-path")
+        null_sender = return_path is not None and is_null_or_daemon_path(return_path)
+    if null_sender:
+        fired.add("null-sender")
+    from_ = _value(msg, "from")
+    senders = [v for v in (from_, _value(msg, "sender")) if v is not None]
+    if any(is_daemon_address(v) for v in senders):
+        fired.add("daemon-sender")
+    auto_submitted = _value(msg, "auto-submitted")
+    if auto_submitted is not None:
+        lowered = auto_submitted.lower()
+        if any(f in lowered for f in AUTO_SUBMITTED_FAILURES):
+            fired.add("auto-submitted-failure")
+        elif lowered.strip() != "no":
+            fired.add("auto-submitted")
+    subject = _subject(msg)
+    subject = _without_list_tag(subject.lstrip())[:512].lower() if subject is not None else None
+    if subject is not None:
+        found = _subject_kinds(subject)
+        if "reply-prefix" not in found:
+            if "subject-form" in found:
+                fired.add("bounce-subject")
+            elif "subject-word" in found:
+                fired.add("bounce-subject-word")
+    if from_ is not None and is_no_reply_address(from_):
+        fired.add("no-reply-sender")
+    if any("invoked for bounce" in _LINE_BREAK.sub("", str(v)) for v in msg.get_all("received", ())):
+        fired.add("qmail-bounce")
+
+    def total() -> int:
+        counted = fired if fired & SENDER else fired - HINTS
+        return sum(POINTS[s] for s in counted)
+
+    structural = bool(fired & STRUCTURAL)
+    if not structural and total() < THRESHOLD <= total() + POINTS["bounce-template"]:
         if body is None:
             body = _body_bytes(msg)
-        window = body[:BODY_WINDOW].lower()
-        if any(p in window for p in BOUNCE_BODY_PHRASES):
-            weak.append("bounce-body")
-            if no_reply:
-                weak.insert(0, "no-reply-sender")
+        window = _SPACES.sub(b" ", body[:BODY_WINDOW].lower())
+        if any(p in window for p in BODY_TEMPLATES):
+            fired.add("bounce-template")
+        elif any(p in window for p in BODY_WORDING):
+            fired.add("bounce-body")
 
-    if strong or (len(weak) >= 2 and from_software) or (no_reply and len(weak) == 3):
+    if structural or total() >= THRESHOLD:
         if global_part or report_type == "global-delivery-status":
             kind = "global-delivery-status"
         elif status_part or bare_status:
             kind = "delivery-status"
         else:
             kind = "non-standard"
-        return Detection("dsn", Verdict(kind, strong + weak, recipients), parts)
+        return Detection("dsn", Verdict(kind, [s for s in ORDER if s in fired], recipients), parts)
 
     precedence = _value(msg, "precedence")
     auto_reply = (
@@ -504,9 +432,38 @@ def detect(message: bytes, mail_from: str | None = None) -> Detection:
         or "x-autoreply" in msg
         or "x-autorespond" in msg
         or (precedence is not None and precedence.strip().lower() == "auto_reply")
-        or (subject is not None and subject.lstrip().startswith(AUTO_REPLY_SUBJECT_PREFIXES))
+        or (subject is not None and subject.startswith(AUTO_REPLY_SUBJECT_PREFIXES))
     )
     return Detection("auto-reply" if auto_reply else None, None, parts)
+
+
+_SPACES = re.compile(rb"[ \t\r\n]+")
+_TEXT_SPACES = re.compile(r"[ \t\r\n]+")
+
+
+def _without_list_tag(subject: str) -> str:
+    if subject.startswith("["):
+        close = subject[1:65].find("]")
+        if close != -1:
+            return subject[close + 2 :].lstrip()
+    return subject
+
+
+def _subject_kinds(subject: str) -> set[str]:
+    text = _TEXT_SPACES.sub(" ", subject)
+    found = set()
+    for kind, phrase, start, end in SUBJECT_PHRASES:
+        if start and end:
+            hit = text == phrase
+        elif start:
+            hit = text.startswith(phrase)
+        elif end:
+            hit = text.endswith(phrase)
+        else:
+            hit = phrase in text
+        if hit:
+            found.add(kind)
+    return found
 
 
 def classify(message: bytes, mail_from: str | None = None) -> Decision:

@@ -75,7 +75,7 @@ fn mutations(msg: &[u8]) -> Vec<Vec<u8>> {
 fn dump(out: &mut String, msg: &[u8]) {
     let f = scan(msg, Some("x-spam-score"));
     let ct = |c: &ContentType| format!("{} {:?}", c.mime_type(), c.params().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>());
-    writeln!(out, "len={} fields={} ct={:?}", f.header_length, f.field_count, f.content_type.as_ref().map(ct)).unwrap();
+    writeln!(out, "start={} len={} fields={} ct={:?}", f.header_start, f.header_length, f.field_count, f.content_type.as_ref().map(ct)).unwrap();
     writeln!(
         out,
         "from={:?} sender={:?} rp={:?} subj={:?} as={:?} prec={:?} xfr={:?} mid={:?}",
@@ -104,7 +104,7 @@ fn dump(out: &mut String, msg: &[u8]) {
         Envelope { untrusted_client: true, sender_domain: Some(DomainStatus::Unknown), ..Default::default() },
     ];
     let block = header_block(msg);
-    assert_eq!(block.1 - block.0, f.header_length, "header_block disagrees with scan");
+    assert_eq!(block, (f.header_start, f.header_start + f.header_length), "header_block disagrees with scan");
     let mut fields = None;
     for (i, envelope) in envelopes.iter().enumerate() {
         for policy in [&plain, &with_header] {
@@ -113,7 +113,7 @@ fn dump(out: &mut String, msg: &[u8]) {
             assert_eq!(read.0, f.message_id, "Decision::message_id disagrees with scan");
             assert!(fields.as_ref().map_or(true, |first| *first == read), "fields differ between envelopes");
             fields = Some(read);
-            let dsn = d.detection.dsn.as_ref().map(|v| format!("{:?} {:?} {:?}", v.kind, v.signals, v.recipients));
+            let dsn = d.detection.dsn.as_ref().map(|v| format!("{:?} {:?} {} {:?}", v.kind, v.signals, v.strength, v.recipients));
             writeln!(
                 out,
                 " c{i} pool={} hr={} reasons={:?} kind={:?} dsn={:?} score={:?} src={:?} thr={} sd={:?} defects={:?}",

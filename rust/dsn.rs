@@ -2,18 +2,25 @@
 //! the non-standard bounces real MTAs write) from other automatic reports (read receipts, abuse
 //! feedback, vacation replies) and from ordinary mail.
 //!
-//! Real mail is ambiguous, so detection combines signals. A *strong* signal is something only a
-//! bounce carries (a delivery-status part, X-Failed-Recipients, ...) and decides alone. *Weak*
-//! signals (a null sender, a mailer-daemon From, a bounce-like subject or body) decide only in
-//! pairs that include one about the sender, and the body is read only when exactly one
-//! sender signal fired, so ordinary mail costs a header scan and nothing more.
+//! Real mail is ambiguous, so the verdict weighs evidence. Each signal that fires adds its
+//! points (the `Signal` table); a message is a DSN at `THRESHOLD` points. A *structural* signal (a
+//! delivery-status part, X-Failed-Recipients, ...) is something only a bounce carries and
+//! reaches the threshold alone. The others add up: a daemon sender and a bounce subject are
+//! enough, so are a bounce template's sentence in the body and a bounce subject; a person can
+//! write bounce words, so wording alone is not. Trace fields (qmail's `invoked for bounce`
+//! Received line, copied through lists and forwards), no-reply senders and Auto-Submitted are
+//! hints: they count only together with a sender signal. The body (its first `BODY_WINDOW` bytes) is
+//! read only when the headers leave the verdict open and could still close it, so ordinary
+//! mail costs a header scan and a subject match.
 
 use std::sync::LazyLock;
 
 use memchr::memmem;
 
 use crate::labels::closed_set;
-use crate::scan::{header_start, HeaderIndex, RecipientFields, RecipientStatus};
+use crate::matcher::{GroupId, Matcher};
+use crate::phrases::{self, Kind, GROUPS};
+use crate::scan::{HeaderIndex, RecipientFields, RecipientStatus};
 
 closed_set! {
     /// What kind of automatic report a message is (`REPORT_KINDS` in Python).
@@ -40,29 +47,106 @@ closed_set! {
 }
 
 closed_set! {
-    /// The signals a DSN verdict lists (`SIGNALS` in Python). Public output: keep the names
-    /// stable. A new signal is one line here.
-    pub enum Signal debug_as_name {
-        ReportType = "report-type-delivery-status",
-        StatusPart = "delivery-status-part",
-        FailedRecipients = "x-failed-recipients",
-        ExchangeNdr = "exchange-ndr",
-        QmailBounce = "qmail-bounce",
-        NullSender = "null-sender",
-        DaemonSender = "daemon-sender",
-        BounceSubject = "bounce-subject",
-        AutoSubmittedFailure = "auto-submitted-failure",
-        BounceBody = "bounce-body",
-        SesNotification = "ses-notification",
-        NoReplySender = "no-reply-sender",
+    /// What a signal is evidence of.
+    #[derive(Debug)]
+    pub enum SignalClass {
+        /// Machine-readable structure only bounces carry: decides alone.
+        Structure = "structure",
+        /// Who sent the message.
+        Sender = "sender",
+        /// What the subject or body says.
+        Text = "text",
+        /// Common to bounces and other automatic or relayed mail: never decides alone.
+        Hint = "hint",
     }
 }
+
+/// What a signal counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SignalSpec {
+    pub class: SignalClass,
+    /// Points added when the signal fires; a DSN needs `THRESHOLD`.
+    pub points: u32,
+}
+
+/// Points a verdict needs.
+pub const THRESHOLD: u32 = 100;
+
+const fn spec(class: SignalClass, points: u32) -> SignalSpec {
+    SignalSpec { class, points }
+}
+
+closed_set! {
+    /// The signals a DSN verdict lists (`SIGNALS` in Python), in the order a verdict lists
+    /// them, each with what it counts. Public output: keep the names stable. A new signal is
+    /// one row here.
+    ///
+    /// The weights encode the rules: a daemon sender (60) with a bounce subject (50) or any
+    /// bounce wording in the body (40) is enough; a template sentence in the body (55) with a
+    /// bounce subject (50), a null sender (50) or Auto-Submitted failure (50) is enough, but
+    /// with a bounce word a person might put in a subject (40) it is not; a null sender needs
+    /// the body. The hints (10-20) count only together with a sender signal.
+    pub enum Signal debug_as_name,
+    /// The signal's class and points.
+    fn spec() -> SignalSpec {
+        ReportType = "report-type-delivery-status" => spec(SignalClass::Structure, THRESHOLD),
+        StatusPart = "delivery-status-part" => spec(SignalClass::Structure, THRESHOLD),
+        FailedRecipients = "x-failed-recipients" => spec(SignalClass::Structure, THRESHOLD),
+        ExchangeNdr = "exchange-ndr" => spec(SignalClass::Structure, THRESHOLD),
+        SesNotification = "ses-notification" => spec(SignalClass::Structure, THRESHOLD),
+        NullSender = "null-sender" => spec(SignalClass::Sender, 50),
+        DaemonSender = "daemon-sender" => spec(SignalClass::Sender, 60),
+        AutoSubmittedFailure = "auto-submitted-failure" => spec(SignalClass::Sender, 50),
+        BounceSubject = "bounce-subject" => spec(SignalClass::Text, 50),
+        BounceSubjectWord = "bounce-subject-word" => spec(SignalClass::Text, 40),
+        BounceTemplate = "bounce-template" => spec(SignalClass::Text, 55),
+        BounceBody = "bounce-body" => spec(SignalClass::Text, 40),
+        AutoSubmitted = "auto-submitted" => spec(SignalClass::Hint, 10),
+        NoReplySender = "no-reply-sender" => spec(SignalClass::Hint, 10),
+        QmailBounce = "qmail-bounce" => spec(SignalClass::Hint, 20),
+    }
+}
+
+// `Evidence` keeps the signals that fired as bits of a u32.
+const _: () = assert!(Signal::ALL.len() <= 32);
+
+impl Signal {
+    /// This signal's bit in `Evidence::fired`.
+    const fn bit(self) -> u32 {
+        1 << self as u32
+    }
+
+    /// The bits of every signal of `class`.
+    const fn mask(class: SignalClass) -> u32 {
+        let mut bits = 0;
+        let mut i = 0;
+        while i < Signal::ALL.len() {
+            let signal = Signal::ALL[i];
+            if signal.spec().class as u8 == class as u8 {
+                bits |= signal.bit();
+            }
+            i += 1;
+        }
+        bits
+    }
+}
+
+const STRUCTURAL: u32 = Signal::mask(SignalClass::Structure);
+const SENDER: u32 = Signal::mask(SignalClass::Sender);
+const HINTS: u32 = Signal::mask(SignalClass::Hint);
+
+/// The most points the body can add: reading it is worth it only from `THRESHOLD` minus this.
+const BODY_MAX: u32 = Signal::BounceTemplate.spec().points;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct DsnVerdict {
     pub kind: DsnKind,
-    /// Every signal that fired, strong ones first.
+    /// Every signal that fired, in table order (`Signal::ALL`).
     pub signals: Vec<Signal>,
+    /// The signals' points over `THRESHOLD`: 1.0 is just enough, each structural signal counts
+    /// 1.0 alone. Only evidence that was read counts (the body is not read once the headers
+    /// decided).
+    pub strength: f64,
     pub recipients: Vec<RecipientStatus>,
 }
 
@@ -70,6 +154,29 @@ pub struct DsnVerdict {
 pub struct Detection {
     pub report_kind: Option<ReportKind>,
     pub dsn: Option<DsnVerdict>,
+}
+
+/// Options of `detect_with`. The default is what routing uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DetectOptions {
+    /// Phrase groups (bit `i` for `phrases::GROUPS[i]`) whose matches are ignored: the corpus
+    /// tool's leave-one-family-out run. Tested only when a phrase matches.
+    pub disabled_groups: u128,
+}
+
+impl DetectOptions {
+    /// Options with the groups called `names` disabled; None names an unknown group.
+    pub fn without_groups<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Self, &'a str> {
+        let mut disabled_groups = 0u128;
+        for name in names {
+            disabled_groups |= 1u128 << phrases::group_id(name).ok_or(name)?;
+        }
+        Ok(DetectOptions { disabled_groups })
+    }
+
+    fn enabled(&self, group: GroupId) -> bool {
+        self.disabled_groups & (1u128 << group) == 0
+    }
 }
 
 const SUBJECT_MATCH_CHARS: usize = 512;
@@ -92,155 +199,80 @@ const DAEMON_LOCAL_PARTS: &[&str] = &[
     "poostmaster",
 ];
 
-const DAEMON_DISPLAY_NAMES: &[&str] =
-    &["mail delivery system", "mail delivery subsystem", "mailer-daemon", "mailer daemon", "ndr administrator", "mail delivery service"];
+/// Exchange Online sends NDRs from `MicrosoftExchange<32 hex digits>@<tenant domain>`.
+const EXCHANGE_SYSTEM_LOCAL_PART: &str = "microsoftexchange";
 
-/// Lowercased subject phrases that bounces use, in the languages seen in the wild.
-const BOUNCE_SUBJECTS: &[&str] = &[
-    "undeliverable",
-    "undelivered",
-    "undeliverd",
-    "returned mail",
-    "returned to sender",
-    "returning to sender",
-    "mail failed",
-    "returning message to sender",
-    "delivery status notification",
-    "delivery notification",
-    "delivery failure",
-    "delivery failed",
-    "delivery has failed",
-    "delivery problem",
-    "delivery status",
-    "failed delivery",
-    "failure notice",
-    "failure delivery",
-    "non-delivery",
-    "nondeliverable",
-    "non delivery",
-    "non-deliverable",
-    "not delivered",
-    "could not be delivered",
-    "couldn't be delivered",
-    "could not send message",
-    "mail system error",
-    "mail delivery failed",
-    "permanent delivery failure",
-    "delayed mail",
-    "delivery delayed",
-    "bounce",
-    "message you sent blocked",
-    "rejected",
-    "mail failure",
-    "error sending",
-    "returned message",
-    "message not delivered",
-    // fml mailing-list manager error notices
-    "are not member",
-    "loop alert",
-    // German
-    "unzustellbar",
-    "nicht zustellbar",
-    "fehlgeschlagen",
-    // French
-    "non remis",
-    "non distribuable",
-    "échec de la remise",
-    "echec de la remise",
-    "non délivré",
-    "impossible de remettre",
-    // Spanish, Portuguese
-    "no se puede entregar",
-    "no entregado",
-    "não entregue",
-    "não é possível entregar",
-    "nao entregue",
-    "falha na entrega",
-    "mensagem não entregue",
-    // Italian
-    "non recapitabile",
-    "mancata consegna",
-    "impossibile recapitare",
-    "non recapitato",
-    // Dutch
-    "onbestelbaar",
-    "niet bezorgd",
-    "kan niet worden bezorgd",
-    // Nordic, Polish, Czech
-    "kan inte levereras",
-    "kunne ikke leveres",
-    "ei voitu toimittaa",
-    "niedostarczalne",
-    "nie dostarczono",
-    "nedoručitelné",
-    // Russian
-    "недоставленное",
-    "не доставлено",
-    "невозможно доставить",
-    "не может быть доставлено",
-    "ошибка доставки",
-    // Japanese, Chinese, Korean
-    "配信不能",
-    "メールエラー",
-    "エラー通知",
-    "配送エラー",
-    "配信エラー",
-    "送信エラー",
-    "不達",
-    "配信できません",
-    "送信できませんでした",
-    "配送されませんでした",
-    "退信",
-    "无法投递",
-    "未送达",
-    "投递失败",
-    "無法傳遞",
-    "전달되지",
-];
-
-/// Lowercased phrases bounce bodies use; read only when the headers leave the verdict open.
-const BOUNCE_BODY_PHRASES: &[&str] = &[
-    "this is the mail system at host",
-    "this is the qmail-send program",
-    "i'm afraid i wasn't able to deliver",
-    "this message was created automatically by mail delivery software",
-    "delivery to the following recipient",
-    "could not be delivered",
-    "couldn't be delivered",
-    "was not delivered",
-    "wasn't delivered",
-    "delivery has failed",
-    "delivery failed",
-    "delivery failure",
-    "permanent error",
-    "permanent fatal error",
-    "undeliverable",
-    "undelivered",
-    "unable to deliver",
-    "user unknown",
-    "unknown user",
-    "no such user",
-    "mailbox unavailable",
-    "mailbox is full",
-    "mailbox full",
-    "returned mail",
-    "non-delivery",
-    "transcript of session follows",
-    "not a member",
-    "are not member",
-    "duplicated message-id",
-    "loop alert",
-    "message could not be",
-    "rejected",
+/// Display names of bounce senders: Postfix and Exim ("Mail Delivery System"), sendmail and
+/// Gmail ("Mail Delivery Subsystem"), Courier ("Courier mail server at <host>"), Exchange.
+const DAEMON_DISPLAY_NAMES: &[&str] = &[
+    "mail delivery system",
+    "mail delivery subsystem",
+    "mailer-daemon",
+    "mailer daemon",
+    "ndr administrator",
+    "mail delivery service",
+    "courier mail server at",
 ];
 
 const AUTO_REPLY_SUBJECT_PREFIXES: &[&str] =
     &["auto:", "automatic reply", "autoreply", "auto-reply", "auto reply", "out of office", "abwesenheitsnotiz", "réponse automatique", "respuesta automática", "risposta automatica"];
 
+/// Values after `auto-generated`/`auto-replied` in Auto-Submitted that only delivery reports
+/// use: sendmail writes `auto-generated (failure)`, `(warning-timeout)`,
+/// `(postmaster-notification)`, `(postmaster-warning)`.
+const AUTO_SUBMITTED_FAILURES: &[&str] = &["failure", "warning-timeout", "postmaster-notification", "postmaster-warning"];
+
 /// Detects what kind of report `msg` is. `mail_from` is the envelope sender when known: an
 /// empty string or `<>` is the null reverse-path.
 pub fn detect(facts: &HeaderIndex, msg: &[u8], mail_from: Option<&str>) -> Detection {
-    let mut strong: Vec<Signal> = Vec::new();
+    detect_with(facts, msg, mail_from, &DetectOptions::default())
+}
+
+/// Which signals fired (`Signal::bit`) and their points.
+#[derive(Default)]
+struct Evidence {
+    fired: u32,
+    /// Points of the signals that fired, hints apart.
+    points: u32,
+    hint_points: u32,
+}
+
+impl Evidence {
+    fn add(&mut self, signal: Signal) {
+        let bit = signal.bit();
+        if self.fired & bit == 0 {
+            self.fired |= bit;
+            if bit & HINTS != 0 {
+                self.hint_points += signal.spec().points;
+            } else {
+                self.points += signal.spec().points;
+            }
+        }
+    }
+
+    /// What the verdict counts: hints only corroborate a sender signal. Relayed and quoted mail
+    /// (list posts, helpdesk replies, forwards) carries bounce text together with hints, so
+    /// with text alone they would add up to a verdict the text does not support.
+    fn total(&self) -> u32 {
+        if self.fired & SENDER != 0 {
+            self.points + self.hint_points
+        } else {
+            self.points
+        }
+    }
+
+    fn structural(&self) -> bool {
+        self.fired & STRUCTURAL != 0
+    }
+
+    fn signals(&self) -> Vec<Signal> {
+        Signal::ALL.iter().copied().filter(|s| self.fired & s.bit() != 0).collect()
+    }
+}
+
+/// `detect` with options (the corpus tool disables phrase groups).
+pub fn detect_with(facts: &HeaderIndex, msg: &[u8], mail_from: Option<&str>, options: &DetectOptions) -> Detection {
+    let mut evidence = Evidence::default();
     let report_type = facts
         .content_type
         .as_ref()
@@ -254,78 +286,102 @@ pub fn detect(facts: &HeaderIndex, msg: &[u8], mail_from: Option<&str>) -> Detec
         .as_ref()
         .is_some_and(|ct| ct.is("message", "delivery-status") || ct.is("message", "global-delivery-status"));
     if report_type_is("delivery-status") || report_type_is("global-delivery-status") {
-        strong.push(Signal::ReportType);
+        evidence.add(Signal::ReportType);
     }
     if status_part || bare_status {
-        strong.push(Signal::StatusPart);
+        evidence.add(Signal::StatusPart);
     }
 
     let arf = report_type_is("feedback-report") || facts.has_part("message", "feedback-report");
     let mdn =
         report_type_is("disposition-notification") || facts.has_part("message", "disposition-notification");
-    if strong.is_empty() && (arf || mdn) {
+    if !evidence.structural() && (arf || mdn) {
         let kind = if arf { ReportKind::Arf } else { ReportKind::Mdn };
         return Detection { report_kind: Some(kind), dsn: None };
     }
 
     if facts.x_failed_recipients.is_some() {
-        strong.push(Signal::FailedRecipients);
+        evidence.add(Signal::FailedRecipients);
     }
     if facts.markers.contains("x-ms-exchange-message-is-ndr") {
-        strong.push(Signal::ExchangeNdr);
+        evidence.add(Signal::ExchangeNdr);
     }
-    if facts.qmail_bounce {
-        strong.push(Signal::QmailBounce);
+    // Amazon SNS delivers SES notifications as JSON mail; the body says which kind.
+    if facts.markers.contains("x-amz-sns-message-id") {
+        match ses_notification_type(msg, facts).as_deref() {
+            Some("bounce" | "delivery") => evidence.add(Signal::SesNotification),
+            Some("complaint") if !evidence.structural() => return Detection { report_kind: Some(ReportKind::Arf), dsn: None },
+            _ => {}
+        }
     }
 
-    let mut weak: Vec<Signal> = Vec::new();
     let envelope_null = mail_from.map(is_null_path);
     let null_sender = envelope_null.unwrap_or_else(|| facts.return_path.is_some_and(|v| is_null_or_daemon_path(&v.text())));
     if null_sender {
-        weak.push(Signal::NullSender);
+        evidence.add(Signal::NullSender);
     }
-    let from = facts.from.map(|v| v.text());
-    if [from.as_deref(), facts.sender.map(|v| v.text()).as_deref()].into_iter().flatten().any(is_daemon_address) {
-        weak.push(Signal::DaemonSender);
+    let from_text = facts.from.map(|v| v.text());
+    let from = from_text.as_deref().map(SenderAddress::new);
+    let sender_text = facts.sender.map(|v| v.text());
+    if from.as_ref().is_some_and(SenderAddress::is_daemon) || sender_text.as_deref().is_some_and(|s| SenderAddress::new(s).is_daemon()) {
+        evidence.add(Signal::DaemonSender);
+    }
+    let auto_submitted = facts.auto_submitted.map(|v| v.text());
+    if let Some(value) = auto_submitted.as_deref() {
+        if AUTO_SUBMITTED_FAILURES.iter().any(|f| contains_ignore_ascii_case(value.as_bytes(), f.as_bytes())) {
+            evidence.add(Signal::AutoSubmittedFailure);
+        } else if !value.trim().eq_ignore_ascii_case("no") {
+            evidence.add(Signal::AutoSubmitted);
+        }
     }
     // Bounce subjects state their case up front; matching a megabyte subject would be waste.
     let subject_text = facts.subject.map(|v| v.decoded());
     let subject = subject_text.as_deref().map(|s| {
+        let s = without_list_tag(s.trim_start());
         if s.is_ascii() {
-            // Matched ignoring ASCII case: the same as lowercasing a copy, without the copy.
+            // The matcher ignores ASCII case: no lowercased copy needed.
             Subject::Ascii(&s[..s.len().min(SUBJECT_MATCH_CHARS)])
         } else {
             Subject::Lowercased(s.chars().take(SUBJECT_MATCH_CHARS).collect::<String>().to_lowercase())
         }
     });
-    if subject.as_ref().is_some_and(Subject::has_bounce_phrase) {
-        weak.push(Signal::BounceSubject);
-    }
-    let auto_submitted = facts.auto_submitted.map(|v| v.text());
-    if auto_submitted.as_deref().is_some_and(|v| v.to_ascii_lowercase().contains("failure")) {
-        weak.push(Signal::AutoSubmittedFailure);
-    }
-    // Amazon SNS delivers SES notifications as JSON mail; the body says which kind.
-    if facts.markers.contains("x-amz-sns-message-id") {
-        match ses_notification_type(msg, facts).as_deref() {
-            Some("bounce" | "delivery") => strong.push(Signal::SesNotification),
-            Some("complaint") if strong.is_empty() => return Detection { report_kind: Some(ReportKind::Arf), dsn: None },
-            _ => {}
+    if let Some(subject) = &subject {
+        let (mut form, mut word, mut reply) = (false, false, false);
+        SUBJECT_MATCHER.scan(subject.text().as_bytes(), true, |group| {
+            if options.enabled(group) {
+                match GROUPS[group as usize].kind {
+                    Kind::SubjectForm => form = true,
+                    Kind::SubjectWord => word = true,
+                    Kind::ReplyPrefix => reply = true,
+                    _ => {}
+                }
+            }
+            false
+        });
+        // "Re: Undeliverable: ..." and "Fwd: Returned mail" are a person's subjects.
+        if !reply && form {
+            evidence.add(Signal::BounceSubject);
+        } else if !reply && word {
+            evidence.add(Signal::BounceSubjectWord);
         }
     }
-    // Text a person can write (subject, body) never decides alone: a weak verdict also needs
-    // something about who sent the message. A no-reply sender is only a hint (newsletters use
-    // it too), so with it both the subject and the body must read like a bounce.
-    let from_software = weak.iter().any(|s| *s != Signal::BounceSubject);
-    let no_reply = !from_software && weak.len() == 1 && from.as_deref().is_some_and(is_no_reply_address);
-    if strong.is_empty() && weak.len() == 1 && (from_software || no_reply) && body_has_bounce_phrase(msg, facts) {
-        weak.push(Signal::BounceBody);
-        if no_reply {
-            weak.insert(0, Signal::NoReplySender);
+    if from.as_ref().is_some_and(SenderAddress::is_no_reply) {
+        evidence.add(Signal::NoReplySender);
+    }
+    // Copied through lists and forwards: a hint, not a verdict.
+    if facts.qmail_bounce {
+        evidence.add(Signal::QmailBounce);
+    }
+
+    if !evidence.structural() && evidence.total() < THRESHOLD && evidence.total() + BODY_MAX >= THRESHOLD {
+        match body_evidence(msg, facts, options) {
+            Some(Kind::BodyTemplate) => evidence.add(Signal::BounceTemplate),
+            Some(_) => evidence.add(Signal::BounceBody),
+            None => {}
         }
     }
 
-    if !strong.is_empty() || (weak.len() >= 2 && from_software) || (no_reply && weak.len() == 3) {
+    if evidence.structural() || evidence.total() >= THRESHOLD {
         let kind = if global_part || report_type_is("global-delivery-status") {
             DsnKind::GlobalDeliveryStatus
         } else if status_part || bare_status {
@@ -333,10 +389,14 @@ pub fn detect(facts: &HeaderIndex, msg: &[u8], mail_from: Option<&str>) -> Detec
         } else {
             DsnKind::NonStandard
         };
-        strong.extend(weak);
         return Detection {
             report_kind: Some(ReportKind::Dsn),
-            dsn: Some(DsnVerdict { kind, signals: strong, recipients: facts.recipients.iter().map(RecipientFields::decode).collect() }),
+            dsn: Some(DsnVerdict {
+                kind,
+                signals: evidence.signals(),
+                strength: f64::from(evidence.total()) / f64::from(THRESHOLD),
+                recipients: facts.recipients.iter().map(RecipientFields::decode).collect(),
+            }),
         };
     }
 
@@ -348,35 +408,75 @@ pub fn detect(facts: &HeaderIndex, msg: &[u8], mail_from: Option<&str>) -> Detec
     Detection { report_kind: auto_reply.then_some(ReportKind::AutoReply), dsn: None }
 }
 
-/// The first `SUBJECT_MATCH_CHARS` characters of a Subject, as matched against lowercase phrases.
+/// `s` after a leading list tag (`[users] Re: ...`): subject forms and reply prefixes are
+/// anchored after it.
+fn without_list_tag(s: &str) -> &str {
+    match s.strip_prefix('[').and_then(|rest| rest.get(..rest.len().min(64))?.find(']').map(|i| &rest[i + 1..])) {
+        Some(rest) => rest.trim_start(),
+        None => s,
+    }
+}
+
+/// The first `SUBJECT_MATCH_CHARS` characters of a Subject, leading white space (and a list
+/// tag) removed, as matched against lowercase phrases.
 enum Subject<'a> {
-    /// ASCII text as written: compared ignoring ASCII case.
+    /// ASCII text as written: matched ignoring ASCII case.
     Ascii(&'a str),
     /// Other text, lowercased (Unicode).
     Lowercased(String),
 }
 
 impl Subject<'_> {
-    fn has_bounce_phrase(&self) -> bool {
+    fn text(&self) -> &str {
         match self {
-            Subject::Ascii(s) => SUBJECT_PHRASES.any_in_ignore_ascii_case(s.as_bytes()),
-            Subject::Lowercased(s) => SUBJECT_PHRASES.any_in(s.as_bytes()),
+            Subject::Ascii(s) => s,
+            Subject::Lowercased(s) => s,
         }
     }
 
     fn starts_like_auto_reply(&self) -> bool {
         match self {
-            // Lowercasing ASCII leaves white space as it is, so trimming first is the same.
             Subject::Ascii(s) => {
-                let s = s.trim_start().as_bytes();
+                let s = s.as_bytes();
                 AUTO_REPLY_SUBJECT_PREFIXES.iter().any(|p| s.len() >= p.len() && s[..p.len()].eq_ignore_ascii_case(p.as_bytes()))
             }
-            Subject::Lowercased(s) => AUTO_REPLY_SUBJECT_PREFIXES.iter().any(|p| s.trim_start().starts_with(p)),
+            Subject::Lowercased(s) => AUTO_REPLY_SUBJECT_PREFIXES.iter().any(|p| s.starts_with(p)),
         }
     }
 }
 
-/// `<>`, empty, or with only white space inside the brackets.
+/// The strongest kind of body phrase among the first `BODY_WINDOW` bytes of the body: one pass,
+/// stopping at the first template sentence.
+fn body_evidence(msg: &[u8], facts: &HeaderIndex, options: &DetectOptions) -> Option<Kind> {
+    let start = header_end(msg, facts);
+    let end = msg.len().min(start + BODY_WINDOW);
+    let mut best = None;
+    BODY_MATCHER.scan(&msg[start.min(end)..end], false, |group| {
+        if !options.enabled(group) {
+            return false;
+        }
+        let kind = GROUPS[group as usize].kind;
+        if kind == Kind::BodyTemplate || best.is_none() {
+            best = Some(kind);
+        }
+        kind == Kind::BodyTemplate
+    });
+    best
+}
+
+fn matcher_for(subject: bool) -> Matcher {
+    Matcher::new(
+        GROUPS
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| g.kind.in_subject() == subject)
+            .flat_map(|(id, g)| g.phrases.iter().map(move |p| (*p, id as GroupId))),
+    )
+}
+
+static SUBJECT_MATCHER: LazyLock<Matcher> = LazyLock::new(|| matcher_for(true));
+static BODY_MATCHER: LazyLock<Matcher> = LazyLock::new(|| matcher_for(false));
+
 pub fn is_null_path(path: &str) -> bool {
     let inner = path.trim().trim_start_matches('<').trim_end_matches('>');
     inner.trim().is_empty()
@@ -399,32 +499,55 @@ pub fn extract_address(value: &str) -> &str {
     }
 }
 
-fn is_no_reply_address(value: &str) -> bool {
-    local_part(extract_address(value)).is_some_and(|lp| {
-        let lp = lp.to_ascii_lowercase();
-        lp == "noreply" || lp == "no-reply" || lp == "no_reply" || lp == "donotreply" || lp == "do-not-reply"
-    })
-}
-
 fn local_part(address: &str) -> Option<&str> {
-    let lp = address.rsplit_once('@').map_or(address, |(lp, _)| lp).trim().trim_matches('"');
+    let lp = address.rsplit_once('@').map_or(address, |(lp, _)| lp).trim().trim_matches(&['"', '\\', '\''][..]);
     (!lp.is_empty()).then_some(lp)
 }
 
+/// A From or Sender value with its local part, found once for every rule that reads it.
+struct SenderAddress<'a> {
+    value: &'a str,
+    local_part: Option<&'a str>,
+    /// `Name <>`: brackets with nothing inside.
+    empty: bool,
+}
+
+impl<'a> SenderAddress<'a> {
+    fn new(value: &'a str) -> Self {
+        let address = extract_address(value);
+        SenderAddress { value, local_part: local_part(address), empty: address.is_empty() && value.contains('<') }
+    }
+
+    fn is_daemon(&self) -> bool {
+        if self.empty {
+            return true; // `From: Mail Delivery System <>`
+        }
+        if self.local_part.is_some_and(|lp| {
+            DAEMON_LOCAL_PARTS.iter().any(|d| lp.eq_ignore_ascii_case(d))
+                || (lp.len() > EXCHANGE_SYSTEM_LOCAL_PART.len()
+                    && lp.as_bytes()[..EXCHANGE_SYSTEM_LOCAL_PART.len()].eq_ignore_ascii_case(EXCHANGE_SYSTEM_LOCAL_PART.as_bytes()))
+        }) {
+            return true;
+        }
+        let value = self.value;
+        if value.is_ascii() {
+            // Unicode and ASCII lowercasing agree on ASCII text: no lowercased copy needed.
+            return DAEMON_DISPLAY_NAMES.iter().any(|name| contains_ignore_ascii_case(value.as_bytes(), name.as_bytes()));
+        }
+        let lower = value.to_lowercase();
+        DAEMON_DISPLAY_NAMES.iter().any(|name| lower.contains(name))
+    }
+
+    fn is_no_reply(&self) -> bool {
+        self.local_part.is_some_and(|lp| NO_REPLY_LOCAL_PARTS.iter().any(|n| lp.eq_ignore_ascii_case(n)))
+    }
+}
+
+const NO_REPLY_LOCAL_PARTS: &[&str] = &["noreply", "no-reply", "no_reply", "donotreply", "do-not-reply"];
+
+#[cfg(test)]
 fn is_daemon_address(value: &str) -> bool {
-    let address = extract_address(value);
-    if value.contains('<') && address.is_empty() {
-        return true; // `From: Mail Delivery System <>`
-    }
-    if local_part(address).is_some_and(|lp| DAEMON_LOCAL_PARTS.iter().any(|d| lp.eq_ignore_ascii_case(d))) {
-        return true;
-    }
-    if value.is_ascii() {
-        // Unicode and ASCII lowercasing agree on ASCII text: no lowercased copy needed.
-        return DAEMON_DISPLAY_NAMES.iter().any(|name| contains_ignore_ascii_case(value.as_bytes(), name.as_bytes()));
-    }
-    let lower = value.to_lowercase();
-    DAEMON_DISPLAY_NAMES.iter().any(|name| lower.contains(name))
+    SenderAddress::new(value).is_daemon()
 }
 
 /// Whether `needle` (ASCII lowercase) occurs in `haystack` ignoring ASCII case.
@@ -432,58 +555,7 @@ fn contains_ignore_ascii_case(haystack: &[u8], needle: &[u8]) -> bool {
     needle.is_empty() || haystack.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
 }
 
-fn body_has_bounce_phrase(msg: &[u8], facts: &HeaderIndex) -> bool {
-    let start = header_end(msg, facts);
-    let end = msg.len().min(start + BODY_WINDOW);
-    if start >= end {
-        return false;
-    }
-    let lower = msg[start..end].to_ascii_lowercase();
-    BODY_PHRASES.iter().any(|finder| finder.find(&lower).is_some())
-}
 
-/// Phrases looked for anywhere in a short text, indexed by their first byte: the text is read
-/// once, not once per phrase (`str::contains` for each of a hundred subject phrases built a
-/// searcher per phrase and per message).
-struct PhraseSet {
-    by_first_byte: Vec<Vec<&'static [u8]>>,
-}
-
-impl PhraseSet {
-    fn new(phrases: &[&'static str]) -> Self {
-        let mut by_first_byte = vec![Vec::new(); 256];
-        for phrase in phrases {
-            if let Some(&first) = phrase.as_bytes().first() {
-                by_first_byte[first as usize].push(phrase.as_bytes());
-            }
-        }
-        PhraseSet { by_first_byte }
-    }
-
-    /// Whether any phrase occurs in `text` (byte for byte: for UTF-8 text and phrases, the same
-    /// as `str::contains`).
-    fn any_in(&self, text: &[u8]) -> bool {
-        (0..text.len()).any(|i| self.by_first_byte[text[i] as usize].iter().any(|p| text[i..].starts_with(p)))
-    }
-
-    /// `any_in` of the ASCII-lowercased `text`, without lowercasing a copy (the phrases are
-    /// lowercase; a non-ASCII byte compares exactly either way).
-    fn any_in_ignore_ascii_case(&self, text: &[u8]) -> bool {
-        (0..text.len()).any(|i| {
-            self.by_first_byte[text[i].to_ascii_lowercase() as usize]
-                .iter()
-                .any(|p| text.len() - i >= p.len() && text[i..i + p.len()].eq_ignore_ascii_case(p))
-        })
-    }
-}
-
-static SUBJECT_PHRASES: LazyLock<PhraseSet> = LazyLock::new(|| PhraseSet::new(BOUNCE_SUBJECTS));
-/// One finder per body phrase, built once (a body window is long: memmem beats PhraseSet there).
-static BODY_PHRASES: LazyLock<Vec<memmem::Finder<'static>>> =
-    LazyLock::new(|| BOUNCE_BODY_PHRASES.iter().map(|p| memmem::Finder::new(p.as_bytes())).collect());
-
-/// The `notificationType` of an Amazon SES notification body, lowercased. The JSON may be
-/// raw or, in the SNS envelope, escaped inside a string (`\"notificationType\":\"Bounce\"`).
 fn ses_notification_type(msg: &[u8], facts: &HeaderIndex) -> Option<String> {
     let start = header_end(msg, facts);
     let body = &msg[start..msg.len().min(start + 4096)];
@@ -494,9 +566,10 @@ fn ses_notification_type(msg: &[u8], facts: &HeaderIndex) -> Option<String> {
     Some(String::from_utf8_lossy(&rest[open..open + len]).to_ascii_lowercase())
 }
 
+/// Where the body starts: the scanner's header start (`scan::header_block`'s answer, kept in
+/// the index) plus the header block's length.
 fn header_end(msg: &[u8], facts: &HeaderIndex) -> usize {
-    // `header_length` counts from the first header line, after a possible mbox From_ line.
-    (header_start(msg) + facts.header_length).min(msg.len())
+    (facts.header_start + facts.header_length).min(msg.len())
 }
 
 #[cfg(test)]
@@ -544,11 +617,123 @@ mod tests {
     }
 
     #[test]
-    fn body_is_read_only_to_break_a_single_weak_signal() {
+    fn body_is_read_only_when_the_headers_leave_the_verdict_open() {
         let msg = b"From: MAILER-DAEMON@x\nSubject: hi\n\nThis is the mail system at host x.\n";
         let d = detect_bytes(msg, Some("a@b"));
-        assert_eq!(d.dsn.unwrap().signals, [Signal::DaemonSender, Signal::BounceBody]);
-        let ordinary = b"From: a@b\nSubject: hi\n\nthe message could not be delivered, said my friend\n";
+        assert_eq!(d.dsn.unwrap().signals, [Signal::DaemonSender, Signal::BounceTemplate]);
+        let wording = b"From: MAILER-DAEMON@x\nSubject: hi\n\n<a@b>: user unknown\n";
+        assert_eq!(detect_bytes(wording, Some("a@b")).dsn.unwrap().signals, [Signal::DaemonSender, Signal::BounceBody]);
+        // No header evidence: the body is not read, whatever it says.
+        let ordinary = b"From: a@b\nSubject: hi\n\nThis is the mail system at host x. The message could not be delivered\n";
         assert!(detect_bytes(ordinary, Some("a@b")).dsn.is_none());
+        // Decided by the headers: the body adds nothing to the signals.
+        let decided = b"From: MAILER-DAEMON@x\nSubject: Undelivered Mail Returned to Sender\n\nThis is the mail system at host x.\n";
+        assert_eq!(detect_bytes(decided, Some("a@b")).dsn.unwrap().signals, [Signal::DaemonSender, Signal::BounceSubject]);
+    }
+
+    /// Exim's own bounce, from a sender no daemon list knows: the subject form and the template
+    /// sentence decide together.
+    const EXIM_FROM_NDR: &[u8] = b"From: ndr@mx.example.net\nTo: a@example.com\n\
+Subject: Mail delivery failed: returning message to sender\n\n\
+This message was created automatically by mail delivery software.\n\n\
+A message that you sent could not be delivered to one or more of its\nrecipients. This is a permanent error. \
+The following address(es) failed:\n\n  b@example.org\n    Unrouteable address\n";
+
+    #[test]
+    fn template_body_and_bounce_subject_decide_without_a_sender_signal() {
+        let dsn = detect_bytes(EXIM_FROM_NDR, Some("ndr@mx.example.net")).dsn.expect("a DSN");
+        assert_eq!(dsn.signals, [Signal::BounceSubject, Signal::BounceTemplate]);
+        assert_eq!(dsn.kind, DsnKind::NonStandard);
+        assert!((dsn.strength - 1.05).abs() < 1e-9, "{}", dsn.strength);
+        // Either alone is not enough.
+        let no_body = b"From: ndr@mx.example.net\nSubject: Mail delivery failed: returning message to sender\n\nSorry.\n";
+        assert!(detect_bytes(no_body, Some("ndr@mx.example.net")).dsn.is_none());
+        let person_subject = b"From: ann@example.com\nSubject: why did my mail bounce?\n\n\
+This message was created automatically by mail delivery software.\n";
+        assert!(detect_bytes(person_subject, Some("ann@example.com")).dsn.is_none());
+    }
+
+    #[test]
+    fn disabled_groups_are_ignored() {
+        let facts = index(EXIM_FROM_NDR, None);
+        let without = |names: &[&'static str]| {
+            let options = DetectOptions::without_groups(names.iter().copied()).unwrap();
+            detect_with(&facts, EXIM_FROM_NDR, None, &options).dsn
+        };
+        assert!(without(&[]).is_some());
+        // Without the subject form the subject is only a bounce word: with the template
+        // sentence that is 95 points, not enough.
+        assert!(without(&["exim-subject"]).is_none());
+        assert!(without(&["exim-subject", "bounce-subject-words"]).is_none());
+        assert!(without(&["exim-body", "failure-wording", "smtp-reply-wording"]).is_none());
+        assert_eq!(DetectOptions::without_groups(["no-such-group"]), Err("no-such-group"));
+    }
+
+    #[test]
+    fn qmail_trace_line_never_decides_alone() {
+        // A list post whose Received trail holds qmail's bounce line (copied from a bounce the
+        // list once relayed): the trace is a hint.
+        let post = b"Received: (qmail 4242 invoked for bounce); 1 Jan 2016 10:00:00 -0000\n\
+From: Ann <ann@example.org>\nTo: list@lists.example.org\nSubject: [list] meeting notes\n\
+List-Id: <list.lists.example.org>\nPrecedence: list\n\nNotes attached.\n";
+        let facts = index(post, None);
+        assert!(facts.qmail_bounce);
+        assert!(detect(&facts, post, None).dsn.is_none());
+        // With qmail's own text and sender it is one signal among others.
+        let bounce = b"Received: (qmail 4242 invoked for bounce); 1 Jan 2016 10:00:00 -0000\n\
+From: MAILER-DAEMON@mx.example.org\nSubject: failure notice\n\nHi. This is the qmail-send program at mx.example.org.\n";
+        let dsn = detect_bytes(bounce, None).dsn.unwrap();
+        assert_eq!(dsn.signals, [Signal::DaemonSender, Signal::BounceSubject, Signal::QmailBounce]);
+    }
+
+    #[test]
+    fn reply_and_forward_prefixes_silence_the_subject() {
+        for subject in ["Fwd: Returned mail: see transcript for details", "Re: Undeliverable: hello", "AW: Unzustellbar: Termin", "TR: Non remis : test"] {
+            let msg = format!("From: Bob <bob@example.com>\nSubject: {subject}\n\n---------- Forwarded message ---------\n\
+The original message was received at Mon, 1 Jan 2024\n   ----- The following addresses had permanent fatal errors -----\n");
+            assert!(detect_bytes(msg.as_bytes(), Some("bob@example.com")).dsn.is_none(), "{subject}");
+        }
+        // A bounce from postmaster whose subject is the original's "Re:" still counts its sender.
+        let bounce = b"From: post_master@vtext.example.com\nSubject: Re:Test message\n\nError: user unknown\n";
+        assert_eq!(detect_bytes(bounce, None).dsn.unwrap().signals, [Signal::DaemonSender, Signal::BounceBody]);
+    }
+
+    #[test]
+    fn malformed_and_system_sender_addresses() {
+        assert!(is_daemon_address("Postmaster\\@example.com"));
+        assert!(is_daemon_address("\"postmaster\"@example.com"));
+        assert!(is_daemon_address("Microsoft Outlook <MicrosoftExchange329e71ec88ae4615bbc36ab6ce41109e@contoso.com>"));
+        assert!(!is_daemon_address("Microsoft Exchange fan <microsoftexchange@example.com>"));
+        assert!(!is_daemon_address("System Administrator <admin@example.com>"));
+    }
+
+    /// The rules the weights stand for, checked on the table itself.
+    #[test]
+    fn weights_keep_the_rules() {
+        use Signal::*;
+        let dsn = |signals: &[Signal]| signals.iter().map(|s| s.spec().points).sum::<u32>() >= THRESHOLD;
+        for &s in Signal::ALL {
+            assert_eq!(s.spec().points >= THRESHOLD, s.spec().class == SignalClass::Structure, "only structure decides alone: {s}");
+        }
+        assert!(dsn(&[DaemonSender, BounceSubject]) && dsn(&[DaemonSender, BounceSubjectWord]));
+        assert!(dsn(&[DaemonSender, BounceBody]) && dsn(&[NullSender, DaemonSender]));
+        assert!(dsn(&[BounceSubject, BounceTemplate]) && dsn(&[NullSender, BounceTemplate]));
+        assert!(dsn(&[AutoSubmittedFailure, BounceTemplate]));
+        // What a person can write is not enough, with or without one hint.
+        assert!(!dsn(&[BounceSubjectWord, BounceTemplate]) && !dsn(&[BounceSubject, BounceBody]));
+
+        assert!(!dsn(&[NullSender, BounceBody]) && !dsn(&[NullSender, BounceSubjectWord]));
+        // Hints count only with a sender signal (`Evidence::total`); with one they can tip it.
+        let hints: Vec<Signal> = Signal::ALL.iter().copied().filter(|s| s.spec().class == SignalClass::Hint).collect();
+        assert!(!dsn(&hints), "the hints together");
+        assert_eq!(hints.iter().fold(0, |bits, s| bits | s.bit()), HINTS);
+        let counted = |signals: &[Signal]| {
+            let mut e = Evidence::default();
+            signals.iter().for_each(|s| e.add(*s));
+            e.total()
+        };
+        assert_eq!(counted(&[BounceSubjectWord, BounceTemplate, AutoSubmitted, QmailBounce, NoReplySender]), 95);
+        assert_eq!(counted(&[NullSender, BounceBody, NoReplySender]), 100);
+        assert_eq!(BODY_MAX, [BounceTemplate, BounceBody].iter().map(|s| s.spec().points).max().unwrap());
     }
 }

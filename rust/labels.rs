@@ -5,8 +5,9 @@
 //! `SIGNALS`, `DEFECTS`, `REPORT_KINDS`, `DSN_KINDS`).
 //!
 //! The tables live next to the code that produces their members: reasons in `policy.rs`,
-//! signals and report kinds in `dsn.rs`, defects here (the scanner and the policy both add
-//! them). Adding a member is one line in its table.
+//! signals (with their class and points) and report kinds in `dsn.rs`, phrase-group kinds in
+//! `phrases.rs`, defects here (the scanner and the policy both add them). Adding a member is
+//! one line in its table.
 
 /// Something with a closed set of public names.
 pub trait Label: Copy + 'static {
@@ -22,7 +23,24 @@ pub trait Label: Copy + 'static {
 /// `Debug` is the caller's choice: `#[derive(Debug)]` among the attributes prints the member
 /// (`Dsn`), `debug_as_name` after the enum's name prints the public name as a string
 /// (`"dsn"`), so a list of them reads like the list of names it stands for.
+///
+/// A table whose members carry a constant besides their name (a signal's points) names a const
+/// accessor after the enum and gives each row its value, so that a member is still one row:
+/// `pub enum Name, fn spec() -> Spec { Member = "name" => Spec { ... }, ... }`.
 macro_rules! closed_set {
+    ($(#[$meta:meta])* $vis:vis enum $name:ident $($debug:ident)?, $(#[$fn_meta:meta])* fn $accessor:ident() -> $data_ty:ty {
+        $($(#[$row_meta:meta])* $member:ident = $label:literal => $data:expr,)+
+    }) => {
+        closed_set! { $(#[$meta])* $vis enum $name $($debug)? { $($(#[$row_meta])* $member = $label,)+ } }
+        impl $name {
+            $(#[$fn_meta])*
+            pub const fn $accessor(self) -> $data_ty {
+                match self {
+                    $($name::$member => $data,)+
+                }
+            }
+        }
+    };
     ($(#[$meta:meta])* $vis:vis enum $name:ident debug_as_name { $($rows:tt)+ }) => {
         closed_set! { $(#[$meta])* $vis enum $name { $($rows)+ } }
         impl ::std::fmt::Debug for $name {
@@ -89,6 +107,18 @@ closed_set! {
         EightBitHeader = "8bit-header",
         /// A non-empty message without a single header field.
         NoHeaderFields = "no-header-fields",
+        // Skipped before the first field (scan.rs, `header_start`).
+        /// A UTF-8 byte-order mark.
+        LeadingBom = "leading-bom",
+        /// Blank lines (Exchange NDRs saved from Outlook, ...).
+        LeadingBlankLines = "leading-blank-lines",
+        /// An mbox `From ` separator line.
+        MboxFromLine = "mbox-from-line",
+        /// An escaped mbox separator, `>From `.
+        EscapedFromLine = "escaped-from-line",
+        /// Up to `JUNK_LINES` lines that are not fields, followed by at least two lines of a
+        /// header block.
+        JunkBeforeHeader = "junk-before-header",
         // The MIME structure (scan.rs).
         InvalidContentType = "invalid-content-type",
         MultipartWithoutBoundary = "multipart-without-boundary",
@@ -128,7 +158,8 @@ pub(crate) fn check_table<T: Label + PartialEq + std::fmt::Debug>(from_name: fn(
 mod tests {
     use super::*;
 
-    use crate::dsn::{DsnKind, ReportKind, Signal};
+    use crate::dsn::{DsnKind, ReportKind, Signal, SignalClass};
+    use crate::phrases::Kind;
     use crate::policy::Reason;
 
     #[test]
@@ -138,6 +169,8 @@ mod tests {
         check_table(Signal::from_name);
         check_table(ReportKind::from_name);
         check_table(DsnKind::from_name);
+        check_table(SignalClass::from_name);
+        check_table(Kind::from_name);
     }
 
     #[test]

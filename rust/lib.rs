@@ -9,6 +9,8 @@ pub mod dsn;
 pub mod encoded_word;
 pub mod labels;
 mod line_scanner;
+pub mod matcher;
+pub mod phrases;
 pub mod policy;
 pub mod scan;
 pub mod smtp_data;

@@ -18,6 +18,9 @@ closed_set! {
         SenderDomainNoRecords = "sender-domain-no-records",
         /// Also when the policy keeps such mail on the normal pool.
         SenderDomainUnknown = "sender-domain-unknown",
+        /// The caller's spam filter (rspamd) was asked and could not answer; high risk only
+        /// when the policy says so (`score_unavailable_pool`).
+        SpamScoreUnavailable = "spam-score-unavailable",
     }
 }
 
@@ -84,13 +87,32 @@ impl DomainStatus {
     }
 }
 
-/// Which pool a message goes through when its sender domain could not be checked.
+/// Which pool a message goes through when something about it could not be checked: its
+/// sender domain (a resolver outage) or its spam score (the spam filter did not answer).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum UnknownDomainPool {
-    /// The default: mail not known to be good stays off the normal pool's addresses.
+pub enum FallbackPool {
+    /// Mail not known to be good stays off the normal pool's addresses.
     HighRisk,
-    /// Keep deliverability during a resolver outage, at some risk to the normal pool.
+    /// Keep deliverability during the outage, at some risk to the normal pool.
     Normal,
+}
+
+impl FallbackPool {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FallbackPool::HighRisk => "high-risk",
+            FallbackPool::Normal => "normal",
+        }
+    }
+
+    /// `what` names the option in the error.
+    pub fn parse(what: &'static str, value: &str) -> Result<Self, Error> {
+        match value {
+            "high-risk" => Ok(FallbackPool::HighRisk),
+            "normal" => Ok(FallbackPool::Normal),
+            _ => Err(Error::BadOption { what, value: value.into(), allowed: "high-risk, normal" }),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -102,7 +124,10 @@ pub struct Policy {
     pub tenant_thresholds: BTreeMap<String, f64>,
     /// Lowercased name of the header only the relay's own spam filter writes; None trusts no header.
     pub score_header: Option<String>,
-    pub unknown_domain_pool: UnknownDomainPool,
+    /// Default high-risk.
+    pub unknown_domain_pool: FallbackPool,
+    /// Default normal: the message is routed as unscored.
+    pub score_unavailable_pool: FallbackPool,
 }
 
 impl Default for Policy {
@@ -114,7 +139,8 @@ impl Default for Policy {
             threshold: 5.0,
             tenant_thresholds: BTreeMap::new(),
             score_header: None,
-            unknown_domain_pool: UnknownDomainPool::HighRisk,
+            unknown_domain_pool: FallbackPool::HighRisk,
+            score_unavailable_pool: FallbackPool::Normal,
         }
     }
 }
@@ -179,6 +205,9 @@ pub struct Envelope<'a> {
     /// The client is not the relay's own trusted filter: no header it wrote is trusted.
     pub untrusted_client: bool,
     pub sender_domain: Option<DomainStatus>,
+    /// The caller asked its spam filter and got no score (reason `spam-score-unavailable`
+    /// when the message has no score otherwise).
+    pub score_unavailable: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -261,9 +290,13 @@ fn decide_with_defects(facts: &HeaderIndex, mut defects: Vec<Defect>, msg: &[u8]
         }
         Some(DomainStatus::Unknown) => {
             reasons.push(Reason::SenderDomainUnknown);
-            high_risk |= policy.unknown_domain_pool == UnknownDomainPool::HighRisk;
+            high_risk |= policy.unknown_domain_pool == FallbackPool::HighRisk;
         }
         _ => {}
+    }
+    if score.is_none() && envelope.score_unavailable {
+        reasons.push(Reason::SpamScoreUnavailable);
+        high_risk |= policy.score_unavailable_pool == FallbackPool::HighRisk;
     }
     let pool = if high_risk { &policy.high_risk_pool } else { &policy.normal_pool };
     Decision {
@@ -370,8 +403,26 @@ mod tests {
         let d = classify(b"\n", &env, &Policy::default()).unwrap();
         assert_eq!(d.reasons, [Reason::SenderDomainUnknown]);
         assert_eq!(d.pool, "high-risk");
-        let lenient = Policy { unknown_domain_pool: UnknownDomainPool::Normal, ..Policy::default() };
+        let lenient = Policy { unknown_domain_pool: FallbackPool::Normal, ..Policy::default() };
         assert_eq!(classify(b"\n", &env, &lenient).unwrap().pool, "normal");
+    }
+
+    #[test]
+    fn an_unavailable_score_routes_by_its_policy_and_a_score_wins_over_it() {
+        let env = Envelope { score_unavailable: true, ..Default::default() };
+        let d = classify(b"\n", &env, &Policy::default()).unwrap();
+        assert_eq!((d.pool.as_str(), d.reasons.as_slice()), ("normal", &[Reason::SpamScoreUnavailable][..]));
+        let strict = Policy { score_unavailable_pool: FallbackPool::HighRisk, ..Policy::default() };
+        let d = classify(b"\n", &env, &strict).unwrap();
+        assert_eq!((d.pool.as_str(), d.reasons.as_slice()), ("high-risk", &[Reason::SpamScoreUnavailable][..]));
+        // With a score after all (the trusted header), nothing was unavailable.
+        let scored = Envelope { score: Some(1.0), ..env };
+        assert!(classify(b"\n", &scored, &strict).unwrap().reasons.is_empty());
+        let both = Envelope { sender_domain: Some(DomainStatus::NoRecords), ..env };
+        let reasons = classify(b"\n", &both, &Policy::default()).unwrap().reasons;
+        assert_eq!(reasons, [Reason::SenderDomainNoRecords, Reason::SpamScoreUnavailable]);
+        assert_eq!(FallbackPool::parse("x", "normal"), Ok(FallbackPool::Normal));
+        assert!(FallbackPool::parse("x", "low").is_err());
     }
 
     #[test]

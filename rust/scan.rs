@@ -295,7 +295,11 @@ impl Markers {
 /// What the scanner found, borrowed from the message; values are decoded only when read.
 #[derive(Clone, Debug, Default)]
 pub struct HeaderIndex<'a> {
-    /// Bytes of the header block, including the blank line that ends it.
+    /// Offset of the first header field: after what the scanner skipped before it (the
+    /// `leading-bom`, `leading-blank-lines`, `mbox-from-line`, `escaped-from-line` and
+    /// `junk-before-header` defects). `header_block` gives the same offset.
+    pub header_start: usize,
+    /// Bytes of the header block from `header_start`, including the blank line that ends it.
     pub header_length: usize,
     /// Number of header fields read.
     pub field_count: usize,
@@ -331,6 +335,7 @@ impl HeaderIndex<'_> {
     /// Every field decoded into owned values.
     pub fn to_facts(&self) -> HeaderFacts {
         HeaderFacts {
+            header_start: self.header_start,
             header_length: self.header_length,
             field_count: self.field_count,
             content_type: self.content_type.clone().map(ContentType::into_owned),
@@ -359,7 +364,9 @@ impl HeaderIndex<'_> {
 /// `HeaderIndex` with every value decoded and owned.
 #[derive(Clone, Debug, Default)]
 pub struct HeaderFacts {
-    /// Bytes of the header block, including the blank line that ends it.
+    /// Offset of the first header field (see `HeaderIndex::header_start`).
+    pub header_start: usize,
+    /// Bytes of the header block from `header_start`, including the blank line that ends it.
     pub header_length: usize,
     /// Number of header fields read.
     pub field_count: usize,
@@ -711,25 +718,109 @@ fn unquote(raw: &[u8]) -> Cow<'_, [u8]> {
     }
 }
 
-/// Offset of the first header line: a leading mbox `From ` separator line is not a header.
-pub fn header_start(msg: &[u8]) -> usize {
-    if msg.starts_with(b"From ") {
-        next_line(msg, 0).1
-    } else {
-        0
+/// Lines of junk skipped before a header block, at most (Outlook's "Microsoft Mail Internet
+/// Headers Version 2.0" line, a saved file's title, ...).
+const JUNK_LINES: usize = 5;
+/// Bytes of junk skipped before a header block, at most.
+const JUNK_BYTES: usize = 1024;
+
+/// Offset after what real files put before a header block, each skipped and reported in
+/// `defects`: a UTF-8 byte-order mark, blank lines, an mbox `From ` line or an escaped `>From `
+/// line (in any order, a few times at most). The common case (a field name first) costs one
+/// byte test. Lines of junk after these are `header_after_junk`'s, once the first line turned
+/// out not to be a field; `read_header_block` does both.
+fn skip_before_header(msg: &[u8], limits: &ScanLimits, defects: &mut Vec<Defect>) -> usize {
+    let mut pos = 0;
+    for _ in 0..8 {
+        let rest = &msg[pos..];
+        match rest.first() {
+            Some(0xEF) if rest.starts_with(b"\xEF\xBB\xBF") => {
+                defects.push(Defect::LeadingBom);
+                pos += 3;
+            }
+            Some(b'\r' | b'\n') => {
+                defects.push(Defect::LeadingBlankLines);
+                let stop = msg.len().min(limits.max_header_bytes);
+                pos += rest.iter().take(stop.saturating_sub(pos)).take_while(|&&b| b == b'\r' || b == b'\n').count();
+                if pos >= stop {
+                    break;
+                }
+            }
+            Some(b'F') if rest.starts_with(b"From ") => {
+                defects.push(Defect::MboxFromLine);
+                pos = next_line(msg, pos).1;
+            }
+            Some(b'>') if rest.starts_with(b">From ") => {
+                defects.push(Defect::EscapedFromLine);
+                pos = next_line(msg, pos).1;
+            }
+            _ => break,
+        }
     }
+    pos
 }
 
-/// Where the header block is: the offset of its first field (after a leading mbox `From ` line,
-/// which is skipped) and the offset of the body, just past the blank line that ends the block.
-/// Line breaks are CRLF, LF or a bare CR, as everywhere in the scanner. Without a blank line the
-/// body starts where the scanner stops reading fields: at the first line that is neither a field
-/// nor a continuation (the `missing-header-body-separator` defect), at the end of the message
-/// when it ends inside the header block, or past the next blank line when the block is larger
-/// than `ScanLimits::max_header_bytes`. `scan(msg).header_length` is the difference.
+/// Whether the line at `pos` is a field as `read_fields` reads one: `name: value`, the name
+/// printable ASCII but `:` (`field_colon`).
+fn is_field_line(msg: &[u8], pos: usize) -> bool {
+    let name_end = pos + msg[pos..].iter().take_while(|&&b| (33..=126).contains(&b) && b != b':').count();
+    field_colon(msg, pos, name_end, next_line(msg, pos).0).is_some()
+}
+
+/// Where a header block starts after junk lines from `pos`: the first of the next `JUNK_LINES`
+/// lines (within `JUNK_BYTES`) that is a field followed by another field or a continuation.
+fn header_after_junk(msg: &[u8], mut pos: usize) -> Option<usize> {
+    let limit = msg.len().min(pos + JUNK_BYTES);
+    for _ in 0..JUNK_LINES {
+        pos = next_line(msg, pos).1;
+        if pos >= limit {
+            return None;
+        }
+        if is_field_line(msg, pos) {
+            let after = next_line(msg, pos).1;
+            let continues = after < msg.len() && (msg[after] == b' ' || msg[after] == b'\t' || is_field_line(msg, after));
+            return continues.then_some(pos);
+        }
+    }
+    None
+}
+
+/// The one place that decides where a message's header block is: skips what precedes the first
+/// field (`skip_before_header`, then junk lines when the first line is not a field: looked for
+/// only then, so that mail starting with a field pays nothing for it), passes every field to
+/// `sink` and returns the offset of the first field, the offset of the body and whether the
+/// fields may hold 8-bit bytes (as `read_fields`). `index`, `header_block` and, through
+/// `HeaderIndex::header_start`, the DSN detector all take their answer from here.
+fn read_header_block<'a>(
+    msg: &'a [u8],
+    limits: &ScanLimits,
+    defects: &mut Vec<Defect>,
+    mut sink: impl FnMut(Field<'a>),
+) -> (usize, usize, bool) {
+    let mut start = skip_before_header(msg, limits, defects);
+    let (mut body_start, mut maybe_eight_bit) = read_fields(msg, start, limits.max_header_bytes, defects, &mut sink);
+    if body_start == start && defects.last() == Some(&Defect::MissingHeaderBodySeparator) {
+        if let Some(first) = header_after_junk(msg, start) {
+            defects.pop();
+            defects.push(Defect::JunkBeforeHeader);
+            start = first;
+            (body_start, maybe_eight_bit) = read_fields(msg, start, limits.max_header_bytes, defects, &mut sink);
+        }
+    }
+    (start, body_start, maybe_eight_bit)
+}
+
+/// Where the header block is: the offset of its first field (after what the scanner skips
+/// before it: a byte-order mark, blank lines, an mbox `From ` or `>From ` line, a few lines of
+/// junk followed by fields) and the offset of the body, just past the blank line that ends the
+/// block. Line breaks are CRLF, LF or a bare CR, as everywhere in the scanner. Without a blank
+/// line the body starts where the scanner stops reading fields: at the first line that is
+/// neither a field nor a continuation (the `missing-header-body-separator` defect), at the end
+/// of the message when it ends inside the header block, or past the next blank line when the
+/// block is larger than `ScanLimits::max_header_bytes`. The same as `scan(msg).header_start`
+/// and `header_start + header_length`.
 pub fn header_block(msg: &[u8]) -> (usize, usize) {
-    let start = header_start(msg);
-    let (body, _) = read_fields(msg, start, ScanLimits::default().max_header_bytes, &mut Vec::new(), |_| {});
+    let (start, body, _) = read_header_block(msg, &ScanLimits::default(), &mut Vec::new(), |_| {});
     (start, body)
 }
 
@@ -750,7 +841,6 @@ pub fn index<'a>(msg: &'a [u8], score_header: Option<&str>) -> HeaderIndex<'a> {
 
 pub fn index_with_limits<'a>(msg: &'a [u8], score_header: Option<&str>, limits: &ScanLimits) -> HeaderIndex<'a> {
     let mut index = HeaderIndex::default();
-    let start = header_start(msg);
     let mut defects = Vec::new();
     // The first Content-Type field, parsed (None inside: it is not a valid one).
     let mut content_type: Option<Option<ContentType<'a>>> = None;
@@ -758,7 +848,7 @@ pub fn index_with_limits<'a>(msg: &'a [u8], score_header: Option<&str>, limits: 
     // (printable ASCII), line breaks and values, so 8-bit text is looked for in one pass.
     let mut fields_span: Option<(usize, usize)> = None;
     let offset = |part: &[u8]| part.as_ptr() as usize - msg.as_ptr() as usize;
-    let (body_start, maybe_eight_bit) = read_fields(msg, start, limits.max_header_bytes, &mut defects, |field| {
+    let (start, body_start, maybe_eight_bit) = read_header_block(msg, limits, &mut defects, |field| {
         index.field_count += 1;
         let value = field.value;
         let value_end = offset(value.as_written()) + value.as_written().len();
@@ -799,6 +889,7 @@ pub fn index_with_limits<'a>(msg: &'a [u8], score_header: Option<&str>, limits: 
             }
         }
     });
+    index.header_start = start;
     index.header_length = body_start - start;
     if maybe_eight_bit && fields_span.is_some_and(|(first, last)| !msg[first..last].is_ascii()) {
         defects.push(Defect::EightBitHeader);
@@ -1074,10 +1165,48 @@ Content-Type: multipart/mixed; boundary=YY\n\n--YY\nContent-Type: message/delive
     }
 
     #[test]
-    fn mbox_from_line_is_skipped() {
-        let facts = scan(b"From someone Sat Oct  4 08:00:09 2025\nFrom: x@y\n\n", None);
-        assert_eq!(facts.from.as_deref(), Some("x@y"));
-        assert!(facts.defects.is_empty());
+    fn what_precedes_the_first_field_is_skipped_and_reported() {
+        use Defect::*;
+        let cases: &[(&[u8], &[Defect])] = &[
+            (b"From someone Sat Oct  4 08:00:09 2025\nFrom: x@y\nSubject: s\n\nbody", &[MboxFromLine]),
+            (b">From someone Sat Oct  4 08:00:09 2025\r\nFrom: x@y\r\nSubject: s\r\n\r\nbody", &[EscapedFromLine]),
+            (b"\xEF\xBB\xBFFrom: x@y\nSubject: s\n\nbody", &[LeadingBom]),
+            (b"\r\n\r\nFrom: x@y\r\nSubject: s\r\n\r\nbody", &[LeadingBlankLines]),
+            (b"\xEF\xBB\xBF\nFrom x@y Mon Jan  1 00:00:00 2024\nFrom: x@y\nSubject: s\n\nbody", &[LeadingBom, LeadingBlankLines, MboxFromLine]),
+            // Outlook's "Internet headers" view, saved: one line of junk, then the fields.
+            (b"Microsoft Mail Internet Headers Version 2.0\r\nFrom: x@y\r\nSubject: s\r\n\r\nbody", &[JunkBeforeHeader]),
+            (b"\n\nsaved by webmail\n\nFrom: x@y\nSubject: s\n\nbody", &[LeadingBlankLines, JunkBeforeHeader]),
+        ];
+        for (msg, defects) in cases {
+            let facts = scan(msg, None);
+            let shown = String::from_utf8_lossy(msg);
+            assert_eq!(facts.from.as_deref(), Some("x@y"), "{shown:?}");
+            assert_eq!(facts.subject.as_deref(), Some("s"), "{shown:?}");
+            assert_eq!(&facts.defects, defects, "{shown:?}");
+            assert_eq!(&msg[facts.header_start..facts.header_start + 5], b"From:", "{shown:?}");
+            assert!(msg[facts.header_start + facts.header_length..].starts_with(b"body"), "{shown:?}");
+            // header_block is the scanner's answer, junk and all.
+            assert_eq!(header_block(msg), (facts.header_start, facts.header_start + facts.header_length), "{shown:?}");
+        }
+    }
+
+    #[test]
+    fn junk_needs_a_header_block_after_it() {
+        // Text whose third line happens to look like a field is text: no fields, as before.
+        let facts = scan(b"Dear Ann,\nthanks.\nNote: see below\nBob\n", None);
+        assert_eq!(facts.field_count, 0);
+        assert!(facts.defects.contains(&Defect::NoHeaderFields));
+        assert!(!facts.defects.contains(&Defect::JunkBeforeHeader));
+        assert_eq!(facts.header_start, 0);
+        // More junk lines than allowed.
+        let long = b"1\n2\n3\n4\n5\n6\nFrom: x@y\nSubject: s\n\n";
+        assert_eq!(scan(long, None).field_count, 0);
+        // Blank lines only, and a megabyte of them, are bounded and have no fields.
+        let blank = vec![b'\n'; 3 << 20];
+        let facts = scan(&blank, None);
+        assert_eq!(facts.field_count, 0);
+        assert!(facts.header_start <= 1 << 20);
+        assert_eq!(header_block(&blank).0, facts.header_start);
     }
 
     #[test]
@@ -1105,8 +1234,9 @@ Content-Type: multipart/mixed; boundary=YY\n\n--YY\nContent-Type: message/delive
             assert_eq!(header_block(unseparated.as_bytes()), (0, fields.len()));
         }
         assert_eq!(header_block(b""), (0, 0));
-        assert_eq!(header_block(b"\r\nbody"), (0, 2));
-        assert_eq!(header_block(b"\n"), (0, 1));
+        // Leading blank lines are skipped (`leading-blank-lines`): no fields, the body after them.
+        assert_eq!(header_block(b"\r\nbody"), (2, 2));
+        assert_eq!(header_block(b"\n"), (1, 1));
         assert_eq!(header_block(b"From only-an-mbox-line"), (22, 22));
         // "From:" is a field, not an mbox separator line.
         assert_eq!(header_block(b"From: a@b\n\n"), (0, 11));

@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# Installs the Debian programs the tests start: the authoritative DNS server NSD (tests/dnsserver.py),
-# and ss (iproute2), which reads a listening socket's backlog (tests/test_ingress_hardening.py).
+# Installs the Debian programs the tests start: the authoritative DNS server NSD
+# (tests/dnsserver.py), Postfix (tests/postfix.py: a private instance in front of the milter),
+# rspamd (tests/rspamd.py: its own configuration directory, loopback only), libmilter-dev,
+# which pip needs to build pymilter (the `milter` extra), and ss (iproute2), which reads a
+# listening socket's backlog (tests/test_ingress_hardening.py).
 # Idempotent: apt runs only when one is missing. Needs root or sudo (CI runs as root).
 set -euo pipefail
 
 missing=()
 command -v nsd >/dev/null 2>&1 || [ -x /usr/sbin/nsd ] || missing+=(nsd)
+[ -x /usr/sbin/postfix ] || missing+=(postfix)
+[ -x /usr/bin/rspamd ] || missing+=(rspamd)
+[ -e /usr/include/libmilter/mfapi.h ] || missing+=(libmilter-dev)
 command -v ss >/dev/null 2>&1 || [ -x /usr/bin/ss ] || [ -x /bin/ss ] || missing+=(iproute2)
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
@@ -16,10 +22,20 @@ if [ "$(id -u)" -ne 0 ]; then
     SUDO="sudo"
 fi
 export DEBIAN_FRONTEND=noninteractive
+# Postfix without a system configuration: no main.cf, so the package's own instance never
+# starts; the tests write their own configuration directory.
+echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections
 $SUDO apt-get update -qq
+# --no-install-recommends: rspamd recommends redis-server, which the tests do not use.
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-# The Debian package starts a system nsd on port 53 when a service manager runs; the tests
-# start their own instance and never need it. Stop it where it runs, ignore where it does not.
-if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet nsd 2>/dev/null; then
-    $SUDO systemctl stop nsd || true
+# Where a service manager runs, the packages start system daemons (nsd on port 53, rspamd on
+# localhost:11332-11334). The tests start their own instances on free ports and never need
+# those: stop them, and keep rspamd from starting again at boot.
+if command -v systemctl >/dev/null 2>&1; then
+    for unit in nsd rspamd; do
+        if systemctl is-active --quiet "$unit" 2>/dev/null; then
+            $SUDO systemctl stop "$unit" || true
+        fi
+    done
+    $SUDO systemctl disable rspamd >/dev/null 2>&1 || true
 fi

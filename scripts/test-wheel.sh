@@ -3,7 +3,7 @@
 #   1. takes dist/deliverypool-<version>-cp310-abi3-manylinux*_<arch>.whl, building it first with
 #      scripts/build-wheels.sh when it is missing or older than the sources;
 #   2. makes a fresh virtualenv in a temp dir outside the source tree and installs the wheel with
-#      its `test` and `uvloop` extras (the pip cache lives in target/pip-cache);
+#      its `test`, `uvloop` and `milter` extras (the pip cache lives in target/pip-cache);
 #   3. installs the test servers tests/ starts (scripts/install-test-servers.sh);
 #   4. with cargo, rustc and rustup taken off PATH and PYTHONPATH unset, checks the installed
 #      package (deliverypool.__file__ in the venv's site-packages, version, console script), then
@@ -125,7 +125,7 @@ for py in "${PYTHONS[@]}"; do
     venv=$TMP/venv-$(basename "$py")
     log "fresh venv from $pybin ($("$pybin" -c 'import sys; print(sys.version.split()[0])')) in $venv"
     "$pybin" -m venv "$venv"
-    "$venv/bin/python" -m pip install --quiet --no-input "deliverypool[test,uvloop] @ file://$whl"
+    "$venv/bin/python" -m pip install --quiet --no-input "deliverypool[test,uvloop,milter] @ file://$whl"
     "$venv/bin/python" -m pip check
 
     # Everything from here on runs without Rust and without the source tree on the import path.

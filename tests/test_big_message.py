@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.smtp_sinks import free_port, sink
+from tests.smtp_sinks import Sink, free_port, sink
 from tests.test_crash import RelayProcess, crash_config
 
 SIZE = 50 * 1024 * 1024
@@ -24,6 +24,24 @@ def peak_kib(pid: int) -> int:
     raise AssertionError("no VmHWM")
 
 
+def submit(port: int, message: bytes, *, declare_size: bool = False) -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=120) as client:
+        client.ehlo()
+        options = [f"SIZE={len(message)}"] if declare_size else []
+        client.sendmail("big@sender.test", ["sink@dest.test"], message, mail_options=options)
+
+
+async def warmed_up(relay: RelayProcess, port: int, destination: Sink) -> tuple[int, int]:
+    """Starts the relay and passes one small message through it, so that the memory baseline is
+    a worker that has accepted and delivered mail (everything imported, every pool and buffer
+    set up); returns the worker's pid and its peak memory (KiB) then."""
+    await relay.start()
+    (worker,) = relay.workers_pids()
+    await asyncio.to_thread(submit, port, b"Subject: warm-up\r\n\r\nhello\r\n")
+    await destination.wait_for(1)
+    return worker, peak_kib(worker)
+
+
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_a_50_mib_message_costs_about_twice_its_size(loop: str, tmp_path: Path) -> None:
     listen, sink_port = free_port(), free_port("127.0.0.20")
@@ -34,20 +52,12 @@ def test_a_50_mib_message_costs_about_twice_its_size(loop: str, tmp_path: Path) 
     relay = RelayProcess(config, listen, loop, workers=1)
 
     def send(message: bytes) -> None:
-        with smtplib.SMTP("127.0.0.1", listen, timeout=60) as client:
-            client.ehlo()
-            client.sendmail("big@sender.test", ["sink@dest.test"], message, mail_options=[f"SIZE={len(message)}"])
+        submit(listen, message, declare_size=True)
 
     async def main() -> None:
         async with sink("127.0.0.20", sink_port, "big-sink", data_size_limit=None) as destination:
             try:
-                await relay.start()
-                (worker,) = relay.workers_pids()
-                # A small message first, so that the baseline is a worker that has accepted and
-                # delivered mail (everything imported, every pool and buffer set up).
-                await asyncio.to_thread(send, b"Subject: warm-up\r\n\r\nhello\r\n")
-                await destination.wait_for(1)
-                before = peak_kib(worker)
+                worker, before = await warmed_up(relay, listen, destination)
                 await asyncio.to_thread(send, body)
                 delivered = (await destination.wait_for(2, timeout=120))[1]
                 growth = (peak_kib(worker) - before) * 1024
@@ -123,17 +133,12 @@ def test_24_mib_of_empty_lines_costs_about_twice_its_size(tmp_path: Path) -> Non
     body = b"Subject: empty lines\r\n" + b"\r\n" * (12 * 1024 * 1024)
 
     def send(message: bytes) -> None:
-        with smtplib.SMTP("127.0.0.1", listen, timeout=120) as client:
-            client.sendmail("e@sender.test", ["sink@dest.test"], message)
+        submit(listen, message)
 
     async def main() -> None:
         async with sink("127.0.0.20", sink_port, "sink", data_size_limit=None) as destination:
             try:
-                await relay.start()
-                (worker,) = relay.workers_pids()
-                await asyncio.to_thread(send, b"Subject: warm-up\r\n\r\nhello\r\n")
-                await destination.wait_for(1)
-                before = peak_kib(worker)
+                worker, before = await warmed_up(relay, listen, destination)
                 big = asyncio.ensure_future(asyncio.to_thread(send, body))
                 await asyncio.to_thread(send, b"Subject: meanwhile\r\n\r\nhello\r\n")
                 await big

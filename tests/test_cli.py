@@ -40,7 +40,7 @@ def test_json_reports_every_corpus_message(corpus: Path) -> None:
     expected = sum(len(list((corpus / "maildir" / Path(d).name).glob("*.eml"))) for d in maildirs)
     expected += sum(len(split_mbox(Path(m).read_bytes())) for m in mailboxes)
     assert len(records) == expected
-    assert set(records[0]) == {"source", "pool", "reasons", "dsn", "report_kind", "score", "threshold", "sender_domain"}
+    assert set(records[0]) == {"source", "pool", "reasons", "dsn", "report_kind", "score", "threshold", "sender_domain", "spam"}
     mbox_sources = [r["source"] for r in records if str(r["source"]).startswith(str(corpus / "mailbox" / "mbox-0"))]
     assert mbox_sources[:2] == [f"{corpus}/mailbox/mbox-0#1", f"{corpus}/mailbox/mbox-0#2"]
     bounces = [r for r in records if "/lhost-" in str(r["source"])]

@@ -36,6 +36,12 @@ ODD = [
     b"Content-Type: message/delivery-status\n\nReporting-MTA: dns; x\n",
     b"X-Spam-Score: 1\nX-Spam-Score: 9\n\n",
     b"X-Spam-Score: high\n\n",
+    # What the scanner skips before the first field, each reported.
+    b"\xef\xbb\xbfSubject: x\n\n",
+    b"\r\n\r\nSubject: x\r\n\r\n",
+    b"From a@b Mon Jan  1 00:00:00 2024\nSubject: x\n\n",
+    b">From a@b Mon Jan  1 00:00:00 2024\nSubject: x\n\n",
+    b"Microsoft Mail Internet Headers Version 2.0\nSubject: x\nFrom: a@b\n\n",
 ]
 
 
@@ -56,6 +62,7 @@ def everything_about(message: bytes) -> Iterable[dict[str, set[str]]]:
     yield produced(classify(message, mail_from="<>", sender_domain="no-records", score=9.0))
     yield produced(classify(message, policy=SCORED, sender_domain="unknown"))
     yield produced(classify(message, policy=SCORED, untrusted_client=True))
+    yield produced(classify(message, policy=SCORED, score_unavailable=True))
     yield {"DEFECTS": set(scan(message).defects)}
 
 
@@ -89,7 +96,7 @@ def test_every_name_the_corpus_and_odd_messages_produce_is_listed(corpus: Path) 
         assert seen[key] == set(names), f"{key}: never produced {set(names) - seen[key]}"
 
 
-PIECES = [b"\n", b"\r", b"\r\n", b" ", b"\t", b":", b"--b", b"--b--", b"=?", b"?=", b"\xff", b"x", b"From ",
+PIECES = [b"\n", b"\r", b"\r\n", b" ", b"\t", b":", b"--b", b"--b--", b"=?", b"?=", b"\xff", b"x", b"From ", b">From ", b"\xef\xbb\xbf",
           b"Content-Type: multipart/report; report-type=delivery-status; boundary=b",
           b"Content-Type: message/delivery-status", b"From: MAILER-DAEMON@x", b"Return-Path: <>",
           b"Subject: Undeliverable", b"X-Spam-Score: 7", b"Action: failed", b"Status: 5.1.1",

@@ -17,6 +17,7 @@ from deliverypool.config import RelayConfig
 from deliverypool.lookup.mx import MailExchanger
 from deliverypool.testing.static_mx import StaticMx
 from deliverypool.queue.listing import listing, read_counters
+from tests.test_relay import running
 from tests.smtp_sinks import HIGH_RISK_SOURCE, NORMAL_SOURCE, Sink, eventually, message, relay_config, sink
 
 Run = Callable[[Coroutine[Any, Any, Any]], Any]
@@ -29,14 +30,8 @@ async def smarthost_relay(tmp_path: Path, **sink_options: Any) -> AsyncIterator[
     """A relay whose pools both send to one aiosmtpd sink (the smarthost) on 127.0.0.20."""
     port = common_port([DESTINATION])
     conf = relay_config(tmp_path / "spool", smarthost=f"{DESTINATION}:{port}", pool_extra='max_age = "2s"')
-    async with sink(DESTINATION, port, "smarthost", **sink_options) as destination:
-        relay = Relay(conf)
-        await relay.start()
-        await relay.listen()
-        try:
-            yield relay, conf, destination
-        finally:
-            await relay.stop()
+    async with sink(DESTINATION, port, "smarthost", **sink_options) as destination, running(conf) as relay:
+        yield relay, conf, destination
 
 
 async def submit(conf: RelayConfig, msg: bytes, to: list[str], *, sender: str = SENDER, smtputf8: bool = False) -> None:
@@ -113,22 +108,16 @@ def test_a_relay_that_is_its_own_mx_stops_the_loop_with_5_4_6_and_a_dsn(aio_run:
     )
 
     async def main() -> None:
-        async with sink(DESTINATION, port, "sender-mx") as destination:
-            relay = Relay(conf, mx=mx)
-            await relay.start()
-            await relay.listen()
-            try:
-                await submit(conf, message("loop", message_id="<loop@t>"), ["someone@loop.test"])
-                (dsn,) = await destination.wait_for(1, timeout=60)
-                assert dsn.mail_from == "" and dsn.rcpt_tos == [SENDER]
-                assert b"Status: 5.4.6" in dsn.content and b"Too many hops" in dsn.content
-                await settled(conf)
-                counters = read_counters(conf.spool.directory)
-                # The client's copy and 49 more, each with one more Received field, then refused.
-                assert counters["accepted"] == conf.listener.max_hops + 1  # the 50 copies and the DSN
-                assert counters["bounces"] == 1
-            finally:
-                await relay.stop()
+        async with sink(DESTINATION, port, "sender-mx") as destination, running(conf, mx):
+            await submit(conf, message("loop", message_id="<loop@t>"), ["someone@loop.test"])
+            (dsn,) = await destination.wait_for(1, timeout=60)
+            assert dsn.mail_from == "" and dsn.rcpt_tos == [SENDER]
+            assert b"Status: 5.4.6" in dsn.content and b"Too many hops" in dsn.content
+            await settled(conf)
+            counters = read_counters(conf.spool.directory)
+            # The client's copy and 49 more, each with one more Received field, then refused.
+            assert counters["accepted"] == conf.listener.max_hops + 1  # the 50 copies and the DSN
+            assert counters["bounces"] == 1
 
     aio_run(main())
 
@@ -142,19 +131,14 @@ def test_one_message_to_fifty_dead_domains_gets_one_dsn(aio_run: Run, tmp_path: 
     dead = [f"user{i}@dead{i}.test" for i in range(50)]
 
     async def main() -> None:
-        async with sink(DESTINATION, port, "sender-mx") as destination:
-            relay = Relay(conf, mx=mx)
-            await relay.start()
-            await relay.listen()
-            try:
-                await submit(conf, message("fifty"), dead)
-                (dsn,) = await destination.wait_for(1)
-                await settled(conf)
-                assert len(destination.deliveries) == 1
-                assert sorted(line.split(b"; ", 1)[1].decode() for line in dsn.content.split(b"\r\n") if line.startswith(b"Final-Recipient:")) == sorted(dead)
-                assert dsn.content.count(b"Status: 5.1.2") == 50
-                assert read_counters(conf.spool.directory)["bounces"] == 1
-            finally:
-                await relay.stop()
+        async with sink(DESTINATION, port, "sender-mx") as destination, running(conf, mx):
+            await submit(conf, message("fifty"), dead)
+            (dsn,) = await destination.wait_for(1)
+            await settled(conf)
+            assert len(destination.deliveries) == 1
+            finals = [line.split(b"; ", 1)[1].decode() for line in dsn.content.split(b"\r\n") if line.startswith(b"Final-Recipient:")]
+            assert sorted(finals) == sorted(dead)
+            assert dsn.content.count(b"Status: 5.1.2") == 50
+            assert read_counters(conf.spool.directory)["bounces"] == 1
 
     aio_run(main())

@@ -21,6 +21,7 @@ from aiosmtpd.controller import Controller
 
 from deliverypool.config import RelayConfig
 from deliverypool.app import Relay
+from deliverypool.lookup.mx import MxLookup
 from deliverypool.cli.queue import queue_command
 from deliverypool.cli.relay import relay_command
 from deliverypool.mail.headers import has_bare_line_ending, strip_header
@@ -37,8 +38,8 @@ def config(tmp_path: Path, listener: str = "") -> RelayConfig:
 
 
 @contextlib.asynccontextmanager
-async def running(conf: RelayConfig) -> AsyncIterator[Relay]:
-    relay = Relay(conf)
+async def running(conf: RelayConfig, mx: MxLookup | None = None) -> AsyncIterator[Relay]:
+    relay = Relay(conf, mx=mx)
     await relay.start()
     await relay.listen()
     try:

@@ -39,7 +39,7 @@ def facts_key(facts: HeaderFacts) -> tuple[object, ...]:
 @given(st.binary(max_size=4096))
 def test_any_bytes_scan_without_error(data: bytes) -> None:
     facts = scan(data, score_header="X-Spam-Score")
-    assert 0 <= facts.header_length <= len(data)
+    assert 0 <= facts.header_start <= facts.header_start + facts.header_length <= len(data)
     assert isinstance(facts.defects, tuple)
 
 
@@ -186,7 +186,7 @@ def test_header_block_with_each_line_ending(eol: str) -> None:
 
 def test_header_block_edge_cases() -> None:
     assert header_block(b"") == (0, 0)
-    assert header_block(b"\r\nbody") == (0, 2)
+    assert header_block(b"\r\nbody") == (2, 2)  # leading blank lines are skipped (leading-blank-lines)
     assert header_block(b"From only-an-mbox-line") == (22, 22)
     assert header_block(b"From: a@b\n\nx") == (0, 11)  # "From:" is a field, not an mbox line
     with pytest.raises(TypeError):
@@ -197,7 +197,33 @@ def test_header_block_edge_cases() -> None:
                                              st.sampled_from(["\n", "\r\n", "\r"]), st.booleans()))
 def test_header_block_is_the_scanners_answer(message: bytes) -> None:
     start, body = header_block(message)
+    facts = scan(message)
     assert 0 <= start <= body <= len(message)
-    assert body - start == scan(message).header_length
-    if start:
-        assert message.startswith(b"From ")
+    assert (start, body - start) == (facts.header_start, facts.header_length)
+    skipped = {"leading-bom", "leading-blank-lines", "mbox-from-line", "escaped-from-line", "junk-before-header"}
+    assert (start > 0) == bool(skipped & set(facts.defects))
+
+
+_PREFIXES = {
+    b"\xef\xbb\xbf": ("leading-bom",),
+    b"\r\n": ("leading-blank-lines",),
+    b"\n\n\n": ("leading-blank-lines",),
+    b"From MAILER-DAEMON Mon Jan  1 10:00:00 2024\n": ("mbox-from-line",),
+    b">From MAILER-DAEMON Mon Jan  1 10:00:00 2024\r\n": ("escaped-from-line",),
+    b"Microsoft Mail Internet Headers Version 2.0\r\n": ("junk-before-header",),
+}
+
+
+@given(header_blocks(), st.sampled_from(sorted(_PREFIXES)))
+def test_what_precedes_the_header_block_changes_only_the_defects(fields: list[tuple[str, list[str]]], prefix: bytes) -> None:
+    message = render(fields, "\n", False)
+    plain = scan(message, score_header="x-spam-score")
+    prefixed = scan(prefix + message, score_header="x-spam-score")
+    if plain.field_count < 2:
+        # Junk is skipped only before a header block of two lines or more.
+        return
+    assert prefixed.header_start == len(prefix)
+    assert header_block(prefix + message) == (len(prefix), len(prefix) + plain.header_length)
+    assert prefixed.header_length == plain.header_length
+    assert prefixed.defects == _PREFIXES[prefix] + plain.defects
+    assert facts_key(prefixed)[:-1] == facts_key(plain)[:-1]

@@ -11,7 +11,7 @@ fuzz_target!(|data: &[u8]| {
     let facts = scan(data, Some("x-spam-score"));
     assert!(facts.header_length <= data.len());
     let (start, body) = header_block(data);
-    assert!(start <= body && body <= data.len() && body - start == facts.header_length);
+    assert!(start <= body && body <= data.len() && start == facts.header_start && body - start == facts.header_length);
     first_address(&String::from_utf8_lossy(data));
     let policy = Policy { score_header: Some("x-spam-score".into()), ..Policy::default() };
     for mail_from in [None, Some(""), Some("a@b.example")] {

@@ -3,6 +3,7 @@
 from deliverypool._core import (
     DEFECTS,
     DSN_KINDS,
+    PHRASE_GROUPS,
     REASONS,
     REPORT_KINDS,
     SIGNALS,
@@ -23,6 +24,7 @@ from deliverypool._core import (
     __version__,
     classify,
     classify_many,
+    detect,
     header_block,
     scan,
 )
@@ -30,6 +32,7 @@ from deliverypool._core import (
 __all__ = [
     "DEFECTS",
     "DSN_KINDS",
+    "PHRASE_GROUPS",
     "REASONS",
     "REPORT_KINDS",
     "SIGNALS",
@@ -50,6 +53,7 @@ __all__ = [
     "__version__",
     "classify",
     "classify_many",
+    "detect",
     "header_block",
     "scan",
 ]

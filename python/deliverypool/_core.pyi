@@ -7,6 +7,7 @@ from typing import Literal, final
 __all__ = [
     "DEFECTS",
     "DSN_KINDS",
+    "PHRASE_GROUPS",
     "REASONS",
     "REPORT_KINDS",
     "SIGNALS",
@@ -24,6 +25,7 @@ __all__ = [
     "__version__",
     "classify",
     "classify_many",
+    "detect",
     "header_block",
     "scan",
 ]
@@ -105,6 +107,8 @@ class RecipientStatus:
 @final
 class HeaderFacts:
     @property
+    def header_start(self) -> int: ...
+    @property
     def header_length(self) -> int: ...
     @property
     def field_count(self) -> int: ...
@@ -150,6 +154,7 @@ class Policy:
         tenant_thresholds: Mapping[str, float] | None = None,
         score_header: str | None = None,
         unknown_domain_pool: Literal["high-risk", "normal"] = "high-risk",
+        score_unavailable_pool: Literal["high-risk", "normal"] = "normal",
     ) -> Policy: ...
     @property
     def normal_pool(self) -> str: ...
@@ -163,6 +168,8 @@ class Policy:
     def score_header(self) -> str | None: ...
     @property
     def unknown_domain_pool(self) -> Literal["high-risk", "normal"]: ...
+    @property
+    def score_unavailable_pool(self) -> Literal["high-risk", "normal"]: ...
     def threshold_for(self, tenant: str | None = None) -> float: ...
 
 @final
@@ -171,6 +178,8 @@ class DsnVerdict:
     def kind(self) -> Literal["delivery-status", "global-delivery-status", "non-standard"]: ...
     @property
     def signals(self) -> tuple[str, ...]: ...
+    @property
+    def strength(self) -> float: ...
     @property
     def recipients(self) -> tuple[RecipientStatus, ...]: ...
 
@@ -216,12 +225,27 @@ class Decision:
     def from_domain(self) -> str | None:
         """The domain of `from_address` (lowercased, not IDNA-encoded), or None with it."""
 
+_PhraseKind = Literal["subject-form", "subject-word", "reply-prefix", "body-template", "body-wording"]
+
+# (name, kind, source, families, phrases): `source` is the software that writes the wording,
+# None for a group introduced for the corpus `families`.
+PHRASE_GROUPS: tuple[tuple[str, _PhraseKind, str | None, tuple[str, ...], tuple[str, ...]], ...]
+
 def scan(message: bytes, *, score_header: str | None = None) -> HeaderFacts: ...
+def detect(
+    message: bytes, *, mail_from: str | None = None, disabled_groups: Sequence[str] | None = None
+) -> tuple[Literal["dsn", "mdn", "arf", "auto-reply"] | None, DsnVerdict | None]:
+    """The report kind and DSN verdict of a message, as `classify` finds them, with the phrase
+    groups named in `disabled_groups` (`PHRASE_GROUPS` names) ignored: for the corpus tool's
+    leave-one-family-out run. An unknown group name is a `ValueError`."""
+
 def header_block(message: bytes) -> tuple[int, int]:
     """Where the header block is, as the scanner reads it: `(start, body)`.
 
-    `start` is the offset of the first header field: 0, or just past a leading mbox `From `
-    line. `body` is the offset of the body: just past the blank line that ends the header
+    `start` is the offset of the first header field, `scan(message).header_start`: 0, or past
+    what the scanner skips before the first field (a UTF-8 byte-order mark, blank lines, an
+    mbox `From ` or `>From ` line, a few lines of junk followed by fields; each reported in
+    `defects`). `body` is the offset of the body: just past the blank line that ends the header
     block (CRLF, LF or a bare CR line breaks alike), or `len(message)` when the message ends
     inside the header block. When a line that is neither a field nor a continuation ends the
     block without a blank line, `body` is that line's offset (it belongs to the body). For an
@@ -237,6 +261,7 @@ def classify(
     policy: Policy | None = None,
     untrusted_client: bool = False,
     sender_domain: _DomainStatus | None = None,
+    score_unavailable: bool = False,
 ) -> Decision: ...
 def classify_many(
     messages: Iterable[bytes],
@@ -247,6 +272,7 @@ def classify_many(
     policy: Policy | None = None,
     untrusted_client: bool = False,
     sender_domain: Sequence[_DomainStatus | None] | None = None,
+    score_unavailable: Sequence[bool] | None = None,
 ) -> list[Decision]: ...
 
 # --- DNS cache (rust/python/cache.rs) ---

@@ -35,6 +35,7 @@ from deliverypool.observe.logs import RateLimit
 from deliverypool.outbound.scheduler import DeliveryEngine
 from deliverypool.queue.spool import FILE_THRESHOLD, NewMessage, Spool
 from deliverypool.routing.router import Router
+from deliverypool.routing.scores import ScoredRouter, Submission, scored_router
 from deliverypool.supervisor import listen_socket
 
 __all__ = ["Accepted", "Relay", "configure_logging", "policy_from_config", "resolver_from_config", "run_relay"]
@@ -52,6 +53,7 @@ def policy_from_config(config: RelayConfig) -> Policy:
         tenant_thresholds=dict(p.tenants) or None,
         score_header=p.score_header,
         unknown_domain_pool=p.unknown_domain_pool,
+        score_unavailable_pool="high-risk" if config.score.fallback == "high-risk" else "normal",
     )
 
 
@@ -76,6 +78,7 @@ class Relay:
         self.spool = Spool(spool_directory or config.spool.directory, reserve=config.spool.reserve)
         self.mx = mx
         self.router = router
+        self.scores: ScoredRouter | None = None
         self.engine: DeliveryEngine | None = None
         self.handler = RoutingHandler(self)
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -116,6 +119,7 @@ class Relay:
             self.mx = MxResolver(resolver)
         if self.router is None:
             self.router = Router(resolver if needs_sender else None, policy=policy_from_config(self.config))
+        self.scores = scored_router(self.config, self.router)
 
     async def listen(self, sock: socket.socket | None = None) -> asyncio.AbstractServer:
         """Starts the SMTP listener on the configured address (bound with ``listener.backlog``),
@@ -154,7 +158,7 @@ class Relay:
         login: str | None = None,
     ) -> Accepted:
         """Classifies and spools one message; returns once it is on disk."""
-        assert self.engine is not None and self.router is not None, "Relay.start() first"
+        assert self.engine is not None and self.scores is not None, "Relay.start() first"
         untrusted = not in_networks(peer, self.config.listener.trusted_score_networks)
         header = self.config.policy.score_header
         if header and untrusted:
@@ -167,32 +171,34 @@ class Relay:
             log.warning("refused a message with %d Received fields from=<%s> peer=%s (routing loop?)", hops, mail_from, peer)
             raise MessageRefused(f"554 5.4.6 Too many hops ({hops} Received fields): routing loop", "too-many-hops")
         content = received_field(helo=helo, peer=peer, by=self.config.listener.hostname, authenticated=login is not None) + content
-        decision = await self.router.route(content, mail_from=mail_from, tenant=login, untrusted_client=untrusted)
-        message_id = decision.message_id
+        submission = Submission(mail_from, recipients, client_address=peer, helo=helo, login=login)
+        routed = await self.scores.route(content, submission, tenant=login, untrusted_client=untrusted)
+        message_id = routed.decision.message_id
         job = await self.spool.accept(
             NewMessage(
                 mail_from=mail_from,
                 recipients=recipients,
                 body=content,
-                pool=decision.pool,
-                reasons=tuple(decision.reasons),
+                pool=routed.pool,
+                reasons=routed.reasons,
                 tenant=login,
                 header_message_id=message_id,
             )
         )
         log.info(
-            "accepted queue_id=%s message_id=%s from=<%s> recipients=%d pool=%s reasons=%s",
+            "accepted queue_id=%s message_id=%s from=<%s> recipients=%d pool=%s reasons=%s spam=%s",
             job.queue_id,
             message_id or "-",
             mail_from,
             len(recipients),
-            decision.pool,
-            ",".join(decision.reasons) or "-",
+            routed.pool,
+            ",".join(routed.reasons) or "-",
+            routed.spam.summary() if routed.spam is not None else "-",
         )
         # Delivery gets the body from memory (within its memory budget); a body the spool keeps
         # in a file of its own is streamed from there.
         self.engine.submit(job, content if len(content) <= FILE_THRESHOLD else None)
-        accepted = Accepted(job.queue_id, decision.pool, tuple(decision.reasons))
+        accepted = Accepted(job.queue_id, routed.pool, routed.reasons, routed.spam)
         if self.on_accept is not None:
             try:
                 self.on_accept(accepted, content)
@@ -213,6 +219,8 @@ class Relay:
             self.server = None
         if self.engine is not None:
             await self.engine.stop()
+        if self.scores is not None:
+            await self.scores.close()
         await self.spool.close()
 
 
@@ -259,3 +267,4 @@ def configure_logging(level: int = logging.INFO) -> None:
         logging.logProcesses = False
         logging.logMultiprocessing = False
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per rspamd request

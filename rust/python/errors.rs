@@ -11,6 +11,7 @@
 //! | other `CacheError`s | `CacheError(ValueError)` |
 //! | `Error::NotBytes` | `MessageTypeError(TypeError)` |
 //! | `Error::LengthMismatch` | `ValueError` |
+//! | `Error::UnknownPhraseGroup` | `ValueError` |
 //!
 //! An error about one message of a batch (`Error::InBatch`) is the same exception, its text
 //! prefixed with the message's position and its `index` attribute set to it; the exceptions
@@ -56,6 +57,8 @@ pub enum Error {
     NotBytes(String),
     /// A per-message sequence whose length is not the number of messages.
     LengthMismatch { name: &'static str, len: usize, count: usize },
+    /// A name in `detect(disabled_groups=...)` that is not a phrase group's.
+    UnknownPhraseGroup(String),
     /// An error about the message at `index` of a batch.
     InBatch { index: usize, error: Box<Error> },
 }
@@ -93,6 +96,7 @@ impl fmt::Display for Error {
             Error::Cache(error) => error.fmt(f),
             Error::NotBytes(type_name) => write!(f, "must be bytes, not {type_name}"),
             Error::LengthMismatch { name, len, count } => write!(f, "{name} has {len} items but there are {count} messages"),
+            Error::UnknownPhraseGroup(name) => write!(f, "no phrase group is called {name:?}"),
             Error::InBatch { index, error } => match **error {
                 // Named as the argument is: `messages[1] must be bytes, not str`.
                 Error::NotBytes(_) => write!(f, "messages[{index}] {error}"),
@@ -117,7 +121,7 @@ pub fn to_py_err(py: Python<'_>, error: impl Into<Error>) -> PyErr {
         Error::Cache(CoreCacheError::NotManualClock) => PyRuntimeError::new_err(message),
         Error::Cache(_) => CacheError::new_err(message),
         Error::NotBytes(_) => MessageTypeError::new_err(message),
-        Error::LengthMismatch { .. } | Error::InBatch { .. } => PyValueError::new_err(message),
+        Error::LengthMismatch { .. } | Error::UnknownPhraseGroup(_) | Error::InBatch { .. } => PyValueError::new_err(message),
     };
     match index {
         Some(index) => match exception.value(py).setattr(intern!(py, "index"), index) {

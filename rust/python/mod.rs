@@ -6,6 +6,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, clippy::unreachable)]
 
 mod cache;
+mod dsn;
 mod errors;
 mod policy;
 mod scan;
@@ -40,6 +41,8 @@ mod _core {
     #[pymodule_export]
     use super::cache::{PyCacheStats, PyDnsCache};
     #[pymodule_export]
+    use super::dsn::detect;
+    #[pymodule_export]
     use super::errors::{CacheError, MessageTypeError, PolicyError, ScoreError, SenderDomainError};
     #[pymodule_export]
     use super::policy::{classify, classify_many, PyDecision, PyDsnVerdict, PyPolicy};
@@ -63,7 +66,8 @@ mod _core {
         m.add("SIGNALS", super::names::<Signal>(py)?)?;
         m.add("DEFECTS", super::names::<Defect>(py)?)?;
         m.add("REPORT_KINDS", super::names::<ReportKind>(py)?)?;
-        m.add("DSN_KINDS", super::names::<DsnKind>(py)?)
+        m.add("DSN_KINDS", super::names::<DsnKind>(py)?)?;
+        m.add("PHRASE_GROUPS", super::dsn::phrase_groups(py)?)
     }
 }
 

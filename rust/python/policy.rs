@@ -14,7 +14,7 @@ use super::untracked;
 use super::scan::recipients_tuple;
 use crate::address::Address;
 use crate::dsn::DsnVerdict;
-use crate::policy::{self, Decision, DomainStatus, Envelope, Policy, UnknownDomainPool};
+use crate::policy::{self, Decision, DomainStatus, Envelope, FallbackPool, Policy};
 
 #[pyclass(frozen, name = "Policy", module = "deliverypool")]
 pub struct PyPolicy(pub Arc<Policy>);
@@ -31,7 +31,8 @@ fn policy_or_default(policy: Option<&Bound<'_, PyPolicy>>) -> Arc<Policy> {
 #[pymethods]
 impl PyPolicy {
     #[new]
-    #[pyo3(signature = (*, normal_pool="normal", high_risk_pool="high-risk", threshold=5.0, tenant_thresholds=None, score_header=None, unknown_domain_pool="high-risk"))]
+    #[pyo3(signature = (*, normal_pool="normal", high_risk_pool="high-risk", threshold=5.0, tenant_thresholds=None, score_header=None, unknown_domain_pool="high-risk", score_unavailable_pool="normal"))]
+    #[allow(clippy::too_many_arguments)] // Python keyword arguments, one per policy field
     fn new(
         py: Python<'_>,
         normal_pool: &str,
@@ -40,18 +41,10 @@ impl PyPolicy {
         tenant_thresholds: Option<BTreeMap<String, f64>>,
         score_header: Option<String>,
         unknown_domain_pool: &str,
+        score_unavailable_pool: &str,
     ) -> PyResult<Self> {
-        let unknown_domain_pool = match unknown_domain_pool {
-            "high-risk" => UnknownDomainPool::HighRisk,
-            "normal" => UnknownDomainPool::Normal,
-            other => {
-                return Err(to_py_err(py, policy::Error::BadOption {
-                    what: "unknown_domain_pool",
-                    value: other.into(),
-                    allowed: "high-risk, normal",
-                }))
-            }
-        };
+        let unknown_domain_pool = FallbackPool::parse("unknown_domain_pool", unknown_domain_pool).map_err(|e| to_py_err(py, e))?;
+        let score_unavailable_pool = FallbackPool::parse("score_unavailable_pool", score_unavailable_pool).map_err(|e| to_py_err(py, e))?;
         let policy = Policy {
             normal_pool: normal_pool.to_owned(),
             high_risk_pool: high_risk_pool.to_owned(),
@@ -59,6 +52,7 @@ impl PyPolicy {
             tenant_thresholds: tenant_thresholds.unwrap_or_default(),
             score_header,
             unknown_domain_pool,
+            score_unavailable_pool,
         };
         Ok(PyPolicy(Arc::new(policy.validated().map_err(|e| to_py_err(py, e))?)))
     }
@@ -90,10 +84,11 @@ impl PyPolicy {
     }
     #[getter]
     fn unknown_domain_pool(&self) -> &'static str {
-        match self.0.unknown_domain_pool {
-            UnknownDomainPool::HighRisk => "high-risk",
-            UnknownDomainPool::Normal => "normal",
-        }
+        self.0.unknown_domain_pool.as_str()
+    }
+    #[getter]
+    fn score_unavailable_pool(&self) -> &'static str {
+        self.0.score_unavailable_pool.as_str()
     }
     /// The threshold that applies to `tenant`.
     #[pyo3(signature = (tenant=None))]
@@ -103,8 +98,14 @@ impl PyPolicy {
     fn __repr__(&self) -> String {
         let p = &self.0;
         format!(
-            "Policy(normal_pool={:?}, high_risk_pool={:?}, threshold={}, tenant_thresholds={:?}, score_header={:?}, unknown_domain_pool={:?})",
-            p.normal_pool, p.high_risk_pool, p.threshold, p.tenant_thresholds, p.score_header, self.unknown_domain_pool()
+            "Policy(normal_pool={:?}, high_risk_pool={:?}, threshold={}, tenant_thresholds={:?}, score_header={:?}, unknown_domain_pool={:?}, score_unavailable_pool={:?})",
+            p.normal_pool,
+            p.high_risk_pool,
+            p.threshold,
+            p.tenant_thresholds,
+            p.score_header,
+            self.unknown_domain_pool(),
+            self.score_unavailable_pool()
         )
     }
 }
@@ -125,12 +126,17 @@ impl PyDsnVerdict {
     fn signals<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
         PyTuple::new(py, self.0.signals.iter().map(|s| s.as_str()))
     }
+    /// Points of the signals that fired over the threshold: 1.0 is just enough.
+    #[getter]
+    fn strength(&self) -> f64 {
+        self.0.strength
+    }
     #[getter]
     fn recipients<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
         recipients_tuple(py, &self.0.recipients)
     }
     fn __repr__(&self) -> String {
-        format!("DsnVerdict(kind={:?}, signals={:?})", self.0.kind.as_str(), self.0.signals)
+        format!("DsnVerdict(kind={:?}, signals={:?}, strength={})", self.0.kind.as_str(), self.0.signals, self.0.strength)
     }
 }
 
@@ -240,7 +246,7 @@ fn parse_domain_status(value: Option<&str>) -> Result<Option<DomainStatus>, poli
 /// Classifies one message. Fast enough (microseconds) that releasing the GIL would cost more
 /// than it saves, so it keeps it.
 #[pyfunction]
-#[pyo3(signature = (message, *, mail_from=None, score=None, tenant=None, policy=None, untrusted_client=false, sender_domain=None))]
+#[pyo3(signature = (message, *, mail_from=None, score=None, tenant=None, policy=None, untrusted_client=false, sender_domain=None, score_unavailable=false))]
 #[allow(clippy::too_many_arguments)]
 pub fn classify<'py>(
     py: Python<'py>,
@@ -251,10 +257,11 @@ pub fn classify<'py>(
     policy: Option<&Bound<'_, PyPolicy>>,
     untrusted_client: bool,
     sender_domain: Option<&str>,
+    score_unavailable: bool,
 ) -> PyResult<Bound<'py, PyDecision>> {
     let policy = policy_or_default(policy);
     let sender_domain = parse_domain_status(sender_domain).map_err(|e| to_py_err(py, e))?;
-    let envelope = Envelope { mail_from, score, tenant, untrusted_client, sender_domain };
+    let envelope = Envelope { mail_from, score, tenant, untrusted_client, sender_domain, score_unavailable };
     let decision = policy::classify(message.as_bytes(), &envelope, &policy).map_err(|e| to_py_err(py, e))?;
     untracked(py, PyDecision::new(decision.into(), PyBackedBytes::from(message)))
 }
@@ -274,7 +281,7 @@ fn per_message<T>(name: &'static str, values: Option<Vec<T>>, count: usize) -> R
 /// spread over every core for large batches. Per-message arguments are sequences as long as
 /// `messages`.
 #[pyfunction]
-#[pyo3(signature = (messages, *, mail_from=None, score=None, tenant=None, policy=None, untrusted_client=false, sender_domain=None))]
+#[pyo3(signature = (messages, *, mail_from=None, score=None, tenant=None, policy=None, untrusted_client=false, sender_domain=None, score_unavailable=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn classify_many<'py>(
     py: Python<'py>,
@@ -285,6 +292,7 @@ pub fn classify_many<'py>(
     policy: Option<&Bound<'_, PyPolicy>>,
     untrusted_client: bool,
     sender_domain: Option<Vec<Option<String>>>,
+    score_unavailable: Option<Vec<bool>>,
 ) -> PyResult<Bound<'py, PyList>> {
     let mut bodies: Vec<PyBackedBytes> = Vec::new();
     for (index, item) in messages.try_iter()?.enumerate() {
@@ -308,9 +316,10 @@ pub fn classify_many<'py>(
                     .collect::<Result<Vec<_>, _>>()
             })
             .transpose()?;
-        Ok((mail_from, score, tenant, statuses))
+        let unavailable = per_message("score_unavailable", score_unavailable, count)?;
+        Ok((mail_from, score, tenant, statuses, unavailable))
     };
-    let (mail_from, score, tenant, statuses) = lengths_checked().map_err(|e| to_py_err(py, e))?;
+    let (mail_from, score, tenant, statuses, unavailable) = lengths_checked().map_err(|e| to_py_err(py, e))?;
     let policy = policy_or_default(policy);
 
     // The per-message sequences are as long as `bodies` (checked above): `get` always finds.
@@ -321,6 +330,7 @@ pub fn classify_many<'py>(
             tenant: tenant.as_ref().and_then(|v| v.get(i)?.as_deref()),
             untrusted_client,
             sender_domain: statuses.as_ref().and_then(|v| *v.get(i)?),
+            score_unavailable: unavailable.as_ref().and_then(|v| v.get(i).copied()).unwrap_or(false),
         };
         // Wrapped here, on the worker threads, rather than after the GIL is taken back.
         policy::classify(body, &envelope, &policy).map(Decided::from).map_err(|e| (i, e))

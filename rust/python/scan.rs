@@ -104,6 +104,12 @@ pub struct PyHeaderFacts(pub HeaderFacts);
 
 #[pymethods]
 impl PyHeaderFacts {
+    /// Offset of the first header field (after a byte-order mark, blank lines, a From_ line or
+    /// junk the scanner skipped; see `defects`).
+    #[getter]
+    fn header_start(&self) -> usize {
+        self.0.header_start
+    }
     #[getter]
     fn header_length(&self) -> usize {
         self.0.header_length
@@ -185,8 +191,9 @@ impl PyHeaderFacts {
     }
 }
 
-/// Where the header block is: `(start, body)`, the offset of the first field (after a leading
-/// mbox `From ` line) and of the body (past the blank line; see `scan::header_block`).
+/// Where the header block is: `(start, body)`, the offset of the first field (`header_start`:
+/// after what the scanner skipped before it) and of the body (past the blank line; see
+/// `scan::header_block`).
 #[pyfunction]
 pub fn header_block(message: &[u8]) -> (usize, usize) {
     crate::scan::header_block(message)

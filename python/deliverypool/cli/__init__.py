@@ -1,5 +1,5 @@
 """The `deliverypool` command: one module per subcommand in this package (classify, relay,
-queue, demo), wired into one argument parser here."""
+milter, queue, demo), wired into one argument parser here."""
 
 from __future__ import annotations
 
@@ -40,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--nameserver", action="append", default=[], type=nameserver_argument, metavar="HOST[:PORT]",
                           help="check the --mail-from domain with this nameserver (repeatable; default: the system's)")
     classify.add_argument("--no-dns", action="store_true", help="do not check the sender domain in DNS")
+    classify.add_argument("--rspamd", metavar="URL",
+                          help="score each message without --score or a --score-header field with rspamd at URL "
+                          "(http://127.0.0.1:11333); its verdict goes into the JSON output")
+    classify.add_argument("--rspamd-timeout", type=finite_float, default=5.0, metavar="SECONDS",
+                          help="time allowed for each rspamd answer (default 5)")
     classify.add_argument("--json", action="store_true", help="print one JSON object per message")
     classify.set_defaults(handler=run_classify)
 
@@ -55,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
             args.config, loop=args.loop, workers=args.workers, worker=args.worker, listen_fd=args.listen_fd
         )
     )
+
+    milter = commands.add_parser("milter", help="run the Postfix milter: route each message to its pool's transport",
+                                 description="Run the milter Postfix calls for each message (smtpd_milters): it adds "
+                                 "the header that milter_header_checks turn into the transport of the message's pool.")
+    milter.add_argument("--config", required=True, metavar="PATH", help="the relay's TOML configuration ([milter], [score], [policy], [dns])")
+    milter.set_defaults(handler=lambda args: _command("milter").milter_command(args.config))
 
     queue = commands.add_parser("queue", help="show what is in the spool",
                                 description="List the messages and recipients in the relay's spool.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import math
 import sys
@@ -14,11 +15,15 @@ from deliverypool.eventloop import run as run_async
 from deliverypool.lookup.resolver import Nameserver
 from deliverypool.lookup.sender import SenderDomainCheck, check_sender_domains
 from deliverypool.mail.sources import read_messages
+from deliverypool.routing.router import Router
+from deliverypool.routing.scores import RspamdScores, Routed, ScoredRouter, Submission
 
 __all__ = ["decision_record", "finite_float", "nameserver_argument", "run_classify"]
 
 # Messages classified per call: large enough to use every core, small enough to stream.
 BATCH_SIZE = 4096
+# Messages rspamd is asked about at once (--rspamd).
+RSPAMD_CONCURRENCY = 16
 
 
 def finite_float(text: str) -> float:
@@ -36,18 +41,22 @@ def nameserver_argument(text: str) -> str:
     return text
 
 
-def decision_record(source: str, decision: Decision, sender_check: SenderDomainCheck | None = None) -> dict[str, Any]:
-    """The JSON object `classify --json` prints for one message."""
+def decision_record(
+    source: str, decision: Decision, sender_check: SenderDomainCheck | None = None, routed: Routed | None = None
+) -> dict[str, Any]:
+    """The JSON object `classify --json` prints for one message; with `routed` (--rspamd), its
+    pool and reasons (the fallback may change them) and the spam verdict."""
     dsn = decision.dsn
     return {
         "source": source,
-        "pool": decision.pool,
-        "reasons": list(decision.reasons),
+        "pool": decision.pool if routed is None else routed.pool,
+        "reasons": list(decision.reasons if routed is None else routed.reasons),
         "dsn": None if dsn is None else {"kind": dsn.kind, "signals": list(dsn.signals)},
         "report_kind": decision.report_kind,
         "score": decision.score,
         "threshold": decision.threshold,
         "sender_domain": None if sender_check is None else sender_check.as_json(),
+        "spam": None if routed is None or routed.spam is None else routed.spam.as_json(),
     }
 
 
@@ -114,6 +123,10 @@ def run_classify(args: argparse.Namespace, out: TextIO = sys.stdout, errors: Tex
             status = 1
             continue
         sources, messages = batch
+        if args.rspamd is not None and args.score is None:
+            for source, routed in zip(sources, run_async(_route_with_rspamd(args, policy, messages))):
+                _write(decision_record(source, routed.decision, sender_check, routed), out, writer)
+            continue
         count = len(messages)
         decisions = classify_many(
             messages,
@@ -124,9 +137,30 @@ def run_classify(args: argparse.Namespace, out: TextIO = sys.stdout, errors: Tex
             sender_domain=[sender_check.status] * count if sender_check is not None else None,
         )
         for source, decision in zip(sources, decisions):
-            record = decision_record(source, decision, sender_check)
-            if writer is None:
-                out.write(json.dumps(record, ensure_ascii=False) + "\n")
-            else:
-                writer.write(record)
+            _write(decision_record(source, decision, sender_check), out, writer)
     return status
+
+
+def _write(record: dict[str, Any], out: TextIO, writer: TableWriter | None) -> None:
+    if writer is None:
+        out.write(json.dumps(record, ensure_ascii=False) + "\n")
+    else:
+        writer.write(record)
+
+
+async def _route_with_rspamd(args: argparse.Namespace, policy: Policy, messages: list[bytes]) -> list[Routed]:
+    """Each message routed as the relay routes it with `[score] source = "rspamd"`: the score
+    header named by --score-header if it is there, else rspamd's (`--rspamd URL`)."""
+    router = Router.from_nameservers(args.nameserver, policy=policy) if args.mail_from is not None and not args.no_dns else Router(policy=policy)
+    scores = ScoredRouter(router, RspamdScores(args.rspamd, timeout=args.rspamd_timeout, max_size=2**31))
+    submission = Submission(args.mail_from or "")
+    limit = asyncio.Semaphore(RSPAMD_CONCURRENCY)
+
+    async def route(message: bytes) -> Routed:
+        async with limit:
+            return await scores.route(message, submission, tenant=args.tenant)
+
+    try:
+        return await asyncio.gather(*(route(message) for message in messages))
+    finally:
+        await scores.close()

@@ -133,7 +133,7 @@ def corpus_bounces(limit: int) -> list[bytes]:
             found = []
             for file in files:
                 message = _crlf(file.read_bytes())
-                message = message[header_block(message)[0] :]  # without an mbox From_ line
+                message = message[header_block(message)[0] :]  # without an mbox From_ line (or other lead-in)
                 fits = max(map(len, message.split(b"\r\n"))) <= 998  # RFC 5321 line limit
                 if fits and "dsn" in classify(message, mail_from="").reasons:
                     found.append(message)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
+import urllib.parse
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Annotated, Any, Final, Literal, Optional, TypeVar, Union
@@ -42,10 +43,12 @@ __all__ = [
     "IPAddress",
     "IPNetwork",
     "ListenerConfig",
+    "MilterConfig",
     "PolicyConfig",
     "PoolConfig",
     "RelayConfig",
     "RetryConfig",
+    "ScoreConfig",
     "SourceAddress",
     "SpoolConfig",
 ]
@@ -54,6 +57,7 @@ IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 DEFAULT_LISTEN: Final = ("127.0.0.1", 2525)
+DEFAULT_MILTER_LISTEN: Final = ("127.0.0.1", 8893)
 DEFAULT_MAX_AGE: Final = 5 * 24 * 3600.0
 DEFAULT_SIZE_LIMIT: Final = 25 * 1024 * 1024
 
@@ -118,13 +122,20 @@ HostName = Annotated[
 ]
 
 
-def _header_name(value: object) -> str:
-    if not isinstance(value, str) or not _HEADER_NAME.fullmatch(value):
-        raise ValueError(f"not a header field name: {value!r}")
-    return value
+def _full_match(pattern: re.Pattern[str], what: str) -> Callable[[object], str]:
+    """A validator of strings that `pattern` matches whole; others are "not `what`"."""
+
+    def check(value: object) -> str:
+        if not isinstance(value, str) or not pattern.fullmatch(value):
+            raise ValueError(f"not {what}: {value!r}")
+        return value
+
+    return check
 
 
-HeaderName = Annotated[str, PlainValidator(_header_name), WithJsonSchema({"type": "string", "pattern": HEADER_NAME_PATTERN})]
+HeaderName = Annotated[
+    str, PlainValidator(_full_match(_HEADER_NAME, "a header field name")), WithJsonSchema({"type": "string", "pattern": HEADER_NAME_PATTERN})
+]
 
 
 def _password(value: object) -> str:
@@ -226,6 +237,33 @@ def _nameserver(value: object) -> tuple[str, int]:
 
 
 NameServer = Annotated[tuple[str, int], PlainValidator(_nameserver), AsHostPort, WithJsonSchema({"type": "string", "minLength": 1})]
+
+# A master.cf service name, as the milter writes it into its header.
+TRANSPORT_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_TRANSPORT: Final = re.compile(TRANSPORT_PATTERN)
+
+PostfixTransport = Annotated[
+    str,
+    PlainValidator(_full_match(_TRANSPORT, "a master.cf transport name (letters, digits, '.', '_', '-')")),
+    WithJsonSchema({"type": "string", "pattern": TRANSPORT_PATTERN}),
+]
+
+
+def _http_url(value: object) -> str:
+    """An http:// or https:// base URL with a host (no query or fragment); kept as written,
+    without a trailing slash."""
+    text = _text(value).strip()
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ValueError(f"not an http:// or https:// URL with a host: {text!r}")
+    try:
+        parts.port
+    except ValueError:
+        raise ValueError(f"bad port in {text!r}") from None
+    return text.rstrip("/")
+
+
+HttpUrl = Annotated[str, PlainValidator(_http_url), WithJsonSchema({"type": "string", "pattern": "^https?://"})]
 
 V = TypeVar("V")
 
@@ -561,6 +599,68 @@ class SpoolConfig(_Table):
     )
 
 
+class ScoreConfig(_Table):
+    """Where the spam score comes from, for the relay and the milter alike: a trusted header
+    (policy.score_header) always counts; with source = "rspamd", every message without one is
+    checked by rspamd."""
+
+    source: Literal["header", "rspamd"] = Field(
+        "header",
+        description=(
+            '"header": only a trusted policy.score_header (or no score); "rspamd": ask rspamd\'s /checkv2 for '
+            "every message without a trusted score."
+        ),
+    )
+    url: HttpUrl = Field(
+        "http://127.0.0.1:11333", description="Base URL of rspamd's normal worker (its /checkv2 endpoint is used)."
+    )
+    timeout: Duration = Field(
+        2.0, description="Time allowed for rspamd's answer, connecting included.", json_schema_extra=_shown_default("2s")
+    )
+    fallback: Literal["no-score", "high-risk"] = Field(
+        "no-score",
+        description=(
+            'When rspamd is unreachable, slow or answers nonsense (reason spam-score-unavailable): "no-score" routes '
+            'the message as unscored; "high-risk" sends it through the high-risk pool.'
+        ),
+    )
+    max_size: Size = Field(
+        DEFAULT_SIZE_LIMIT,
+        description="Larger messages are not sent to rspamd (they are routed as unscored, not as a failure).",
+        json_schema_extra=_shown_default(format_size(DEFAULT_SIZE_LIMIT)),
+    )
+
+
+class MilterConfig(_Table):
+    """`deliverypool milter`: the milter Postfix calls before it queues a message."""
+
+    address: ListenAddress = Field(
+        DEFAULT_MILTER_LISTEN,
+        description='"host:port" the milter listens on (Postfix: smtpd_milters = inet:host:port).',
+        json_schema_extra=_shown_default(_host_port_text(DEFAULT_MILTER_LISTEN)),
+    )
+    header: HeaderName = Field(
+        "X-Deliverypool-Transport",
+        description="Header field the milter adds with the transport of the message's pool; Postfix's milter_header_checks turns it into FILTER.",
+    )
+    transports: ReadOnlyTable[PostfixTransport] = Field(
+        default_factory=_empty,
+        description="Pool name -> the master.cf transport that sends from that pool's addresses; a pool not listed uses dp-NAME.",
+    )
+    timeout: Duration = Field(
+        30.0,
+        description="Longest a message's classification may take; after it the milter tempfails the message (4xx), so nothing is lost.",
+        json_schema_extra=_shown_default("30s"),
+    )
+    trust_score_header: Bool = Field(
+        False,
+        description=(
+            "Believe policy.score_header (once) in the mail the milter sees: only when an earlier milter writes it and "
+            "Postfix's header_checks remove the clients' own copies (README, Postfix). Otherwise rspamd or no score."
+        ),
+    )
+
+
 class RelayConfig(_Table):
     """The configuration of `deliverypool relay`."""
 
@@ -579,6 +679,8 @@ class RelayConfig(_Table):
     spool: SpoolConfig = Field(default_factory=SpoolConfig, description="The spool.")
     policy: PolicyConfig = Field(default_factory=PolicyConfig, description="The routing policy.")
     dns: DnsConfig = Field(default_factory=DnsConfig, description="DNS resolution.")
+    score: ScoreConfig = Field(default_factory=ScoreConfig, description="Where the spam score comes from (trusted header, rspamd).")
+    milter: MilterConfig = Field(default_factory=MilterConfig, description="The Postfix milter (deliverypool milter).")
     pools: ReadOnlyTable[PoolConfig] = Field(
         min_length=1, description="The delivery pools by name: at least policy.normal_pool and policy.high_risk_pool."
     )
@@ -642,3 +744,14 @@ class RelayConfig(_Table):
     @property
     def high_risk_pool(self) -> PoolConfig:
         return self.pools[self.policy.high_risk_pool]
+
+    @model_validator(mode="after")
+    def _transports_of_pools(self) -> RelayConfig:
+        for name in self.milter.transports:
+            if name not in self.pools:
+                raise Invalid(f"no pool named {name!r} (defined: {', '.join(self.pools)})", "milter", "transports", name)
+        return self
+
+    def transport_for(self, pool: str) -> str:
+        """The master.cf transport of `pool` (milter.transports, else dp-NAME)."""
+        return self.milter.transports.get(pool) or f"dp-{pool}"

@@ -38,6 +38,7 @@ from deliverypool.mail.headers import has_bare_line_ending
 
 if TYPE_CHECKING:
     from deliverypool.app import Relay
+    from deliverypool.routing.scores import SpamVerdict
 
 __all__ = ["Accepted", "RoutingHandler", "in_networks", "peer_ip"]
 
@@ -46,11 +47,13 @@ log = logging.getLogger("deliverypool.relay")
 
 @dataclass(frozen=True)
 class Accepted:
-    """A message stored in the spool: its queue id, pool and routing reasons."""
+    """A message stored in the spool: its queue id, pool, routing reasons and the spam
+    verdict they used (trusted header or rspamd; None when the message had no score)."""
 
     queue_id: str
     pool: str
     reasons: tuple[str, ...]
+    spam: SpamVerdict | None = None
 
 
 @functools.lru_cache(maxsize=4096)

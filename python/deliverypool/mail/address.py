@@ -70,10 +70,12 @@ def normalize_domain(domain: str) -> str | None:
     """The ASCII (IDNA 2008) form of a mail domain, lowercased, without the trailing dot, or
     None when it is not a valid host name: empty, an address literal, a single label, a label
     outside letters/digits/hyphen, an all-numeric top-level label, too long, or a Unicode name
-    IDNA 2008 rejects."""
+    IDNA 2008 rejects. White space around the name and around its one trailing dot is ignored,
+    so ``"a.test "``, ``"a.test ."`` and ``"a.test. "`` are all ``"a.test"``; a second trailing
+    dot (``"a.test.."``, ``"a.test. ."``) is an empty label."""
     domain = domain.strip()
     if domain.endswith("."):
-        domain = domain[:-1]
+        domain = domain[:-1].rstrip()
     if not domain or domain.startswith("["):
         return None
     if domain.isascii():

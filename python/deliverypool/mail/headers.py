@@ -27,8 +27,9 @@ def has_bare_line_ending(data: bytes) -> bool:
 
 
 def header_section(message: bytes) -> bytes:
-    """The header fields of a message, without the separating blank line (and without a leading
-    mbox ``From `` line), ending with a line break."""
+    """The header fields of a message, without the separating blank line (and without what the
+    scanner skips before the first field: a byte-order mark, blank lines, an mbox ``From `` or
+    ``>From `` line, junk lines), ending with a line break."""
     start, body = header_block(message)
     section = message[start:body]
     # The body starts after the blank line: drop that one line break from the end.

@@ -74,6 +74,7 @@ class Router:
         score: float | None = None,
         tenant: str | None = None,
         untrusted_client: bool = False,
+        score_unavailable: bool = False,
     ) -> Decision:
         check = await self.sender_check(mail_from)
         status: DomainStatus | None = None if check is None else check.status
@@ -87,6 +88,7 @@ class Router:
             policy=self.policy,
             untrusted_client=untrusted_client,
             sender_domain=status,
+            score_unavailable=score_unavailable,
         )
 
     async def route_many(

@@ -1,0 +1,176 @@
+"""A private Postfix instance on loopback for the milter tests: its own configuration, queue
+and data directories, unprivileged ports, nothing chrooted (as benches/relay_vs_postfix.sh),
+with the README's deliverypool lines (section "Postfix configuration (tested)") added to its
+main.cf and master.cf, the pool addresses and ports replaced by the test's.
+
+``scripts/install-test-servers.sh`` installs Postfix. Nothing here sends a packet beyond
+127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+POSTFIX = "/usr/sbin/postfix"
+MASTER_CF_DIST = Path("/usr/share/postfix/master.cf.dist")
+
+# The README's example values and what the tests use instead.
+README_NORMAL_SOURCE = "192.0.2.10"
+README_HIGH_RISK_SOURCE = "198.51.100.7"
+README_MILTER = "inet:127.0.0.1:8893"
+
+
+def wait_listening(port: int, failure: Callable[[], str], seconds: float = 30.0) -> None:
+    """Waits until something accepts connections on 127.0.0.1:`port`; fails with `failure()`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), 1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise AssertionError(failure()) from None
+            time.sleep(0.05)
+
+
+def postfix_installed() -> bool:
+    return os.access(POSTFIX, os.X_OK) and MASTER_CF_DIST.is_file()
+
+
+def readme_blocks() -> dict[str, str]:
+    """The code blocks of the README's tested Postfix section, by their first line's name:
+    ``main.cf``, ``master.cf`` and the ``deliverypool_*.regexp`` tables."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    start = text.index("### Postfix configuration (tested)")
+    section = text[start : text.index("\n### ", start + 1)]
+    blocks: dict[str, str] = {}
+    for body in re.findall(r"^```\n(.*?)^```$", section, flags=re.S | re.M):
+        first = body.splitlines()[0]
+        match = re.fullmatch(r"# (main\.cf|master\.cf|deliverypool_[a-z_]+\.regexp)(?:: deliverypool)?", first)
+        if match:
+            blocks[match.group(1)] = body
+    return blocks
+
+
+class PostfixInstance:
+    """Postfix listening on 127.0.0.1:`port`, relaying to 127.0.0.1:`relay_port`, with the
+    README's milter configuration pointing at 127.0.0.1:`milter_port`."""
+
+    def __init__(self, *, port: int, relay_port: int, milter_port: int, normal_source: str, high_risk_source: str) -> None:
+        self.port = port
+        self.work = Path(tempfile.mkdtemp(prefix="dp-postfix-"))
+        self.work.chmod(0o755)
+        self.config_dir = self.work / "conf"
+        self.queue_dir = self.work / "queue"
+        self.data_dir = self.work / "data"
+        self.log_file = self.work / "postfix.log"
+        for folder in (self.config_dir, self.queue_dir, self.data_dir):
+            folder.mkdir()
+        shutil.chown(self.data_dir, "postfix")
+        blocks = readme_blocks()
+        missing = {"main.cf", "master.cf"} - set(blocks)
+        assert not missing, f"README's Postfix section lacks {missing}"
+        replace = {
+            README_NORMAL_SOURCE: normal_source,
+            README_HIGH_RISK_SOURCE: high_risk_source,
+            README_MILTER: f"inet:127.0.0.1:{milter_port}",
+        }
+
+        def ours(text: str) -> str:
+            for old, new in replace.items():
+                text = text.replace(old, new)
+            return text
+
+        # The instance's own settings first, then the README's lines, as a user appends them.
+        (self.config_dir / "main.cf").write_text(
+            f"""compatibility_level = 3.6
+queue_directory = {self.queue_dir}
+data_directory = {self.data_dir}
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = postfix.milter.test
+mydomain = milter.test
+myorigin = $myhostname
+mydestination =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+smtpd_relay_restrictions = permit_mynetworks, reject
+relayhost = [127.0.0.1]:{relay_port}
+smtp_dns_support_level = disabled
+smtp_tls_security_level = none
+maillog_file = {self.log_file}
+maillog_file_prefixes = {self.work}
+# Quick retries, so that a test sees deferred mail leave soon after its cause is gone.
+queue_run_delay = 1s
+minimal_backoff_time = 1s
+maximal_backoff_time = 2s
+bounce_queue_lifetime = 0
+delay_warning_time = 0
+"""
+            + ours(blocks["main.cf"])
+        )
+        # The stock master.cf with the SMTP listener moved to our port and nothing chrooted.
+        master = MASTER_CF_DIST.read_text()
+        master = re.sub(r"^smtp      inet", f"127.0.0.1:{port} inet", master, flags=re.M)
+        master = re.sub(r"^([a-z0-9.:-]+ +[a-z-]+ +[-ny] +[-ny] +)[-y]", r"\1n", master, flags=re.M)
+        if not re.search(r"^postlog", master, flags=re.M):
+            master += "postlog   unix-dgram n  -       n       -       1       postlogd\n"
+        (self.config_dir / "master.cf").write_text(master + ours(blocks["master.cf"]))
+        for name, body in blocks.items():
+            if name.endswith(".regexp"):
+                (self.config_dir / name).write_text(body)
+
+    def postfix(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([POSTFIX, "-c", str(self.config_dir), *args], capture_output=True, text=True, timeout=60)
+
+    def start(self) -> None:
+        check = self.postfix("check")
+        assert check.returncode == 0, f"postfix check: {check.stdout}{check.stderr}{self.log()}"
+        started = self.postfix("start")
+        assert started.returncode == 0, f"postfix start: {started.stdout}{started.stderr}{self.log()}"
+        wait_listening(self.port, lambda: f"Postfix does not listen on 127.0.0.1:{self.port}\n{self.log()}")
+
+    def flush(self) -> None:
+        """Asks the queue manager to retry deferred mail now."""
+        self.postfix("flush")
+
+    def queue(self) -> list[dict[str, object]]:
+        """The queue as postqueue -j lists it (one dict per message)."""
+        out = subprocess.run(
+            ["/usr/sbin/postqueue", "-c", str(self.config_dir), "-j"], capture_output=True, text=True, timeout=30
+        ).stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def log(self) -> str:
+        try:
+            return self.log_file.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        self.postfix("stop")
+        # `postfix stop` returns before the master has exited; wait for its pid file to go.
+        pid_file = self.queue_dir / "pid" / "master.pid"
+        deadline = time.monotonic() + 10
+        while pid_file.exists() and time.monotonic() < deadline:
+            try:
+                pid = int(pid_file.read_text().split()[0])
+                os.kill(pid, 0)
+            except (OSError, ValueError, IndexError):
+                break
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.work, ignore_errors=True)

@@ -1,0 +1,79 @@
+"""The milter's routing adapter without Postfix: `MilterService.route` from a libmilter-like
+callback thread, on the service's own event loop (tests/test_postfix_milter.py runs the whole
+milter behind a real Postfix)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from deliverypool import config as cfg
+from deliverypool.routing.scores import Routed, Submission
+from tests.smtp_sinks import message
+
+pytest.importorskip("Milter", reason="pymilter is not installed (the milter extra)")
+
+from deliverypool.ingress.milter import MilterService, milter_socket  # noqa: E402
+
+POOLS = '[pools.normal]\nsource_addresses = ["127.0.0.2"]\n[pools.high-risk]\nsource_addresses = ["127.0.0.3"]\n'
+SCORED = message("scored upstream", extra_headers="X-Spam-Score: 9.5\r\n")
+
+
+def service(trust: bool) -> Iterator[MilterService]:
+    text = f'[policy]\nscore_header = "X-Spam-Score"\n[dns]\ncheck_sender_domain = false\n[milter]\ntrust_score_header = {str(trust).lower()}\n'
+    running = MilterService(cfg.loads(text + POOLS))
+    yield running
+    running.close()
+
+
+@pytest.fixture
+def trusting() -> Iterator[MilterService]:
+    yield from service(True)
+
+
+@pytest.fixture
+def distrusting() -> Iterator[MilterService]:
+    yield from service(False)
+
+
+def route_from_a_thread(running: MilterService, content: bytes, submission: Submission) -> Routed:
+    """As libmilter calls it: from a thread that is not the service's loop."""
+    results: list[Routed] = []
+    thread = threading.Thread(target=lambda: results.append(running.route(content, submission)))
+    thread.start()
+    thread.join(30)
+    [routed] = results
+    return routed
+
+
+def test_the_score_header_counts_only_with_trust_score_header(trusting: MilterService, distrusting: MilterService) -> None:
+    submission = Submission("alice@sender.test", ("bob@dest.test",), client_address="127.0.0.1", helo="client")
+    trusted = route_from_a_thread(trusting, SCORED, submission)
+    assert (trusted.pool, trusted.reasons, trusted.decision.score_source) == ("high-risk", ("spam-score",), "header")
+    assert trusted.spam is not None and (trusted.spam.source, trusted.spam.score) == ("header", 9.5)
+    distrusted = route_from_a_thread(distrusting, SCORED, submission)
+    assert (distrusted.pool, distrusted.reasons, distrusted.decision.score) == ("normal", (), None)
+
+
+def test_the_auth_user_is_the_tenant() -> None:
+    text = '[policy]\nscore_header = "X-Spam-Score"\n[policy.tenants]\nlenient = 20.0\n[dns]\ncheck_sender_domain = false\n[milter]\ntrust_score_header = true\n'
+    running = MilterService(cfg.loads(text + POOLS))
+    try:
+        routed = route_from_a_thread(running, SCORED, Submission("alice@sender.test", login="lenient"))
+    finally:
+        running.close()
+    assert (routed.pool, routed.decision.threshold) == ("normal", 20.0)
+
+
+def test_a_null_sender_dsn_is_high_risk(distrusting: MilterService) -> None:
+    dsn = message("Undelivered Mail Returned to Sender", sender="MAILER-DAEMON@relay.test", extra_headers="Auto-Submitted: auto-replied\r\n",
+                  body="This is the mail system at host relay.test.\r\n\r\nI'm sorry to have to inform you that your message could not\r\nbe delivered to one or more recipients.\r\n")
+    routed = route_from_a_thread(distrusting, dsn, Submission(""))
+    assert routed.pool == "high-risk" and "dsn" in routed.reasons
+
+
+def test_libmilter_socket_names() -> None:
+    assert milter_socket("127.0.0.1", 8893) == "inet:8893@127.0.0.1"
+    assert milter_socket("::1", 8893) == "inet6:8893@::1"

@@ -1,0 +1,25 @@
+"""The repository itself: no merge left half done."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_no_tracked_file_holds_conflict_markers() -> None:
+    try:
+        files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        import pytest
+
+        pytest.skip("not a git checkout (an installed copy of the tests)")
+    marked = []
+    for name in files:
+        path = REPO / name
+        if path.suffix in {".py", ".rs", ".md", ".toml", ".sh", ".pyi", ".json", ".txt"} and path.is_file():
+            for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+                if line.startswith(("<<<<<<< ", ">>>>>>> ")) or line == "=======":
+                    marked.append(f"{name}:{number}")
+    assert not marked, marked
