@@ -48,13 +48,13 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def fill(disk: Path, name: str = "filler") -> Path:
-    """Writes a file until the disk is full; returns it (remove it to give the space back)."""
+    """Writes a file until the disk is full; returns it (remove it to give the space back).
+    Unbuffered, so that closing it has nothing left to write."""
     filler = disk / name
-    with open(filler, "wb") as f:
+    with open(filler, "wb", buffering=0) as f:
         with contextlib.suppress(OSError):
             while True:
                 f.write(b"\0" * 65536)
-                f.flush()
     return filler
 
 
@@ -83,11 +83,21 @@ def test_a_full_disk_refuses_new_mail_and_still_delivers_the_queue(aio_run: Run,
             for n in range(10):  # the destination is down: they wait in the spool
                 assert await submit(conf, n) == "250"
             filler = fill(small_disk)
-            assert (await submit(conf, 99)).startswith("452 4.3.1")
+            # SQLite may still find room in pages it already has for a message or two; then
+            # the disk is full for it too and new mail is refused.
+            accepted = list(range(10))
+            for n in range(100, 150):
+                reply = await submit(conf, n)
+                if reply != "250":
+                    assert reply.startswith("452 4.3.1"), reply
+                    break
+                accepted.append(n)
+            else:
+                raise AssertionError("new mail was never refused on the full disk")
             assert relay.spool.low_space
             async with sink(DESTINATION, port, "destination", smtp_class=CountingSMTP) as destination:
-                delivered = await destination.wait_for(10, timeout=30)
-                assert sorted(int(d.content.split(b"<fault-")[1].split(b"@")[0]) for d in delivered) == list(range(10))
+                delivered = await destination.wait_for(len(accepted), timeout=30)
+                assert sorted(int(d.content.split(b"<fault-")[1].split(b"@")[0]) for d in delivered) == accepted
                 await eventually(lambda: all(r.finished for r in listing(conf.spool.directory)), what="queue drained")
                 # Every connection carried mail (before: ~32,700 in 30 s).
                 assert len(destination.handler.connections) <= len(delivered)
@@ -104,7 +114,7 @@ def test_a_full_disk_refuses_new_mail_and_still_delivers_the_queue(aio_run: Run,
             assert not relay.spool.low_space
             assert await submit(conf, 101) == "250"
         counters = read_counters(conf.spool.directory)
-        assert counters["accepted"] == 11 and counters["delivered"] == 10
+        assert counters["accepted"] == len(accepted) + 1 and counters["delivered"] == len(accepted)
 
     aio_run(main())
 
