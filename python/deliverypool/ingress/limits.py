@@ -110,6 +110,8 @@ class Limits:
         if reserve is None:
             reserve = min(max(128, files // 4), files // 2)
         room = max(1, files - reserve)
+        if room < 16:
+            log.warning("an open-file limit of %d leaves %d connection(s) after reserving %d: raise the limit", files, room, reserve)
         wanted = listener.max_connections
         if wanted is None:
             connections = min(room, DEFAULT_MAX_CONNECTIONS)
