@@ -13,6 +13,7 @@ pub mod matcher;
 pub mod phrases;
 pub mod policy;
 pub mod scan;
+pub mod seen;
 pub mod smtp_data;
 
 #[cfg(feature = "python")]

@@ -292,6 +292,24 @@ impl Markers {
     }
 }
 
+/// What a delivery report says about the message it reports on: the reporting MTA (from the
+/// per-message block of its delivery-status part) and the original message's Message-ID and
+/// From (from its first attached `message/rfc822`, `message/global`, `text/rfc822-headers` or
+/// `message/global-headers` part). The first of each wins.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReportFields<'a> {
+    pub reporting_mta: Option<RawValue<'a>>,
+    pub original_message_id: Option<RawValue<'a>>,
+    pub original_from: Option<RawValue<'a>>,
+    /// The original's header fields were read (only the first attached message counts).
+    original_read: bool,
+}
+
+/// Content types that carry the reported message, or its header, inside a report.
+fn carries_original(ct: &ContentType) -> bool {
+    ct.is("message", "rfc822") || ct.is("message", "global") || ct.is("text", "rfc822-headers") || ct.is("message", "global-headers")
+}
+
 /// What the scanner found, borrowed from the message; values are decoded only when read.
 #[derive(Clone, Debug, Default)]
 pub struct HeaderIndex<'a> {
@@ -323,6 +341,8 @@ pub struct HeaderIndex<'a> {
     pub parts: Vec<PartInfo<'a>>,
     /// Per-recipient fields of every delivery-status part found among `parts`.
     pub recipients: Vec<RecipientFields<'a>>,
+    /// What a report says about the reporting MTA and the original message.
+    pub report: ReportFields<'a>,
     /// What was odd about the input, as stable strings.
     pub defects: Vec<Defect>,
 }
@@ -356,6 +376,9 @@ impl HeaderIndex<'_> {
                 .map(|p| PartInfo { content_type: p.content_type.clone().into_owned(), depth: p.depth })
                 .collect(),
             recipients: self.recipients.iter().map(RecipientFields::decode).collect(),
+            reporting_mta: owned_text(self.report.reporting_mta),
+            original_message_id: owned_text(self.report.original_message_id),
+            original_from: owned_text(self.report.original_from),
             defects: self.defects.clone(),
         }
     }
@@ -391,6 +414,11 @@ pub struct HeaderFacts {
     pub parts: Vec<PartInfo<'static>>,
     /// Per-recipient fields of every delivery-status part found among `parts`.
     pub recipients: Vec<RecipientStatus>,
+    /// `Reporting-MTA` of the delivery-status part, as written (e.g. `dns; mx.example.net`).
+    pub reporting_mta: Option<String>,
+    /// Message-ID and From of the message a report is about (its attached message or headers).
+    pub original_message_id: Option<String>,
+    pub original_from: Option<String>,
     /// What was odd about the input, as stable strings.
     pub defects: Vec<Defect>,
 }
@@ -911,6 +939,7 @@ pub fn index_with_limits<'a>(msg: &'a [u8], score_header: Option<&str>, limits: 
                 limits,
                 parts: &mut index.parts,
                 recipients: &mut index.recipients,
+                report: &mut index.report,
                 defects: &mut defects,
             };
             match ct.param("boundary") {
@@ -922,7 +951,7 @@ pub fn index_with_limits<'a>(msg: &'a [u8], score_header: Option<&str>, limits: 
             }
         } else if ct.is("message", "delivery-status") || ct.is("message", "global-delivery-status") {
             // A bare delivery-status message: read its fields as a part of its own.
-            read_delivery_status(msg, body_start, limits, &mut index.recipients, &mut defects);
+            read_delivery_status(msg, body_start, limits, &mut index.recipients, &mut index.report, &mut defects);
         }
     }
     defects.dedup();
@@ -938,6 +967,7 @@ struct PartWalker<'a, 'f> {
     limits: &'f ScanLimits,
     parts: &'f mut Vec<PartInfo<'a>>,
     recipients: &'f mut Vec<RecipientFields<'a>>,
+    report: &'f mut ReportFields<'a>,
     defects: &'f mut Vec<Defect>,
 }
 
@@ -989,7 +1019,9 @@ impl<'a> PartWalker<'a, '_> {
             let nested = if ct.maintype == "multipart" { ct.param("boundary").map(|b| b.as_bytes().to_vec()) } else { None };
             self.parts.push(PartInfo { content_type: ct, depth });
             if is_status {
-                read_delivery_status(self.msg, part_body, self.limits, self.recipients, self.defects);
+                read_delivery_status(self.msg, part_body, self.limits, self.recipients, self.report, self.defects);
+            } else if !self.report.original_read && carries_original(&self.parts[self.parts.len() - 1].content_type) {
+                self.read_original(part_body);
             }
             if let Some(inner) = nested {
                 if depth < self.limits.max_depth && !inner.is_empty() {
@@ -1000,6 +1032,25 @@ impl<'a> PartWalker<'a, '_> {
             }
             pos = part_body.max(after);
         }
+    }
+}
+
+impl<'a> PartWalker<'a, '_> {
+    /// Reads the Message-ID and From of the attached original message (or its header) whose
+    /// fields start at `from`; bounded like a part header, defects of the original not counted.
+    fn read_original(&mut self, from: usize) {
+        let report = &mut *self.report;
+        report.original_read = true;
+        read_fields(self.msg, from, 64 << 10, &mut Vec::new(), |field| {
+            let slot = match field.name.len() {
+                10 if field.name.eq_ignore_ascii_case(b"message-id") => &mut report.original_message_id,
+                4 if field.name.eq_ignore_ascii_case(b"from") => &mut report.original_from,
+                _ => return,
+            };
+            if slot.is_none() {
+                *slot = Some(field.value);
+            }
+        });
     }
 }
 
@@ -1032,6 +1083,7 @@ fn read_delivery_status<'a>(
     from: usize,
     limits: &ScanLimits,
     out: &mut Vec<RecipientFields<'a>>,
+    report: &mut ReportFields<'a>,
     defects: &mut Vec<Defect>,
 ) {
     let found_before = out.len();
@@ -1061,6 +1113,8 @@ fn read_delivery_status<'a>(
                 status.status = Some(field.value);
             } else if name.eq_ignore_ascii_case(b"diagnostic-code") {
                 status.diagnostic_code = Some(field.value);
+            } else if report.reporting_mta.is_none() && name.eq_ignore_ascii_case(b"reporting-mta") {
+                report.reporting_mta = Some(field.value);
             }
         });
         if per_recipient {
@@ -1138,6 +1192,26 @@ Content-Type: multipart/mixed; boundary=YY\n\n--YY\nContent-Type: message/delive
         assert_eq!(facts.recipients.len(), 2);
         assert_eq!(facts.recipients[0].status.as_deref(), Some("5.1.1"));
         assert_eq!(facts.recipients[1].action.as_deref(), Some("delayed"));
+    }
+
+    #[test]
+    fn reads_reporting_mta_and_the_original_message_id_and_from() {
+        let msg = b"From: MAILER-DAEMON@mx.example\r\nMessage-ID: <dsn-1@mx.example>\r\n\
+Content-Type: multipart/report; report-type=delivery-status; boundary=\"XX\"\r\n\r\n--XX\r\n\
+Content-Type: text/plain\r\n\r\nSorry.\r\n--XX\r\nContent-Type: message/delivery-status\r\n\r\n\
+Reporting-MTA: dns; mx.example\r\n\r\nFinal-Recipient: rfc822; a@example.com\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n\
+--XX\r\nContent-Type: text/rfc822-headers\r\n\r\nFrom: Alice <alice@acme.example>\r\nMessage-ID:\r\n <orig-7@acme.example>\r\n\
+Subject: hi\r\n\r\n--XX\r\nContent-Type: message/rfc822\r\n\r\nFrom: second@elsewhere.example\r\nMessage-ID: <no@x>\r\n\r\n--XX--\r\n";
+        let facts = scan(msg, None);
+        assert_eq!(facts.reporting_mta.as_deref(), Some("dns; mx.example"));
+        assert_eq!(facts.original_message_id.as_deref(), Some("<orig-7@acme.example>"));
+        assert_eq!(facts.original_from.as_deref(), Some("Alice <alice@acme.example>"));
+        // The report's own fields are not the original's.
+        assert_eq!(facts.message_id.as_deref(), Some("<dsn-1@mx.example>"));
+        // Ordinary mail with an attached message is no report, but the original is read alike;
+        // a message without attachments has none.
+        let plain = scan(b"From: a@b.example\r\nMessage-ID: <m@b.example>\r\n\r\nHi\r\n", None);
+        assert_eq!((plain.reporting_mta, plain.original_message_id, plain.original_from), (None, None, None));
     }
 
     #[test]

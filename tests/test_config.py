@@ -77,7 +77,8 @@ def test_the_documented_example_loads() -> None:
     assert (listener.host, listener.port, listener.size_limit) == ("127.0.0.1", 2525, 25 * 1024 * 1024)
     assert listener.trusted_score_networks == (ipaddress.ip_network("10.1.2.3/32"),)
     assert listener.tls_key == Path("/etc/deliverypool/relay.key") and dict(listener.auth_users) == {"app1": "a-long-random-password"}
-    assert (conf.policy.threshold, dict(conf.policy.tenants), conf.policy.score_header) == (5.0, {"app1": 3.0}, "X-Spam-Score")
+    assert (conf.policy.threshold, conf.policy.score_header) == (5.0, "X-Spam-Score")
+    assert conf.tenants["app1"].threshold == 3.0 and conf.tenants["app1"].auth_users == ("app1",)
     assert (conf.dns.nameservers, conf.dns.timeout) == ((("127.0.0.53", 53),), 2.0)
     assert conf.spool.directory == Path("/var/spool/deliverypool")
 
@@ -154,7 +155,7 @@ def test_errors_name_the_key(change: tuple[str, str], key: str, problem: str) ->
         ('[listener]\nsize_limit = "big"', "listener.size_limit"),
         ('[policy]\nthreshold = "high"', "policy.threshold"),
         ('[policy]\nunknown_domain_pool = "maybe"', "policy.unknown_domain_pool"),
-        ('[policy.tenants]\nacme = "x"', "policy.tenants.acme"),
+        ('[tenants.acme]\nthreshold = "x"', "tenants.acme.threshold"),
         ('[dns]\nnameservers = ["ns.example:53"]', "dns.nameservers[0]"),
         ('[spool]\ndirectroy = "/tmp"', "spool.directroy"),
         ('[dns]\ntimeout = -1', "dns.timeout"),
@@ -246,7 +247,7 @@ def test_smarthost_round_trip(host: str, port: int) -> None:
         ("[policy]\nthreshold = true", "policy.threshold: must be a number, got a boolean"),
         ("[policy]\nthreshold = nan", "policy.threshold: must be a finite number, got nan"),
         ('[policy]\nscore_header = "X Spam"', "policy.score_header: not a header field name: 'X Spam'"),
-        ('[policy.tenants]\n"acme.corp" = "x"', 'policy.tenants."acme.corp": must be a number, got a string'),
+        ('[tenants."acme.corp"]\nthreshold = "x"', 'tenants."acme.corp".threshold: must be a number, got a string'),
         ("[dns]\ncheck_sender_domain = \"yes\"", "dns.check_sender_domain: must be true or false, got a string"),
         ("[dns]\ntimeout = 0", "dns.timeout: must be longer than zero, got 0"),
         ("[dns]\nnameservers = \"127.0.0.53\"", "dns.nameservers: must be an array, got a string"),
@@ -301,7 +302,7 @@ def test_pools_are_named_by_their_key() -> None:
 
 
 def test_the_configuration_is_immutable_and_typed() -> None:
-    conf = cfg.loads(MINIMAL + '[listener]\ntls_certificate = "c.pem"\ntls_key = "k.pem"\nauth_users = { bob = "pw" }\n[policy.tenants]\nacme = 2\n')
+    conf = cfg.loads(MINIMAL + '[listener]\ntls_certificate = "c.pem"\ntls_key = "k.pem"\nauth_users = { bob = "pw" }\n[tenants.acme]\nthreshold = 2\n')
     with pytest.raises(ValueError, match="frozen"):
         conf.hostname = "other"  # type: ignore[misc]
     with pytest.raises(ValueError, match="frozen"):
@@ -311,7 +312,9 @@ def test_the_configuration_is_immutable_and_typed() -> None:
     with pytest.raises(TypeError):
         conf.listener.auth_users["eve"] = "pw"  # type: ignore[index]
     assert conf.listener.tls_certificate == Path("c.pem") and isinstance(conf.listener.tls_key, Path)
-    assert conf.policy.tenants == {"acme": 2.0} and isinstance(conf.policy.tenants["acme"], float)
+    assert conf.tenants["acme"].threshold == 2.0 and isinstance(conf.tenants["acme"].threshold, float)
+    with pytest.raises(TypeError):
+        conf.tenants["eve"] = conf.tenants["acme"]  # type: ignore[index]
     assert isinstance(conf.pools["normal"].source_addresses[0].address, ipaddress.IPv4Address)
     assert isinstance(conf.listener.allowed_networks[0], ipaddress.IPv4Network)
     assert conf.listener.address == ("127.0.0.1", 2525)
@@ -455,7 +458,8 @@ def test_every_key_in_the_schema_has_a_description() -> None:
     assert len(keys) > 40  # every table was found, SourceAddress's inside its anyOf too
     assert [key for key, prop in keys.items() if not prop.get("description")] == []
     # The keys are exactly the models' fields: none missing, none invented.
-    models: list[type[BaseModel]] = [cfg.RelayConfig, cfg.ListenerConfig, cfg.SpoolConfig, cfg.PolicyConfig, cfg.DnsConfig, cfg.PoolConfig, cfg.RetryConfig, cfg.SourceAddress, cfg.ScoreConfig, cfg.MilterConfig]
+    models: list[type[BaseModel]] = [cfg.RelayConfig, cfg.ListenerConfig, cfg.SpoolConfig, cfg.PolicyConfig, cfg.DnsConfig, cfg.PoolConfig, cfg.RetryConfig, cfg.SourceAddress, cfg.ScoreConfig, cfg.MilterConfig,
+                                      cfg.TenantConfig, cfg.MonitorConfig, cfg.AdminConfig, cfg.AlertsConfig, cfg.ObserveConfig]
     assert {(m.__name__ if m is not cfg.RelayConfig else schema["title"], f) for m in models for f in m.model_fields} == set(keys)
 
 
@@ -488,7 +492,9 @@ def test_the_schema_accepts_what_loads_accepts() -> None:
         '[pools.extra]\nsource_addresses = ["192.0.2.30"]\nname = "extra"',
         "[pools.normal.retry]\njitter = 1.5",
         '[policy]\nscore_header = "X Spam"',
-        '[policy.tenants]\nacme = "x"',
+        '[tenants.acme]\nthreshold = "x"',
+        '[tenants.acme]\nauth_users = "acme-app"',
+        '[monitor]\nfactor = 1',
     ],
 )
 def test_the_schema_refuses_what_loads_refuses(extra: str) -> None:
@@ -504,3 +510,38 @@ def test_the_schema_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert schema_main([]) == 0
     assert capsys.readouterr().out == SCHEMA_FILE.read_text()
     assert schema_main(["--help"]) == 2
+
+
+def test_tenants_and_the_monitor_tables() -> None:
+    conf = cfg.loads(
+        MINIMAL
+        + '[tenants.acme]\nauth_users = ["acme-app"]\nnetworks = ["10.1.0.0/16"]\ndomains = ["ACME.Example."]\nthreshold = 3.0\n'
+        + '[monitor]\nwindow = "2s"\nmin_dsns = 5\n[admin]\naddress = "127.0.0.1:9425"\n[alerts]\nwebhook = "http://127.0.0.1:8080/x"\n'
+    )
+    acme = conf.tenants["acme"]
+    assert (acme.auth_users, acme.domains, acme.threshold) == (("acme-app",), ("acme.example",), 3.0)
+    assert acme.networks == (ipaddress.ip_network("10.1.0.0/16"),)
+    assert (conf.monitor.window, conf.monitor.min_dsns, conf.monitor.factor, conf.monitor.resolve_at) == (2.0, 5, 4.0, 2.0)
+    assert conf.monitor.tick == 0.2 and conf.admin.address == ("127.0.0.1", 9425)
+    assert cfg.loads(MINIMAL).admin.address is None and cfg.loads(MINIMAL).alerts.webhook is None
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        # The old table is an error that names the new key.
+        ("[policy.tenants]\nacme = 3.0", "policy.tenants: per-tenant thresholds moved: write [tenants.acme] threshold"),
+        ("[tenants.none]", "tenants.none: 'none' is the label of mail without a tenant"),
+        ('[tenants."a b"]', 'tenants."a b": a tenant name is'),
+        ('[tenants.a]\nauth_users = ["u"]\n[tenants.b]\nauth_users = ["u"]', "tenants.b.auth_users[0]: 'u' is also an AUTH user of tenant 'a'"),
+        ('[tenants.a]\nnetworks = ["10.0.0.0/8"]\n[tenants.b]\nnetworks = ["10.0.0.0/8"]', "tenants.b.networks[0]: 10.0.0.0/8 is also a network of tenant 'a'"),
+        ('[tenants.a]\ndomains = ["not a domain"]', "tenants.a.domains[0]: not a domain name"),
+        ('[alerts]\nwebhook = "ftp://x"', "alerts.webhook: not an http:// or https:// URL"),
+        ("[monitor]\nfactor = 2.0\nresolve_factor = 2.0", "monitor.resolve_factor: must be below factor"),
+        ("[monitor]\nmin_dsns = 0", "monitor.min_dsns: must be at least 1"),
+    ],
+)
+def test_tenant_and_monitor_mistakes_name_their_key(extra: str, expected: str) -> None:
+    with pytest.raises(cfg.ConfigError) as error:
+        cfg.loads(MINIMAL + extra)
+    assert str(error.value).startswith(expected), str(error.value)

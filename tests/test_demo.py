@@ -22,6 +22,8 @@ def test_demo_routes_every_kind_to_its_pool(aio_run: Run) -> None:
     assert stats["bounce"].delivered == stats["nullmx"].sent > 0
     report = out.getvalue()
     assert "sender domain without records" in report and "delivered after" in report
+    # Act 2: the compromised customer's harvest raised the alert, printed with its evidence.
+    assert "ALERT dsn-surge firing: tenant=acme cause=directory-harvest" in report and "/metrics" in report
 
 
 def test_generated_bounces_stand_in_for_the_corpus() -> None:

@@ -58,7 +58,7 @@ def test_the_score_header_counts_only_with_trust_score_header(trusting: MilterSe
 
 
 def test_the_auth_user_is_the_tenant() -> None:
-    text = '[policy]\nscore_header = "X-Spam-Score"\n[policy.tenants]\nlenient = 20.0\n[dns]\ncheck_sender_domain = false\n[milter]\ntrust_score_header = true\n'
+    text = '[policy]\nscore_header = "X-Spam-Score"\n[tenants.lenient]\nauth_users = ["lenient"]\nthreshold = 20.0\n[dns]\ncheck_sender_domain = false\n[milter]\ntrust_score_header = true\n'
     running = MilterService(cfg.loads(text + POOLS))
     try:
         routed = route_from_a_thread(running, SCORED, Submission("alice@sender.test", login="lenient"))

@@ -141,6 +141,12 @@ class HeaderFacts:
     @property
     def recipients(self) -> tuple[RecipientStatus, ...]: ...
     @property
+    def reporting_mta(self) -> str | None: ...
+    @property
+    def original_message_id(self) -> str | None: ...
+    @property
+    def original_from(self) -> str | None: ...
+    @property
     def defects(self) -> tuple[str, ...]: ...
 
 @final
@@ -379,3 +385,36 @@ class DataReader:
 def dot_stuff(message: bytes) -> bytes:
     """The message dot-stuffed for DATA (RFC 5321 §4.5.2); `message` itself when no line
     starts with a dot."""
+
+# --- relayed Message-IDs (rust/python/seen.rs) ---
+
+__all__ += ["MessageIdFilter"]
+
+@final
+class MessageIdFilter:
+    """A compact probabilistic set of Message-IDs (a Bloom filter): no false negatives, false
+    positives near `fp_rate` up to `expected` IDs. IDs are compared without surrounding white
+    space and angle brackets. Thread-safe; `add_many` and `contains_many` release the GIL."""
+
+    def __new__(cls, expected: int, fp_rate: float = 0.001) -> MessageIdFilter: ...
+    def add(self, message_id: str) -> bool:
+        """Adds `message_id`; returns whether it was (probably) there already."""
+    def add_many(self, message_ids: Sequence[str]) -> int:
+        """Adds every ID (the GIL released); returns how many were new."""
+    def __contains__(self, key: str, /) -> bool: ...
+    def contains_many(self, message_ids: Sequence[str]) -> list[bool]:
+        """Membership of every ID, in order (the GIL released)."""
+    def union(self, other: MessageIdFilter) -> MessageIdFilter:
+        """A new filter with the IDs of both; ValueError unless both have the same size."""
+    def to_bytes(self) -> bytes: ...
+    @staticmethod
+    def from_bytes(data: bytes) -> MessageIdFilter: ...
+    @property
+    def bits(self) -> int: ...
+    @property
+    def hashes(self) -> int: ...
+    @property
+    def added(self) -> int:
+        """IDs added that were not present before."""
+    @property
+    def false_positive_rate(self) -> float: ...

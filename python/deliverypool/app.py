@@ -32,11 +32,13 @@ from deliverypool.lookup.resolver import Nameserver, Resolver, ResolverConfig
 from deliverypool.errors import MessageRefused
 from deliverypool.mail.headers import count_received, received_field, strip_header
 from deliverypool.observe.logs import RateLimit
+from deliverypool.observe.service import Observer
 from deliverypool.outbound.scheduler import DeliveryEngine
 from deliverypool.queue.spool import FILE_THRESHOLD, NewMessage, Spool
 from deliverypool.routing.router import Router
+from deliverypool.routing.tenants import Tenants
 from deliverypool.routing.scores import ScoredRouter, Submission, scored_router
-from deliverypool.supervisor import listen_socket
+from deliverypool.supervisor import listen_socket, shard_directory
 
 __all__ = ["Accepted", "Relay", "configure_logging", "policy_from_config", "resolver_from_config", "run_relay"]
 
@@ -50,7 +52,7 @@ def policy_from_config(config: RelayConfig) -> Policy:
         normal_pool=p.normal_pool,
         high_risk_pool=p.high_risk_pool,
         threshold=p.threshold,
-        tenant_thresholds=dict(p.tenants) or None,
+        tenant_thresholds={name: t.threshold for name, t in config.tenants.items() if t.threshold is not None} or None,
         score_header=p.score_header,
         unknown_domain_pool=p.unknown_domain_pool,
         score_unavailable_pool="high-risk" if config.score.fallback == "high-risk" else "normal",
@@ -89,6 +91,16 @@ class Relay:
         # cannot change the answer: the message is stored, so the client gets 250 whatever
         # the hook does (an exception is logged).
         self.on_accept: Callable[[Accepted, bytes], None] | None = None
+        self.tenants = Tenants(config.tenants)
+        # Events, metrics and the surge monitor (observe/); the process whose spool is the
+        # relay's own or its shard 0 leads: it runs the monitor and the admin listener.
+        root = config.spool.directory
+        self.observer = Observer(
+            config,
+            spool_root=root,
+            worker=self.spool.directory.name if self.spool.directory != root else "main",
+            leader=self.spool.directory in (root, shard_directory(root, 0)),
+        )
 
     async def start(self) -> None:
         """Opens the spool and starts delivering what it holds."""
@@ -98,6 +110,10 @@ class Relay:
         self.engine = DeliveryEngine(
             self.config, self.spool, mx=self.mx, route_dsn=self._route_dsn, memory_budget=self.config.spool.memory_budget
         )
+        await self.observer.start()
+        self.spool.on_commit = self.observer.commit
+        self.engine.on_attempt = self.observer.attempt
+        self.engine.recorder.on_bounce = self.observer.generated
         self.recovered = sum(len(job.recipients) for job in recovery.pending)
         self.possible_duplicates = recovery.requeued_in_flight
         if recovery.pending:
@@ -171,8 +187,9 @@ class Relay:
             log.warning("refused a message with %d Received fields from=<%s> peer=%s (routing loop?)", hops, mail_from, peer)
             raise MessageRefused(f"554 5.4.6 Too many hops ({hops} Received fields): routing loop", "too-many-hops")
         content = received_field(helo=helo, peer=peer, by=self.config.listener.hostname, authenticated=login is not None) + content
+        tenant = self.tenants.resolve(login, peer)
         submission = Submission(mail_from, recipients, client_address=peer, helo=helo, login=login)
-        routed = await self.scores.route(content, submission, tenant=login, untrusted_client=untrusted)
+        routed = await self.scores.route(content, submission, tenant=tenant, untrusted_client=untrusted)
         message_id = routed.decision.message_id
         job = await self.spool.accept(
             NewMessage(
@@ -181,7 +198,7 @@ class Relay:
                 body=content,
                 pool=routed.pool,
                 reasons=routed.reasons,
-                tenant=login,
+                tenant=tenant,
                 header_message_id=message_id,
             )
         )
@@ -199,6 +216,12 @@ class Relay:
         # in a file of its own is streamed from there.
         self.engine.submit(job, content if len(content) <= FILE_THRESHOLD else None)
         accepted = Accepted(job.queue_id, routed.pool, routed.reasons, routed.spam)
+        try:
+            self.observer.accepted(
+                queue_id=job.queue_id, decision=routed.decision, content=content, tenant=tenant, peer=peer, recipients=len(recipients), message_id=message_id
+            )
+        except Exception:
+            log.exception("observer failed for queue_id=%s (the message is stored)", job.queue_id)
         if self.on_accept is not None:
             try:
                 self.on_accept(accepted, content)
@@ -221,6 +244,7 @@ class Relay:
             await self.engine.stop()
         if self.scores is not None:
             await self.scores.close()
+        await self.observer.stop()
         await self.spool.close()
 
 

@@ -10,6 +10,7 @@ mod dsn;
 mod errors;
 mod policy;
 mod scan;
+mod seen;
 mod smtp_data;
 
 use pyo3::prelude::*;
@@ -48,6 +49,8 @@ mod _core {
     use super::policy::{classify, classify_many, PyDecision, PyDsnVerdict, PyPolicy};
     #[pymodule_export]
     use super::scan::{header_block, scan, PyContentType, PyHeaderFacts, PyMimePart, PyRecipientStatus};
+    #[pymodule_export]
+    use super::seen::PyMessageIdFilter;
     #[pymodule_export]
     use super::smtp_data::{dot_stuff, PyDataReader};
 

@@ -174,6 +174,21 @@ impl PyHeaderFacts {
     fn recipients<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
         recipients_tuple(py, &self.0.recipients)
     }
+    /// `Reporting-MTA` of a report's delivery-status part, as written (`dns; mx.example.net`).
+    #[getter]
+    fn reporting_mta(&self) -> Option<&str> {
+        self.0.reporting_mta.as_deref()
+    }
+    /// Message-ID of the message a report is about (its attached message or headers).
+    #[getter]
+    fn original_message_id(&self) -> Option<&str> {
+        self.0.original_message_id.as_deref()
+    }
+    /// From of the message a report is about.
+    #[getter]
+    fn original_from(&self) -> Option<&str> {
+        self.0.original_from.as_deref()
+    }
     #[getter]
     fn defects<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
         PyTuple::new(py, self.0.defects.iter().map(|d| d.as_str()))

@@ -73,12 +73,20 @@ def build_parser() -> argparse.ArgumentParser:
     queue.add_argument("--spool", metavar="DIR", help="the spool directory (default: the config's, else ./spool)")
     queue.set_defaults(handler=lambda args: _command("queue").queue_command(args.config, spool_directory=args.spool))
 
+    monitor = commands.add_parser("monitor", help="per-tenant message and DSN rates and active surges, live",
+                                  description="Show a running relay's per-tenant rates and DSN surges (from its admin listener).")
+    monitor.add_argument("--admin", default="127.0.0.1:9425", metavar="HOST:PORT", help="the relay's [admin] address (default 127.0.0.1:9425)")
+    monitor.add_argument("--json", action="store_true", help="print one snapshot as JSON and exit")
+    monitor.add_argument("--interval", type=float, default=2.0, metavar="S", help="refresh every S seconds (default 2)")
+    monitor.set_defaults(handler=lambda args: _command("monitor").monitor_command(args.admin, as_json=args.json, interval=args.interval))
+
     demo = commands.add_parser("demo", help="run the relay on loopback with a mixed workload and show the routing",
                                description="Start the relay with two loopback pools (normal from 127.0.0.2, "
                                "high-risk from 127.0.0.3), loopback sinks and a local DNS server, send ordinary "
                                "mail, spam, DSNs and mail from a domain without records, and show where each went.")
     demo.add_argument("--scale", type=int, default=10, metavar="N", help="workload size: N x (40 ordinary, 10 spam, 8 DSN, 5 no-records, ...) messages (default 10)")
-    demo.set_defaults(handler=lambda args: _command("demo").demo_command(scale=args.scale))
+    demo.add_argument("--keep-running", action="store_true", help="keep the relay and its admin listener running after the demo (Ctrl-C stops)")
+    demo.set_defaults(handler=lambda args: _command("demo").demo_command(scale=args.scale, keep_running=args.keep_running))
     return parser
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import email.utils
 import socket
 import sys
@@ -40,6 +41,7 @@ from deliverypool.mail.dsn import Failure, build_dsn
 from deliverypool.mail.headers import header_block, header_section
 from deliverypool.eventloop import run
 from deliverypool.app import Accepted, Relay, configure_logging
+from deliverypool.cli.demo_monitor import MONITOR_SETTINGS, compromised_customer, print_alert
 from deliverypool.testing.zoneserver import ZoneServer
 
 NORMAL_SOURCE = "127.0.0.2"
@@ -190,7 +192,7 @@ def workload(scale: int) -> list[tuple[str, str, list[str], bytes]]:
     return [item for _, item in sorted(enumerate(items), key=lambda pair: (pair[0] * 7919) % len(items))]
 
 
-def demo_config(spool: Path, listen_port: int, mx_port: int, dns: tuple[str, int]) -> cfg.RelayConfig:
+def demo_config(spool: Path, listen_port: int, mx_port: int, dns: tuple[str, int], admin_port: int | None = None) -> cfg.RelayConfig:
     pool = {"delivery": "mx", "mx_port": mx_port, "idle_timeout": "1s", "max_connections_per_destination": 4, "retry": {"initial": "1s", "maximum": "5s"}}
     return cfg.from_dict(
         {
@@ -203,6 +205,9 @@ def demo_config(spool: Path, listen_port: int, mx_port: int, dns: tuple[str, int
                 "normal": {"source_addresses": [NORMAL_SOURCE], "ehlo_name": "out.demo.test", **pool},
                 "high-risk": {"source_addresses": [HIGH_RISK_SOURCE], "ehlo_name": "bulk.demo.test", **pool},
             },
+            # The compromised-customer act (cli/demo_monitor.py): a tenant, a short monitor window.
+            **MONITOR_SETTINGS,
+            **({"admin": {"address": f"127.0.0.1:{admin_port}"}} if admin_port else {}),
         }
     )
 
@@ -239,7 +244,9 @@ async def _send_all(port: int, items: list[tuple[str, str, list[str], bytes]], c
     await asyncio.gather(*(client() for _ in range(clients)))
 
 
-async def demo(out: TextIO = sys.stdout, *, scale: int = 10, clients: int = 8, timeout: float = 45.0) -> dict[str, KindStats]:
+async def demo(
+    out: TextIO = sys.stdout, *, scale: int = 10, clients: int = 8, timeout: float = 45.0, keep_running: bool = False
+) -> dict[str, KindStats]:
     """Runs the demo and prints its report to `out`. Returns the statistics per kind."""
     stats: dict[str, KindStats] = collections.defaultdict(KindStats)
     arrived = asyncio.Event()
@@ -254,7 +261,8 @@ async def demo(out: TextIO = sys.stdout, *, scale: int = 10, clients: int = 8, t
                 handler = _Sink(name, stats, arrived)
                 servers.append(await loop.create_server(lambda h=handler: SMTP(h, hostname=name, loop=loop), host, mx_port))  # type: ignore[misc]
             listen_port = common_port(["127.0.0.1"])
-            config = demo_config(Path(tmp) / "spool", listen_port, mx_port, dns_address)
+            admin_port = common_port(["127.0.0.1"])
+            config = demo_config(Path(tmp) / "spool", listen_port, mx_port, dns_address, admin_port)
             relay = Relay(config)
 
             def accepted(result: Accepted, content: bytes) -> None:
@@ -271,7 +279,7 @@ async def demo(out: TextIO = sys.stdout, *, scale: int = 10, clients: int = 8, t
             out.write(
                 f"deliverypool demo: relay on 127.0.0.1:{listen_port}; pools normal from {NORMAL_SOURCE}, "
                 f"high-risk from {HIGH_RISK_SOURCE}; DNS for *.test from {dns_address[0]}:{dns_address[1]}; "
-                f"MX sinks on {', '.join(SINKS.values())}\n"
+                f"MX sinks on {', '.join(SINKS.values())}; admin (metrics) on http://127.0.0.1:{admin_port}/metrics\n"
                 f"sending {len(items)} messages over {clients} connections...\n"
             )
             started = time.perf_counter()
@@ -289,12 +297,20 @@ async def demo(out: TextIO = sys.stdout, *, scale: int = 10, clients: int = 8, t
             delivered_after = time.perf_counter() - started
             assert relay.engine is not None
             failed = relay.engine.stats.failed
+            _report(out, stats, len(items), accepted_after, sum(s.delivered for s in stats.values()), delivered_after, failed)
+            alert = await compromised_customer(relay, listen_port, out, mark=lambda dsn: _with_kind(dsn, "harvest"))
+            print_alert(out, alert, f"127.0.0.1:{admin_port}")
+            stats["alert"].reasons.update([alert["cause"]] if alert else [])
+            if keep_running:
+                out.write("running until Ctrl-C (--keep-running)\n")
+                out.flush()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.Event().wait()
             await relay.stop()
         finally:
             for server in servers:
                 server.close()
             zones.close()
-    _report(out, stats, len(items), accepted_after, sum(s.delivered for s in stats.values()), delivered_after, failed)
     return stats
 
 
@@ -322,6 +338,8 @@ def _report(out: TextIO, stats: dict[str, KindStats], sent: int, accepted_after:
 def check(stats: dict[str, KindStats]) -> list[str]:
     """What went wrong, if anything: every kind delivered, and only from its pool's address."""
     problems = []
+    if stats.get("alert", KindStats()).reasons.get("directory-harvest") != 1:
+        problems.append("the compromised customer's directory harvest raised no directory-harvest alert")
     for kind in KINDS:
         entry = stats.get(kind, KindStats())
         want = {NORMAL_SOURCE} if kind == "ordinary" else {HIGH_RISK_SOURCE}
@@ -336,12 +354,12 @@ def check(stats: dict[str, KindStats]) -> list[str]:
     return problems
 
 
-def demo_command(*, scale: int = 10, out: TextIO = sys.stdout) -> int:
+def demo_command(*, scale: int = 10, out: TextIO = sys.stdout, keep_running: bool = False) -> int:
     """`deliverypool demo`: exit status 0 when every kind was delivered from its pool."""
     import logging
 
     configure_logging(logging.WARNING)
-    stats: dict[str, KindStats] = run(demo(out, scale=scale))
+    stats: dict[str, KindStats] = run(demo(out, scale=scale, keep_running=keep_running))
     problems = check(stats)
     for problem in problems:
         out.write(f"PROBLEM: {problem}\n")

@@ -21,14 +21,14 @@ def show_queue(directory: str, out: TextIO = sys.stdout) -> int:
     sharded = any(row.shard for row in rows)
     if rows:
         shard = f"{'SHARD':<9}" if sharded else ""
-        out.write(f"{shard}{'QUEUE ID':<13} {'STATE':<10} {'POOL':<10} {'TRIES':>5} {'NEXT':>8}  {'FROM':<28} RECIPIENT / LAST REPLY\n")
+        out.write(f"{shard}{'QUEUE ID':<13} {'STATE':<10} {'POOL':<10} {'TENANT':<10} {'TRIES':>5} {'NEXT':>8}  {'FROM':<28} RECIPIENT / LAST REPLY\n")
     for row in rows:
         if not row.finished:
             pending += 1
         wait = "-" if row.finished else _ago(row.next_attempt - now)
         sender = f"<{row.mail_from}>"
         shard = f"{row.shard:<9}" if sharded else ""
-        out.write(f"{shard}{row.queue_id:<13} {row.state:<10} {row.pool:<10} {row.attempts:>5} {wait:>8}  {sender:<28} {row.address}\n")
+        out.write(f"{shard}{row.queue_id:<13} {row.state:<10} {row.pool:<10} {row.tenant or '-':<10} {row.attempts:>5} {wait:>8}  {sender:<28} {row.address}\n")
         if row.last_reply:
             out.write(f"{'':>13} {row.last_reply[:100]}\n")
     counters = read_counters(directory)

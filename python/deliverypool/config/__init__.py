@@ -28,15 +28,21 @@ from deliverypool.config.model import (
     SourceAddress,
     SpoolConfig,
 )
+from deliverypool.config.observe import NO_TENANT, AdminConfig, AlertsConfig, MonitorConfig, ObserveConfig, TenantConfig
 from deliverypool.config.units import format_duration, format_size, parse_duration, parse_size
 
 __all__ = [
+    "NO_TENANT",
+    "AdminConfig",
+    "AlertsConfig",
     "ConfigError",
     "DnsConfig",
     "IPAddress",
     "IPNetwork",
     "ListenerConfig",
     "MilterConfig",
+    "MonitorConfig",
+    "ObserveConfig",
     "PolicyConfig",
     "PoolConfig",
     "RelayConfig",
@@ -44,6 +50,7 @@ __all__ = [
     "ScoreConfig",
     "SourceAddress",
     "SpoolConfig",
+    "TenantConfig",
     "format_duration",
     "format_size",
     "from_dict",

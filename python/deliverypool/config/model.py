@@ -51,6 +51,7 @@ __all__ = [
     "ScoreConfig",
     "SourceAddress",
     "SpoolConfig",
+    "TenantConfig",
 ]
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
@@ -549,9 +550,6 @@ class PolicyConfig(_Table):
     """Routing: which mail goes through the high-risk pool."""
 
     threshold: Number = Field(5.0, description="Spam score above which (strictly) mail goes high-risk.")
-    tenants: ReadOnlyTable[Number] = Field(
-        default_factory=_empty, description="Per-tenant thresholds; the tenant is the AUTH user name."
-    )
     score_header: Optional[HeaderName] = Field(
         None, description="Header field holding the spam score; trusted only from listener.trusted_score_networks, and only once."
     )
@@ -560,6 +558,15 @@ class PolicyConfig(_Table):
     )
     normal_pool: Text = Field("normal", description="Name of the pool for mail known to be good.")
     high_risk_pool: Text = Field("high-risk", description="Name of the pool for DSNs, spam and mail from domains without records.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tenants_moved(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "tenants" in data:
+            names = list(data["tenants"]) if isinstance(data["tenants"], Mapping) else []
+            example = f"[tenants.{names[0]}]" if names else "[tenants.NAME]"
+            raise Invalid(f"per-tenant thresholds moved: write {example} threshold = ... (with the tenant's auth_users, networks and domains)", "tenants")
+        return data
 
 
 class DnsConfig(_Table):
@@ -661,6 +668,18 @@ class MilterConfig(_Table):
     )
 
 
+# The tables of tenants and of observability (config/observe.py) use the types above (this
+# module is partly initialised when it imports them); the relay's model below names them.
+from deliverypool.config.observe import (  # noqa: E402
+    AdminConfig,
+    AlertsConfig,
+    MonitorConfig,
+    ObserveConfig,
+    TenantConfig,
+    check_tenant_name,
+)
+
+
 class RelayConfig(_Table):
     """The configuration of `deliverypool relay`."""
 
@@ -684,6 +703,13 @@ class RelayConfig(_Table):
     pools: ReadOnlyTable[PoolConfig] = Field(
         min_length=1, description="The delivery pools by name: at least policy.normal_pool and policy.high_risk_pool."
     )
+    tenants: ReadOnlyTable[TenantConfig] = Field(
+        default_factory=_empty, description="The relay's customers by name: who they are (AUTH users, networks), their domains and threshold."
+    )
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig, description="The DSN surge monitor.")
+    admin: AdminConfig = Field(default_factory=AdminConfig, description="The admin HTTP listener (metrics, health, JSON API).")
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig, description="Where surge alerts are sent.")
+    observe: ObserveConfig = Field(default_factory=ObserveConfig, description="The event stream and its log.")
 
     @model_validator(mode="before")
     @classmethod
@@ -715,6 +741,25 @@ class RelayConfig(_Table):
                 pool._name = name
             named[name] = pool
         return MappingProxyType(named)
+
+    @field_validator("tenants")
+    @classmethod
+    def _tenants_apart(cls, tenants: Mapping[str, TenantConfig]) -> Mapping[str, TenantConfig]:
+        """Tenant names are metric labels; an AUTH user or a network names one tenant only."""
+        users: dict[str, str] = {}
+        networks: dict[IPNetwork, str] = {}
+        for name, tenant in tenants.items():
+            try:
+                check_tenant_name(name)
+            except ValueError as exc:
+                raise Invalid(str(exc), name) from None
+            for i, user in enumerate(tenant.auth_users):
+                if users.setdefault(user, name) != name:
+                    raise Invalid(f"{user!r} is also an AUTH user of tenant {users[user]!r}", name, "auth_users", i)
+            for i, network in enumerate(tenant.networks):
+                if networks.setdefault(network, name) != name:
+                    raise Invalid(f"{network} is also a network of tenant {networks[network]!r}", name, "networks", i)
+        return MappingProxyType(dict(tenants))
 
     @model_validator(mode="after")
     def _pools_apart(self) -> RelayConfig:

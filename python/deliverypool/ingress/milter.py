@@ -39,6 +39,7 @@ from deliverypool.app import policy_from_config, resolver_from_config
 from deliverypool.config import RelayConfig
 from deliverypool.routing.router import Router
 from deliverypool.routing.scores import Routed, ScoredRouter, Submission, scored_router
+from deliverypool.routing.tenants import Tenants
 
 __all__ = ["MilterService", "PoolMilter", "milter_socket", "run_milter"]
 
@@ -61,6 +62,7 @@ class MilterService:
         self._thread = threading.Thread(target=self.loop.run_forever, name="deliverypool-milter-loop", daemon=True)
         self._thread.start()
         self.scores: ScoredRouter = self.call(self._scores(), None)
+        self.tenants = Tenants(config.tenants)
 
     async def _scores(self) -> ScoredRouter:
         # Built on the loop that will use it (the resolver's and httpx's state is per loop).
@@ -81,7 +83,8 @@ class MilterService:
     def route(self, message: bytes, submission: Submission) -> Routed:
         """The pool of one message (blocking: called from libmilter's threads)."""
         untrusted = not self.config.milter.trust_score_header
-        work = self.scores.route(message, submission, tenant=submission.login, untrusted_client=untrusted)
+        tenant = self.tenants.resolve(submission.login, submission.client_address)
+        work = self.scores.route(message, submission, tenant=tenant, untrusted_client=untrusted)
         return self.call(work, self.config.milter.timeout)
 
     def close(self) -> None:

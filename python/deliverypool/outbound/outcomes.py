@@ -63,6 +63,8 @@ class Recorder:
         self.stats = stats
         self.clock = clock
         self.rng = rng
+        # Told of every DSN the relay stores (observe/): queue ids, pool, failures, tenant.
+        self.on_bounce: Callable[..., None] | None = None
 
     async def record(self, job: Job, replies: Mapping[int, tuple[str, str | None]], body: bytes | None) -> Recorded:
         """Records one attempt for `job`'s recipients; `body` is the message, if at hand (else
@@ -111,4 +113,10 @@ class Recorder:
         dsn_pool, reasons = await self.route_dsn(dsn)
         job = await self.spool.store_dsn(batch, NewMessage("", (batch.mail_from,), dsn, dsn_pool, reasons, None, None))
         self.stats.bounces += 1
+        if self.on_bounce is not None:
+            try:
+                failures = [Failure(f.address, f.reply, f.host) for f in batch.failures]
+                self.on_bounce(queue_id=batch.queue_id, dsn_queue_id=job.queue_id, pool=job.pool, failures=failures, tenant=batch.tenant)
+            except Exception:
+                pass  # observation only: the DSN is stored
         return job, dsn

@@ -103,6 +103,8 @@ class DeliveryEngine:
         self._stopping = False
         self._idle = asyncio.Event()
         self._idle.set()
+        # Told of every attempt (observe/): pool, source, destination, host, reply, replies.
+        self.on_attempt: Callable[..., None] | None = None
 
     # --- submitting work -----------------------------------------------------------------
 
@@ -370,6 +372,14 @@ class DeliveryEngine:
             len(work.job.recipients),
             refused,
         )
+        if self.on_attempt is not None:
+            try:
+                self.on_attempt(
+                    queue_id=work.job.queue_id, pool=lane.pool.name, source=source, destination=lane.destination,
+                    host=host, reply=reply, replies=replies, recipients=len(work.job.recipients),
+                )
+            except Exception:
+                log.exception("on_attempt hook failed for queue_id=%s", work.job.queue_id)
 
     # --- outcomes ------------------------------------------------------------------------
 

@@ -88,6 +88,7 @@ class Job:
     recipients: tuple[tuple[int, str], ...]  # (recipient id, address)
     attempts: int = 0
     next_attempt: float = 0.0
+    tenant: str | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,7 @@ class DsnBatch:
     mail_from: str
     received_at: float
     failures: tuple[FailedRecipient, ...]
+    tenant: str | None = None
 
 
 @dataclass(frozen=True)
@@ -200,6 +202,8 @@ class Spool:
         self._conn: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
+        # Told how long each commit took, in seconds (observe/: the commit histogram).
+        self.on_commit: Callable[[float], None] | None = None
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -398,7 +402,10 @@ class Spool:
                     conn.execute("ROLLBACK TO change")
                     conn.execute("RELEASE change")
                     results.append((None, exc))
+            started = time.perf_counter()
             await self._loop.run_in_executor(self._io, conn.execute, "COMMIT")
+            if self.on_commit is not None:
+                self.on_commit(time.perf_counter() - started)
         except Exception as exc:  # the commit itself failed: nobody's change is durable
             if conn.in_transaction:
                 await self._loop.run_in_executor(self._io, conn.execute, "ROLLBACK")
@@ -630,6 +637,7 @@ def _insert(conn: sqlite3.Connection, message: NewMessage, now: float, *, queue_
         received_at=now,
         recipients=tuple(recipients),
         next_attempt=now,
+        tenant=message.tenant,
     )
 
 
@@ -678,13 +686,14 @@ def _batch(conn: sqlite3.Connection, message: int) -> DsnBatch | None:
     ).fetchall()
     if not rows:
         return None
-    head = conn.execute("SELECT queue_id, mail_from, received_at FROM messages WHERE id = ?", (message,)).fetchone()
+    head = conn.execute("SELECT queue_id, mail_from, received_at, tenant FROM messages WHERE id = ?", (message,)).fetchone()
     return DsnBatch(
         message=message,
         queue_id=head["queue_id"],
         mail_from=head["mail_from"],
         received_at=head["received_at"],
         failures=tuple(FailedRecipient(r["id"], r["address"], r["last_reply"] or "", r["last_host"]) for r in rows),
+        tenant=head["tenant"],
     )
 
 
@@ -729,7 +738,7 @@ def _recover(conn: sqlite3.Connection) -> int:
 
 
 _PENDING_QUERY = f"""
-SELECT m.id AS message, m.queue_id, m.mail_from, m.pool, m.reasons, m.header_message_id, m.received_at,
+SELECT m.id AS message, m.queue_id, m.mail_from, m.pool, m.reasons, m.header_message_id, m.received_at, m.tenant,
        r.id AS recipient, r.address, r.state, r.attempts, r.next_attempt
 FROM recipients r JOIN messages m ON m.id = r.message
 WHERE r.state NOT IN {FINAL_STATES_SQL}
@@ -757,6 +766,7 @@ def _pending(conn: sqlite3.Connection) -> list[Job]:
                     recipients=tuple((row["recipient"], row["address"]) for row in group),
                     attempts=max(row["attempts"] for row in group),
                     next_attempt=first["next_attempt"],
+                    tenant=first["tenant"],
                 )
             )
             group.clear()

@@ -1,0 +1,65 @@
+"""`deliverypool monitor --admin HOST:PORT [--json] [--interval S]`: per-tenant message and DSN
+rates, baselines and active surges with their causes, from a running relay's admin listener
+(GET /api/tenants), as a live terminal table (rich), or one JSON snapshot."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import Any, TextIO
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+__all__ = ["monitor_command", "snapshot_table"]
+
+
+def fetch(admin: str, timeout: float = 5.0) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://{admin}/api/tenants", timeout=timeout) as response:
+        data: dict[str, Any] = json.load(response)
+    return data
+
+
+def snapshot_table(data: dict[str, Any]) -> Table:
+    table = Table(title=f"deliverypool: DSN window {data['window_seconds']:g}s", expand=False)
+    for column in ("tenant", "messages/min", "relayed DSNs/min", "DSNs in window", "window DSNs/min", "baseline/min", "surge"):
+        table.add_column(column, justify="left" if column in ("tenant", "surge") else "right")
+    for name, row in data["tenants"].items():
+        surge = row.get("surge")
+        table.add_row(
+            name,
+            f"{row['messages_per_minute']:.1f}",
+            f"{row['relayed_dsns_per_minute']:.1f}",
+            str(row["dsns_in_window"]),
+            f"{row['dsns_per_minute']:.1f}",
+            f"{row['baseline_per_minute']:.2f}",
+            f"[bold red]{surge['cause']}[/] since {surge['since']}" if surge else "-",
+        )
+    return table
+
+
+def monitor_command(admin: str, *, as_json: bool = False, interval: float = 2.0, out: TextIO = sys.stdout) -> int:
+    """Exit status 0, or 1 when the admin listener cannot be reached."""
+    try:
+        data = fetch(admin)
+    except (OSError, urllib.error.URLError, ValueError) as exc:
+        print(f"deliverypool monitor: cannot read http://{admin}/api/tenants: {exc}", file=sys.stderr)
+        return 1
+    if as_json:
+        out.write(json.dumps(data) + "\n")
+        return 0
+    console = Console(file=out)
+    with Live(snapshot_table(data), console=console, refresh_per_second=1) as live:
+        try:
+            while True:
+                time.sleep(interval)
+                try:
+                    live.update(snapshot_table(fetch(admin)))
+                except (OSError, urllib.error.URLError, ValueError):
+                    continue
+        except KeyboardInterrupt:
+            return 0

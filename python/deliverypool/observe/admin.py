@@ -1,0 +1,73 @@
+"""The admin HTTP listener (aiohttp), served by one process per relay (worker 0, or the embedded
+relay), from the state database that every worker writes to:
+
+| path | what |
+| --- | --- |
+| ``GET /metrics`` | Prometheus text format (prometheus_client): :mod:`deliverypool.observe.metrics` |
+| ``GET /healthz`` | ``{"status": "ok", ...}`` while the relay runs |
+| ``GET /api/alerts`` | ``{"active": [...], "resolved": [...]}``: surge alerts, the last N resolved |
+| ``GET /api/tenants`` | per tenant: messages and DSNs per minute, DSN baseline, active surge |
+| ``GET /api/status`` | event subscribers (delivered, dropped, errors), webhook counters |
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+if TYPE_CHECKING:
+    from deliverypool.observe.service import Observer
+
+__all__ = ["AdminServer"]
+
+
+class AdminServer:
+    def __init__(self, observer: Observer, host: str, port: int) -> None:
+        self.observer = observer
+        self.host = host
+        self.port = port
+        self.started = time.time()
+        self._runner: web.AppRunner | None = None
+        app = web.Application()
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/api/alerts", self.alerts)
+        app.router.add_get("/api/tenants", self.tenants)
+        app.router.add_get("/api/status", self.status)
+        self.app = app
+
+    async def start(self) -> None:
+        runner = web.AppRunner(self.app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
+        await site.start()
+        self._runner = runner
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body = await asyncio.get_running_loop().run_in_executor(None, generate_latest, self.observer.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "worker": self.observer.worker, "uptime_seconds": round(time.time() - self.started, 1)})
+
+    async def alerts(self, request: web.Request) -> web.Response:
+        active, resolved = await self.observer.alerts()
+        return web.json_response({"active": active, "resolved": resolved})
+
+    async def tenants(self, request: web.Request) -> web.Response:
+        return web.json_response(await self.observer.tenant_view())
+
+    async def status(self, request: web.Request) -> web.Response:
+        body: dict[str, Any] = {"subscribers": self.observer.bus.stats()}
+        if self.observer.webhook is not None:
+            body["webhook"] = self.observer.webhook.stats()
+        return web.json_response(body)

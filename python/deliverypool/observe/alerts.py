@@ -1,0 +1,105 @@
+"""Where surge alerts go: the ``deliverypool.alerts`` log, the state database (for ``GET
+/api/alerts``: the active ones and the last ``monitor.resolved_alerts`` resolved), and the
+``[alerts] webhook``, POSTed as JSON from a bounded queue by a task of its own, retried with
+doubling waits, so that a webhook that is down or slow never holds up the relay (when the
+queue is full the oldest alert waiting is dropped and counted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+from typing import Any
+
+import aiohttp
+
+from deliverypool.config import AlertsConfig
+
+__all__ = ["Webhook", "log_alert"]
+
+log = logging.getLogger("deliverypool.alerts")
+
+
+def log_alert(alert: dict[str, Any]) -> None:
+    level = logging.WARNING if alert["state"] == "firing" else logging.INFO
+    log.log(level, "%s %s tenant=%s cause=%s %s", alert["type"], alert["state"], alert["tenant"], alert["cause"], json.dumps(alert, sort_keys=True))
+
+
+class Webhook:
+    """POSTs alerts to one URL, in order, each retried until it succeeds (2xx) or
+    ``max_attempts`` POSTs failed."""
+
+    def __init__(self, config: AlertsConfig) -> None:
+        assert config.webhook is not None
+        self.url = config.webhook
+        self.config = config
+        self.queue: collections.deque[dict[str, Any]] = collections.deque()
+        self.sent = 0
+        self.failed_attempts = 0
+        self.dropped = 0
+        self.given_up = 0
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    def post(self, alert: dict[str, Any]) -> None:
+        """Queues `alert`; never blocks."""
+        if len(self.queue) >= self.config.queue_size:
+            self.queue.popleft()
+            self.dropped += 1
+        self.queue.append(alert)
+        self._wakeup.set()
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.config.timeout))
+        self._task = asyncio.ensure_future(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _run(self) -> None:
+        while True:
+            if not self.queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            alert = self.queue[0]
+            wait = self.config.retry_initial
+            for attempt in range(1, self.config.max_attempts + 1):
+                if await self._send(alert):
+                    self.sent += 1
+                    break
+                self.failed_attempts += 1
+                if attempt == self.config.max_attempts:
+                    self.given_up += 1
+                    log.error("webhook %s: gave up alert %s after %d attempts", self.url, alert["id"], attempt)
+                    break
+                await asyncio.sleep(wait)
+                wait = min(self.config.retry_maximum, wait * 2)
+            if self.queue and self.queue[0] is alert:
+                self.queue.popleft()
+
+    async def _send(self, alert: dict[str, Any]) -> bool:
+        assert self._session is not None
+        try:
+            async with self._session.post(self.url, json=alert) as response:
+                if 200 <= response.status < 300:
+                    return True
+                log.warning("webhook %s answered %d for alert %s; retrying", self.url, response.status, alert["id"])
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            log.warning("webhook %s: %s for alert %s; retrying", self.url, exc or type(exc).__name__, alert["id"])
+        return False
+
+    def stats(self) -> dict[str, int]:
+        return {"sent": self.sent, "failed_attempts": self.failed_attempts, "dropped": self.dropped, "given_up": self.given_up, "queued": len(self.queue)}

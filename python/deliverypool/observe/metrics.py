@@ -1,0 +1,190 @@
+"""Prometheus metrics: counted from the events in each worker, summed over the workers in the
+state database, exposed by the admin listener in the Prometheus text format (prometheus_client).
+
+Every label value comes from a closed set, never from message content:
+
+| metric | labels |
+| --- | --- |
+| ``deliverypool_messages_total`` (counter) | ``pool``: the configured pools; ``reason``: the routing reasons (`REASONS`) or ``none`` |
+| ``deliverypool_dsns_total`` (counter) | ``tenant``: configured tenants or ``none``; ``origin``: ``relayed``, ``generated``; ``status_class``: `STATUS_CLASSES` |
+| ``deliverypool_deliveries_total`` (counter, recipients) | ``pool``; ``source``: the pool's configured source addresses or ``none`` (no connection); ``result``: ``delivered``, ``deferred``, ``failed`` |
+| ``deliverypool_tenant_messages_total`` (counter) | ``tenant`` |
+| ``deliverypool_bounces_total`` (counter, failed recipients of relayed DSNs) | ``tenant``; ``category``: `BOUNCE_CATEGORIES` |
+| ``deliverypool_queue_recipients`` (gauge) | ``state``: the spool's recipient states |
+| ``deliverypool_spool_commit_seconds`` (histogram) | none |
+| ``deliverypool_dsn_surge`` (gauge, 1 while firing) | ``tenant``; ``cause``: `CAUSES` |
+| ``deliverypool_events_dropped_total`` (counter) | ``subscriber``: the relay's own subscribers |
+
+A message with several reasons counts once under each; a value outside its set (a pool
+removed from the configuration while mail waited) is counted as ``other``.
+"""
+
+from __future__ import annotations
+
+import collections
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Final
+
+from deliverypool import _core
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from deliverypool.config import NO_TENANT, RelayConfig
+from deliverypool.observe.bounce import status_class
+from deliverypool.observe.events import DeliveryAttempt, DsnGenerated, DsnRelayed, Event, MessageAccepted
+from deliverypool.queue.schema import State
+from deliverypool.state.observations import Labels, ObservationStore
+
+__all__ = ["COMMIT_BUCKETS", "REASONS", "Counts", "MetricsRecorder", "RelayCollector", "registry_for"]
+
+# The routing reasons; the closed tuple lands in the Rust module (REASONS) with branch rust10.
+REASONS: Final[tuple[str, ...]] = tuple(
+    getattr(_core, "REASONS", ("dsn", "spam-score", "sender-domain-no-records", "sender-domain-unknown"))
+)
+
+_REASON_LABELS: Final = frozenset((*REASONS, "none"))
+COMMIT_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+OTHER: Final = "other"
+
+Counts = dict[tuple[str, Labels], float]
+
+
+class MetricsRecorder:
+    """An event subscriber that counts into `counts`, with every label value checked against
+    its closed set; `take` hands over the counts since the last call (deltas)."""
+
+    def __init__(self, config: RelayConfig) -> None:
+        self.pools = frozenset(config.pools)
+        self.tenants = frozenset(config.tenants)
+        self.sources = {name: frozenset(str(s.address) for s in pool.source_addresses) for name, pool in config.pools.items()}
+        self.counts: Counts = collections.defaultdict(float)
+        self.minutes: dict[tuple[int, str, str], int] = collections.defaultdict(int)
+
+    def _pool(self, pool: str) -> str:
+        return pool if pool in self.pools else OTHER
+
+    def _tenant(self, tenant: str | None) -> str:
+        return tenant if tenant in self.tenants else NO_TENANT
+
+    def __call__(self, event: Event) -> None:
+        counts = self.counts
+        if isinstance(event, MessageAccepted):
+            pool = self._pool(event.pool)
+            for reason in event.reasons or ("none",):
+                counts[("deliverypool_messages_total", (("pool", pool), ("reason", reason if reason in _REASON_LABELS else OTHER)))] += 1
+            tenant = self._tenant(event.tenant)
+            counts[("deliverypool_tenant_messages_total", (("tenant", tenant),))] += 1
+            self.minutes[(int(event.at // 60), tenant, "messages")] += 1
+        elif isinstance(event, DeliveryAttempt):
+            pool = self._pool(event.pool)
+            source = "none" if event.source is None else event.source if event.source in self.sources.get(event.pool, ()) else OTHER
+            for result, count in (("delivered", event.delivered), ("deferred", event.deferred), ("failed", event.failed)):
+                if count:
+                    counts[("deliverypool_deliveries_total", (("pool", pool), ("source", source), ("result", result)))] += count
+        elif isinstance(event, DsnRelayed):
+            tenant = self._tenant(event.tenant)
+            counts[("deliverypool_dsns_total", (("tenant", tenant), ("origin", "relayed"), ("status_class", status_class(event.report.first_status))))] += 1
+            for recipient in event.report.failed:
+                counts[("deliverypool_bounces_total", (("tenant", tenant), ("category", recipient.category)))] += 1
+            self.minutes[(int(event.at // 60), tenant, "dsns")] += 1
+        elif isinstance(event, DsnGenerated):
+            first = next((r.status for r in event.recipients), None)
+            counts[("deliverypool_dsns_total", (("tenant", self._tenant(event.tenant)), ("origin", "generated"), ("status_class", status_class(first))))] += 1
+
+    def observe_commit(self, seconds: float) -> None:
+        """One spool commit's duration, into the histogram's buckets."""
+        counts = self.counts
+        for bound in COMMIT_BUCKETS:
+            if seconds <= bound:
+                counts[("deliverypool_spool_commit_seconds_bucket", (("le", repr(bound)),))] += 1
+        counts[("deliverypool_spool_commit_seconds_bucket", (("le", "+Inf"),))] += 1
+        counts[("deliverypool_spool_commit_seconds_sum", ())] += seconds
+
+    def take(self) -> tuple[Counts, dict[tuple[int, str, str], int]]:
+        counts, minutes = dict(self.counts), dict(self.minutes)
+        self.counts.clear()
+        self.minutes.clear()
+        return counts, minutes
+
+
+_HELP: Final = {
+    "deliverypool_messages_total": ("Messages accepted, by pool and routing reason (once per reason; 'none' for none).", ["pool", "reason"]),
+    "deliverypool_tenant_messages_total": ("Messages accepted, by tenant.", ["tenant"]),
+    "deliverypool_dsns_total": ("DSNs relayed for clients or generated by the relay, by tenant and status class.", ["tenant", "origin", "status_class"]),
+    "deliverypool_deliveries_total": ("Recipients of delivery attempts, by pool, source address and result.", ["pool", "source", "result"]),
+    "deliverypool_bounces_total": ("Failed recipients of relayed DSNs, by tenant and bounce category.", ["tenant", "category"]),
+    "deliverypool_events_dropped_total": ("Events a subscriber could not take in time (its queue was full).", ["subscriber"]),
+}
+
+
+def queue_states(spool: str) -> dict[str, int]:
+    """Recipients per state over every shard of the spool (read-only)."""
+    from deliverypool.queue.listing import databases
+    from deliverypool.queue.spool import connect
+
+    totals = {state.value: 0 for state in State}
+    for _, path in databases(spool):
+        try:
+            conn = connect(path, readonly=True)
+        except sqlite3.Error:
+            continue
+        try:
+            for state, count in conn.execute("SELECT state, count(*) FROM recipients GROUP BY state"):
+                if state in totals:
+                    totals[state] += int(count)
+        except sqlite3.Error:
+            pass
+        finally:
+            conn.close()
+    return totals
+
+
+class RelayCollector(Collector):
+    """Builds the metric families from the state database (all workers) at each scrape."""
+
+    def __init__(
+        self,
+        store: ObservationStore,
+        spool: str,
+        *,
+        surges: Callable[[], Iterable[Mapping[str, str]]],
+        tenants: Iterable[str],
+    ) -> None:
+        self.store = store
+        self.spool = spool
+        self.surges = surges
+        self.tenants = tuple(tenants)
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
+        rows = self.store.counters()
+        families = {name: CounterMetricFamily(name.removesuffix("_total"), text, labels=labels) for name, (text, labels) in _HELP.items()}
+        buckets: dict[str, float] = {}
+        commit_sum = 0.0
+        for name, labels, value in rows:
+            if name in families:
+                families[name].add_metric([v for _, v in labels], value)
+            elif name == "deliverypool_spool_commit_seconds_bucket":
+                buckets[labels[0][1]] = value
+            elif name == "deliverypool_spool_commit_seconds_sum":
+                commit_sum = value
+        yield from families.values()
+        ordered = [(repr(b), buckets.get(repr(b), 0.0)) for b in COMMIT_BUCKETS] + [("+Inf", buckets.get("+Inf", 0.0))]
+        yield HistogramMetricFamily(
+            "deliverypool_spool_commit_seconds", "Duration of each spool commit (group commit: COMMIT and its fsync).", buckets=ordered, sum_value=commit_sum
+        )
+        queue = GaugeMetricFamily("deliverypool_queue_recipients", "Recipients in the spool, by state (every shard).", labels=["state"])
+        for state, count in queue_states(self.spool).items():
+            queue.add_metric([state], count)
+        yield queue
+        surge = GaugeMetricFamily("deliverypool_dsn_surge", "1 while a DSN surge fires for the tenant, with its likely cause.", labels=["tenant", "cause"])
+        for alert in self.surges():
+            surge.add_metric([alert["tenant"], alert["cause"]], 1.0)
+        yield surge
+
+
+def registry_for(collector: Collector) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return registry
+

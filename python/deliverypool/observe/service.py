@@ -1,0 +1,376 @@
+"""The observer of one relay process: the event bus and its subscribers (metrics, DSN windows,
+the event log), the periodic flush into the shared state database, and, in the process that
+leads (worker 0 of ``deliverypool relay``, or an embedded relay), the surge monitor, the alerts
+and the admin listener.
+
+The relay calls four hooks, each quick and never raising into the SMTP path: `accepted` (a
+message was spooled and routed), `attempt` (a delivery attempt ended), `generated` (the relay
+wrote a DSN) and `commit` (a spool commit took so long).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from deliverypool._core import Decision, scan
+from deliverypool.config import NO_TENANT, RelayConfig
+from deliverypool.mail.dsn import Failure
+from deliverypool.observe.alerts import Webhook, log_alert
+from deliverypool.observe.bounce import bounce_category, normalize_status
+from deliverypool.observe.events import DeliveryAttempt, DsnGenerated, DsnRelayed, Event, EventBus, MessageAccepted, as_json
+from deliverypool.observe.metrics import MetricsRecorder, RelayCollector, registry_for
+from deliverypool.observe.reports import DsnRecipient, read_report
+from deliverypool.observe.seen import RelayedIds
+from deliverypool.observe.surge import SurgeMonitor
+from deliverypool.routing.tenants import Tenants
+from deliverypool.state.observations import STATE_DATABASE, ObservationStore
+
+__all__ = ["EventLog", "Observer"]
+
+log = logging.getLogger("deliverypool.observe")
+
+_DAEMONS = frozenset({"mailer-daemon", "postmaster", "mailer_daemon", "mail-daemon"})
+_PER_DSN = 50  # failed recipients kept per DSN record
+
+
+class EventLog:
+    """An event subscriber that writes JSON lines to a file, rotated at a size (``events.jsonl``,
+    ``.1`` ... ``.N``). Lines are buffered and written by `flush`, on a thread."""
+
+    def __init__(self, path: Path, *, max_bytes: int, keep: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.keep = keep
+        self.lines: list[str] = []
+
+    def __call__(self, event: Event) -> None:
+        self.lines.append(json.dumps(as_json(event), separators=(",", ":"), default=str))
+
+    def flush(self) -> None:
+        lines, self.lines = self.lines, []
+        if not lines:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as out:
+            out.write("\n".join(lines) + "\n")
+        if self.path.stat().st_size >= self.max_bytes:
+            for i in range(self.keep - 1, 0, -1):
+                older = self.path.with_name(f"{self.path.name}.{i}")
+                if older.exists():
+                    os.replace(older, self.path.with_name(f"{self.path.name}.{i + 1}"))
+            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+
+
+class Observer:
+    def __init__(
+        self,
+        config: RelayConfig,
+        *,
+        spool_root: Path,
+        worker: str,
+        leader: bool,
+        clock: Callable[[], float] = time.time,
+        run_loops: bool = True,
+    ) -> None:
+        self.config = config
+        self.worker = worker
+        self.leader = leader
+        self.clock = clock
+        self.run_loops = run_loops
+        self.enabled = config.observe.enabled
+        self.tenants = Tenants(config.tenants)
+        self.bus = EventBus(config.observe.queue_size)
+        self.metrics = MetricsRecorder(config)
+        self.bus.subscribe("metrics", self.metrics)
+        self.bus.subscribe("dsn-windows", self._window_record)
+        self.event_log: EventLog | None = None
+        if config.observe.event_log is not None:
+            path = config.observe.event_log if config.observe.event_log.is_absolute() else spool_root / config.observe.event_log
+            self.event_log = EventLog(path, max_bytes=config.observe.event_log_size, keep=config.observe.event_log_keep)
+            self.bus.subscribe("event-log", self.event_log)
+        self.store = ObservationStore(spool_root / STATE_DATABASE)
+        self.spool_root = spool_root
+        monitor = config.monitor
+        self.relayed = RelayedIds(spool_root / "seen", worker, days=monitor.message_id_days, expected=monitor.expected_messages_per_day, clock=clock)
+        self.monitor: SurgeMonitor | None = None
+        self.webhook: Webhook | None = None
+        self.admin: Any = None
+        self.registry = registry_for(
+            RelayCollector(self.store, str(spool_root), surges=self._active, tenants=self.tenants.names)
+        )
+        self._dsns: list[tuple[float, str, str, dict[str, Any]]] = []
+        self._dropped: dict[str, int] = {}
+        self._last_dsn_id = 0
+        self._last_saved = 0.0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._store_open = False
+        self._store_failed = False
+
+    # --- life cycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        if not self.enabled:
+            return
+        # Observations never stop the relay: without its state database (a full disk, say) it
+        # runs, counts in memory and tries again at each flush.
+        await self._ensure_store()
+        try:
+            await self._thread(self.relayed.load)
+        except OSError as exc:
+            log.warning("observer: cannot read the relayed Message-IDs in %s: %s", self.relayed.directory, exc)
+        await self.bus.start()
+        if self.leader and self.config.alerts.webhook is not None:
+            self.webhook = Webhook(self.config.alerts)
+            await self.webhook.start()
+        if self.leader and self.config.admin.address is not None:
+            from deliverypool.observe.admin import AdminServer
+
+            host, port = self.config.admin.address
+            self.admin = AdminServer(self, host, port)
+            await self.admin.start()
+            log.info("admin listener on http://%s:%d/ (/metrics, /healthz, /api/alerts, /api/tenants)", host, port)
+        if self.run_loops:
+            self._tasks.append(asyncio.ensure_future(self._every(self.config.observe.flush_interval, self.flush)))
+            if self.monitor is not None:
+                self._tasks.append(asyncio.ensure_future(self._every(self.config.monitor.tick, self.evaluate)))
+
+    async def _ensure_store(self) -> bool:
+        if self._store_open:
+            return True
+        try:
+            await self._thread(self.store.open)
+        except (OSError, sqlite3.Error) as exc:
+            if not self._store_failed:
+                log.warning("observer: cannot open the state database %s (%s); metrics and surge windows wait for it", self.store.path, exc)
+            self._store_failed = True
+            return False
+        self._store_open = True
+        self._store_failed = False
+        if self.monitor is None and self.leader and self.config.monitor.enabled:
+            await self._start_monitor()
+        return True
+
+    async def _start_monitor(self) -> None:
+        now = self.clock()
+        started = await self._thread(lambda: self.store.meta("monitor_started"))
+        if started is None:
+            started = now
+            await self._thread(lambda: self.store.set_meta("monitor_started", now))
+        saved = await self._thread(self.store.baselines)
+        monitor = self.config.monitor
+        learn = max(monitor.window, monitor.baseline / 12)
+        baselines = {tenant: rate for tenant, (rate, _) in saved.items()} if now - started >= learn else None
+        domains = {name: self.tenants.domains(name) for name in self.tenants.names}
+        self.monitor = SurgeMonitor(monitor, tenant_domains=domains, started=started, baselines=baselines)
+        # The DSNs of the current window (a restarted leader picks its windows up again).
+        self._last_dsn_id = 0
+        await self._read_dsns(now)
+
+    async def stop(self) -> None:
+        if not self.enabled:
+            return
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        await self.bus.stop()
+        with contextlib.suppress(Exception):
+            await self.flush()
+        if self.admin is not None:
+            await self.admin.stop()
+        if self.webhook is not None:
+            await self.webhook.stop()
+        if self._store_open:
+            await self._thread(self.store.close)
+
+    async def _every(self, seconds: float, work: Callable[[], Any]) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await work()
+            except Exception:
+                log.exception("observer: periodic %s failed", getattr(work, "__name__", "work"))
+
+    async def _thread(self, work: Callable[[], Any]) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(None, work)
+
+    # --- hooks called by the relay ---------------------------------------------------------
+
+    def accepted(
+        self,
+        *,
+        queue_id: str,
+        decision: Decision,
+        content: bytes,
+        tenant: str | None,
+        peer: str | None,
+        recipients: int,
+        message_id: str | None,
+    ) -> None:
+        """A message was spooled: publishes MessageAccepted, and DsnRelayed for a DSN; the
+        Message-ID of any other message joins the relayed set."""
+        if not self.enabled:
+            return
+        now = self.clock()
+        dsn = decision.dsn
+        self.bus.publish(
+            MessageAccepted(
+                now, queue_id, tenant, decision.pool, tuple(decision.reasons), peer, recipients, message_id,
+                dsn.kind if dsn is not None else None, tuple(dsn.signals) if dsn is not None else (),
+            )
+        )
+        if dsn is None:
+            if message_id:
+                self.relayed.add(message_id)
+            return
+        report = read_report(scan(content))
+        original = report.original_message_id
+        from_domain = report.original_from_domain
+        own = self.tenants.domains(tenant)
+        from_tenant = from_domain is not None and (from_domain in own or self.tenants.owner_of(from_domain) == tenant)
+        self.bus.publish(
+            DsnRelayed(now, queue_id, tenant, decision.pool, peer, report, self.relayed.relayed(original) if original else None, bool(tenant and from_tenant))
+        )
+
+    def attempt(self, *, queue_id: str, pool: str, source: str | None, destination: str, host: str | None, reply: str, replies: Mapping[int, tuple[str, str | None]] | None, recipients: int) -> None:
+        if not self.enabled:
+            return
+        codes = [r for r, _ in replies.values()] if replies else [reply] * recipients
+        delivered = sum(r.startswith("2") for r in codes)
+        failed = sum(r.startswith("5") for r in codes)
+        self.bus.publish(DeliveryAttempt(self.clock(), queue_id, pool, source, destination, host, reply[:200], delivered, len(codes) - delivered - failed, failed))
+
+    def generated(self, *, queue_id: str, dsn_queue_id: str, pool: str, failures: list[Failure], tenant: str | None) -> None:
+        if not self.enabled:
+            return
+        recipients = tuple(
+            DsnRecipient(f.recipient.lower()[:254], "failed", normalize_status(f.reply), bounce_category(f.reply, f.reply)) for f in failures
+        )
+        self.bus.publish(DsnGenerated(self.clock(), queue_id, dsn_queue_id, tenant, pool, recipients))
+
+    def commit(self, seconds: float) -> None:
+        if not self.enabled:
+            return
+        self.metrics.observe_commit(seconds)
+
+    # --- the DSN windows -------------------------------------------------------------------
+
+    def _window_record(self, event: Event) -> None:
+        if not isinstance(event, DsnRelayed):
+            return
+        report = event.report
+        tenant = event.tenant if event.tenant in self.tenants.config else NO_TENANT
+        own = self.tenants.domains(event.tenant)
+        failed = report.failed[:_PER_DSN]
+        original_local = (report.original_from or "").split("@", 1)[0]
+        record = {
+            "s": [r.status for r in failed],
+            "c": [r.category for r in failed],
+            "r": [[r.local_part or "", r.domain or ""] for r in failed],
+            "own": sum(1 for r in failed if r.domain in own),
+            "m": report.reporting_mta,
+            "cl": event.client,
+            "k": event.original_relayed,
+            "ft": event.original_from_tenant,
+            "fp": report.fingerprint,
+            "x": report.malformed,
+            "loop": original_local in _DAEMONS,
+        }
+        self._dsns.append((event.at, tenant, self.worker, record))
+
+    async def flush(self) -> None:
+        """Adds this worker's counts and DSN records to the state database; writes the relayed
+        Message-IDs and the event log."""
+        counts, minutes = self.metrics.take()
+        for name, stats in self.bus.stats().items():
+            dropped = stats["dropped"] - self._dropped.get(name, 0)
+            if dropped:
+                counts[("deliverypool_events_dropped_total", (("subscriber", name),))] = float(dropped)
+                self._dropped[name] = stats["dropped"]
+        dsns, self._dsns = self._dsns, []
+        event_log = self.event_log
+        if not await self._ensure_store():
+            return  # these counts are lost: observations, not mail
+
+        def write() -> None:
+            self.store.add(counts, dsns, minutes)
+            self.relayed.flush()
+            if event_log is not None:
+                event_log.flush()
+
+        await self._thread(write)
+
+    async def _read_dsns(self, now: float) -> None:
+        assert self.monitor is not None
+        rows = await self._thread(lambda: self.store.dsns_after(self._last_dsn_id, now - self.config.monitor.window))
+        for row in rows:
+            self.monitor.add(row.tenant, row.at, row.record)
+            self._last_dsn_id = row.id
+
+    async def evaluate(self) -> list[dict[str, Any]]:
+        """Reads the DSNs every worker recorded since the last time, slides the windows and
+        raises or resolves alerts. Returns the alerts that changed."""
+        if self.monitor is None or not self._store_open:
+            return []
+        now = self.clock()
+        await self._read_dsns(now)
+        changes = self.monitor.evaluate(now)
+        keep = self.config.monitor.resolved_alerts
+        for alert in changes:
+            log_alert(alert)
+            since = self.monitor.windows[alert["tenant"]].since
+            resolved = now if alert["state"] == "resolved" else None
+            await self._thread(functools.partial(self.store.save_alert, alert, since, resolved, keep))
+            if self.webhook is not None:
+                self.webhook.post(alert)
+        if now - self._last_saved >= 60 or changes:
+            self._last_saved = now
+            monitor = self.monitor
+            baselines = [(tenant, w.baseline, now) for tenant, w in monitor.windows.items()]
+            window = self.config.monitor.window
+
+            def housekeeping() -> None:
+                self.store.save_baselines(baselines)
+                self.store.prune(now - 2 * window, int((now - max(2 * window, 3600)) // 60))
+
+            await self._thread(housekeeping)
+        return changes
+
+    def _active(self) -> list[dict[str, Any]]:
+        return self.monitor.active() if self.monitor is not None else self.store.alerts()[0]
+
+    async def alerts(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        active, resolved = await self._thread(self.store.alerts)
+        return active, resolved[: self.config.monitor.resolved_alerts]
+
+    async def tenant_view(self) -> dict[str, Any]:
+        """Per tenant (and ``none``): messages and DSNs per minute over the window, the DSN
+        baseline and the active surge."""
+        now = self.clock()
+        window = self.config.monitor.window
+        minutes = max(1.0, window / 60)
+        counts = await self._thread(lambda: self.store.rates(int((now - max(window, 60)) // 60) + 1))
+        snapshot = self.monitor.snapshot(now) if self.monitor is not None else {}
+        tenants: dict[str, Any] = {}
+        for name in (*self.tenants.names, NO_TENANT):
+            row = snapshot.get(name, {"dsns_in_window": 0, "dsns_per_minute": 0.0, "baseline_per_minute": 0.0, "surge": None})
+            tenants[name] = {
+                "messages_per_minute": round(counts.get((name, "messages"), 0) / minutes, 2),
+                "relayed_dsns_per_minute": round(counts.get((name, "dsns"), 0) / minutes, 2),
+                **row,
+            }
+        active, _ = await self.alerts()
+        return {"at": now, "window_seconds": window, "tenants": tenants, "active_alerts": active}
