@@ -21,30 +21,29 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from aiosmtpd.smtp import SMTP
-
 from deliverypool._core import Policy
 from deliverypool.config import DnsConfig, RelayConfig
 from deliverypool.ingress.handler import Accepted, RoutingHandler, in_networks
-from deliverypool.ingress.smtp import protocol_factory
+from deliverypool.ingress.limits import Admission, Limits, raise_open_file_limit
+from deliverypool.ingress.listener import Listener
+from deliverypool.ingress.smtp import RelaySMTP, protocol_factory
 from deliverypool.lookup.mx import MxLookup, MxResolver
 from deliverypool.lookup.resolver import Nameserver, Resolver, ResolverConfig
 from deliverypool.errors import MessageRefused
 from deliverypool.mail.headers import count_received, received_field, strip_header
+from deliverypool.observe.logs import RateLimit
 from deliverypool.observe.service import Observer
 from deliverypool.outbound.scheduler import DeliveryEngine
 from deliverypool.queue.spool import FILE_THRESHOLD, NewMessage, Spool
 from deliverypool.routing.router import Router
 from deliverypool.routing.tenants import Tenants
-from deliverypool.supervisor import shard_directory
 from deliverypool.routing.scores import ScoredRouter, Submission, scored_router
+from deliverypool.supervisor import listen_socket, shard_directory
 
 __all__ = ["Accepted", "Relay", "configure_logging", "policy_from_config", "resolver_from_config", "run_relay"]
 
 log = logging.getLogger("deliverypool.relay")
 
-# Connections the kernel queues before the relay accepts them (asyncio's default is 100).
-LISTEN_BACKLOG = 1024
 
 
 def policy_from_config(config: RelayConfig) -> Policy:
@@ -139,18 +138,29 @@ class Relay:
         self.scores = scored_router(self.config, self.router)
 
     async def listen(self, sock: socket.socket | None = None) -> asyncio.AbstractServer:
-        """Starts the SMTP listener on the configured address, or on `sock` (a listening socket
-        shared with other workers)."""
-        loop = asyncio.get_running_loop()
-        if sock is not None:
-            self.server = await loop.create_server(self.smtp_factory(), sock=sock, backlog=LISTEN_BACKLOG)
-        else:
-            listener = self.config.listener
-            self.server = await loop.create_server(self.smtp_factory(), listener.host, listener.port, backlog=LISTEN_BACKLOG)
-        return self.server
+        """Starts the SMTP listener on the configured address (bound with ``listener.backlog``),
+        or on `sock` (a listening socket shared with other workers). The soft open-file limit
+        is raised to the hard one first, and the connection limits worked out from it (README
+        "Limits")."""
+        listener = self.config.listener
+        limits = Limits.for_listener(listener, raise_open_file_limit())
+        if sock is None:
+            sock = listen_socket(listener.host, listener.port, listener.backlog, wait=0.0)
+        admission = Admission(listener, limits)
+        server = Listener(sock, protocol_factory(listener, self.handler, admission), admission)
+        await server.start_serving()
+        self.server = server
+        log.info(
+            "limits: max_connections=%d (open files %d, %d reserved) max_connections_per_client=%d idle_timeout=%gs "
+            "max_auth_failures=%d max_auth_failures_per_client=%d",
+            limits.max_connections, limits.open_files, limits.fd_reserve, limits.max_connections_per_client,
+            listener.idle_timeout, limits.max_auth_failures, limits.max_auth_failures_per_client,
+        )
+        return server
 
-    def smtp_factory(self) -> Callable[[], SMTP]:
-        """A protocol factory for `loop.create_server`, configured from the listener section."""
+    def smtp_factory(self) -> Callable[[], RelaySMTP]:
+        """A protocol factory for `loop.create_server`, configured from the listener section
+        (the idle timeout and the AUTH limits; the connection limits are `listen`'s)."""
         return protocol_factory(self.config.listener, self.handler)
 
     async def accept(
@@ -278,6 +288,8 @@ def configure_logging(level: int = logging.INFO) -> None:
     root = logging.getLogger()
     if not root.handlers:
         logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+        for handler in root.handlers:
+            handler.addFilter(RateLimit())  # lines a flood repeats: a few per minute, then a count
         logging._srcfile = None  # the documented switch that turns findCaller off
         logging.logThreads = False
         logging.logProcesses = False
