@@ -55,6 +55,7 @@ def policy_from_config(config: RelayConfig) -> Policy:
         tenant_thresholds={name: t.threshold for name, t in config.tenants.items() if t.threshold is not None} or None,
         score_header=p.score_header,
         unknown_domain_pool=p.unknown_domain_pool,
+        unscannable_pool=p.unscannable_pool,
         score_unavailable_pool="high-risk" if config.score.fallback == "high-risk" else "normal",
     )
 

@@ -556,6 +556,13 @@ class PolicyConfig(_Table):
     unknown_domain_pool: Literal["high-risk", "normal"] = Field(
         "high-risk", description="Where mail goes when the sender domain's DNS lookup fails."
     )
+    unscannable_pool: Literal["high-risk", "normal"] = Field(
+        "high-risk",
+        description=(
+            "Where mail goes that the scanner could not fully read (a header block over 1 MiB, more MIME parts or "
+            "deeper nesting than it walks: reason unscannable), so that padding cannot hide a DSN."
+        ),
+    )
     normal_pool: Text = Field("normal", description="Name of the pool for mail known to be good.")
     high_risk_pool: Text = Field("high-risk", description="Name of the pool for DSNs, spam and mail from domains without records.")
 
