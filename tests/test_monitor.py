@@ -29,6 +29,7 @@ from deliverypool.observe.events import Event
 from deliverypool.observe.surge import CAUSES
 from deliverypool.queue.listing import listing
 from deliverypool.testing.scenarios import SCENARIOS, SENDS_ORIGINALS, DsnFactory, DsnSpec
+from tests.conftest import CORPUS
 from tests.smtp_sinks import eventually, free_port, message, relay_config, sink
 
 Run = Callable[[Coroutine[Any, Any, Any]], Any]
@@ -129,7 +130,7 @@ async def webhook_receiver(port: int) -> AsyncIterator[list[dict[str, Any]]]:
         await runner.cleanup()
 
 
-FACTORY = DsnFactory()
+FACTORY = DsnFactory(CORPUS / "maildir" / "bsd")
 
 
 def test_the_corpus_gives_templates() -> None:

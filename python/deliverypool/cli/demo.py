@@ -38,10 +38,11 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from deliverypool import classify
 from deliverypool import config as cfg
 from deliverypool.mail.dsn import Failure, build_dsn
-from deliverypool.mail.headers import header_block, header_section
+from deliverypool.mail.headers import crlf, header_block, header_section
 from deliverypool.eventloop import run
 from deliverypool.app import Accepted, Relay, configure_logging
 from deliverypool.cli.demo_monitor import MONITOR_SETTINGS, compromised_customer, print_alert
+from deliverypool.testing.scenarios import corpus_folder
 from deliverypool.testing.zoneserver import ZoneServer
 
 NORMAL_SOURCE = "127.0.0.2"
@@ -118,31 +119,25 @@ def _kind_of(content: bytes) -> str | None:
     return header[start + len(marker) : end].decode("ascii", "replace")
 
 
-def _crlf(data: bytes) -> bytes:
-    return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
-
-
 def corpus_bounces(limit: int) -> list[bytes]:
     """Real bounces from ../shared/corpus when it is there (a source checkout beside the shared
     folder): the standard RFC 3464 ones first, then those of common servers. Only those the
     engine recognises as DSNs with a null sender are used, so the demo shows routing, not the
     detector's few misses (the README gives its measured recall)."""
-    here = Path(__file__).resolve()
-    for root in (Path.cwd(), *here.parents):
-        folder = root.parent / "shared" / "corpus" / "sisimai" / "maildir" / "bsd"
-        if folder.is_dir():
-            files = sorted(folder.glob("rfc3464-*.eml")) + sorted(folder.glob("lhost-*.eml"))
-            found = []
-            for file in files:
-                message = _crlf(file.read_bytes())
-                message = message[header_block(message)[0] :]  # without an mbox From_ line (or other lead-in)
-                fits = max(map(len, message.split(b"\r\n"))) <= 998  # RFC 5321 line limit
-                if fits and "dsn" in classify(message, mail_from="").reasons:
-                    found.append(message)
-                if len(found) == limit:
-                    break
-            return found
-    return []
+    folder = corpus_folder()
+    if folder is None:
+        return []
+    files = sorted(folder.glob("rfc3464-*.eml")) + sorted(folder.glob("lhost-*.eml"))
+    found = []
+    for file in files:
+        message = crlf(file.read_bytes())
+        message = message[header_block(message)[0] :]  # without an mbox From_ line (or other lead-in)
+        fits = max(map(len, message.split(b"\r\n"))) <= 998  # RFC 5321 line limit
+        if fits and "dsn" in classify(message, mail_from="").reasons:
+            found.append(message)
+        if len(found) == limit:
+            break
+    return found
 
 
 def generated_bounces(count: int) -> list[bytes]:

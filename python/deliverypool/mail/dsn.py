@@ -11,12 +11,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from deliverypool.mail.headers import header_section, one_line_ascii
+from deliverypool.mail.headers import crlf, header_section, one_line_ascii
 
 __all__ = ["Failure", "build_dsn", "status_of"]
 
 _ENHANCED_STATUS: Final = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\b")
-_LINE_BREAK: Final = re.compile(rb"\r\n|\n|\r")
 
 
 @dataclass(frozen=True)
@@ -99,7 +98,7 @@ def build_dsn(
     # Only the To: field can hold UTF-8 (a sender that needs SMTPUTF8, RFC 6532): the DSN then
     # goes out with SMTPUTF8 like any mail to that address.
     head = "\r\n".join(lines).encode("utf-8")
-    headers = _crlf(header_section(original))
+    headers = crlf(header_section(original))
     tail = f"\r\n--{boundary}--\r\n".encode("ascii")
     part = f"--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n".encode("ascii")
     return head + b"\r\n" + part + headers + tail
@@ -118,5 +117,3 @@ def _final_recipient(address: str) -> str:
     return f"Final-Recipient: utf-8; {_embedded(address)}"
 
 
-def _crlf(text: bytes) -> bytes:
-    return _LINE_BREAK.sub(b"\r\n", text)

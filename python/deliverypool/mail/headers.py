@@ -14,10 +14,18 @@ from typing import Final
 
 from deliverypool._core import header_block
 
-__all__ = ["count_received", "has_bare_line_ending", "header_block", "header_section", "one_line_ascii", "received_field", "strip_header"]
+__all__ = ["count_received", "crlf", "has_bare_line_ending", "header_block", "header_section", "one_line_ascii", "received_field", "strip_header"]
 
 _LINE: Final = re.compile(rb"[^\r\n]*(?:\r\n|\n|\r)|[^\r\n]+\Z")
 _RECEIVED: Final = re.compile(rb"(?:\A|[\r\n])received[ \t]*:", re.IGNORECASE)
+
+
+_LINE_BREAK: Final = re.compile(rb"\r\n|\n|\r")
+
+
+def crlf(data: bytes) -> bytes:
+    """`data` with every line ending (CRLF, bare LF, bare CR) written as CRLF."""
+    return _LINE_BREAK.sub(b"\r\n", data)
 
 
 def has_bare_line_ending(data: bytes) -> bool:

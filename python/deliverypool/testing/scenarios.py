@@ -19,22 +19,25 @@ from pathlib import Path
 
 from deliverypool._core import classify, scan
 from deliverypool.mail.dsn import Failure, build_dsn
-from deliverypool.mail.headers import header_block
+from deliverypool.corpus import CorpusNotFound, corpus_root
+from deliverypool.mail.headers import crlf, header_block
 
 __all__ = ["SCENARIOS", "SENDS_ORIGINALS", "DsnFactory", "DsnSpec", "corpus_folder"]
 
 
 def corpus_folder() -> Path | None:
-    here = Path(__file__).resolve()
-    for root in (Path.cwd(), *here.parents):
+    """The corpus's bsd maildir: where deliverypool.corpus finds the corpus ($DELIVERYPOOL_CORPUS,
+    else ../shared/corpus/sisimai from the current directory), else beside a source checkout
+    that holds this file; None when there is none."""
+    try:
+        return corpus_root() / "maildir" / "bsd"
+    except CorpusNotFound:
+        pass
+    for root in Path(__file__).resolve().parents:
         folder = root.parent / "shared" / "corpus" / "sisimai" / "maildir" / "bsd"
         if folder.is_dir():
             return folder
     return None
-
-
-def _crlf(data: bytes) -> bytes:
-    return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,7 @@ class DsnFactory:
         if folder is None:
             return
         for path in sorted(folder.glob("rfc3464-*.eml")) + sorted(folder.glob("lhost-*.eml")):
-            raw = _crlf(path.read_bytes())
+            raw = crlf(path.read_bytes())
             raw = raw[header_block(raw)[0] :]
             if max(map(len, raw.split(b"\r\n"))) > 990:
                 continue
