@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-__all__ = ["STATE_DATABASE", "DsnRow", "ObservationStore", "encode_labels"]
+__all__ = ["STATE_DATABASE", "DsnRow", "ObservationStore", "connect_state", "encode_labels"]
 
 STATE_DATABASE: Final = "state.sqlite3"
 
@@ -55,6 +55,26 @@ CREATE TABLE IF NOT EXISTS observe_meta (
 Labels = tuple[tuple[str, str], ...]
 
 
+def connect_state(path: Path, schema: str, *, timeout: float = 10.0) -> sqlite3.Connection:
+    """A connection to the state database at `path` (WAL, ``synchronous=NORMAL``, waiting up to
+    `timeout` seconds for another worker's write lock), with the tables of `schema` made."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=timeout)
+    conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in filter(None, (s.strip() for s in schema.split(";"))):
+            conn.execute(statement)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        conn.close()
+        raise
+    return conn
+
+
 def encode_labels(labels: Labels) -> str:
     return json.dumps(labels, separators=(",", ":"))
 
@@ -78,21 +98,7 @@ class ObservationStore:
         self._conn: sqlite3.Connection | None = None
 
     def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10)
-        conn.execute("PRAGMA busy_timeout = 10000")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
-                conn.execute(statement)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            conn.close()
-            raise
-        self._conn = conn
+        self._conn = connect_state(self.path, _SCHEMA)
 
     def close(self) -> None:
         with self._lock:
