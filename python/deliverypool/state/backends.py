@@ -402,6 +402,13 @@ class _transaction:
 _COUNT: Final = """
 local now = tonumber(ARGV[1])
 local sender, tenant, action, till = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+-- An alert mark holds the end of its period (the caller's clock, as every time here).
+local function mark(key, seconds)
+  local period = tonumber(redis.call('GET', key) or '0')
+  if period > now then return false end
+  redis.call('SET', key, tostring(now + seconds), 'PX', math.ceil(seconds * 1000))
+  return true
+end
 local n = tonumber(ARGV[6])
 local lifted = false
 local r = redis.call('HGETALL', KEYS[1])
@@ -448,7 +455,7 @@ for i = 1, n do
       return cjson.encode({refused = true, restricted_now = true, restriction = h, lifted = lifted})
     else
       local alerts = {}
-      if redis.call('SET', KEYS[2 + 2 * i], '1', 'NX', 'PX', math.ceil(tonumber(ARGV[base + 5]) * 1000)) then
+      if mark(KEYS[2 + 2 * i], tonumber(ARGV[base + 5])) then
         alerts[1] = {name, total, limit}
       end
       return cjson.encode({refused = true, window = name, alerts = alerts, lifted = lifted})
@@ -466,7 +473,7 @@ local alerts = {}
 for _, o in ipairs(over) do
   local i = o[1]
   local base = 6 + (i - 1) * 5
-  if redis.call('SET', KEYS[2 + 2 * i], '1', 'NX', 'PX', math.ceil(tonumber(ARGV[base + 5]) * 1000)) then
+  if mark(KEYS[2 + 2 * i], tonumber(ARGV[base + 5])) then
     alerts[#alerts + 1] = {ARGV[base + 1], o[2], tonumber(ARGV[base + 3])}
   end
 end
