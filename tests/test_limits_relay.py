@@ -6,10 +6,9 @@ restart); Redis killed in the middle of a run."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +18,11 @@ import pytest
 import redis as redis_client
 
 from deliverypool import config as cfg
-from deliverypool.app import Relay
 from deliverypool.cli.senders import senders_command
 from tests.redis_server import RedisServer, redis_server
 from tests.smtp_sinks import eventually, free_port, message, sink
 from tests.test_crash import RelayProcess, crash_config
-from tests.test_monitor import scrape, webhook_receiver
+from tests.test_monitor import running, scrape, webhook_receiver
 
 
 @pytest.fixture(scope="module")
@@ -138,17 +136,6 @@ def relay_toml(tmp_path: Path, sink_port: int, hook_port: int, extra: str = "") 
     return path, cfg.load(path)
 
 
-@contextlib.asynccontextmanager
-async def running(conf: cfg.RelayConfig) -> AsyncIterator[Relay]:
-    relay = Relay(conf)
-    await relay.start()
-    await relay.listen()
-    try:
-        yield relay
-    finally:
-        await relay.stop()
-
-
 def test_embedded_state_refuses_alerts_and_releases_through_the_cli(tmp_path: Path) -> None:
     sink_port, hook_port = free_port("127.0.0.20"), free_port()
     path, conf = relay_toml(tmp_path, sink_port, hook_port)
@@ -160,9 +147,9 @@ def test_embedded_state_refuses_alerts_and_releases_through_the_cli(tmp_path: Pa
         out = io.StringIO()
         return senders_command(*args, str(path), out=out, **kwargs), out.getvalue()
 
-    async def gauge() -> float | None:
+    async def gauge(expected: float) -> bool:
         rows = (await scrape(conf)).get("deliverypool_senders_restricted", [])
-        return next((v for labels, v in rows if labels == {"tenant": "acme"}), None)
+        return next((v for labels, v in rows if labels == {"tenant": "acme"}), None) == expected
 
     async def main() -> list[dict[str, Any]]:
         async with sink("127.0.0.20", sink_port, "sink") as mx, webhook_receiver(hook_port) as hooks:
@@ -179,11 +166,7 @@ def test_embedded_state_refuses_alerts_and_releases_through_the_cli(tmp_path: Pa
                 assert (await transaction(port, "x@elsewhere.test", [f"n{i}@far.example" for i in range(5)]))[1] == []
 
                 await eventually(lambda: any(h["type"] == "sender-restricted" for h in hooks), what="the webhook's sender-restricted alert")
-                for _ in range(100):
-                    if await gauge() == 1.0:
-                        break
-                    await asyncio.sleep(0.05)
-                assert await gauge() == 1.0
+                await eventually(lambda: gauge(1.0), what="one restricted sender in the gauge")
                 alerts = await get_json(admin, "/api/alerts")
                 listed = await get_json(admin, "/api/senders?tenant=acme")
                 status, code_out = await asyncio.to_thread(cli, "list", as_json=True)
@@ -196,11 +179,7 @@ def test_embedded_state_refuses_alerts_and_releases_through_the_cli(tmp_path: Pa
                 assert (await transaction(port, "noreply@acme.example", ["free@far.example"], login="acme-app"))[0] == ["free@far.example"]
                 # The leader's sweep notices the release made elsewhere: the alert resolves once.
                 await eventually(lambda: any(h["type"] == "sender-released" for h in hooks), what="the sender-released alert")
-                for _ in range(100):
-                    if await gauge() == 0.0:
-                        break
-                    await asyncio.sleep(0.05)
-                assert await gauge() == 0.0
+                await eventually(lambda: gauge(0.0), what="no restricted sender in the gauge")
                 after = await get_json(admin, "/api/alerts")
             webhook = list(hooks)
         firing = next(a for a in alerts["active"] if a["type"] == "sender-restricted")
