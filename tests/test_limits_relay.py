@@ -51,6 +51,21 @@ async def transaction(port: int, sender: str, recipients: list[str], *, login: s
     return accepted, refused
 
 
+async def port_closed(port: int, timeout: float = 10.0) -> None:
+    """Waits until nothing listens on `port`: the listening socket of a killed worker may outlive
+    its process for a moment, and a client that connects then is reset."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except ConnectionRefusedError:
+            return
+        writer.close()
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"port {port} still listens")
+
+
 async def post_json(address: tuple[str, int], path: str, body: Any) -> tuple[int, Any]:
     async with aiohttp.ClientSession() as session:
         async with session.post(f"http://{address[0]}:{address[1]}{path}", json=body) as response:
@@ -97,6 +112,7 @@ def test_two_relays_sharing_one_redis_accept_exactly_the_limit(redis: RedisServe
                 assert sorted(r for d in mx.deliveries for r in d.rcpt_tos) == sorted(accepted)
 
                 a.kill()  # the whole node gone at once: what it counted is in Redis
+                await port_closed(port_a)
                 await a.start()
                 assert (await transaction(port_a, sender.lower(), ["after-restart@dest.test"]))[0] == []
 
