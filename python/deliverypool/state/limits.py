@@ -31,7 +31,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol
@@ -331,12 +331,6 @@ class Limiter:
                 self._went_down(str(exc))
             except Exception:
                 log.exception("sender limits: the sweep failed")
-
-    def counts_by_tenant(self, restrictions: list[Restriction]) -> Mapping[str | None, int]:
-        counts: dict[str | None, int] = {}
-        for r in restrictions:
-            counts[r.tenant] = counts.get(r.tenant, 0) + 1
-        return counts
 
 
 def enabled(config: RelayConfig) -> bool:
