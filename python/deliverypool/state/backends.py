@@ -219,6 +219,7 @@ class SqliteBackend:
         if self._executor is not None:
             if self._conn is not None:
                 await self._run(self._conn.close)
+
             self._executor.shutdown(wait=True)
             self._executor = None
         self._conn = None
@@ -519,6 +520,8 @@ class RedisBackend:
         self._release: Any = None
         self._restrict: Any = None
         self.round_trips = 0
+        self._pending: list[tuple[Check, asyncio.Future[Outcome]]] = []
+        self._busy = False
 
     async def open(self) -> None:
         try:
@@ -560,7 +563,7 @@ class RedisBackend:
     async def ping(self) -> None:
         await self._call(self._client.ping())
 
-    async def count(self, check: Check) -> Outcome:
+    def _script_call(self, check: Check) -> tuple[list[str], list[Any]]:
         keys = [self._key("r", check.sender), self._key("restricted")]
         args: list[Any] = [repr(check.now), check.sender, check.tenant or "", check.action, "" if check.until is None else repr(check.until), len(check.windows)]
         for w in check.windows:
@@ -568,14 +571,46 @@ class RedisBackend:
             args += [w.name, w.scope, w.limit, repr(w.width), repr(w.seconds)]
         # The alert marks of the sender's other windows, forgotten when an expired restriction goes.
         args += [k for k in self._sender_keys(check.sender) if k not in keys]
-        reply = json.loads(await self._call(self._count(keys=keys, args=args)))
-        lifted = _restriction(reply.get("lifted"))
-        alerts = tuple((str(a[0]), int(a[1]), int(a[2])) for a in reply.get("alerts") or ())
-        if reply.get("accepted"):
-            return Outcome(True, alerts=alerts, lifted=lifted)
-        restriction = _restriction(reply.get("restriction"))
-        window = restriction.window if restriction is not None else str(reply.get("window"))
-        return Outcome(False, restriction, restricted_now=bool(reply.get("restricted_now")), window=window, alerts=alerts, lifted=lifted)
+        return keys, args
+
+    async def count(self, check: Check) -> Outcome:
+        """One EVALSHA; the checks that arrive while it is out go together in one pipeline."""
+        if self._busy:
+            future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+            self._pending.append((check, future))
+            return await future
+        self._busy = True
+        try:
+            keys, args = self._script_call(check)
+            return _outcome(await self._call(self._count(keys=keys, args=args)))
+        finally:
+            if self._pending:
+                asyncio.ensure_future(self._drain())
+            else:
+                self._busy = False
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    pipe = self._client.pipeline(transaction=False)
+                    for check, _ in batch:
+                        keys, args = self._script_call(check)
+                        await self._count(keys=keys, args=args, client=pipe)  # queued, not sent
+                    replies = await self._call(pipe.execute())
+                    if len(replies) != len(batch):
+                        raise BackendUnavailable(f"{len(replies)} replies to {len(batch)} checks")
+                except Exception as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), reply in zip(batch, replies):
+                    if not future.done():
+                        future.set_result(_outcome(reply))
+        finally:
+            self._busy = False
 
     async def restrictions(self, now: float) -> list[Restriction]:
         senders = await self._call(self._client.zrangebyscore(self._key("restricted"), f"({now!r}", "+inf"))
@@ -614,6 +649,17 @@ class RedisBackend:
 
     async def prune(self, now: float) -> None:
         """Nothing to do: every key expires by itself, and each check drops its window's old buckets."""
+
+
+def _outcome(text: str) -> Outcome:
+    reply = json.loads(text)
+    lifted = _restriction(reply.get("lifted"))
+    alerts = tuple((str(a[0]), int(a[1]), int(a[2])) for a in reply.get("alerts") or ())
+    if reply.get("accepted"):
+        return Outcome(True, alerts=alerts, lifted=lifted)
+    restriction = _restriction(reply.get("restriction"))
+    window = restriction.window if restriction is not None else str(reply.get("window"))
+    return Outcome(False, restriction, restricted_now=bool(reply.get("restricted_now")), window=window, alerts=alerts, lifted=lifted)
 
 
 def _restriction(data: Any) -> Restriction | None:

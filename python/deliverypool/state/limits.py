@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -60,6 +61,8 @@ log = logging.getLogger("deliverypool.limits")
 REFUSED: Final = "550 5.1.8 Access denied, bad outbound sender"
 UNAVAILABLE: Final = "451 4.3.0 Sender limits temporarily unavailable; try again later"
 DEFAULT_ACTION: Final = "block-until-tomorrow"
+# The same senders come back at every RCPT: their one form is parsed once.
+_sender_key = functools.lru_cache(maxsize=8192)(sender_key)
 
 
 def next_midnight(now: float) -> float:
@@ -187,7 +190,7 @@ class Limiter:
         reached with ``fail = "closed"``), or None to accept it. Never raises."""
         if mail_from in ("", "<>"):
             return None
-        sender = sender_key(login if login is not None else mail_from)
+        sender = _sender_key(login if login is not None else mail_from)
         tenant = self.tenants.resolve(login, peer)
         windows = self.windows(sender, tenant, recipient)
         if not windows:
