@@ -30,15 +30,15 @@ export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L $SYSROOT"
 
 echo "== cargo test on aarch64 (qemu-user)"
-cargo test --quiet --release --target "$TRIPLE" --lib
+cargo test --quiet --profile crosscheck --target "$TRIPLE" --lib
 
 echo "== corpus_driver: aarch64 output against x86_64 output"
-cargo build --quiet --release --example corpus_driver
-cargo build --quiet --release --target "$TRIPLE" --example corpus_driver
+cargo build --quiet --profile crosscheck --example corpus_driver
+cargo build --quiet --profile crosscheck --target "$TRIPLE" --example corpus_driver
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
-target/release/examples/corpus_driver >"$WORK/native.txt"
-qemu-aarch64 -L "$SYSROOT" "target/$TRIPLE/release/examples/corpus_driver" >"$WORK/aarch64.txt"
+target/crosscheck/examples/corpus_driver >"$WORK/native.txt"
+qemu-aarch64 -L "$SYSROOT" "target/$TRIPLE/crosscheck/examples/corpus_driver" >"$WORK/aarch64.txt"
 if ! cmp -s "$WORK/native.txt" "$WORK/aarch64.txt"; then
     diff "$WORK/native.txt" "$WORK/aarch64.txt" | head -20 >&2
     echo "FAILED: scan/classify output differs on aarch64" >&2
