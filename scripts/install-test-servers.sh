@@ -2,8 +2,10 @@
 # Installs the Debian programs the tests start: the authoritative DNS server NSD
 # (tests/dnsserver.py), Postfix (tests/postfix.py: a private instance in front of the milter),
 # rspamd (tests/rspamd.py: its own configuration directory, loopback only), libmilter-dev,
-# which pip needs to build pymilter (the `milter` extra), and ss (iproute2), which reads a
-# listening socket's backlog (tests/test_ingress_hardening.py).
+# which pip needs to build pymilter (the `milter` extra), ss (iproute2), which reads a
+# listening socket's backlog (tests/test_ingress_hardening.py), and redis-server
+# (tests/redis_server.py: a private instance on a free loopback port for the shared
+# sender-limit state).
 # Idempotent: apt runs only when one is missing. Needs root or sudo (CI runs as root).
 set -euo pipefail
 
@@ -13,6 +15,7 @@ command -v nsd >/dev/null 2>&1 || [ -x /usr/sbin/nsd ] || missing+=(nsd)
 [ -x /usr/bin/rspamd ] || missing+=(rspamd)
 [ -e /usr/include/libmilter/mfapi.h ] || missing+=(libmilter-dev)
 command -v ss >/dev/null 2>&1 || [ -x /usr/bin/ss ] || [ -x /bin/ss ] || missing+=(iproute2)
+[ -x /usr/bin/redis-server ] || missing+=(redis-server)
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi
@@ -26,16 +29,21 @@ export DEBIAN_FRONTEND=noninteractive
 # starts; the tests write their own configuration directory.
 echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections
 $SUDO apt-get update -qq
-# --no-install-recommends: rspamd recommends redis-server, which the tests do not use.
+# --no-install-recommends: only what the tests start.
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # Where a service manager runs, the packages start system daemons (nsd on port 53, rspamd on
-# localhost:11332-11334). The tests start their own instances on free ports and never need
-# those: stop them, and keep rspamd from starting again at boot.
+# localhost:11332-11334, redis-server on 6379). The tests start their own instances on free
+# ports and never need those: stop them, and keep rspamd and redis-server from starting again
+# at boot.
 if command -v systemctl >/dev/null 2>&1; then
-    for unit in nsd rspamd; do
+    for unit in nsd rspamd redis-server; do
         if systemctl is-active --quiet "$unit" 2>/dev/null; then
             $SUDO systemctl stop "$unit" || true
         fi
     done
-    $SUDO systemctl disable rspamd >/dev/null 2>&1 || true
+    $SUDO systemctl disable rspamd redis-server >/dev/null 2>&1 || true
+fi
+# Without systemd (a container), the package's init script may have started the daemon.
+if [ -x /etc/init.d/redis-server ] && pgrep -x redis-server >/dev/null 2>&1; then
+    $SUDO /etc/init.d/redis-server stop >/dev/null 2>&1 || true
 fi

@@ -24,6 +24,10 @@ def test_demo_routes_every_kind_to_its_pool(aio_run: Run) -> None:
     assert "sender domain without records" in report and "delivered after" in report
     # Act 2: the compromised customer's harvest raised the alert, printed with its evidence.
     assert "ALERT dsn-surge firing: tenant=acme cause=directory-harvest" in report and "/metrics" in report
+    # Act 3: the compromised account runs past its limit: 20 taken, 10 refused, the alert, the release.
+    assert "20 recipients accepted, 10 refused: 550 5.1.8 Access denied, bad outbound sender" in report
+    assert "ALERT sender-restricted firing: tenant=initech sender=initech-app limit=per_day 20/20 action=block" in report
+    assert ": released\n" in report and "after the release: 1 accepted, 0 refused" in report
 
 
 def test_generated_bounces_stand_in_for_the_corpus() -> None:

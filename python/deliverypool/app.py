@@ -38,6 +38,7 @@ from deliverypool.queue.spool import FILE_THRESHOLD, NewMessage, Spool
 from deliverypool.routing.router import Router
 from deliverypool.routing.tenants import Tenants
 from deliverypool.routing.scores import ScoredRouter, Submission, scored_router
+from deliverypool.state.limits import Limiter, limiter_for
 from deliverypool.supervisor import listen_socket, shard_directory
 
 __all__ = ["Accepted", "Relay", "configure_logging", "policy_from_config", "resolver_from_config", "run_relay"]
@@ -102,6 +103,11 @@ class Relay:
             worker=self.spool.directory.name if self.spool.directory != root else "main",
             leader=self.spool.directory in (root, shard_directory(root, 0)),
         )
+        # Sender limits (state/limits.py), checked at RCPT; None when none is configured.
+        self.limits: Limiter | None = limiter_for(
+            config, self.tenants, spool_root=root, leader=self.observer.leader, listener=self.observer.senders
+        )
+        self.observer.limits = self.limits
 
     async def start(self) -> None:
         """Opens the spool and starts delivering what it holds."""
@@ -112,6 +118,8 @@ class Relay:
             self.config, self.spool, mx=self.mx, route_dsn=self._route_dsn, memory_budget=self.config.spool.memory_budget
         )
         await self.observer.start()
+        if self.limits is not None:
+            await self.limits.start()
         self.spool.on_commit = self.observer.commit
         self.engine.on_attempt = self.observer.attempt
         self.engine.recorder.on_bounce = self.observer.generated
@@ -249,6 +257,8 @@ class Relay:
             await self.engine.stop()
         if self.scores is not None:
             await self.scores.close()
+        if self.limits is not None:
+            await self.limits.stop()
         await self.observer.stop()
         await self.spool.close()
 

@@ -1,5 +1,5 @@
 """The `deliverypool` command: one module per subcommand in this package (classify, relay,
-milter, queue, demo), wired into one argument parser here."""
+milter, queue, monitor, senders, demo), wired into one argument parser here."""
 
 from __future__ import annotations
 
@@ -79,6 +79,23 @@ def build_parser() -> argparse.ArgumentParser:
     monitor.add_argument("--json", action="store_true", help="print one snapshot as JSON and exit")
     monitor.add_argument("--interval", type=float, default=2.0, metavar="S", help="refresh every S seconds (default 2)")
     monitor.set_defaults(handler=lambda args: _command("monitor").monitor_command(args.admin, as_json=args.json, interval=args.interval))
+
+    senders = commands.add_parser("senders", help="list or release the senders the sender limits restricted",
+                                  description="The restricted senders, from the relay's state (its state database, or [state] redis).")
+    senders_actions = senders.add_subparsers(dest="senders_action", required=True, metavar="ACTION")
+    senders_list = senders_actions.add_parser("list", help="the restricted senders")
+    senders_list.add_argument("--config", required=True, metavar="PATH", help="the relay's TOML configuration")
+    senders_list.add_argument("--tenant", metavar="T", help="only this tenant's senders")
+    senders_list.add_argument("--json", action="store_true", help="print JSON")
+    senders_release = senders_actions.add_parser("release", help="lift a sender's restriction, on every worker and node")
+    senders_release.add_argument("address", metavar="ADDRESS", help="the sender: its address or AUTH identity (any case)")
+    senders_release.add_argument("--config", required=True, metavar="PATH", help="the relay's TOML configuration")
+    senders_release.add_argument("--json", action="store_true", help="print JSON")
+    senders.set_defaults(
+        handler=lambda args: _command("senders").senders_command(
+            args.senders_action, args.config, tenant=getattr(args, "tenant", None), address=getattr(args, "address", None), as_json=args.json
+        )
+    )
 
     demo = commands.add_parser("demo", help="run the relay on loopback with a mixed workload and show the routing",
                                description="Start the relay with two loopback pools (normal from 127.0.0.2, "

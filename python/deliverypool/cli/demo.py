@@ -41,6 +41,7 @@ from deliverypool.mail.dsn import Failure, build_dsn
 from deliverypool.mail.headers import crlf, header_block, header_section
 from deliverypool.eventloop import run
 from deliverypool.app import Accepted, Relay, configure_logging
+from deliverypool.cli.demo_limits import LIMITS_LISTENER, LIMITS_TENANTS, compromised_account
 from deliverypool.cli.demo_monitor import MONITOR_SETTINGS, compromised_customer, print_alert
 from deliverypool.testing.scenarios import corpus_folder
 from deliverypool.testing.zoneserver import ZoneServer
@@ -192,7 +193,7 @@ def demo_config(spool: Path, listen_port: int, mx_port: int, dns: tuple[str, int
     return cfg.from_dict(
         {
             "hostname": "relay.demo.test",
-            "listener": {"address": f"127.0.0.1:{listen_port}", "trusted_score_networks": ["127.0.0.1/32"]},
+            "listener": {"address": f"127.0.0.1:{listen_port}", "trusted_score_networks": ["127.0.0.1/32"], **LIMITS_LISTENER},
             "spool": {"directory": str(spool)},
             "policy": {"threshold": 5.0, "score_header": "X-Spam-Score"},
             "dns": {"nameservers": [f"{dns[0]}:{dns[1]}"], "timeout": "1s"},
@@ -202,6 +203,8 @@ def demo_config(spool: Path, listen_port: int, mx_port: int, dns: tuple[str, int
             },
             # The compromised-customer act (cli/demo_monitor.py): a tenant, a short monitor window.
             **MONITOR_SETTINGS,
+            # The compromised-account act (cli/demo_limits.py): a tenant with a sender limit.
+            "tenants": {**MONITOR_SETTINGS["tenants"], **LIMITS_TENANTS},
             **({"admin": {"address": f"127.0.0.1:{admin_port}"}} if admin_port else {}),
         }
     )
@@ -296,6 +299,10 @@ async def demo(
             alert = await compromised_customer(relay, listen_port, out, mark=lambda dsn: _with_kind(dsn, "harvest"))
             print_alert(out, alert, f"127.0.0.1:{admin_port}")
             stats["alert"].reasons.update([alert["cause"]] if alert else [])
+            limits_act = await compromised_account(relay, listen_port, out, content=_with_kind(_message("ordinary", 0, "newsletter@sender.test"), "limits"), admin=f"127.0.0.1:{admin_port}")
+            act3 = stats["limits-act"]
+            act3.sent, act3.refused = limits_act.accepted, limits_act.refused
+            act3.reasons.update({"released": int(limits_act.released), "alert": int(limits_act.alert is not None), "after": limits_act.after_release})
             if keep_running:
                 out.write("running until Ctrl-C (--keep-running)\n")
                 out.flush()
@@ -335,6 +342,11 @@ def check(stats: dict[str, KindStats]) -> list[str]:
     problems = []
     if stats.get("alert", KindStats()).reasons.get("directory-harvest") != 1:
         problems.append("the compromised customer's directory harvest raised no directory-harvest alert")
+    act = stats.get("limits-act", KindStats())
+    if act.sent != 20 or len(act.refused) != 10 or set(act.refused) != {"550 5.1.8 Access denied, bad outbound sender"}:
+        problems.append(f"the compromised account: {act.sent} accepted and {len(act.refused)} refused, expected 20 and 10 (550 5.1.8)")
+    if act.reasons != {"released": 1, "alert": 1, "after": 1}:
+        problems.append(f"the compromised account: alert, release and the mail after it: {dict(act.reasons)}")
     for kind in KINDS:
         entry = stats.get(kind, KindStats())
         want = {NORMAL_SOURCE} if kind == "ordinary" else {HIGH_RISK_SOURCE}
@@ -354,6 +366,7 @@ def demo_command(*, scale: int = 10, out: TextIO = sys.stdout, keep_running: boo
     import logging
 
     configure_logging(logging.WARNING)
+    logging.getLogger("mail.log").setLevel(logging.ERROR)  # aiosmtpd's login_data deprecation note at each AUTH
     stats: dict[str, KindStats] = run(demo(out, scale=scale, keep_running=keep_running))
     problems = check(stats)
     for problem in problems:

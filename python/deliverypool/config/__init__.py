@@ -28,6 +28,7 @@ from deliverypool.config.model import (
     SourceAddress,
     SpoolConfig,
 )
+from deliverypool.config.limits import LimitsConfig, StateConfig
 from deliverypool.config.observe import NO_TENANT, AdminConfig, AlertsConfig, MonitorConfig, ObserveConfig, TenantConfig
 from deliverypool.config.units import format_duration, format_size, parse_duration, parse_size
 
@@ -39,6 +40,7 @@ __all__ = [
     "DnsConfig",
     "IPAddress",
     "IPNetwork",
+    "LimitsConfig",
     "ListenerConfig",
     "MilterConfig",
     "MonitorConfig",
@@ -50,6 +52,7 @@ __all__ = [
     "ScoreConfig",
     "SourceAddress",
     "SpoolConfig",
+    "StateConfig",
     "TenantConfig",
     "format_duration",
     "format_size",

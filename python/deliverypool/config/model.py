@@ -685,6 +685,7 @@ from deliverypool.config.observe import (  # noqa: E402
     TenantConfig,
     check_tenant_name,
 )
+from deliverypool.config.limits import LimitsConfig, StateConfig  # noqa: E402
 
 
 class RelayConfig(_Table):
@@ -717,6 +718,8 @@ class RelayConfig(_Table):
     admin: AdminConfig = Field(default_factory=AdminConfig, description="The admin HTTP listener (metrics, health, JSON API).")
     alerts: AlertsConfig = Field(default_factory=AlertsConfig, description="Where surge alerts are sent.")
     observe: ObserveConfig = Field(default_factory=ObserveConfig, description="The event stream and its log.")
+    limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Sender limits: the defaults of every tenant (README, Sender limits).")
+    state: StateConfig = Field(default_factory=StateConfig, description="Where sender counters and restrictions live (embedded SQLite, or Redis).")
 
     @model_validator(mode="before")
     @classmethod

@@ -13,6 +13,7 @@ from typing import Annotated, Final, Optional
 from pydantic import Field, PlainValidator, WithJsonSchema, model_validator
 
 from deliverypool.config.errors import Invalid
+from deliverypool.config.limits import LimitsConfig
 from deliverypool.config.model import (
     Bool,
     FilePath,
@@ -80,6 +81,7 @@ class TenantConfig(_Table):
         (), description="The tenant's own domains: its senders, and the 'internal' recipients of the DSNs its servers write."
     )
     threshold: Optional[Number] = Field(None, description="The tenant's spam threshold (default: policy.threshold).")
+    limits: Optional[LimitsConfig] = Field(None, description="The tenant's sender limits: each key set here overrides [limits].")
 
 
 class MonitorConfig(_Table):

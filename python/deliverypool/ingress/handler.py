@@ -9,6 +9,9 @@ What the handler enforces:
   are refused at MAIL (553) or RCPT (501), bytes that are not UTF-8 among them; a UTF-8
   address only in a transaction whose MAIL carried SMTPUTF8 (RFC 6531), else 553 5.6.7; a
   recipient count limit (452);
+* sender limits (:mod:`deliverypool.state.limits`): the recipient that would exceed one, and
+  every recipient of a restricted sender, gets 550 5.1.8 at RCPT (the recipients the
+  transaction already has are kept);
 * SMTP smuggling: a message with a bare LF or bare CR anywhere (in particular before the final
   dot, the "<LF>.<CR><LF>" trick) is refused with 554 5.6.0. aiosmtpd 1.4.5 and later only end
   DATA on <CR><LF>.<CR><LF>, so the smuggled commands would otherwise end up *inside* the
@@ -27,7 +30,7 @@ import ipaddress
 import logging
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
@@ -43,6 +46,8 @@ if TYPE_CHECKING:
 __all__ = ["Accepted", "RoutingHandler", "in_networks", "peer_ip"]
 
 log = logging.getLogger("deliverypool.relay")
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -131,6 +136,13 @@ class RoutingHandler:
             return _address_refused(error, "501 5.1.3", "recipient")
         if len(envelope.rcpt_tos) >= self.config.max_recipients:
             return "452 4.5.3 Too many recipients"
+        limits = self.relay.limits
+        if limits is not None and envelope.mail_from not in (None, "<>"):
+            login = session.auth_data.login.decode("utf-8", "replace") if isinstance(session.auth_data, LoginPassword) else None
+            peer = session.peer[0] if isinstance(session.peer, tuple) else None
+            refused = await self._on_relay_loop(limits.check(login=login, mail_from=envelope.mail_from, recipient=address, peer=peer))
+            if refused is not None:
+                return refused
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 OK"
@@ -174,7 +186,7 @@ class RoutingHandler:
             return "451 4.3.0 Temporary failure storing the message; try again later"
         return f"250 2.0.0 Ok: queued as {accepted.queue_id}"
 
-    async def _on_relay_loop(self, work: Awaitable[Accepted]) -> Accepted:
+    async def _on_relay_loop(self, work: Awaitable[T]) -> T:
         loop = self.relay.loop
         if loop is None or asyncio.get_running_loop() is loop:
             return await work

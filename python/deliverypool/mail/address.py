@@ -30,6 +30,7 @@ __all__ = [
     "parse_host_port",
     "parse_mailbox",
     "sender_domain",
+    "sender_key",
 ]
 
 # The codec dnspython uses wherever a name is given in Unicode.
@@ -116,6 +117,21 @@ def sender_domain(mail_from: str | None) -> str | None:
         if not mail_from:
             return None
     return domain_of(mail_from)
+
+
+def sender_key(identity: str) -> str:
+    """The one form of a sender's identity that its limits are counted under (an AUTH login or
+    an envelope sender): a mailbox as ``casefolded-local@ascii-domain`` (the domain in its IDNA
+    2008 form, as :func:`parse_mailbox` gives it), anything else stripped and casefolded. So
+    ``Alice@Example.COM``, ``alice@example.com`` and ``<alice@example.com>`` are one sender."""
+    text = identity.strip()
+    if len(text) > 1 and text[0] == "<" and text[-1] == ">":
+        text = text[1:-1]
+    try:
+        box = parse_mailbox(text, smtputf8=True)
+    except AddressError:
+        return text.casefold()
+    return f"{box.local.casefold()}@{box.domain.lower()}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,8 @@ relay), from the state database that every worker writes to:
 | ``GET /api/alerts`` | ``{"active": [...], "resolved": [...]}``: surge alerts, the last N resolved |
 | ``GET /api/tenants`` | per tenant: messages and DSNs per minute, DSN baseline, active surge |
 | ``GET /api/status`` | event subscribers (delivered, dropped, errors), webhook counters |
+| ``GET /api/senders`` | the restricted senders (``?tenant=NAME`` for one tenant's), with sender limits |
+| ``POST /api/senders/release`` | ``{"sender": ADDRESS}``: lifts its restriction on every worker and node |
 """
 
 from __future__ import annotations
@@ -22,7 +24,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 if TYPE_CHECKING:
     from deliverypool.observe.service import Observer
 
-__all__ = ["AdminServer"]
+__all__ = ["AdminServer", "restriction_json"]
+
+
+def restriction_json(restriction: Any) -> dict[str, Any]:
+    """A `Restriction` as the API and `deliverypool senders --json` show it (times in ISO 8601 too)."""
+    from deliverypool.observe.surge import iso_time
+
+    body: dict[str, Any] = restriction.as_json()
+    body["since_iso"] = iso_time(restriction.since)
+    body["until_iso"] = iso_time(restriction.until) if restriction.until is not None else None
+    return body
 
 
 class AdminServer:
@@ -38,6 +50,8 @@ class AdminServer:
         app.router.add_get("/api/alerts", self.alerts)
         app.router.add_get("/api/tenants", self.tenants)
         app.router.add_get("/api/status", self.status)
+        app.router.add_get("/api/senders", self.senders)
+        app.router.add_post("/api/senders/release", self.release)
         self.app = app
 
     async def start(self) -> None:
@@ -65,6 +79,39 @@ class AdminServer:
 
     async def tenants(self, request: web.Request) -> web.Response:
         return web.json_response(await self.observer.tenant_view())
+
+    async def senders(self, request: web.Request) -> web.Response:
+        from deliverypool.state.backends import BackendUnavailable
+
+        limits = self.observer.limits
+        if limits is None:
+            return web.json_response({"error": "no sender limits are configured"}, status=404)
+        try:
+            found = await limits.restrictions(request.query.get("tenant"))
+        except BackendUnavailable as exc:
+            return web.json_response({"error": f"the state backend is unreachable: {exc}"}, status=503)
+        return web.json_response({"backend": limits.backend.name, "degraded": limits.down_since is not None, "senders": [restriction_json(r) for r in found]})
+
+    async def release(self, request: web.Request) -> web.Response:
+        from deliverypool.state.backends import BackendUnavailable
+
+        limits = self.observer.limits
+        if limits is None:
+            return web.json_response({"error": "no sender limits are configured"}, status=404)
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        sender = body.get("sender") if isinstance(body, dict) else None
+        if not isinstance(sender, str) or not sender.strip():
+            return web.json_response({"error": 'expected {"sender": "ADDRESS"}'}, status=400)
+        try:
+            released = await limits.release(sender)
+        except BackendUnavailable as exc:
+            return web.json_response({"error": f"the state backend is unreachable: {exc}"}, status=503)
+        if released is None:
+            return web.json_response({"error": f"{sender} is not restricted", "released": None}, status=404)
+        return web.json_response({"released": restriction_json(released)})
 
     async def status(self, request: web.Request) -> web.Response:
         body: dict[str, Any] = {"subscribers": self.observer.bus.stats()}

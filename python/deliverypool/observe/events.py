@@ -33,6 +33,9 @@ __all__ = [
     "Event",
     "EventBus",
     "MessageAccepted",
+    "SenderLimitAlert",
+    "SenderReleased",
+    "SenderRestricted",
     "Subscription",
     "as_json",
 ]
@@ -105,7 +108,51 @@ class DsnRelayed:
     original_from_tenant: bool = False
 
 
-Event = Union[MessageAccepted, DeliveryAttempt, DsnGenerated, DsnRelayed]
+@dataclass(frozen=True, slots=True)
+class SenderRestricted:
+    """A sender reached a limit and is refused (550 5.1.8) until `until` (None: until released)."""
+
+    kind: ClassVar[str] = "sender-restricted"
+    at: float
+    sender: str
+    tenant: str | None
+    window: str  # the limit reached: LIMIT_NAMES
+    count: int
+    maximum: int
+    action: str
+    until: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class SenderLimitAlert:
+    """A limit was reached with action "alert" (the mail flows), or the tenant's volume limit
+    (`sender` "*"), reported once per window."""
+
+    kind: ClassVar[str] = "sender-limit-alert"
+    at: float
+    sender: str
+    tenant: str | None
+    window: str
+    count: int
+    maximum: int
+    action: str
+    refused: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SenderReleased:
+    """A restriction ended: ``released`` by an administrator or ``expired`` (00:00 UTC)."""
+
+    kind: ClassVar[str] = "sender-released"
+    at: float
+    sender: str
+    tenant: str | None
+    window: str
+    reason: str
+    since: float
+
+
+Event = Union[MessageAccepted, DeliveryAttempt, DsnGenerated, DsnRelayed, SenderRestricted, SenderLimitAlert, SenderReleased]
 Handler = Callable[[Event], Union[None, Awaitable[None]]]
 
 _BATCH: Final = 256

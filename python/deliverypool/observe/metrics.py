@@ -14,6 +14,7 @@ Every label value comes from a closed set, never from message content:
 | ``deliverypool_spool_commit_seconds`` (histogram) | none |
 | ``deliverypool_dsn_surge`` (gauge, 1 while firing) | ``tenant``; ``cause``: `CAUSES` |
 | ``deliverypool_events_dropped_total`` (counter) | ``subscriber``: the relay's own subscribers |
+| ``deliverypool_senders_restricted`` (gauge, with sender limits) | ``tenant``: configured tenants or ``none`` |
 
 A message with several reasons counts once under each; a value outside its set (a pool
 removed from the configuration while mail waited) is counted as ``other``.
@@ -150,11 +151,13 @@ class RelayCollector(Collector):
         *,
         surges: Callable[[], Iterable[Mapping[str, str]]],
         tenants: Iterable[str],
+        restricted: Callable[[], Mapping[str, int]] | None = None,
     ) -> None:
         self.store = store
         self.spool = spool
         self.surges = surges
         self.tenants = tuple(tenants)
+        self.restricted = restricted
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
         rows = self.store.counters()
@@ -181,6 +184,12 @@ class RelayCollector(Collector):
         for alert in self.surges():
             surge.add_metric([alert["tenant"], alert["cause"]], 1.0)
         yield surge
+        if self.restricted is not None:
+            senders = GaugeMetricFamily("deliverypool_senders_restricted", "Senders refused 550 5.1.8 until their restriction ends, by tenant.", labels=["tenant"])
+            counts = self.restricted()
+            for tenant in (*self.tenants, NO_TENANT):
+                senders.add_metric([tenant], float(counts.get(tenant, 0)))
+            yield senders
 
 
 def registry_for(collector: Collector) -> CollectorRegistry:

@@ -31,8 +31,10 @@ from deliverypool.observe.events import DeliveryAttempt, DsnGenerated, DsnRelaye
 from deliverypool.observe.metrics import MetricsRecorder, RelayCollector, registry_for
 from deliverypool.observe.reports import DsnRecipient, read_report
 from deliverypool.observe.seen import RelayedIds
+from deliverypool.observe.senders import SenderAlerts
 from deliverypool.observe.surge import SurgeMonitor
 from deliverypool.routing.tenants import Tenants
+from deliverypool.state.limits import enabled as limits_enabled
 from deliverypool.state.observations import STATE_DATABASE, ObservationStore
 
 __all__ = ["EventLog", "Observer"]
@@ -105,8 +107,14 @@ class Observer:
         self.monitor: SurgeMonitor | None = None
         self.webhook: Webhook | None = None
         self.admin: Any = None
+        # The sender limits' events, alerts and gauge; `limits` is the relay's Limiter (or None).
+        self.senders = SenderAlerts(self)
+        self.limits: Any = None
         self.registry = registry_for(
-            RelayCollector(self.store, str(spool_root), surges=self._active, tenants=self.tenants.names)
+            RelayCollector(
+                self.store, str(spool_root), surges=self._active, tenants=self.tenants.names,
+                restricted=(lambda: self.senders.restricted_by_tenant) if limits_enabled(config) else None,
+            )
         )
         self._dsns: list[tuple[float, str, str, dict[str, Any]]] = []
         self._dropped: dict[str, int] = {}
@@ -131,7 +139,8 @@ class Observer:
         except OSError as exc:
             log.warning("observer: cannot read the relayed Message-IDs in %s: %s", self.relayed.directory, exc)
         await self.bus.start()
-        if self.leader and self.config.alerts.webhook is not None:
+        # Every worker raises sender-limit alerts: each posts its own to the webhook.
+        if (self.leader or limits_enabled(self.config)) and self.config.alerts.webhook is not None:
             self.webhook = Webhook(self.config.alerts)
             await self.webhook.start()
         if self.leader and self.config.admin.address is not None:
@@ -187,6 +196,7 @@ class Observer:
                 await task
         self._tasks.clear()
         await self.bus.stop()
+        await self.senders.drain()
         with contextlib.suppress(Exception):
             await self.flush()
         if self.admin is not None:
@@ -350,7 +360,9 @@ class Observer:
         return changes
 
     def _active(self) -> list[dict[str, Any]]:
-        return self.monitor.active() if self.monitor is not None else self.store.alerts()[0]
+        if self.monitor is not None:
+            return self.monitor.active()
+        return [a for a in self.store.alerts()[0] if a.get("type") == "dsn-surge"]
 
     async def alerts(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         active, resolved = await self._thread(self.store.alerts)

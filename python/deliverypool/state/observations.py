@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-__all__ = ["STATE_DATABASE", "DsnRow", "ObservationStore", "encode_labels"]
+__all__ = ["STATE_DATABASE", "DsnRow", "ObservationStore", "connect_state", "encode_labels"]
 
 STATE_DATABASE: Final = "state.sqlite3"
 
@@ -55,6 +55,26 @@ CREATE TABLE IF NOT EXISTS observe_meta (
 Labels = tuple[tuple[str, str], ...]
 
 
+def connect_state(path: Path, schema: str, *, timeout: float = 10.0) -> sqlite3.Connection:
+    """A connection to the state database at `path` (WAL, ``synchronous=NORMAL``, waiting up to
+    `timeout` seconds for another worker's write lock), with the tables of `schema` made."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=timeout)
+    conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in filter(None, (s.strip() for s in schema.split(";"))):
+            conn.execute(statement)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        conn.close()
+        raise
+    return conn
+
+
 def encode_labels(labels: Labels) -> str:
     return json.dumps(labels, separators=(",", ":"))
 
@@ -78,21 +98,7 @@ class ObservationStore:
         self._conn: sqlite3.Connection | None = None
 
     def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10)
-        conn.execute("PRAGMA busy_timeout = 10000")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
-                conn.execute(statement)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            conn.close()
-            raise
-        self._conn = conn
+        self._conn = connect_state(self.path, _SCHEMA)
 
     def close(self) -> None:
         with self._lock:
@@ -212,6 +218,51 @@ class ObservationStore:
                 " (SELECT id FROM observe_alerts WHERE state = 'resolved' ORDER BY resolved DESC LIMIT ?)",
                 (keep_resolved,),
             )
+
+    def fire_alert(self, alert: Mapping[str, Any], since: float) -> bool:
+        """Stores `alert` as firing unless an alert of its id fires already; True when stored.
+        Workers that see the same condition raise it once: the first to store it."""
+        with self._lock:
+            cursor = self._db().execute(
+                "INSERT INTO observe_alerts (id, tenant, cause, state, since, resolved, body) VALUES (?, ?, ?, 'firing', ?, NULL, ?)"
+                " ON CONFLICT (id) DO UPDATE SET state = 'firing', since = excluded.since, resolved = NULL, body = excluded.body"
+                " WHERE observe_alerts.state != 'firing'",
+                (alert["id"], alert["tenant"], alert["cause"], since, json.dumps(alert)),
+            )
+            return cursor.rowcount == 1
+
+    def resolve_alert(self, alert_id: str, update: Mapping[str, Any], resolved: float, keep_resolved: int) -> dict[str, Any] | None:
+        """Marks the firing alert `alert_id` resolved, its body updated with `update`; returns the
+        new body, or None when no such alert fires (another worker resolved it first)."""
+        with self._lock:
+            conn = self._db()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = conn.execute("SELECT body FROM observe_alerts WHERE id = ? AND state = 'firing'", (alert_id,)).fetchone()
+                body = None
+                if row is not None:
+                    body = {**json.loads(row[0]), **update, "state": "resolved"}
+                    conn.execute(
+                        "UPDATE observe_alerts SET state = 'resolved', resolved = ?, body = ? WHERE id = ?", (resolved, json.dumps(body), alert_id)
+                    )
+                    conn.execute(
+                        "DELETE FROM observe_alerts WHERE state = 'resolved' AND id NOT IN"
+                        " (SELECT id FROM observe_alerts WHERE state = 'resolved' ORDER BY resolved DESC LIMIT ?)",
+                        (keep_resolved,),
+                    )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return body
+
+    def firing(self, id_prefix: str) -> list[dict[str, Any]]:
+        """The firing alerts whose id starts with `id_prefix`, oldest first."""
+        with self._lock:
+            rows = self._db().execute(
+                "SELECT body FROM observe_alerts WHERE state = 'firing' AND substr(id, 1, ?) = ? ORDER BY since", (len(id_prefix), id_prefix)
+            ).fetchall()
+        return [json.loads(body) for (body,) in rows]
 
     def alerts(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """(active, resolved): active oldest first, resolved newest first."""
