@@ -1,5 +1,5 @@
 """The `deliverypool` command: one module per subcommand in this package (classify, relay,
-milter, queue, demo), wired into one argument parser here."""
+milter, queue, monitor, dnsbl, demo), wired into one argument parser here."""
 
 from __future__ import annotations
 
@@ -79,6 +79,17 @@ def build_parser() -> argparse.ArgumentParser:
     monitor.add_argument("--json", action="store_true", help="print one snapshot as JSON and exit")
     monitor.add_argument("--interval", type=float, default=2.0, metavar="S", help="refresh every S seconds (default 2)")
     monitor.set_defaults(handler=lambda args: _command("monitor").monitor_command(args.admin, as_json=args.json, interval=args.interval))
+
+    dnsbl = commands.add_parser("dnsbl", help="the blocklist watch of the pools' source addresses",
+                                description="Blocklist (DNSBL) lookups of every source address of every pool in the [dnsbl] zones.")
+    dnsbl_commands = dnsbl.add_subparsers(dest="dnsbl_command", required=True, metavar="ACTION")
+    dnsbl_check = dnsbl_commands.add_parser("check", help="check every address in every zone now and print address x zone",
+                                            description="Check every source address in every [dnsbl] zone now (test points first) "
+                                            "and print a table of address x zone. Exit status 1 when an address of a pool but the "
+                                            "high-risk one is listed or a zone failed its test points.")
+    dnsbl_check.add_argument("--config", required=True, metavar="PATH", help="the relay's TOML configuration ([dnsbl], [pools], [dns])")
+    dnsbl_check.add_argument("--json", action="store_true", help="print one JSON object")
+    dnsbl_check.set_defaults(handler=lambda args: _command("dnsbl").check_command(args.config, as_json=args.json))
 
     demo = commands.add_parser("demo", help="run the relay on loopback with a mixed workload and show the routing",
                                description="Start the relay with two loopback pools (normal from 127.0.0.2, "

@@ -28,7 +28,7 @@ from deliverypool.config.model import (
     SourceAddress,
     SpoolConfig,
 )
-from deliverypool.config.observe import NO_TENANT, AdminConfig, AlertsConfig, MonitorConfig, ObserveConfig, TenantConfig
+from deliverypool.config.observe import NO_TENANT, AdminConfig, AlertsConfig, DnsblConfig, MonitorConfig, ObserveConfig, TenantConfig
 from deliverypool.config.units import format_duration, format_size, parse_duration, parse_size
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "AlertsConfig",
     "ConfigError",
     "DnsConfig",
+    "DnsblConfig",
     "IPAddress",
     "IPNetwork",
     "ListenerConfig",

@@ -617,6 +617,7 @@ class MilterConfig(_Table):
 from deliverypool.config.observe import (  # noqa: E402
     AdminConfig,
     AlertsConfig,
+    DnsblConfig,
     MonitorConfig,
     ObserveConfig,
     TenantConfig,
@@ -654,6 +655,7 @@ class RelayConfig(_Table):
     admin: AdminConfig = Field(default_factory=AdminConfig, description="The admin HTTP listener (metrics, health, JSON API).")
     alerts: AlertsConfig = Field(default_factory=AlertsConfig, description="Where surge alerts are sent.")
     observe: ObserveConfig = Field(default_factory=ObserveConfig, description="The event stream and its log.")
+    dnsbl: DnsblConfig = Field(default_factory=DnsblConfig, description="The blocklist watch of the pools' own source addresses.")
 
     @model_validator(mode="before")
     @classmethod

@@ -8,6 +8,7 @@ relay), from the state database that every worker writes to:
 | ``GET /api/alerts`` | ``{"active": [...], "resolved": [...]}``: surge alerts, the last N resolved |
 | ``GET /api/tenants`` | per tenant: messages and DSNs per minute, DSN baseline, active surge |
 | ``GET /api/status`` | event subscribers (delivered, dropped, errors), webhook counters |
+| ``GET /api/dnsbl`` | the blocklist watch: zones, every address in every zone, drained addresses |
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class AdminServer:
         app.router.add_get("/api/alerts", self.alerts)
         app.router.add_get("/api/tenants", self.tenants)
         app.router.add_get("/api/status", self.status)
+        app.router.add_get("/api/dnsbl", self.dnsbl)
         self.app = app
 
     async def start(self) -> None:
@@ -65,6 +67,12 @@ class AdminServer:
 
     async def tenants(self, request: web.Request) -> web.Response:
         return web.json_response(await self.observer.tenant_view())
+
+    async def dnsbl(self, request: web.Request) -> web.Response:
+        watch = self.observer.dnsbl
+        if watch is None:
+            return web.json_response({"enabled": False, "zones": {}, "addresses": [], "drained": {}})
+        return web.json_response({"enabled": True, **watch.view()})
 
     async def status(self, request: web.Request) -> web.Response:
         body: dict[str, Any] = {"subscribers": self.observer.bus.stats()}

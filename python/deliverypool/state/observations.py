@@ -17,12 +17,11 @@ blocking; the relay calls them on a thread.
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final
+
+from deliverypool.state.tables import StateTables
 
 __all__ = ["STATE_DATABASE", "DsnRow", "ObservationStore", "encode_labels"]
 
@@ -68,42 +67,12 @@ class DsnRow:
     record: dict[str, Any]
 
 
-class ObservationStore:
+class ObservationStore(StateTables):
     """The ``observe_`` tables of one state database. One connection, used by one thread at a
     time (a lock serialises the callers)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
-
-    def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10)
-        conn.execute("PRAGMA busy_timeout = 10000")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
-                conn.execute(statement)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            conn.close()
-            raise
-        self._conn = conn
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-    def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise RuntimeError("the observation store is not open")
-        return self._conn
+    schema = _SCHEMA
+    what = "the observation store"
 
     # --- writes (every worker) ---------------------------------------------------------
 
@@ -205,7 +174,8 @@ class ObservationStore:
             conn.execute(
                 "INSERT INTO observe_alerts (id, tenant, cause, state, since, resolved, body) VALUES (?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (id) DO UPDATE SET state = excluded.state, resolved = excluded.resolved, body = excluded.body",
-                (alert["id"], alert["tenant"], alert["cause"], alert["state"], since, resolved, json.dumps(alert)),
+                # A blocklist alert has no tenant or cause: its type stands in for the cause.
+                (alert["id"], alert.get("tenant", ""), alert.get("cause", alert["type"]), alert["state"], since, resolved, json.dumps(alert)),
             )
             conn.execute(
                 "DELETE FROM observe_alerts WHERE state = 'resolved' AND id NOT IN"
