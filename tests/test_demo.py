@@ -24,6 +24,11 @@ def test_demo_routes_every_kind_to_its_pool(aio_run: Run) -> None:
     assert "sender domain without records" in report and "delivered after" in report
     # Act 2: the compromised customer's harvest raised the alert, printed with its evidence.
     assert "ALERT dsn-surge firing: tenant=acme cause=directory-harvest" in report and "/metrics" in report
+    # Act 3: a normal address listed part-way through is drained, the other carries the mail,
+    # and it comes back once delisted (check() holds the act's own checks).
+    assert "ALERT dnsbl-listed firing (critical): 127.0.0.6 of pool normal in bl.demo.test" in report
+    assert set(stats["watch-drained"].peers) == {"127.0.0.7"} and stats["watch-drained"].delivered == 20
+    assert "delisted: in rotation again: 127.0.0.6, 127.0.0.7" in report and "/api/dnsbl" in report
 
 
 def test_generated_bounces_stand_in_for_the_corpus() -> None:

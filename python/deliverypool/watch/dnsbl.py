@@ -239,7 +239,6 @@ class BlocklistWatch:
             alerts = self._apply(cycle, now)
             self.last_cycle = now
             self.last_queries = cycle.queries
-            self.cycles += 1
             before = dict(self.drained.by_pool)
             if self.drained.update(self._drained_set()):
                 self._log_drain(before)
@@ -257,6 +256,7 @@ class BlocklistWatch:
                         await self.alert(alert, since, resolved)
                     except Exception:
                         log.exception("dnsbl: could not publish alert %s", alert["id"])
+            self.cycles += 1  # last: a cycle counted has its state written and its alerts out
             return cycle
 
     def _apply(self, cycle: Cycle, now: float) -> list[tuple[dict[str, Any], float, float | None]]:
