@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 import aiosmtplib
 import pytest
+from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from deliverypool import config as cfg
@@ -240,6 +241,7 @@ def watch_toml(
     interval: str = "1h",
     admin: bool = True,
     dnsbl_extra: str = "",
+    extra: str = "",
 ) -> str:
     """Two pools on loopback addresses that are not RFC 5782 test points, delivering to a sink
     on 127.0.0.1 one message per connection (so each message picks its source address anew)."""
@@ -277,7 +279,7 @@ normal_listed = "{normal_listed}"
 """
     if admin:
         text += f'[admin]\naddress = "127.0.0.1:{free_port()}"\n'
-    return text
+    return text + extra
 
 
 def watch_config(tmp_path: Path, sink_port: int, **options: Any) -> RelayConfig:
@@ -564,19 +566,36 @@ def test_a_zone_failing_its_test_points_is_broken_and_its_answers_ignored(bl_dns
 
 
 def test_normal_listed_alert_only_keeps_the_address_in_rotation(bl_dns: NsdServer, tmp_path: Path) -> None:
-    conf = watch_config(tmp_path, free_port(), normal_listed="alert")
+    hook = free_port()
+    webhook = f'[alerts]\nwebhook = "http://127.0.0.1:{hook}/hook"\nretry_initial = "50ms"\n'
+    conf = watch_config(tmp_path, free_port(), normal_listed="alert", extra=webhook)
     serve(bl_dns, {NORMAL_A: ("127.0.0.2", "listed")})
+    received: list[dict[str, Any]] = []
 
     async def main() -> None:
-        async with running(conf, bl_dns) as relay:
-            watch = watch_of(relay)
-            await watch.check_now()
-            alerts = await get_json(conf, "/api/alerts")
-            assert relay.engine is not None and not relay.engine.connector.is_drained("normal", NORMAL_A)
-            assert watch.in_rotation("normal") == [NORMAL_A, NORMAL_B, NORMAL_V6]
+        async def receive(request: web.Request) -> web.Response:
+            received.append(await request.json())
+            return web.Response(text="ok")
+
+        app = web.Application()
+        app.router.add_post("/hook", receive)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", hook).start()
+        try:
+            async with running(conf, bl_dns) as relay:
+                watch = watch_of(relay)
+                await watch.check_now()
+                alerts = await get_json(conf, "/api/alerts")
+                assert relay.engine is not None and not relay.engine.connector.is_drained("normal", NORMAL_A)
+                assert watch.in_rotation("normal") == [NORMAL_A, NORMAL_B, NORMAL_V6]
+                await eventually(lambda: bool(received), what="the alert at the webhook")
+        finally:
+            await runner.cleanup()
         [alert] = [a for a in alerts["active"] if a["type"] == "dnsbl-listed"]
         assert (alert["address"], alert["severity"], alert["drained"]) == (NORMAL_A, "critical", False)
         assert alert["action"].startswith("alert only")
+        assert [(a["type"], a["id"], a["state"]) for a in received] == [("dnsbl-listed", alert["id"], "firing")]
 
     asyncio.run(main())
 

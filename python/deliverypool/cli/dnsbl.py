@@ -91,14 +91,11 @@ def check_command(config_path: str, *, as_json: bool = False, out: TextIO = sys.
     if as_json:
         out.write(json.dumps(dict(cycle_json(config, cycle), problems=problems)) + "\n")
         return 1 if problems else 0
-    width = max(len("ADDRESS"), *(len(a) for a in pools))
-    pool_width = max(len("POOL"), *(len(",".join(p)) for p in pools.values()))
-    columns = [max(len(zone), 14) for zone in zones]
-    header = f"{'ADDRESS':<{width}}  {'POOL':<{pool_width}}  " + "  ".join(f"{z:<{w}}" for z, w in zip(zones, columns))
-    out.write(header.rstrip() + "\n")
-    for address, names in pools.items():
-        cells = "  ".join(f"{_cell(cycle.answers.get((address, z))):<{w}}" for z, w in zip(zones, columns))
-        out.write(f"{address:<{width}}  {','.join(names):<{pool_width}}  {cells}".rstrip() + "\n")
+    rows = [[address, ",".join(names), *(_cell(cycle.answers.get((address, z))) for z in zones)] for address, names in pools.items()]
+    table = [["ADDRESS", "POOL", *zones], *rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        out.write("  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths)).rstrip() + "\n")
     out.write("\n")
     for (zone, family), check in sorted(cycle.zones.items()):
         out.write(f"zone {zone} {family_name(family)}: {check.state} ({check.detail})\n")

@@ -146,9 +146,8 @@ class BlocklistWatch:
         }
         self.families = sorted({s.ip.version for s in self.sources.values()})
         self.cells: dict[tuple[str, str], CellRow] = {(a, z): CellRow(a, z) for a in self.sources for z in self.zones}
-        self.zone_rows: dict[tuple[str, int], ZoneRow] = {
-            (z, f): ZoneRow(z, f) for z in self.zones for f in (*self.families, _REFUSALS)
-        }
+        # Per zone: its test points per address family, and its refusals (family 0).
+        self.zone_rows: dict[tuple[str, int], ZoneRow] = {(z, f): ZoneRow(z, f) for z in self.zones for f in self.families}
         self.zone_rows.update({(z, _REFUSALS): ZoneRow(z, _REFUSALS, "ok", "no refusals") for z in self.zones})
         self.last_cycle: float | None = None
         self.last_queries = 0
