@@ -20,7 +20,6 @@ from typing import Any
 import aiohttp
 import aiosmtplib
 import pytest
-from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from deliverypool import config as cfg
@@ -33,7 +32,7 @@ from deliverypool.queue.listing import listing
 from deliverypool.supervisor import shard_directory
 from deliverypool.watch.dnsbl import BlocklistWatch, queries_per_day
 from tests.dnsserver import NsdServer, nsd_binary
-from tests.smtp_sinks import Sink, eventually, free_port, message, sink
+from tests.smtp_sinks import Sink, eventually, free_port, message, sink, webhook_receiver
 
 Run = Callable[[Coroutine[Any, Any, Any]], Any]
 
@@ -570,28 +569,15 @@ def test_normal_listed_alert_only_keeps_the_address_in_rotation(bl_dns: NsdServe
     webhook = f'[alerts]\nwebhook = "http://127.0.0.1:{hook}/hook"\nretry_initial = "50ms"\n'
     conf = watch_config(tmp_path, free_port(), normal_listed="alert", extra=webhook)
     serve(bl_dns, {NORMAL_A: ("127.0.0.2", "listed")})
-    received: list[dict[str, Any]] = []
 
     async def main() -> None:
-        async def receive(request: web.Request) -> web.Response:
-            received.append(await request.json())
-            return web.Response(text="ok")
-
-        app = web.Application()
-        app.router.add_post("/hook", receive)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", hook).start()
-        try:
-            async with running(conf, bl_dns) as relay:
-                watch = watch_of(relay)
-                await watch.check_now()
-                alerts = await get_json(conf, "/api/alerts")
-                assert relay.engine is not None and not relay.engine.connector.is_drained("normal", NORMAL_A)
-                assert watch.in_rotation("normal") == [NORMAL_A, NORMAL_B, NORMAL_V6]
-                await eventually(lambda: bool(received), what="the alert at the webhook")
-        finally:
-            await runner.cleanup()
+        async with webhook_receiver(hook) as received, running(conf, bl_dns) as relay:
+            watch = watch_of(relay)
+            await watch.check_now()
+            alerts = await get_json(conf, "/api/alerts")
+            assert relay.engine is not None and not relay.engine.connector.is_drained("normal", NORMAL_A)
+            assert watch.in_rotation("normal") == [NORMAL_A, NORMAL_B, NORMAL_V6]
+            await eventually(lambda: bool(received), what="the alert at the webhook")
         [alert] = [a for a in alerts["active"] if a["type"] == "dnsbl-listed"]
         assert (alert["address"], alert["severity"], alert["drained"]) == (NORMAL_A, "critical", False)
         assert alert["action"].startswith("alert only")
