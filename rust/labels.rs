@@ -137,6 +137,17 @@ closed_set! {
     }
 }
 
+impl Defect {
+    /// The scanner stopped before it had read the whole header block or MIME structure, so a
+    /// DSN's markers could lie beyond what it saw: the header block over its limit, more parts
+    /// or deeper nesting than it walks. Not `BodyScanTruncated`: the part headers read before
+    /// that limit (4 MiB) cover where every report format puts its report, and legitimate mail
+    /// with large attachments reaches it.
+    pub fn unscannable(self) -> bool {
+        matches!(self, Defect::HeaderTooLarge | Defect::TooManyParts | Defect::MultipartTooDeep)
+    }
+}
+
 /// Checks the invariants every table must keep: names unique, found again by `from_name`, and
 /// usable as metrics labels as they stand (lowercase ASCII letters, digits and `-`).
 #[cfg(test)]

@@ -21,6 +21,10 @@ closed_set! {
         /// The caller's spam filter (rspamd) was asked and could not answer; high risk only
         /// when the policy says so (`score_unavailable_pool`).
         SpamScoreUnavailable = "spam-score-unavailable",
+        /// The scanner could not read the whole header block or MIME structure
+        /// (`Defect::unscannable`), so the DSN verdict may be wrong; high risk unless the
+        /// policy says otherwise (`unscannable_pool`).
+        Unscannable = "unscannable",
     }
 }
 
@@ -128,6 +132,8 @@ pub struct Policy {
     pub unknown_domain_pool: FallbackPool,
     /// Default normal: the message is routed as unscored.
     pub score_unavailable_pool: FallbackPool,
+    /// Where a message goes that the scanner could not fully read (`Reason::Unscannable`).
+    pub unscannable_pool: FallbackPool,
 }
 
 impl Default for Policy {
@@ -141,6 +147,7 @@ impl Default for Policy {
             score_header: None,
             unknown_domain_pool: FallbackPool::HighRisk,
             score_unavailable_pool: FallbackPool::Normal,
+            unscannable_pool: FallbackPool::HighRisk,
         }
     }
 }
@@ -298,6 +305,11 @@ fn decide_with_defects(facts: &HeaderIndex, mut defects: Vec<Defect>, msg: &[u8]
         reasons.push(Reason::SpamScoreUnavailable);
         high_risk |= policy.score_unavailable_pool == FallbackPool::HighRisk;
     }
+    // A padded header or MIME structure must not let a sender pick the normal pool.
+    if detection.dsn.is_none() && defects.iter().any(|d| d.unscannable()) {
+        reasons.push(Reason::Unscannable);
+        high_risk |= policy.unscannable_pool == FallbackPool::HighRisk;
+    }
     let pool = if high_risk { &policy.high_risk_pool } else { &policy.normal_pool };
     Decision {
         pool: pool.clone(),
@@ -395,6 +407,28 @@ mod tests {
         let untrusted = Envelope { untrusted_client: true, ..Default::default() };
         assert_eq!(classify(once, &untrusted, &policy).unwrap().score, None);
         assert_eq!(classify(once, &Envelope::default(), &Policy::default()).unwrap().score, None);
+    }
+
+    #[test]
+    fn a_message_the_scanner_could_not_read_is_high_risk_unless_the_policy_says_otherwise() {
+        // A bounce from an ordinary sender whose header block is padded past the scanner's limit.
+        let mut msg = b"From: Mail Delivery System <MAILER-DAEMON@x.test>\r\n".to_vec();
+        for _ in 0..1100 {
+            msg.extend_from_slice(b"X-Padding: ");
+            msg.extend_from_slice(&[b'p'; 1000]);
+            msg.extend_from_slice(b"\r\n");
+        }
+        msg.extend_from_slice(b"Subject: Undelivered Mail Returned to Sender\r\n\r\nThis is the mail system.\r\n");
+        let envelope = Envelope { mail_from: Some("someone@x.test"), ..Envelope::default() };
+        let decision = classify(&msg, &envelope, &Policy::default()).unwrap();
+        assert!(decision.defects.contains(&Defect::HeaderTooLarge));
+        assert_eq!((decision.pool.as_str(), decision.reasons.as_slice()), ("high-risk", &[Reason::Unscannable][..]));
+        let lenient = Policy { unscannable_pool: FallbackPool::Normal, ..Policy::default() };
+        let decision = classify(&msg, &envelope, &lenient).unwrap();
+        assert_eq!((decision.pool.as_str(), decision.reasons.as_slice()), ("normal", &[Reason::Unscannable][..]));
+        // An ordinary message is not unscannable.
+        let ordinary = classify(b"From: a@x.test\r\nSubject: hi\r\n\r\nhello\r\n", &envelope, &Policy::default()).unwrap();
+        assert!(ordinary.reasons.is_empty());
     }
 
     #[test]

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian programs the tests start: the authoritative DNS server NSD
 # (tests/dnsserver.py), Postfix (tests/postfix.py: a private instance in front of the milter),
-# rspamd (tests/rspamd.py: its own configuration directory, loopback only) and libmilter-dev,
-# which pip needs to build pymilter (the `milter` extra).
+# rspamd (tests/rspamd.py: its own configuration directory, loopback only), libmilter-dev,
+# which pip needs to build pymilter (the `milter` extra), and ss (iproute2), which reads a
+# listening socket's backlog (tests/test_ingress_hardening.py).
 # Idempotent: apt runs only when one is missing. Needs root or sudo (CI runs as root).
 set -euo pipefail
 
@@ -11,6 +12,7 @@ command -v nsd >/dev/null 2>&1 || [ -x /usr/sbin/nsd ] || missing+=(nsd)
 [ -x /usr/sbin/postfix ] || missing+=(postfix)
 [ -x /usr/bin/rspamd ] || missing+=(rspamd)
 [ -e /usr/include/libmilter/mfapi.h ] || missing+=(libmilter-dev)
+command -v ss >/dev/null 2>&1 || [ -x /usr/bin/ss ] || [ -x /bin/ss ] || missing+=(iproute2)
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi

@@ -56,21 +56,30 @@ check_sender_domain = false
 {pools}"""
 
 
+# Runs the rest of its command line with RLIMIT_NOFILE set to (argv[1], argv[2]).
+_WITH_OPEN_FILES = (
+    "import os, resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), int(sys.argv[2]))); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[3:]])"
+)
+
+
 class RelayProcess:
-    def __init__(self, config: Path, port: int, loop: str, workers: int = 1) -> None:
+    """`deliverypool relay` as a subprocess; `open_files` = (soft, hard) RLIMIT_NOFILE for it."""
+
+    def __init__(self, config: Path, port: int, loop: str, workers: int = 1, open_files: tuple[int, int] | None = None) -> None:
         self.config, self.port, self.loop, self.workers = config, port, loop, workers
+        self.open_files = open_files
         self.process: subprocess.Popen[bytes] | None = None
         self.log = config.parent / "relay.log"
 
     async def start(self) -> None:
         # The same interpreter, so the same installed deliverypool (editable or the wheel).
+        command = [sys.executable, "-m", "deliverypool.cli", "relay", "--config", str(self.config), "--loop", self.loop,
+                   "--workers", str(self.workers)]
+        if self.open_files is not None:
+            command = [sys.executable, "-c", _WITH_OPEN_FILES, *map(str, self.open_files), *command[1:]]
         with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "deliverypool.cli", "relay", "--config", str(self.config), "--loop", self.loop,
-                 "--workers", str(self.workers)],
-                stdout=log,
-                stderr=log,
-            )
+            self.process = subprocess.Popen(command, stdout=log, stderr=log)
         for _ in range(400):
             assert self.process.poll() is None, self.log.read_text()[-3000:]
             with contextlib.suppress(OSError):
@@ -174,6 +183,8 @@ def test_a_killed_worker_is_replaced_and_loses_nothing(loop: str, tmp_path: Path
                     await asyncio.sleep(0.005)
                 victim = workers[0]
                 os.kill(victim, signal.SIGKILL)
+                while _alive(victim):  # until then it may still accept, and reset, a connection
+                    await asyncio.sleep(0.005)
                 # The port is still served: a new connection is greeted by the other worker.
                 reader, writer = await asyncio.open_connection("127.0.0.1", listen)
                 assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"220")

@@ -153,9 +153,18 @@ def test_every_metric_over_http_from_a_running_relay(aio_run: Run, tmp_path: Pat
             await send_dsn(conf, FACTORY.dsn(spec), source="127.0.1.5", rcpt="x@far.example")
             await mx.wait_for(3)  # hello, the relayed DSN, the relay's own DSN for gone@
 
+            wanted = {
+                (("pool", "normal"), ("result", "delivered"), ("source", "127.0.0.2")): 1,
+                (("pool", "normal"), ("result", "failed"), ("source", "127.0.0.2")): 1,
+                (("pool", "high-risk"), ("result", "delivered"), ("source", "127.0.0.3")): 2,
+            }
+
             async def complete() -> bool:
+                # Each worker adds its counts to the shared state every second: wait for them all.
                 m = await scrape(conf)
-                return any(l.get("origin") == "generated" for l, _ in m.get("deliverypool_dsns_total", [])) and len(m.get("deliverypool_deliveries_total", [])) >= 2
+                deliveries = {tuple(sorted(labels.items())): value for labels, value in m.get("deliverypool_deliveries_total", [])}
+                generated = any(l.get("origin") == "generated" for l, _ in m.get("deliverypool_dsns_total", []))
+                return generated and all(deliveries.get(key) == value for key, value in wanted.items())
             await eventually(complete, what="every counter")
             metrics = await scrape(conf)
             health = await get_json(conf, "/healthz")

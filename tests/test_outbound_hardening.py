@@ -142,3 +142,32 @@ def test_one_message_to_fifty_dead_domains_gets_one_dsn(aio_run: Run, tmp_path: 
             assert read_counters(conf.spool.directory)["bounces"] == 1
 
     aio_run(main())
+
+
+def test_a_bounce_padded_past_the_scanners_limit_never_leaves_from_the_normal_pool(aio_run: Run, tmp_path: Path) -> None:
+    """A real bounce with over 1 MiB of header padding and a non-null sender. Before: routed
+    normal (defect header-too-large), so a sender could pick the normal pool by padding its
+    headers. Now: reason unscannable, high-risk."""
+    padding = "".join(f"X-Padding-{i:04d}: {'p' * 960}\r\n" for i in range(1100))
+    report = (
+        "From: Mail Delivery System <MAILER-DAEMON@mx.example.org>\r\n"
+        "Subject: Undelivered Mail Returned to Sender\r\n\r\n"
+        "This is the mail system at host mx.example.org.\r\n\r\nI'm sorry to have to inform you that your message could not\r\n"
+        "be delivered to one or more recipients.\r\n"
+    )
+    # Every bounce marker behind the padding: the scanner sees nothing but padding.
+    hidden = (padding + report).encode()
+    # The sender in front: the detector still reads enough to call it a DSN.
+    seen = (report.split("\r\n", 1)[0] + "\r\n" + padding + report.split("\r\n", 1)[1]).encode()
+
+    async def main() -> None:
+        async with smarthost_relay(tmp_path) as (relay, conf, destination):
+            accepted: list[tuple[str, ...]] = []
+            relay.on_accept = lambda result, content: accepted.append(result.reasons)
+            await submit(conf, hidden, ["x@dest.test"])
+            await submit(conf, seen, ["y@dest.test"])
+            delivered = await destination.wait_for(2)
+            assert {d.peer for d in delivered} == {HIGH_RISK_SOURCE}
+            assert accepted == [("unscannable",), ("dsn",)]
+
+    aio_run(main())

@@ -57,19 +57,21 @@ async def dialogue(conf: RelayConfig, lines: list[bytes], source: str = "127.0.0
         writer.write(line)
         await writer.drain()
         if line.endswith(b"\r\n"):
-            replies += await _read_reply(reader)
+            replies += await read_reply(reader)
     writer.close()
     with contextlib.suppress(ConnectionError):
         await writer.wait_closed()
     return replies
 
 
-async def _read_reply(reader: asyncio.StreamReader) -> list[bytes]:
+async def read_reply(reader: asyncio.StreamReader, timeout: float = 0.5) -> list[bytes]:
+    """One whole (multi-line) reply; what was read so far when the server closes the
+    connection or says nothing for `timeout` seconds."""
     lines: list[bytes] = []
     while True:
         try:
-            line = await asyncio.wait_for(reader.readline(), 0.5)
-        except asyncio.TimeoutError:
+            line = await asyncio.wait_for(reader.readline(), timeout)
+        except (asyncio.TimeoutError, ConnectionError):
             return lines
         if not line:
             return lines
@@ -403,7 +405,9 @@ def test_fast_address_parse_agrees_with_aiosmtpd(arg: str) -> None:
 
     conn = RelaySMTP.__new__(RelaySMTP)
     for text in (arg, "<" + arg, arg + " "):
-        assert outcome(conn._getaddr, text) == outcome(lambda t: SMTP._getaddr(conn, t), text)
+        theirs = outcome(lambda t: SMTP._getaddr(conn, t), text)
+        # Where aiosmtpd's parser raises, ours says "malformed" (553) instead of a 500 and a traceback.
+        assert outcome(conn._getaddr, text) == ((None, None) if isinstance(theirs, type) else theirs)
 
 
 def test_fast_address_parse_keeps_the_local_part_limit() -> None:

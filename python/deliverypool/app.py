@@ -21,32 +21,31 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from aiosmtpd.smtp import SMTP
-
 from deliverypool._core import Policy
 from deliverypool.config import DnsConfig, RelayConfig
 from deliverypool.ingress.handler import Accepted, RoutingHandler, in_networks
-from deliverypool.ingress.smtp import protocol_factory
+from deliverypool.ingress.limits import Admission, Limits, raise_open_file_limit
+from deliverypool.ingress.listener import Listener
+from deliverypool.ingress.smtp import RelaySMTP, protocol_factory
 from deliverypool.lookup.mx import MxLookup, MxResolver
 from deliverypool.lookup.resolver import Nameserver, Resolver, ResolverConfig
 from deliverypool.errors import MessageRefused
 from deliverypool.mail.headers import count_received, received_field, strip_header
+from deliverypool.observe.logs import RateLimit
 from deliverypool.observe.service import Observer
 from deliverypool.outbound.scheduler import DeliveryEngine
 from deliverypool.queue.spool import FILE_THRESHOLD, NewMessage, Spool
 from deliverypool.routing.router import Router
 from deliverypool.routing.tenants import Tenants
-from deliverypool.state.observations import STATE_DATABASE
-from deliverypool.supervisor import shard_directory
-from deliverypool.watch.dnsbl import BlocklistWatch
 from deliverypool.routing.scores import ScoredRouter, Submission, scored_router
+from deliverypool.state.observations import STATE_DATABASE
+from deliverypool.supervisor import listen_socket, shard_directory
+from deliverypool.watch.dnsbl import BlocklistWatch
 
 __all__ = ["Accepted", "Relay", "configure_logging", "policy_from_config", "resolver_from_config", "run_relay"]
 
 log = logging.getLogger("deliverypool.relay")
 
-# Connections the kernel queues before the relay accepts them (asyncio's default is 100).
-LISTEN_BACKLOG = 1024
 
 
 def policy_from_config(config: RelayConfig) -> Policy:
@@ -58,6 +57,7 @@ def policy_from_config(config: RelayConfig) -> Policy:
         tenant_thresholds={name: t.threshold for name, t in config.tenants.items() if t.threshold is not None} or None,
         score_header=p.score_header,
         unknown_domain_pool=p.unknown_domain_pool,
+        unscannable_pool=p.unscannable_pool,
         score_unavailable_pool="high-risk" if config.score.fallback == "high-risk" else "normal",
     )
 
@@ -167,18 +167,29 @@ class Relay:
         self.scores = scored_router(self.config, self.router)
 
     async def listen(self, sock: socket.socket | None = None) -> asyncio.AbstractServer:
-        """Starts the SMTP listener on the configured address, or on `sock` (a listening socket
-        shared with other workers)."""
-        loop = asyncio.get_running_loop()
-        if sock is not None:
-            self.server = await loop.create_server(self.smtp_factory(), sock=sock, backlog=LISTEN_BACKLOG)
-        else:
-            listener = self.config.listener
-            self.server = await loop.create_server(self.smtp_factory(), listener.host, listener.port, backlog=LISTEN_BACKLOG)
-        return self.server
+        """Starts the SMTP listener on the configured address (bound with ``listener.backlog``),
+        or on `sock` (a listening socket shared with other workers). The soft open-file limit
+        is raised to the hard one first, and the connection limits worked out from it (README
+        "Limits")."""
+        listener = self.config.listener
+        limits = Limits.for_listener(listener, raise_open_file_limit())
+        if sock is None:
+            sock = listen_socket(listener.host, listener.port, listener.backlog, wait=0.0)
+        admission = Admission(listener, limits)
+        server = Listener(sock, protocol_factory(listener, self.handler, admission), admission)
+        await server.start_serving()
+        self.server = server
+        log.info(
+            "limits: max_connections=%d (open files %d, %d reserved) max_connections_per_client=%d idle_timeout=%gs "
+            "max_auth_failures=%d max_auth_failures_per_client=%d",
+            limits.max_connections, limits.open_files, limits.fd_reserve, limits.max_connections_per_client,
+            listener.idle_timeout, limits.max_auth_failures, limits.max_auth_failures_per_client,
+        )
+        return server
 
-    def smtp_factory(self) -> Callable[[], SMTP]:
-        """A protocol factory for `loop.create_server`, configured from the listener section."""
+    def smtp_factory(self) -> Callable[[], RelaySMTP]:
+        """A protocol factory for `loop.create_server`, configured from the listener section
+        (the idle timeout and the AUTH limits; the connection limits are `listen`'s)."""
         return protocol_factory(self.config.listener, self.handler)
 
     async def accept(
@@ -190,8 +201,11 @@ class Relay:
         peer: str | None,
         helo: str,
         login: str | None = None,
+        traced: bool = False,
     ) -> Accepted:
-        """Classifies and spools one message; returns once it is on disk."""
+        """Classifies and spools one message; returns once it is on disk. `traced` says the
+        relay's ``Received:`` field is already in front of `content` (the DATA reader puts it
+        there); otherwise it is added here."""
         assert self.engine is not None and self.scores is not None, "Relay.start() first"
         untrusted = not in_networks(peer, self.config.listener.trusted_score_networks)
         header = self.config.policy.score_header
@@ -199,12 +213,13 @@ class Relay:
             content, removed = strip_header(content, header)
             if removed:
                 log.info("removed %d client-written %s field(s) peer=%s", removed, header, peer)
-        hops = count_received(content)
+        hops = count_received(content) - traced
         if hops >= self.config.listener.max_hops:
             # Ours would be one more: a routing loop (an MX or smarthost pointing back here).
             log.warning("refused a message with %d Received fields from=<%s> peer=%s (routing loop?)", hops, mail_from, peer)
             raise MessageRefused(f"554 5.4.6 Too many hops ({hops} Received fields): routing loop", "too-many-hops")
-        content = received_field(helo=helo, peer=peer, by=self.config.listener.hostname, authenticated=login is not None) + content
+        if not traced:
+            content = received_field(helo=helo, peer=peer, by=self.config.listener.hostname, authenticated=login is not None) + content
         tenant = self.tenants.resolve(login, peer)
         submission = Submission(mail_from, recipients, client_address=peer, helo=helo, login=login)
         routed = await self.scores.route(content, submission, tenant=tenant, untrusted_client=untrusted)
@@ -304,6 +319,8 @@ def configure_logging(level: int = logging.INFO) -> None:
     root = logging.getLogger()
     if not root.handlers:
         logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+        for handler in root.handlers:
+            handler.addFilter(RateLimit())  # lines a flood repeats: a few per minute, then a count
         logging._srcfile = None  # the documented switch that turns findCaller off
         logging.logThreads = False
         logging.logProcesses = False

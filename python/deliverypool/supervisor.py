@@ -56,9 +56,11 @@ def shard_directory(spool: Path, shard: int) -> Path:
 
 
 def listen_socket(host: str, port: int, backlog: int, *, wait: float = 10.0) -> socket.socket:
-    """The relay's listening socket, bound once by the supervisor. While the address is in use
-    it tries again for up to `wait` seconds: after a killed supervisor, its workers (which the
-    kernel kills too) may hold the socket for a moment."""
+    """The relay's listening socket (``listener.backlog``), bound once by the supervisor, or by
+    a relay that listens on its own. Workers accept on it and never listen() again, so its
+    backlog stays this one. While the address is in use it tries again for up to `wait`
+    seconds: after a killed supervisor, its workers (which the kernel kills too) may hold the
+    socket for a moment."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     deadline = time.monotonic() + wait
     while True:
@@ -70,7 +72,17 @@ def listen_socket(host: str, port: int, backlog: int, *, wait: float = 10.0) -> 
                 raise
             time.sleep(0.1)
     sock.set_inheritable(True)
+    somaxconn = _somaxconn()
+    if somaxconn is not None and backlog > somaxconn:
+        log.warning("listener.backlog = %d, but the kernel caps it at net.core.somaxconn = %d", backlog, somaxconn)
     return sock
+
+
+def _somaxconn() -> int | None:
+    try:
+        return int(Path("/proc/sys/net/core/somaxconn").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 @dataclass
@@ -91,13 +103,12 @@ class Supervisor:
     config: RelayConfig
     workers: int
     loop: str | None = None
-    backlog: int = 1024
     _children: list[_Worker] = field(default_factory=list)
     _stopping: bool = False
 
     def run(self) -> int:
         listener = self.config.listener
-        sock = listen_socket(listener.host, listener.port, self.backlog)
+        sock = listen_socket(listener.host, listener.port, listener.backlog)
         adopt_unsharded_spool(self.config.spool.directory)
         log.info("supervisor: %d worker(s) on %s:%d, spool %s", self.workers, listener.host, listener.port, self.config.spool.directory)
         previous = {signum: signal.signal(signum, self._stop) for signum in (signal.SIGTERM, signal.SIGINT)}

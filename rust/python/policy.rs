@@ -31,7 +31,7 @@ fn policy_or_default(policy: Option<&Bound<'_, PyPolicy>>) -> Arc<Policy> {
 #[pymethods]
 impl PyPolicy {
     #[new]
-    #[pyo3(signature = (*, normal_pool="normal", high_risk_pool="high-risk", threshold=5.0, tenant_thresholds=None, score_header=None, unknown_domain_pool="high-risk", score_unavailable_pool="normal"))]
+    #[pyo3(signature = (*, normal_pool="normal", high_risk_pool="high-risk", threshold=5.0, tenant_thresholds=None, score_header=None, unknown_domain_pool="high-risk", score_unavailable_pool="normal", unscannable_pool="high-risk"))]
     #[allow(clippy::too_many_arguments)] // Python keyword arguments, one per policy field
     fn new(
         py: Python<'_>,
@@ -42,9 +42,11 @@ impl PyPolicy {
         score_header: Option<String>,
         unknown_domain_pool: &str,
         score_unavailable_pool: &str,
+        unscannable_pool: &str,
     ) -> PyResult<Self> {
         let unknown_domain_pool = FallbackPool::parse("unknown_domain_pool", unknown_domain_pool).map_err(|e| to_py_err(py, e))?;
         let score_unavailable_pool = FallbackPool::parse("score_unavailable_pool", score_unavailable_pool).map_err(|e| to_py_err(py, e))?;
+        let unscannable_pool = FallbackPool::parse("unscannable_pool", unscannable_pool).map_err(|e| to_py_err(py, e))?;
         let policy = Policy {
             normal_pool: normal_pool.to_owned(),
             high_risk_pool: high_risk_pool.to_owned(),
@@ -53,6 +55,7 @@ impl PyPolicy {
             score_header,
             unknown_domain_pool,
             score_unavailable_pool,
+            unscannable_pool,
         };
         Ok(PyPolicy(Arc::new(policy.validated().map_err(|e| to_py_err(py, e))?)))
     }
@@ -90,6 +93,10 @@ impl PyPolicy {
     fn score_unavailable_pool(&self) -> &'static str {
         self.0.score_unavailable_pool.as_str()
     }
+    #[getter]
+    fn unscannable_pool(&self) -> &'static str {
+        self.0.unscannable_pool.as_str()
+    }
     /// The threshold that applies to `tenant`.
     #[pyo3(signature = (tenant=None))]
     fn threshold_for(&self, tenant: Option<&str>) -> f64 {
@@ -98,14 +105,15 @@ impl PyPolicy {
     fn __repr__(&self) -> String {
         let p = &self.0;
         format!(
-            "Policy(normal_pool={:?}, high_risk_pool={:?}, threshold={}, tenant_thresholds={:?}, score_header={:?}, unknown_domain_pool={:?}, score_unavailable_pool={:?})",
+            "Policy(normal_pool={:?}, high_risk_pool={:?}, threshold={}, tenant_thresholds={:?}, score_header={:?}, unknown_domain_pool={:?}, score_unavailable_pool={:?}, unscannable_pool={:?})",
             p.normal_pool,
             p.high_risk_pool,
             p.threshold,
             p.tenant_thresholds,
             p.score_header,
             self.unknown_domain_pool(),
-            self.score_unavailable_pool()
+            self.score_unavailable_pool(),
+            self.unscannable_pool()
         )
     }
 }

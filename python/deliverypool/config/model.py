@@ -471,6 +471,62 @@ class ListenerConfig(_Table):
     hostname: HostName = Field(
         "localhost", description="Name in the greeting and Received: headers. Default: the top-level hostname.", json_schema_extra=_no_default
     )
+    # Limits (README "Limits"). Each worker is a process with its own open files: the
+    # connection limits and failure counts are per worker.
+    backlog: Int = Field(
+        1024, ge=1, le=65535,
+        description="Connections the kernel queues until a worker accepts them (listen backlog; Linux caps it at net.core.somaxconn).",
+    )
+    max_connections: Optional[Int] = Field(
+        None,
+        ge=1,
+        description=(
+            "Connections one worker serves at once; more are answered 421 4.7.0 and closed. Default: the worker's "
+            "open-file limit minus fd_reserve, at most 10000; never more than that limit minus fd_reserve."
+        ),
+        json_schema_extra=_no_default,
+    )
+    max_connections_per_client: Int = Field(
+        50,
+        ge=1,
+        description=(
+            "Connections one client address (IPv6: one /64) outside allowed_networks holds at one worker; more are "
+            "answered 421 4.7.0 and closed."
+        ),
+    )
+    fd_reserve: Optional[Int] = Field(
+        None,
+        ge=16,
+        description=(
+            "File descriptors of each worker that incoming connections never take: kept for delivery, the spool and DNS. "
+            "Default: a quarter of the open-file limit, at least 128 and at most half of it."
+        ),
+        json_schema_extra=_no_default,
+    )
+    idle_timeout: Duration = Field(
+        300.0,
+        description="A client that sends nothing for this long (in DATA too) gets 421 4.4.2 and is disconnected.",
+        json_schema_extra=_shown_default("5m"),
+    )
+    max_auth_failures: Int = Field(
+        3, ge=1, description="Failed AUTH attempts on one connection; the last one is answered 421 4.7.0 and the connection closed."
+    )
+    auth_failure_delay: Duration = Field(
+        1.0, description="The n-th failed AUTH on a connection is answered after n times this.", json_schema_extra=_shown_default("1s")
+    )
+    max_auth_failures_per_client: Int = Field(
+        10,
+        ge=1,
+        description=(
+            "Failed AUTH attempts from one client address outside allowed_networks, over all its connections, after "
+            "which it is refused (421 4.7.0) until auth_failure_window has passed since its last failure."
+        ),
+    )
+    auth_failure_window: Duration = Field(
+        600.0,
+        description="How long a failed AUTH counts against its client address.",
+        json_schema_extra=_shown_default("10m"),
+    )
 
     @property
     def host(self) -> str:
@@ -499,6 +555,13 @@ class PolicyConfig(_Table):
     )
     unknown_domain_pool: Literal["high-risk", "normal"] = Field(
         "high-risk", description="Where mail goes when the sender domain's DNS lookup fails."
+    )
+    unscannable_pool: Literal["high-risk", "normal"] = Field(
+        "high-risk",
+        description=(
+            "Where mail goes that the scanner could not fully read (a header block over 1 MiB, more MIME parts or "
+            "deeper nesting than it walks: reason unscannable), so that padding cannot hide a DSN."
+        ),
     )
     normal_pool: Text = Field("normal", description="Name of the pool for mail known to be good.")
     high_risk_pool: Text = Field("high-risk", description="Name of the pool for DSNs, spam and mail from domains without records.")

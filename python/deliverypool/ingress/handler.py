@@ -6,7 +6,9 @@ What the handler enforces:
 * never an open relay: RCPT is refused (554 5.7.1) unless the client's address is in
   ``listener.allowed_networks`` or the client authenticated;
 * addresses that are not RFC 5321 mailboxes (:func:`deliverypool.mail.address.parse_mailbox`)
-  are refused at MAIL (553) or RCPT (501); a recipient count limit (452);
+  are refused at MAIL (553) or RCPT (501), bytes that are not UTF-8 among them; a UTF-8
+  address only in a transaction whose MAIL carried SMTPUTF8 (RFC 6531), else 553 5.6.7; a
+  recipient count limit (452);
 * SMTP smuggling: a message with a bare LF or bare CR anywhere (in particular before the final
   dot, the "<LF>.<CR><LF>" trick) is refused with 554 5.6.0. aiosmtpd 1.4.5 and later only end
   DATA on <CR><LF>.<CR><LF>, so the smuggled commands would otherwise end up *inside* the
@@ -75,6 +77,13 @@ def in_networks(address: str | None, networks: Sequence[Any]) -> bool:
     return ip is not None and any(ip in network for network in networks)
 
 
+def _address_refused(error: AddressError, code: str, role: str) -> str:
+    """The reply to a MAIL (`role` "sender") or RCPT ("recipient") address that cannot be used."""
+    if error.reason == "non-ascii":
+        return "553 5.6.7 Non-ASCII address without the SMTPUTF8 parameter (RFC 6531)"
+    return f"{code} Bad {role} address syntax: {error.detail} ({error.reason})"
+
+
 class RoutingHandler:
     """aiosmtpd handler: relay control, smuggling defence, and spooling before the 250. Mount
     it in any aiosmtpd server::
@@ -103,9 +112,9 @@ class RoutingHandler:
         # to be accepted, so it stays "<>" in the envelope; `handle_DATA` maps it to "".
         if address != "<>":
             try:
-                parse_mailbox(address, smtputf8=True)
+                parse_mailbox(address, smtputf8=envelope.smtp_utf8)
             except AddressError as error:
-                return f"553 5.1.7 Bad sender address syntax ({error.reason})"
+                return _address_refused(error, "553 5.1.7", "sender")
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 OK"
@@ -114,12 +123,12 @@ class RoutingHandler:
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
     ) -> str:
         if not self.relay_allowed(session):
-            log.warning("refused relay peer=%s rcpt=%s", session.peer, address)
+            log.warning("refused relay peer=%s rcpt=%s", session.peer, address, extra={"rate_limit": "refused relay"})
             return "554 5.7.1 Relay access denied"
         try:
-            parse_mailbox(address, smtputf8=True)
+            parse_mailbox(address, smtputf8=envelope.smtp_utf8)
         except AddressError as error:
-            return f"501 5.1.3 Bad recipient address syntax ({error.reason})"
+            return _address_refused(error, "501 5.1.3", "recipient")
         if len(envelope.rcpt_tos) >= self.config.max_recipients:
             return "452 4.5.3 Too many recipients"
         envelope.rcpt_tos.append(address)
@@ -130,8 +139,11 @@ class RoutingHandler:
         if not self.relay_allowed(session):  # RCPT already refused; belt and braces
             return "554 5.7.1 Relay access denied"
         content = envelope.original_content or b""
-        if has_bare_line_ending(content):
-            log.warning("refused bare LF/CR peer=%s from=%s", session.peer, envelope.mail_from)
+        # RelaySMTP's DATA reader has refused bare line endings already and put the relay's
+        # trace field in front; under another aiosmtpd protocol both are done here.
+        traced = getattr(envelope, "deliverypool_traced", False)
+        if not traced and has_bare_line_ending(content):
+            log.warning("refused bare LF/CR peer=%s from=%s", session.peer, envelope.mail_from, extra={"rate_limit": "refused bare line ending"})
             return "554 5.6.0 Message contains a bare LF or CR; use CRLF line endings (SMTP smuggling)"
         peer = session.peer[0] if isinstance(session.peer, tuple) else None
         login = session.auth_data.login.decode("utf-8", "replace") if isinstance(session.auth_data, LoginPassword) else None
@@ -147,6 +159,7 @@ class RoutingHandler:
             peer=peer,
             helo=session.host_name or "unknown",
             login=login,
+            traced=traced,
         )
         del content
         try:
@@ -178,5 +191,5 @@ class RoutingHandler:
         expected = self.config.auth_users.get(user)
         ok = expected is not None and hmac.compare_digest(expected.encode("utf-8"), auth_data.password)
         if not ok:
-            log.warning("failed AUTH peer=%s user=%s", session.peer, user)
+            log.warning("failed AUTH peer=%s user=%s", session.peer, user, extra={"rate_limit": "failed AUTH"})
         return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)

@@ -1,5 +1,8 @@
 """The SMTP protocol of the relay's front end: aiosmtpd's `SMTP`, configured from the
-``[listener]`` section, with its per-connection set-up done once per configuration.
+``[listener]`` section, with its per-connection set-up done once per configuration, and the
+listener limits that live in a session: the idle timeout (421 4.4.2), failed AUTH (answered
+later each time, 421 4.7.0 at ``max_auth_failures``), and replies that are always printable
+ASCII whatever bytes the client sent.
 
 This module uses aiosmtpd's private attributes (``_smtp_methods``, ``_auth_methods``,
 ``_handle_hooks``, ``_getaddr``); pyproject.toml pins aiosmtpd to the minor versions the tests
@@ -16,14 +19,16 @@ import ssl
 import types
 from collections import defaultdict
 from collections.abc import Callable
-from typing import Any, ClassVar, Final
+from typing import Any, AnyStr, ClassVar, Final, cast
 
 from aiosmtpd.smtp import MISSING, SMTP
 
 from deliverypool._core import DataReader
 
 from deliverypool.config import ListenerConfig
+from deliverypool.ingress.limits import Admission, Limits, refusal_reply
 from deliverypool.mail.address import DOT_ATOM_PATTERN
+from deliverypool.mail.headers import received_field
 
 __all__ = ["RelaySMTP", "protocol_factory"]
 
@@ -38,7 +43,12 @@ _REFUSALS: Final = {
     "nul": "554 5.6.0 Message contains a NUL character (RFC 5321 4.5.2)",
 }
 _UNLIMITED: Final = 2**62
+# Replies aiosmtpd gives to failed AUTH: counted, delayed, and the last one made a 421.
+_AUTH_FAILURES: Final = ("535", "501")
+# aiosmtpd closes after too many unknown commands with a 502; RFC 5321 §3.8 wants 421.
+_BOGUS_GOODBYE: Final = "502 5.5.1 Too many unrecognized commands"
 _SIZE_PARAMETER: Final = re.compile(r"SIZE=(\d{1,18})\Z", re.IGNORECASE)
+_UNPRINTABLE: Final = re.compile(r"[^\x20-\x7e]")
 
 
 def _declared_size(mail_options: list[str]) -> int | None:
@@ -86,10 +96,17 @@ class RelaySMTP(SMTP):
     _auth_entries: ClassVar[dict[str, Any]]
     _hooks: ClassVar[dict[str, Any]]
     _usable: ClassVar[bool] = True
+    # The worker's connection and AUTH-failure counts (set by `protocol_factory`).
+    admission: ClassVar[Admission | None] = None
+    # Called once when the connection is gone (the Listener releases its slot).
+    on_close: Callable[[], None] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.command_size_limits = self._fresh_limits()
+        self._auth_failures = 0
+        self._auth_reply: str | None = None
+        self._in_auth = False
 
     @classmethod
     def _fresh_limits(cls) -> defaultdict[str, int]:
@@ -123,6 +140,9 @@ class RelaySMTP(SMTP):
         }
         self._handle_hooks = dict(cls._hooks)
         self.command_size_limits = cls._fresh_limits()
+        self._auth_failures = 0
+        self._auth_reply = None
+        self._in_auth = False
         return self
 
     @classmethod
@@ -162,6 +182,86 @@ class RelaySMTP(SMTP):
         cls._hooks = dict(first._handle_hooks)
         cls._prototype = prototype
 
+    # --- the session's limits ----------------------------------------------------------------
+
+    def connection_lost(self, error: Exception | None) -> None:
+        try:
+            super().connection_lost(error)
+        finally:
+            on_close, self.on_close = self.on_close, None
+            if on_close is not None:
+                on_close()
+
+    def _timeout_cb(self) -> None:
+        """The idle timeout (``listener.idle_timeout``): 421 4.4.2, then close (aiosmtpd closes
+        without a word)."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        log.info("idle timeout peer=%s", self.session.peer if self.session else None)
+        # uvloop's transports are not registered as asyncio.WriteTransport subclasses.
+        cast(asyncio.WriteTransport, transport).write(f"421 4.4.2 {self.hostname} Idle for too long; closing connection\r\n".encode("ascii"))
+        transport.close()
+
+    async def push(self, status: AnyStr) -> None:
+        """Every reply in printable ASCII (what the client sent may be echoed: an 8-bit
+        argument, a control character, a lone CR); a failed AUTH's reply held back for
+        `smtp_AUTH`; aiosmtpd's goodbye to a client sending unknown commands made a 421."""
+        if isinstance(status, str):
+            if not (status.isascii() and status.isprintable()):
+                status = _UNPRINTABLE.sub("?", status)
+            if self._in_auth and status.startswith(_AUTH_FAILURES):
+                self._auth_reply = status
+                return
+            if status.startswith(_BOGUS_GOODBYE):
+                status = f"421 4.7.0 {self.hostname} Too many unrecognized commands; closing connection"
+        await super().push(status)
+
+    def _peer_address(self) -> str | None:
+        peer = self.session.peer if self.session is not None else None
+        return peer[0] if isinstance(peer, tuple) and peer else None
+
+    async def _close_with(self, reply: str) -> None:
+        """Sends `reply` (a 421) and ends the session, as aiosmtpd's QUIT does."""
+        await self.push(reply)
+        if self._handler_coroutine is not None:
+            self._handler_coroutine.cancel()
+        if self.transport is not None:
+            self.transport.close()
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        """aiosmtpd's AUTH, with failures (535, or 501 for an aborted or undecodable exchange)
+        answered after a delay that grows with each failure on the connection; the
+        ``max_auth_failures``-th is answered 421 4.7.0 and the connection closed. Failures
+        count against the client address too: at ``max_auth_failures_per_client`` it is
+        refused, here and at its next connections."""
+        admission = self.admission
+        if admission is None:
+            await super().smtp_AUTH(arg)
+            return
+        peer = self._peer_address()
+        if admission.auth_refused(peer):
+            await self._close_with(refusal_reply(self.hostname, "auth-failures"))
+            return
+        self._in_auth, self._auth_reply = True, None
+        try:
+            await super().smtp_AUTH(arg)
+        finally:
+            self._in_auth = False
+        failure, self._auth_reply = self._auth_reply, None
+        if failure is None:
+            return
+        self._auth_failures += 1
+        refused = admission.auth_failed(peer)
+        limits = admission.limits
+        await asyncio.sleep(limits.auth_delay(self._auth_failures))
+        if refused:
+            await self._close_with(refusal_reply(self.hostname, "auth-failures"))
+        elif self._auth_failures >= limits.max_auth_failures:
+            await self._close_with(f"421 4.7.0 {self.hostname} Too many failed authentication attempts; closing connection")
+        else:
+            await self.push(failure)
+
     async def smtp_DATA(self, arg: str) -> None:
         """DATA read in whole buffers by the Rust :class:`~deliverypool._core.DataReader`
         instead of aiosmtpd's line-at-a-time loop, with the same replies: 552 over the size
@@ -197,6 +297,7 @@ class RelaySMTP(SMTP):
                 if stream.at_eof() or self.transport is None:
                     return  # the client went away in the middle of DATA: nothing was accepted
                 await stream._wait_for_data("smtp_DATA")
+                self._reset_timeout()  # the idle timeout counts from the last bytes received
         except asyncio.CancelledError:
             log.info("connection lost during DATA")
             self._writer.close()
@@ -206,8 +307,15 @@ class RelaySMTP(SMTP):
             self._set_post_data_state()  # type: ignore[no-untyped-call]
             await self.push(_REFUSALS[problem])
             return
-        # The envelope holds the only reference (the handler may hand it on and drop it).
-        envelope.content = envelope.original_content = reader.take()
+        # The relay's trace field goes in front as the message is taken out of the reader: one
+        # copy of the message instead of two. The envelope holds the only reference (the
+        # handler hands it on and drops it).
+        session = self.session
+        assert session is not None
+        peer = session.peer[0] if isinstance(session.peer, tuple) else None
+        trace = received_field(helo=session.host_name or "unknown", peer=peer, by=self.hostname, authenticated=bool(session.authenticated))
+        envelope.content = envelope.original_content = reader.take(trace)
+        envelope.deliverypool_traced = True  # type: ignore[attr-defined]  # read by RoutingHandler
         del reader
         status = await self._call_handler_hook("DATA")
         self._set_post_data_state()  # type: ignore[no-untyped-call]
@@ -216,18 +324,28 @@ class RelaySMTP(SMTP):
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         match = _PLAIN_PATH.match(arg)
         if match is None:
-            return super()._getaddr(arg)
+            try:
+                return super()._getaddr(arg)
+            except Exception:  # the email package's parser raises IndexError on some input
+                return None, None  # "553 5.1.3 Error: malformed address"
         address = match.group(1)
         if self.local_part_limit and len(address.rpartition("@")[0]) > self.local_part_limit:
             return None, None
         return address, match.group(2) or ""
 
 
-def protocol_factory(listener: ListenerConfig, handler: Any) -> Callable[[], SMTP]:
+def protocol_factory(listener: ListenerConfig, handler: Any, admission: Admission | None = None) -> Callable[[], RelaySMTP]:
     """A protocol factory for `loop.create_server`, configured from the listener section;
-    `handler` is the aiosmtpd handler (a :class:`~deliverypool.ingress.handler.RoutingHandler`)."""
+    `handler` is the aiosmtpd handler (a :class:`~deliverypool.ingress.handler.RoutingHandler`).
+    `admission` holds the worker's counts (a :class:`~deliverypool.ingress.listener.Listener`
+    shares its own); the connection limits themselves are the Listener's, which admits each
+    connection before it asks this factory for a session."""
+    if admission is None:
+        admission = Admission(listener, Limits.for_listener(listener))
     limits: type[RelaySMTP] = type(
-        "RelaySMTP", (RelaySMTP,), {"line_length_limit": listener.line_length_limit, "command_size_limit": listener.command_size_limit}
+        "RelaySMTP",
+        (RelaySMTP,),
+        {"line_length_limit": listener.line_length_limit, "command_size_limit": listener.command_size_limit, "admission": admission},
     )
     tls_context = None
     if listener.tls_certificate is not None and listener.tls_key is not None:
@@ -247,10 +365,10 @@ def protocol_factory(listener: ListenerConfig, handler: Any) -> Callable[[], SMT
         auth_require_tls=not listener.allow_plaintext_auth,
         auth_exclude_mechanism=None if auth else ["LOGIN", "PLAIN"],
         command_call_limit=10_000,
-        timeout=300,
+        timeout=listener.idle_timeout,
     )
 
-    def factory() -> SMTP:
+    def factory() -> RelaySMTP:
         return limits.create(handler, loop, kwargs)
 
     return factory

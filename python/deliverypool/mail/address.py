@@ -46,6 +46,8 @@ _QUOTED: Final = re.compile(r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"\
 _DOT_ATOM_UTF8: Final = re.compile(rf"(?:{_ATEXT}|[^\x00-\x7f\x80-\x9f])+(?:\.(?:{_ATEXT}|[^\x00-\x7f\x80-\x9f])+)*\Z")
 _QUOTED_UTF8: Final = re.compile(r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|[^\x00-\x7f\x80-\x9f]|\\[\x20-\x7e])*"\Z')
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Lone surrogates: what aiosmtpd's surrogateescape decoding makes of bytes that are not UTF-8.
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
 
 MAX_LOCAL_PART: Final = 64  # RFC 5321 §4.5.3.1.1
 MAX_PATH: Final = 254  # RFC 5321 §4.5.3.1.3 (256 with the angle brackets)
@@ -54,12 +56,14 @@ MAX_PATH: Final = 254  # RFC 5321 §4.5.3.1.3 (256 with the angle brackets)
 class AddressError(ValueError):
     """An address, domain or ``host:port`` string that cannot be used. ``reason`` is a short
     machine-readable name (``no-at``, ``bad-local-part``, ``bad-domain``, ``non-ascii``,
-    ``control-character``, ``too-long``, ``bad-port``, ...)."""
+    ``invalid-utf8``, ``control-character``, ``too-long``, ``bad-port``, ...); ``detail`` says
+    it in words (ASCII, fit for an SMTP reply)."""
 
     def __init__(self, text: str, reason: str, detail: str | None = None) -> None:
         super().__init__(f"{detail or reason}: {text!r}")
         self.text = text
         self.reason = reason
+        self.detail = detail or reason
 
 
 def normalize_domain(domain: str) -> str | None:
@@ -135,9 +139,12 @@ def parse_mailbox(text: str, *, smtputf8: bool = False) -> Mailbox:
     """Parses ``local@domain`` (without angle brackets) as an SMTP path address.
 
     The local part is a dot-atom or a quoted string of printable ASCII; with ``smtputf8`` it
-    may also hold UTF-8 characters (RFC 6531). Control characters are never allowed. The
-    domain is a host name (converted with IDNA 2008) or an address literal. Raises
-    :class:`AddressError` naming why otherwise."""
+    may also hold UTF-8 characters (RFC 6531). Control characters are never allowed, nor lone
+    surrogates (``invalid-utf8``: the bytes the client sent were not UTF-8). The domain is a
+    host name (converted with IDNA 2008) or an address literal. Raises :class:`AddressError`
+    naming why otherwise."""
+    if _SURROGATE.search(text):
+        raise AddressError(text, "invalid-utf8", "not valid UTF-8")
     if _CONTROL.search(text):
         raise AddressError(text, "control-character", "control character in address")
     if len(text.encode("utf-8")) > MAX_PATH:

@@ -1,0 +1,88 @@
+"""Log lines that a client can make the relay write over and over (a refused connection, a
+failed AUTH, an accept error) are rate-limited, so that a flood cannot fill the disk with them.
+
+`RateLimit` is a `logging.Filter` for a handler: per key it lets `burst` records through in each
+`interval`, marks the last of them with a note that more are being suppressed, drops the rest,
+and says how many it dropped on the first record of that key it lets through again. A record's
+key is its ``rate_limit`` attribute (``log.warning(..., extra={"rate_limit": "refused
+too-many-connections"})``, keys from closed sets); records from the loggers in `templates`
+(aiosmtpd's and asyncio's) are keyed by their format string; every other record passes
+untouched. `deliverypool relay` puts one on its stderr handler; an application that configures
+logging itself can add one to its own handlers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from typing import Final
+
+__all__ = ["RateLimit"]
+
+# Loggers of other packages whose lines a client can cause (aiosmtpd: "unrecognised command"
+# warnings; asyncio: accept errors).
+FOREIGN: Final = frozenset({"mail.log", "asyncio"})
+# Keys remembered at most; windows that are over are dropped first.
+_MAX_KEYS: Final = 1024
+
+
+@dataclass
+class _Window:
+    start: float
+    passed: int = 0
+    suppressed: int = 0
+
+
+class RateLimit(logging.Filter):
+    """At most `burst` + 1 records per key per `interval` seconds (see the module)."""
+
+    def __init__(
+        self,
+        burst: int = 10,
+        interval: float = 60.0,
+        *,
+        templates: Collection[str] = FOREIGN,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self.burst = burst
+        self.interval = interval
+        self.templates = frozenset(templates)
+        self.clock = clock
+        self._windows: dict[object, _Window] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key: object = getattr(record, "rate_limit", None)
+        if key is None:
+            if record.name not in self.templates:
+                return True
+            key = (record.name, record.msg)
+        now = self.clock()
+        window = self._windows.get(key)
+        if window is None or now - window.start >= self.interval:
+            dropped = window.suppressed if window is not None else 0
+            if window is None and len(self._windows) >= _MAX_KEYS:
+                self._forget(now)
+            window = self._windows[key] = _Window(now)
+            if dropped:
+                _annotate(record, f" ({dropped} more like this suppressed in the {self.interval:g}s before)")
+        window.passed += 1
+        if window.passed <= self.burst:
+            return True
+        if window.passed == self.burst + 1:
+            _annotate(record, f" (more like this suppressed for up to {self.interval:g}s)")
+            return True
+        window.suppressed += 1
+        return False
+
+    def _forget(self, now: float) -> None:
+        over = [key for key, window in self._windows.items() if now - window.start >= self.interval and not window.suppressed]
+        for key in over or list(self._windows)[: _MAX_KEYS // 2]:
+            del self._windows[key]
+
+
+def _annotate(record: logging.LogRecord, note: str) -> None:
+    record.msg = record.getMessage() + note
+    record.args = None
