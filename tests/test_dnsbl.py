@@ -28,7 +28,7 @@ from deliverypool.cli import main as cli_main
 from deliverypool.config import RelayConfig
 from deliverypool.lookup.dnsbl import Dnsbl, queries_per_cycle, reversed_name
 from deliverypool.lookup.resolver import Resolver, ResolverConfig
-from deliverypool.queue.listing import listing
+from deliverypool.queue.listing import listing, read_counters
 from deliverypool.supervisor import shard_directory
 from deliverypool.watch.dnsbl import BlocklistWatch, queries_per_day
 from tests.dnsserver import NsdServer, nsd_binary
@@ -618,6 +618,44 @@ def test_every_worker_follows_the_drained_set_and_a_restart_keeps_it(bl_dns: Nsd
         serve(bl_dns)
 
     asyncio.run(main())
+
+
+def test_deliverypool_relay_with_two_workers_drains_in_both(bl_dns: NsdServer, tmp_path: Path) -> None:
+    """`deliverypool relay --workers 2`, the blocklist queries on [dnsbl] nameservers: worker 0
+    lists NORMAL_A at its first cycle, worker 1 learns it from SPOOL/state.sqlite3, and the mail
+    each of them takes leaves from NORMAL_B only."""
+    from tests.test_crash import RelayProcess
+
+    serve(bl_dns, {NORMAL_A: ("127.0.0.2", "listed")})
+    port = free_port()
+    path = tmp_path / "relay.toml"
+    path.write_text(watch_toml(tmp_path, port, dnsbl_extra=f'nameservers = ["{bl_dns.address}"]'))
+    conf = cfg.load(path)
+    relay = RelayProcess(path, conf.listener.port, "asyncio", workers=2)
+
+    async def main() -> None:
+        async with sink("127.0.0.1", port) as mx:
+            await relay.start()
+            try:
+                # Worker 1 logs the drained set it read (worker 0 has it from its own cycle).
+                await eventually(lambda: "drained source addresses now normal: 127.0.2.2" in relay.log.read_text(), what="worker 1's drained set")
+                view = await get_json(conf, "/api/dnsbl")
+                assert view["drained"] == {"normal": [NORMAL_A]}
+                sent = 0
+                while True:  # each message on a connection of its own: the kernel picks the worker
+                    by_shard = [read_counters(shard_directory(conf.spool.directory, k))["accepted"] for k in (0, 1)]
+                    if sent >= 20 and min(by_shard) >= 8:
+                        break
+                    assert sent < 400, f"one worker took every connection: {by_shard}"
+                    await send(conf, 1, tag=f"w{sent}")
+                    sent += 1
+                await mx.wait_for(sent, timeout=30)
+            finally:
+                relay.stop()
+        assert {d.peer for d in mx.deliveries} == {NORMAL_B}
+
+    asyncio.run(main())
+    serve(bl_dns)
 
 
 def test_dnsbl_check_command_prints_address_by_zone(bl_dns: NsdServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
