@@ -30,7 +30,7 @@ from deliverypool.lookup.dnsbl import Dnsbl, queries_per_cycle, reversed_name
 from deliverypool.lookup.resolver import Resolver, ResolverConfig
 from deliverypool.queue.listing import listing, read_counters
 from deliverypool.supervisor import shard_directory
-from deliverypool.watch.dnsbl import BlocklistWatch, queries_per_day
+from deliverypool.watch.dnsbl import CHECK_RESULTS, BlocklistWatch, queries_per_day
 from tests.dnsserver import NsdServer, nsd_binary
 from tests.smtp_sinks import Sink, eventually, free_port, message, sink, webhook_receiver
 
@@ -407,6 +407,13 @@ def test_a_listed_normal_address_is_drained_and_returns_after_delisting(
         assert listed_metric(metrics, NORMAL_B, "normal") == 0.0
         assert listed_metric(metrics, HIGH_RISK, "high-risk") == 1.0
         assert listed_metric(metrics_after, NORMAL_A, "normal") == 0.0
+        # Label values from the configuration and CHECK_RESULTS only, never from DNS answers.
+        allowed = {"address": {NORMAL_A, NORMAL_B, NORMAL_V6, HIGH_RISK, HIGH_RISK_V6}, "pool": {"normal", "high-risk"}, "zone": {"bl.test"}, "result": set(CHECK_RESULTS)}
+        for family in ("deliverypool_dnsbl_listed", "deliverypool_dnsbl_checks_total"):
+            assert metrics_after[family]
+            for labels in metrics_after[family]:
+                assert all(value in allowed[key] for key, value in labels), (family, labels)
+        assert len(metrics_after["deliverypool_dnsbl_listed"]) == 5  # one per configured address and zone
         checks = metrics_after["deliverypool_dnsbl_checks_total"]
         # Five addresses a cycle (the first cycle at start, and the test's three): three listings.
         assert cycles == 4
@@ -478,7 +485,9 @@ def test_an_open_connection_from_a_drained_address_carries_no_more_mail(bl_dns: 
 
 def test_servfail_keeps_the_previous_state(bl_dns: NsdServer, tmp_path: Path) -> None:
     port = free_port()
-    conf = watch_config(tmp_path, port, admin=False)
+    # With the observer off too: the watch still drains (its alerts are only logged).
+    conf = cfg.loads(watch_toml(tmp_path, port, admin=False).replace('flush_interval = "50ms"', 'flush_interval = "50ms"\nenabled = false'))
+    assert not conf.observe.enabled
     serve(bl_dns, {NORMAL_A: ("127.0.0.2", "listed")})
 
     async def main() -> None:
