@@ -39,6 +39,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -161,11 +162,8 @@ class BlocklistWatch:
     async def start(self) -> None:
         """Opens the state, takes the drained set as it is (a restarted relay keeps its drained
         addresses drained) and, in the leader, starts the cycles (the first at once)."""
-        loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(None, self.store.open)
-            self._open = True
-            if self.leader:
+            if await self._ensure_open() and self.leader:
                 await self._load()
             await self.refresh()
         except Exception:
@@ -191,6 +189,18 @@ class BlocklistWatch:
             await asyncio.get_running_loop().run_in_executor(None, self.store.close)
             self._open = False
 
+    async def _ensure_open(self) -> bool:
+        """Opens the state database if it is not open yet (a full disk at start, say: each
+        cycle and each read of the drained set tries again)."""
+        if not self._open:
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, self.store.open)
+            except (OSError, sqlite3.Error) as exc:
+                log.warning("dnsbl: cannot open the state database %s: %s", self.store.path, exc)
+                return False
+            self._open = True
+        return True
+
     async def _every(self, seconds: float, work: Callable[[], Awaitable[Any]], *, first: bool = False) -> None:
         if not first:
             await asyncio.sleep(seconds)
@@ -213,7 +223,7 @@ class BlocklistWatch:
 
     async def refresh(self) -> bool:
         """Reads the drained set the leader wrote (a follower; the leader has it already)."""
-        if self.leader or not self._open:
+        if self.leader or not await self._ensure_open():
             return False
         drained = await asyncio.get_running_loop().run_in_executor(None, self.store.drained)
         drained = {pool: frozenset(a for a in addresses if a in self.sources) for pool, addresses in drained.items()}
@@ -244,11 +254,15 @@ class BlocklistWatch:
             for alert, _, _ in alerts:
                 if alert["type"] == "dnsbl-listed":
                     alert["in_rotation"] = {pool: self.in_rotation(pool) for pool in alert["pools"]}
-            if self._open:
+            if await self._ensure_open():
                 rows = self._drained_rows()
-                await asyncio.get_running_loop().run_in_executor(
-                    None, self.store.save, list(self.cells.values()), list(self.zone_rows.values()), rows
-                )
+                try:
+                    await asyncio.get_running_loop().run_in_executor(
+                        None, self.store.save, list(self.cells.values()), list(self.zone_rows.values()), rows
+                    )
+                except (OSError, sqlite3.Error) as exc:
+                    # This process drains anyway; the other workers learn it at the next cycle.
+                    log.error("dnsbl: cannot write the blocklist state to %s: %s", self.store.path, exc)
             for alert, since, resolved in alerts:
                 if self.alert is not None:
                     try:
