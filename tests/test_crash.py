@@ -27,6 +27,8 @@ import pytest
 from deliverypool.queue.listing import read_counters
 from tests.smtp_sinks import NORMAL_SOURCE, free_port, sink
 
+pytestmark = pytest.mark.slow
+
 Run = Callable[[Coroutine[Any, Any, Any]], Any]
 
 MESSAGES = 3000

@@ -139,6 +139,7 @@ FLOOD = 1100
 OPEN_FILES = 512  # per process: two workers have 1,024 in all, fewer than the flood
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_a_flood_of_idle_connections_leaves_room_for_clients_and_delivery(loop: str, tmp_path: Path) -> None:
     """1,100 idle connections from one address outside allowed_networks against two workers
@@ -298,6 +299,7 @@ def test_relay_listen_uses_the_configured_backlog(aio_run: Run, tmp_path: Path) 
     aio_run(main())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_the_supervisors_socket_has_the_configured_backlog_and_500_clients_are_greeted(loop: str, tmp_path: Path) -> None:
     """The supervisor binds the shared socket with listener.backlog, and the workers keep it;

@@ -384,6 +384,7 @@ def test_the_monitor_command_prints_a_snapshot_and_a_table(aio_run: Run, tmp_pat
     assert monitor_command(f"127.0.0.1:{free_port()}", as_json=True, out=io.StringIO()) == 1
 
 
+@pytest.mark.slow
 def test_two_workers_give_one_view_and_one_surge(aio_run: Run, tmp_path: Path) -> None:
     """`deliverypool relay --workers 2`: each worker counts its own mail and DSNs; /metrics (served
     by worker 0 from the shared state database) sums both, and DSNs spread over both workers

@@ -29,6 +29,8 @@ from tests.postfix import PostfixInstance, postfix_installed, readme_blocks, wai
 from tests.rspamd import GTUBE, RspamdServer, rspamd_installed
 from tests.smtp_sinks import HIGH_RISK_SOURCE, NORMAL_SOURCE, Delivery, SinkHandler, free_port
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 _T = TypeVar("_T")
 BOUNCING = "nobody@dest.test"  # the sink refuses this recipient: Postfix bounces to the sender
