@@ -629,6 +629,7 @@ def test_every_worker_follows_the_drained_set_and_a_restart_keeps_it(bl_dns: Nsd
     asyncio.run(main())
 
 
+@pytest.mark.slow
 def test_deliverypool_relay_with_two_workers_drains_in_both(bl_dns: NsdServer, tmp_path: Path) -> None:
     """`deliverypool relay --workers 2`, the blocklist queries on [dnsbl] nameservers: worker 0
     lists NORMAL_A at its first cycle, worker 1 learns it from SPOOL/state.sqlite3, and the mail
