@@ -683,6 +683,10 @@ def test_dnsbl_check_command_prints_address_by_zone(bl_dns: NsdServer, tmp_path:
     good.write_text(watch_toml(tmp_path, free_port(), admin=False, dnsbl_extra=nameservers))
     assert cli_main(["dnsbl", "check", "--config", str(good)]) == 0
     clean = capsys.readouterr().out
+    none = tmp_path / "none.toml"
+    none.write_text(watch_toml(tmp_path, free_port(), admin=False).replace('zones = ["bl.test"]', "zones = []"))
+    assert cli_main(["dnsbl", "check", "--config", str(none)]) == 2
+    assert "has no [dnsbl] zones" in capsys.readouterr().err
 
     cells = {a["address"]: a["zones"] for a in report["addresses"]}
     assert cells[NORMAL_A]["bl.test"] == {"verdict": "listed", "codes": ["127.0.0.3"], "reason": "spam trap", "detail": ""}
