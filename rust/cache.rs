@@ -38,10 +38,13 @@ pub enum Kind {
     A,
     /// IPv6 addresses of a host.
     Aaaa,
+    /// The verdict of a blocklist lookup: the A (and TXT) records of an address's reversed
+    /// name under a DNSBL zone (RFC 5782), keyed by that name.
+    Dnsbl,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::SenderStatus, Kind::Mx, Kind::A, Kind::Aaaa];
+    pub const ALL: [Kind; 5] = [Kind::SenderStatus, Kind::Mx, Kind::A, Kind::Aaaa, Kind::Dnsbl];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -49,16 +52,18 @@ impl Kind {
             Kind::Mx => "MX",
             Kind::A => "A",
             Kind::Aaaa => "AAAA",
+            Kind::Dnsbl => "dnsbl",
         }
     }
 
-    /// `sender`, `MX`, `A` or `AAAA` (the record types in either case).
+    /// `sender`, `MX`, `A`, `AAAA` (the record types in either case) or `dnsbl`.
     pub fn parse(value: &str) -> Result<Kind, CacheError> {
         match value {
             "sender" => Ok(Kind::SenderStatus),
             "MX" | "mx" => Ok(Kind::Mx),
             "A" | "a" => Ok(Kind::A),
             "AAAA" | "aaaa" => Ok(Kind::Aaaa),
+            "dnsbl" => Ok(Kind::Dnsbl),
             _ => Err(CacheError::BadKind(value.into())),
         }
     }
@@ -187,7 +192,7 @@ impl fmt::Display for CacheError {
             CacheError::BadCapacity(n) => write!(f, "cache capacity must be between 1 and {MAX_CAPACITY}, got {n}"),
             CacheError::BadLimits(why) => write!(f, "invalid cache TTL limits: {why}"),
             CacheError::BadSeconds { what, value } => write!(f, "{what} must be a finite number of seconds >= 0, got {value}"),
-            CacheError::BadKind(kind) => write!(f, "invalid cache kind {kind:?}: expected one of sender, MX, A, AAAA"),
+            CacheError::BadKind(kind) => write!(f, "invalid cache kind {kind:?}: expected one of sender, MX, A, AAAA, dnsbl"),
             CacheError::BadOutcome(outcome) => {
                 write!(f, "invalid outcome {outcome:?}: expected one of positive, negative, unknown")
             }
@@ -349,7 +354,7 @@ struct Slot<V> {
 struct Lru<V> {
     /// foldhash with a per-process random seed: several times cheaper than SipHash on short
     /// keys, and the seed keeps an attacker who picks sender domains from aiming at collisions.
-    maps: [HashMap<Box<str>, u32, foldhash::quality::RandomState>; 4],
+    maps: [HashMap<Box<str>, u32, foldhash::quality::RandomState>; Kind::ALL.len()],
     slots: Vec<Slot<V>>,
     free: Vec<u32>,
     head: u32,
@@ -696,6 +701,7 @@ mod tests {
         assert_eq!(c.get(Kind::SenderStatus, "EXAMPLE.com."), Some(1));
         assert_eq!(c.get(Kind::Mx, "example.com"), Some(2));
         assert_eq!(c.get(Kind::A, "example.com"), None);
+        assert_eq!(c.get(Kind::Dnsbl, "example.com"), None);
         assert_eq!(c.len(), 2);
         assert!(matches!(normalize("already.fine"), Cow::Borrowed(_)));
     }
@@ -771,6 +777,11 @@ mod tests {
     #[test]
     fn arguments_are_parsed_or_rejected_by_name() {
         assert_eq!(Kind::parse("aaaa"), Ok(Kind::Aaaa));
+        assert_eq!(Kind::parse("dnsbl"), Ok(Kind::Dnsbl));
+        for kind in Kind::ALL {
+            assert_eq!(Kind::parse(kind.as_str()), Ok(kind));
+            assert_eq!(kind.index(), Kind::ALL.iter().position(|k| *k == kind).unwrap());
+        }
         assert_eq!(Kind::parse("TXT"), Err(CacheError::BadKind("TXT".into())));
         assert_eq!(Freshness::parse("negative", Some(30)), Ok(Freshness::Negative { ttl: 30 }));
         assert_eq!(Freshness::parse("unknown", None), Ok(Freshness::Unknown));

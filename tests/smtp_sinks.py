@@ -1,5 +1,6 @@
 """Real SMTP peers on loopback for the relay tests: aiosmtpd sinks that record the source
-address each connection came from, with scripted replies, and a relay configuration builder.
+address each connection came from, with scripted replies, a relay configuration builder, and
+an HTTP receiver for alert webhooks.
 (The stdlib-loop/uvloop runner is the `aio_run` fixture from tests/dnsserver.py.)"""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from deliverypool import config as cfg
@@ -277,3 +279,23 @@ def message(subject: str = "hello", *, sender: str = "alice@sender.test", extra_
     return (
         f"From: {sender}\r\nTo: bob@dest.test\r\nSubject: {subject}\r\nMessage-ID: {mid}\r\n{extra_headers}\r\n{body}"
     ).encode()
+
+
+@contextlib.asynccontextmanager
+async def webhook_receiver(port: int) -> AsyncIterator[list[dict[str, Any]]]:
+    received: list[dict[str, Any]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    try:
+        yield received
+    finally:
+        await runner.cleanup()

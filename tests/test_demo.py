@@ -28,6 +28,11 @@ def test_demo_routes_every_kind_to_its_pool(aio_run: Run) -> None:
     assert "20 recipients accepted, 10 refused: 550 5.1.8 Access denied, bad outbound sender" in report
     assert "ALERT sender-restricted firing: tenant=initech sender=initech-app limit=per_day 20/20 action=block" in report
     assert ": released\n" in report and "after the release: 1 accepted, 0 refused" in report
+    # Act 4: a normal address listed part-way through is drained, the other carries the mail,
+    # and it comes back once delisted (check() holds the act's own checks).
+    assert "ALERT dnsbl-listed firing (critical): 127.0.0.6 of pool normal in bl.demo.test" in report
+    assert set(stats["watch-drained"].peers) == {"127.0.0.7"} and stats["watch-drained"].delivered == 20
+    assert "delisted: in rotation again: 127.0.0.6, 127.0.0.7" in report and "/api/dnsbl" in report
 
 
 def test_generated_bounces_stand_in_for_the_corpus() -> None:

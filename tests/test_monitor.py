@@ -16,7 +16,6 @@ from typing import Any
 import aiohttp
 import aiosmtplib
 import pytest
-from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from deliverypool import config as cfg
@@ -30,7 +29,7 @@ from deliverypool.observe.surge import CAUSES
 from deliverypool.queue.listing import listing
 from deliverypool.testing.scenarios import SCENARIOS, SENDS_ORIGINALS, DsnFactory, DsnSpec
 from tests.conftest import CORPUS
-from tests.smtp_sinks import eventually, free_port, message, relay_config, sink
+from tests.smtp_sinks import eventually, free_port, message, relay_config, sink, webhook_receiver
 
 Run = Callable[[Coroutine[Any, Any, Any]], Any]
 
@@ -108,26 +107,6 @@ async def scrape(conf: RelayConfig) -> dict[str, list[tuple[dict[str, str], floa
         for sample in family.samples:
             found.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
     return found
-
-
-@contextlib.asynccontextmanager
-async def webhook_receiver(port: int) -> AsyncIterator[list[dict[str, Any]]]:
-    received: list[dict[str, Any]] = []
-
-    async def hook(request: web.Request) -> web.Response:
-        received.append(await request.json())
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port)
-    await site.start()
-    try:
-        yield received
-    finally:
-        await runner.cleanup()
 
 
 FACTORY = DsnFactory(CORPUS / "maildir" / "bsd")

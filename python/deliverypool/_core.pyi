@@ -288,7 +288,7 @@ def classify_many(
 
 __all__ += ["CacheError", "CacheStats", "DnsCache"]
 
-_CacheKind = Literal["sender", "MX", "mx", "A", "a", "AAAA", "aaaa"]
+_CacheKind = Literal["sender", "MX", "mx", "A", "a", "AAAA", "aaaa", "dnsbl"]
 
 @final
 class CacheStats:

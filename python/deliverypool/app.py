@@ -39,7 +39,9 @@ from deliverypool.routing.router import Router
 from deliverypool.routing.tenants import Tenants
 from deliverypool.routing.scores import ScoredRouter, Submission, scored_router
 from deliverypool.state.limits import Limiter, limiter_for
+from deliverypool.state.observations import STATE_DATABASE
 from deliverypool.supervisor import listen_socket, shard_directory
+from deliverypool.watch.dnsbl import BlocklistWatch
 
 __all__ = ["Accepted", "Relay", "configure_logging", "policy_from_config", "resolver_from_config", "run_relay"]
 
@@ -76,6 +78,7 @@ class Relay:
         mx: MxLookup | None = None,
         router: Router | None = None,
         spool_directory: Path | None = None,
+        dnsbl_resolver: Resolver | None = None,
     ) -> None:
         self.config = config
         # A worker of `deliverypool relay` has a shard of the spool; an embedded relay the spool.
@@ -108,6 +111,19 @@ class Relay:
             config, self.tenants, spool_root=root, leader=self.observer.leader, listener=self.observer.senders
         )
         self.observer.limits = self.limits
+        # The blocklist watch (watch/dnsbl.py): the leader checks the pools' addresses, every
+        # worker follows the drained set through SPOOL/state.sqlite3.
+        self.dnsbl: BlocklistWatch | None = None
+        self._dnsbl_resolver = dnsbl_resolver
+        if config.dnsbl.zones:
+            self.dnsbl = BlocklistWatch(
+                config,
+                state_path=root / STATE_DATABASE,
+                leader=self.observer.leader,
+                alert=self.observer.publish_alert,
+                count=self.observer.metrics.add,
+            )
+            self.observer.dnsbl = self.dnsbl
 
     async def start(self) -> None:
         """Opens the spool and starts delivering what it holds."""
@@ -123,6 +139,10 @@ class Relay:
         self.spool.on_commit = self.observer.commit
         self.engine.on_attempt = self.observer.attempt
         self.engine.recorder.on_bounce = self.observer.generated
+        if self.dnsbl is not None:
+            # Before any delivery starts: a drained address stays drained across a restart.
+            self.engine.connector.drained = self.dnsbl.drained.is_drained
+            await self.dnsbl.start()
         self.recovered = sum(len(job.recipients) for job in recovery.pending)
         self.possible_duplicates = recovery.requeued_in_flight
         if recovery.pending:
@@ -142,6 +162,14 @@ class Relay:
         if needs_mx:
             assert resolver is not None
             self.mx = MxResolver(resolver)
+        if self.dnsbl is not None and self.dnsbl.leader:
+            if self._dnsbl_resolver is not None:
+                self.dnsbl.resolver = self._dnsbl_resolver
+            elif self.config.dnsbl.nameservers:
+                nameservers = tuple(Nameserver(host, port) for host, port in self.config.dnsbl.nameservers)
+                self.dnsbl.resolver = Resolver(ResolverConfig(nameservers=nameservers, timeout=self.config.dns.timeout))
+            else:  # the [dns] resolver and its cache
+                self.dnsbl.resolver = resolver if resolver is not None else resolver_from_config(self.config.dns)
         if self.router is None:
             self.router = Router(resolver if needs_sender else None, policy=policy_from_config(self.config))
         self.scores = scored_router(self.config, self.router)
@@ -259,6 +287,8 @@ class Relay:
             await self.scores.close()
         if self.limits is not None:
             await self.limits.stop()
+        if self.dnsbl is not None:
+            await self.dnsbl.stop()
         await self.observer.stop()
         await self.spool.close()
 

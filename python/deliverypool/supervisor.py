@@ -13,9 +13,9 @@ again: at-least-once). SIGTERM or SIGINT to the supervisor stops the workers (ea
 transactions for a few seconds) and then the supervisor. Workers die with the supervisor
 (``PR_SET_PDEATHSIG``), so a killed supervisor leaves no orphan holding a shard.
 
-What must be the same for every worker (sender counters, restrictions, surge windows) lives in
-the shared state database ``SPOOL/state.sqlite3`` (:mod:`deliverypool.state`), which every
-worker opens; with ``[state] redis`` it lives in Redis and is shared by nodes too.
+What must be the same for every worker (sender counters, restrictions, surge windows, drained
+source addresses) lives in the shared state database ``SPOOL/state.sqlite3``
+(:mod:`deliverypool.state`), which every worker opens; with ``[state] redis`` it lives in Redis and is shared by nodes too.
 """
 
 from __future__ import annotations

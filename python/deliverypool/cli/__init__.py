@@ -1,5 +1,5 @@
 """The `deliverypool` command: one module per subcommand in this package (classify, relay,
-milter, queue, monitor, senders, demo), wired into one argument parser here."""
+milter, queue, monitor, senders, dnsbl, demo), wired into one argument parser here."""
 
 from __future__ import annotations
 
@@ -96,6 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
             args.senders_action, args.config, tenant=getattr(args, "tenant", None), address=getattr(args, "address", None), as_json=args.json
         )
     )
+    dnsbl = commands.add_parser("dnsbl", help="the blocklist watch of the pools' source addresses",
+                                description="Blocklist (DNSBL) lookups of every source address of every pool in the [dnsbl] zones.")
+    dnsbl_commands = dnsbl.add_subparsers(dest="dnsbl_command", required=True, metavar="ACTION")
+    dnsbl_check = dnsbl_commands.add_parser("check", help="check every address in every zone now and print address x zone",
+                                            description="Check every source address in every [dnsbl] zone now (test points first) "
+                                            "and print a table of address x zone. Exit status 1 when an address of a pool but the "
+                                            "high-risk one is listed or a zone failed its test points.")
+    dnsbl_check.add_argument("--config", required=True, metavar="PATH", help="the relay's TOML configuration ([dnsbl], [pools], [dns])")
+    dnsbl_check.add_argument("--json", action="store_true", help="print one JSON object")
+    dnsbl_check.set_defaults(handler=lambda args: _command("dnsbl").check_command(args.config, as_json=args.json))
 
     demo = commands.add_parser("demo", help="run the relay on loopback with a mixed workload and show the routing",
                                description="Start the relay with two loopback pools (normal from 127.0.0.2, "

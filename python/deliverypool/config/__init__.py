@@ -29,7 +29,7 @@ from deliverypool.config.model import (
     SpoolConfig,
 )
 from deliverypool.config.limits import LimitsConfig, StateConfig
-from deliverypool.config.observe import NO_TENANT, AdminConfig, AlertsConfig, MonitorConfig, ObserveConfig, TenantConfig
+from deliverypool.config.observe import NO_TENANT, AdminConfig, AlertsConfig, DnsblConfig, MonitorConfig, ObserveConfig, TenantConfig
 from deliverypool.config.units import format_duration, format_size, parse_duration, parse_size
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "AlertsConfig",
     "ConfigError",
     "DnsConfig",
+    "DnsblConfig",
     "IPAddress",
     "IPNetwork",
     "LimitsConfig",

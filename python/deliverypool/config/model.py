@@ -680,6 +680,7 @@ class MilterConfig(_Table):
 from deliverypool.config.observe import (  # noqa: E402
     AdminConfig,
     AlertsConfig,
+    DnsblConfig,
     MonitorConfig,
     ObserveConfig,
     TenantConfig,
@@ -720,6 +721,7 @@ class RelayConfig(_Table):
     observe: ObserveConfig = Field(default_factory=ObserveConfig, description="The event stream and its log.")
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Sender limits: the defaults of every tenant (README, Sender limits).")
     state: StateConfig = Field(default_factory=StateConfig, description="Where sender counters and restrictions live (embedded SQLite, or Redis).")
+    dnsbl: DnsblConfig = Field(default_factory=DnsblConfig, description="The blocklist watch of the pools' own source addresses.")
 
     @model_validator(mode="before")
     @classmethod

@@ -1,5 +1,5 @@
 """The configuration of tenants and of what operators see: ``[tenants.NAME]``, ``[monitor]``,
-``[admin]``, ``[alerts]`` and ``[observe]``.
+``[admin]``, ``[alerts]``, ``[observe]`` and ``[dnsbl]``.
 
 These models use the scalar types of :mod:`deliverypool.config.model` and are fields of its
 `RelayConfig` (which imports this module at its end, once those types exist).
@@ -8,9 +8,9 @@ These models use the scalar types of :mod:`deliverypool.config.model` and are fi
 from __future__ import annotations
 
 import re
-from typing import Annotated, Final, Optional
+from typing import Annotated, Final, Literal, Optional
 
-from pydantic import Field, PlainValidator, WithJsonSchema, model_validator
+from pydantic import Field, PlainValidator, WithJsonSchema, field_validator, model_validator
 
 from deliverypool.config.errors import Invalid
 from deliverypool.config.limits import LimitsConfig
@@ -20,6 +20,7 @@ from deliverypool.config.model import (
     Int,
     IPNetworkField,
     ListenAddress,
+    NameServer,
     Number,
     Text,
     _shown_default,
@@ -29,7 +30,7 @@ from deliverypool.config.model import (
 from deliverypool.config.units import Duration, Size
 from deliverypool.mail.address import normalize_domain
 
-__all__ = ["AdminConfig", "AlertsConfig", "MonitorConfig", "NO_TENANT", "ObserveConfig", "TENANT_NAME_PATTERN", "TenantConfig"]
+__all__ = ["AdminConfig", "AlertsConfig", "DnsblConfig", "MonitorConfig", "NO_TENANT", "ObserveConfig", "TENANT_NAME_PATTERN", "TenantConfig"]
 
 # The label of mail that belongs to no tenant, in metrics, events and alerts; no tenant may be
 # named so.
@@ -152,3 +153,40 @@ class ObserveConfig(_Table):
     flush_interval: Duration = Field(
         1.0, description="How often each worker writes its counters and DSNs to the shared state database.", json_schema_extra=_shown_default("1s")
     )
+
+
+class DnsblConfig(_Table):
+    """The blocklist watch of the pools' own source addresses (README, Blocklist watch)."""
+
+    zones: tuple[DomainName, ...] = Field(
+        (), description='DNSBL zones every source address of every pool is looked up in, e.g. ["zen.spamhaus.org", "bl.spamcop.net"]; empty: no watch.'
+    )
+    interval: Duration = Field(
+        900.0,
+        description="How often each address is checked in each zone (and each zone's RFC 5782 test points).",
+        json_schema_extra=_shown_default("15m"),
+    )
+    nameservers: tuple[NameServer, ...] = Field(
+        (),
+        description=(
+            'Nameservers for the blocklist queries, as "IP" or "IP:port"; empty: the [dns] resolver. Lists refuse '
+            "queries through public resolvers: use your own."
+        ),
+    )
+    normal_listed: Literal["drain", "alert"] = Field(
+        "drain",
+        description=(
+            '"drain": a listed address of any pool but the high-risk one leaves its pool\'s rotation until it is delisted '
+            '(with a critical alert); "alert": the alert only.'
+        ),
+    )
+
+    @field_validator("zones")
+    @classmethod
+    def _zones_once(cls, zones: tuple[str, ...]) -> tuple[str, ...]:
+        seen: set[str] = set()
+        for i, zone in enumerate(zones):
+            if zone in seen:
+                raise Invalid(f"{zone!r} is listed twice", i)
+            seen.add(zone)
+        return zones

@@ -10,6 +10,7 @@ relay), from the state database that every worker writes to:
 | ``GET /api/status`` | event subscribers (delivered, dropped, errors), webhook counters |
 | ``GET /api/senders`` | the restricted senders (``?tenant=NAME`` for one tenant's), with sender limits |
 | ``POST /api/senders/release`` | ``{"sender": ADDRESS}``: lifts its restriction on every worker and node |
+| ``GET /api/dnsbl`` | the blocklist watch: zones, every address in every zone, drained addresses |
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class AdminServer:
         app.router.add_get("/api/status", self.status)
         app.router.add_get("/api/senders", self.senders)
         app.router.add_post("/api/senders/release", self.release)
+        app.router.add_get("/api/dnsbl", self.dnsbl)
         self.app = app
 
     async def start(self) -> None:
@@ -112,6 +114,11 @@ class AdminServer:
         if released is None:
             return web.json_response({"error": f"{sender} is not restricted", "released": None}, status=404)
         return web.json_response({"released": restriction_json(released)})
+    async def dnsbl(self, request: web.Request) -> web.Response:
+        watch = self.observer.dnsbl
+        if watch is None:
+            return web.json_response({"enabled": False, "zones": {}, "addresses": [], "drained": {}})
+        return web.json_response({"enabled": True, **watch.view()})
 
     async def status(self, request: web.Request) -> web.Response:
         body: dict[str, Any] = {"subscribers": self.observer.bus.stats()}

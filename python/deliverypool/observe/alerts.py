@@ -1,5 +1,6 @@
-"""Where surge alerts go: the ``deliverypool.alerts`` log, the state database (for ``GET
-/api/alerts``: the active ones and the last ``monitor.resolved_alerts`` resolved), and the
+"""Where alerts go (the surge monitor's and the blocklist watch's): the ``deliverypool.alerts``
+log, the state database (for ``GET /api/alerts``: the active ones and the last
+``monitor.resolved_alerts`` resolved), and the
 ``[alerts] webhook``, POSTed as JSON from a bounded queue by a task of its own, retried with
 doubling waits, so that a webhook that is down or slow never holds up the relay (when the
 queue is full the oldest alert waiting is dropped and counted).
@@ -22,9 +23,16 @@ __all__ = ["Webhook", "log_alert"]
 log = logging.getLogger("deliverypool.alerts")
 
 
+# An alert's "severity" (the blocklist watch sets it) picks the level of a firing alert; one
+# without it (a surge) is a warning. Resolved alerts are logged at INFO.
+_LEVELS = {"critical": logging.CRITICAL, "warning": logging.WARNING, "info": logging.INFO}
+_SUBJECT = ("tenant", "cause", "address", "pool", "zone", "family")
+
+
 def log_alert(alert: dict[str, Any]) -> None:
-    level = logging.WARNING if alert["state"] == "firing" else logging.INFO
-    log.log(level, "%s %s tenant=%s cause=%s %s", alert["type"], alert["state"], alert["tenant"], alert["cause"], json.dumps(alert, sort_keys=True))
+    level = _LEVELS.get(alert.get("severity", "warning"), logging.WARNING) if alert["state"] == "firing" else logging.INFO
+    subject = " ".join(f"{key}={alert[key]}" for key in _SUBJECT if key in alert)
+    log.log(level, "%s %s %s %s", alert["type"], alert["state"], subject, json.dumps(alert, sort_keys=True))
 
 
 class Webhook:

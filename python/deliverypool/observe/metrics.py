@@ -15,6 +15,8 @@ Every label value comes from a closed set, never from message content:
 | ``deliverypool_dsn_surge`` (gauge, 1 while firing) | ``tenant``; ``cause``: `CAUSES` |
 | ``deliverypool_events_dropped_total`` (counter) | ``subscriber``: the relay's own subscribers |
 | ``deliverypool_senders_restricted`` (gauge, with sender limits) | ``tenant``: configured tenants or ``none`` |
+| ``deliverypool_dnsbl_listed`` (gauge, 1 listed, 0 not) | ``address``, ``pool``: the configured source addresses and their pools; ``zone``: ``dnsbl.zones`` |
+| ``deliverypool_dnsbl_checks_total`` (counter, per address and cycle) | ``zone``: ``dnsbl.zones``; ``result``: `CHECK_RESULTS` |
 
 A message with several reasons counts once under each; a value outside its set (a pool
 removed from the configuration while mail waited) is counted as ``other``.
@@ -93,6 +95,11 @@ class MetricsRecorder:
             first = next((r.status for r in event.recipients), None)
             counts[("deliverypool_dsns_total", (("tenant", self._tenant(event.tenant)), ("origin", "generated"), ("status_class", status_class(first))))] += 1
 
+    def add(self, name: str, labels: Labels, value: float = 1.0) -> None:
+        """Counts for a part of the relay that is not an event subscriber (the blocklist watch);
+        its label values must come from closed sets too."""
+        self.counts[(name, labels)] += value
+
     def observe_commit(self, seconds: float) -> None:
         """One spool commit's duration, into the histogram's buckets."""
         counts = self.counts
@@ -116,6 +123,7 @@ _HELP: Final = {
     "deliverypool_deliveries_total": ("Recipients of delivery attempts, by pool, source address and result.", ["pool", "source", "result"]),
     "deliverypool_bounces_total": ("Failed recipients of relayed DSNs, by tenant and bounce category.", ["tenant", "category"]),
     "deliverypool_events_dropped_total": ("Events a subscriber could not take in time (its queue was full).", ["subscriber"]),
+    "deliverypool_dnsbl_checks_total": ("Blocklist checks of the source addresses, by zone and result.", ["zone", "result"]),
 }
 
 
@@ -152,12 +160,14 @@ class RelayCollector(Collector):
         surges: Callable[[], Iterable[Mapping[str, str]]],
         tenants: Iterable[str],
         restricted: Callable[[], Mapping[str, int]] | None = None,
+        dnsbl: Callable[[], Iterable[tuple[str, str, str, float]]] = tuple,
     ) -> None:
         self.store = store
         self.spool = spool
         self.surges = surges
         self.tenants = tuple(tenants)
         self.restricted = restricted
+        self.dnsbl = dnsbl
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
         rows = self.store.counters()
@@ -190,6 +200,12 @@ class RelayCollector(Collector):
             for tenant in (*self.tenants, NO_TENANT):
                 senders.add_metric([tenant], float(counts.get(tenant, 0)))
             yield senders
+        listed = GaugeMetricFamily(
+            "deliverypool_dnsbl_listed", "1 while a source address is listed in a blocklist zone (test points passed), else 0.", labels=["address", "pool", "zone"]
+        )
+        for address, pool, zone, value in self.dnsbl():
+            listed.add_metric([address, pool, zone], value)
+        yield listed
 
 
 def registry_for(collector: Collector) -> CollectorRegistry:

@@ -110,10 +110,13 @@ class Observer:
         # The sender limits' events, alerts and gauge; `limits` is the relay's Limiter (or None).
         self.senders = SenderAlerts(self)
         self.limits: Any = None
+        # The blocklist watch (watch/dnsbl.py), when [dnsbl] has zones: the relay sets it.
+        self.dnsbl: Any = None
         self.registry = registry_for(
             RelayCollector(
                 self.store, str(spool_root), surges=self._active, tenants=self.tenants.names,
                 restricted=(lambda: self.senders.restricted_by_tenant) if limits_enabled(config) else None,
+                dnsbl=self._dnsbl_listed,
             )
         )
         self._dsns: list[tuple[float, str, str, dict[str, Any]]] = []
@@ -338,14 +341,9 @@ class Observer:
         now = self.clock()
         await self._read_dsns(now)
         changes = self.monitor.evaluate(now)
-        keep = self.config.monitor.resolved_alerts
         for alert in changes:
-            log_alert(alert)
             since = self.monitor.windows[alert["tenant"]].since
-            resolved = now if alert["state"] == "resolved" else None
-            await self._thread(functools.partial(self.store.save_alert, alert, since, resolved, keep))
-            if self.webhook is not None:
-                self.webhook.post(alert)
+            await self.publish_alert(alert, since, now if alert["state"] == "resolved" else None)
         if now - self._last_saved >= 60 or changes:
             self._last_saved = now
             monitor = self.monitor
@@ -359,10 +357,23 @@ class Observer:
             await self._thread(housekeeping)
         return changes
 
+    def _dnsbl_listed(self) -> list[tuple[str, str, str, float]]:
+        return self.dnsbl.listed_gauge() if self.dnsbl is not None else []
+
+    async def publish_alert(self, alert: dict[str, Any], since: float, resolved: float | None = None) -> None:
+        """Logs an alert (firing or resolved), stores it for GET /api/alerts and queues it for
+        the webhook: the surge monitor's alerts and the blocklist watch's."""
+        log_alert(alert)
+        if self.enabled and self._store_open:
+            keep = self.config.monitor.resolved_alerts
+            await self._thread(functools.partial(self.store.save_alert, alert, since, resolved, keep))
+        if self.webhook is not None:
+            self.webhook.post(alert)
+
     def _active(self) -> list[dict[str, Any]]:
         if self.monitor is not None:
             return self.monitor.active()
-        return [a for a in self.store.alerts()[0] if a.get("type") == "dsn-surge"]
+        return [alert for alert in self.store.alerts()[0] if alert["type"] == "dsn-surge"]
 
     async def alerts(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         active, resolved = await self._thread(self.store.alerts)

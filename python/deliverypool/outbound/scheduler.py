@@ -329,6 +329,12 @@ class DeliveryEngine:
         unusable."""
         work, body = ready.work, ready.body
         job = work.job
+        if self.connector.is_drained(lane.pool.name, session.source):
+            # Drained while the connection was open (a blocklist listing): not one more message
+            # from it. The work goes back to the front; the next connection binds another address.
+            log.info("pool=%s source=%s drained: closing the connection to %s", lane.pool.name, session.source, session.host)
+            lane.queue.appendleft(_Work(job, self._hold(body if isinstance(body, bytes) else None)))
+            return False
         attempt = await send(session, job.mail_from, job.recipients, body, self.spool)
         if attempt.reconnect:
             lane.queue.appendleft(_Work(job, self._hold(body if isinstance(body, bytes) else None)))

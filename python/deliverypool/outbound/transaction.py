@@ -13,7 +13,7 @@ import ipaddress
 import logging
 import random
 import ssl
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +70,9 @@ class Connector:
         self.mx = mx
         self.rng = rng
         self.stats = stats
+        # (pool, address) -> True while the blocklist watch has the address drained from the
+        # pool's rotation (watch/dnsbl.py; the relay sets it when [dnsbl] has zones).
+        self.drained: Callable[[str, str], bool] | None = None
         self._tls = ssl.create_default_context()
         # Opportunistic TLS, as in Postfix's "may" level: encrypt when offered, do not verify.
         self._tls.check_hostname = False
@@ -100,12 +103,16 @@ class Connector:
         return targets
 
     def source_for(self, pool: PoolConfig, address: str) -> SourceAddress | None:
-        """One of the pool's source addresses of `address`'s family, picked by weight."""
+        """One of the pool's source addresses of `address`'s family that is not drained, picked
+        by weight; None when there is none (never another pool's: the mail waits)."""
         version = ipaddress.ip_address(address).version
-        candidates = [s for s in pool.source_addresses if s.address.version == version]
+        candidates = [s for s in pool.source_addresses if s.address.version == version and not self.is_drained(pool.name, str(s.address))]
         if not candidates:
             return None
         return self.rng.choices(candidates, weights=[s.weight for s in candidates])[0]
+
+    def is_drained(self, pool: str, source: str) -> bool:
+        return self.drained is not None and self.drained(pool, source)
 
     async def open(self, pool: PoolConfig, destination: str) -> Session:
         """A connection to the first target that greets with 220. Raises DestinationError when
@@ -116,7 +123,11 @@ class Connector:
             source = self.source_for(pool, address)
             label = f"{host}[{address}]:{port}"
             if source is None:
-                last = f"{label}: pool {pool.name} has no IPv{ipaddress.ip_address(address).version} source address"
+                version = ipaddress.ip_address(address).version
+                if any(s.address.version == version for s in pool.source_addresses):
+                    last = f"{label}: every IPv{version} source address of pool {pool.name} is drained (listed on a blocklist)"
+                else:
+                    last = f"{label}: pool {pool.name} has no IPv{version} source address"
                 continue
             smtp = aiosmtplib.SMTP(
                 hostname=address,

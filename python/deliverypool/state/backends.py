@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol, TypeVar
 
-from deliverypool.state.observations import connect_state
+from deliverypool.state.tables import connect_state
 
 __all__ = [
     "BUCKETS",

@@ -17,14 +17,13 @@ blocking; the relay calls them on a thread.
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final
 
-__all__ = ["STATE_DATABASE", "DsnRow", "ObservationStore", "connect_state", "encode_labels"]
+from deliverypool.state.tables import StateTables
+
+__all__ = ["STATE_DATABASE", "DsnRow", "ObservationStore", "encode_labels"]
 
 STATE_DATABASE: Final = "state.sqlite3"
 
@@ -55,26 +54,6 @@ CREATE TABLE IF NOT EXISTS observe_meta (
 Labels = tuple[tuple[str, str], ...]
 
 
-def connect_state(path: Path, schema: str, *, timeout: float = 10.0) -> sqlite3.Connection:
-    """A connection to the state database at `path` (WAL, ``synchronous=NORMAL``, waiting up to
-    `timeout` seconds for another worker's write lock), with the tables of `schema` made."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=timeout)
-    conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = NORMAL")
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        for statement in filter(None, (s.strip() for s in schema.split(";"))):
-            conn.execute(statement)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        conn.close()
-        raise
-    return conn
-
-
 def encode_labels(labels: Labels) -> str:
     return json.dumps(labels, separators=(",", ":"))
 
@@ -88,28 +67,12 @@ class DsnRow:
     record: dict[str, Any]
 
 
-class ObservationStore:
+class ObservationStore(StateTables):
     """The ``observe_`` tables of one state database. One connection, used by one thread at a
     time (a lock serialises the callers)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
-
-    def open(self) -> None:
-        self._conn = connect_state(self.path, _SCHEMA)
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-    def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise RuntimeError("the observation store is not open")
-        return self._conn
+    schema = _SCHEMA
+    what = "the observation store"
 
     # --- writes (every worker) ---------------------------------------------------------
 
@@ -211,7 +174,8 @@ class ObservationStore:
             conn.execute(
                 "INSERT INTO observe_alerts (id, tenant, cause, state, since, resolved, body) VALUES (?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (id) DO UPDATE SET state = excluded.state, resolved = excluded.resolved, body = excluded.body",
-                (alert["id"], alert["tenant"], alert["cause"], alert["state"], since, resolved, json.dumps(alert)),
+                # A blocklist alert has no tenant or cause: its type stands in for the cause.
+                (alert["id"], alert.get("tenant", ""), alert.get("cause", alert["type"]), alert["state"], since, resolved, json.dumps(alert)),
             )
             conn.execute(
                 "DELETE FROM observe_alerts WHERE state = 'resolved' AND id NOT IN"

@@ -35,6 +35,10 @@ class ZoneServer(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self.queries = 0
 
+    def set_zone(self, origin: str, text: str) -> None:
+        """Serves `text` as the zone `origin` from the next query on (a new zone or a reload)."""
+        self.zones[dns.name.from_text(origin)] = dns.zone.from_text(text, origin=origin, relativize=False)
+
     # --- serving -------------------------------------------------------------------------
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
