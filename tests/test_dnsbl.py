@@ -20,6 +20,8 @@ from typing import Any
 import aiohttp
 import aiosmtplib
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from deliverypool import config as cfg
@@ -130,6 +132,20 @@ def test_reversed_names_follow_rfc_5782() -> None:
         "b.a.9.8.7.6.5.0.4.0.0.0.3.0.0.0.2.0.0.0.1.0.0.0.8.b.d.0.1.0.0.2.ugly.example.com"
     )
     assert reversed_name("::FFFF:7F00:2", "BL.test") == "2.0.0.0.0.0.f.7.f.f.f.f" + ".0" * 20 + ".bl.test"
+
+
+@given(st.ip_addresses(), st.sampled_from(["bl.test", "BL.Test.", "zen.spamhaus.org"]))
+def test_a_reversed_name_reads_back_as_its_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address, zone: str) -> None:
+    name = reversed_name(address, zone)
+    suffix = "." + zone.strip(".").lower()
+    assert name.endswith(suffix)
+    labels = name.removesuffix(suffix).split(".")
+    if address.version == 4:
+        assert len(labels) == 4 and ipaddress.ip_address(".".join(reversed(labels))) == address
+    else:
+        nibbles = "".join(reversed(labels))
+        assert len(labels) == 32 and all(len(n) == 1 for n in labels)
+        assert ipaddress.ip_address(":".join(nibbles[i : i + 4] for i in range(0, 32, 4))) == address
 
 
 def test_verdicts_and_test_points_from_nsd(bl_dns: NsdServer, aio_run: Run) -> None:
