@@ -37,6 +37,14 @@ def quick(config: pytest.Config) -> bool:
     return bool(config.getoption("benchmark_disable", False))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    from benches.build import not_release
+
+    problem = None if quick(config) else not_release("the benchmarks")
+    if problem:
+        pytest.exit(problem, returncode=2)
+
+
 @pytest.fixture(scope="session")
 def quick_mode(pytestconfig: pytest.Config) -> bool:
     return quick(pytestconfig)

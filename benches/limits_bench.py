@@ -36,6 +36,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benches.build import not_release  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
 
 MODES = ("off", "sqlite", "redis")
@@ -164,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.messages, args.sessions = 1, 100, 4
+    elif problem := not_release("limits_bench"):
+        print(problem, file=sys.stderr)
+        return 2
     for tool in ("smtp-source", "smtp-sink"):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
             print(f"limits_bench: {tool} is missing (Debian's postfix package)", file=sys.stderr)

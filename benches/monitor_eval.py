@@ -37,6 +37,7 @@ import aiosmtplib
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benches.build import not_release  # noqa: E402
 from deliverypool import config as cfg  # noqa: E402
 from deliverypool.app import Relay  # noqa: E402
 from deliverypool.observe.service import Observer  # noqa: E402
@@ -235,6 +236,9 @@ def main() -> int:
     parser.add_argument("--cpu-only", action="store_true", help="only the CPU measurement")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    if args.cpu and (problem := not_release("monitor_eval --cpu")):
+        print(problem, file=sys.stderr)
+        return 2
     results = []
     if args.cpu_only:
         pass

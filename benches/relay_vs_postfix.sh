@@ -29,6 +29,8 @@ SESSIONS=${SESSIONS:-20}
 PROBES=${PROBES:-100}
 TIMEOUT=${TIMEOUT:-300}
 PY=${PY:-.venv/bin/python}
+# Figures from an unoptimised extension would mislead: refuse them (benches/build.py).
+"$PY" -m benches.build relay_vs_postfix.sh || exit 2
 # Ports on 127.0.0.1: the two relays' listeners and their sinks.
 DP_PORT=${DP_PORT:-2625}
 PF_PORT=${PF_PORT:-2626}

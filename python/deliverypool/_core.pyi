@@ -5,6 +5,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal, final
 
 __all__ = [
+    "BUILD_PROFILE",
     "DEFECTS",
     "DSN_KINDS",
     "PHRASE_GROUPS",
@@ -31,11 +32,14 @@ __all__ = [
 ]
 
 __version__: str
+BUILD_PROFILE: str
+"""``"release"`` for an optimised build (wheels, ``maturin develop --release``), ``"debug"``
+for a plain ``maturin develop``: benchmarks refuse to time a debug build."""
 
 # The closed sets of names deliverypool outputs, each every valid name once, in the order of its
 # table in the Rust core (rust/labels.rs explains). Metrics labels and configuration name these.
 REASONS: tuple[str, ...]
-"""Every `Decision.reasons` name: dsn, spam-score, sender-domain-no-records, sender-domain-unknown."""
+"""Every `Decision.reasons` name: dsn, spam-score, sender-domain-no-records, sender-domain-unknown, spam-score-unavailable, unscannable."""
 SIGNALS: tuple[str, ...]
 """Every `DsnVerdict.signals` name."""
 DEFECTS: tuple[str, ...]
