@@ -6,6 +6,7 @@ tests/test_limits_relay.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import calendar
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from deliverypool import config as cfg
 from deliverypool.routing.tenants import Tenants
@@ -135,6 +138,96 @@ def test_exactly_the_limit_is_accepted_by_concurrent_workers(kind: str, tmp_path
     replies = asyncio.run(main())
     assert replies.count(None) == 50
     assert replies.count(REFUSED) == 10 and REFUSED == "550 5.1.8 Access denied, bad outbound sender"
+
+
+def counted(kind: str, tmp_path: Path, redis: RedisServer | None, sender: str, window: str = "per_day") -> int:
+    """What the backend holds in `sender`'s `window` (every bucket)."""
+    if kind == "sqlite":
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(tmp_path / "state.sqlite3")) as conn:
+            row = conn.execute("SELECT coalesce(sum(count), 0) FROM limits_counts WHERE scope = 's' AND owner = ? AND window = ?", (sender, window))
+            return int(row.fetchone()[0])
+    import redis as redis_client
+
+    assert redis is not None
+    client = redis_client.Redis.from_url(redis.url, decode_responses=True)
+    try:
+        return sum(int(v) for v in client.hgetall(f"{tmp_path}:c:s:{sender}:{window}").values())
+    finally:
+        client.close()
+
+
+def test_leases_check_the_backend_once_per_lease_and_hand_back_what_is_left(kind: str, tmp_path: Path, redis: RedisServer) -> None:
+    """Far from its limit, one check counts 64 recipients (itself and a lease of 63); the next 63
+    are accepted without the backend; what is left of the last lease is handed back at stop."""
+    conf = config("per_day = 100000\nexternal_per_hour = 100000")
+    clock = Clock()
+
+    async def main() -> tuple[list[str | None], int, int]:
+        async with limiter(conf, make_backend(kind, tmp_path, redis), clock) as lim:
+            replies = [await rcpt(lim, f"r{i}@far.example") for i in range(200)]
+            held = counted(kind, tmp_path, redis, "app@acme.example")
+            return replies, lim.backend_checks, held
+
+    replies, checks, held = asyncio.run(main())
+    assert replies == [None] * 200
+    assert checks == 4  # 200 recipients in leases of 64
+    assert held == 256  # counted when leased: the window never holds fewer than were accepted
+    assert counted(kind, tmp_path, redis, "app@acme.example") == 200
+    assert counted(kind, tmp_path, redis, "app@acme.example", "external_per_hour") == 200
+
+
+def test_near_the_limit_there_is_no_lease_and_the_count_is_exact(kind: str, tmp_path: Path, redis: RedisServer) -> None:
+    """per_day = 300: leases while the headroom is over 64, shrinking with it, none near the
+    limit: one worker accepts exactly 300 of 400 and restricts the sender at the 301st."""
+    conf = config('per_day = 300\naction = "block"')
+    clock = Clock()
+
+    async def main() -> tuple[list[str | None], int]:
+        async with limiter(conf, make_backend(kind, tmp_path, redis), clock) as lim:
+            return [await rcpt(lim, f"r{i}@far.example") for i in range(400)], lim.backend_checks
+
+    replies, checks = asyncio.run(main())
+    assert replies[:300] == [None] * 300 and set(replies[300:]) == {REFUSED}
+    assert 100 < checks < 400  # leases far from the limit, one check per recipient near it
+    assert counted(kind, tmp_path, redis, "app@acme.example") == 300
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    limit=st.sampled_from([3, 64, 130, 700, 5000]),
+    steps=st.lists(st.tuples(st.integers(0, 1), st.integers(0, 2), st.floats(0, 3)), min_size=1, max_size=250),
+)
+def test_leases_never_let_a_window_hold_more_than_its_limit(limit: int, steps: list[tuple[int, int, float]]) -> None:
+    """Two workers (two SQLite connections on one state database), three senders, the clock
+    moving by up to 3 s a step (the whole run inside one day): no sender gets more than
+    `limit` recipients accepted; one that asked for more got at least limit minus what the
+    other worker's lease may hold back (63); and after both stop, the database holds exactly
+    the accepted recipients of the senders that are not restricted."""
+    import tempfile
+
+    conf = config(f'per_day = {limit}\naction = "block"')
+    clock = Clock()
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder)
+
+        async def main() -> dict[str, list[str | None]]:
+            replies: dict[str, list[str | None]] = {f"s{i}@acme.example": [] for i in range(3)}
+            async with limiter(conf, SqliteBackend(path / "state.sqlite3"), clock) as one, limiter(conf, SqliteBackend(path / "state.sqlite3"), clock) as two:
+                for n, (worker, who, advance) in enumerate(steps):
+                    clock.now += advance
+                    sender = f"s{who}@acme.example"
+                    replies[sender].append(await rcpt(one if worker else two, f"r{n}@far.example", sender=sender))
+            return replies
+
+        for sender, got in asyncio.run(main()).items():
+            accepted = got.count(None)
+            assert accepted <= limit
+            if len(got) > limit + 63:
+                assert accepted >= limit - 63
+            if REFUSED not in got:
+                assert counted("sqlite", path, None, sender) == accepted
 
 
 def test_a_window_counts_a_recipient_for_at_least_its_length_and_at_most_one_bucket_more(kind: str, tmp_path: Path, redis: RedisServer) -> None:

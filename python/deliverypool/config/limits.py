@@ -101,3 +101,14 @@ class StateConfig(_Table):
         1.0, description="How often an unreachable Redis is tried again.", json_schema_extra=_shown_default("1s")
     )
     key_prefix: Text = Field("deliverypool:", description="Prefix of every Redis key the relay writes (several relays may share one Redis).")
+    lease: Int = Field(
+        63, ge=0, le=10000,
+        description=(
+            "Recipients a worker may count ahead in one check of a sender far from its limits, then accept without asking the "
+            "backend, for at most lease_time (at most a 64th of the smallest headroom: near a limit every recipient is checked "
+            "on its own; unused ones are handed back). 0: every recipient is checked in the backend."
+        ),
+    )
+    lease_time: Duration = Field(
+        1.0, gt=0, le=60, description="How long a lease may be used before what is left of it is handed back.", json_schema_extra=_shown_default("1s")
+    )

@@ -21,6 +21,14 @@ holds across workers and nodes), and a sender may be held back by recipients up 
 
 A recipient is counted against all its windows or none: when it would exceed one limit with
 a blocking action, it is refused and counted nowhere.
+
+**Leases.** A check may ask to count up to ``Check.lease`` more recipients ahead (the
+`Limiter` then accepts that many of the same sender and windows without asking the backend).
+The backend grants ``min(lease, (headroom - 1) // LEASE_SHARE)`` of them, where headroom is the
+smallest ``limit - count`` of the check's windows: a lease never takes more than a 64th of what
+is left, so near a limit there is none and every recipient is checked on its own. Leased
+recipients are counted at once (a window never holds more than its limit, counting them);
+those not used are handed back with `refund`.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from deliverypool.state.tables import connect_state
 
 __all__ = [
     "BUCKETS",
+    "LEASE_SHARE",
     "Backend",
     "BackendUnavailable",
     "Check",
@@ -52,6 +61,8 @@ __all__ = [
 ]
 
 BUCKETS: Final = 60
+# A lease takes at most this fraction (1/64) of a window's headroom (see the module documentation).
+LEASE_SHARE: Final = 64
 HOUR: Final = 3600.0
 DAY: Final = 86400.0
 # The windows counted per sender (scope "s"); "tenant_per_day" is counted per tenant (scope "t").
@@ -119,6 +130,8 @@ class Check:
     action: str
     now: float
     until: float | None
+    lease: int = 0
+    """Recipients to count ahead besides this one, if the headroom allows (see "Leases")."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +147,8 @@ class Outcome:
     window: str | None = None
     alerts: tuple[tuple[str, int, int], ...] = ()
     lifted: Restriction | None = None
+    granted: int = 1
+    """Recipients counted: this one and those leased ahead (accepted checks only)."""
 
 
 class Backend(Protocol):
@@ -164,12 +179,21 @@ class Backend(Protocol):
     async def prune(self, now: float) -> None:
         """Forgets buckets and alert marks that no window counts any more."""
 
+    async def refund(self, check: Check, unused: int) -> None:
+        """Uncounts `unused` recipients leased by `check` (from the buckets it counted them in)."""
+
 
 T = TypeVar("T")
 
 
 def _bucket(now: float, window: Window) -> int:
     return math.floor(now / window.width)
+
+
+def lease_granted(wanted: int, headroom: int) -> int:
+    """How many of `wanted` recipients a lease counts ahead with `headroom` left (one recipient,
+    the checked one, already taken from it)."""
+    return max(0, min(wanted, (headroom - 1) // LEASE_SHARE))
 
 
 # --- SQLite ----------------------------------------------------------------------------------
@@ -289,12 +313,14 @@ class SqliteBackend:
             self._forget(conn, check.sender)
             lifted = restriction
         over: list[tuple[Window, int]] = []
+        headroom = math.inf
         for window in check.windows:
             low = _bucket(now, window) - BUCKETS
             (total,) = conn.execute(
                 "SELECT coalesce(sum(count), 0) FROM limits_counts WHERE scope = ? AND owner = ? AND window = ? AND bucket >= ?",
                 (window.scope, window.owner, window.name, low),
             ).fetchone()
+            headroom = min(headroom, window.limit - total)
             if total + 1 > window.limit:
                 if check.action == "alert":
                     over.append((window, total + 1))
@@ -306,12 +332,13 @@ class SqliteBackend:
                 # The tenant's volume: refused while its window is full, no restriction.
                 reached = ((window.name, int(total), window.limit),) if self._mark(conn, window, now) else ()
                 return Outcome(False, window=window.name, alerts=reached, lifted=lifted)
+        granted = 1 + (lease_granted(check.lease, int(headroom)) if check.lease and not over else 0)
         conn.executemany(
-            "INSERT INTO limits_counts VALUES (?, ?, ?, ?, 1) ON CONFLICT (scope, owner, window, bucket) DO UPDATE SET count = count + 1",
-            [(w.scope, w.owner, w.name, _bucket(now, w)) for w in check.windows],
+            "INSERT INTO limits_counts VALUES (?, ?, ?, ?, ?) ON CONFLICT (scope, owner, window, bucket) DO UPDATE SET count = count + excluded.count",
+            [(w.scope, w.owner, w.name, _bucket(now, w), granted) for w in check.windows],
         )
         alerts = tuple((w.name, total, w.limit) for w, total in over if self._mark(conn, w, now))
-        return Outcome(True, alerts=alerts, lifted=lifted)
+        return Outcome(True, alerts=alerts, lifted=lifted, granted=granted)
 
     @staticmethod
     def _mark(conn: sqlite3.Connection, window: Window, now: float) -> bool:
@@ -365,6 +392,16 @@ class SqliteBackend:
 
         return await self._write(write)
 
+    async def refund(self, check: Check, unused: int) -> None:
+        def write(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "UPDATE limits_counts SET count = max(count - ?, 0) WHERE scope = ? AND owner = ? AND window = ? AND bucket = ?",
+                [(unused, w.scope, w.owner, w.name, _bucket(check.now, w)) for w in check.windows],
+            )
+
+        if unused > 0:
+            await self._write(write)
+
     async def prune(self, now: float) -> None:
         def write(conn: sqlite3.Connection) -> None:
             for seconds in (HOUR, DAY):
@@ -399,7 +436,8 @@ class _transaction:
 # KEYS: 1 the sender's restriction (a hash), 2 the index of restrictions (a sorted set by end,
 # "+inf" until released), then per window its counter (a hash bucket -> count) and its alert
 # mark. ARGV: now, sender, tenant, action, until ("" for none), the window count, then per
-# window: name, scope, limit, bucket width, seconds.
+# window: name, scope, limit, bucket width, seconds; then the lease wanted and LEASE_SHARE; then
+# the keys of the sender's other alert marks.
 _COUNT: Final = """
 local now = tonumber(ARGV[1])
 local sender, tenant, action, till = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
@@ -426,10 +464,11 @@ if #r > 0 then
       redis.call('DEL', KEYS[2 + 2 * i - 1], KEYS[2 + 2 * i])
     end
   end
-  for i = 7 + n * 5, #ARGV do redis.call('DEL', ARGV[i]) end
+  for i = 9 + n * 5, #ARGV do redis.call('DEL', ARGV[i]) end
   lifted = h
 end
 local over = {}
+local headroom = math.huge
 for i = 1, n do
   local base = 6 + (i - 1) * 5
   local name, scope, limit, width = ARGV[base + 1], ARGV[base + 2], tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
@@ -444,6 +483,7 @@ for i = 1, n do
       redis.call('HDEL', key, fields[j])
     end
   end
+  if limit - total < headroom then headroom = limit - total end
   if total + 1 > limit then
     if action == 'alert' then
       over[#over + 1] = {i, total + 1}
@@ -463,11 +503,17 @@ for i = 1, n do
     end
   end
 end
+-- The lease (see the module documentation): at most a LEASE_SHARE-th of the headroom.
+local granted = 1
+local wanted, share = tonumber(ARGV[7 + n * 5]), tonumber(ARGV[8 + n * 5])
+if wanted > 0 and #over == 0 and headroom ~= math.huge then
+  granted = 1 + math.max(0, math.min(wanted, math.floor((headroom - 1) / share)))
+end
 for i = 1, n do
   local base = 6 + (i - 1) * 5
   local width = tonumber(ARGV[base + 4])
   local key = KEYS[2 + 2 * i - 1]
-  redis.call('HINCRBY', key, tostring(math.floor(now / width)), 1)
+  redis.call('HINCRBY', key, tostring(math.floor(now / width)), granted)
   redis.call('PEXPIRE', key, math.ceil(width * 62 * 1000))
 end
 local alerts = {}
@@ -478,7 +524,18 @@ for _, o in ipairs(over) do
     alerts[#alerts + 1] = {ARGV[base + 1], o[2], tonumber(ARGV[base + 3])}
   end
 end
-return cjson.encode({accepted = true, alerts = alerts, lifted = lifted})
+return cjson.encode({accepted = true, alerts = alerts, lifted = lifted, granted = granted})
+"""
+
+# KEYS: the counters of a check's windows. ARGV: the unused count, then each window's bucket.
+_REFUND: Final = """
+for i = 1, #KEYS do
+  local bucket = ARGV[1 + i]
+  if redis.call('HEXISTS', KEYS[i], bucket) == 1 then
+    if redis.call('HINCRBY', KEYS[i], bucket, -tonumber(ARGV[1])) <= 0 then redis.call('HDEL', KEYS[i], bucket) end
+  end
+end
+return 0
 """
 
 # KEYS: 1 the restriction, 2 the index, then the sender's counters and alert marks.
@@ -518,6 +575,7 @@ class RedisBackend:
         self._client: Any = None
         self._count: Any = None
         self._release: Any = None
+        self._refund: Any = None
         self._restrict: Any = None
         self.round_trips = 0
         self._pending: list[tuple[Check, asyncio.Future[Outcome]]] = []
@@ -536,6 +594,7 @@ class RedisBackend:
         self._count = self._client.register_script(_COUNT)
         self._release = self._client.register_script(_RELEASE)
         self._restrict = self._client.register_script(_RESTRICT)
+        self._refund = self._client.register_script(_REFUND)
 
     async def close(self) -> None:
         if self._client is not None:
@@ -569,6 +628,7 @@ class RedisBackend:
         for w in check.windows:
             keys += [self._key("c", w.scope, w.owner, w.name), self._key("a", w.scope, w.owner, w.name)]
             args += [w.name, w.scope, w.limit, repr(w.width), repr(w.seconds)]
+        args += [check.lease, LEASE_SHARE]
         # The alert marks of the sender's other windows, forgotten when an expired restriction goes.
         args += [k for k in self._sender_keys(check.sender) if k not in keys]
         return keys, args
@@ -650,13 +710,18 @@ class RedisBackend:
     async def prune(self, now: float) -> None:
         """Nothing to do: every key expires by itself, and each check drops its window's old buckets."""
 
+    async def refund(self, check: Check, unused: int) -> None:
+        if unused > 0:
+            keys = [self._key("c", w.scope, w.owner, w.name) for w in check.windows]
+            await self._call(self._refund(keys=keys, args=[unused, *(str(_bucket(check.now, w)) for w in check.windows)]))
+
 
 def _outcome(text: str) -> Outcome:
     reply = json.loads(text)
     lifted = _restriction(reply.get("lifted"))
     alerts = tuple((str(a[0]), int(a[1]), int(a[2])) for a in reply.get("alerts") or ())
     if reply.get("accepted"):
-        return Outcome(True, alerts=alerts, lifted=lifted)
+        return Outcome(True, alerts=alerts, lifted=lifted, granted=int(reply.get("granted") or 1))
     restriction = _restriction(reply.get("restriction"))
     window = restriction.window if restriction is not None else str(reply.get("window"))
     return Outcome(False, restriction, restricted_now=bool(reply.get("restricted_now")), window=window, alerts=alerts, lifted=lifted)

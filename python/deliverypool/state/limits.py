@@ -22,6 +22,15 @@ this node alone in its state database (``fail = "open"``) or answers ``451 4.3.0
 (``"closed"``), tells its listener (the ``state-backend-unavailable`` alert), and tries Redis
 again every ``retry_interval``; restrictions made meanwhile are copied to Redis when it is
 back. A check never raises into the SMTP session.
+
+A sender far from its limits is checked in leases (``[state] lease``): a check counts up to
+``lease`` recipients ahead, at most a 64th of the smallest headroom (state/backends.py), and
+the worker accepts that many more recipients of the same sender and windows without a round
+trip, for ``lease_time`` at most; what is left is handed back (`Backend.refund`). Leased
+recipients are counted when leased, so no window ever holds more than its limit; near a limit
+there is no lease and each recipient is checked on its own, so a restriction happens at the
+exact count. A restriction made elsewhere while this worker holds a lease takes effect here
+when the lease ends (within ``lease_time``); those recipients were counted within the limit.
 """
 
 from __future__ import annotations
@@ -95,6 +104,17 @@ class _Policy:
     action: str
 
 
+@dataclass(slots=True)
+class _Lease:
+    """Recipients counted ahead by `check` in `backend`: `left` of them may still be accepted
+    until `until`."""
+
+    check: Check
+    backend: Backend
+    left: int
+    until: float
+
+
 class Limiter:
     """The sender limits of one relay process over `backend` (and, with Redis, `local`, the
     node's own state database while Redis is unreachable)."""
@@ -126,6 +146,11 @@ class Limiter:
         self._tasks: list[asyncio.Task[None]] = []
         self._probe: asyncio.Task[None] | None = None
         self._errors = 0
+        self.lease = config.state.lease
+        self.lease_time = config.state.lease_time
+        self._leases: dict[tuple[str, tuple[Window, ...]], _Lease] = {}
+        self._refunds: set[asyncio.Task[None]] = set()
+        self.backend_checks = 0
 
     # --- life cycle ------------------------------------------------------------------------------
 
@@ -141,6 +166,8 @@ class Limiter:
                 self._went_down(str(exc))
         if self.leader:
             self._tasks.append(asyncio.ensure_future(self._sweeping(self.config.observe.flush_interval)))
+        if self.lease:
+            self._tasks.append(asyncio.ensure_future(self._ending_leases()))
 
     async def stop(self) -> None:
         for task in [*self._tasks, *([self._probe] if self._probe is not None else [])]:
@@ -149,6 +176,11 @@ class Limiter:
                 await task
         self._tasks.clear()
         self._probe = None
+        # What is left of the leases goes back before the backends close.
+        for key in list(self._leases):
+            self._end_lease(key)
+        if self._refunds:
+            await asyncio.gather(*self._refunds, return_exceptions=True)
         await self.backend.close()
         if self.local is not None:
             await self.local.close()
@@ -197,9 +229,20 @@ class Limiter:
             return None
         policy = self.policy(tenant)
         now = self.clock()
-        check = Check(sender, tenant, windows, policy.action, now, next_midnight(now) if policy.action == DEFAULT_ACTION else None)
+        key = (sender, windows)
+        lease = self._leases.get(key)
+        if lease is not None:
+            if lease.left > 0 and now < lease.until and lease.backend is self._counting():
+                lease.left -= 1
+                self.accepted += 1
+                return None
+            self._end_lease(key)
+        check = Check(
+            sender, tenant, windows, policy.action, now, next_midnight(now) if policy.action == DEFAULT_ACTION else None,
+            lease=self.lease if policy.action != "alert" else 0,
+        )
         try:
-            outcome = await self._count(check)
+            outcome, backend = await self._count(check)
         except Exception:
             self._errors += 1
             if self._errors <= 10 or self._errors % 1000 == 0:
@@ -210,22 +253,60 @@ class Limiter:
         self._tell(outcome, check)
         if outcome.accepted:
             self.accepted += 1
+            if outcome.granted > 1:
+                if backend is not self._counting():  # Redis went away or came back meanwhile: no lease
+                    self._refund(backend, check, outcome.granted - 1)
+                else:
+                    self._end_lease(key)
+                    self._leases[key] = _Lease(check, backend, outcome.granted - 1, now + self.lease_time)
             return None
         self.refused += 1
         log.info("refused rcpt=%s sender=%s tenant=%s limit=%s", recipient, sender, tenant or "-", outcome.window)
         return REFUSED
 
-    async def _count(self, check: Check) -> Outcome | None:
+    def _counting(self) -> Backend:
+        """The backend a check counts in now (the node's state database while Redis is away)."""
+        return self.local if self.local is not None and self.down_since is not None else self.backend
+
+    # --- leases ----------------------------------------------------------------------------------
+
+    def _end_lease(self, key: tuple[str, tuple[Window, ...]]) -> None:
+        lease = self._leases.pop(key, None)
+        if lease is not None and lease.left > 0:
+            self._refund(lease.backend, lease.check, lease.left)
+
+    def _refund(self, backend: Backend, check: Check, unused: int) -> None:
+        async def refund() -> None:
+            try:
+                await backend.refund(check, unused)
+            except Exception as exc:  # they stay counted: the sender can only be held back early
+                log.debug("sender limits: %d leased recipient(s) of %s not handed back: %s", unused, check.sender, exc)
+
+        task = asyncio.ensure_future(refund())
+        self._refunds.add(task)
+        task.add_done_callback(self._refunds.discard)
+
+    async def _ending_leases(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_time)
+            now = self.clock()
+            for key in [k for k, lease in self._leases.items() if lease.until <= now]:
+                self._end_lease(key)
+
+    async def _count(self, check: Check) -> tuple[Outcome | None, Backend]:
+        """The outcome (None: refuse with 451, Redis away and ``fail = "closed"``) and the backend
+        that counted it."""
+        self.backend_checks += 1
         if self.local is None:
-            return await self.backend.count(check)
+            return await self.backend.count(check), self.backend
         if self.down_since is None:
             try:
-                return await self.backend.count(check)
+                return await self.backend.count(check), self.backend
             except BackendUnavailable as exc:
                 self._went_down(str(exc))
         if self.fail == "closed":
-            return None
-        return await self.local.count(check)
+            return None, self.local
+        return await self.local.count(check), self.local
 
     def _tell(self, outcome: Outcome, check: Check) -> None:
         listener = self.listener
@@ -299,6 +380,8 @@ class Limiter:
         """Lifts the restriction of the sender `identity` (an address or AUTH identity, in any
         case) everywhere: in the shared backend and in this node's state database."""
         sender = sender_key(identity)
+        for key in [k for k in self._leases if k[0] == sender]:
+            self._leases.pop(key)  # its counters are forgotten with the restriction
         released = None
         if self.down_since is None:
             released = await self.backend.release(sender)
