@@ -60,15 +60,15 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
-def relay_config(spool: Path, listen: int, sink: int, mode: str, redis_url: str | None) -> str:
+def relay_config(spool: Path, listen: int, sink: int, mode: str, redis_url: str | None, lease: int | None = None) -> str:
     pools = ""
     for name, source in (("normal", "127.0.0.2"), ("high-risk", "127.0.0.3")):
         pools += f'[pools.{name}]\nsource_addresses = ["{source}"]\ndelivery = "smarthost"\nsmarthost = "127.0.0.1:{sink}"\nmax_connections_per_destination = 8\n'
     text = f'hostname = "bench.test"\n[listener]\naddress = "127.0.0.1:{listen}"\n[spool]\ndirectory = "{spool}"\n[dns]\ncheck_sender_domain = false\n{pools}'
     if mode != "off":
         text += "[limits]\nper_day = 100000000\nexternal_per_hour = 100000000\naction = \"block\"\n"
-    if mode == "redis":
-        text += f'[state]\nredis = "{redis_url}"\n'
+    if mode != "off":
+        text += "[state]\n" + (f'redis = "{redis_url}"\n' if mode == "redis" else "") + (f"lease = {lease}\n" if lease is not None else "")
     return text
 
 
@@ -92,7 +92,7 @@ def run_once(mode: str, args: argparse.Namespace, redis: RedisServer | None, wor
     spool = Path(tempfile.mkdtemp(dir=work, prefix=f"{mode}-"))
     listen, sink = free_port(), free_port()
     config = spool / "relay.toml"
-    config.write_text(relay_config(spool / "spool", listen, sink, mode, redis.url if redis else None))
+    config.write_text(relay_config(spool / "spool", listen, sink, mode, redis.url if redis else None, getattr(args, "lease", None)))
     if redis is not None:
         redis.flush()
     sink_process = subprocess.Popen(["smtp-sink", "-c", f"127.0.0.1:{sink}", "256"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -161,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--json", metavar="PATH", help="write every run's figures here")
+    parser.add_argument("--lease", type=int, default=None, help="[state] lease for the modes with limits (default: the relay's, 63; 0: every recipient checked in the backend)")
     parser.add_argument("--quick", action="store_true", help="one round of 100 messages (the test command's check that it runs)")
     args = parser.parse_args(argv)
     if args.quick:
