@@ -291,3 +291,29 @@ async def eventually_rows(relay: Relay) -> list[tuple[str, str]]:
 
     await eventually(read, what="the spool's rows")
     return rows
+
+
+def test_the_score_sources_counts_are_metrics(stopped_rspamd: RspamdServer, tmp_path: Path) -> None:
+    """rspamd unreachable with fallback = "high-risk": the scrape counts the failed check by its
+    reason and the message sent high-risk for want of a score."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async def main() -> dict[str, float]:
+        async with scored_relay(tmp_path, stopped_rspamd.url, "high-risk") as (relay, accepted, dest, config):
+            for _ in range(2):
+                await aiosmtplib.send(HAM, sender="alice@sender.test", recipients=["bob@dest.test"], hostname="127.0.0.1", port=config.listener.port)
+            await dest.wait_for(2)
+            await relay.observer.flush()
+            text = generate_latest(relay.observer.registry).decode()
+        found: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name.startswith("deliverypool_score_"):
+                    found[sample.name + "".join(f"{{{k}={v}}}" for k, v in sorted(sample.labels.items()))] = sample.value
+        return found
+
+    assert asyncio.run(main()) == {
+        "deliverypool_score_checks_total{result=unreachable}": 2.0,
+        "deliverypool_score_fallbacks_total": 2.0,
+    }

@@ -173,6 +173,7 @@ class Relay:
         if self.router is None:
             self.router = Router(resolver if needs_sender else None, policy=policy_from_config(self.config))
         self.scores = scored_router(self.config, self.router)
+        self.observer.scores = self.scores.source.stats if self.scores.source is not None else None
 
     async def listen(self, sock: socket.socket | None = None) -> asyncio.AbstractServer:
         """Starts the SMTP listener on the configured address (bound with ``listener.backlog``),

@@ -17,6 +17,8 @@ Every label value comes from a closed set, never from message content:
 | ``deliverypool_senders_restricted`` (gauge, with sender limits) | ``tenant``: configured tenants or ``none`` |
 | ``deliverypool_dnsbl_listed`` (gauge, 1 listed, 0 not) | ``address``, ``pool``: the configured source addresses and their pools; ``zone``: ``dnsbl.zones`` |
 | ``deliverypool_dnsbl_checks_total`` (counter, per address and cycle) | ``zone``: ``dnsbl.zones``; ``result``: `CHECK_RESULTS` |
+| ``deliverypool_score_checks_total`` (counter, with a score source) | ``result``: ``verdict``, ``too-large``, `FAILURES` (``timeout``, ``unreachable``, ``bad-response``) |
+| ``deliverypool_score_fallbacks_total`` (counter) | none |
 
 A message with several reasons counts once under each; a value outside its set (a pool
 removed from the configuration while mail waited) is counted as ``other``.
@@ -124,6 +126,8 @@ _HELP: Final = {
     "deliverypool_bounces_total": ("Failed recipients of relayed DSNs, by tenant and bounce category.", ["tenant", "category"]),
     "deliverypool_events_dropped_total": ("Events a subscriber could not take in time (its queue was full).", ["subscriber"]),
     "deliverypool_dnsbl_checks_total": ("Blocklist checks of the source addresses, by zone and result.", ["zone", "result"]),
+    "deliverypool_score_checks_total": ("Messages the score source (rspamd) was asked about or skipped, by result.", ["result"]),
+    "deliverypool_score_fallbacks_total": ("Messages sent through the high-risk pool because no score could be had (score.fallback).", []),
 }
 
 

@@ -20,7 +20,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deliverypool._core import Decision, scan
 from deliverypool.config import NO_TENANT, RelayConfig
@@ -35,7 +35,10 @@ from deliverypool.observe.senders import SenderAlerts
 from deliverypool.observe.surge import SurgeMonitor
 from deliverypool.routing.tenants import Tenants
 from deliverypool.state.limits import enabled as limits_enabled
-from deliverypool.state.observations import STATE_DATABASE, ObservationStore
+from deliverypool.state.observations import STATE_DATABASE, Labels, ObservationStore
+
+if TYPE_CHECKING:
+    from deliverypool.routing.scores import ScoreStats
 
 __all__ = ["EventLog", "Observer"]
 
@@ -121,6 +124,9 @@ class Observer:
         )
         self._dsns: list[tuple[float, str, str, dict[str, Any]]] = []
         self._dropped: dict[str, int] = {}
+        # The score source's counters (routing/scores.py), when there is one: the relay sets it.
+        self.scores: ScoreStats | None = None
+        self._scores_seen: dict[str, int] = {}
         self._last_dsn_id = 0
         self._last_saved = 0.0
         self._tasks: list[asyncio.Task[None]] = []
@@ -304,6 +310,18 @@ class Observer:
         }
         self._dsns.append((event.at, tenant, self.worker, record))
 
+    def _score_deltas(self, stats: ScoreStats) -> dict[tuple[str, Labels], float]:
+        """What the score source counted since the last flush, as metric deltas."""
+        now = {"verdict": stats.verdicts, "too-large": stats.skipped_too_large, **stats.failures, "fallback": stats.fallback_high_risk}
+        deltas: dict[tuple[str, Labels], float] = {}
+        for result, value in now.items():
+            delta = value - self._scores_seen.get(result, 0)
+            if delta:
+                name = "deliverypool_score_fallbacks_total" if result == "fallback" else "deliverypool_score_checks_total"
+                deltas[(name, () if result == "fallback" else (("result", result),))] = float(delta)
+                self._scores_seen[result] = value
+        return deltas
+
     async def flush(self) -> None:
         """Adds this worker's counts and DSN records to the state database; writes the relayed
         Message-IDs and the event log."""
@@ -313,6 +331,8 @@ class Observer:
             if dropped:
                 counts[("deliverypool_events_dropped_total", (("subscriber", name),))] = float(dropped)
                 self._dropped[name] = stats["dropped"]
+        if self.scores is not None:
+            counts.update(self._score_deltas(self.scores))
         dsns, self._dsns = self._dsns, []
         event_log = self.event_log
         if not await self._ensure_store():
