@@ -332,7 +332,7 @@ class SqliteBackend:
                 # The tenant's volume: refused while its window is full, no restriction.
                 reached = ((window.name, int(total), window.limit),) if self._mark(conn, window, now) else ()
                 return Outcome(False, window=window.name, alerts=reached, lifted=lifted)
-        granted = 1 + (lease_granted(check.lease, int(headroom)) if check.lease and not over else 0)
+        granted = 1 + (lease_granted(check.lease, int(headroom)) if check.lease and not over and check.windows else 0)
         conn.executemany(
             "INSERT INTO limits_counts VALUES (?, ?, ?, ?, ?) ON CONFLICT (scope, owner, window, bucket) DO UPDATE SET count = count + excluded.count",
             [(w.scope, w.owner, w.name, _bucket(now, w), granted) for w in check.windows],

@@ -232,7 +232,7 @@ class Limiter:
         key = (sender, windows)
         lease = self._leases.get(key)
         if lease is not None:
-            if lease.left > 0 and now < lease.until and lease.backend is self._counting():
+            if lease.left > 0 and now < lease.until and lease.backend is self._current():
                 lease.left -= 1
                 self.accepted += 1
                 return None
@@ -254,7 +254,7 @@ class Limiter:
         if outcome.accepted:
             self.accepted += 1
             if outcome.granted > 1:
-                if backend is not self._counting():  # Redis went away or came back meanwhile: no lease
+                if backend is not self._current():  # Redis went away or came back meanwhile: no lease
                     self._refund(backend, check, outcome.granted - 1)
                 else:
                     self._end_lease(key)
@@ -263,10 +263,6 @@ class Limiter:
         self.refused += 1
         log.info("refused rcpt=%s sender=%s tenant=%s limit=%s", recipient, sender, tenant or "-", outcome.window)
         return REFUSED
-
-    def _counting(self) -> Backend:
-        """The backend a check counts in now (the node's state database while Redis is away)."""
-        return self.local if self.local is not None and self.down_since is not None else self.backend
 
     # --- leases ----------------------------------------------------------------------------------
 
