@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from deliverypool import config as cfg
 from deliverypool.routing.scores import Routed, Submission
-from tests.smtp_sinks import message
+from deliverypool.state.limits import REFUSED, UNAVAILABLE
+from tests.smtp_sinks import free_port, message
 
 pytest.importorskip("Milter", reason="pymilter is not installed (the milter extra)")
 
@@ -77,3 +79,51 @@ def test_a_null_sender_dsn_is_high_risk(distrusting: MilterService) -> None:
 def test_libmilter_socket_names() -> None:
     assert milter_socket("127.0.0.1", 8893) == "inet:8893@127.0.0.1"
     assert milter_socket("::1", 8893) == "inet6:8893@::1"
+
+
+def check_from_a_thread(running: MilterService, recipient: str, *, mail_from: str = "app@acme.test", login: str | None = None) -> str | None:
+    """As libmilter calls it at RCPT: from a thread that is not the service's loop."""
+    results: list[str | None] = []
+    thread = threading.Thread(
+        target=lambda: results.append(running.check_recipient(login=login, mail_from=mail_from, recipient=recipient, client_address="127.0.0.1"))
+    )
+    thread.start()
+    thread.join(30)
+    [reply] = results
+    return reply
+
+
+def test_sender_limits_refuse_at_rcpt_and_null_senders_pass(tmp_path: Path) -> None:
+    text = f'[limits]\nper_day = 3\naction = "block"\n[spool]\ndirectory = "{tmp_path / "spool"}"\n[dns]\ncheck_sender_domain = false\n'
+    running = MilterService(cfg.loads(text + POOLS))
+    try:
+        replies = [check_from_a_thread(running, f"r{i}@far.test") for i in range(5)]
+        other = check_from_a_thread(running, "r@far.test", mail_from="other@acme.test")
+        by_login = [check_from_a_thread(running, f"l{i}@far.test", mail_from="any@acme.test", login=login)
+                    for i, login in enumerate(["Mailer@Acme.TEST"] * 3 + [None, "mailer@acme.test"])]
+        bounce = check_from_a_thread(running, "r@far.test", mail_from="")
+    finally:
+        running.close()
+    assert replies == [None, None, None, REFUSED, REFUSED]
+    assert other is None and bounce is None
+    assert by_login == [None, None, None, None, REFUSED]  # the SASL login is the sender (one sender in any case), not the envelope
+    # The state is the relay's: a restart (a new service on the same spool) keeps the restriction.
+    again = MilterService(cfg.loads(text + POOLS))
+    try:
+        assert check_from_a_thread(again, "later@far.test") == REFUSED
+    finally:
+        again.close()
+
+
+def test_sender_limits_with_redis_unreachable_and_fail_closed_tempfail_the_recipient(tmp_path: Path) -> None:
+    dead = free_port()  # nothing listens there
+    text = (
+        f'[limits]\nper_day = 3\n[state]\nredis = "redis://127.0.0.1:{dead}/0"\nfail = "closed"\ntimeout = "200ms"\n'
+        f'[spool]\ndirectory = "{tmp_path / "spool"}"\n[dns]\ncheck_sender_domain = false\n'
+    )
+    running = MilterService(cfg.loads(text + POOLS))
+    try:
+        assert check_from_a_thread(running, "r@far.test") == UNAVAILABLE
+        assert check_from_a_thread(running, "r@far.test", mail_from="") is None
+    finally:
+        running.close()

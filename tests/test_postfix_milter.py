@@ -313,3 +313,38 @@ def test_a_classification_slower_than_milter_timeout_is_tempfailed(stack: Stack,
     # Once classification works again, the client's retry goes through.
     stack.send(content)
     assert [d.peer for d in stack.arrived(message_id(content.encode()))] == [NORMAL_SOURCE]
+
+
+def test_sender_limits_refuse_recipients_at_rcpt_through_postfix(stack: Stack, tmp_path: Path) -> None:
+    """The milter with [limits] per_day = 2, action block: a client's transaction to four
+    recipients gets 250 for two and Postfix's 550 5.1.8 (the milter's reply) for the others;
+    the message reaches the two accepted recipients, from its pool's address; the sender's next
+    message is refused at its first recipient; a null-sender message still passes."""
+    limited = tmp_path / "limited.toml"
+    limited.write_text(stack.milter.config.read_text() + f'\n[limits]\nper_day = 2\naction = "block"\n[spool]\ndirectory = "{tmp_path / "spool"}"\n')
+    original = stack.milter.config
+    stack.milter.stop()
+    stack.milter.config = limited
+    stack.milter.start()
+    try:
+        recipients = [f"r{i}@dest.test" for i in range(4)]
+        content = message("over the limit", sender="burst@mx-only.dp.test")
+        with smtplib.SMTP("127.0.0.1", stack.postfix.port, timeout=60) as client:
+            refused = client.sendmail("burst@mx-only.dp.test", recipients, content.encode())
+        assert refused == {r: (550, b"5.1.8 Access denied, bad outbound sender") for r in recipients[2:]}
+        [delivery] = stack.arrived(message_id(content.encode()))
+        assert sorted(delivery.rcpt_tos) == recipients[:2] and delivery.peer == NORMAL_SOURCE
+        later = message("after the restriction", sender="burst@mx-only.dp.test")
+        with smtplib.SMTP("127.0.0.1", stack.postfix.port, timeout=60) as client:
+            with pytest.raises(smtplib.SMTPRecipientsRefused) as all_refused:
+                client.sendmail("burst@mx-only.dp.test", ["r9@dest.test"], later.encode())
+        assert all_refused.value.recipients == {"r9@dest.test": (550, b"5.1.8 Access denied, bad outbound sender")}
+        bounce = message("Undelivered Mail Returned to Sender", sender="MAILER-DAEMON@mx-only.dp.test")
+        with smtplib.SMTP("127.0.0.1", stack.postfix.port, timeout=60) as client:
+            assert client.sendmail("<>", ["r9@dest.test"], bounce.encode()) == {}
+        stack.arrived(message_id(bounce.encode()))
+        assert "sender burst@mx-only.dp.test restricted: per_day 2/2" in stack.milter.log()
+    finally:
+        stack.milter.stop()
+        stack.milter.config = original
+        stack.milter.start()

@@ -17,6 +17,13 @@ its own; they are synchronous, so the classification runs on one asyncio event l
 thread of its own (the resolver, its cache and the rspamd client live there), and a callback
 waits for its message's result, at most ``milter.timeout``.
 
+With sender limits configured (``[limits]``, ``[tenants.NAME.limits]``; README "Sender
+limits"), each recipient is checked at RCPT as the relay checks it, against the same state
+(``SPOOL/state.sqlite3`` of ``spool.directory``, or ``[state] redis``, so a milter and relays
+naming one Redis count together): Postfix answers the refused recipient ``550 5.1.8 Access
+denied, bad outbound sender`` (or ``451 4.3.0`` while Redis is away with ``fail = "closed"``).
+The sender is the SASL login Postfix passes (``{auth_authen}``), else the envelope sender.
+
 Whatever goes wrong while classifying (an exception, the timeout) tempfails the message (451):
 the client keeps it and tries again, nothing is lost, and no unclassified message reaches the
 normal pool. Postfix's ``milter_default_action = tempfail`` does the same when the milter is
@@ -40,6 +47,7 @@ from deliverypool.config import RelayConfig
 from deliverypool.routing.router import Router
 from deliverypool.routing.scores import Routed, ScoredRouter, Submission, scored_router
 from deliverypool.routing.tenants import Tenants
+from deliverypool.state.limits import UNAVAILABLE, Limiter, limiter_for
 
 __all__ = ["MilterService", "PoolMilter", "milter_socket", "run_milter"]
 
@@ -61,14 +69,21 @@ class MilterService:
         self.loop = _new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="deliverypool-milter-loop", daemon=True)
         self._thread.start()
-        self.scores: ScoredRouter = self.call(self._scores(), None)
         self.tenants = Tenants(config.tenants)
+        self.scores: ScoredRouter = self.call(self._scores(), None)
+        self.limits: Limiter | None = self.call(self._limits(), None)
 
     async def _scores(self) -> ScoredRouter:
         # Built on the loop that will use it (the resolver's and httpx's state is per loop).
         dns = self.config.dns
         resolver = resolver_from_config(dns) if dns.check_sender_domain else None
         return scored_router(self.config, Router(resolver, policy=policy_from_config(self.config)))
+
+    async def _limits(self) -> Limiter | None:
+        limits = limiter_for(self.config, self.tenants, spool_root=self.config.spool.directory, leader=True)
+        if limits is not None:
+            await limits.start()
+        return limits
 
     def call(self, work: Coroutine[Any, Any, _T], timeout: float | None) -> _T:
         """Runs `work` on the loop and waits for it; cancels it after `timeout` seconds
@@ -87,8 +102,23 @@ class MilterService:
         work = self.scores.route(message, submission, tenant=tenant, untrusted_client=untrusted)
         return self.call(work, self.config.milter.timeout)
 
+    def check_recipient(self, *, login: str | None, mail_from: str, recipient: str, client_address: str | None) -> str | None:
+        """The sender limits' reply refusing `recipient` (``550 5.1.8``, ``451 4.3.0``), or None
+        (blocking: called from libmilter's threads). A check that cannot be made in
+        ``milter.timeout`` is treated as ``[state] fail`` says."""
+        if self.limits is None:
+            return None
+        work = self.limits.check(login=login, mail_from=mail_from, recipient=recipient, peer=client_address)
+        try:
+            return self.call(work, self.config.milter.timeout)
+        except Exception as error:
+            log.warning("sender limits: no answer for rcpt=%s from=<%s>: %s; fail %s", recipient, mail_from, error, self.config.state.fail)
+            return UNAVAILABLE if self.config.state.fail == "closed" else None
+
     def close(self) -> None:
         try:
+            if self.limits is not None:
+                self.call(self.limits.stop(), 5.0)
             self.call(self.scores.close(), 5.0)
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
@@ -150,9 +180,14 @@ class PoolMilter(Milter.Base):  # type: ignore[misc]  # pymilter has no type inf
         self.login = self.getsymval("{auth_authen}") or None
         return int(Milter.CONTINUE)
 
-    @Milter.noreply  # type: ignore[untyped-decorator]
     def envrcpt(self, recipient: str, *params: str) -> int:
-        self.recipients.append(_address(recipient))
+        address = _address(recipient)
+        refused = self.service.check_recipient(login=self.login, mail_from=self.mail_from, recipient=address, client_address=self.client_address)
+        if refused is not None:
+            code, status, text = refused.split(" ", 2)
+            self.setreply(code, status, text)
+            return int(Milter.REJECT if code.startswith("5") else Milter.TEMPFAIL)
+        self.recipients.append(address)
         return int(Milter.CONTINUE)
 
     @Milter.noreply  # type: ignore[untyped-decorator]
