@@ -634,6 +634,75 @@ def test_an_address_that_keeps_failing_auth_is_refused_for_a_while(aio_run: Run,
     aio_run(main())
 
 
+def test_the_shared_auth_failure_counts_add_up_and_expire(tmp_path: Path) -> None:
+    """Two workers' stores on one state database: each reads the other's counts (not its own),
+    a row's count restarts after its window, and an expired row is gone."""
+    from deliverypool.ingress.limits import AuthFailures
+    from deliverypool.state.auth_failures import AuthFailureStore
+
+    a, b = AuthFailureStore(tmp_path / "state.sqlite3"), AuthFailureStore(tmp_path / "state.sqlite3")
+    a.open()
+    b.open()
+    try:
+        assert a.exchange("a", {"192.0.2.1": 3, "192.0.2.2": 1}, now=1000.0, window=600, limit=10) == {}
+        assert b.exchange("b", {"192.0.2.1": 2}, now=1001.0, window=600, limit=10) == {"192.0.2.1": (3, 1600.0), "192.0.2.2": (1, 1600.0)}
+        assert a.exchange("a", {"192.0.2.1": 1}, now=1002.0, window=600, limit=1) == {"192.0.2.1": (2, 1601.0)}  # the most failing first
+        assert b.exchange("b", {}, now=1700.0, window=600, limit=10) == {}  # expired and deleted
+        assert b.exchange("b", {}, now=1000.0, window=600, limit=10) == {}
+        a.exchange("a", {"192.0.2.1": 1}, now=2000.0, window=600, limit=10)  # after the window: a fresh count
+        assert b.exchange("b", {}, now=2001.0, window=600, limit=10) == {"192.0.2.1": (1, 2600.0)}
+    finally:
+        a.close()
+        b.close()
+    clock = [0.0]
+    failures = AuthFailures(600, 10, clock=lambda: clock[0])
+    failures.others = {"192.0.2.1": (4, 10.0)}
+    assert failures.count("192.0.2.1") == 4 and failures.record("192.0.2.1") == 5
+    assert dict(failures.pending) == {"192.0.2.1": 1}
+    clock[0] = 11.0  # the others' window ended
+    assert failures.count("192.0.2.1") == 1
+
+
+@pytest.mark.slow
+def test_failed_auth_counts_across_the_workers(tmp_path: Path) -> None:
+    """Two workers, max_auth_failures_per_client = 6: six failures from one address, each on a
+    fresh connection (which worker takes it is the kernel's choice), and after the workers have
+    exchanged their counts (observe.flush_interval, 1 s) every new connection from the address
+    is refused at the greeting, whichever worker takes it. With per-worker counts a worker that
+    saw fewer than six would greet it."""
+    listen, sink_port = free_port(), free_port("127.0.0.20")
+    path = tmp_path / "relay.toml"
+    extra = f'{ALLOWED}\n{AUTH}\nauth_failure_delay = "10ms"\nmax_auth_failures_per_client = 6'
+    path.write_text(crash_config(tmp_path / "spool", listen, sink_port).replace("[listener]", f"[listener]\n{extra}"))
+    relay = RelayProcess(path, listen, "asyncio", workers=2)
+    refused = b"421 4.7.0 relay.test Too many failed authentication attempts from your address; try again later\r\n"
+
+    async def main() -> None:
+        await relay.start()
+        try:
+            await eventually(lambda: len(relay.workers_pids()) == 2, what="two workers")
+            for n in range(6):
+                client, reply = await greeted(listen, OUTSIDE)
+                assert reply == [b"220 relay.test deliverypool\r\n"], (n, reply)
+                await client.command(b"EHLO client.test\r\n")
+                answer = (await client.command(plain("carol", "wrong")))[0]
+                assert answer.startswith(b"535") if n < 5 else answer[:3] in (b"535", b"421"), (n, answer)
+                client.close()
+            await asyncio.sleep(2.5)
+            for n in range(8):
+                client, reply = await greeted(listen, OUTSIDE)
+                assert reply == [refused], (n, reply)
+                client.close()
+            # Another address is served.
+            client, reply = await greeted(listen, "127.0.0.10")
+            assert reply == [b"220 relay.test deliverypool\r\n"]
+            client.close()
+        finally:
+            relay.stop()
+
+    asyncio.run(main())
+
+
 def test_the_auth_failure_memory_is_bounded(aio_run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The failure counts are an LRU of client addresses: with room for three, a refused address
     is forgotten once three others have failed more recently."""

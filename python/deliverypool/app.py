@@ -13,11 +13,14 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import signal
 import socket
+import sqlite3
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,6 +41,7 @@ from deliverypool.queue.spool import FILE_THRESHOLD, NewMessage, Spool
 from deliverypool.routing.router import Router
 from deliverypool.routing.tenants import Tenants
 from deliverypool.routing.scores import ScoredRouter, Submission, scored_router
+from deliverypool.state.auth_failures import AuthFailureStore
 from deliverypool.state.limits import Limiter, limiter_for
 from deliverypool.state.observations import STATE_DATABASE
 from deliverypool.supervisor import listen_socket, shard_directory
@@ -90,6 +94,7 @@ class Relay:
         self.handler = RoutingHandler(self)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.server: asyncio.AbstractServer | None = None
+        self._auth_sharing: asyncio.Task[None] | None = None
         self.recovered = 0
         self.possible_duplicates = 0
         # Called after each message is spooled, with the result and the stored message. It
@@ -188,6 +193,8 @@ class Relay:
         server = Listener(sock, protocol_factory(listener, self.handler, admission), admission)
         await server.start_serving()
         self.server = server
+        if limits.max_auth_failures_per_client:
+            self._auth_sharing = asyncio.ensure_future(self._share_auth_failures(admission))
         log.info(
             "limits: max_connections=%d (open files %d, %d reserved) max_connections_per_client=%d idle_timeout=%gs "
             "max_auth_failures=%d max_auth_failures_per_client=%d",
@@ -276,7 +283,42 @@ class Relay:
         decision = await self.router.route(dsn, mail_from="")
         return decision.pool, tuple(decision.reasons)
 
+    async def _share_auth_failures(self, admission: Admission) -> None:
+        """Every ``observe.flush_interval``: this worker's new AUTH failures into the state
+        database, the other workers' out of it (state/auth_failures.py). A state database that
+        cannot be used leaves each worker with its own counts (logged once)."""
+        failures = admission.auth_failures
+        store = AuthFailureStore(self.config.spool.directory / STATE_DATABASE)
+        worker, window = self.observer.worker, failures.window
+        opened = warned = False
+        try:
+            while True:
+                await asyncio.sleep(self.config.observe.flush_interval)
+                pending, failures.pending = failures.pending, collections.Counter()
+                try:
+                    if not opened:
+                        await asyncio.to_thread(store.open)
+                        opened = True
+                    wall = time.time()
+                    others = await asyncio.to_thread(
+                        store.exchange, worker, pending, now=wall, window=window, limit=failures.capacity
+                    )
+                except (OSError, sqlite3.Error) as exc:
+                    if not warned:
+                        log.warning("failed AUTH counts not shared with the other workers: %s", exc)
+                        warned = True
+                    continue
+                offset = failures.clock() - wall
+                failures.others = {client: (count, until + offset) for client, (count, until) in others.items()}
+        finally:
+            await asyncio.to_thread(store.close)
+
     async def stop(self) -> None:
+        if self._auth_sharing is not None:
+            self._auth_sharing.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._auth_sharing
+            self._auth_sharing = None
         if self.server is not None:
             self.server.close()
             with contextlib.suppress(Exception):

@@ -1,9 +1,11 @@
 """What one worker lets in: connections in all and per client address, with a reserve of file
 descriptors for delivery and the spool, and failed AUTH per connection and per client address.
 
-Each worker is a process of its own, with its own open-file limit, so every count here is the
-worker's: the relay as a whole serves up to workers x ``max_connections``, and a client whose
-connections land on several workers is counted at each.
+Each worker is a process of its own, with its own open-file limit, so the connection counts
+here are the worker's: the relay as a whole serves up to workers x ``max_connections``, and a
+client whose connections land on several workers is counted at each. Failed AUTH is counted
+across the workers: each adds the other workers' counts, which the relay exchanges through the
+state database every ``observe.flush_interval`` (`deliverypool.state.auth_failures`).
 
 A *client* is its IPv4 address, or the /64 of its IPv6 address (what one host usually holds).
 Clients in ``listener.allowed_networks`` (the relay's own applications) are not limited per
@@ -13,6 +15,7 @@ apply to everyone.
 
 from __future__ import annotations
 
+import collections
 import ipaddress
 import logging
 import resource
@@ -147,6 +150,10 @@ class AuthFailures:
         self.capacity = capacity
         self.clock = clock
         self._clients: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        # Failures counted since the last exchange with the other workers, and theirs (with the
+        # end of their window on `clock`), set by the exchange.
+        self.pending: collections.Counter[str] = collections.Counter()
+        self.others: dict[str, tuple[int, float]] = {}
 
     def __len__(self) -> int:
         return len(self._clients)
@@ -160,19 +167,27 @@ class AuthFailures:
         self._clients[key] = (count + 1, now + self.window)
         while len(self._clients) > self.capacity:
             self._clients.popitem(last=False)
-        return count + 1
+        if len(self.pending) < self.capacity or key in self.pending:
+            self.pending[key] += 1
+        return count + 1 + self._others(key, now)
+
+    def _others(self, key: str, now: float) -> int:
+        entry = self.others.get(key)
+        return entry[0] if entry is not None and entry[1] > now else 0
 
     def count(self, key: str) -> int:
         """`key`'s failures within the window. Asking keeps a client that is still knocking
         from being the first forgotten."""
+        now = self.clock()
+        others = self._others(key, now) if self.others else 0
         entry = self._clients.get(key)
         if entry is None:
-            return 0
-        if entry[1] <= self.clock():
+            return others
+        if entry[1] <= now:
             del self._clients[key]
-            return 0
+            return others
         self._clients.move_to_end(key)
-        return entry[0]
+        return entry[0] + others
 
 
 class Admission:
