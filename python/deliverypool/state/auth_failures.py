@@ -32,23 +32,16 @@ class AuthFailureStore(StateTables):
         """Adds `worker`'s new `failures` per client (each row then lives until ``now +
         window``) and returns the other workers' counts per client with the end of their
         window: at most `limit` clients, the most failing first. Blocking."""
-        with self._lock:
-            conn = self._db()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.executemany(
-                    "INSERT INTO ingress_auth_failures VALUES (?, ?, ?, ?) ON CONFLICT (client, worker) DO UPDATE SET"
-                    " count = CASE WHEN until <= ? THEN excluded.count ELSE count + excluded.count END, until = excluded.until",
-                    [(client, worker, count, now + window, now) for client, count in failures.items()],
-                )
-                conn.execute("DELETE FROM ingress_auth_failures WHERE until <= ?", (now,))
-                rows = conn.execute(
-                    "SELECT client, sum(count), max(until) FROM ingress_auth_failures WHERE worker != ?"
-                    " GROUP BY client ORDER BY sum(count) DESC LIMIT ?",
-                    (worker, limit),
-                ).fetchall()
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        with self._writing() as conn:
+            conn.executemany(
+                "INSERT INTO ingress_auth_failures VALUES (?, ?, ?, ?) ON CONFLICT (client, worker) DO UPDATE SET"
+                " count = CASE WHEN until <= ? THEN excluded.count ELSE count + excluded.count END, until = excluded.until",
+                [(client, worker, count, now + window, now) for client, count in failures.items()],
+            )
+            conn.execute("DELETE FROM ingress_auth_failures WHERE until <= ?", (now,))
+            rows = conn.execute(
+                "SELECT client, sum(count), max(until) FROM ingress_auth_failures WHERE worker != ?"
+                " GROUP BY client ORDER BY sum(count) DESC LIMIT ?",
+                (worker, limit),
+            ).fetchall()
         return {str(client): (int(count), float(until)) for client, count, until in rows}

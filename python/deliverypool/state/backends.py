@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol, TypeVar
 
-from deliverypool.state.tables import connect_state
+from deliverypool.state.tables import connect_state, write_transaction
 
 __all__ = [
     "BUCKETS",
@@ -263,7 +263,7 @@ class SqliteBackend:
 
         def run() -> T:
             conn = self._db()
-            with self._lock, _transaction(conn):
+            with self._lock, write_transaction(conn):
                 return work(conn)
 
         result: T = await self._run(run)
@@ -298,7 +298,7 @@ class SqliteBackend:
 
     def _count_all(self, checks: Sequence[Check]) -> list[Outcome]:
         conn = self._db()
-        with self._lock, _transaction(conn):
+        with self._lock, write_transaction(conn):
             self.transactions += 1
             return [self._count(conn, check) for check in checks]
 
@@ -415,20 +415,6 @@ class SqliteBackend:
 
 def _restriction_row(r: Restriction) -> tuple[Any, ...]:
     return (r.sender, r.tenant, r.window, r.count, r.maximum, r.action, r.since, r.until)
-
-
-class _transaction:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on an error)."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-
-    def __enter__(self) -> sqlite3.Connection:
-        self.conn.execute("BEGIN IMMEDIATE")
-        return self.conn
-
-    def __exit__(self, kind: object, value: object, traceback: object) -> None:
-        self.conn.execute("COMMIT" if kind is None else "ROLLBACK")
 
 
 # --- Redis -----------------------------------------------------------------------------------

@@ -97,29 +97,22 @@ class DnsblStore(StateTables):
     def save(self, cells: Iterable[CellRow], zones: Iterable[ZoneRow], drained: Mapping[tuple[str, str], tuple[float, list[str]]]) -> None:
         """Replaces the whole state (addresses and zones no longer configured are forgotten)
         and the drained set ``(pool, address) -> (since, zones)``, in one transaction."""
-        with self._lock:
-            conn = self._db()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for table in ("dnsbl_cells", "dnsbl_zones", "dnsbl_drained"):
-                    conn.execute(f"DELETE FROM {table}")
-                conn.executemany(
-                    "INSERT INTO dnsbl_cells (address, zone, state, listed, codes, reason, detail, since, checked, changed)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(c.address, c.zone, c.state, int(c.listed), json.dumps(list(c.codes)), c.reason, c.detail, c.since, c.checked, c.changed) for c in cells],
-                )
-                conn.executemany(
-                    "INSERT INTO dnsbl_zones (zone, family, state, detail, since, checked) VALUES (?, ?, ?, ?, ?, ?)",
-                    [(z.zone, z.family, z.state, z.detail, z.since, z.checked) for z in zones],
-                )
-                conn.executemany(
-                    "INSERT INTO dnsbl_drained (pool, address, since, zones) VALUES (?, ?, ?, ?)",
-                    [(pool, address, since, json.dumps(listed_in)) for (pool, address), (since, listed_in) in drained.items()],
-                )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        with self._writing() as conn:
+            for table in ("dnsbl_cells", "dnsbl_zones", "dnsbl_drained"):
+                conn.execute(f"DELETE FROM {table}")
+            conn.executemany(
+                "INSERT INTO dnsbl_cells (address, zone, state, listed, codes, reason, detail, since, checked, changed)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(c.address, c.zone, c.state, int(c.listed), json.dumps(list(c.codes)), c.reason, c.detail, c.since, c.checked, c.changed) for c in cells],
+            )
+            conn.executemany(
+                "INSERT INTO dnsbl_zones (zone, family, state, detail, since, checked) VALUES (?, ?, ?, ?, ?, ?)",
+                [(z.zone, z.family, z.state, z.detail, z.since, z.checked) for z in zones],
+            )
+            conn.executemany(
+                "INSERT INTO dnsbl_drained (pool, address, since, zones) VALUES (?, ?, ?, ?)",
+                [(pool, address, since, json.dumps(listed_in)) for (pool, address), (since, listed_in) in drained.items()],
+            )
 
     # --- every worker ----------------------------------------------------------------------
 

@@ -86,28 +86,21 @@ class ObservationStore(StateTables):
         the per-minute counts, in one transaction."""
         if not counters and not dsns and not rates:
             return
-        with self._lock:
-            conn = self._db()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.executemany(
-                    "INSERT INTO observe_counters (name, labels, value) VALUES (?, ?, ?)"
-                    " ON CONFLICT (name, labels) DO UPDATE SET value = value + excluded.value",
-                    [(name, encode_labels(labels), value) for (name, labels), value in counters.items()],
-                )
-                conn.executemany(
-                    "INSERT INTO observe_dsns (at, tenant, worker, record) VALUES (?, ?, ?, ?)",
-                    [(at, tenant, worker, json.dumps(record, separators=(",", ":"))) for at, tenant, worker, record in dsns],
-                )
-                conn.executemany(
-                    "INSERT INTO observe_rates (minute, tenant, kind, count) VALUES (?, ?, ?, ?)"
-                    " ON CONFLICT (minute, tenant, kind) DO UPDATE SET count = count + excluded.count",
-                    [(minute, tenant, kind, count) for (minute, tenant, kind), count in (rates or {}).items()],
-                )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        with self._writing() as conn:
+            conn.executemany(
+                "INSERT INTO observe_counters (name, labels, value) VALUES (?, ?, ?)"
+                " ON CONFLICT (name, labels) DO UPDATE SET value = value + excluded.value",
+                [(name, encode_labels(labels), value) for (name, labels), value in counters.items()],
+            )
+            conn.executemany(
+                "INSERT INTO observe_dsns (at, tenant, worker, record) VALUES (?, ?, ?, ?)",
+                [(at, tenant, worker, json.dumps(record, separators=(",", ":"))) for at, tenant, worker, record in dsns],
+            )
+            conn.executemany(
+                "INSERT INTO observe_rates (minute, tenant, kind, count) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (minute, tenant, kind) DO UPDATE SET count = count + excluded.count",
+                [(minute, tenant, kind, count) for (minute, tenant, kind), count in (rates or {}).items()],
+            )
 
     # --- reads and the monitor's own writes (the leader) --------------------------------
 
@@ -198,26 +191,19 @@ class ObservationStore(StateTables):
     def resolve_alert(self, alert_id: str, update: Mapping[str, Any], resolved: float, keep_resolved: int) -> dict[str, Any] | None:
         """Marks the firing alert `alert_id` resolved, its body updated with `update`; returns the
         new body, or None when no such alert fires (another worker resolved it first)."""
-        with self._lock:
-            conn = self._db()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                row = conn.execute("SELECT body FROM observe_alerts WHERE id = ? AND state = 'firing'", (alert_id,)).fetchone()
-                body = None
-                if row is not None:
-                    body = {**json.loads(row[0]), **update, "state": "resolved"}
-                    conn.execute(
-                        "UPDATE observe_alerts SET state = 'resolved', resolved = ?, body = ? WHERE id = ?", (resolved, json.dumps(body), alert_id)
-                    )
-                    conn.execute(
-                        "DELETE FROM observe_alerts WHERE state = 'resolved' AND id NOT IN"
-                        " (SELECT id FROM observe_alerts WHERE state = 'resolved' ORDER BY resolved DESC LIMIT ?)",
-                        (keep_resolved,),
-                    )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        with self._writing() as conn:
+            row = conn.execute("SELECT body FROM observe_alerts WHERE id = ? AND state = 'firing'", (alert_id,)).fetchone()
+            body = None
+            if row is not None:
+                body = {**json.loads(row[0]), **update, "state": "resolved"}
+                conn.execute(
+                    "UPDATE observe_alerts SET state = 'resolved', resolved = ?, body = ? WHERE id = ?", (resolved, json.dumps(body), alert_id)
+                )
+                conn.execute(
+                    "DELETE FROM observe_alerts WHERE state = 'resolved' AND id NOT IN"
+                    " (SELECT id FROM observe_alerts WHERE state = 'resolved' ORDER BY resolved DESC LIMIT ?)",
+                    (keep_resolved,),
+                )
         return body
 
     def firing(self, id_prefix: str) -> list[dict[str, Any]]:

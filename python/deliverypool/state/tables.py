@@ -4,11 +4,25 @@ the tables created at open, and a lock that lets one thread use it at a time."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["StateTables", "connect_state"]
+__all__ = ["StateTables", "connect_state", "write_transaction"]
+
+
+@contextlib.contextmanager
+def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``, ``ROLLBACK`` when the block raises."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 def connect_state(path: Path, schema: str, *, timeout: float = 10.0) -> sqlite3.Connection:
@@ -19,13 +33,11 @@ def connect_state(path: Path, schema: str, *, timeout: float = 10.0) -> sqlite3.
     conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")
-    conn.execute("BEGIN IMMEDIATE")
     try:
-        for statement in filter(None, (s.strip() for s in schema.split(";"))):
-            conn.execute(statement)
-        conn.execute("COMMIT")
+        with write_transaction(conn):
+            for statement in filter(None, (s.strip() for s in schema.split(";"))):
+                conn.execute(statement)
     except BaseException:
-        conn.execute("ROLLBACK")
         conn.close()
         raise
     return conn
@@ -52,6 +64,12 @@ class StateTables:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction on the connection, holding the lock."""
+        with self._lock, write_transaction(self._db()) as conn:
+            yield conn
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
