@@ -9,7 +9,7 @@ import contextlib
 import io
 import json
 import random
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from deliverypool import config as cfg
-from deliverypool.app import Relay
 from deliverypool.config.loader import tomllib
 from deliverypool.cli.queue import queue_command
 from deliverypool.config import RelayConfig
@@ -30,6 +29,7 @@ from deliverypool.queue.listing import listing
 from deliverypool.testing.scenarios import SCENARIOS, SENDS_ORIGINALS, DsnFactory, DsnSpec
 from tests.conftest import CORPUS
 from tests.smtp_sinks import eventually, free_port, message, relay_config, sink, webhook_receiver
+from tests.test_relay import running
 
 Run = Callable[[Coroutine[Any, Any, Any]], Any]
 
@@ -58,17 +58,6 @@ def monitor_config(tmp_path: Path, sink_port: int, webhook: str | None = None, e
     )
     text.update(extra_toml)
     return cfg.from_dict(text)
-
-
-@contextlib.asynccontextmanager
-async def running(conf: RelayConfig) -> AsyncIterator[Relay]:
-    relay = Relay(conf)
-    await relay.start()
-    await relay.listen()
-    try:
-        yield relay
-    finally:
-        await relay.stop()
 
 
 async def send(conf: RelayConfig, content: bytes, *, source: str, sender: str = "app@acme.example", rcpt: str = "bob@dest.test", **kwargs: Any) -> None:
