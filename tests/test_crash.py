@@ -84,12 +84,15 @@ class RelayProcess:
             self.process = subprocess.Popen(command, stdout=log, stderr=log)
         for _ in range(400):
             assert self.process.poll() is None, self.log.read_text()[-3000:]
+            # The supervisor listens before its workers exist (the kernel queues the
+            # connection), so started means: the port answers and every worker is there.
             with contextlib.suppress(OSError):
                 _, writer = await asyncio.open_connection("127.0.0.1", self.port)
                 writer.close()
-                return
+                if len(self.workers_pids()) >= self.workers:
+                    return
             await asyncio.sleep(0.025)
-        raise AssertionError("the relay did not start listening")
+        raise AssertionError(f"the relay did not start listening with {self.workers} workers")
 
     def kill(self) -> None:
         """SIGKILL to the supervisor; returns once its workers, which the kernel kills with it

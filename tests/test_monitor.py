@@ -23,7 +23,9 @@ from deliverypool.config.loader import tomllib
 from deliverypool.cli.queue import queue_command
 from deliverypool.config import RelayConfig
 from deliverypool.observe.bounce import BOUNCE_CATEGORIES, STATUS_CLASSES
+from deliverypool._core import scan
 from deliverypool.observe.events import Event
+from deliverypool.observe.reports import read_report
 from deliverypool.observe.surge import CAUSES
 from deliverypool.queue.listing import listing
 from deliverypool.testing.scenarios import SCENARIOS, SENDS_ORIGINALS, DsnFactory, DsnSpec
@@ -103,6 +105,17 @@ FACTORY = DsnFactory(CORPUS / "maildir" / "bsd")
 
 def test_the_corpus_gives_templates() -> None:
     assert len(FACTORY.templates) >= 10
+
+
+@pytest.mark.parametrize(("status", "action"), [("5.1.1", "failed"), ("4.2.2", "delayed")])
+def test_every_template_reads_as_its_spec_in_the_monitor(status: str, action: str) -> None:
+    # Each template, whatever its own Action (some are delay notices), reads as the asked status
+    # and action in the monitor's report: an attack made of them counts every failed recipient.
+    factory = DsnFactory(CORPUS / "maildir" / "bsd")
+    spec = DsnSpec("who@acme.example", status, f"smtp; 550 {status} no", "<o@acme.example>", "x@acme.example", "mx.far.test")
+    for template in factory.templates:
+        report = read_report(scan(DsnFactory._fill(template, spec)))
+        assert [(r.address, r.action, r.status) for r in report.recipients] == [("who@acme.example", action, status)], template[0][:200]
 
 
 def test_tenants_from_auth_and_networks_in_the_spool_and_queue(aio_run: Run, tmp_path: Path) -> None:
@@ -360,7 +373,11 @@ def test_the_monitor_command_prints_a_snapshot_and_a_table(aio_run: Run, tmp_pat
     async def main() -> str:
         async with running(conf):
             await send(conf, message("hi"), source="127.0.2.5")
-            await asyncio.sleep(0.3)  # one flush
+
+
+            async def counted() -> bool:  # the message is in the rates once the observer flushed
+                return (await get_json(conf, "/api/tenants"))["tenants"]["globex"]["messages_per_minute"] > 0
+            await eventually(counted, what="the message in the tenant view")
             out = io.StringIO()
             assert await asyncio.to_thread(monitor_command, admin, as_json=True, out=out) == 0
             return out.getvalue()

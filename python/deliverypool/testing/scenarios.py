@@ -50,6 +50,11 @@ class DsnSpec:
     reporting_mta: str
 
 
+def _action(status: str) -> str:
+    """The RFC 3464 Action that goes with a status: 5.x.x failed, 4.x.x delayed, 2.x.x delivered."""
+    return {"5": "failed", "4": "delayed"}.get(status[:1], "delivered")
+
+
 def _address(text: str) -> str | None:
     match = re.search(r"[^\s<>;,\"()]+@[^\s<>;,\"()]+", text)
     return match.group(0) if match else None
@@ -87,6 +92,8 @@ class DsnFactory:
         raw, recipient, message_id, sender, mta = template
         text = raw.decode("latin-1")
         text = re.sub(r"(?im)^(Status:[ \t]*)[245]\.\d+\.\d+[^\r\n]*", lambda m: m.group(1) + spec.status, text, count=1)
+        # A delay notice's template made into a failure (or back): the Action goes with the Status.
+        text = re.sub(r"(?im)^(Action:[ \t]*)[^\r\n]*", lambda m: m.group(1) + _action(spec.status), text, count=1)
         text = re.sub(r"(?im)^(Diagnostic-Code:)[^\r\n]*((\r\n[ \t][^\r\n]*)*)", lambda m: m.group(1) + " " + spec.diagnostic, text, count=1)
         text = text.replace(message_id, spec.original_message_id)
         for old, new in ((recipient, spec.recipient), (sender, spec.original_from), (mta, spec.reporting_mta)):
@@ -100,6 +107,7 @@ class DsnFactory:
             len(facts.recipients) == 1
             and _address(facts.recipients[0].final_recipient or "") == spec.recipient
             and (facts.recipients[0].status or "").startswith(spec.status)
+            and (facts.recipients[0].action or _action(spec.status)).strip().lower() == _action(spec.status)
             and (facts.original_message_id or "").strip() == spec.original_message_id
             and _address(facts.original_from or "") == spec.original_from
             and "dsn" in classify(dsn, mail_from="").reasons
