@@ -131,7 +131,8 @@ def test_timeout_is_unknown_never_no_records(silent_nameserver: SilentServer, ai
     check = aio_run(SenderDomains(resolver).check("mx-only.dp.test"))
     elapsed = time.monotonic() - started
     assert (check.status, check.detail) == ("unknown", "timeout")
-    assert 0.35 < elapsed < 2.0, "two attempts of 0.2 s, MX/A/AAAA in parallel"
+    # Two attempts of 0.2 s each were waited for (no upper bound: a loaded machine is slower).
+    assert elapsed > 0.35, "two attempts of 0.2 s"
     assert resolver.queries == 6, "1 + 1 retry for each of MX, A, AAAA"
 
 

@@ -408,11 +408,11 @@ def test_redis_down_fails_open_on_this_nodes_counts_and_comes_back(tmp_path: Pat
     limit, counted there), the listener hears it once; Redis back: the counts are Redis's
     again, and a restriction made meanwhile is copied there."""
     with redis_server() as server:
-        conf = config('per_day = 3\naction = "block"', state=f'redis = "{server.url}"\ntimeout = "200ms"\nretry_interval = "100ms"')
+        conf = config('per_day = 3\naction = "block"', state=f'redis = "{server.url}"\ntimeout = "2s"\nretry_interval = "100ms"')
         heard = Recorder()
 
         async def main() -> tuple[list[str | None], list[str | None], list[str | None], list[str | None]]:
-            backend = RedisBackend(server.url, prefix="down:", timeout=0.2)
+            backend = RedisBackend(server.url, prefix="down:", timeout=2.0)
             async with limiter(conf, backend, Clock(), heard, local=SqliteBackend(tmp_path / "state.sqlite3")) as lim:
                 before = [await rcpt(lim, "a@far.example", sender="one@acme.example")]
                 server.kill()
@@ -444,10 +444,10 @@ def test_redis_down_fails_open_on_this_nodes_counts_and_comes_back(tmp_path: Pat
 
 def test_redis_down_fails_closed_with_451_when_configured(tmp_path: Path) -> None:
     with redis_server() as server:
-        conf = config("per_day = 3", state=f'redis = "{server.url}"\nfail = "closed"\ntimeout = "200ms"\nretry_interval = "100ms"')
+        conf = config("per_day = 3", state=f'redis = "{server.url}"\nfail = "closed"\ntimeout = "2s"\nretry_interval = "100ms"')
 
         async def main() -> list[str | None]:
-            async with limiter(conf, RedisBackend(server.url, prefix="closed:", timeout=0.2), Clock(), local=SqliteBackend(tmp_path / "s.sqlite3")) as lim:
+            async with limiter(conf, RedisBackend(server.url, prefix="closed:", timeout=2.0), Clock(), local=SqliteBackend(tmp_path / "s.sqlite3")) as lim:
                 replies = [await rcpt(lim, "a@far.example")]
                 server.kill()
                 replies += [await rcpt(lim, "b@far.example"), await rcpt(lim, "c@far.example", sender="")]

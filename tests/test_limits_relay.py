@@ -221,7 +221,7 @@ def test_embedded_state_refuses_alerts_and_releases_through_the_cli(tmp_path: Pa
 def test_redis_killed_mid_run_mail_flows_the_alert_fires_and_counting_returns(tmp_path: Path) -> None:
     with redis_server() as server:
         sink_port, hook_port = free_port("127.0.0.20"), free_port()
-        extra = f'[limits]\nper_day = 1000\n[state]\nredis = "{server.url}"\ntimeout = "200ms"\nretry_interval = "100ms"\n'
+        extra = f'[limits]\nper_day = 1000\n[state]\nredis = "{server.url}"\ntimeout = "2s"\nretry_interval = "100ms"\n'
         extra += "lease = 0\n"  # every recipient counted in Redis by itself: the counts below are exact
         _, conf = relay_toml(tmp_path, sink_port, hook_port, extra)
         port = conf.listener.port

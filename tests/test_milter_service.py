@@ -118,7 +118,7 @@ def test_sender_limits_refuse_at_rcpt_and_null_senders_pass(tmp_path: Path) -> N
 def test_sender_limits_with_redis_unreachable_and_fail_closed_tempfail_the_recipient(tmp_path: Path) -> None:
     dead = free_port()  # nothing listens there
     text = (
-        f'[limits]\nper_day = 3\n[state]\nredis = "redis://127.0.0.1:{dead}/0"\nfail = "closed"\ntimeout = "200ms"\n'
+        f'[limits]\nper_day = 3\n[state]\nredis = "redis://127.0.0.1:{dead}/0"\nfail = "closed"\ntimeout = "2s"\n'
         f'[spool]\ndirectory = "{tmp_path / "spool"}"\n[dns]\ncheck_sender_domain = false\n'
     )
     running = MilterService(cfg.loads(text + POOLS))
