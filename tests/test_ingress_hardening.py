@@ -15,6 +15,7 @@ import logging
 import re
 import shutil
 import socket
+import sqlite3
 import subprocess
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
@@ -28,6 +29,7 @@ from hypothesis import strategies as st
 
 from deliverypool.config import RelayConfig
 from deliverypool.queue.listing import listing
+from deliverypool.state.observations import STATE_DATABASE
 from tests.smtp_sinks import eventually, free_port, message, sink
 from tests.test_crash import RelayProcess, crash_config
 from tests.test_relay import config, read_reply, running
@@ -629,6 +631,10 @@ def test_an_address_that_keeps_failing_auth_is_refused_for_a_while(aio_run: Run,
             assert reply == [b"220 relay.test deliverypool\r\n"]
             inside.close()
             assert [row.header_message_id for row in listing(conf.spool.directory)] == ["<other@t>"]
+            # An embedded relay is one process: its failures are not written for other workers.
+            await asyncio.sleep(3 * conf.observe.flush_interval)
+            with contextlib.closing(sqlite3.connect(conf.spool.directory / STATE_DATABASE)) as db:
+                assert not db.execute("SELECT name FROM sqlite_master WHERE name = 'ingress_auth_failures'").fetchall()
 
     aio_run(main())
 

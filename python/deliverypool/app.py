@@ -105,10 +105,12 @@ class Relay:
         # Events, metrics and the surge monitor (observe/); the process whose spool is the
         # relay's own or its shard 0 leads: it runs the monitor and the admin listener.
         root = config.spool.directory
+        # One of the workers of `deliverypool relay` (its spool a shard), not an embedded relay.
+        self.is_worker = self.spool.directory != root
         self.observer = Observer(
             config,
             spool_root=root,
-            worker=self.spool.directory.name if self.spool.directory != root else "main",
+            worker=self.spool.directory.name if self.is_worker else "main",
             leader=self.spool.directory in (root, shard_directory(root, 0)),
         )
         # Sender limits (state/limits.py), checked at RCPT; None when none is configured.
@@ -193,7 +195,7 @@ class Relay:
         server = Listener(sock, protocol_factory(listener, self.handler, admission), admission)
         await server.start_serving()
         self.server = server
-        if limits.max_auth_failures_per_client:
+        if limits.max_auth_failures_per_client and self.is_worker:  # an embedded relay has nobody to share with
             self._auth_sharing = asyncio.ensure_future(self._share_auth_failures(admission))
         log.info(
             "limits: max_connections=%d (open files %d, %d reserved) max_connections_per_client=%d idle_timeout=%gs "
