@@ -127,3 +127,29 @@ def test_sender_limits_with_redis_unreachable_and_fail_closed_tempfail_the_recip
         assert check_from_a_thread(running, "r@far.test", mail_from="") is None
     finally:
         running.close()
+
+
+def test_without_sender_limits_the_mta_is_told_not_to_wait_for_rcpt_replies(tmp_path: Path) -> None:
+    """Negotiation as libmilter runs it, offered every protocol step: with sender limits the
+    milter answers each RCPT (to refuse one); without them, P_NR_RCPT tells the MTA that no
+    reply comes. The other steps' no-reply bits are the same for both."""
+    import Milter
+
+    from deliverypool.ingress.milter import PoolMilter, PoolMilterWithoutLimits, milter_class
+
+    def negotiated(klass: type[PoolMilter]) -> int:
+        offered = [Milter.ADDHDRS | Milter.CHGHDRS, 0x1FFFFF, 0, 0]
+        assert klass().negotiate(offered) == Milter.CONTINUE
+        return offered[1]
+
+    base = f'[spool]\ndirectory = "{tmp_path / "spool"}"\n[dns]\ncheck_sender_domain = false\n'
+    for limits, expected in (("[limits]\nper_day = 3\n", PoolMilter), ("", PoolMilterWithoutLimits)):
+        running = MilterService(cfg.loads(limits + base + POOLS))
+        try:
+            assert milter_class(running) is expected
+        finally:
+            running.close()
+    with_limits, without = negotiated(PoolMilter), negotiated(PoolMilterWithoutLimits)
+    assert not with_limits & Milter.P_NR_RCPT and without & Milter.P_NR_RCPT
+    assert with_limits | Milter.P_NR_RCPT == without
+    assert with_limits & Milter.P_NR_MAIL and with_limits & Milter.P_NR_HDR

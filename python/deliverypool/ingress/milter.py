@@ -49,7 +49,7 @@ from deliverypool.routing.scores import Routed, ScoredRouter, Submission, scored
 from deliverypool.routing.tenants import Tenants
 from deliverypool.state.limits import UNAVAILABLE, Limiter, limiter_for
 
-__all__ = ["MilterService", "PoolMilter", "milter_socket", "run_milter"]
+__all__ = ["MilterService", "PoolMilter", "PoolMilterWithoutLimits", "milter_class", "milter_socket", "run_milter"]
 
 log = logging.getLogger("deliverypool.milter")
 
@@ -257,12 +257,30 @@ class PoolMilter(Milter.Base):  # type: ignore[misc]  # pymilter has no type inf
         return int(Milter.CONTINUE)
 
 
+class PoolMilterWithoutLimits(PoolMilter):
+    """`PoolMilter` when no sender limit is configured: nothing is refused at RCPT, so the MTA
+    is told not to wait for a reply to each recipient (one loopback round trip fewer each)."""
+
+    envrcpt = Milter.noreply(PoolMilter.envrcpt)
+
+
+# pymilter caches a class's protocol mask in a class attribute, which a subclass would inherit
+# if the base computed its own first: each class computes its own here, the subclass first.
+PoolMilterWithoutLimits.protocol_mask()
+PoolMilter.protocol_mask()
+
+
+def milter_class(service: MilterService) -> type[PoolMilter]:
+    """The class libmilter instantiates per connection for `service`."""
+    return PoolMilter if service.limits is not None else PoolMilterWithoutLimits
+
+
 def run_milter(config: RelayConfig) -> None:
     """Serves Postfix on ``milter.address`` until SIGTERM, SIGINT or SIGHUP (libmilter's
     signal thread ends its main loop)."""
     service = MilterService(config)
     PoolMilter.service = service
-    Milter.factory = PoolMilter
+    Milter.factory = milter_class(service)
     # The actions the milter negotiates: add its header, delete copies it did not write.
     Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS)
     host, port = config.milter.address
