@@ -135,6 +135,42 @@ def test_header_from_check(nsd: NsdServer, aio_run: Run) -> None:
     assert [d.sender_domain for d in batch] == ["has-records", "unknown"]
 
 
+def test_header_from_check_classifies_once_unless_the_header_is_worse(nsd: NsdServer, aio_run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The header From comes from the decision's own scan: a message is scanned once, and
+    classified again only when its header From's domain is worse than its envelope sender's.
+    In a batch, only those are classified again, each with its own score and tenant."""
+    from deliverypool.routing import router as module
+
+    calls: list[str] = []
+    for name in ("scan", "classify", "classify_many"):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
+    config = ResolverConfig.from_strings([nsd.address], min_ttl=0.0)
+    policy = Policy(tenant_thresholds={"t2": 1.5, "t4": 20.0})
+    router = Router(Resolver(config), policy=policy, check_header_from=True)
+    good, bad = MESSAGE, message_from("missing.dp.test")
+    decision = aio_run(router.route(good, mail_from="a@mx-only.dp.test"))
+    assert (decision.sender_domain, calls) == ("has-records", ["classify"])
+    calls.clear()
+    decision = aio_run(router.route(bad, mail_from="a@mx-only.dp.test", score=1.0))
+    assert (decision.sender_domain, decision.score, calls) == ("no-records", 1.0, ["classify", "classify"])
+    # No From field: nothing to check (one scan tells); a From without an address: no-records.
+    for header, expected in ((b"", "has-records"), (b"From: MAILER-DAEMON\r\n", "no-records"), (b"From: <>\r\n", "no-records")):
+        calls.clear()
+        message = header + b"Subject: hi\r\n\r\nbody\r\n"
+        decision = aio_run(router.route(message, mail_from="a@mx-only.dp.test"))
+        assert decision.sender_domain == expected, header
+        assert calls == ["classify", "scan"] + (["classify"] if expected == "no-records" else []), header
+    calls.clear()
+    batch = aio_run(router.route_many(
+        [good, bad, good, bad], mail_from=["a@mx-only.dp.test"] * 4, score=[1.0, 2.0, 3.0, 9.0], tenant=["t1", "t2", "t3", "t4"],
+    ))
+    assert calls == ["classify_many", "classify_many"]
+    assert [d.sender_domain for d in batch] == ["has-records", "no-records", "has-records", "no-records"]
+    assert [d.score for d in batch] == [1.0, 2.0, 3.0, 9.0]
+    assert [d.threshold for d in batch] == [5.0, 1.5, 5.0, 20.0]
+
+
 def test_from_nameservers(nsd: NsdServer, aio_run: Run) -> None:
     router = Router.from_nameservers([nsd.address], timeout=2.0)
     assert router.resolver is not None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Sequence
-from email.utils import getaddresses
 from typing import Any, Final
 
 from deliverypool._core import Decision, Policy, classify, classify_many, scan
@@ -30,8 +29,12 @@ class Router:
     """Routes messages with ``classify`` and the sender-domain check.
 
     ``resolver=None`` routes without DNS (the CLI's ``--no-dns``). ``check_header_from``
-    also checks the domain of the header From address; the worse of the two outcomes
-    (``no-records`` over ``unknown`` over ``has-records``) goes into the decision.
+    also checks the domain of the header From address (`Decision.from_address`, read by the
+    same scan that classified the message); the worse of the two outcomes (``no-records``
+    over ``unknown`` over ``has-records``) goes into the decision. A From field without a
+    usable address (``MAILER-DAEMON``, ``<>``) counts as ``no-records``; no From field, as
+    nothing to check. The message is classified again only when the header From's outcome
+    is worse than the envelope's.
     """
 
     def __init__(
@@ -78,18 +81,20 @@ class Router:
     ) -> Decision:
         check = await self.sender_check(mail_from)
         status: DomainStatus | None = None if check is None else check.status
+        kwargs: dict[str, Any] = {
+            "mail_from": mail_from,
+            "score": score,
+            "tenant": tenant,
+            "policy": self.policy,
+            "untrusted_client": untrusted_client,
+            "score_unavailable": score_unavailable,
+        }
+        decision = classify(message, sender_domain=status, **kwargs)
         if self.check_header_from:
-            status = _worse(status, await self._header_from_status(message))
-        return classify(
-            message,
-            mail_from=mail_from,
-            score=score,
-            tenant=tenant,
-            policy=self.policy,
-            untrusted_client=untrusted_client,
-            sender_domain=status,
-            score_unavailable=score_unavailable,
-        )
+            worse = _worse(status, await self._header_from_status(message, decision))
+            if worse != status:
+                decision = classify(message, sender_domain=worse, **kwargs)
+        return decision
 
     async def route_many(
         self,
@@ -108,31 +113,46 @@ class Router:
                 raise ValueError(f"mail_from has {len(mail_from)} entries for {len(messages)} messages")
             checks = await self.senders.checks(mail_from)
             statuses = [c.status if c is not None else None for c in checks]
-        if self.check_header_from:
-            header = await asyncio.gather(*(self._header_from_status(m) for m in messages))
-            statuses = [_worse(a, b) for a, b in zip(statuses or [None] * len(messages), header)]
         kwargs: dict[str, Any] = {
             "mail_from": mail_from,
             "score": score,
             "tenant": tenant,
             "policy": self.policy,
             "untrusted_client": untrusted_client,
-            "sender_domain": statuses,
         }
-        if len(messages) >= _THREAD_BATCH:
-            return await asyncio.to_thread(classify_many, messages, **kwargs)
-        return classify_many(messages, **kwargs)
+        decisions = await self._classify_many(messages, statuses, kwargs)
+        if not self.check_header_from:
+            return decisions
+        envelope = statuses or [None] * len(messages)
+        header = await asyncio.gather(*(self._header_from_status(m, d) for m, d in zip(messages, decisions)))
+        worse = [_worse(a, b) for a, b in zip(envelope, header)]
+        again = [i for i, (a, b) in enumerate(zip(envelope, worse)) if a != b]
+        if again:  # only the messages whose header From is worse than their envelope sender
+            def pick(values: Sequence[Any] | None) -> list[Any] | None:
+                return None if values is None else [values[i] for i in again]
 
-    async def _header_from_status(self, message: bytes) -> DomainStatus | None:
+            picked = {**kwargs, "mail_from": pick(mail_from), "score": pick(score), "tenant": pick(tenant)}
+            redone = await self._classify_many([messages[i] for i in again], [worse[i] for i in again], picked)
+            for i, decision in zip(again, redone):
+                decisions[i] = decision
+        return decisions
+
+    async def _classify_many(
+        self, messages: Sequence[bytes], statuses: Sequence[DomainStatus | None] | None, kwargs: dict[str, Any]
+    ) -> list[Decision]:
+        if len(messages) >= _THREAD_BATCH:
+            return await asyncio.to_thread(classify_many, messages, sender_domain=statuses, **kwargs)
+        return classify_many(messages, sender_domain=statuses, **kwargs)
+
+    async def _header_from_status(self, message: bytes, decision: Decision) -> DomainStatus | None:
         if self.senders is None:
             return None
-        from_ = scan(message).from_
-        if from_ is None:
-            return None
-        addresses = [addr for _, addr in getaddresses([from_]) if addr]
-        if not addresses:
-            return NO_RECORDS  # a From field without a usable address: nothing to check, nothing valid
-        check = await self.sender_check(addresses[0])
+        address = decision.from_address
+        if address is None:
+            # No usable address: either no From field at all (nothing to check; the rare case
+            # that needs a scan to tell) or one without an address (nothing valid to check).
+            return None if scan(message).from_ is None else NO_RECORDS
+        check = await self.sender_check(address)
         return check.status if check is not None else None
 
 
