@@ -81,19 +81,16 @@ class Router:
     ) -> Decision:
         check = await self.sender_check(mail_from)
         status: DomainStatus | None = None if check is None else check.status
-        kwargs: dict[str, Any] = {
-            "mail_from": mail_from,
-            "score": score,
-            "tenant": tenant,
-            "policy": self.policy,
-            "untrusted_client": untrusted_client,
-            "score_unavailable": score_unavailable,
-        }
-        decision = classify(message, sender_domain=status, **kwargs)
+
+        def decide(status: DomainStatus | None) -> Decision:
+            return classify(message, mail_from=mail_from, score=score, tenant=tenant, policy=self.policy,
+                            untrusted_client=untrusted_client, sender_domain=status, score_unavailable=score_unavailable)
+
+        decision = decide(status)
         if self.check_header_from:
             worse = _worse(status, await self._header_from_status(message, decision))
             if worse != status:
-                decision = classify(message, sender_domain=worse, **kwargs)
+                decision = decide(worse)
         return decision
 
     async def route_many(
