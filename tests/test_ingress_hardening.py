@@ -12,6 +12,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import os
 import re
 import shutil
 import socket
@@ -828,3 +829,141 @@ def test_a_slow_message_is_not_cut_by_the_idle_timeout(aio_run: Run, tmp_path: P
             client.close()
 
     aio_run(main())
+
+
+# --- connections per client address across the workers -----------------------------------
+
+TOO_MANY_FROM_CLIENT = [b"421 4.7.0 relay.test Too many connections from your address; try again later\r\n"]
+
+
+def test_the_shared_client_counts_never_undercount_and_forget_a_cleared_worker() -> None:
+    from deliverypool.ingress.client_counts import ClientCounts
+
+    supervisor = ClientCounts.create(3)
+    try:
+        # Each worker gets its own descriptor of the region (the supervisor passes it on).
+        views = [ClientCounts(os.dup(supervisor.fd), 3, worker) for worker in range(3)]
+        with pytest.raises(ValueError, match="not .* for 2 workers"):
+            ClientCounts(supervisor.fd, 2, 0)
+        with pytest.raises(RuntimeError):
+            supervisor.add("192.0.2.1", 1)
+
+        @given(st.lists(st.tuples(st.integers(0, 2), st.sampled_from(["192.0.2.1", "192.0.2.2", "2001:db8::/64", ""]), st.booleans()), max_size=60))
+        def run(operations: list[tuple[int, str, bool]]) -> None:
+            model: dict[tuple[int, str], int] = {}
+            for worker, client, opening in operations:
+                held = model.get((worker, client), 0)
+                if opening or held:
+                    views[worker].add(client, 1 if opening else -1)
+                    model[(worker, client)] = held + (1 if opening else -1)
+                for other in range(3):
+                    expected = sum(n for (_, c), n in model.items() if c == client)
+                    assert views[other].count(client) == expected  # four clients never share all three slots
+            # A worker that exits is forgotten: its row cleared, the others' counts stay.
+            supervisor.clear(0)
+            for client in {c for _, c in model}:
+                assert views[1].count(client) == sum(n for (w, c), n in model.items() if c == client and w != 0)
+            for (worker, client), n in model.items():
+                if worker:
+                    views[worker].add(client, -n)
+            assert all(views[0].count(c) == 0 for _, c in model)
+
+        run()
+        # Many clients at once: a count is never below the truth (collisions only add).
+        clients = [f"10.{i // 250}.{i % 250}.1" for i in range(3000)]
+        for i, client in enumerate(clients):
+            views[i % 3].add(client, 1 + i % 2)
+        assert all(views[0].count(client) >= 1 + i % 2 for i, client in enumerate(clients))
+        # Expected over-counted: 3000 x (1 - e^(-3000/65536))^3 ≈ 0.27; more than 6 has odds below 1e-7.
+        assert sum(views[0].count(client) != 1 + i % 2 for i, client in enumerate(clients)) <= 6
+        for view in views:
+            view.close()
+    finally:
+        supervisor.close()
+
+
+def _worker_of(client: Client, listen: int, pids: list[int]) -> int:
+    """The worker process holding the relay's side of `client`'s connection: its socket inode
+    in /proc/net/tcp (local 127.0.0.1:listen, remote the client's address), found among the
+    workers' open descriptors."""
+    host, port = client.writer.get_extra_info("sockname")[:2]
+    remote = "".join(f"{int(b):02X}" for b in reversed(host.split("."))) + f":{port:04X}"
+    local = f"0100007F:{listen:04X}"
+    inode = next(
+        fields[9] for fields in (line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:])
+        if fields[1] == local and fields[2] == remote
+    )
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            if any(os.readlink(fd) == f"socket:[{inode}]" for fd in Path(f"/proc/{pid}/fd").iterdir()):
+                return pid
+    raise AssertionError(f"no worker holds the connection from port {port}")
+
+
+@pytest.mark.slow
+def test_connections_per_client_count_across_the_workers_and_a_dead_workers_are_forgotten(tmp_path: Path) -> None:
+    """Two workers, max_connections_per_client = 4: two connections from one address held at
+    each worker, then every new connection from it is refused, whichever worker takes it (with
+    per-worker counts each would greet it: it holds 2 of 4). One worker is killed: the kernel
+    closes its two connections, the supervisor clears its counts, and exactly two new
+    connections are greeted again."""
+    import signal
+
+    from tests.test_crash import _alive
+
+    listen, sink_port = free_port(), free_port("127.0.0.20")
+    path = tmp_path / "relay.toml"
+    path.write_text(crash_config(tmp_path / "spool", listen, sink_port).replace("[listener]", f"[listener]\n{ALLOWED}\nmax_connections_per_client = 4"))
+    relay = RelayProcess(path, listen, "asyncio", workers=2)
+    greeting = [b"220 relay.test deliverypool\r\n"]
+
+    async def hold_two_at_each(pids: list[int], held: dict[int, list[Client]]) -> None:
+        for _ in range(400):
+            if all(len(held[pid]) >= 2 for pid in pids):
+                return
+            client, reply = await greeted(listen, OUTSIDE)
+            if reply != greeting:  # an extra just closed may not be released yet
+                client.close()
+                await asyncio.sleep(0.05)
+                continue
+            pid = _worker_of(client, listen, pids)
+            if len(held[pid]) < 2:
+                held[pid].append(client)
+            else:
+                assert await client.command(b"QUIT\r\n")
+                client.close()
+                await asyncio.sleep(0.05)
+        raise AssertionError("the kernel never gave the second worker a connection")
+
+    async def main() -> None:
+        await relay.start()
+        try:
+            pids = relay.workers_pids()
+            held: dict[int, list[Client]] = {pid: [] for pid in pids}
+            await hold_two_at_each(pids, held)
+            await asyncio.sleep(0.3)  # the extras' ends reach their workers
+            for n in range(10):
+                client, reply = await greeted(listen, OUTSIDE)
+                assert reply == TOO_MANY_FROM_CLIENT, (n, reply)
+                client.close()
+            # Kill one worker: its two connections end, its counts are cleared with it.
+            victim = pids[0]
+            os.kill(victim, signal.SIGKILL)
+            await eventually(lambda: not _alive(victim) and len(relay.workers_pids()) == 2 and victim not in relay.workers_pids(),
+                             what="the replacement worker")
+            replies = []
+            for _ in range(6):
+                client, reply = await greeted(listen, OUTSIDE)
+                replies.append(reply)
+                if reply == greeting:
+                    held[victim].append(client)
+                else:
+                    client.close()
+            assert replies.count(greeting) == 2 and replies[2:] == [TOO_MANY_FROM_CLIENT] * 4, replies
+            for clients in held.values():
+                for client in clients:
+                    client.close()
+        finally:
+            relay.stop()
+
+    asyncio.run(main())

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from deliverypool._core import Policy
 from deliverypool.config import DnsConfig, RelayConfig
+from deliverypool.ingress.client_counts import ClientCounts
 from deliverypool.ingress.handler import Accepted, RoutingHandler, in_networks
 from deliverypool.ingress.limits import Admission, Limits, raise_open_file_limit
 from deliverypool.ingress.listener import Listener
@@ -182,16 +183,16 @@ class Relay:
         self.scores = scored_router(self.config, self.router)
         self.observer.scores = self.scores.source.stats if self.scores.source is not None else None
 
-    async def listen(self, sock: socket.socket | None = None) -> asyncio.AbstractServer:
+    async def listen(self, sock: socket.socket | None = None, *, client_counts: ClientCounts | None = None) -> asyncio.AbstractServer:
         """Starts the SMTP listener on the configured address (bound with ``listener.backlog``),
-        or on `sock` (a listening socket shared with other workers). The soft open-file limit
-        is raised to the hard one first, and the connection limits worked out from it (README
-        "Limits")."""
+        or on `sock` (a listening socket shared with other workers, whose connections per
+        client address `client_counts` holds). The soft open-file limit is raised to the hard
+        one first, and the connection limits worked out from it (README "Limits")."""
         listener = self.config.listener
         limits = Limits.for_listener(listener, raise_open_file_limit())
         if sock is None:
             sock = listen_socket(listener.host, listener.port, listener.backlog, wait=0.0)
-        admission = Admission(listener, limits)
+        admission = Admission(listener, limits, client_counts)
         server = Listener(sock, protocol_factory(listener, self.handler, admission), admission)
         await server.start_serving()
         self.server = server
@@ -344,12 +345,14 @@ async def run_relay(
     ready: Callable[[Relay], None] | None = None,
     sock: socket.socket | None = None,
     spool_directory: Path | None = None,
+    client_counts: ClientCounts | None = None,
 ) -> None:
     """Runs the relay until SIGINT or SIGTERM: recovers the spool, delivers, listens (on `sock`
-    when a supervisor shares one, with `spool_directory` its shard)."""
+    when a supervisor shares one, with `spool_directory` its shard and `client_counts` the
+    workers' connections per client)."""
     relay = Relay(config, spool_directory=spool_directory)
     await relay.start()
-    await relay.listen(sock)
+    await relay.listen(sock, client_counts=client_counts)
     log.info("listening on %s:%d, spool %s", config.listener.host, config.listener.port, relay.spool.directory)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

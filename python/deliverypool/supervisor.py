@@ -16,6 +16,8 @@ transactions for a few seconds) and then the supervisor. Workers die with the su
 What must be the same for every worker (sender counters, restrictions, surge windows, drained
 source addresses) lives in the shared state database ``SPOOL/state.sqlite3``
 (:mod:`deliverypool.state`), which every worker opens; with ``[state] redis`` it lives in Redis and is shared by nodes too.
+The open connections per client address, which change at every connection, are in a shared
+memory region the supervisor creates and passes to each worker (:mod:`deliverypool.ingress.client_counts`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deliverypool.config import RelayConfig
+from deliverypool.ingress.client_counts import ClientCounts
 
 __all__ = ["Supervisor", "default_workers", "listen_socket", "shard_directory"]
 
@@ -105,11 +108,16 @@ class Supervisor:
     loop: str | None = None
     _children: list[_Worker] = field(default_factory=list)
     _stopping: bool = False
+    # The workers' connections per client address (ingress/client_counts.py); None where the
+    # system has no memfd (each worker then counts its own).
+    _counts: ClientCounts | None = None
 
     def run(self) -> int:
         listener = self.config.listener
         sock = listen_socket(listener.host, listener.port, listener.backlog)
         adopt_unsharded_spool(self.config.spool.directory)
+        if hasattr(os, "memfd_create"):
+            self._counts = ClientCounts.create(self.workers)
         log.info("supervisor: %d worker(s) on %s:%d, spool %s", self.workers, listener.host, listener.port, self.config.spool.directory)
         previous = {signum: signal.signal(signum, self._stop) for signum in (signal.SIGTERM, signal.SIGINT)}
         try:
@@ -124,6 +132,8 @@ class Supervisor:
                 signal.signal(signum, handler)
             self._stop_all()
             sock.close()
+            if self._counts is not None:
+                self._counts.close()
         return 0
 
     def _stop(self, signum: int, frame: object) -> None:
@@ -132,10 +142,16 @@ class Supervisor:
     def _start(self, worker: _Worker, sock: socket.socket) -> None:
         command = [sys.executable, "-m", "deliverypool.cli", "relay", "--config", str(self.config_path)]
         command += ["--worker", str(worker.shard), "--listen-fd", str(sock.fileno())]
+        fds = [sock.fileno()]
+        if self._counts is not None:
+            # Its row is zeroed first: a worker that exited left its connections counted.
+            self._counts.clear(worker.shard)
+            command += ["--client-counts-fd", str(self._counts.fd), "--workers", str(self.workers)]
+            fds.append(self._counts.fd)
         if self.loop:
             command += ["--loop", self.loop]
         environment = dict(os.environ, DELIVERYPOOL_SUPERVISOR=str(os.getpid()))
-        worker.process = subprocess.Popen(command, pass_fds=(sock.fileno(),), env=environment)
+        worker.process = subprocess.Popen(command, pass_fds=fds, env=environment)
         worker.started = time.monotonic()
         log.info("supervisor: worker %d started (pid %d)", worker.shard, worker.process.pid)
 

@@ -55,9 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     relay.add_argument("--workers", type=int, metavar="N", help="worker processes (default: one per core)")
     relay.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # internal: a worker's shard
     relay.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)  # internal: the shared socket
+    relay.add_argument("--client-counts-fd", type=int, help=argparse.SUPPRESS)  # internal: connections per client
     relay.set_defaults(
         handler=lambda args: _command("relay").relay_command(
-            args.config, loop=args.loop, workers=args.workers, worker=args.worker, listen_fd=args.listen_fd
+            args.config, loop=args.loop, workers=args.workers, worker=args.worker, listen_fd=args.listen_fd,
+            client_counts_fd=args.client_counts_fd
         )
     )
 

@@ -1,8 +1,9 @@
 """`deliverypool relay --config PATH [--workers N]`: runs the relay until SIGINT or SIGTERM.
 
 By default a supervisor runs one worker per core (:mod:`deliverypool.supervisor`); each worker
-is started by the supervisor as ``deliverypool relay --worker K --listen-fd FD`` (internal
-options: the shard and the shared listening socket)."""
+is started by the supervisor as ``deliverypool relay --worker K --listen-fd FD
+--client-counts-fd FD --workers N`` (internal options: the shard, the shared listening socket,
+and the shared connection counts per client of the N workers)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from deliverypool.app import configure_logging, run_relay
 from deliverypool.config import ConfigError, load
 from deliverypool.errors import SpoolError
 from deliverypool.eventloop import run
+from deliverypool.ingress.client_counts import ClientCounts
 from deliverypool.supervisor import Supervisor, default_workers, die_with_supervisor, shard_directory
 
 __all__ = ["relay_command"]
@@ -26,6 +28,7 @@ def relay_command(
     workers: int | None = None,
     worker: int | None = None,
     listen_fd: int | None = None,
+    client_counts_fd: int | None = None,
 ) -> int:
     """Exit status 2 for a bad configuration, 1 when the relay cannot start (the spool is
     locked or unusable, the listen address is in use), 0 after a clean stop."""
@@ -39,7 +42,11 @@ def relay_command(
         if worker is not None and listen_fd is not None:
             die_with_supervisor()
             sock = socket.socket(fileno=listen_fd)
-            run(run_relay(config, sock=sock, spool_directory=shard_directory(config.spool.directory, worker)), loop)
+            counts = None
+            if client_counts_fd is not None and workers is not None:
+                counts = ClientCounts(client_counts_fd, workers, worker)
+            shard = shard_directory(config.spool.directory, worker)
+            run(run_relay(config, sock=sock, spool_directory=shard, client_counts=counts), loop)
             return 0
         count = workers or config.workers or default_workers()
         return Supervisor(Path(config_path), config, count, loop=loop).run()

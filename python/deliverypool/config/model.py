@@ -490,8 +490,8 @@ class ListenerConfig(_Table):
         50,
         ge=1,
         description=(
-            "Connections one client address (IPv6: one /64) outside allowed_networks holds at one worker; more are "
-            "answered 421 4.7.0 and closed."
+            "Connections one client address (IPv6: one /64) outside allowed_networks holds, over all the workers of "
+            "deliverypool relay; more are answered 421 4.7.0 and closed."
         ),
     )
     fd_reserve: Optional[Int] = Field(

@@ -1,10 +1,11 @@
 """What one worker lets in: connections in all and per client address, with a reserve of file
 descriptors for delivery and the spool, and failed AUTH per connection and per client address.
 
-Each worker is a process of its own, with its own open-file limit, so the connection counts
-here are the worker's: the relay as a whole serves up to workers x ``max_connections``, and a
-client whose connections land on several workers is counted at each. Failed AUTH is counted
-across the workers: each adds the other workers' counts, which the relay exchanges through the
+Each worker is a process of its own, with its own open-file limit, so ``max_connections`` is
+the worker's: the relay as a whole serves up to workers x ``max_connections``. A client's
+connections are counted across the workers of ``deliverypool relay`` (the supervisor's shared
+counts, `deliverypool.ingress.client_counts`); an embedded relay counts its own. Failed AUTH is
+counted across the workers too: each adds the other workers' counts, which the relay exchanges through the
 state database every ``observe.flush_interval`` (`deliverypool.state.auth_failures`).
 
 A *client* is its IPv4 address, or the /64 of its IPv6 address (what one host usually holds).
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from deliverypool.config import ListenerConfig
+from deliverypool.ingress.client_counts import ClientCounts
 from deliverypool.ingress.handler import in_networks, peer_ip
 
 __all__ = [
@@ -193,12 +195,14 @@ class AuthFailures:
 class Admission:
     """The connection and AUTH-failure counts of one worker's listener."""
 
-    def __init__(self, listener: ListenerConfig, limits: Limits) -> None:
+    def __init__(self, listener: ListenerConfig, limits: Limits, shared: ClientCounts | None = None) -> None:
         self.limits = limits
         self.hostname = listener.hostname
         self._exempt = listener.allowed_networks
         self.open = 0
         self._per_client: dict[str, int] = {}
+        # A worker of `deliverypool relay`: the connections per client at every worker.
+        self.shared = shared
         self.auth_failures = AuthFailures(limits.auth_failure_window, AUTH_FAILURE_CLIENTS)
 
     def exempt(self, peer: str | None) -> bool:
@@ -212,16 +216,22 @@ class Admission:
             return "too-many-connections"
         key = client_key(peer)
         if not self.exempt(peer):
-            if self._per_client.get(key, 0) >= limits.max_connections_per_client:
+            shared = self.shared
+            current = shared.count(key) if shared is not None else self._per_client.get(key, 0)
+            if current >= limits.max_connections_per_client:
                 return "too-many-from-client"
             if self.auth_failures.count(key) >= limits.max_auth_failures_per_client:
                 return "auth-failures"
+            if shared is not None:
+                shared.add(key, 1)
         self.open += 1
         self._per_client[key] = self._per_client.get(key, 0) + 1
         return None
 
     def release(self, peer: str | None) -> None:
         key = client_key(peer)
+        if self.shared is not None and not self.exempt(peer):
+            self.shared.add(key, -1)
         self.open -= 1
         left = self._per_client.get(key, 1) - 1
         if left > 0:
