@@ -144,8 +144,6 @@ class Supervisor:
         command += ["--worker", str(worker.shard), "--listen-fd", str(sock.fileno())]
         fds = [sock.fileno()]
         if self._counts is not None:
-            # Its row is zeroed first: a worker that exited left its connections counted.
-            self._counts.clear(worker.shard)
             command += ["--client-counts-fd", str(self._counts.fd), "--workers", str(self.workers)]
             fds.append(self._counts.fd)
         if self.loop:
@@ -162,6 +160,9 @@ class Supervisor:
             if process is not None and process.poll() is not None:
                 code = process.returncode
                 worker.process = None
+                if self._counts is not None:
+                    # The kernel closed its connections: they stop counting now, not at its restart.
+                    self._counts.clear(worker.shard)
                 worker.restarts += 1
                 if now - worker.started < _STABLE_AFTER:
                     worker.pause = min(_MAX_PAUSE, max(0.5, worker.pause * 2))
