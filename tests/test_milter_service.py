@@ -153,3 +153,38 @@ def test_without_sender_limits_the_mta_is_told_not_to_wait_for_rcpt_replies(tmp_
     assert not with_limits & Milter.P_NR_RCPT and without & Milter.P_NR_RCPT
     assert with_limits | Milter.P_NR_RCPT == without
     assert with_limits & Milter.P_NR_MAIL and with_limits & Milter.P_NR_HDR
+
+
+def test_a_restriction_made_through_the_milter_is_posted_to_the_webhook_and_its_release_too(tmp_path: Path) -> None:
+    """The milter reports what its sender limits do as a relay worker does: the restriction
+    as a firing sender-restricted alert on the webhook (and in the state database, where the
+    CLI sees it), and a release made by `deliverypool senders release` as its resolution."""
+    import asyncio
+
+    from deliverypool.cli.senders import senders_command
+    from tests.smtp_sinks import eventually, webhook_receiver
+
+    hook_port = free_port()
+    text = (
+        f'[limits]\nper_day = 2\naction = "block"\n[spool]\ndirectory = "{tmp_path / "spool"}"\n[dns]\ncheck_sender_domain = false\n'
+        f'[alerts]\nwebhook = "http://127.0.0.1:{hook_port}/hook"\n[observe]\nflush_interval = "100ms"\n'
+    )
+    path = tmp_path / "milter.toml"
+    path.write_text(text + POOLS)
+
+    async def main() -> tuple[list[str | None], list[dict[str, object]]]:
+        async with webhook_receiver(hook_port) as received:
+            running = await asyncio.to_thread(MilterService, cfg.load(path))
+            try:
+                replies = [await asyncio.to_thread(check_from_a_thread, running, f"r{i}@far.test") for i in range(3)]
+                await eventually(lambda: any(h["type"] == "sender-restricted" for h in received), what="the firing alert")
+                assert await asyncio.to_thread(senders_command, "release", str(path), address="app@acme.test") == 0
+                await eventually(lambda: any(h["state"] == "resolved" for h in received), timeout=30, what="the resolution")
+            finally:
+                await asyncio.to_thread(running.close)
+            return replies, received
+
+    replies, received = asyncio.run(main())
+    assert replies == [None, None, REFUSED]
+    assert [(h["type"], h["state"]) for h in received] == [("sender-restricted", "firing"), ("sender-released", "resolved")]
+    assert received[0]["sender"] == "app@acme.test" and received[0]["window"] == "per_day" and received[1]["id"] == received[0]["id"]

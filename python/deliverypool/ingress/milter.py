@@ -23,6 +23,8 @@ limits"), each recipient is checked at RCPT as the relay checks it, against the 
 naming one Redis count together): Postfix answers the refused recipient ``550 5.1.8 Access
 denied, bad outbound sender`` (or ``451 4.3.0`` while Redis is away with ``fail = "closed"``).
 The sender is the SASL login Postfix passes (``{auth_authen}``), else the envelope sender.
+Restrictions and limit alerts are reported as a relay worker reports them (logged, stored,
+POSTed to ``alerts.webhook``): the service runs an `Observer` without monitor or admin listener.
 
 Whatever goes wrong while classifying (an exception, the timeout) tempfails the message (451):
 the client keeps it and tries again, nothing is lost, and no unclassified message reaches the
@@ -47,7 +49,9 @@ from deliverypool.config import RelayConfig
 from deliverypool.routing.router import Router
 from deliverypool.routing.scores import Routed, ScoredRouter, Submission, scored_router
 from deliverypool.routing.tenants import Tenants
+from deliverypool.observe.service import Observer
 from deliverypool.state.limits import UNAVAILABLE, Limiter, limiter_for
+from deliverypool.state.limits import enabled as limits_enabled
 
 __all__ = ["MilterService", "PoolMilter", "PoolMilterWithoutLimits", "milter_class", "milter_socket", "run_milter"]
 
@@ -70,6 +74,7 @@ class MilterService:
         self._thread = threading.Thread(target=self.loop.run_forever, name="deliverypool-milter-loop", daemon=True)
         self._thread.start()
         self.tenants = Tenants(config.tenants)
+        self.observer: Observer | None = None
         self.scores: ScoredRouter = self.call(self._scores(), None)
         self.limits: Limiter | None = self.call(self._limits(), None)
 
@@ -80,9 +85,18 @@ class MilterService:
         return scored_router(self.config, Router(resolver, policy=policy_from_config(self.config)))
 
     async def _limits(self) -> Limiter | None:
-        limits = limiter_for(self.config, self.tenants, spool_root=self.config.spool.directory, leader=True)
-        if limits is not None:
-            await limits.start()
+        """The sender limits, and with them the sender events and alerts (logged, stored in the
+        state database, POSTed to ``alerts.webhook``) as a relay worker raises them: the
+        milter's observer runs no surge monitor and no admin listener."""
+        if not limits_enabled(self.config):
+            return None
+        root = self.config.spool.directory
+        self.observer = Observer(self.config, spool_root=root, worker="milter", leader=False)
+        await self.observer.start()
+        limits = limiter_for(self.config, self.tenants, spool_root=root, leader=True, listener=self.observer.senders)
+        assert limits is not None
+        self.observer.limits = limits
+        await limits.start()
         return limits
 
     def call(self, work: Coroutine[Any, Any, _T], timeout: float | None) -> _T:
@@ -119,6 +133,8 @@ class MilterService:
         try:
             if self.limits is not None:
                 self.call(self.limits.stop(), 5.0)
+            if self.observer is not None:
+                self.call(self.observer.stop(), 10.0)  # the last alerts posted, the events written
             self.call(self.scores.close(), 5.0)
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
