@@ -107,7 +107,7 @@ impl DataReader {
                 }
                 self.flag(Problem::BareLineEnding);
                 self.push(b"\r");
-                self.line_len += 1;
+                self.grow(1);
             }
             if self.line_len == 0 && !self.dot_line && input[i] == b'.' {
                 self.dot_line = true;
@@ -119,7 +119,7 @@ impl DataReader {
             let rest = &input[i..];
             let run = memchr::memchr3(b'\r', b'\n', 0, rest).unwrap_or(rest.len());
             self.push(&rest[..run]);
-            self.line_len += run;
+            self.grow(run);
             self.received += run;
             i += run;
             if let Some(&byte) = input.get(i) {
@@ -130,19 +130,25 @@ impl DataReader {
                     b'\n' => {
                         self.flag(Problem::BareLineEnding);
                         self.push(b"\n");
-                        self.line_len += 1;
+                        self.grow(1);
                     }
                     _ => {
                         self.flag(Problem::Nul);
-                        self.line_len += 1;
+                        self.grow(1);
                     }
                 }
             }
-            if self.line_len + 2 > self.line_limit {
-                self.flag(Problem::LineTooLong);
-            }
         }
         i
+    }
+
+    /// The current line grew by `n` bytes. Checked at once, so that which problem a message
+    /// is refused for depends on where the bytes are, never on how the reads split them.
+    fn grow(&mut self, n: usize) {
+        self.line_len += n;
+        if self.line_len + 2 > self.line_limit {
+            self.flag(Problem::LineTooLong);
+        }
     }
 
     /// A CRLF ended the current line: the end of data, or one more line of the message.
@@ -155,9 +161,6 @@ impl DataReader {
                 self.problem = Some(Problem::TooLarge);
             }
             return;
-        }
-        if self.line_len + 2 > self.line_limit {
-            self.flag(Problem::LineTooLong);
         }
         self.push(b"\r\n");
         self.line_len = 0;
@@ -243,6 +246,25 @@ mod tests {
         let mut reader = DataReader::new(1 << 20, 1001, None);
         let used = reader.feed(input);
         (reader.take(), reader.problem(), used)
+    }
+
+    #[test]
+    fn the_problem_reported_does_not_depend_on_the_reads() {
+        // An over-long line with a NUL after the limit, and one with the NUL before it: the first
+        // problem by position is reported, however the input is split (found by fuzz/smtp_data).
+        for (input, expected) in [
+            (b"abcdefgh\0\r\n.\r\n".as_slice(), Problem::LineTooLong),
+            (b"ab\0defgh\r\n.\r\n".as_slice(), Problem::Nul),
+            (b"abcdefgh\nx\r\n.\r\n".as_slice(), Problem::LineTooLong),
+            (b"ab\rdefgh\r\n.\r\n".as_slice(), Problem::BareLineEnding),
+        ] {
+            for split in 0..=input.len() {
+                let mut reader = DataReader::new(1 << 20, 8, None);
+                let (a, b) = input.split_at(split);
+                let used = reader.feed(a) + if reader.done() { 0 } else { reader.feed(b) };
+                assert_eq!((used, reader.problem()), (input.len(), Some(expected)), "{input:?} split at {split}");
+            }
+        }
     }
 
     #[test]
