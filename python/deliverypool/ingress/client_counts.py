@@ -9,9 +9,9 @@ summed over the rows, and the smallest of those (a count-min sketch): another ad
 shares a slot can only make the count higher, and only when it shares the client's slot in
 every table, which three keyed 16-bit hashes make rare (with 1,000 other clients connected at
 once, about 1 in 280,000 for a given client) and which a client cannot aim at: the key is
-random per supervisor. When a worker exits, the supervisor zeroes its row
-before starting its replacement: the kernel closed that worker's connections, so they stop
-counting.
+random per supervisor. When a worker exits, the supervisor zeroes its row as soon as it sees
+the exit (before the replacement starts): the kernel closed that worker's connections, so they
+stop counting.
 
 The counts are read and written from the worker's event loop, once per connection (a keyed
 BLAKE2b of the address and three loads per worker: a few microseconds).

@@ -4,9 +4,10 @@ descriptors for delivery and the spool, and failed AUTH per connection and per c
 Each worker is a process of its own, with its own open-file limit, so ``max_connections`` is
 the worker's: the relay as a whole serves up to workers x ``max_connections``. A client's
 connections are counted across the workers of ``deliverypool relay`` (the supervisor's shared
-counts, `deliverypool.ingress.client_counts`); an embedded relay counts its own. Failed AUTH is
-counted across the workers too: each adds the other workers' counts, which the relay exchanges through the
-state database every ``observe.flush_interval`` (`deliverypool.state.auth_failures`).
+counts, `deliverypool.ingress.client_counts`); an embedded relay counts its own. Failed AUTH
+is counted across the workers too: each adds the other workers' counts, which the relay
+exchanges through the state database every ``observe.flush_interval``
+(`deliverypool.state.auth_failures`).
 
 A *client* is its IPv4 address, or the /64 of its IPv6 address (what one host usually holds).
 Clients in ``listener.allowed_networks`` (the relay's own applications) are not limited per
