@@ -154,6 +154,13 @@ def test_header_from_check_classifies_once_unless_the_header_is_worse(nsd: NsdSe
     calls.clear()
     decision = aio_run(router.route(bad, mail_from="a@mx-only.dp.test", score=1.0))
     assert (decision.sender_domain, decision.score, calls) == ("no-records", 1.0, ["classify", "classify"])
+    # The envelope sender's domain has no records already: the header From is not looked at.
+    # (missing.dp.test is in the cache by now: any query would be for the header's domain.)
+    calls.clear()
+    assert router.resolver is not None
+    queries = router.resolver.queries
+    decision = aio_run(router.route(message_from("x.broken.test"), mail_from="a@missing.dp.test"))
+    assert (decision.sender_domain, calls, router.resolver.queries) == ("no-records", ["classify"], queries)
     # No From field: nothing to check (one scan tells); a From without an address: no-records.
     for header, expected in ((b"", "has-records"), (b"From: MAILER-DAEMON\r\n", "no-records"), (b"From: <>\r\n", "no-records")):
         calls.clear()

@@ -142,7 +142,8 @@ class Router:
         return classify_many(messages, sender_domain=statuses, **kwargs)
 
     async def _header_from_status(self, message: bytes, decision: Decision) -> DomainStatus | None:
-        if self.senders is None:
+        # Nothing is worse than an envelope sender with no records: no check then.
+        if self.senders is None or decision.sender_domain == NO_RECORDS:
             return None
         address = decision.from_address
         if address is None:
