@@ -967,3 +967,19 @@ def test_connections_per_client_count_across_the_workers_and_a_dead_workers_are_
             relay.stop()
 
     asyncio.run(main())
+
+
+def test_without_a_memfd_the_supervisor_falls_back_to_per_worker_counts(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from deliverypool.supervisor import shared_client_counts
+
+    counts = shared_client_counts(2)
+    assert counts is not None and counts.workers == 2
+    counts.close()
+
+    def refused(name: str, flags: int = 0) -> int:
+        raise PermissionError(1, "Operation not permitted (a sandbox's seccomp filter)")
+
+    monkeypatch.setattr(os, "memfd_create", refused)
+    with caplog.at_level(logging.WARNING, logger="deliverypool"):
+        assert shared_client_counts(2) is None
+    assert any("counted per worker" in r.getMessage() and "not permitted" in r.getMessage() for r in caplog.records)

@@ -36,7 +36,7 @@ from pathlib import Path
 from deliverypool.config import RelayConfig
 from deliverypool.ingress.client_counts import ClientCounts
 
-__all__ = ["Supervisor", "default_workers", "listen_socket", "shard_directory"]
+__all__ = ["Supervisor", "default_workers", "listen_socket", "shard_directory", "shared_client_counts"]
 
 log = logging.getLogger("deliverypool.supervisor")
 
@@ -109,15 +109,14 @@ class Supervisor:
     _children: list[_Worker] = field(default_factory=list)
     _stopping: bool = False
     # The workers' connections per client address (ingress/client_counts.py); None where the
-    # system has no memfd (each worker then counts its own).
+    # system has no memfd or refuses one (each worker then counts its own).
     _counts: ClientCounts | None = None
 
     def run(self) -> int:
         listener = self.config.listener
         sock = listen_socket(listener.host, listener.port, listener.backlog)
         adopt_unsharded_spool(self.config.spool.directory)
-        if hasattr(os, "memfd_create"):
-            self._counts = ClientCounts.create(self.workers)
+        self._counts = shared_client_counts(self.workers)
         log.info("supervisor: %d worker(s) on %s:%d, spool %s", self.workers, listener.host, listener.port, self.config.spool.directory)
         previous = {signum: signal.signal(signum, self._stop) for signum in (signal.SIGTERM, signal.SIGINT)}
         try:
@@ -184,6 +183,19 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def shared_client_counts(workers: int) -> ClientCounts | None:
+    """The region the workers count their connections per client in; None (each worker then
+    counts its own, as an embedded relay does) where the system has no memfd or refuses one."""
+    if not hasattr(os, "memfd_create"):
+        log.warning("supervisor: no memfd on this system: connections per client are counted per worker")
+        return None
+    try:
+        return ClientCounts.create(workers)
+    except OSError as exc:
+        log.warning("supervisor: cannot create the shared connection counts (%s): connections per client are counted per worker", exc)
+        return None
 
 
 def adopt_unsharded_spool(spool: Path) -> None:
