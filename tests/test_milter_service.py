@@ -188,3 +188,27 @@ def test_a_restriction_made_through_the_milter_is_posted_to_the_webhook_and_its_
     assert replies == [None, None, REFUSED]
     assert [(h["type"], h["state"]) for h in received] == [("sender-restricted", "firing"), ("sender-released", "resolved")]
     assert received[0]["sender"] == "app@acme.test" and received[0]["window"] == "per_day" and received[1]["id"] == received[0]["id"]
+
+
+def test_with_the_webhook_down_the_milter_still_limits_and_stops_promptly(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Nothing listens on the webhook's port: the recipients are still counted and refused at
+    the exact limit, the alert is logged and kept in the state database, and close() returns
+    (the unsent alert does not hold the milter up)."""
+    import logging
+    import sqlite3
+
+    dead = free_port()
+    text = (
+        f'[limits]\nper_day = 2\naction = "block"\n[spool]\ndirectory = "{tmp_path / "spool"}"\n[dns]\ncheck_sender_domain = false\n'
+        f'[alerts]\nwebhook = "http://127.0.0.1:{dead}/hook"\n'
+    )
+    with caplog.at_level(logging.WARNING, logger="deliverypool.alerts"):
+        running = MilterService(cfg.loads(text + POOLS))
+        try:
+            replies = [check_from_a_thread(running, f"r{i}@far.test") for i in range(4)]
+        finally:
+            running.close()
+    assert replies == [None, None, REFUSED, REFUSED]
+    assert any("sender-restricted firing" in r.getMessage() for r in caplog.records)
+    with sqlite3.connect(tmp_path / "spool" / "state.sqlite3") as db:
+        assert db.execute("SELECT count(*) FROM observe_alerts WHERE id LIKE 'sr-%'").fetchone()[0] == 1
