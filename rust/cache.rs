@@ -41,10 +41,13 @@ pub enum Kind {
     /// The verdict of a blocklist lookup: the A (and TXT) records of an address's reversed
     /// name under a DNSBL zone (RFC 5782), keyed by that name.
     Dnsbl,
+    /// The TXT records of a name (SPF and DMARC policies, DKIM keys), each record's strings
+    /// joined.
+    Txt,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [Kind::SenderStatus, Kind::Mx, Kind::A, Kind::Aaaa, Kind::Dnsbl];
+    pub const ALL: [Kind; 6] = [Kind::SenderStatus, Kind::Mx, Kind::A, Kind::Aaaa, Kind::Dnsbl, Kind::Txt];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -53,10 +56,11 @@ impl Kind {
             Kind::A => "A",
             Kind::Aaaa => "AAAA",
             Kind::Dnsbl => "dnsbl",
+            Kind::Txt => "TXT",
         }
     }
 
-    /// `sender`, `MX`, `A`, `AAAA` (the record types in either case) or `dnsbl`.
+    /// `sender`, `MX`, `A`, `AAAA`, `TXT` (the record types in either case) or `dnsbl`.
     pub fn parse(value: &str) -> Result<Kind, CacheError> {
         match value {
             "sender" => Ok(Kind::SenderStatus),
@@ -64,6 +68,7 @@ impl Kind {
             "A" | "a" => Ok(Kind::A),
             "AAAA" | "aaaa" => Ok(Kind::Aaaa),
             "dnsbl" => Ok(Kind::Dnsbl),
+            "TXT" | "txt" => Ok(Kind::Txt),
             _ => Err(CacheError::BadKind(value.into())),
         }
     }
@@ -192,7 +197,7 @@ impl fmt::Display for CacheError {
             CacheError::BadCapacity(n) => write!(f, "cache capacity must be between 1 and {MAX_CAPACITY}, got {n}"),
             CacheError::BadLimits(why) => write!(f, "invalid cache TTL limits: {why}"),
             CacheError::BadSeconds { what, value } => write!(f, "{what} must be a finite number of seconds >= 0, got {value}"),
-            CacheError::BadKind(kind) => write!(f, "invalid cache kind {kind:?}: expected one of sender, MX, A, AAAA, dnsbl"),
+            CacheError::BadKind(kind) => write!(f, "invalid cache kind {kind:?}: expected one of sender, MX, A, AAAA, TXT, dnsbl"),
             CacheError::BadOutcome(outcome) => {
                 write!(f, "invalid outcome {outcome:?}: expected one of positive, negative, unknown")
             }
@@ -782,7 +787,8 @@ mod tests {
             assert_eq!(Kind::parse(kind.as_str()), Ok(kind));
             assert_eq!(kind.index(), Kind::ALL.iter().position(|k| *k == kind).unwrap());
         }
-        assert_eq!(Kind::parse("TXT"), Err(CacheError::BadKind("TXT".into())));
+        assert_eq!(Kind::parse("txt"), Ok(Kind::Txt));
+        assert_eq!(Kind::parse("SPF"), Err(CacheError::BadKind("SPF".into())));
         assert_eq!(Freshness::parse("negative", Some(30)), Ok(Freshness::Negative { ttl: 30 }));
         assert_eq!(Freshness::parse("unknown", None), Ok(Freshness::Unknown));
         assert_eq!(Freshness::parse("positive", None), Err(CacheError::MissingTtl { outcome: "positive" }));

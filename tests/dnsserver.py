@@ -55,6 +55,10 @@ multi-mx   MX 10 a.mx
 multi-mx   MX 10 b.mx
 mixed-null MX 0 .
 mixed-null MX 10 real.mx
+txt-multi  TXT "v=spf1 ip4:192.0.2.1" " -all"
+txt-multi  TXT "second record"
+_dmarc.txt-multi TXT "v=DMARC1; p=reject"
+sel._domainkey.txt-multi TXT "v=DKIM1; k=ed25519; p=" "AAAA"
 """
 
 # Negative TTL of other.test: min(SOA TTL 30, MINIMUM 600) = 30.

@@ -21,6 +21,7 @@ from deliverypool.errors import PermanentDnsError, TemporaryDnsError
 from deliverypool.lookup.mx import MailExchanger, MxResolver
 from deliverypool.lookup.resolver import Answer, Nameserver, Resolver, ResolverConfig
 from deliverypool.lookup.sender import SenderDomainCheck, SenderDomains, check_sender_domains
+from deliverypool.lookup.txt import TxtLookup
 from deliverypool.mail.address import normalize_domain, sender_domain
 from tests.dnsserver import NsdServer, SilentServer, TruncatingServer, ttl_zone
 
@@ -435,3 +436,48 @@ def test_sender_domain_of_an_address(address: str) -> None:
     domain = sender_domain(address)
     assert domain == address.rpartition("@")[2].lower()
     assert sender_domain(f"<{address}>") == domain
+
+
+TXT_CASES = [
+    ("txt-multi.dp.test", "positive", "records", (b"v=spf1 ip4:192.0.2.1 -all", b"second record")),
+    ("_dmarc.txt-multi.dp.test", "positive", "records", (b"v=DMARC1; p=reject",)),
+    ("SEL._domainkey.TXT-multi.dp.test.", "positive", "records", (b"v=DKIM1; k=ed25519; p=AAAA",)),
+    ("mx-only.dp.test", "negative", "nodata", ()),
+    ("_dmarc.missing.dp.test", "negative", "nxdomain", ()),
+    ("x.broken.test", "unknown", "servfail", ()),
+    ("bad..name.test", "unknown", "invalid-name", ()),
+]
+
+
+@pytest.mark.parametrize(("name", "outcome", "detail", "records"), TXT_CASES)
+def test_txt_records_keep_none_and_failure_apart(
+    nsd: NsdServer, name: str, outcome: str, detail: str, records: tuple[bytes, ...], aio_run: Run
+) -> None:
+    """A record's strings are joined; no records is negative (a definite "none"), a failure is
+    unknown (temperror for SPF and DMARC), never negative."""
+
+    async def run() -> None:
+        lookup = TxtLookup(resolver_for(nsd))
+        answer = await lookup.records(name)
+        assert (answer.outcome, answer.detail) == (outcome, detail)
+        assert sorted(answer.records) == sorted(records)
+        queries = lookup.resolver.queries
+        again = await lookup.records(name)
+        assert again == answer
+        if detail != "invalid-name":
+            assert lookup.resolver.queries == queries, "the second lookup is answered by the cache"
+
+    aio_run(run())
+
+
+def test_txt_records_selected_by_prefix(nsd: NsdServer, aio_run: Run) -> None:
+    answer = aio_run(TxtLookup(resolver_for(nsd)).records("txt-multi.dp.test"))
+    assert answer.starting_with(b"V=SPF1") == (b"v=spf1 ip4:192.0.2.1 -all",)
+    assert answer.starting_with(b"v=DMARC1") == ()
+
+
+def test_normalize_domain_with_underscores() -> None:
+    assert normalize_domain("_dmarc.example.com") is None
+    assert normalize_domain("_dmarc.Example.COM.", allow_underscore=True) == "_dmarc.example.com"
+    assert normalize_domain("s_1._domainkey.bücher.test", allow_underscore=True) == "s_1._domainkey.xn--bcher-kva.test"
+    assert normalize_domain("-x._domainkey.a.test", allow_underscore=True) is None

@@ -37,6 +37,9 @@ __all__ = [
 IDNA_CODEC: Final = dns.name.IDNA_2008_Practical
 
 _LABEL: Final = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
+# A label of a DNS name that is not a host name: service labels (``_dmarc``, ``_domainkey``)
+# and DKIM selectors may hold underscores (RFC 8552).
+_DNS_LABEL: Final = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)\Z")
 # RFC 5321 §4.1.2: atext, and qtextSMTP / quoted-pairSMTP (printable ASCII).
 _ATEXT: Final = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
 # A dot-atom (RFC 5322 §3.2.3), as a pattern to build on.
@@ -67,11 +70,13 @@ class AddressError(ValueError):
         self.detail = detail or reason
 
 
-def normalize_domain(domain: str) -> str | None:
+def normalize_domain(domain: str, *, allow_underscore: bool = False) -> str | None:
     """The ASCII (IDNA 2008) form of a mail domain, lowercased, without the trailing dot, or
     None when it is not a valid host name: empty, an address literal, a single label, a label
     outside letters/digits/hyphen, an all-numeric top-level label, too long, or a Unicode name
-    IDNA 2008 rejects. White space around the name and around its one trailing dot is ignored,
+    IDNA 2008 rejects. ``allow_underscore`` also takes labels with underscores, for DNS names
+    that are not host names (``_dmarc.example.com``, ``sel._domainkey.example.com``); their
+    Unicode labels are still IDNA 2008. White space around the name and around its one trailing dot is ignored,
     so ``"a.test "``, ``"a.test ."`` and ``"a.test. "`` are all ``"a.test"``; a second trailing
     dot (``"a.test.."``, ``"a.test. ."``) is an empty label."""
     domain = domain.strip()
@@ -81,6 +86,14 @@ def normalize_domain(domain: str) -> str | None:
         return None
     if domain.isascii():
         domain = domain.lower()
+    elif allow_underscore:  # IDNA 2008 per label: the whole-name codec refuses underscores
+        try:
+            domain = ".".join(
+                label.lower() if label.isascii() else idna.encode(label, uts46=True, transitional=False).decode("ascii")
+                for label in domain.split(".")
+            )
+        except (idna.IDNAError, UnicodeError, ValueError):
+            return None
     else:
         try:
             domain = idna.encode(domain, uts46=True, transitional=False).decode("ascii")
@@ -91,7 +104,8 @@ def normalize_domain(domain: str) -> str | None:
     labels = domain.split(".")
     if len(labels) < 2 or labels[-1].isdigit():
         return None
-    if not all(_LABEL.match(label) for label in labels):
+    label = _DNS_LABEL if allow_underscore else _LABEL
+    if not all(label.match(part) for part in labels):
         return None
     return domain
 
