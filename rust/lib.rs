@@ -12,6 +12,7 @@ mod line_scanner;
 pub mod matcher;
 pub mod phrases;
 pub mod policy;
+pub mod pools;
 pub mod scan;
 pub mod seen;
 pub mod smtp_data;

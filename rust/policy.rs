@@ -7,25 +7,48 @@ use std::fmt;
 use crate::address::{first_address, Address};
 use crate::dsn::{detect, Detection};
 use crate::labels::{closed_set, Defect};
+use crate::pools::{reason_bits, Defaults, Facts, Name, PoolClass, PoolSpec, Routing, RoutingError, RuleSpec};
 use crate::scan::{self, HeaderIndex, ValueSpan};
 
 closed_set! {
-    /// Why a message goes through the high-risk pool (`REASONS` in Python). Public output:
-    /// keep the names stable.
-    pub enum Reason debug_as_name {
-        Dsn = "dsn",
-        SpamScore = "spam-score",
-        SenderDomainNoRecords = "sender-domain-no-records",
+    /// Why a message goes through a pool other than the normal one (`REASONS` in Python), and
+    /// the class of pool each reason sends it to (`escalation`: `PoolClass`, see `pools.rs`).
+    /// Public output: keep the names stable. Adding a reason is one row here (its name and
+    /// class) plus the code that finds it.
+    pub enum Reason debug_as_name, fn escalation() -> Escalation {
+        Dsn = "dsn" => Escalation::To(PoolClass::HighRisk),
+        SpamScore = "spam-score" => Escalation::To(PoolClass::HighRisk),
+        SenderDomainNoRecords = "sender-domain-no-records" => Escalation::To(PoolClass::HighRisk),
         /// Also when the policy keeps such mail on the normal pool.
-        SenderDomainUnknown = "sender-domain-unknown",
+        SenderDomainUnknown = "sender-domain-unknown" => Escalation::Fallback(Fallback::UnknownDomain),
         /// The caller's spam filter (rspamd) was asked and could not answer; high risk only
         /// when the policy says so (`score_unavailable_pool`).
-        SpamScoreUnavailable = "spam-score-unavailable",
+        SpamScoreUnavailable = "spam-score-unavailable" => Escalation::Fallback(Fallback::ScoreUnavailable),
         /// The scanner could not read the whole header block or MIME structure
         /// (`Defect::unscannable`), so the DSN verdict may be wrong; high risk unless the
         /// policy says otherwise (`unscannable_pool`).
-        Unscannable = "unscannable",
+        Unscannable = "unscannable" => Escalation::Fallback(Fallback::Unscannable),
     }
+}
+
+/// The class of pool a reason sends a message to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Escalation {
+    /// Always this class.
+    To(PoolClass),
+    /// High-risk, or normal when the policy's option for it says so.
+    Fallback(Fallback),
+}
+
+/// The policy options that decide where mail goes whose check could not be made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fallback {
+    /// `unknown_domain_pool`.
+    UnknownDomain,
+    /// `score_unavailable_pool`.
+    ScoreUnavailable,
+    /// `unscannable_pool`.
+    Unscannable,
 }
 
 /// What is wrong with a policy, or with what the caller says about one message.
@@ -40,6 +63,8 @@ pub enum Error {
     BadHeaderName(String),
     /// An option value outside its allowed set.
     BadOption { what: &'static str, value: String, allowed: &'static str },
+    /// Pools or rules that cannot be used (`pools.rs`), with the key at fault.
+    Routing(RoutingError),
     // One message's envelope.
     /// The caller's spam score is NaN or infinite.
     BadScore(f64),
@@ -52,7 +77,8 @@ impl fmt::Display for Error {
         match self {
             Error::NotFinite { what, value } => write!(f, "{what} must be a finite number, got {value}"),
             Error::BadPoolName(why) => write!(f, "invalid pool names: {why}"),
-            Error::BadHeaderName(name) => write!(f, "invalid score header name {name:?}: expected printable ASCII without ':' or spaces"),
+            Error::BadHeaderName(name) => write!(f, "invalid header name {name:?}: expected printable ASCII without ':' or spaces"),
+            Error::Routing(error) => error.fmt(f),
             Error::BadOption { what, value, allowed } => write!(f, "invalid {what} {value:?}: expected one of {allowed}"),
             Error::BadScore(value) => write!(f, "score must be a finite number, got {value}"),
             Error::BadSenderDomain(value) => {
@@ -63,6 +89,12 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+impl From<RoutingError> for Error {
+    fn from(error: RoutingError) -> Self {
+        Error::Routing(error)
+    }
+}
 
 /// What the sender-domain check found (filled in by the DNS layer; absent when not checked).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -121,8 +153,20 @@ impl FallbackPool {
 
 #[derive(Clone, Debug)]
 pub struct Policy {
+    /// The default pool of normal mail (that no rule sends elsewhere).
     pub normal_pool: String,
+    /// The default pool of high-risk mail.
     pub high_risk_pool: String,
+    /// The default pool of relay-class mail; without pools of that class, such mail goes the
+    /// high-risk way.
+    pub relay_pool: Option<String>,
+    /// Every pool with its class; empty: the two above (normal and high-risk).
+    pub pools: Vec<PoolSpec>,
+    /// The routing rules, in order (see `pools.rs`).
+    pub rules: Vec<RuleSpec>,
+    /// Lowercased name of the header rules' `header_values` are matched against (trusted only
+    /// when the caller says the client is: `Envelope::untrusted_route_header`).
+    pub route_header: Option<String>,
     /// High risk when the score is strictly greater than this.
     pub threshold: f64,
     pub tenant_thresholds: BTreeMap<String, f64>,
@@ -134,6 +178,8 @@ pub struct Policy {
     pub score_unavailable_pool: FallbackPool,
     /// Where a message goes that the scanner could not fully read (`Reason::Unscannable`).
     pub unscannable_pool: FallbackPool,
+    /// `pools` and `rules` compiled: made by `validated`, which every constructor goes through.
+    pub routing: Routing,
 }
 
 impl Default for Policy {
@@ -141,6 +187,10 @@ impl Default for Policy {
         Policy {
             normal_pool: "normal".into(),
             high_risk_pool: "high-risk".into(),
+            relay_pool: None,
+            pools: Vec::new(),
+            rules: Vec::new(),
+            route_header: None,
             // SpamAssassin's and rspamd's customary "this is spam" score.
             threshold: 5.0,
             tenant_thresholds: BTreeMap::new(),
@@ -148,6 +198,7 @@ impl Default for Policy {
             unknown_domain_pool: FallbackPool::HighRisk,
             score_unavailable_pool: FallbackPool::Normal,
             unscannable_pool: FallbackPool::HighRisk,
+            routing: Routing::two_pools("normal", "high-risk").unwrap_or_else(|_| unreachable!("two distinct pool names")),
         }
     }
 }
@@ -165,13 +216,39 @@ impl Policy {
         if self.normal_pool == self.high_risk_pool {
             return Err(Error::BadPoolName(format!("both pools are named {:?}", self.normal_pool)));
         }
-        if let Some(name) = &self.score_header {
-            if name.is_empty() || !name.bytes().all(|b| (33..=126).contains(&b) && b != b':') {
-                return Err(Error::BadHeaderName(name.clone()));
+        for header in [&mut self.score_header, &mut self.route_header].into_iter().flatten() {
+            if header.is_empty() || !header.bytes().all(|b| (33..=126).contains(&b) && b != b':') {
+                return Err(Error::BadHeaderName(header.clone()));
             }
-            self.score_header = Some(name.to_ascii_lowercase());
+            header.make_ascii_lowercase();
         }
+        let two;
+        let pools = if self.pools.is_empty() {
+            two = [
+                PoolSpec { name: self.normal_pool.clone(), class: PoolClass::Normal, tenant: None },
+                PoolSpec { name: self.high_risk_pool.clone(), class: PoolClass::HighRisk, tenant: None },
+            ];
+            &two[..]
+        } else {
+            &self.pools[..]
+        };
+        let defaults = Defaults { normal: &self.normal_pool, high_risk: &self.high_risk_pool, relay: self.relay_pool.as_deref() };
+        self.routing = Routing::compile(pools, &self.rules, defaults, |reason| self.class_of(reason), self.route_header.is_some())?;
         Ok(self)
+    }
+
+    /// The class of pool `reason` sends a message to under this policy.
+    pub fn class_of(&self, reason: Reason) -> PoolClass {
+        let option = match reason.escalation() {
+            Escalation::To(class) => return class,
+            Escalation::Fallback(Fallback::UnknownDomain) => self.unknown_domain_pool,
+            Escalation::Fallback(Fallback::ScoreUnavailable) => self.score_unavailable_pool,
+            Escalation::Fallback(Fallback::Unscannable) => self.unscannable_pool,
+        };
+        match option {
+            FallbackPool::HighRisk => PoolClass::HighRisk,
+            FallbackPool::Normal => PoolClass::Normal,
+        }
     }
 
     pub fn threshold_for(&self, tenant: Option<&str>) -> f64 {
@@ -215,11 +292,25 @@ pub struct Envelope<'a> {
     /// The caller asked its spam filter and got no score (reason `spam-score-unavailable`
     /// when the message has no score otherwise).
     pub score_unavailable: bool,
+    /// The envelope recipients: routed one by one when a rule names recipient domains.
+    pub recipients: &'a [&'a str],
+    /// The client is not one whose route header (`Policy::route_header`) is trusted.
+    pub untrusted_route_header: bool,
 }
 
 #[derive(Clone, Debug)]
 pub struct Decision {
-    pub pool: String,
+    /// The message's pool; when rules routed its recipients one by one, the first recipient's
+    /// (`recipient_pools` has each one's).
+    pub pool: Name,
+    /// The class of `pool`.
+    pub pool_class: PoolClass,
+    /// The rule that chose `pool`; None: the class's default.
+    pub rule: Option<Name>,
+    /// Each recipient's pool, in the envelope's order, when a rule names recipient domains;
+    /// else empty (every recipient goes through `pool`). All of `pool_class`.
+    pub recipient_pools: Vec<Name>,
+    /// Any reason made the message high risk: it leaves from a high-risk pool.
     pub high_risk: bool,
     /// Every reason that applied, in a fixed order.
     pub reasons: Vec<Reason>,
@@ -257,13 +348,14 @@ pub fn classify(msg: &[u8], envelope: &Envelope, policy: &Policy) -> Result<Deci
     if let Some(score) = envelope.score.filter(|s| !s.is_finite()) {
         return Err(Error::BadScore(score));
     }
-    let mut index = scan::index(msg, policy.score_header.as_deref());
+    let mut index = scan::index_for(msg, policy.score_header.as_deref(), policy.route_header.as_deref());
     // The index ends here: its defects move into the decision instead of being copied.
     let defects = std::mem::take(&mut index.defects);
     Ok(decide_with_defects(&index, defects, msg, envelope, policy))
 }
 
-/// Classifies a message already scanned with `policy.score_header`.
+/// Classifies a message already scanned with `policy.score_header` and `policy.route_header`
+/// (`scan::index_for`).
 pub fn decide(facts: &HeaderIndex, msg: &[u8], envelope: &Envelope, policy: &Policy) -> Decision {
     decide_with_defects(facts, facts.defects.clone(), msg, envelope, policy)
 }
@@ -281,39 +373,55 @@ fn decide_with_defects(facts: &HeaderIndex, mut defects: Vec<Defect>, msg: &[u8]
     let threshold = policy.threshold_for(envelope.tenant);
 
     let mut reasons = Vec::new();
-    let mut high_risk = false;
     if detection.dsn.is_some() {
         reasons.push(Reason::Dsn);
-        high_risk = true;
     }
     if score.is_some_and(|s| s > threshold) {
         reasons.push(Reason::SpamScore);
-        high_risk = true;
     }
     match envelope.sender_domain {
-        Some(DomainStatus::NoRecords) => {
-            reasons.push(Reason::SenderDomainNoRecords);
-            high_risk = true;
-        }
-        Some(DomainStatus::Unknown) => {
-            reasons.push(Reason::SenderDomainUnknown);
-            high_risk |= policy.unknown_domain_pool == FallbackPool::HighRisk;
-        }
+        Some(DomainStatus::NoRecords) => reasons.push(Reason::SenderDomainNoRecords),
+        Some(DomainStatus::Unknown) => reasons.push(Reason::SenderDomainUnknown),
         _ => {}
     }
     if score.is_none() && envelope.score_unavailable {
         reasons.push(Reason::SpamScoreUnavailable);
-        high_risk |= policy.score_unavailable_pool == FallbackPool::HighRisk;
     }
     // A padded header or MIME structure must not let a sender pick the normal pool.
     if detection.dsn.is_none() && defects.iter().any(|d| d.unscannable()) {
         reasons.push(Reason::Unscannable);
-        high_risk |= policy.unscannable_pool == FallbackPool::HighRisk;
     }
-    let pool = if high_risk { &policy.high_risk_pool } else { &policy.normal_pool };
+    // The worst class any reason gives; the rules pick a pool of that class only.
+    let class = reasons.iter().fold(PoolClass::Normal, |class, reason| class.worst(policy.class_of(*reason)));
+    let header = route_header(facts, policy, envelope.untrusted_route_header);
+    let routing = &policy.routing;
+    let route = Facts {
+        class,
+        tenant: envelope.tenant,
+        mail_from: envelope.mail_from,
+        header: header.as_deref(),
+        size: msg.len() as u64,
+        reasons: reason_bits(&reasons),
+        report_kind: detection.report_kind,
+    };
+    let mut recipient_pools = Vec::new();
+    let choice = if routing.per_recipient() && !envelope.recipients.is_empty() {
+        recipient_pools.reserve_exact(envelope.recipients.len());
+        let mut first = None;
+        routing.route_each(&route, envelope.recipients, |choice| {
+            first.get_or_insert(choice);
+            recipient_pools.push(routing.pool_name(choice.pool).clone());
+        });
+        first.unwrap_or_else(|| routing.route(&route))
+    } else {
+        routing.route(&route)
+    };
     Decision {
-        pool: pool.clone(),
-        high_risk,
+        pool: routing.pool_name(choice.pool).clone(),
+        pool_class: routing.pool_class(choice.pool),
+        rule: choice.rule.map(|rule| routing.rule_name(rule).clone()),
+        recipient_pools,
+        high_risk: class == PoolClass::HighRisk,
         reasons,
         detection,
         score,
@@ -353,6 +461,16 @@ fn header_score(facts: &HeaderIndex, policy: &Policy, untrusted_client: bool, de
     }
 }
 
+/// The route header's value, if rules may read it: configured, present exactly once, and the
+/// client is one whose route header is trusted.
+fn route_header<'a>(facts: &HeaderIndex<'a>, policy: &Policy, untrusted: bool) -> Option<Cow<'a, str>> {
+    policy.route_header.as_ref()?;
+    if untrusted || facts.route_header_repeated {
+        return None;
+    }
+    facts.route_header.map(|value| value.text())
+}
+
 /// Reads `5.3`, `-1.2 (required 5)`, or SpamAssassin's `Yes, score=5.3 required=5.0`.
 pub fn parse_score(value: &str) -> Option<f64> {
     let lower = value.to_ascii_lowercase();
@@ -368,6 +486,7 @@ pub fn parse_score(value: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pools::{PoolSpec, RuleSpec};
 
     fn policy_with_header() -> Policy {
         Policy { score_header: Some("X-Spam-Score".into()), ..Policy::default() }.validated().unwrap()
@@ -494,6 +613,75 @@ mod tests {
         let long = b"Subject: a long one\nMessage-ID: <x@y>\nFrom: a@b.example\n\n";
         let d = classify(long, &Envelope::default(), &Policy::default()).unwrap();
         assert_eq!((d.message_id(b"short"), d.header_from(b"short")), (None, None));
+    }
+
+    fn routed_policy() -> Policy {
+        let pool = |name: &str, class| PoolSpec { name: name.into(), class, tenant: None };
+        Policy {
+            pools: vec![
+                pool("normal", PoolClass::Normal),
+                pool("high-risk", PoolClass::HighRisk),
+                pool("bulk", PoolClass::Normal),
+                pool("gmail", PoolClass::Normal),
+            ],
+            rules: vec![
+                RuleSpec { name: Some("stream".into()), pool: "bulk".into(), header_values: vec!["newsletter".into()], ..RuleSpec::default() },
+                RuleSpec { name: Some("gmail".into()), pool: "gmail".into(), recipient_domains: vec!["gmail.com".into()], ..RuleSpec::default() },
+            ],
+            route_header: Some("X-Stream".into()),
+            ..Policy::default()
+        }
+        .validated()
+        .unwrap()
+    }
+
+    #[test]
+    fn rules_read_the_route_header_only_once_and_from_a_trusted_client() {
+        let policy = routed_policy();
+        assert_eq!(policy.route_header.as_deref(), Some("x-stream"));
+        let once = b"X-Stream: Newsletter\r\nSubject: x\r\n\r\nhi\r\n";
+        let d = classify(once, &Envelope::default(), &policy).unwrap();
+        assert_eq!((d.pool.as_str(), d.rule.as_deref(), d.pool_class), ("bulk", Some("stream"), PoolClass::Normal));
+        let untrusted = Envelope { untrusted_route_header: true, ..Envelope::default() };
+        assert_eq!(classify(once, &untrusted, &policy).unwrap().pool, "normal");
+        let twice = b"X-Stream: newsletter\r\nX-Stream: newsletter\r\n\r\nhi\r\n";
+        assert_eq!(classify(twice, &Envelope::default(), &policy).unwrap().rule, None);
+        // Spam with the header stays high-risk: the rule's pool is a normal one.
+        let spam = Envelope { score: Some(9.0), ..Envelope::default() };
+        let d = classify(once, &spam, &policy).unwrap();
+        assert_eq!((d.pool.as_str(), d.rule, d.pool_class, d.high_risk), ("high-risk", None, PoolClass::HighRisk, true));
+    }
+
+    #[test]
+    fn a_rule_on_recipient_domains_routes_each_recipient() {
+        let policy = routed_policy();
+        assert!(policy.routing.per_recipient());
+        let recipients = ["a@example.org", "b@Gmail.COM", "c@example.net"];
+        let envelope = Envelope { recipients: &recipients, ..Envelope::default() };
+        let d = classify(b"Subject: x\r\n\r\nhi\r\n", &envelope, &policy).unwrap();
+        assert_eq!(d.recipient_pools, ["normal", "gmail", "normal"]);
+        assert_eq!((d.pool.as_str(), d.rule), ("normal", None));
+        let risky = Envelope { sender_domain: Some(DomainStatus::NoRecords), ..envelope };
+        assert_eq!(classify(b"\r\n", &risky, &policy).unwrap().recipient_pools, ["high-risk"; 3]);
+        // Without recipients, a recipient rule never matches.
+        assert!(classify(b"\r\n", &Envelope::default(), &policy).unwrap().recipient_pools.is_empty());
+    }
+
+    #[test]
+    fn the_class_of_each_reason_follows_the_policy() {
+        let lenient = Policy { unknown_domain_pool: FallbackPool::Normal, ..Policy::default() };
+        assert_eq!(lenient.class_of(Reason::SenderDomainUnknown), PoolClass::Normal);
+        assert_eq!(Policy::default().class_of(Reason::SenderDomainUnknown), PoolClass::HighRisk);
+        assert_eq!(Policy::default().class_of(Reason::SpamScoreUnavailable), PoolClass::Normal);
+        for reason in Reason::ALL {
+            assert!(matches!(reason.escalation(), Escalation::To(_) | Escalation::Fallback(_)));
+        }
+        // A rule on a reason the policy keeps normal may name a normal pool; one it makes
+        // high-risk may not.
+        let rule = |reason: &str| RuleSpec { pool: "normal".into(), reasons: vec![reason.into()], ..RuleSpec::default() };
+        assert!(Policy { rules: vec![rule("sender-domain-unknown")], ..lenient }.validated().is_ok());
+        let refused = Policy { rules: vec![rule("sender-domain-unknown")], ..Policy::default() }.validated().unwrap_err();
+        assert!(matches!(refused, Error::Routing(RoutingError { rule: Some(0), field: "pool", .. })), "{refused}");
     }
 
     #[test]

@@ -333,6 +333,10 @@ pub struct HeaderIndex<'a> {
     pub message_id: Option<RawValue<'a>>,
     /// Every value of the configured spam-score header, in order.
     pub score_header_values: Vec<RawValue<'a>>,
+    /// The first value of the configured route header (the routing rules' `header_values`),
+    /// and whether it came more than once (then no rule reads it).
+    pub route_header: Option<RawValue<'a>>,
+    pub route_header_repeated: bool,
     /// Other fields that mark automatic mail (X-MS-Exchange-Message-Is-Ndr, X-Autoreply, ...).
     pub markers: Markers,
     /// A Received field says qmail handled the message "invoked for bounce".
@@ -868,6 +872,15 @@ pub fn index<'a>(msg: &'a [u8], score_header: Option<&str>) -> HeaderIndex<'a> {
 }
 
 pub fn index_with_limits<'a>(msg: &'a [u8], score_header: Option<&str>, limits: &ScanLimits) -> HeaderIndex<'a> {
+    index_with(msg, score_header, None, limits)
+}
+
+/// `index`, also keeping the (lowercased) `route_header` the routing rules read.
+pub fn index_for<'a>(msg: &'a [u8], score_header: Option<&str>, route_header: Option<&str>) -> HeaderIndex<'a> {
+    index_with(msg, score_header, route_header, &ScanLimits::default())
+}
+
+fn index_with<'a>(msg: &'a [u8], score_header: Option<&str>, route_header: Option<&str>, limits: &ScanLimits) -> HeaderIndex<'a> {
     let mut index = HeaderIndex::default();
     let mut defects = Vec::new();
     // The first Content-Type field, parsed (None inside: it is not a valid one).
@@ -909,6 +922,12 @@ pub fn index_with_limits<'a>(msg: &'a [u8], score_header: Option<&str>, limits: 
         if let Some(score_name) = score_header {
             if lowercase_equals(name, score_name.as_bytes()) {
                 index.score_header_values.push(value);
+            }
+        }
+        if let Some(route_name) = route_header {
+            if lowercase_equals(name, route_name.as_bytes()) {
+                index.route_header_repeated |= index.route_header.is_some();
+                index.route_header.get_or_insert(value);
             }
         }
         if name.get(..2).is_some_and(|prefix| prefix.eq_ignore_ascii_case(b"x-")) {

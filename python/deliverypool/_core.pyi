@@ -2,13 +2,14 @@
 `python -m mypy.stubtest deliverypool._core`."""
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Literal, final
+from typing import Literal, TypedDict, final
 
 __all__ = [
     "BUILD_PROFILE",
     "DEFECTS",
     "DSN_KINDS",
     "PHRASE_GROUPS",
+    "POOL_CLASSES",
     "REASONS",
     "REPORT_KINDS",
     "SIGNALS",
@@ -48,11 +49,35 @@ REPORT_KINDS: tuple[str, ...]
 """Every `Decision.report_kind` value but None: dsn, mdn, arf, auto-reply."""
 DSN_KINDS: tuple[str, ...]
 """Every `DsnVerdict.kind`: delivery-status, global-delivery-status, non-standard."""
+POOL_CLASSES: tuple[str, ...]
+"""Every pool class (`Decision.pool_class`, `Policy.pools` values): normal, high-risk, relay."""
+
+_PoolClass = Literal["normal", "high-risk", "relay"]
+
+class _Rule(TypedDict, total=False):
+    """A routing rule for `Policy(rules=...)`: `pool` is required; every other key is a
+    condition (absent or empty: none), all of which must hold. See docs/concepts/pools.md."""
+
+    name: str
+    pool: str
+    tenants: Sequence[str]
+    sender_domains: Sequence[str]
+    recipient_domains: Sequence[str]
+    header_values: Sequence[str]
+    min_size: int
+    max_size: int
+    reasons: Sequence[str]
+    report_kinds: Sequence[str]
 
 _DomainStatus = Literal["has-records", "no-records", "unknown"]
 
 class PolicyError(ValueError):
-    """A routing policy value is invalid."""
+    """A routing policy value is invalid. About pools or rules: `key` is the policy key at
+    fault as a tuple (``("rules", 2, "pool")``, ``("normal_pool",)``), `problem` what is wrong;
+    else both None."""
+
+    key: tuple[str | int, ...] | None
+    problem: str | None
 
 class ScoreError(ValueError):
     """A spam score is NaN or infinite."""
@@ -166,7 +191,16 @@ class Policy:
         unknown_domain_pool: Literal["high-risk", "normal"] = "high-risk",
         score_unavailable_pool: Literal["high-risk", "normal"] = "normal",
         unscannable_pool: Literal["high-risk", "normal"] = "high-risk",
-    ) -> Policy: ...
+        pools: Mapping[str, _PoolClass] | None = None,
+        pool_tenants: Mapping[str, str] | None = None,
+        rules: Iterable[_Rule] | None = None,
+        relay_pool: str | None = None,
+        route_header: str | None = None,
+    ) -> Policy:
+        """`pools`: every pool's class by name (default: `normal_pool` normal and
+        `high_risk_pool` high-risk); `pool_tenants`: the tenant each dedicated pool belongs to;
+        `rules`: the routing rules in order; the three `*_pool` names are each class's default.
+        A mistake in them raises `PolicyError` with its `key`."""
     @property
     def normal_pool(self) -> str: ...
     @property
@@ -183,6 +217,21 @@ class Policy:
     def score_unavailable_pool(self) -> Literal["high-risk", "normal"]: ...
     @property
     def unscannable_pool(self) -> Literal["high-risk", "normal"]: ...
+    @property
+    def relay_pool(self) -> str | None: ...
+    @property
+    def pools(self) -> dict[str, _PoolClass]: ...
+    @property
+    def pool_tenants(self) -> dict[str, str]: ...
+    @property
+    def rules(self) -> tuple[str, ...]:
+        """Every rule's name, in order."""
+    @property
+    def route_header(self) -> str | None: ...
+    @property
+    def per_recipient(self) -> bool:
+        """A rule names recipient domains: `classify` then needs the recipients, and routes
+        each one on its own (`Decision.recipient_pools`)."""
     def threshold_for(self, tenant: str | None = None) -> float: ...
 
 @final
@@ -206,7 +255,16 @@ class Decision:
     Decision does."""
 
     @property
-    def pool(self) -> str: ...
+    def pool(self) -> str:
+        """The message's pool (the first recipient's, when rules route recipients apart)."""
+    @property
+    def pool_class(self) -> _PoolClass: ...
+    @property
+    def rule(self) -> str | None:
+        """The rule that chose `pool`; None when the class's default did."""
+    @property
+    def recipient_pools(self) -> tuple[str, ...]:
+        """Each recipient's pool, in the order given to `classify` (all of `pool_class`)."""
     @property
     def high_risk(self) -> bool: ...
     @property
@@ -275,6 +333,8 @@ def classify(
     untrusted_client: bool = False,
     sender_domain: _DomainStatus | None = None,
     score_unavailable: bool = False,
+    recipients: Sequence[str] | None = None,
+    untrusted_route_header: bool = False,
 ) -> Decision: ...
 def classify_many(
     messages: Iterable[bytes],
@@ -286,6 +346,8 @@ def classify_many(
     untrusted_client: bool = False,
     sender_domain: Sequence[_DomainStatus | None] | None = None,
     score_unavailable: Sequence[bool] | None = None,
+    recipients: Sequence[Sequence[str] | None] | None = None,
+    untrusted_route_header: bool = False,
 ) -> list[Decision]: ...
 
 # --- DNS cache (rust/python/cache.rs) ---

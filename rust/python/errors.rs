@@ -13,6 +13,10 @@
 //! | `Error::LengthMismatch` | `ValueError` |
 //! | `Error::UnknownPhraseGroup` | `ValueError` |
 //!
+//! A `PolicyError` about pools or rules (`policy::Error::Routing`) carries where: `key`, the
+//! policy key as a tuple (`("rules", 2, "pool")`, `("normal_pool",)`), and `problem`, the text
+//! after it; both are None for other policy errors. The configuration reports it at that key.
+//!
 //! An error about one message of a batch (`Error::InBatch`) is the same exception, its text
 //! prefixed with the message's position and its `index` attribute set to it; the exceptions
 //! that can be about one message (`ScoreError`, `SenderDomainError`, `MessageTypeError`) have
@@ -26,8 +30,14 @@ use pyo3::{create_exception, intern, PyTypeInfo};
 
 use crate::cache::CacheError as CoreCacheError;
 use crate::policy;
+use crate::pools::RoutingError;
 
-create_exception!(deliverypool, PolicyError, PyValueError, "A routing policy value is invalid.");
+create_exception!(
+    deliverypool,
+    PolicyError,
+    PyValueError,
+    "A routing policy value is invalid. About pools or rules: `key` is the policy key at fault as a tuple (('rules', 2, 'pool')), `problem` what is wrong; else both None."
+);
 create_exception!(
     deliverypool,
     ScoreError,
@@ -114,6 +124,9 @@ pub fn to_py_err(py: Python<'_>, error: impl Into<Error>) -> PyErr {
         Error::InBatch { index, error } => (Some(*index), error.root()),
         error => (None, error),
     };
+    if let Error::Policy(policy::Error::Routing(routing)) = root {
+        return routing_error(py, routing, &message);
+    }
     let exception = match root {
         Error::Policy(policy::Error::BadScore(_)) => ScoreError::new_err(message),
         Error::Policy(policy::Error::BadSenderDomain(_)) => SenderDomainError::new_err(message),
@@ -132,11 +145,31 @@ pub fn to_py_err(py: Python<'_>, error: impl Into<Error>) -> PyErr {
     }
 }
 
+/// A `PolicyError` with its `key` and `problem` (see the module documentation).
+fn routing_error(py: Python<'_>, error: &RoutingError, message: &str) -> PyErr {
+    let exception = PolicyError::new_err(message.to_owned());
+    let key = match error.rule {
+        Some(rule) => ("rules", rule, error.field).into_pyobject(py),
+        None => (error.field,).into_pyobject(py),
+    };
+    let attributes = key.and_then(|key| {
+        let value = exception.value(py);
+        value.setattr(intern!(py, "key"), key)?;
+        value.setattr(intern!(py, "problem"), &error.why)
+    });
+    match attributes {
+        Ok(()) => exception,
+        Err(failed) => failed,
+    }
+}
+
 /// `index = None` on the classes whose instances may name a message of a batch, so that the
 /// attribute is there whether or not an error came from a batch.
 pub fn add_index_defaults(py: Python<'_>) -> PyResult<()> {
     for class in [ScoreError::type_object(py), SenderDomainError::type_object(py), MessageTypeError::type_object(py)] {
         class.setattr(intern!(py, "index"), py.None())?;
     }
-    Ok(())
+    let policy_error = PolicyError::type_object(py);
+    policy_error.setattr(intern!(py, "key"), py.None())?;
+    policy_error.setattr(intern!(py, "problem"), py.None())
 }

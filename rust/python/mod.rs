@@ -61,6 +61,7 @@ mod _core {
         use crate::dsn::{DsnKind, ReportKind, Signal};
         use crate::labels::Defect;
         use crate::policy::Reason;
+        use crate::pools::PoolClass;
 
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
         // What benchmarks check before timing anything: a debug build is 10-30x slower.
@@ -72,6 +73,7 @@ mod _core {
         m.add("DEFECTS", super::names::<Defect>(py)?)?;
         m.add("REPORT_KINDS", super::names::<ReportKind>(py)?)?;
         m.add("DSN_KINDS", super::names::<DsnKind>(py)?)?;
+        m.add("POOL_CLASSES", super::names::<PoolClass>(py)?)?;
         m.add("PHRASE_GROUPS", super::dsn::phrase_groups(py)?)
     }
 }

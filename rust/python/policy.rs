@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
 use pyo3::prelude::*;
-use pyo3::pybacked::PyBackedBytes;
+use pyo3::pybacked::{PyBackedBytes, PyBackedStr};
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 use rayon::prelude::*;
 
@@ -15,6 +15,7 @@ use super::scan::recipients_tuple;
 use crate::address::Address;
 use crate::dsn::DsnVerdict;
 use crate::policy::{self, Decision, DomainStatus, Envelope, FallbackPool, Policy};
+use crate::pools::{Name, PoolClass, PoolSpec, RoutingError, RuleSpec};
 
 #[pyclass(frozen, name = "Policy", module = "deliverypool")]
 pub struct PyPolicy(pub Arc<Policy>);
@@ -31,7 +32,7 @@ fn policy_or_default(policy: Option<&Bound<'_, PyPolicy>>) -> Arc<Policy> {
 #[pymethods]
 impl PyPolicy {
     #[new]
-    #[pyo3(signature = (*, normal_pool="normal", high_risk_pool="high-risk", threshold=5.0, tenant_thresholds=None, score_header=None, unknown_domain_pool="high-risk", score_unavailable_pool="normal", unscannable_pool="high-risk"))]
+    #[pyo3(signature = (*, normal_pool="normal", high_risk_pool="high-risk", threshold=5.0, tenant_thresholds=None, score_header=None, unknown_domain_pool="high-risk", score_unavailable_pool="normal", unscannable_pool="high-risk", pools=None, pool_tenants=None, rules=None, relay_pool=None, route_header=None))]
     #[allow(clippy::too_many_arguments)] // Python keyword arguments, one per policy field
     fn new(
         py: Python<'_>,
@@ -43,21 +44,77 @@ impl PyPolicy {
         unknown_domain_pool: &str,
         score_unavailable_pool: &str,
         unscannable_pool: &str,
+        pools: Option<&Bound<'_, PyDict>>,
+        pool_tenants: Option<BTreeMap<String, String>>,
+        rules: Option<&Bound<'_, PyAny>>,
+        relay_pool: Option<String>,
+        route_header: Option<String>,
     ) -> PyResult<Self> {
         let unknown_domain_pool = FallbackPool::parse("unknown_domain_pool", unknown_domain_pool).map_err(|e| to_py_err(py, e))?;
         let score_unavailable_pool = FallbackPool::parse("score_unavailable_pool", score_unavailable_pool).map_err(|e| to_py_err(py, e))?;
         let unscannable_pool = FallbackPool::parse("unscannable_pool", unscannable_pool).map_err(|e| to_py_err(py, e))?;
+        let pools = pool_specs(py, pools, pool_tenants)?;
+        let rules = match rules {
+            Some(rules) => rules.try_iter()?.enumerate().map(|(i, rule)| rule_spec(py, i, &rule?)).collect::<PyResult<Vec<_>>>()?,
+            None => Vec::new(),
+        };
         let policy = Policy {
             normal_pool: normal_pool.to_owned(),
             high_risk_pool: high_risk_pool.to_owned(),
+            relay_pool,
+            pools,
+            rules,
+            route_header,
             threshold,
             tenant_thresholds: tenant_thresholds.unwrap_or_default(),
             score_header,
             unknown_domain_pool,
             score_unavailable_pool,
             unscannable_pool,
+            routing: Policy::default().routing,
         };
         Ok(PyPolicy(Arc::new(policy.validated().map_err(|e| to_py_err(py, e))?)))
+    }
+
+    #[getter]
+    fn relay_pool(&self) -> Option<&str> {
+        self.0.relay_pool.as_deref()
+    }
+    /// Every pool's class, by name, in order.
+    #[getter]
+    fn pools<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let dict = PyDict::new(py);
+        for (name, class, _) in self.0.routing.pools() {
+            dict.set_item(name, class.as_str())?;
+        }
+        Ok(dict)
+    }
+    /// The tenant each dedicated pool belongs to, by pool name.
+    #[getter]
+    fn pool_tenants<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let dict = PyDict::new(py);
+        for (name, _, tenant) in self.0.routing.pools() {
+            if let Some(tenant) = tenant {
+                dict.set_item(name, tenant)?;
+            }
+        }
+        Ok(dict)
+    }
+    /// Every rule's name, in order.
+    #[getter]
+    fn rules<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        PyTuple::new(py, self.0.routing.rule_names().collect::<Vec<_>>())
+    }
+    /// Lowercased name of the route header rules match, or None.
+    #[getter]
+    fn route_header(&self) -> Option<&str> {
+        self.0.route_header.as_deref()
+    }
+    /// Whether a rule names recipient domains: then `classify` needs the recipients, and routes
+    /// each on its own.
+    #[getter]
+    fn per_recipient(&self) -> bool {
+        self.0.routing.per_recipient()
     }
 
     #[getter]
@@ -157,22 +214,24 @@ pub struct PyDecision {
     /// a `bytearray` in a batch is copied once, as before). `message_id` and `from_*` read
     /// their fields from it on access, so routing does not pay for them.
     message: PyBackedBytes,
+    /// How many recipients the caller gave.
+    recipients: usize,
 }
 
 /// A decision ready to become a `Decision` object: its verdict shared (made on the worker
 /// threads of a batch, where the message is not at hand).
-struct Decided(Decision, Option<Arc<DsnVerdict>>);
+struct Decided(Decision, Option<Arc<DsnVerdict>>, usize);
 
-impl From<Decision> for Decided {
-    fn from(mut decision: Decision) -> Self {
+impl Decided {
+    fn new(mut decision: Decision, recipients: usize) -> Self {
         let dsn = decision.detection.dsn.take().map(Arc::new);
-        Decided(decision, dsn)
+        Decided(decision, dsn, recipients)
     }
 }
 
 impl PyDecision {
-    fn new(Decided(decision, dsn): Decided, message: PyBackedBytes) -> Self {
-        PyDecision { decision, dsn, message }
+    fn new(Decided(decision, dsn, recipients): Decided, message: PyBackedBytes) -> Self {
+        PyDecision { decision, dsn, message, recipients }
     }
 }
 
@@ -181,6 +240,26 @@ impl PyDecision {
     #[getter]
     fn pool(&self) -> &str {
         &self.decision.pool
+    }
+    /// normal, high-risk or relay: the class of `pool`.
+    #[getter]
+    fn pool_class(&self) -> &'static str {
+        self.decision.pool_class.as_str()
+    }
+    /// The name of the rule that chose `pool`, or None for the class's default.
+    #[getter]
+    fn rule(&self) -> Option<&str> {
+        self.decision.rule.as_deref()
+    }
+    /// Each recipient's pool, in the order given, when the policy routes recipients one by one
+    /// (`Policy.per_recipient`); else `pool` once per recipient given.
+    #[getter]
+    fn recipient_pools<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        if self.decision.recipient_pools.is_empty() {
+            PyTuple::new(py, std::iter::repeat(self.decision.pool.as_str()).take(self.recipients))
+        } else {
+            PyTuple::new(py, self.decision.recipient_pools.iter().map(Name::as_str))
+        }
     }
     #[getter]
     fn high_risk(&self) -> bool {
@@ -237,8 +316,9 @@ impl PyDecision {
     }
     fn __repr__(&self) -> String {
         format!(
-            "Decision(pool={:?}, reasons={:?}, report_kind={:?}, score={:?}, threshold={})",
+            "Decision(pool={:?}, rule={:?}, reasons={:?}, report_kind={:?}, score={:?}, threshold={})",
             self.decision.pool,
+            self.decision.rule,
             self.decision.reasons,
             self.report_kind(),
             self.decision.score,
@@ -254,8 +334,8 @@ fn parse_domain_status(value: Option<&str>) -> Result<Option<DomainStatus>, poli
 /// Classifies one message. Fast enough (microseconds) that releasing the GIL would cost more
 /// than it saves, so it keeps it.
 #[pyfunction]
-#[pyo3(signature = (message, *, mail_from=None, score=None, tenant=None, policy=None, untrusted_client=false, sender_domain=None, score_unavailable=false))]
-#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (message, *, mail_from=None, score=None, tenant=None, policy=None, untrusted_client=false, sender_domain=None, score_unavailable=false, recipients=None, untrusted_route_header=false))]
+#[allow(clippy::too_many_arguments, clippy::needless_pass_by_value)] // PyO3 passes extracted arguments by value
 pub fn classify<'py>(
     py: Python<'py>,
     message: Bound<'py, PyBytes>,
@@ -266,12 +346,24 @@ pub fn classify<'py>(
     untrusted_client: bool,
     sender_domain: Option<&str>,
     score_unavailable: bool,
+    recipients: Option<Vec<PyBackedStr>>,
+    untrusted_route_header: bool,
 ) -> PyResult<Bound<'py, PyDecision>> {
     let policy = policy_or_default(policy);
     let sender_domain = parse_domain_status(sender_domain).map_err(|e| to_py_err(py, e))?;
-    let envelope = Envelope { mail_from, score, tenant, untrusted_client, sender_domain, score_unavailable };
+    let recipients: Vec<&str> = recipients.iter().flatten().map(|r| &**r).collect();
+    let envelope = Envelope {
+        mail_from,
+        score,
+        tenant,
+        untrusted_client,
+        sender_domain,
+        score_unavailable,
+        recipients: &recipients,
+        untrusted_route_header,
+    };
     let decision = policy::classify(message.as_bytes(), &envelope, &policy).map_err(|e| to_py_err(py, e))?;
-    untracked(py, PyDecision::new(decision.into(), PyBackedBytes::from(message)))
+    untracked(py, PyDecision::new(Decided::new(decision, recipients.len()), PyBackedBytes::from(message)))
 }
 
 /// Below this many messages a batch runs on the calling thread: handing work to other cores
@@ -289,7 +381,7 @@ fn per_message<T>(name: &'static str, values: Option<Vec<T>>, count: usize) -> R
 /// spread over every core for large batches. Per-message arguments are sequences as long as
 /// `messages`.
 #[pyfunction]
-#[pyo3(signature = (messages, *, mail_from=None, score=None, tenant=None, policy=None, untrusted_client=false, sender_domain=None, score_unavailable=None))]
+#[pyo3(signature = (messages, *, mail_from=None, score=None, tenant=None, policy=None, untrusted_client=false, sender_domain=None, score_unavailable=None, recipients=None, untrusted_route_header=false))]
 #[allow(clippy::too_many_arguments)]
 pub fn classify_many<'py>(
     py: Python<'py>,
@@ -301,6 +393,8 @@ pub fn classify_many<'py>(
     untrusted_client: bool,
     sender_domain: Option<Vec<Option<String>>>,
     score_unavailable: Option<Vec<bool>>,
+    recipients: Option<Vec<Option<Vec<String>>>>,
+    untrusted_route_header: bool,
 ) -> PyResult<Bound<'py, PyList>> {
     let mut bodies: Vec<PyBackedBytes> = Vec::new();
     for (index, item) in messages.try_iter()?.enumerate() {
@@ -325,14 +419,18 @@ pub fn classify_many<'py>(
             })
             .transpose()?;
         let unavailable = per_message("score_unavailable", score_unavailable, count)?;
-        Ok((mail_from, score, tenant, statuses, unavailable))
+        let recipients = per_message("recipients", recipients, count)?;
+        Ok((mail_from, score, tenant, statuses, unavailable, recipients))
     };
-    let (mail_from, score, tenant, statuses, unavailable) = lengths_checked().map_err(|e| to_py_err(py, e))?;
+    let (mail_from, score, tenant, statuses, unavailable, recipients) = lengths_checked().map_err(|e| to_py_err(py, e))?;
     let policy = policy_or_default(policy);
 
     // The per-message sequences are as long as `bodies` (checked above): `get` always finds.
     let classify_one = |(i, body): (usize, &PyBackedBytes)| {
+        let listed: Vec<&str> = recipients.as_ref().and_then(|v| v.get(i)?.as_ref()).map(|r| r.iter().map(String::as_str).collect()).unwrap_or_default();
         let envelope = Envelope {
+            recipients: &listed,
+            untrusted_route_header,
             mail_from: mail_from.as_ref().and_then(|v| v.get(i)?.as_deref()),
             score: score.as_ref().and_then(|v| *v.get(i)?),
             tenant: tenant.as_ref().and_then(|v| v.get(i)?.as_deref()),
@@ -341,7 +439,7 @@ pub fn classify_many<'py>(
             score_unavailable: unavailable.as_ref().and_then(|v| v.get(i).copied()).unwrap_or(false),
         };
         // Wrapped here, on the worker threads, rather than after the GIL is taken back.
-        policy::classify(body, &envelope, &policy).map(Decided::from).map_err(|e| (i, e))
+        policy::classify(body, &envelope, &policy).map(|d| Decided::new(d, listed.len())).map_err(|e| (i, e))
     };
     let results: Result<Vec<Decided>, (usize, policy::Error)> = py.detach(|| {
         if count >= PARALLEL_MIN_BATCH {
@@ -357,4 +455,58 @@ pub fn classify_many<'py>(
         .map(|(decided, body)| untracked(py, PyDecision::new(decided, body)))
         .collect::<PyResult<Vec<_>>>()?;
     PyList::new(py, objects)
+}
+
+/// `pools` (name -> class) and `pool_tenants` (name -> tenant) as the core takes them.
+fn pool_specs(py: Python<'_>, pools: Option<&Bound<'_, PyDict>>, tenants: Option<BTreeMap<String, String>>) -> PyResult<Vec<PoolSpec>> {
+    let mut tenants = tenants.unwrap_or_default();
+    let mut specs = Vec::new();
+    for (name, class) in pools.iter().flat_map(|d| d.iter()) {
+        let name: String = name.extract()?;
+        let class: String = class.extract()?;
+        let Some(class) = PoolClass::from_name(&class) else {
+            let why = format!("{class:?} is not a pool class: expected one of normal, high-risk, relay");
+            return Err(to_py_err(py, policy::Error::Routing(RoutingError { rule: None, field: "pools", why })));
+        };
+        let tenant = tenants.remove(&name);
+        specs.push(PoolSpec { name, class, tenant });
+    }
+    if let Some(name) = tenants.into_keys().next() {
+        return Err(to_py_err(py, policy::Error::Routing(RoutingError { rule: None, field: "pool_tenants", why: format!("no pool named {name:?}") })));
+    }
+    Ok(specs)
+}
+
+/// One rule from its mapping (keys as `RuleSpec`'s fields); an unknown key is an error.
+fn rule_spec(py: Python<'_>, index: usize, rule: &Bound<'_, PyAny>) -> PyResult<RuleSpec> {
+    let refuse = |field: &'static str, why: String| to_py_err(py, policy::Error::Routing(RoutingError { rule: Some(index), field, why }));
+    let rule = rule.cast::<PyDict>().map_err(|_| refuse("pool", "a rule must be a dict".into()))?;
+    let mut spec = RuleSpec::default();
+    for (key, value) in rule.iter() {
+        let key: String = key.extract()?;
+        let strings = |field: &'static str| -> PyResult<Vec<String>> {
+            if value.is_instance_of::<pyo3::types::PyString>() {
+                return Err(refuse(field, "must be a list of strings, not a string".into()));
+            }
+            value.extract().map_err(|_| refuse(field, "must be a list of strings".into()))
+        };
+        let size = |field: &'static str| -> PyResult<Option<u64>> { value.extract().map_err(|_| refuse(field, "must be a number of bytes".into())) };
+        match key.as_str() {
+            "name" => spec.name = value.extract().map_err(|_| refuse("name", "must be a string".into()))?,
+            "pool" => spec.pool = value.extract().map_err(|_| refuse("pool", "must be a string".into()))?,
+            "tenants" => spec.tenants = strings("tenants")?,
+            "sender_domains" => spec.sender_domains = strings("sender_domains")?,
+            "recipient_domains" => spec.recipient_domains = strings("recipient_domains")?,
+            "header_values" => spec.header_values = strings("header_values")?,
+            "reasons" => spec.reasons = strings("reasons")?,
+            "report_kinds" => spec.report_kinds = strings("report_kinds")?,
+            "min_size" => spec.min_size = size("min_size")?,
+            "max_size" => spec.max_size = size("max_size")?,
+            _ => return Err(refuse("pool", format!("unknown key {key:?}"))),
+        }
+    }
+    if spec.pool.is_empty() {
+        return Err(refuse("pool", "required: the pool the rule sends mail to".into()));
+    }
+    Ok(spec)
 }
