@@ -119,6 +119,11 @@ impl PartialEq<&str> for Name {
     }
 }
 
+/// `name` quoted as the configuration's own messages quote names (Python's `repr` of a plain string).
+fn q(name: &str) -> String {
+    format!("'{}'", name.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
 /// A problem with pools or rules: `key` is where (`rules[2].pool`, `normal_pool`: the key of
 /// `[policy]` it names, `rule` the rule's position), `why` what.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -205,7 +210,7 @@ impl DomainSet {
                 None => (false, lowered.as_str()),
             };
             if name.is_empty() || name.len() > MAX_DOMAIN || name.contains('*') || name.starts_with('.') || name.contains("..") {
-                return Err(format!("not a domain or *.domain: {pattern:?}"));
+                return Err(format!("not a domain or *.domain: {}", q(pattern)));
             }
             let bytes: Box<[u8]> = name.as_bytes().into();
             if parent {
@@ -404,7 +409,7 @@ impl Routing {
             }
             let number = u16::try_from(index).unwrap_or(u16::MAX);
             if by_name.insert(pool.name.as_str(), number).is_some() {
-                return Err(RoutingError::at("pools", format!("{:?} is defined twice", pool.name)));
+                return Err(RoutingError::at("pools", format!("{} is defined twice", q(&pool.name))));
             }
             let tenant = pool.tenant.as_deref().map(&mut tenant_number);
             compiled_pools.push(Pool { name: Name::new(&pool.name), class: pool.class, tenant });
@@ -419,17 +424,17 @@ impl Routing {
                 return Err(RoutingError::rule(index, "name", "must not be empty".into()));
             }
             if let Some(other) = names.insert(name.clone(), index) {
-                return Err(RoutingError::rule(index, "name", format!("{name:?} also names rules[{other}]")));
+                return Err(RoutingError::rule(index, "name", format!("{} also names rules[{other}]", q(&name))));
             }
             let Some(&pool) = by_name.get(spec.pool.as_str()) else {
-                return Err(RoutingError::rule(index, "pool", format!("no pool named {:?} (defined: {})", spec.pool, defined())));
+                return Err(RoutingError::rule(index, "pool", format!("no pool named {} (defined: {})", q(&spec.pool), defined())));
             };
             let target = &compiled_pools[usize::from(pool)];
             let mut reasons = 0;
             for reason in &spec.reasons {
                 let Some(found) = Reason::from_name(reason) else {
                     let known = Reason::ALL.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ");
-                    return Err(RoutingError::rule(index, "reasons", format!("no reason named {reason:?} (expected one of {known})")));
+                    return Err(RoutingError::rule(index, "reasons", format!("no reason named {} (expected one of {known})", q(reason))));
                 };
                 reasons |= bit(found as usize);
             }
@@ -437,7 +442,7 @@ impl Routing {
             for kind in &spec.report_kinds {
                 let Some(found) = ReportKind::from_name(kind) else {
                     let known = ReportKind::ALL.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ");
-                    return Err(RoutingError::rule(index, "report_kinds", format!("no report kind named {kind:?} (expected one of {known})")));
+                    return Err(RoutingError::rule(index, "report_kinds", format!("no report kind named {} (expected one of {known})", q(kind))));
                 };
                 report_kinds |= bit(found as usize);
             }
@@ -457,8 +462,8 @@ impl Routing {
                     index,
                     "pool",
                     format!(
-                        "{:?} is a {} pool, but the rule ({on}) matches only {} mail, which never leaves from a {} pool: name a {} pool",
-                        spec.pool, target.class, implied, target.class, implied
+                        "{} is a {} pool, but the rule ({on}) matches only {} mail, which never leaves from a {} pool: name a {} pool",
+                        q(&spec.pool), target.class, implied, target.class, implied
                     ),
                 ));
             }
@@ -469,7 +474,7 @@ impl Routing {
                     return Err(RoutingError::rule(
                         index,
                         "pool",
-                        format!("{:?} is dedicated to tenant {owner_name:?}: the rule must have tenants = [{owner_name:?}]", spec.pool),
+                        format!("{} is dedicated to tenant {}: the rule must have tenants = [{owner_name:?}]", q(&spec.pool), q(owner_name)),
                     ));
                 }
             }
@@ -515,7 +520,7 @@ impl Routing {
         ] {
             if routes_as[class.index()] != class {
                 if let Some(name) = name {
-                    return Err(RoutingError::at(field, format!("no pool of class {class} is defined (relay mail goes through the high-risk pools without one): {name:?} cannot be its default")));
+                    return Err(RoutingError::at(field, format!("no pool of class {class} is defined (relay mail goes through the high-risk pools without one): {} cannot be its default", q(name))));
                 }
                 continue;
             }
@@ -524,11 +529,11 @@ impl Routing {
                 Some(pool) => {
                     let p = &compiled_pools[usize::from(pool)];
                     if p.class != class {
-                        return Err(RoutingError::at(field, format!("{:?} is a {} pool: the default of {class} mail must be a {class} pool", p.name.as_str(), p.class)));
+                        return Err(RoutingError::at(field, format!("{} is a {} pool: the default of {class} mail must be a {class} pool", q(&p.name), p.class)));
                     }
                     if p.tenant.is_some() {
                         let owner = pools[usize::from(pool)].tenant.as_deref().unwrap_or_default();
-                        return Err(RoutingError::at(field, format!("{:?} is dedicated to tenant {owner:?}: a default pool is everybody's", p.name.as_str())));
+                        return Err(RoutingError::at(field, format!("{} is dedicated to tenant {}: a default pool is everybody's", q(&p.name), q(owner))));
                     }
                     pool
                 }
@@ -537,7 +542,7 @@ impl Routing {
                     Some(rule) => rule.pool,
                     None => {
                         let missing = match name {
-                            Some(name) => format!("no pool named {name:?} (defined: {})", defined()),
+                            Some(name) => format!("no pool named {} (defined: {})", q(name), defined()),
                             None => format!("no {field} is set"),
                         };
                         return Err(RoutingError::at(
@@ -729,21 +734,21 @@ mod tests {
     #[test]
     fn each_mistake_is_refused_at_its_key() {
         let refused = |rules: &[RuleSpec]| compile(rules).unwrap_err().to_string();
-        assert!(refused(&[RuleSpec { pool: "nope".into(), ..Default::default() }]).starts_with("rules[0].pool: no pool named \"nope\" (defined: normal, high-risk"));
+        assert!(refused(&[RuleSpec { pool: "nope".into(), ..Default::default() }]).starts_with("rules[0].pool: no pool named 'nope' (defined: normal, high-risk"));
         let risky = refused(&[RuleSpec { pool: "bulk".into(), ..Default::default() }, RuleSpec { pool: "gmail".into(), reasons: vec!["dsn".into()], ..Default::default() }]);
-        assert!(risky.starts_with("rules[1].pool: \"gmail\" is a normal pool, but the rule (reasons = [\"dsn\"]) matches only high-risk mail"), "{risky}");
+        assert!(risky.starts_with("rules[1].pool: 'gmail' is a normal pool, but the rule (reasons = [\"dsn\"]) matches only high-risk mail"), "{risky}");
         assert!(refused(&[RuleSpec { pool: "gmail".into(), report_kinds: vec!["dsn".into()], ..Default::default() }]).contains("matches only high-risk mail"));
         // A reason that is not always high-risk may go with a normal pool.
         compile(&[RuleSpec { pool: "gmail".into(), reasons: vec!["spam-score-unavailable".into()], ..Default::default() }]).unwrap();
         compile(&[RuleSpec { pool: "gmail".into(), report_kinds: vec!["dsn".into(), "mdn".into()], ..Default::default() }]).unwrap();
-        assert!(refused(&[RuleSpec { pool: "acme-out".into(), ..Default::default() }]).starts_with("rules[0].pool: \"acme-out\" is dedicated to tenant \"acme\""));
+        assert!(refused(&[RuleSpec { pool: "acme-out".into(), ..Default::default() }]).starts_with("rules[0].pool: 'acme-out' is dedicated to tenant 'acme'"));
         assert!(refused(&[RuleSpec { pool: "acme-out".into(), tenants: vec!["acme".into(), "other".into()], ..Default::default() }]).contains("dedicated"));
-        assert!(refused(&[RuleSpec { pool: "gmail".into(), reasons: vec!["odd".into()], ..Default::default() }]).starts_with("rules[0].reasons: no reason named \"odd\""));
+        assert!(refused(&[RuleSpec { pool: "gmail".into(), reasons: vec!["odd".into()], ..Default::default() }]).starts_with("rules[0].reasons: no reason named 'odd'"));
         assert!(refused(&[RuleSpec { pool: "gmail".into(), report_kinds: vec!["odd".into()], ..Default::default() }]).starts_with("rules[0].report_kinds: no report kind"));
         assert!(refused(&[RuleSpec { pool: "gmail".into(), min_size: Some(2), max_size: Some(1), ..Default::default() }]).starts_with("rules[0].max_size"));
         assert!(refused(&[RuleSpec { pool: "gmail".into(), sender_domains: vec!["a.*.b".into()], ..Default::default() }]).starts_with("rules[0].sender_domains"));
         let twice = refused(&[RuleSpec { name: Some("x".into()), pool: "gmail".into(), ..Default::default() }, RuleSpec { name: Some("x".into()), pool: "bulk".into(), ..Default::default() }]);
-        assert_eq!(twice, "rules[1].name: \"x\" also names rules[0]");
+        assert_eq!(twice, "rules[1].name: 'x' also names rules[0]");
         let no_header = Routing::compile(&pools(), &[RuleSpec { pool: "gmail".into(), header_values: vec!["a".into()], ..Default::default() }], DEFAULTS, always, false);
         assert!(no_header.unwrap_err().to_string().starts_with("rules[0].header_values"));
     }
@@ -753,15 +758,15 @@ mod tests {
         let without = Defaults { normal: "out", ..DEFAULTS };
         let error = Routing::compile(&pools(), &[], without, always, false).unwrap_err();
         assert_eq!(error.field, "normal_pool");
-        assert!(error.why.starts_with("no pool named \"out\""), "{error}");
+        assert!(error.why.starts_with("no pool named 'out'"), "{error}");
         // A rule without conditions is the default.
         let routing = Routing::compile(&pools(), &[RuleSpec { pool: "gmail".into(), ..Default::default() }], without, always, false).unwrap();
         assert_eq!(names(&routing, routing.route(&facts(PoolClass::Normal))), ("gmail", Some("rules[0]")));
         // A default of the wrong class, or a tenant's.
         let wrong = Routing::compile(&pools(), &[], Defaults { normal: "bulk", ..DEFAULTS }, always, false).unwrap_err();
-        assert_eq!(wrong.to_string(), "normal_pool: \"bulk\" is a high-risk pool: the default of normal mail must be a normal pool");
+        assert_eq!(wrong.to_string(), "normal_pool: 'bulk' is a high-risk pool: the default of normal mail must be a normal pool");
         let owned = Routing::compile(&pools(), &[], Defaults { normal: "acme-out", ..DEFAULTS }, always, false).unwrap_err();
-        assert!(owned.to_string().contains("dedicated to tenant \"acme\""));
+        assert!(owned.to_string().contains("dedicated to tenant 'acme'"));
         // The relay class: its default when relay pools exist; none to name without them.
         let mut with_relay = pools();
         with_relay.push(pool("fwd", PoolClass::Relay));

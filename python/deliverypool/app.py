@@ -24,7 +24,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from deliverypool._core import Policy
 from deliverypool.config import DnsConfig, RelayConfig
 from deliverypool.ingress.client_counts import ClientCounts
 from deliverypool.ingress.handler import Accepted, RoutingHandler, in_networks
@@ -39,6 +38,7 @@ from deliverypool.observe.logs import RateLimit
 from deliverypool.observe.service import Observer
 from deliverypool.outbound.scheduler import DeliveryEngine
 from deliverypool.queue.spool import FILE_THRESHOLD, NewMessage, Spool
+from deliverypool.routing.pools import policy_from_config
 from deliverypool.routing.router import Router
 from deliverypool.routing.tenants import Tenants
 from deliverypool.routing.scores import ScoredRouter, Submission, scored_router
@@ -52,20 +52,6 @@ __all__ = ["Accepted", "Relay", "configure_logging", "policy_from_config", "reso
 
 log = logging.getLogger("deliverypool.relay")
 
-
-
-def policy_from_config(config: RelayConfig) -> Policy:
-    p = config.policy
-    return Policy(
-        normal_pool=p.normal_pool,
-        high_risk_pool=p.high_risk_pool,
-        threshold=p.threshold,
-        tenant_thresholds={name: t.threshold for name, t in config.tenants.items() if t.threshold is not None} or None,
-        score_header=p.score_header,
-        unknown_domain_pool=p.unknown_domain_pool,
-        unscannable_pool=p.unscannable_pool,
-        score_unavailable_pool="high-risk" if config.score.fallback == "high-risk" else "normal",
-    )
 
 
 def resolver_from_config(config: DnsConfig) -> Resolver:

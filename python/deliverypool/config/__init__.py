@@ -24,9 +24,11 @@ from deliverypool.config.model import (
     PoolConfig,
     RelayConfig,
     RetryConfig,
+    RuleConfig,
     ScoreConfig,
     SourceAddress,
     SpoolConfig,
+    WarmupConfig,
 )
 from deliverypool.config.limits import LimitsConfig, StateConfig
 from deliverypool.config.observe import NO_TENANT, AdminConfig, AlertsConfig, DnsblConfig, MonitorConfig, ObserveConfig, TenantConfig
@@ -50,11 +52,13 @@ __all__ = [
     "PoolConfig",
     "RelayConfig",
     "RetryConfig",
+    "RuleConfig",
     "ScoreConfig",
     "SourceAddress",
     "SpoolConfig",
     "StateConfig",
     "TenantConfig",
+    "WarmupConfig",
     "format_duration",
     "format_size",
     "from_dict",

@@ -8,6 +8,7 @@ as the hand-written validator this replaces did.
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import re
 import urllib.parse
@@ -27,6 +28,7 @@ from pydantic import (
     PlainValidator,
     PrivateAttr,
     Strict,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -34,6 +36,7 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
+from deliverypool._core import POOL_CLASSES, REASONS, REPORT_KINDS
 from deliverypool.config.errors import Invalid, toml_kind
 from deliverypool.config.units import Duration, Size, format_duration, format_size
 from deliverypool.mail.address import AddressError, normalize_domain, parse_host_port
@@ -48,10 +51,12 @@ __all__ = [
     "PoolConfig",
     "RelayConfig",
     "RetryConfig",
+    "RuleConfig",
     "ScoreConfig",
     "SourceAddress",
     "SpoolConfig",
     "TenantConfig",
+    "WarmupConfig",
 ]
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
@@ -301,12 +306,64 @@ class _Table(BaseModel):
 # --- the tables --------------------------------------------------------------------------
 
 
+def _date(value: object) -> datetime.date:
+    if isinstance(value, datetime.datetime):
+        raise ValueError(f"must be a date without a time (like 2025-06-01), got {value.isoformat()!r}")
+    if isinstance(value, datetime.date):
+        return value
+    if isinstance(value, str):
+        try:
+            return datetime.date.fromisoformat(value.strip())
+        except ValueError:
+            pass
+    raise ValueError(f"must be a date like 2025-06-01, got {value!r}")
+
+
+Date = Annotated[datetime.date, PlainValidator(_date), PlainSerializer(lambda d: d.isoformat(), return_type=str), WithJsonSchema({"type": "string", "format": "date"})]
+PositiveInt = Annotated[int, Strict(), Field(ge=1)]
+# Longest warm-up schedule: a year of days.
+MAX_WARMUP_DAYS: Final = 366
+
+
+class WarmupConfig(_Table):
+    """A source address's warm-up: the most messages it sends per day (UTC), rising day by day
+    from ``start``; over it, its share goes to the pool's other addresses (never to another
+    pool's). Counted over every worker of the relay (the state database, or [state] redis)."""
+
+    start: Date = Field(description="The first day of the warm-up (UTC), e.g. 2025-06-01; before it the address sends nothing.")
+    per_day: tuple[PositiveInt, ...] = Field(
+        min_length=1,
+        max_length=MAX_WARMUP_DAYS,
+        description="Most messages per day: the first number on start's day, the second the day after, ...; after the last day, no limit.",
+    )
+
+    @field_validator("per_day")
+    @classmethod
+    def _rising(cls, per_day: tuple[int, ...]) -> tuple[int, ...]:
+        for i in range(1, len(per_day)):
+            if per_day[i] < per_day[i - 1]:
+                raise Invalid(f"must not be below the day before ({per_day[i - 1]}): a warm-up rises", i)
+        return per_day
+
+    def cap(self, day: datetime.date) -> int | None:
+        """The most messages the address may send on `day`: 0 before the start, None (no limit)
+        once the schedule is over."""
+        index = (day - self.start).days
+        if index < 0:
+            return 0
+        return self.per_day[index] if index < len(self.per_day) else None
+
+
 class SourceAddress(_Table):
-    """One address a pool sends from: an IP address, or a table with the address and a weight.
-    Weights pick among the pool's addresses of the family the destination needs."""
+    """One address a pool sends from: an IP address, or a table with the address, a weight and
+    a warm-up schedule. Weights share the pool's connections of the family the destination
+    needs among its addresses (weighted rotation)."""
 
     address: IPAddressField = Field(description="The IPv4 or IPv6 address to bind outgoing connections to.")
-    weight: Int = Field(1, ge=1, description="Relative share of this pool's connections of this address family.")
+    weight: Int = Field(1, ge=1, description="Relative share of this pool's connections of this address family (weighted rotation).")
+    warmup: Optional[WarmupConfig] = Field(
+        None, description="Most messages per day while the address warms up (docs/concepts/pools.md); absent: no limit."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -345,16 +402,36 @@ class RetryConfig(_Table):
         return base * (1.0 - self.jitter + 2.0 * self.jitter * unit_random)
 
 
-class PoolConfig(_Table):
-    """A delivery pool: the source addresses its mail leaves from and how it delivers."""
+PoolClass = Literal["normal", "high-risk", "relay"]
+assert POOL_CLASSES == ("normal", "high-risk", "relay")
 
-    # The pool's key in [pools] (see `name`), set when a RelayConfig is validated.
+
+class PoolConfig(_Table):
+    """A delivery pool: its class, the source addresses its mail leaves from and how it delivers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, serialize_by_alias=True)
+
+    # The pool's key in [pools] (see `name`) and its class when not written, set when a
+    # RelayConfig is validated.
     _name: str = PrivateAttr(default="")
+    _class: PoolClass = PrivateAttr(default="normal")
+    class_: Optional[PoolClass] = Field(
+        None,
+        alias="class",
+        description=(
+            '"normal" (mail known to be good only), "high-risk" or "relay" (docs/concepts/pools.md). Default: '
+            '"high-risk" for policy.high_risk_pool, "relay" for policy.relay_pool, else "normal".'
+        ),
+        json_schema_extra=_no_default,
+    )
+    tenant: Optional[Text] = Field(
+        None, description="The tenant this pool is dedicated to: only rules that match this tenant alone may name it."
+    )
     source_addresses: tuple[SourceAddress, ...] = Field(
         min_length=1,
         description=(
-            "IPv4/IPv6 addresses this pool binds, plain or { address, weight }. A destination's address family "
-            "picks among them by weight. The high-risk pool may not share any address with the normal pool."
+            "IPv4/IPv6 addresses this pool binds, plain or { address, weight, warmup }. A destination's address family "
+            "picks among them by weight. No address belongs to two pools."
         ),
     )
     ehlo_name: HostName = Field(
@@ -403,6 +480,11 @@ class PoolConfig(_Table):
         """The pool's name: its key in ``[pools]``."""
         return self._name
 
+    @property
+    def pool_class(self) -> PoolClass:
+        """normal, high-risk or relay: as written, else as the policy's defaults imply."""
+        return self.class_ or self._class
+
     @field_validator("source_addresses")
     @classmethod
     def _listed_once(cls, sources: tuple[SourceAddress, ...]) -> tuple[SourceAddress, ...]:
@@ -438,6 +520,10 @@ class ListenerConfig(_Table):
     trusted_score_networks: tuple[IPNetworkField, ...] = Field(
         (),
         description="Clients whose copy of policy.score_header counts (a content filter). Everyone else's copies are removed before scoring.",
+    )
+    trusted_route_networks: tuple[IPNetworkField, ...] = Field(
+        (),
+        description="Clients whose copy of policy.route_header the routing rules read (a campaign platform of your own). Everyone else's copies are removed.",
     )
     auth_users: ReadOnlyTable[Password] = Field(
         default_factory=_empty,
@@ -546,8 +632,85 @@ class ListenerConfig(_Table):
         return self
 
 
+def _name_from(names: tuple[str, ...], what: str) -> Callable[[object], str]:
+    def check(value: object) -> str:
+        if not isinstance(value, str) or value not in names:
+            raise ValueError(f"not a {what}: {value!r} (expected one of {', '.join(names)})")
+        return value
+
+    return check
+
+
+ReasonName = Annotated[str, PlainValidator(_name_from(REASONS, "reason")), WithJsonSchema({"enum": list(REASONS)})]
+ReportKindName = Annotated[str, PlainValidator(_name_from(REPORT_KINDS, "report kind")), WithJsonSchema({"enum": list(REPORT_KINDS)})]
+DOMAIN_PATTERN: Final = r"^(\*\.)?[^*\s]+$"
+
+
+def _domain_pattern(value: object) -> str:
+    text = _text(value).strip()
+    wildcard = text.startswith("*.")
+    name = normalize_domain(text[2:] if wildcard else text)
+    if name is None:
+        raise ValueError(f"not a domain or *.domain: {text!r}")
+    return f"*.{name}" if wildcard else name
+
+
+DomainPattern = Annotated[str, PlainValidator(_domain_pattern), WithJsonSchema({"type": "string", "pattern": DOMAIN_PATTERN})]
+# Rule names are metric labels, as tenant names are.
+RULE_NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+RuleName = Annotated[
+    str,
+    PlainValidator(_full_match(re.compile(RULE_NAME_PATTERN), "a rule name (1-63 letters, digits, '_', '.' or '-')")),
+    WithJsonSchema({"type": "string", "pattern": RULE_NAME_PATTERN}),
+]
+
+
+class RuleConfig(_Table):
+    """A routing rule (docs/concepts/pools.md): the pool for mail of that pool's class whose
+    every condition holds (a condition not written always holds; within a list, one item is
+    enough). The first rule that matches wins; mail no rule matches goes to its class's
+    default pool."""
+
+    name: Optional[RuleName] = Field(None, description="Its name in decisions, events, logs and metrics. Default: rules[N].", json_schema_extra=_no_default)
+    pool: Text = Field(description="The pool: mail of its class only can match the rule.")
+    tenants: tuple[Text, ...] = Field((), description="Mail of one of these tenants.")
+    sender_domains: tuple[DomainPattern, ...] = Field(
+        (), description='Envelope senders in one of these domains: "example.com", or "*.example.com" for every domain below it.'
+    )
+    recipient_domains: tuple[DomainPattern, ...] = Field(
+        (), description="Recipients in one of these domains (as sender_domains): the rule is then decided per recipient, so a message's recipients may leave through different pools."
+    )
+    header_values: tuple[Text, ...] = Field(
+        (),
+        description="policy.route_header holds one of these values (compared without case), written once by a client of listener.trusted_route_networks.",
+    )
+    min_size: Optional[Size] = Field(None, description="Messages of at least this size.")
+    max_size: Optional[Size] = Field(None, description="Messages of at most this size.")
+    reasons: tuple[ReasonName, ...] = Field((), description="Decisions with one of these reasons (a rule on reasons that are always high-risk must name a high-risk pool).")
+    report_kinds: tuple[ReportKindName, ...] = Field((), description="Reports of one of these kinds: dsn, mdn, arf, auto-reply.")
+
+    def as_core(self, domain_forms: Callable[[str], tuple[str, ...]]) -> dict[str, Any]:
+        """The rule as `deliverypool.Policy(rules=...)` takes it; `domain_forms` gives every
+        form a domain pattern is matched in."""
+        rule: dict[str, Any] = {"pool": self.pool}
+        if self.name is not None:
+            rule["name"] = self.name
+        for key in ("tenants", "header_values", "reasons", "report_kinds"):
+            if getattr(self, key):
+                rule[key] = list(getattr(self, key))
+        for key in ("sender_domains", "recipient_domains"):
+            patterns: tuple[str, ...] = getattr(self, key)
+            if patterns:
+                rule[key] = [form for pattern in patterns for form in domain_forms(pattern)]
+        for key in ("min_size", "max_size"):
+            if getattr(self, key) is not None:
+                rule[key] = getattr(self, key)
+        return rule
+
+
 class PolicyConfig(_Table):
-    """Routing: which mail goes through the high-risk pool."""
+    """Routing: the class each message gets from its reasons, and the rules that choose its pool
+    within that class (docs/concepts/pools.md)."""
 
     threshold: Number = Field(5.0, description="Spam score above which (strictly) mail goes high-risk.")
     score_header: Optional[HeaderName] = Field(
@@ -563,8 +726,20 @@ class PolicyConfig(_Table):
             "deeper nesting than it walks: reason unscannable), so that padding cannot hide a DSN."
         ),
     )
-    normal_pool: Text = Field("normal", description="Name of the pool for mail known to be good.")
-    high_risk_pool: Text = Field("high-risk", description="Name of the pool for DSNs, spam and mail from domains without records.")
+    normal_pool: Text = Field("normal", description="Default pool of normal mail (mail known to be good) that no rule sends elsewhere.")
+    high_risk_pool: Text = Field(
+        "high-risk", description="Default pool of high-risk mail (DSNs, spam, mail from domains without records) that no rule sends elsewhere."
+    )
+    relay_pool: Optional[Text] = Field(
+        None, description="Default pool of relay-class mail; without pools of class relay, such mail goes the high-risk way."
+    )
+    rules: tuple[RuleConfig, ...] = Field(
+        (), description="Routing rules, in order: [[policy.rules]] tables; the first that matches a message (or a recipient) chooses its pool."
+    )
+    route_header: Optional[HeaderName] = Field(
+        None,
+        description="Header field whose value rules match (header_values), e.g. a stream or campaign name; trusted only from listener.trusted_route_networks, and only once.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -673,6 +848,13 @@ class MilterConfig(_Table):
             "Postfix's header_checks remove the clients' own copies (docs/guide/milter.md). Otherwise rspamd or no score."
         ),
     )
+    trust_route_header: Bool = Field(
+        False,
+        description=(
+            "Let the routing rules read policy.route_header in the mail the milter sees: only when Postfix's header_checks "
+            "remove the copies of clients that may not choose it (docs/guide/milter.md)."
+        ),
+    )
 
 
 # The tables of tenants and of observability (config/observe.py) use the types above (this
@@ -710,7 +892,8 @@ class RelayConfig(_Table):
     score: ScoreConfig = Field(default_factory=ScoreConfig, description="Where the spam score comes from (trusted header, rspamd).")
     milter: MilterConfig = Field(default_factory=MilterConfig, description="The Postfix milter (deliverypool milter).")
     pools: ReadOnlyTable[PoolConfig] = Field(
-        min_length=1, description="The delivery pools by name: at least policy.normal_pool and policy.high_risk_pool."
+        min_length=1,
+        description="The delivery pools by name: at least a default for normal and for high-risk mail (policy.normal_pool, policy.high_risk_pool).",
     )
     tenants: ReadOnlyTable[TenantConfig] = Field(
         default_factory=_empty, description="The relay's customers by name: who they are (AUTH users, networks), their domains and threshold."
@@ -744,13 +927,19 @@ class RelayConfig(_Table):
 
     @field_validator("pools")
     @classmethod
-    def _named(cls, pools: Mapping[str, PoolConfig]) -> Mapping[str, PoolConfig]:
-        """Each pool is named by its key."""
+    def _named(cls, pools: Mapping[str, PoolConfig], info: ValidationInfo) -> Mapping[str, PoolConfig]:
+        """Each pool is named by its key; a pool without a class written has the class its role
+        in the policy implies (the high-risk default: high-risk; the relay default: relay;
+        others normal), as every pool had before pools had classes."""
+        policy = info.data.get("policy")
+        high_risk, relay = (policy.high_risk_pool, policy.relay_pool) if isinstance(policy, PolicyConfig) else ("high-risk", None)
         named = {}
         for name, pool in pools.items():
-            if pool.name != name:
+            implied: PoolClass = "high-risk" if name == high_risk else "relay" if name == relay else "normal"
+            if pool.name != name or pool._class != implied:
                 pool = pool.model_copy()
                 pool._name = name
+                pool._class = implied
             named[name] = pool
         return MappingProxyType(named)
 
@@ -776,22 +965,45 @@ class RelayConfig(_Table):
     @model_validator(mode="after")
     def _pools_apart(self) -> RelayConfig:
         policy = self.policy
-        for role, name in (("normal_pool", policy.normal_pool), ("high_risk_pool", policy.high_risk_pool)):
-            if name not in self.pools:
-                raise Invalid(f"no pool named {name!r} (defined: {', '.join(self.pools)})", "policy", role)
         if policy.normal_pool == policy.high_risk_pool:
             raise Invalid("must differ from normal_pool", "policy", "high_risk_pool")
-        # The whole point of the high-risk pool: its mail never leaves from a normal address.
-        normal_addresses = {s.address for s in self.normal_pool.source_addresses}
-        for i, source in enumerate(self.high_risk_pool.source_addresses):
-            if source.address in normal_addresses:
-                raise Invalid(
-                    f"{source.address} is also a source address of the normal pool {policy.normal_pool!r}",
-                    "pools",
-                    policy.high_risk_pool,
-                    "source_addresses",
-                    i,
-                )
+        # A default written out must name a pool (one left at its default may be replaced by a
+        # rule without conditions: the core says so).
+        for role in ("normal_pool", "high_risk_pool", "relay_pool"):
+            name = getattr(policy, role)
+            if role in policy.model_fields_set and name is not None and name not in self.pools:
+                raise Invalid(f"no pool named {name!r} (defined: {', '.join(self.pools)})", "policy", role)
+        # The whole point of pools: no address sends two pools' mail, so high-risk mail never
+        # leaves from an address of a pool meant for good mail.
+        owners: dict[IPAddress, PoolConfig] = {}
+        for name, pool in self.pools.items():
+            for i, source in enumerate(pool.source_addresses):
+                other = owners.setdefault(source.address, pool)
+                if other is not pool:
+                    raise Invalid(
+                        f"{source.address} is also a source address of the {other.pool_class} pool {other.name!r}: no address belongs to two pools",
+                        "pools",
+                        name,
+                        "source_addresses",
+                        i,
+                    )
+        for name, pool in self.pools.items():
+            if pool.tenant is not None and pool.tenant not in self.tenants:
+                raise Invalid(f"no tenant named {pool.tenant!r} (defined: {', '.join(self.tenants) or 'none'})", "pools", name, "tenant")
+        for index, rule in enumerate(policy.rules):
+            for j, tenant in enumerate(rule.tenants):
+                if tenant not in self.tenants:
+                    raise Invalid(f"no tenant named {tenant!r} (defined: {', '.join(self.tenants) or 'none'})", "policy", "rules", index, "tenants", j)
+        # The rules as the core compiles them: what it refuses is refused here, at its key.
+        from deliverypool._core import PolicyError
+        from deliverypool.routing.pools import policy_from_config
+
+        try:
+            policy_from_config(self)
+        except PolicyError as error:
+            if error.key is None or error.problem is None:
+                raise
+            raise Invalid(error.problem, "policy", *error.key) from None
         return self
 
     @property
