@@ -37,6 +37,7 @@ from deliverypool.mail.headers import count_received, received_field, strip_head
 from deliverypool.observe.logs import RateLimit
 from deliverypool.observe.service import Observer
 from deliverypool.outbound.scheduler import DeliveryEngine
+from deliverypool.outbound.sources import WarmupLedger, warmup_ledger_for
 from deliverypool.queue.spool import FILE_THRESHOLD, NewMessage, Spool
 from deliverypool.routing.pools import policy_from_config
 from deliverypool.routing.router import Router
@@ -105,6 +106,8 @@ class Relay:
             config, self.tenants, spool_root=root, leader=self.observer.leader, listener=self.observer.senders
         )
         self.observer.limits = self.limits
+        # Warm-up schedules of source addresses (outbound/sources.py), counted over the workers.
+        self.warmup: WarmupLedger | None = warmup_ledger_for(config, root)
         # The blocklist watch (watch/dnsbl.py): the leader checks the pools' addresses, every
         # worker follows the drained set through SPOOL/state.sqlite3.
         self.dnsbl: BlocklistWatch | None = None
@@ -133,6 +136,10 @@ class Relay:
         self.spool.on_commit = self.observer.commit
         self.engine.on_attempt = self.observer.attempt
         self.engine.recorder.on_bounce = self.observer.generated
+        if self.warmup is not None:
+            # Before any delivery starts: each warming-up address's first messages claimed.
+            self.engine.connector.sources.warmup = self.warmup
+            await self.warmup.start()
         if self.dnsbl is not None:
             # Before any delivery starts: a drained address stays drained across a restart.
             self.engine.connector.drained = self.dnsbl.drained.is_drained
@@ -212,12 +219,15 @@ class Relay:
         relay's ``Received:`` field is already in front of `content` (the DATA reader puts it
         there); otherwise it is added here."""
         assert self.engine is not None and self.scores is not None, "Relay.start() first"
-        untrusted = not in_networks(peer, self.config.listener.trusted_score_networks)
-        header = self.config.policy.score_header
-        if header and untrusted:
-            content, removed = strip_header(content, header)
-            if removed:
-                log.info("removed %d client-written %s field(s) peer=%s", removed, header, peer)
+        listener = self.config.listener
+        untrusted = not in_networks(peer, listener.trusted_score_networks)
+        untrusted_route = not in_networks(peer, listener.trusted_route_networks)
+        # A client outside the trusted networks neither brings its own score nor picks its pool.
+        for header, stripped in ((self.config.policy.score_header, untrusted), (self.config.policy.route_header, untrusted_route)):
+            if header and stripped:
+                content, removed = strip_header(content, header)
+                if removed:
+                    log.info("removed %d client-written %s field(s) peer=%s", removed, header, peer)
         hops = count_received(content) - traced
         if hops >= self.config.listener.max_hops:
             # Ours would be one more: a routing loop (an MX or smarthost pointing back here).
@@ -227,8 +237,9 @@ class Relay:
             content = received_field(helo=helo, peer=peer, by=self.config.listener.hostname, authenticated=login is not None) + content
         tenant = self.tenants.resolve(login, peer)
         submission = Submission(mail_from, recipients, client_address=peer, helo=helo, login=login)
-        routed = await self.scores.route(content, submission, tenant=tenant, untrusted_client=untrusted)
+        routed = await self.scores.route(content, submission, tenant=tenant, untrusted_client=untrusted, untrusted_route_header=untrusted_route)
         message_id = routed.decision.message_id
+        recipient_pools = routed.recipient_pools
         job = await self.spool.accept(
             NewMessage(
                 mail_from=mail_from,
@@ -238,17 +249,20 @@ class Relay:
                 reasons=routed.reasons,
                 tenant=tenant,
                 header_message_id=message_id,
+                recipient_pools=recipient_pools,
             )
         )
         log.info(
-            "accepted queue_id=%s message_id=%s from=<%s> recipients=%d pool=%s reasons=%s spam=%s",
+            "accepted queue_id=%s message_id=%s from=<%s> recipients=%d pool=%s%s reasons=%s spam=%s rule=%s",
             job.queue_id,
             message_id or "-",
             mail_from,
             len(recipients),
             routed.pool,
+            "," + ",".join(p for p in dict.fromkeys(recipient_pools) if p != routed.pool) if recipient_pools else "",
             ",".join(routed.reasons) or "-",
             routed.spam.summary() if routed.spam is not None else "-",
+            routed.decision.rule or "-",
         )
         # Delivery gets the body from memory (within its memory budget); a body the spool keeps
         # in a file of its own is streamed from there.
@@ -267,9 +281,10 @@ class Relay:
                 log.exception("on_accept hook failed for queue_id=%s (the message is stored)", job.queue_id)
         return accepted
 
-    async def _route_dsn(self, dsn: bytes) -> tuple[str, tuple[str, ...]]:
+    async def _route_dsn(self, dsn: bytes, tenant: str | None = None) -> tuple[str, tuple[str, ...]]:
+        """The pool of a DSN the relay wrote for mail of `tenant` (its rules apply to it)."""
         assert self.router is not None
-        decision = await self.router.route(dsn, mail_from="")
+        decision = await self.router.route(dsn, mail_from="", tenant=tenant)
         return decision.pool, tuple(decision.reasons)
 
     async def _share_auth_failures(self, admission: Admission) -> None:
@@ -315,6 +330,8 @@ class Relay:
             self.server = None
         if self.engine is not None:
             await self.engine.stop()
+        if self.warmup is not None:
+            await self.warmup.stop()
         if self.scores is not None:
             await self.scores.close()
         if self.limits is not None:

@@ -5,9 +5,14 @@ the message it classifies with the relay's own engine (:class:`~deliverypool.rou
 ScoredRouter`: DSN detection, the spam score from a trusted header or rspamd, the sender-domain
 check through the resolver and its cache) and adds one header, ``X-Deliverypool-Transport:
 <transport>``, naming the ``master.cf`` transport of the message's pool (``milter.transports``,
-else ``dp-<pool>``). Postfix's ``milter_header_checks`` turn that header into ``FILTER
-<transport>:``, and the transport's ``smtp_bind_address`` is the pool's address. A message has
-one pool for all its recipients: a milter sees the message once, not once per recipient.
+else ``dp-<pool>``; one transport per pool, whatever its class or tenant). Postfix's
+``milter_header_checks`` turn that header into ``FILTER <transport>:``, and the transport's
+``smtp_bind_address`` is the pool's address. A message has one pool for all its recipients:
+``FILTER`` applies to the whole message, so a milter cannot send its recipients through
+different pools. When routing rules on recipient domains would (``Decision.recipient_pools``),
+the whole message takes the first recipient's pool (all of them are of the message's class, so
+high-risk mail still leaves high-risk) and the log line says ``split=no`` with the pools the
+rules chose; the relay (``deliverypool relay``) splits such messages.
 
 The milter library is pymilter, on Sendmail's libmilter (Debian's ``libmilter1.0.1``): the
 reference implementation of the protocol, which Postfix's milter client is written against,
@@ -112,8 +117,9 @@ class MilterService:
     def route(self, message: bytes, submission: Submission) -> Routed:
         """The pool of one message (blocking: called from libmilter's threads)."""
         untrusted = not self.config.milter.trust_score_header
+        untrusted_route = not self.config.milter.trust_route_header
         tenant = self.tenants.resolve(submission.login, submission.client_address)
-        work = self.scores.route(message, submission, tenant=tenant, untrusted_client=untrusted)
+        work = self.scores.route(message, submission, tenant=tenant, untrusted_client=untrusted, untrusted_route_header=untrusted_route)
         return self.call(work, self.config.milter.timeout)
 
     def check_recipient(self, *, login: str | None, mail_from: str, recipient: str, client_address: str | None) -> str | None:
@@ -253,8 +259,10 @@ class PoolMilter(Milter.Base):  # type: ignore[misc]  # pymilter has no type inf
             self.chgheader(header, index, "")
         transport = service.config.transport_for(routed.pool)
         self.addheader(header, transport)
+        # FILTER is per message: recipients the rules would send elsewhere go with the first.
+        split = routed.recipient_pools
         log.info(
-            "routed queue_id=%s from=<%s> recipients=%d pool=%s transport=%s reasons=%s spam=%s",
+            "routed queue_id=%s from=<%s> recipients=%d pool=%s transport=%s reasons=%s spam=%s rule=%s%s",
             queue_id or "-",
             self.mail_from,
             len(self.recipients),
@@ -262,6 +270,8 @@ class PoolMilter(Milter.Base):  # type: ignore[misc]  # pymilter has no type inf
             transport,
             ",".join(routed.reasons) or "-",
             routed.spam.summary() if routed.spam is not None else "-",
+            routed.decision.rule or "-",
+            f" split=no pools={','.join(dict.fromkeys(split))}" if split else "",
         )
         return int(Milter.CONTINUE)
 

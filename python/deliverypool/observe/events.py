@@ -59,6 +59,11 @@ class MessageAccepted:
     # The DSN verdict: its kind (delivery-status, non-standard...) and signals, or None.
     dsn_kind: str | None = None
     dsn_signals: tuple[str, ...] = ()
+    # The routing rule that chose `pool` (None: its class's default), and every pool the
+    # recipients go through when rules on recipient domains split them (else empty). The event
+    # log writes them only when set.
+    rule: str | None = None
+    pools: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +168,10 @@ def as_json(event: Event) -> dict[str, Any]:
     (failed recipients, first status) spelled out."""
     body: dict[str, Any] = {"kind": event.kind}
     body.update(dataclasses.asdict(event))
+    if isinstance(event, MessageAccepted):
+        for key in ("rule", "pools"):
+            if not body[key]:
+                del body[key]
     if isinstance(event, DsnRelayed):
         body["report"]["failed"] = [r.address for r in event.report.failed]
         body["report"]["original_from_domain"] = event.report.original_from_domain

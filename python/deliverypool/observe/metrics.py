@@ -20,7 +20,8 @@ Every label value comes from a closed set, never from message content:
 | ``deliverypool_score_checks_total`` (counter, with a score source) | ``result``: ``verdict``, ``too-large``, `FAILURES` (``timeout``, ``unreachable``, ``bad-response``) |
 | ``deliverypool_score_fallbacks_total`` (counter) | none |
 
-A message with several reasons counts once under each; a value outside its set (a pool
+A message with several reasons counts once under each, and once under each pool its recipients
+go through when rules split them; a value outside its set (a pool
 removed from the configuration while mail waited) is counted as ``other``.
 """
 
@@ -75,9 +76,9 @@ class MetricsRecorder:
     def __call__(self, event: Event) -> None:
         counts = self.counts
         if isinstance(event, MessageAccepted):
-            pool = self._pool(event.pool)
-            for reason in event.reasons or ("none",):
-                counts[("deliverypool_messages_total", (("pool", pool), ("reason", reason if reason in _REASON_LABELS else OTHER)))] += 1
+            for pool in map(self._pool, event.pools or (event.pool,)):
+                for reason in event.reasons or ("none",):
+                    counts[("deliverypool_messages_total", (("pool", pool), ("reason", reason if reason in _REASON_LABELS else OTHER)))] += 1
             tenant = self._tenant(event.tenant)
             counts[("deliverypool_tenant_messages_total", (("tenant", tenant),))] += 1
             self.minutes[(int(event.at // 60), tenant, "messages")] += 1

@@ -245,10 +245,13 @@ class Observer:
             return
         now = self.clock()
         dsn = decision.dsn
+        pools = decision.recipient_pools
+        split = tuple(dict.fromkeys(pools)) if any(p != decision.pool for p in pools) else ()
         self.bus.publish(
             MessageAccepted(
                 now, queue_id, tenant, decision.pool, tuple(decision.reasons), peer, recipients, message_id,
                 dsn.kind if dsn is not None else None, tuple(dsn.signals) if dsn is not None else (),
+                decision.rule, split,
             )
         )
         if dsn is None:

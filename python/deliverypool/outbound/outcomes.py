@@ -20,8 +20,9 @@ from deliverypool.queue.spool import DsnBatch, Job, NewMessage, Outcome, Spool
 
 __all__ = ["DeliveryStats", "DsnRouter", "Recorded", "Recorder"]
 
-# Routes a DSN the relay generated: returns the pool it goes to and the decision's reasons.
-DsnRouter = Callable[[bytes], Awaitable[tuple[str, tuple[str, ...]]]]
+# Routes a DSN the relay generated for mail of a tenant (or None): returns the pool it goes to
+# and the decision's reasons (a tenant's rules may give its DSNs its own high-risk pool).
+DsnRouter = Callable[[bytes, "str | None"], Awaitable[tuple[str, tuple[str, ...]]]]
 
 
 @dataclass
@@ -110,7 +111,7 @@ class Recorder:
             arrival=batch.received_at,
             now=self.clock(),
         )
-        dsn_pool, reasons = await self.route_dsn(dsn)
+        dsn_pool, reasons = await self.route_dsn(dsn, batch.tenant)
         job = await self.spool.store_dsn(batch, NewMessage("", (batch.mail_from,), dsn, dsn_pool, reasons, None, None))
         self.stats.bounces += 1
         if self.on_bounce is not None:

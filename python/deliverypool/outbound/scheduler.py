@@ -152,6 +152,11 @@ class DeliveryEngine:
     def _enqueue(self, job: Job, body: bytes | None) -> None:
         if self._stopping:
             return
+        if job.recipient_pools:
+            # Rules routed the recipients to different pools: a job per pool.
+            for pool_name, recipients in job.by_pool().items():
+                self._enqueue(replace(job, pool=pool_name, recipients=recipients, recipient_pools=()), body)
+            return
         pool = self._pool_of(job)
         if pool.delivery == "smarthost":
             assert pool.smarthost is not None
@@ -329,10 +334,11 @@ class DeliveryEngine:
         unusable."""
         work, body = ready.work, ready.body
         job = work.job
-        if self.connector.is_drained(lane.pool.name, session.source):
-            # Drained while the connection was open (a blocklist listing): not one more message
-            # from it. The work goes back to the front; the next connection binds another address.
-            log.info("pool=%s source=%s drained: closing the connection to %s", lane.pool.name, session.source, session.host)
+        if not self.connector.may_send(lane.pool.name, session.source):
+            # Drained while the connection was open (a blocklist listing), or at its warm-up
+            # limit: not one more message from it. The work goes back to the front; the next
+            # connection binds another address of the pool.
+            log.info("pool=%s source=%s drained or at its warm-up limit: closing the connection to %s", lane.pool.name, session.source, session.host)
             lane.queue.appendleft(_Work(job, self._hold(body if isinstance(body, bytes) else None)))
             return False
         attempt = await send(session, job.mail_from, job.recipients, body, self.spool)

@@ -25,6 +25,7 @@ from deliverypool.errors import DestinationError
 from deliverypool.lookup.mx import MxLookup
 from deliverypool.mail.address import AddressError, parse_mailbox
 from deliverypool.outbound.outcomes import DeliveryStats
+from deliverypool.outbound.sources import SourcePicker
 from deliverypool.queue.spool import Spool
 
 __all__ = ["Attempt", "Connector", "Session", "send"]
@@ -64,7 +65,8 @@ class Attempt:
 
 class Connector:
     """Opens connections for a pool's lanes: the targets of a destination in order, a source
-    address of the target's family (by weight), STARTTLS as the pool says."""
+    address of the target's family (`sources`: weighted rotation, drained and warm-up
+    addresses left out), STARTTLS as the pool says."""
 
     def __init__(self, mx: MxLookup | None, rng: random.Random, stats: DeliveryStats) -> None:
         self.mx = mx
@@ -73,6 +75,9 @@ class Connector:
         # (pool, address) -> True while the blocklist watch has the address drained from the
         # pool's rotation (watch/dnsbl.py; the relay sets it when [dnsbl] has zones).
         self.drained: Callable[[str, str], bool] | None = None
+        # Which address a connection binds, and whether it may carry another message
+        # (outbound/sources.py; the relay gives it the warm-up ledger).
+        self.sources = SourcePicker()
         self._tls = ssl.create_default_context()
         # Opportunistic TLS, as in Postfix's "may" level: encrypt when offered, do not verify.
         self._tls.check_hostname = False
@@ -103,16 +108,18 @@ class Connector:
         return targets
 
     def source_for(self, pool: PoolConfig, address: str) -> SourceAddress | None:
-        """One of the pool's source addresses of `address`'s family that is not drained, picked
-        by weight; None when there is none (never another pool's: the mail waits)."""
-        version = ipaddress.ip_address(address).version
-        candidates = [s for s in pool.source_addresses if s.address.version == version and not self.is_drained(pool.name, str(s.address))]
-        if not candidates:
-            return None
-        return self.rng.choices(candidates, weights=[s.weight for s in candidates])[0]
+        """The pool's next source address of `address`'s family that is usable (not drained,
+        within its warm-up), by weight; None when there is none (never another pool's: the
+        mail waits)."""
+        return self.sources.pick(pool, ipaddress.ip_address(address).version, self.is_drained)
 
     def is_drained(self, pool: str, source: str) -> bool:
         return self.drained is not None and self.drained(pool, source)
+
+    def may_send(self, pool: str, source: str) -> bool:
+        """Whether `source` may carry one more message of `pool` now (counting it): not
+        drained, and within its warm-up allowance."""
+        return not self.is_drained(pool, source) and self.sources.take(source)
 
     async def open(self, pool: PoolConfig, destination: str) -> Session:
         """A connection to the first target that greets with 220. Raises DestinationError when
@@ -125,7 +132,7 @@ class Connector:
             if source is None:
                 version = ipaddress.ip_address(address).version
                 if any(s.address.version == version for s in pool.source_addresses):
-                    last = f"{label}: every IPv{version} source address of pool {pool.name} is drained (listed on a blocklist)"
+                    last = f"{label}: every IPv{version} source address of pool {pool.name} is drained (listed on a blocklist) or at its warm-up limit"
                 else:
                     last = f"{label}: pool {pool.name} has no IPv{version} source address"
                 continue

@@ -25,7 +25,7 @@ class RecipientRow:
     next_attempt: float
     last_reply: str | None
     mail_from: str
-    pool: str
+    pool: str  # the recipient's pool
     reasons: tuple[str, ...]
     received_at: float
     size: int
@@ -39,7 +39,7 @@ class RecipientRow:
 
 
 _LISTING = """
-SELECT m.queue_id, r.address, r.state, r.attempts, r.next_attempt, r.last_reply, m.mail_from, m.pool,
+SELECT m.queue_id, r.address, r.state, r.attempts, r.next_attempt, r.last_reply, m.mail_from, coalesce(r.pool, m.pool) AS pool,
        m.reasons, m.received_at, m.size, m.header_message_id, m.tenant
 FROM recipients r JOIN messages m ON m.id = r.message ORDER BY m.received_at, m.id, r.id
 """
@@ -62,7 +62,10 @@ def listing(directory: str | os.PathLike[str]) -> list[RecipientRow]:
 def _rows(shard: str, path: Path) -> list[RecipientRow]:
     conn = connect(path, readonly=True)
     try:
-        rows = conn.execute(_LISTING).fetchall()
+        columns = {row["name"] for row in conn.execute("PRAGMA table_info(recipients)")}
+        # A spool of an older version, not opened by this one yet: no recipient has a pool of its own.
+        query = _LISTING if "pool" in columns else _LISTING.replace("coalesce(r.pool, m.pool)", "m.pool")
+        rows = conn.execute(query).fetchall()
     finally:
         conn.close()
     return [

@@ -102,8 +102,14 @@ ALTER TABLE recipients ADD COLUMN dsn_pending INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE recipients ADD COLUMN last_host TEXT
 """
 
+# Version 4: routing rules may send a message's recipients through different pools (a rule on
+# recipient domains): a recipient's own pool, NULL when it is the message's.
+_V4: Final = """
+ALTER TABLE recipients ADD COLUMN pool TEXT
+"""
+
 # MIGRATIONS[n - 1] takes a spool from version n - 1 to version n.
-MIGRATIONS: Final[tuple[str, ...]] = (_V1, _V2, _V3)
+MIGRATIONS: Final[tuple[str, ...]] = (_V1, _V2, _V3, _V4)
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 

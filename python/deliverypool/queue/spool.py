@@ -63,7 +63,8 @@ MAX_BATCH = 1024
 
 @dataclass(frozen=True)
 class NewMessage:
-    """A message to put in the spool, already routed to a pool."""
+    """A message to put in the spool, already routed to a pool (`recipient_pools`: each
+    recipient's, when rules routed them apart; empty: all through `pool`)."""
 
     mail_from: str
     recipients: tuple[str, ...]
@@ -72,6 +73,7 @@ class NewMessage:
     reasons: tuple[str, ...] = ()
     tenant: str | None = None
     header_message_id: str | None = None
+    recipient_pools: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,18 @@ class Job:
     attempts: int = 0
     next_attempt: float = 0.0
     tenant: str | None = None
+    # Each recipient's pool when they differ (a job just accepted; the scheduler splits it into
+    # a job per pool); empty: every recipient goes through `pool`.
+    recipient_pools: tuple[str, ...] = ()
+
+    def by_pool(self) -> dict[str, tuple[tuple[int, str], ...]]:
+        """The recipients grouped by pool, in order."""
+        if not self.recipient_pools:
+            return {self.pool: self.recipients}
+        groups: dict[str, list[tuple[int, str]]] = {}
+        for recipient, pool in zip(self.recipients, self.recipient_pools):
+            groups.setdefault(pool, []).append(recipient)
+        return {pool: tuple(recipients) for pool, recipients in groups.items()}
 
 
 @dataclass(frozen=True)
@@ -596,6 +610,8 @@ def _unlink(paths: Iterable[Path]) -> None:
 def _insert(conn: sqlite3.Connection, message: NewMessage, now: float, *, queue_id: str | None = None, body_file: str | None = None) -> Job:
     if not message.recipients:
         raise ValueError("a message needs at least one recipient")
+    if message.recipient_pools and len(message.recipient_pools) != len(message.recipients):
+        raise ValueError("recipient_pools must name one pool per recipient")
     if queue_id is None:
         queue_id = new_queue_id()
         while conn.execute("SELECT 1 FROM messages WHERE queue_id = ?", (queue_id,)).fetchone():
@@ -619,10 +635,11 @@ def _insert(conn: sqlite3.Connection, message: NewMessage, now: float, *, queue_
     message_id = cursor.lastrowid
     assert message_id is not None
     recipients = []
-    for address in message.recipients:
+    pools = message.recipient_pools or (message.pool,) * len(message.recipients)
+    for address, pool in zip(message.recipients, pools):
         rc = conn.execute(
-            "INSERT INTO recipients (message, address, state, next_attempt, updated_at) VALUES (?, ?, ?, ?, ?)",
-            (message_id, address, State.QUEUED.value, now, now),
+            "INSERT INTO recipients (message, address, state, next_attempt, updated_at, pool) VALUES (?, ?, ?, ?, ?, ?)",
+            (message_id, address, State.QUEUED.value, now, now, None if pool == message.pool else pool),
         )
         assert rc.lastrowid is not None
         recipients.append((rc.lastrowid, address))
@@ -638,6 +655,7 @@ def _insert(conn: sqlite3.Connection, message: NewMessage, now: float, *, queue_
         recipients=tuple(recipients),
         next_attempt=now,
         tenant=message.tenant,
+        recipient_pools=message.recipient_pools if len(set(message.recipient_pools)) > 1 else (),
     )
 
 
@@ -738,16 +756,16 @@ def _recover(conn: sqlite3.Connection) -> int:
 
 
 _PENDING_QUERY = f"""
-SELECT m.id AS message, m.queue_id, m.mail_from, m.pool, m.reasons, m.header_message_id, m.received_at, m.tenant,
-       r.id AS recipient, r.address, r.state, r.attempts, r.next_attempt
+SELECT m.id AS message, m.queue_id, m.mail_from, coalesce(r.pool, m.pool) AS pool, m.reasons, m.header_message_id, m.received_at,
+       m.tenant, r.id AS recipient, r.address, r.state, r.attempts, r.next_attempt
 FROM recipients r JOIN messages m ON m.id = r.message
 WHERE r.state NOT IN {FINAL_STATES_SQL}
-ORDER BY m.id, r.state, r.next_attempt, r.id
+ORDER BY m.id, r.state, r.next_attempt, pool, r.id
 """
 
 
 def _pending(conn: sqlite3.Connection) -> list[Job]:
-    """One Job per message, state and next attempt."""
+    """One Job per message, state, next attempt and pool."""
     jobs: list[Job] = []
     group: list[sqlite3.Row] = []
 
@@ -773,7 +791,7 @@ def _pending(conn: sqlite3.Connection) -> list[Job]:
 
     key: tuple[Any, ...] | None = None
     for row in conn.execute(_PENDING_QUERY):
-        row_key = (row["message"], row["state"], row["next_attempt"])
+        row_key = (row["message"], row["state"], row["next_attempt"], row["pool"])
         if row_key != key:
             flush()
             key = row_key

@@ -9,13 +9,14 @@ starts with rules the core would refuse.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import idna
 
 from deliverypool._core import Policy
 
 if TYPE_CHECKING:
+    from deliverypool._core import _Rule
     from deliverypool.config import RelayConfig
 
 __all__ = ["domain_forms", "policy_from_config"]
@@ -35,7 +36,7 @@ def policy_from_config(config: RelayConfig) -> Policy:
         score_unavailable_pool="high-risk" if config.score.fallback == "high-risk" else "normal",
         pools={name: pool.pool_class for name, pool in config.pools.items()},
         pool_tenants={name: pool.tenant for name, pool in config.pools.items() if pool.tenant is not None} or None,
-        rules=[rule.as_core(domain_forms) for rule in p.rules] or None,
+        rules=[cast("_Rule", rule.as_core(domain_forms)) for rule in p.rules] or None,
         relay_pool=p.relay_pool,
         route_header=p.route_header,
     )

@@ -44,6 +44,8 @@ class Router:
         self.senders = SenderDomains(resolver) if resolver is not None else None
         self.policy = policy
         self.check_header_from = check_header_from
+        # The policy's rules route recipients one by one: classify needs them.
+        self.per_recipient = policy is not None and policy.per_recipient
 
     @classmethod
     def from_nameservers(
@@ -78,13 +80,21 @@ class Router:
         tenant: str | None = None,
         untrusted_client: bool = False,
         score_unavailable: bool = False,
+        recipients: Sequence[str] | None = None,
+        untrusted_route_header: bool = False,
     ) -> Decision:
+        """The decision on `message`; `recipients` are routed one by one when the policy's
+        rules name recipient domains (`Decision.recipient_pools`), and the policy's route
+        header is read unless `untrusted_route_header`."""
         check = await self.sender_check(mail_from)
         status: DomainStatus | None = None if check is None else check.status
+        if not self.per_recipient:
+            recipients = None
 
         def decide(status: DomainStatus | None) -> Decision:
             return classify(message, mail_from=mail_from, score=score, tenant=tenant, policy=self.policy,
-                            untrusted_client=untrusted_client, sender_domain=status, score_unavailable=score_unavailable)
+                            untrusted_client=untrusted_client, sender_domain=status, score_unavailable=score_unavailable,
+                            recipients=recipients, untrusted_route_header=untrusted_route_header)
 
         decision = decide(status)
         if self.check_header_from:

@@ -23,9 +23,10 @@ message goes where the policy's ``score_unavailable_pool`` says (``[score] fallb
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Protocol
@@ -248,6 +249,12 @@ class Routed:
     def reasons(self) -> tuple[str, ...]:
         return tuple(self.decision.reasons)
 
+    @property
+    def recipient_pools(self) -> tuple[str, ...]:
+        """Each recipient's pool when the rules routed them apart, else empty (all `pool`)."""
+        pools = self.decision.recipient_pools
+        return pools if any(p != pools[0] for p in pools) else ()
+
 
 class ScoredRouter:
     """`Router.route` with the score from `source` for messages without a trusted one. What
@@ -260,10 +267,21 @@ class ScoredRouter:
         self.policy = router.policy or Policy()
 
     async def route(
-        self, message: bytes, submission: Submission, *, tenant: str | None = None, untrusted_client: bool = False
+        self,
+        message: bytes,
+        submission: Submission,
+        *,
+        tenant: str | None = None,
+        untrusted_client: bool = False,
+        untrusted_route_header: bool = False,
     ) -> Routed:
-        route = self.router.route
+        router = self.router
         mail_from = submission.mail_from
+        route: Callable[..., Awaitable[Decision]]
+        if router.per_recipient or untrusted_route_header:
+            route = functools.partial(router.route, recipients=submission.recipients, untrusted_route_header=untrusted_route_header)
+        else:
+            route = router.route
         # The trusted header, if any, is the Rust policy's to read: without a score source the
         # decision reads it; with one, a classification without DNS tells first whether there
         # is one (so that the relay's default path classifies once).

@@ -24,9 +24,10 @@ refusal keeps a drained address drained.
 Alerts (types ``dnsbl-listed``, ``dnsbl-zone-broken``, ``dnsbl-refused``) fire once and resolve
 once, through the observer (log ``deliverypool.alerts``, ``GET /api/alerts``, the webhook):
 
-* a listed address of any pool but the high-risk one: severity ``critical``, with ``dnsbl.
+* a listed address of a pool of class normal or relay: severity ``critical``, with ``dnsbl.
   normal_listed = "drain"`` the address drained (``"alert"``: only the alert);
-* a listed high-risk address: severity ``info`` (``expected``: true), never drained;
+* a listed address of a high-risk-class pool: severity ``info`` (``expected``: true), never
+  drained (the pool's class decides, not its name: a tenant's own high-risk pool too);
 * a zone that fails its test points, or refuses queries: severity ``warning``.
 
 Alert ids are derived from what they are about and when it began, so a restarted leader
@@ -98,7 +99,7 @@ class _Source:
     address: str
     ip: Address
     pools: tuple[str, ...]
-    # Drained when listed: in a pool other than the high-risk one, with normal_listed = "drain".
+    # Drained when listed: in a pool not of class high-risk, with normal_listed = "drain".
     drains: tuple[str, ...]
 
 
@@ -133,7 +134,7 @@ class BlocklistWatch:
         self.run_loops = run_loops
         self.store = DnsblStore(state_path)
         self.drained = DrainedSources()
-        high_risk = config.policy.high_risk_pool
+        high_risk = {name for name, pool in config.pools.items() if pool.pool_class == "high-risk"}
         pools: dict[str, list[str]] = {}
         addresses: dict[str, Address] = {}
         for name, pool in config.pools.items():
@@ -142,7 +143,7 @@ class BlocklistWatch:
                 addresses[str(source.address)] = source.address
         drain = config.dnsbl.normal_listed == "drain"
         self.sources: dict[str, _Source] = {
-            address: _Source(address, addresses[address], tuple(names), tuple(n for n in names if drain and n != high_risk))
+            address: _Source(address, addresses[address], tuple(names), tuple(n for n in names if drain and n not in high_risk))
             for address, names in pools.items()
         }
         self.families = sorted({s.ip.version for s in self.sources.values()})
@@ -396,11 +397,10 @@ class BlocklistWatch:
     # --- alerts ----------------------------------------------------------------------------
 
     def _listed_alert(self, cell: CellRow, source: _Source, since: float, now: float) -> dict[str, Any]:
-        high_risk = self.config.policy.high_risk_pool
-        expected = all(pool == high_risk for pool in source.pools)
+        expected = all(self.config.pools[pool].pool_class == "high-risk" for pool in source.pools)
         drained = bool(source.drains)
         if expected:
-            action = "none: the high-risk pool may be listed, by design"
+            action = "none: a high-risk pool may be listed, by design"
         elif drained:
             action = "drained: the pool's other addresses carry its mail until it is delisted"
         else:
