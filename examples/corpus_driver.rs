@@ -12,7 +12,9 @@
 //! ```
 //! The second pair of runs differs only by three passes of `classify` over the corpus: their
 //! difference in instructions, divided by 3 x the number of files, is the cost per message.
-//! `index N` does the same for `scan::index` over the header blocks alone.
+//! `index N` does the same for `scan::index` over the header blocks alone; `rules N` and
+//! `two-pools N` classify with a tenant and a recipient per message, under a relay's rule set
+//! (`rules_policy`, the one of benches/test_route.py) and under today's two pools.
 //!
 //! The dump covers each corpus file and mutated copies of it (truncations, inserted, deleted and
 //! changed bytes): `scan` with a score header, and `classify` under four envelopes and two
@@ -24,6 +26,7 @@ use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
 use deliverypool::policy::{classify, DomainStatus, Envelope, Policy};
+use deliverypool::pools::{PoolClass, PoolSpec, RuleSpec};
 use deliverypool::scan::{header_block, index, scan, ContentType};
 
 fn corpus() -> Vec<(String, Vec<u8>)> {
@@ -128,6 +131,43 @@ fn dump(out: &mut String, msg: &[u8]) {
     }
 }
 
+/// A relay's rule set: benches/test_route.py's RULES_POLICY.
+fn rules_policy() -> Policy {
+    let pool = |name: &str, class, tenant: Option<&str>| PoolSpec { name: name.into(), class, tenant: tenant.map(Into::into) };
+    let strings = |items: &[&str]| items.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let rule = |name: &str, pool: &str| RuleSpec { name: Some(name.into()), pool: pool.into(), ..RuleSpec::default() };
+    Policy {
+        pools: vec![
+            pool("normal", PoolClass::Normal, None),
+            pool("high-risk", PoolClass::HighRisk, None),
+            pool("acme-out", PoolClass::Normal, Some("acme")),
+            pool("acme-risky", PoolClass::HighRisk, Some("acme")),
+            pool("gmail", PoolClass::Normal, None),
+            pool("outlook", PoolClass::Normal, None),
+            pool("bulk", PoolClass::Normal, None),
+            pool("bounces", PoolClass::HighRisk, None),
+        ],
+        route_header: Some("X-Stream".into()),
+        rules: vec![
+            RuleSpec { tenants: strings(&["acme"]), ..rule("acme", "acme-out") },
+            RuleSpec { tenants: strings(&["acme"]), ..rule("acme-risky", "acme-risky") },
+            RuleSpec { reasons: strings(&["dsn"]), report_kinds: strings(&["dsn"]), ..rule("bounces", "bounces") },
+            RuleSpec { header_values: strings(&["newsletter", "campaign"]), ..rule("newsletters", "bulk") },
+            RuleSpec { min_size: Some(1 << 20), ..rule("big", "bulk") },
+            RuleSpec { sender_domains: strings(&["*.news.example", "mailer.example"]), ..rule("news-senders", "bulk") },
+            RuleSpec { recipient_domains: strings(&["gmail.com", "googlemail.com"]), ..rule("gmail", "gmail") },
+            RuleSpec { recipient_domains: strings(&["outlook.com", "hotmail.com", "*.outlook.com"]), ..rule("outlook", "outlook") },
+            RuleSpec { tenants: strings(&["globex"]), recipient_domains: strings(&["gmail.com"]), ..rule("globex-gmail", "gmail") },
+            RuleSpec { reasons: strings(&["spam-score"]), ..rule("spam", "high-risk") },
+            RuleSpec { report_kinds: strings(&["mdn", "auto-reply"]), ..rule("mdn", "normal") },
+            RuleSpec { max_size: Some(2048), sender_domains: strings(&["*.example"]), ..rule("small", "normal") },
+        ],
+        ..Policy::default()
+    }
+    .validated()
+    .expect("the rule set compiles")
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let passes = || args.get(2).map_or(1, |s| s.parse::<usize>().expect("a number of passes"));
@@ -139,6 +179,20 @@ fn main() {
             for _ in 0..passes() {
                 for (_, m) in &messages {
                     high_risk += usize::from(classify(m, &Envelope::default(), &policy).unwrap().high_risk);
+                }
+            }
+            println!("{high_risk} high-risk decisions");
+        }
+        Some(mode @ ("rules" | "two-pools")) => {
+            let policy = if mode == "rules" { rules_policy() } else { Policy::default() };
+            let tenants = [Some("acme"), Some("globex"), Some("initech"), None];
+            let recipients = ["bob@dest.test", "ann@gmail.com", "joe@hotmail.com", "eve@mail.outlook.com", "sam@example.org"];
+            let mut high_risk = 0;
+            for _ in 0..passes() {
+                for (i, (_, m)) in messages.iter().enumerate() {
+                    let to = [recipients[i % 5]];
+                    let envelope = Envelope { mail_from: Some("user@sender1.example"), tenant: tenants[i % 4], recipients: &to, ..Envelope::default() };
+                    high_risk += usize::from(classify(m, &envelope, &policy).unwrap().high_risk);
                 }
             }
             println!("{high_risk} high-risk decisions");
@@ -172,6 +226,6 @@ fn main() {
             print!("{out}");
             eprintln!("{inputs} inputs");
         }
-        Some(other) => panic!("unknown mode {other:?}: expected classify N, index N, or nothing"),
+        Some(other) => panic!("unknown mode {other:?}: expected classify N, index N, rules N, two-pools N, or nothing"),
     }
 }

@@ -120,7 +120,7 @@ impl PartialEq<&str> for Name {
 }
 
 /// `name` quoted as the configuration's own messages quote names (Python's `repr` of a plain string).
-fn q(name: &str) -> String {
+pub(crate) fn q(name: &str) -> String {
     format!("'{}'", name.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
@@ -245,34 +245,44 @@ impl DomainSet {
 /// Longest domain name (RFC 1035: 253 characters in text form, without the final dot).
 const MAX_DOMAIN: usize = 253;
 
-/// A domain lowercased on the stack (no allocation); None for one too long to be a domain.
-struct Lowered {
-    bytes: [u8; MAX_DOMAIN],
-    len: usize,
+/// A domain in lowercase, without allocating: the address's own bytes when they are lowercase
+/// already (the usual case), else a copy on the stack. None for one too long to be a domain.
+enum Lowered<'a> {
+    Borrowed(&'a [u8]),
+    Copied([u8; MAX_DOMAIN], usize),
 }
 
-impl Lowered {
-    fn new(domain: &str) -> Option<Self> {
-        let domain = domain.strip_suffix('.').unwrap_or(domain).as_bytes();
+impl<'a> Lowered<'a> {
+    fn new(domain: &'a [u8]) -> Option<Self> {
+        let domain = domain.strip_suffix(b".").unwrap_or(domain);
         if domain.is_empty() || domain.len() > MAX_DOMAIN {
             return None;
         }
-        let mut lowered = Lowered { bytes: [0; MAX_DOMAIN], len: domain.len() };
-        for (to, from) in lowered.bytes.iter_mut().zip(domain) {
+        if !domain.iter().any(u8::is_ascii_uppercase) {
+            return Some(Lowered::Borrowed(domain));
+        }
+        let mut bytes = [0; MAX_DOMAIN];
+        for (to, from) in bytes.iter_mut().zip(domain) {
             *to = from.to_ascii_lowercase();
         }
-        Some(lowered)
+        Some(Lowered::Copied(bytes, domain.len()))
     }
 
     fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..self.len]
+        match self {
+            Lowered::Borrowed(bytes) => bytes,
+            Lowered::Copied(bytes, len) => &bytes[..*len],
+        }
     }
 }
 
-/// The domain of `local@domain` (after the last `@`), or None.
+/// The domain of `local@domain` (after the last `@`; a closing `>` left out), or None.
 pub fn domain_of(address: &str) -> Option<&str> {
-    let address = address.trim().trim_start_matches('<').trim_end_matches('>');
-    address.rfind('@').map(|at| &address[at + 1..]).filter(|d| !d.is_empty())
+    let bytes = address.as_bytes();
+    let at = memchr::memrchr(b'@', bytes)?;
+    let domain = address[at + 1..].trim_end();
+    let domain = domain.strip_suffix('>').unwrap_or(domain);
+    (!domain.is_empty()).then_some(domain)
 }
 
 #[derive(Clone, Debug)]
@@ -307,7 +317,7 @@ impl Rule {
     }
 
     /// Every condition but the recipient's domain.
-    fn matches_message(&self, facts: &Facts<'_>, message: &MessageKeys) -> bool {
+    fn matches_message(&self, facts: &Facts<'_>, message: &MessageKeys<'_>) -> bool {
         (self.reasons == 0 || self.reasons & facts.reasons != 0)
             && (self.report_kinds == 0 || facts.report_kind.is_some_and(|k| self.report_kinds & bit(k as usize) != 0))
             && (self.min_size..=self.max_size).contains(&facts.size)
@@ -346,9 +356,9 @@ pub fn reason_bits(reasons: &[Reason]) -> u64 {
 }
 
 /// The message's facts that need a look-up, worked out once for all its rules and recipients.
-struct MessageKeys {
+struct MessageKeys<'a> {
     tenant: Option<u16>,
-    sender_domain: Option<Lowered>,
+    sender_domain: Option<Lowered<'a>>,
 }
 
 /// Where a message (or a recipient) goes: a pool number and the rule that chose it (None: the
@@ -605,10 +615,10 @@ impl Routing {
         self.defaults[class.index()]
     }
 
-    fn keys(&self, facts: &Facts<'_>) -> MessageKeys {
+    fn keys<'a>(&self, facts: &Facts<'a>) -> MessageKeys<'a> {
         MessageKeys {
             tenant: if self.tenants.is_empty() { None } else { facts.tenant.and_then(|t| self.tenants.get(t).copied()) },
-            sender_domain: if self.sender_rules { facts.mail_from.and_then(domain_of).and_then(Lowered::new) } else { None },
+            sender_domain: if self.sender_rules { facts.mail_from.and_then(domain_of).and_then(|d| Lowered::new(d.as_bytes())) } else { None },
         }
     }
 
@@ -622,7 +632,7 @@ impl Routing {
     pub fn route_each<'r>(&self, facts: &Facts<'_>, recipients: &'r [&'r str], mut each: impl FnMut(Choice)) {
         let keys = self.keys(facts);
         for recipient in recipients {
-            let domain = domain_of(recipient).and_then(Lowered::new);
+            let domain = domain_of(recipient).and_then(|d| Lowered::new(d.as_bytes()));
             each(self.first_match(facts, &keys, Some(domain.as_ref())));
         }
     }
@@ -630,7 +640,7 @@ impl Routing {
     /// The first rule of the message's class whose conditions hold, else the class's default.
     /// `recipient`: None when routing the message as a whole (recipient rules never match),
     /// Some(None) for a recipient whose domain cannot be read.
-    fn first_match(&self, facts: &Facts<'_>, keys: &MessageKeys, recipient: Option<Option<&Lowered>>) -> Choice {
+    fn first_match(&self, facts: &Facts<'_>, keys: &MessageKeys<'_>, recipient: Option<Option<&Lowered<'_>>>) -> Choice {
         let class = self.routes_as[facts.class.index()];
         for (number, rule) in self.rules.iter().enumerate() {
             if rule.class != class || !rule.matches_message(facts, keys) {
@@ -783,6 +793,10 @@ mod tests {
         assert_eq!(PoolClass::Normal.worst(PoolClass::Relay), PoolClass::Relay);
         assert_eq!(PoolClass::HighRisk.worst(PoolClass::Relay), PoolClass::HighRisk);
         assert_eq!(domain_of("<a@b.example>"), Some("b.example"));
+        assert_eq!(domain_of("\"x@y\"@B.Example. "), Some("B.Example."));
         assert_eq!(domain_of("a@"), None);
+        assert_eq!(domain_of("nobody"), None);
+        assert_eq!(Lowered::new(b"B.Example.").map(|l| l.as_bytes().to_vec()), Some(b"b.example".to_vec()));
+        assert!(Lowered::new(&[b'a'; 254]).is_none());
     }
 }

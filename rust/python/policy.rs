@@ -15,7 +15,7 @@ use super::scan::recipients_tuple;
 use crate::address::Address;
 use crate::dsn::DsnVerdict;
 use crate::policy::{self, Decision, DomainStatus, Envelope, FallbackPool, Policy};
-use crate::pools::{Name, PoolClass, PoolSpec, RoutingError, RuleSpec};
+use crate::pools::{q, Name, PoolClass, PoolSpec, RoutingError, RuleSpec};
 
 #[pyclass(frozen, name = "Policy", module = "deliverypool")]
 pub struct PyPolicy(pub Arc<Policy>);
@@ -465,14 +465,14 @@ fn pool_specs(py: Python<'_>, pools: Option<&Bound<'_, PyDict>>, tenants: Option
         let name: String = name.extract()?;
         let class: String = class.extract()?;
         let Some(class) = PoolClass::from_name(&class) else {
-            let why = format!("{class:?} is not a pool class: expected one of normal, high-risk, relay");
+            let why = format!("{} is not a pool class: expected one of normal, high-risk, relay", q(&class));
             return Err(to_py_err(py, policy::Error::Routing(RoutingError { rule: None, field: "pools", why })));
         };
         let tenant = tenants.remove(&name);
         specs.push(PoolSpec { name, class, tenant });
     }
     if let Some(name) = tenants.into_keys().next() {
-        return Err(to_py_err(py, policy::Error::Routing(RoutingError { rule: None, field: "pool_tenants", why: format!("no pool named {name:?}") })));
+        return Err(to_py_err(py, policy::Error::Routing(RoutingError { rule: None, field: "pool_tenants", why: format!("no pool named {}", q(&name)) })));
     }
     Ok(specs)
 }
@@ -502,7 +502,7 @@ fn rule_spec(py: Python<'_>, index: usize, rule: &Bound<'_, PyAny>) -> PyResult<
             "report_kinds" => spec.report_kinds = strings("report_kinds")?,
             "min_size" => spec.min_size = size("min_size")?,
             "max_size" => spec.max_size = size("max_size")?,
-            _ => return Err(refuse("pool", format!("unknown key {key:?}"))),
+            _ => return Err(refuse("pool", format!("unknown key {}", q(&key)))),
         }
     }
     if spec.pool.is_empty() {

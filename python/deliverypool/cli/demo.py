@@ -3,17 +3,19 @@
 It starts, in one process:
 
 * a tiny authoritative DNS server on 127.0.0.1 (`deliverypool.testing.zoneserver`) for the ``.test``
-  demo domains: ``shop.test`` with two MX hosts, ``sender.test`` (the senders' domain, with
-  its own MX), ``nullmx.test`` with a null MX, and nothing at all for ``ghost.test``;
+  demo domains: ``shop.test`` with two MX hosts, ``sender.test`` and ``globex.test`` (the
+  senders' domains, with their MX), ``nullmx.test`` with a null MX, and nothing at all for ``ghost.test``;
 * SMTP sinks (aiosmtpd) as the MX hosts, on 127.0.0.10, 127.0.0.11 and 127.0.0.12, which
   record the source address of every connection;
 * the relay: a normal pool sending from 127.0.0.2, a high-risk pool sending from 127.0.0.3,
+  and the tenant globex's own pools (docs/concepts/pools.md), normal from 127.0.0.13 and
+  high-risk from 127.0.0.14, chosen by two routing rules for mail from its server (127.0.0.4);
   MX delivery through that DNS server, a spool in a temporary directory.
 
 Then it sends a mixed workload over SMTP (ordinary mail, mail a content filter scored above
 the threshold, real bounces from the shared corpus when it is there, else generated ones, mail
-from a domain without DNS records, and mail to a domain with a null MX, which the relay bounces
-itself) and prints where each kind went, which source addresses the sinks saw, and the
+from a domain without DNS records, mail to a domain with a null MX, which the relay bounces
+itself, and globex's ordinary mail and bounces) and prints where each kind went, which source addresses the sinks saw, and the
 throughput. Nothing leaves 127.0.0.0/8.
 """
 
@@ -49,6 +51,11 @@ from deliverypool.testing.zoneserver import ZoneServer
 
 NORMAL_SOURCE = "127.0.0.2"
 HIGH_RISK_SOURCE = "127.0.0.3"
+# The tenant with pools of its own: its server, and its pools' addresses.
+GLOBEX_SERVER = "127.0.0.4"
+GLOBEX_SOURCE = "127.0.0.13"
+GLOBEX_HIGH_RISK_SOURCE = "127.0.0.14"
+POOL_OF = {NORMAL_SOURCE: "normal", HIGH_RISK_SOURCE: "high-risk", GLOBEX_SOURCE: "globex-out", GLOBEX_HIGH_RISK_SOURCE: "globex-risky"}
 SINKS = {"mx1.shop.test": "127.0.0.10", "mx2.shop.test": "127.0.0.11", "mx.sender.test": "127.0.0.12"}
 
 ZONE = """\
@@ -63,6 +70,7 @@ mx1.shop        A 127.0.0.10
 mx2.shop        A 127.0.0.11
 sender          MX 10 mx.sender
 mx.sender       A 127.0.0.12
+globex          MX 10 mx.sender
 nullmx          MX 0 .
 nullmx          A 192.0.2.1
 """
@@ -74,7 +82,11 @@ KINDS = {
     "ghost": "sender domain without records",
     "nullmx": "to a null-MX domain (bounced)",
     "bounce": "DSNs the relay wrote",
+    "tenant": "globex's mail (its own pool)",
+    "tenant-dsn": "globex's bounces (its own pool)",
 }
+# The source address each kind must leave from.
+EXPECTED_SOURCE = {"ordinary": NORMAL_SOURCE, "tenant": GLOBEX_SOURCE, "tenant-dsn": GLOBEX_HIGH_RISK_SOURCE}
 KIND_HEADER = "X-Demo-Kind"
 
 
@@ -171,6 +183,15 @@ def _with_kind(message: bytes, kind: str) -> bytes:
     return f"{KIND_HEADER}: {kind}\r\n".encode() + message
 
 
+def tenant_workload(scale: int) -> list[tuple[str, str, list[str], bytes]]:
+    """What globex's server sends (from GLOBEX_SERVER): ordinary mail and the bounces of its
+    own mail server."""
+    items = [("tenant", "orders@globex.test", [f"buyer{n}@shop.test"], _message("tenant", n, "orders@globex.test")) for n in range(5 * scale)]
+    # Fewer bounces than the surge monitor's min_dsns: act 2's alert stays acme's alone.
+    items += [("tenant-dsn", "", [f"buyer{n}@shop.test"], bounce) for n, bounce in enumerate(generated_bounces(scale))]
+    return items
+
+
 def workload(scale: int) -> list[tuple[str, str, list[str], bytes]]:
     """(kind, envelope sender, recipients, message) for the demo."""
     items: list[tuple[str, str, list[str], bytes]] = []
@@ -197,16 +218,26 @@ def demo_config(spool: Path, listen_port: int, mx_port: int, dns: tuple[str, int
             "hostname": "relay.demo.test",
             "listener": {"address": f"127.0.0.1:{listen_port}", "trusted_score_networks": ["127.0.0.1/32"], **LIMITS_LISTENER},
             "spool": {"directory": str(spool)},
-            "policy": {"threshold": 5.0, "score_header": "X-Spam-Score"},
+            "policy": {
+                "threshold": 5.0,
+                "score_header": "X-Spam-Score",
+                # globex's mail leaves from its own pools: the rule of each class applies.
+                "rules": [
+                    {"name": "globex", "tenants": ["globex"], "pool": "globex-out"},
+                    {"name": "globex-risky", "tenants": ["globex"], "pool": "globex-risky"},
+                ],
+            },
             "dns": {"nameservers": [f"{dns[0]}:{dns[1]}"], "timeout": "1s"},
             "pools": {
                 "normal": {"source_addresses": [NORMAL_SOURCE], "ehlo_name": "out.demo.test", **pool},
                 "high-risk": {"source_addresses": [HIGH_RISK_SOURCE], "ehlo_name": "bulk.demo.test", **pool},
+                "globex-out": {"tenant": "globex", "source_addresses": [GLOBEX_SOURCE], "ehlo_name": "globex.demo.test", **pool},
+                "globex-risky": {"class": "high-risk", "tenant": "globex", "source_addresses": [GLOBEX_HIGH_RISK_SOURCE], "ehlo_name": "bounces.globex.demo.test", **pool},
             },
             # The compromised-customer act (cli/demo_monitor.py): a tenant, a short monitor window.
             **MONITOR_SETTINGS,
             # The compromised-account act (cli/demo_limits.py): a tenant with a sender limit.
-            "tenants": {**MONITOR_SETTINGS["tenants"], **LIMITS_TENANTS},
+            "tenants": {**MONITOR_SETTINGS["tenants"], **LIMITS_TENANTS, "globex": {"networks": [f"{GLOBEX_SERVER}/32"], "domains": ["globex.test"]}},
             **({"admin": {"address": f"127.0.0.1:{admin_port}"}} if admin_port else {}),
         }
     )
@@ -228,11 +259,14 @@ def common_port(hosts: Sequence[str]) -> int:
     raise RuntimeError("no free port on the demo's loopback addresses")
 
 
-async def _send_all(port: int, items: list[tuple[str, str, list[str], bytes]], clients: int, stats: dict[str, KindStats]) -> None:
+async def _send_all(
+    port: int, items: list[tuple[str, str, list[str], bytes]], clients: int, stats: dict[str, KindStats], tenant_items: list[tuple[str, str, list[str], bytes]]
+) -> None:
     queue = collections.deque(items)
+    tenant_queue = collections.deque(tenant_items)
 
-    async def client() -> None:
-        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False)
+    async def client(queue: collections.deque[tuple[str, str, list[str], bytes]] = queue, source: str = "127.0.0.1") -> None:
+        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, source_address=(source, 0))
         async with smtp:
             while queue:
                 kind, sender, recipients, message = queue.popleft()
@@ -241,7 +275,7 @@ async def _send_all(port: int, items: list[tuple[str, str, list[str], bytes]], c
                 except aiosmtplib.SMTPResponseException as exc:
                     stats[kind].refused.append(f"{exc.code} {exc.message}")
 
-    await asyncio.gather(*(client() for _ in range(clients)))
+    await asyncio.gather(*(client() for _ in range(clients)), client(tenant_queue, GLOBEX_SERVER))
 
 
 async def demo(
@@ -274,19 +308,21 @@ async def demo(
             await relay.start()
             await relay.listen()
             items = workload(scale)
-            for kind, *_ in items:
+            tenant_items = tenant_workload(scale)
+            for kind, *_ in items + tenant_items:
                 stats[kind].sent += 1
             out.write(
                 f"deliverypool demo: relay on 127.0.0.1:{listen_port}; pools normal from {NORMAL_SOURCE}, "
-                f"high-risk from {HIGH_RISK_SOURCE}; DNS for *.test from {dns_address[0]}:{dns_address[1]}; "
+                f"high-risk from {HIGH_RISK_SOURCE}, tenant globex's own from {GLOBEX_SOURCE} (normal) and {GLOBEX_HIGH_RISK_SOURCE} "
+                f"(high-risk); DNS for *.test from {dns_address[0]}:{dns_address[1]}; "
                 f"MX sinks on {', '.join(SINKS.values())}; admin (metrics) on http://127.0.0.1:{admin_port}/metrics\n"
-                f"sending {len(items)} messages over {clients} connections...\n"
+                f"sending {len(items) + len(tenant_items)} messages over {clients + 1} connections...\n"
             )
             started = time.perf_counter()
-            await _send_all(listen_port, items, clients, stats)
+            await _send_all(listen_port, items, clients, stats, tenant_items)
             accepted_after = time.perf_counter() - started
             # Everything arrives but the null-MX mail, which comes back as one DSN each.
-            expected = len(items) - sum(len(s.refused) for s in stats.values())
+            expected = len(items) + len(tenant_items) - sum(len(s.refused) for s in stats.values())
             deadline = loop.time() + timeout
             while sum(s.delivered for s in stats.values()) < expected and loop.time() < deadline:
                 arrived.clear()
@@ -297,7 +333,7 @@ async def demo(
             delivered_after = time.perf_counter() - started
             assert relay.engine is not None
             failed = relay.engine.stats.failed
-            _report(out, stats, len(items), accepted_after, sum(s.delivered for s in stats.values()), delivered_after, failed)
+            _report(out, stats, len(items) + len(tenant_items), accepted_after, sum(s.delivered for s in stats.values()), delivered_after, failed)
             alert = await compromised_customer(relay, listen_port, out, mark=lambda dsn: _with_kind(dsn, "harvest"))
             print_alert(out, alert, f"127.0.0.1:{admin_port}")
             stats["alert"].reasons.update([alert["cause"]] if alert else [])
@@ -326,7 +362,7 @@ async def demo(
 
 
 def _report(out: TextIO, stats: dict[str, KindStats], sent: int, accepted_after: float, delivered: int, delivered_after: float, failed: int) -> None:
-    pool_of = {NORMAL_SOURCE: "normal", HIGH_RISK_SOURCE: "high-risk"}
+    pool_of = POOL_OF
     out.write(f"\n{'KIND':<33} {'SENT':>5} {'POOL':<16} {'REASONS':<26} {'DELIVERED':>9}  SOURCE ADDRESS SEEN BY THE SINKS\n")
     for kind, title in KINDS.items():
         entry = stats.get(kind)
@@ -358,7 +394,7 @@ def check(stats: dict[str, KindStats]) -> list[str]:
         problems.append(f"the compromised account: alert, release and the mail after it: {dict(act.reasons)}")
     for kind in KINDS:
         entry = stats.get(kind, KindStats())
-        want = {NORMAL_SOURCE} if kind == "ordinary" else {HIGH_RISK_SOURCE}
+        want = {EXPECTED_SOURCE.get(kind, HIGH_RISK_SOURCE)}
         expected = {"nullmx": 0, "bounce": stats.get("nullmx", KindStats()).sent}.get(kind, entry.sent)
         expected -= len(entry.refused)
         for reply in entry.refused[:3]:

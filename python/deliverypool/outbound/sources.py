@@ -87,6 +87,8 @@ class SourcePicker:
 class _Allowance:
     schedule: WarmupConfig
     day: int = -1
+    # Today's cap; None: no cap (the schedule is over).
+    cap: int | None = 0
     # Messages claimed and not yet sent today; None: no cap today (the schedule is over).
     left: int | None = 0
     # Nothing more to claim today (the cap is reached, or it is 0 before the start).
@@ -135,10 +137,7 @@ class WarmupLedger:
         allowance = self._allowances.get(address)
         if allowance is None:
             return True
-        today = self._today()
-        if allowance.day != today:
-            # A new day: what was claimed yesterday and not sent stays counted there.
-            allowance.day, allowance.left, allowance.spent = today, 0, False
+        self._roll(allowance)
         if allowance.left is None or allowance.left > 0:
             return True
         if not allowance.spent and not allowance.claiming and self.clock() >= allowance.retry_at:
@@ -167,17 +166,22 @@ class WarmupLedger:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _roll(self, allowance: _Allowance) -> None:
+        """Starts a new day when one has begun: what was claimed yesterday and not sent stays
+        counted there."""
+        today = self._today()
+        if allowance.day == today:
+            return
+        allowance.day = today
+        allowance.cap = cap = allowance.schedule.cap(_date(today))
+        allowance.left = None if cap is None else 0
+        allowance.spent = cap == 0
+
     async def _claim(self, address: IPAddress) -> None:
         allowance = self._allowances[address]
-        today = self._today()
-        if allowance.day != today:
-            allowance.day, allowance.left, allowance.spent = today, 0, False
-        cap = allowance.schedule.cap(_date(today))
-        if cap is None:
-            allowance.left = None
-            return
-        if cap == 0:
-            allowance.spent = True
+        self._roll(allowance)
+        today, cap = allowance.day, allowance.cap
+        if cap is None or allowance.spent:
             return
         allowance.claiming = True
         try:
@@ -198,11 +202,9 @@ class WarmupLedger:
 
     def state(self) -> dict[str, dict[str, int | None]]:
         """Each address's allowance left in this worker (None: no cap today) and today's cap."""
-        today = _date(self._today())
-        return {
-            str(address): {"left": allowance.left if allowance.day == self._today() else 0, "cap": allowance.schedule.cap(today)}
-            for address, allowance in self._allowances.items()
-        }
+        for allowance in self._allowances.values():
+            self._roll(allowance)
+        return {str(address): {"left": allowance.left, "cap": allowance.cap} for address, allowance in self._allowances.items()}
 
 
 def _date(day: int) -> datetime.date:
