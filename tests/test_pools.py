@@ -416,3 +416,34 @@ def test_a_listed_address_of_a_tenants_high_risk_pool_is_expected_and_kept(tmp_p
     watch = BlocklistWatch(conf, state_path=tmp_path / "state.sqlite3", leader=False, run_loops=False)
     drains = {address: source.drains for address, source in watch.sources.items()}
     assert drains == {"192.0.2.10": ("normal",), "192.0.2.20": (), "192.0.2.30": ("acme-out",), "192.0.2.31": ()}
+
+
+def test_the_example_of_the_pools_page_loads_and_routes_as_it_says() -> None:
+    import json
+    import re
+
+    import jsonschema
+
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+
+    page = Path(__file__).resolve().parents[1] / "docs" / "concepts" / "pools.md"
+    if not page.is_file():
+        pytest.skip("no docs/ beside the tests (an installed copy of the tests)")
+    [example] = re.findall(r"```toml\n(.*?)```", page.read_text(encoding="utf-8"), re.S)
+    schema = json.loads((page.parents[1] / "relay.schema.json").read_text())
+    assert list(jsonschema.Draft202012Validator(schema).iter_errors(tomllib.loads(example))) == []
+    conf = cfg.loads(example)
+    policy = policy_from_config(conf)
+    assert policy.pools["bounces"] == policy.pools["acme-risky"] == "high-risk"
+    assert classify(ORDINARY[0], tenant="acme", policy=policy, recipients=["a@gmail.com"]).recipient_pools == ("acme-out",)
+    assert classify(GLOBAL_DSN, tenant="acme", policy=policy, mail_from="").pool == "acme-risky"
+    assert classify(GLOBAL_DSN, tenant="globex", policy=policy, mail_from="").pool == "bounces"
+    split = classify(ORDINARY[0], tenant="globex", policy=policy, recipients=["a@gmail.com", "b@example.org"])
+    assert split.recipient_pools == ("gmail", "normal")
+    stream = b"X-Stream: Newsletter\r\n" + ORDINARY[0]
+    assert classify(stream, tenant="globex", policy=policy).pool == "bulk"
+    assert classify(stream, tenant="globex", policy=policy, untrusted_route_header=True).pool == "normal"
+    assert classify(stream, tenant="globex", policy=policy, score=9.0).pool == "high-risk"
