@@ -32,7 +32,7 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 use crate::dsn::ReportKind;
-use crate::labels::closed_set;
+use crate::labels::{closed_set, Label};
 use crate::policy::Reason;
 
 type FastSet<T> = HashSet<T, foldhash::fast::RandomState>;
@@ -247,6 +247,7 @@ const MAX_DOMAIN: usize = 253;
 
 /// A domain in lowercase, without allocating: the address's own bytes when they are lowercase
 /// already (the usual case), else a copy on the stack. None for one too long to be a domain.
+#[allow(clippy::large_enum_variant)] // on the stack on purpose: routing must not allocate
 enum Lowered<'a> {
     Borrowed(&'a [u8]),
     Copied([u8; MAX_DOMAIN], usize),
@@ -332,6 +333,23 @@ impl Rule {
 
 const fn bit(index: usize) -> u64 {
     1 << index
+}
+
+/// A bit per member of a closed set named in `names` (its place in the table, which is the
+/// member's discriminant); `what` names the set in the error.
+fn name_bits<T: Label + PartialEq>(names: &[String], what: &str) -> Result<u64, String> {
+    const { assert!(T::ALL.len() <= 64, "a closed set of more than 64 names does not fit a mask") };
+    let mut bits = 0;
+    for name in names {
+        match T::ALL.iter().position(|member| member.as_str() == name) {
+            Some(position) => bits |= bit(position),
+            None => {
+                let known = T::ALL.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", ");
+                return Err(format!("no {what} named {} (expected one of {known})", q(name)));
+            }
+        }
+    }
+    Ok(bits)
 }
 
 /// What a rule is matched against, about one message.
@@ -440,22 +458,8 @@ impl Routing {
                 return Err(RoutingError::rule(index, "pool", format!("no pool named {} (defined: {})", q(&spec.pool), defined())));
             };
             let target = &compiled_pools[usize::from(pool)];
-            let mut reasons = 0;
-            for reason in &spec.reasons {
-                let Some(found) = Reason::from_name(reason) else {
-                    let known = Reason::ALL.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ");
-                    return Err(RoutingError::rule(index, "reasons", format!("no reason named {} (expected one of {known})", q(reason))));
-                };
-                reasons |= bit(found as usize);
-            }
-            let mut report_kinds = 0;
-            for kind in &spec.report_kinds {
-                let Some(found) = ReportKind::from_name(kind) else {
-                    let known = ReportKind::ALL.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ");
-                    return Err(RoutingError::rule(index, "report_kinds", format!("no report kind named {} (expected one of {known})", q(kind))));
-                };
-                report_kinds |= bit(found as usize);
-            }
+            let reasons = name_bits::<Reason>(&spec.reasons, "reason").map_err(|why| RoutingError::rule(index, "reasons", why))?;
+            let report_kinds = name_bits::<ReportKind>(&spec.report_kinds, "report kind").map_err(|why| RoutingError::rule(index, "report_kinds", why))?;
             // The best class mail matching the rule can have; a pool of a better class would
             // never see it.
             let mut implied = PoolClass::Normal;

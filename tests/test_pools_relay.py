@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import threading
 from pathlib import Path
 
 import aiosmtplib
@@ -16,8 +15,9 @@ import pytest
 from deliverypool import config as cfg
 from deliverypool.app import Relay
 from deliverypool.queue.listing import listing
-from deliverypool.routing.scores import Routed, Submission
+from deliverypool.routing.scores import Submission
 from tests.messages import GLOBAL_DSN
+from tests.test_pools import ACME_RULES
 from tests.smtp_sinks import Delivery, free_port, message, sink
 
 # Clients: acme's server, globex's server (also the platform whose stream header is trusted),
@@ -27,7 +27,9 @@ ACME, GLOBEX, STRANGER = "127.0.0.20", "127.0.0.21", "127.0.0.22"
 NORMAL, HIGH_RISK, ACME_OUT, ACME_RISKY, GMAIL, WARM, WARM_OTHER = (f"127.0.0.{n}" for n in range(2, 9))
 
 
-def pools_config(spool: Path, sink_port: int) -> cfg.RelayConfig:
+def pools_toml(spool: Path, sink_port: int) -> str:
+    """Two tenants (acme with pools of its own), a pool for one recipient domain, a warming-up
+    pool chosen by a trusted stream header; every pool to the sink on 127.0.0.1:`sink_port`."""
     delivery = f"""delivery = "smarthost"
 smarthost = "127.0.0.1:{sink_port}"
 max_messages_per_connection = 1
@@ -54,15 +56,7 @@ directory = "{spool}"
 [policy]
 score_header = "X-Spam-Score"
 route_header = "X-Stream"
-[[policy.rules]]
-name = "acme"
-tenants = ["acme"]
-pool = "acme-out"
-[[policy.rules]]
-name = "acme-risky"
-tenants = ["acme"]
-pool = "acme-risky"
-[[policy.rules]]
+{ACME_RULES}[[policy.rules]]
 name = "gmail"
 recipient_domains = ["gmail.test"]
 pool = "gmail"
@@ -79,7 +73,7 @@ networks = ["{GLOBEX}/32"]
 """
     for name, body in pools.items():
         text += f"[pools.{name}]\n{body}\n{delivery}"
-    return cfg.loads(text)
+    return text
 
 
 def subject_of(delivery: Delivery) -> str:
@@ -94,7 +88,7 @@ def subject_of(delivery: Delivery) -> str:
 def test_tenants_rules_and_warmup_end_to_end(tmp_path: Path) -> None:
     async def main() -> tuple[list[Delivery], list[str]]:
         sink_port = free_port()
-        conf = pools_config(tmp_path / "spool", sink_port)
+        conf = cfg.loads(pools_toml(tmp_path / "spool", sink_port))
         async with sink("127.0.0.1", sink_port, reject_rcpt={"nobody@dest.test": "550 5.1.1 No such user"}) as received:
             relay = Relay(conf)
             await relay.start()
@@ -169,71 +163,27 @@ def test_tenants_rules_and_warmup_end_to_end(tmp_path: Path) -> None:
 def test_the_milter_routes_by_the_rules_with_a_transport_per_pool(tmp_path: Path) -> None:
     pytest.importorskip("Milter", reason="pymilter is not installed (the milter extra)")
     from deliverypool.ingress.milter import MilterService
+    from tests.test_milter_service import route_from_a_thread
 
-    conf = cfg.loads(_toml_for_milter(tmp_path))
+    milter = '[milter]\ntrust_score_header = true\ntransports = { acme-risky = "out-acme-risky" }\n'
+    conf = cfg.loads(pools_toml(tmp_path / "spool", free_port()) + milter)
     running = MilterService(conf)
-
-    def route(content: bytes, submission: Submission) -> Routed:
-        results: list[Routed] = []
-        thread = threading.Thread(target=lambda: results.append(running.route(content, submission)))
-        thread.start()
-        thread.join(30)
-        [routed] = results
-        return routed
-
     try:
-        acme = route(message("acme"), Submission("app@acme.test", ("bob@dest.test",), client_address=ACME))
-        spam = route(message("spam", extra_headers="X-Spam-Score: 9\r\n"), Submission("app@acme.test", ("bob@dest.test",), client_address=ACME))
-        split = route(message("split"), Submission("app@x.test", ("bob@dest.test", "ann@gmail.test"), client_address=GLOBEX))
-        stream = route(message("stream", extra_headers="X-Stream: warm\r\n"), Submission("app@x.test", ("bob@dest.test",), client_address=GLOBEX))
+        routed = {
+            name: route_from_a_thread(running, content, Submission("app@x.test", recipients, client_address=client))
+            for name, content, recipients, client in [
+                ("acme", message("acme"), ("bob@dest.test",), ACME),
+                ("spam", message("spam", extra_headers="X-Spam-Score: 9\r\n"), ("bob@dest.test",), ACME),
+                ("split", message("split"), ("bob@dest.test", "ann@gmail.test"), GLOBEX),
+                ("stream", message("stream", extra_headers="X-Stream: warm\r\n"), ("bob@dest.test",), GLOBEX),
+            ]
+        }
     finally:
         running.close()
+    acme, spam, split, stream = routed["acme"], routed["spam"], routed["split"], routed["stream"]
     assert (acme.pool, acme.decision.rule, conf.transport_for(acme.pool)) == ("acme-out", "acme", "dp-acme-out")
     assert (spam.pool, conf.transport_for(spam.pool)) == ("acme-risky", "out-acme-risky")
     # FILTER is per message: the first recipient's pool, and the split the rules wanted is said.
     assert (split.pool, split.recipient_pools) == ("normal", ("normal", "gmail"))
     # Without milter.trust_route_header the stream header chooses nothing.
     assert (stream.pool, stream.decision.rule) == ("normal", None)
-
-
-def _toml_for_milter(tmp_path: Path) -> str:
-    return f"""
-[spool]
-directory = "{tmp_path / 'spool'}"
-[policy]
-score_header = "X-Spam-Score"
-route_header = "X-Stream"
-[[policy.rules]]
-name = "acme"
-tenants = ["acme"]
-pool = "acme-out"
-[[policy.rules]]
-tenants = ["acme"]
-pool = "acme-risky"
-[[policy.rules]]
-recipient_domains = ["gmail.test"]
-pool = "gmail"
-[[policy.rules]]
-header_values = ["warm"]
-pool = "gmail"
-[dns]
-check_sender_domain = false
-[milter]
-trust_score_header = true
-transports = {{ acme-risky = "out-acme-risky" }}
-[tenants.acme]
-networks = ["{ACME}/32"]
-[pools.normal]
-source_addresses = ["{NORMAL}"]
-[pools.high-risk]
-source_addresses = ["{HIGH_RISK}"]
-[pools.acme-out]
-tenant = "acme"
-source_addresses = ["{ACME_OUT}"]
-[pools.acme-risky]
-class = "high-risk"
-tenant = "acme"
-source_addresses = ["{ACME_RISKY}"]
-[pools.gmail]
-source_addresses = ["{GMAIL}"]
-"""

@@ -19,12 +19,10 @@ one key per address and day with a Lua script (``[state] redis``).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import sqlite3
 from pathlib import Path
 from typing import Any, Final, Protocol
 
-from deliverypool.state.tables import connect_state, write_transaction
+from deliverypool.state.tables import StateTables
 
 __all__ = ["CLAIM_SHARE", "RedisWarmupCounter", "SqliteWarmupCounter", "WarmupCounter", "granted"]
 
@@ -67,69 +65,53 @@ class WarmupCounter(Protocol):
 
 
 class SqliteWarmupCounter:
-    """The ``warmup_sent`` table of the state database, on a thread of its own."""
+    """The ``warmup_sent`` table of the state database; each call on a thread (the tables'
+    connection is used by one thread at a time)."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self._conn: sqlite3.Connection | None = None
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self.tables = _WarmupTables(path)
 
     async def open(self) -> None:
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="warmup-sqlite")
-        self._conn = await self._run(lambda: connect_state(self.path, _SCHEMA, timeout=30.0))
+        await asyncio.to_thread(self.tables.open)
 
     async def close(self) -> None:
-        if self._executor is not None:
-            if self._conn is not None:
-                await self._run(self._conn.close)
-            self._executor.shutdown(wait=True)
-        self._executor = None
-        self._conn = None
-
-    async def _run(self, work: Any) -> Any:
-        if self._executor is None:
-            raise RuntimeError("the warm-up counter is not open")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, work)
-
-    def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise RuntimeError("the warm-up counter is not open")
-        return self._conn
+        await asyncio.to_thread(self.tables.close)
 
     async def claim(self, address: str, day: int, want: int, cap: int) -> int:
-        def write() -> int:
-            conn = self._db()
-            with write_transaction(conn):
-                row = conn.execute("SELECT count FROM warmup_sent WHERE address = ? AND day = ?", (address, day)).fetchone()
-                count = int(row[0]) if row else 0
-                grant = granted(want, cap, count)
-                if grant:
-                    conn.execute(
-                        "INSERT INTO warmup_sent VALUES (?, ?, ?) ON CONFLICT (address, day) DO UPDATE SET count = count + excluded.count",
-                        (address, day, grant),
-                    )
-                conn.execute("DELETE FROM warmup_sent WHERE day <= ?", (day - KEEP_DAYS,))
-                return grant
-
-        result: int = await self._run(write)
-        return result
+        return await asyncio.to_thread(self.tables.claim, address, day, want, cap)
 
     async def release(self, address: str, day: int, unused: int) -> None:
-        def write() -> None:
-            conn = self._db()
-            with write_transaction(conn):
-                conn.execute("UPDATE warmup_sent SET count = max(count - ?, 0) WHERE address = ? AND day = ?", (unused, address, day))
-
         if unused > 0:
-            await self._run(write)
+            await asyncio.to_thread(self.tables.release, address, day, unused)
 
     async def sent(self, address: str, day: int) -> int:
-        def read() -> int:
-            row = self._db().execute("SELECT count FROM warmup_sent WHERE address = ? AND day = ?", (address, day)).fetchone()
-            return int(row[0]) if row else 0
+        return await asyncio.to_thread(self.tables.sent, address, day)
 
-        result: int = await self._run(read)
-        return result
+
+class _WarmupTables(StateTables):
+    schema = _SCHEMA
+    what = "the warm-up counter"
+
+    def claim(self, address: str, day: int, want: int, cap: int) -> int:
+        with self._writing() as conn:
+            row = conn.execute("SELECT count FROM warmup_sent WHERE address = ? AND day = ?", (address, day)).fetchone()
+            grant = granted(want, cap, int(row[0]) if row else 0)
+            if grant:
+                conn.execute(
+                    "INSERT INTO warmup_sent VALUES (?, ?, ?) ON CONFLICT (address, day) DO UPDATE SET count = count + excluded.count",
+                    (address, day, grant),
+                )
+            conn.execute("DELETE FROM warmup_sent WHERE day <= ?", (day - KEEP_DAYS,))
+            return grant
+
+    def release(self, address: str, day: int, unused: int) -> None:
+        with self._writing() as conn:
+            conn.execute("UPDATE warmup_sent SET count = max(count - ?, 0) WHERE address = ? AND day = ?", (unused, address, day))
+
+    def sent(self, address: str, day: int) -> int:
+        with self._lock:
+            row = self._db().execute("SELECT count FROM warmup_sent WHERE address = ? AND day = ?", (address, day)).fetchone()
+        return int(row[0]) if row else 0
 
 
 # KEYS: the address's counter for the day. ARGV: want, cap, CLAIM_SHARE, seconds to keep the key.
