@@ -70,37 +70,41 @@ def router() -> Router:
     return Router(warm_resolver())
 
 
-# A relay's rule set: shared pools, a tenant with its own normal and high-risk pools, pools
-# warmed for two mailbox providers, a bulk stream chosen by a trusted header.
-RULES_POLICY = Policy(
-    pools={
-        "normal": "normal", "high-risk": "high-risk", "acme-out": "normal", "acme-risky": "high-risk",
-        "gmail": "normal", "outlook": "normal", "bulk": "normal", "bounces": "high-risk",
-    },
-    pool_tenants={"acme-out": "acme", "acme-risky": "acme"},
-    route_header="X-Stream",
-    rules=[
-        {"name": "acme", "tenants": ["acme"], "pool": "acme-out"},
-        {"name": "acme-risky", "tenants": ["acme"], "pool": "acme-risky"},
-        {"name": "bounces", "reasons": ["dsn"], "report_kinds": ["dsn"], "pool": "bounces"},
-        {"name": "newsletters", "header_values": ["newsletter", "campaign"], "pool": "bulk"},
-        {"name": "big", "min_size": 1 << 20, "pool": "bulk"},
-        {"name": "news-senders", "sender_domains": ["*.news.example", "mailer.example"], "pool": "bulk"},
-        {"name": "gmail", "recipient_domains": ["gmail.com", "googlemail.com"], "pool": "gmail"},
-        {"name": "outlook", "recipient_domains": ["outlook.com", "hotmail.com", "*.outlook.com"], "pool": "outlook"},
-        {"name": "globex-gmail", "tenants": ["globex"], "recipient_domains": ["gmail.com"], "pool": "gmail"},
-        {"name": "spam", "reasons": ["spam-score"], "pool": "high-risk"},
-        {"name": "mdn", "report_kinds": ["mdn", "auto-reply"], "pool": "normal"},
-        {"name": "small", "max_size": 2048, "sender_domains": ["*.example"], "pool": "normal"},
-    ],
-)
+def rules_policy() -> Policy:
+    """A relay's rule set: shared pools, a tenant with its own normal and high-risk pools, pools
+    warmed for two mailbox providers, a bulk stream chosen by a trusted header (the same as
+    examples/corpus_driver.rs's `rules_policy`)."""
+    return Policy(
+        pools={
+            "normal": "normal", "high-risk": "high-risk", "acme-out": "normal", "acme-risky": "high-risk",
+            "gmail": "normal", "outlook": "normal", "bulk": "normal", "bounces": "high-risk",
+        },
+        pool_tenants={"acme-out": "acme", "acme-risky": "acme"},
+        route_header="X-Stream",
+        rules=[
+            {"name": "acme", "tenants": ["acme"], "pool": "acme-out"},
+            {"name": "acme-risky", "tenants": ["acme"], "pool": "acme-risky"},
+            {"name": "bounces", "reasons": ["dsn"], "report_kinds": ["dsn"], "pool": "bounces"},
+            {"name": "newsletters", "header_values": ["newsletter", "campaign"], "pool": "bulk"},
+            {"name": "big", "min_size": 1 << 20, "pool": "bulk"},
+            {"name": "news-senders", "sender_domains": ["*.news.example", "mailer.example"], "pool": "bulk"},
+            {"name": "gmail", "recipient_domains": ["gmail.com", "googlemail.com"], "pool": "gmail"},
+            {"name": "outlook", "recipient_domains": ["outlook.com", "hotmail.com", "*.outlook.com"], "pool": "outlook"},
+            {"name": "globex-gmail", "tenants": ["globex"], "recipient_domains": ["gmail.com"], "pool": "gmail"},
+            {"name": "spam", "reasons": ["spam-score"], "pool": "high-risk"},
+            {"name": "mdn", "report_kinds": ["mdn", "auto-reply"], "pool": "normal"},
+            {"name": "small", "max_size": 2048, "sender_domains": ["*.example"], "pool": "normal"},
+        ],
+    )
+
+
 TENANTS = ["acme", "globex", "initech", None]
 RECIPIENTS = ["bob@dest.test", "ann@gmail.com", "joe@hotmail.com", "eve@mail.outlook.com", "sam@example.org"]
 
 
 @pytest.fixture(scope="module")
 def rules_router() -> Router:
-    return Router(warm_resolver(), policy=RULES_POLICY)
+    return Router(warm_resolver(), policy=rules_policy())
 
 
 @pytest.fixture(scope="module")

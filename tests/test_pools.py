@@ -335,6 +335,36 @@ def test_workers_sharing_the_state_database_never_send_more_than_the_cap(tmp_pat
     assert max(grants) <= 25  # a quarter of what is left, at most
 
 
+def test_nodes_sharing_redis_never_send_more_than_the_cap_and_an_unreachable_redis_sends_nothing() -> None:
+    from deliverypool.state.warmup import RedisWarmupCounter
+    from tests.redis_server import redis_server
+
+    async def main(url: str, server: Any) -> tuple[list[int], int, bool]:
+        counters = [RedisWarmupCounter(url, prefix="t:", timeout=2.0) for _ in range(3)]
+        for counter in counters:
+            await counter.open()
+        try:
+            grants = await asyncio.gather(*(c.claim("192.0.2.7", 20000, 64, 100) for c in counters for _ in range(40)))
+            await counters[0].release("192.0.2.7", 20000, 5)
+            sent = await counters[1].sent("192.0.2.7", 20000)
+            server.kill()
+            # Redis gone: the ledger leaves the warming-up address out rather than guess.
+            ledger = WarmupLedger({ipaddress.ip_address("192.0.2.7"): WARM}, RedisWarmupCounter(url, timeout=0.2),
+                                  clock=lambda: datetime.datetime(2025, 6, 1, 12, tzinfo=datetime.timezone.utc).timestamp())
+            await ledger.start()
+            usable = ledger.available(ipaddress.ip_address("192.0.2.7"))
+            await ledger.stop()
+            return list(grants), sent, usable
+        finally:
+            for counter in counters:
+                await counter.close()
+
+    with redis_server() as server:
+        grants, sent, usable = asyncio.run(main(server.url, server))
+    assert sum(grants) == 100 and sent == 95 and max(grants) <= 25
+    assert usable is False
+
+
 def test_the_ledger_leaves_an_address_out_at_its_cap_and_the_rotation_moves_its_share(tmp_path: Path) -> None:
     now = datetime.datetime(2025, 6, 1, 12, tzinfo=datetime.timezone.utc).timestamp()
     warm, other = ipaddress.ip_address("192.0.2.7"), ipaddress.ip_address("192.0.2.8")

@@ -278,7 +278,7 @@ class ScoredRouter:
         router = self.router
         mail_from = submission.mail_from
         route: Callable[..., Awaitable[Decision]]
-        if router.per_recipient or untrusted_route_header:
+        if router.per_recipient or (untrusted_route_header and self.policy.route_header is not None):
             route = functools.partial(router.route, recipients=submission.recipients, untrusted_route_header=untrusted_route_header)
         else:
             route = router.route
