@@ -477,3 +477,17 @@ def test_the_example_of_the_pools_page_loads_and_routes_as_it_says() -> None:
     assert classify(stream, tenant="globex", policy=policy).pool == "bulk"
     assert classify(stream, tenant="globex", policy=policy, untrusted_route_header=True).pool == "normal"
     assert classify(stream, tenant="globex", policy=policy, score=9.0).pool == "high-risk"
+
+
+def test_a_batch_routes_each_messages_recipients() -> None:
+    from deliverypool.routing.router import Router
+
+    policy = Policy(pools={"normal": "normal", "high-risk": "high-risk", "gmail": "normal"},
+                    rules=[{"recipient_domains": ["gmail.test"], "pool": "gmail"}])
+    router = Router(policy=policy)
+    decisions = asyncio.run(router.route_many([ORDINARY[0], GLOBAL_DSN], recipients=[["a@gmail.test", "b@x.test"], ["c@gmail.test"]]))
+    assert [d.recipient_pools for d in decisions] == [("gmail", "normal"), ("high-risk",)]
+    decision = asyncio.run(router.route(ORDINARY[0], recipients=["a@gmail.test"]))
+    assert (decision.pool, decision.rule) == ("gmail", "rules[0]")
+    # Without rules on recipient domains, recipients are not even passed on.
+    assert asyncio.run(Router().route(ORDINARY[0], recipients=["a@gmail.test"])).recipient_pools == ()

@@ -111,9 +111,12 @@ class Router:
         score: Sequence[float | None] | None = None,
         tenant: Sequence[str | None] | None = None,
         untrusted_client: bool = False,
+        recipients: Sequence[Sequence[str] | None] | None = None,
+        untrusted_route_header: bool = False,
     ) -> list[Decision]:
         """Routes a batch: cached domains without I/O, every cold domain queried once,
-        concurrently, then one ``classify_many`` call."""
+        concurrently, then one ``classify_many`` call (`recipients`: each message's, routed one
+        by one when the policy's rules name recipient domains)."""
         statuses: list[DomainStatus | None] | None = None
         if self.senders is not None and mail_from is not None:
             if len(mail_from) != len(messages):
@@ -126,6 +129,8 @@ class Router:
             "tenant": tenant,
             "policy": self.policy,
             "untrusted_client": untrusted_client,
+            "recipients": recipients if self.per_recipient else None,
+            "untrusted_route_header": untrusted_route_header,
         }
         decisions = await self._classify_many(messages, statuses, kwargs)
         if not self.check_header_from:
@@ -138,7 +143,7 @@ class Router:
             def pick(values: Sequence[Any] | None) -> list[Any] | None:
                 return None if values is None else [values[i] for i in again]
 
-            picked = {**kwargs, "mail_from": pick(mail_from), "score": pick(score), "tenant": pick(tenant)}
+            picked = {**kwargs, "mail_from": pick(mail_from), "score": pick(score), "tenant": pick(tenant), "recipients": pick(kwargs["recipients"])}
             redone = await self._classify_many([messages[i] for i in again], [worse[i] for i in again], picked)
             for i, decision in zip(again, redone):
                 decisions[i] = decision
