@@ -91,7 +91,8 @@ def act_config(spool: Path, listen_port: int, mx_port: int, dns: tuple[str, int]
             # A short interval so the act takes seconds (the default is 15m: docs/operations/blocklist-watch.md).
             "dnsbl": {"zones": [ZONE], "interval": "250ms"},
             "observe": {"flush_interval": "200ms"},
-            "admin": {"address": f"127.0.0.1:{admin_port}"},
+            # Read-only routes open (no token): the act only shows where to look.
+            "admin": {"address": f"127.0.0.1:{admin_port}", "open_reads": True, "open_metrics": True},
         }
     )
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 
 from deliverypool.app import configure_logging
-from deliverypool.config import ConfigError, load
+from deliverypool.config import ConfigError, credentials, load
 
 __all__ = ["milter_command"]
 
@@ -16,6 +16,7 @@ def milter_command(config_path: str) -> int:
     the address in use), 0 after a clean stop."""
     try:
         config = load(config_path)
+        credentials.check(config, admin=False)  # the webhook's secret file (the milter has no admin listener)
     except ConfigError as exc:
         print(f"deliverypool milter: {config_path}: {exc}", file=sys.stderr)
         return 2

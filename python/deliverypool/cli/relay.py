@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from deliverypool.app import configure_logging, run_relay
-from deliverypool.config import ConfigError, load
+from deliverypool.config import ConfigError, credentials, load
 from deliverypool.errors import SpoolError
 from deliverypool.eventloop import run
 from deliverypool.ingress.client_counts import ClientCounts
@@ -34,6 +34,9 @@ def relay_command(
     locked or unusable, the listen address is in use), 0 after a clean stop."""
     try:
         config = load(config_path)
+        # The files and variables the configuration names (admin tokens, certificates, the
+        # webhook's secret): read before anything listens.
+        credentials.check(config)
     except ConfigError as exc:
         print(f"deliverypool relay: {config_path}: {exc}", file=sys.stderr)
         return 2

@@ -5,12 +5,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from deliverypool.config.errors import ConfigError, from_validation_error
-from deliverypool.config.model import RelayConfig, SpoolConfig
+from deliverypool.config.model import RelayConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -18,6 +18,8 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 __all__ = ["from_dict", "load", "loads"]
+
+T = TypeVar("T", bound=BaseModel)
 
 
 def from_dict(data: Mapping[str, Any], *, base: Path | None = None) -> RelayConfig:
@@ -28,10 +30,28 @@ def from_dict(data: Mapping[str, Any], *, base: Path | None = None) -> RelayConf
         config = RelayConfig.model_validate(data)
     except ValidationError as exc:
         raise from_validation_error(exc) from None
-    directory = config.spool.directory
-    if base is not None and not directory.is_absolute():
-        config = config.model_copy(update={"spool": SpoolConfig(directory=base / directory)})
-    return config
+    return config if base is None else _relative_to(config, base)
+
+
+def _relative_to(config: RelayConfig, base: Path) -> RelayConfig:
+    """The configuration with its relative paths taken from `base`: the spool directory, the
+    admin listener's token file, certificates and client CA, and the webhook's secret file."""
+
+    def rebased(table: T, *keys: str) -> T:
+        update = {}
+        for key in keys:
+            path = getattr(table, key)
+            if path is not None and not path.is_absolute():
+                update[key] = base / path
+        return table.model_copy(update=update) if update else table
+
+    return config.model_copy(
+        update={
+            "spool": rebased(config.spool, "directory"),
+            "admin": rebased(config.admin, "token_file", "tls_certificate", "tls_key", "client_ca"),
+            "alerts": rebased(config.alerts, "secret_file"),
+        }
+    )
 
 
 def loads(text: str, *, base: Path | None = None) -> RelayConfig:

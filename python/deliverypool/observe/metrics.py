@@ -19,6 +19,8 @@ Every label value comes from a closed set, never from message content:
 | ``deliverypool_dnsbl_checks_total`` (counter, per address and cycle) | ``zone``: ``dnsbl.zones``; ``result``: `CHECK_RESULTS` |
 | ``deliverypool_score_checks_total`` (counter, with a score source) | ``result``: ``verdict``, ``too-large``, `FAILURES` (``timeout``, ``unreachable``, ``bad-response``) |
 | ``deliverypool_score_fallbacks_total`` (counter) | none |
+| ``deliverypool_admin_refused_total`` (counter) | ``reason``: `ADMIN_REFUSALS` (observe/events.py) |
+| ``deliverypool_admin_releases_total`` (counter) | ``result``: `RELEASE_RESULTS` |
 
 A message with several reasons counts once under each; a value outside its set (a pool
 removed from the configuration while mail waited) is counted as ``other``.
@@ -37,7 +39,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from deliverypool.config import NO_TENANT, RelayConfig
 from deliverypool.observe.bounce import status_class
-from deliverypool.observe.events import DeliveryAttempt, DsnGenerated, DsnRelayed, Event, MessageAccepted
+from deliverypool.observe.events import ADMIN_REFUSALS, RELEASE_RESULTS, AdminRefused, AdminRelease, DeliveryAttempt, DsnGenerated, DsnRelayed, Event, MessageAccepted
 from deliverypool.queue.schema import State
 from deliverypool.state.observations import Labels, ObservationStore
 
@@ -96,6 +98,10 @@ class MetricsRecorder:
         elif isinstance(event, DsnGenerated):
             first = next((r.status for r in event.recipients), None)
             counts[("deliverypool_dsns_total", (("tenant", self._tenant(event.tenant)), ("origin", "generated"), ("status_class", status_class(first))))] += 1
+        elif isinstance(event, AdminRefused):
+            counts[("deliverypool_admin_refused_total", (("reason", event.reason if event.reason in ADMIN_REFUSALS else OTHER),))] += 1
+        elif isinstance(event, AdminRelease):
+            counts[("deliverypool_admin_releases_total", (("result", event.result if event.result in RELEASE_RESULTS else OTHER),))] += 1
 
     def add(self, name: str, labels: Labels, value: float = 1.0) -> None:
         """Counts for a part of the relay that is not an event subscriber (the blocklist watch);
@@ -128,6 +134,8 @@ _HELP: Final = {
     "deliverypool_dnsbl_checks_total": ("Blocklist checks of the source addresses, by zone and result.", ["zone", "result"]),
     "deliverypool_score_checks_total": ("Messages the score source (rspamd) was asked about or skipped, by result.", ["result"]),
     "deliverypool_score_fallbacks_total": ("Messages sent through the high-risk pool because no score could be had (score.fallback).", []),
+    "deliverypool_admin_refused_total": ("Requests the admin listener refused, by reason.", ["reason"]),
+    "deliverypool_admin_releases_total": ("Sender releases asked for through the admin API, by result.", ["result"]),
 }
 
 
