@@ -3,9 +3,10 @@
 # (tests/dnsserver.py), Postfix (tests/postfix.py: a private instance in front of the milter),
 # rspamd (tests/rspamd.py: its own configuration directory, loopback only), libmilter-dev,
 # which pip needs to build pymilter (the `milter` extra), ss (iproute2), which reads a
-# listening socket's backlog (tests/test_ingress_hardening.py), and redis-server
+# listening socket's backlog (tests/test_ingress_hardening.py), redis-server
 # (tests/redis_server.py: a private instance on a free loopback port for the shared
-# sender-limit state).
+# sender-limit state), and Chromium (tests/chromium.py: a headless browser, driven over the
+# DevTools protocol, that tries cross-site requests against the admin API).
 # Idempotent: apt runs only when one is missing. Needs root or sudo (CI runs as root).
 set -euo pipefail
 
@@ -16,6 +17,7 @@ command -v nsd >/dev/null 2>&1 || [ -x /usr/sbin/nsd ] || missing+=(nsd)
 [ -e /usr/include/libmilter/mfapi.h ] || missing+=(libmilter-dev)
 command -v ss >/dev/null 2>&1 || [ -x /usr/bin/ss ] || [ -x /bin/ss ] || missing+=(iproute2)
 [ -x /usr/bin/redis-server ] || missing+=(redis-server)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi

@@ -90,7 +90,7 @@ def new_token() -> str:
 
 def parse_tokens(text: str, *, separators: re.Pattern[str] | None = None) -> list[tuple[str, str, str]]:
     """``(name, token, role)`` of every entry of a token file's text. Raises ValueError naming
-    the line (never quoting it: it holds a token)."""
+    the line, never quoting any of it (a token may be where a name was expected)."""
     entries: list[tuple[str, str, str]] = []
     names: dict[str, int] = {}
     tokens: dict[str, int] = {}
@@ -107,13 +107,13 @@ def parse_tokens(text: str, *, separators: re.Pattern[str] | None = None) -> lis
         if not _TOKEN_NAME.fullmatch(name):
             raise ValueError(f"{where}: the name must be 1-63 letters, digits, '_', '.', '@' or '-'")
         if not _TOKEN.fullmatch(token):
-            raise ValueError(f"{where}: the token of {name!r} must be 32-512 characters of A-Z a-z 0-9 . _ ~ + / = -")
+            raise ValueError(f"{where}: the token must be 32-512 characters of A-Z a-z 0-9 . _ ~ + / = -")
         if role not in ROLES:
-            raise ValueError(f"{where}: the role of {name!r} must be 'read' or absent, got {role!r}")
+            raise ValueError(f"{where}: the third field must be 'read' or absent")
         if name in names:
-            raise ValueError(f"{where}: {name!r} is also named on {'entry' if separators is not None else 'line'} {names[name]}")
+            raise ValueError(f"{where}: the name is also on {'entry' if separators is not None else 'line'} {names[name]}")
         if token in tokens:
-            raise ValueError(f"{where}: the token of {name!r} is also on {'entry' if separators is not None else 'line'} {tokens[token]}")
+            raise ValueError(f"{where}: the token is also on {'entry' if separators is not None else 'line'} {tokens[token]}")
         names[name], tokens[token] = number, number
         entries.append((name, token, role))
     return entries
@@ -174,7 +174,7 @@ class TokenStore:
         names = {name for name, _, _ in file_entries}
         for name, _, _ in self._env:
             if name in names:
-                raise ConfigError("admin.token_env", f"{name!r} is also a name in admin.token_file")
+                raise ConfigError("admin.token_env", "a name of its entries is also a name in admin.token_file")
         return tuple(Token(name, role, digest(token)) for name, token, role in (*file_entries, *self._env))
 
     def _warn_mode(self) -> None:

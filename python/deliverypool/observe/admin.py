@@ -47,6 +47,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_request import BaseRequest
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from deliverypool.config.credentials import TokenStore, server_ssl_context
@@ -156,19 +158,39 @@ class AdminServer:
         config = self.config
         # keepalive_timeout closes a connection whose next request's header is not complete in
         # time (aiohttp arms it at connect and after each response; partial data does not reset it).
-        runner = web.AppRunner(
-            self.app, access_log=None, keepalive_timeout=config.timeout, max_headers=_MAX_HEADERS, max_field_size=_MAX_FIELD, max_line_size=_MAX_FIELD
-        )
+        # lingering_time: a refused body still coming is read (and dropped) this long at most
+        # before the connection closes, so that its client sees the answer (aiohttp: 10 s).
+        settings: dict[str, Any] = {
+            "access_log": None, "keepalive_timeout": config.timeout, "lingering_time": min(1.0, config.timeout),
+            "max_headers": _MAX_HEADERS, "max_field_size": _MAX_FIELD, "max_line_size": _MAX_FIELD,
+        }
+        runner = web.AppRunner(self.app, **settings)
         await runner.setup()
         server = runner.server
         assert server is not None
+        loop = asyncio.get_running_loop()
+        admin = self
+
+        class Handler(web.RequestHandler):
+            """aiohttp's connection handler, whose answer to a request it cannot parse (too
+            many or too long header fields, bad syntax) is audited like any refusal."""
+
+            def handle_error(
+                self, request: BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
+            ) -> web.StreamResponse:
+                if status != 400 or not isinstance(exc, HttpProcessingError):
+                    return super().handle_error(request, status, exc, message)
+                problem = _printable(str(exc.message or exc), 100)
+                admin.audit_refusal("bad-request", 400, "other", "-", request.remote, None, problem)
+                response = web.json_response({"error": f"not a request this listener reads: {problem}", "reason": "bad-request"}, status=400)
+                response.force_close()
+                return response
 
         def protocol() -> Any:
             if len(server.connections) >= config.max_connections:
                 return _Busy(self)
-            return server()
+            return Handler(server, loop=loop, **settings)
 
-        loop = asyncio.get_running_loop()
         try:
             self._server = await loop.create_server(
                 protocol, self.host, self.port, ssl=self.ssl, ssl_handshake_timeout=config.timeout if self.ssl is not None else None,
