@@ -44,7 +44,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -419,18 +419,46 @@ class AdminServer:
 
 
 class _Busy(asyncio.Protocol):
-    """A connection past ``max_connections``: answered 503 and closed, nothing read."""
+    """A connection past ``max_connections``: answered 503 and closed, nothing parsed. The
+    answer is followed by a FIN and what the client still sends is dropped for a moment before
+    the close (closing with unread data would reset the connection before the client read the
+    answer); past `_LINGERING` such connections at once, the close is immediate. The listener
+    thus holds at most max_connections + _LINGERING file descriptors of the worker."""
 
     _BODY: Final = b'{"error": "too many connections to the admin listener", "reason": "too-many-connections"}'
+    _LINGERING: Final = 64
+    _LINGER: Final = 0.5
+    lingering = 0
 
     def __init__(self, admin: AdminServer) -> None:
         self.admin = admin
+        self.transport: asyncio.Transport | None = None
+        self.timer: asyncio.TimerHandle | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, base)  # uvloop's transports do not subclass asyncio's
         head = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\nRetry-After: 1\r\n\r\n"
         transport.write(head % len(self._BODY) + self._BODY)
         peer = transport.get_extra_info("peername")
         client = str(peer[0]) if isinstance(peer, tuple) and peer else None
         self.admin.audit_refusal("too-many-connections", 503, "other", "-", client, None, f"over admin.max_connections ({self.admin.config.max_connections})")
-        transport.close()
+        if _Busy.lingering >= self._LINGERING or not transport.can_write_eof():
+            transport.close()
+            return
+        _Busy.lingering += 1
+        self.transport = transport
+        transport.write_eof()
+        self.timer = asyncio.get_running_loop().call_later(self._LINGER, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        pass  # dropped
+
+    def eof_received(self) -> bool:
+        return False  # close now
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.transport is not None:
+            _Busy.lingering -= 1
+            self.transport = None
+        if self.timer is not None:
+            self.timer.cancel()
