@@ -713,3 +713,41 @@ def test_a_wrong_token_never_reaches_the_log(tmp_path: Path, caplog: pytest.LogC
     assert "401 bad-credential: unknown token" in text and "401 no-credential" in text and "expected Authorization: Bearer TOKEN" in text
     assert wrong not in text and TOKEN not in text
 
+
+
+def test_open_routes_and_host_names(tmp_path: Path) -> None:
+    """Without any credential a loopback listener serves only what is opened; open_reads opens
+    the reads, never a change; a loopback listener answers only loopback Host names (a page on
+    a name its DNS points at 127.0.0.1 gets 403) and no answer carries a CORS permission."""
+
+    def config(admin: str) -> cfg.RelayConfig:
+        data = relay_config(tmp_path / "spool").model_dump(mode="json")
+        data.update(tomllib.loads(admin))
+        data["limits"] = {"per_day": 5, "action": "block"}
+        return cfg.from_dict(data)
+
+    bare_port, open_port = free_port(), free_port()
+    bare = config(f'[admin]\naddress = "127.0.0.1:{bare_port}"\nopen_metrics = true\n')
+    reads = config(admin_toml(tmp_path, open_port, "open_reads = true\n"))
+
+    async def main() -> None:
+        async with running(bare):
+            url = f"http://127.0.0.1:{bare_port}"
+            assert (await request("GET", url + "/metrics"))[0] == 200 and (await request("GET", url + "/healthz"))[0] == 200
+            status, body = await request("GET", url + "/api/alerts")
+            assert status == 401 and "admin.token_file" in body["error"]
+            assert (await request("POST", url + "/api/senders/release", json={"sender": SENDER}))[0] == 401
+            assert (await request("GET", url + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"}))[0] == 401  # no such token
+        async with running(reads):
+            url = f"http://127.0.0.1:{open_port}"
+            assert (await request("GET", url + "/api/alerts"))[0] == 200 and (await request("GET", url + "/metrics"))[0] == 401
+            assert (await request("POST", url + "/api/senders/release", json={"sender": SENDER}))[0] == 401
+            assert (await request("GET", url + "/api/senders", headers={"Sec-Fetch-Site": "cross-site"}))[0] == 403
+            for host, status in ((f"localhost:{open_port}", 200), (f"127.0.0.1:{open_port}", 200), (f"[::1]:{open_port}", 200),
+                                 (f"rebound.example:{open_port}", 403), ("127.0.0.1.nip.example", 403)):
+                answer = await request("GET", url + "/api/alerts", headers={"Host": host, **HEADERS})
+                assert answer[0] == status, (host, answer)
+            status, body = await request("OPTIONS", url + "/api/senders/release", headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"})
+            assert (status, body["reason"]) == (403, "preflight")
+
+    asyncio.run(main())

@@ -239,7 +239,9 @@ class AdminServer:
     def _admit(self, request: web.Request) -> str | None:
         """Who is asking (None for an open route without a credential), or `Refused`."""
         method, headers = request.method, request.headers
-        if self.loopback and not is_loopback_host(_host_name(request.host)):
+        # (Browsers always send a Host; without one aiohttp would look the machine's name up.)
+        host = headers.get("Host")
+        if self.loopback and host is not None and not is_loopback_host(_host_name(host)):
             raise Refused(403, "bad-host", "this listener answers only requests to a loopback address (Host)")
         if method == "OPTIONS":
             raise Refused(403, "preflight", "cross-origin requests are not allowed")
