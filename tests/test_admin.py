@@ -751,3 +751,108 @@ def test_open_routes_and_host_names(tmp_path: Path) -> None:
             assert (status, body["reason"]) == (403, "preflight")
 
     asyncio.run(main())
+
+
+# --- the guard as a policy --------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def relay_in_thread(conf: cfg.RelayConfig) -> Any:
+    """An embedded relay on an event loop of its own thread, for synchronous clients."""
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    stop: asyncio.Future[None] | None = None
+
+    async def serve() -> None:
+        nonlocal stop
+        stop = loop.create_future()
+        async with running(conf):
+            started.set()
+            await stop
+
+    thread = threading.Thread(target=lambda: loop.run_until_complete(serve()))
+    thread.start()
+    try:
+        assert started.wait(30), "the relay did not start"
+        yield
+    finally:
+        loop.call_soon_threadsafe(lambda: stop is not None and stop.set_result(None))
+        thread.join(30)
+        loop.close()
+
+
+HOSTS = ["127.0.0.1:{port}", "localhost:{port}", "[::1]:{port}", "127.9.9.9", "LOCALHOST", "evil.example:{port}", "127.0.0.1.evil.example", "[2001:db8::1]:80"]
+ORIGINS = [None, "null", "https://evil.example", "http://127.0.0.1:{port}", "http://localhost:{port}"]
+FETCH_SITES = [None, "none", "same-origin", "same-site", "cross-site"]
+AUTHORIZATIONS = [None, "Bearer {token}", "bearer {token}", "Bearer  {token} ", "Bearer {read}", "Bearer {token}x", "Basic {token}", "Bearer"]
+CONTENT_TYPES = [None, "application/json", "application/json; charset=utf-8", "Application/JSON", "text/plain", "text/plain;charset=UTF-8",
+                 "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "application/jsonx", "application/json-patch+json"]
+
+
+def expected(host: str, origin: str | None, site: str | None, authorization: str | None, content_type: str | None) -> tuple[int, str]:
+    """What the admin API must answer a release with these headers (the sender is not
+    restricted: an admitted request gets 404), written from the documentation, not the code."""
+    name = host[1:host.index("]")] if host.startswith("[") else host.split(":")[0]
+    if name.lower() != "localhost" and not (name.startswith("127.") and name.replace(".", "").isdigit() and name.count(".") == 3) and name != "::1":
+        return 403, "bad-host"
+    if site in ("cross-site", "same-site") or origin is not None or site not in (None, "none"):
+        return 403, "cross-site"
+    token = None
+    if authorization is not None:
+        scheme, _, value = authorization.strip().partition(" ")
+        token = value.strip() if scheme.lower() == "bearer" else None
+        if token not in (TOKEN, READ_TOKEN):
+            return 401, "bad-credential"
+    if token is None:
+        return 401, "no-credential"
+    if token == READ_TOKEN:
+        return 403, "read-only"
+    if content_type is None or content_type.split(";")[0].strip().lower() != "application/json":
+        return 415, "content-type"
+    return 404, "admitted"
+
+
+def test_the_guard_admits_a_change_only_when_every_rule_holds(tmp_path: Path) -> None:
+    """Hypothesis over the headers a client (or a browser) can send with a release: the answer is
+    the documented one, and the route runs (404: not restricted) only for a loopback Host, no
+    browser marker, an admin token and JSON."""
+    import http.client
+
+    port = free_port()
+    data = relay_config(tmp_path / "spool").model_dump(mode="json")
+    data.update(tomllib.loads(admin_toml(tmp_path, port)))
+    data["limits"] = {"per_day": 5, "action": "block"}
+    conf = cfg.from_dict(data)
+
+    def mostly(good: list[Any], every: list[Any]) -> st.SearchStrategy[Any]:
+        """Half of the time a value that passes its rule: so that all five pass often enough."""
+        return st.sampled_from(good) | st.sampled_from(every)
+
+    seen: set[str] = set()
+
+    @given(
+        mostly(HOSTS[:5], HOSTS), mostly([None], ORIGINS), mostly([None, "none"], FETCH_SITES),
+        mostly(AUTHORIZATIONS[:3], AUTHORIZATIONS), mostly(CONTENT_TYPES[1:4], CONTENT_TYPES),
+    )
+    def check(host: str, origin: str | None, site: str | None, authorization: str | None, content_type: str | None) -> None:
+        fill = {"port": str(port), "token": TOKEN, "read": READ_TOKEN}
+        host, origin, authorization = (v.format(**fill) if v is not None else None for v in (host, origin, authorization))
+        assert host is not None
+        headers = {"Host": host, **{k: v for k, v in (("Origin", origin), ("Sec-Fetch-Site", site), ("Authorization", authorization),
+                                                        ("Content-Type", content_type)) if v is not None}}
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            connection.request("POST", "/api/senders/release", body=json.dumps({"sender": SENDER}), headers=headers)
+            response = connection.getresponse()
+            body = json.loads(response.read())
+        finally:
+            connection.close()
+        status, reason = expected(host, origin, site, authorization, content_type)
+        seen.add(reason)
+        assert response.status == status, (headers, body)
+        assert body.get("reason", "admitted") == reason, (headers, body)
+        assert not [h for h in response.headers if h.lower().startswith("access-control-")]
+
+    with relay_in_thread(conf):
+        check()
+    assert seen == {"bad-host", "cross-site", "bad-credential", "no-credential", "read-only", "content-type", "admitted"}
