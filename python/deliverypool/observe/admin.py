@@ -200,6 +200,11 @@ class AdminServer:
             await runner.cleanup()
             raise
         self._runner = runner
+        if self.tokens is None and config.client_ca is None:
+            log.warning(
+                "admin listener %s has no credential: /api/* answers 401%s; set admin.token_file (docs/operations/admin-api.md)",
+                self.url, " but for the reads (open_reads)" if config.open_reads else "",
+            )
 
     async def stop(self) -> None:
         if self._server is not None:
