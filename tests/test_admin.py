@@ -367,8 +367,8 @@ def test_mutual_tls_admits_only_certificates_of_the_client_ca(aio_run: Run, tmp_
     async def main() -> None:
         from deliverypool.cli.monitor import monitor_command
 
+        events: list[Event] = []
         async with running(conf) as relay:
-            events: list[Event] = []
             relay.observer.bus.subscribe("test", events.append)
             for client in (None, "mallory"):
                 with pytest.raises((aiohttp.ClientError, ssl.SSLError, ConnectionError)):
@@ -387,6 +387,18 @@ def test_mutual_tls_admits_only_certificates_of_the_client_ca(aio_run: Run, tmp_
             )
             assert code == 0 and "tenants" in json.loads(out.getvalue())
             assert await asyncio.to_thread(monitor_command, f"127.0.0.1:{port}", cacert=str(files["server-ca"]), as_json=True, out=io.StringIO()) == 1
+        # Certificates and tokens together: both are needed; the audit names the token.
+        both = cfg.from_dict({**data, "admin": {**data["admin"], "token_file": str(token_file(tmp_path))}})
+        async with running(both) as relay:
+            events.clear()
+            relay.observer.bus.subscribe("test", events.append)
+            status, answer = await request("GET", url + "/api/senders", ssl=context("alice"))
+            assert (status, answer["reason"]) == (401, "no-credential")
+            assert (await request("GET", url + "/api/senders", ssl=context("alice"), headers=HEADERS))[0] == 200
+            with pytest.raises((aiohttp.ClientError, ssl.SSLError, ConnectionError)):
+                await request("GET", url + "/api/senders", ssl=context(None), headers=HEADERS)
+            await eventually(lambda: any(isinstance(e, AdminRefused) for e in events), what="the audit event")
+            assert [(e.reason, e.who) for e in events if isinstance(e, AdminRefused)] == [("no-credential", "alice")]
 
     aio_run(main())
 
@@ -856,3 +868,21 @@ def test_the_guard_admits_a_change_only_when_every_rule_holds(tmp_path: Path) ->
     with relay_in_thread(conf):
         check()
     assert seen == {"bad-host", "cross-site", "bad-credential", "no-credential", "read-only", "content-type", "admitted"}
+
+
+@pytest.mark.slow
+def test_deliverypool_relay_with_a_public_admin_address_and_no_credential_refuses_to_start(tmp_path: Path) -> None:
+    """The command itself, as an operator runs it (the in-process variants are above)."""
+    import subprocess
+    import sys
+
+    listen = free_port()
+    path = tmp_path / "relay.toml"
+    path.write_text(crash_config(tmp_path / "spool", listen, free_port()) + '[admin]\naddress = "0.0.0.0:9425"\n')
+    done = subprocess.run([sys.executable, "-m", "deliverypool.cli", "relay", "--config", str(path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines() == [
+        f"deliverypool relay: {path}: admin.address: 0.0.0.0 is not a loopback address and the admin API has no credential: "
+        "set admin.token_file (or admin.token_env, or admin.client_ca)"
+    ]
+    assert not (tmp_path / "spool").exists()  # it stopped before anything

@@ -260,7 +260,9 @@ class AdminServer:
         who, role = self._credential(request, open_route)
         if who is None and not open_route:
             raise Refused(
-                401, "no-credential", "this route needs a credential: Authorization: Bearer TOKEN", headers={"WWW-Authenticate": 'Bearer realm="deliverypool"'}
+                401, "no-credential", "this route needs a credential: Authorization: Bearer TOKEN",
+                who=self._peer_name(request) if self.config.client_ca is not None else None,  # a certificate without the token
+                headers={"WWW-Authenticate": 'Bearer realm="deliverypool"'},
             )
         if change and role != "admin":
             raise Refused(403, "read-only", f"the token {who!r} may only read", who=who)
