@@ -17,14 +17,17 @@ import socket
 import sys
 from pathlib import Path
 
-from deliverypool.app import Relay, configure_logging, run_relay
+from typing import TYPE_CHECKING
+
 from deliverypool.config import ConfigError, RelayConfig, load
 from deliverypool.errors import SpoolError
-from deliverypool.eventloop import run
-from deliverypool.ingress.client_counts import ClientCounts
 from deliverypool.preflight import format_problems, run_checks, unbindable
-from deliverypool.queue.space import SpaceFlags
-from deliverypool.supervisor import Supervisor, default_workers, die_with_supervisor, shard_directory
+
+if TYPE_CHECKING:
+    from deliverypool.app import Relay
+
+# The relay itself (deliverypool.app, the SMTP and HTTP stacks) is imported only once the
+# checks have passed: a configuration this machine cannot run is refused within a second.
 
 __all__ = ["relay_command"]
 
@@ -52,6 +55,8 @@ def relay_command(
         return 2
     if worker is not None and listen_fd is not None:
         return _worker(config, worker, listen_fd, loop=loop, workers=workers, client_counts_fd=client_counts_fd, space_fd=space_fd, ready_fd=ready_fd)
+    from deliverypool.supervisor import default_workers
+
     count = workers or config.workers or default_workers()
     checked = run_checks(config, "relay", workers=count, loop=loop, check_only=check)
     for line in format_problems(checked):
@@ -61,6 +66,9 @@ def relay_command(
     if check:
         print(f"{prefix} ok: {checked.workers} worker(s) on {config.listener.host}:{config.listener.port}; " + "; ".join(checked.notes))
         return 0
+    from deliverypool.app import configure_logging
+    from deliverypool.supervisor import Supervisor
+
     configure_logging()
     try:
         return Supervisor(Path(config_path), config, checked.workers, loop=loop).run()
@@ -85,6 +93,12 @@ def _worker(
     ready_fd: int | None,
 ) -> int:
     """One worker of the supervisor: its shard, the shared socket, until SIGTERM."""
+    from deliverypool.app import configure_logging, run_relay
+    from deliverypool.eventloop import run
+    from deliverypool.ingress.client_counts import ClientCounts
+    from deliverypool.queue.space import SpaceFlags
+    from deliverypool.supervisor import die_with_supervisor, shard_directory
+
     configure_logging()
     try:
         die_with_supervisor()

@@ -224,6 +224,10 @@ class Observer:
             await asyncio.sleep(seconds)
             try:
                 await work()
+            except (OSError, sqlite3.Error) as exc:  # the disk (full, say): no traceback to add
+                if not failing:
+                    log.error("observer: periodic %s failed: %s (logged again only once it works)", name, exc)
+                failing = True
             except Exception:
                 if not failing:
                     log.exception("observer: periodic %s failed (logged again only once it works)", name)
