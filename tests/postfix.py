@@ -63,11 +63,42 @@ def readme_blocks() -> dict[str, str]:
     return blocks
 
 
+CHAIN_SECTION = "## A scoring milter before deliverypool's (tested)"
+README_RSPAMD_MILTER = "inet:127.0.0.1:11332"
+
+
+def chain_blocks() -> dict[str, str]:
+    """The blocks of the milter guide's scoring-milter section, by their first line's name:
+    ``main.cf`` (the smtpd_milters chain), ``milter_headers.conf`` (rspamd's) and ``relay.toml``
+    (deliverypool's)."""
+    text = (REPO / "docs" / "guide" / "milter.md").read_text(encoding="utf-8")
+    start = text.index(CHAIN_SECTION)
+    following = text.find("\n## ", start + 1)
+    section = text[start : following if following >= 0 else len(text)]
+    blocks: dict[str, str] = {}
+    for body in re.findall(r"^```(?:toml)?\n(.*?)^```$", section, flags=re.S | re.M):
+        first = body.splitlines()[0]
+        match = re.fullmatch(r"# (?:rspamd: local\.d/)?(main\.cf|milter_headers\.conf|relay\.toml)(?:: .*)?", first)
+        if match:
+            blocks[match.group(1)] = body
+    return blocks
+
+
 class PostfixInstance:
     """Postfix listening on 127.0.0.1:`port`, relaying to 127.0.0.1:`relay_port`, with the
     milter guide's configuration pointing at 127.0.0.1:`milter_port`."""
 
-    def __init__(self, *, port: int, relay_port: int, milter_port: int, normal_source: str, high_risk_source: str) -> None:
+    def __init__(
+        self,
+        *,
+        port: int,
+        relay_port: int,
+        milter_port: int,
+        normal_source: str,
+        high_risk_source: str,
+        extra_main: str = "",
+        rspamd_milter_port: int | None = None,
+    ) -> None:
         self.port = port
         self.work = Path(tempfile.mkdtemp(prefix="dp-postfix-"))
         self.work.chmod(0o755)
@@ -86,6 +117,8 @@ class PostfixInstance:
             README_HIGH_RISK_SOURCE: high_risk_source,
             README_MILTER: f"inet:127.0.0.1:{milter_port}",
         }
+        if rspamd_milter_port is not None:
+            replace[README_RSPAMD_MILTER] = f"inet:127.0.0.1:{rspamd_milter_port}"
 
         def ours(text: str) -> str:
             for old, new in replace.items():
@@ -120,6 +153,8 @@ bounce_queue_lifetime = 0
 delay_warning_time = 0
 """
             + ours(blocks["main.cf"])
+            # Lines added after the guide's (a later setting wins: the milter chain).
+            + ours(extra_main)
         )
         # The stock master.cf with the SMTP listener moved to our port and nothing chrooted.
         master = MASTER_CF_DIST.read_text()
