@@ -123,7 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
                                "mail, spam, DSNs and mail from a domain without records, and show where each went.")
     demo.add_argument("--scale", type=int, default=10, metavar="N", help="workload size: N x (40 ordinary, 10 spam, 8 DSN, 5 no-records, ...) messages (default 10)")
     demo.add_argument("--keep-running", action="store_true", help="keep the relay and its admin listener running after the demo (Ctrl-C stops)")
-    demo.set_defaults(handler=lambda args: _command("demo").demo_command(scale=args.scale, keep_running=args.keep_running))
+    demo.add_argument("-v", "--verbose", action="store_true",
+                      help="show the relay's log lines (INFO and up) on stderr as they happen; by default they are held "
+                      "back and shown only when the demo finds a problem, so that they do not cut into the report")
+    demo.set_defaults(handler=lambda args: _command("demo").demo_command(scale=args.scale, keep_running=args.keep_running, verbose=args.verbose))
     return parser
 
 
