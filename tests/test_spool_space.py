@@ -238,3 +238,38 @@ def test_a_full_disk_for_a_few_seconds_with_two_workers_recovers_and_logs_a_hand
         assert "exited with" not in text, "a worker exited"
         # Both shards knew: low-space mode for all of them.
         assert text.count("low space") + text.count("the disk is full") >= 1
+
+
+def test_one_shard_without_its_reserve_puts_every_shard_in_low_space_mode(tmp_path: Path) -> None:
+    """Two shards sharing the flags: one cannot make its reserve (it needs more than the disk
+    has), so the other refuses new mail too, and accepts again once the first has its reserve."""
+    import asyncio
+
+    from deliverypool.errors import SpoolFull
+    from deliverypool.queue.spool import NewMessage, Spool
+
+    flags = SpaceFlags.create(2)
+
+    async def main() -> None:
+        huge = 1 << 50  # a reserve no disk here has twice of
+        first = Spool(tmp_path / "shard-0", reserve=huge, space=SpaceFlags(flags.fd, 2, 0))
+        second = Spool(tmp_path / "shard-1", reserve=MiB, space=SpaceFlags(flags.fd, 2, 1))
+        await first.open()
+        await second.open()
+        try:
+            assert first.low_space and not second._low_space and second.low_space
+            with pytest.raises(SpoolFull):
+                await second.accept(NewMessage("a@space.test", ("b@dest.test",), b"Subject: x\r\n\r\nx\r\n", "normal"))
+            assert second.stats.refused == 1
+            first.reserve = MiB  # as if space came back: its next look makes the reserve
+            await first.run(lambda conn: None)
+            assert not first.low_space and not second.low_space and flags.low() == []
+            await second.accept(NewMessage("a@space.test", ("b@dest.test",), b"Subject: x\r\n\r\nx\r\n", "normal"))
+        finally:
+            await first.close()
+            await second.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        flags.close()
