@@ -47,20 +47,26 @@ def postfix_installed() -> bool:
     return os.access(POSTFIX, os.X_OK) and MASTER_CF_DIST.is_file()
 
 
-def readme_blocks() -> dict[str, str]:
-    """The code blocks of the milter guide's tested Postfix section (docs/guide/milter.md), by
-    their first line's name: ``main.cf``, ``master.cf`` and the ``deliverypool_*.regexp`` tables."""
+def guide_blocks(heading: str, name: str, fence: str = "") -> dict[str, str]:
+    """The code blocks (fenced ```` ```FENCE ````) of one section of the milter guide
+    (docs/guide/milter.md), by the name their first line's comment gives (`name`: a regex whose
+    first group is that name)."""
     text = (REPO / "docs" / "guide" / "milter.md").read_text(encoding="utf-8")
-    start = text.index("## Postfix configuration (tested)")
+    start = text.index(heading)
     following = text.find("\n## ", start + 1)
     section = text[start : following if following >= 0 else len(text)]
     blocks: dict[str, str] = {}
-    for body in re.findall(r"^```\n(.*?)^```$", section, flags=re.S | re.M):
-        first = body.splitlines()[0]
-        match = re.fullmatch(r"# (main\.cf|master\.cf|deliverypool_[a-z_]+\.regexp)(?:: deliverypool)?", first)
+    for body in re.findall(rf"^```{fence}\n(.*?)^```$", section, flags=re.S | re.M):
+        match = re.fullmatch(name, body.splitlines()[0])
         if match:
             blocks[match.group(1)] = body
     return blocks
+
+
+def readme_blocks() -> dict[str, str]:
+    """The code blocks of the milter guide's tested Postfix section, by their first line's name:
+    ``main.cf``, ``master.cf`` and the ``deliverypool_*.regexp`` tables."""
+    return guide_blocks("## Postfix configuration (tested)", r"# (main\.cf|master\.cf|deliverypool_[a-z_]+\.regexp)(?:: deliverypool)?")
 
 
 CHAIN_SECTION = "## A scoring milter before deliverypool's (tested)"
@@ -71,17 +77,7 @@ def chain_blocks() -> dict[str, str]:
     """The blocks of the milter guide's scoring-milter section, by their first line's name:
     ``main.cf`` (the smtpd_milters chain), ``milter_headers.conf`` (rspamd's) and ``relay.toml``
     (deliverypool's)."""
-    text = (REPO / "docs" / "guide" / "milter.md").read_text(encoding="utf-8")
-    start = text.index(CHAIN_SECTION)
-    following = text.find("\n## ", start + 1)
-    section = text[start : following if following >= 0 else len(text)]
-    blocks: dict[str, str] = {}
-    for body in re.findall(r"^```(?:toml)?\n(.*?)^```$", section, flags=re.S | re.M):
-        first = body.splitlines()[0]
-        match = re.fullmatch(r"# (?:rspamd: local\.d/)?(main\.cf|milter_headers\.conf|relay\.toml)(?:: .*)?", first)
-        if match:
-            blocks[match.group(1)] = body
-    return blocks
+    return guide_blocks(CHAIN_SECTION, r"# (?:rspamd: local\.d/)?(main\.cf|milter_headers\.conf|relay\.toml)(?:: .*)?", "(?:toml)?")
 
 
 class PostfixInstance:
