@@ -23,6 +23,8 @@
 #       test command installs what it needs again (scripts/install-test-servers.sh).
 #
 # --with-tests also runs the README's test command (`bash scripts/test.sh`, ~20 minutes).
+# --no-apt runs the commands with DELIVERYPOOL_NO_APT=1, as for a user without root or sudo:
+# set-up must then leave the milter extra out, say so, and the demo still run.
 # Exit status 0 when every command passed.
 set -euo pipefail
 
@@ -33,6 +35,7 @@ packages=""
 remove=0
 sandbox=0
 with_tests=0
+no_apt=0
 while [ $# -gt 0 ]; do
     case $1 in
         --ref) ref=$2; shift 2 ;;
@@ -41,6 +44,7 @@ while [ $# -gt 0 ]; do
         --remove-packages) remove=1; shift ;;
         --sandbox) sandbox=1; shift ;;
         --with-tests) with_tests=1; shift ;;
+        --no-apt) no_apt=1; shift ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "check-fresh-machine: unknown argument $1 (--help)" >&2; exit 2 ;;
     esac
@@ -73,6 +77,7 @@ if [ "$sandbox" = 1 ]; then
     work=$(mktemp -d /tmp/dp-fresh-sandbox.XXXXXX)
     args=(--ref "$ref" --repo "$repo" --packages "$packages" --remove-packages)
     [ "$with_tests" = 1 ] && args+=(--with-tests)
+    [ "$no_apt" = 1 ] && args+=(--no-apt)
     say "sandbox in $work (an overlay of /; its changes in a tmpfs, gone afterwards)"
     status=0
     unshare --mount --pid --fork --propagation private -- bash -euo pipefail -c '
@@ -145,6 +150,7 @@ fi
 [ "$with_tests" = 1 ] || commands=("${commands[0]}")
 
 export PIP_NO_CACHE_DIR=1
+[ "$no_apt" = 1 ] && export DELIVERYPOOL_NO_APT=1
 export CARGO_HOME="$tmp/cargo-home"   # an empty registry cache: every crate is downloaded
 mkdir -p "$CARGO_HOME"
 cargo --version >/dev/null   # the toolchain is still there (rustup's proxies, RUSTUP_HOME)
