@@ -26,6 +26,7 @@ import ipaddress
 import os
 import socket
 import ssl
+import time
 import typing
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -272,10 +273,20 @@ def unbindable(host: str, port: int, error: OSError) -> str:
     return f"cannot bind {where}: {error.strerror or error}"
 
 
+# At a real start, a port in use is tried again for this long: a killed predecessor's workers
+# (which the kernel kills too) may hold it for a moment. `--check` says at once.
+IN_USE_WAIT: Final = 2.0
+
+
 def _check_listen(run: Preflight, key: str, host: str, port: int, *, own_port: bool) -> None:
-    error = bind_error(host, port if own_port else 0)
+    port = port if own_port else 0
+    deadline = time.monotonic() + (0.0 if run.check_only else IN_USE_WAIT)
+    error = bind_error(host, port)
+    while error is not None and error.errno == errno.EADDRINUSE and time.monotonic() < deadline:
+        time.sleep(0.1)
+        error = bind_error(host, port)
     if error is not None:
-        run.problem(key, unbindable(host, port if own_port else 0, error))
+        run.problem(key, unbindable(host, port, error))
 
 
 @check()
@@ -362,16 +373,17 @@ def spool(run: Preflight) -> None:
     """The spool's folder can be created and written, and its file system holds what the
     workers need (`deliverypool.queue.space`): otherwise refused, or with ``spool.too_small =
     "fewer-workers"`` fewer workers, with a warning."""
-    from deliverypool.queue.space import plan
+    from deliverypool.queue.space import existing_folder, plan
 
     directory = run.config.spool.directory
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        run.problem("spool.directory", f"cannot create {directory}: {exc.strerror}: fix the path or the permissions of its parent")
+    # The folder, or (not made yet) the nearest one that is: where the relay will create it.
+    existing = existing_folder(directory)
+    if not existing.is_dir():
+        run.problem("spool.directory", f"{existing} is not a folder: fix the path")
         return
-    if not os.access(directory, os.W_OK | os.X_OK):
-        run.problem("spool.directory", f"{directory} is not writable by uid {os.getuid()}: fix its permissions or the user the relay runs as")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "is not writable" if existing == directory else f"cannot be created: {existing} is not writable"
+        run.problem("spool.directory", f"{directory} {what} by uid {os.getuid()}: fix the permissions or the user the relay runs as")
         return
     decision = plan(run.config, run.workers)
     run.notes.append(decision.summary)

@@ -25,7 +25,7 @@ from pathlib import Path
 from deliverypool.config import RelayConfig
 from deliverypool.config.units import format_size
 
-__all__ = ["SpaceFlags", "SpacePlan", "available", "need", "plan"]
+__all__ = ["SpaceFlags", "SpacePlan", "available", "existing_folder", "need", "plan"]
 
 RESERVE_FILE = "reserve"  # the spool's reserve file in each shard (queue/spool.py RESERVE)
 
@@ -36,7 +36,7 @@ def need(config: RelayConfig, workers: int) -> int:
     return max(workers * (spool.reserve + spool.margin), (workers + 1) * spool.reserve)
 
 
-def _existing(directory: Path) -> Path:
+def existing_folder(directory: Path) -> Path:
     """`directory`, or its nearest ancestor that exists (the file system it will be on)."""
     while not directory.exists() and directory != directory.parent:
         directory = directory.parent
@@ -45,7 +45,7 @@ def _existing(directory: Path) -> Path:
 
 def available(directory: Path) -> tuple[int, int]:
     """(free bytes for an unprivileged writer, bytes of the reserve files already in the spool)."""
-    free = shutil.disk_usage(_existing(directory)).free
+    free = shutil.disk_usage(existing_folder(directory)).free
     reserves = 0
     for reserve in [directory / RESERVE_FILE, *directory.glob(f"shard-*/{RESERVE_FILE}")]:
         try:
