@@ -156,7 +156,8 @@ def test_every_state_change_failing_for_10s_logs_a_handful_of_lines_and_the_rela
     monkeypatch.setattr(Spool, "_try_commit", flaky)
     records = Records()
     logger = logging.getLogger("deliverypool")
-    monkeypatch.setattr(logger, "level", logging.INFO)  # as deliverypool relay logs
+    previous_level = logger.level
+    logger.setLevel(logging.INFO)  # as deliverypool relay logs (setLevel: the loggers' caches are cleared)
 
     async def main() -> None:
         async with sink(DESTINATION, port, "destination") as destination:
@@ -184,6 +185,7 @@ def test_every_state_change_failing_for_10s_logs_a_handful_of_lines_and_the_rela
                 finally:
                     broken["on"] = False
                     logger.removeHandler(records)
+                    logger.setLevel(previous_level)
                 assert len({d.content for d in delivered}) == 5
                 assert await submit(conf, 51) == "250"
 
