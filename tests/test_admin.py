@@ -452,11 +452,13 @@ def test_relative_files_are_relative_to_the_configuration(tmp_path: Path) -> Non
     ("admin", "files", "environ", "problem"),
     [
         ('address = "0.0.0.0:{port}"', {}, {}, "admin.address: 0.0.0.0 is not a loopback address and the admin API has no credential"),
-        ('address = "127.0.0.1:{port}"\ntoken_file = "missing"', {}, {}, "admin.token_file: cannot read"),
+        ('address = "127.0.0.1:{port}"\ntoken_file = "missing"', {}, {}, "admin.token_file: {dir}/missing does not exist"),
         ('address = "127.0.0.1:{port}"\ntoken_file = "tokens"', {"tokens": "alice:short\n"}, {}, "admin.token_file: {dir}/tokens: line 1: the token must be"),
         ('address = "127.0.0.1:{port}"\ntoken_env = "DP_TEST_TOKENS"', {}, {}, "admin.token_env: the environment variable DP_TEST_TOKENS is not set"),
-        ('address = "127.0.0.1:{port}"\ntls_certificate = "no.pem"\ntls_key = "no.pem"\ntoken_file = "tokens"', {"tokens": f"a:{'t' * 40}\n"}, {},
-         "admin.tls_certificate: cannot load"),
+        ('address = "127.0.0.1:{port}"\ntls_certificate = "no.pem"\ntls_key = "no.pem"\ntoken_file = "tokens"',
+         {"tokens": f"a:{'t' * 40}\n", "no.pem": "not a certificate\n"}, {}, "admin.tls_certificate: cannot load"),
+        ('address = "127.0.0.1:{port}"\n[alerts]\nwebhook = "http://127.0.0.1:1/hook"\nsecret_file = "secret"', {"secret": "whsec_!!\n"}, {},
+         "alerts.secret_file: {dir}/secret: line 1: not base64 after whsec_"),
     ],
 )
 def test_the_relay_refuses_to_start_with_one_line(
