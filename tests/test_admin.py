@@ -192,8 +192,8 @@ def test_the_issues_attack_fails_against_the_documented_relay(tmp_path: Path) ->
 
     async def main() -> list[dict[str, Any]]:
         async with sink("127.0.0.1", sink_port), webhook_receiver(hook_port, SECRET) as hooks:
-            await relay.start()
             try:
+                await relay.start()
                 await eventually(lambda: answers(admin_url(conf) + "/healthz"), what="the admin listener")
                 await restrict(conf)
                 await eventually(lambda: any(h["type"] == "sender-restricted" for h in hooks), what="the signed sender-restricted alert")
