@@ -46,7 +46,7 @@ from deliverypool.config.credentials import (
     parse_webhook_secrets,
     webhook_secrets,
 )
-from deliverypool.config.loader import tomllib
+from deliverypool.config.loader import tomllib  # type: ignore[attr-defined]
 from deliverypool.observe.alerts import Webhook
 from deliverypool.observe.events import ADMIN_REFUSALS, AdminRefused, AdminRelease, Event
 from tests.admin_api import HEADERS, READ_TOKEN, SECRET, TOKEN, admin_toml, documented_snippet, secret_file, token_file
@@ -314,6 +314,8 @@ def test_a_web_page_cannot_release_a_sender(tmp_path: Path) -> None:
             async with webhook_receiver(hook_port, SECRET), running(conf) as relay, attacker_site(admin) as port:
                 events: list[Event] = []
                 relay.observer.bus.subscribe("test", events.append)
+                limits = relay.limits
+                assert limits is not None
                 await restrict(conf)
                 tab = await browser.new_page()
                 for origin in (f"http://127.0.0.1:{port}/", f"http://localhost:{port}/"):
@@ -323,7 +325,7 @@ def test_a_web_page_cannot_release_a_sender(tmp_path: Path) -> None:
                         # (The page learns of the answer, or of the refused preflight, after the listener
                         # has dealt with the request.)
                         assert await browser.evaluate(tab, script.replace("{admin}", admin)) == outcome, (origin, script)
-                        assert [r.sender for r in await relay.limits.restrictions()] == [SENDER], (origin, script)
+                        assert [r.sender for r in await limits.restrictions()] == [SENDER], (origin, script)
                         # The request (or its preflight) did reach the listener, which refused it.
                         await eventually(lambda: len([e for e in events if isinstance(e, AdminRefused)]) > before, what=f"the refusal of {script}")
                         refusal = [e for e in events if isinstance(e, AdminRefused)][before]
@@ -333,7 +335,7 @@ def test_a_web_page_cannot_release_a_sender(tmp_path: Path) -> None:
                 # The same release with the token, from an HTTP client: done.
                 status, answer = await request("POST", admin + "/api/senders/release", json={"sender": SENDER}, headers=HEADERS)
                 assert status == 200 and answer["released"]["sender"] == SENDER
-                assert await relay.limits.restrictions() == []
+                assert await limits.restrictions() == []
         finally:
             await browser_context.__aexit__(None, None, None)
 
@@ -790,7 +792,8 @@ def relay_in_thread(conf: cfg.RelayConfig) -> Any:
         assert started.wait(30), "the relay did not start"
         yield
     finally:
-        loop.call_soon_threadsafe(lambda: stop is not None and stop.set_result(None))
+        if stop is not None:
+            loop.call_soon_threadsafe(stop.set_result, None)
         thread.join(30)
         loop.close()
 
@@ -850,8 +853,8 @@ def test_the_guard_admits_a_change_only_when_every_rule_holds(tmp_path: Path) ->
     )
     def check(host: str, origin: str | None, site: str | None, authorization: str | None, content_type: str | None) -> None:
         fill = {"port": str(port), "token": TOKEN, "read": READ_TOKEN}
-        host, origin, authorization = (v.format(**fill) if v is not None else None for v in (host, origin, authorization))
-        assert host is not None
+        host = host.format(**fill)
+        origin, authorization = (v.format(**fill) if v is not None else None for v in (origin, authorization))
         headers = {"Host": host, **{k: v for k, v in (("Origin", origin), ("Sec-Fetch-Site", site), ("Authorization", authorization),
                                                         ("Content-Type", content_type)) if v is not None}}
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
