@@ -82,10 +82,9 @@ class RelayProcess:
             command = [sys.executable, "-c", _WITH_OPEN_FILES, *map(str, self.open_files), *command[1:]]
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=log)
-        # Up to 30 s: since the start-up checks and the supervisor's readiness wait, a start takes
-        # 5-8 s on a loaded 2-core machine, and more beside other relay tests (-n 2).
-        deadline = asyncio.get_running_loop().time() + 30
-        while asyncio.get_running_loop().time() < deadline:
+        # A readiness wait, not a timing assertion: a loaded machine imports slowly.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
             assert self.process.poll() is None, self.log.read_text()[-3000:]
             # The supervisor listens before its workers exist (the kernel queues the
             # connection), so started means: the port answers and every worker is there.
@@ -95,8 +94,7 @@ class RelayProcess:
                 if len(self.workers_pids()) >= self.workers:
                     return
             await asyncio.sleep(0.025)
-        self.stop()
-        raise AssertionError(f"the relay did not start listening with {self.workers} workers within 30 s")
+        raise AssertionError(f"the relay did not start listening with {self.workers} workers")
 
     def kill(self) -> None:
         """SIGKILL to the supervisor; returns once its workers, which the kernel kills with it
