@@ -120,18 +120,23 @@ class Relay:
         )
         self.observer.limits = self.limits
         # The blocklist watch (watch/dnsbl.py): the leader checks the pools' addresses, every
-        # worker follows the drained set through SPOOL/state.sqlite3.
+        # worker follows the drained set through SPOOL/state.sqlite3. In a fleet, the node that
+        # holds the fleet's lease checks them, and every worker follows the set in Redis.
         self.dnsbl: BlocklistWatch | None = None
         self._dnsbl_resolver = dnsbl_resolver
+        fleet = self.observer.fleet
         if config.dnsbl.zones:
             self.dnsbl = BlocklistWatch(
                 config,
                 state_path=root / STATE_DATABASE,
-                leader=self.observer.leader,
+                leader=self.observer.leader and fleet is None,
                 alert=self.observer.publish_alert,
                 count=self.observer.metrics.add,
             )
             self.observer.dnsbl = self.dnsbl
+            if fleet is not None:
+                self.dnsbl.fleet = fleet
+                fleet.jobs.append(self.dnsbl)
 
     async def start(self) -> None:
         """Opens the spool and starts delivering what it holds."""
@@ -170,7 +175,8 @@ class Relay:
         if needs_mx:
             assert resolver is not None
             self.mx = MxResolver(resolver)
-        if self.dnsbl is not None and self.dnsbl.leader:
+        fleet = self.observer.fleet
+        if self.dnsbl is not None and (self.dnsbl.leader or (fleet is not None and fleet.candidate)):
             if self._dnsbl_resolver is not None:
                 self.dnsbl.resolver = self._dnsbl_resolver
             elif self.config.dnsbl.nameservers:

@@ -19,6 +19,7 @@ Every label value comes from a closed set, never from message content:
 | ``deliverypool_dnsbl_checks_total`` (counter, per address and cycle) | ``zone``: ``dnsbl.zones``; ``result``: `CHECK_RESULTS` |
 | ``deliverypool_score_checks_total`` (counter, with a score source) | ``result``: ``verdict``, ``too-large``, `FAILURES` (``timeout``, ``unreachable``, ``bad-response``) |
 | ``deliverypool_score_fallbacks_total`` (counter) | none |
+| ``deliverypool_fleet_leader``, ``deliverypool_fleet_degraded`` (gauges, in a fleet) | none |
 
 A message with several reasons counts once under each; a value outside its set (a pool
 removed from the configuration while mail waited) is counted as ``other``.
@@ -165,6 +166,7 @@ class RelayCollector(Collector):
         tenants: Iterable[str],
         restricted: Callable[[], Mapping[str, int]] | None = None,
         dnsbl: Callable[[], Iterable[tuple[str, str, str, float]]] = tuple,
+        fleet: Callable[[], tuple[float, float]] | None = None,
     ) -> None:
         self.store = store
         self.spool = spool
@@ -172,6 +174,7 @@ class RelayCollector(Collector):
         self.tenants = tuple(tenants)
         self.restricted = restricted
         self.dnsbl = dnsbl
+        self.fleet = fleet
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
         rows = self.store.counters()
@@ -210,6 +213,10 @@ class RelayCollector(Collector):
         for address, pool, zone, value in self.dnsbl():
             listed.add_metric([address, pool, zone], value)
         yield listed
+        if self.fleet is not None:
+            leading, degraded = self.fleet()
+            yield GaugeMetricFamily("deliverypool_fleet_leader", "1 while this node holds the fleet's lease (runs the surge monitor and the blocklist watch).", value=leading)
+            yield GaugeMetricFamily("deliverypool_fleet_degraded", "1 while this node cannot reach the fleet's Redis (it shows and counts its own view).", value=degraded)
 
 
 def registry_for(collector: Collector) -> CollectorRegistry:

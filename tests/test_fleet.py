@@ -1,0 +1,265 @@
+"""A fleet of nodes sharing one real redis-server (``[state] redis``): the store's lease, fencing
+and bounded streams; observers on a simulated clock for takeovers and Redis outages; and, marked
+slow, three ``deliverypool relay`` processes on loopback with a harvest surge sent a third
+through each, a blocklist listing drained on all three, the leader killed, and Redis killed under
+load (docs/operations/fleet.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import aiosmtplib
+import pytest
+import redis as redis_client
+
+from deliverypool import config as cfg
+from deliverypool.config import RelayConfig
+from deliverypool.observe.service import Observer
+from deliverypool.state.fleet import FleetStore
+from deliverypool.testing.scenarios import SCENARIOS
+from tests.redis_server import RedisServer, redis_server
+from tests.smtp_sinks import eventually, free_port, sink, webhook_receiver
+
+BASE = """
+hostname = "relay.test"
+[spool]
+directory = "{spool}"
+[dns]
+check_sender_domain = false
+[pools.normal]
+source_addresses = ["127.0.0.2"]
+[pools.high-risk]
+source_addresses = ["127.0.0.3"]
+[tenants.acme]
+networks = ["127.0.1.0/24"]
+domains = ["acme.example"]
+[monitor]
+window = "60s"
+baseline = "1h"
+min_dsns = 12
+interval = "10s"
+[state]
+redis = "{redis}"
+key_prefix = "{prefix}:"
+leader_ttl = "{ttl}"
+timeout = "300ms"
+"""
+
+
+@pytest.fixture(scope="module")
+def redis() -> Iterator[RedisServer]:
+    with redis_server() as server:
+        yield server
+
+
+def run(coroutine: Any) -> Any:
+    return asyncio.run(coroutine)
+
+
+def harvest_record(n: int) -> dict[str, Any]:
+    """What a worker records of a directory-harvest DSN (observe/service.py `_window_record`)."""
+    return {
+        "s": ["5.1.1"], "c": ["bad-mailbox"], "r": [[f"guess{n}", "acme.example"]], "own": 1, "m": "mx.acme.example",
+        "cl": "127.0.1.5", "k": False, "ft": False, "fp": f"fp{n}", "x": False, "loop": False,
+    }
+
+
+def ordinary_record(n: int) -> dict[str, Any]:
+    return {
+        "s": ["5.2.2"], "c": ["quota"], "r": [[f"user{n}", f"far{n % 7}.example"]], "own": 0, "m": f"mx.far{n % 7}.example",
+        "cl": "127.0.1.5", "k": True, "ft": False, "fp": f"o{n}", "x": False, "loop": False,
+    }
+
+
+# --- the store ---------------------------------------------------------------------------------
+
+
+def test_the_lease_is_one_nodes_until_it_expires_and_a_stale_holder_cannot_write(redis: RedisServer) -> None:
+    alert = {"id": "a1", "type": "dsn-surge", "state": "firing", "tenant": "acme", "cause": "unknown"}
+
+    async def main() -> None:
+        a, b = FleetStore(redis.url, prefix="lease:"), FleetStore(redis.url, prefix="lease:")
+        await a.open()
+        await b.open()
+        try:
+            first = await a.acquire("a", 0.3)
+            assert (first.held, first.node, first.epoch) == (True, "a", 1)
+            bid = await b.acquire("b", 0.3)
+            assert (bid.held, bid.node) == (False, "a")
+            assert (await a.acquire("a", 0.3)).token == first.token  # a holds it still: renewed, same epoch
+            assert await a.commit(first.token, alerts=[(alert, 1.0, None)], hashes=[("baselines", {"acme": "2.5"}, False)])
+            await asyncio.sleep(0.45)  # a stalls past its lease (a paused VM)
+            second = await b.acquire("b", 5)
+            assert (second.held, second.node, second.epoch) == (True, "b", 2)
+            # a wakes up: it can neither renew nor write what it decided meanwhile.
+            assert not await a.renew(first.token, 0.3)
+            late = dict(alert, id="a2")
+            assert not await a.commit(first.token, alerts=[(late, 2.0, None)], hashes=[("baselines", {"acme": "99"}, False)])
+            assert await b.commit(second.token, alerts=[(dict(alert, state="resolved"), 1.0, 3.0)])
+            active, resolved = await b.alerts()
+            assert active == [] and [x["id"] for x in resolved] == ["a1"]
+            assert await b.hash("baselines") == {"acme": "2.5"}
+            # Sender-limit alerts: stored once whoever raises them, resolved once.
+            sender = {"id": "sr-x", "type": "sender-restricted", "state": "firing", "tenant": "acme", "cause": "per_day"}
+            assert await a.fire_alert(sender, 5.0) and not await b.fire_alert(sender, 5.0)
+            assert (await b.resolve_alert("sr-x", {"reason": "released"}, 6.0, 50) or {}).get("reason") == "released"
+            assert await a.resolve_alert("sr-x", {"reason": "released"}, 6.0, 50) is None
+            assert await b.resign(second.token) and await b.holder() is None
+        finally:
+            await a.close()
+            await b.close()
+
+    run(main())
+
+
+def test_a_tenants_dsn_records_are_bounded_by_count_and_by_time(redis: RedisServer) -> None:
+    async def main() -> tuple[int, int, int, int]:
+        store = FleetStore(redis.url, prefix="bound:", window=60.0, dsns_per_tenant=100)
+        brief = FleetStore(redis.url, prefix="bound:", window=0.05, dsns_per_tenant=100)  # kept 100 ms
+        await store.open()
+        await brief.open()
+        try:
+            now = time.time()
+            await store.add([(now, "acme", "w", harvest_record(n)) for n in range(300)], {(int(now // 60), "acme", "dsns"): 300})
+            client = redis_client.Redis.from_url(redis.url)
+            capped = int(client.xlen(store.dsn_key("acme")))
+            memory = int(client.memory_usage(store.dsn_key("acme"), samples=0) or 0)
+            last: dict[str, str] = {}
+            read = await store.new_dsns(last)
+            again = await store.new_dsns(last)
+            assert list(read) == ["acme"] and len(read["acme"]) == 100 and again == {}
+            assert read["acme"][-1][1] == harvest_record(299)
+            assert await store.rates(int(now // 60) - 1, int(now // 60)) == {("acme", "dsns"): 300}
+            await brief.add([(now, "globex", "w", ordinary_record(n)) for n in range(20)], {})
+            await asyncio.sleep(0.25)
+            await brief.add([(time.time(), "globex", "w", ordinary_record(99))], {})
+            timed = int(client.xlen(brief.dsn_key("globex")))
+            client.close()
+            return capped, timed, memory, len(last)
+        finally:
+            await store.close()
+            await brief.close()
+
+    capped, timed, memory, tenants = run(main())
+    assert capped == 100 and timed == 1 and tenants == 1
+    # ~250 bytes a record (docs/operations/fleet.md: memory per tenant).
+    assert memory < 100 * 400, memory
+
+
+# --- observers on a simulated clock ------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_900_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def node_config(tmp_path: Path, name: str, redis: RedisServer, prefix: str, ttl: str = "300ms", state: str = "") -> RelayConfig:
+    return cfg.loads(BASE.format(spool=tmp_path / name, redis=redis.url, prefix=prefix, ttl=ttl) + state)
+
+
+@contextlib.asynccontextmanager
+async def observer(config: RelayConfig, clock: Clock, name: str) -> AsyncIterator[Observer]:
+    node = Observer(config, spool_root=config.spool.directory, worker="shard-0", leader=True, clock=clock, run_loops=False)
+    assert node.fleet is not None
+    node.fleet.node = name
+    await node.start()
+    try:
+        yield node
+    finally:
+        await node.stop()
+
+
+async def feed(node: Observer, clock: Clock, records: list[dict[str, Any]]) -> None:
+    node._dsns.extend((clock.now, "acme", node.worker, record) for record in records)
+    await node.flush()
+
+
+def test_a_takeover_keeps_the_firing_surge_and_the_baseline_and_fires_nothing_twice(redis: RedisServer, tmp_path: Path) -> None:
+    """Two nodes' leading processes on one simulated clock: a learns a baseline and fires a
+    harvest made of both nodes' DSNs; a stops renewing; b takes over with a's baseline, window and
+    firing surge, fires nothing again and resolves a's alert by its id; a, waking up, writes nothing."""
+    clock = Clock()
+
+    async def main() -> None:
+        async with observer(node_config(tmp_path, "a", redis, "take"), clock, "a") as a, observer(node_config(tmp_path, "b", redis, "take"), clock, "b") as b:
+            assert a.fleet is not None and b.fleet is not None
+            assert a.fleet.leading and not b.fleet.leading and b.fleet.holder == "a"
+            for minute in range(12):  # an hour at 2 DSNs a minute, half through each node: the baseline
+                await feed(a if minute % 2 else b, clock, [ordinary_record(minute * 10 + i) for i in range(2)])
+                for _ in range(6):
+                    clock.now += 10
+                    await a.evaluate()
+            assert a.monitor is not None and a.monitor.learned
+            assert a.monitor.windows["acme"].baseline > 0.1
+            await feed(a, clock, [harvest_record(n) for n in range(7)])
+            await feed(b, clock, [harvest_record(n) for n in range(7, 14)])
+            clock.now += 10
+            [fired] = await a.evaluate()
+            assert (fired["state"], fired["cause"], fired["evidence"]["dsns"]) == ("firing", "directory-harvest", 7 + 7)
+            frozen = a.monitor.windows["acme"].baseline
+
+            await asyncio.sleep(0.45)  # a stops renewing (a dead or paused leader): its lease expires
+            await b.fleet.tick()
+            assert b.fleet.leading and b.monitor is not None
+            assert b.monitor.windows["acme"].baseline == pytest.approx(frozen)
+            assert b.monitor.learned and b.monitor.windows["acme"].alert is not None
+            assert len(b.monitor.windows["acme"].records) == len(a.monitor.windows["acme"].records)
+            clock.now += 10
+            assert await b.evaluate() == []  # still firing: nothing fires twice
+
+            assert await a.evaluate() == [] and not a.fleet.leading  # a wakes up: fenced out, it steps down
+            clock.now += 70  # the window empties
+            [resolved] = await b.evaluate()
+            assert (resolved["state"], resolved["id"]) == ("resolved", fired["id"])
+            active, done = await b.alerts()
+            assert active == [] and [x["id"] for x in done if x["type"] == "dsn-surge"] == [fired["id"]]
+
+    run(main())
+
+
+def test_redis_away_the_records_wait_and_are_added_and_the_degraded_alert_clears(tmp_path: Path) -> None:
+    clock = Clock()
+    with redis_server() as server:
+        config = node_config(tmp_path, "a", server, "away", ttl="1s", state="backlog = 50\n")
+
+        async def main() -> None:
+            async with observer(config, clock, "a") as node:
+                fleet = node.fleet
+                assert fleet is not None and fleet.leading
+                server.kill()
+                await feed(node, clock, [harvest_record(n) for n in range(10)])  # counted while Redis is away
+                await fleet.tick()
+                assert fleet.degraded
+                await asyncio.sleep(0.2)
+                active, _ = await node.alerts()  # this node's own view
+                assert [a["type"] for a in active] == ["fleet-degraded"] and active[0]["node"] == "a"
+                view = await node.tenant_view()
+                assert view["fleet"]["degraded"] and set(view["tenants"]) == {"acme", "none"}
+                clock.now += 120  # these are older than the window when Redis returns: they no longer count
+                await feed(node, clock, [harvest_record(n) for n in range(100, 160)])  # 60: past the backlog of 50
+                assert len(fleet.backlog) == 50 and fleet.dropped == 10 + 10
+                server.start()
+                await fleet.tick()
+                await asyncio.sleep(0.2)
+                assert not fleet.degraded and fleet.leading and fleet.added_late == 50
+                client = redis_client.Redis.from_url(server.url)
+                assert int(client.xlen(fleet.store.dsn_key("acme"))) == 50
+                client.close()
+                active, resolved = await node.alerts()
+                assert not [a for a in active if a["type"] == "fleet-degraded"]
+                cleared = next(a for a in resolved if a["type"] == "fleet-degraded")
+                assert (cleared["added_late"], cleared["dropped"]) == (50, 20)
+
+        run(main())
