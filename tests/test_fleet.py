@@ -263,3 +263,248 @@ def test_redis_away_the_records_wait_and_are_added_and_the_degraded_alert_clears
                 assert (cleared["added_late"], cleared["dropped"]) == (50, 20)
 
         run(main())
+
+
+# --- three relay processes on loopback ---------------------------------------------------------
+
+from tests.dnsserver import NsdServer  # noqa: E402
+from tests.test_crash import RelayProcess  # noqa: E402
+from tests.test_dnsbl import NORMAL_A, NORMAL_B, bl_dns, serve, watch_toml  # noqa: E402, F401
+from tests.test_monitor import FACTORY, TENANTS, send_dsn  # noqa: E402
+
+TTL = 1.0  # leader_ttl of the process tests: a dead leader's jobs move within 4/3 s
+
+
+class Node:
+    def __init__(self, tmp_path: Path, name: str, sink_port: int, hook_port: int, redis: RedisServer, *, zones: tuple[str, ...] = (), extra: str = "") -> None:
+        nameservers = extra
+        text = watch_toml(tmp_path / name, sink_port, zones=zones, interval="1s", dnsbl_extra=nameservers)
+        text += TENANTS + f"""
+[monitor]
+window = "3s"
+baseline = "24s"
+min_dsns = 12
+interval = "100ms"
+[alerts]
+webhook = "http://127.0.0.1:{hook_port}/hook"
+retry_initial = "100ms"
+[state]
+redis = "{redis.url}"
+key_prefix = "{tmp_path.name}:"
+leader_ttl = "{TTL}s"
+timeout = "300ms"
+"""
+        path = tmp_path / name / "relay.toml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        self.config = cfg.load(path)
+        self.port = self.config.listener.port
+        self.node = f"{__import__('socket').gethostname()}:{self.port}"
+        assert self.config.admin.address is not None
+        self.admin = "http://%s:%d" % self.config.admin.address
+        self.process = RelayProcess(path, self.port, "asyncio", workers=1)
+
+    async def get(self, path: str) -> Any:
+        async with aiohttp.ClientSession() as session, session.get(self.admin + path) as response:
+            assert response.status == 200, await response.text()
+            return await response.json()
+
+    def log(self) -> str:
+        return self.process.log.read_text()
+
+
+@contextlib.asynccontextmanager
+async def fleet_of_three(tmp_path: Path, redis: RedisServer, sink_port: int, hook_port: int, **options: Any) -> AsyncIterator[list[Node]]:
+    nodes = [Node(tmp_path, name, sink_port, hook_port, redis, **options) for name in ("a", "b", "c")]
+    await asyncio.gather(*(n.process.start() for n in nodes))
+    try:
+        async def one_leader() -> bool:
+            with contextlib.suppress(aiohttp.ClientError, AssertionError):
+                views = [(await n.get("/api/tenants"))["fleet"] for n in nodes]
+                return sum(v["leading"] for v in views) == 1 and all(len(v.get("nodes", ())) == 3 for v in views)
+            return False
+
+        await eventually(one_leader, timeout=30, what="one leader among three nodes")
+        yield nodes
+    finally:
+        for n in nodes:
+            n.process.stop()
+
+
+async def leader_of(nodes: list[Node]) -> Node:
+    view = (await nodes[0].get("/api/tenants"))["fleet"]
+    return next(n for n in nodes if n.node == view["leader"])
+
+
+async def send_mail(node: Node, tag: str) -> None:
+    content = f"From: app@acme.example\r\nTo: bob@dest.test\r\nSubject: {tag}\r\nMessage-ID: <{tag}@acme.example>\r\n\r\nHi.\r\n".encode()
+    await aiosmtplib.send(content, sender="app@acme.example", recipients=["bob@dest.test"], hostname="127.0.0.1", port=node.port,
+                          source_address=("127.0.1.5", 0), start_tls=False, timeout=30)
+
+
+async def send_harvest(node: Node, rng: random.Random, n: int) -> str:
+    spec, _ = SCENARIOS["directory-harvest"](FACTORY, rng, "acme.example", n)
+    await send_dsn(node.config, FACTORY.dsn(spec), source="127.0.1.5", rcpt=spec.original_from)
+    return spec.recipient.split("@")[0]
+
+
+@pytest.mark.slow
+def test_three_nodes_one_surge_one_watch_and_the_leader_killed(redis: RedisServer, bl_dns: NsdServer, tmp_path: Path) -> None:
+    """Three `deliverypool relay` processes sharing one Redis, the blocklists on NSD: a listed
+    normal address is drained on all three (the sink sees only the other one) and only the leader
+    queries; a directory harvest sent a third through each node (5 DSNs each, min_dsns 12) fires
+    exactly one alert, from the leader, with the DSNs of all three as evidence; the leader is
+    killed while the surge goes on: another node leads within the lease, with the same baseline
+    and alert (no second one), its blocklist cycles go on from the same state, and it resolves
+    the surge by its id."""
+    serve(bl_dns, {NORMAL_A: ("127.0.0.2", "listed")})
+    sink_port, hook_port = free_port(), free_port()
+    nameservers = f'nameservers = ["{bl_dns.address}"]'
+
+    async def main() -> None:
+        async with sink("127.0.0.1", sink_port) as mx, webhook_receiver(hook_port) as hooks:
+            async with fleet_of_three(tmp_path, redis, sink_port, hook_port, zones=("bl.test",), extra=nameservers) as nodes:
+                first = await leader_of(nodes)
+
+                async def drained_everywhere() -> bool:
+                    views = [await n.get("/api/dnsbl") for n in nodes]
+                    return all(v["drained"] == {"normal": [NORMAL_A]} and v["fleet"]["checked_by"] == first.node for v in views)
+
+                await eventually(drained_everywhere, what="the drained set on every node")
+                for i, node in enumerate(nodes * 4):  # each message on a connection of its own, on every node
+                    await send_mail(node, f"mail-{i}")
+                await mx.wait_for(12)
+                assert {d.peer for d in mx.deliveries} == {NORMAL_B}
+
+                async def learned() -> bool:
+                    return bool((await nodes[1].get("/api/tenants"))["fleet"]["monitor"]["learned"])
+
+                await eventually(learned, what="the monitor's learning period")
+                rng = random.Random(5)
+                for n in range(15):
+                    await send_harvest(nodes[n % 3], rng, n)
+                await eventually(lambda: any(h["type"] == "dsn-surge" for h in hooks), what="the surge alert")
+                fired = next(h for h in hooks if h["type"] == "dsn-surge")
+                views = [await n.get("/api/alerts") for n in nodes]
+                before = (await nodes[1].get("/api/tenants"))["tenants"]["acme"]
+
+                # The surge goes on (4 DSNs a second) while the leader is killed.
+                live = [n for n in nodes if n is not first]
+                going = asyncio.Event()
+                going.set()
+
+                async def trickle() -> None:
+                    n = 100
+                    while going.is_set():
+                        await send_harvest(live[n % 2], rng, n)
+                        n += 1
+                        await asyncio.sleep(0.25)
+
+                task = asyncio.ensure_future(trickle())
+                await asyncio.sleep(0.5)
+                killed_at = time.monotonic()
+                first.process.kill()
+
+                async def moved() -> bool:
+                    views = [(await n.get("/api/tenants"))["fleet"] for n in live]
+                    return any(v["leading"] for v in views)
+
+                await eventually(moved, timeout=6 * TTL, what="a new leader")
+                takeover = time.monotonic() - killed_at
+                second = await leader_of(live)
+
+                async def new_cycles() -> bool:
+                    view = await live[0].get("/api/dnsbl")
+                    return bool(view["fleet"]["checked_by"] == second.node)
+
+                await eventually(new_cycles, what="the blocklist cycles on the new leader")
+
+                async def monitor_moved() -> bool:
+                    return bool((await live[0].get("/api/tenants"))["fleet"]["monitor"]["node"] == second.node)
+
+                await eventually(monitor_moved, what="the monitor on the new leader")
+                after = (await live[0].get("/api/tenants"))["tenants"]["acme"]
+                going.clear()
+                await task
+                await eventually(lambda: any(h["type"] == "dsn-surge" and h["state"] == "resolved" for h in hooks), what="the surge resolved")
+                await asyncio.sleep(0.5)
+                surges = [(h["state"], h["id"]) for h in hooks if h["type"] == "dsn-surge"]
+                listed = [h for h in hooks if h["type"] == "dnsbl-listed"]
+                logs = {n.node: n.log() for n in nodes}
+        print(f"takeover after {takeover:.2f}s (lease {TTL}s)")
+        assert (fired["state"], fired["tenant"], fired["cause"]) == ("firing", "acme", "directory-harvest")
+        # More than any node's share (5): the evidence is summed over the nodes.
+        assert fired["evidence"]["dsns"] >= 12 and fired["evidence"]["distinct_local_parts"] >= 12
+        assert all([a["id"] for a in v["active"] if a["type"] == "dsn-surge"] == [fired["id"]] for v in views)
+        assert surges == [("firing", fired["id"]), ("resolved", fired["id"])]
+        assert [n for n, text in logs.items() if "dsn-surge firing" in text] == [first.node]  # no node fired its own
+        assert [n for n, text in logs.items() if "dsn-surge resolved" in text] == [second.node]
+        assert before["baseline_per_minute"] == after["baseline_per_minute"] and after["surge"]["id"] == fired["id"]
+        assert [(h["state"], h["address"]) for h in listed] == [("firing", NORMAL_A)]  # the new leader did not list it again
+        assert sum("dnsbl-listed firing" in text for text in logs.values()) == 1
+
+    asyncio.run(main())
+    serve(bl_dns)
+
+
+@pytest.mark.slow
+def test_redis_killed_under_load_mail_flows_the_degraded_alert_clears_and_the_counts_are_added(tmp_path: Path) -> None:
+    """Three nodes under a steady load of mail and DSNs; Redis is killed and started again (empty):
+    every message answered 250 reaches the sink, no client sees an error, each node raises
+    fleet-degraded and clears it, and every DSN taken meanwhile is in the new Redis."""
+    sink_port, hook_port = free_port(), free_port()
+    with redis_server() as server:
+
+        async def main() -> None:
+            async with sink("127.0.0.1", sink_port) as mx, webhook_receiver(hook_port) as hooks:
+                async with fleet_of_three(tmp_path, server, sink_port, hook_port) as nodes:
+                    accepted: list[str] = []
+                    errors: list[str] = []
+                    dsns: list[tuple[float, str]] = []
+                    going = asyncio.Event()
+                    going.set()
+
+                    async def load(node: Node, k: int) -> None:
+                        rng = random.Random(k)
+                        n = 0
+                        while going.is_set():
+                            tag = f"load-{k}-{n}"
+                            try:
+                                if n % 4 == 3:
+                                    dsns.append((time.monotonic(), await send_harvest(node, rng, k * 10000 + n)))
+                                else:
+                                    await send_mail(node, tag)
+                                    accepted.append(tag)
+                            except Exception as exc:
+                                errors.append(f"{node.node}: {exc!r}")
+                            n += 1
+
+                    tasks = [asyncio.ensure_future(load(node, k)) for k, node in enumerate(nodes)]
+                    await asyncio.sleep(1.0)
+                    killed_at = time.monotonic()
+                    server.kill()
+                    await eventually(lambda: sum(h["type"] == "fleet-degraded" for h in hooks) == 3, what="three fleet-degraded alerts")
+                    await asyncio.sleep(1.0)
+                    server.start()
+                    await eventually(lambda: sum(h["type"] == "fleet-degraded" and h["state"] == "resolved" for h in hooks) == 3,
+                                     what="the alerts cleared")
+                    await asyncio.sleep(0.5)
+                    going.clear()
+                    await asyncio.gather(*tasks)
+                    await mx.wait_for(len(accepted), timeout=60)
+                    client = redis_client.Redis.from_url(server.url, decode_responses=True)
+                    stored = {json.loads(fields["r"])["r"][0][0] for _, fields in client.xrange(f"{tmp_path.name}:dsns:{{acme}}")}
+                    client.close()
+                    views = [(await n.get("/api/tenants"))["fleet"] for n in nodes]
+                    degraded = [h for h in hooks if h["type"] == "fleet-degraded"]
+            assert errors == []
+            delivered = [d.content.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0].decode() for d in mx.deliveries]
+            assert set(accepted) <= set(delivered) and len(accepted) > 30
+            sent_since = {local for at, local in dsns if at >= killed_at}
+            assert sent_since and sent_since <= stored, sorted(sent_since - stored)[:5]
+            assert {h["node"] for h in degraded} == {n.node for n in nodes}
+            assert sorted(h["state"] for h in degraded) == ["firing"] * 3 + ["resolved"] * 3
+            assert sum(h.get("added_late", 0) for h in degraded if h["state"] == "resolved") > 0
+            assert not any(v["degraded"] for v in views) and sum(v["leading"] for v in views) == 1
+
+        asyncio.run(main())

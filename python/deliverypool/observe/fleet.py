@@ -114,6 +114,7 @@ class Fleet:
         self.active: list[dict[str, Any]] = []
         self.resolved: list[dict[str, Any]] = []
         self.snapshot: dict[str, Any] = {}
+        self.monitor_meta: dict[str, Any] = {}
         self._history_saved = 0.0
 
     @property
@@ -321,7 +322,7 @@ class Fleet:
         snapshot = monitor.snapshot(now)
         hashes: list[tuple[str, Mapping[str, str], bool]] = [
             ("baselines", {tenant: repr(w.baseline) for tenant, w in monitor.windows.items()}, False),
-            ("snapshot", {"_meta": json.dumps({"at": now, "node": self.node}), **{t: json.dumps(row) for t, row in snapshot.items()}}, True),
+            ("snapshot", {"_meta": json.dumps(self._meta(now)), **{t: json.dumps(row) for t, row in snapshot.items()}}, True),
         ]
         if now - self._history_saved >= _HISTORY_EVERY:
             hashes.append(("history", {t: json.dumps(monitor.history(t)) for t in monitor.windows}, False))
@@ -329,9 +330,13 @@ class Fleet:
             return []
         if now - self._history_saved >= _HISTORY_EVERY:
             self._history_saved = now
-        self.snapshot = snapshot
+        self.snapshot, self.monitor_meta = snapshot, self._meta(now)
         self.active = [a for a in self.active if a.get("type") != "dsn-surge"] + monitor.active()
         return changes
+
+    def _meta(self, now: float) -> dict[str, Any]:
+        monitor = self.monitor
+        return {"at": now, "node": self.node, "learned": monitor is not None and monitor.learned, "started": monitor.started if monitor else None}
 
     async def commit_job(
         self,
@@ -381,13 +386,17 @@ class Fleet:
         """Reads the fleet's alerts and snapshot (for this node's API and gauges)."""
         try:
             self.active, self.resolved = await self.store.alerts()
-            self.snapshot = _snapshot(await self.store.hash("snapshot"))
+            self.monitor_meta, self.snapshot = _snapshot(await self.store.hash("snapshot"))
         except BackendUnavailable as exc:
             self._down(str(exc))
 
     async def view(self) -> dict[str, Any]:
         """What GET /api/tenants says about the fleet."""
-        info: dict[str, Any] = {"node": self.node, "leading": self.leading, "leader": self.holder, "degraded": self.degraded, "leader_ttl_seconds": self.ttl}
+        info: dict[str, Any] = {
+            "node": self.node, "leading": self.leading, "leader": self.holder, "degraded": self.degraded, "leader_ttl_seconds": self.ttl,
+            # The monitor as the leader last wrote it: where it runs, whether it has learned its baselines.
+            "monitor": {"node": self.monitor_meta.get("node"), "learned": bool(self.monitor_meta.get("learned"))},
+        }
         if self.degraded:
             info.update(degraded_since=iso_time(self.down_since or 0.0), error=self.down_error)
             return info
@@ -413,9 +422,9 @@ class Fleet:
         try:
             counts = await self.store.rates(int((now - span) // 60) + 1, int(now // 60))
             if self.monitor is not None:
-                snapshot = self.monitor.snapshot(now)
+                snapshot, self.monitor_meta = self.monitor.snapshot(now), self._meta(now)
             else:
-                snapshot = _snapshot(await self.store.hash("snapshot"))
+                self.monitor_meta, snapshot = _snapshot(await self.store.hash("snapshot"))
         except BackendUnavailable as exc:
             self._down(str(exc))
             return None
@@ -505,13 +514,13 @@ class Fleet:
                 await observer._thread(functools.partial(observer.store.forget_alert, str(alert["id"])))
 
 
-def _snapshot(rows: Mapping[str, str]) -> dict[str, Any]:
-    found = {}
+def _snapshot(rows: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The leader's snapshot as stored: (its meta, the rows by tenant)."""
+    found: dict[str, Any] = {}
     for tenant, text in rows.items():
-        if tenant == "_meta":
-            continue
         try:
             found[tenant] = json.loads(text)
         except ValueError:
             continue
-    return found
+    meta = found.pop("_meta", None)
+    return meta if isinstance(meta, dict) else {}, found
