@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import random
 import time
@@ -21,6 +22,7 @@ import pytest
 import redis as redis_client
 
 from deliverypool import config as cfg
+from deliverypool.cli.monitor import fleet_caption, monitor_command
 from deliverypool.config import RelayConfig
 from deliverypool.observe.service import Observer
 from deliverypool.state.fleet import FleetStore
@@ -387,6 +389,10 @@ def test_three_nodes_one_surge_one_watch_and_the_leader_killed(redis: RedisServe
                 fired = next(h for h in hooks if h["type"] == "dsn-surge")
                 views = [await n.get("/api/alerts") for n in nodes]
                 before = (await nodes[1].get("/api/tenants"))["tenants"]["acme"]
+                out = io.StringIO()  # deliverypool monitor, from a node that does not lead
+                follower = next(n for n in nodes if n is not first)
+                assert await asyncio.to_thread(monitor_command, follower.admin.removeprefix("http://"), as_json=True, out=out) == 0
+                snapshot = json.loads(out.getvalue())
 
                 # The surge goes on (4 DSNs a second) while the leader is killed.
                 live = [n for n in nodes if n is not first]
@@ -436,6 +442,8 @@ def test_three_nodes_one_surge_one_watch_and_the_leader_killed(redis: RedisServe
         # More than any node's share (5): the evidence is summed over the nodes.
         assert fired["evidence"]["dsns"] >= 12 and fired["evidence"]["distinct_local_parts"] >= 12
         assert all([a["id"] for a in v["active"] if a["type"] == "dsn-surge"] == [fired["id"]] for v in views)
+        assert snapshot["tenants"]["acme"]["surge"]["id"] == fired["id"] and snapshot["tenants"]["acme"]["dsns_in_window"] >= 12
+        assert fleet_caption(snapshot["fleet"]) == f"fleet of 3 node(s), leader {first.node}; seen from {follower.node}"
         assert surges == [("firing", fired["id"]), ("resolved", fired["id"])]
         assert [n for n, text in logs.items() if "dsn-surge firing" in text] == [first.node]  # no node fired its own
         assert [n for n, text in logs.items() if "dsn-surge resolved" in text] == [second.node]
