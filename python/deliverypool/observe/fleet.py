@@ -139,7 +139,7 @@ class Fleet:
         self._trim(self.clock())
         records = list(self.backlog)
         try:
-            await self.store.add(records, dict(self.backlog_rates))
+            await self.store.add(records, dict(self.backlog_rates), now=self.clock())
         except BackendUnavailable as exc:
             self._down(str(exc))
             return False

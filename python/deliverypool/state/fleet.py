@@ -11,7 +11,7 @@ lease and write them together (fencing), on one slot:
 
 | key | type | what |
 | --- | --- | --- |
-| ``P dsns:{TENANT}`` | stream | the tenant's DSN records (fields ``at``, ``w`` worker, ``r`` record JSON), trimmed at each write to the last ``2 x monitor.window`` (the server's clock) and to ``[state] dsns_per_tenant`` entries |
+| ``P dsns:{TENANT}`` | stream | the tenant's DSN records (fields ``at``, ``w`` worker, ``r`` record JSON; ids in the records' own time), trimmed at each write to the last ``2 x monitor.window`` and to ``[state] dsns_per_tenant`` entries |
 | ``P dsns:dirty`` | set | tenants with records the leader has not read yet |
 | ``P rates:MINUTE`` | hash | ``TENANT/KIND`` -> count (``messages``, ``dsns``) in that minute (epoch minutes), expiring after the view's horizon |
 | ``P {fleet}:leader`` | string | ``NODE|EPOCH``, the lease (``PX leader_ttl``); EPOCH from ``P {fleet}:epoch`` (INCR) |
@@ -45,15 +45,21 @@ __all__ = ["FleetStore", "Lease", "RATE_KINDS", "StoredAlert"]
 
 RATE_KINDS: Final = ("messages", "dsns")
 
-# KEYS: 1 the tenant's stream. ARGV: the entry cap, the time kept (ms), then (at, worker, record) per record.
+# KEYS: 1 the tenant's stream. ARGV: the entry cap, the time kept (ms), the writer's clock (ms),
+# then (at in ms, at, worker, record) per record. An entry's id is its record's time (ms), or the
+# stream's last id's when that is later (a late record, a writer's clock behind another's), so
+# that ids follow the records' clock and the stream is trimmed by it (the monitor's clock too).
 _ADD: Final = """
-local cap, keep = ARGV[1], tonumber(ARGV[2])
-for i = 3, #ARGV, 3 do
-  redis.call('XADD', KEYS[1], 'MAXLEN', cap, '*', 'at', ARGV[i], 'w', ARGV[i + 1], 'r', ARGV[i + 2])
+local cap, keep, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local last = 0
+local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if #top > 0 then last = tonumber(string.match(top[1][1], '^(%d+)')) end
+for i = 4, #ARGV, 4 do
+  local ms = math.max(tonumber(ARGV[i]), last)
+  local id = redis.call('XADD', KEYS[1], 'MAXLEN', cap, ms .. '-*', 'at', ARGV[i + 1], 'w', ARGV[i + 2], 'r', ARGV[i + 3])
+  last = ms
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('XTRIM', KEYS[1], 'MINID', now - keep)
+redis.call('XTRIM', KEYS[1], 'MINID', math.max(0, now - keep))
 redis.call('PEXPIRE', KEYS[1], keep + 60000)
 return redis.call('XLEN', KEYS[1])
 """
@@ -264,15 +270,16 @@ class FleetStore:
     # --- what every worker adds --------------------------------------------------------------
 
     async def add(
-        self, dsns: Sequence[tuple[float, str, str, dict[str, Any]]], rates: Mapping[tuple[int, str, str], int]
+        self, dsns: Sequence[tuple[float, str, str, dict[str, Any]]], rates: Mapping[tuple[int, str, str], int], *, now: float
     ) -> None:
-        """Appends DSN records ``(at, tenant, worker, record)`` to their tenants' streams and
-        adds per-minute counts ``(minute, tenant, kind) -> count``, in one round trip."""
+        """Appends DSN records ``(at, tenant, worker, record)`` to their tenants' streams (trimmed
+        to the window's time before `now`, this writer's clock) and adds per-minute counts
+        ``(minute, tenant, kind) -> count``, in one round trip."""
         if not dsns and not rates:
             return
         by_tenant: dict[str, list[str]] = {}
         for at, tenant, worker, record in dsns:
-            by_tenant.setdefault(tenant, []).extend((repr(at), worker, json.dumps(record, separators=(",", ":"))))
+            by_tenant.setdefault(tenant, []).extend((str(int(at * 1000)), repr(at), worker, json.dumps(record, separators=(",", ":"))))
         minutes: dict[int, dict[str, int]] = {}
         for (minute, tenant, kind), count in rates.items():
             fields = minutes.setdefault(minute, {})
@@ -280,7 +287,7 @@ class FleetStore:
 
         async def queue(pipe: Any) -> None:
             for tenant, args in by_tenant.items():
-                await self._scripts["add"](keys=[self.dsn_key(tenant)], args=[self.dsns_per_tenant, self.keep_ms, *args], client=pipe)
+                await self._scripts["add"](keys=[self.dsn_key(tenant)], args=[self.dsns_per_tenant, self.keep_ms, int(now * 1000), *args], client=pipe)
             for minute, fields in minutes.items():
                 key = self.rate_key(minute)
                 for field, count in fields.items():
