@@ -250,14 +250,14 @@ class FleetStore:
         self.commands += commands
         return await round_trip(work, self.timeout)
 
-    async def _pipeline(self, queue: Any) -> list[Any]:
+    async def _pipeline(self, queue: Any, *, raise_on_error: bool = True) -> list[Any]:
         """Sends what `queue(pipe)` queued, in one round trip; its replies."""
         if self._client is None:
             raise BackendUnavailable("the fleet store is not open")
         pipe = self._client.pipeline(transaction=False)
         try:
             await queue(pipe)
-            replies: list[Any] = await self._call(pipe.execute(), len(pipe.command_stack))
+            replies: list[Any] = await self._call(pipe.execute(raise_on_error=raise_on_error), len(pipe.command_stack))
         finally:
             # Hands its connection back even when the round trip timed out.
             with contextlib.suppress(Exception):
@@ -285,9 +285,15 @@ class FleetStore:
             fields = minutes.setdefault(minute, {})
             fields[f"{tenant}/{kind}"] = fields.get(f"{tenant}/{kind}", 0) + count
 
+        script = self._scripts["add"]
+        head = [self.dsns_per_tenant, self.keep_ms, int(now * 1000)]
+
         async def queue(pipe: Any) -> None:
+            # EVALSHA queued as a plain command: redis-py would otherwise ask SCRIPT EXISTS first,
+            # a second round trip at every flush. A Redis without the script (restarted) says
+            # NOSCRIPT: it is loaded and those tenants' records sent again, below.
             for tenant, args in by_tenant.items():
-                await self._scripts["add"](keys=[self.dsn_key(tenant)], args=[self.dsns_per_tenant, self.keep_ms, int(now * 1000), *args], client=pipe)
+                pipe.evalsha(script.sha, 1, self.dsn_key(tenant), *head, *args)
             for minute, fields in minutes.items():
                 key = self.rate_key(minute)
                 for field, count in fields.items():
@@ -297,7 +303,22 @@ class FleetStore:
             if by_tenant:
                 pipe.sadd(self.dirty_key, *by_tenant)
 
-        await self._pipeline(queue)
+        from redis.exceptions import NoScriptError
+
+        replies = await self._pipeline(queue, raise_on_error=False)
+        missing = [tenant for tenant, reply in zip(by_tenant, replies) if isinstance(reply, NoScriptError)]
+        failed = [reply for reply in replies if isinstance(reply, Exception) and not isinstance(reply, NoScriptError)]
+        if failed:
+            raise failed[0]
+        if missing:
+            await self._call(self._client.script_load(_ADD))
+
+            async def again(pipe: Any) -> None:
+                for tenant in missing:
+                    pipe.evalsha(script.sha, 1, self.dsn_key(tenant), *head, *by_tenant[tenant])
+                pipe.sadd(self.dirty_key, *missing)
+
+            await self._pipeline(again)
 
     # --- what the leader reads ---------------------------------------------------------------
 
