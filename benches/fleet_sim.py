@@ -219,11 +219,11 @@ async def simulate(
             "commands_per_flush": round(calls / max(counters["flushes"], 1), 2),
             "by_command_per_dsn": by_kind,
             "cpu_seconds": round(cpu, 3),
-            "cpu_us_per_dsn": round(cpu / max(dsns, 1) * 1e6, 1),
+            "cpu_us_per_command": round(cpu / max(calls, 1) * 1e6, 2),
             "used_memory_delta_bytes": memory,
             "stream_bytes_per_tenant_steady": round(sum(streams) / max(len(streams), 1)),
             "stream_entries_per_tenant_steady": round(sum(lengths) / max(len(lengths), 1), 1),
-            "stream_bytes_attacked_tenant": attacked,
+            "stream_bytes_attacked_tenant_at_end": attacked,
         },
         "wall_seconds": round(wall, 1),
     }

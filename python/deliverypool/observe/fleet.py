@@ -383,10 +383,12 @@ class Fleet:
     # --- every candidate: the fleet's view -----------------------------------------------------
 
     async def refresh(self) -> None:
-        """Reads the fleet's alerts and snapshot (for this node's API and gauges)."""
+        """Reads the fleet's alerts and where its monitor runs (for this node's API and gauges)."""
         try:
             self.active, self.resolved = await self.store.alerts()
-            self.monitor_meta, self.snapshot = _snapshot(await self.store.hash("snapshot"))
+            # The snapshot itself (a row per tenant) is read when GET /api/tenants asks for it.
+            meta = await self.store.field("snapshot", "_meta")
+            self.monitor_meta = json.loads(meta) if meta else {}
         except BackendUnavailable as exc:
             self._down(str(exc))
 

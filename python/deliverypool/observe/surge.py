@@ -212,12 +212,13 @@ class SurgeMonitor:
             window.clients = collections.Counter({str(k): int(v) for k, v in dict(history.get("cl") or {}).items()})
             window.mtas = collections.Counter({str(k): int(v) for k, v in dict(history.get("m") or {}).items()})
 
-    def history(self, tenant: str) -> dict[str, dict[str, int]]:
-        """The clients and reporting MTAs of the tenant's DSNs before its window (for `restore`)."""
+    def history(self, tenant: str, most: int = 32) -> dict[str, dict[str, int]]:
+        """The clients and reporting MTAs of the tenant's DSNs before its window, the `most`
+        frequent of each (for `restore`: what "new" is measured against needs only those)."""
         window = self.windows.get(tenant)
         if window is None:
             return {"cl": {}, "m": {}}
-        return {"cl": dict(window.clients), "m": dict(window.mtas)}
+        return {"cl": dict(window.clients.most_common(most)), "m": dict(window.mtas.most_common(most))}
 
     def rate(self, tenant: str, now: float) -> float:
         """The tenant's DSNs per minute over the window (or the time since the start, if shorter)."""
