@@ -271,6 +271,39 @@ def test_redis_away_the_records_wait_and_are_added_and_the_degraded_alert_clears
         run(main())
 
 
+def test_a_node_starting_while_redis_is_away_comes_up_degraded_and_delivers(tmp_path: Path) -> None:
+    """A relay whose fleet Redis does not answer at its start: it starts, accepts and delivers a
+    message over SMTP, and says its view is its own."""
+    from deliverypool.app import Relay
+
+    sink_port = free_port()
+    text = BASE.format(spool=tmp_path / "spool", redis=f"redis://127.0.0.1:{free_port()}/0", prefix="nobody", ttl="1s")
+    text = text.replace("[pools.normal]\n", f'[pools.normal]\ndelivery = "smarthost"\nsmarthost = "127.0.0.1:{sink_port}"\n')
+    text = text.replace("[spool]", f'[listener]\naddress = "127.0.0.1:{free_port()}"\n[spool]')
+    conf = cfg.loads(text)
+
+    async def main() -> None:
+        async with sink("127.0.0.1", sink_port) as mx:
+            relay = Relay(conf)
+            await relay.start()
+            await relay.listen()
+            try:
+                fleet = relay.observer.fleet
+                assert fleet is not None and fleet.degraded and not fleet.leading
+                await aiosmtplib.send(b"Subject: hi\r\n\r\nhi\r\n", sender="a@acme.example", recipients=["b@dest.test"],
+                                      hostname="127.0.0.1", port=conf.listener.port, start_tls=False)
+                await mx.wait_for(1)
+                await eventually(lambda: bool(relay.observer.senders._tasks) is False, what="the alert stored")
+                active, _ = await relay.observer.alerts()
+                view = await relay.observer.tenant_view()
+            finally:
+                await relay.stop()
+        assert [a["type"] for a in active] == ["fleet-degraded"]
+        assert view["fleet"]["degraded"] and view["fleet"]["node"] == fleet.node
+
+    run(main())
+
+
 # --- three relay processes on loopback ---------------------------------------------------------
 
 from tests.dnsserver import NsdServer  # noqa: E402
