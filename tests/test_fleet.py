@@ -308,7 +308,7 @@ def test_a_node_starting_while_redis_is_away_comes_up_degraded_and_delivers(tmp_
 
 from tests.dnsserver import NsdServer  # noqa: E402
 from tests.test_crash import RelayProcess  # noqa: E402
-from tests.test_dnsbl import NORMAL_A, NORMAL_B, bl_dns, serve, watch_toml  # noqa: E402, F401
+from tests.test_dnsbl import HIGH_RISK, NORMAL_A, NORMAL_B, bl_dns, serve, watch_toml  # noqa: E402, F401
 from tests.test_monitor import FACTORY, TENANTS, send_dsn  # noqa: E402
 
 TTL = 1.0  # leader_ttl of the process tests: a dead leader's jobs move within 4/3 s
@@ -319,7 +319,8 @@ class Node:
         self, tmp_path: Path, name: str, sink_port: int, hook_port: int, redis: RedisServer, *, zones: tuple[str, ...] = (), extra: str = "", window: str = "3s"
     ) -> None:
         nameservers = extra
-        text = watch_toml(tmp_path / name, sink_port, zones=zones, interval="1s", dnsbl_extra=nameservers)
+        # Only this machine's source addresses: deliverypool relay checks at start that each binds.
+        text = watch_toml(tmp_path / name, sink_port, zones=zones, normal=(NORMAL_A, NORMAL_B), high_risk=(HIGH_RISK,), interval="1s", dnsbl_extra=nameservers)
         text += TENANTS + f"""
 [monitor]
 window = "{window}"

@@ -55,8 +55,9 @@ __all__ = ["Fleet", "FleetJob", "NODE_ALERTS", "fleet_enabled", "node_name"]
 
 log = logging.getLogger("deliverypool.fleet")
 
-# Alerts about this node (its Redis connection): kept in its own state database, never in Redis.
-NODE_ALERTS: Final = ("fd-", "sb-")
+# Alerts about this node (its Redis connection, its spool): kept in its own state database,
+# never in Redis, and shown beside the fleet's.
+NODE_ALERTS: Final = ("fd-", "sb-", "sp-")
 # How often the leader writes the clients and reporting MTAs seen per tenant (for takeovers).
 _HISTORY_EVERY: Final = 60.0
 
