@@ -334,7 +334,7 @@ retry_initial = "100ms"
 redis = "{redis.url}"
 key_prefix = "{tmp_path.name}:"
 leader_ttl = "{TTL}s"
-timeout = "300ms"
+timeout = "2s"
 """
         path = tmp_path / name / "relay.toml"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -510,6 +510,9 @@ def test_redis_killed_under_load_mail_flows_the_degraded_alert_clears_and_the_co
                 # A window longer than the outage: the DSNs taken meanwhile still count when Redis is back.
                 async with fleet_of_three(tmp_path, server, sink_port, hook_port, window="60s") as nodes:
                     accepted: list[str] = []
+                    during: list[str] = []  # answered 250 while Redis was down
+                    down_at: list[float] = []
+                    back_at: list[float] = []
                     errors: list[str] = []
                     dsns: list[tuple[float, str]] = []
                     going = asyncio.Event()
@@ -526,6 +529,8 @@ def test_redis_killed_under_load_mail_flows_the_degraded_alert_clears_and_the_co
                                 else:
                                     await send_mail(node, tag)
                                     accepted.append(tag)
+                                    if down_at and not back_at:
+                                        during.append(tag)
                             except Exception as exc:
                                 errors.append(f"{node.node}: {exc!r}")
                             n += 1
@@ -534,9 +539,11 @@ def test_redis_killed_under_load_mail_flows_the_degraded_alert_clears_and_the_co
                     await asyncio.sleep(1.0)
                     killed_at = time.monotonic()
                     server.kill()
+                    down_at.append(killed_at)
                     await eventually(lambda: sum(h["type"] == "fleet-degraded" for h in hooks) == 3, what="three fleet-degraded alerts")
-                    await asyncio.sleep(1.0)
+                    await eventually(lambda: len(during) >= 3, timeout=60, what="mail accepted while Redis is down")
                     server.start()
+                    back_at.append(time.monotonic())
                     await eventually(lambda: sum(h["type"] == "fleet-degraded" and h["state"] == "resolved" for h in hooks) == 3,
                                      what="the alerts cleared")
                     await asyncio.sleep(0.5)
@@ -558,10 +565,12 @@ def test_redis_killed_under_load_mail_flows_the_degraded_alert_clears_and_the_co
                     degraded = [h for h in hooks if h["type"] == "fleet-degraded"]
             assert errors == []
             delivered = [d.content.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0].decode() for d in mx.deliveries]
-            assert set(accepted) <= set(delivered) and len(accepted) > 30
+            assert set(accepted) <= set(delivered) and len(during) >= 3
             assert sent_since and sent_since <= stored, sorted(sent_since - stored)[:5]
-            assert {h["node"] for h in degraded} == {n.node for n in nodes}
-            assert sorted(h["state"] for h in degraded) == ["firing"] * 3 + ["resolved"] * 3
+            # Each node: fired and cleared (again, if a slow round trip made it degraded once more).
+            for node in nodes:
+                states = [h["state"] for h in degraded if h["node"] == node.node]
+                assert states and states == ["firing", "resolved"] * (len(states) // 2), (node.node, states)
             assert sum(h.get("added_late", 0) for h in degraded if h["state"] == "resolved") > 0
             assert not any(v["degraded"] for v in views) and sum(v["leading"] for v in views) == 1
 
