@@ -119,6 +119,7 @@ class Supervisor:
         self._counts = shared_client_counts(self.workers)
         log.info("supervisor: %d worker(s) on %s:%d, spool %s", self.workers, listener.host, listener.port, self.config.spool.directory)
         previous = {signum: signal.signal(signum, self._stop) for signum in (signal.SIGTERM, signal.SIGINT)}
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._hangup)
         try:
             self._children = [_Worker(shard) for shard in range(self.workers)]
             for worker in self._children:
@@ -137,6 +138,12 @@ class Supervisor:
 
     def _stop(self, signum: int, frame: object) -> None:
         self._stopping = True
+
+    def _hangup(self, signum: int, frame: object) -> None:
+        """SIGHUP: every worker reloads (its DKIM keys, from the configuration file)."""
+        for worker in self._children:
+            if worker.process is not None and worker.process.poll() is None:
+                worker.process.send_signal(signal.SIGHUP)
 
     def _start(self, worker: _Worker, sock: socket.socket) -> None:
         command = [sys.executable, "-m", "deliverypool.cli", "relay", "--config", str(self.config_path)]

@@ -46,7 +46,7 @@ def relay_command(
             if client_counts_fd is not None and workers is not None:
                 counts = ClientCounts(client_counts_fd, workers, worker)
             shard = shard_directory(config.spool.directory, worker)
-            run(run_relay(config, sock=sock, spool_directory=shard, client_counts=counts), loop)
+            run(run_relay(config, sock=sock, spool_directory=shard, client_counts=counts, config_path=Path(config_path)), loop)
             return 0
         count = workers or config.workers or default_workers()
         return Supervisor(Path(config_path), config, count, loop=loop).run()

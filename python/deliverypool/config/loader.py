@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from deliverypool.config.errors import ConfigError, from_validation_error
 from deliverypool.config.model import RelayConfig, SpoolConfig
+from deliverypool.config.dkim import model_context  # after model.py, which imports it while it initialises
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -25,7 +26,8 @@ def from_dict(data: Mapping[str, Any], *, base: Path | None = None) -> RelayConf
     relative spool directory is taken relative to `base` (the configuration file's folder).
     Raises `ConfigError` listing every problem found."""
     try:
-        config = RelayConfig.model_validate(data)
+        # The folder relative key files are read from (config/dkim.py).
+        config = RelayConfig.model_validate(data, context=model_context(base))
     except ValidationError as exc:
         raise from_validation_error(exc) from None
     directory = config.spool.directory
