@@ -173,11 +173,12 @@ class Relay:
         shared resolver (and its Rust cache) on the configured nameservers."""
         needs_mx = self.mx is None and any(pool.delivery == "mx" for pool in self.config.pools.values())
         needs_sender = self.router is None and self.config.dns.check_sender_domain
-        needs_dkim = self.config.dkim.verify
-        resolver = resolver_from_config(self.config.dns) if needs_mx or needs_sender or needs_dkim else None
-        if needs_dkim:
-            assert resolver is not None
-            self.dkim_verifier = DkimVerifier(resolver, max_signatures=self.config.dkim.max_signatures)
+        resolver = resolver_from_config(self.config.dns) if needs_mx or needs_sender else None
+        if self.config.dkim.verify:
+            # The shared resolver, or one of its own made at the first signed message.
+            dns = self.config.dns
+            source = resolver if resolver is not None else lambda: resolver_from_config(dns)
+            self.dkim_verifier = DkimVerifier(source, max_signatures=self.config.dkim.max_signatures)
         if needs_mx:
             assert resolver is not None
             self.mx = MxResolver(resolver)

@@ -27,7 +27,7 @@ import functools
 import logging
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -194,11 +194,23 @@ def has_signature(content: bytes) -> bool:
 class DkimVerifier:
     """Checks the signatures a message arrives with; the keys through `resolver` and its cache."""
 
-    def __init__(self, resolver: Resolver, *, max_signatures: int = 8, executor: concurrent.futures.Executor | None = None) -> None:
-        self.txt = TxtLookup(resolver)
+    def __init__(
+        self, resolver: Resolver | Callable[[], Resolver], *, max_signatures: int = 8, executor: concurrent.futures.Executor | None = None
+    ) -> None:
+        # A factory is called at the first message with a signature (a relay that needs no
+        # other DNS makes no resolver until then).
+        self._resolver = resolver
+        self._txt: TxtLookup | None = None
         self.max_signatures = max_signatures
         self.executor = executor
         self.clock = time.time
+
+    @property
+    def txt(self) -> TxtLookup:
+        if self._txt is None:
+            resolver = self._resolver if isinstance(self._resolver, Resolver) else self._resolver()
+            self._txt = TxtLookup(resolver)
+        return self._txt
 
     async def keys(self, names: Sequence[str]) -> dict[str, tuple[bytes, ...] | None]:
         """Each name's key records: a tuple (empty: there are none), or None (lookup failed)."""

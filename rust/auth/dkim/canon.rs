@@ -2,7 +2,10 @@
 //! SHA-256 as it is read.
 //!
 //! Line endings: CRLF and a bare LF both end a line and canonicalise to CRLF (a message stored
-//! with LF goes out with CRLF); a CR not followed by LF is an ordinary byte.
+//! with LF goes out with CRLF); a CR not followed by LF is an ordinary byte. A body whose last
+//! line has no line ending is read as SMTP carries it, with one (DATA ends with CRLF): the
+//! receiver verifies that line with its ending, so its trailing white space does not count
+//! (relaxed). dkimpy keeps that white space when it is handed the unterminated body itself.
 
 use ring::digest;
 
