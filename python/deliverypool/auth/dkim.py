@@ -152,14 +152,18 @@ class DkimSigner:
             return [], "no-key"
         return self.keys.keys_for(domain, tenant)
 
-    def sign_now(self, content: bytes, keys: Sequence[DkimKey]) -> tuple[bytes, DkimOutcome]:
-        """Signs `content` with `keys` on the calling thread (the milter's, or the executor's):
-        the signed message, and what was done."""
+    def signatures(self, content: bytes, keys: Sequence[DkimKey]) -> tuple[bytes, DkimOutcome]:
+        """The DKIM-Signature fields for `content` (empty when unsigned) and what was done, on
+        the calling thread (the milter's, or the executor's)."""
         signing = dkim_sign(content, keys, int(self.clock()))
         if signing.problem is not None:
-            return content, DkimOutcome(unsigned=signing.problem)
-        signed = tuple(DkimSignature(key.domain, key.selector, key.algorithm) for key in keys)
-        return b"".join((signing.header, content)), DkimOutcome(signed=signed)
+            return b"", DkimOutcome(unsigned=signing.problem)
+        return signing.header, DkimOutcome(signed=tuple(DkimSignature(key.domain, key.selector, key.algorithm) for key in keys))
+
+    def sign_now(self, content: bytes, keys: Sequence[DkimKey]) -> tuple[bytes, DkimOutcome]:
+        """Signs `content` with `keys` on the calling thread: the signed message, and what was done."""
+        header, outcome = self.signatures(content, keys)
+        return (b"".join((header, content)) if header else content), outcome
 
     async def sign(self, content: bytes, *, from_domain: str | None, tenant: str | None) -> tuple[bytes, DkimOutcome | None]:
         """The message to spool and what DKIM did; None for the outcome when no key is
@@ -183,6 +187,18 @@ class DkimSigner:
 
 
 _SIGNATURE_FIELD: Final = re.compile(rb"(?im)^dkim-signature[ \t]*:")
+_FIELD_START: Final = re.compile(rb"(?=^DKIM-Signature: )", re.M)
+
+
+def field_values(header: bytes) -> list[str]:
+    """The values of the DKIM-Signature fields in `header` (what `signatures` made), folded
+    with LF as a milter hands them to the MTA."""
+    values = []
+    for field in _FIELD_START.split(header):
+        if field:
+            value = field[len(b"DKIM-Signature: ") :].rstrip(b"\r\n").replace(b"\r\n", b"\n")
+            values.append(value.decode("ascii"))
+    return values
 
 
 def has_signature(content: bytes) -> bool:
