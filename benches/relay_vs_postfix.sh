@@ -5,6 +5,7 @@
 #   bash benches/relay_vs_postfix.sh                       # the size sweep: 2 KiB to 1 MiB
 #   SIZES="102400" MESSAGES=2000 SESSIONS=20 bash benches/relay_vs_postfix.sh
 #   DKIM=ed25519 bash benches/relay_vs_postfix.sh          # both relays signing (DKIM=rsa: RSA-2048)
+#   KEEP_RESULTS=DIR ...                                   # keep each run's result files in DIR
 #
 # With DKIM set, both relays sign every message with one key for bench.test (smtp-source's
 # From): deliverypool with [[dkim.keys]], Postfix with OpenDKIM as its milter (smtpd_milters;
@@ -253,3 +254,6 @@ done
 echo
 echo "== DKIM $DKIM, $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg), $SESSIONS sessions, commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 "$PY" benches/relay_probe.py table "${RESULTS[@]}"
+if [ -n "${KEEP_RESULTS:-}" ]; then
+    mkdir -p "$KEEP_RESULTS" && cp "${RESULTS[@]}" "$KEEP_RESULTS/"
+fi
