@@ -448,3 +448,51 @@ def test_sign_then_verify_round_trips(message: bytes, round_trip_keys: tuple[lis
 def test_the_outcome_is_json_ready() -> None:
     outcome = DkimOutcome(unsigned="no-key")
     assert dataclasses.asdict(outcome) == {"signed": (), "unsigned": "no-key", "checks": ()}
+
+
+@pytest.mark.slow
+def test_sighup_to_deliverypool_relay_rotates_every_workers_key(tmp_path: Path, nsd: NsdServer, dkim_keys: SessionKeys, verifiers: Verifiers) -> None:
+    """`deliverypool relay --workers 2`: SIGHUP to the supervisor reaches both workers, and the
+    mail each accepts afterwards is signed with the new selector (both verifiers pass it)."""
+    import signal
+
+    from tests.test_crash import RelayProcess
+
+    port, listen = free_port(), free_port()
+    config = tmp_path / "relay.toml"
+    base = relay_config(tmp_path / "spool", smarthost=f"127.0.0.20:{port}", nameserver=nsd.address, listen_port=listen)
+
+    def write(selector: str) -> None:
+        config.write_text(_toml(base) + key_table(dkim_keys, selector))
+
+    write("ed")
+    relay = RelayProcess(config, listen, "asyncio", workers=2)
+
+    async def main() -> None:
+        async with sink("127.0.0.20", port, "smarthost") as destination:
+            await relay.start()
+            try:
+                before = [mail(2048, subject=f"before {i}") for i in range(4)]
+                for content in before:
+                    await send(base, content)
+                write("ed-next")
+                assert relay.process is not None
+                relay.process.send_signal(signal.SIGHUP)
+                log = tmp_path / "relay.log"
+                deadline = asyncio.get_running_loop().time() + 30
+                while log.read_text().count("SIGHUP: DKIM keys reloaded") < 2:
+                    assert asyncio.get_running_loop().time() < deadline, log.read_text()[-3000:]
+                    await asyncio.sleep(0.05)
+                # Separate connections: the kernel hands them to either worker.
+                after = [mail(2048, subject=f"after {i}") for i in range(6)]
+                for content in after:
+                    await send(base, content)
+                await destination.wait_for(len(before) + len(after))
+            finally:
+                relay.stop()
+            for contents, selector in ((before, "ed"), (after, "ed-next")):
+                for content in contents:
+                    checks = verifiers.dkimpy(arrived(destination, message_id_of(content)))
+                    assert checks == [(selector, True)]
+
+    asyncio.run(main())  # one event loop: the relay's processes are what is tested
