@@ -374,7 +374,9 @@ def test_key_files_are_checked_at_load_one_line_naming_the_key(tmp_path: Path, d
 
 
 _NAMES = st.sampled_from(["Subject", "To", "Cc", "Date", "Message-ID", "X-Custom", "Reply-To", "List-Id", "Content-Type"])
-_VALUE_CHARS = st.characters(codec="utf-8", exclude_characters="\r\n\x00")
+# Field text: no control characters (RFC 5322 has none but HTAB, which the folding adds; dkimpy
+# reads \f and \v as white space, RFC 6376 only SP and HTAB).
+_VALUE_CHARS = st.characters(codec="utf-8", exclude_categories=("Cc", "Cs"))
 _BODY_LINE = st.text(st.characters(codec="utf-8", exclude_characters="\r\n\x00"), max_size=120)
 
 
@@ -477,7 +479,7 @@ def test_sighup_to_deliverypool_relay_rotates_every_workers_key(tmp_path: Path, 
                     await send(base, content)
                 write("ed-next")
                 assert relay.process is not None
-                relay.process.send_signal(signal.SIGHUP)
+                relay.process.send_signal(signal.SIGHUP)  # whether or not both workers are ready yet
                 log = tmp_path / "relay.log"
                 deadline = asyncio.get_running_loop().time() + 30
                 while log.read_text().count("SIGHUP: DKIM keys reloaded") < 2:
@@ -490,6 +492,7 @@ def test_sighup_to_deliverypool_relay_rotates_every_workers_key(tmp_path: Path, 
                 await destination.wait_for(len(before) + len(after))
             finally:
                 relay.stop()
+            assert "exited with" not in (tmp_path / "relay.log").read_text()  # no worker died of the signal
             for contents, selector in ((before, "ed"), (after, "ed-next")):
                 for content in contents:
                     checks = verifiers.dkimpy(arrived(destination, message_id_of(content)))

@@ -413,6 +413,9 @@ async def run_relay(
 
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGHUP, hangup)
+        # A supervisor starts its workers with SIGHUP blocked; one that came meanwhile is
+        # handled now.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     if ready is not None:
         ready(relay)
     try:

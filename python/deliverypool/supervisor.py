@@ -155,7 +155,9 @@ class Supervisor:
         if self.loop:
             command += ["--loop", self.loop]
         environment = dict(os.environ, DELIVERYPOOL_SUPERVISOR=str(os.getpid()))
-        worker.process = subprocess.Popen(command, pass_fds=fds, env=environment)
+        # SIGHUP blocked from the start (the mask survives exec): a worker still starting keeps
+        # it pending until its handler is in place (run_relay), instead of dying of it.
+        worker.process = subprocess.Popen(command, pass_fds=fds, env=environment, preexec_fn=_block_hangup)
         worker.started = time.monotonic()
         log.info("supervisor: worker %d started (pid %d)", worker.shard, worker.process.pid)
 
@@ -190,6 +192,10 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def _block_hangup() -> None:
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
 
 
 def shared_client_counts(workers: int) -> ClientCounts | None:
