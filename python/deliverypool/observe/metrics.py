@@ -22,6 +22,8 @@ Every label value comes from a closed set, never from message content:
 | ``deliverypool_dkim_signing_total`` (counter, with DKIM keys) | ``result``: ``signed`` or why unsigned (`UNSIGNED`: ``no-key``, ``no-from``, ...) |
 | ``deliverypool_dkim_checks_total`` (counter, signatures messages arrived with) | ``result``: `DKIM_RESULTS` (``pass``, ``fail``, ``neutral``, ``temperror``, ``permerror``, ``policy``) |
 | ``deliverypool_dkim_reloads_total`` (counter, SIGHUP) | ``result``: ``ok``, ``failed`` |
+| ``deliverypool_spool_conditions_total`` (counter, times a shard entered it) | ``condition``: ``low-space``, ``stalled`` (observe/spool.py) |
+| ``deliverypool_spool_refused_total`` (counter) | none |
 
 A message with several reasons counts once under each; a value outside its set (a pool
 removed from the configuration while mail waited) is counted as ``other``.
@@ -144,6 +146,10 @@ _HELP: Final = {
     "deliverypool_dkim_signing_total": ("Messages by what DKIM signing did: signed, or why they went unsigned.", ["result"]),
     "deliverypool_dkim_checks_total": ("DKIM signatures messages arrived with, by the result of their check (RFC 8601).", ["result"]),
     "deliverypool_dkim_reloads_total": ("Reloads of the DKIM keys on SIGHUP, by result (failed: the keys in use were kept).", ["result"]),
+    "deliverypool_spool_conditions_total": (
+        "Times a spool shard entered low-space mode or its state changes started failing (stalled).", ["condition"]
+    ),
+    "deliverypool_spool_refused_total": ("Messages refused because the spool could not store them (disk full: 452; failing: 451).", []),
 }
 
 
