@@ -40,6 +40,7 @@ from deliverypool.state.limits import enabled as limits_enabled
 from deliverypool.state.observations import STATE_DATABASE, Labels, ObservationStore
 
 if TYPE_CHECKING:
+    from deliverypool.auth.dkim import DkimOutcome
     from deliverypool.routing.scores import ScoreStats
 
 __all__ = ["EventLog", "Observer"]
@@ -274,6 +275,7 @@ class Observer:
         peer: str | None,
         recipients: int,
         message_id: str | None,
+        dkim: DkimOutcome | None = None,
     ) -> None:
         """A message was spooled: publishes MessageAccepted, and DsnRelayed for a DSN; the
         Message-ID of any other message joins the relayed set."""
@@ -284,7 +286,7 @@ class Observer:
         self.bus.publish(
             MessageAccepted(
                 now, queue_id, tenant, decision.pool, tuple(decision.reasons), peer, recipients, message_id,
-                dsn.kind if dsn is not None else None, tuple(dsn.signals) if dsn is not None else (),
+                dsn.kind if dsn is not None else None, tuple(dsn.signals) if dsn is not None else (), dkim,
             )
         )
         if dsn is None:
