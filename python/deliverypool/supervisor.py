@@ -164,6 +164,7 @@ class Supervisor:
         self._space = shared_space_flags(self.workers)
         log.info("supervisor: %d worker(s) on %s:%d, spool %s", self.workers, listener.host, listener.port, self.config.spool.directory)
         previous = {signum: signal.signal(signum, self._stop) for signum in (signal.SIGTERM, signal.SIGINT)}
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._hangup)
         try:
             self._children = [_Worker(shard) for shard in range(self.workers)]
             for worker in self._children:
@@ -190,6 +191,12 @@ class Supervisor:
     def _stop(self, signum: int, frame: object) -> None:
         self._stopping = True
 
+    def _hangup(self, signum: int, frame: object) -> None:
+        """SIGHUP: every worker reloads (its DKIM keys, from the configuration file)."""
+        for worker in self._children:
+            if worker.process is not None and worker.process.poll() is None:
+                worker.process.send_signal(signal.SIGHUP)
+
     def _start(self, worker: _Worker, sock: socket.socket) -> None:
         command = [sys.executable, "-m", "deliverypool.cli", "relay", "--config", str(self.config_path)]
         command += ["--worker", str(worker.shard), "--listen-fd", str(sock.fileno()), "--workers", str(self.workers)]
@@ -207,7 +214,9 @@ class Supervisor:
             command += ["--loop", self.loop]
         environment = dict(os.environ, DELIVERYPOOL_SUPERVISOR=str(os.getpid()))
         try:
-            worker.process = subprocess.Popen(command, pass_fds=fds, env=environment)
+            # SIGHUP blocked from the start (the mask survives exec): a worker still starting keeps
+            # it pending until its handler is in place (run_relay), instead of dying of it.
+            worker.process = subprocess.Popen(command, pass_fds=fds, env=environment, preexec_fn=_block_hangup)
         except BaseException:
             os.close(read_end)
             raise
@@ -281,6 +290,10 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def _block_hangup() -> None:
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
 
 
 def shared_client_counts(workers: int) -> ClientCounts | None:

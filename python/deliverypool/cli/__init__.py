@@ -1,5 +1,5 @@
 """The `deliverypool` command: one module per subcommand in this package (classify, relay,
-milter, queue, monitor, senders, dnsbl, demo), wired into one argument parser here."""
+milter, queue, monitor, senders, dnsbl, dkim, demo), wired into one argument parser here."""
 
 from __future__ import annotations
 
@@ -127,6 +127,27 @@ def build_parser() -> argparse.ArgumentParser:
     dnsbl_check.add_argument("--config", required=True, metavar="PATH", help="the relay's TOML configuration ([dnsbl], [pools], [dns])")
     dnsbl_check.add_argument("--json", action="store_true", help="print one JSON object")
     dnsbl_check.set_defaults(handler=lambda args: _command("dnsbl").check_command(args.config, as_json=args.json))
+
+    dkim = commands.add_parser("dkim", help="DKIM keys: make one, check the published ones",
+                               description="Make a DKIM key pair, or check the configured keys against what DNS publishes.")
+    dkim_commands = dkim.add_subparsers(dest="dkim_command", required=True, metavar="ACTION")
+    keygen = dkim_commands.add_parser("keygen", help="write a private key and print the TXT record to publish",
+                                      description="Write a new private key (PEM, mode 0600, never over an existing file) and print "
+                                      "the TXT record to publish at SELECTOR._domainkey.DOMAIN and the [[dkim.keys]] table.")
+    keygen.add_argument("--domain", required=True, help="the signing domain (d=)")
+    keygen.add_argument("--selector", required=True, help="the selector (s=)")
+    keygen.add_argument("--algorithm", choices=["ed25519", "rsa"], default="rsa",
+                        help="rsa (default: every receiver verifies it) or ed25519 (RFC 8463; sign with both while receivers catch up)")
+    keygen.add_argument("--bits", type=int, default=2048, help="RSA key size, 2048 to 4096 (default 2048)")
+    keygen.add_argument("--out", required=True, metavar="FILE", help="where to write the private key")
+    keygen.set_defaults(handler=lambda args: _command("dkim").keygen_command(
+        args.domain, args.selector, algorithm=args.algorithm, bits=args.bits, out=args.out))
+    dkim_check = dkim_commands.add_parser("check", help="look every configured selector up in DNS and compare it with its key",
+                                          description="Look each [[dkim.keys]] selector up through the [dns] resolver and compare the "
+                                          "published key with the key file. Exit status 1 unless every one is ok.")
+    dkim_check.add_argument("--config", required=True, metavar="PATH", help="the relay's TOML configuration ([dkim], [dns])")
+    dkim_check.add_argument("--json", action="store_true", help="print one JSON object")
+    dkim_check.set_defaults(handler=lambda args: _command("dkim").check_command(args.config, as_json=args.json))
 
     demo = commands.add_parser("demo", help="run the relay on loopback with a mixed workload and show the routing",
                                description="Start the relay with two loopback pools (normal from 127.0.0.2, "

@@ -1,7 +1,9 @@
 """`deliverypool monitor [--admin HOST:PORT] [--config PATH] [--json] [--interval S]`: per-tenant
 message and DSN rates, baselines and active surges with their causes, from a running relay's
-admin listener (GET /api/tenants), as a live terminal table (rich), or one JSON snapshot. The
-address and the token come from the same places as the relay's (cli/admin_client.py)."""
+admin listener (GET /api/tenants), as a live terminal table (rich), or one JSON snapshot. In a
+fleet any node's listener shows the whole fleet (the caption names the nodes and the leader, or
+says the view is this node's alone while Redis is away). The address and the token come from
+the same places as the relay's (cli/admin_client.py)."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from rich.table import Table
 from deliverypool.cli.admin_client import AdminClient, AdminError, admin_client
 from deliverypool.config import ConfigError
 
-__all__ = ["monitor_command", "snapshot_table"]
+__all__ = ["fleet_caption", "monitor_command", "snapshot_table"]
 
 
 def fetch(client: AdminClient) -> dict[str, Any]:
@@ -25,8 +27,18 @@ def fetch(client: AdminClient) -> dict[str, Any]:
     return data
 
 
+def fleet_caption(fleet: dict[str, Any] | None) -> str | None:
+    """One line about the fleet the snapshot covers (None for a single node)."""
+    if fleet is None:
+        return None
+    if fleet.get("degraded"):
+        return f"fleet view DEGRADED since {fleet.get('degraded_since')}: node {fleet['node']} alone ({fleet.get('error', '')})"
+    nodes = fleet.get("nodes") or []
+    return f"fleet of {len(nodes)} node(s), leader {fleet.get('leader') or 'none'}; seen from {fleet['node']}"
+
+
 def snapshot_table(data: dict[str, Any]) -> Table:
-    table = Table(title=f"deliverypool: DSN window {data['window_seconds']:g}s", expand=False)
+    table = Table(title=f"deliverypool: DSN window {data['window_seconds']:g}s", caption=fleet_caption(data.get("fleet")), expand=False)
     for column in ("tenant", "messages/min", "relayed DSNs/min", "DSNs in window", "window DSNs/min", "baseline/min", "surge"):
         table.add_column(column, justify="left" if column in ("tenant", "surge") else "right")
     for name, row in data["tenants"].items():

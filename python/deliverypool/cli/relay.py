@@ -54,7 +54,10 @@ def relay_command(
         print(f"{prefix} {exc}", file=sys.stderr)
         return 2
     if worker is not None and listen_fd is not None:
-        return _worker(config, worker, listen_fd, loop=loop, workers=workers, client_counts_fd=client_counts_fd, space_fd=space_fd, ready_fd=ready_fd)
+        return _worker(
+            config, worker, listen_fd, loop=loop, workers=workers, client_counts_fd=client_counts_fd, space_fd=space_fd, ready_fd=ready_fd,
+            config_path=Path(config_path),
+        )
     from deliverypool.supervisor import default_workers
 
     count = workers or config.workers or default_workers()
@@ -91,8 +94,10 @@ def _worker(
     client_counts_fd: int | None,
     space_fd: int | None,
     ready_fd: int | None,
+    config_path: Path | None = None,
 ) -> int:
-    """One worker of the supervisor: its shard, the shared socket, until SIGTERM."""
+    """One worker of the supervisor: its shard, the shared socket, until SIGTERM; SIGHUP reloads
+    the DKIM keys from `config_path`."""
     from deliverypool.app import configure_logging, run_relay
     from deliverypool.eventloop import run
     from deliverypool.ingress.client_counts import ClientCounts
@@ -112,7 +117,7 @@ def _worker(
                 os.close(ready_fd)
 
         directory = shard_directory(config.spool.directory, shard)
-        run(run_relay(config, sock=sock, spool_directory=directory, client_counts=counts, space=space, ready=ready), loop)
+        run(run_relay(config, sock=sock, spool_directory=directory, client_counts=counts, space=space, ready=ready, config_path=config_path), loop)
         return 0
     except SpoolError as exc:
         print(f"deliverypool relay: {exc}", file=sys.stderr)

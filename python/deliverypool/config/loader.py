@@ -11,6 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 from deliverypool.config.errors import ConfigError, from_validation_error
 from deliverypool.config.model import RelayConfig
+from deliverypool.config.dkim import model_context  # after model.py, which imports it while it initialises
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -31,7 +32,8 @@ def from_dict(data: Mapping[str, Any], *, base: Path | None = None, command: Com
     `command` is who reads it: for ``"milter"`` the pools need no source addresses (Postfix
     binds them). Raises `ConfigError` listing every problem found."""
     try:
-        config = RelayConfig.model_validate(data, context={"command": command})
+        # The folder relative key files are read from (config/dkim.py), and who reads the file.
+        config = RelayConfig.model_validate(data, context={"command": command, **model_context(base)})
     except ValidationError as exc:
         raise from_validation_error(exc) from None
     return config if base is None else _relative_to(config, base)

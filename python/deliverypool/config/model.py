@@ -737,6 +737,7 @@ from deliverypool.config.observe import (  # noqa: E402
     check_tenant_name,
 )
 from deliverypool.config.limits import LimitsConfig, StateConfig  # noqa: E402
+from deliverypool.config.dkim import DkimConfig  # noqa: E402
 
 
 class RelayConfig(_Table):
@@ -772,6 +773,7 @@ class RelayConfig(_Table):
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Sender limits: the defaults of every tenant (docs/operations/sender-limits.md).")
     state: StateConfig = Field(default_factory=StateConfig, description="Where sender counters and restrictions live (embedded SQLite, or Redis).")
     dnsbl: DnsblConfig = Field(default_factory=DnsblConfig, description="The blocklist watch of the pools' own source addresses.")
+    dkim: DkimConfig = Field(default_factory=DkimConfig, description="DKIM: the keys mail is signed with, and the check of clients' signatures (docs/dkim.md).")
 
     @model_validator(mode="before")
     @classmethod
@@ -857,6 +859,13 @@ class RelayConfig(_Table):
         for name in self.milter.transports:
             if name not in self.pools:
                 raise Invalid(f"no pool named {name!r} (defined: {', '.join(self.pools)})", "milter", "transports", name)
+        return self
+
+    @model_validator(mode="after")
+    def _dkim_tenants(self) -> RelayConfig:
+        for i, key in enumerate(self.dkim.keys):
+            if key.tenant is not None and key.tenant not in self.tenants:
+                raise Invalid(f"no tenant named {key.tenant!r}", "dkim", "keys", i, "tenant")
         return self
 
     def transport_for(self, pool: str) -> str:
