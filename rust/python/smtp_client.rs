@@ -165,6 +165,12 @@ impl PySmtpClient {
         }
     }
 
+    /// The server's greeting ("220 text"), once it came.
+    #[getter]
+    fn greeting(&self) -> Option<String> {
+        self.0.greeting().map(ToString::to_string)
+    }
+
     /// The extension keywords of the last EHLO reply, in upper case.
     #[getter]
     fn extensions<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {

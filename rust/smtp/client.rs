@@ -117,8 +117,8 @@ pub enum Refusal {
     /// The server sent bytes after its 220 to STARTTLS, before TLS started (they would be
     /// read as if they came over TLS: CVE-2011-0411's injection).
     DataAfterStartTls,
-    /// The connection ended.
-    Lost,
+    /// The connection ended (why).
+    Lost(String),
 }
 
 impl Refusal {
@@ -128,7 +128,7 @@ impl Refusal {
             Refusal::TlsNotOffered => "STARTTLS is required and the server does not offer it".to_owned(),
             Refusal::Malformed(error) => format!("the server sent {error}"),
             Refusal::DataAfterStartTls => "the server sent data after its reply to STARTTLS".to_owned(),
-            Refusal::Lost => "the connection was closed".to_owned(),
+            Refusal::Lost(why) => why.clone(),
         }
     }
 }
@@ -434,7 +434,7 @@ impl Client {
         }
         match state {
             State::Greeting | State::Ehlo | State::Helo | State::StartTls | State::TlsPending => {
-                self.refusal = Some(Refusal::Lost);
+                self.refusal = Some(Refusal::Lost(why.to_owned()));
                 Event::Refused
             }
             State::Transaction => self.finish_lost(why),
@@ -472,7 +472,8 @@ impl Client {
         if self.state != State::Ready || self.broken.is_some() {
             // The server closed the connection (or said it would) while it was idle.
             outcome.reconnect = self.transactions > 0;
-            outcome.lost = Some(self.broken.clone().unwrap_or_else(|| "the connection is not ready".to_owned()));
+            let why = self.broken.as_deref().unwrap_or("the connection is not ready");
+            outcome.lost = Some(format!("451 4.4.2 Connection to {} lost: {why}", self.peer));
             self.state = State::Closed;
             self.last_outcome = Some(outcome);
             return Event::Done;
@@ -867,7 +868,8 @@ impl Client {
             return Event::Closed;
         };
         txn.outcome.reconnect = true;
-        txn.outcome.lost = self.broken.clone();
+        let why = self.broken.as_deref().unwrap_or("closed");
+        txn.outcome.lost = Some(format!("451 4.4.2 Connection to {} lost: {why}", self.peer));
         self.state = State::Closed;
         self.last_outcome = Some(txn.outcome);
         Event::Done

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import random
 import ssl
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -19,17 +20,22 @@ from pathlib import Path
 
 import aiosmtplib
 
-from deliverypool._core import dot_stuff
+from deliverypool._core import SmtpClient, dot_stuff
 from deliverypool.config import PoolConfig, SourceAddress
 from deliverypool.errors import DestinationError
 from deliverypool.lookup.mx import MxLookup
 from deliverypool.mail.address import AddressError, parse_mailbox
+from deliverypool.outbound.client import DONE, READY, SEND_BODY, START_TLS, SessionRefused, SmtpConnection, start_tls
 from deliverypool.outbound.outcomes import DeliveryStats
 from deliverypool.queue.spool import Spool
 
 __all__ = ["Attempt", "Connector", "Session", "send"]
 
 log = logging.getLogger("deliverypool.delivery")
+
+# Which SMTP client delivers: "rust" (the engine in rust/smtp/client.rs driven by
+# outbound/client.py) or "aiosmtplib" (the one before it), while the first is brought in.
+ENGINE = os.environ.get("DELIVERYPOOL_SMTP_CLIENT", "aiosmtplib")
 
 
 # Replies keyed by recipient id: (reply text, the host that gave it or None for a local reply).
@@ -40,10 +46,13 @@ Replies = dict[int, tuple[str, "str | None"]]
 class Session:
     """An open connection to one host, bound to one source address of one pool."""
 
-    smtp: aiosmtplib.SMTP
+    smtp: aiosmtplib.SMTP | None
     host: str  # "name[ip]:port"
     source: str
     transactions: int = 0
+    connection: SmtpConnection | None = None
+    # The pool's command_timeout: each reply's wait.
+    timeout: float = 300.0
 
 
 @dataclass
@@ -77,6 +86,8 @@ class Connector:
         # Opportunistic TLS, as in Postfix's "may" level: encrypt when offered, do not verify.
         self._tls.check_hostname = False
         self._tls.verify_mode = ssl.CERT_NONE
+        # tls = "required": the system's trust store, the target's host name checked.
+        self.verify_tls = ssl.create_default_context()
 
     async def targets(self, pool: PoolConfig, destination: str) -> list[tuple[str, str, int]]:
         """(host name, address, port) to try in order for a lane's destination: the smarthost's
@@ -115,8 +126,66 @@ class Connector:
         return self.drained is not None and self.drained(pool, source)
 
     async def open(self, pool: PoolConfig, destination: str) -> Session:
-        """A connection to the first target that greets with 220. Raises DestinationError when
-        none does (temporary: the lane's work is deferred)."""
+        """A connection to the first target that greets with 220 and takes EHLO (and STARTTLS
+        where the pool's policy wants it). Raises DestinationError when none does (temporary:
+        the lane's work is deferred)."""
+        if ENGINE == "aiosmtplib":
+            return await self._open_aiosmtplib(pool, destination)
+        targets = await self.targets(pool, destination)
+        last = "no usable host"
+        for host, address, port in targets:
+            source = self.source_for(pool, address)
+            label = f"{host}[{address}]:{port}"
+            if source is None:
+                version = ipaddress.ip_address(address).version
+                if any(s.address.version == version for s in pool.source_addresses):
+                    last = f"{label}: every IPv{version} source address of pool {pool.name} is drained (listed on a blocklist)"
+                else:
+                    last = f"{label}: pool {pool.name} has no IPv{version} source address"
+                continue
+            try:
+                connection = await self._connect(pool, host, address, port, str(source.address), label)
+            except SessionRefused as exc:
+                # A 4xx or 5xx greeting (or EHLO, or a required STARTTLS): the next host (RFC 5321 §5.1).
+                if exc.code is not None:
+                    last = exc.text
+                    log.info("connect pool=%s source=%s host=%s reply=%s", pool.name, source.address, label, exc.code)
+                else:
+                    last = f"{label}: {exc.text}"
+                    log.info("connect pool=%s source=%s host=%s reply=connect-failed (%s)", pool.name, source.address, label, exc.text)
+                continue
+            except (OSError, asyncio.TimeoutError) as exc:
+                last = f"{label}: {exc or type(exc).__name__}"
+                log.info("connect pool=%s source=%s host=%s reply=connect-failed (%s)", pool.name, source.address, label, exc or type(exc).__name__)
+                continue
+            self.stats.connections += 1
+            return Session(None, label, str(source.address), connection=connection, timeout=pool.command_timeout)
+        raise DestinationError(f"451 4.4.1 Could not deliver to {destination}: {last}", permanent=False)
+
+    async def _connect(self, pool: PoolConfig, host: str, address: str, port: int, source: str, label: str) -> SmtpConnection:
+        """Connects from `source`, reads the greeting (connect_timeout), says EHLO and starts
+        TLS as the engine says (command_timeout each)."""
+        loop = asyncio.get_running_loop()
+        engine = SmtpClient(ehlo_name=pool.ehlo_name, tls=pool.tls, peer=label)
+        _, connection = await asyncio.wait_for(
+            loop.create_connection(lambda: SmtpConnection(engine, loop), address, port, local_addr=(source, 0)), pool.connect_timeout
+        )
+        try:
+            event = await connection.wait(pool.connect_timeout, then=pool.command_timeout)
+            if event == START_TLS:
+                context = self._tls if pool.tls == "opportunistic" else self.verify_tls
+                # The name the certificate is checked against (required) and sent as SNI: the
+                # MX host's name, or the smarthost as configured.
+                await start_tls(connection, context, host, pool.command_timeout)
+                event = await connection.wait(pool.command_timeout)
+            if event != READY:
+                raise SessionRefused(engine.refusal or engine.broken or "the session could not be set up", engine.refusal_code)
+        except BaseException:
+            connection.abort()
+            raise
+        return connection
+
+    async def _open_aiosmtplib(self, pool: PoolConfig, destination: str) -> Session:
         targets = await self.targets(pool, destination)
         last = "no usable host"
         for host, address, port in targets:
@@ -157,6 +226,19 @@ class Connector:
 
     @staticmethod
     async def close(session: Session) -> None:
+        """QUIT (its reply waited for 5 s at most), then close."""
+        connection = session.connection
+        if connection is not None:
+            try:
+                if connection.engine.ready and not connection.closed:
+                    connection.write(connection.engine.quit())
+                    await connection.wait(5)
+            except (OSError, asyncio.TimeoutError):
+                pass
+            finally:
+                connection.close()
+            return
+        assert session.smtp is not None
         try:
             if session.smtp.is_connected:
                 await session.smtp.quit(timeout=5)
@@ -219,13 +301,88 @@ def wire_address(address: str) -> tuple[str | None, bool, str]:
 async def send(
     session: Session, mail_from: str, recipients: Sequence[tuple[int, str]], body: bytes | Path, spool: Spool
 ) -> Attempt:
-    """One mail transaction: MAIL, RCPT for each recipient, DATA when any was accepted.
+    """One mail transaction: MAIL, RCPT for each recipient, then the body (DATA, or BDAT where
+    the server offers CHUNKING) when any was accepted; pipelined where the server offers it.
 
     Every recipient ends with a reply (remote, or local: a 4.4.2 when the connection was lost,
     a 5.6.7 for an address that needs SMTPUTF8 the next hop lacks, a 5.1.3 for one that cannot
-    be sent at all) -- or in ``attempt.untried`` when the server said it takes no more
-    recipients in this transaction (452 4.5.3), to be sent at once in the next."""
+    be sent at all, a 5.3.4 for a message over the next hop's SIZE) -- or in ``attempt.untried``
+    when the server said it takes no more recipients in this transaction (452 4.5.3), to be sent
+    at once in the next."""
+    connection = session.connection
+    if connection is None:
+        return await _send_aiosmtplib(session, mail_from, recipients, body, spool)
+    engine = connection.engine
+    attempt = Attempt()
+    replies = attempt.replies
+    sender, _, sender_problem = wire_address(mail_from)
+    if sender is None:
+        attempt.final = sender_problem
+        replies.update({rid: (sender_problem, None) for rid, _ in recipients})
+        return attempt
+    ids: list[int] = []
+    wire: list[str] = []
+    for rid, address in recipients:
+        text, _, problem = wire_address(address)
+        if text is None:
+            replies[rid] = (problem, None)
+        else:
+            ids.append(rid)
+            wire.append(text)
+    if not wire:
+        attempt.final = next(iter(replies.values()))[0]
+        return attempt
+    if isinstance(body, bytes):
+        # 8BITMIME is declared for 8-bit text only; a body file is not read for it (declaring
+        # it for 7-bit text is harmless).
+        event, output = engine.begin(
+            sender, wire, size=len(body), eight_bit=not body.isascii(), in_memory=True, ends_with_crlf=body.endswith(b"\r\n")
+        )
+    else:
+        # The spool holds CRLF text that ends with CRLF (the DATA reader, the relay's DSNs).
+        size = body.stat().st_size
+        event, output = engine.begin(sender, wire, size=size, eight_bit=True, in_memory=False, ends_with_crlf=True)
+    connection.forget_event()
+    connection.write(output)
+    if event != SEND_BODY:
+        connection.catch_up()
+    try:
+        while event != DONE:
+            if event == SEND_BODY:
+                await connection.write_body(body, spool, session.timeout)
+                connection.catch_up()
+            event = await connection.wait(session.timeout)
+    except (OSError, asyncio.TimeoutError) as exc:
+        # Writing the body failed (a stalled server, a body file that cannot be read): the
+        # connection is given up; its recipients are lost (deferred), not the relay's fault.
+        connection.abort()
+        engine.connection_lost(f"{exc or type(exc).__name__}")
+    outcome = engine.outcome()
+    if outcome is None:
+        raise RuntimeError(f"the SMTP client engine ended a transaction with {session.host} without an outcome")
+    if outcome.reconnect:
+        # The server closed a reused connection while it was idle: not a failed attempt.
+        log.info("%s closed the reused connection (%s); reconnecting", session.host, outcome.lost)
+        attempt.reconnect = True
+        attempt.alive = False
+        return attempt
+    session.transactions += 1
+    for rid, entry in zip(ids, outcome.replies):
+        if entry is None:
+            attempt.untried.append(rid)
+        else:
+            text, remote = entry
+            replies[rid] = (text, session.host if remote else None)
+    attempt.final = outcome.lost or outcome.last or next(iter(replies.values()))[0]
+    attempt.alive = engine.ready and not connection.closed
+    return attempt
+
+
+async def _send_aiosmtplib(
+    session: Session, mail_from: str, recipients: Sequence[tuple[int, str]], body: bytes | Path, spool: Spool
+) -> Attempt:
     smtp = session.smtp
+    assert smtp is not None
     attempt = Attempt()
     replies = attempt.replies
     accepted: list[int] = []
