@@ -53,6 +53,8 @@ class SmtpConnection(asyncio.Protocol):
         self._paused = False
         self._drained: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        # A command that goes out with the body (BDAT after the RCPT replies).
+        self._commands: bytes | None = None
 
     # --- asyncio.Protocol ----------------------------------------------------------------
 
@@ -62,8 +64,11 @@ class SmtpConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         event, output = self.engine.receive(data)
-        if output is not None and self.transport is not None:
-            self.transport.write(output)
+        if output is not None:
+            if event == SEND_BODY:
+                self._commands = output  # BDAT: written with the body, in one write
+            elif self.transport is not None:
+                self.transport.write(output)
         if event:
             self._deliver(event)
 
@@ -113,8 +118,11 @@ class SmtpConnection(asyncio.Protocol):
         transport = self.transport
         if self.engine.holds_input:
             event, more = self.engine.receive(b"")
-            if more and transport is not None and not self.closed:
-                transport.write(more)
+            if more is not None:
+                if event == SEND_BODY:
+                    self._commands = more
+                elif transport is not None and not self.closed:
+                    transport.write(more)
             if event:
                 self._deliver(event)
 
@@ -164,23 +172,27 @@ class SmtpConnection(asyncio.Protocol):
         finally:
             self._drained = None
 
-    async def write_body(self, body: bytes | Path, spool: Spool, timeout: float) -> None:
+    async def write_body(self, body: bytes | Path, spool: Spool, timeout: float, commands: bytes | None = None) -> None:
         """The body as the engine's frame says: dot-stuffed for DATA (in Rust: no copy when no
         line starts with a dot) with the end of data after it, or as stored for BDAT; a body
         file in pieces that each end at a line break, each written once the transport has taken
-        the one before, or with sendfile(2) when the loop and transport can (BDAT, no TLS)."""
+        the one before, or with sendfile(2) when the loop and transport can (BDAT, no TLS).
+        `commands` (the pipelined MAIL ... BDAT) go in the same write as a body in memory: one
+        writev(2), so the whole transaction is one segment on the wire for a small message."""
+        if commands is None:
+            commands, self._commands = self._commands, None
         frame = self.engine.body_frame()
-        if frame is None:
+        transport = self.transport
+        if frame is None or transport is None or self.closed:
+            self.write(commands)
             return
         stuff, suffix = frame
-        transport = self.transport
-        if transport is None or self.closed:
-            return
         if isinstance(body, bytes):
-            transport.write(dot_stuff(body) if stuff else body)
-        elif not stuff and await self._sendfile(body, timeout):
-            pass
-        else:
+            data = dot_stuff(body) if stuff else body
+            transport.writelines([commands, data, suffix] if commands else [data, suffix])
+            return
+        self.write(commands)
+        if stuff or not await self._sendfile(body, timeout):
             first = True
             async for piece in spool.chunks(body):
                 if not first:

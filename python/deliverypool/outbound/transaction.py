@@ -1,6 +1,7 @@
 """One connection and one mail transaction: which hosts to try for a destination, which of the
-pool's source addresses to bind, and the SMTP dialogue (aiosmtplib) that turns a message and its
-recipients into one reply per recipient.
+pool's source addresses to bind, and the SMTP dialogue that turns a message and its recipients
+into one reply per recipient (the Rust client engine, rust/smtp/client.rs, driven by the
+asyncio protocol in outbound/client.py).
 
 Nothing here touches the spool: the scheduler decides what to send, the outcomes module what the
 replies mean.
@@ -11,16 +12,13 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import os
 import random
 import ssl
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiosmtplib
-
-from deliverypool._core import SmtpClient, dot_stuff
+from deliverypool._core import SmtpClient
 from deliverypool.config import PoolConfig, SourceAddress
 from deliverypool.errors import DestinationError
 from deliverypool.lookup.mx import MxLookup
@@ -33,10 +31,6 @@ __all__ = ["Attempt", "Connector", "Session", "send"]
 
 log = logging.getLogger("deliverypool.delivery")
 
-# Which SMTP client delivers: "rust" (the engine in rust/smtp/client.rs driven by
-# outbound/client.py) or "aiosmtplib" (the one before it), while the first is brought in.
-ENGINE = os.environ.get("DELIVERYPOOL_SMTP_CLIENT", "aiosmtplib")
-
 
 # Replies keyed by recipient id: (reply text, the host that gave it or None for a local reply).
 Replies = dict[int, tuple[str, "str | None"]]
@@ -46,13 +40,12 @@ Replies = dict[int, tuple[str, "str | None"]]
 class Session:
     """An open connection to one host, bound to one source address of one pool."""
 
-    smtp: aiosmtplib.SMTP | None
+    connection: SmtpConnection
     host: str  # "name[ip]:port"
     source: str
-    transactions: int = 0
-    connection: SmtpConnection | None = None
     # The pool's command_timeout: each reply's wait.
-    timeout: float = 300.0
+    timeout: float
+    transactions: int = 0
 
 
 @dataclass
@@ -129,8 +122,6 @@ class Connector:
         """A connection to the first target that greets with 220 and takes EHLO (and STARTTLS
         where the pool's policy wants it). Raises DestinationError when none does (temporary:
         the lane's work is deferred)."""
-        if ENGINE == "aiosmtplib":
-            return await self._open_aiosmtplib(pool, destination)
         targets = await self.targets(pool, destination)
         last = "no usable host"
         for host, address, port in targets:
@@ -159,7 +150,7 @@ class Connector:
                 log.info("connect pool=%s source=%s host=%s reply=connect-failed (%s)", pool.name, source.address, label, exc or type(exc).__name__)
                 continue
             self.stats.connections += 1
-            return Session(None, label, str(source.address), connection=connection, timeout=pool.command_timeout)
+            return Session(connection, label, str(source.address), pool.command_timeout)
         raise DestinationError(f"451 4.4.1 Could not deliver to {destination}: {last}", permanent=False)
 
     async def _connect(self, pool: PoolConfig, host: str, address: str, port: int, source: str, label: str) -> SmtpConnection:
@@ -185,117 +176,35 @@ class Connector:
             raise
         return connection
 
-    async def _open_aiosmtplib(self, pool: PoolConfig, destination: str) -> Session:
-        targets = await self.targets(pool, destination)
-        last = "no usable host"
-        for host, address, port in targets:
-            source = self.source_for(pool, address)
-            label = f"{host}[{address}]:{port}"
-            if source is None:
-                version = ipaddress.ip_address(address).version
-                if any(s.address.version == version for s in pool.source_addresses):
-                    last = f"{label}: every IPv{version} source address of pool {pool.name} is drained (listed on a blocklist)"
-                else:
-                    last = f"{label}: pool {pool.name} has no IPv{version} source address"
-                continue
-            smtp = aiosmtplib.SMTP(
-                hostname=address,
-                port=port,
-                source_address=(str(source.address), 0),
-                local_hostname=pool.ehlo_name,
-                timeout=pool.command_timeout,
-                start_tls={"opportunistic": None, "required": True, "none": False}[pool.tls],
-                tls_context=self._tls if pool.tls == "opportunistic" else None,
-            )
-            try:
-                await smtp.connect(timeout=pool.connect_timeout)
-            except aiosmtplib.SMTPResponseException as exc:
-                # A 4xx or 5xx greeting: try the next host (RFC 5321 §5.1).
-                last = f"{exc.code} {exc.message}"
-                log.info("connect pool=%s source=%s host=%s reply=%s", pool.name, source.address, label, exc.code)
-                smtp.close()
-                continue
-            except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
-                last = f"{label}: {exc}"
-                log.info("connect pool=%s source=%s host=%s reply=connect-failed (%s)", pool.name, source.address, label, exc)
-                smtp.close()
-                continue
-            self.stats.connections += 1
-            return Session(smtp, label, str(source.address))
-        raise DestinationError(f"451 4.4.1 Could not deliver to {destination}: {last}", permanent=False)
-
     @staticmethod
     async def close(session: Session) -> None:
         """QUIT (its reply waited for 5 s at most), then close."""
         connection = session.connection
-        if connection is not None:
-            try:
-                if connection.engine.ready and not connection.closed:
-                    connection.write(connection.engine.quit())
-                    await connection.wait(5)
-            except (OSError, asyncio.TimeoutError):
-                pass
-            finally:
-                connection.close()
-            return
-        assert session.smtp is not None
         try:
-            if session.smtp.is_connected:
-                await session.smtp.quit(timeout=5)
-        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+            if connection.engine.ready and not connection.closed:
+                connection.write(connection.engine.quit())
+                await connection.wait(5)
+        except (OSError, asyncio.TimeoutError):
             pass
         finally:
-            session.smtp.close()
+            connection.close()
 
 
-async def _data(smtp: aiosmtplib.SMTP, pieces: AsyncIterator[bytes]) -> aiosmtplib.SMTPResponse:
-    """DATA with the body as stored, in pieces that each end at a line break: each dot-stuffed in
-    Rust (no copy when no line starts with a dot) and written once the transport has taken the
-    one before (flow control), so a large message is never held whole, or twice. aiosmtplib's
-    own ``data()`` also rewrites every line ending with a regular expression and copies the body
-    three times; the spool only holds CRLF text (the DATA reader refuses bare CR and LF, and
-    the relay's own DSNs are CRLF), so neither is needed. The reply is read with the protocol's
-    public ``read_response``."""
-    ready = await smtp.execute_command(b"DATA")
-    if ready.code != 354:
-        raise aiosmtplib.SMTPDataError(ready.code, ready.message)
-    protocol = smtp.protocol
-    if protocol is None:
-        raise aiosmtplib.SMTPServerDisconnected("Connection lost")
-    first = True
-    async for piece in pieces:
-        if not first:
-            await protocol._drain_helper()
-        protocol.write(dot_stuff(piece))
-        first = False
-    protocol.write(b".\r\n")
-    response = await protocol.read_response(timeout=smtp.timeout)
-    if response.code != 250:
-        raise aiosmtplib.SMTPDataError(response.code, response.message)
-    return response
-
-
-def _is_too_many_recipients(code: int, message: str) -> bool:
-    """A 452 that means "no more recipients in this transaction" (RFC 5321 §4.5.3.1.10), not a
-    problem with this recipient: the rest go out at once in the next transaction."""
-    return code == 452 and ("4.5.3" in message or "too many recipients" in message.lower())
-
-
-# RFC 6531 §3.2: an address that needs SMTPUTF8 cannot be sent to a next hop without it.
-NO_SMTPUTF8 = "553 5.6.7 The next hop does not support SMTPUTF8, which this address needs"
+# (An address that needs SMTPUTF8 the next hop lacks gets 553 5.6.7 from the engine, RFC 6531 §3.2.)
 BAD_ADDRESS = "553 5.1.3 The address cannot be sent: {reason}"
 
 
-def wire_address(address: str) -> tuple[str | None, bool, str]:
-    """An address as it goes on the wire: its domain in ASCII (IDNA 2008), whether the local
-    part needs SMTPUTF8, and, when it cannot be sent at all, the reply to record (else "")."""
+def wire_address(address: str) -> tuple[str | None, str]:
+    """An address as it goes on the wire (its domain in ASCII, IDNA 2008; a local part that is
+    not ASCII needs SMTPUTF8, which the engine sees), and, when it cannot be sent at all, the
+    reply to record (else "")."""
     if not address:
-        return "", False, ""  # the null reverse-path
+        return "", ""  # the null reverse-path
     try:
         mailbox = parse_mailbox(address, smtputf8=True)
     except AddressError as error:
-        return None, False, BAD_ADDRESS.format(reason=error.reason)
-    return str(mailbox), mailbox.utf8, ""
+        return None, BAD_ADDRESS.format(reason=error.reason)
+    return str(mailbox), ""
 
 
 async def send(
@@ -310,12 +219,10 @@ async def send(
     when the server said it takes no more recipients in this transaction (452 4.5.3), to be sent
     at once in the next."""
     connection = session.connection
-    if connection is None:
-        return await _send_aiosmtplib(session, mail_from, recipients, body, spool)
     engine = connection.engine
     attempt = Attempt()
     replies = attempt.replies
-    sender, _, sender_problem = wire_address(mail_from)
+    sender, sender_problem = wire_address(mail_from)
     if sender is None:
         attempt.final = sender_problem
         replies.update({rid: (sender_problem, None) for rid, _ in recipients})
@@ -323,7 +230,7 @@ async def send(
     ids: list[int] = []
     wire: list[str] = []
     for rid, address in recipients:
-        text, _, problem = wire_address(address)
+        text, problem = wire_address(address)
         if text is None:
             replies[rid] = (problem, None)
         else:
@@ -343,15 +250,18 @@ async def send(
         size = body.stat().st_size
         event, output = engine.begin(sender, wire, size=size, eight_bit=True, in_memory=False, ends_with_crlf=True)
     connection.forget_event()
-    connection.write(output)
-    if event != SEND_BODY:
-        connection.catch_up()
     try:
+        if event == SEND_BODY:
+            # BDAT right behind the commands: written with the body.
+            await connection.write_body(body, spool, session.timeout, output)
+        else:
+            connection.write(output)
+        connection.catch_up()
         while event != DONE:
+            event = await connection.wait(session.timeout)
             if event == SEND_BODY:
                 await connection.write_body(body, spool, session.timeout)
                 connection.catch_up()
-            event = await connection.wait(session.timeout)
     except (OSError, asyncio.TimeoutError) as exc:
         # Writing the body failed (a stalled server, a body file that cannot be read): the
         # connection is given up; its recipients are lost (deferred), not the relay's fault.
@@ -375,93 +285,4 @@ async def send(
             replies[rid] = (text, session.host if remote else None)
     attempt.final = outcome.lost or outcome.last or next(iter(replies.values()))[0]
     attempt.alive = engine.ready and not connection.closed
-    return attempt
-
-
-async def _send_aiosmtplib(
-    session: Session, mail_from: str, recipients: Sequence[tuple[int, str]], body: bytes | Path, spool: Spool
-) -> Attempt:
-    smtp = session.smtp
-    assert smtp is not None
-    attempt = Attempt()
-    replies = attempt.replies
-    accepted: list[int] = []
-    utf8_offered = smtp.supports_extension("smtputf8")
-    sender, sender_utf8, sender_problem = wire_address(mail_from)
-    if sender is None or (sender_utf8 and not utf8_offered):
-        reply = sender_problem or NO_SMTPUTF8
-        attempt.final = reply
-        attempt.replies.update({rid: (reply, None) for rid, _ in recipients})
-        return attempt
-    wire: list[tuple[int, str, bool]] = []
-    for rid, address in recipients:
-        text, utf8, problem = wire_address(address)
-        if text is None or (utf8 and not utf8_offered):
-            replies[rid] = (problem or NO_SMTPUTF8, None)
-        else:
-            wire.append((rid, text, utf8))
-    if not wire:
-        attempt.final = next(iter(replies.values()))[0]
-        return attempt
-    smtputf8 = utf8_offered and (sender_utf8 or any(utf8 for _, _, utf8 in wire))
-    encoding = "utf-8" if smtputf8 else "ascii"
-    try:
-        options = []
-        size = len(body) if isinstance(body, bytes) else body.stat().st_size
-        if smtp.supports_extension("size"):
-            options.append(f"SIZE={size}")
-        # A body file is not read for this: declaring 8BITMIME for 7-bit text is harmless.
-        if smtp.supports_extension("8bitmime") and (not isinstance(body, bytes) or not body.isascii()):
-            options.append("BODY=8BITMIME")
-        if smtputf8:
-            options.append("SMTPUTF8")
-        try:
-            await smtp.mail(sender, options=options, encoding=encoding)
-        except (aiosmtplib.SMTPServerDisconnected, ConnectionError, aiosmtplib.SMTPSenderRefused) as exc:
-            closed = not isinstance(exc, aiosmtplib.SMTPSenderRefused) or exc.code == 421
-            if session.transactions == 0 or not closed:
-                raise
-            # The server closed a reused connection while it was idle: not a failed attempt.
-            log.info("%s closed the reused connection (%s); reconnecting", session.host, exc)
-            attempt.reconnect = True
-            attempt.alive = False
-            return attempt
-        session.transactions += 1
-        for index, (rid, address, _) in enumerate(wire):
-            try:
-                await smtp.rcpt(address, encoding=encoding)
-                accepted.append(rid)
-            except aiosmtplib.SMTPRecipientRefused as exc:
-                if _is_too_many_recipients(exc.code, exc.message) and (accepted or index > 0):
-                    attempt.untried = [rid for rid, _, _ in wire[index:]]
-                    break
-                replies[rid] = (f"{exc.code} {exc.message}", session.host)
-        if accepted:
-            response = await _data(smtp, spool.chunks(body))
-            attempt.final = f"{response.code} {response.message}"
-            for rid in accepted:
-                replies[rid] = (attempt.final, session.host)
-        else:
-            attempt.final = next(iter(replies.values()))[0]
-            await smtp.rset()
-    except aiosmtplib.SMTPResponseException as exc:
-        attempt.final = f"{exc.code} {exc.message}"
-        untried = set(attempt.untried)
-        for rid, _ in recipients:
-            if rid not in untried:
-                replies.setdefault(rid, (attempt.final, session.host))
-        attempt.alive = exc.code != 421
-        if attempt.alive:
-            try:
-                await smtp.rset()
-            except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
-                attempt.alive = False
-    except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
-        attempt.alive = False
-        attempt.untried = []
-        attempt.final = f"451 4.4.2 Connection to {session.host} lost: {exc or type(exc).__name__}"
-        for rid, _ in recipients:
-            if rid in accepted or rid not in replies:
-                replies[rid] = (attempt.final, None)
-    attempt.alive = attempt.alive and smtp.is_connected
     return attempt
