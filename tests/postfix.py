@@ -1,6 +1,6 @@
 """A private Postfix instance on loopback for the milter tests: its own configuration, queue
 and data directories, unprivileged ports, nothing chrooted (as benches/relay_vs_postfix.sh),
-with the README's deliverypool lines (section "Postfix configuration (tested)") added to its
+with the milter guide's deliverypool lines (docs/guide/milter.md, "Postfix configuration (tested)") added to its
 main.cf and master.cf, the pool addresses and ports replaced by the test's.
 
 ``scripts/install-test-servers.sh`` installs Postfix. Nothing here sends a packet beyond
@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 POSTFIX = "/usr/sbin/postfix"
 MASTER_CF_DIST = Path("/usr/share/postfix/master.cf.dist")
 
-# The README's example values and what the tests use instead.
+# The milter guide's example values and what the tests use instead.
 README_NORMAL_SOURCE = "192.0.2.10"
 README_HIGH_RISK_SOURCE = "198.51.100.7"
 README_MILTER = "inet:127.0.0.1:8893"
@@ -80,26 +80,54 @@ def postfix_installed() -> bool:
     return os.access(POSTFIX, os.X_OK) and MASTER_CF_DIST.is_file()
 
 
-def readme_blocks() -> dict[str, str]:
-    """The code blocks of the README's tested Postfix section, by their first line's name:
-    ``main.cf``, ``master.cf`` and the ``deliverypool_*.regexp`` tables."""
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    start = text.index("### Postfix configuration (tested)")
-    section = text[start : text.index("\n### ", start + 1)]
+def guide_blocks(heading: str, name: str, fence: str = "") -> dict[str, str]:
+    """The code blocks (fenced ```` ```FENCE ````) of one section of the milter guide
+    (docs/guide/milter.md), by the name their first line's comment gives (`name`: a regex whose
+    first group is that name)."""
+    text = (REPO / "docs" / "guide" / "milter.md").read_text(encoding="utf-8")
+    start = text.index(heading)
+    following = text.find("\n## ", start + 1)
+    section = text[start : following if following >= 0 else len(text)]
     blocks: dict[str, str] = {}
-    for body in re.findall(r"^```\n(.*?)^```$", section, flags=re.S | re.M):
-        first = body.splitlines()[0]
-        match = re.fullmatch(r"# (main\.cf|master\.cf|deliverypool_[a-z_]+\.regexp)(?:: deliverypool)?", first)
+    for body in re.findall(rf"^```{fence}\n(.*?)^```$", section, flags=re.S | re.M):
+        match = re.fullmatch(name, body.splitlines()[0])
         if match:
             blocks[match.group(1)] = body
     return blocks
 
 
+def readme_blocks() -> dict[str, str]:
+    """The code blocks of the milter guide's tested Postfix section, by their first line's name:
+    ``main.cf``, ``master.cf`` and the ``deliverypool_*.regexp`` tables."""
+    return guide_blocks("## Postfix configuration (tested)", r"# (main\.cf|master\.cf|deliverypool_[a-z_]+\.regexp)(?:: deliverypool)?")
+
+
+CHAIN_SECTION = "## A scoring milter before deliverypool's (tested)"
+README_RSPAMD_MILTER = "inet:127.0.0.1:11332"
+
+
+def chain_blocks() -> dict[str, str]:
+    """The blocks of the milter guide's scoring-milter section, by their first line's name:
+    ``main.cf`` (the smtpd_milters chain), ``milter_headers.conf`` (rspamd's) and ``relay.toml``
+    (deliverypool's)."""
+    return guide_blocks(CHAIN_SECTION, r"# (?:rspamd: local\.d/)?(main\.cf|milter_headers\.conf|relay\.toml)(?:: .*)?", "(?:toml)?")
+
+
 class PostfixInstance:
     """Postfix listening on 127.0.0.1:`port`, relaying to 127.0.0.1:`relay_port`, with the
-    README's milter configuration pointing at 127.0.0.1:`milter_port`."""
+    milter guide's configuration pointing at 127.0.0.1:`milter_port`."""
 
-    def __init__(self, *, port: int, relay_port: int, milter_port: int, normal_source: str, high_risk_source: str) -> None:
+    def __init__(
+        self,
+        *,
+        port: int,
+        relay_port: int,
+        milter_port: int,
+        normal_source: str,
+        high_risk_source: str,
+        extra_main: str = "",
+        rspamd_milter_port: int | None = None,
+    ) -> None:
         self.port = port
         self.work = Path(tempfile.mkdtemp(prefix="dp-postfix-"))
         self.work.chmod(0o755)
@@ -112,19 +140,21 @@ class PostfixInstance:
         shutil.chown(self.data_dir, "postfix")
         blocks = readme_blocks()
         missing = {"main.cf", "master.cf"} - set(blocks)
-        assert not missing, f"README's Postfix section lacks {missing}"
+        assert not missing, f"the milter guide's Postfix section lacks {missing}"
         replace = {
             README_NORMAL_SOURCE: normal_source,
             README_HIGH_RISK_SOURCE: high_risk_source,
             README_MILTER: f"inet:127.0.0.1:{milter_port}",
         }
+        if rspamd_milter_port is not None:
+            replace[README_RSPAMD_MILTER] = f"inet:127.0.0.1:{rspamd_milter_port}"
 
         def ours(text: str) -> str:
             for old, new in replace.items():
                 text = text.replace(old, new)
             return text
 
-        # The instance's own settings first, then the README's lines, as a user appends them.
+        # The instance's own settings first, then the guide's lines, as a user appends them.
         (self.config_dir / "main.cf").write_text(
             private_main_cf(self.work, relay_port, "postfix.milter.test")
             + """mydomain = milter.test
@@ -137,6 +167,8 @@ bounce_queue_lifetime = 0
 delay_warning_time = 0
 """
             + ours(blocks["main.cf"])
+            # Lines added after the guide's (a later setting wins: the milter chain).
+            + ours(extra_main)
         )
         (self.config_dir / "master.cf").write_text(private_master_cf(port) + ours(blocks["master.cf"]))
         for name, body in blocks.items():

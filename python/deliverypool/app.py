@@ -33,11 +33,13 @@ from deliverypool.ingress.listener import Listener
 from deliverypool.ingress.smtp import RelaySMTP, protocol_factory
 from deliverypool.lookup.mx import MxLookup, MxResolver
 from deliverypool.lookup.resolver import Nameserver, Resolver, ResolverConfig
-from deliverypool.errors import MessageRefused
+from deliverypool.errors import MessageRefused, SpoolError, SpoolFull
 from deliverypool.mail.headers import count_received, received_field, strip_header
 from deliverypool.observe.logs import RateLimit
 from deliverypool.observe.service import Observer
+from deliverypool.observe.spool import SpoolConditions
 from deliverypool.outbound.scheduler import DeliveryEngine
+from deliverypool.queue.space import SpaceFlags
 from deliverypool.queue.spool import FILE_THRESHOLD, NewMessage, Spool
 from deliverypool.routing.router import Router
 from deliverypool.routing.tenants import Tenants
@@ -84,10 +86,12 @@ class Relay:
         router: Router | None = None,
         spool_directory: Path | None = None,
         dnsbl_resolver: Resolver | None = None,
+        space: SpaceFlags | None = None,
     ) -> None:
         self.config = config
         # A worker of `deliverypool relay` has a shard of the spool; an embedded relay the spool.
-        self.spool = Spool(spool_directory or config.spool.directory, reserve=config.spool.reserve)
+        # `space`: the low-space flags the workers share (queue/space.py).
+        self.spool = Spool(spool_directory or config.spool.directory, reserve=config.spool.reserve, space=space)
         self.mx = mx
         self.router = router
         self.scores: ScoredRouter | None = None
@@ -119,6 +123,9 @@ class Relay:
             config, self.tenants, spool_root=root, leader=self.observer.leader, listener=self.observer.senders
         )
         self.observer.limits = self.limits
+        # The spool's low-space mode and stalls: metrics and alerts (observe/spool.py).
+        self.spool_conditions = SpoolConditions(self.observer)
+        self.spool.on_condition = self.spool_conditions
         # The blocklist watch (watch/dnsbl.py): the leader checks the pools' addresses, every
         # worker follows the drained set through SPOOL/state.sqlite3.
         self.dnsbl: BlocklistWatch | None = None
@@ -187,11 +194,15 @@ class Relay:
         """Starts the SMTP listener on the configured address (bound with ``listener.backlog``),
         or on `sock` (a listening socket shared with other workers, whose connections per
         client address `client_counts` holds). The soft open-file limit is raised to the hard
-        one first, and the connection limits worked out from it (README "Limits")."""
+        one first, and the connection limits worked out from it (docs/operations/limits.md)."""
         listener = self.config.listener
         limits = Limits.for_listener(listener, raise_open_file_limit())
         if sock is None:
             sock = listen_socket(listener.host, listener.port, listener.backlog, wait=0.0)
+        else:
+            # A supervisor's socket is bound but not listening until a worker is ready to serve
+            # (supervisor.py): from here clients queue in the backlog instead of being refused.
+            sock.listen(listener.backlog)
         admission = Admission(listener, limits, client_counts)
         server = Listener(sock, protocol_factory(listener, self.handler, admission), admission)
         await server.start_serving()
@@ -243,17 +254,30 @@ class Relay:
         submission = Submission(mail_from, recipients, client_address=peer, helo=helo, login=login)
         routed = await self.scores.route(content, submission, tenant=tenant, untrusted_client=untrusted)
         message_id = routed.decision.message_id
-        job = await self.spool.accept(
-            NewMessage(
-                mail_from=mail_from,
-                recipients=recipients,
-                body=content,
-                pool=routed.pool,
-                reasons=routed.reasons,
-                tenant=tenant,
-                header_message_id=message_id,
+        try:
+            job = await self.spool.accept(
+                NewMessage(
+                    mail_from=mail_from,
+                    recipients=recipients,
+                    body=content,
+                    pool=routed.pool,
+                    reasons=routed.reasons,
+                    tenant=tenant,
+                    header_message_id=message_id,
+                )
             )
-        )
+        except SpoolError as error:
+            # Low space, or the spool failing to write: the client keeps the message. Counted,
+            # and logged at a bounded rate (the spool logs the condition itself, once).
+            self.spool_conditions.refused()
+            full = isinstance(error, SpoolFull)
+            log.warning(
+                "refused a message from=<%s> peer=%s: %s", mail_from, peer, "the spool's disk is full" if full else error,
+                extra={"rate_limit": "spool refused"},
+            )
+            if full:
+                raise MessageRefused("452 4.3.1 Insufficient system storage; try again later", "spool-full") from None
+            raise MessageRefused("451 4.3.0 Temporary failure storing the message; try again later", "spool-unavailable") from None
         log.info(
             "accepted queue_id=%s message_id=%s from=<%s> recipients=%d pool=%s reasons=%s spam=%s",
             job.queue_id,
@@ -335,6 +359,7 @@ class Relay:
             await self.limits.stop()
         if self.dnsbl is not None:
             await self.dnsbl.stop()
+        await self.spool_conditions.drain()
         await self.observer.stop()
         await self.spool.close()
 
@@ -346,11 +371,12 @@ async def run_relay(
     sock: socket.socket | None = None,
     spool_directory: Path | None = None,
     client_counts: ClientCounts | None = None,
+    space: SpaceFlags | None = None,
 ) -> None:
     """Runs the relay until SIGINT or SIGTERM: recovers the spool, delivers, listens (on `sock`
-    when a supervisor shares one, with `spool_directory` its shard and `client_counts` the
-    workers' connections per client)."""
-    relay = Relay(config, spool_directory=spool_directory)
+    when a supervisor shares one, with `spool_directory` its shard, `client_counts` the
+    workers' connections per client and `space` their low-space flags)."""
+    relay = Relay(config, spool_directory=spool_directory, space=space)
     await relay.start()
     await relay.listen(sock, client_counts=client_counts)
     log.info("listening on %s:%d, spool %s", config.listener.host, config.listener.port, relay.spool.directory)

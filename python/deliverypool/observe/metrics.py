@@ -19,6 +19,8 @@ Every label value comes from a closed set, never from message content:
 | ``deliverypool_dnsbl_checks_total`` (counter, per address and cycle) | ``zone``: ``dnsbl.zones``; ``result``: `CHECK_RESULTS` |
 | ``deliverypool_score_checks_total`` (counter, with a score source) | ``result``: ``verdict``, ``too-large``, `FAILURES` (``timeout``, ``unreachable``, ``bad-response``) |
 | ``deliverypool_score_fallbacks_total`` (counter) | none |
+| ``deliverypool_spool_conditions_total`` (counter, times a shard entered it) | ``condition``: ``low-space``, ``stalled`` (observe/spool.py) |
+| ``deliverypool_spool_refused_total`` (counter) | none |
 
 A message with several reasons counts once under each; a value outside its set (a pool
 removed from the configuration while mail waited) is counted as ``other``.
@@ -128,6 +130,10 @@ _HELP: Final = {
     "deliverypool_dnsbl_checks_total": ("Blocklist checks of the source addresses, by zone and result.", ["zone", "result"]),
     "deliverypool_score_checks_total": ("Messages the score source (rspamd) was asked about or skipped, by result.", ["result"]),
     "deliverypool_score_fallbacks_total": ("Messages sent through the high-risk pool because no score could be had (score.fallback).", []),
+    "deliverypool_spool_conditions_total": (
+        "Times a spool shard entered low-space mode or its state changes started failing (stalled).", ["condition"]
+    ),
+    "deliverypool_spool_refused_total": ("Messages refused because the spool could not store them (disk full: 452; failing: 451).", []),
 }
 
 

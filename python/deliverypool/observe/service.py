@@ -216,12 +216,26 @@ class Observer:
             await self._thread(self.store.close)
 
     async def _every(self, seconds: float, work: Callable[[], Any]) -> None:
+        """Runs `work` every `seconds`. A failure is logged when it starts and when it ends, not
+        at every round (a full disk fails every flush until it has room again)."""
+        name = getattr(work, "__name__", "work")
+        failing = False
         while True:
             await asyncio.sleep(seconds)
             try:
                 await work()
+            except (OSError, sqlite3.Error) as exc:  # the disk (full, say): no traceback to add
+                if not failing:
+                    log.error("observer: periodic %s failed: %s (logged again only once it works)", name, exc)
+                failing = True
             except Exception:
-                log.exception("observer: periodic %s failed", getattr(work, "__name__", "work"))
+                if not failing:
+                    log.exception("observer: periodic %s failed (logged again only once it works)", name)
+                failing = True
+            else:
+                if failing:
+                    log.warning("observer: periodic %s works again", name)
+                failing = False
 
     async def _thread(self, work: Callable[[], Any]) -> Any:
         return await asyncio.get_running_loop().run_in_executor(None, work)
