@@ -79,7 +79,7 @@ mod _core {
         m.add("REPORT_KINDS", super::names::<ReportKind>(py)?)?;
         m.add("DSN_KINDS", super::names::<DsnKind>(py)?)?;
         for (name, members) in super::dkim::tables() {
-            m.add(name, pyo3::types::PyTuple::new(py, members)?)?;
+            m.add(name, PyTuple::new(py, members)?)?;
         }
         m.add("SMTP_CLIENT_EVENTS", PyTuple::new(py, super::smtp_client::event_names())?)?;
         m.add("PHRASE_GROUPS", super::dsn::phrase_groups(py)?)
