@@ -4,6 +4,7 @@
 //! paths that need it allow it by name.
 
 pub mod address;
+pub mod auth;
 pub mod cache;
 pub mod dsn;
 pub mod encoded_word;
@@ -15,6 +16,7 @@ pub mod policy;
 pub mod pools;
 pub mod scan;
 pub mod seen;
+pub mod smtp;
 pub mod smtp_data;
 
 #[cfg(feature = "python")]

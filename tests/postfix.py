@@ -30,12 +30,12 @@ README_HIGH_RISK_SOURCE = "198.51.100.7"
 README_MILTER = "inet:127.0.0.1:8893"
 
 
-def wait_listening(port: int, failure: Callable[[], str], seconds: float = 30.0) -> None:
-    """Waits until something accepts connections on 127.0.0.1:`port`; fails with `failure()`."""
+def wait_listening(port: int, failure: Callable[[], str], seconds: float = 30.0, host: str = "127.0.0.1") -> None:
+    """Waits until something accepts connections on `host`:`port`; fails with `failure()`."""
     deadline = time.monotonic() + seconds
     while True:
         try:
-            socket.create_connection(("127.0.0.1", port), 1).close()
+            socket.create_connection((host, port), 1).close()
             return
         except OSError:
             if time.monotonic() > deadline:
@@ -43,31 +43,91 @@ def wait_listening(port: int, failure: Callable[[], str], seconds: float = 30.0)
             time.sleep(0.05)
 
 
+def private_main_cf(work: Path, relay_port: int, hostname: str) -> str:
+    """main.cf of a private instance in `work` (its conf/, queue/, data/ and postfix.log):
+    loopback only, relaying from 127.0.0.0/8 to 127.0.0.1:`relay_port`, no DNS, no TLS out."""
+    return f"""compatibility_level = 3.6
+queue_directory = {work / "queue"}
+data_directory = {work / "data"}
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = {hostname}
+mydestination =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+smtpd_relay_restrictions = permit_mynetworks, reject
+relayhost = [127.0.0.1]:{relay_port}
+smtp_dns_support_level = disabled
+smtp_tls_security_level = none
+maillog_file = {work / "postfix.log"}
+maillog_file_prefixes = {work}
+"""
+
+
+def private_master_cf(port: int) -> str:
+    """The stock master.cf with the SMTP listener moved to 127.0.0.1:`port` and nothing chrooted
+    (and postlogd for maillog_file)."""
+    master = MASTER_CF_DIST.read_text()
+    master = re.sub(r"^smtp      inet", f"127.0.0.1:{port} inet", master, flags=re.M)
+    master = re.sub(r"^([a-z0-9.:-]+ +[a-z-]+ +[-ny] +[-ny] +)[-y]", r"\1n", master, flags=re.M)
+    if not re.search(r"^postlog", master, flags=re.M):
+        master += "postlog   unix-dgram n  -       n       -       1       postlogd\n"
+    return master
+
+
 def postfix_installed() -> bool:
     return os.access(POSTFIX, os.X_OK) and MASTER_CF_DIST.is_file()
 
 
-def readme_blocks() -> dict[str, str]:
-    """The code blocks of the milter guide's tested Postfix section (docs/guide/milter.md), by
-    their first line's name: ``main.cf``, ``master.cf`` and the ``deliverypool_*.regexp`` tables."""
+def guide_blocks(heading: str, name: str, fence: str = "") -> dict[str, str]:
+    """The code blocks (fenced ```` ```FENCE ````) of one section of the milter guide
+    (docs/guide/milter.md), by the name their first line's comment gives (`name`: a regex whose
+    first group is that name)."""
     text = (REPO / "docs" / "guide" / "milter.md").read_text(encoding="utf-8")
-    start = text.index("## Postfix configuration (tested)")
+    start = text.index(heading)
     following = text.find("\n## ", start + 1)
     section = text[start : following if following >= 0 else len(text)]
     blocks: dict[str, str] = {}
-    for body in re.findall(r"^```\n(.*?)^```$", section, flags=re.S | re.M):
-        first = body.splitlines()[0]
-        match = re.fullmatch(r"# (main\.cf|master\.cf|deliverypool_[a-z_]+\.regexp)(?:: deliverypool)?", first)
+    for body in re.findall(rf"^```{fence}\n(.*?)^```$", section, flags=re.S | re.M):
+        match = re.fullmatch(name, body.splitlines()[0])
         if match:
             blocks[match.group(1)] = body
     return blocks
+
+
+def readme_blocks() -> dict[str, str]:
+    """The code blocks of the milter guide's tested Postfix section, by their first line's name:
+    ``main.cf``, ``master.cf`` and the ``deliverypool_*.regexp`` tables."""
+    return guide_blocks("## Postfix configuration (tested)", r"# (main\.cf|master\.cf|deliverypool_[a-z_]+\.regexp)(?:: deliverypool)?")
+
+
+CHAIN_SECTION = "## A scoring milter before deliverypool's (tested)"
+README_RSPAMD_MILTER = "inet:127.0.0.1:11332"
+
+
+def chain_blocks() -> dict[str, str]:
+    """The blocks of the milter guide's scoring-milter section, by their first line's name:
+    ``main.cf`` (the smtpd_milters chain), ``milter_headers.conf`` (rspamd's) and ``relay.toml``
+    (deliverypool's)."""
+    return guide_blocks(CHAIN_SECTION, r"# (?:rspamd: local\.d/)?(main\.cf|milter_headers\.conf|relay\.toml)(?:: .*)?", "(?:toml)?")
 
 
 class PostfixInstance:
     """Postfix listening on 127.0.0.1:`port`, relaying to 127.0.0.1:`relay_port`, with the
     milter guide's configuration pointing at 127.0.0.1:`milter_port`."""
 
-    def __init__(self, *, port: int, relay_port: int, milter_port: int, normal_source: str, high_risk_source: str) -> None:
+    def __init__(
+        self,
+        *,
+        port: int,
+        relay_port: int,
+        milter_port: int,
+        normal_source: str,
+        high_risk_source: str,
+        extra_main: str = "",
+        rspamd_milter_port: int | None = None,
+    ) -> None:
         self.port = port
         self.work = Path(tempfile.mkdtemp(prefix="dp-postfix-"))
         self.work.chmod(0o755)
@@ -86,6 +146,8 @@ class PostfixInstance:
             README_HIGH_RISK_SOURCE: high_risk_source,
             README_MILTER: f"inet:127.0.0.1:{milter_port}",
         }
+        if rspamd_milter_port is not None:
+            replace[README_RSPAMD_MILTER] = f"inet:127.0.0.1:{rspamd_milter_port}"
 
         def ours(text: str) -> str:
             for old, new in replace.items():
@@ -94,24 +156,9 @@ class PostfixInstance:
 
         # The instance's own settings first, then the guide's lines, as a user appends them.
         (self.config_dir / "main.cf").write_text(
-            f"""compatibility_level = 3.6
-queue_directory = {self.queue_dir}
-data_directory = {self.data_dir}
-mail_owner = postfix
-setgid_group = postdrop
-myhostname = postfix.milter.test
-mydomain = milter.test
+            private_main_cf(self.work, relay_port, "postfix.milter.test")
+            + """mydomain = milter.test
 myorigin = $myhostname
-mydestination =
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mynetworks = 127.0.0.0/8
-smtpd_relay_restrictions = permit_mynetworks, reject
-relayhost = [127.0.0.1]:{relay_port}
-smtp_dns_support_level = disabled
-smtp_tls_security_level = none
-maillog_file = {self.log_file}
-maillog_file_prefixes = {self.work}
 # Quick retries, so that a test sees deferred mail leave soon after its cause is gone.
 queue_run_delay = 1s
 minimal_backoff_time = 1s
@@ -120,14 +167,10 @@ bounce_queue_lifetime = 0
 delay_warning_time = 0
 """
             + ours(blocks["main.cf"])
+            # Lines added after the guide's (a later setting wins: the milter chain).
+            + ours(extra_main)
         )
-        # The stock master.cf with the SMTP listener moved to our port and nothing chrooted.
-        master = MASTER_CF_DIST.read_text()
-        master = re.sub(r"^smtp      inet", f"127.0.0.1:{port} inet", master, flags=re.M)
-        master = re.sub(r"^([a-z0-9.:-]+ +[a-z-]+ +[-ny] +[-ny] +)[-y]", r"\1n", master, flags=re.M)
-        if not re.search(r"^postlog", master, flags=re.M):
-            master += "postlog   unix-dgram n  -       n       -       1       postlogd\n"
-        (self.config_dir / "master.cf").write_text(master + ours(blocks["master.cf"]))
+        (self.config_dir / "master.cf").write_text(private_master_cf(port) + ours(blocks["master.cf"]))
         for name, body in blocks.items():
             if name.endswith(".regexp"):
                 (self.config_dir / name).write_text(body)

@@ -455,6 +455,73 @@ def dot_stuff(message: bytes) -> bytes:
     """The message dot-stuffed for DATA (RFC 5321 §4.5.2); `message` itself when no line
     starts with a dot."""
 
+# --- the SMTP client engine (rust/python/smtp_client.rs) ---
+
+__all__ += ["SMTP_CLIENT_EVENTS", "ClientOutcome", "SmtpClient"]
+
+SMTP_CLIENT_EVENTS: tuple[str, ...]
+
+@final
+class ClientOutcome:
+    """What one transaction gave: per recipient ``(reply, remote)`` or None (not tried: 452 too
+    many recipients), the reply that ended it, whether a reused connection was closed before
+    anything was attempted (``reconnect``), and why the connection ended (``lost``)."""
+
+    @property
+    def replies(self) -> tuple[tuple[str, bool] | None, ...]: ...
+    @property
+    def last(self) -> str | None: ...
+    @property
+    def reconnect(self) -> bool: ...
+    @property
+    def lost(self) -> str | None: ...
+
+@final
+class SmtpClient:
+    """The SMTP client of one connection without I/O: fed the server's bytes once per read,
+    returns ``(event, bytes to write or None)``; the events are indices into
+    ``SMTP_CLIENT_EVENTS``."""
+
+    def __new__(cls, *, ehlo_name: str, tls: Literal["opportunistic", "required", "none"], peer: str) -> SmtpClient: ...
+    def receive(self, data: bytes) -> tuple[int, bytes | None]: ...
+    @property
+    def holds_input(self) -> bool: ...
+    def begin(
+        self,
+        mail_from: str,
+        recipients: Sequence[str],
+        *,
+        size: int,
+        eight_bit: bool,
+        in_memory: bool,
+        ends_with_crlf: bool,
+        ret: str | None = None,
+        envid: str | None = None,
+        notify: Sequence[str | None] | None = None,
+        orcpt: Sequence[str | None] | None = None,
+    ) -> tuple[int, bytes | None]: ...
+    def tls_started(self) -> bytes: ...
+    def quit(self) -> bytes: ...
+    def connection_lost(self, why: str) -> int: ...
+    def body_frame(self) -> tuple[bool, bytes] | None: ...
+    def outcome(self) -> ClientOutcome | None: ...
+    @property
+    def greeting(self) -> str | None: ...
+    @property
+    def refusal(self) -> str | None: ...
+    @property
+    def refusal_code(self) -> int | None: ...
+    @property
+    def extensions(self) -> tuple[str, ...]: ...
+    @property
+    def tls_active(self) -> bool: ...
+    @property
+    def ready(self) -> bool: ...
+    @property
+    def transactions(self) -> int: ...
+    @property
+    def broken(self) -> str | None: ...
+
 # --- relayed Message-IDs (rust/python/seen.rs) ---
 
 __all__ += ["MessageIdFilter"]
@@ -487,3 +554,109 @@ class MessageIdFilter:
         """IDs added that were not present before."""
     @property
     def false_positive_rate(self) -> float: ...
+
+# --- DKIM (rust/python/dkim.rs, rust/auth/dkim/) ---
+
+__all__ += [
+    "DKIM_ALGORITHMS",
+    "DKIM_REASONS",
+    "DKIM_RESULTS",
+    "DKIM_SIGN_PROBLEMS",
+    "DkimKey",
+    "DkimKeyError",
+    "DkimSigning",
+    "DkimVerdict",
+    "dkim_key_queries",
+    "dkim_sign",
+    "dkim_verify",
+]
+
+DKIM_ALGORITHMS: tuple[str, ...]
+"""rsa-sha256, ed25519-sha256."""
+DKIM_RESULTS: tuple[str, ...]
+"""Every `DkimVerdict.result`, in RFC 8601's words: pass, fail, neutral, temperror, permerror, policy."""
+DKIM_REASONS: tuple[str, ...]
+"""Every `DkimVerdict.reason` but None."""
+DKIM_SIGN_PROBLEMS: tuple[str, ...]
+"""Every `DkimSigning.problem` but None: no-from, multiple-from, malformed-header, crypto-failure."""
+
+class DkimKeyError(ValueError):
+    """A DKIM private key or its options cannot be used to sign."""
+
+@final
+class DkimKey:
+    """A DKIM private key (PKCS#8 DER) and what it signs: ``d=``, ``s=``, the fields (From is
+    always signed, and over-signed), the canonicalization, ``x=`` as seconds after ``t=``.
+    Thread-safe; made once, used for every message."""
+
+    def __new__(
+        cls,
+        der: bytes,
+        *,
+        algorithm: str,
+        domain: str,
+        selector: str,
+        headers: Sequence[str],
+        oversign: Sequence[str] = ...,
+        canonicalization: str = "relaxed/relaxed",
+        expire: int | None = None,
+    ) -> DkimKey: ...
+    @property
+    def algorithm(self) -> str: ...
+    @property
+    def domain(self) -> str: ...
+    @property
+    def selector(self) -> str: ...
+    @property
+    def bits(self) -> int:
+        """RSA: the modulus size; Ed25519: 256."""
+    @property
+    def headers(self) -> tuple[str, ...]:
+        """The fields signed, lowercased, From first."""
+    @property
+    def oversign(self) -> tuple[str, ...]: ...
+    @property
+    def canonicalization(self) -> str: ...
+    @property
+    def expire(self) -> int | None: ...
+
+@final
+class DkimSigning:
+    """What `dkim_sign` did."""
+
+    @property
+    def header(self) -> bytes:
+        """The DKIM-Signature fields to put in front of the message (empty when unsigned)."""
+    @property
+    def problem(self) -> str | None:
+        """Why the message was not signed (`DKIM_SIGN_PROBLEMS`), or None."""
+    @property
+    def count(self) -> int: ...
+
+def dkim_sign(message: bytes, keys: Sequence[DkimKey], now: int) -> DkimSigning:
+    """Signs `message` with each key (`now`: ``t=``), the GIL released; the body is hashed in
+    one pass per canonicalization, without a copy."""
+
+def dkim_key_queries(message: bytes, max: int = 8) -> list[str]:
+    """The key records to look up (``SELECTOR._domainkey.DOMAIN``) for the first `max` signatures."""
+
+@final
+class DkimVerdict:
+    """One signature's check."""
+
+    @property
+    def domain(self) -> str: ...
+    @property
+    def selector(self) -> str: ...
+    @property
+    def algorithm(self) -> str: ...
+    @property
+    def result(self) -> str:
+        """`DKIM_RESULTS`."""
+    @property
+    def reason(self) -> str | None:
+        """`DKIM_REASONS`, or None for a plain pass."""
+
+def dkim_verify(message: bytes, keys: Mapping[str, Sequence[bytes] | None], now: int, max: int = 8) -> list[DkimVerdict]:
+    """Checks the first `max` signatures of `message`, the GIL released. `keys`: each name of
+    `dkim_key_queries` -> its TXT records (empty: none), or None when the lookup failed."""

@@ -6,11 +6,13 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, clippy::unreachable)]
 
 mod cache;
+mod dkim;
 mod dsn;
 mod errors;
 mod policy;
 mod scan;
 mod seen;
+mod smtp_client;
 mod smtp_data;
 
 use pyo3::prelude::*;
@@ -42,9 +44,11 @@ mod _core {
     #[pymodule_export]
     use super::cache::{PyCacheStats, PyDnsCache};
     #[pymodule_export]
+    use super::dkim::{dkim_key_queries, dkim_sign, dkim_verify, PyDkimKey, PyDkimSigning, PyDkimVerdict};
+    #[pymodule_export]
     use super::dsn::detect;
     #[pymodule_export]
-    use super::errors::{CacheError, MessageTypeError, PolicyError, ScoreError, SenderDomainError};
+    use super::errors::{CacheError, DkimKeyError, MessageTypeError, PolicyError, ScoreError, SenderDomainError};
     #[pymodule_export]
     use super::policy::{classify, classify_many, PyDecision, PyDsnVerdict, PyPolicy};
     #[pymodule_export]
@@ -52,11 +56,13 @@ mod _core {
     #[pymodule_export]
     use super::seen::PyMessageIdFilter;
     #[pymodule_export]
+    use super::smtp_client::{PyClientOutcome, PySmtpClient};
+    #[pymodule_export]
     use super::smtp_data::{dot_stuff, PyDataReader};
 
     #[pymodule_init]
     fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
-        use pyo3::types::PyModuleMethods;
+        use pyo3::types::{PyModuleMethods, PyTuple};
 
         use crate::dsn::{DsnKind, ReportKind, Signal};
         use crate::labels::Defect;
@@ -74,6 +80,10 @@ mod _core {
         m.add("REPORT_KINDS", super::names::<ReportKind>(py)?)?;
         m.add("DSN_KINDS", super::names::<DsnKind>(py)?)?;
         m.add("POOL_CLASSES", super::names::<PoolClass>(py)?)?;
+        for (name, members) in super::dkim::tables() {
+            m.add(name, PyTuple::new(py, members)?)?;
+        }
+        m.add("SMTP_CLIENT_EVENTS", PyTuple::new(py, super::smtp_client::event_names())?)?;
         m.add("PHRASE_GROUPS", super::dsn::phrase_groups(py)?)
     }
 }
