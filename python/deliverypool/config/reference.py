@@ -211,7 +211,8 @@ def _table_description(table: str, root: Schema) -> str:
         if part == "NAME":
             schema = _resolve(schema["additionalProperties"], root)
         elif part == "[]":
-            schema = _resolve(schema["items"], root)
+            # An array of values written plain or as tables (source addresses): the table's.
+            schema = _table_branch(schema["items"], root) or _resolve(schema["items"], root)
         else:
             prop = schema["properties"][part]
             ref = prop.get("$ref")

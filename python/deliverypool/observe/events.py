@@ -71,7 +71,7 @@ class MessageAccepted:
     dkim: DkimOutcome | None = None
     # The routing rule that chose `pool` (None: its class's default), and every pool the
     # recipients go through when rules on recipient domains split them (else empty). The event
-    # log writes them only when set.
+    # log writes these three only when set.
     rule: str | None = None
     pools: tuple[str, ...] = ()
 
@@ -236,7 +236,8 @@ def as_json(event: Event) -> dict[str, Any]:
     body: dict[str, Any] = {"kind": event.kind}
     body.update(dataclasses.asdict(event))
     if isinstance(event, MessageAccepted):
-        for key in ("rule", "pools"):
+        # Written only when set, so that a plain message's line stays as short as it was.
+        for key in ("dkim", "rule", "pools"):
             if not body[key]:
                 del body[key]
     if isinstance(event, DsnRelayed):
