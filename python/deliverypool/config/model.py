@@ -430,7 +430,7 @@ class PoolConfig(_Table):
     """A delivery pool: its class, the source addresses its mail leaves from and how it delivers."""
 
     model_config = ConfigDict(
-        extra="forbid", frozen=True, populate_by_name=True, serialize_by_alias=True, json_schema_extra=_sources_required
+        extra="forbid", frozen=True, serialize_by_alias=True, json_schema_extra=_sources_required
     )
 
     # The pool's key in [pools] (see `name`) and its class when not written, set when a
