@@ -292,7 +292,7 @@ def classify_many(
 
 __all__ += ["CacheError", "CacheStats", "DnsCache"]
 
-_CacheKind = Literal["sender", "MX", "mx", "A", "a", "AAAA", "aaaa", "TXT", "txt", "dnsbl"]
+_CacheKind = Literal["sender", "MX", "mx", "A", "a", "AAAA", "aaaa", "TXT", "txt", "PTR", "ptr", "dnsbl"]
 
 @final
 class CacheStats:

@@ -12,6 +12,8 @@
 //! | `Error::NotBytes` | `MessageTypeError(TypeError)` |
 //! | `Error::LengthMismatch` | `ValueError` |
 //! | `Error::UnknownPhraseGroup` | `ValueError` |
+//! | `Error::Auth` | `AuthError(ValueError)` |
+//! | `Error::Srs` | `SrsError(ValueError)`, with `reason` |
 //!
 //! An error about one message of a batch (`Error::InBatch`) is the same exception, its text
 //! prefixed with the message's position and its `index` attribute set to it; the exceptions
@@ -25,6 +27,7 @@ use pyo3::prelude::*;
 use pyo3::{create_exception, intern, PyTypeInfo};
 
 use crate::cache::CacheError as CoreCacheError;
+use crate::auth::srs::SrsError as SrsFailure;
 use crate::policy;
 
 create_exception!(deliverypool, PolicyError, PyValueError, "A routing policy value is invalid.");
@@ -47,6 +50,13 @@ create_exception!(
     "A message of a batch is not bytes. `index` is its position in the batch."
 );
 create_exception!(deliverypool, CacheError, PyValueError, "An argument to a DnsCache method is invalid.");
+create_exception!(deliverypool, AuthError, PyValueError, "An argument to an SPF, DMARC or SRS call is invalid.");
+create_exception!(
+    deliverypool,
+    SrsError,
+    PyValueError,
+    "An address an SRS rewriter refuses. `reason` is one of SRS_ERRORS (not-srs, malformed, bad-hash, expired, no-domain)."
+);
 
 /// Every error the module raises, whichever part found it.
 #[derive(Debug)]
@@ -61,6 +71,10 @@ pub enum Error {
     UnknownPhraseGroup(String),
     /// An error about the message at `index` of a batch.
     InBatch { index: usize, error: Box<Error> },
+    /// A bad argument to an authentication check or rewriter (auth.rs).
+    Auth(String),
+    /// An address the SRS rewriter refuses.
+    Srs(SrsFailure),
 }
 
 impl Error {
@@ -97,6 +111,8 @@ impl fmt::Display for Error {
             Error::NotBytes(type_name) => write!(f, "must be bytes, not {type_name}"),
             Error::LengthMismatch { name, len, count } => write!(f, "{name} has {len} items but there are {count} messages"),
             Error::UnknownPhraseGroup(name) => write!(f, "no phrase group is called {name:?}"),
+            Error::Auth(text) => f.write_str(text),
+            Error::Srs(error) => error.fmt(f),
             Error::InBatch { index, error } => match **error {
                 // Named as the argument is: `messages[1] must be bytes, not str`.
                 Error::NotBytes(_) => write!(f, "messages[{index}] {error}"),
@@ -122,6 +138,14 @@ pub fn to_py_err(py: Python<'_>, error: impl Into<Error>) -> PyErr {
         Error::Cache(_) => CacheError::new_err(message),
         Error::NotBytes(_) => MessageTypeError::new_err(message),
         Error::LengthMismatch { .. } | Error::UnknownPhraseGroup(_) | Error::InBatch { .. } => PyValueError::new_err(message),
+        Error::Auth(_) => AuthError::new_err(message),
+        Error::Srs(failure) => {
+            let exception = SrsError::new_err(message);
+            if let Err(failed) = exception.value(py).setattr(intern!(py, "reason"), failure.kind.as_str()) {
+                return failed;
+            }
+            exception
+        }
     };
     match index {
         Some(index) => match exception.value(py).setattr(intern!(py, "index"), index) {

@@ -5,6 +5,7 @@
 //! unchecked indexing out of this layer (the core is fuzzed for the same, see fuzz/).
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, clippy::unreachable)]
 
+mod auth;
 mod cache;
 mod dsn;
 mod errors;
@@ -40,11 +41,15 @@ fn untracked<T: PyClass>(py: Python<'_>, value: impl Into<PyClassInitializer<T>>
 #[pyo3::pymodule]
 mod _core {
     #[pymodule_export]
+    use super::auth::{
+        is_srs, organizational_domain, PyDmarcCheck, PyDmarcOutcome, PySpfCheck, PySpfOutcome, PySrsRewriter,
+    };
+    #[pymodule_export]
     use super::cache::{PyCacheStats, PyDnsCache};
     #[pymodule_export]
     use super::dsn::detect;
     #[pymodule_export]
-    use super::errors::{CacheError, MessageTypeError, PolicyError, ScoreError, SenderDomainError};
+    use super::errors::{AuthError, CacheError, MessageTypeError, PolicyError, ScoreError, SenderDomainError, SrsError};
     #[pymodule_export]
     use super::policy::{classify, classify_many, PyDecision, PyDsnVerdict, PyPolicy};
     #[pymodule_export]
@@ -72,6 +77,12 @@ mod _core {
         m.add("DEFECTS", super::names::<Defect>(py)?)?;
         m.add("REPORT_KINDS", super::names::<ReportKind>(py)?)?;
         m.add("DSN_KINDS", super::names::<DsnKind>(py)?)?;
+        m.add("SPF_RESULTS", super::names::<crate::auth::spf::SpfResult>(py)?)?;
+        m.add("SPF_REASONS", super::names::<crate::auth::spf::SpfReason>(py)?)?;
+        m.add("DMARC_RESULTS", super::names::<crate::auth::dmarc::DmarcResult>(py)?)?;
+        m.add("DMARC_REASONS", super::names::<crate::auth::dmarc::DmarcReason>(py)?)?;
+        m.add("DMARC_POLICIES", super::names::<crate::auth::dmarc::Policy>(py)?)?;
+        m.add("SRS_ERRORS", super::names::<crate::auth::srs::SrsErrorKind>(py)?)?;
         m.add("PHRASE_GROUPS", super::dsn::phrase_groups(py)?)
     }
 }
