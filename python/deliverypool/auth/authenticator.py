@@ -1,0 +1,175 @@
+"""The :class:`Authenticator`: SPF at acceptance (MAIL FROM and HELO), SPF again for the way
+the message will leave (its source address and envelope sender), and DMARC as the destination
+will judge it, in one immutable :class:`AuthResult`.
+
+Every DNS answer comes from the resolver's cache when it is there (then nothing awaits) and
+from the resolver otherwise (:class:`~deliverypool.auth.dns.AuthDns`). A DNS failure is a
+``temperror``: the result never guesses that mail passes.
+
+What is predicted at the destination: DMARC with the DKIM signatures the destination will see
+(:class:`DkimSignature`: the relay's own and the customer's valid ones, from the DKIM signer
+and verifier) and the SPF result for the envelope sender from the source address the message
+leaves from (:class:`Departure`). Phase 2 (routing) reads ``AuthResult.dmarc`` to send mail
+that would fail a ``p=reject``/``quarantine`` policy through the high-risk pool.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+from deliverypool._core import DmarcCheck, DmarcOutcome, SpfCheck, SpfOutcome
+from deliverypool.auth.dns import AuthDns
+from deliverypool.lookup.resolver import Resolver
+from deliverypool.mail.address import normalize_domain
+
+__all__ = ["DKIM_RESULTS", "AuthResult", "Authenticator", "Departure", "DkimResult", "DkimSignature"]
+
+# RFC 8601 §2.7.1: the results a DKIM signature can have.
+DkimResult = Literal["none", "pass", "fail", "policy", "neutral", "temperror", "permerror"]
+DKIM_RESULTS: Final[tuple[DkimResult, ...]] = ("none", "pass", "fail", "policy", "neutral", "temperror", "permerror")
+
+
+@dataclass(frozen=True, slots=True)
+class DkimSignature:
+    """A DKIM signature as the destination will judge it: its ``d=`` domain, its result
+    (only ``pass`` counts for DMARC), and its selector (for the Authentication-Results
+    header)."""
+
+    domain: str
+    result: DkimResult
+    selector: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.result not in DKIM_RESULTS:
+            raise ValueError(f"DkimSignature.result: expected one of {', '.join(DKIM_RESULTS)}, got {self.result!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Departure:
+    """How the message leaves: the source address, the envelope sender it carries (the
+    original, or its SRS rewriting) and the relay's HELO name."""
+
+    source_ip: str
+    mail_from: str
+    helo: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResult:
+    """What the relay knows about a message's authentication.
+
+    ``spf`` and ``helo``: SPF at acceptance, for the client's address, of the MAIL FROM and
+    HELO identities. ``departure_spf``: SPF of the envelope sender from the source address it
+    will leave from (None when no departure was given). ``dmarc``: the From domain's policy
+    and the result the destination will reach (None without a From domain). ``dkim``: the
+    signatures DMARC was given."""
+
+    spf: SpfOutcome
+    helo: SpfOutcome
+    departure_spf: SpfOutcome | None = None
+    dmarc: DmarcOutcome | None = None
+    dkim: tuple[DkimSignature, ...] = field(default=())
+
+    @property
+    def dmarc_fails_enforced(self) -> bool:
+        """The From domain asks for quarantine or reject and no aligned identifier passes:
+        what phase 2 routes as ``dmarc-fail``."""
+        return self.dmarc is not None and self.dmarc.result == "fail" and self.dmarc.disposition != "none"
+
+    def authentication_results(self, authserv_id: str) -> str:
+        """The RFC 8601 ``Authentication-Results`` field (name, value, CRLF)."""
+        from deliverypool.auth.results import authentication_results
+
+        return authentication_results(authserv_id, self)
+
+
+class Authenticator:
+    """SPF and DMARC for messages, through one :class:`Resolver` and its cache.
+
+    ``receiver`` is the relay's own domain (``%{r}`` in SPF explanations); ``clock`` gives
+    seconds since the epoch (``%{t}``)."""
+
+    def __init__(self, resolver: Resolver, *, receiver: str = "", clock: Callable[[], float] = time.time) -> None:
+        self.dns = AuthDns(resolver)
+        self.receiver = receiver
+        self.clock = clock
+
+    def _spf_check(self, ip: str, mail_from: str, helo: str, identity: Literal["mailfrom", "helo"]) -> SpfCheck:
+        return SpfCheck(ip, mail_from, helo, identity=identity, receiver=self.receiver, now=int(self.clock()))
+
+    @staticmethod
+    def _dmarc_check(from_domain: str, dkim: Sequence[DkimSignature], spf: SpfOutcome | None) -> DmarcCheck:
+        ascii_domain = normalize_domain(from_domain) or from_domain
+        return DmarcCheck(
+            ascii_domain,
+            dkim=[(s.domain, s.result == "pass") for s in dkim],
+            spf=(spf.domain, spf.result) if spf is not None else None,
+        )
+
+    async def spf(self, ip: str, mail_from: str, helo: str, *, identity: Literal["mailfrom", "helo"] = "mailfrom") -> SpfOutcome:
+        """SPF of one identity (RFC 7208) for a client address."""
+        outcome = await self.dns.run(self._spf_check(ip, mail_from, helo, identity))
+        assert isinstance(outcome, SpfOutcome)
+        return outcome
+
+    async def dmarc(
+        self, from_domain: str, *, dkim: Sequence[DkimSignature] = (), spf: SpfOutcome | None = None
+    ) -> DmarcOutcome:
+        """DMARC (RFC 7489) for a From domain, with these signatures and this SPF result."""
+        outcome = await self.dns.run(self._dmarc_check(from_domain, dkim, spf))
+        assert isinstance(outcome, DmarcOutcome)
+        return outcome
+
+    async def authenticate(
+        self,
+        *,
+        client_ip: str,
+        mail_from: str,
+        helo: str,
+        from_domain: str | None = None,
+        dkim: Sequence[DkimSignature] = (),
+        departure: Departure | None = None,
+    ) -> AuthResult:
+        """Everything for one message; a warm cache answers without suspending."""
+        spf = await self.spf(client_ip, mail_from, helo)
+        helo_spf = await self.spf(client_ip, mail_from, helo, identity="helo")
+        departure_spf = None
+        if departure is not None:
+            departure_spf = await self.spf(departure.source_ip, departure.mail_from, departure.helo)
+        dmarc = None
+        if from_domain is not None:
+            dmarc = await self.dmarc(from_domain, dkim=dkim, spf=departure_spf if departure_spf is not None else spf)
+        return AuthResult(spf, helo_spf, departure_spf, dmarc, tuple(dkim))
+
+    def authenticate_cached(
+        self,
+        *,
+        client_ip: str,
+        mail_from: str,
+        helo: str,
+        from_domain: str | None = None,
+        dkim: Sequence[DkimSignature] = (),
+        departure: Departure | None = None,
+    ) -> AuthResult | None:
+        """:meth:`authenticate` from the cache alone, synchronously; None when an answer is
+        not cached (then await :meth:`authenticate`)."""
+        run = self.dns.run_cached
+        spf = run(self._spf_check(client_ip, mail_from, helo, "mailfrom"))
+        helo_spf = run(self._spf_check(client_ip, mail_from, helo, "helo"))
+        if not isinstance(spf, SpfOutcome) or not isinstance(helo_spf, SpfOutcome):
+            return None
+        departure_spf = None
+        if departure is not None:
+            departure_spf = run(self._spf_check(departure.source_ip, departure.mail_from, departure.helo, "mailfrom"))
+            if not isinstance(departure_spf, SpfOutcome):
+                return None
+        dmarc = None
+        if from_domain is not None:
+            found = run(self._dmarc_check(from_domain, dkim, departure_spf if departure_spf is not None else spf))
+            if not isinstance(found, DmarcOutcome):
+                return None
+            dmarc = found
+        return AuthResult(spf, helo_spf, departure_spf, dmarc, tuple(dkim))
