@@ -5,7 +5,8 @@
 # which pip needs to build pymilter (the `milter` extra), ss (iproute2), which reads a
 # listening socket's backlog (tests/test_ingress_hardening.py), and redis-server
 # (tests/redis_server.py: a private instance on a free loopback port for the shared
-# sender-limit state).
+# sender-limit state), and Perl's Mail::SRS (libmail-srs-perl), the reference SRS
+# implementation tests/test_srs.py checks compatibility with.
 # Idempotent: apt runs only when one is missing. Needs root or sudo (CI runs as root).
 set -euo pipefail
 
@@ -16,6 +17,7 @@ command -v nsd >/dev/null 2>&1 || [ -x /usr/sbin/nsd ] || missing+=(nsd)
 [ -e /usr/include/libmilter/mfapi.h ] || missing+=(libmilter-dev)
 command -v ss >/dev/null 2>&1 || [ -x /usr/bin/ss ] || [ -x /bin/ss ] || missing+=(iproute2)
 [ -x /usr/bin/redis-server ] || missing+=(redis-server)
+[ -e /usr/share/perl5/Mail/SRS.pm ] || missing+=(libmail-srs-perl)
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi
