@@ -161,11 +161,12 @@ class Authenticator:
         helo_spf = run(self._spf_check(client_ip, mail_from, helo, "helo"))
         if not isinstance(spf, SpfOutcome) or not isinstance(helo_spf, SpfOutcome):
             return None
-        departure_spf = None
+        departure_spf: SpfOutcome | None = None
         if departure is not None:
-            departure_spf = run(self._spf_check(departure.source_ip, departure.mail_from, departure.helo, "mailfrom"))
-            if not isinstance(departure_spf, SpfOutcome):
+            found_spf = run(self._spf_check(departure.source_ip, departure.mail_from, departure.helo, "mailfrom"))
+            if not isinstance(found_spf, SpfOutcome):
                 return None
+            departure_spf = found_spf
         dmarc = None
         if from_domain is not None:
             found = run(self._dmarc_check(from_domain, dkim, departure_spf if departure_spf is not None else spf))

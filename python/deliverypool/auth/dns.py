@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final, Protocol, TypeAlias
+from typing import Final, Literal, Protocol, TypeAlias
 
 import dns.rdatatype
 
@@ -40,6 +40,7 @@ __all__ = ["AuthDns", "Check", "DnsReply", "PtrAnswer"]
 # (outcome, records, detail): what a check's answer() takes after the question.
 DnsReply: TypeAlias = tuple[Outcome, Sequence[bytes] | Sequence[str], str]
 
+_KINDS: Final[dict[str, Literal["TXT", "A", "AAAA", "MX", "PTR"]]] = {k: k for k in ("TXT", "A", "AAAA", "MX", "PTR")}
 _NXDOMAIN: Final[DnsReply] = ("negative", (), "nxdomain")
 _NODATA: Final[DnsReply] = ("negative", (), "nodata")
 
@@ -105,8 +106,8 @@ class AuthDns:
 
     def cached(self, qtype: str, name: str) -> DnsReply | None:
         """The answer from the cache, or None on a miss (synchronous, no I/O)."""
-        cache = self.resolver.cache
-        found = cache.get(qtype, name)
+        kind = _KINDS.get(qtype)
+        found = None if kind is None else self.resolver.cache.get(kind, name)
         if found is None:
             return None
         if qtype == "TXT" and isinstance(found, TxtAnswer):
