@@ -28,6 +28,7 @@ from deliverypool.config.model import (
     SourceAddress,
     SpoolConfig,
 )
+from deliverypool.config.auth import AuthConfig, SrsConfig
 from deliverypool.config.limits import LimitsConfig, StateConfig
 from deliverypool.config.observe import NO_TENANT, AdminConfig, AlertsConfig, DnsblConfig, MonitorConfig, ObserveConfig, TenantConfig
 from deliverypool.config.units import format_duration, format_size, parse_duration, parse_size
@@ -36,6 +37,7 @@ __all__ = [
     "NO_TENANT",
     "AdminConfig",
     "AlertsConfig",
+    "AuthConfig",
     "ConfigError",
     "DnsConfig",
     "DnsblConfig",
@@ -53,6 +55,7 @@ __all__ = [
     "ScoreConfig",
     "SourceAddress",
     "SpoolConfig",
+    "SrsConfig",
     "StateConfig",
     "TenantConfig",
     "format_duration",

@@ -687,6 +687,7 @@ from deliverypool.config.observe import (  # noqa: E402
     check_tenant_name,
 )
 from deliverypool.config.limits import LimitsConfig, StateConfig  # noqa: E402
+from deliverypool.config.auth import AuthConfig  # noqa: E402
 
 
 class RelayConfig(_Table):
@@ -722,6 +723,7 @@ class RelayConfig(_Table):
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Sender limits: the defaults of every tenant (README, Sender limits).")
     state: StateConfig = Field(default_factory=StateConfig, description="Where sender counters and restrictions live (embedded SQLite, or Redis).")
     dnsbl: DnsblConfig = Field(default_factory=DnsblConfig, description="The blocklist watch of the pools' own source addresses.")
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="Sender authentication: SPF, DMARC, SRS (phase 2 routes on them; not read yet).")
 
     @model_validator(mode="before")
     @classmethod
