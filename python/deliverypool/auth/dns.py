@@ -123,9 +123,9 @@ class AuthDns:
     async def fetch(self, qtype: str, name: str) -> DnsReply:
         """The answer, looked up (and cached) through the resolver."""
         if qtype == "TXT":
-            return _from_txt(await self.txt.records(name))
+            return _from_txt(await self.txt.records_as_written(name))
         if qtype in ("A", "AAAA"):
-            return _from_addresses(await self.mx._addresses(name, "A" if qtype == "A" else "AAAA"))
+            return _from_addresses(await self.mx.address_records(name, "A" if qtype == "A" else "AAAA"))
         if qtype == "MX":
             try:
                 await self.mx.exchangers(name)

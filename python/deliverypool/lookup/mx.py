@@ -161,6 +161,11 @@ class MxResolver:
         v4, v6 = await asyncio.gather(self._addresses(ascii_host, "A"), self._addresses(ascii_host, "AAAA"))
         return v4 + v6
 
+    async def address_records(self, host: str, kind: Literal["A", "AAAA"]) -> tuple[str, ...]:
+        """One family's addresses of `host` (an ASCII name as it stands, no IDNA), as cached:
+        an :class:`Addresses` that also says what DNS answered."""
+        return await self._addresses(host.lower().rstrip("."), kind)
+
     async def _addresses(self, host: str, kind: Literal["A", "AAAA"]) -> tuple[str, ...]:
         cached = self.resolver.cache.get(kind, host)
         if cached is None:
