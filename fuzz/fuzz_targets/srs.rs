@@ -3,6 +3,9 @@
 //! `=`, which SRS cannot carry), and an SRS0 sender becomes SRS1 that reverses to it.
 //!
 //! Input: byte 0 picks the day and the separator, the rest is the address.
+//!
+//! Found: an empty local part was rewritten to an SRS0 address that reverse() refuses
+//! (fixed: forward() refuses it).
 #![no_main]
 
 use deliverypool::auth::srs::{is_srs, Srs};

@@ -218,3 +218,18 @@ fn tables_keep_their_invariants() {
     crate::labels::check_table(SpfReason::from_name);
     crate::labels::check_table(Identity::from_name);
 }
+
+#[test]
+fn networks_and_names() {
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    assert!(in_network(ip("192.0.2.1"), ip("10.0.0.0"), 0));
+    assert!(in_network(ip("192.0.2.1"), ip("192.0.2.0"), 24));
+    assert!(!in_network(ip("192.0.3.1"), ip("192.0.2.0"), 24));
+    assert!(in_network(ip("2001:db8::1"), ip("::"), 0));
+    assert!(!in_network(ip("2001:db8::1"), ip("2001:db8::"), 128));
+    assert!(!in_network(ip("192.0.2.1"), ip("::ffff:192.0.2.1"), 128), "families never mix");
+    assert!(is_within("mail.example.com", "example.com"));
+    assert!(is_within("example.com.", "example.com"));
+    assert!(!is_within("badexample.com", "example.com"));
+    assert_eq!(dotted_ip(ip("2001:db8::cb01")), "2.0.0.1.0.d.b.8.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.c.b.0.1");
+}

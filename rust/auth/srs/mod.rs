@@ -218,6 +218,10 @@ impl Srs {
         if host.eq_ignore_ascii_case(&self.domain) {
             return Ok(sender.to_owned());
         }
+        if local.is_empty() {
+            // SRS0=HHHH=TT=host=@domain would be refused on the way back.
+            return Err(error(SrsErrorKind::Malformed, format!("{sender:?} has no local part to rewrite")));
+        }
         let sep = char::from(self.separator);
         let domain = &self.domain;
         if let Some(rest) = tagged(local, "SRS1") {
@@ -323,6 +327,8 @@ mod tests {
         assert_eq!(s.reverse("user@relay.example", NOW).unwrap_err().kind, SrsErrorKind::NotSrs);
         assert_eq!(s.reverse("SRS0=abcd=AB@relay.example", NOW).unwrap_err().kind, SrsErrorKind::Malformed);
         assert_eq!(s.forward("nodomain", NOW).unwrap_err().kind, SrsErrorKind::NoDomain);
+        // Found by fuzz/fuzz_targets/srs.rs: an empty local part made an address reverse() refused.
+        assert_eq!(s.forward("@orig.example", NOW).unwrap_err().kind, SrsErrorKind::Malformed);
     }
 
     #[test]
