@@ -15,6 +15,7 @@ that would fail a ``p=reject``/``quarantine`` policy through the high-risk pool.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -133,12 +134,18 @@ class Authenticator:
         dkim: Sequence[DkimSignature] = (),
         departure: Departure | None = None,
     ) -> AuthResult:
-        """Everything for one message; a warm cache answers without suspending."""
-        spf = await self.spf(client_ip, mail_from, helo)
-        helo_spf = await self.spf(client_ip, mail_from, helo, identity="helo")
-        departure_spf = None
+        """Everything for one message. A warm cache answers without suspending
+        (:meth:`authenticate_cached`); otherwise the SPF checks run concurrently, then DMARC."""
+        cached = self.authenticate_cached(
+            client_ip=client_ip, mail_from=mail_from, helo=helo, from_domain=from_domain, dkim=dkim, departure=departure
+        )
+        if cached is not None:
+            return cached
+        checks = [self.spf(client_ip, mail_from, helo), self.spf(client_ip, mail_from, helo, identity="helo")]
         if departure is not None:
-            departure_spf = await self.spf(departure.source_ip, departure.mail_from, departure.helo)
+            checks.append(self.spf(departure.source_ip, departure.mail_from, departure.helo))
+        spf, helo_spf, *rest = await asyncio.gather(*checks)
+        departure_spf = rest[0] if rest else None
         dmarc = None
         if from_domain is not None:
             dmarc = await self.dmarc(from_domain, dkim=dkim, spf=departure_spf if departure_spf is not None else spf)
