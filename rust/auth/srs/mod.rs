@@ -222,6 +222,11 @@ impl Srs {
             // SRS0=HHHH=TT=host=@domain would be refused on the way back.
             return Err(error(SrsErrorKind::Malformed, format!("{sender:?} has no local part to rewrite")));
         }
+        if host.contains('=') {
+            // The format separates the domain from the local part with '=': such a domain (no
+            // valid domain holds one) would come back split elsewhere, its hash not matching.
+            return Err(error(SrsErrorKind::Malformed, format!("{sender:?}: a domain with '=' cannot be carried by SRS")));
+        }
         let sep = char::from(self.separator);
         let domain = &self.domain;
         if let Some(rest) = tagged(local, "SRS1") {
@@ -329,6 +334,7 @@ mod tests {
         assert_eq!(s.forward("nodomain", NOW).unwrap_err().kind, SrsErrorKind::NoDomain);
         // Found by fuzz/fuzz_targets/srs.rs: an empty local part made an address reverse() refused.
         assert_eq!(s.forward("@orig.example", NOW).unwrap_err().kind, SrsErrorKind::Malformed);
+        assert_eq!(s.forward("user@a=b.example", NOW).unwrap_err().kind, SrsErrorKind::Malformed);
     }
 
     #[test]
