@@ -233,6 +233,9 @@ impl Srs {
             // SRS1=hash=first.hop==...: keep the first hop and its part, sign them anew.
             let (_, after) = rest.split_once('=').ok_or_else(|| error(SrsErrorKind::Malformed, "SRS1 address without hash"))?;
             let (first_hop, part) = after.split_once('=').ok_or_else(|| error(SrsErrorKind::Malformed, "SRS1 address without host"))?;
+            if first_hop.is_empty() || part.is_empty() {
+                return Err(error(SrsErrorKind::Malformed, format!("{sender:?}: an empty SRS1 field")));
+            }
             let hash = self.sign(&[first_hop, part]);
             return Ok(format!("SRS1{sep}{hash}={first_hop}={part}@{domain}"));
         }
@@ -335,6 +338,7 @@ mod tests {
         // Found by fuzz/fuzz_targets/srs.rs: an empty local part made an address reverse() refused.
         assert_eq!(s.forward("@orig.example", NOW).unwrap_err().kind, SrsErrorKind::Malformed);
         assert_eq!(s.forward("user@a=b.example", NOW).unwrap_err().kind, SrsErrorKind::Malformed);
+        assert_eq!(s.forward("SRS1=x==@hop.example", NOW).unwrap_err().kind, SrsErrorKind::Malformed);
     }
 
     #[test]
