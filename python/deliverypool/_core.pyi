@@ -461,6 +461,7 @@ SRS_ERRORS: tuple[str, ...]
 
 _Outcome = Literal["positive", "negative", "unknown"]
 _QueryType = Literal["TXT", "A", "AAAA", "MX", "PTR"]
+_Reply = tuple[str, str, str, Sequence[bytes] | Sequence[str], str]
 
 class AuthError(ValueError):
     """An argument to an SPF, DMARC or SRS call is invalid."""
@@ -486,7 +487,9 @@ class SpfCheck:
         receiver: str = "",
         now: int | None = None,
     ) -> SpfCheck: ...
-    def step(self) -> SpfOutcome | tuple[tuple[_QueryType, str], ...]: ...
+    def step(self, answers: Iterable[_Reply] | None = None) -> SpfOutcome | tuple[tuple[_QueryType, str], ...]:
+        """Gives `answers` (as `answer()` takes them: type, name, outcome, records, detail),
+        then runs the check."""
     def answer(
         self, qtype: str, name: str, outcome: str, records: Sequence[bytes] | Sequence[str] | None = None, detail: str = ""
     ) -> None:
@@ -528,7 +531,7 @@ class DmarcCheck:
     def __new__(
         cls, from_domain: str, *, dkim: Sequence[tuple[str, bool]] = ..., spf: tuple[str, str] | None = None
     ) -> DmarcCheck: ...
-    def step(self) -> DmarcOutcome | tuple[tuple[_QueryType, str], ...]: ...
+    def step(self, answers: Iterable[_Reply] | None = None) -> DmarcOutcome | tuple[tuple[_QueryType, str], ...]: ...
     def answer(
         self, qtype: str, name: str, outcome: str, records: Sequence[bytes] | Sequence[str] | None = None, detail: str = ""
     ) -> None: ...

@@ -88,11 +88,17 @@ impl Answer {
 /// Where an evaluator reads its answers from.
 pub trait DnsSource {
     fn answer(&self, query: &Query) -> Option<&Answer>;
+
+    /// The same by parts, for sources that can look up without building a [`Query`].
+    fn answer_for(&self, qtype: QueryType, name: &str) -> Option<&Answer> {
+        self.answer(&Query::new(qtype, name))
+    }
 }
 
-/// Answers collected by the caller, keyed by question.
+/// Answers collected by the caller: per name, one slot per record type, so that a lookup
+/// borrows the name (no allocation on the evaluators' hot path).
 #[derive(Clone, Debug, Default)]
-pub struct Answers(HashMap<Query, Answer>);
+pub struct Answers(HashMap<Box<str>, [Option<Answer>; 5], foldhash::fast::RandomState>);
 
 impl Answers {
     pub fn new() -> Answers {
@@ -100,21 +106,34 @@ impl Answers {
     }
 
     pub fn insert(&mut self, query: Query, answer: Answer) {
-        self.0.insert(query, answer);
+        let slots = self.0.entry(query.name.into_boxed_str()).or_default();
+        if let Some(slot) = slots.get_mut(query.qtype as usize) {
+            *slot = Some(answer);
+        }
     }
 
+    /// The answer for `qtype` at `name`, if given.
+    pub fn get(&self, qtype: QueryType, name: &str) -> Option<&Answer> {
+        self.0.get(name)?.get(qtype as usize)?.as_ref()
+    }
+
+    /// How many answers were given.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.0.values().map(|slots| slots.iter().flatten().count()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.len() == 0
     }
 }
 
 impl DnsSource for Answers {
     fn answer(&self, query: &Query) -> Option<&Answer> {
-        self.0.get(query)
+        self.get(query.qtype, &query.name)
+    }
+
+    fn answer_for(&self, qtype: QueryType, name: &str) -> Option<&Answer> {
+        self.get(qtype, name)
     }
 }
 
@@ -167,7 +186,21 @@ pub fn query_name(name: &str) -> Option<String> {
     if name.is_empty() || name.len() > 253 || !name.is_ascii() {
         return None;
     }
-    if name.split('.').any(|label| label.is_empty() || label.len() > 63) {
+    let mut label = 0usize;
+    for &b in name.as_bytes() {
+        if b == b'.' {
+            if label == 0 {
+                return None;
+            }
+            label = 0;
+        } else {
+            label += 1;
+            if label > 63 {
+                return None;
+            }
+        }
+    }
+    if label == 0 {
         return None;
     }
     Some(name.to_ascii_lowercase())

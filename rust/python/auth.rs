@@ -76,6 +76,15 @@ impl Pending {
         self.with(|answers| answers.insert(Query::new(qtype, name.to_ascii_lowercase()), answer));
         Ok(())
     }
+
+    /// Every `(type, name, outcome, records, detail)` of an iterable.
+    fn answer_all(&self, py: Python<'_>, answers: &Bound<'_, PyAny>) -> PyResult<()> {
+        for item in answers.try_iter()? {
+            let (qtype_name, name, outcome, records, detail): (String, String, String, Bound<'_, PyAny>, String) = item?.extract()?;
+            self.answer(py, &qtype_name, &name, &outcome, &detail, &records)?;
+        }
+        Ok(())
+    }
 }
 
 /// An SPF check (RFC 7208) of one identity, driven by `step()` and `answer()`.
@@ -109,7 +118,13 @@ impl PySpfCheck {
     }
 
     /// The result (`SpfOutcome`), or the questions still open as `(type, name)` pairs.
-    fn step<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+    /// `answers` are given first: `(type, name, outcome, records, detail)` tuples, as
+    /// `answer()` takes them (one call per round instead of one per answer).
+    #[pyo3(signature = (answers=None))]
+    fn step<'py>(&self, py: Python<'py>, answers: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
+        if let Some(answers) = answers {
+            self.answers.answer_all(py, answers)?;
+        }
         let request = SpfRequest { ip: self.ip, mail_from: &self.mail_from, helo: &self.helo, receiver: &self.receiver, now: self.now };
         let step = self.answers.with(|answers| match self.identity {
             Identity::MailFrom => spf::check_mail_from(&request, &*answers),
@@ -219,8 +234,13 @@ impl PyDmarcCheck {
         })
     }
 
-    /// The result (`DmarcOutcome`), or the questions still open as `(type, name)` pairs.
-    fn step<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+    /// The result (`DmarcOutcome`), or the questions still open as `(type, name)` pairs;
+    /// `answers` as `SpfCheck.step` takes them.
+    #[pyo3(signature = (answers=None))]
+    fn step<'py>(&self, py: Python<'py>, answers: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
+        if let Some(answers) = answers {
+            self.answers.answer_all(py, answers)?;
+        }
         let request = DmarcRequest { from_domain: &self.from_domain, dkim: &self.dkim, spf: self.spf.as_ref() };
         match self.answers.with(|answers| dmarc::check(&request, &*answers)) {
             Step::Done(outcome) => Ok(Bound::new(py, PyDmarcOutcome(outcome))?.into_any()),

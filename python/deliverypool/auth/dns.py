@@ -48,7 +48,7 @@ _NODATA: Final[DnsReply] = ("negative", (), "nodata")
 class Check(Protocol):
     """What :class:`~deliverypool.SpfCheck` and :class:`~deliverypool.DmarcCheck` have in common."""
 
-    def step(self) -> object: ...
+    def step(self, answers: Sequence[tuple[str, str, str, Sequence[bytes] | Sequence[str], str]] | None = None) -> object: ...
 
     def answer(
         self, qtype: str, name: str, outcome: str, records: Sequence[bytes] | Sequence[str] | None = None, detail: str = ""
@@ -154,32 +154,35 @@ class AuthDns:
 
     def run_cached(self, check: Check) -> object | None:
         """Runs `check` to its result from the cache alone; None as soon as an answer is not
-        cached (the check keeps the answers it was given)."""
-        while True:
-            step = check.step()
-            if not isinstance(step, tuple):
-                return step
+        cached. One call into the check per round: the round's answers go with the step."""
+        cached = self.cached
+        step = check.step()
+        while isinstance(step, tuple):
+            replies: list[tuple[str, str, str, Sequence[bytes] | Sequence[str], str]] = []
             for qtype, name in step:
-                reply = self.cached(qtype, name)
+                reply = cached(qtype, name)
                 if reply is None:
                     return None
-                check.answer(qtype, name, *reply)
+                replies.append((qtype, name, *reply))
+            step = check.step(replies)
+        return step
 
     async def run(self, check: Check) -> object:
         """Runs `check` to its result: cached answers without suspending, the others looked up
         concurrently, round after round."""
-        while True:
-            step = check.step()
-            if not isinstance(step, tuple):
-                return step
+        cached = self.cached
+        step = check.step()
+        while isinstance(step, tuple):
+            replies: list[tuple[str, str, str, Sequence[bytes] | Sequence[str], str]] = []
             missing: list[tuple[str, str]] = []
             for qtype, name in step:
-                reply = self.cached(qtype, name)
+                reply = cached(qtype, name)
                 if reply is None:
                     missing.append((qtype, name))
                 else:
-                    check.answer(qtype, name, *reply)
+                    replies.append((qtype, name, *reply))
             if missing:
-                replies = await asyncio.gather(*(self.fetch(qtype, name) for qtype, name in missing))
-                for (qtype, name), reply in zip(missing, replies):
-                    check.answer(qtype, name, *reply)
+                fetched = await asyncio.gather(*(self.fetch(qtype, name) for qtype, name in missing))
+                replies.extend((qtype, name, *reply) for (qtype, name), reply in zip(missing, fetched))
+            step = check.step(replies)
+        return step

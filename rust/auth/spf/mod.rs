@@ -18,7 +18,7 @@ use std::net::IpAddr;
 use crate::auth::dns::{canonical_ip, query_name, reverse_name, Answer, DnsSource, Query, QueryType, Step};
 use crate::labels::closed_set;
 use macros::{Context, Letter, MacroString};
-use record::{is_spf_record, Mechanism, Qualifier, Record};
+use record::{is_spf_record, Mechanism, Qualifier};
 
 /// RFC 7208 §4.6.4: terms that query DNS, per evaluation.
 pub const MAX_DNS_TERMS: u32 = 10;
@@ -226,12 +226,11 @@ struct Evaluator<'a, 'r, D> {
 impl<'a, 'r, D: DnsSource> Evaluator<'a, 'r, D> {
     /// The answer to a question, or None (and the question noted) when it is missing.
     fn try_answer(&mut self, qtype: QueryType, name: &str) -> Option<&'a Answer> {
-        let query = Query::new(qtype, name);
-        match self.dns.answer(&query) {
+        match self.dns.answer_for(qtype, name) {
             Some(answer) => Some(answer),
             None => {
-                if !self.missing.contains(&query) {
-                    self.missing.push(query);
+                if !self.missing.iter().any(|q| q.qtype == qtype && q.name == name) {
+                    self.missing.push(Query::new(qtype, name));
                 }
                 None
             }
@@ -285,7 +284,8 @@ impl<'a, 'r, D: DnsSource> Evaluator<'a, 'r, D> {
             [one] => one,
             _ => return Err(perm(SpfReason::MultipleRecords, format!("{name} has {} SPF records", records.len()))),
         };
-        let record = Record::parse(text).map_err(|e| perm(SpfReason::Syntax, format!("{name}: {e}")))?;
+        let record = record::parse_cached(text);
+        let record = record.as_ref().as_ref().map_err(|e| perm(SpfReason::Syntax, format!("{name}: {e}")))?;
         let current = shown.strip_suffix('.').unwrap_or(shown);
         for directive in &record.directives {
             if directive.mechanism.queries_dns() {

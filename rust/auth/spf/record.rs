@@ -2,8 +2,10 @@
 //! and parsing it into directives and modifiers. A syntax error anywhere makes the whole
 //! record invalid (§4.6: `permerror` before anything is evaluated).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use super::macros::{Context, MacroError, MacroString};
 
@@ -150,6 +152,33 @@ impl Record {
         *slot = Some(MacroString::parse(value, Context::DomainSpec).map_err(macro_error)?);
         Ok(())
     }
+}
+
+/// Records parsed before, by their text: the same records (a provider's include, a tenant's
+/// own) come back message after message, and an evaluation that waited for DNS runs again
+/// from its start. Parsing is a pure function of the text, so a cached parse is the parse.
+/// Bounded: emptied when full (a new record costs one parse again).
+type ParseCache = HashMap<Box<[u8]>, Arc<Result<Record, SyntaxError>>, foldhash::fast::RandomState>;
+
+const PARSE_CACHE_CAPACITY: usize = 4096;
+
+fn parse_cache() -> &'static Mutex<ParseCache> {
+    static CACHE: OnceLock<Mutex<ParseCache>> = OnceLock::new();
+    CACHE.get_or_init(|| Mutex::new(ParseCache::default()))
+}
+
+/// [`Record::parse`], through a process-wide cache of parsed records.
+pub fn parse_cached(text: &[u8]) -> Arc<Result<Record, SyntaxError>> {
+    if let Some(parsed) = parse_cache().lock().unwrap_or_else(PoisonError::into_inner).get(text) {
+        return Arc::clone(parsed);
+    }
+    let parsed = Arc::new(Record::parse(text));
+    let mut cache = parse_cache().lock().unwrap_or_else(PoisonError::into_inner);
+    if cache.len() >= PARSE_CACHE_CAPACITY {
+        cache.clear();
+    }
+    cache.insert(text.into(), Arc::clone(&parsed));
+    parsed
 }
 
 fn parse_mechanism(term: &str, name: &str, argument: &str) -> Result<Mechanism, SyntaxError> {
