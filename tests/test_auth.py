@@ -72,6 +72,12 @@ def test_steps_ask_then_answer() -> None:
     assert isinstance(outcome, SpfOutcome)
     assert (outcome.result, outcome.reason, outcome.detail) == ("temperror", "dns-error", "TXT example.com: servfail")
     assert outcome.sender == "a@Example.COM"
+    # The round's answers may go with the step instead.
+    check = SpfCheck("192.0.2.1", "a@example.com", "h.example.com")
+    outcome = check.step([("TXT", "example.com", "positive", (b"v=spf1 ip4:192.0.2.0/24 -all",), "records")])
+    assert isinstance(outcome, SpfOutcome) and (outcome.result, outcome.mechanism) == ("pass", "ip4:192.0.2.0/24")
+    with pytest.raises(AuthError, match="record type"):
+        check.step([("SRV", "example.com", "positive", (), "")])
 
 
 def result_for(mail_from: str = "user@example.com") -> AuthResult:
