@@ -129,6 +129,9 @@ class AuthDns:
         if qtype == "MX":
             try:
                 await self.mx.exchangers(name)
+            except PermanentDnsError as error:
+                if error.reason == "invalid-domain":  # IDNA refuses it: no such host name
+                    return _NXDOMAIN
             except DnsLookupError:
                 pass
             reply = self.cached("MX", name)
