@@ -300,6 +300,15 @@ mod tests {
     }
 
     #[test]
+    fn parsed_records_are_cached_by_text() {
+        let a = parse_cached(b"v=spf1 ip4:192.0.2.0/24 -all");
+        let b = parse_cached(b"v=spf1 ip4:192.0.2.0/24 -all");
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(*a, Record::parse(b"v=spf1 ip4:192.0.2.0/24 -all"));
+        assert!(parse_cached(b"v=spf1 bogus").is_err(), "errors are cached as errors");
+    }
+
+    #[test]
     fn dual_cidr() {
         assert_eq!(split_dual_cidr(""), Some(("", 32, 128)));
         assert_eq!(split_dual_cidr("/24"), Some(("", 24, 128)));
