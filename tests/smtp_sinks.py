@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -240,9 +241,12 @@ def relay_config(
     policy: str = "",
     pool_extra: str = "",
     high_risk_sources: str = f'["{HIGH_RISK_SOURCE}"]',
+    extra: str = "",
+    base: Path | None = None,
 ) -> cfg.RelayConfig:
     """A two-pool relay on loopback: normal from 127.0.0.2, high-risk from 127.0.0.3, fast
-    retries, MX delivery to `mx_port` through `nameserver` (or everything to `smarthost`)."""
+    retries, MX delivery to `mx_port` through `nameserver` (or everything to `smarthost`);
+    `extra` tables at the end (relative paths in them from `base`)."""
     delivery = f'delivery = "smarthost"\nsmarthost = "{smarthost}"' if smarthost else f"mx_port = {mx_port}"
     dns = f'nameservers = ["{nameserver}"]\ntimeout = "1s"' if nameserver else "check_sender_domain = false"
     pools = ""
@@ -270,8 +274,9 @@ score_header = "X-Spam-Score"
 [dns]
 {dns}
 {pools}
+{extra}
 """
-    return cfg.loads(text)
+    return cfg.loads(text, base=base)
 
 
 def message(subject: str = "hello", *, sender: str = "alice@sender.test", extra_headers: str = "", body: str = "Hi.\r\n", message_id: str | None = None) -> bytes:
@@ -281,12 +286,34 @@ def message(subject: str = "hello", *, sender: str = "alice@sender.test", extra_
     ).encode()
 
 
+class Received(list[dict[str, Any]]):
+    """The alerts a webhook receiver took; `rejected`: the POSTs whose signature failed."""
+
+    rejected: list[str]
+
+
 @contextlib.asynccontextmanager
-async def webhook_receiver(port: int) -> AsyncIterator[list[dict[str, Any]]]:
-    received: list[dict[str, Any]] = []
+async def webhook_receiver(port: int, secret: str | Callable[[], str] | None = None) -> AsyncIterator[Received]:
+    """An alert webhook on loopback. With `secret` (or a function giving it: a secret the relay
+    generates), every POST is checked with the documented Standard Webhooks snippet
+    (docs/operations/admin-api.md): one that fails is answered 401 and kept out of the list."""
+    received = Received()
+    received.rejected = []
+    verify = None
+    if secret is not None:
+        from tests.admin_api import documented_snippet
+
+        verify = documented_snippet()
 
     async def hook(request: web.Request) -> web.Response:
-        received.append(await request.json())
+        body = await request.read()
+        if verify is not None:
+            try:
+                verify(secret() if callable(secret) else secret, request.headers, body)
+            except ValueError as exc:
+                received.rejected.append(str(exc))
+                return web.Response(status=401, text=str(exc))
+        received.append(json.loads(body))
         return web.Response(text="ok")
 
     app = web.Application()

@@ -82,6 +82,8 @@ def test_the_documented_example_loads() -> None:
     assert conf.tenants["app1"].threshold == 3.0 and conf.tenants["app1"].auth_users == ("app1",)
     assert (conf.dns.nameservers, conf.dns.timeout) == ((("127.0.0.53", 53),), 2.0)
     assert conf.spool.directory == Path("/var/spool/deliverypool")
+    assert conf.admin.token_file == Path("/etc/deliverypool/admin-tokens") and not conf.admin.open_metrics and not conf.admin.open_reads
+    assert conf.alerts.secret_file == Path("/etc/deliverypool/webhook-secret")
 
 
 def test_defaults() -> None:
@@ -460,7 +462,7 @@ def test_every_key_in_the_schema_has_a_description() -> None:
     assert [key for key, prop in keys.items() if not prop.get("description")] == []
     # The keys are exactly the models' fields: none missing, none invented.
     models: list[type[BaseModel]] = [cfg.RelayConfig, cfg.ListenerConfig, cfg.SpoolConfig, cfg.PolicyConfig, cfg.DnsConfig, cfg.PoolConfig, cfg.RetryConfig, cfg.SourceAddress, cfg.ScoreConfig, cfg.MilterConfig,
-                                      cfg.TenantConfig, cfg.MonitorConfig, cfg.AdminConfig, cfg.AlertsConfig, cfg.ObserveConfig, cfg.LimitsConfig, cfg.StateConfig, cfg.DnsblConfig, cfg.AuthConfig, cfg.SrsConfig]
+                                      cfg.TenantConfig, cfg.MonitorConfig, cfg.AdminConfig, cfg.AlertsConfig, cfg.ObserveConfig, cfg.LimitsConfig, cfg.StateConfig, cfg.DnsblConfig, cfg.DkimConfig, cfg.AuthConfig, cfg.SrsConfig, cfg.DkimKeyConfig]
     assert {(m.__name__ if m is not cfg.RelayConfig else schema["title"], f) for m in models for f in m.model_fields} == set(keys)
 
 

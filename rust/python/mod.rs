@@ -7,6 +7,7 @@
 
 mod auth;
 mod cache;
+mod dkim;
 mod dsn;
 mod errors;
 mod policy;
@@ -47,9 +48,11 @@ mod _core {
     #[pymodule_export]
     use super::cache::{PyCacheStats, PyDnsCache};
     #[pymodule_export]
+    use super::dkim::{dkim_key_queries, dkim_sign, dkim_verify, PyDkimKey, PyDkimSigning, PyDkimVerdict};
+    #[pymodule_export]
     use super::dsn::detect;
     #[pymodule_export]
-    use super::errors::{AuthError, CacheError, MessageTypeError, PolicyError, ScoreError, SenderDomainError, SrsError};
+    use super::errors::{AuthError, CacheError, DkimKeyError, MessageTypeError, PolicyError, ScoreError, SenderDomainError, SrsError};
     #[pymodule_export]
     use super::policy::{classify, classify_many, PyDecision, PyDsnVerdict, PyPolicy};
     #[pymodule_export]
@@ -77,6 +80,9 @@ mod _core {
         m.add("DEFECTS", super::names::<Defect>(py)?)?;
         m.add("REPORT_KINDS", super::names::<ReportKind>(py)?)?;
         m.add("DSN_KINDS", super::names::<DsnKind>(py)?)?;
+        for (name, members) in super::dkim::tables() {
+            m.add(name, pyo3::types::PyTuple::new(py, members)?)?;
+        }
         m.add("SPF_RESULTS", super::names::<crate::auth::spf::SpfResult>(py)?)?;
         m.add("SPF_REASONS", super::names::<crate::auth::spf::SpfReason>(py)?)?;
         m.add("DMARC_RESULTS", super::names::<crate::auth::dmarc::DmarcResult>(py)?)?;

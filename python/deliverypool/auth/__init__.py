@@ -1,6 +1,7 @@
-"""Sender authentication as the relay evaluates it: SPF (RFC 7208), DMARC (RFC 7489) and the
-Sender Rewriting Scheme, with the evaluators in Rust (``rust/auth/``) and DNS through the one
-resolver and its cache (:mod:`deliverypool.auth.dns`)."""
+"""Message authentication, one module per mechanism: DKIM (dkim.py); SPF (RFC 7208), DMARC
+(RFC 7489) and the Sender Rewriting Scheme (srs.py), with the evaluators in Rust
+(``rust/auth/``) and DNS through the one resolver and its cache (dns.py); the
+:class:`Authenticator` (authenticator.py) and the Authentication-Results field (results.py)."""
 
 from deliverypool._core import (
     DMARC_POLICIES,

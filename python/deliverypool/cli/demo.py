@@ -23,11 +23,12 @@ import asyncio
 import collections
 import contextlib
 import email.utils
+import logging
 import socket
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -40,7 +41,8 @@ from deliverypool import config as cfg
 from deliverypool.mail.dsn import Failure, build_dsn
 from deliverypool.mail.headers import crlf, header_block, header_section
 from deliverypool.eventloop import run
-from deliverypool.app import Accepted, Relay, configure_logging
+from deliverypool.app import Accepted, Relay
+from deliverypool.config.credentials import new_token
 from deliverypool.cli.demo_limits import LIMITS_LISTENER, LIMITS_TENANTS, compromised_account
 from deliverypool.cli.demo_dnsbl import act_config, listed_address
 from deliverypool.cli.demo_monitor import MONITOR_SETTINGS, compromised_customer, print_alert
@@ -76,6 +78,8 @@ KINDS = {
     "bounce": "DSNs the relay wrote",
 }
 KIND_HEADER = "X-Demo-Kind"
+# The relay's log format (app.configure_logging), for -v and the lines held back.
+LOG_FORMAT = "%(asctime)s %(name)s %(message)s"
 
 
 @dataclass
@@ -190,7 +194,9 @@ def workload(scale: int) -> list[tuple[str, str, list[str], bytes]]:
     return [item for _, item in sorted(enumerate(items), key=lambda pair: (pair[0] * 7919) % len(items))]
 
 
-def demo_config(spool: Path, listen_port: int, mx_port: int, dns: tuple[str, int], admin_port: int | None = None) -> cfg.RelayConfig:
+def demo_config(
+    spool: Path, listen_port: int, mx_port: int, dns: tuple[str, int], admin_port: int | None = None, token_file: Path | None = None
+) -> cfg.RelayConfig:
     pool = {"delivery": "mx", "mx_port": mx_port, "idle_timeout": "1s", "max_connections_per_destination": 4, "retry": {"initial": "1s", "maximum": "5s"}}
     return cfg.from_dict(
         {
@@ -207,7 +213,8 @@ def demo_config(spool: Path, listen_port: int, mx_port: int, dns: tuple[str, int
             **MONITOR_SETTINGS,
             # The compromised-account act (cli/demo_limits.py): a tenant with a sender limit.
             "tenants": {**MONITOR_SETTINGS["tenants"], **LIMITS_TENANTS},
-            **({"admin": {"address": f"127.0.0.1:{admin_port}"}} if admin_port else {}),
+            # The admin API with a token the demo generated; /metrics open for a browser.
+            **({"admin": {"address": f"127.0.0.1:{admin_port}", "open_metrics": True, **({"token_file": str(token_file)} if token_file else {})}} if admin_port else {}),
         }
     )
 
@@ -262,7 +269,10 @@ async def demo(
                 servers.append(await loop.create_server(lambda h=handler: SMTP(h, hostname=name, loop=loop), host, mx_port))  # type: ignore[misc]
             listen_port = common_port(["127.0.0.1"])
             admin_port = common_port(["127.0.0.1"])
-            config = demo_config(Path(tmp) / "spool", listen_port, mx_port, dns_address, admin_port)
+            token_file = Path(tmp) / "admin-tokens"
+            token_file.write_text(f"demo:{new_token()}\n")
+            token_file.chmod(0o600)
+            config = demo_config(Path(tmp) / "spool", listen_port, mx_port, dns_address, admin_port, token_file)
             relay = Relay(config)
 
             def accepted(result: Accepted, content: bytes) -> None:
@@ -279,7 +289,7 @@ async def demo(
             out.write(
                 f"deliverypool demo: relay on 127.0.0.1:{listen_port}; pools normal from {NORMAL_SOURCE}, "
                 f"high-risk from {HIGH_RISK_SOURCE}; DNS for *.test from {dns_address[0]}:{dns_address[1]}; "
-                f"MX sinks on {', '.join(SINKS.values())}; admin (metrics) on http://127.0.0.1:{admin_port}/metrics\n"
+                f"MX sinks on {', '.join(SINKS.values())}; admin (metrics) on http://127.0.0.1:{admin_port}/metrics, its API's token in {token_file}\n"
                 f"sending {len(items)} messages over {clients} connections...\n"
             )
             started = time.perf_counter()
@@ -301,12 +311,12 @@ async def demo(
             alert = await compromised_customer(relay, listen_port, out, mark=lambda dsn: _with_kind(dsn, "harvest"))
             print_alert(out, alert, f"127.0.0.1:{admin_port}")
             stats["alert"].reasons.update([alert["cause"]] if alert else [])
-            limits_act = await compromised_account(relay, listen_port, out, content=_with_kind(_message("ordinary", 0, "newsletter@sender.test"), "limits"), admin=f"127.0.0.1:{admin_port}")
+            limits_act = await compromised_account(relay, listen_port, out, content=_with_kind(_message("ordinary", 0, "newsletter@sender.test"), "limits"), admin=f"127.0.0.1:{admin_port}", token_file=token_file)
             act3 = stats["limits-act"]
             act3.sent, act3.refused = limits_act.accepted, limits_act.refused
             act3.reasons.update({"released": int(limits_act.released), "alert": int(limits_act.alert is not None), "after": limits_act.after_release})
             # Act 4 (cli/demo_dnsbl.py): a second relay's normal address gets listed and drained.
-            act4_config = act_config(Path(tmp) / "spool-act4", common_port(["127.0.0.1"]), mx_port, dns_address, common_port(["127.0.0.1"]))
+            act4_config = act_config(Path(tmp) / "spool-act4", common_port(["127.0.0.1"]), mx_port, dns_address, common_port(["127.0.0.1"]), token_file)
             act4 = await listed_address(
                 zones, act4_config, out, peers=lambda kind: collections.Counter(stats[kind].peers), mark=lambda m, kind: _with_kind(m, kind)
             )
@@ -370,19 +380,69 @@ def check(stats: dict[str, KindStats]) -> list[str]:
     return problems
 
 
-def demo_command(*, scale: int = 10, out: TextIO = sys.stdout, keep_running: bool = False) -> int:
-    """`deliverypool demo`: exit status 0 when every kind was delivered from its pool."""
-    import logging
+class _HeldLogs(logging.Handler):
+    """Keeps the relay's log records (WARNING and up) while the demo prints its report."""
 
-    configure_logging(logging.WARNING)
-    logging.getLogger("mail.log").setLevel(logging.ERROR)  # aiosmtpd's login_data deprecation note at each AUTH
-    # Act 4's 250 ms interval would be far over a real list's query terms: the warning says so,
-    # which the demo does not need to (its list is its own).
-    logging.getLogger("deliverypool.dnsbl").setLevel(logging.ERROR)
-    stats: dict[str, KindStats] = run(demo(out, scale=scale, keep_running=keep_running))
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+        self.setFormatter(logging.Formatter(LOG_FORMAT))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def lines(self) -> list[str]:
+        return [self.format(record) for record in self.records]
+
+
+@contextlib.contextmanager
+def demo_logging(verbose: bool = False) -> Iterator[_HeldLogs | None]:
+    """The demo's logging: with `verbose`, every record from INFO up on stderr as it happens
+    (the relay's own format); otherwise none is printed while the report is written: WARNING
+    and up are held (yielded) for the end, where the demo shows them only if something went
+    wrong. The alerts the report prints (deliverypool.alerts) are never shown twice."""
+    root = logging.getLogger()
+    quiet = {"mail.log": logging.ERROR, "httpx": logging.WARNING}
+    if not verbose:
+        # Act 4's 250 ms interval would be far over a real list's query terms: the warning says
+        # so, which the demo does not need to (its list is its own).
+        quiet["deliverypool.dnsbl"] = logging.ERROR
+    saved = {name: logging.getLogger(name).level for name in (*quiet, "")}
+    for name, level in quiet.items():
+        logging.getLogger(name).setLevel(level)
+    handler: logging.Handler
+    held: _HeldLogs | None = None
+    if verbose:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handler.setLevel(logging.INFO)
+        root.setLevel(logging.INFO)
+    else:
+        handler = held = _HeldLogs()
+        root.setLevel(logging.WARNING)
+    root.addHandler(handler)
+    try:
+        yield held
+    finally:
+        root.removeHandler(handler)
+        for name, level in saved.items():
+            logging.getLogger(name or None).setLevel(level)
+
+
+def demo_command(*, scale: int = 10, out: TextIO = sys.stdout, keep_running: bool = False, verbose: bool = False) -> int:
+    """`deliverypool demo`: exit status 0 when every kind was delivered from its pool. Its log
+    lines: see `demo_logging`."""
+    with demo_logging(verbose) as held:
+        stats: dict[str, KindStats] = run(demo(out, scale=scale, keep_running=keep_running))
     problems = check(stats)
     for problem in problems:
         out.write(f"PROBLEM: {problem}\n")
+    if held is not None:
+        errors = [r for r in held.records if r.levelno >= logging.ERROR and r.name != "deliverypool.alerts"]
+        if problems or errors:
+            lines = [held.format(r) for r in held.records if r.name != "deliverypool.alerts"]
+            out.write(f"\nthe relay's warnings and errors ({len(lines)}; -v shows every log line as it happens):\n")
+            out.writelines(f"  {line}\n" for line in lines)
     return 1 if problems else 0
 
 

@@ -28,6 +28,7 @@ from deliverypool.config.model import (
     SourceAddress,
     SpoolConfig,
 )
+from deliverypool.config.dkim import DkimConfig, DkimKeyConfig
 from deliverypool.config.auth import AuthConfig, SrsConfig
 from deliverypool.config.limits import LimitsConfig, StateConfig
 from deliverypool.config.observe import NO_TENANT, AdminConfig, AlertsConfig, DnsblConfig, MonitorConfig, ObserveConfig, TenantConfig
@@ -39,6 +40,8 @@ __all__ = [
     "AlertsConfig",
     "AuthConfig",
     "ConfigError",
+    "DkimConfig",
+    "DkimKeyConfig",
     "DnsConfig",
     "DnsblConfig",
     "IPAddress",

@@ -7,19 +7,19 @@
 //! * Forwarding an SRS0 address again: `SRS1=HHHH=first.hop==HHHH=TT=orig.example=user@relay`,
 //!   the hash over lc(first.hop) lc(the SRS0 part after `SRS0`).
 //!
-//! The first key signs; every key verifies (rotation). A hash is compared without regard to
+//! HMAC-SHA1 from ring, the crate DKIM signs with. The first key signs; every key verifies (rotation). A hash is compared without regard to
 //! case (the scheme's own allowance for MTAs that lowercase local parts: it leaves ~20 of the
 //! 24 bits of a 4-character hash); a timestamp older than `max_age_days` is refused.
 
 use std::fmt;
 
-use hmac::{Hmac, Mac};
-use sha1::Sha1;
+use base64::engine::general_purpose::STANDARD_NO_PAD;
+use base64::Engine as _;
+use ring::hmac;
 
 use crate::labels::closed_set;
 
 const BASE32: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 /// Timestamps count days modulo 2^10.
 const TIME_SLOTS: u64 = 1024;
 const DAY: u64 = 86_400;
@@ -148,23 +148,16 @@ impl Srs {
         &self.domain
     }
 
-    /// base64(HMAC-SHA1(key, lc(parts...))), all 27 characters.
+    /// base64(HMAC-SHA1(key, lc(parts...))), all 27 characters. SHA-1 is the scheme's (ring
+    /// names it "for legacy use"): the hash is truncated to a few characters and lives 21
+    /// days, so what it needs is a keyed MAC, which HMAC-SHA1 still is.
     fn hash(key: &[u8], parts: &[&str]) -> String {
-        // HMAC takes keys of any length: new_from_slice cannot fail.
-        let Ok(mut mac) = Hmac::<Sha1>::new_from_slice(key) else { return String::new() };
+        let key = hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, key);
+        let mut context = hmac::Context::with_key(&key);
         for part in parts {
-            mac.update(part.to_ascii_lowercase().as_bytes());
+            context.update(part.to_ascii_lowercase().as_bytes());
         }
-        let digest = mac.finalize().into_bytes();
-        let mut out = String::with_capacity(28);
-        for chunk in digest.chunks(3) {
-            let n = chunk.iter().enumerate().fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
-            for i in 0..=chunk.len() {
-                let index = (n >> (18 - 6 * i)) & 63;
-                out.push(char::from(BASE64.get(index as usize).copied().unwrap_or(b'A')));
-            }
-        }
-        out
+        STANDARD_NO_PAD.encode(context.sign().as_ref())
     }
 
     fn sign(&self, parts: &[&str]) -> String {
