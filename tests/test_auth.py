@@ -16,7 +16,7 @@ import deliverypool.auth as auth
 from deliverypool.auth import (
     AuthError,
     AuthResult,
-    DkimSignature,
+    DkimIdentity,
     DmarcCheck,
     DmarcOutcome,
     SpfCheck,
@@ -39,6 +39,21 @@ def spf(ip: str, mail_from: str, helo: str, txt: dict[str, str], identity: str =
     return outcome
 
 
+def test_dkim_identities_from_the_dkim_outcome() -> None:
+    from deliverypool.auth.dkim import DkimCheck, DkimOutcome
+    from deliverypool.auth.dkim import DkimSignature as Signed
+
+    outcome = DkimOutcome(
+        signed=(Signed("tenant.example", "s1", "ed25519-sha256"),),
+        checks=(DkimCheck("esp.example", "k", "rsa-sha256", "fail", "body-hash-mismatch"), DkimCheck("tenant.example", "k2", "rsa-sha256", "pass")),
+    )
+    assert DkimIdentity.from_outcome(outcome) == (
+        DkimIdentity("tenant.example", "pass", "s1"),
+        DkimIdentity("esp.example", "fail", "k"),
+        DkimIdentity("tenant.example", "pass", "k2"),
+    )
+
+
 def test_closed_sets_are_labels() -> None:
     for table in (auth.SPF_RESULTS, auth.SPF_REASONS, auth.DMARC_RESULTS, auth.DMARC_REASONS, auth.DMARC_POLICIES, auth.SRS_ERRORS):
         assert len(set(table)) == len(table)
@@ -59,8 +74,8 @@ def test_bad_arguments_are_auth_errors() -> None:
         check.answer("A", "example.com", "positive", ("not-an-address",))
     with pytest.raises(AuthError, match="SPF result"):
         DmarcCheck("example.com", spf=("example.com", "passed"))
-    with pytest.raises(ValueError, match="DkimSignature.result"):
-        DkimSignature("example.com", "ok")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="DkimIdentity.result"):
+        DkimIdentity("example.com", "ok")  # type: ignore[arg-type]
     assert issubclass(AuthError, ValueError)
 
 
@@ -84,7 +99,7 @@ def result_for(mail_from: str = "user@example.com") -> AuthResult:
     txt = {"example.com": "v=spf1 ip4:192.0.2.0/24 -all", "h.example.com": "v=spf1 -all"}
     mailfrom = spf("192.0.2.1", mail_from, "h.example.com", txt)
     helo = spf("192.0.2.1", mail_from, "h.example.com", txt, identity="helo")
-    dkim = (DkimSignature("example.com", "pass", "sel1"), DkimSignature("esp.example", "fail", "s"))
+    dkim = (DkimIdentity("example.com", "pass", "sel1"), DkimIdentity("esp.example", "fail", "s"))
     zone = {("TXT", "_dmarc.example.com"): ("positive", (b"v=DMARC1; p=reject; sp=quarantine",), "records")}
     dmarc = run(DmarcCheck("example.com", dkim=[(s.domain, s.result == "pass") for s in dkim], spf=(mailfrom.domain, mailfrom.result)), zone)
     assert isinstance(dmarc, DmarcOutcome)

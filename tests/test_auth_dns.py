@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from deliverypool.auth import Authenticator, Departure, DkimSignature, SpfOutcome
+from deliverypool.auth import Authenticator, Departure, DkimIdentity, SpfOutcome
 from deliverypool.lookup.resolver import Resolver
 from tests.dnsserver import DP_TEST, NsdServer, nsd_binary
 
@@ -148,7 +148,7 @@ def test_helo_identity(auth_dns: NsdServer) -> None:
     assert (result.helo.identity, result.helo.result) == ("helo", "pass")
 
 
-def dmarc(server: NsdServer, from_domain: str, *, source_ip: str = "192.0.2.51", sender: str | None = None, dkim: tuple[DkimSignature, ...] = ()) -> Any:
+def dmarc(server: NsdServer, from_domain: str, *, source_ip: str = "192.0.2.51", sender: str | None = None, dkim: tuple[DkimIdentity, ...] = ()) -> Any:
     auth = authenticator(server)
     sender = sender or f"bounce@{from_domain}"
     departure = Departure(source_ip, sender, "relay.example")
@@ -168,10 +168,10 @@ def test_dmarc_policies_against_nsd(auth_dns: NsdServer) -> None:
     # Relaxed alignment: a subdomain's SPF pass aligns; strict does not.
     assert dmarc(auth_dns, "reject.dmarc.test", source_ip="192.0.2.50", sender="b@bounces.reject.dmarc.test").dmarc.result == "pass"
     # An aligned DKIM signature that verifies: pass whatever SPF says; one that does not verify counts for nothing.
-    signed = (DkimSignature("reject.dmarc.test", "pass", "sel"),)
+    signed = (DkimIdentity("reject.dmarc.test", "pass", "sel"),)
     assert dmarc(auth_dns, "reject.dmarc.test", dkim=signed).dmarc.reason == "aligned-dkim"
-    assert dmarc(auth_dns, "reject.dmarc.test", dkim=(DkimSignature("reject.dmarc.test", "fail"),)).dmarc.result == "fail"
-    assert dmarc(auth_dns, "strict.dmarc.test", dkim=(DkimSignature("sub.strict.dmarc.test", "pass"),)).dmarc.result == "fail"
+    assert dmarc(auth_dns, "reject.dmarc.test", dkim=(DkimIdentity("reject.dmarc.test", "fail"),)).dmarc.result == "fail"
+    assert dmarc(auth_dns, "strict.dmarc.test", dkim=(DkimIdentity("sub.strict.dmarc.test", "pass"),)).dmarc.result == "fail"
     # quarantine, none, pct.
     assert dmarc(auth_dns, "quarantine.dmarc.test").dmarc.disposition == "quarantine"
     none = dmarc(auth_dns, "none.dmarc.test").dmarc

@@ -20,16 +20,14 @@ from deliverypool._core import (
     is_srs,
     organizational_domain,
 )
-from deliverypool.auth.authenticator import DKIM_RESULTS, AuthResult, Authenticator, Departure, DkimResult, DkimSignature
+from deliverypool.auth.authenticator import AuthResult, Authenticator, Departure, DkimIdentity
 from deliverypool.auth.results import authentication_results
 
 __all__ = [
-    "DKIM_RESULTS",
     "AuthResult",
     "Authenticator",
     "Departure",
-    "DkimResult",
-    "DkimSignature",
+    "DkimIdentity",
     "authentication_results",
     "DMARC_POLICIES",
     "DMARC_REASONS",

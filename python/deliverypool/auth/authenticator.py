@@ -7,8 +7,9 @@ from the resolver otherwise (:class:`~deliverypool.auth.dns.AuthDns`). A DNS fai
 ``temperror``: the result never guesses that mail passes.
 
 What is predicted at the destination: DMARC with the DKIM signatures the destination will see
-(:class:`DkimSignature`: the relay's own and the customer's valid ones, from the DKIM signer
-and verifier) and the SPF result for the envelope sender from the source address the message
+(:class:`DkimIdentity`: the relay's own and the customer's valid ones;
+:meth:`DkimIdentity.from_outcome` reads them from the DKIM signer's and verifier's
+:class:`~deliverypool.auth.dkim.DkimOutcome`) and the SPF result for the envelope sender from the source address the message
 leaves from (:class:`Departure`). Phase 2 (routing) reads ``AuthResult.dmarc`` to send mail
 that would fail a ``p=reject``/``quarantine`` policy through the high-risk pool.
 """
@@ -21,31 +22,39 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from deliverypool._core import DmarcCheck, DmarcOutcome, SpfCheck, SpfOutcome
+from deliverypool._core import DKIM_RESULTS, DmarcCheck, DmarcOutcome, SpfCheck, SpfOutcome
+from deliverypool.auth.dkim import DkimOutcome
 from deliverypool.auth.dns import AuthDns
 from deliverypool.lookup.resolver import Resolver
 from deliverypool.mail.address import normalize_domain
 
-__all__ = ["DKIM_RESULTS", "AuthResult", "Authenticator", "Departure", "DkimResult", "DkimSignature"]
+__all__ = ["AuthResult", "Authenticator", "Departure", "DkimIdentity"]
 
-# RFC 8601 §2.7.1: the results a DKIM signature can have.
-DkimResult = Literal["none", "pass", "fail", "policy", "neutral", "temperror", "permerror"]
-DKIM_RESULTS: Final[tuple[DkimResult, ...]] = ("none", "pass", "fail", "policy", "neutral", "temperror", "permerror")
+# RFC 8601 §2.7.1: a signature's result (`DKIM_RESULTS`, the DKIM checker's), or none.
+_DKIM_RESULTS: Final = frozenset(DKIM_RESULTS) | {"none"}
 
 
 @dataclass(frozen=True, slots=True)
-class DkimSignature:
-    """A DKIM signature as the destination will judge it: its ``d=`` domain, its result
-    (only ``pass`` counts for DMARC), and its selector (for the Authentication-Results
-    header)."""
+class DkimIdentity:
+    """A DKIM signature as the destination will judge it, for DMARC: its ``d=`` domain (the
+    Signing Domain Identifier), its result in RFC 8601's words (``DKIM_RESULTS``; only
+    ``pass`` counts), and its selector (for the Authentication-Results field)."""
 
     domain: str
-    result: DkimResult
+    result: str
     selector: str | None = None
 
     def __post_init__(self) -> None:
-        if self.result not in DKIM_RESULTS:
-            raise ValueError(f"DkimSignature.result: expected one of {', '.join(DKIM_RESULTS)}, got {self.result!r}")
+        if self.result not in _DKIM_RESULTS:
+            raise ValueError(f"DkimIdentity.result: expected one of {', '.join(sorted(_DKIM_RESULTS))}, got {self.result!r}")
+
+    @classmethod
+    def from_outcome(cls, outcome: DkimOutcome) -> tuple[DkimIdentity, ...]:
+        """What the destination will see of a message's DKIM (:mod:`deliverypool.auth.dkim`):
+        the relay's own signatures, which verify (``pass``), and the signatures the message
+        arrived with, as they were checked."""
+        own = tuple(cls(s.domain, "pass", s.selector) for s in outcome.signed)
+        return own + tuple(cls(c.domain, c.result, c.selector) for c in outcome.checks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +81,7 @@ class AuthResult:
     helo: SpfOutcome
     departure_spf: SpfOutcome | None = None
     dmarc: DmarcOutcome | None = None
-    dkim: tuple[DkimSignature, ...] = field(default=())
+    dkim: tuple[DkimIdentity, ...] = field(default=())
 
     @property
     def dmarc_fails_enforced(self) -> bool:
@@ -102,7 +111,7 @@ class Authenticator:
         return SpfCheck(ip, mail_from, helo, identity=identity, receiver=self.receiver, now=int(self.clock()))
 
     @staticmethod
-    def _dmarc_check(from_domain: str, dkim: Sequence[DkimSignature], spf: SpfOutcome | None) -> DmarcCheck:
+    def _dmarc_check(from_domain: str, dkim: Sequence[DkimIdentity], spf: SpfOutcome | None) -> DmarcCheck:
         ascii_domain = normalize_domain(from_domain) or from_domain
         return DmarcCheck(
             ascii_domain,
@@ -117,7 +126,7 @@ class Authenticator:
         return outcome
 
     async def dmarc(
-        self, from_domain: str, *, dkim: Sequence[DkimSignature] = (), spf: SpfOutcome | None = None
+        self, from_domain: str, *, dkim: Sequence[DkimIdentity] = (), spf: SpfOutcome | None = None
     ) -> DmarcOutcome:
         """DMARC (RFC 7489) for a From domain, with these signatures and this SPF result."""
         outcome = await self.dns.run(self._dmarc_check(from_domain, dkim, spf))
@@ -131,7 +140,7 @@ class Authenticator:
         mail_from: str,
         helo: str,
         from_domain: str | None = None,
-        dkim: Sequence[DkimSignature] = (),
+        dkim: Sequence[DkimIdentity] = (),
         departure: Departure | None = None,
     ) -> AuthResult:
         """Everything for one message. A warm cache answers without suspending
@@ -158,7 +167,7 @@ class Authenticator:
         mail_from: str,
         helo: str,
         from_domain: str | None = None,
-        dkim: Sequence[DkimSignature] = (),
+        dkim: Sequence[DkimIdentity] = (),
         departure: Departure | None = None,
     ) -> AuthResult | None:
         """:meth:`authenticate` from the cache alone, synchronously; None when an answer is
