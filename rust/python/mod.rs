@@ -13,6 +13,7 @@ mod errors;
 mod policy;
 mod scan;
 mod seen;
+mod smtp_client;
 mod smtp_data;
 
 use pyo3::prelude::*;
@@ -60,11 +61,13 @@ mod _core {
     #[pymodule_export]
     use super::seen::PyMessageIdFilter;
     #[pymodule_export]
+    use super::smtp_client::{PyClientOutcome, PySmtpClient};
+    #[pymodule_export]
     use super::smtp_data::{dot_stuff, PyDataReader};
 
     #[pymodule_init]
     fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
-        use pyo3::types::PyModuleMethods;
+        use pyo3::types::{PyModuleMethods, PyTuple};
 
         use crate::dsn::{DsnKind, ReportKind, Signal};
         use crate::labels::Defect;
@@ -81,8 +84,9 @@ mod _core {
         m.add("REPORT_KINDS", super::names::<ReportKind>(py)?)?;
         m.add("DSN_KINDS", super::names::<DsnKind>(py)?)?;
         for (name, members) in super::dkim::tables() {
-            m.add(name, pyo3::types::PyTuple::new(py, members)?)?;
+            m.add(name, PyTuple::new(py, members)?)?;
         }
+        m.add("SMTP_CLIENT_EVENTS", PyTuple::new(py, super::smtp_client::event_names())?)?;
         m.add("SPF_RESULTS", super::names::<crate::auth::spf::SpfResult>(py)?)?;
         m.add("SPF_REASONS", super::names::<crate::auth::spf::SpfReason>(py)?)?;
         m.add("DMARC_RESULTS", super::names::<crate::auth::dmarc::DmarcResult>(py)?)?;
