@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from deliverypool.auth import Authenticator, Departure, DkimIdentity, SpfOutcome
+from deliverypool.auth import Authenticator, Departure, DkimIdentity, SpfCheck, SpfOutcome
 from deliverypool.lookup.resolver import Resolver
 from tests.dnsserver import DP_TEST, NsdServer, nsd_binary
 
@@ -232,3 +232,47 @@ def test_a_cold_lookup_leaves_the_loop_free_and_fails_as_temperror(silent_namese
     outcome, ticks = aio_run(main())
     assert (outcome.result, outcome.reason) == ("temperror", "dns-error")
     assert ticks > 1, "the loop ran other tasks while the query waited"
+
+
+def test_rust_and_python_read_the_cache_alike(auth_dns: NsdServer) -> None:
+    """SpfCheck.run_cached (Rust reading the cached objects) and the Python reading
+    (AuthDns.cached, answers given by step) reach the same outcome for every cache shape: TXT,
+    Addresses, MX exchangers, an implicit MX, a null MX, NXDOMAIN, a DNS failure."""
+    from deliverypool import DnsCache
+    from deliverypool.auth.dns import AuthDns
+    from deliverypool.errors import PermanentDnsError, TemporaryDnsError
+    from deliverypool.lookup.mx import Addresses, MailExchanger
+    from deliverypool.lookup.txt import TxtAnswer
+
+    cache = DnsCache(100)
+    txt = {
+        "mx.test": b"v=spf1 mx -all",
+        "implicit.test": b"v=spf1 mx ?all",
+        "null.test": b"v=spf1 mx ~all",
+        "gone.test": b"v=spf1 mx:nx.test a:plain.test +all",
+        "down.test": b"v=spf1 mx -all",
+    }
+    for name, record in txt.items():
+        cache.put("TXT", name, TxtAnswer("positive", "records", 300, (record,)), ttl=300)
+    cache.put("MX", "mx.test", (MailExchanger(10, "a.mx.test"), MailExchanger(20, "b.mx.test")), ttl=300)
+    cache.put("A", "a.mx.test", Addresses(("192.0.2.9",), "positive", "records"), ttl=300)
+    cache.put("A", "b.mx.test", Addresses((), "negative", "nodata"), ttl=300, outcome="negative")
+    cache.put("MX", "implicit.test", (MailExchanger(0, "implicit.test", implicit=True),), ttl=300)
+    cache.put("MX", "null.test", PermanentDnsError("null.test", "null-mx"), ttl=300, outcome="negative")
+    cache.put("MX", "nx.test", PermanentDnsError("nx.test", "nxdomain"), ttl=300, outcome="negative")
+    cache.put("A", "plain.test", (), ttl=300)  # a plain empty tuple: its outcome unknown
+    cache.put("MX", "down.test", TemporaryDnsError("down.test", "servfail"), outcome="unknown")
+    dns = AuthDns(Resolver(cache=cache))
+    for domain, expected in [("mx.test", "pass"), ("implicit.test", "neutral"), ("null.test", "softfail"), ("gone.test", "temperror"), ("down.test", "temperror")]:
+        for ip in ("192.0.2.9", "192.0.2.10"):
+            rust = SpfCheck(ip, f"x@{domain}", "h.test").run_cached(cache)
+            python = SpfCheck(ip, f"x@{domain}", "h.test")
+            step = python.step()
+            while isinstance(step, tuple):
+                replies = [(q, n, *reply) for q, n in step if (reply := dns.cached(q, n)) is not None]
+                assert len(replies) == len(step)
+                step = python.step(replies)
+            assert rust is not None and isinstance(step, SpfOutcome)
+            assert (rust.result, rust.reason, rust.mechanism) == (step.result, step.reason, step.mechanism), domain
+        assert SpfCheck("192.0.2.9", f"x@{domain}", "h.test").run_cached(cache).result == expected  # type: ignore[union-attr]
+    assert SpfCheck("192.0.2.9", "x@cold.test", "h.test").run_cached(cache) is None

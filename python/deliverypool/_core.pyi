@@ -667,6 +667,9 @@ class SpfCheck:
     ) -> None:
         """`outcome` positive/negative/unknown; `detail` "nxdomain" for a negative NXDOMAIN,
         the failure for unknown; `records` bytes (TXT), addresses (A, AAAA) or names (MX, PTR)."""
+    def run_cached(self, cache: DnsCache) -> SpfOutcome | None:
+        """The outcome from the answers `cache` holds (as deliverypool.auth.dns fills it), in one
+        call; None when an answer is not cached."""
     @property
     def identity(self) -> str: ...
 
@@ -704,6 +707,7 @@ class DmarcCheck:
         cls, from_domain: str, *, dkim: Sequence[tuple[str, bool]] = ..., spf: tuple[str, str] | None = None
     ) -> DmarcCheck: ...
     def step(self, answers: Iterable[_Reply] | None = None) -> DmarcOutcome | tuple[tuple[_QueryType, str], ...]: ...
+    def run_cached(self, cache: DnsCache) -> DmarcOutcome | None: ...
     def answer(
         self, qtype: str, name: str, outcome: str, records: Sequence[bytes] | Sequence[str] | None = None, detail: str = ""
     ) -> None: ...

@@ -9,10 +9,13 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
+use super::cache::PyDnsCache;
 use super::errors::{to_py_err, Error};
+use crate::cache::Kind;
 use crate::auth::dmarc::{self, DkimSignature, DmarcOutcome, DmarcRequest, SpfIdentity};
 use crate::auth::dns::{Answer, Answers, Query, QueryType, Step};
 use crate::auth::spf::{self, Identity, SpfOutcome, SpfRequest, SpfResult};
@@ -60,6 +63,84 @@ fn qtype(py: Python<'_>, name: &str) -> PyResult<QueryType> {
 /// The open questions as a tuple of (type, name) pairs.
 fn questions<'py>(py: Python<'py>, queries: &[Query]) -> PyResult<Bound<'py, PyTuple>> {
     PyTuple::new(py, queries.iter().map(|q| (q.qtype.as_str(), q.name.as_str())))
+}
+
+/// The cache kind that holds a record type's answers.
+fn cache_kind(qtype: QueryType) -> Kind {
+    match qtype {
+        QueryType::Txt => Kind::Txt,
+        QueryType::A => Kind::A,
+        QueryType::Aaaa => Kind::Aaaa,
+        QueryType::Mx => Kind::Mx,
+        QueryType::Ptr => Kind::Ptr,
+    }
+}
+
+fn text_attr(value: &Bound<'_, PyAny>, name: &Bound<'_, pyo3::types::PyString>) -> Option<String> {
+    value.getattr(name).ok()?.extract().ok()
+}
+
+/// The answer a cached object gives, read as `deliverypool.auth.dns.AuthDns.cached` reads it
+/// (the two are compared in tests/test_auth_dns.py): `TxtAnswer` and `PtrAnswer` by their
+/// outcome, detail and records or names; `Addresses` (a tuple with an outcome) for A/AAAA, a
+/// plain empty tuple being a failure; MX as delivery caches it (exchangers, an implicit one
+/// meaning no MX records, or the DNS error). None for an object of another shape.
+fn from_cached(py: Python<'_>, qtype: QueryType, value: &Bound<'_, PyAny>) -> Option<Answer> {
+    let outcome = intern!(py, "outcome");
+    let detail = intern!(py, "detail");
+    match qtype {
+        QueryType::Txt | QueryType::Ptr => {
+            let records = value.getattr(if qtype == QueryType::Txt { intern!(py, "records") } else { intern!(py, "names") }).ok()?;
+            to_answer(py, qtype, &text_attr(value, outcome)?, &text_attr(value, detail)?, &records).ok()
+        }
+        QueryType::A | QueryType::Aaaa => {
+            let tuple = value.cast::<PyTuple>().ok()?;
+            match (text_attr(value, outcome), text_attr(value, detail)) {
+                (Some(o), Some(d)) => to_answer(py, qtype, &o, &d, value).ok(),
+                _ if tuple.is_empty() => Some(Answer::Failed("outcome-not-cached".to_owned())),
+                _ => to_answer(py, qtype, "positive", "records", value).ok(),
+            }
+        }
+        QueryType::Mx => {
+            if let Ok(tuple) = value.cast::<PyTuple>() {
+                let mut hosts = Vec::with_capacity(tuple.len());
+                let mut implicit = false;
+                for exchanger in tuple.iter() {
+                    hosts.push(text_attr(&exchanger, intern!(py, "host"))?);
+                    implicit |= exchanger.getattr(intern!(py, "implicit")).ok()?.extract::<bool>().ok()?;
+                }
+                // No MX records: delivery's implicit MX is not SPF's (RFC 7208 §5.4).
+                return Some(if implicit && hosts.len() == 1 { Answer::NoData } else { Answer::Names(hosts) });
+            }
+            let reason = text_attr(value, intern!(py, "reason"))?;
+            let permanent = value.get_type().name().ok()?.to_str().ok()? == "PermanentDnsError";
+            Some(match reason.as_str() {
+                "nxdomain" | "invalid-domain" if permanent => Answer::NxDomain,
+                "no-records" if permanent => Answer::NoData,
+                "null-mx" if permanent => Answer::Names(vec![".".to_owned()]),
+                _ => Answer::Failed(reason),
+            })
+        }
+    }
+}
+
+/// Runs `evaluate` with answers read from `cache` until it finishes (Some) or needs an answer
+/// the cache does not hold (None). The answers found are kept for the next run.
+fn run_from_cache<T>(py: Python<'_>, cache: &PyDnsCache, pending: &Pending, mut evaluate: impl FnMut(&Answers) -> Step<T>) -> Option<T> {
+    // Rounds are bounded by the evaluators' own limits; this only guards against a loop.
+    for _ in 0..256 {
+        match pending.with(|answers| evaluate(answers)) {
+            Step::Done(result) => return Some(result),
+            Step::Need(queries) => {
+                for query in queries {
+                    let object = cache.object(py, cache_kind(query.qtype), &query.name)?;
+                    let answer = from_cached(py, query.qtype, object.bind(py))?;
+                    pending.with(|answers| answers.insert(query, answer));
+                }
+            }
+        }
+    }
+    None
 }
 
 /// The answers of one check, shared by its methods.
@@ -125,15 +206,16 @@ impl PySpfCheck {
         if let Some(answers) = answers {
             self.answers.answer_all(py, answers)?;
         }
-        let request = SpfRequest { ip: self.ip, mail_from: &self.mail_from, helo: &self.helo, receiver: &self.receiver, now: self.now };
-        let step = self.answers.with(|answers| match self.identity {
-            Identity::MailFrom => spf::check_mail_from(&request, &*answers),
-            Identity::Helo => spf::check_helo(&request, &*answers),
-        });
-        match step {
+        match self.answers.with(|answers| self.evaluate(answers)) {
             Step::Done(outcome) => Ok(Bound::new(py, PySpfOutcome(outcome))?.into_any()),
             Step::Need(queries) => Ok(questions(py, &queries)?.into_any()),
         }
+    }
+
+    /// The result from the answers `cache` holds (the relay's `DnsCache`, as
+    /// `deliverypool.auth.dns` fills it), in one call; None when an answer is not cached.
+    fn run_cached(&self, py: Python<'_>, cache: &PyDnsCache) -> PyResult<Option<PySpfOutcome>> {
+        Ok(run_from_cache(py, cache, &self.answers, |answers| self.evaluate(answers)).map(PySpfOutcome))
     }
 
     /// Gives the answer to one question (see the module's documentation for the forms).
@@ -146,6 +228,16 @@ impl PySpfCheck {
     #[getter]
     fn identity(&self) -> &'static str {
         self.identity.as_str()
+    }
+}
+
+impl PySpfCheck {
+    fn evaluate(&self, answers: &Answers) -> Step<SpfOutcome> {
+        let request = SpfRequest { ip: self.ip, mail_from: &self.mail_from, helo: &self.helo, receiver: &self.receiver, now: self.now };
+        match self.identity {
+            Identity::MailFrom => spf::check_mail_from(&request, answers),
+            Identity::Helo => spf::check_helo(&request, answers),
+        }
     }
 }
 
@@ -241,17 +333,28 @@ impl PyDmarcCheck {
         if let Some(answers) = answers {
             self.answers.answer_all(py, answers)?;
         }
-        let request = DmarcRequest { from_domain: &self.from_domain, dkim: &self.dkim, spf: self.spf.as_ref() };
-        match self.answers.with(|answers| dmarc::check(&request, &*answers)) {
+        match self.answers.with(|answers| self.evaluate(answers)) {
             Step::Done(outcome) => Ok(Bound::new(py, PyDmarcOutcome(outcome))?.into_any()),
             Step::Need(queries) => Ok(questions(py, &queries)?.into_any()),
         }
+    }
+
+    /// The result from the answers `cache` holds, in one call; None when one is not cached.
+    fn run_cached(&self, py: Python<'_>, cache: &PyDnsCache) -> PyResult<Option<PyDmarcOutcome>> {
+        Ok(run_from_cache(py, cache, &self.answers, |answers| self.evaluate(answers)).map(PyDmarcOutcome))
     }
 
     #[pyo3(signature = (qtype, name, outcome, records=None, detail=""))]
     fn answer(&self, py: Python<'_>, qtype: &str, name: &str, outcome: &str, records: Option<&Bound<'_, PyAny>>, detail: &str) -> PyResult<()> {
         let empty = PyTuple::empty(py);
         self.answers.answer(py, qtype, name, outcome, detail, records.unwrap_or(empty.as_any()))
+    }
+}
+
+impl PyDmarcCheck {
+    fn evaluate(&self, answers: &Answers) -> Step<DmarcOutcome> {
+        let request = DmarcRequest { from_domain: &self.from_domain, dkim: &self.dkim, spf: self.spf.as_ref() };
+        dmarc::check(&request, answers)
     }
 }
 

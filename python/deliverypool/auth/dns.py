@@ -14,6 +14,9 @@ How cached values become answers:
 * TXT: :class:`~deliverypool.lookup.txt.TxtAnswer` as it is.
 * A/AAAA: :class:`~deliverypool.lookup.mx.Addresses` (outcome kept); a plain empty tuple,
   whose outcome is unknown, is a failure (never read as "no addresses").
+The Rust side reads the same objects the same way (``SpfCheck.run_cached``, one call for a
+warm check); tests/test_auth_dns.py compares the two readings.
+
 * MX: the exchangers delivery caches. A domain without MX records is cached as its implicit
   exchanger, or ``no-records``: for SPF both are "no MX records" (RFC 7208 §5.4 uses no
   implicit MX). A null MX is a record with no usable name. When MX is NODATA and the domain's
@@ -29,6 +32,8 @@ from dataclasses import dataclass
 from typing import Final, Literal, Protocol, TypeAlias
 
 import dns.rdatatype
+
+from deliverypool._core import DnsCache
 
 from deliverypool.errors import DnsLookupError, PermanentDnsError
 from deliverypool.lookup.mx import Addresses, MailExchanger, MxResolver
@@ -49,6 +54,8 @@ class Check(Protocol):
     """What :class:`~deliverypool.SpfCheck` and :class:`~deliverypool.DmarcCheck` have in common."""
 
     def step(self, answers: Sequence[tuple[str, str, str, Sequence[bytes] | Sequence[str], str]] | None = None) -> object: ...
+
+    def run_cached(self, cache: DnsCache) -> object | None: ...
 
     def answer(
         self, qtype: str, name: str, outcome: str, records: Sequence[bytes] | Sequence[str] | None = None, detail: str = ""
@@ -156,19 +163,10 @@ class AuthDns:
         return result
 
     def run_cached(self, check: Check) -> object | None:
-        """Runs `check` to its result from the cache alone; None as soon as an answer is not
-        cached. One call into the check per round: the round's answers go with the step."""
-        cached = self.cached
-        step = check.step()
-        while isinstance(step, tuple):
-            replies: list[tuple[str, str, str, Sequence[bytes] | Sequence[str], str]] = []
-            for qtype, name in step:
-                reply = cached(qtype, name)
-                if reply is None:
-                    return None
-                replies.append((qtype, name, *reply))
-            step = check.step(replies)
-        return step
+        """Runs `check` to its result from the cache alone, in one call into Rust (which reads
+        the cached objects as :meth:`cached` does); None as soon as an answer is not cached
+        (the check keeps the answers it found)."""
+        return check.run_cached(self.resolver.cache)
 
     async def run(self, check: Check) -> object:
         """Runs `check` to its result: cached answers without suspending, the others looked up
