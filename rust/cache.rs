@@ -44,10 +44,12 @@ pub enum Kind {
     /// The TXT records of a name (SPF and DMARC policies, DKIM keys), each record's strings
     /// joined.
     Txt,
+    /// The PTR names of an address's reverse name (SPF's `ptr` and `%{p}`).
+    Ptr,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [Kind::SenderStatus, Kind::Mx, Kind::A, Kind::Aaaa, Kind::Dnsbl, Kind::Txt];
+    pub const ALL: [Kind; 7] = [Kind::SenderStatus, Kind::Mx, Kind::A, Kind::Aaaa, Kind::Dnsbl, Kind::Txt, Kind::Ptr];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -57,10 +59,11 @@ impl Kind {
             Kind::Aaaa => "AAAA",
             Kind::Dnsbl => "dnsbl",
             Kind::Txt => "TXT",
+            Kind::Ptr => "PTR",
         }
     }
 
-    /// `sender`, `MX`, `A`, `AAAA`, `TXT` (the record types in either case) or `dnsbl`.
+    /// `sender`, `MX`, `A`, `AAAA`, `TXT`, `PTR` (the record types in either case) or `dnsbl`.
     pub fn parse(value: &str) -> Result<Kind, CacheError> {
         match value {
             "sender" => Ok(Kind::SenderStatus),
@@ -69,6 +72,7 @@ impl Kind {
             "AAAA" | "aaaa" => Ok(Kind::Aaaa),
             "dnsbl" => Ok(Kind::Dnsbl),
             "TXT" | "txt" => Ok(Kind::Txt),
+            "PTR" | "ptr" => Ok(Kind::Ptr),
             _ => Err(CacheError::BadKind(value.into())),
         }
     }
@@ -197,7 +201,7 @@ impl fmt::Display for CacheError {
             CacheError::BadCapacity(n) => write!(f, "cache capacity must be between 1 and {MAX_CAPACITY}, got {n}"),
             CacheError::BadLimits(why) => write!(f, "invalid cache TTL limits: {why}"),
             CacheError::BadSeconds { what, value } => write!(f, "{what} must be a finite number of seconds >= 0, got {value}"),
-            CacheError::BadKind(kind) => write!(f, "invalid cache kind {kind:?}: expected one of sender, MX, A, AAAA, TXT, dnsbl"),
+            CacheError::BadKind(kind) => write!(f, "invalid cache kind {kind:?}: expected one of sender, MX, A, AAAA, TXT, PTR, dnsbl"),
             CacheError::BadOutcome(outcome) => {
                 write!(f, "invalid outcome {outcome:?}: expected one of positive, negative, unknown")
             }

@@ -9,6 +9,8 @@
 # every signature the relay and the milter make, beside dkimpy; benches/dkim_vs_opendkim.sh
 # runs it as Postfix's signing milter), and Chromium (tests/chromium.py: a headless browser,
 # driven over the DevTools protocol, that tries cross-site requests against the admin API).
+# sender-limit state), and Perl's Mail::SRS (libmail-srs-perl), the reference SRS
+# implementation tests/test_srs.py checks compatibility with.
 # Idempotent: apt runs only when one is missing. Needs root or sudo (CI runs as root).
 set -euo pipefail
 
@@ -22,6 +24,7 @@ command -v ss >/dev/null 2>&1 || [ -x /usr/bin/ss ] || [ -x /bin/ss ] || missing
 [ -x /usr/sbin/opendkim ] || missing+=(opendkim)
 command -v opendkim-testmsg >/dev/null 2>&1 || [ -x /usr/sbin/opendkim-testmsg ] || missing+=(opendkim-tools)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -e /usr/share/perl5/Mail/SRS.pm ] || missing+=(libmail-srs-perl)
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi

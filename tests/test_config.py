@@ -463,7 +463,7 @@ def test_every_key_in_the_schema_has_a_description() -> None:
     # The keys are exactly the models' fields: none missing, none invented.
     models: list[type[BaseModel]] = [cfg.RelayConfig, cfg.ListenerConfig, cfg.SpoolConfig, cfg.PolicyConfig, cfg.DnsConfig, cfg.PoolConfig, cfg.RetryConfig, cfg.SourceAddress, cfg.ScoreConfig, cfg.MilterConfig,
                                       cfg.TenantConfig, cfg.MonitorConfig, cfg.AdminConfig, cfg.AlertsConfig, cfg.ObserveConfig, cfg.LimitsConfig, cfg.StateConfig, cfg.DnsblConfig, cfg.DkimConfig, cfg.DkimKeyConfig,
-                                      cfg.RuleConfig, cfg.WarmupConfig]
+                                      cfg.RuleConfig, cfg.WarmupConfig, cfg.AuthConfig, cfg.SrsConfig]
     assert {(m.__name__ if m is not cfg.RelayConfig else schema["title"], info.alias or f) for m in models for f, info in m.model_fields.items()} == set(keys)
 
 
@@ -549,3 +549,16 @@ def test_tenant_and_monitor_mistakes_name_their_key(extra: str, expected: str) -
     with pytest.raises(cfg.ConfigError) as error:
         cfg.loads(MINIMAL + extra)
     assert str(error.value).startswith(expected), str(error.value)
+
+
+def test_auth_table_draft() -> None:
+    """[auth] (phase 2 of routing by authentication): defaults, SRS, and errors naming the key."""
+    base = {"pools": {name: {"source_addresses": [{"address": f"127.0.0.{i}"}]} for i, name in enumerate(("normal", "high-risk"), 1)}}
+    config = cfg.from_dict(base)
+    assert (config.auth.enabled, config.auth.auth_unknown_pool, config.auth.srs) == (False, "high-risk", None)
+    config = cfg.from_dict({**base, "auth": {"srs": {"domain": "srs.relay.example", "key_file": "/etc/deliverypool/srs.keys"}}})
+    assert config.auth.srs is not None and (config.auth.srs.max_age_days, config.auth.srs.separator) == (21, "=")
+    with pytest.raises(cfg.ConfigError, match=r"auth\.auth_unknown_pool"):
+        cfg.from_dict({**base, "auth": {"auth_unknown_pool": "relay"}})
+    with pytest.raises(cfg.ConfigError, match=r"auth\.srs\.key_file"):
+        cfg.from_dict({**base, "auth": {"srs": {"domain": "srs.relay.example"}}})

@@ -354,7 +354,7 @@ def classify_many(
 
 __all__ += ["CacheError", "CacheStats", "DnsCache"]
 
-_CacheKind = Literal["sender", "MX", "mx", "A", "a", "AAAA", "aaaa", "TXT", "txt", "dnsbl"]
+_CacheKind = Literal["sender", "MX", "mx", "A", "a", "AAAA", "aaaa", "TXT", "txt", "PTR", "ptr", "dnsbl"]
 
 @final
 class CacheStats:
@@ -660,3 +660,172 @@ class DkimVerdict:
 def dkim_verify(message: bytes, keys: Mapping[str, Sequence[bytes] | None], now: int, max: int = 8) -> list[DkimVerdict]:
     """Checks the first `max` signatures of `message`, the GIL released. `keys`: each name of
     `dkim_key_queries` -> its TXT records (empty: none), or None when the lookup failed."""
+# --- sender authentication (rust/auth/, rust/python/auth.rs) ---------------------------------
+
+__all__ += [
+    "DMARC_POLICIES",
+    "DMARC_REASONS",
+    "DMARC_RESULTS",
+    "SPF_REASONS",
+    "SPF_RESULTS",
+    "SRS_ERRORS",
+    "AuthError",
+    "DmarcCheck",
+    "DmarcOutcome",
+    "SpfCheck",
+    "SpfOutcome",
+    "SrsError",
+    "SrsRewriter",
+    "is_srs",
+    "organizational_domain",
+]
+
+SPF_RESULTS: tuple[str, ...]
+"""Every `SpfOutcome.result`: pass, fail, softfail, neutral, none, temperror, permerror."""
+SPF_REASONS: tuple[str, ...]
+"""Every `SpfOutcome.reason`."""
+DMARC_RESULTS: tuple[str, ...]
+"""Every `DmarcOutcome.result`: pass, fail, none, temperror, permerror."""
+DMARC_REASONS: tuple[str, ...]
+"""Every `DmarcOutcome.reason`."""
+DMARC_POLICIES: tuple[str, ...]
+"""Every policy and disposition: none, quarantine, reject."""
+SRS_ERRORS: tuple[str, ...]
+"""Every `SrsError.reason`: not-srs, malformed, bad-hash, expired, no-domain."""
+
+_Outcome = Literal["positive", "negative", "unknown"]
+_QueryType = Literal["TXT", "A", "AAAA", "MX", "PTR"]
+_Reply = tuple[str, str, str, Sequence[bytes] | Sequence[str], str]
+
+class AuthError(ValueError):
+    """An argument to an SPF, DMARC or SRS call is invalid."""
+
+class SrsError(ValueError):
+    """An address an SRS rewriter refuses."""
+
+    reason: str
+    """One of SRS_ERRORS."""
+
+@final
+class SpfCheck:
+    """An SPF check (RFC 7208) of one identity, sans-IO: `step()` returns the outcome or the
+    DNS questions still open as (type, name) pairs; `answer()` gives one answer."""
+
+    def __new__(
+        cls,
+        ip: str,
+        mail_from: str,
+        helo: str,
+        *,
+        identity: Literal["mailfrom", "helo"] = "mailfrom",
+        receiver: str = "",
+        now: int | None = None,
+    ) -> SpfCheck: ...
+    def step(self, answers: Iterable[_Reply] | None = None) -> SpfOutcome | tuple[tuple[_QueryType, str], ...]:
+        """Gives `answers` (as `answer()` takes them: type, name, outcome, records, detail),
+        then runs the check."""
+    def answer(
+        self, qtype: str, name: str, outcome: str, records: Sequence[bytes] | Sequence[str] | None = None, detail: str = ""
+    ) -> None:
+        """`outcome` positive/negative/unknown; `detail` "nxdomain" for a negative NXDOMAIN,
+        the failure for unknown; `records` bytes (TXT), addresses (A, AAAA) or names (MX, PTR)."""
+    def run_cached(self, cache: DnsCache) -> SpfOutcome | None:
+        """The outcome from the answers `cache` holds (as deliverypool.auth.dns fills it), in one
+        call; None when an answer is not cached."""
+    @property
+    def identity(self) -> str: ...
+
+@final
+class SpfOutcome:
+    """The result of an SPF check."""
+
+    @property
+    def identity(self) -> str: ...
+    @property
+    def result(self) -> str: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def domain(self) -> str: ...
+    @property
+    def sender(self) -> str: ...
+    @property
+    def mechanism(self) -> str | None: ...
+    @property
+    def explanation(self) -> str | None: ...
+    @property
+    def detail(self) -> str: ...
+    @property
+    def lookups(self) -> int: ...
+    @property
+    def void_lookups(self) -> int: ...
+
+@final
+class DmarcCheck:
+    """A DMARC check (RFC 7489), sans-IO like SpfCheck: `dkim` is (d=, verifies) pairs, `spf`
+    (domain, result) for the envelope sender as the destination will see it."""
+
+    def __new__(
+        cls, from_domain: str, *, dkim: Sequence[tuple[str, bool]] = ..., spf: tuple[str, str] | None = None
+    ) -> DmarcCheck: ...
+    def step(self, answers: Iterable[_Reply] | None = None) -> DmarcOutcome | tuple[tuple[_QueryType, str], ...]: ...
+    def run_cached(self, cache: DnsCache) -> DmarcOutcome | None: ...
+    def answer(
+        self, qtype: str, name: str, outcome: str, records: Sequence[bytes] | Sequence[str] | None = None, detail: str = ""
+    ) -> None: ...
+
+@final
+class DmarcOutcome:
+    """The result of a DMARC check."""
+
+    @property
+    def result(self) -> str: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def from_domain(self) -> str: ...
+    @property
+    def organizational_domain(self) -> str: ...
+    @property
+    def record_domain(self) -> str | None: ...
+    @property
+    def policy(self) -> str | None: ...
+    @property
+    def disposition(self) -> str: ...
+    @property
+    def p(self) -> str | None: ...
+    @property
+    def sp(self) -> str | None: ...
+    @property
+    def pct(self) -> int | None: ...
+    @property
+    def adkim(self) -> str | None: ...
+    @property
+    def aspf(self) -> str | None: ...
+    @property
+    def rua(self) -> list[str]: ...
+    @property
+    def dkim_aligned(self) -> str | None: ...
+    @property
+    def spf_aligned(self) -> bool: ...
+    @property
+    def detail(self) -> str: ...
+
+def organizational_domain(domain: str) -> str:
+    """The organisational domain (RFC 7489 §3.2) from the Public Suffix List."""
+
+@final
+class SrsRewriter:
+    """The Sender Rewriting Scheme for one domain (libsrs2/postsrsd/Mail::SRS format): the
+    first key signs, every key verifies."""
+
+    def __new__(
+        cls, domain: str, keys: Sequence[bytes], *, max_age_days: int = 21, hash_length: int = 4, separator: str = "="
+    ) -> SrsRewriter: ...
+    def forward(self, sender: str, *, now: int | None = None) -> str: ...
+    def reverse(self, address: str, *, now: int | None = None) -> str: ...
+    @property
+    def domain(self) -> str: ...
+
+def is_srs(address: str) -> bool:
+    """Whether an address is an SRS0 or SRS1 address, by its form alone."""

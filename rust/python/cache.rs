@@ -24,6 +24,14 @@ fn seconds(py: Python<'_>, what: &'static str, value: f64) -> PyResult<Duration>
 #[pyclass(frozen, name = "DnsCache", module = "deliverypool")]
 pub struct PyDnsCache(DnsCache<Py<PyAny>, AnyClock>);
 
+impl PyDnsCache {
+    /// The live object for (kind, domain), for the Rust side of the relay (auth.rs reads the
+    /// authentication checks' answers here); counts a hit or a miss like `get`.
+    pub(super) fn object(&self, py: Python<'_>, kind: Kind, domain: &str) -> Option<Py<PyAny>> {
+        self.0.get_with(kind, domain, |v| v.clone_ref(py))
+    }
+}
+
 #[pymethods]
 impl PyDnsCache {
     #[new]

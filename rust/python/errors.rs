@@ -13,6 +13,8 @@
 //! | `Error::LengthMismatch` | `ValueError` |
 //! | `Error::UnknownPhraseGroup` | `ValueError` |
 //! | `Error::DkimKey`, `Error::DkimOption` | `DkimKeyError(ValueError)` |
+//! | `Error::Auth` | `AuthError(ValueError)` |
+//! | `Error::Srs` | `SrsError(ValueError)`, with `reason` |
 //!
 //! A `PolicyError` about pools or rules (`policy::Error::Routing`) carries where: `key`, the
 //! policy key as a tuple (`("rules", 2, "pool")`, `("normal_pool",)`), and `problem`, the text
@@ -30,6 +32,7 @@ use pyo3::prelude::*;
 use pyo3::{create_exception, intern, PyTypeInfo};
 
 use crate::cache::CacheError as CoreCacheError;
+use crate::auth::srs::SrsError as SrsFailure;
 use crate::policy;
 use crate::pools::RoutingError;
 
@@ -59,6 +62,13 @@ create_exception!(
 );
 create_exception!(deliverypool, CacheError, PyValueError, "An argument to a DnsCache method is invalid.");
 create_exception!(deliverypool, DkimKeyError, PyValueError, "A DKIM private key or its options cannot be used to sign.");
+create_exception!(deliverypool, AuthError, PyValueError, "An argument to an SPF, DMARC or SRS call is invalid.");
+create_exception!(
+    deliverypool,
+    SrsError,
+    PyValueError,
+    "An address an SRS rewriter refuses. `reason` is one of SRS_ERRORS (not-srs, malformed, bad-hash, expired, no-domain)."
+);
 
 /// Every error the module raises, whichever part found it.
 #[derive(Debug)]
@@ -77,6 +87,10 @@ pub enum Error {
     DkimOption(String),
     /// An error about the message at `index` of a batch.
     InBatch { index: usize, error: Box<Error> },
+    /// A bad argument to an authentication check or rewriter (auth.rs).
+    Auth(String),
+    /// An address the SRS rewriter refuses.
+    Srs(SrsFailure),
 }
 
 impl Error {
@@ -121,6 +135,8 @@ impl fmt::Display for Error {
             Error::UnknownPhraseGroup(name) => write!(f, "no phrase group is called {name:?}"),
             Error::DkimKey(error) => error.fmt(f),
             Error::DkimOption(problem) => f.write_str(problem),
+            Error::Auth(text) => f.write_str(text),
+            Error::Srs(error) => error.fmt(f),
             Error::InBatch { index, error } => match **error {
                 // Named as the argument is: `messages[1] must be bytes, not str`.
                 Error::NotBytes(_) => write!(f, "messages[{index}] {error}"),
@@ -150,6 +166,14 @@ pub fn to_py_err(py: Python<'_>, error: impl Into<Error>) -> PyErr {
         Error::NotBytes(_) => MessageTypeError::new_err(message),
         Error::DkimKey(_) | Error::DkimOption(_) => DkimKeyError::new_err(message),
         Error::LengthMismatch { .. } | Error::UnknownPhraseGroup(_) | Error::InBatch { .. } => PyValueError::new_err(message),
+        Error::Auth(_) => AuthError::new_err(message),
+        Error::Srs(failure) => {
+            let exception = SrsError::new_err(message);
+            if let Err(failed) = exception.value(py).setattr(intern!(py, "reason"), failure.kind.as_str()) {
+                return failed;
+            }
+            exception
+        }
     };
     match index {
         Some(index) => match exception.value(py).setattr(intern!(py, "index"), index) {

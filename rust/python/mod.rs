@@ -5,6 +5,7 @@
 //! unchecked indexing out of this layer (the core is fuzzed for the same, see fuzz/).
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, clippy::unreachable)]
 
+mod auth;
 mod cache;
 mod dkim;
 mod dsn;
@@ -42,13 +43,17 @@ fn untracked<T: PyClass>(py: Python<'_>, value: impl Into<PyClassInitializer<T>>
 #[pyo3::pymodule]
 mod _core {
     #[pymodule_export]
+    use super::auth::{
+        is_srs, organizational_domain, PyDmarcCheck, PyDmarcOutcome, PySpfCheck, PySpfOutcome, PySrsRewriter,
+    };
+    #[pymodule_export]
     use super::cache::{PyCacheStats, PyDnsCache};
     #[pymodule_export]
     use super::dkim::{dkim_key_queries, dkim_sign, dkim_verify, PyDkimKey, PyDkimSigning, PyDkimVerdict};
     #[pymodule_export]
     use super::dsn::detect;
     #[pymodule_export]
-    use super::errors::{CacheError, DkimKeyError, MessageTypeError, PolicyError, ScoreError, SenderDomainError};
+    use super::errors::{AuthError, CacheError, DkimKeyError, MessageTypeError, PolicyError, ScoreError, SenderDomainError, SrsError};
     #[pymodule_export]
     use super::policy::{classify, classify_many, PyDecision, PyDsnVerdict, PyPolicy};
     #[pymodule_export]
@@ -84,6 +89,12 @@ mod _core {
             m.add(name, PyTuple::new(py, members)?)?;
         }
         m.add("SMTP_CLIENT_EVENTS", PyTuple::new(py, super::smtp_client::event_names())?)?;
+        m.add("SPF_RESULTS", super::names::<crate::auth::spf::SpfResult>(py)?)?;
+        m.add("SPF_REASONS", super::names::<crate::auth::spf::SpfReason>(py)?)?;
+        m.add("DMARC_RESULTS", super::names::<crate::auth::dmarc::DmarcResult>(py)?)?;
+        m.add("DMARC_REASONS", super::names::<crate::auth::dmarc::DmarcReason>(py)?)?;
+        m.add("DMARC_POLICIES", super::names::<crate::auth::dmarc::Policy>(py)?)?;
+        m.add("SRS_ERRORS", super::names::<crate::auth::srs::SrsErrorKind>(py)?)?;
         m.add("PHRASE_GROUPS", super::dsn::phrase_groups(py)?)
     }
 }

@@ -31,6 +31,7 @@ from deliverypool.config.model import (
     WarmupConfig,
 )
 from deliverypool.config.dkim import DkimConfig, DkimKeyConfig
+from deliverypool.config.auth import AuthConfig, SrsConfig
 from deliverypool.config.limits import LimitsConfig, StateConfig
 from deliverypool.config.observe import NO_TENANT, AdminConfig, AlertsConfig, DnsblConfig, MonitorConfig, ObserveConfig, TenantConfig
 from deliverypool.config.units import format_duration, format_size, parse_duration, parse_size
@@ -39,6 +40,7 @@ __all__ = [
     "NO_TENANT",
     "AdminConfig",
     "AlertsConfig",
+    "AuthConfig",
     "ConfigError",
     "DkimConfig",
     "DkimKeyConfig",
@@ -59,6 +61,7 @@ __all__ = [
     "ScoreConfig",
     "SourceAddress",
     "SpoolConfig",
+    "SrsConfig",
     "StateConfig",
     "TenantConfig",
     "WarmupConfig",

@@ -919,6 +919,7 @@ from deliverypool.config.observe import (  # noqa: E402
 )
 from deliverypool.config.limits import LimitsConfig, StateConfig  # noqa: E402
 from deliverypool.config.dkim import DkimConfig  # noqa: E402
+from deliverypool.config.auth import AuthConfig  # noqa: E402
 
 
 class RelayConfig(_Table):
@@ -956,6 +957,7 @@ class RelayConfig(_Table):
     state: StateConfig = Field(default_factory=StateConfig, description="Where sender counters and restrictions live (embedded SQLite, or Redis).")
     dnsbl: DnsblConfig = Field(default_factory=DnsblConfig, description="The blocklist watch of the pools' own source addresses.")
     dkim: DkimConfig = Field(default_factory=DkimConfig, description="DKIM: the keys mail is signed with, and the check of clients' signatures (docs/guide/dkim.md).")
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="Sender authentication: SPF, DMARC, SRS (phase 2 routes on them; not read yet).")
 
     @model_validator(mode="before")
     @classmethod

@@ -25,7 +25,7 @@ from deliverypool.errors import DestinationError, DnsLookupError, PermanentDnsEr
 from deliverypool.lookup.resolver import Outcome, Resolver
 from deliverypool.mail.address import normalize_domain
 
-__all__ = ["MailExchanger", "MxLookup", "MxResolver", "order_exchangers"]
+__all__ = ["Addresses", "MailExchanger", "MxLookup", "MxResolver", "order_exchangers"]
 
 _PERMANENT: Final = {
     "null-mx": "556 5.1.10 Recipient domain {domain} has a null MX: it accepts no mail (RFC 7505)",
@@ -45,6 +45,21 @@ class MailExchanger:
     host: str
     addresses: tuple[str, ...] = ()
     implicit: bool = False
+
+
+class Addresses(tuple[str, ...]):
+    """A host's addresses of one family as the cache keeps them (kinds ``A`` and ``AAAA``): the
+    tuple delivery reads, and what DNS said, which SPF needs to tell a name without addresses
+    (``negative``, a void lookup) from a failed lookup (``unknown``, a temperror)."""
+
+    outcome: Outcome
+    detail: str  # "records", "nxdomain"/"nodata", or the failure
+
+    def __new__(cls, addresses: tuple[str, ...], outcome: Outcome, detail: str) -> Addresses:
+        self = super().__new__(cls, addresses)
+        self.outcome = outcome
+        self.detail = detail
+        return self
 
 
 def order_exchangers(exchangers: Sequence[MailExchanger], rng: random.Random | None = None) -> list[MailExchanger]:
@@ -146,6 +161,11 @@ class MxResolver:
         v4, v6 = await asyncio.gather(self._addresses(ascii_host, "A"), self._addresses(ascii_host, "AAAA"))
         return v4 + v6
 
+    async def address_records(self, host: str, kind: Literal["A", "AAAA"]) -> tuple[str, ...]:
+        """One family's addresses of `host` (an ASCII name as it stands, no IDNA), as cached:
+        an :class:`Addresses` that also says what DNS answered."""
+        return await self._addresses(host.lower().rstrip("."), kind)
+
     async def _addresses(self, host: str, kind: Literal["A", "AAAA"]) -> tuple[str, ...]:
         cached = self.resolver.cache.get(kind, host)
         if cached is None:
@@ -155,6 +175,6 @@ class MxResolver:
 
     async def _addresses_and_store(self, host: str, kind: Literal["A", "AAAA"]) -> tuple[str, ...]:
         answer = await self.resolver.query(host, dns.rdatatype.A if kind == "A" else dns.rdatatype.AAAA)
-        found = tuple(rd.address for rd in answer.rrset) if answer.rrset is not None else ()
+        found = Addresses(tuple(rd.address for rd in answer.rrset) if answer.rrset is not None else (), answer.outcome, answer.detail)
         self.resolver.cache.put(kind, host, found, ttl=answer.ttl, outcome=answer.outcome)
         return found

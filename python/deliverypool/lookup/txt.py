@@ -71,6 +71,18 @@ class TxtLookup:
             return cached
         return await self.resolver.single_flight(("TXT", ascii_name), lambda: self._query_and_store(ascii_name))
 
+    async def records_as_written(self, name: str) -> TxtAnswer:
+        """The TXT records of `name` taken as an ASCII DNS name as it stands, without IDNA:
+        SPF's macros build names from local parts and addresses (``%{l}`` of ``a+b``, ``%{i}``),
+        whose labels may hold any octet DNS allows (``+``, ``=``, spaces) but that IDNA refuses."""
+        if not name.isascii():
+            return await self.records(name)
+        ascii_name = name.lower().rstrip(".")
+        cached = self.cached(ascii_name)
+        if cached is not None:
+            return cached
+        return await self.resolver.single_flight(("TXT", ascii_name), lambda: self._query_and_store(ascii_name))
+
     async def _query_and_store(self, name: str) -> TxtAnswer:
         answer = await self.resolver.query(name, dns.rdatatype.TXT)
         records: tuple[bytes, ...] = ()
