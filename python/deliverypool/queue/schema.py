@@ -117,6 +117,10 @@ def migrate(conn: sqlite3.Connection) -> int:
     """Brings the database to :data:`SCHEMA_VERSION`; returns the version it had. Raises
     :class:`SpoolError` for a spool from a newer deliverypool."""
     version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version == 0 and not conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone():
+        # A new spool: pages freed by delivered mail can be given back to the file system
+        # (`PRAGMA incremental_vacuum`, in low-space mode). Only possible before the first table.
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
     if version > SCHEMA_VERSION:
         raise SpoolError(
             f"the spool has schema version {version}, newer than this deliverypool's {SCHEMA_VERSION}: upgrade deliverypool"

@@ -48,7 +48,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from deliverypool.errors import SpoolError, SpoolFull, SpoolLocked
 from deliverypool.queue.space import SpaceFlags
@@ -210,6 +210,27 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
+# A spool made before `auto_vacuum = INCREMENTAL` is converted when it is opened (VACUUM rewrites
+# it: up to its size again on disk) if it is at most this large and has that room.
+_CONVERT_LIMIT: Final = 256 * 1024 * 1024
+
+
+def _incremental_vacuum(conn: sqlite3.Connection, path: Path) -> None:
+    """Makes sure the spool can give freed pages back (`Spool._give_back_space`): a database
+    from before it was so is converted once, at open, where that is cheap enough."""
+    if int(conn.execute("PRAGMA auto_vacuum").fetchone()[0]) == 2:
+        return
+    size = path.stat().st_size
+    if size > _CONVERT_LIMIT or shutil.disk_usage(path.parent).free < 2 * size:
+        log.info("spool %s: not converted to incremental vacuum (%d bytes, too large or no room): freed pages stay in the file", path, size)
+        return
+    try:
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        conn.execute("VACUUM")
+    except sqlite3.Error as exc:
+        log.warning("spool %s: conversion to incremental vacuum failed: %s", path, exc)
+
+
 def new_queue_id() -> str:
     """Twelve upper-case hex digits: time-ordered prefix, random suffix."""
     return f"{int(time.time()) & 0xFFFFFF:06X}{secrets.token_hex(3).upper()}"
@@ -303,6 +324,7 @@ class Spool:
         conn = connect(self.path)
         try:
             migrate(conn)
+            _incremental_vacuum(conn, self.path)
         except BaseException:
             conn.close()
             raise
@@ -322,10 +344,14 @@ class Spool:
     def _make_reserve(self) -> tuple[bool, int]:
         """Keeps the reserve file in place (on the I/O thread); returns (low space, free bytes).
         Low space when the reserve is missing and cannot be made (it is made only while twice
-        the reserve is free), or when less than the reserve is free besides it."""
+        the reserve is free), or when less than the reserve is free besides it. Without room for
+        the reserve, the database first gives back what delivered mail freed."""
         path = self.directory / RESERVE
         free = shutil.disk_usage(self.directory).free
         if not path.exists():
+            if free < 2 * self.reserve:
+                self._give_back_space()
+                free = shutil.disk_usage(self.directory).free
             if free < 2 * self.reserve:
                 return True, free
             try:
@@ -340,6 +366,26 @@ class Spool:
                 return True, free
             free -= self.reserve
         return free < self.reserve, free
+
+    def _give_back_space(self) -> None:
+        """Returns to the file system the database pages delivered mail freed and the write-ahead
+        log's length (both stay allocated otherwise: a burst's WAL and a drained queue's pages
+        would keep the disk "full" after the mail is gone). Best effort, on a connection of its
+        own that waits briefly for the writer: an attempt that cannot run now is made again at
+        the next space check."""
+        try:
+            side = sqlite3.connect(self.path, isolation_level=None, timeout=0.2)
+        except sqlite3.Error:
+            return
+        try:
+            with contextlib.suppress(sqlite3.Error):
+                # Only where auto_vacuum is incremental. executescript steps the statement to its
+                # end: execute() steps once, and each step gives back one page.
+                side.executescript("PRAGMA incremental_vacuum;")
+            with contextlib.suppress(sqlite3.Error):
+                side.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        finally:
+            side.close()
 
     def _apply_space(self, low: bool, free: int) -> None:
         """Enters or leaves low-space mode (on the loop), logging and reporting the change once."""
