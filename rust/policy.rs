@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::address::{first_address, Address};
+use crate::auth::dmarc::{DmarcResult, Policy as DmarcPolicy};
+use crate::auth::spf::SpfResult;
 use crate::dsn::{detect, Detection};
 use crate::labels::{closed_set, Defect};
 use crate::pools::{reason_bits, Defaults, Facts, Name, PoolClass, PoolSpec, Routing, RoutingError, RuleSpec};
@@ -28,6 +30,19 @@ closed_set! {
         /// (`Defect::unscannable`), so the DSN verdict may be wrong; high risk unless the
         /// policy says otherwise (`unscannable_pool`).
         Unscannable = "unscannable" => Escalation::Fallback(Fallback::Unscannable),
+        /// The From domain publishes `p=reject` or `p=quarantine` and no identifier the
+        /// destination will see aligns and passes (`AuthFacts`): high risk, no override.
+        DmarcFail = "dmarc-fail" => Escalation::To(PoolClass::HighRisk),
+        /// Forwarded or relayed mail: the envelope sender is not one of the tenant's domains
+        /// and SPF did not pass when it arrived. The relay pool (high-risk without one).
+        RelayedSpfFail = "relayed-spf-fail" => Escalation::To(PoolClass::Relay),
+        /// SPF or DMARC could not be evaluated where it mattered (a DNS failure: temperror);
+        /// never taken for a pass: high risk unless the policy says otherwise
+        /// (`auth_unknown_pool`).
+        AuthUnknown = "auth-unknown" => Escalation::Fallback(Fallback::AuthUnknown),
+        /// A message to an SRS address of the relay (a bounce to forwarded mail), reversed to
+        /// the original sender.
+        SrsBounce = "srs-bounce" => Escalation::To(PoolClass::HighRisk),
     }
 }
 
@@ -49,6 +64,8 @@ pub enum Fallback {
     ScoreUnavailable,
     /// `unscannable_pool`.
     Unscannable,
+    /// `auth_unknown_pool`.
+    AuthUnknown,
 }
 
 /// What is wrong with a policy, or with what the caller says about one message.
@@ -178,6 +195,8 @@ pub struct Policy {
     pub score_unavailable_pool: FallbackPool,
     /// Where a message goes that the scanner could not fully read (`Reason::Unscannable`).
     pub unscannable_pool: FallbackPool,
+    /// Where a message goes whose SPF or DMARC could not be evaluated (`Reason::AuthUnknown`).
+    pub auth_unknown_pool: FallbackPool,
     /// `pools` and `rules` compiled: made by `validated`, which every constructor goes through.
     pub routing: Routing,
 }
@@ -198,6 +217,7 @@ impl Default for Policy {
             unknown_domain_pool: FallbackPool::HighRisk,
             score_unavailable_pool: FallbackPool::Normal,
             unscannable_pool: FallbackPool::HighRisk,
+            auth_unknown_pool: FallbackPool::HighRisk,
             routing: Routing::two_pools("normal", "high-risk").unwrap_or_else(|_| unreachable!("two distinct pool names")),
         }
     }
@@ -244,6 +264,7 @@ impl Policy {
             Escalation::Fallback(Fallback::UnknownDomain) => self.unknown_domain_pool,
             Escalation::Fallback(Fallback::ScoreUnavailable) => self.score_unavailable_pool,
             Escalation::Fallback(Fallback::Unscannable) => self.unscannable_pool,
+            Escalation::Fallback(Fallback::AuthUnknown) => self.auth_unknown_pool,
         };
         match option {
             FallbackPool::HighRisk => PoolClass::HighRisk,
@@ -296,6 +317,73 @@ pub struct Envelope<'a> {
     pub recipients: &'a [&'a str],
     /// The client is not one whose route header (`Policy::route_header`) is trusted.
     pub untrusted_route_header: bool,
+    /// What SPF and DMARC found, when they were evaluated.
+    pub auth: Option<AuthFacts>,
+}
+
+/// What authentication found about a message, as routing reads it (worked out by the caller:
+/// `deliverypool.routing.auth`). The reasons it gives (`AuthFacts::reasons`):
+///
+/// * `dmarc-fail`: DMARC as the destination will judge it fails and the From domain asks for
+///   quarantine or reject;
+/// * `relayed-spf-fail`: the envelope sender (not null) is not one of the tenant's domains and
+///   SPF at acceptance is anything but `pass` (and not `temperror`);
+/// * `auth-unknown`: one of those could not be told: SPF at acceptance `temperror` for such a
+///   sender, DMARC `temperror`, or a DMARC failure that rests on an identifier whose check
+///   failed (`unsure`);
+/// * `srs-bounce`: the message is addressed to an SRS address of the relay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AuthFacts {
+    /// SPF of the MAIL FROM identity at acceptance; None: not evaluated (no client address).
+    pub spf: Option<SpfResult>,
+    /// The envelope sender's (organisational) domain is one of the tenant's own domains.
+    pub own_sender: bool,
+    /// DMARC as the destination will reach it; None: not evaluated (no From domain).
+    pub dmarc: Option<DmarcResult>,
+    /// What the From domain asks the destination to do with this message (`none` for a pass).
+    pub disposition: DmarcPolicy,
+    /// The DMARC failure rests on an identifier that could not be checked (a DKIM or SPF
+    /// `temperror`): it may pass at the destination.
+    pub unsure: bool,
+    /// The message goes to an SRS address of the relay (reversed to the original sender).
+    pub srs_bounce: bool,
+}
+
+impl Default for AuthFacts {
+    fn default() -> Self {
+        AuthFacts { spf: None, own_sender: false, dmarc: None, disposition: DmarcPolicy::None, unsure: false, srs_bounce: false }
+    }
+}
+
+impl AuthFacts {
+    /// The reasons these facts give a message from `mail_from` (None or empty: the null sender).
+    pub fn reasons(&self, mail_from: Option<&str>, mut push: impl FnMut(Reason)) {
+        if self.srs_bounce {
+            push(Reason::SrsBounce);
+        }
+        let mut unknown = false;
+        match self.dmarc {
+            Some(DmarcResult::Fail) if self.disposition != DmarcPolicy::None => {
+                if self.unsure {
+                    unknown = true;
+                } else {
+                    push(Reason::DmarcFail);
+                }
+            }
+            Some(DmarcResult::TempError) => unknown = true,
+            _ => {}
+        }
+        let relayed = !self.own_sender && mail_from.is_some_and(|sender| !sender.is_empty());
+        match self.spf {
+            Some(SpfResult::Pass) | None => {}
+            Some(SpfResult::TempError) => unknown |= relayed,
+            Some(_) if relayed => push(Reason::RelayedSpfFail),
+            Some(_) => {}
+        }
+        if unknown {
+            push(Reason::AuthUnknown);
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -319,6 +407,8 @@ pub struct Decision {
     pub score_source: Option<ScoreSource>,
     pub threshold: f64,
     pub sender_domain: Option<DomainStatus>,
+    /// What authentication found, as the caller gave it.
+    pub auth: Option<AuthFacts>,
     /// Scanner defects plus policy notes such as `score-header-repeated`.
     pub defects: Vec<Defect>,
     /// Where the first Message-ID and From fields' values are in the message: what callers ask
@@ -391,6 +481,9 @@ fn decide_with_defects(facts: &HeaderIndex, mut defects: Vec<Defect>, msg: &[u8]
     if detection.dsn.is_none() && defects.iter().any(|d| d.unscannable()) {
         reasons.push(Reason::Unscannable);
     }
+    if let Some(auth) = &envelope.auth {
+        auth.reasons(envelope.mail_from, |reason| reasons.push(reason));
+    }
     // The worst class any reason gives; the rules pick a pool of that class only.
     let class = reasons.iter().fold(PoolClass::Normal, |class, reason| class.worst(policy.class_of(*reason)));
     let header = route_header(facts, policy, envelope.untrusted_route_header);
@@ -428,6 +521,7 @@ fn decide_with_defects(facts: &HeaderIndex, mut defects: Vec<Defect>, msg: &[u8]
         score_source,
         threshold,
         sender_domain: envelope.sender_domain,
+        auth: envelope.auth,
         defects,
         message_id_field: facts.message_id.map(|v| v.span_in(msg)),
         from_field: facts.from.map(|v| v.span_in(msg)),
@@ -682,6 +776,77 @@ mod tests {
         assert!(Policy { rules: vec![rule("sender-domain-unknown")], ..lenient }.validated().is_ok());
         let refused = Policy { rules: vec![rule("sender-domain-unknown")], ..Policy::default() }.validated().unwrap_err();
         assert!(matches!(refused, Error::Routing(RoutingError { rule: Some(0), field: "pool", .. })), "{refused}");
+    }
+
+    fn auth(spf: Option<SpfResult>, own_sender: bool, dmarc: Option<(DmarcResult, DmarcPolicy)>) -> AuthFacts {
+        let (dmarc, disposition) = dmarc.map_or((None, DmarcPolicy::None), |(r, d)| (Some(r), d));
+        AuthFacts { spf, own_sender, dmarc, disposition, ..AuthFacts::default() }
+    }
+
+    fn with_relay_pool() -> Policy {
+        let pool = |name: &str, class| PoolSpec { name: name.into(), class, tenant: None };
+        Policy {
+            pools: vec![pool("normal", PoolClass::Normal), pool("high-risk", PoolClass::HighRisk), pool("fwd", PoolClass::Relay)],
+            relay_pool: Some("fwd".into()),
+            ..Policy::default()
+        }
+        .validated()
+        .unwrap()
+    }
+
+    #[test]
+    fn authentication_gives_its_reasons_and_classes() {
+        let policy = with_relay_pool();
+        let route = |mail_from: &str, facts: AuthFacts| {
+            let envelope = Envelope { mail_from: Some(mail_from), auth: Some(facts), ..Envelope::default() };
+            let d = classify(b"Subject: x\r\n\r\nhi\r\n", &envelope, &policy).unwrap();
+            (d.pool.to_string(), d.reasons)
+        };
+        let reject = Some((DmarcResult::Fail, DmarcPolicy::Reject));
+        // The customer's own mail that passes DMARC, or whose domain asks for nothing.
+        assert_eq!(route("a@own.test", auth(Some(SpfResult::Fail), true, Some((DmarcResult::Pass, DmarcPolicy::None)))), ("normal".into(), vec![]));
+        assert_eq!(route("a@own.test", auth(Some(SpfResult::Fail), true, Some((DmarcResult::Fail, DmarcPolicy::None)))), ("normal".into(), vec![]));
+        // DMARC would fail at the destination: high risk, whatever else.
+        assert_eq!(route("a@own.test", auth(Some(SpfResult::Pass), true, reject)), ("high-risk".into(), vec![Reason::DmarcFail]));
+        let quarantine = Some((DmarcResult::Fail, DmarcPolicy::Quarantine));
+        assert_eq!(route("a@own.test", auth(None, true, quarantine)).1, [Reason::DmarcFail]);
+        // Forwarded mail whose SPF did not pass: the relay pool; with a DMARC failure, high risk wins.
+        for spf in [SpfResult::Fail, SpfResult::SoftFail, SpfResult::Neutral, SpfResult::None, SpfResult::PermError] {
+            assert_eq!(route("a@else.test", auth(Some(spf), false, None)), ("fwd".into(), vec![Reason::RelayedSpfFail]));
+        }
+        assert_eq!(route("a@else.test", auth(Some(SpfResult::Fail), false, reject)), ("high-risk".into(), vec![Reason::DmarcFail, Reason::RelayedSpfFail]));
+        assert_eq!(route("a@else.test", auth(Some(SpfResult::Pass), false, None)), ("normal".into(), vec![]));
+        // The null sender is never relayed mail of this kind.
+        assert_eq!(route("", auth(Some(SpfResult::Fail), false, None)).1, []);
+        // What could not be told is never a pass: auth-unknown, high risk by default.
+        assert_eq!(route("a@else.test", auth(Some(SpfResult::TempError), false, None)), ("high-risk".into(), vec![Reason::AuthUnknown]));
+        assert_eq!(route("a@own.test", auth(Some(SpfResult::TempError), true, None)).1, []);
+        assert_eq!(route("a@own.test", auth(None, true, Some((DmarcResult::TempError, DmarcPolicy::None)))).1, [Reason::AuthUnknown]);
+        let unsure = AuthFacts { unsure: true, ..auth(None, true, reject) };
+        assert_eq!(route("a@own.test", unsure), ("high-risk".into(), vec![Reason::AuthUnknown]));
+        let lenient = Policy { auth_unknown_pool: FallbackPool::Normal, ..with_relay_pool() };
+        let envelope = Envelope { mail_from: Some("a@own.test"), auth: Some(unsure), ..Envelope::default() };
+        assert_eq!(classify(b"\r\n", &envelope, &lenient).unwrap().pool, "normal");
+        // A bounce to an SRS address: high risk.
+        let srs = AuthFacts { srs_bounce: true, ..AuthFacts::default() };
+        assert_eq!(route("", srs), ("high-risk".into(), vec![Reason::SrsBounce]));
+        // Without relay pools, relayed mail goes the high-risk way, never from a normal pool.
+        let envelope = Envelope { mail_from: Some("a@else.test"), auth: Some(auth(Some(SpfResult::Fail), false, None)), ..Envelope::default() };
+        let d = classify(b"\r\n", &envelope, &Policy::default()).unwrap();
+        assert_eq!((d.pool.as_str(), d.pool_class, d.auth), ("high-risk", PoolClass::HighRisk, envelope.auth));
+    }
+
+    #[test]
+    fn a_rule_cannot_send_dmarc_failing_mail_to_a_normal_or_relay_pool() {
+        let rule = |pool: &str| RuleSpec { pool: pool.into(), reasons: vec!["dmarc-fail".into()], ..RuleSpec::default() };
+        for pool in ["normal", "fwd"] {
+            let refused = Policy { rules: vec![rule(pool)], ..with_relay_pool() }.validated().unwrap_err();
+            assert!(matches!(refused, Error::Routing(RoutingError { rule: Some(0), field: "pool", .. })), "{refused}");
+        }
+        // A rule on relayed-spf-fail may name the relay pool, not a normal one.
+        let relayed = |pool: &str| RuleSpec { pool: pool.into(), reasons: vec!["relayed-spf-fail".into()], ..RuleSpec::default() };
+        assert!(Policy { rules: vec![relayed("fwd")], ..with_relay_pool() }.validated().is_ok());
+        assert!(Policy { rules: vec![relayed("normal")], ..with_relay_pool() }.validated().is_err());
     }
 
     #[test]

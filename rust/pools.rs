@@ -673,7 +673,15 @@ mod tests {
 
     fn always(reason: Reason) -> PoolClass {
         match reason {
-            Reason::Dsn | Reason::SpamScore | Reason::SenderDomainNoRecords | Reason::Unscannable | Reason::SenderDomainUnknown => PoolClass::HighRisk,
+            Reason::Dsn
+            | Reason::SpamScore
+            | Reason::SenderDomainNoRecords
+            | Reason::Unscannable
+            | Reason::SenderDomainUnknown
+            | Reason::DmarcFail
+            | Reason::AuthUnknown
+            | Reason::SrsBounce => PoolClass::HighRisk,
+            Reason::RelayedSpfFail => PoolClass::Relay,
             Reason::SpamScoreUnavailable => PoolClass::Normal,
         }
     }

@@ -11,13 +11,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import deliverypool
-from deliverypool import DEFECTS, DSN_KINDS, REASONS, REPORT_KINDS, SIGNALS, Decision, Policy, classify, scan
+from deliverypool import DEFECTS, DSN_KINDS, REASONS, REPORT_KINDS, SIGNALS, AuthFacts, Decision, Policy, classify, scan
 from deliverypool.corpus import corpus_paths
 from deliverypool.mail.sources import read_messages
 from tests.messages import GLOBAL_DSN, MDN, ORDINARY
 
 TUPLES = {"REASONS": REASONS, "SIGNALS": SIGNALS, "DEFECTS": DEFECTS, "REPORT_KINDS": REPORT_KINDS, "DSN_KINDS": DSN_KINDS}
 SCORED = Policy(score_header="X-Spam-Score")
+# What authentication can find: a DMARC failure where the domain asks for reject, relayed mail
+# whose SPF failed, an SPF temperror, a bounce to an SRS address.
+AUTH = AuthFacts(spf="fail", dmarc="fail", disposition="reject")
+AUTH_UNKNOWN = AuthFacts(spf="temperror", srs_bounce=True)
 
 # Messages that make every defect fire (the corpus holds only well-formed ones of most).
 ODD = [
@@ -63,6 +67,8 @@ def everything_about(message: bytes) -> Iterable[dict[str, set[str]]]:
     yield produced(classify(message, policy=SCORED, sender_domain="unknown"))
     yield produced(classify(message, policy=SCORED, untrusted_client=True))
     yield produced(classify(message, policy=SCORED, score_unavailable=True))
+    yield produced(classify(message, mail_from="a@b.example", auth=AUTH))
+    yield produced(classify(message, mail_from="a@b.example", auth=AUTH_UNKNOWN))
     yield {"DEFECTS": set(scan(message).defects)}
 
 

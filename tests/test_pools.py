@@ -33,7 +33,9 @@ DOMAINS = ["a.example", "b.example", "mail.a.example", "gmail.test", "x.gmail.te
 PATTERNS = ["a.example", "*.a.example", "gmail.test", "*.gmail.test", "b.example"]
 STREAMS = ["bulk", "transactional", "news"]
 # Reasons that always make mail high-risk under the default policy options.
-ALWAYS_HIGH_RISK = {"dsn", "spam-score", "sender-domain-no-records", "sender-domain-unknown", "unscannable"}
+ALWAYS_HIGH_RISK = {"dsn", "spam-score", "sender-domain-no-records", "sender-domain-unknown", "unscannable", "dmarc-fail", "auth-unknown", "srs-bounce"}
+# Reasons of the relay class: such mail goes the high-risk way when there is no relay pool.
+RELAY_REASONS = {"relayed-spf-fail"}
 
 
 def pattern_matches(pattern: str, domain: str) -> bool:
@@ -71,7 +73,7 @@ def rule_sets(draw: st.DrawFn) -> tuple[dict[str, str], dict[str, str], list[dic
         if draw(st.booleans()):
             rule["report_kinds"] = draw(st.lists(st.sampled_from(REPORT_KINDS), min_size=1, max_size=2, unique=True))
         pool = rule["pool"]
-        only_risky = set(rule.get("reasons", ["none"])) <= ALWAYS_HIGH_RISK or set(rule.get("report_kinds", ["none"])) == {"dsn"}
+        only_risky = set(rule.get("reasons", ["none"])) <= ALWAYS_HIGH_RISK | RELAY_REASONS or set(rule.get("report_kinds", ["none"])) == {"dsn"}
         if only_risky and pools[pool] == "normal":
             rule["pool"] = pool = "high-risk"
         if pool in dedicated:

@@ -13,6 +13,7 @@ __all__ = [
     "REASONS",
     "REPORT_KINDS",
     "SIGNALS",
+    "AuthFacts",
     "ContentType",
     "Decision",
     "DsnVerdict",
@@ -196,6 +197,7 @@ class Policy:
         rules: Iterable[_Rule] | None = None,
         relay_pool: str | None = None,
         route_header: str | None = None,
+        auth_unknown_pool: Literal["high-risk", "normal"] = "high-risk",
     ) -> Policy:
         """`pools`: every pool's class by name (default: `normal_pool` normal and
         `high_risk_pool` high-risk); `pool_tenants`: the tenant each dedicated pool belongs to;
@@ -218,6 +220,8 @@ class Policy:
     @property
     def unscannable_pool(self) -> Literal["high-risk", "normal"]: ...
     @property
+    def auth_unknown_pool(self) -> Literal["high-risk", "normal"]: ...
+    @property
     def relay_pool(self) -> str | None: ...
     @property
     def pools(self) -> dict[str, _PoolClass]: ...
@@ -233,6 +237,39 @@ class Policy:
         """A rule names recipient domains: `classify` then needs the recipients, and routes
         each one on its own (`Decision.recipient_pools`)."""
     def threshold_for(self, tenant: str | None = None) -> float: ...
+
+@final
+class AuthFacts:
+    """What SPF and DMARC found about a message, as routing reads it (`classify(auth=...)`):
+    `dmarc-fail` when `dmarc` is fail and `disposition` quarantine or reject (`auth-unknown`
+    instead when `unsure`); `relayed-spf-fail` when the sender is not null, not `own_sender`,
+    and `spf` is anything but pass (`auth-unknown` for temperror); `auth-unknown` for a DMARC
+    temperror; `srs-bounce` when `srs_bounce`. A value outside its set raises `PolicyError`."""
+
+    def __new__(
+        cls,
+        *,
+        spf: str | None = None,
+        own_sender: bool = False,
+        dmarc: str | None = None,
+        disposition: Literal["none", "quarantine", "reject"] = "none",
+        unsure: bool = False,
+        srs_bounce: bool = False,
+    ) -> AuthFacts: ...
+    @property
+    def spf(self) -> str | None: ...
+    @property
+    def own_sender(self) -> bool: ...
+    @property
+    def dmarc(self) -> str | None: ...
+    @property
+    def disposition(self) -> Literal["none", "quarantine", "reject"]: ...
+    @property
+    def unsure(self) -> bool: ...
+    @property
+    def srs_bounce(self) -> bool: ...
+    def __eq__(self, value: object, /) -> bool: ...
+    def __hash__(self) -> int: ...
 
 @final
 class DsnVerdict:
@@ -281,6 +318,9 @@ class Decision:
     def threshold(self) -> float: ...
     @property
     def sender_domain(self) -> _DomainStatus | None: ...
+    @property
+    def auth(self) -> AuthFacts | None:
+        """What SPF and DMARC found, as given to `classify`; None without."""
     @property
     def defects(self) -> tuple[str, ...]: ...
     @property
@@ -335,6 +375,7 @@ def classify(
     score_unavailable: bool = False,
     recipients: Sequence[str] | None = None,
     untrusted_route_header: bool = False,
+    auth: AuthFacts | None = None,
 ) -> Decision: ...
 def classify_many(
     messages: Iterable[bytes],
@@ -348,6 +389,7 @@ def classify_many(
     score_unavailable: Sequence[bool] | None = None,
     recipients: Sequence[Sequence[str] | None] | None = None,
     untrusted_route_header: bool = False,
+    auth: Sequence[AuthFacts | None] | None = None,
 ) -> list[Decision]: ...
 
 # --- DNS cache (rust/python/cache.rs) ---

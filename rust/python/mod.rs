@@ -55,7 +55,7 @@ mod _core {
     #[pymodule_export]
     use super::errors::{AuthError, CacheError, DkimKeyError, MessageTypeError, PolicyError, ScoreError, SenderDomainError, SrsError};
     #[pymodule_export]
-    use super::policy::{classify, classify_many, PyDecision, PyDsnVerdict, PyPolicy};
+    use super::policy::{classify, classify_many, PyAuthFacts, PyDecision, PyDsnVerdict, PyPolicy};
     #[pymodule_export]
     use super::scan::{header_block, scan, PyContentType, PyHeaderFacts, PyMimePart, PyRecipientStatus};
     #[pymodule_export]

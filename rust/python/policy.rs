@@ -14,7 +14,10 @@ use super::untracked;
 use super::scan::recipients_tuple;
 use crate::address::Address;
 use crate::dsn::DsnVerdict;
-use crate::policy::{self, Decision, DomainStatus, Envelope, FallbackPool, Policy};
+use crate::auth::dmarc::{DmarcResult, Policy as DmarcPolicy};
+use crate::auth::spf::SpfResult;
+use crate::labels::Label;
+use crate::policy::{self, AuthFacts, Decision, DomainStatus, Envelope, FallbackPool, Policy};
 use crate::pools::{q, Name, PoolClass, PoolSpec, RoutingError, RuleSpec};
 
 #[pyclass(frozen, name = "Policy", module = "deliverypool")]
@@ -32,7 +35,7 @@ fn policy_or_default(policy: Option<&Bound<'_, PyPolicy>>) -> Arc<Policy> {
 #[pymethods]
 impl PyPolicy {
     #[new]
-    #[pyo3(signature = (*, normal_pool="normal", high_risk_pool="high-risk", threshold=5.0, tenant_thresholds=None, score_header=None, unknown_domain_pool="high-risk", score_unavailable_pool="normal", unscannable_pool="high-risk", pools=None, pool_tenants=None, rules=None, relay_pool=None, route_header=None))]
+    #[pyo3(signature = (*, normal_pool="normal", high_risk_pool="high-risk", threshold=5.0, tenant_thresholds=None, score_header=None, unknown_domain_pool="high-risk", score_unavailable_pool="normal", unscannable_pool="high-risk", pools=None, pool_tenants=None, rules=None, relay_pool=None, route_header=None, auth_unknown_pool="high-risk"))]
     #[allow(clippy::too_many_arguments)] // Python keyword arguments, one per policy field
     fn new(
         py: Python<'_>,
@@ -49,7 +52,9 @@ impl PyPolicy {
         rules: Option<&Bound<'_, PyAny>>,
         relay_pool: Option<String>,
         route_header: Option<String>,
+        auth_unknown_pool: &str,
     ) -> PyResult<Self> {
+        let auth_unknown_pool = FallbackPool::parse("auth_unknown_pool", auth_unknown_pool).map_err(|e| to_py_err(py, e))?;
         let unknown_domain_pool = FallbackPool::parse("unknown_domain_pool", unknown_domain_pool).map_err(|e| to_py_err(py, e))?;
         let score_unavailable_pool = FallbackPool::parse("score_unavailable_pool", score_unavailable_pool).map_err(|e| to_py_err(py, e))?;
         let unscannable_pool = FallbackPool::parse("unscannable_pool", unscannable_pool).map_err(|e| to_py_err(py, e))?;
@@ -71,6 +76,7 @@ impl PyPolicy {
             unknown_domain_pool,
             score_unavailable_pool,
             unscannable_pool,
+            auth_unknown_pool,
             routing: Policy::default().routing,
         };
         Ok(PyPolicy(Arc::new(policy.validated().map_err(|e| to_py_err(py, e))?)))
@@ -154,6 +160,10 @@ impl PyPolicy {
     fn unscannable_pool(&self) -> &'static str {
         self.0.unscannable_pool.as_str()
     }
+    #[getter]
+    fn auth_unknown_pool(&self) -> &'static str {
+        self.0.auth_unknown_pool.as_str()
+    }
     /// The threshold that applies to `tenant`.
     #[pyo3(signature = (tenant=None))]
     fn threshold_for(&self, tenant: Option<&str>) -> f64 {
@@ -171,6 +181,84 @@ impl PyPolicy {
             self.unknown_domain_pool(),
             self.score_unavailable_pool(),
             self.unscannable_pool()
+        )
+    }
+}
+
+/// What SPF and DMARC found about a message, as routing reads it (`classify(auth=...)`), and
+/// as `Decision.auth` gives it back.
+#[pyclass(frozen, name = "AuthFacts", module = "deliverypool")]
+#[derive(Clone)]
+pub struct PyAuthFacts(pub AuthFacts);
+
+/// `value` as a member of the closed set `T`, or a `PolicyError` naming `what` and the set.
+fn member<T: Label + Copy>(py: Python<'_>, what: &'static str, allowed: &'static str, value: &str) -> PyResult<T> {
+    T::ALL
+        .iter()
+        .copied()
+        .find(|m| m.as_str() == value)
+        .ok_or_else(|| to_py_err(py, policy::Error::BadOption { what, value: value.to_owned(), allowed }))
+}
+
+#[pymethods]
+impl PyAuthFacts {
+    #[new]
+    #[pyo3(signature = (*, spf=None, own_sender=false, dmarc=None, disposition="none", unsure=false, srs_bounce=false))]
+    fn new(py: Python<'_>, spf: Option<&str>, own_sender: bool, dmarc: Option<&str>, disposition: &str, unsure: bool, srs_bounce: bool) -> PyResult<Self> {
+        const SPF: &str = "pass, fail, softfail, neutral, none, temperror, permerror";
+        let spf = spf.map(|v| member::<SpfResult>(py, "spf result", SPF, v)).transpose()?;
+        let dmarc = dmarc.map(|v| member::<DmarcResult>(py, "dmarc result", "pass, fail, none, temperror, permerror", v)).transpose()?;
+        let disposition = member::<DmarcPolicy>(py, "dmarc disposition", "none, quarantine, reject", disposition)?;
+        Ok(PyAuthFacts(AuthFacts { spf, own_sender, dmarc, disposition, unsure, srs_bounce }))
+    }
+    /// SPF of the MAIL FROM identity at acceptance, or None when it was not evaluated.
+    #[getter]
+    fn spf(&self) -> Option<&'static str> {
+        self.0.spf.map(SpfResult::as_str)
+    }
+    /// The envelope sender's domain is one of the tenant's own.
+    #[getter]
+    fn own_sender(&self) -> bool {
+        self.0.own_sender
+    }
+    /// DMARC as the destination will reach it, or None when it was not evaluated.
+    #[getter]
+    fn dmarc(&self) -> Option<&'static str> {
+        self.0.dmarc.map(DmarcResult::as_str)
+    }
+    /// What the From domain asks the destination to do: none, quarantine, reject.
+    #[getter]
+    fn disposition(&self) -> &'static str {
+        self.0.disposition.as_str()
+    }
+    /// The DMARC failure rests on an identifier whose check failed (temperror).
+    #[getter]
+    fn unsure(&self) -> bool {
+        self.0.unsure
+    }
+    #[getter]
+    fn srs_bounce(&self) -> bool {
+        self.0.srs_bounce
+    }
+    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
+        other.cast::<PyAuthFacts>().is_ok_and(|o| o.get().0 == self.0)
+    }
+    fn __hash__(&self) -> u64 {
+        let f = &self.0;
+        let mut h = (f.spf.map_or(0, |r| r as u64 + 1) << 8) | (f.dmarc.map_or(0, |r| r as u64 + 1) << 4) | f.disposition as u64;
+        h = (h << 3) | (u64::from(f.own_sender) << 2) | (u64::from(f.unsure) << 1) | u64::from(f.srs_bounce);
+        h
+    }
+    fn __repr__(&self) -> String {
+        let f = &self.0;
+        format!(
+            "AuthFacts(spf={:?}, own_sender={}, dmarc={:?}, disposition={:?}, unsure={}, srs_bounce={})",
+            f.spf.map(SpfResult::as_str),
+            f.own_sender,
+            f.dmarc.map(DmarcResult::as_str),
+            f.disposition.as_str(),
+            f.unsure,
+            f.srs_bounce
         )
     }
 }
@@ -295,6 +383,11 @@ impl PyDecision {
     fn sender_domain(&self) -> Option<&'static str> {
         self.decision.sender_domain.map(DomainStatus::as_str)
     }
+    /// What SPF and DMARC found (as given to `classify`), or None.
+    #[getter]
+    fn auth(&self) -> Option<PyAuthFacts> {
+        self.decision.auth.map(PyAuthFacts)
+    }
     #[getter]
     fn defects<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
         PyTuple::new(py, self.decision.defects.iter().map(|d| d.as_str()))
@@ -334,7 +427,7 @@ fn parse_domain_status(value: Option<&str>) -> Result<Option<DomainStatus>, poli
 /// Classifies one message. Fast enough (microseconds) that releasing the GIL would cost more
 /// than it saves, so it keeps it.
 #[pyfunction]
-#[pyo3(signature = (message, *, mail_from=None, score=None, tenant=None, policy=None, untrusted_client=false, sender_domain=None, score_unavailable=false, recipients=None, untrusted_route_header=false))]
+#[pyo3(signature = (message, *, mail_from=None, score=None, tenant=None, policy=None, untrusted_client=false, sender_domain=None, score_unavailable=false, recipients=None, untrusted_route_header=false, auth=None))]
 #[allow(clippy::too_many_arguments, clippy::needless_pass_by_value)] // PyO3 passes extracted arguments by value
 pub fn classify<'py>(
     py: Python<'py>,
@@ -348,6 +441,7 @@ pub fn classify<'py>(
     score_unavailable: bool,
     recipients: Option<Vec<PyBackedStr>>,
     untrusted_route_header: bool,
+    auth: Option<PyRef<'_, PyAuthFacts>>,
 ) -> PyResult<Bound<'py, PyDecision>> {
     let policy = policy_or_default(policy);
     let sender_domain = parse_domain_status(sender_domain).map_err(|e| to_py_err(py, e))?;
@@ -361,6 +455,7 @@ pub fn classify<'py>(
         score_unavailable,
         recipients: &recipients,
         untrusted_route_header,
+        auth: auth.map(|a| a.0),
     };
     let decision = policy::classify(message.as_bytes(), &envelope, &policy).map_err(|e| to_py_err(py, e))?;
     untracked(py, PyDecision::new(Decided::new(decision, recipients.len()), PyBackedBytes::from(message)))
@@ -381,7 +476,7 @@ fn per_message<T>(name: &'static str, values: Option<Vec<T>>, count: usize) -> R
 /// spread over every core for large batches. Per-message arguments are sequences as long as
 /// `messages`.
 #[pyfunction]
-#[pyo3(signature = (messages, *, mail_from=None, score=None, tenant=None, policy=None, untrusted_client=false, sender_domain=None, score_unavailable=None, recipients=None, untrusted_route_header=false))]
+#[pyo3(signature = (messages, *, mail_from=None, score=None, tenant=None, policy=None, untrusted_client=false, sender_domain=None, score_unavailable=None, recipients=None, untrusted_route_header=false, auth=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn classify_many<'py>(
     py: Python<'py>,
@@ -395,7 +490,9 @@ pub fn classify_many<'py>(
     score_unavailable: Option<Vec<bool>>,
     recipients: Option<Vec<Option<Vec<String>>>>,
     untrusted_route_header: bool,
+    auth: Option<Vec<Option<PyRef<'_, PyAuthFacts>>>>,
 ) -> PyResult<Bound<'py, PyList>> {
+    let auth: Option<Vec<Option<AuthFacts>>> = auth.map(|v| v.iter().map(|a| a.as_ref().map(|a| a.0)).collect());
     let mut bodies: Vec<PyBackedBytes> = Vec::new();
     for (index, item) in messages.try_iter()?.enumerate() {
         let item = item?;
@@ -420,9 +517,10 @@ pub fn classify_many<'py>(
             .transpose()?;
         let unavailable = per_message("score_unavailable", score_unavailable, count)?;
         let recipients = per_message("recipients", recipients, count)?;
-        Ok((mail_from, score, tenant, statuses, unavailable, recipients))
+        let auth = per_message("auth", auth, count)?;
+        Ok((mail_from, score, tenant, statuses, unavailable, recipients, auth))
     };
-    let (mail_from, score, tenant, statuses, unavailable, recipients) = lengths_checked().map_err(|e| to_py_err(py, e))?;
+    let (mail_from, score, tenant, statuses, unavailable, recipients, auth) = lengths_checked().map_err(|e| to_py_err(py, e))?;
     let policy = policy_or_default(policy);
 
     // The per-message sequences are as long as `bodies` (checked above): `get` always finds.
@@ -437,6 +535,7 @@ pub fn classify_many<'py>(
             untrusted_client,
             sender_domain: statuses.as_ref().and_then(|v| *v.get(i)?),
             score_unavailable: unavailable.as_ref().and_then(|v| v.get(i).copied()).unwrap_or(false),
+            auth: auth.as_ref().and_then(|v| *v.get(i)?),
         };
         // Wrapped here, on the worker threads, rather than after the GIL is taken back.
         policy::classify(body, &envelope, &policy).map(|d| Decided::new(d, listed.len())).map_err(|e| (i, e))
