@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from deliverypool import config as cfg
 from deliverypool.config.schema import main as schema_main
 from deliverypool.config.schema import schema_text
+from deliverypool.routing.pools import policy_from_config
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -551,14 +552,27 @@ def test_tenant_and_monitor_mistakes_name_their_key(extra: str, expected: str) -
     assert str(error.value).startswith(expected), str(error.value)
 
 
-def test_auth_table_draft() -> None:
-    """[auth] (phase 2 of routing by authentication): defaults, SRS, and errors naming the key."""
+def test_auth_table(tmp_path: Path) -> None:
+    """[auth]: defaults, SRS with its key file read at load (relative to the configuration),
+    and errors in one line naming the key."""
     base = {"pools": {name: {"source_addresses": [{"address": f"127.0.0.{i}"}]} for i, name in enumerate(("normal", "high-risk"), 1)}}
     config = cfg.from_dict(base)
     assert (config.auth.enabled, config.auth.auth_unknown_pool, config.auth.srs) == (False, "high-risk", None)
-    config = cfg.from_dict({**base, "auth": {"srs": {"domain": "srs.relay.example", "key_file": "/etc/deliverypool/srs.keys"}}})
+    (tmp_path / "srs.keys").write_text("# the first signs\nnew-key\nold-key\n")
+    config = cfg.from_dict({**base, "auth": {"srs": {"domain": "srs.relay.example", "key_file": "srs.keys"}}}, base=tmp_path)
     assert config.auth.srs is not None and (config.auth.srs.max_age_days, config.auth.srs.separator) == (21, "=")
+    assert config.auth.srs.keys == (b"new-key", b"old-key")
+    assert policy_from_config(config).auth_unknown_pool == "high-risk"
     with pytest.raises(cfg.ConfigError, match=r"auth\.auth_unknown_pool"):
         cfg.from_dict({**base, "auth": {"auth_unknown_pool": "relay"}})
     with pytest.raises(cfg.ConfigError, match=r"auth\.srs\.key_file"):
         cfg.from_dict({**base, "auth": {"srs": {"domain": "srs.relay.example"}}})
+    for content, problem in ((None, "No such file or directory"), ("# nothing\n\n", "holds no key")):
+        if content is not None:
+            (tmp_path / "empty.keys").write_text(content)
+        with pytest.raises(cfg.ConfigError) as error:
+            cfg.from_dict({**base, "auth": {"srs": {"domain": "srs.relay.example", "key_file": str(tmp_path / "empty.keys")}}})
+        [line] = str(error.value).splitlines()
+        assert line.startswith("auth.srs.key_file: SRS key file ") and line.endswith(problem), line
+    lenient = cfg.from_dict({**base, "auth": {"enabled": True, "auth_unknown_pool": "normal"}})
+    assert policy_from_config(lenient).auth_unknown_pool == "normal"

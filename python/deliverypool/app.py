@@ -16,6 +16,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import functools
 import logging
 import signal
 import socket
@@ -23,9 +24,10 @@ import sqlite3
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 from pathlib import Path
 
+from deliverypool.auth.authenticator import Authenticator
 from deliverypool.auth.dkim import DkimOutcome, DkimSigner, DkimVerifier, has_signature
 from deliverypool.config import ConfigError, DnsConfig, RelayConfig, load
 from deliverypool.ingress.client_counts import ClientCounts
@@ -33,10 +35,11 @@ from deliverypool.ingress.handler import Accepted, RoutingHandler, in_networks
 from deliverypool.ingress.limits import Admission, Limits, raise_open_file_limit
 from deliverypool.ingress.listener import Listener
 from deliverypool.ingress.smtp import RelaySMTP, protocol_factory
+from deliverypool.ingress.srs import SrsBounces
 from deliverypool.lookup.mx import MxLookup, MxResolver
 from deliverypool.lookup.resolver import Nameserver, Resolver, ResolverConfig
 from deliverypool.errors import MessageRefused, SpoolError, SpoolFull
-from deliverypool.mail.headers import count_received, received_field, strip_header
+from deliverypool.mail.headers import count_received, received_field, strip_authentication_results, strip_header
 from deliverypool.observe.logs import RateLimit
 from deliverypool.observe.service import Observer
 from deliverypool.observe.spool import SpoolConditions
@@ -44,10 +47,11 @@ from deliverypool.outbound.scheduler import DeliveryEngine
 from deliverypool.outbound.sources import WarmupLedger, warmup_ledger_for
 from deliverypool.queue.space import SpaceFlags
 from deliverypool.queue.spool import FILE_THRESHOLD, NewMessage, Spool
+from deliverypool.routing.auth import AuthRouting
 from deliverypool.routing.pools import policy_from_config
 from deliverypool.routing.router import Router
 from deliverypool.routing.tenants import Tenants
-from deliverypool.routing.scores import ScoredRouter, Submission, scored_router
+from deliverypool.routing.scores import Routed, ScoredRouter, Submission, scored_router
 from deliverypool.state.auth_failures import AuthFailureStore
 from deliverypool.state.limits import Limiter, limiter_for
 from deliverypool.state.observations import STATE_DATABASE
@@ -57,6 +61,8 @@ from deliverypool.watch.dnsbl import BlocklistWatch
 __all__ = ["Accepted", "Relay", "configure_logging", "policy_from_config", "resolver_from_config", "run_relay"]
 
 log = logging.getLogger("deliverypool.relay")
+
+_T = TypeVar("_T")
 
 
 
@@ -101,6 +107,10 @@ class Relay:
         # the ones clients put on (its resolver is set up with the others', in start()).
         self.dkim_signer = DkimSigner(config)
         self.dkim_verifier: DkimVerifier | None = None
+        # SPF, DMARC and SRS (routing/auth.py, ingress/srs.py): the authentication steps of
+        # routing, made with the resolver in start(); SRS bounces checked at RCPT.
+        self.auth: AuthRouting | None = None
+        self.srs_bounces: SrsBounces | None = SrsBounces.from_config(config.auth.srs) if config.auth.srs is not None else None
         # Events, metrics and the surge monitor (observe/); the process whose spool is the
         # relay's own or its shard 0 leads: it runs the monitor and the admin listener.
         root = config.spool.directory
@@ -178,7 +188,8 @@ class Relay:
         shared resolver (and its Rust cache) on the configured nameservers."""
         needs_mx = self.mx is None and any(pool.delivery == "mx" for pool in self.config.pools.values())
         needs_sender = self.router is None and self.config.dns.check_sender_domain
-        resolver = resolver_from_config(self.config.dns) if needs_mx or needs_sender else None
+        needs_auth = self.config.auth.enabled
+        resolver = resolver_from_config(self.config.dns) if needs_mx or needs_sender or needs_auth else None
         if self.config.dkim.verify:
             # The shared resolver, or one of its own made at the first signed message.
             dns = self.config.dns
@@ -198,7 +209,12 @@ class Relay:
                 self.dnsbl.resolver = resolver if resolver is not None else resolver_from_config(self.config.dns)
         if self.router is None:
             self.router = Router(resolver if needs_sender else None, policy=policy_from_config(self.config))
-        self.scores = scored_router(self.config, self.router)
+        if needs_auth:
+            assert resolver is not None
+            self.auth = auth_routing(self.config, resolver, self.tenants, self.dkim_signer, self.srs_bounces)
+        if self.srs_bounces is not None:
+            self.srs_bounces.on_outcome = self.observer.srs_checked
+        self.scores = scored_router(self.config, self.router, auth=self.auth)
         self.observer.scores = self.scores.source.stats if self.scores.source is not None else None
 
     async def listen(self, sock: socket.socket | None = None, *, client_counts: ClientCounts | None = None) -> asyncio.AbstractServer:
@@ -267,17 +283,28 @@ class Relay:
         if not traced:
             content = received_field(helo=helo, peer=peer, by=self.config.listener.hostname, authenticated=login is not None) + content
         tenant = self.tenants.resolve(login, peer)
+        # A bounce to an SRS address of the relay goes back to the original sender (checked at
+        # RCPT, reversed here).
+        srs_bounce = False
+        if self.srs_bounces is not None:
+            recipients, srs_bounce = self.srs_bounces.reverse(recipients)
         submission = Submission(mail_from, recipients, client_address=peer, helo=helo, login=login)
-        route = self.scores.route(content, submission, tenant=tenant, untrusted_client=untrusted, untrusted_route_header=untrusted_route)
-        checks: tuple[Any, ...] = ()
-        if self.dkim_verifier is not None and has_signature(arrived):
-            routed, checks = await asyncio.gather(route, self.dkim_verifier.verify(arrived))
-        else:
-            routed = await route
+        checks = self.dkim_verifier.verify(arrived) if self.dkim_verifier is not None and has_signature(arrived) else None
+        route = functools.partial(
+            self.scores.route, submission=submission, tenant=tenant, untrusted_client=untrusted, untrusted_route_header=untrusted_route, srs_bounce=srs_bounce
+        )
+        routed = await route(content, checks=checks)
+        if routed.auth is not None and self.config.auth.add_authentication_results:
+            content = await self._authentication_results(content, routed)
         # Signed once, here, before it is spooled: every retry and every pool sends these bytes.
         content, dkim = await self.dkim_signer.sign(content, from_domain=routed.decision.from_domain, tenant=tenant)
-        if checks:
-            dkim = dataclasses.replace(dkim or DkimOutcome(), checks=checks)
+        if routed.auth is not None and routed.auth.own_signatures and (dkim is None or not dkim.signed):
+            # DMARC counted on the relay's own signatures, which could not be put on: routed
+            # again without them (rare: the signer reports why).
+            again = await route(content, checks=_known(routed.checks) if routed.checks else None, predict_signatures=False)
+            routed = dataclasses.replace(again, checks=routed.checks)
+        if routed.checks:
+            dkim = dataclasses.replace(dkim or DkimOutcome(), checks=routed.checks)
         message_id = routed.decision.message_id
         recipient_pools = routed.recipient_pools
         try:
@@ -291,6 +318,7 @@ class Relay:
                     tenant=tenant,
                     header_message_id=message_id,
                     recipient_pools=recipient_pools,
+                    envelope_from=routed.auth.envelope_from if routed.auth is not None else None,
                 )
             )
         except SpoolError as error:
@@ -306,7 +334,7 @@ class Relay:
                 raise MessageRefused("452 4.3.1 Insufficient system storage; try again later", "spool-full") from None
             raise MessageRefused("451 4.3.0 Temporary failure storing the message; try again later", "spool-unavailable") from None
         log.info(
-            "accepted queue_id=%s message_id=%s from=<%s> recipients=%d pool=%s%s reasons=%s spam=%s%s rule=%s",
+            "accepted queue_id=%s message_id=%s from=<%s> recipients=%d pool=%s%s reasons=%s spam=%s%s%s rule=%s",
             job.queue_id,
             message_id or "-",
             mail_from,
@@ -316,6 +344,7 @@ class Relay:
             ",".join(routed.reasons) or "-",
             routed.spam.summary() if routed.spam is not None else "-",
             dkim_summary(dkim),
+            routed.auth.summary() if routed.auth is not None else "",
             routed.decision.rule or "-",
         )
         # Delivery gets the body from memory (within its memory budget); a body the spool keeps
@@ -325,7 +354,7 @@ class Relay:
         try:
             self.observer.accepted(
                 queue_id=job.queue_id, decision=routed.decision, content=content, tenant=tenant, peer=peer, recipients=len(recipients), message_id=message_id,
-                dkim=dkim,
+                dkim=dkim, auth=routed.auth,
             )
         except Exception:
             log.exception("observer failed for queue_id=%s (the message is stored)", job.queue_id)
@@ -335,6 +364,16 @@ class Relay:
             except Exception:
                 log.exception("on_accept hook failed for queue_id=%s (the message is stored)", job.queue_id)
         return accepted
+
+    async def _authentication_results(self, content: bytes, routed: Routed) -> bytes:
+        """`content` with the Authentication-Results field of the message as it arrived (SPF,
+        the client's signatures, DMARC with those) at the top, any field claiming to be ours
+        removed first (RFC 8601 §5)."""
+        assert routed.auth is not None and self.auth is not None
+        authserv_id = self.config.auth.authserv_id or self.config.hostname
+        content, _ = strip_authentication_results(content, authserv_id)
+        result = await self.auth.arrival_result(routed.auth, routed.checks)
+        return result.authentication_results(authserv_id).encode("ascii") + content
 
     async def reload(self, config_path: Path) -> bool:
         """SIGHUP: reads the configuration file again and signs with its DKIM keys from now on
@@ -459,6 +498,18 @@ async def run_relay(
     finally:
         log.info("stopping")
         await relay.stop()
+
+
+async def _known(value: _T) -> _T:
+    return value
+
+
+def auth_routing(config: RelayConfig, resolver: Resolver, tenants: Tenants, signer: DkimSigner, srs: SrsBounces | None) -> AuthRouting:
+    """The authentication steps of routing (``[auth] enabled``) through `resolver`. Without a
+    pool of class relay, relayed mail goes the high-risk way (said once in the log)."""
+    if not any(pool.pool_class == "relay" for pool in config.pools.values()):
+        log.warning("auth.enabled without a pool of class relay: relayed mail (relayed-spf-fail) goes through the high-risk pools")
+    return AuthRouting(Authenticator(resolver, receiver=config.hostname), config, tenants=tenants, signer=signer, srs=srs)
 
 
 def dkim_summary(outcome: DkimOutcome | None) -> str:

@@ -72,13 +72,13 @@ class AuthResult:
     """What the relay knows about a message's authentication.
 
     ``spf`` and ``helo``: SPF at acceptance, for the client's address, of the MAIL FROM and
-    HELO identities. ``departure_spf``: SPF of the envelope sender from the source address it
+    HELO identities (None when there was no client address: mail submitted locally). ``departure_spf``: SPF of the envelope sender from the source address it
     will leave from (None when no departure was given). ``dmarc``: the From domain's policy
     and the result the destination will reach (None without a From domain). ``dkim``: the
     signatures DMARC was given."""
 
-    spf: SpfOutcome
-    helo: SpfOutcome
+    spf: SpfOutcome | None
+    helo: SpfOutcome | None
     departure_spf: SpfOutcome | None = None
     dmarc: DmarcOutcome | None = None
     dkim: tuple[DkimIdentity, ...] = field(default=())
@@ -132,6 +132,63 @@ class Authenticator:
         outcome = await self.dns.run(self._dmarc_check(from_domain, dkim, spf))
         assert isinstance(outcome, DmarcOutcome)
         return outcome
+
+    # --- in two stages, as routing runs them -------------------------------------------------
+
+    def arrival_cached(self, client_ip: str, mail_from: str, helo: str) -> tuple[SpfOutcome, SpfOutcome] | None:
+        """SPF at acceptance, MAIL FROM and HELO, from the cache alone; None when an answer is
+        not cached (then await :meth:`arrival`)."""
+        run = self.dns.run_cached
+        spf = run(self._spf_check(client_ip, mail_from, helo, "mailfrom"))
+        if not isinstance(spf, SpfOutcome):
+            return None
+        helo_spf = run(self._spf_check(client_ip, mail_from, helo, "helo"))
+        if not isinstance(helo_spf, SpfOutcome):
+            return None
+        return spf, helo_spf
+
+    async def arrival(self, client_ip: str, mail_from: str, helo: str) -> tuple[SpfOutcome, SpfOutcome]:
+        """SPF at acceptance (MAIL FROM, HELO): from the cache when it can, else concurrently
+        through the resolver."""
+        cached = self.arrival_cached(client_ip, mail_from, helo)
+        if cached is not None:
+            return cached
+        spf, helo_spf = await asyncio.gather(self.spf(client_ip, mail_from, helo), self.spf(client_ip, mail_from, helo, identity="helo"))
+        return spf, helo_spf
+
+    def destination_cached(
+        self, arrival: tuple[SpfOutcome, SpfOutcome] | None, *, from_domain: str | None, dkim: Sequence[DkimIdentity], departure: Departure | None
+    ) -> AuthResult | None:
+        """What the destination will see, from the cache alone (None when an answer is not
+        cached): SPF for `departure` and DMARC with `dkim` and that SPF result. Unlike
+        :meth:`authenticate`, no departure means no SPF for DMARC (the address the destination
+        will see is not known): only the signatures count."""
+        departure_spf: SpfOutcome | None = None
+        if departure is not None:
+            found = self.dns.run_cached(self._spf_check(departure.source_ip, departure.mail_from, departure.helo, "mailfrom"))
+            if not isinstance(found, SpfOutcome):
+                return None
+            departure_spf = found
+        dmarc = None
+        if from_domain is not None:
+            outcome = self.dns.run_cached(self._dmarc_check(from_domain, dkim, departure_spf))
+            if not isinstance(outcome, DmarcOutcome):
+                return None
+            dmarc = outcome
+        spf, helo = arrival if arrival is not None else (None, None)
+        return AuthResult(spf, helo, departure_spf, dmarc, tuple(dkim))
+
+    async def destination(
+        self, arrival: tuple[SpfOutcome, SpfOutcome] | None, *, from_domain: str | None, dkim: Sequence[DkimIdentity], departure: Departure | None
+    ) -> AuthResult:
+        """:meth:`destination_cached`, through the resolver for what is not cached."""
+        cached = self.destination_cached(arrival, from_domain=from_domain, dkim=dkim, departure=departure)
+        if cached is not None:
+            return cached
+        departure_spf = None if departure is None else await self.spf(departure.source_ip, departure.mail_from, departure.helo)
+        dmarc = None if from_domain is None else await self.dmarc(from_domain, dkim=dkim, spf=departure_spf)
+        spf, helo = arrival if arrival is not None else (None, None)
+        return AuthResult(spf, helo, departure_spf, dmarc, tuple(dkim))
 
     async def authenticate(
         self,

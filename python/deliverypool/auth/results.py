@@ -51,7 +51,7 @@ def _spf(outcome: SpfOutcome) -> str:
 
 def authentication_results(authserv_id: str, result: AuthResult) -> str:
     """The whole field: ``Authentication-Results: ...`` folded, ending in CRLF."""
-    resinfo = [_spf(result.spf), _spf(result.helo)]
+    resinfo = [_spf(outcome) for outcome in (result.spf, result.helo) if outcome is not None]
     for signature in result.dkim:
         line = f"dkim={signature.result} header.d={_value(signature.domain)}"
         if signature.selector:

@@ -957,7 +957,7 @@ class RelayConfig(_Table):
     state: StateConfig = Field(default_factory=StateConfig, description="Where sender counters and restrictions live (embedded SQLite, or Redis).")
     dnsbl: DnsblConfig = Field(default_factory=DnsblConfig, description="The blocklist watch of the pools' own source addresses.")
     dkim: DkimConfig = Field(default_factory=DkimConfig, description="DKIM: the keys mail is signed with, and the check of clients' signatures (docs/guide/dkim.md).")
-    auth: AuthConfig = Field(default_factory=AuthConfig, description="Sender authentication: SPF, DMARC, SRS (phase 2 routes on them; not read yet).")
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="Sender authentication: SPF, DMARC, SRS and the routing on them (docs/concepts/authentication.md).")
 
     @model_validator(mode="before")
     @classmethod

@@ -86,6 +86,10 @@ def in_networks(address: str | None, networks: Sequence[Any]) -> bool:
     return ip is not None and any(ip in network for network in networks)
 
 
+def peer_of(session: Session) -> str | None:
+    return session.peer[0] if isinstance(session.peer, tuple) else None
+
+
 def _address_refused(error: AddressError, code: str, role: str) -> str:
     """The reply to a MAIL (`role` "sender") or RCPT ("recipient") address that cannot be used."""
     if error.reason == "non-ascii":
@@ -131,7 +135,11 @@ class RoutingHandler:
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
     ) -> str:
-        if not self.relay_allowed(session):
+        # A bounce to an SRS address of the relay, from any client (ingress/srs.py).
+        srs = self.relay.srs_bounces.rcpt_reply(address, peer_of(session)) if self.relay.srs_bounces is not None else None
+        if srs is not None and not srs.startswith("250"):
+            return srs
+        if srs is None and not self.relay_allowed(session):
             log.warning("refused relay peer=%s rcpt=%s", session.peer, address, extra={"rate_limit": "refused relay"})
             return "554 5.7.1 Relay access denied"
         try:
@@ -141,7 +149,7 @@ class RoutingHandler:
         if len(envelope.rcpt_tos) >= self.config.max_recipients:
             return "452 4.5.3 Too many recipients"
         limits = self.relay.limits
-        if limits is not None and envelope.mail_from not in (None, "<>"):
+        if limits is not None and envelope.mail_from not in (None, "<>") and srs is None:
             login = session.auth_data.login.decode("utf-8", "replace") if isinstance(session.auth_data, LoginPassword) else None
             peer = session.peer[0] if isinstance(session.peer, tuple) else None
             refused = await self._on_relay_loop(limits.check(login=login, mail_from=envelope.mail_from, recipient=address, peer=peer))
@@ -152,7 +160,8 @@ class RoutingHandler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        if not self.relay_allowed(session):  # RCPT already refused; belt and braces
+        srs_only = self.relay.srs_bounces is not None and self.relay.srs_bounces.only(envelope.rcpt_tos)
+        if not self.relay_allowed(session) and not srs_only:  # RCPT already refused; belt and braces
             return "554 5.7.1 Relay access denied"
         content = envelope.original_content or b""
         # RelaySMTP's DATA reader has refused bare line endings already and put the relay's

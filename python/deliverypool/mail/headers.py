@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import email.utils
 import re
+from collections.abc import Callable
 from typing import Final
 
 from deliverypool._core import header_block
 
-__all__ = ["count_received", "crlf", "has_bare_line_ending", "header_block", "header_section", "one_line_ascii", "received_field", "strip_header"]
+__all__ = ["count_received", "crlf", "has_bare_line_ending", "header_block", "header_section", "one_line_ascii", "received_field",
+           "strip_authentication_results", "strip_header"]
 
 _LINE: Final = re.compile(rb"[^\r\n]*(?:\r\n|\n|\r)|[^\r\n]+\Z")
 _RECEIVED: Final = re.compile(rb"(?:\A|[\r\n])received[ \t]*:", re.IGNORECASE)
@@ -49,10 +51,11 @@ def header_section(message: bytes) -> bytes:
     return section
 
 
-def strip_header(message: bytes, name: str) -> tuple[bytes, int]:
+def strip_header(message: bytes, name: str, *, when: Callable[[bytes], bool] | None = None) -> tuple[bytes, int]:
     """Removes every field called `name` (case-insensitive, with its folded continuation
-    lines) from the header section; the body is never touched, whatever the line endings.
-    Returns the message and how many fields were removed."""
+    lines) from the header section, or only those whose value (unfolded, as bytes) `when`
+    holds for; the body is never touched, whatever the line endings. Returns the message and
+    how many fields were removed."""
     lowered = name.lower().encode("ascii")
     start, body = header_block(message)
     header = message[start:body]
@@ -60,20 +63,43 @@ def strip_header(message: bytes, name: str) -> tuple[bytes, int]:
         return message, 0
     kept: list[bytes] = []
     removed = 0
-    dropping = False
+    field: list[bytes] = []  # the lines of a field called `name`, until its end is known
+
+    def close() -> None:
+        nonlocal removed
+        if not field:
+            return
+        value = b"".join(field).split(b":", 1)[1]
+        if when is None or when(_LINE_BREAK.sub(b"", value)):
+            removed += 1
+        else:
+            kept.extend(field)
+        field.clear()
+
     for match in _LINE.finditer(header):
         line = match.group(0)
         if line[:1] in (b" ", b"\t"):
-            if not dropping:
-                kept.append(line)
+            (field if field else kept).append(line)
             continue
-        field_name = line.split(b":", 1)[0].strip().lower()
-        dropping = b":" in line and field_name == lowered
-        if dropping:
-            removed += 1
+        close()
+        if b":" in line and line.split(b":", 1)[0].strip().lower() == lowered:
+            field.append(line)
         else:
             kept.append(line)
+    close()
     return message[:start] + b"".join(kept) + message[body:], removed
+
+
+def strip_authentication_results(message: bytes, authserv_id: str) -> tuple[bytes, int]:
+    """Removes the Authentication-Results fields that claim to be `authserv_id`'s (RFC 8601
+    §5: a relay that adds its own must not pass on copies that others wrote in its name)."""
+    wanted = authserv_id.lower().encode("ascii", "replace")
+
+    def ours(value: bytes) -> bool:
+        first = value.strip().split(b";", 1)[0].split()
+        return bool(first) and first[0].lower() == wanted
+
+    return strip_header(message, "Authentication-Results", when=ours)
 
 
 def received_field(*, helo: str, peer: str | None, by: str, authenticated: bool) -> bytes:

@@ -31,9 +31,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ADMIN_REFUSALS",
+    "AUTH_PROBLEMS",
     "RELEASE_RESULTS",
     "AdminRefused",
     "AdminRelease",
+    "AuthProblem",
+    "MessageAuth",
+    "SrsChecked",
     "DeliveryAttempt",
     "DsnGenerated",
     "DsnRelayed",
@@ -48,6 +52,19 @@ __all__ = [
 ]
 
 log = logging.getLogger("deliverypool.observe")
+
+
+@dataclass(frozen=True, slots=True)
+class MessageAuth:
+    """What authentication found about a message (``[auth] enabled``), in closed sets: SPF at
+    acceptance (``SPF_RESULTS``, None without a client address), DMARC as the destination will
+    judge it (``DMARC_RESULTS``, None without a From domain) and what the From domain asks for
+    (``DMARC_POLICIES``), whether it leaves with an SRS envelope sender."""
+
+    spf: str | None
+    dmarc: str | None
+    disposition: str
+    srs: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +91,38 @@ class MessageAccepted:
     # log writes these three only when set.
     rule: str | None = None
     pools: tuple[str, ...] = ()
+    # SPF and DMARC (None without [auth] enabled; written only when set).
+    auth: MessageAuth | None = None
+
+
+# What authentication reports about a tenant's own mail (a closed set: the problem label).
+AUTH_PROBLEMS: Final = ("own-domain-no-key",)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthProblem:
+    """Authentication found something about a tenant's own mail to fix: ``own-domain-no-key``
+    (``AUTH_PROBLEMS``: the tenant sends from one of its own domains, the relay has no DKIM key
+    for it, and DMARC fails)."""
+
+    kind: ClassVar[str] = "auth-problem"
+    at: float
+    queue_id: str
+    tenant: str | None
+    problem: str
+    domain: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SrsChecked:
+    """A recipient at the SRS domain checked at RCPT: ``outcome`` ``reversed`` (a valid bounce
+    address) or why it was refused (``SRS_ERRORS``)."""
+
+    kind: ClassVar[str] = "srs-checked"
+    at: float
+    outcome: str
+    address: str  # bounded, as the client wrote it
+    client: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,7 +272,8 @@ class AdminRelease:
 
 
 Event = Union[
-    MessageAccepted, DeliveryAttempt, DsnGenerated, DsnRelayed, SenderRestricted, SenderLimitAlert, SenderReleased, AdminRefused, AdminRelease
+    MessageAccepted, DeliveryAttempt, DsnGenerated, DsnRelayed, SenderRestricted, SenderLimitAlert, SenderReleased, AdminRefused, AdminRelease,
+    AuthProblem, SrsChecked,
 ]
 Handler = Callable[[Event], Union[None, Awaitable[None]]]
 
@@ -237,7 +287,7 @@ def as_json(event: Event) -> dict[str, Any]:
     body.update(dataclasses.asdict(event))
     if isinstance(event, MessageAccepted):
         # Written only when set, so that a plain message's line stays as short as it was.
-        for key in ("dkim", "rule", "pools"):
+        for key in ("dkim", "rule", "pools", "auth"):
             if not body[key]:
                 del body[key]
     if isinstance(event, DsnRelayed):

@@ -22,6 +22,10 @@ Every label value comes from a closed set, never from message content:
 | ``deliverypool_dkim_signing_total`` (counter, with DKIM keys) | ``result``: ``signed`` or why unsigned (`UNSIGNED`: ``no-key``, ``no-from``, ...) |
 | ``deliverypool_dkim_checks_total`` (counter, signatures messages arrived with) | ``result``: `DKIM_RESULTS` (``pass``, ``fail``, ``neutral``, ``temperror``, ``permerror``, ``policy``) |
 | ``deliverypool_dkim_reloads_total`` (counter, SIGHUP) | ``result``: ``ok``, ``failed`` |
+| ``deliverypool_spf_results_total`` (counter, with ``[auth] enabled``) | ``result``: SPF at acceptance of the MAIL FROM identity, `SPF_RESULTS` |
+| ``deliverypool_dmarc_results_total`` (counter, with ``[auth] enabled``) | ``result``: DMARC as the destination will judge it, `DMARC_RESULTS`; ``disposition``: `DMARC_POLICIES` |
+| ``deliverypool_srs_total`` (counter, with ``[auth.srs]``) | ``outcome``: `SRS_OUTCOMES` (``rewritten``: a relay-pool message's sender; ``reversed`` or why not: an address checked at RCPT) |
+| ``deliverypool_auth_problems_total`` (counter) | ``problem``: `AUTH_PROBLEMS` (``own-domain-no-key``) |
 | ``deliverypool_spool_conditions_total`` (counter, times a shard entered it) | ``condition``: ``low-space``, ``stalled`` (observe/spool.py) |
 | ``deliverypool_spool_refused_total`` (counter) | none |
 | ``deliverypool_fleet_leader``, ``deliverypool_fleet_degraded`` (gauges, in a fleet) | none |
@@ -45,9 +49,23 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from deliverypool.auth.dkim import UNSIGNED
+from deliverypool.ingress.srs import SRS_OUTCOMES
 from deliverypool.config import NO_TENANT, RelayConfig
 from deliverypool.observe.bounce import status_class
-from deliverypool.observe.events import ADMIN_REFUSALS, RELEASE_RESULTS, AdminRefused, AdminRelease, DeliveryAttempt, DsnGenerated, DsnRelayed, Event, MessageAccepted
+from deliverypool.observe.events import (
+    ADMIN_REFUSALS,
+    AUTH_PROBLEMS,
+    RELEASE_RESULTS,
+    AdminRefused,
+    AdminRelease,
+    AuthProblem,
+    DeliveryAttempt,
+    DsnGenerated,
+    DsnRelayed,
+    Event,
+    MessageAccepted,
+    SrsChecked,
+)
 from deliverypool.queue.schema import State
 from deliverypool.state.observations import Labels, ObservationStore
 
@@ -61,6 +79,11 @@ REASONS: Final[tuple[str, ...]] = tuple(
 _REASON_LABELS: Final = frozenset((*REASONS, "none"))
 _UNSIGNED: Final = frozenset(UNSIGNED)
 _DKIM_RESULTS: Final = frozenset(_core.DKIM_RESULTS)
+_SPF_RESULTS: Final = frozenset(_core.SPF_RESULTS)
+_DMARC_RESULTS: Final = frozenset(_core.DMARC_RESULTS)
+_DMARC_POLICIES: Final = frozenset(_core.DMARC_POLICIES)
+_SRS_OUTCOMES: Final = frozenset(SRS_OUTCOMES)
+_AUTH_PROBLEMS: Final = frozenset(AUTH_PROBLEMS)
 COMMIT_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 OTHER: Final = "other"
 
@@ -100,6 +123,20 @@ class MetricsRecorder:
                     counts[("deliverypool_dkim_signing_total", (("result", result),))] += 1
                 for check in dkim.checks:
                     counts[("deliverypool_dkim_checks_total", (("result", check.result if check.result in _DKIM_RESULTS else OTHER),))] += 1
+            auth = event.auth
+            if auth is not None:
+                if auth.spf is not None:
+                    counts[("deliverypool_spf_results_total", (("result", auth.spf if auth.spf in _SPF_RESULTS else OTHER),))] += 1
+                if auth.dmarc is not None:
+                    result = auth.dmarc if auth.dmarc in _DMARC_RESULTS else OTHER
+                    disposition = auth.disposition if auth.disposition in _DMARC_POLICIES else OTHER
+                    counts[("deliverypool_dmarc_results_total", (("result", result), ("disposition", disposition)))] += 1
+                if auth.srs:
+                    counts[("deliverypool_srs_total", (("outcome", "rewritten"),))] += 1
+        elif isinstance(event, SrsChecked):
+            counts[("deliverypool_srs_total", (("outcome", event.outcome if event.outcome in _SRS_OUTCOMES else OTHER),))] += 1
+        elif isinstance(event, AuthProblem):
+            counts[("deliverypool_auth_problems_total", (("problem", event.problem if event.problem in _AUTH_PROBLEMS else OTHER),))] += 1
         elif isinstance(event, DeliveryAttempt):
             pool = self._pool(event.pool)
             source = "none" if event.source is None else event.source if event.source in self.sources.get(event.pool, ()) else OTHER
@@ -154,6 +191,12 @@ _HELP: Final = {
     "deliverypool_dkim_signing_total": ("Messages by what DKIM signing did: signed, or why they went unsigned.", ["result"]),
     "deliverypool_dkim_checks_total": ("DKIM signatures messages arrived with, by the result of their check (RFC 8601).", ["result"]),
     "deliverypool_dkim_reloads_total": ("Reloads of the DKIM keys on SIGHUP, by result (failed: the keys in use were kept).", ["result"]),
+    "deliverypool_spf_results_total": ("Messages by the SPF result of their MAIL FROM identity at acceptance ([auth] enabled).", ["result"]),
+    "deliverypool_dmarc_results_total": (
+        "Messages by the DMARC result the destination will reach and the disposition the From domain asks for.", ["result", "disposition"]
+    ),
+    "deliverypool_srs_total": ("SRS: relay-pool senders rewritten, and addresses at the SRS domain checked at RCPT by outcome.", ["outcome"]),
+    "deliverypool_auth_problems_total": ("Tenants' own mail that authentication found a problem with (own-domain-no-key).", ["problem"]),
     "deliverypool_spool_conditions_total": (
         "Times a spool shard entered low-space mode or its state changes started failing (stalled).", ["condition"]
     ),

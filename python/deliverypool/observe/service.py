@@ -28,7 +28,18 @@ from deliverypool.config.credentials import webhook_secrets
 from deliverypool.mail.dsn import Failure
 from deliverypool.observe.alerts import Webhook, log_alert
 from deliverypool.observe.bounce import bounce_category, normalize_status
-from deliverypool.observe.events import DeliveryAttempt, DsnGenerated, DsnRelayed, Event, EventBus, MessageAccepted, as_json
+from deliverypool.observe.events import (
+    AuthProblem,
+    DeliveryAttempt,
+    DsnGenerated,
+    DsnRelayed,
+    Event,
+    EventBus,
+    MessageAccepted,
+    MessageAuth,
+    SrsChecked,
+    as_json,
+)
 from deliverypool.observe.fleet import NODE_ALERTS, Fleet, fleet_enabled, node_name
 from deliverypool.observe.metrics import MetricsRecorder, RelayCollector, registry_for
 from deliverypool.observe.reports import DsnRecipient, read_report
@@ -42,6 +53,7 @@ from deliverypool.state.observations import STATE_DATABASE, Labels, ObservationS
 
 if TYPE_CHECKING:
     from deliverypool.auth.dkim import DkimOutcome
+    from deliverypool.routing.auth import AuthVerdict
     from deliverypool.routing.scores import ScoreStats
 
 __all__ = ["EventLog", "Observer"]
@@ -278,20 +290,28 @@ class Observer:
         recipients: int,
         message_id: str | None,
         dkim: DkimOutcome | None = None,
+        auth: AuthVerdict | None = None,
     ) -> None:
         """A message was spooled: publishes MessageAccepted, and DsnRelayed for a DSN; the
-        Message-ID of any other message joins the relayed set."""
+        Message-ID of any other message joins the relayed set. With authentication, an
+        AuthProblem when it found one."""
         if not self.enabled:
             return
         now = self.clock()
         dsn = decision.dsn
         pools = decision.recipient_pools
         split = tuple(dict.fromkeys(pools)) if any(p != decision.pool for p in pools) else ()
+        found = None
+        if auth is not None:
+            facts = auth.facts
+            found = MessageAuth(facts.spf, facts.dmarc, facts.disposition, auth.envelope_from is not None)
+            if auth.problem is not None:
+                self.bus.publish(AuthProblem(now, queue_id, tenant, auth.problem, decision.from_domain))
         self.bus.publish(
             MessageAccepted(
                 now, queue_id, tenant, decision.pool, tuple(decision.reasons), peer, recipients, message_id,
                 dsn.kind if dsn is not None else None, tuple(dsn.signals) if dsn is not None else (), dkim,
-                decision.rule, split,
+                decision.rule, split, found,
             )
         )
         if dsn is None:
@@ -306,6 +326,12 @@ class Observer:
         self.bus.publish(
             DsnRelayed(now, queue_id, tenant, decision.pool, peer, report, self.relayed.relayed(original) if original else None, bool(tenant and from_tenant))
         )
+
+    def srs_checked(self, outcome: str, address: str = "", client: str | None = None) -> None:
+        """A recipient at the SRS domain was checked at RCPT (ingress/srs.py)."""
+        if not self.enabled:
+            return
+        self.bus.publish(SrsChecked(self.clock(), outcome, address[:254], client))
 
     def attempt(self, *, queue_id: str, pool: str, source: str | None, destination: str, host: str | None, reply: str, replies: Mapping[int, tuple[str, str | None]] | None, recipients: int) -> None:
         if not self.enabled:

@@ -341,7 +341,7 @@ class DeliveryEngine:
             log.info("pool=%s source=%s drained or at its warm-up limit: closing the connection to %s", lane.pool.name, session.source, session.host)
             lane.queue.appendleft(_Work(job, self._hold(body if isinstance(body, bytes) else None)))
             return False
-        attempt = await send(session, job.mail_from, job.recipients, body, self.spool)
+        attempt = await send(session, job.sender, job.recipients, body, self.spool)
         if attempt.reconnect:
             lane.queue.appendleft(_Work(job, self._hold(body if isinstance(body, bytes) else None)))
             return False

@@ -108,8 +108,15 @@ _V4: Final = """
 ALTER TABLE recipients ADD COLUMN pool TEXT
 """
 
+# Version 5: the envelope sender a message leaves with when it is not the one it came with (the
+# SRS rewriting of relay-pool mail, docs/concepts/authentication.md); NULL: mail_from, which
+# stays the sender the relay's own DSNs go to.
+_V5: Final = """
+ALTER TABLE messages ADD COLUMN envelope_from TEXT
+"""
+
 # MIGRATIONS[n - 1] takes a spool from version n - 1 to version n.
-MIGRATIONS: Final[tuple[str, ...]] = (_V1, _V2, _V3, _V4)
+MIGRATIONS: Final[tuple[str, ...]] = (_V1, _V2, _V3, _V4, _V5)
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 

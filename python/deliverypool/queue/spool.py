@@ -92,6 +92,9 @@ class NewMessage:
     tenant: str | None = None
     header_message_id: str | None = None
     recipient_pools: tuple[str, ...] = ()
+    # The envelope sender to deliver with (SRS for relay-pool mail); None: `mail_from`, which
+    # stays the address the relay's own DSNs go to.
+    envelope_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,13 @@ class Job:
     # Each recipient's pool when they differ (a job just accepted; the scheduler splits it into
     # a job per pool); empty: every recipient goes through `pool`.
     recipient_pools: tuple[str, ...] = ()
+    # The envelope sender delivery uses, when not `mail_from` (SRS).
+    envelope_from: str | None = None
+
+    @property
+    def sender(self) -> str:
+        """The MAIL FROM of delivery attempts."""
+        return self.mail_from if self.envelope_from is None else self.envelope_from
 
     def by_pool(self) -> dict[str, tuple[tuple[int, str], ...]]:
         """The recipients grouped by pool, in order."""
@@ -815,8 +825,8 @@ def _insert(conn: sqlite3.Connection, message: NewMessage, now: float, *, queue_
         while conn.execute("SELECT 1 FROM messages WHERE queue_id = ?", (queue_id,)).fetchone():
             queue_id = new_queue_id()
     cursor = conn.execute(
-        "INSERT INTO messages (queue_id, mail_from, pool, reasons, tenant, header_message_id, received_at, size, body, body_file)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO messages (queue_id, mail_from, pool, reasons, tenant, header_message_id, received_at, size, body, body_file, envelope_from)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             queue_id,
             message.mail_from,
@@ -828,6 +838,7 @@ def _insert(conn: sqlite3.Connection, message: NewMessage, now: float, *, queue_
             len(message.body),
             b"" if body_file is not None else message.body,
             body_file,
+            message.envelope_from,
         ),
     )
     message_id = cursor.lastrowid
@@ -854,6 +865,7 @@ def _insert(conn: sqlite3.Connection, message: NewMessage, now: float, *, queue_
         next_attempt=now,
         tenant=message.tenant,
         recipient_pools=message.recipient_pools if len(set(message.recipient_pools)) > 1 else (),
+        envelope_from=message.envelope_from,
     )
 
 
@@ -955,7 +967,7 @@ def _recover(conn: sqlite3.Connection) -> int:
 
 _PENDING_QUERY = f"""
 SELECT m.id AS message, m.queue_id, m.mail_from, coalesce(r.pool, m.pool) AS pool, m.reasons, m.header_message_id, m.received_at,
-       m.tenant, r.id AS recipient, r.address, r.state, r.attempts, r.next_attempt
+       m.tenant, m.envelope_from, r.id AS recipient, r.address, r.state, r.attempts, r.next_attempt
 FROM recipients r JOIN messages m ON m.id = r.message
 WHERE r.state NOT IN {FINAL_STATES_SQL}
 ORDER BY m.id, r.state, r.next_attempt, pool, r.id
@@ -983,6 +995,7 @@ def _pending(conn: sqlite3.Connection) -> list[Job]:
                     attempts=max(row["attempts"] for row in group),
                     next_attempt=first["next_attempt"],
                     tenant=first["tenant"],
+                    envelope_from=first["envelope_from"],
                 )
             )
             group.clear()

@@ -39,6 +39,7 @@ def policy_from_config(config: RelayConfig) -> Policy:
         rules=[cast("_Rule", rule.as_core(domain_forms)) for rule in p.rules] or None,
         relay_pool=p.relay_pool,
         route_header=p.route_header,
+        auth_unknown_pool=config.auth.auth_unknown_pool,
     )
 
 

@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
-from deliverypool._core import Decision, Policy, classify, classify_many, scan
+from deliverypool._core import AuthFacts, Decision, Policy, classify, classify_many, scan
 from deliverypool.lookup.resolver import Resolver, ResolverConfig
 from deliverypool.lookup.sender import NO_RECORDS, UNKNOWN, DomainStatus, SenderDomainCheck, SenderDomains
 from deliverypool.mail.address import sender_domain
@@ -23,6 +23,7 @@ __all__ = ["Router"]
 _THREAD_BATCH: Final = 64
 
 _SEVERITY: Final[dict[str, int]] = {"has-records": 0, UNKNOWN: 1, NO_RECORDS: 2}
+_SCORE_UNAVAILABLE: Final = "spam-score-unavailable"
 
 
 class Router:
@@ -119,6 +120,35 @@ class Router:
         recipients, untrusted_route_header = envelope
         return classify(message, mail_from=mail_from, score=score, tenant=tenant, policy=self.policy, untrusted_client=untrusted_client,
                         sender_domain=status, score_unavailable=score_unavailable, recipients=recipients, untrusted_route_header=untrusted_route_header)
+
+    def redecide(
+        self,
+        message: bytes,
+        decision: Decision,
+        auth: AuthFacts,
+        *,
+        mail_from: str | None = None,
+        tenant: str | None = None,
+        untrusted_client: bool = False,
+        recipients: Sequence[str] | None = None,
+        untrusted_route_header: bool = False,
+    ) -> Decision:
+        """`decision` made again with what authentication found (`auth`): the same sender-domain
+        outcome and score (no DNS, no score source asked again)."""
+        envelope = ((recipients if self.per_recipient else None), untrusted_route_header) if self.reads_envelope else (None, False)
+        return classify(
+            message,
+            mail_from=mail_from,
+            score=decision.score if decision.score_source == "caller" else None,
+            tenant=tenant,
+            policy=self.policy,
+            untrusted_client=untrusted_client,
+            sender_domain=decision.sender_domain,
+            score_unavailable=_SCORE_UNAVAILABLE in decision.reasons,
+            recipients=envelope[0],
+            untrusted_route_header=envelope[1],
+            auth=auth,
+        )
 
     async def route_many(
         self,

@@ -29,13 +29,17 @@ import math
 from collections.abc import Awaitable, Callable, Mapping
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 import httpx
 
-from deliverypool._core import Decision, Policy, classify
+from deliverypool._core import AuthFacts, Decision, Policy, classify
 from deliverypool.config import RelayConfig, ScoreConfig
 from deliverypool.routing.router import Router
+
+if TYPE_CHECKING:
+    from deliverypool.auth.dkim import DkimCheck
+    from deliverypool.routing.auth import Arrival, AuthRouting, AuthVerdict
 
 __all__ = [
     "FAILURES",
@@ -236,10 +240,14 @@ def _finite(value: object) -> float | None:
 
 @dataclass(frozen=True)
 class Routed:
-    """The routing of one message: the Rust decision and the spam verdict it used."""
+    """The routing of one message: the Rust decision and the spam verdict it used, the checks
+    of the DKIM signatures it arrived with (when they were asked for), and what authentication
+    found (with ``[auth] enabled``)."""
 
     decision: Decision
     spam: SpamVerdict | None
+    checks: tuple[DkimCheck, ...] = ()
+    auth: AuthVerdict | None = None
 
     @property
     def pool(self) -> str:
@@ -259,12 +267,15 @@ class Routed:
 class ScoredRouter:
     """`Router.route` with the score from `source` for messages without a trusted one. What
     a message without a score (the source failed) gets is the router's policy's
-    ``score_unavailable_pool``; the decision says ``spam-score-unavailable`` either way."""
+    ``score_unavailable_pool``; the decision says ``spam-score-unavailable`` either way. With
+    `auth` (``[auth] enabled``), SPF at acceptance runs beside them, and the decision is made
+    again with what SPF and DMARC found (:mod:`deliverypool.routing.auth`)."""
 
-    def __init__(self, router: Router, source: ScoreSource | None = None) -> None:
+    def __init__(self, router: Router, source: ScoreSource | None = None, *, auth: AuthRouting | None = None) -> None:
         self.router = router
         self.source = source
         self.policy = router.policy or Policy()
+        self.auth = auth
 
     async def route(
         self,
@@ -274,6 +285,62 @@ class ScoredRouter:
         tenant: str | None = None,
         untrusted_client: bool = False,
         untrusted_route_header: bool = False,
+        checks: Awaitable[tuple[DkimCheck, ...]] | None = None,
+        srs_bounce: bool = False,
+        predict_signatures: bool = True,
+    ) -> Routed:
+        """The routing of `message`. `checks`: the check of the DKIM signatures it arrived with,
+        awaited beside the rest (its result goes into DMARC and `Routed.checks`); `srs_bounce`:
+        it goes to an SRS address of the relay, reversed; `predict_signatures=False`: DMARC
+        without the relay's own signatures (they could not be put on)."""
+        auth = self.auth
+        scored = self._scored(message, submission, tenant, untrusted_client, untrusted_route_header)
+        if auth is None:
+            if checks is None:
+                routed = await scored
+            else:
+                routed, found = await asyncio.gather(scored, checks)
+                routed = dataclasses.replace(routed, checks=found)
+            if srs_bounce:  # without [auth] enabled: SRS bounces still leave high-risk
+                again = self.router.redecide(
+                    message, routed.decision, AuthFacts(srs_bounce=True), mail_from=submission.mail_from, tenant=tenant,
+                    untrusted_client=untrusted_client, recipients=submission.recipients, untrusted_route_header=untrusted_route_header,
+                )
+                routed = dataclasses.replace(routed, decision=again)
+            return routed
+        # SPF at acceptance beside the score, the sender-domain check and the DKIM check; from
+        # the cache without suspending when it can.
+        client = auth.client(submission)
+        arrival: Arrival | None = None if client is None else auth.authenticator.arrival_cached(*client)
+        work: list[Awaitable[Any]] = [scored]
+        if checks is not None:
+            work.append(checks)
+        if client is not None and arrival is None:
+            work.append(auth.authenticator.arrival(*client))
+        found_checks: tuple[DkimCheck, ...] = ()
+        if len(work) == 1:
+            routed = await scored
+        else:
+            results = await asyncio.gather(*work)
+            routed = results[0]
+            if checks is not None:
+                found_checks = results[1]
+            if client is not None and arrival is None:
+                arrival = results[-1]
+        first = routed.decision
+        recipients = submission.recipients
+        decide = functools.partial(
+            self.router.redecide, message, first, mail_from=submission.mail_from, tenant=tenant, untrusted_client=untrusted_client,
+            recipients=recipients, untrusted_route_header=untrusted_route_header,
+        )
+        decision, verdict = await auth.route(
+            first, decide, submission=submission, tenant=tenant, arrival=arrival, checks=found_checks, srs_bounce=srs_bounce,
+            predict_signatures=predict_signatures,
+        )
+        return Routed(decision, routed.spam, found_checks, verdict)
+
+    async def _scored(
+        self, message: bytes, submission: Submission, tenant: str | None, untrusted_client: bool, untrusted_route_header: bool
     ) -> Routed:
         router = self.router
         mail_from = submission.mail_from
@@ -309,8 +376,8 @@ class ScoredRouter:
             await self.source.close()
 
 
-def scored_router(config: RelayConfig, router: Router) -> ScoredRouter:
+def scored_router(config: RelayConfig, router: Router, *, auth: AuthRouting | None = None) -> ScoredRouter:
     """The score pipeline `[score]` configures, around `router` (whose policy holds the
-    fallback: `deliverypool.app.policy_from_config`)."""
+    fallback: `deliverypool.app.policy_from_config`), with the authentication steps `auth`."""
     source = RspamdScores.from_config(config.score) if config.score.source == "rspamd" else None
-    return ScoredRouter(router, source)
+    return ScoredRouter(router, source, auth=auth)
