@@ -76,8 +76,10 @@ networks = ["{GLOBEX}/32"]
     return text
 
 
-def subject_of(delivery: Delivery) -> str:
-    for line in delivery.content.split(b"\r\n"):
+def subject_of(delivery: Delivery | bytes) -> str:
+    """The Subject of a delivered message (or of a message's bytes)."""
+    content = delivery if isinstance(delivery, bytes) else delivery.content
+    for line in content.split(b"\r\n"):
         if line.startswith(b"Subject: "):
             return line[len(b"Subject: ") :].decode()
         if not line:

@@ -58,9 +58,12 @@ from typing import Any, ClassVar, TypeVar
 
 import Milter
 
-from deliverypool.app import dkim_summary, policy_from_config, resolver_from_config
+from deliverypool.app import auth_routing, dkim_summary, policy_from_config, resolver_from_config
 from deliverypool.auth.dkim import DkimCheck, DkimOutcome, DkimSigner, DkimVerifier, field_values, has_signature
 from deliverypool.config import RelayConfig
+from deliverypool.ingress.srs import SrsBounces
+from deliverypool.mail.headers import strip_authentication_results
+from deliverypool.routing.auth import AuthRouting
 from deliverypool.routing.router import Router
 from deliverypool.routing.scores import Routed, ScoredRouter, Submission, scored_router
 from deliverypool.routing.tenants import Tenants
@@ -92,17 +95,24 @@ class MilterService:
         self.observer: Observer | None = None
         self.dkim_signer = DkimSigner(config)
         self.dkim_verifier: DkimVerifier | None = None
+        # SPF, DMARC and SRS, as the relay runs them (routing/auth.py, ingress/srs.py).
+        self.srs: SrsBounces | None = SrsBounces.from_config(config.auth.srs) if config.auth.srs is not None else None
+        self.auth: AuthRouting | None = None
         self.scores: ScoredRouter = self.call(self._scores(), None)
         self.limits: Limiter | None = self.call(self._limits(), None)
 
     async def _scores(self) -> ScoredRouter:
         # Built on the loop that will use it (the resolver's and httpx's state is per loop).
         dns = self.config.dns
-        resolver = resolver_from_config(dns) if dns.check_sender_domain else None
+        shared = resolver_from_config(dns) if dns.check_sender_domain or self.config.auth.enabled else None
         if self.config.dkim.verify:
-            source = resolver if resolver is not None else lambda: resolver_from_config(dns)
+            source = shared if shared is not None else lambda: resolver_from_config(dns)
             self.dkim_verifier = DkimVerifier(source, max_signatures=self.config.dkim.max_signatures)
-        return scored_router(self.config, Router(resolver, policy=policy_from_config(self.config)))
+        if self.config.auth.enabled:
+            assert shared is not None
+            self.auth = auth_routing(self.config, shared, self.tenants, self.dkim_signer, self.srs)
+        router = Router(shared if dns.check_sender_domain else None, policy=policy_from_config(self.config))
+        return scored_router(self.config, router, auth=self.auth)
 
     async def _limits(self) -> Limiter | None:
         """The sender limits, and with them the sender events and alerts (logged, stored in the
@@ -133,21 +143,35 @@ class MilterService:
         """The pool of one message (blocking: called from libmilter's threads)."""
         return self.route_and_check(message, submission)[0]
 
-    def route_and_check(self, message: bytes, submission: Submission) -> tuple[Routed, tuple[DkimCheck, ...]]:
+    def route_and_check(self, message: bytes, submission: Submission, *, srs_bounce: bool = False) -> tuple[Routed, tuple[DkimCheck, ...]]:
         """The pool of one message and the checks of the DKIM signatures it came with, at the
-        same time (blocking: called from libmilter's threads)."""
+        same time (blocking: called from libmilter's threads). `srs_bounce`: its recipients
+        were SRS addresses of the relay, reversed."""
         untrusted = not self.config.milter.trust_score_header
         untrusted_route = not self.config.milter.trust_route_header
         tenant = self.tenants.resolve(submission.login, submission.client_address)
-        route = self.scores.route(message, submission, tenant=tenant, untrusted_client=untrusted, untrusted_route_header=untrusted_route)
         verifier = self.dkim_verifier
+        checks = verifier.verify(message) if verifier is not None and has_signature(message) else None
+        route = self.scores.route(
+            message, submission, tenant=tenant, untrusted_client=untrusted, untrusted_route_header=untrusted_route, checks=checks, srs_bounce=srs_bounce
+        )
 
-        async def both() -> tuple[Routed, tuple[DkimCheck, ...]]:
-            if verifier is None or not has_signature(message):
-                return await route, ()
-            return await asyncio.gather(route, verifier.verify(message))
+        async def routed() -> tuple[Routed, tuple[DkimCheck, ...]]:
+            found = await route
+            return found, found.checks
 
-        return self.call(both(), self.config.milter.timeout)
+        return self.call(routed(), self.config.milter.timeout)
+
+    def authentication_results(self, message: bytes, routed: Routed) -> tuple[str, bytes] | None:
+        """The Authentication-Results field's value for `routed` (as the message arrived) and
+        `message` with it at the top, when ``auth.add_authentication_results`` (blocking)."""
+        if self.auth is None or routed.auth is None or not self.config.auth.add_authentication_results:
+            return None
+        authserv_id = self.config.auth.authserv_id or self.config.hostname
+        result = self.call(self.auth.arrival_result(routed.auth, routed.checks), self.config.milter.timeout)
+        field = result.authentication_results(authserv_id)
+        value = field.split(":", 1)[1].strip().replace("\r\n", "\n")
+        return value, field.encode("ascii") + strip_authentication_results(message, authserv_id)[0]
 
     def sign(self, message: bytes, routed: Routed, submission: Submission) -> tuple[list[str], DkimOutcome | None]:
         """The DKIM-Signature values to add (LF-folded) and what DKIM did; on the calling thread
@@ -228,6 +252,10 @@ class PoolMilter(Milter.Base):  # type: ignore[misc]  # pymilter has no type inf
         self.parts: list[bytes] = []
         # How many copies of the milter's own header the message came with (removed at eom).
         self.own_header_copies = 0
+        # The Authentication-Results fields it came with, in order (those in the relay's name
+        # are removed at eom when it adds its own); its recipients at the SRS domain.
+        self.authentication_results: list[bytes] = []
+        self.srs_recipients: list[str] = []
 
     @Milter.noreply  # type: ignore[untyped-decorator]
     def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
@@ -249,6 +277,17 @@ class PoolMilter(Milter.Base):  # type: ignore[misc]  # pymilter has no type inf
 
     def envrcpt(self, recipient: str, *params: str) -> int:
         address = _address(recipient)
+        srs = self.service.srs
+        if srs is not None and srs.ours(address):
+            # A bounce to an SRS address: checked here, reversed at the end of the message.
+            reply = srs.rcpt_reply(address, self.client_address)
+            if reply is not None and not reply.startswith("250"):
+                code, status, text = reply.split(" ", 2)
+                self.setreply(code, status, text)
+                return int(Milter.REJECT)
+            self.srs_recipients.append(address)
+            self.recipients.append(address)
+            return int(Milter.CONTINUE)
         refused = self.service.check_recipient(login=self.login, mail_from=self.mail_from, recipient=address, client_address=self.client_address)
         if refused is not None:
             code, status, text = refused.split(" ", 2)
@@ -262,6 +301,8 @@ class PoolMilter(Milter.Base):  # type: ignore[misc]  # pymilter has no type inf
     def header(self, name: str, value: bytes) -> int:
         if name.lower() == self.service.config.milter.header.lower():
             self.own_header_copies += 1
+        elif name.lower() == "authentication-results":
+            self.authentication_results.append(value)
         # Folded fields come with bare LF between their lines; the message is rebuilt in CRLF.
         value = value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
         self.parts.append(name.encode("utf-8", "surrogateescape") + b": " + value + b"\r\n")
@@ -282,17 +323,21 @@ class PoolMilter(Milter.Base):  # type: ignore[misc]  # pymilter has no type inf
         queue_id = self.getsymval("i") or None
         message = b"".join(self.parts)
         self.parts = []
-        submission = Submission(
-            self.mail_from,
-            tuple(self.recipients),
-            client_address=self.client_address,
-            client_name=self.client_name,
-            helo=self.helo,
-            login=self.login,
-            queue_id=queue_id,
-        )
+        recipients, srs_bounce = tuple(self.recipients), False
         try:
-            routed, checks = service.route_and_check(message, submission)
+            if service.srs is not None and self.srs_recipients:
+                recipients, srs_bounce = service.srs.reverse(recipients)
+            submission = Submission(
+                self.mail_from,
+                recipients,
+                client_address=self.client_address,
+                client_name=self.client_name,
+                helo=self.helo,
+                login=self.login,
+                queue_id=queue_id,
+            )
+            routed, checks = service.route_and_check(message, submission, srs_bounce=srs_bounce)
+            results = service.authentication_results(message, routed)
         except Exception as error:
             log.exception("tempfailed queue_id=%s from=<%s>: %s", queue_id or "-", self.mail_from, error)
             self.setreply("451", "4.3.0", "Temporary failure classifying the message; try again later")
@@ -304,6 +349,25 @@ class PoolMilter(Milter.Base):  # type: ignore[misc]  # pymilter has no type inf
             self.chgheader(header, index, "")
         transport = service.config.transport_for(routed.pool)
         self.addheader(header, transport)
+        auth = routed.auth
+        if results is not None:
+            value, message = results
+            # Copies in the relay's name that someone else wrote go (RFC 8601 §5), ours goes on top.
+            authserv_id = (service.config.auth.authserv_id or service.config.hostname).lower().encode()
+            for index in range(len(self.authentication_results), 0, -1):
+                first = self.authentication_results[index - 1].strip().split(b";", 1)[0].split()
+                if first and first[0].lower() == authserv_id:
+                    self.chgheader("Authentication-Results", index, "")
+            self.addheader("Authentication-Results", value, 0)
+        # Relayed mail leaves with its SRS sender; a bounce to an SRS address goes to the
+        # original sender instead.
+        if auth is not None and auth.envelope_from is not None:
+            self.chgfrom(f"<{auth.envelope_from}>")
+        if srs_bounce:
+            for before, after in zip(self.recipients, recipients):
+                if before != after:
+                    self.delrcpt(f"<{before}>")
+                    self.addrcpt(f"<{after}>")
         signatures, dkim = service.sign(message, routed, submission)
         # At the top of the header, the first signature first.
         for value in reversed(signatures):
@@ -313,7 +377,7 @@ class PoolMilter(Milter.Base):  # type: ignore[misc]  # pymilter has no type inf
         # FILTER is per message: recipients the rules would send elsewhere go with the first.
         split = routed.recipient_pools
         log.info(
-            "routed queue_id=%s from=<%s> recipients=%d pool=%s transport=%s reasons=%s spam=%s%s rule=%s%s",
+            "routed queue_id=%s from=<%s> recipients=%d pool=%s transport=%s reasons=%s spam=%s%s%s rule=%s%s",
             queue_id or "-",
             self.mail_from,
             len(self.recipients),
@@ -322,6 +386,7 @@ class PoolMilter(Milter.Base):  # type: ignore[misc]  # pymilter has no type inf
             ",".join(routed.reasons) or "-",
             routed.spam.summary() if routed.spam is not None else "-",
             dkim_summary(dkim),
+            auth.summary() if auth is not None else "",
             routed.decision.rule or "-",
             f" split=no pools={','.join(dict.fromkeys(split))}" if split else "",
         )
@@ -349,8 +414,9 @@ PoolMilter.protocol_mask()
 
 
 def milter_class(service: MilterService) -> type[PoolMilter]:
-    """The class libmilter instantiates per connection for `service`."""
-    return PoolMilter if service.limits is not None else PoolMilterWithoutLimits
+    """The class libmilter instantiates per connection for `service`: one that answers each
+    recipient when sender limits or SRS addresses may refuse one."""
+    return PoolMilter if service.limits is not None or service.srs is not None else PoolMilterWithoutLimits
 
 
 def run_milter(config: RelayConfig) -> None:
@@ -359,9 +425,14 @@ def run_milter(config: RelayConfig) -> None:
     service = MilterService(config)
     PoolMilter.service = service
     Milter.factory = milter_class(service)
-    # The actions the milter negotiates: add its header and the DKIM signatures (insheader is
-    # ADDHDRS too), delete copies of its header it did not write.
-    Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS)
+    # The actions the milter negotiates: add its header, the DKIM signatures and the
+    # Authentication-Results field (insheader is ADDHDRS too), delete copies of its header it did
+    # not write; with SRS, change the envelope sender of relayed mail and the recipients of
+    # bounces to SRS addresses.
+    flags = Milter.ADDHDRS | Milter.CHGHDRS
+    if service.srs is not None:
+        flags |= Milter.CHGFROM | Milter.ADDRCPT | Milter.DELRCPT
+    Milter.set_flags(flags)
     host, port = config.milter.address
     log.info("milter listening on %s:%d", host, port)
     try:
