@@ -106,6 +106,15 @@ CHAIN_SECTION = "## A scoring milter before deliverypool's (tested)"
 README_RSPAMD_MILTER = "inet:127.0.0.1:11332"
 
 
+AUTH_SECTION = "## Routing by authentication (tested)"
+
+
+def auth_blocks() -> dict[str, str]:
+    """The blocks of the milter guide's authentication section, by their first line's name:
+    ``master.cf``, ``main.cf`` and ``relay.toml``."""
+    return guide_blocks(AUTH_SECTION, r"# (master\.cf|main\.cf|relay\.toml)(?:: .*)?", "(?:toml)?")
+
+
 def chain_blocks() -> dict[str, str]:
     """The blocks of the milter guide's scoring-milter section, by their first line's name:
     ``main.cf`` (the smtpd_milters chain), ``milter_headers.conf`` (rspamd's) and ``relay.toml``
@@ -126,7 +135,9 @@ class PostfixInstance:
         normal_source: str,
         high_risk_source: str,
         extra_main: str = "",
+        extra_master: str = "",
         rspamd_milter_port: int | None = None,
+        replace: dict[str, str] | None = None,
     ) -> None:
         self.port = port
         self.work = Path(tempfile.mkdtemp(prefix="dp-postfix-"))
@@ -141,6 +152,7 @@ class PostfixInstance:
         blocks = readme_blocks()
         missing = {"main.cf", "master.cf"} - set(blocks)
         assert not missing, f"the milter guide's Postfix section lacks {missing}"
+        more_replace = replace
         replace = {
             README_NORMAL_SOURCE: normal_source,
             README_HIGH_RISK_SOURCE: high_risk_source,
@@ -148,6 +160,7 @@ class PostfixInstance:
         }
         if rspamd_milter_port is not None:
             replace[README_RSPAMD_MILTER] = f"inet:127.0.0.1:{rspamd_milter_port}"
+        replace.update(more_replace or {})
 
         def ours(text: str) -> str:
             for old, new in replace.items():
@@ -170,7 +183,7 @@ delay_warning_time = 0
             # Lines added after the guide's (a later setting wins: the milter chain).
             + ours(extra_main)
         )
-        (self.config_dir / "master.cf").write_text(private_master_cf(port) + ours(blocks["master.cf"]))
+        (self.config_dir / "master.cf").write_text(private_master_cf(port) + ours(blocks["master.cf"]) + ours(extra_master))
         for name, body in blocks.items():
             if name.endswith(".regexp"):
                 (self.config_dir / name).write_text(body)
