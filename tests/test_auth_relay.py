@@ -179,7 +179,7 @@ def test_the_three_pools_srs_and_its_bounces_end_to_end(world: tuple[World, NsdS
         conf = cfg.loads(setting.toml(server.address, sink_port))
         events: list[Event] = []
         outcome: dict[str, Any] = {}
-        async with sink("127.0.0.1", sink_port) as received:
+        async with sink("127.0.0.1", sink_port, reject_rcpt={"nobody@dest.test": "550 5.1.1 No such user"}) as received:
             relay = Relay(conf)
             await relay.start()
             await relay.listen()
@@ -199,11 +199,18 @@ def test_the_three_pools_srs_and_its_bounces_end_to_end(world: tuple[World, NsdS
 
             try:
                 await send(mail("Alice <alice@acme.example>", "acme own"), ACME, ["bob@dest.test"], "alice@acme.example")
+                # Two From fields: the signer refuses it (multiple-from), so the signature DMARC
+                # counted on is not there: routed again without it.
+                twice = mail("Alice <alice@acme.example>", "acme two froms").replace(b"To:", b"From: eve@acme.example\r\nTo:", 1)
+                await send(twice, ACME, ["bob@dest.test"], "alice@acme.example")
                 await send(setting.globex_signed(mail("news@globex.example", "globex signed")), GLOBEX, ["bob@dest.test"], "news@globex.example")
                 await send(mail("news@globex.example", "globex unsigned"), GLOBEX, ["bob@dest.test"], "news@globex.example")
                 await send(mail("CEO <ceo@bank.example>", "spoofed bank"), GLOBEX, ["bob@dest.test"], "news@globex.example")
                 await send(mail("alice@forwarded.example", "forwarded"), GLOBEX, ["carol@dest.test"], "alice@forwarded.example")
                 await send(mail("x@sub.broken.test", "broken dns"), GLOBEX, ["bob@dest.test"], "x@sub.broken.test")
+                # Forwarded mail the destination refuses: the relay's own DSN goes to the original
+                # sender, not to the SRS address (and leaves high-risk).
+                await send(mail("alice@forwarded.example", "forwarded refused"), GLOBEX, ["nobody@dest.test"], "alice@forwarded.example")
                 [forwarded] = [d for d in received.deliveries if subject_of(d) == "forwarded"]
                 outcome["srs"] = srs = forwarded.mail_from
                 # The destination bounces it: a remote MTA, which may not relay, writes to the
@@ -240,6 +247,8 @@ def test_the_three_pools_srs_and_its_bounces_end_to_end(world: tuple[World, NsdS
     head = own.content.split(b"\r\n\r\n", 1)[0]
     assert head.index(b"DKIM-Signature:") < head.index(b"Authentication-Results: relay.test;") < head.index(b"Received:")
     assert b"spf=fail" in head and b"smtp.mailfrom=alice@acme.example" in head
+    assert by_subject["acme two froms"].peer == HIGH_RISK and accepted["acme two froms"].reasons == ("dmarc-fail",)
+    assert b"DKIM-Signature" not in by_subject["acme two froms"].content
     # Signed by the tenant itself, checked on arrival: normal.
     assert by_subject["globex signed"].peer == NORMAL and accepted["globex signed"].reasons == ()
     assert b"dkim=pass header.d=globex.example header.s=gx" in by_subject["globex signed"].content
@@ -262,6 +271,9 @@ def test_the_three_pools_srs_and_its_bounces_end_to_end(world: tuple[World, NsdS
     bounce = by_subject["srs bounce Undelivered Mail Returned to Sender"]
     assert (bounce.rcpt_tos, bounce.peer, bounce.mail_from) == (["alice@forwarded.example"], HIGH_RISK, "")
     assert "srs-bounce" in accepted["srs bounce Undelivered Mail Returned to Sender"].reasons
+    # The destination refused a forwarded message: the DSN goes to the original sender.
+    [dsn] = [d for d in outcome["deliveries"] if d.mail_from == "" and d.rcpt_tos == ["alice@forwarded.example"] and b"forwarded refused" in d.content]
+    assert dsn.peer == HIGH_RISK
     # Forged: refused at RCPT with the reason; relaying for the remote client still refused.
     assert outcome["forged"][0] == 550 and "invalid SRS address (bad-hash)" in outcome["forged"][1]
     assert outcome["plain"][0] == 550 and "(not-srs)" in outcome["plain"][1]
