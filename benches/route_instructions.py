@@ -7,7 +7,9 @@
 The difference of the two runs' instruction counts, divided by 3 x the messages it prints, is
 the cost of one `Router.route` call. MODE: `default` (`route(m, mail_from=...)`, the group's
 `deliverypool` benchmark; it runs on a checkout from before rules too), `two-pools` and `rules`
-(a tenant and a recipient per message, under the default policy and under `rules_policy()`).
+(a tenant and a recipient per message, under the default policy and under `rules_policy()`),
+`scored` (the relay's own call, `ScoredRouter.route(m, Submission(...))` without a score source
+or `[auth]`: what Relay.accept pays; it runs on a checkout from before authentication too).
 """
 
 from __future__ import annotations
@@ -27,7 +29,20 @@ def main(argv: list[str]) -> int:
 
     messages = [message for path in corpus_paths(CORPUS) for _, message in read_messages(str(path))]
     senders = [f"user{i}@{test_route.DOMAINS[i % len(test_route.DOMAINS)]}" for i in range(len(messages))]
-    if mode == "default":
+    if mode == "scored":
+        from deliverypool.routing.scores import ScoredRouter, Submission
+
+        scored = ScoredRouter(Router(test_route.warm_resolver()))
+
+        async def run_scored(router: Router, messages: list[bytes], senders: list[str]) -> int:
+            high_risk = 0
+            for message, sender in zip(messages, senders):
+                routed = await scored.route(message, Submission(sender, ("bob@dest.test",)))
+                high_risk += routed.decision.high_risk
+            return high_risk
+
+        router, run = scored.router, run_scored
+    elif mode == "default":
         router, run = Router(test_route.warm_resolver()), test_route.route_all
     else:
         router = Router(test_route.warm_resolver(), policy=test_route.rules_policy() if mode == "rules" else None)

@@ -64,7 +64,9 @@ def documented_example() -> str:
 def test_the_documented_example_loads() -> None:
     conf = cfg.loads(documented_example())
     assert conf.hostname == "relay.example.net"
-    assert set(conf.pools) == {"normal", "high-risk"}
+    assert set(conf.pools) == {"normal", "high-risk", "relay"}
+    assert conf.pools["relay"].pool_class == "relay" and conf.policy.relay_pool == "relay"
+    assert (conf.auth.enabled, conf.auth.auth_unknown_pool, conf.auth.add_authentication_results) == (True, "high-risk", True)
     normal, high_risk = conf.normal_pool, conf.high_risk_pool
     assert [(s.address, s.weight) for s in normal.source_addresses] == [
         (ipaddress.ip_address("192.0.2.10"), 1),
@@ -576,3 +578,9 @@ def test_auth_table(tmp_path: Path) -> None:
         assert line.startswith("auth.srs.key_file: SRS key file ") and line.endswith(problem), line
     lenient = cfg.from_dict({**base, "auth": {"enabled": True, "auth_unknown_pool": "normal"}})
     assert policy_from_config(lenient).auth_unknown_pool == "normal"
+    # The SRS example of the configuration page loads, with a key file of the test's.
+    page = (REPO / "docs" / "guide" / "relay-configuration.md").read_text(encoding="utf-8")
+    srs = page[page.index("```toml\n[auth.srs]") + len("```toml\n") :]
+    srs = srs[: srs.index("```")].replace("/etc/deliverypool/srs.keys", str(tmp_path / "srs.keys"))
+    documented = cfg.loads(documented_example().replace("# [auth.srs]: see", "# see") + srs)
+    assert documented.auth.srs is not None and (documented.auth.srs.domain, documented.auth.srs.keys) == ("srs.example.net", (b"new-key", b"old-key"))
