@@ -202,3 +202,17 @@ def test_metrics_of_authentication_come_from_closed_sets(tmp_path: Path) -> None
         ("deliverypool_srs_total", (("outcome", "other"),)): 1,
         ("deliverypool_auth_problems_total", (("problem", "own-domain-no-key"),)): 1,
     }
+
+
+def test_an_srs_bounce_leaves_high_risk_without_auth_enabled_too() -> None:
+    """SRS alone (bounces to addresses written before [auth] was turned off): the reason still
+    makes the bounce high-risk."""
+    from deliverypool.routing.router import Router
+    from deliverypool.routing.scores import ScoredRouter, Submission
+
+    router = ScoredRouter(Router(None))
+    submission = Submission("", ("alice@forwarded.example",), client_address="192.0.2.1")
+    ordinary = asyncio.run(router.route(ORDINARY[0], submission))
+    bounce = asyncio.run(router.route(ORDINARY[0], submission, srs_bounce=True))
+    assert (ordinary.pool, ordinary.reasons, ordinary.auth) == ("normal", (), None)
+    assert (bounce.pool, bounce.reasons) == ("high-risk", ("srs-bounce",))

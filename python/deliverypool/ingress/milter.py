@@ -143,17 +143,21 @@ class MilterService:
         """The pool of one message (blocking: called from libmilter's threads)."""
         return self.route_and_check(message, submission)[0]
 
-    def route_and_check(self, message: bytes, submission: Submission, *, srs_bounce: bool = False) -> tuple[Routed, tuple[DkimCheck, ...]]:
+    def route_and_check(
+        self, message: bytes, submission: Submission, *, srs_bounce: bool = False, predict_signatures: bool = True
+    ) -> tuple[Routed, tuple[DkimCheck, ...]]:
         """The pool of one message and the checks of the DKIM signatures it came with, at the
         same time (blocking: called from libmilter's threads). `srs_bounce`: its recipients
-        were SRS addresses of the relay, reversed."""
+        were SRS addresses of the relay, reversed; `predict_signatures=False`: DMARC without
+        the relay's own signatures (they could not be put on)."""
         untrusted = not self.config.milter.trust_score_header
         untrusted_route = not self.config.milter.trust_route_header
         tenant = self.tenants.resolve(submission.login, submission.client_address)
         verifier = self.dkim_verifier
         checks = verifier.verify(message) if verifier is not None and has_signature(message) else None
         route = self.scores.route(
-            message, submission, tenant=tenant, untrusted_client=untrusted, untrusted_route_header=untrusted_route, checks=checks, srs_bounce=srs_bounce
+            message, submission, tenant=tenant, untrusted_client=untrusted, untrusted_route_header=untrusted_route, checks=checks, srs_bounce=srs_bounce,
+            predict_signatures=predict_signatures,
         )
 
         async def routed() -> tuple[Routed, tuple[DkimCheck, ...]]:
@@ -338,6 +342,12 @@ class PoolMilter(Milter.Base):  # type: ignore[misc]  # pymilter has no type inf
             )
             routed, checks = service.route_and_check(message, submission, srs_bounce=srs_bounce)
             results = service.authentication_results(message, routed)
+            signed = results[1] if results is not None else message
+            signatures, dkim = service.sign(signed, routed, submission)
+            if routed.auth is not None and routed.auth.own_signatures and not signatures:
+                # DMARC counted on the relay's own signatures, which could not be put on.
+                routed, checks = service.route_and_check(message, submission, srs_bounce=srs_bounce, predict_signatures=False)
+                results = service.authentication_results(message, routed)
         except Exception as error:
             log.exception("tempfailed queue_id=%s from=<%s>: %s", queue_id or "-", self.mail_from, error)
             self.setreply("451", "4.3.0", "Temporary failure classifying the message; try again later")
@@ -351,7 +361,7 @@ class PoolMilter(Milter.Base):  # type: ignore[misc]  # pymilter has no type inf
         self.addheader(header, transport)
         auth = routed.auth
         if results is not None:
-            value, message = results
+            value = results[0]
             # Copies in the relay's name that someone else wrote go (RFC 8601 §5), ours goes on top.
             authserv_id = (service.config.auth.authserv_id or service.config.hostname).lower().encode()
             for index in range(len(self.authentication_results), 0, -1):
@@ -368,7 +378,6 @@ class PoolMilter(Milter.Base):  # type: ignore[misc]  # pymilter has no type inf
                 if before != after:
                     self.delrcpt(f"<{before}>")
                     self.addrcpt(f"<{after}>")
-        signatures, dkim = service.sign(message, routed, submission)
         # At the top of the header, the first signature first.
         for value in reversed(signatures):
             self.addheader("DKIM-Signature", value, 0)
