@@ -107,6 +107,7 @@ def documented_relay(tmp_path: Path, *, sink_port: int, hook_port: int) -> tuple
     data["dns"].update(nameservers=[f"127.0.0.1:{free_port()}"], timeout="200ms")
     data["pools"]["normal"]["source_addresses"] = ["127.0.0.2"]
     data["pools"]["high-risk"].update(source_addresses=["127.0.0.3"], smarthost=f"127.0.0.1:{sink_port}")
+    data["pools"]["relay"]["source_addresses"] = ["127.0.0.4"]
     del data["state"], data["dnsbl"]
     data["limits"] = {"per_day": 1, "action": "block"}
     data["admin"].update(address=f"127.0.0.1:{free_port()}", token_file=str(token_file(tmp_path)))
