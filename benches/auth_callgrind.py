@@ -7,7 +7,10 @@ load, unlike timings): runs the `auth` group's warm path (benches/test_auth.py) 
     done
     # (Ir at 2000 - Ir at 0) / 2000 = instructions per message
 
-`--baseline` runs pyspf + the plain-Python DMARC instead. Needs a release build.
+`--baseline` runs pyspf + the plain-Python DMARC instead. `--route` / `--route-without`: the
+routing of each message by `ScoredRouter.route` with and without `[auth]` (the group's
+`test_route_auth`), whose difference is what authentication adds to routing. Needs a release
+build.
 """
 
 from __future__ import annotations
@@ -27,7 +30,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--baseline", action="store_true", help="pyspf + plain-Python DMARC")
+    parser.add_argument("--route", action="store_true", help="ScoredRouter.route with [auth]")
+    parser.add_argument("--route-without", action="store_true", help="ScoredRouter.route without [auth]")
     args = parser.parse_args()
+    if args.route or args.route_without:
+        import asyncio
+
+        from benches.test_auth import route_batch, routing_messages, scored_router
+
+        router, _ = scored_router(args.route)
+        pool = routing_messages()
+        loop = asyncio.new_event_loop()
+        loop.run_until_complete(route_batch(router, pool[:1]))
+        loop.run_until_complete(route_batch(router, [pool[i % len(pool)] for i in range(args.messages)]))
+        return
     dns = AuthDns(Resolver(cache=warm_cache()))
     pool = messages()
     batch = [pool[i % len(pool)] for i in range(args.messages)]

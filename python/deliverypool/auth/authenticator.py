@@ -17,18 +17,37 @@ that would fail a ``p=reject``/``quarantine`` policy through the high-risk pool.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from deliverypool._core import DKIM_RESULTS, DmarcCheck, DmarcOutcome, SpfCheck, SpfOutcome
+from deliverypool._core import DKIM_RESULTS, DmarcCheck, DmarcOutcome, SpfCheck, SpfOutcome, organizational_domain
 from deliverypool.auth.dkim import DkimOutcome
 from deliverypool.auth.dns import AuthDns
 from deliverypool.lookup.resolver import Resolver
 from deliverypool.mail.address import normalize_domain
 
 __all__ = ["AuthResult", "Authenticator", "Departure", "DkimIdentity"]
+
+@functools.lru_cache(maxsize=4096)
+def _ascii(domain: str) -> str:
+    return normalize_domain(domain) or domain
+
+
+def _may_align(departure: Departure, from_domain: str) -> bool:
+    """Whether SPF for `departure` can align with `from_domain` (relaxed alignment, the
+    loosest: the same organisational domain). Its SPF domain is the envelope sender's, or the
+    HELO name's for the null sender (RFC 7208 §2.4)."""
+    domain = departure.mail_from.rpartition("@")[2] if departure.mail_from else departure.helo
+    return _org(domain) == _org(from_domain)
+
+
+@functools.lru_cache(maxsize=4096)
+def _org(domain: str) -> str:
+    return organizational_domain(_ascii(domain.lower()))
+
 
 # RFC 8601 §2.7.1: a signature's result (`DKIM_RESULTS`, the DKIM checker's), or none.
 _DKIM_RESULTS: Final = frozenset(DKIM_RESULTS) | {"none"}
@@ -112,7 +131,7 @@ class Authenticator:
 
     @staticmethod
     def _dmarc_check(from_domain: str, dkim: Sequence[DkimIdentity], spf: SpfOutcome | None) -> DmarcCheck:
-        ascii_domain = normalize_domain(from_domain) or from_domain
+        ascii_domain = _ascii(from_domain)
         return DmarcCheck(
             ascii_domain,
             dkim=[(s.domain, s.result == "pass") for s in dkim],
@@ -135,58 +154,73 @@ class Authenticator:
 
     # --- in two stages, as routing runs them -------------------------------------------------
 
-    def arrival_cached(self, client_ip: str, mail_from: str, helo: str) -> tuple[SpfOutcome, SpfOutcome] | None:
-        """SPF at acceptance, MAIL FROM and HELO, from the cache alone; None when an answer is
-        not cached (then await :meth:`arrival`)."""
+    def arrival_cached(self, client_ip: str, mail_from: str, helo: str, *, with_helo: bool = True) -> tuple[SpfOutcome, SpfOutcome | None] | None:
+        """SPF at acceptance, MAIL FROM and (`with_helo`) HELO, from the cache alone; None when
+        an answer is not cached (then await :meth:`arrival`)."""
         run = self.dns.run_cached
         spf = run(self._spf_check(client_ip, mail_from, helo, "mailfrom"))
         if not isinstance(spf, SpfOutcome):
             return None
+        if not with_helo:
+            return spf, None
         helo_spf = run(self._spf_check(client_ip, mail_from, helo, "helo"))
         if not isinstance(helo_spf, SpfOutcome):
             return None
         return spf, helo_spf
 
-    async def arrival(self, client_ip: str, mail_from: str, helo: str) -> tuple[SpfOutcome, SpfOutcome]:
-        """SPF at acceptance (MAIL FROM, HELO): from the cache when it can, else concurrently
-        through the resolver."""
-        cached = self.arrival_cached(client_ip, mail_from, helo)
+    async def arrival(self, client_ip: str, mail_from: str, helo: str, *, with_helo: bool = True) -> tuple[SpfOutcome, SpfOutcome | None]:
+        """SPF at acceptance (MAIL FROM, and HELO with `with_helo`): from the cache when it
+        can, else concurrently through the resolver."""
+        cached = self.arrival_cached(client_ip, mail_from, helo, with_helo=with_helo)
         if cached is not None:
             return cached
+        if not with_helo:
+            return await self.spf(client_ip, mail_from, helo), None
         spf, helo_spf = await asyncio.gather(self.spf(client_ip, mail_from, helo), self.spf(client_ip, mail_from, helo, identity="helo"))
         return spf, helo_spf
 
     def destination_cached(
-        self, arrival: tuple[SpfOutcome, SpfOutcome] | None, *, from_domain: str | None, dkim: Sequence[DkimIdentity], departure: Departure | None
+        self, arrival: tuple[SpfOutcome, SpfOutcome | None] | None, *, from_domain: str | None, dkim: Sequence[DkimIdentity], departure: Departure | None
     ) -> AuthResult | None:
         """What the destination will see, from the cache alone (None when an answer is not
-        cached): SPF for `departure` and DMARC with `dkim` and that SPF result. Unlike
-        :meth:`authenticate`, no departure means no SPF for DMARC (the address the destination
-        will see is not known): only the signatures count."""
+        cached): DMARC with `dkim` and the SPF result for `departure`. SPF is evaluated only
+        when DMARC needs it (a policy, no aligned signature that passes, and an envelope sender
+        in the From domain's organisational domain, which SPF alignment needs: then
+        ``departure_spf`` is set). Unlike :meth:`authenticate`, no departure means no SPF for
+        DMARC (the address the destination will see is not known): only the signatures count."""
+        run = self.dns.run_cached
         departure_spf: SpfOutcome | None = None
-        if departure is not None:
-            found = self.dns.run_cached(self._spf_check(departure.source_ip, departure.mail_from, departure.helo, "mailfrom"))
-            if not isinstance(found, SpfOutcome):
-                return None
-            departure_spf = found
         dmarc = None
         if from_domain is not None:
-            outcome = self.dns.run_cached(self._dmarc_check(from_domain, dkim, departure_spf))
-            if not isinstance(outcome, DmarcOutcome):
+            found = run(self._dmarc_check(from_domain, dkim, None))
+            if not isinstance(found, DmarcOutcome):
                 return None
-            dmarc = outcome
-        spf, helo = arrival if arrival is not None else (None, None)
-        return AuthResult(spf, helo, departure_spf, dmarc, tuple(dkim))
+            if found.result == "fail" and departure is not None and _may_align(departure, from_domain):
+                spf = run(self._spf_check(departure.source_ip, departure.mail_from, departure.helo, "mailfrom"))
+                if not isinstance(spf, SpfOutcome):
+                    return None
+                departure_spf = spf
+                found = run(self._dmarc_check(from_domain, dkim, departure_spf))
+                if not isinstance(found, DmarcOutcome):
+                    return None
+            dmarc = found
+        spf_at_arrival, helo = arrival if arrival is not None else (None, None)
+        return AuthResult(spf_at_arrival, helo, departure_spf, dmarc, tuple(dkim))
 
     async def destination(
-        self, arrival: tuple[SpfOutcome, SpfOutcome] | None, *, from_domain: str | None, dkim: Sequence[DkimIdentity], departure: Departure | None
+        self, arrival: tuple[SpfOutcome, SpfOutcome | None] | None, *, from_domain: str | None, dkim: Sequence[DkimIdentity], departure: Departure | None
     ) -> AuthResult:
         """:meth:`destination_cached`, through the resolver for what is not cached."""
         cached = self.destination_cached(arrival, from_domain=from_domain, dkim=dkim, departure=departure)
         if cached is not None:
             return cached
-        departure_spf = None if departure is None else await self.spf(departure.source_ip, departure.mail_from, departure.helo)
-        dmarc = None if from_domain is None else await self.dmarc(from_domain, dkim=dkim, spf=departure_spf)
+        departure_spf = None
+        dmarc = None
+        if from_domain is not None:
+            dmarc = await self.dmarc(from_domain, dkim=dkim)
+            if dmarc.result == "fail" and departure is not None and _may_align(departure, from_domain):
+                departure_spf = await self.spf(departure.source_ip, departure.mail_from, departure.helo)
+                dmarc = await self.dmarc(from_domain, dkim=dkim, spf=departure_spf)
         spf, helo = arrival if arrival is not None else (None, None)
         return AuthResult(spf, helo, departure_spf, dmarc, tuple(dkim))
 

@@ -58,7 +58,8 @@ __all__ = ["AUTH_PROBLEMS", "AuthRouting", "AuthVerdict", "Arrival"]
 log = logging.getLogger("deliverypool.auth")
 
 
-Arrival = tuple[SpfOutcome, SpfOutcome]
+# SPF at acceptance: MAIL FROM, and HELO when the Authentication-Results field is wanted.
+Arrival = tuple[SpfOutcome, SpfOutcome | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +96,17 @@ class _PoolDeparture:
 
 
 @functools.lru_cache(maxsize=4096)
+def _client_ip(address: str) -> str | None:
+    ip = peer_ip(address)
+    return None if ip is None else str(ip)
+
+
+@functools.lru_cache(maxsize=4096)
+def _sender_domain(mail_from: str) -> str | None:
+    return sender_domain(mail_from)
+
+
+@functools.lru_cache(maxsize=4096)
 def _org(domain: str) -> str:
     ascii_domain = normalize_domain(domain) or domain.lower().rstrip(".")
     return organizational_domain(ascii_domain)
@@ -113,6 +125,8 @@ class AuthRouting:
         srs: SrsBounces | None = None,
     ) -> None:
         self.authenticator = authenticator
+        # SPF of the HELO identity at acceptance is only read by the Authentication-Results field.
+        self.with_helo = config.auth.add_authentication_results
         self.tenants = tenants
         self.signer = signer
         self.srs = srs
@@ -129,10 +143,10 @@ class AuthRouting:
     def client(submission: Submission) -> tuple[str, str, str] | None:
         """What SPF at acceptance is asked about: the client's address (IPv4-mapped as IPv4),
         the envelope sender, the HELO name; None without a client address (local mail)."""
-        ip = peer_ip(submission.client_address) if submission.client_address else None
+        ip = _client_ip(submission.client_address) if submission.client_address else None
         if ip is None:
             return None
-        return str(ip), submission.mail_from, submission.helo or ""
+        return ip, submission.mail_from, submission.helo or ""
 
     def own(self, domain: str | None, tenant: str | None) -> bool:
         """Whether `domain` is (in the organisational domain of) one of `tenant`'s domains."""
@@ -145,7 +159,7 @@ class AuthRouting:
         """The facts known at acceptance (no DMARC yet): what decides whether the message is
         relayed mail."""
         spf = arrival[0].result if arrival is not None else None
-        return AuthFacts(spf=spf, own_sender=self.own(sender_domain(mail_from), tenant), srs_bounce=srs_bounce)
+        return AuthFacts(spf=spf, own_sender=self.own(_sender_domain(mail_from) if mail_from else None, tenant), srs_bounce=srs_bounce)
 
     def departure(self, pool: str, client_ip: str | None, mail_from: str) -> Departure | None:
         """How a message of `pool` leaves: the pool's source address of the client's family
@@ -184,20 +198,21 @@ class AuthRouting:
         *,
         submission: Submission,
         tenant: str | None,
+        client: tuple[str, str, str] | None,
         arrival: Arrival | None,
         checks: Sequence[DkimCheck] = (),
         srs_bounce: bool = False,
         predict_signatures: bool = True,
     ) -> tuple[Decision, AuthVerdict]:
         """The decision with authentication: `first` is the decision without it, `decide` makes
-        one again with facts (no DNS, no score source again)."""
+        one again with facts (no DNS, no score source again); `client` and `arrival`: what
+        :meth:`client` gave and SPF at acceptance for it."""
         mail_from = submission.mail_from
         facts = self.arrival_facts(arrival, mail_from, tenant, srs_bounce)
         # Relayed mail (or mail whose SPF could not be told) may take another pool: the one it
         # leaves from, whose address the destination judges.
         placed = decide(facts) if facts.spf not in (None, "pass") and not facts.own_sender and mail_from else first
         envelope_from = self.srs.forward(mail_from) if self.srs is not None and placed.pool_class == "relay" else None
-        client = self.client(submission)
         client_ip = None if client is None else client[0]
         departure = self.departure(placed.pool, client_ip, envelope_from or mail_from)
         from_domain = first.from_domain

@@ -342,12 +342,12 @@ class ScoredRouter:
         # SPF at acceptance beside the score, the sender-domain check and the DKIM check; from
         # the cache without suspending when it can.
         client = auth.client(submission)
-        arrival: Arrival | None = None if client is None else auth.authenticator.arrival_cached(*client)
+        arrival: Arrival | None = None if client is None else auth.authenticator.arrival_cached(*client, with_helo=auth.with_helo)
         work: list[Awaitable[Any]] = [scored]
         if checks is not None:
             work.append(checks)
         if client is not None and arrival is None:
-            work.append(auth.authenticator.arrival(*client))
+            work.append(auth.authenticator.arrival(*client, with_helo=auth.with_helo))
         found_checks: tuple[DkimCheck, ...] = ()
         if len(work) == 1:
             routed = await scored
@@ -365,7 +365,7 @@ class ScoredRouter:
             recipients=recipients, untrusted_route_header=untrusted_route_header,
         )
         decision, verdict = await auth.route(
-            first, decide, submission=submission, tenant=tenant, arrival=arrival, checks=found_checks, srs_bounce=srs_bounce,
+            first, decide, submission=submission, tenant=tenant, client=client, arrival=arrival, checks=found_checks, srs_bounce=srs_bounce,
             predict_signatures=predict_signatures,
         )
         return Routed(decision, routed.spam, found_checks, verdict)
