@@ -14,6 +14,7 @@ pub mod phrases;
 pub mod policy;
 pub mod scan;
 pub mod seen;
+pub mod smtp;
 pub mod smtp_data;
 
 #[cfg(feature = "python")]

@@ -12,6 +12,7 @@ mod policy;
 mod scan;
 mod seen;
 mod smtp_data;
+mod smtp_server;
 
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
@@ -53,6 +54,8 @@ mod _core {
     use super::seen::PyMessageIdFilter;
     #[pymodule_export]
     use super::smtp_data::{dot_stuff, PyDataReader};
+    #[pymodule_export]
+    use super::smtp_server::{PySmtpMessage, PySmtpServer, PySmtpServerConfig};
 
     #[pymodule_init]
     fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
