@@ -66,7 +66,19 @@ class PostfixInstance:
     """Postfix listening on 127.0.0.1:`port`, relaying to 127.0.0.1:`relay_port`, with the
     README's milter configuration pointing at 127.0.0.1:`milter_port`."""
 
-    def __init__(self, *, port: int, relay_port: int, milter_port: int, normal_source: str, high_risk_source: str) -> None:
+    def __init__(
+        self,
+        *,
+        port: int,
+        relay_port: int,
+        milter_port: int = 0,
+        normal_source: str = README_NORMAL_SOURCE,
+        high_risk_source: str = README_HIGH_RISK_SOURCE,
+        readme: bool = True,
+        extra: str = "",
+    ) -> None:
+        """With `readme` False, a plain Postfix relaying to the relay (no milter); `extra` is
+        added to main.cf last (a later setting wins)."""
         self.port = port
         self.work = Path(tempfile.mkdtemp(prefix="dp-postfix-"))
         self.work.chmod(0o755)
@@ -77,7 +89,7 @@ class PostfixInstance:
         for folder in (self.config_dir, self.queue_dir, self.data_dir):
             folder.mkdir()
         shutil.chown(self.data_dir, "postfix")
-        blocks = readme_blocks()
+        blocks = readme_blocks() if readme else {"main.cf": "", "master.cf": ""}
         missing = {"main.cf", "master.cf"} - set(blocks)
         assert not missing, f"README's Postfix section lacks {missing}"
         replace = {
@@ -119,6 +131,7 @@ bounce_queue_lifetime = 0
 delay_warning_time = 0
 """
             + ours(blocks["main.cf"])
+            + extra
         )
         # The stock master.cf with the SMTP listener moved to our port and nothing chrooted.
         master = MASTER_CF_DIST.read_text()

@@ -2,7 +2,7 @@
 
 ::
 
-    ingress (aiosmtpd handler)  ->  Relay.accept: strip untrusted score fields, add Received,
+    ingress (SMTP sessions)  ->  Relay.accept: strip untrusted score fields, add Received,
     routing (Router: classify + sender-domain check)  ->  queue (Spool: committed before 250)
     ->  outbound (DeliveryEngine: lanes per pool and destination)  ->  the next hop
 
@@ -16,6 +16,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import os
 import signal
 import socket
 import sqlite3
@@ -23,6 +24,10 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from deliverypool.ingress.smtp import RelaySMTP
 
 from deliverypool._core import Policy
 from deliverypool.config import DnsConfig, RelayConfig
@@ -30,7 +35,7 @@ from deliverypool.ingress.client_counts import ClientCounts
 from deliverypool.ingress.handler import Accepted, RoutingHandler, in_networks
 from deliverypool.ingress.limits import Admission, Limits, raise_open_file_limit
 from deliverypool.ingress.listener import Listener
-from deliverypool.ingress.smtp import RelaySMTP, protocol_factory
+from deliverypool.ingress.session import SessionFactory
 from deliverypool.lookup.mx import MxLookup, MxResolver
 from deliverypool.lookup.resolver import Nameserver, Resolver, ResolverConfig
 from deliverypool.errors import MessageRefused
@@ -38,7 +43,7 @@ from deliverypool.mail.headers import count_received, received_field, strip_head
 from deliverypool.observe.logs import RateLimit
 from deliverypool.observe.service import Observer
 from deliverypool.outbound.scheduler import DeliveryEngine
-from deliverypool.queue.spool import FILE_THRESHOLD, NewMessage, Spool
+from deliverypool.queue.spool import FILE_THRESHOLD, DsnRequest, NewMessage, Spool
 from deliverypool.routing.router import Router
 from deliverypool.routing.tenants import Tenants
 from deliverypool.routing.scores import ScoredRouter, Submission, scored_router
@@ -95,6 +100,8 @@ class Relay:
         self.handler = RoutingHandler(self)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.server: asyncio.AbstractServer | None = None
+        # The listener's session factory (its `stats`), once `listen` ran.
+        self.sessions: SessionFactory | None = None
         self._auth_sharing: asyncio.Task[None] | None = None
         self.recovered = 0
         self.possible_duplicates = 0
@@ -193,7 +200,14 @@ class Relay:
         if sock is None:
             sock = listen_socket(listener.host, listener.port, listener.backlog, wait=0.0)
         admission = Admission(listener, limits, client_counts)
-        server = Listener(sock, protocol_factory(listener, self.handler, admission), admission)
+        factory: Callable[[], Any]
+        if os.environ.get("DELIVERYPOOL_SMTP") == "aiosmtpd":  # the old listener, while both exist
+            from deliverypool.ingress.smtp import protocol_factory
+
+            factory = protocol_factory(listener, self.handler, admission)
+        else:
+            factory = self.sessions = SessionFactory(listener, self.handler, admission)
+        server = Listener(sock, factory, admission)
         await server.start_serving()
         self.server = server
         if limits.max_auth_failures_per_client and self.is_worker:  # an embedded relay has nobody to share with
@@ -207,9 +221,19 @@ class Relay:
         return server
 
     def smtp_factory(self) -> Callable[[], RelaySMTP]:
-        """A protocol factory for `loop.create_server`, configured from the listener section
-        (the idle timeout and the AUTH limits; the connection limits are `listen`'s)."""
+        """An aiosmtpd protocol factory for `loop.create_server`, configured from the listener
+        section (the idle timeout and the AUTH limits; the connection limits are `listen`'s),
+        for embedding with aiosmtpd (an optional dependency). `session_factory` is the relay's
+        own listener's."""
+        from deliverypool.ingress.smtp import protocol_factory
+
         return protocol_factory(self.config.listener, self.handler)
+
+    def session_factory(self) -> SessionFactory:
+        """A protocol factory for `loop.create_server` with the relay's own SMTP sessions (the
+        Rust engine), configured from the listener section; the connection limits are
+        `listen`'s."""
+        return SessionFactory(self.config.listener, self.handler)
 
     async def accept(
         self,
@@ -221,10 +245,12 @@ class Relay:
         helo: str,
         login: str | None = None,
         traced: bool = False,
+        dsn: DsnRequest | None = None,
     ) -> Accepted:
         """Classifies and spools one message; returns once it is on disk. `traced` says the
         relay's ``Received:`` field is already in front of `content` (the DATA reader puts it
-        there); otherwise it is added here."""
+        there); otherwise it is added here. `dsn` holds the client's RFC 3461 parameters, kept
+        with the message for the DSNs the relay writes."""
         assert self.engine is not None and self.scores is not None, "Relay.start() first"
         untrusted = not in_networks(peer, self.config.listener.trusted_score_networks)
         header = self.config.policy.score_header
@@ -252,18 +278,17 @@ class Relay:
                 reasons=routed.reasons,
                 tenant=tenant,
                 header_message_id=message_id,
+                dsn=dsn,
             )
         )
-        log.info(
-            "accepted queue_id=%s message_id=%s from=<%s> recipients=%d pool=%s reasons=%s spam=%s",
-            job.queue_id,
-            message_id or "-",
-            mail_from,
-            len(recipients),
-            routed.pool,
-            ",".join(routed.reasons) or "-",
-            routed.spam.summary() if routed.spam is not None else "-",
-        )
+        if log.isEnabledFor(logging.INFO):  # nothing is formatted for a line no handler writes
+            reasons = ",".join(routed.reasons) or "-"
+            spam = routed.spam.summary() if routed.spam is not None else "-"
+            log.info(
+                "accepted queue_id=%s message_id=%s from=<%s> recipients=%d pool=%s reasons=%s spam=%s",
+                job.queue_id, message_id or "-", mail_from, len(recipients), routed.pool, reasons, spam,
+                extra={"event": "accepted", "queue_id": job.queue_id, "pool": routed.pool, "reasons": reasons},
+            )
         # Delivery gets the body from memory (within its memory budget); a body the spool keeps
         # in a file of its own is streamed from there.
         self.engine.submit(job, content if len(content) <= FILE_THRESHOLD else None)

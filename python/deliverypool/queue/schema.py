@@ -102,8 +102,18 @@ ALTER TABLE recipients ADD COLUMN dsn_pending INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE recipients ADD COLUMN last_host TEXT
 """
 
+# Version 4: the DSN parameters of RFC 3461 as the client gave them: RET and ENVID per message,
+# NOTIFY and ORCPT per recipient (NULL: not given). dsn_pending = 2 marks a delivered recipient
+# whose NOTIFY asked for SUCCESS: its "relayed" report goes in the message's next DSN.
+_V4: Final = """
+ALTER TABLE messages ADD COLUMN dsn_ret TEXT;
+ALTER TABLE messages ADD COLUMN dsn_envid TEXT;
+ALTER TABLE recipients ADD COLUMN dsn_notify TEXT;
+ALTER TABLE recipients ADD COLUMN dsn_orcpt TEXT
+"""
+
 # MIGRATIONS[n - 1] takes a spool from version n - 1 to version n.
-MIGRATIONS: Final[tuple[str, ...]] = (_V1, _V2, _V3)
+MIGRATIONS: Final[tuple[str, ...]] = (_V1, _V2, _V3, _V4)
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 

@@ -37,7 +37,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from deliverypool.errors import SpoolError, SpoolFull, SpoolLocked
 from deliverypool.queue.schema import ACTIVE_STATES_SQL, FINAL_STATES_SQL, State, decode_reasons, encode_reasons, migrate
@@ -61,6 +61,19 @@ RESERVE_BYTES = 16 * 1024 * 1024
 # Upper bound on the changes one transaction takes; more wait for the next commit.
 MAX_BATCH = 1024
 
+@dataclass(frozen=True, slots=True)
+class DsnRequest:
+    """What the client asked of the DSNs for a message (RFC 3461): RET ("FULL" or "HDRS"),
+    ENVID (decoded from xtext), and per recipient, in the order of the message's recipients,
+    NOTIFY ("NEVER", or some of "SUCCESS,FAILURE,DELAY") and ORCPT ("addr-type;address",
+    decoded); None where not given."""
+
+    ret: str | None = None
+    envid: str | None = None
+    notify: tuple[str | None, ...] = ()
+    orcpt: tuple[str | None, ...] = ()
+
+
 @dataclass(frozen=True)
 class NewMessage:
     """A message to put in the spool, already routed to a pool."""
@@ -72,6 +85,7 @@ class NewMessage:
     reasons: tuple[str, ...] = ()
     tenant: str | None = None
     header_message_id: str | None = None
+    dsn: DsnRequest | None = None
 
 
 @dataclass(frozen=True)
@@ -108,12 +122,15 @@ class Outcome:
 
 @dataclass(frozen=True)
 class FailedRecipient:
-    """A failed recipient that a DSN is due for."""
+    """A recipient that a DSN is due for: failed, or (`delivered`) delivered with NOTIFY=SUCCESS
+    (RFC 3461), reported as relayed. `orcpt` is its ORCPT ("addr-type;address") if given."""
 
     recipient: int
     address: str
     reply: str
     host: str | None
+    delivered: bool = False
+    orcpt: str | None = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +143,9 @@ class DsnBatch:
     received_at: float
     failures: tuple[FailedRecipient, ...]
     tenant: str | None = None
+    # RFC 3461: RET ("FULL": the whole message in a failure DSN) and ENVID, as the client gave them.
+    ret: str | None = None
+    envid: str | None = None
 
 
 @dataclass(frozen=True)
@@ -600,9 +620,10 @@ def _insert(conn: sqlite3.Connection, message: NewMessage, now: float, *, queue_
         queue_id = new_queue_id()
         while conn.execute("SELECT 1 FROM messages WHERE queue_id = ?", (queue_id,)).fetchone():
             queue_id = new_queue_id()
+    dsn = message.dsn
     cursor = conn.execute(
-        "INSERT INTO messages (queue_id, mail_from, pool, reasons, tenant, header_message_id, received_at, size, body, body_file)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO messages (queue_id, mail_from, pool, reasons, tenant, header_message_id, received_at, size, body, body_file,"
+        " dsn_ret, dsn_envid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             queue_id,
             message.mail_from,
@@ -614,15 +635,19 @@ def _insert(conn: sqlite3.Connection, message: NewMessage, now: float, *, queue_
             len(message.body),
             b"" if body_file is not None else message.body,
             body_file,
+            dsn.ret if dsn is not None else None,
+            dsn.envid if dsn is not None else None,
         ),
     )
     message_id = cursor.lastrowid
     assert message_id is not None
     recipients = []
-    for address in message.recipients:
+    notify = dsn.notify if dsn is not None else ()
+    orcpt = dsn.orcpt if dsn is not None else ()
+    for n, address in enumerate(message.recipients):
         rc = conn.execute(
-            "INSERT INTO recipients (message, address, state, next_attempt, updated_at) VALUES (?, ?, ?, ?, ?)",
-            (message_id, address, State.QUEUED.value, now, now),
+            "INSERT INTO recipients (message, address, state, next_attempt, updated_at, dsn_notify, dsn_orcpt) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (message_id, address, State.QUEUED.value, now, now, notify[n] if n < len(notify) else None, orcpt[n] if n < len(orcpt) else None),
         )
         assert rc.lastrowid is not None
         recipients.append((rc.lastrowid, address))
@@ -658,7 +683,7 @@ def _record(conn: sqlite3.Connection, outcomes: Sequence[Outcome], now: float) -
         messages.add(row["message"])
         conn.execute(
             "UPDATE recipients SET state = ?, last_reply = ?, last_host = ?, next_attempt = ?, updated_at = ?,"
-            " attempts = max(attempts, ?), dsn_pending = ? WHERE id = ?",
+            f" attempts = max(attempts, ?), dsn_pending = {_DSN_DUE} WHERE id = ?",
             (
                 outcome.state.value,
                 outcome.reply,
@@ -667,6 +692,7 @@ def _record(conn: sqlite3.Connection, outcomes: Sequence[Outcome], now: float) -
                 now,
                 outcome.attempts,
                 int(outcome.dsn and outcome.state is State.FAILED),
+                int(outcome.state is State.DELIVERED),
                 outcome.recipient,
             ),
         )
@@ -676,29 +702,45 @@ def _record(conn: sqlite3.Connection, outcomes: Sequence[Outcome], now: float) -
     return batches, _remove_finished(conn, messages)
 
 
+# Whether an outcome is due a DSN, by the recipient's NOTIFY (RFC 3461 §4.1): a failure (its
+# first parameter: the sender gets DSNs) unless NOTIFY was given without FAILURE (NEVER among
+# those), 1; a delivery when NOTIFY holds SUCCESS and the sender is not null, 2 (a "relayed"
+# report: the next hop is not asked for DSNs); else 0.
+_DSN_DUE: Final = (
+    "CASE WHEN ? AND (dsn_notify IS NULL OR instr(dsn_notify, 'FAILURE') > 0) THEN 1"
+    " WHEN ? AND instr(coalesce(dsn_notify, ''), 'SUCCESS') > 0"
+    " AND (SELECT mail_from FROM messages WHERE messages.id = recipients.message) != '' THEN 2 ELSE 0 END"
+)
+
+
 def _batch(conn: sqlite3.Connection, message: int) -> DsnBatch | None:
     """The message's DSN batch if its failure batch is over, else None."""
     active = conn.execute(f"SELECT 1 FROM recipients WHERE message = ? AND state IN {ACTIVE_STATES_SQL}", (message,)).fetchone()
     if active is not None:
         return None
     rows = conn.execute(
-        "SELECT id, address, last_reply, last_host FROM recipients WHERE message = ? AND dsn_pending = 1 ORDER BY id", (message,)
+        "SELECT id, address, last_reply, last_host, dsn_pending, dsn_orcpt FROM recipients WHERE message = ? AND dsn_pending != 0 ORDER BY id",
+        (message,),
     ).fetchall()
     if not rows:
         return None
-    head = conn.execute("SELECT queue_id, mail_from, received_at, tenant FROM messages WHERE id = ?", (message,)).fetchone()
+    head = conn.execute("SELECT queue_id, mail_from, received_at, tenant, dsn_ret, dsn_envid FROM messages WHERE id = ?", (message,)).fetchone()
     return DsnBatch(
         message=message,
         queue_id=head["queue_id"],
         mail_from=head["mail_from"],
         received_at=head["received_at"],
-        failures=tuple(FailedRecipient(r["id"], r["address"], r["last_reply"] or "", r["last_host"]) for r in rows),
+        failures=tuple(
+            FailedRecipient(r["id"], r["address"], r["last_reply"] or "", r["last_host"], r["dsn_pending"] == 2, r["dsn_orcpt"]) for r in rows
+        ),
         tenant=head["tenant"],
+        ret=head["dsn_ret"],
+        envid=head["dsn_envid"],
     )
 
 
 def _pending_dsn_messages(conn: sqlite3.Connection) -> list[int]:
-    return [row["message"] for row in conn.execute("SELECT DISTINCT message FROM recipients WHERE dsn_pending = 1")]
+    return [row["message"] for row in conn.execute("SELECT DISTINCT message FROM recipients WHERE dsn_pending != 0")]
 
 
 def _store_dsn(conn: sqlite3.Connection, batch: DsnBatch, dsn: NewMessage, now: float) -> tuple[Job, list[str]]:
@@ -718,7 +760,7 @@ def _remove_finished(conn: sqlite3.Connection, messages: Iterable[int]) -> list[
     for message in messages:
         row = conn.execute(
             "SELECT body_file FROM messages WHERE id = ? AND NOT EXISTS"
-            f" (SELECT 1 FROM recipients WHERE message = ? AND (state NOT IN {FINAL_STATES_SQL} OR dsn_pending = 1))",
+            f" (SELECT 1 FROM recipients WHERE message = ? AND (state NOT IN {FINAL_STATES_SQL} OR dsn_pending != 0))",
             (message, message),
         ).fetchone()
         if row is None:
