@@ -16,7 +16,6 @@ import asyncio
 import collections
 import contextlib
 import logging
-import os
 import signal
 import socket
 import sqlite3
@@ -24,7 +23,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from deliverypool.ingress.smtp import RelaySMTP
@@ -200,14 +199,8 @@ class Relay:
         if sock is None:
             sock = listen_socket(listener.host, listener.port, listener.backlog, wait=0.0)
         admission = Admission(listener, limits, client_counts)
-        factory: Callable[[], Any]
-        if os.environ.get("DELIVERYPOOL_SMTP") == "aiosmtpd":  # the old listener, while both exist
-            from deliverypool.ingress.smtp import protocol_factory
-
-            factory = protocol_factory(listener, self.handler, admission)
-        else:
-            factory = self.sessions = SessionFactory(listener, self.handler, admission)
-        server = Listener(sock, factory, admission)
+        self.sessions = SessionFactory(listener, self.handler, admission)
+        server = Listener(sock, self.sessions, admission)
         await server.start_serving()
         self.server = server
         if limits.max_auth_failures_per_client and self.is_worker:  # an embedded relay has nobody to share with
