@@ -11,5 +11,5 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet "maturin>=1.9,<2"
 # The extras are the single list of what tests and benchmarks need (pyproject.toml).
-.venv/bin/maturin develop --quiet --extras test,bench,uvloop,milter ${MATURIN_ARGS:-}
+.venv/bin/maturin develop --quiet --extras test,bench,docs,uvloop,milter ${MATURIN_ARGS:-}
 .venv/bin/python -c "import deliverypool; print('deliverypool', deliverypool.__version__, 'ready in .venv')"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as a newcomer and CI run it: installs what it needs, then runs the
 # Rust tests (natively, and on aarch64 under qemu-user), clippy, the stub check, mypy --strict on
-# the package, the Python tests on every core (benchmarks once, in quick mode), and the Python
+# the package, the documentation site, the Python tests on every core (benchmarks once, in quick mode), and the Python
 # tests again -- all but the slow end-to-end runs -- against the built wheel installed in a fresh
 # virtualenv. Each step prints how long it took. Extra arguments go to the first pytest run.
 set -euo pipefail
@@ -38,6 +38,8 @@ step "stub check"
 step "mypy --strict: the package (pydantic plugin, pyproject.toml) and the configuration tests"
 .venv/bin/python -m mypy
 .venv/bin/python -m mypy --strict tests/test_config.py
+step "the documentation site: mkdocs build --strict (generated references, every link and anchor)"
+NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir "$(mktemp -d)"
 step "pytest, one process per core"
 .venv/bin/python -m pytest -n auto --durations=15 "$@"
 step "benchmarks, quick mode (each body once: they must not rot; figures: benches/README.md)"

@@ -1,6 +1,6 @@
 """A private Postfix instance on loopback for the milter tests: its own configuration, queue
 and data directories, unprivileged ports, nothing chrooted (as benches/relay_vs_postfix.sh),
-with the README's deliverypool lines (section "Postfix configuration (tested)") added to its
+with the milter guide's deliverypool lines (docs/guide/milter.md, "Postfix configuration (tested)") added to its
 main.cf and master.cf, the pool addresses and ports replaced by the test's.
 
 ``scripts/install-test-servers.sh`` installs Postfix. Nothing here sends a packet beyond
@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 POSTFIX = "/usr/sbin/postfix"
 MASTER_CF_DIST = Path("/usr/share/postfix/master.cf.dist")
 
-# The README's example values and what the tests use instead.
+# The milter guide's example values and what the tests use instead.
 README_NORMAL_SOURCE = "192.0.2.10"
 README_HIGH_RISK_SOURCE = "198.51.100.7"
 README_MILTER = "inet:127.0.0.1:8893"
@@ -48,11 +48,12 @@ def postfix_installed() -> bool:
 
 
 def readme_blocks() -> dict[str, str]:
-    """The code blocks of the README's tested Postfix section, by their first line's name:
-    ``main.cf``, ``master.cf`` and the ``deliverypool_*.regexp`` tables."""
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    start = text.index("### Postfix configuration (tested)")
-    section = text[start : text.index("\n### ", start + 1)]
+    """The code blocks of the milter guide's tested Postfix section (docs/guide/milter.md), by
+    their first line's name: ``main.cf``, ``master.cf`` and the ``deliverypool_*.regexp`` tables."""
+    text = (REPO / "docs" / "guide" / "milter.md").read_text(encoding="utf-8")
+    start = text.index("## Postfix configuration (tested)")
+    following = text.find("\n## ", start + 1)
+    section = text[start : following if following >= 0 else len(text)]
     blocks: dict[str, str] = {}
     for body in re.findall(r"^```\n(.*?)^```$", section, flags=re.S | re.M):
         first = body.splitlines()[0]
@@ -64,7 +65,7 @@ def readme_blocks() -> dict[str, str]:
 
 class PostfixInstance:
     """Postfix listening on 127.0.0.1:`port`, relaying to 127.0.0.1:`relay_port`, with the
-    README's milter configuration pointing at 127.0.0.1:`milter_port`."""
+    milter guide's configuration pointing at 127.0.0.1:`milter_port`."""
 
     def __init__(
         self,
@@ -91,7 +92,7 @@ class PostfixInstance:
         shutil.chown(self.data_dir, "postfix")
         blocks = readme_blocks() if readme else {"main.cf": "", "master.cf": ""}
         missing = {"main.cf", "master.cf"} - set(blocks)
-        assert not missing, f"README's Postfix section lacks {missing}"
+        assert not missing, f"the milter guide's Postfix section lacks {missing}"
         replace = {
             README_NORMAL_SOURCE: normal_source,
             README_HIGH_RISK_SOURCE: high_risk_source,
@@ -103,7 +104,7 @@ class PostfixInstance:
                 text = text.replace(old, new)
             return text
 
-        # The instance's own settings first, then the README's lines, as a user appends them.
+        # The instance's own settings first, then the guide's lines, as a user appends them.
         (self.config_dir / "main.cf").write_text(
             f"""compatibility_level = 3.6
 queue_directory = {self.queue_dir}

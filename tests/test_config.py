@@ -37,13 +37,14 @@ source_addresses = ["192.0.2.20"]
 
 
 def documented_example() -> str:
-    """The TOML block of the README's "### Configuration" section (up to the next heading)."""
-    lines = (REPO / "README.md").read_text(encoding="utf-8").splitlines(keepends=True)
-    assert "### Configuration\n" in lines, 'README.md has no "### Configuration" section'
+    """The TOML block of the relay's configuration page (docs/guide/relay-configuration.md, up
+    to its first subheading)."""
+    lines = (REPO / "docs" / "guide" / "relay-configuration.md").read_text(encoding="utf-8").splitlines(keepends=True)
+    assert lines[0] == "# Configuration\n", 'docs/guide/relay-configuration.md does not start with "# Configuration"'
     blocks: list[str] = []
     fence: list[str] | None = None  # the lines of the code block being read
     language = ""
-    for line in lines[lines.index("### Configuration\n") + 1 :]:
+    for line in lines[1:]:
         if fence is None and line.startswith("#"):
             break  # the next heading ends the section
         if line.startswith("```"):

@@ -222,7 +222,7 @@ zones = ["zen.spamhaus.org", "bl.spamcop.net", "b.barracudacentral.org"]
 interval = "15m"
 """
     conf = cfg.loads(text)
-    # 96 cycles a day x 3 zones x (8 addresses + 2 test points): the README's example figure.
+    # 96 cycles a day x 3 zones x (8 addresses + 2 test points): the example figure of docs/operations/blocklist-watch.md.
     assert queries_per_day(conf) == 96 * 3 * 10 == 2880
 
 

@@ -28,7 +28,7 @@ from tests.bounces import BOUNCES, EXIM_FROM_NDR, encoded
 from tests.messages import GLOBAL_DSN, MDN, ORDINARY
 from tests.negatives import negatives
 
-# The README states the rates reached; these are the floors below which the suite fails.
+# docs/concepts/dsn-detection.md states the rates reached; these are the floors below which the suite fails.
 MIN_RECALL = 0.995
 # Leave-one-family-out: the recall with every family's own phrase groups disabled for it.
 MIN_LEAVE_ONE_OUT_RECALL = 0.985

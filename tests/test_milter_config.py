@@ -1,4 +1,4 @@
-"""The `[milter]` and `[score]` tables: the README's examples load, and what they mean."""
+"""The `[milter]` and `[score]` tables: the milter guide's examples load, and what they mean."""
 
 from __future__ import annotations
 
@@ -13,16 +13,17 @@ REPO = Path(__file__).resolve().parents[1]
 POOLS = '[pools.normal]\nsource_addresses = ["192.0.2.10"]\n[pools.high-risk]\nsource_addresses = ["198.51.100.7"]\n'
 
 
-def readme_toml_blocks() -> list[str]:
-    """The TOML blocks of the README's "Postfix: the milter" section."""
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    start = text.index("## Postfix: the milter")
-    section = text[start : text.index("\n## ", start + 1)]
-    return re.findall(r"^```toml\n(.*?)^```$", section, flags=re.S | re.M)
+def documented_toml_blocks() -> list[str]:
+    """The TOML blocks of the milter guide (docs/guide/milter.md, before its Postfix
+    configuration) and of the rspamd page (docs/guide/rspamd.md)."""
+    milter = (REPO / "docs" / "guide" / "milter.md").read_text(encoding="utf-8")
+    rspamd = (REPO / "docs" / "guide" / "rspamd.md").read_text(encoding="utf-8")
+    text = milter[: milter.index("## Postfix configuration (tested)")] + rspamd
+    return re.findall(r"^```toml\n(.*?)^```$", text, flags=re.S | re.M)
 
 
-def test_the_readmes_milter_and_score_examples_load() -> None:
-    blocks = readme_toml_blocks()
+def test_the_documented_milter_and_score_examples_load() -> None:
+    blocks = documented_toml_blocks()
     assert len(blocks) == 2
     config = cfg.loads("\n".join(blocks) + POOLS)
     assert config.milter.address == ("127.0.0.1", 8893)

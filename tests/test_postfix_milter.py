@@ -1,5 +1,5 @@
 """`deliverypool milter` in front of a real Postfix (tests/postfix.py: a private instance
-configured with the README's lines) with a real rspamd scoring and NSD answering the
+configured with the milter guide's lines) with a real rspamd scoring and NSD answering the
 sender-domain check. The sink Postfix relays to records which source address each message came
 from: 127.0.0.2 (the normal pool's transport) or 127.0.0.3 (the high-risk pool's).
 

@@ -193,7 +193,7 @@ class Relay:
         """Starts the SMTP listener on the configured address (bound with ``listener.backlog``),
         or on `sock` (a listening socket shared with other workers, whose connections per
         client address `client_counts` holds). The soft open-file limit is raised to the hard
-        one first, and the connection limits worked out from it (README "Limits")."""
+        one first, and the connection limits worked out from it (docs/operations/limits.md)."""
         listener = self.config.listener
         limits = Limits.for_listener(listener, raise_open_file_limit())
         if sock is None:

@@ -126,7 +126,7 @@ def corpus_bounces(limit: int) -> list[bytes]:
     """Real bounces from ../shared/corpus when it is there (a source checkout beside the shared
     folder): the standard RFC 3464 ones first, then those of common servers. Only those the
     engine recognises as DSNs with a null sender are used, so the demo shows routing, not the
-    detector's few misses (the README gives its measured recall)."""
+    detector's few misses (docs/concepts/dsn-detection.md gives its measured recall)."""
     folder = corpus_folder()
     if folder is None:
         return []

@@ -88,7 +88,7 @@ def act_config(spool: Path, listen_port: int, mx_port: int, dns: tuple[str, int]
                 "normal": {"source_addresses": [DRAINED, KEPT], "ehlo_name": "out2.demo.test", **pool},
                 "high-risk": {"source_addresses": [HIGH_RISK], "ehlo_name": "bulk2.demo.test", **pool},
             },
-            # A short interval so the act takes seconds (the default is 15m: README, Blocklist watch).
+            # A short interval so the act takes seconds (the default is 15m: docs/operations/blocklist-watch.md).
             "dnsbl": {"zones": [ZONE], "interval": "250ms"},
             "observe": {"flush_interval": "200ms"},
             "admin": {"address": f"127.0.0.1:{admin_port}"},

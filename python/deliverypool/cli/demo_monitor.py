@@ -18,7 +18,7 @@ from deliverypool.testing.scenarios import DsnFactory, directory_harvest
 
 __all__ = ["MONITOR_SETTINGS", "compromised_customer"]
 
-# Short windows so the act takes seconds; the production defaults are in the README.
+# Short windows so the act takes seconds; the production defaults are in docs/operations/monitoring.md.
 MONITOR_SETTINGS: dict[str, Any] = {
     "tenants": {"acme": {"networks": ["127.0.0.5/32"], "domains": ["sender.test"]}},
     "monitor": {"window": "4s", "baseline": "48s", "min_dsns": 15, "factor": 4.0, "interval": "250ms"},

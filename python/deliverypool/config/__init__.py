@@ -7,7 +7,7 @@ it is written in the file, for example
 problems gets one error listing them all, one ``key: problem`` line each (``.key`` and
 ``.problem`` are the first; ``.errors`` has them all).
 
-The keys and their meaning are documented in the README (Configuration) and, for editors, in
+The keys and their meaning are documented in docs/guide/relay-configuration.md and the configuration reference and, for editors, in
 ``docs/relay.schema.json``, generated from these models by ``python -m
 deliverypool.config.schema docs/relay.schema.json``.
 """

@@ -2,7 +2,7 @@
 
 Every problem is reported as ``KEY: PROBLEM``, with the key written the way it is written in
 the TOML file (``pools.high-risk.source_addresses[1]``; a key that is not a bare TOML key is
-quoted: ``policy.tenants."acme.corp"``), and the problem in the words of the README rather
+quoted: ``policy.tenants."acme.corp"``), and the problem in the words of the documentation rather
 than pydantic's (``must be an integer, got a string``, not ``Input should be a valid
 integer``).
 """

@@ -471,7 +471,7 @@ class ListenerConfig(_Table):
     hostname: HostName = Field(
         "localhost", description="Name in the greeting and Received: headers. Default: the top-level hostname.", json_schema_extra=_no_default
     )
-    # Limits (README "Limits"). Each worker is a process with its own open files: the
+    # Limits (docs/operations/limits.md). Each worker is a process with its own open files: the
     # connection limits and failure counts are per worker.
     backlog: Int = Field(
         1024, ge=1, le=65535,
@@ -670,7 +670,7 @@ class MilterConfig(_Table):
         False,
         description=(
             "Believe policy.score_header (once) in the mail the milter sees: only when an earlier milter writes it and "
-            "Postfix's header_checks remove the clients' own copies (README, Postfix). Otherwise rspamd or no score."
+            "Postfix's header_checks remove the clients' own copies (docs/guide/milter.md). Otherwise rspamd or no score."
         ),
     )
 
@@ -719,7 +719,7 @@ class RelayConfig(_Table):
     admin: AdminConfig = Field(default_factory=AdminConfig, description="The admin HTTP listener (metrics, health, JSON API).")
     alerts: AlertsConfig = Field(default_factory=AlertsConfig, description="Where surge alerts are sent.")
     observe: ObserveConfig = Field(default_factory=ObserveConfig, description="The event stream and its log.")
-    limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Sender limits: the defaults of every tenant (README, Sender limits).")
+    limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Sender limits: the defaults of every tenant (docs/operations/sender-limits.md).")
     state: StateConfig = Field(default_factory=StateConfig, description="Where sender counters and restrictions live (embedded SQLite, or Redis).")
     dnsbl: DnsblConfig = Field(default_factory=DnsblConfig, description="The blocklist watch of the pools' own source addresses.")
 

@@ -156,7 +156,7 @@ class ObserveConfig(_Table):
 
 
 class DnsblConfig(_Table):
-    """The blocklist watch of the pools' own source addresses (README, Blocklist watch)."""
+    """The blocklist watch of the pools' own source addresses (docs/operations/blocklist-watch.md)."""
 
     zones: tuple[DomainName, ...] = Field(
         (), description='DNSBL zones every source address of every pool is looked up in, e.g. ["zen.spamhaus.org", "bl.spamcop.net"]; empty: no watch.'

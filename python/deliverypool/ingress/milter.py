@@ -17,8 +17,8 @@ its own; they are synchronous, so the classification runs on one asyncio event l
 thread of its own (the resolver, its cache and the rspamd client live there), and a callback
 waits for its message's result, at most ``milter.timeout``.
 
-With sender limits configured (``[limits]``, ``[tenants.NAME.limits]``; README "Sender
-limits"), each recipient is checked at RCPT as the relay checks it, against the same state
+With sender limits configured (``[limits]``, ``[tenants.NAME.limits]``;
+docs/operations/sender-limits.md), each recipient is checked at RCPT as the relay checks it, against the same state
 (``SPOOL/state.sqlite3`` of ``spool.directory``, or ``[state] redis``, so a milter and relays
 naming one Redis count together): Postfix answers the refused recipient ``550 5.1.8 Access
 denied, bad outbound sender`` (or ``451 4.3.0`` while Redis is away with ``fail = "closed"``).

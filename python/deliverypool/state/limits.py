@@ -1,5 +1,5 @@
 """Outbound sender limits: which windows a recipient counts against, what reaching a limit
-does, and which backend keeps the counts (EOP's outbound spam policy; README "Sender limits").
+does, and which backend keeps the counts (EOP's outbound spam policy; docs/operations/sender-limits.md).
 
 The relay asks `Limiter.check` at every RCPT. A sender is the AUTH identity when there is one,
 else the envelope sender (:func:`deliverypool.mail.address.sender_key`); null-sender mail (DSNs)
