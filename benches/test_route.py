@@ -14,7 +14,6 @@ The corpus messages get envelope senders from 100 domains, all cached.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import cachetools
 import pytest
@@ -28,13 +27,6 @@ from deliverypool.routing.router import Router
 pytestmark = pytest.mark.benchmark(group="route")
 
 DOMAINS = [f"sender{i}.example" for i in range(100)]
-
-
-@pytest.fixture(scope="module")
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    event_loop = asyncio.new_event_loop()
-    yield event_loop
-    event_loop.close()
 
 
 @pytest.fixture(scope="module")

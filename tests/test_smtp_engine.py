@@ -513,9 +513,10 @@ def test_postfix_relays_many_pipelined_messages_over_starttls(aio_run: Run, tmp_
     assert "status=sent" in log
 
 
-def test_postfix_relays_over_starttls(aio_run: Run, tmp_path: Path) -> None:
-    """The same as the slow test with one message: the relay's counts show it came over TLS
-    (and in DATA: Postfix's client sends no BDAT)."""
+def test_postfix_relays_over_starttls(tmp_path: Path) -> None:
+    """The same as the slow test with one message, on asyncio's loop only (the STARTTLS
+    hand-off on uvloop is tested with aiosmtplib in tests/test_ingress_hardening.py): the
+    relay's counts show it came over TLS (and in DATA: Postfix's client sends no BDAT)."""
     listener, ca_file = tls_listener(tmp_path)
     conf = config(tmp_path, listener)
 
@@ -531,9 +532,38 @@ def test_postfix_relays_over_starttls(aio_run: Run, tmp_path: Path) -> None:
         (row,) = listing(conf.spool.directory)
         assert row.header_message_id == "<pf@t>"
 
-    aio_run(main())
+    asyncio.run(main())
 
 
 def _send_through(port: int) -> None:
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
         smtp.sendmail(SENDER, ["r@example.org"], message("via postfix", message_id="<pf@t>"))
+
+
+# --- logging off the hot path ------------------------------------------------------------------
+
+
+def test_log_lines_are_written_in_batches_and_warnings_at_once() -> None:
+    import io
+    import logging
+
+    from deliverypool.observe.logs import BatchedStreamHandler
+
+    stream = io.StringIO()
+    handler = BatchedStreamHandler(stream, interval=0.2)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logger = logging.Logger("batched")
+    logger.addHandler(handler)
+    logger.info("accepted %d", 1)
+    logger.info("accepted %d", 2)
+    assert stream.getvalue() == "", "INFO lines wait for the batch"
+    logger.warning("refused")
+    assert stream.getvalue() == "INFO accepted 1\nINFO accepted 2\nWARNING refused\n", "a warning writes the batch at once, in order"
+    logger.info("accepted %d", 3)
+    deadline = time.monotonic() + 10
+    while "accepted 3" not in stream.getvalue() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert stream.getvalue().endswith("INFO accepted 3\n"), "the timer writes what waits"
+    logger.info("accepted %d", 4)
+    handler.close()
+    assert stream.getvalue().endswith("INFO accepted 4\n"), "closing (logging.shutdown at exit) writes the rest"

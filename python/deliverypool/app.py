@@ -39,7 +39,7 @@ from deliverypool.lookup.mx import MxLookup, MxResolver
 from deliverypool.lookup.resolver import Nameserver, Resolver, ResolverConfig
 from deliverypool.errors import MessageRefused
 from deliverypool.mail.headers import count_received, received_field, strip_header
-from deliverypool.observe.logs import RateLimit
+from deliverypool.observe.logs import BatchedStreamHandler, RateLimit
 from deliverypool.observe.service import Observer
 from deliverypool.outbound.scheduler import DeliveryEngine
 from deliverypool.queue.spool import FILE_THRESHOLD, DsnRequest, NewMessage, Spool
@@ -391,15 +391,18 @@ def configure_logging(level: int = logging.INFO) -> None:
 
     The relay logs two lines per message (accepted, attempt): the record attributes nobody
     formats (the caller's file and line, found by walking the stack; the thread and process
-    names) are not gathered."""
+    names) are not gathered, and the lines are written in batches (a warning at once, the
+    others within 0.25 s: `BatchedStreamHandler`), not one write per line."""
     root = logging.getLogger()
     if not root.handlers:
-        logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
-        for handler in root.handlers:
-            handler.addFilter(RateLimit())  # lines a flood repeats: a few per minute, then a count
+        handler = BatchedStreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+        handler.addFilter(RateLimit())  # lines a flood repeats: a few per minute, then a count
+        root.addHandler(handler)
+        root.setLevel(level)
         logging._srcfile = None  # the documented switch that turns findCaller off
         logging.logThreads = False
         logging.logProcesses = False
         logging.logMultiprocessing = False
-    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter (embedding)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per rspamd request

@@ -87,6 +87,11 @@ def in_networks(address: str | None, networks: Sequence[Any]) -> bool:
     return ip is not None and any(ip in network for network in networks)
 
 
+# The address check of MAIL and RCPT, cached: senders and recipient domains repeat, and a
+# domain's IDNA conversion is most of a check's cost (parse_mailbox is pure; a refused address
+# raises, which is not cached).
+_mailbox = functools.lru_cache(maxsize=8192)(parse_mailbox)
+
 MAIL_OK: Final = "250 2.1.0 OK"
 RCPT_OK: Final = "250 2.1.5 OK"
 RELAY_DENIED: Final = "554 5.7.1 Relay access denied"
@@ -117,17 +122,19 @@ class RoutingHandler:
     def __init__(self, relay: Relay) -> None:
         self.relay = relay
         self.config: ListenerConfig = relay.config.listener
+        # Whether a client address is in allowed_networks, asked at every RCPT and message.
+        self._allowed = functools.lru_cache(maxsize=4096)(functools.partial(in_networks, networks=self.config.allowed_networks))
 
     # --- the decisions (any listener) --------------------------------------------------
 
     def relay_permitted(self, peer: str | None, authenticated: bool) -> bool:
-        return authenticated or in_networks(peer, self.config.allowed_networks)
+        return authenticated or self._allowed(peer)
 
     def mail_reply(self, address: str, smtputf8: bool) -> str:
         """The reply to MAIL FROM:<address> ("" for the null reverse-path)."""
         if address and address != "<>":
             try:
-                parse_mailbox(address, smtputf8=smtputf8)
+                _mailbox(address, smtputf8=smtputf8)
             except AddressError as error:
                 return _address_refused(error, "553 5.1.7", "sender")
         return MAIL_OK
@@ -142,7 +149,7 @@ class RoutingHandler:
                 log.warning("refused relay peer=%s rcpt=%s", peer, address, extra={"rate_limit": "refused relay"})
             return RELAY_DENIED
         try:
-            parse_mailbox(address, smtputf8=smtputf8)
+            _mailbox(address, smtputf8=smtputf8)
         except AddressError as error:
             return _address_refused(error, "501 5.1.3", "recipient")
         if accepted >= self.config.max_recipients:
