@@ -400,6 +400,45 @@ def test_dsn_parameters_are_kept_and_honoured(aio_run: Run, tmp_path: Path) -> N
     aio_run(main())
 
 
+def test_notify_delay_gets_one_delayed_report(aio_run: Run, tmp_path: Path) -> None:
+    """A recipient that asked NOTIFY=DELAY and is deferred twice gets one "delayed" report
+    (Action: delayed, the 4.x.x of the reply), not one per deferral; once the destination takes
+    it, it is delivered and nothing more is sent (no SUCCESS asked). A recipient deferred
+    without asking for DELAY gets no report."""
+    port = free_port(DESTINATION)
+    conf = relay_config(tmp_path / "spool", smarthost=f"{DESTINATION}:{port}")
+    busy = "451 4.2.1 mailbox busy"
+
+    def client() -> None:
+        with smtplib.SMTP(conf.listener.host, conf.listener.port, timeout=30) as smtp:
+            smtp.ehlo("client.test")
+            smtp.mail(SENDER, ["ENVID=slow-1"])
+            assert smtp.rcpt("slow@dest.test", ["NOTIFY=DELAY,FAILURE"])[0] == 250
+            assert smtp.rcpt("quiet@dest.test")[0] == 250
+            assert smtp.data(message("slow", message_id="<slow@t>"))[0] == 250
+
+    async def main() -> None:
+        async with sink(DESTINATION, port, "destination", reject_rcpt={"slow@dest.test": busy, "quiet@dest.test": busy}) as destination:
+            async with running(conf) as relay:
+                await asyncio.to_thread(client)
+                engine = relay.engine
+                assert engine is not None
+                await eventually(lambda: engine.stats.deferred >= 4, what="two deferrals of each")
+                (report,) = await destination.wait_for(1, timeout=30)
+                destination.handler.reject_rcpt.clear()
+                await eventually(lambda: not listing(conf.spool.directory), what="both delivered")
+                assert [d.mail_from for d in destination.deliveries].count("") + [d.mail_from for d in destination.deliveries].count("<>") == 1
+                assert read_counters(conf.spool.directory)["bounces"] == 1
+        assert report.rcpt_tos == [SENDER]
+        assert b"Subject: Delayed Mail (still being retried)" in report.content
+        status = next(p for p in email.message_from_bytes(report.content).walk() if p.get_content_type() == "message/delivery-status")
+        groups = [dict(g.items()) for g in status.get_payload()]  # type: ignore[union-attr]
+        assert groups[0]["Original-Envelope-Id"] == "slow-1"
+        assert [(g["Final-Recipient"], g["Action"], g["Status"]) for g in groups[1:]] == [("rfc822; slow@dest.test", "delayed", "4.2.1")]
+
+    aio_run(main())
+
+
 def test_a_spool_of_schema_3_gains_the_dsn_columns(aio_run: Run, tmp_path: Path) -> None:
     directory = tmp_path / "spool"
     directory.mkdir()

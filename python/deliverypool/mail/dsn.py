@@ -24,13 +24,14 @@ _ENHANCED_STATUS: Final = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\b")
 
 @dataclass(frozen=True)
 class Failure:
-    """One recipient of a DSN: failed, or (`delivered`) relayed to a next hop; `orcpt` is the
-    client's ORCPT for it ("addr-type;address")."""
+    """One recipient of a DSN: `action` "failed", "relayed" (delivered to a next hop that is
+    not asked for DSNs) or "delayed" (deferred, still being retried); `orcpt` is the client's
+    ORCPT for it ("addr-type;address")."""
 
     recipient: str
     reply: str
     remote_host: str | None = None
-    delivered: bool = False
+    action: str = "failed"
     orcpt: str | None = None
 
 
@@ -64,11 +65,17 @@ def build_dsn(
     message's headers (or all of it, with `ret` "FULL" and a failure). A failure with a
     temporary (4xx) reply is one that expired: retried until the pool's max_age."""
     now = time.time() if now is None else now
-    failed = [failure for failure in failures if not failure.delivered]
-    relayed = [failure for failure in failures if failure.delivered]
+    failed = [failure for failure in failures if failure.action == "failed"]
+    relayed = [failure for failure in failures if failure.action == "relayed"]
+    delayed = [failure for failure in failures if failure.action == "delayed"]
     expired = any(not failure.reply.startswith("5") for failure in failed)
     boundary = f"{queue_id}.{int(now)}/{reporting_mta}"
-    subject = "Undelivered Mail Returned to Sender" if failed else "Successful Mail Delivery Report"
+    if failed:
+        subject = "Undelivered Mail Returned to Sender"
+    elif delayed:
+        subject = "Delayed Mail (still being retried)"
+    else:
+        subject = "Successful Mail Delivery Report"
     lines = [
         f"From: Mail Delivery System <MAILER-DAEMON@{reporting_mta}>",
         f"To: <{original_sender}>",
@@ -98,6 +105,16 @@ def build_dsn(
             where = f" (host {failure.remote_host} said)" if failure.remote_host else ""
             lines.append(f"<{_embedded(failure.recipient)}>{where}: {one_line_ascii(failure.reply)}")
         lines.append("")
+    if delayed:
+        lines += [
+            "Your message could not be delivered yet to the recipients below; the mail system"
+            " will keep trying, and tells you again only if it gives up.",
+            "",
+        ]
+        for failure in delayed:
+            where = f" (host {failure.remote_host} said)" if failure.remote_host else ""
+            lines.append(f"<{_embedded(failure.recipient)}>{where}: {one_line_ascii(failure.reply)}")
+        lines.append("")
     if relayed:
         lines += [
             "Your message was delivered to the next hop for the recipients below, as you asked;"
@@ -124,9 +141,12 @@ def build_dsn(
     for failure in failures:
         if failure.orcpt is not None:
             lines.append(f"Original-Recipient: {_original_recipient(failure.orcpt)}")
-        if failure.delivered:
+        if failure.action == "relayed":
             status = status_of(failure.reply) if failure.reply.startswith("2") else "2.0.0"
             lines += [_final_recipient(failure.recipient), "Action: relayed", f"Status: {status}"]
+        elif failure.action == "delayed":
+            status = status_of(failure.reply) if failure.reply.startswith("4") else "4.0.0"
+            lines += [_final_recipient(failure.recipient), "Action: delayed", f"Status: {status}"]
         else:
             status = status_of(failure.reply, expired=not failure.reply.startswith("5"))
             lines += [_final_recipient(failure.recipient), "Action: failed", f"Status: {status}"]

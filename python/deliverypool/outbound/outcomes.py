@@ -7,8 +7,8 @@ spool transaction as the failure (a crash never separates them) and routed like 
 message, so it leaves through the high-risk pool. A message with a null sender never gets one.
 The client's RFC 3461 parameters are honoured (the spool decides which outcomes are due a
 report): NOTIFY=NEVER, or a NOTIFY without FAILURE, gets no failure DSN; NOTIFY=SUCCESS gets a
-"relayed" report when delivered; RET=FULL returns the whole message; ENVID and ORCPT are given
-back. NOTIFY=DELAY is accepted and kept, but the relay sends no delay reports.
+"relayed" report when delivered; NOTIFY=DELAY a "delayed" report at its first deferral (once);
+RET=FULL returns the whole message in a failure DSN; ENVID and ORCPT are given back.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ class Recorder:
         dsn = build_dsn(
             reporting_mta=self.config.hostname,
             original_sender=batch.mail_from,
-            failures=[Failure(f.address, f.reply, f.host, f.delivered, f.orcpt) for f in batch.failures],
+            failures=[Failure(f.address, f.reply, f.host, f.action, f.orcpt) for f in batch.failures],
             original=body,
             queue_id=batch.queue_id,
             arrival=batch.received_at,
@@ -119,8 +119,8 @@ class Recorder:
         dsn_pool, reasons = await self.route_dsn(dsn)
         job = await self.spool.store_dsn(batch, NewMessage("", (batch.mail_from,), dsn, dsn_pool, reasons, None, None))
         self.stats.bounces += 1
-        failed = [f for f in batch.failures if not f.delivered]
-        if self.on_bounce is not None and failed:  # a report of deliveries only is no bounce
+        failed = [f for f in batch.failures if f.action == "failed"]
+        if self.on_bounce is not None and failed:  # a report of deliveries or delays only is no bounce
             try:
                 failures = [Failure(f.address, f.reply, f.host) for f in failed]
                 self.on_bounce(queue_id=batch.queue_id, dsn_queue_id=job.queue_id, pool=job.pool, failures=failures, tenant=batch.tenant)

@@ -104,12 +104,14 @@ ALTER TABLE recipients ADD COLUMN last_host TEXT
 
 # Version 4: the DSN parameters of RFC 3461 as the client gave them: RET and ENVID per message,
 # NOTIFY and ORCPT per recipient (NULL: not given). dsn_pending = 2 marks a delivered recipient
-# whose NOTIFY asked for SUCCESS: its "relayed" report goes in the message's next DSN.
+# whose NOTIFY asked for SUCCESS, 3 a deferred one whose NOTIFY asked for DELAY: its "relayed" or
+# "delayed" report goes in the message's next DSN; dsn_delayed says the delay was reported.
 _V4: Final = """
 ALTER TABLE messages ADD COLUMN dsn_ret TEXT;
 ALTER TABLE messages ADD COLUMN dsn_envid TEXT;
 ALTER TABLE recipients ADD COLUMN dsn_notify TEXT;
-ALTER TABLE recipients ADD COLUMN dsn_orcpt TEXT
+ALTER TABLE recipients ADD COLUMN dsn_orcpt TEXT;
+ALTER TABLE recipients ADD COLUMN dsn_delayed INTEGER NOT NULL DEFAULT 0
 """
 
 # MIGRATIONS[n - 1] takes a spool from version n - 1 to version n.

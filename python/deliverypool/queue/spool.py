@@ -122,14 +122,15 @@ class Outcome:
 
 @dataclass(frozen=True)
 class FailedRecipient:
-    """A recipient that a DSN is due for: failed, or (`delivered`) delivered with NOTIFY=SUCCESS
-    (RFC 3461), reported as relayed. `orcpt` is its ORCPT ("addr-type;address") if given."""
+    """A recipient that a DSN is due for: `action` "failed"; or, as its client asked (RFC 3461
+    NOTIFY), "relayed" (delivered, NOTIFY=SUCCESS) or "delayed" (its first deferral,
+    NOTIFY=DELAY). `orcpt` is its ORCPT ("addr-type;address") if given."""
 
     recipient: int
     address: str
     reply: str
     host: str | None
-    delivered: bool = False
+    action: str = "failed"
     orcpt: str | None = None
 
 
@@ -693,6 +694,7 @@ def _record(conn: sqlite3.Connection, outcomes: Sequence[Outcome], now: float) -
                 outcome.attempts,
                 int(outcome.dsn and outcome.state is State.FAILED),
                 int(outcome.state is State.DELIVERED),
+                int(outcome.state is State.DEFERRED),
                 outcome.recipient,
             ),
         )
@@ -702,15 +704,18 @@ def _record(conn: sqlite3.Connection, outcomes: Sequence[Outcome], now: float) -
     return batches, _remove_finished(conn, messages)
 
 
-# Whether an outcome is due a DSN, by the recipient's NOTIFY (RFC 3461 §4.1): a failure (its
-# first parameter: the sender gets DSNs) unless NOTIFY was given without FAILURE (NEVER among
-# those), 1; a delivery when NOTIFY holds SUCCESS and the sender is not null, 2 (a "relayed"
-# report: the next hop is not asked for DSNs); else 0.
+# Whether an outcome is due a DSN, by the recipient's NOTIFY (RFC 3461 §4.1): a failure (the
+# first parameter: its sender gets DSNs) unless NOTIFY was given without FAILURE (NEVER among
+# those), 1; a delivery when NOTIFY holds SUCCESS, 2 (a "relayed" report: the next hop is not
+# asked for DSNs); the first deferral when NOTIFY holds DELAY, 3 (a "delayed" report; never
+# twice: dsn_delayed); the last two only for a sender that is not null; else 0.
 _DSN_DUE: Final = (
     "CASE WHEN ? AND (dsn_notify IS NULL OR instr(dsn_notify, 'FAILURE') > 0) THEN 1"
-    " WHEN ? AND instr(coalesce(dsn_notify, ''), 'SUCCESS') > 0"
-    " AND (SELECT mail_from FROM messages WHERE messages.id = recipients.message) != '' THEN 2 ELSE 0 END"
+    " WHEN (SELECT mail_from FROM messages WHERE messages.id = recipients.message) = '' THEN 0"
+    " WHEN ? AND instr(coalesce(dsn_notify, ''), 'SUCCESS') > 0 THEN 2"
+    " WHEN ? AND instr(coalesce(dsn_notify, ''), 'DELAY') > 0 AND dsn_delayed = 0 THEN 3 ELSE 0 END"
 )
+_ACTIONS: Final = {1: "failed", 2: "relayed", 3: "delayed"}
 
 
 def _batch(conn: sqlite3.Connection, message: int) -> DsnBatch | None:
@@ -731,7 +736,8 @@ def _batch(conn: sqlite3.Connection, message: int) -> DsnBatch | None:
         mail_from=head["mail_from"],
         received_at=head["received_at"],
         failures=tuple(
-            FailedRecipient(r["id"], r["address"], r["last_reply"] or "", r["last_host"], r["dsn_pending"] == 2, r["dsn_orcpt"]) for r in rows
+            FailedRecipient(r["id"], r["address"], r["last_reply"] or "", r["last_host"], _ACTIONS.get(r["dsn_pending"], "failed"), r["dsn_orcpt"])
+            for r in rows
         ),
         tenant=head["tenant"],
         ret=head["dsn_ret"],
@@ -745,7 +751,7 @@ def _pending_dsn_messages(conn: sqlite3.Connection) -> list[int]:
 
 def _store_dsn(conn: sqlite3.Connection, batch: DsnBatch, dsn: NewMessage, now: float) -> tuple[Job, list[str]]:
     conn.execute(
-        f"UPDATE recipients SET dsn_pending = 0 WHERE id IN ({', '.join('?' * len(batch.failures))})",
+        f"UPDATE recipients SET dsn_delayed = dsn_delayed OR dsn_pending = 3, dsn_pending = 0 WHERE id IN ({', '.join('?' * len(batch.failures))})",
         [f.recipient for f in batch.failures],
     )
     _bump(conn, "bounces")
