@@ -94,37 +94,21 @@ def build_dsn(
         f"This is the mail system at {reporting_mta}.",
         "",
     ]
-    if failed:
-        lines += [
-            "Your message could not be delivered to one or more recipients"
-            + (" within the time allowed." if expired else ".")
-            + " It is attached below.",
-            "",
-        ]
-        for failure in failed:
-            where = f" (host {failure.remote_host} said)" if failure.remote_host else ""
-            lines.append(f"<{_embedded(failure.recipient)}>{where}: {one_line_ascii(failure.reply)}")
-        lines.append("")
-    if delayed:
-        lines += [
-            "Your message could not be delivered yet to the recipients below; the mail system"
-            " will keep trying, and tells you again only if it gives up.",
-            "",
-        ]
-        for failure in delayed:
-            where = f" (host {failure.remote_host} said)" if failure.remote_host else ""
-            lines.append(f"<{_embedded(failure.recipient)}>{where}: {one_line_ascii(failure.reply)}")
-        lines.append("")
-    if relayed:
-        lines += [
-            "Your message was delivered to the next hop for the recipients below, as you asked;"
-            " that system was not asked for further notifications.",
-            "",
-        ]
-        for failure in relayed:
-            where = f" (host {failure.remote_host} said)" if failure.remote_host else ""
-            lines.append(f"<{_embedded(failure.recipient)}>{where}: {one_line_ascii(failure.reply)}")
-        lines.append("")
+    explained = (
+        (failed, "Your message could not be delivered to one or more recipients"
+         + (" within the time allowed." if expired else ".") + " It is attached below."),
+        (delayed, "Your message could not be delivered yet to the recipients below; the mail system"
+         " will keep trying, and tells you again only if it gives up."),
+        (relayed, "Your message was delivered to the next hop for the recipients below, as you asked;"
+         " that system was not asked for further notifications."),
+    )
+    for group, explanation in explained:
+        if group:
+            lines += [explanation, ""]
+            for failure in group:
+                where = f" (host {failure.remote_host} said)" if failure.remote_host else ""
+                lines.append(f"<{_embedded(failure.recipient)}>{where}: {one_line_ascii(failure.reply)}")
+            lines.append("")
     lines += [
         f"--{boundary}",
         "Content-Type: message/delivery-status",
