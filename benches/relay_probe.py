@@ -64,11 +64,12 @@ def _processes(match: str) -> list[int]:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
+        # Several patterns separated by "|" (Postfix and its milter, OpenDKIM).
         try:
-            if match.startswith("exe:"):
-                hit = os.readlink(entry / "exe").startswith(match[4:])
-            else:
-                hit = match.encode() in (entry / "cmdline").read_bytes()
+            hit = any(
+                os.readlink(entry / "exe").startswith(one[4:]) if one.startswith("exe:") else one.encode() in (entry / "cmdline").read_bytes()
+                for one in match.split("|")
+            )
         except OSError:
             continue
         if hit:

@@ -4,6 +4,14 @@
 #
 #   bash benches/relay_vs_postfix.sh                       # the size sweep: 2 KiB to 1 MiB
 #   SIZES="102400" MESSAGES=2000 SESSIONS=20 bash benches/relay_vs_postfix.sh
+#   DKIM=ed25519 bash benches/relay_vs_postfix.sh          # both relays signing (DKIM=rsa: RSA-2048)
+#   KEEP_RESULTS=DIR ...                                   # keep each run's result files in DIR
+#
+# With DKIM set, both relays sign every message with one key for bench.test (smtp-source's
+# From): deliverypool with [[dkim.keys]], Postfix with OpenDKIM as its milter (smtpd_milters;
+# the configuration a Postfix user runs), and OpenDKIM's CPU counts as Postfix's. The signing
+# cost is the ratio of a DKIM run's deliverypool msg/s to a run without (benches/README.md,
+# DKIM); `bash benches/dkim_relay_sweep.sh` runs both and prints that ratio per size.
 #
 # For each relay: Postfix's smtp-source sends MESSAGES messages over SESSIONS parallel sessions
 # into the relay, which delivers them to Postfix's smtp-sink (a fresh one per relay, dumping
@@ -36,6 +44,8 @@ DP_PORT=${DP_PORT:-2625}
 PF_PORT=${PF_PORT:-2626}
 DP_SINK=${DP_SINK:-2627}
 PF_SINK=${PF_SINK:-2628}
+DKIM=${DKIM:-off}
+case "$DKIM" in off|ed25519|rsa) ;; *) echo "DKIM must be off, ed25519 or rsa" >&2; exit 2 ;; esac
 
 if ! command -v smtp-source >/dev/null || ! command -v smtp-sink >/dev/null || ! command -v postfix >/dev/null; then
     echo "== installing postfix (smtp-source, smtp-sink; no system configuration)"
@@ -48,12 +58,26 @@ PATH=$PATH:/usr/sbin
 
 WORK=$(mktemp -d /tmp/relay-bench.XXXXXX)
 chmod 755 "$WORK"
+DKIM_TOML=""
+PF_MILTER=""
+OPENDKIM_PID=""
+if [ "$DKIM" != off ]; then
+    # One key for both relays, made by deliverypool dkim keygen (PKCS#8 PEM, which OpenDKIM reads too).
+    "$PY" -m deliverypool.cli dkim keygen --domain bench.test --selector bench --algorithm "$DKIM" --out "$WORK/dkim.pem" >/dev/null
+    chmod 644 "$WORK/dkim.pem"
+    DKIM_TOML=$(printf '[dkim]\nverify = false\n[[dkim.keys]]\ndomain = "bench.test"\nselector = "bench"\nkey_file = "%s"\n' "$WORK/dkim.pem")
+    # A Unix socket, as a Postfix user connects OpenDKIM: over loopback TCP, libmilter's two
+    # writes at the end of each message meet Nagle and the delayed ACK (40 ms a message).
+    PF_MILTER="smtpd_milters = unix:$WORK/opendkim.sock
+milter_default_action = tempfail"
+fi
 PIDS=()
 PF_CONF="$WORK/postfix-conf"
 cleanup() {
     if [ -f "$PF_CONF/main.cf" ]; then
         postfix -c "$PF_CONF" stop >/dev/null 2>&1 || true
     fi
+    if [ -n "$OPENDKIM_PID" ]; then kill "$OPENDKIM_PID" 2>/dev/null || true; fi
     for pid in "${PIDS[@]}"; do
         kill "$pid" 2>/dev/null || true
     done
@@ -107,6 +131,8 @@ delivery = "smarthost"
 smarthost = "127.0.0.1:$DP_SINK"
 tls = "none"
 max_connections_per_destination = 20
+
+$DKIM_TOML
 EOF
     "$PY" -m deliverypool.cli relay --config "$WORK/dp/relay.toml" >"$WORK/dp/relay.log" 2>&1 &
     DP_PID=$!
@@ -142,7 +168,32 @@ smtp_dns_support_level = disabled
 smtp_tls_security_level = none
 maillog_file = $WORK/postfix.log
 maillog_file_prefixes = $WORK
+$PF_MILTER
 EOF
+    if [ "$DKIM" != off ]; then
+        # OpenDKIM signing for bench.test (the Debian package's daemon, in the foreground).
+        cat >"$WORK/opendkim.conf" <<EOF
+Mode s
+Domain bench.test
+Selector bench
+KeyFile $WORK/dkim.pem
+SignatureAlgorithm $([ "$DKIM" = ed25519 ] && echo ed25519-sha256 || echo rsa-sha256)
+Canonicalization relaxed/relaxed
+InternalHosts 127.0.0.0/8
+Socket local:$WORK/opendkim.sock
+UMask 000
+Syslog no
+RequireSafeKeys false
+EOF
+        /usr/sbin/opendkim -f -x "$WORK/opendkim.conf" &
+        OPENDKIM_PID=$!
+        PIDS+=($OPENDKIM_PID)
+        local deadline=$((SECONDS + 30))
+        until [ -S "$WORK/opendkim.sock" ]; do
+            [ $SECONDS -lt $deadline ] || { echo "opendkim did not start" >&2; return 1; }
+            sleep 0.1
+        done
+    fi
     # The stock master.cf with the SMTP listener moved to our port and nothing chrooted.
     sed -e "s/^smtp      inet/127.0.0.1:$PF_PORT inet/" -e 's/^\([a-z0-9.:-]* *[a-z-]* *[-ny] *[-ny] *\)[-y]/\1n/' \
         /usr/share/postfix/master.cf.dist >"$PF_CONF/master.cf"
@@ -160,6 +211,11 @@ EOF
 
 stop_postfix() {
     postfix -c "$PF_CONF" stop >/dev/null 2>&1 || true
+    if [ -n "$OPENDKIM_PID" ]; then
+        kill "$OPENDKIM_PID" 2>/dev/null || true
+        wait "$OPENDKIM_PID" 2>/dev/null || true
+        OPENDKIM_PID=""
+    fi
     sleep 1
 }
 
@@ -198,9 +254,12 @@ run_case() { # name port sink-port start-function stop-function size match
 RESULTS=()
 for size in $SIZES; do
     run_case deliverypool "$DP_PORT" "$DP_SINK" start_deliverypool stop_deliverypool "$size" "$WORK/dp/relay.toml"
-    run_case postfix "$PF_PORT" "$PF_SINK" start_postfix stop_postfix "$size" exe:/usr/lib/postfix/sbin/
+    run_case postfix "$PF_PORT" "$PF_SINK" start_postfix stop_postfix "$size" "exe:/usr/lib/postfix/sbin/|exe:/usr/sbin/opendkim"
     RESULTS+=("$WORK/deliverypool-$size-result.json" "$WORK/postfix-$size-result.json")
 done
 echo
-echo "== $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg), $SESSIONS sessions, commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+echo "== DKIM $DKIM, $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg), $SESSIONS sessions, commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 "$PY" benches/relay_probe.py table "${RESULTS[@]}"
+if [ -n "${KEEP_RESULTS:-}" ]; then
+    mkdir -p "$KEEP_RESULTS" && cp "${RESULTS[@]}" "$KEEP_RESULTS/"
+fi

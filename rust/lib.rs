@@ -4,6 +4,7 @@
 //! paths that need it allow it by name.
 
 pub mod address;
+pub mod auth;
 pub mod cache;
 pub mod dsn;
 pub mod encoded_word;

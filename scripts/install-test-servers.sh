@@ -5,7 +5,9 @@
 # which pip needs to build pymilter (the `milter` extra), ss (iproute2), which reads a
 # listening socket's backlog (tests/test_ingress_hardening.py), and redis-server
 # (tests/redis_server.py: a private instance on a free loopback port for the shared
-# sender-limit state).
+# sender-limit state), opendkim and opendkim-tools (tests/dkim_verifiers.py: OpenDKIM checks
+# every signature the relay and the milter make, beside dkimpy; benches/dkim_vs_opendkim.sh
+# runs it as Postfix's signing milter).
 # Idempotent: apt runs only when one is missing. Needs root or sudo (CI runs as root).
 set -euo pipefail
 
@@ -16,6 +18,8 @@ command -v nsd >/dev/null 2>&1 || [ -x /usr/sbin/nsd ] || missing+=(nsd)
 [ -e /usr/include/libmilter/mfapi.h ] || missing+=(libmilter-dev)
 command -v ss >/dev/null 2>&1 || [ -x /usr/bin/ss ] || [ -x /bin/ss ] || missing+=(iproute2)
 [ -x /usr/bin/redis-server ] || missing+=(redis-server)
+[ -x /usr/sbin/opendkim ] || missing+=(opendkim)
+command -v opendkim-testmsg >/dev/null 2>&1 || [ -x /usr/sbin/opendkim-testmsg ] || missing+=(opendkim-tools)
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi
@@ -36,14 +40,17 @@ $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # ports and never need those: stop them, and keep rspamd and redis-server from starting again
 # at boot.
 if command -v systemctl >/dev/null 2>&1; then
-    for unit in nsd rspamd redis-server; do
+    for unit in nsd rspamd redis-server opendkim; do
         if systemctl is-active --quiet "$unit" 2>/dev/null; then
             $SUDO systemctl stop "$unit" || true
         fi
     done
-    $SUDO systemctl disable rspamd redis-server >/dev/null 2>&1 || true
+    $SUDO systemctl disable rspamd redis-server opendkim >/dev/null 2>&1 || true
 fi
 # Without systemd (a container), the package's init script may have started the daemon.
 if [ -x /etc/init.d/redis-server ] && pgrep -x redis-server >/dev/null 2>&1; then
     $SUDO /etc/init.d/redis-server stop >/dev/null 2>&1 || true
+fi
+if [ -x /etc/init.d/opendkim ] && pgrep -x opendkim >/dev/null 2>&1; then
+    $SUDO /etc/init.d/opendkim stop >/dev/null 2>&1 || true
 fi

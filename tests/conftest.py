@@ -27,3 +27,4 @@ def corpus() -> Path:
 
 # DNS test servers and the event-loop runner live in tests/dnsserver.py (the DNS tests' own block).
 from tests.dnsserver import aio_run, nsd, silent_nameserver, truncating_nameserver  # noqa: E402, F401
+from tests.dkim_verifiers import dkim_keys, verifiers  # noqa: E402, F401

@@ -98,6 +98,10 @@ ZONES: dict[str, str | None] = {
     "ttl.test": ttl_zone(1, "www 30 A 192.0.2.30\n"),
     # Configured, but its zone file does not exist: NSD answers SERVFAIL for it.
     "broken.test": None,
+    # DKIM keys: tests/dkim_verifiers.py publishes the session's keys in it (serial 2).
+    "dkim.test": (
+        "$ORIGIN dkim.test.\n$TTL 300\n@ 3600 IN SOA ns.dp.test. hostmaster.dp.test. 1 3600 900 604800 60\n@ NS ns.dp.test.\n"
+    ),
 }
 
 

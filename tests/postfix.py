@@ -47,20 +47,37 @@ def postfix_installed() -> bool:
     return os.access(POSTFIX, os.X_OK) and MASTER_CF_DIST.is_file()
 
 
-def readme_blocks() -> dict[str, str]:
-    """The code blocks of the milter guide's tested Postfix section (docs/guide/milter.md), by
-    their first line's name: ``main.cf``, ``master.cf`` and the ``deliverypool_*.regexp`` tables."""
+def guide_blocks(heading: str, name: str, fence: str = "") -> dict[str, str]:
+    """The code blocks (fenced ```` ```FENCE ````) of one section of the milter guide
+    (docs/guide/milter.md), by the name their first line's comment gives (`name`: a regex whose
+    first group is that name)."""
     text = (REPO / "docs" / "guide" / "milter.md").read_text(encoding="utf-8")
-    start = text.index("## Postfix configuration (tested)")
+    start = text.index(heading)
     following = text.find("\n## ", start + 1)
     section = text[start : following if following >= 0 else len(text)]
     blocks: dict[str, str] = {}
-    for body in re.findall(r"^```\n(.*?)^```$", section, flags=re.S | re.M):
-        first = body.splitlines()[0]
-        match = re.fullmatch(r"# (main\.cf|master\.cf|deliverypool_[a-z_]+\.regexp)(?:: deliverypool)?", first)
+    for body in re.findall(rf"^```{fence}\n(.*?)^```$", section, flags=re.S | re.M):
+        match = re.fullmatch(name, body.splitlines()[0])
         if match:
             blocks[match.group(1)] = body
     return blocks
+
+
+def readme_blocks() -> dict[str, str]:
+    """The code blocks of the milter guide's tested Postfix section, by their first line's name:
+    ``main.cf``, ``master.cf`` and the ``deliverypool_*.regexp`` tables."""
+    return guide_blocks("## Postfix configuration (tested)", r"# (main\.cf|master\.cf|deliverypool_[a-z_]+\.regexp)(?:: deliverypool)?")
+
+
+CHAIN_SECTION = "## A scoring milter before deliverypool's (tested)"
+README_RSPAMD_MILTER = "inet:127.0.0.1:11332"
+
+
+def chain_blocks() -> dict[str, str]:
+    """The blocks of the milter guide's scoring-milter section, by their first line's name:
+    ``main.cf`` (the smtpd_milters chain), ``milter_headers.conf`` (rspamd's) and ``relay.toml``
+    (deliverypool's)."""
+    return guide_blocks(CHAIN_SECTION, r"# (?:rspamd: local\.d/)?(main\.cf|milter_headers\.conf|relay\.toml)(?:: .*)?", "(?:toml)?")
 
 
 class PostfixInstance:
@@ -75,11 +92,12 @@ class PostfixInstance:
         milter_port: int = 0,
         normal_source: str = README_NORMAL_SOURCE,
         high_risk_source: str = README_HIGH_RISK_SOURCE,
+        extra_main: str = "",
+        rspamd_milter_port: int | None = None,
         readme: bool = True,
-        extra: str = "",
     ) -> None:
-        """With `readme` False, a plain Postfix relaying to the relay (no milter); `extra` is
-        added to main.cf last (a later setting wins)."""
+        """With `readme` False, a plain Postfix relaying to the relay, without the milter
+        guide's lines; `extra_main` is added to main.cf last (a later setting wins)."""
         self.port = port
         self.work = Path(tempfile.mkdtemp(prefix="dp-postfix-"))
         self.work.chmod(0o755)
@@ -98,6 +116,8 @@ class PostfixInstance:
             README_HIGH_RISK_SOURCE: high_risk_source,
             README_MILTER: f"inet:127.0.0.1:{milter_port}",
         }
+        if rspamd_milter_port is not None:
+            replace[README_RSPAMD_MILTER] = f"inet:127.0.0.1:{rspamd_milter_port}"
 
         def ours(text: str) -> str:
             for old, new in replace.items():
@@ -132,7 +152,8 @@ bounce_queue_lifetime = 0
 delay_warning_time = 0
 """
             + ours(blocks["main.cf"])
-            + extra
+            # Lines added after the guide's (a later setting wins: the milter chain).
+            + ours(extra_main)
         )
         # The stock master.cf with the SMTP listener moved to our port and nothing chrooted.
         master = MASTER_CF_DIST.read_text()

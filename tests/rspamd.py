@@ -1,6 +1,8 @@
 """A real rspamd (Debian's package) for the score tests: its own configuration directory
 (the package's rules and scores from /etc/rspamd, our top-level file and overrides), one normal
-worker on a free loopback port, no controller, no proxy, no Redis.
+worker on a free loopback port, no controller, no Redis; with `proxy_port`, also a proxy worker
+in milter mode (as Debian's configuration has on 11332) scanning through the normal worker, for
+the milter chain in front of Postfix (`milter_headers`: its local.d/milter_headers.conf).
 
 Nothing here sends a packet beyond 127.0.0.1: rspamd's DNS goes to a loopback port where
 nothing answers, and the modules that fetch maps or ask network services (RBLs, fuzzy
@@ -61,21 +63,49 @@ worker "normal" {{
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 
 
+PROXY = """\
+worker "rspamd_proxy" {{
+    bind_socket = "127.0.0.1:{proxy_port}";
+    milter = yes;
+    timeout = 120s;
+    upstream "local" {{ default = yes; hosts = "127.0.0.1:{port}"; }}
+    count = 1;
+}}
+"""
+# A rule of the chain tests' own (the regexp module, local.d/regexp.conf): a message whose
+# subject holds SPAM_MARKER scores 7, above the relay's threshold and rspamd's "add header" (6),
+# through rspamd's whole scan (its test patterns, GTUBE's siblings, skip the header routines).
+SPAM_MARKER = "deliverypool-chain-spam"
+SPAM_RULE = f"""DELIVERYPOOL_CHAIN_SPAM {{
+    re = "Subject=/{SPAM_MARKER}/i";
+    score = 7.0;
+    description = "the chain tests' spam marker";
+}}
+"""
+
+
 def rspamd_installed() -> bool:
     return os.access(RSPAMD, os.X_OK)
 
 
 class RspamdServer:
-    def __init__(self, port: int, *, dns_port: int = 9) -> None:
+    def __init__(self, port: int, *, dns_port: int = 9, proxy_port: int | None = None, milter_headers: str | None = None) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
+        self.proxy_port = proxy_port
         self.work = Path(tempfile.mkdtemp(prefix="dp-rspamd-"))
         for name in ("local.d", "db", "run", "log"):
             (self.work / name).mkdir()
         for module in DISABLED_MODULES:
             (self.work / "local.d" / f"{module}.conf").write_text("enabled = false;\n")
         (self.work / "tld.dat").write_text("com\nnet\norg\ntest\nexample\n")
-        (self.work / "rspamd.conf").write_text(CONFIG.format(port=port, dns_port=dns_port))
+        config = CONFIG.format(port=port, dns_port=dns_port)
+        if proxy_port is not None:
+            config += PROXY.format(proxy_port=proxy_port, port=port)
+            (self.work / "local.d" / "regexp.conf").write_text(SPAM_RULE)
+        if milter_headers is not None:
+            (self.work / "local.d" / "milter_headers.conf").write_text(milter_headers)
+        (self.work / "rspamd.conf").write_text(config)
         self.process: subprocess.Popen[bytes] | None = None
         if os.geteuid() == 0:
             # rspamd refuses to run as root; its workers run as the package's user.

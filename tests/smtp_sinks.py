@@ -240,9 +240,12 @@ def relay_config(
     policy: str = "",
     pool_extra: str = "",
     high_risk_sources: str = f'["{HIGH_RISK_SOURCE}"]',
+    extra: str = "",
+    base: Path | None = None,
 ) -> cfg.RelayConfig:
     """A two-pool relay on loopback: normal from 127.0.0.2, high-risk from 127.0.0.3, fast
-    retries, MX delivery to `mx_port` through `nameserver` (or everything to `smarthost`)."""
+    retries, MX delivery to `mx_port` through `nameserver` (or everything to `smarthost`);
+    `extra` tables at the end (relative paths in them from `base`)."""
     delivery = f'delivery = "smarthost"\nsmarthost = "{smarthost}"' if smarthost else f"mx_port = {mx_port}"
     dns = f'nameservers = ["{nameserver}"]\ntimeout = "1s"' if nameserver else "check_sender_domain = false"
     pools = ""
@@ -270,8 +273,9 @@ score_header = "X-Spam-Score"
 [dns]
 {dns}
 {pools}
+{extra}
 """
-    return cfg.loads(text)
+    return cfg.loads(text, base=base)
 
 
 def message(subject: str = "hello", *, sender: str = "alice@sender.test", extra_headers: str = "", body: str = "Hi.\r\n", message_id: str | None = None) -> bytes:

@@ -460,7 +460,7 @@ def test_every_key_in_the_schema_has_a_description() -> None:
     assert [key for key, prop in keys.items() if not prop.get("description")] == []
     # The keys are exactly the models' fields: none missing, none invented.
     models: list[type[BaseModel]] = [cfg.RelayConfig, cfg.ListenerConfig, cfg.SpoolConfig, cfg.PolicyConfig, cfg.DnsConfig, cfg.PoolConfig, cfg.RetryConfig, cfg.SourceAddress, cfg.ScoreConfig, cfg.MilterConfig,
-                                      cfg.TenantConfig, cfg.MonitorConfig, cfg.AdminConfig, cfg.AlertsConfig, cfg.ObserveConfig, cfg.LimitsConfig, cfg.StateConfig, cfg.DnsblConfig]
+                                      cfg.TenantConfig, cfg.MonitorConfig, cfg.AdminConfig, cfg.AlertsConfig, cfg.ObserveConfig, cfg.LimitsConfig, cfg.StateConfig, cfg.DnsblConfig, cfg.DkimConfig, cfg.DkimKeyConfig]
     assert {(m.__name__ if m is not cfg.RelayConfig else schema["title"], f) for m in models for f in m.model_fields} == set(keys)
 
 

@@ -82,7 +82,9 @@ class RelayProcess:
             command = [sys.executable, "-c", _WITH_OPEN_FILES, *map(str, self.open_files), *command[1:]]
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=log)
-        for _ in range(400):
+        # A readiness wait, not a timing assertion: a loaded machine imports slowly.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
             assert self.process.poll() is None, self.log.read_text()[-3000:]
             # The supervisor listens before its workers exist (the kernel queues the
             # connection), so started means: the port answers and every worker is there.

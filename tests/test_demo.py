@@ -6,15 +6,23 @@ import io
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from deliverypool.cli.demo import HIGH_RISK_SOURCE, NORMAL_SOURCE, check, demo
+import pytest
+
+from deliverypool.cli.demo import HIGH_RISK_SOURCE, NORMAL_SOURCE, check, demo, demo_logging
 
 Run = Callable[[Coroutine[Any, Any, Any]], Any]
 
 
-def test_demo_routes_every_kind_to_its_pool(aio_run: Run) -> None:
+def test_demo_routes_every_kind_to_its_pool(aio_run: Run, capfd: pytest.CaptureFixture[str]) -> None:
     out = io.StringIO()
-    stats = aio_run(demo(out, scale=2, clients=4))
+    with demo_logging() as held:
+        stats = aio_run(demo(out, scale=2, clients=4))
     assert check(stats) == []
+    # The report reads cleanly: no log line on the terminal cuts into it, and each alert is
+    # shown once, as the demo's own line (before: the log record too, on stderr).
+    assert capfd.readouterr().err == ""
+    assert held is not None and any(r.name == "deliverypool.alerts" for r in held.records)
+    assert "deliverypool.alerts" not in out.getvalue() and out.getvalue().count("ALERT dsn-surge firing") == 1
     assert set(stats["ordinary"].peers) == {NORMAL_SOURCE}
     for kind in ("scored", "dsn", "ghost", "bounce"):
         assert set(stats[kind].peers) == {HIGH_RISK_SOURCE}, kind
@@ -45,3 +53,17 @@ def test_generated_bounces_stand_in_for_the_corpus() -> None:
     for bounce in bounces:
         decision = classify(bounce, mail_from="")
         assert "dsn" in decision.reasons and decision.pool == "high-risk"
+
+
+def test_demo_verbose_shows_the_log_as_it_happens(capfd: pytest.CaptureFixture[str]) -> None:
+    """-v: the relay's log lines (INFO and up) on stderr, the report on stdout."""
+    import asyncio
+
+    out = io.StringIO()
+    with demo_logging(verbose=True) as held:
+        stats = asyncio.run(demo(out, scale=1, clients=2))
+    assert held is None and check(stats) == []
+    err = capfd.readouterr().err
+    assert " deliverypool.relay accepted queue_id=" in err and " deliverypool.delivery attempt queue_id=" in err
+    assert " deliverypool.alerts dsn-surge firing tenant=acme cause=directory-harvest" in err
+    assert "deliverypool.relay" not in out.getvalue()

@@ -505,7 +505,7 @@ def relaying_postfix(relay_port: int, ca_file: Path) -> Iterator[PostfixInstance
         port=free_port(),
         relay_port=relay_port,
         readme=False,
-        extra=f"smtp_tls_security_level = verify\nsmtp_tls_CAfile = {ca_file}\nsmtp_tls_verify_cert_match = 127.0.0.1\nsmtp_tls_loglevel = 1\n",
+        extra_main=f"smtp_tls_security_level = verify\nsmtp_tls_CAfile = {ca_file}\nsmtp_tls_verify_cert_match = 127.0.0.1\nsmtp_tls_loglevel = 1\n",
     )
     try:
         postfix.start()

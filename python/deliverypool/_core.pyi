@@ -525,3 +525,109 @@ class MessageIdFilter:
         """IDs added that were not present before."""
     @property
     def false_positive_rate(self) -> float: ...
+
+# --- DKIM (rust/python/dkim.rs, rust/auth/dkim/) ---
+
+__all__ += [
+    "DKIM_ALGORITHMS",
+    "DKIM_REASONS",
+    "DKIM_RESULTS",
+    "DKIM_SIGN_PROBLEMS",
+    "DkimKey",
+    "DkimKeyError",
+    "DkimSigning",
+    "DkimVerdict",
+    "dkim_key_queries",
+    "dkim_sign",
+    "dkim_verify",
+]
+
+DKIM_ALGORITHMS: tuple[str, ...]
+"""rsa-sha256, ed25519-sha256."""
+DKIM_RESULTS: tuple[str, ...]
+"""Every `DkimVerdict.result`, in RFC 8601's words: pass, fail, neutral, temperror, permerror, policy."""
+DKIM_REASONS: tuple[str, ...]
+"""Every `DkimVerdict.reason` but None."""
+DKIM_SIGN_PROBLEMS: tuple[str, ...]
+"""Every `DkimSigning.problem` but None: no-from, multiple-from, malformed-header, crypto-failure."""
+
+class DkimKeyError(ValueError):
+    """A DKIM private key or its options cannot be used to sign."""
+
+@final
+class DkimKey:
+    """A DKIM private key (PKCS#8 DER) and what it signs: ``d=``, ``s=``, the fields (From is
+    always signed, and over-signed), the canonicalization, ``x=`` as seconds after ``t=``.
+    Thread-safe; made once, used for every message."""
+
+    def __new__(
+        cls,
+        der: bytes,
+        *,
+        algorithm: str,
+        domain: str,
+        selector: str,
+        headers: Sequence[str],
+        oversign: Sequence[str] = ...,
+        canonicalization: str = "relaxed/relaxed",
+        expire: int | None = None,
+    ) -> DkimKey: ...
+    @property
+    def algorithm(self) -> str: ...
+    @property
+    def domain(self) -> str: ...
+    @property
+    def selector(self) -> str: ...
+    @property
+    def bits(self) -> int:
+        """RSA: the modulus size; Ed25519: 256."""
+    @property
+    def headers(self) -> tuple[str, ...]:
+        """The fields signed, lowercased, From first."""
+    @property
+    def oversign(self) -> tuple[str, ...]: ...
+    @property
+    def canonicalization(self) -> str: ...
+    @property
+    def expire(self) -> int | None: ...
+
+@final
+class DkimSigning:
+    """What `dkim_sign` did."""
+
+    @property
+    def header(self) -> bytes:
+        """The DKIM-Signature fields to put in front of the message (empty when unsigned)."""
+    @property
+    def problem(self) -> str | None:
+        """Why the message was not signed (`DKIM_SIGN_PROBLEMS`), or None."""
+    @property
+    def count(self) -> int: ...
+
+def dkim_sign(message: bytes, keys: Sequence[DkimKey], now: int) -> DkimSigning:
+    """Signs `message` with each key (`now`: ``t=``), the GIL released; the body is hashed in
+    one pass per canonicalization, without a copy."""
+
+def dkim_key_queries(message: bytes, max: int = 8) -> list[str]:
+    """The key records to look up (``SELECTOR._domainkey.DOMAIN``) for the first `max` signatures."""
+
+@final
+class DkimVerdict:
+    """One signature's check."""
+
+    @property
+    def domain(self) -> str: ...
+    @property
+    def selector(self) -> str: ...
+    @property
+    def algorithm(self) -> str: ...
+    @property
+    def result(self) -> str:
+        """`DKIM_RESULTS`."""
+    @property
+    def reason(self) -> str | None:
+        """`DKIM_REASONS`, or None for a plain pass."""
+
+def dkim_verify(message: bytes, keys: Mapping[str, Sequence[bytes] | None], now: int, max: int = 8) -> list[DkimVerdict]:
+    """Checks the first `max` signatures of `message`, the GIL released. `keys`: each name of
+    `dkim_key_queries` -> its TXT records (empty: none), or None when the lookup failed."""

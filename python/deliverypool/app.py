@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
 import signal
 import socket
@@ -22,6 +23,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,7 +31,8 @@ if TYPE_CHECKING:
     from deliverypool.ingress.smtp import RelaySMTP
 
 from deliverypool._core import Policy
-from deliverypool.config import DnsConfig, RelayConfig
+from deliverypool.auth.dkim import DkimOutcome, DkimSigner, DkimVerifier, has_signature
+from deliverypool.config import ConfigError, DnsConfig, RelayConfig, load
 from deliverypool.ingress.client_counts import ClientCounts
 from deliverypool.ingress.handler import Accepted, RoutingHandler, in_networks
 from deliverypool.ingress.limits import Admission, Limits, raise_open_file_limit
@@ -37,11 +40,13 @@ from deliverypool.ingress.listener import Listener
 from deliverypool.ingress.session import SessionFactory
 from deliverypool.lookup.mx import MxLookup, MxResolver
 from deliverypool.lookup.resolver import Nameserver, Resolver, ResolverConfig
-from deliverypool.errors import MessageRefused
+from deliverypool.errors import MessageRefused, SpoolError, SpoolFull
 from deliverypool.mail.headers import count_received, received_field, strip_header
 from deliverypool.observe.logs import BatchedStreamHandler, RateLimit
 from deliverypool.observe.service import Observer
+from deliverypool.observe.spool import SpoolConditions
 from deliverypool.outbound.scheduler import DeliveryEngine
+from deliverypool.queue.space import SpaceFlags
 from deliverypool.queue.spool import FILE_THRESHOLD, DsnRequest, NewMessage, Spool
 from deliverypool.routing.router import Router
 from deliverypool.routing.tenants import Tenants
@@ -88,10 +93,12 @@ class Relay:
         router: Router | None = None,
         spool_directory: Path | None = None,
         dnsbl_resolver: Resolver | None = None,
+        space: SpaceFlags | None = None,
     ) -> None:
         self.config = config
         # A worker of `deliverypool relay` has a shard of the spool; an embedded relay the spool.
-        self.spool = Spool(spool_directory or config.spool.directory, reserve=config.spool.reserve)
+        # `space`: the low-space flags the workers share (queue/space.py).
+        self.spool = Spool(spool_directory or config.spool.directory, reserve=config.spool.reserve, space=space)
         self.mx = mx
         self.router = router
         self.scores: ScoredRouter | None = None
@@ -109,6 +116,10 @@ class Relay:
         # the hook does (an exception is logged).
         self.on_accept: Callable[[Accepted, bytes], None] | None = None
         self.tenants = Tenants(config.tenants)
+        # DKIM (auth/dkim.py): the relay's signatures, put on once at acceptance; the check of
+        # the ones clients put on (its resolver is set up with the others', in start()).
+        self.dkim_signer = DkimSigner(config)
+        self.dkim_verifier: DkimVerifier | None = None
         # Events, metrics and the surge monitor (observe/); the process whose spool is the
         # relay's own or its shard 0 leads: it runs the monitor and the admin listener.
         root = config.spool.directory
@@ -125,19 +136,27 @@ class Relay:
             config, self.tenants, spool_root=root, leader=self.observer.leader, listener=self.observer.senders
         )
         self.observer.limits = self.limits
+        # The spool's low-space mode and stalls: metrics and alerts (observe/spool.py).
+        self.spool_conditions = SpoolConditions(self.observer)
+        self.spool.on_condition = self.spool_conditions
         # The blocklist watch (watch/dnsbl.py): the leader checks the pools' addresses, every
-        # worker follows the drained set through SPOOL/state.sqlite3.
+        # worker follows the drained set through SPOOL/state.sqlite3. In a fleet, the node that
+        # holds the fleet's lease checks them, and every worker follows the set in Redis.
         self.dnsbl: BlocklistWatch | None = None
         self._dnsbl_resolver = dnsbl_resolver
+        fleet = self.observer.fleet
         if config.dnsbl.zones:
             self.dnsbl = BlocklistWatch(
                 config,
                 state_path=root / STATE_DATABASE,
-                leader=self.observer.leader,
+                leader=self.observer.leader and fleet is None,
                 alert=self.observer.publish_alert,
                 count=self.observer.metrics.add,
             )
             self.observer.dnsbl = self.dnsbl
+            if fleet is not None:
+                self.dnsbl.fleet = fleet
+                fleet.jobs.append(self.dnsbl)
 
     async def start(self) -> None:
         """Opens the spool and starts delivering what it holds."""
@@ -173,10 +192,16 @@ class Relay:
         needs_mx = self.mx is None and any(pool.delivery == "mx" for pool in self.config.pools.values())
         needs_sender = self.router is None and self.config.dns.check_sender_domain
         resolver = resolver_from_config(self.config.dns) if needs_mx or needs_sender else None
+        if self.config.dkim.verify:
+            # The shared resolver, or one of its own made at the first signed message.
+            dns = self.config.dns
+            source = resolver if resolver is not None else lambda: resolver_from_config(dns)
+            self.dkim_verifier = DkimVerifier(source, max_signatures=self.config.dkim.max_signatures)
         if needs_mx:
             assert resolver is not None
             self.mx = MxResolver(resolver)
-        if self.dnsbl is not None and self.dnsbl.leader:
+        fleet = self.observer.fleet
+        if self.dnsbl is not None and (self.dnsbl.leader or (fleet is not None and fleet.candidate)):
             if self._dnsbl_resolver is not None:
                 self.dnsbl.resolver = self._dnsbl_resolver
             elif self.config.dnsbl.nameservers:
@@ -198,6 +223,10 @@ class Relay:
         limits = Limits.for_listener(listener, raise_open_file_limit())
         if sock is None:
             sock = listen_socket(listener.host, listener.port, listener.backlog, wait=0.0)
+        else:
+            # A supervisor's socket is bound but not listening until a worker is ready to serve
+            # (supervisor.py): from here clients queue in the backlog instead of being refused.
+            sock.listen(listener.backlog)
         admission = Admission(listener, limits, client_counts)
         self.sessions = SessionFactory(listener, self.handler, admission)
         server = Listener(sock, self.sessions, admission)
@@ -240,11 +269,13 @@ class Relay:
         traced: bool = False,
         dsn: DsnRequest | None = None,
     ) -> Accepted:
-        """Classifies and spools one message; returns once it is on disk. `traced` says the
-        relay's ``Received:`` field is already in front of `content` (the DATA reader puts it
-        there); otherwise it is added here. `dsn` holds the client's RFC 3461 parameters, kept
-        with the message for the DSNs the relay writes."""
+        """Classifies, signs (DKIM) and spools one message; returns once it is on disk.
+        `traced` says the relay's ``Received:`` field is already in front of `content` (the
+        DATA reader puts it there); otherwise it is added here. `dsn` holds the client's RFC
+        3461 parameters, kept with the message for the DSNs the relay writes."""
         assert self.engine is not None and self.scores is not None, "Relay.start() first"
+        # The client's own DKIM signatures are checked on the message as it came.
+        arrived = content
         untrusted = not in_networks(peer, self.config.listener.trusted_score_networks)
         header = self.config.policy.score_header
         if header and untrusted:
@@ -260,35 +291,58 @@ class Relay:
             content = received_field(helo=helo, peer=peer, by=self.config.listener.hostname, authenticated=login is not None) + content
         tenant = self.tenants.resolve(login, peer)
         submission = Submission(mail_from, recipients, client_address=peer, helo=helo, login=login)
-        routed = await self.scores.route(content, submission, tenant=tenant, untrusted_client=untrusted)
+        route = self.scores.route(content, submission, tenant=tenant, untrusted_client=untrusted)
+        checks: tuple[Any, ...] = ()
+        if self.dkim_verifier is not None and has_signature(arrived):
+            routed, checks = await asyncio.gather(route, self.dkim_verifier.verify(arrived))
+        else:
+            routed = await route
+        # Signed once, here, before it is spooled: every retry and every pool sends these bytes.
+        content, dkim = await self.dkim_signer.sign(content, from_domain=routed.decision.from_domain, tenant=tenant)
+        if checks:
+            dkim = dataclasses.replace(dkim or DkimOutcome(), checks=checks)
         message_id = routed.decision.message_id
-        job = await self.spool.accept(
-            NewMessage(
-                mail_from=mail_from,
-                recipients=recipients,
-                body=content,
-                pool=routed.pool,
-                reasons=routed.reasons,
-                tenant=tenant,
-                header_message_id=message_id,
-                dsn=dsn,
+        try:
+            job = await self.spool.accept(
+                NewMessage(
+                    mail_from=mail_from,
+                    recipients=recipients,
+                    body=content,
+                    pool=routed.pool,
+                    reasons=routed.reasons,
+                    tenant=tenant,
+                    header_message_id=message_id,
+                    dsn=dsn,
+                )
             )
-        )
+        except SpoolError as error:
+            # Low space, or the spool failing to write: the client keeps the message. Counted,
+            # and logged at a bounded rate (the spool logs the condition itself, once).
+            self.spool_conditions.refused()
+            full = isinstance(error, SpoolFull)
+            log.warning(
+                "refused a message from=<%s> peer=%s: %s", mail_from, peer, "the spool's disk is full" if full else error,
+                extra={"rate_limit": "spool refused"},
+            )
+            if full:
+                raise MessageRefused("452 4.3.1 Insufficient system storage; try again later", "spool-full") from None
+            raise MessageRefused("451 4.3.0 Temporary failure storing the message; try again later", "spool-unavailable") from None
         if log.isEnabledFor(logging.INFO):  # nothing is formatted for a line no handler writes
             reasons = ",".join(routed.reasons) or "-"
             spam = routed.spam.summary() if routed.spam is not None else "-"
             log.info(
-                "accepted queue_id=%s message_id=%s from=<%s> recipients=%d pool=%s reasons=%s spam=%s",
-                job.queue_id, message_id or "-", mail_from, len(recipients), routed.pool, reasons, spam,
+                "accepted queue_id=%s message_id=%s from=<%s> recipients=%d pool=%s reasons=%s spam=%s%s",
+                job.queue_id, message_id or "-", mail_from, len(recipients), routed.pool, reasons, spam, dkim_summary(dkim),
                 extra={"event": "accepted", "queue_id": job.queue_id, "pool": routed.pool, "reasons": reasons},
             )
         # Delivery gets the body from memory (within its memory budget); a body the spool keeps
         # in a file of its own is streamed from there.
         self.engine.submit(job, content if len(content) <= FILE_THRESHOLD else None)
-        accepted = Accepted(job.queue_id, routed.pool, routed.reasons, routed.spam)
+        accepted = Accepted(job.queue_id, routed.pool, routed.reasons, routed.spam, dkim)
         try:
             self.observer.accepted(
-                queue_id=job.queue_id, decision=routed.decision, content=content, tenant=tenant, peer=peer, recipients=len(recipients), message_id=message_id
+                queue_id=job.queue_id, decision=routed.decision, content=content, tenant=tenant, peer=peer, recipients=len(recipients), message_id=message_id,
+                dkim=dkim,
             )
         except Exception:
             log.exception("observer failed for queue_id=%s (the message is stored)", job.queue_id)
@@ -298,6 +352,22 @@ class Relay:
             except Exception:
                 log.exception("on_accept hook failed for queue_id=%s (the message is stored)", job.queue_id)
         return accepted
+
+    async def reload(self, config_path: Path) -> bool:
+        """SIGHUP: reads the configuration file again and signs with its DKIM keys from now on
+        (key rotation). A file that cannot be loaded (a key file missing, unreadable, too
+        short...) keeps the keys in use: one line in the log, and the reload metric counts it."""
+        try:
+            config = await asyncio.to_thread(load, config_path)
+        except ConfigError as exc:
+            problem = str(exc).replace("\n", "; ")
+            log.error("SIGHUP: %s not reloaded, the DKIM keys in use are kept: %s", config_path, problem)
+            self.observer.metrics.add("deliverypool_dkim_reloads_total", (("result", "failed"),))
+            return False
+        self.dkim_signer.reload(config)
+        self.observer.metrics.add("deliverypool_dkim_reloads_total", (("result", "ok"),))
+        log.info("SIGHUP: DKIM keys reloaded from %s: %s", config_path, ", ".join(f"{k.selector}._domainkey.{k.domain}" for k in config.dkim.keys) or "none")
+        return True
 
     async def _route_dsn(self, dsn: bytes) -> tuple[str, tuple[str, ...]]:
         assert self.router is not None
@@ -353,6 +423,8 @@ class Relay:
             await self.limits.stop()
         if self.dnsbl is not None:
             await self.dnsbl.stop()
+        self.dkim_signer.close()
+        await self.spool_conditions.drain()
         await self.observer.stop()
         await self.spool.close()
 
@@ -364,11 +436,14 @@ async def run_relay(
     sock: socket.socket | None = None,
     spool_directory: Path | None = None,
     client_counts: ClientCounts | None = None,
+    space: SpaceFlags | None = None,
+    config_path: Path | None = None,
 ) -> None:
     """Runs the relay until SIGINT or SIGTERM: recovers the spool, delivers, listens (on `sock`
-    when a supervisor shares one, with `spool_directory` its shard and `client_counts` the
-    workers' connections per client)."""
-    relay = Relay(config, spool_directory=spool_directory)
+    when a supervisor shares one, with `spool_directory` its shard, `client_counts` the
+    workers' connections per client and `space` their low-space flags). SIGHUP reloads the
+    DKIM keys from `config_path`."""
+    relay = Relay(config, spool_directory=spool_directory, space=space)
     await relay.start()
     await relay.listen(sock, client_counts=client_counts)
     log.info("listening on %s:%d, spool %s", config.listener.host, config.listener.port, relay.spool.directory)
@@ -377,6 +452,20 @@ async def run_relay(
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
+    reloads: set[asyncio.Task[bool]] = set()
+    if config_path is not None:
+        path = config_path
+
+        def hangup() -> None:
+            task = asyncio.ensure_future(relay.reload(path))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGHUP, hangup)
+        # A supervisor starts its workers with SIGHUP blocked; one that came meanwhile is
+        # handled now.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     if ready is not None:
         ready(relay)
     try:
@@ -384,6 +473,21 @@ async def run_relay(
     finally:
         log.info("stopping")
         await relay.stop()
+
+
+def dkim_summary(outcome: DkimOutcome | None) -> str:
+    """The accepted line's DKIM words: ``dkim=signed:d/s,d/s``, ``dkim=unsigned:no-key``, and
+    ``dkim-checks=pass:d,fail:d`` for the signatures it arrived with; nothing without DKIM."""
+    if outcome is None:
+        return ""
+    words = ""
+    if outcome.signed:
+        words = " dkim=signed:" + ",".join(f"{s.domain}/{s.selector}" for s in outcome.signed)
+    elif outcome.unsigned is not None:
+        words = f" dkim=unsigned:{outcome.unsigned}"
+    if outcome.checks:
+        words += " dkim-checks=" + ",".join(f"{c.result}:{c.domain or '-'}" for c in outcome.checks)
+    return words
 
 
 def configure_logging(level: int = logging.INFO) -> None:

@@ -6,10 +6,18 @@ connection with it and the port never closes). Each worker is a whole relay (`ap
 front end, router, delivery) with a spool *shard* of its own, ``SPOOL/shard-K``; a message
 stays in the shard of the worker that accepted it until it is delivered or bounced.
 
+The socket is bound but not listening until a worker is ready: each worker calls ``listen()``
+on it when it has recovered its shard and is about to serve, and tells the supervisor so
+through a pipe (``--ready-fd``). Until then a client's connection is refused at once instead of
+waiting in the backlog for a greeting that may never come.
+
 When a worker exits unexpectedly the supervisor starts a new one for the same shard at once
 (after a pause that doubles, up to 30 s, while workers keep dying within seconds of their
 start); the new worker recovers the shard like any relay start (what was in flight is sent
-again: at-least-once). SIGTERM or SIGINT to the supervisor stops the workers (each finishes its
+again: at-least-once). A worker that dies before it is ready, `MAX_START_FAILURES` times in a
+row, while no other worker serves, makes the supervisor give up: it closes the socket, stops
+the workers and exits with status 1 (the workers' own lines say why), rather than hold a port
+nobody serves. SIGTERM or SIGINT to the supervisor stops the workers (each finishes its
 transactions for a few seconds) and then the supervisor. Workers die with the supervisor
 (``PR_SET_PDEATHSIG``), so a killed supervisor leaves no orphan holding a shard.
 
@@ -17,7 +25,8 @@ What must be the same for every worker (sender counters, restrictions, surge win
 source addresses) lives in the shared state database ``SPOOL/state.sqlite3``
 (:mod:`deliverypool.state`), which every worker opens; with ``[state] redis`` it lives in Redis and is shared by nodes too.
 The open connections per client address, which change at every connection, are in a shared
-memory region the supervisor creates and passes to each worker (:mod:`deliverypool.ingress.client_counts`).
+memory region the supervisor creates and passes to each worker (:mod:`deliverypool.ingress.client_counts`),
+and so is each shard's low-space flag (:mod:`deliverypool.queue.space`).
 """
 
 from __future__ import annotations
@@ -35,8 +44,9 @@ from pathlib import Path
 
 from deliverypool.config import RelayConfig
 from deliverypool.ingress.client_counts import ClientCounts
+from deliverypool.queue.space import SpaceFlags
 
-__all__ = ["Supervisor", "default_workers", "listen_socket", "shard_directory", "shared_client_counts"]
+__all__ = ["MAX_START_FAILURES", "Supervisor", "default_workers", "listen_socket", "shard_directory", "shared_client_counts"]
 
 log = logging.getLogger("deliverypool.supervisor")
 
@@ -44,6 +54,9 @@ log = logging.getLogger("deliverypool.supervisor")
 _STABLE_AFTER = 10.0
 _MAX_PAUSE = 30.0
 _STOP_GRACE = 15.0
+# A worker that dies before it is ready this many times in a row, with no other worker serving:
+# the supervisor gives up (exit status 1) instead of holding a socket nobody serves.
+MAX_START_FAILURES = 5
 
 
 def default_workers() -> int:
@@ -58,26 +71,46 @@ def shard_directory(spool: Path, shard: int) -> Path:
     return spool / f"shard-{shard}"
 
 
-def listen_socket(host: str, port: int, backlog: int, *, wait: float = 10.0) -> socket.socket:
-    """The relay's listening socket (``listener.backlog``), bound once by the supervisor, or by
-    a relay that listens on its own. Workers accept on it and never listen() again, so its
-    backlog stays this one. While the address is in use it tries again for up to `wait`
+def listen_socket(host: str, port: int, backlog: int, *, wait: float = 10.0, listen: bool = True) -> socket.socket:
+    """The relay's socket, bound once by the supervisor (with `listen` false: each worker calls
+    ``listen(listener.backlog)`` when it is ready to serve), or listening at once for a relay
+    that listens on its own. While the address is in use it tries again for up to `wait`
     seconds: after a killed supervisor, its workers (which the kernel kills too) may hold the
     socket for a moment."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     deadline = time.monotonic() + wait
     while True:
         try:
-            sock = socket.create_server((host, port), family=family, backlog=backlog)
+            sock = _bound(family, host, port)
             break
         except OSError as error:
             if error.errno != errno.EADDRINUSE or time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+    if listen:
+        try:
+            sock.listen(backlog)
+        except BaseException:
+            sock.close()
+            raise
     sock.set_inheritable(True)
     somaxconn = _somaxconn()
     if somaxconn is not None and backlog > somaxconn:
         log.warning("listener.backlog = %d, but the kernel caps it at net.core.somaxconn = %d", backlog, somaxconn)
+    return sock
+
+
+def _bound(family: socket.AddressFamily, host: str, port: int) -> socket.socket:
+    """A TCP socket bound to (host, port), as `socket.create_server` makes it, not listening."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
     return sock
 
 
@@ -96,6 +129,11 @@ class _Worker:
     pause: float = 0.0
     restart_at: float = 0.0
     restarts: int = 0
+    # The read end of the pipe the worker writes to once it serves (--ready-fd).
+    ready_pipe: int | None = None
+    ready: bool = False
+    # Exits before being ready, in a row.
+    start_failures: int = 0
 
 
 @dataclass
@@ -111,14 +149,22 @@ class Supervisor:
     # The workers' connections per client address (ingress/client_counts.py); None where the
     # system has no memfd or refuses one (each worker then counts its own).
     _counts: ClientCounts | None = None
+    # Each shard's low-space flag (queue/space.py); None without memfd (each shard on its own).
+    _space: SpaceFlags | None = None
+    # Why the supervisor gave up (workers that never became ready), if it did.
+    _gave_up: str | None = None
 
     def run(self) -> int:
+        """Runs until SIGTERM or SIGINT (0), or until it gives up on workers that cannot start
+        (1). The listening address is bound first: an error binding it is an `OSError`."""
         listener = self.config.listener
-        sock = listen_socket(listener.host, listener.port, listener.backlog)
+        sock = listen_socket(listener.host, listener.port, listener.backlog, listen=False)
         adopt_unsharded_spool(self.config.spool.directory)
         self._counts = shared_client_counts(self.workers)
+        self._space = shared_space_flags(self.workers)
         log.info("supervisor: %d worker(s) on %s:%d, spool %s", self.workers, listener.host, listener.port, self.config.spool.directory)
         previous = {signum: signal.signal(signum, self._stop) for signum in (signal.SIGTERM, signal.SIGINT)}
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._hangup)
         try:
             self._children = [_Worker(shard) for shard in range(self.workers)]
             for worker in self._children:
@@ -129,39 +175,100 @@ class Supervisor:
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+            sock.close()  # first: from now on a client is refused rather than kept waiting
             self._stop_all()
-            sock.close()
+            for worker in self._children:
+                self._close_ready_pipe(worker)
             if self._counts is not None:
                 self._counts.close()
+            if self._space is not None:
+                self._space.close()
+        if self._gave_up is not None:
+            log.error("supervisor: %s", self._gave_up)
+            return 1
         return 0
 
     def _stop(self, signum: int, frame: object) -> None:
         self._stopping = True
 
+    def _hangup(self, signum: int, frame: object) -> None:
+        """SIGHUP: every worker reloads (its DKIM keys, from the configuration file)."""
+        for worker in self._children:
+            if worker.process is not None and worker.process.poll() is None:
+                worker.process.send_signal(signal.SIGHUP)
+
     def _start(self, worker: _Worker, sock: socket.socket) -> None:
         command = [sys.executable, "-m", "deliverypool.cli", "relay", "--config", str(self.config_path)]
-        command += ["--worker", str(worker.shard), "--listen-fd", str(sock.fileno())]
+        command += ["--worker", str(worker.shard), "--listen-fd", str(sock.fileno()), "--workers", str(self.workers)]
         fds = [sock.fileno()]
         if self._counts is not None:
-            command += ["--client-counts-fd", str(self._counts.fd), "--workers", str(self.workers)]
+            command += ["--client-counts-fd", str(self._counts.fd)]
             fds.append(self._counts.fd)
+        if self._space is not None:
+            command += ["--space-fd", str(self._space.fd)]
+            fds.append(self._space.fd)
+        read_end, write_end = os.pipe()
+        command += ["--ready-fd", str(write_end)]
+        fds.append(write_end)
         if self.loop:
             command += ["--loop", self.loop]
         environment = dict(os.environ, DELIVERYPOOL_SUPERVISOR=str(os.getpid()))
-        worker.process = subprocess.Popen(command, pass_fds=fds, env=environment)
+        try:
+            # SIGHUP blocked from the start (the mask survives exec): a worker still starting keeps
+            # it pending until its handler is in place (run_relay), instead of dying of it.
+            worker.process = subprocess.Popen(command, pass_fds=fds, env=environment, preexec_fn=_block_hangup)
+        except BaseException:
+            os.close(read_end)
+            raise
+        finally:
+            os.close(write_end)
+        os.set_blocking(read_end, False)
+        worker.ready_pipe, worker.ready = read_end, False
         worker.started = time.monotonic()
         log.info("supervisor: worker %d started (pid %d)", worker.shard, worker.process.pid)
+
+    def _close_ready_pipe(self, worker: _Worker) -> None:
+        if worker.ready_pipe is not None:
+            os.close(worker.ready_pipe)
+            worker.ready_pipe = None
+
+    def _check_ready(self, worker: _Worker) -> None:
+        if worker.ready or worker.ready_pipe is None:
+            return
+        try:
+            said = os.read(worker.ready_pipe, 1)
+        except BlockingIOError:
+            return
+        if said:
+            worker.ready = True
+            worker.start_failures = 0
+            self._close_ready_pipe(worker)
 
     def _watch(self, sock: socket.socket) -> None:
         now = time.monotonic()
         for worker in self._children:
+            self._check_ready(worker)
             process = worker.process
             if process is not None and process.poll() is not None:
                 code = process.returncode
                 worker.process = None
+                self._check_ready(worker)  # it may have served, then died
+                self._close_ready_pipe(worker)
                 if self._counts is not None:
                     # The kernel closed its connections: they stop counting now, not at its restart.
                     self._counts.clear(worker.shard)
+                if self._space is not None:
+                    self._space.clear(worker.shard)
+                if not worker.ready:
+                    worker.start_failures += 1
+                    serving = any(w.ready and w.process is not None for w in self._children if w is not worker)
+                    if worker.start_failures >= MAX_START_FAILURES and not serving:
+                        self._gave_up = (
+                            f"worker {worker.shard} exited before it was ready {worker.start_failures} times in a row "
+                            f"(last exit status {code}) and no other worker serves: stopping (the lines above say why)"
+                        )
+                        self._stopping = True
+                        return
                 worker.restarts += 1
                 if now - worker.started < _STABLE_AFTER:
                     worker.pause = min(_MAX_PAUSE, max(0.5, worker.pause * 2))
@@ -185,6 +292,10 @@ class Supervisor:
                 process.wait()
 
 
+def _block_hangup() -> None:
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+
+
 def shared_client_counts(workers: int) -> ClientCounts | None:
     """The region the workers count their connections per client in; None (each worker then
     counts its own, as an embedded relay does) where the system has no memfd or refuses one."""
@@ -195,6 +306,17 @@ def shared_client_counts(workers: int) -> ClientCounts | None:
         return ClientCounts.create(workers)
     except OSError as exc:
         log.warning("supervisor: cannot create the shared connection counts (%s): connections per client are counted per worker", exc)
+        return None
+
+
+def shared_space_flags(workers: int) -> SpaceFlags | None:
+    """The shards' low-space flags; None (each shard then decides alone) without memfd."""
+    if not hasattr(os, "memfd_create"):
+        return None
+    try:
+        return SpaceFlags.create(workers)
+    except OSError as exc:
+        log.warning("supervisor: cannot create the shared low-space flags (%s): each shard decides alone", exc)
         return None
 
 

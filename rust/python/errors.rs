@@ -12,6 +12,7 @@
 //! | `Error::NotBytes` | `MessageTypeError(TypeError)` |
 //! | `Error::LengthMismatch` | `ValueError` |
 //! | `Error::UnknownPhraseGroup` | `ValueError` |
+//! | `Error::DkimKey`, `Error::DkimOption` | `DkimKeyError(ValueError)` |
 //!
 //! An error about one message of a batch (`Error::InBatch`) is the same exception, its text
 //! prefixed with the message's position and its `index` attribute set to it; the exceptions
@@ -47,6 +48,7 @@ create_exception!(
     "A message of a batch is not bytes. `index` is its position in the batch."
 );
 create_exception!(deliverypool, CacheError, PyValueError, "An argument to a DnsCache method is invalid.");
+create_exception!(deliverypool, DkimKeyError, PyValueError, "A DKIM private key or its options cannot be used to sign.");
 
 /// Every error the module raises, whichever part found it.
 #[derive(Debug)]
@@ -59,6 +61,10 @@ pub enum Error {
     LengthMismatch { name: &'static str, len: usize, count: usize },
     /// A name in `detect(disabled_groups=...)` that is not a phrase group's.
     UnknownPhraseGroup(String),
+    /// A DKIM private key that cannot sign.
+    DkimKey(crate::auth::dkim::KeyError),
+    /// A DKIM key option that is not one (algorithm, canonicalization).
+    DkimOption(String),
     /// An error about the message at `index` of a batch.
     InBatch { index: usize, error: Box<Error> },
 }
@@ -89,6 +95,12 @@ impl From<CoreCacheError> for Error {
     }
 }
 
+impl From<crate::auth::dkim::KeyError> for Error {
+    fn from(error: crate::auth::dkim::KeyError) -> Self {
+        Error::DkimKey(error)
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -97,6 +109,8 @@ impl fmt::Display for Error {
             Error::NotBytes(type_name) => write!(f, "must be bytes, not {type_name}"),
             Error::LengthMismatch { name, len, count } => write!(f, "{name} has {len} items but there are {count} messages"),
             Error::UnknownPhraseGroup(name) => write!(f, "no phrase group is called {name:?}"),
+            Error::DkimKey(error) => error.fmt(f),
+            Error::DkimOption(problem) => f.write_str(problem),
             Error::InBatch { index, error } => match **error {
                 // Named as the argument is: `messages[1] must be bytes, not str`.
                 Error::NotBytes(_) => write!(f, "messages[{index}] {error}"),
@@ -121,6 +135,7 @@ pub fn to_py_err(py: Python<'_>, error: impl Into<Error>) -> PyErr {
         Error::Cache(CoreCacheError::NotManualClock) => PyRuntimeError::new_err(message),
         Error::Cache(_) => CacheError::new_err(message),
         Error::NotBytes(_) => MessageTypeError::new_err(message),
+        Error::DkimKey(_) | Error::DkimOption(_) => DkimKeyError::new_err(message),
         Error::LengthMismatch { .. } | Error::UnknownPhraseGroup(_) | Error::InBatch { .. } => PyValueError::new_err(message),
     };
     match index {

@@ -6,6 +6,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, clippy::unreachable)]
 
 mod cache;
+mod dkim;
 mod dsn;
 mod errors;
 mod policy;
@@ -43,9 +44,11 @@ mod _core {
     #[pymodule_export]
     use super::cache::{PyCacheStats, PyDnsCache};
     #[pymodule_export]
+    use super::dkim::{dkim_key_queries, dkim_sign, dkim_verify, PyDkimKey, PyDkimSigning, PyDkimVerdict};
+    #[pymodule_export]
     use super::dsn::detect;
     #[pymodule_export]
-    use super::errors::{CacheError, MessageTypeError, PolicyError, ScoreError, SenderDomainError};
+    use super::errors::{CacheError, DkimKeyError, MessageTypeError, PolicyError, ScoreError, SenderDomainError};
     #[pymodule_export]
     use super::policy::{classify, classify_many, PyDecision, PyDsnVerdict, PyPolicy};
     #[pymodule_export]
@@ -75,6 +78,9 @@ mod _core {
         m.add("DEFECTS", super::names::<Defect>(py)?)?;
         m.add("REPORT_KINDS", super::names::<ReportKind>(py)?)?;
         m.add("DSN_KINDS", super::names::<DsnKind>(py)?)?;
+        for (name, members) in super::dkim::tables() {
+            m.add(name, pyo3::types::PyTuple::new(py, members)?)?;
+        }
         m.add("PHRASE_GROUPS", super::dsn::phrase_groups(py)?)
     }
 }

@@ -1,5 +1,5 @@
 """The `deliverypool` command: one module per subcommand in this package (classify, relay,
-milter, queue, monitor, senders, dnsbl, demo), wired into one argument parser here."""
+milter, queue, monitor, senders, dnsbl, dkim, demo), wired into one argument parser here."""
 
 from __future__ import annotations
 
@@ -53,13 +53,18 @@ def build_parser() -> argparse.ArgumentParser:
     relay.add_argument("--config", required=True, metavar="PATH", help="the relay's TOML configuration")
     relay.add_argument("--loop", choices=["asyncio", "uvloop"], help="event loop (default: uvloop when installed)")
     relay.add_argument("--workers", type=int, metavar="N", help="worker processes (default: one per core)")
+    relay.add_argument("--check", action="store_true",
+                       help="check that the relay could start with this configuration here (extras, files, addresses, "
+                       "Redis, the spool's space) and exit: 0 ok, 2 with one line per problem")
     relay.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # internal: a worker's shard
     relay.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)  # internal: the shared socket
     relay.add_argument("--client-counts-fd", type=int, help=argparse.SUPPRESS)  # internal: connections per client
+    relay.add_argument("--space-fd", type=int, help=argparse.SUPPRESS)  # internal: the shards' low-space flags
+    relay.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)  # internal: written once the worker serves
     relay.set_defaults(
         handler=lambda args: _command("relay").relay_command(
             args.config, loop=args.loop, workers=args.workers, worker=args.worker, listen_fd=args.listen_fd,
-            client_counts_fd=args.client_counts_fd
+            client_counts_fd=args.client_counts_fd, space_fd=args.space_fd, ready_fd=args.ready_fd, check=args.check
         )
     )
 
@@ -67,7 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
                                  description="Run the milter Postfix calls for each message (smtpd_milters): it adds "
                                  "the header that milter_header_checks turn into the transport of the message's pool.")
     milter.add_argument("--config", required=True, metavar="PATH", help="the relay's TOML configuration ([milter], [score], [policy], [dns])")
-    milter.set_defaults(handler=lambda args: _command("milter").milter_command(args.config))
+    milter.add_argument("--check", action="store_true",
+                        help="check that the milter could start with this configuration here (pymilter, files, its address, "
+                        "Redis) and exit: 0 ok, 2 with one line per problem")
+    milter.set_defaults(handler=lambda args: _command("milter").milter_command(args.config, check=args.check))
 
     queue = commands.add_parser("queue", help="show what is in the spool",
                                 description="List the messages and recipients in the relay's spool.")
@@ -109,13 +117,37 @@ def build_parser() -> argparse.ArgumentParser:
     dnsbl_check.add_argument("--json", action="store_true", help="print one JSON object")
     dnsbl_check.set_defaults(handler=lambda args: _command("dnsbl").check_command(args.config, as_json=args.json))
 
+    dkim = commands.add_parser("dkim", help="DKIM keys: make one, check the published ones",
+                               description="Make a DKIM key pair, or check the configured keys against what DNS publishes.")
+    dkim_commands = dkim.add_subparsers(dest="dkim_command", required=True, metavar="ACTION")
+    keygen = dkim_commands.add_parser("keygen", help="write a private key and print the TXT record to publish",
+                                      description="Write a new private key (PEM, mode 0600, never over an existing file) and print "
+                                      "the TXT record to publish at SELECTOR._domainkey.DOMAIN and the [[dkim.keys]] table.")
+    keygen.add_argument("--domain", required=True, help="the signing domain (d=)")
+    keygen.add_argument("--selector", required=True, help="the selector (s=)")
+    keygen.add_argument("--algorithm", choices=["ed25519", "rsa"], default="rsa",
+                        help="rsa (default: every receiver verifies it) or ed25519 (RFC 8463; sign with both while receivers catch up)")
+    keygen.add_argument("--bits", type=int, default=2048, help="RSA key size, 2048 to 4096 (default 2048)")
+    keygen.add_argument("--out", required=True, metavar="FILE", help="where to write the private key")
+    keygen.set_defaults(handler=lambda args: _command("dkim").keygen_command(
+        args.domain, args.selector, algorithm=args.algorithm, bits=args.bits, out=args.out))
+    dkim_check = dkim_commands.add_parser("check", help="look every configured selector up in DNS and compare it with its key",
+                                          description="Look each [[dkim.keys]] selector up through the [dns] resolver and compare the "
+                                          "published key with the key file. Exit status 1 unless every one is ok.")
+    dkim_check.add_argument("--config", required=True, metavar="PATH", help="the relay's TOML configuration ([dkim], [dns])")
+    dkim_check.add_argument("--json", action="store_true", help="print one JSON object")
+    dkim_check.set_defaults(handler=lambda args: _command("dkim").check_command(args.config, as_json=args.json))
+
     demo = commands.add_parser("demo", help="run the relay on loopback with a mixed workload and show the routing",
                                description="Start the relay with two loopback pools (normal from 127.0.0.2, "
                                "high-risk from 127.0.0.3), loopback sinks and a local DNS server, send ordinary "
                                "mail, spam, DSNs and mail from a domain without records, and show where each went.")
     demo.add_argument("--scale", type=int, default=10, metavar="N", help="workload size: N x (40 ordinary, 10 spam, 8 DSN, 5 no-records, ...) messages (default 10)")
     demo.add_argument("--keep-running", action="store_true", help="keep the relay and its admin listener running after the demo (Ctrl-C stops)")
-    demo.set_defaults(handler=lambda args: _command("demo").demo_command(scale=args.scale, keep_running=args.keep_running))
+    demo.add_argument("-v", "--verbose", action="store_true",
+                      help="show the relay's log lines (INFO and up) on stderr as they happen; by default they are held "
+                      "back and shown only when the demo finds a problem, so that they do not cut into the report")
+    demo.set_defaults(handler=lambda args: _command("demo").demo_command(scale=args.scale, keep_running=args.keep_running, verbose=args.verbose))
     return parser
 
 

@@ -23,11 +23,12 @@ import asyncio
 import collections
 import contextlib
 import email.utils
+import logging
 import socket
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -40,7 +41,7 @@ from deliverypool import config as cfg
 from deliverypool.mail.dsn import Failure, build_dsn
 from deliverypool.mail.headers import crlf, header_block, header_section
 from deliverypool.eventloop import run
-from deliverypool.app import Accepted, Relay, configure_logging
+from deliverypool.app import Accepted, Relay
 from deliverypool.cli.demo_limits import LIMITS_LISTENER, LIMITS_TENANTS, compromised_account
 from deliverypool.cli.demo_dnsbl import act_config, listed_address
 from deliverypool.cli.demo_monitor import MONITOR_SETTINGS, compromised_customer, print_alert
@@ -76,6 +77,8 @@ KINDS = {
     "bounce": "DSNs the relay wrote",
 }
 KIND_HEADER = "X-Demo-Kind"
+# The relay's log format (app.configure_logging), for -v and the lines held back.
+LOG_FORMAT = "%(asctime)s %(name)s %(message)s"
 
 
 @dataclass
@@ -370,19 +373,69 @@ def check(stats: dict[str, KindStats]) -> list[str]:
     return problems
 
 
-def demo_command(*, scale: int = 10, out: TextIO = sys.stdout, keep_running: bool = False) -> int:
-    """`deliverypool demo`: exit status 0 when every kind was delivered from its pool."""
-    import logging
+class _HeldLogs(logging.Handler):
+    """Keeps the relay's log records (WARNING and up) while the demo prints its report."""
 
-    configure_logging(logging.WARNING)
-    logging.getLogger("mail.log").setLevel(logging.ERROR)  # aiosmtpd's login_data deprecation note at each AUTH
-    # Act 4's 250 ms interval would be far over a real list's query terms: the warning says so,
-    # which the demo does not need to (its list is its own).
-    logging.getLogger("deliverypool.dnsbl").setLevel(logging.ERROR)
-    stats: dict[str, KindStats] = run(demo(out, scale=scale, keep_running=keep_running))
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+        self.setFormatter(logging.Formatter(LOG_FORMAT))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def lines(self) -> list[str]:
+        return [self.format(record) for record in self.records]
+
+
+@contextlib.contextmanager
+def demo_logging(verbose: bool = False) -> Iterator[_HeldLogs | None]:
+    """The demo's logging: with `verbose`, every record from INFO up on stderr as it happens
+    (the relay's own format); otherwise none is printed while the report is written: WARNING
+    and up are held (yielded) for the end, where the demo shows them only if something went
+    wrong. The alerts the report prints (deliverypool.alerts) are never shown twice."""
+    root = logging.getLogger()
+    quiet = {"mail.log": logging.ERROR, "httpx": logging.WARNING}
+    if not verbose:
+        # Act 4's 250 ms interval would be far over a real list's query terms: the warning says
+        # so, which the demo does not need to (its list is its own).
+        quiet["deliverypool.dnsbl"] = logging.ERROR
+    saved = {name: logging.getLogger(name).level for name in (*quiet, "")}
+    for name, level in quiet.items():
+        logging.getLogger(name).setLevel(level)
+    handler: logging.Handler
+    held: _HeldLogs | None = None
+    if verbose:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handler.setLevel(logging.INFO)
+        root.setLevel(logging.INFO)
+    else:
+        handler = held = _HeldLogs()
+        root.setLevel(logging.WARNING)
+    root.addHandler(handler)
+    try:
+        yield held
+    finally:
+        root.removeHandler(handler)
+        for name, level in saved.items():
+            logging.getLogger(name or None).setLevel(level)
+
+
+def demo_command(*, scale: int = 10, out: TextIO = sys.stdout, keep_running: bool = False, verbose: bool = False) -> int:
+    """`deliverypool demo`: exit status 0 when every kind was delivered from its pool. Its log
+    lines: see `demo_logging`."""
+    with demo_logging(verbose) as held:
+        stats: dict[str, KindStats] = run(demo(out, scale=scale, keep_running=keep_running))
     problems = check(stats)
     for problem in problems:
         out.write(f"PROBLEM: {problem}\n")
+    if held is not None:
+        errors = [r for r in held.records if r.levelno >= logging.ERROR and r.name != "deliverypool.alerts"]
+        if problems or errors:
+            lines = [held.format(r) for r in held.records if r.name != "deliverypool.alerts"]
+            out.write(f"\nthe relay's warnings and errors ({len(lines)}; -v shows every log line as it happens):\n")
+            out.writelines(f"  {line}\n" for line in lines)
     return 1 if problems else 0
 
 

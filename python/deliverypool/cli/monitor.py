@@ -1,6 +1,8 @@
 """`deliverypool monitor --admin HOST:PORT [--json] [--interval S]`: per-tenant message and DSN
 rates, baselines and active surges with their causes, from a running relay's admin listener
-(GET /api/tenants), as a live terminal table (rich), or one JSON snapshot."""
+(GET /api/tenants), as a live terminal table (rich), or one JSON snapshot. In a fleet any node's
+listener shows the whole fleet (the caption names the nodes and the leader, or says the view is
+this node's alone while Redis is away)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-__all__ = ["monitor_command", "snapshot_table"]
+__all__ = ["fleet_caption", "monitor_command", "snapshot_table"]
 
 
 def fetch(admin: str, timeout: float = 5.0) -> dict[str, Any]:
@@ -24,8 +26,18 @@ def fetch(admin: str, timeout: float = 5.0) -> dict[str, Any]:
     return data
 
 
+def fleet_caption(fleet: dict[str, Any] | None) -> str | None:
+    """One line about the fleet the snapshot covers (None for a single node)."""
+    if fleet is None:
+        return None
+    if fleet.get("degraded"):
+        return f"fleet view DEGRADED since {fleet.get('degraded_since')}: node {fleet['node']} alone ({fleet.get('error', '')})"
+    nodes = fleet.get("nodes") or []
+    return f"fleet of {len(nodes)} node(s), leader {fleet.get('leader') or 'none'}; seen from {fleet['node']}"
+
+
 def snapshot_table(data: dict[str, Any]) -> Table:
-    table = Table(title=f"deliverypool: DSN window {data['window_seconds']:g}s", expand=False)
+    table = Table(title=f"deliverypool: DSN window {data['window_seconds']:g}s", caption=fleet_caption(data.get("fleet")), expand=False)
     for column in ("tenant", "messages/min", "relayed DSNs/min", "DSNs in window", "window DSNs/min", "baseline/min", "surge"):
         table.add_column(column, justify="left" if column in ("tenant", "surge") else "right")
     for name, row in data["tenants"].items():

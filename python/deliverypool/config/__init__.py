@@ -28,6 +28,7 @@ from deliverypool.config.model import (
     SourceAddress,
     SpoolConfig,
 )
+from deliverypool.config.dkim import DkimConfig, DkimKeyConfig
 from deliverypool.config.limits import LimitsConfig, StateConfig
 from deliverypool.config.observe import NO_TENANT, AdminConfig, AlertsConfig, DnsblConfig, MonitorConfig, ObserveConfig, TenantConfig
 from deliverypool.config.units import format_duration, format_size, parse_duration, parse_size
@@ -37,6 +38,8 @@ __all__ = [
     "AdminConfig",
     "AlertsConfig",
     "ConfigError",
+    "DkimConfig",
+    "DkimKeyConfig",
     "DnsConfig",
     "DnsblConfig",
     "IPAddress",

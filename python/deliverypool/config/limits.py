@@ -13,7 +13,7 @@ from typing import Annotated, Final, Literal, Optional
 
 from pydantic import Field, PlainValidator, WithJsonSchema
 
-from deliverypool.config.model import Int, Text, _shown_default, _Table, _text
+from deliverypool.config.model import Bool, Int, Text, _no_default, _shown_default, _Table, _text
 from deliverypool.config.units import Duration
 
 __all__ = ["ACTIONS", "LIMIT_NAMES", "LimitsConfig", "StateConfig"]
@@ -80,9 +80,10 @@ RedisUrl = Annotated[str, PlainValidator(_redis_url), WithJsonSchema({"type": "s
 
 
 class StateConfig(_Table):
-    """Where sender counters and restrictions live. Default: the state database in the spool
-    directory (SPOOL/state.sqlite3), shared by the relay's workers; with redis, in Redis, shared
-    by every node that names the same server."""
+    """Where sender counters and restrictions live, and with redis what makes many nodes one
+    fleet. Default: the state database in the spool directory (SPOOL/state.sqlite3), shared by
+    the relay's workers; with redis, in Redis, shared by every node that names the same server
+    (docs/operations/fleet.md)."""
 
     redis: Optional[RedisUrl] = Field(
         None, description='Share counters and restrictions among nodes through this Redis, e.g. "redis://127.0.0.1:6379/0".'
@@ -111,4 +112,39 @@ class StateConfig(_Table):
     )
     lease_time: Duration = Field(
         1.0, gt=0, le=60, description="How long a lease may be used before what is left of it is handed back.", json_schema_extra=_shown_default("1s")
+    )
+    fleet: Bool = Field(
+        True,
+        description=(
+            "With redis: every node adds its per-tenant counts and DSN records to Redis, one node at a time runs the surge "
+            "monitor and the blocklist watch for all, and every node's admin API shows the fleet. false: Redis holds the "
+            "sender limits only and each node observes itself, as without Redis."
+        ),
+    )
+    node: Optional[Text] = Field(
+        None,
+        description="This node's name in the fleet (leadership, GET /api/tenants). Default: the host name and the listener's port.",
+        json_schema_extra=_no_default,
+    )
+    leader_ttl: Duration = Field(
+        10.0, ge=0.3, le=300,
+        description=(
+            "Lease of the fleet-wide jobs (surge monitor, blocklist watch), renewed every third of it: a leader that dies "
+            "loses them within this, and another node has taken them over within 4/3 of it."
+        ),
+        json_schema_extra=_shown_default("10s"),
+    )
+    dsns_per_tenant: Int = Field(
+        10000, ge=100, le=1_000_000,
+        description=(
+            "Most DSN records kept in Redis per tenant (besides the time bound, twice monitor.window): what bounds a "
+            "tenant's memory there in a flood."
+        ),
+    )
+    backlog: Int = Field(
+        20000, ge=0, le=1_000_000,
+        description=(
+            "DSN records a worker keeps while Redis is unreachable, added when it is back (older than monitor.window "
+            "by then: dropped, they no longer count); past this the oldest are dropped and counted."
+        ),
     )

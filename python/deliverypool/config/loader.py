@@ -5,46 +5,53 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
 from deliverypool.config.errors import ConfigError, from_validation_error
-from deliverypool.config.model import RelayConfig, SpoolConfig
+from deliverypool.config.model import RelayConfig
+from deliverypool.config.dkim import model_context  # after model.py, which imports it while it initialises
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-__all__ = ["from_dict", "load", "loads"]
+__all__ = ["Command", "from_dict", "load", "loads"]
+
+# Who reads the file: `deliverypool relay` (and everything else), or `deliverypool milter`.
+Command = Literal["relay", "milter"]
 
 
-def from_dict(data: Mapping[str, Any], *, base: Path | None = None) -> RelayConfig:
+def from_dict(data: Mapping[str, Any], *, base: Path | None = None, command: Command = "relay") -> RelayConfig:
     """Builds and validates a configuration from parsed TOML (or an equivalent dict). A
     relative spool directory is taken relative to `base` (the configuration file's folder).
-    Raises `ConfigError` listing every problem found."""
+    `command` is who reads it: for ``"milter"`` the pools need no source addresses (Postfix
+    binds them). Raises `ConfigError` listing every problem found."""
     try:
-        config = RelayConfig.model_validate(data)
+        # The folder relative key files are read from (config/dkim.py), and who reads the file.
+        config = RelayConfig.model_validate(data, context={"command": command, **model_context(base)})
     except ValidationError as exc:
         raise from_validation_error(exc) from None
     directory = config.spool.directory
     if base is not None and not directory.is_absolute():
-        config = config.model_copy(update={"spool": SpoolConfig(directory=base / directory)})
+        # Only the folder changes: the spool's other keys (reserve, margin, ...) stay as written.
+        config = config.model_copy(update={"spool": config.spool.model_copy(update={"directory": base / directory})})
     return config
 
 
-def loads(text: str, *, base: Path | None = None) -> RelayConfig:
-    """Parses and validates the text of a configuration file."""
+def loads(text: str, *, base: Path | None = None, command: Command = "relay") -> RelayConfig:
+    """Parses and validates the text of a configuration file (for `command`, see `from_dict`)."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("<file>", f"not valid TOML: {exc}") from None
-    return from_dict(data, base=base)
+    return from_dict(data, base=base, command=command)
 
 
-def load(path: str | Path) -> RelayConfig:
-    """Reads and validates a relay configuration file."""
+def load(path: str | Path, *, command: Command = "relay") -> RelayConfig:
+    """Reads and validates a configuration file (for `command`, see `from_dict`)."""
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")
@@ -52,4 +59,4 @@ def load(path: str | Path) -> RelayConfig:
         raise ConfigError(str(file), f"cannot read: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise ConfigError(str(file), "not UTF-8 text") from None
-    return loads(text, base=file.resolve().parent)
+    return loads(text, base=file.resolve().parent, command=command)

@@ -27,6 +27,7 @@ from pydantic import (
     PlainValidator,
     PrivateAttr,
     Strict,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -52,6 +53,7 @@ __all__ = [
     "SourceAddress",
     "SpoolConfig",
     "TenantConfig",
+    "Written",
 ]
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
@@ -153,6 +155,18 @@ def _path(value: object) -> Path:
 
 
 FilePath = Annotated[Path, PlainValidator(_path), AsText, WithJsonSchema({"type": "string", "minLength": 1})]
+
+
+class Written:
+    """Marks a path-valued key the relay writes (a folder it creates, a log) rather than reads:
+    the start-up checks (deliverypool.preflight) read every other path a configuration names."""
+
+    def __repr__(self) -> str:
+        return "Written()"
+
+
+# A folder or file the relay creates or writes.
+OutputPath = Annotated[FilePath, Written()]
 
 
 def _ip_address(value: object) -> IPAddress:
@@ -345,16 +359,28 @@ class RetryConfig(_Table):
         return base * (1.0 - self.jitter + 2.0 * self.jitter * unit_random)
 
 
+def _sources_required(schema: dict[str, Any]) -> None:
+    """The JSON Schema is the relay's: there a pool needs its source addresses (the milter's
+    reading, config.loader's command="milter", does not)."""
+    schema.setdefault("required", []).append("source_addresses")
+    schema["properties"]["source_addresses"].pop("default", None)
+
+
 class PoolConfig(_Table):
     """A delivery pool: the source addresses its mail leaves from and how it delivers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_sources_required)
 
     # The pool's key in [pools] (see `name`), set when a RelayConfig is validated.
     _name: str = PrivateAttr(default="")
     source_addresses: tuple[SourceAddress, ...] = Field(
+        (),
         min_length=1,
         description=(
             "IPv4/IPv6 addresses this pool binds, plain or { address, weight }. A destination's address family "
-            "picks among them by weight. The high-risk pool may not share any address with the normal pool."
+            "picks among them by weight. The high-risk pool may not share any address with the normal pool. "
+            "Required by deliverypool relay; deliverypool milter does not use them (Postfix binds each pool's "
+            "address: smtp_bind_address in master.cf)."
         ),
     )
     ehlo_name: HostName = Field(
@@ -412,6 +438,13 @@ class PoolConfig(_Table):
                 raise Invalid(f"{source.address} is listed twice", i)
             seen.add(source.address)
         return sources
+
+    @model_validator(mode="after")
+    def _sources_for_the_relay(self, info: ValidationInfo) -> PoolConfig:
+        """Only the milter may leave source_addresses out (config.loader's `command`)."""
+        if not self.source_addresses and (info.context or {}).get("command", "relay") != "milter":
+            raise Invalid("required: the addresses this pool sends from", "source_addresses")
+        return self
 
     @model_validator(mode="after")
     def _smarthost_iff_delivery(self) -> PoolConfig:
@@ -589,7 +622,7 @@ class DnsConfig(_Table):
 class SpoolConfig(_Table):
     """Where accepted mail is stored until delivered."""
 
-    directory: FilePath = Field(
+    directory: OutputPath = Field(
         Path("spool"), description="Folder of the spool database; a relative path is relative to the configuration file.",
         json_schema_extra=_shown_default("spool"),
     )
@@ -601,6 +634,23 @@ class SpoolConfig(_Table):
             "much is free again."
         ),
         json_schema_extra=_shown_default("16MB"),
+    )
+    margin: Size = Field(
+        16 * 1024 * 1024,
+        description=(
+            "Free space each worker needs beyond its reserve when the relay starts. The spool's file system must have "
+            "workers x (reserve + margin) free, and never less than (workers + 1) x reserve "
+            "(docs/operations/durability.md); otherwise spool.too_small decides."
+        ),
+        json_schema_extra=_shown_default("16MB"),
+    )
+    too_small: Literal["refuse", "fewer-workers"] = Field(
+        "refuse",
+        description=(
+            'When the spool\'s file system has less free space than the workers need at start: "refuse" to start (exit '
+            'status 2, one line saying what is free and what is needed); "fewer-workers": start as many workers as '
+            "fit, with a warning (the shards of the others wait)."
+        ),
     )
     memory_budget: Size = Field(
         64 * 1024 * 1024,
@@ -687,6 +737,7 @@ from deliverypool.config.observe import (  # noqa: E402
     check_tenant_name,
 )
 from deliverypool.config.limits import LimitsConfig, StateConfig  # noqa: E402
+from deliverypool.config.dkim import DkimConfig  # noqa: E402
 
 
 class RelayConfig(_Table):
@@ -722,6 +773,7 @@ class RelayConfig(_Table):
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Sender limits: the defaults of every tenant (docs/operations/sender-limits.md).")
     state: StateConfig = Field(default_factory=StateConfig, description="Where sender counters and restrictions live (embedded SQLite, or Redis).")
     dnsbl: DnsblConfig = Field(default_factory=DnsblConfig, description="The blocklist watch of the pools' own source addresses.")
+    dkim: DkimConfig = Field(default_factory=DkimConfig, description="DKIM: the keys mail is signed with, and the check of clients' signatures (docs/dkim.md).")
 
     @model_validator(mode="before")
     @classmethod
@@ -807,6 +859,13 @@ class RelayConfig(_Table):
         for name in self.milter.transports:
             if name not in self.pools:
                 raise Invalid(f"no pool named {name!r} (defined: {', '.join(self.pools)})", "milter", "transports", name)
+        return self
+
+    @model_validator(mode="after")
+    def _dkim_tenants(self) -> RelayConfig:
+        for i, key in enumerate(self.dkim.keys):
+            if key.tenant is not None and key.tenant not in self.tenants:
+                raise Invalid(f"no tenant named {key.tenant!r}", "dkim", "keys", i, "tenant")
         return self
 
     def transport_for(self, pool: str) -> str:

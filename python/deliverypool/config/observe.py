@@ -16,12 +16,12 @@ from deliverypool.config.errors import Invalid
 from deliverypool.config.limits import LimitsConfig
 from deliverypool.config.model import (
     Bool,
-    FilePath,
     Int,
     IPNetworkField,
     ListenAddress,
     NameServer,
     Number,
+    OutputPath,
     Text,
     _shown_default,
     _Table,
@@ -144,7 +144,7 @@ class ObserveConfig(_Table):
     """The event stream inside the relay."""
 
     enabled: Bool = Field(True, description="Publish events (metrics, the surge monitor and the event log read them); false: none of those.")
-    event_log: Optional[FilePath] = Field(
+    event_log: Optional[OutputPath] = Field(
         None, description="Write every event as a JSON line to this file (relative: in the spool directory); absent: no event log."
     )
     event_log_size: Size = Field(100 * 1024 * 1024, description="Rotate the event log at this size.", json_schema_extra=_shown_default("100MB"))

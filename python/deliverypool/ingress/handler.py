@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
     from deliverypool.app import Relay
+    from deliverypool.auth.dkim import DkimOutcome
     from deliverypool.queue.spool import DsnRequest
     from deliverypool.routing.scores import SpamVerdict
 
@@ -58,12 +59,15 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class Accepted:
     """A message stored in the spool: its queue id, pool, routing reasons and the spam
-    verdict they used (trusted header or rspamd; None when the message had no score)."""
+    verdict they used (trusted header or rspamd; None when the message had no score), and what
+    DKIM did (the relay's signatures or why there are none, the checks of the client's; None
+    without keys or signatures)."""
 
     queue_id: str
     pool: str
     reasons: tuple[str, ...]
     spam: SpamVerdict | None = None
+    dkim: DkimOutcome | None = None
 
 
 @functools.lru_cache(maxsize=4096)

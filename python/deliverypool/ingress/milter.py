@@ -26,6 +26,14 @@ The sender is the SASL login Postfix passes (``{auth_authen}``), else the envelo
 Restrictions and limit alerts are reported as a relay worker reports them (logged, stored,
 POSTed to ``alerts.webhook``): the service runs an `Observer` without monitor or admin listener.
 
+With DKIM keys (``[dkim]``, docs/dkim.md), the milter signs each message at the end of it,
+after classifying, with the keys of its header From's domain (as the relay does), and adds the
+DKIM-Signature fields at the top of the header (``insheader``: the ADDHDRS action): a Postfix
+user needs no OpenDKIM. What it signs is the header and body libmilter handed it (rebuilt with
+``Name: value``: relaxed header canonicalization, the default, reads it as the receiver will).
+The signatures the message came with are checked, and the result logged. A message that
+cannot be signed goes on unsigned, with its reason in the log line; signing never tempfails.
+
 Whatever goes wrong while classifying (an exception, the timeout) tempfails the message (451):
 the client keeps it and tries again, nothing is lost, and no unclassified message reaches the
 normal pool. Postfix's ``milter_default_action = tempfail`` does the same when the milter is
@@ -36,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import logging
 import socket
 import threading
@@ -44,7 +53,8 @@ from typing import Any, ClassVar, TypeVar
 
 import Milter
 
-from deliverypool.app import policy_from_config, resolver_from_config
+from deliverypool.app import dkim_summary, policy_from_config, resolver_from_config
+from deliverypool.auth.dkim import DkimCheck, DkimOutcome, DkimSigner, DkimVerifier, field_values, has_signature
 from deliverypool.config import RelayConfig
 from deliverypool.routing.router import Router
 from deliverypool.routing.scores import Routed, ScoredRouter, Submission, scored_router
@@ -75,6 +85,8 @@ class MilterService:
         self._thread.start()
         self.tenants = Tenants(config.tenants)
         self.observer: Observer | None = None
+        self.dkim_signer = DkimSigner(config)
+        self.dkim_verifier: DkimVerifier | None = None
         self.scores: ScoredRouter = self.call(self._scores(), None)
         self.limits: Limiter | None = self.call(self._limits(), None)
 
@@ -82,6 +94,9 @@ class MilterService:
         # Built on the loop that will use it (the resolver's and httpx's state is per loop).
         dns = self.config.dns
         resolver = resolver_from_config(dns) if dns.check_sender_domain else None
+        if self.config.dkim.verify:
+            source = resolver if resolver is not None else lambda: resolver_from_config(dns)
+            self.dkim_verifier = DkimVerifier(source, max_signatures=self.config.dkim.max_signatures)
         return scored_router(self.config, Router(resolver, policy=policy_from_config(self.config)))
 
     async def _limits(self) -> Limiter | None:
@@ -111,10 +126,39 @@ class MilterService:
 
     def route(self, message: bytes, submission: Submission) -> Routed:
         """The pool of one message (blocking: called from libmilter's threads)."""
+        return self.route_and_check(message, submission)[0]
+
+    def route_and_check(self, message: bytes, submission: Submission) -> tuple[Routed, tuple[DkimCheck, ...]]:
+        """The pool of one message and the checks of the DKIM signatures it came with, at the
+        same time (blocking: called from libmilter's threads)."""
         untrusted = not self.config.milter.trust_score_header
         tenant = self.tenants.resolve(submission.login, submission.client_address)
-        work = self.scores.route(message, submission, tenant=tenant, untrusted_client=untrusted)
-        return self.call(work, self.config.milter.timeout)
+        route = self.scores.route(message, submission, tenant=tenant, untrusted_client=untrusted)
+        verifier = self.dkim_verifier
+
+        async def both() -> tuple[Routed, tuple[DkimCheck, ...]]:
+            if verifier is None or not has_signature(message):
+                return await route, ()
+            return await asyncio.gather(route, verifier.verify(message))
+
+        return self.call(both(), self.config.milter.timeout)
+
+    def sign(self, message: bytes, routed: Routed, submission: Submission) -> tuple[list[str], DkimOutcome | None]:
+        """The DKIM-Signature values to add (LF-folded) and what DKIM did; on the calling thread
+        (the Rust signer releases the GIL). Never raises: a failure leaves the message unsigned."""
+        signer = self.dkim_signer
+        if not signer.keys:
+            return [], None
+        tenant = self.tenants.resolve(submission.login, submission.client_address)
+        keys, why = signer.choose(routed.decision.from_domain, tenant)
+        if not keys:
+            return [], DkimOutcome(unsigned=why)
+        try:
+            header, outcome = signer.signatures(message, keys)
+        except Exception:
+            log.exception("DKIM signing failed queue_id=%s (sent unsigned)", submission.queue_id or "-")
+            return [], DkimOutcome(unsigned="error")
+        return field_values(header), outcome
 
     def check_recipient(self, *, login: str | None, mail_from: str, recipient: str, client_address: str | None) -> str | None:
         """The sender limits' reply refusing `recipient` (``550 5.1.8``, ``451 4.3.0``), or None
@@ -137,6 +181,7 @@ class MilterService:
                 self.call(self.observer.stop(), 10.0)  # the last alerts posted, the events written
             self.call(self.scores.close(), 5.0)
         finally:
+            self.dkim_signer.close()
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(5.0)
             if not self._thread.is_alive():
@@ -241,7 +286,7 @@ class PoolMilter(Milter.Base):  # type: ignore[misc]  # pymilter has no type inf
             queue_id=queue_id,
         )
         try:
-            routed = service.route(message, submission)
+            routed, checks = service.route_and_check(message, submission)
         except Exception as error:
             log.exception("tempfailed queue_id=%s from=<%s>: %s", queue_id or "-", self.mail_from, error)
             self.setreply("451", "4.3.0", "Temporary failure classifying the message; try again later")
@@ -253,8 +298,14 @@ class PoolMilter(Milter.Base):  # type: ignore[misc]  # pymilter has no type inf
             self.chgheader(header, index, "")
         transport = service.config.transport_for(routed.pool)
         self.addheader(header, transport)
+        signatures, dkim = service.sign(message, routed, submission)
+        # At the top of the header, the first signature first.
+        for value in reversed(signatures):
+            self.addheader("DKIM-Signature", value, 0)
+        if checks:
+            dkim = dataclasses.replace(dkim or DkimOutcome(), checks=checks)
         log.info(
-            "routed queue_id=%s from=<%s> recipients=%d pool=%s transport=%s reasons=%s spam=%s",
+            "routed queue_id=%s from=<%s> recipients=%d pool=%s transport=%s reasons=%s spam=%s%s",
             queue_id or "-",
             self.mail_from,
             len(self.recipients),
@@ -262,6 +313,7 @@ class PoolMilter(Milter.Base):  # type: ignore[misc]  # pymilter has no type inf
             transport,
             ",".join(routed.reasons) or "-",
             routed.spam.summary() if routed.spam is not None else "-",
+            dkim_summary(dkim),
         )
         return int(Milter.CONTINUE)
 
@@ -297,7 +349,8 @@ def run_milter(config: RelayConfig) -> None:
     service = MilterService(config)
     PoolMilter.service = service
     Milter.factory = milter_class(service)
-    # The actions the milter negotiates: add its header, delete copies it did not write.
+    # The actions the milter negotiates: add its header and the DKIM signatures (insheader is
+    # ADDHDRS too), delete copies of its header it did not write.
     Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS)
     host, port = config.milter.address
     log.info("milter listening on %s:%d", host, port)

@@ -22,9 +22,12 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Final, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Union
 
 from deliverypool.observe.reports import DsnRecipient, DsnReport
+
+if TYPE_CHECKING:
+    from deliverypool.auth.dkim import DkimOutcome
 
 __all__ = [
     "DeliveryAttempt",
@@ -59,6 +62,9 @@ class MessageAccepted:
     # The DSN verdict: its kind (delivery-status, non-standard...) and signals, or None.
     dsn_kind: str | None = None
     dsn_signals: tuple[str, ...] = ()
+    # DKIM: the relay's signatures or why there are none, the checks of the client's (None
+    # without keys configured and signatures on the message).
+    dkim: DkimOutcome | None = None
 
 
 @dataclass(frozen=True, slots=True)

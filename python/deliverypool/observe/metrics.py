@@ -19,6 +19,12 @@ Every label value comes from a closed set, never from message content:
 | ``deliverypool_dnsbl_checks_total`` (counter, per address and cycle) | ``zone``: ``dnsbl.zones``; ``result``: `CHECK_RESULTS` |
 | ``deliverypool_score_checks_total`` (counter, with a score source) | ``result``: ``verdict``, ``too-large``, `FAILURES` (``timeout``, ``unreachable``, ``bad-response``) |
 | ``deliverypool_score_fallbacks_total`` (counter) | none |
+| ``deliverypool_dkim_signing_total`` (counter, with DKIM keys) | ``result``: ``signed`` or why unsigned (`UNSIGNED`: ``no-key``, ``no-from``, ...) |
+| ``deliverypool_dkim_checks_total`` (counter, signatures messages arrived with) | ``result``: `DKIM_RESULTS` (``pass``, ``fail``, ``neutral``, ``temperror``, ``permerror``, ``policy``) |
+| ``deliverypool_dkim_reloads_total`` (counter, SIGHUP) | ``result``: ``ok``, ``failed`` |
+| ``deliverypool_spool_conditions_total`` (counter, times a shard entered it) | ``condition``: ``low-space``, ``stalled`` (observe/spool.py) |
+| ``deliverypool_spool_refused_total`` (counter) | none |
+| ``deliverypool_fleet_leader``, ``deliverypool_fleet_degraded`` (gauges, in a fleet) | none |
 
 A message with several reasons counts once under each; a value outside its set (a pool
 removed from the configuration while mail waited) is counted as ``other``.
@@ -35,6 +41,7 @@ from deliverypool import _core
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from deliverypool.auth.dkim import UNSIGNED
 from deliverypool.config import NO_TENANT, RelayConfig
 from deliverypool.observe.bounce import status_class
 from deliverypool.observe.events import DeliveryAttempt, DsnGenerated, DsnRelayed, Event, MessageAccepted
@@ -49,6 +56,8 @@ REASONS: Final[tuple[str, ...]] = tuple(
 )
 
 _REASON_LABELS: Final = frozenset((*REASONS, "none"))
+_UNSIGNED: Final = frozenset(UNSIGNED)
+_DKIM_RESULTS: Final = frozenset(_core.DKIM_RESULTS)
 COMMIT_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 OTHER: Final = "other"
 
@@ -81,6 +90,13 @@ class MetricsRecorder:
             tenant = self._tenant(event.tenant)
             counts[("deliverypool_tenant_messages_total", (("tenant", tenant),))] += 1
             self.minutes[(int(event.at // 60), tenant, "messages")] += 1
+            dkim = event.dkim
+            if dkim is not None:
+                if dkim.signed or dkim.unsigned is not None:
+                    result = "signed" if dkim.signed else dkim.unsigned if dkim.unsigned in _UNSIGNED else OTHER
+                    counts[("deliverypool_dkim_signing_total", (("result", result),))] += 1
+                for check in dkim.checks:
+                    counts[("deliverypool_dkim_checks_total", (("result", check.result if check.result in _DKIM_RESULTS else OTHER),))] += 1
         elif isinstance(event, DeliveryAttempt):
             pool = self._pool(event.pool)
             source = "none" if event.source is None else event.source if event.source in self.sources.get(event.pool, ()) else OTHER
@@ -128,6 +144,13 @@ _HELP: Final = {
     "deliverypool_dnsbl_checks_total": ("Blocklist checks of the source addresses, by zone and result.", ["zone", "result"]),
     "deliverypool_score_checks_total": ("Messages the score source (rspamd) was asked about or skipped, by result.", ["result"]),
     "deliverypool_score_fallbacks_total": ("Messages sent through the high-risk pool because no score could be had (score.fallback).", []),
+    "deliverypool_dkim_signing_total": ("Messages by what DKIM signing did: signed, or why they went unsigned.", ["result"]),
+    "deliverypool_dkim_checks_total": ("DKIM signatures messages arrived with, by the result of their check (RFC 8601).", ["result"]),
+    "deliverypool_dkim_reloads_total": ("Reloads of the DKIM keys on SIGHUP, by result (failed: the keys in use were kept).", ["result"]),
+    "deliverypool_spool_conditions_total": (
+        "Times a spool shard entered low-space mode or its state changes started failing (stalled).", ["condition"]
+    ),
+    "deliverypool_spool_refused_total": ("Messages refused because the spool could not store them (disk full: 452; failing: 451).", []),
 }
 
 
@@ -165,6 +188,7 @@ class RelayCollector(Collector):
         tenants: Iterable[str],
         restricted: Callable[[], Mapping[str, int]] | None = None,
         dnsbl: Callable[[], Iterable[tuple[str, str, str, float]]] = tuple,
+        fleet: Callable[[], tuple[float, float]] | None = None,
     ) -> None:
         self.store = store
         self.spool = spool
@@ -172,6 +196,7 @@ class RelayCollector(Collector):
         self.tenants = tuple(tenants)
         self.restricted = restricted
         self.dnsbl = dnsbl
+        self.fleet = fleet
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
         rows = self.store.counters()
@@ -210,6 +235,10 @@ class RelayCollector(Collector):
         for address, pool, zone, value in self.dnsbl():
             listed.add_metric([address, pool, zone], value)
         yield listed
+        if self.fleet is not None:
+            leading, degraded = self.fleet()
+            yield GaugeMetricFamily("deliverypool_fleet_leader", "1 while this node holds the fleet's lease (runs the surge monitor and the blocklist watch).", value=leading)
+            yield GaugeMetricFamily("deliverypool_fleet_degraded", "1 while this node cannot reach the fleet's Redis (it shows and counts its own view).", value=degraded)
 
 
 def registry_for(collector: Collector) -> CollectorRegistry:

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from deliverypool.config import NO_TENANT
 from deliverypool.observe.alerts import log_alert
 from deliverypool.observe.events import SenderLimitAlert, SenderReleased, SenderRestricted
+from deliverypool.observe.fleet import NODE_ALERTS
 from deliverypool.observe.surge import iso_time
 from deliverypool.state.backends import WINDOW_SECONDS, Restriction
 
@@ -77,6 +78,23 @@ class SenderAlerts:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def _fire(self, alert: dict[str, Any], since: float) -> None:
+        fleet = self.observer.fleet
+        if fleet is None:
+            self.fire_local(alert, since)
+            return
+
+        async def fire() -> None:
+            stored = await fleet.fire_alert(alert, since)
+            if stored is None:  # Redis away: this node's store, handed over when it is back
+                self.fire_local(alert, since)
+            elif stored:
+                self._announce(alert)
+
+        self._later_async(fire)
+
+    def fire_local(self, alert: dict[str, Any], since: float) -> None:
+        """Stores `alert` in this node's state database unless it fires there already, and
+        announces it if stored (without a state database: logged only)."""
         observer = self.observer
         if not observer._store_open:
             log_alert(alert)
@@ -89,6 +107,22 @@ class SenderAlerts:
         self._later(work)
 
     def _resolve(self, alert_id: str, update: dict[str, Any], now: float) -> None:
+        fleet = self.observer.fleet
+        if fleet is None or alert_id.startswith(NODE_ALERTS):
+            self.resolve_local(alert_id, update, now)
+            return
+
+        async def resolve() -> None:
+            reached, body = await fleet.resolve_alert(alert_id, update, now)
+            if body is not None:
+                self._announce(body)
+            # Fired while Redis was away, it may be in this node's store still.
+            if not reached or body is None:
+                self.resolve_local(alert_id, update, now)
+
+        self._later_async(resolve)
+
+    def resolve_local(self, alert_id: str, update: dict[str, Any], now: float) -> None:
         observer = self.observer
         if not observer._store_open:
             return
@@ -141,15 +175,22 @@ class SenderAlerts:
         update = {"type": "sender-released", "reason": reason, "resolved_at": iso_time(now), "duration_seconds": round(now - r.since, 1)}
         self._resolve(restriction_alert_id(r), update, now)
 
+    def _backend_id(self, backend: str) -> str:
+        # In a fleet, each node raises its own (and keeps it in its own state database).
+        fleet = self.observer.fleet
+        return _id("sb-", backend) if fleet is None else _id("sb-", backend, fleet.node)
+
     def backend_unavailable(self, *, backend: str, error: str, fail: str, now: float) -> None:
         alert = {
-            "id": _id("sb-", backend), "type": "state-backend-unavailable", "state": "firing", "tenant": NO_TENANT, "cause": "unreachable",
+            "id": self._backend_id(backend), "type": "state-backend-unavailable", "state": "firing", "tenant": NO_TENANT, "cause": "unreachable",
             "backend": backend, "fail": fail, "error": error[:300], "fired_at": iso_time(now), "at": now,
         }
-        self._fire(alert, now)
+        if self.observer.fleet is not None:
+            alert["node"] = self.observer.fleet.node
+        self.fire_local(alert, now)
 
     def backend_available(self, *, backend: str, now: float) -> None:
-        self._resolve(_id("sb-", backend), {"resolved_at": iso_time(now)}, now)
+        self.resolve_local(self._backend_id(backend), {"resolved_at": iso_time(now)}, now)
 
     def snapshot(self, restrictions: list[Restriction], *, now: float) -> None:
         """The leader's sweep: the gauge, and the alerts whose condition is over (restrictions
@@ -159,35 +200,52 @@ class SenderAlerts:
             counts[self._tenant(r.tenant)] += 1
         self.restricted_by_tenant = counts
         observer = self.observer
-        if not observer._store_open:
-            return
         current = {restriction_alert_id(r) for r in restrictions}
+        keep = observer.config.monitor.resolved_alerts
 
-        def work() -> list[dict[str, Any]]:
-            """Resolves what is over; returns the bodies of the restrictions that ended elsewhere."""
-            ended = []
-            keep = observer.config.monitor.resolved_alerts
-            for alert in observer.store.firing("sr-"):
+        def over(alert: dict[str, Any]) -> dict[str, Any] | None:
+            """The update resolving `alert`, or None while its condition holds."""
+            if alert["id"].startswith("sr-"):
                 if alert["id"] in current:
-                    continue
+                    return None
                 until, since = alert.get("until"), float(alert.get("at", now))
                 reason = "expired" if until is not None and until <= iso_time(now) else "released"
-                update = {"type": "sender-released", "reason": reason, "resolved_at": iso_time(now), "duration_seconds": round(now - since, 1)}
-                body = observer.store.resolve_alert(alert["id"], update, now, keep)
-                if body is not None:
-                    self._announce(body)
-                    ended.append(body)
-            for alert in observer.store.firing("sl-"):
-                if float(alert.get("at", now)) + float(alert.get("window_seconds", 0)) <= now:
-                    body = observer.store.resolve_alert(alert["id"], {"resolved_at": iso_time(now)}, now, keep)
-                    if body is not None:
-                        self._announce(body)
+                return {"type": "sender-released", "reason": reason, "resolved_at": iso_time(now), "duration_seconds": round(now - since, 1)}
+            if float(alert.get("at", now)) + float(alert.get("window_seconds", 0)) <= now:
+                return {"resolved_at": iso_time(now)}
+            return None
+
+        def work() -> list[dict[str, Any]]:
+            """Resolves what is over in this node's store; the bodies resolved."""
+            ended = []
+            for prefix in ("sr-", "sl-"):
+                for alert in observer.store.firing(prefix):
+                    update = over(alert)
+                    if update is not None:
+                        body = observer.store.resolve_alert(alert["id"], update, now, keep)
+                        if body is not None:
+                            self._announce(body)
+                            ended.append(body)
             return ended
 
         async def reconcile() -> None:
-            for body in await observer._thread(work):
-                tenant = body["tenant"] if body["tenant"] != NO_TENANT else None
-                self._publish(SenderReleased(now, body["sender"], tenant, body["window"], body["reason"], float(body.get("at", now))))
+            ended: list[dict[str, Any]] = []
+            fleet = observer.fleet
+            if fleet is not None:
+                for prefix in ("sr-", "sl-"):
+                    for alert in await fleet.firing(prefix) or ():
+                        update = over(alert)
+                        if update is not None:
+                            _, body = await fleet.resolve_alert(alert["id"], update, now)
+                            if body is not None:
+                                self._announce(body)
+                                ended.append(body)
+            if observer._store_open:
+                ended += await observer._thread(work)
+            for body in ended:
+                if body.get("type") == "sender-released":
+                    tenant = body["tenant"] if body["tenant"] != NO_TENANT else None
+                    self._publish(SenderReleased(now, body["sender"], tenant, body["window"], body["reason"], float(body.get("at", now))))
 
         self._later_async(reconcile)
 

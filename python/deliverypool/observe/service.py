@@ -28,16 +28,19 @@ from deliverypool.mail.dsn import Failure
 from deliverypool.observe.alerts import Webhook, log_alert
 from deliverypool.observe.bounce import bounce_category, normalize_status
 from deliverypool.observe.events import DeliveryAttempt, DsnGenerated, DsnRelayed, Event, EventBus, MessageAccepted, as_json
+from deliverypool.observe.fleet import NODE_ALERTS, Fleet, fleet_enabled, node_name
 from deliverypool.observe.metrics import MetricsRecorder, RelayCollector, registry_for
 from deliverypool.observe.reports import DsnRecipient, read_report
 from deliverypool.observe.seen import RelayedIds
 from deliverypool.observe.senders import SenderAlerts
 from deliverypool.observe.surge import SurgeMonitor
 from deliverypool.routing.tenants import Tenants
+from deliverypool.state.fleet import FleetStore
 from deliverypool.state.limits import enabled as limits_enabled
 from deliverypool.state.observations import STATE_DATABASE, Labels, ObservationStore
 
 if TYPE_CHECKING:
+    from deliverypool.auth.dkim import DkimOutcome
     from deliverypool.routing.scores import ScoreStats
 
 __all__ = ["EventLog", "Observer"]
@@ -115,11 +118,21 @@ class Observer:
         self.limits: Any = None
         # The blocklist watch (watch/dnsbl.py), when [dnsbl] has zones: the relay sets it.
         self.dnsbl: Any = None
+        # With [state] redis (and fleet = true): this process's side of the fleet (observe/fleet.py).
+        self.fleet: Fleet | None = None
+        if fleet_enabled(config):
+            assert config.state.redis is not None
+            store = FleetStore(
+                config.state.redis, prefix=config.state.key_prefix, timeout=config.state.timeout, window=config.monitor.window,
+                dsns_per_tenant=config.state.dsns_per_tenant,
+            )
+            self.fleet = Fleet(self, store, node=node_name(config), candidate=leader, clock=clock)
         self.registry = registry_for(
             RelayCollector(
                 self.store, str(spool_root), surges=self._active, tenants=self.tenants.names,
                 restricted=(lambda: self.senders.restricted_by_tenant) if limits_enabled(config) else None,
                 dnsbl=self._dnsbl_listed,
+                fleet=self._fleet_gauges if self.fleet is not None and leader else None,
             )
         )
         self._dsns: list[tuple[float, str, str, dict[str, Any]]] = []
@@ -143,6 +156,8 @@ class Observer:
         # Observations never stop the relay: without its state database (a full disk, say) it
         # runs, counts in memory and tries again at each flush.
         await self._ensure_store()
+        if self.fleet is not None:
+            await self.fleet.store.open()
         try:
             await self._thread(self.relayed.load)
         except OSError as exc:
@@ -159,10 +174,14 @@ class Observer:
             self.admin = AdminServer(self, host, port)
             await self.admin.start()
             log.info("admin listener on http://%s:%d/ (/metrics, /healthz, /api/alerts, /api/tenants)", host, port)
+        if self.fleet is not None and self.fleet.candidate:
+            await self.fleet.tick()  # the first node up leads at once
         if self.run_loops:
             self._tasks.append(asyncio.ensure_future(self._every(self.config.observe.flush_interval, self.flush)))
-            if self.monitor is not None:
+            if self.monitor is not None or (self.fleet is not None and self.fleet.candidate):
                 self._tasks.append(asyncio.ensure_future(self._every(self.config.monitor.tick, self.evaluate)))
+            if self.fleet is not None and self.fleet.candidate:
+                self._tasks.append(asyncio.ensure_future(self._every(self.fleet.ttl / 3, self.fleet.tick)))
 
     async def _ensure_store(self) -> bool:
         if self._store_open:
@@ -176,7 +195,7 @@ class Observer:
             return False
         self._store_open = True
         self._store_failed = False
-        if self.monitor is None and self.leader and self.config.monitor.enabled:
+        if self.monitor is None and self.leader and self.config.monitor.enabled and self.fleet is None:
             await self._start_monitor()
         return True
 
@@ -208,6 +227,10 @@ class Observer:
         await self.senders.drain()
         with contextlib.suppress(Exception):
             await self.flush()
+        if self.fleet is not None:
+            await self.fleet.resign()
+            await self.senders.drain()
+            await self.fleet.store.close()
         if self.admin is not None:
             await self.admin.stop()
         if self.webhook is not None:
@@ -216,12 +239,26 @@ class Observer:
             await self._thread(self.store.close)
 
     async def _every(self, seconds: float, work: Callable[[], Any]) -> None:
+        """Runs `work` every `seconds`. A failure is logged when it starts and when it ends, not
+        at every round (a full disk fails every flush until it has room again)."""
+        name = getattr(work, "__name__", "work")
+        failing = False
         while True:
             await asyncio.sleep(seconds)
             try:
                 await work()
+            except (OSError, sqlite3.Error) as exc:  # the disk (full, say): no traceback to add
+                if not failing:
+                    log.error("observer: periodic %s failed: %s (logged again only once it works)", name, exc)
+                failing = True
             except Exception:
-                log.exception("observer: periodic %s failed", getattr(work, "__name__", "work"))
+                if not failing:
+                    log.exception("observer: periodic %s failed (logged again only once it works)", name)
+                failing = True
+            else:
+                if failing:
+                    log.warning("observer: periodic %s works again", name)
+                failing = False
 
     async def _thread(self, work: Callable[[], Any]) -> Any:
         return await asyncio.get_running_loop().run_in_executor(None, work)
@@ -238,6 +275,7 @@ class Observer:
         peer: str | None,
         recipients: int,
         message_id: str | None,
+        dkim: DkimOutcome | None = None,
     ) -> None:
         """A message was spooled: publishes MessageAccepted, and DsnRelayed for a DSN; the
         Message-ID of any other message joins the relayed set."""
@@ -248,7 +286,7 @@ class Observer:
         self.bus.publish(
             MessageAccepted(
                 now, queue_id, tenant, decision.pool, tuple(decision.reasons), peer, recipients, message_id,
-                dsn.kind if dsn is not None else None, tuple(dsn.signals) if dsn is not None else (),
+                dsn.kind if dsn is not None else None, tuple(dsn.signals) if dsn is not None else (), dkim,
             )
         )
         if dsn is None:
@@ -335,6 +373,11 @@ class Observer:
             counts.update(self._score_deltas(self.scores))
         dsns, self._dsns = self._dsns, []
         event_log = self.event_log
+        if self.fleet is not None:
+            # The DSN records go to the fleet only (its monitor reads them); the per-minute counts
+            # to both (this node's own view, while Redis is away).
+            await self.fleet.add(dsns, minutes)
+            dsns = []
         if not await self._ensure_store():
             return  # these counts are lost: observations, not mail
 
@@ -355,7 +398,27 @@ class Observer:
 
     async def evaluate(self) -> list[dict[str, Any]]:
         """Reads the DSNs every worker recorded since the last time, slides the windows and
-        raises or resolves alerts. Returns the alerts that changed."""
+        raises or resolves alerts. Returns the alerts that changed. In a fleet: the leader's
+        monitor over every node's records (observe/fleet.py)."""
+        if self.fleet is not None:
+            changes = await self.fleet.evaluate()
+            now = self.clock()
+            if self._store_open and now - self._last_saved >= 60:
+                self._last_saved = now
+                monitor = self.monitor
+                baselines = [(tenant, w.baseline, now) for tenant, w in monitor.windows.items()] if monitor is not None else []
+                started = monitor.started if monitor is not None else None
+
+                def keep_local() -> None:
+                    # A copy of the baselines (a Redis that lost its data), old minutes pruned.
+                    if baselines:
+                        self.store.save_baselines(baselines)
+                    if started is not None:
+                        self.store.set_meta("monitor_started", started)
+                    self.store.prune(now - 2 * self.config.monitor.window, int((now - max(2 * self.config.monitor.window, 3600)) // 60))
+
+                await self._thread(keep_local)
+            return changes
         if self.monitor is None or not self._store_open:
             return []
         now = self.clock()
@@ -390,13 +453,30 @@ class Observer:
         if self.webhook is not None:
             self.webhook.post(alert)
 
+    def _fleet_gauges(self) -> tuple[float, float]:
+        fleet = self.fleet
+        return (0.0, 0.0) if fleet is None else (float(fleet.leading), float(fleet.degraded))
+
     def _active(self) -> list[dict[str, Any]]:
+        if self.fleet is not None:
+            return self.fleet.active_surges()
         if self.monitor is not None:
             return self.monitor.active()
         return [alert for alert in self.store.alerts()[0] if alert["type"] == "dsn-surge"]
 
     async def alerts(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        active, resolved = await self._thread(self.store.alerts)
+        active, resolved = await self._thread(self.store.alerts) if self._store_open else ([], [])
+        if self.fleet is not None:
+            fleet = await self.fleet.alerts()
+            up = fleet is not None
+            if fleet is None:  # Redis away: the fleet's alerts as last read, and this node's own
+                fleet = (self.fleet.active, self.fleet.resolved)
+            known = {a["id"] for a in (*fleet[0], *fleet[1])}
+            # This node's own alerts (its Redis connection); all it stored while Redis is away.
+            mine = [a for a in (*active, *resolved) if a["id"] not in known and (not up or str(a["id"]).startswith(NODE_ALERTS))]
+            active = [*fleet[0], *(a for a in mine if a["state"] == "firing")]
+            resolved = [*fleet[1], *(a for a in mine if a["state"] == "resolved")]
+            resolved.sort(key=lambda a: a.get("resolved_at") or "", reverse=True)
         return active, resolved[: self.config.monitor.resolved_alerts]
 
     async def tenant_view(self) -> dict[str, Any]:
@@ -405,8 +485,12 @@ class Observer:
         now = self.clock()
         window = self.config.monitor.window
         minutes = max(1.0, window / 60)
-        counts = await self._thread(lambda: self.store.rates(int((now - max(window, 60)) // 60) + 1))
-        snapshot = self.monitor.snapshot(now) if self.monitor is not None else {}
+        fleet_view = await self.fleet.tenants(now) if self.fleet is not None else None
+        if fleet_view is not None:
+            counts, snapshot = fleet_view
+        else:  # this node's own (without a fleet, or with Redis away: the fleet's snapshot as last read)
+            counts = await self._thread(lambda: self.store.rates(int((now - max(window, 60)) // 60) + 1)) if self._store_open else {}
+            snapshot = self.monitor.snapshot(now) if self.monitor is not None else self.fleet.snapshot if self.fleet is not None else {}
         tenants: dict[str, Any] = {}
         for name in (*self.tenants.names, NO_TENANT):
             row = snapshot.get(name, {"dsns_in_window": 0, "dsns_per_minute": 0.0, "baseline_per_minute": 0.0, "surge": None})
@@ -416,4 +500,7 @@ class Observer:
                 **row,
             }
         active, _ = await self.alerts()
-        return {"at": now, "window_seconds": window, "tenants": tenants, "active_alerts": active}
+        view = {"at": now, "window_seconds": window, "tenants": tenants, "active_alerts": active}
+        if self.fleet is not None:
+            view["fleet"] = await self.fleet.view()
+        return view

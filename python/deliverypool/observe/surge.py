@@ -201,6 +201,25 @@ class SurgeMonitor:
     def add(self, tenant: str | None, at: float, record: dict[str, Any]) -> None:
         self._window(tenant or NO_TENANT).records.append((at, record))
 
+    def restore(self, tenant: str, *, alert: dict[str, Any] | None = None, since: float = 0.0, history: Mapping[str, Any] | None = None) -> None:
+        """Takes over a tenant's state from a monitor that ran elsewhere (a fleet's previous
+        leader): its firing surge (`alert`, fired at `since`) and the clients and reporting MTAs
+        its DSNs came from before (`history`, as `history` returns it)."""
+        window = self._window(tenant)
+        if alert is not None:
+            window.alert, window.since = dict(alert), since
+        if history:
+            window.clients = collections.Counter({str(k): int(v) for k, v in dict(history.get("cl") or {}).items()})
+            window.mtas = collections.Counter({str(k): int(v) for k, v in dict(history.get("m") or {}).items()})
+
+    def history(self, tenant: str, most: int = 32) -> dict[str, dict[str, int]]:
+        """The clients and reporting MTAs of the tenant's DSNs before its window, the `most`
+        frequent of each (for `restore`: what "new" is measured against needs only those)."""
+        window = self.windows.get(tenant)
+        if window is None:
+            return {"cl": {}, "m": {}}
+        return {"cl": dict(window.clients.most_common(most)), "m": dict(window.mtas.most_common(most))}
+
     def rate(self, tenant: str, now: float) -> float:
         """The tenant's DSNs per minute over the window (or the time since the start, if shorter)."""
         window = self.windows.get(tenant)

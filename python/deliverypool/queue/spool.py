@@ -20,11 +20,22 @@ recipient left ``in-flight`` by a previous process is queued again; the remote s
 already have it, so it is counted as a possible duplicate (at-least-once delivery).
 
 A lock file in the spool directory keeps a second relay from opening the same spool.
+
+The disk: a reserve file (``reserve``) is kept for the state changes of mail already accepted.
+A shard that cannot make its reserve, or whose disk has less free than the reserve, is in
+*low-space mode*: new mail is refused (:class:`SpoolFull`, 452 4.3.1) while deliveries go on;
+with the workers' shared flags (:mod:`deliverypool.queue.space`) every shard refuses while any
+one is in it. A transaction that fails as a whole (the disk full even after the reserve is
+released, an I/O error) never fails the state changes in it: they are tried again with growing
+waits (`RETRY_FIRST` doubling up to `RETRY_MAXIMUM`), their callers waiting, and new mail is
+refused meanwhile. Each condition is logged once when it starts and once when it ends, and
+reported to `on_condition` (metrics and alerts), never once per attempt.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import fcntl
 import logging
@@ -40,6 +51,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from deliverypool.errors import SpoolError, SpoolFull, SpoolLocked
+from deliverypool.queue.space import SpaceFlags
 from deliverypool.queue.schema import ACTIVE_STATES_SQL, FINAL_STATES_SQL, State, decode_reasons, encode_reasons, migrate
 
 T = TypeVar("T")
@@ -60,6 +72,12 @@ RESERVE = "reserve"
 RESERVE_BYTES = 16 * 1024 * 1024
 # Upper bound on the changes one transaction takes; more wait for the next commit.
 MAX_BATCH = 1024
+# A transaction of state changes that failed as a whole is tried again after this, then after
+# twice as long each time, up to RETRY_MAXIMUM.
+RETRY_FIRST = 0.05
+RETRY_MAXIMUM = 5.0
+# How often a shard in low-space mode looks at the free space again (commits look too).
+SPACE_CHECK_INTERVAL = 1.0
 
 @dataclass(frozen=True, slots=True)
 class DsnRequest:
@@ -164,6 +182,13 @@ class SpoolStats:
     commits: int = 0
     changes: int = 0
     largest_batch: int = 0
+    # New messages refused because the disk is full or the spool cannot write (452/451).
+    refused: int = 0
+    # Times state changes started failing (a stall), and failed attempts at them in all.
+    stalls: int = 0
+    failed_attempts: int = 0
+    # Times this shard entered low-space mode.
+    low_space_entered: int = 0
 
 
 # A queued change, its caller's future, and whether it may use the reserve (state changes of mail
@@ -201,13 +226,27 @@ class Spool:
     """The spool in `directory`. Use ``await spool.open()`` (or ``async with``) before use."""
 
     def __init__(
-        self, directory: str | os.PathLike[str], *, clock: Callable[[], float] = time.time, reserve: int = RESERVE_BYTES
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        clock: Callable[[], float] = time.time,
+        reserve: int = RESERVE_BYTES,
+        space: SpaceFlags | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.path = self.directory / DATABASE
         self.reserve = reserve
-        # True while the reserve is spent: new mail is refused, state changes go on.
-        self.low_space = False
+        # This shard's low-space mode (see the module); `space`: the flags all shards share.
+        self._low_space = False
+        self.space = space
+        # Since when (time.monotonic) whole transactions keep failing, and the last error.
+        self.stalled_since: float | None = None
+        self.stall_error: str = ""
+        # Told when a condition starts (True) or ends (False): ("low-space" | "stalled",
+        # active, details); the relay turns them into metrics and alerts.
+        self.on_condition: Callable[[str, bool, dict[str, Any]], None] | None = None
+        self._space_watch: asyncio.Task[None] | None = None
+        self._retry_wakeup: asyncio.Event | None = None
         self.clock = clock
         self.stats = SpoolStats()
         self._pending: list[_Request] = []
@@ -250,7 +289,7 @@ class Spool:
                 if not (_is_full(exc) and await self._release_reserve()):
                     raise
                 self._conn = await self._loop.run_in_executor(self._io, self._setup)
-            await self._loop.run_in_executor(self._io, self._make_reserve)
+            self._apply_space(*await self._loop.run_in_executor(self._io, self._make_reserve))
             self._reader = await self._loop.run_in_executor(self._io, lambda: connect(self.path, readonly=True))
         except BaseException:
             self._io.shutdown(wait=False)
@@ -259,7 +298,9 @@ class Spool:
             raise
         self._closing = False
         self._wakeup = asyncio.Event()
+        self._retry_wakeup = asyncio.Event()
         self._writer = asyncio.ensure_future(self._write_loop())
+        self._space_watch = asyncio.ensure_future(self._watch_space())
         requeued = await self.run(_recover)
         await self._remove_orphan_bodies()
         pending = await self.pending()
@@ -274,20 +315,26 @@ class Spool:
             raise
         return conn
 
-    def _make_reserve(self) -> None:
-        """Keeps the reserve file in place and decides low-space mode: entered when less than
-        the reserve is free (besides the reserve itself), left once twice as much is free and the
-        reserve exists again."""
+    @property
+    def low_space(self) -> bool:
+        """True while new mail is refused for lack of space: this shard cannot keep its reserve,
+        or (with shared flags) another shard cannot."""
+        return self._low_space or (self.space is not None and self.space.any_low())
+
+    @property
+    def refusing(self) -> bool:
+        """True while new mail is refused: low space, or state changes failing."""
+        return self.low_space or self.stalled_since is not None
+
+    def _make_reserve(self) -> tuple[bool, int]:
+        """Keeps the reserve file in place (on the I/O thread); returns (low space, free bytes).
+        Low space when the reserve is missing and cannot be made (it is made only while twice
+        the reserve is free), or when less than the reserve is free besides it."""
         path = self.directory / RESERVE
         free = shutil.disk_usage(self.directory).free
-        if free < self.reserve:
-            if not self.low_space:
-                log.error("spool %s: less than %d bytes free; refusing new mail (452) until space is back", self.directory, self.reserve)
-            self.low_space = True
-            return
         if not path.exists():
             if free < 2 * self.reserve:
-                return
+                return True, free
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
                 try:
@@ -297,20 +344,58 @@ class Spool:
                     os.close(fd)
             except OSError:
                 path.unlink(missing_ok=True)
-                return
+                return True, free
             free -= self.reserve
-        if self.low_space and free >= self.reserve:
-            log.warning("spool %s: free space is back, accepting mail again", self.directory)
-            self.low_space = False
+        return free < self.reserve, free
+
+    def _apply_space(self, low: bool, free: int) -> None:
+        """Enters or leaves low-space mode (on the loop), logging and reporting the change once."""
+        if self.space is not None:
+            self.space.set(low)
+        if low == self._low_space:
+            return
+        self._low_space = low
+        details = {"directory": str(self.directory), "free": free, "reserve": self.reserve}
+        if low:
+            self.stats.low_space_entered += 1
+            log.error(
+                "spool %s: low space (%d bytes free, reserve %d): refusing new mail (452) until twice the reserve is free",
+                self.directory, free, self.reserve,
+            )
+        else:
+            log.warning("spool %s: free space is back (%d bytes free, reserve kept): accepting mail again", self.directory, free)
+        self._condition("low-space", low, details)
+
+    def _condition(self, name: str, active: bool, details: dict[str, Any]) -> None:
+        if self.on_condition is not None:
+            try:
+                self.on_condition(name, active, details)
+            except Exception:
+                log.exception("spool %s: reporting %s failed", self.directory, name)
+
+    async def _watch_space(self) -> None:
+        """While in low-space mode (or without a reserve), looks at the free space every
+        `SPACE_CHECK_INTERVAL`, so that the mode ends when space is back even with no commit."""
+        while not self._closing:
+            await asyncio.sleep(SPACE_CHECK_INTERVAL)
+            if self._io is None or self._closing:
+                return
+            if self._low_space or not (self.directory / RESERVE).exists():
+                try:
+                    self._apply_space(*await self._loop_run(self._make_reserve))
+                except Exception:  # the disk itself: the next round tries again
+                    pass
 
     async def _release_reserve(self) -> bool:
         """Removes the reserve file (entering low-space mode); False when there was none."""
         path = self.directory / RESERVE
-        self.low_space = True
+        free = shutil.disk_usage(self.directory).free
         if not path.exists():
+            self._apply_space(True, free)
             return False
         path.unlink()
-        log.error("spool %s: the disk is full; reserve released, refusing new mail (452) until space is back", self.directory)
+        log.error("spool %s: the disk is full; reserve released for the mail already accepted", self.directory)
+        self._apply_space(True, free)
         return True
 
     async def close(self) -> None:
@@ -318,8 +403,15 @@ class Spool:
         if self._writer is not None and self._wakeup is not None:
             self._closing = True
             self._wakeup.set()
+            if self._retry_wakeup is not None:
+                self._retry_wakeup.set()  # a stalled transaction gives up: its changes fail
             await self._writer
             self._writer = None
+        if self._space_watch is not None:
+            self._space_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._space_watch
+            self._space_watch = None
         if self._io is not None:
             for conn in (self._conn, self._reader):
                 if conn is not None:
@@ -383,25 +475,74 @@ class Spool:
         results = await self._try_commit(batch)
         if isinstance(results, BaseException):
             failure = results
-            if _is_full(failure) and await self._release_reserve():
-                # The disk is full: state changes of accepted mail go on in the reserve; new
-                # mail is refused.
-                refused = SpoolFull("the spool's disk is full")
-                for change, future, essential in batch:
-                    if not essential:
-                        _settle(future, None, refused)
-                batch = [request for request in batch if request[2]]
-                results = await self._try_commit(batch) if batch else []
+            # New mail in a failed transaction is refused now (the client keeps it): only the
+            # state changes of mail already accepted are worth waiting for.
+            refused = SpoolFull(f"the spool's disk is full: {failure}") if _is_full(failure) else SpoolError(f"spool commit failed: {failure}")
+            for _, future, essential in batch:
+                if not essential:
+                    self.stats.refused += 1
+                    _settle(future, None, refused)
+            batch = [request for request in batch if request[2]]
+            results = []
+            if batch and _is_full(failure) and await self._release_reserve():
+                # The disk is full: state changes of accepted mail go on in the reserve.
+                results = await self._try_commit(batch)
+            elif batch:
+                results = failure
             if isinstance(results, BaseException):
+                results = await self._retry(batch, results)
+            if isinstance(results, BaseException):  # closing while still failing
                 kind = SpoolFull if _is_full(results) else SpoolError
                 results = [(None, kind(f"spool commit failed: {results}"))] * len(batch)
-        elif self.low_space:
-            await self._loop_run(self._make_reserve)
+        elif self._low_space:
+            self._apply_space(*await self._loop_run(self._make_reserve))
         self.stats.commits += 1
         self.stats.changes += len(batch)
         self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
         for (_, future, _), (value, error) in zip(batch, results):
             _settle(future, value, error)
+
+    async def _retry(self, batch: list[_Request], failure: BaseException) -> list[tuple[Any, BaseException | None]] | BaseException:
+        """Tries the transaction of `batch` (state changes only) again with growing waits until it
+        commits, or the spool closes (then the last failure). The stall is logged and reported
+        once when it starts and once when it ends; new mail is refused meanwhile."""
+        assert self._retry_wakeup is not None
+        started = time.monotonic()
+        attempts = 1
+        self.stats.failed_attempts += 1
+        fresh = self.stalled_since is None
+        if fresh:
+            self.stalled_since = started
+            self.stats.stalls += 1
+            self.stall_error = str(failure)
+            log.error(
+                "spool %s: state changes fail (%s); trying again with growing waits (up to %gs) and refusing new mail meanwhile",
+                self.directory, failure, RETRY_MAXIMUM,
+            )
+            self._condition("stalled", True, {"directory": str(self.directory), "error": str(failure)})
+        wait = RETRY_FIRST
+        while not self._closing:
+            self._retry_wakeup.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._retry_wakeup.wait(), wait)
+            if self._closing:
+                break
+            wait = min(RETRY_MAXIMUM, wait * 2)
+            if _is_full(failure) and not (self.directory / RESERVE).exists():
+                # Space may be back: the reserve is remade first, so that it is there next time.
+                with contextlib.suppress(Exception):
+                    self._apply_space(*await self._loop_run(self._make_reserve))
+            results = await self._try_commit(batch)
+            if not isinstance(results, BaseException):
+                seconds = time.monotonic() - started
+                self.stalled_since = None
+                log.warning("spool %s: state changes succeed again after %.1fs (%d failed attempts)", self.directory, seconds, attempts)
+                self._condition("stalled", False, {"directory": str(self.directory), "seconds": round(seconds, 1), "attempts": attempts})
+                return results
+            failure = results
+            attempts += 1
+            self.stats.failed_attempts += 1
+        return failure
 
     async def _try_commit(self, batch: list[_Request]) -> list[tuple[Any, BaseException | None]] | BaseException:
         """One transaction for `batch`: every change's result or error, or the exception that
@@ -440,9 +581,14 @@ class Spool:
     # --- changes --------------------------------------------------------------------------
 
     async def accept(self, message: NewMessage) -> Job:
-        """Stores a message with its recipients queued. Returns once it is on disk."""
-        if self.low_space:
-            raise SpoolFull("the spool's disk is full")
+        """Stores a message with its recipients queued. Returns once it is on disk. Raises
+        :class:`SpoolFull` in low-space mode (452), :class:`SpoolError` while state changes fail
+        for another reason (451)."""
+        if self.refusing:
+            self.stats.refused += 1
+            if self.low_space or _is_full_text(self.stall_error):
+                raise SpoolFull("the spool's disk is full")
+            raise SpoolError(f"the spool cannot write: {self.stall_error}")
         now = self.clock()
         if len(message.body) <= FILE_THRESHOLD:
             return await self.run(lambda conn: _insert(conn, message, now), essential=False)
@@ -454,6 +600,8 @@ class Spool:
         except BaseException as exc:
             path.unlink(missing_ok=True)
             if _is_full(exc):
+                if not isinstance(exc, SpoolFull):
+                    self.stats.refused += 1
                 raise SpoolFull(f"the spool's disk is full: {exc}") from None
             raise
 
@@ -566,6 +714,10 @@ class Spool:
         if reader is None or self._io is None:
             raise SpoolError("the spool is not open")
         return await asyncio.get_running_loop().run_in_executor(self._io, query, reader)
+
+
+def _is_full_text(text: str) -> bool:
+    return "disk is full" in text or "No space left" in text
 
 
 def _is_full(exc: BaseException) -> bool:

@@ -548,6 +548,29 @@ return 1
 """
 
 
+def redis_client(url: str, timeout: float) -> Any:
+    """A redis.asyncio client for `url` whose connections give up after `timeout` seconds and
+    never retry (the callers fall back to the node's own state instead)."""
+    try:
+        import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+    except ImportError as exc:  # pragma: no cover - the `redis` extra is missing
+        raise RuntimeError("[state] redis needs the redis package: pip install 'deliverypool[redis]'") from exc
+    return aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0), decode_responses=True)
+
+
+async def round_trip(work: Any, timeout: float) -> Any:
+    """Awaits one Redis call for at most `timeout` seconds; `BackendUnavailable` when Redis
+    cannot be reached or answers too late."""
+    import redis.exceptions
+
+    try:
+        return await asyncio.wait_for(work, timeout)
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, asyncio.TimeoutError, OSError) as exc:
+        raise BackendUnavailable(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
+
+
 class RedisBackend:
     """Counters and restrictions in Redis (redis.asyncio), shared by every node; see the module
     documentation. Every call gives up after `timeout` seconds with `BackendUnavailable`."""
@@ -568,15 +591,7 @@ class RedisBackend:
         self._busy = False
 
     async def open(self) -> None:
-        try:
-            import redis.asyncio as aioredis
-            from redis.asyncio.retry import Retry
-            from redis.backoff import NoBackoff
-        except ImportError as exc:  # pragma: no cover - the `redis` extra is missing
-            raise RuntimeError("[state] redis needs the redis package: pip install 'deliverypool[redis]'") from exc
-        self._client = aioredis.Redis.from_url(
-            self.url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout, retry=Retry(NoBackoff(), 0), decode_responses=True
-        )
+        self._client = redis_client(self.url, self.timeout)
         self._count = self._client.register_script(_COUNT)
         self._release = self._client.register_script(_RELEASE)
         self._restrict = self._client.register_script(_RESTRICT)
@@ -597,13 +612,8 @@ class RedisBackend:
         return keys
 
     async def _call(self, work: Any) -> Any:
-        import redis.exceptions
-
         self.round_trips += 1
-        try:
-            return await asyncio.wait_for(work, self.timeout)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, asyncio.TimeoutError, OSError) as exc:
-            raise BackendUnavailable(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
+        return await round_trip(work, self.timeout)
 
     async def ping(self) -> None:
         await self._call(self._client.ping())

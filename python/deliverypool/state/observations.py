@@ -206,6 +206,11 @@ class ObservationStore(StateTables):
                 )
         return body
 
+    def forget_alert(self, alert_id: str) -> None:
+        """Removes an alert (handed over to a fleet's Redis)."""
+        with self._lock:
+            self._db().execute("DELETE FROM observe_alerts WHERE id = ?", (alert_id,))
+
     def firing(self, id_prefix: str) -> list[dict[str, Any]]:
         """The firing alerts whose id starts with `id_prefix`, oldest first."""
         with self._lock:

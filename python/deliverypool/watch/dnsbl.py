@@ -31,13 +31,25 @@ once, through the observer (log ``deliverypool.alerts``, ``GET /api/alerts``, th
 
 Alert ids are derived from what they are about and when it began, so a restarted leader
 resolves the alerts its predecessor raised.
+
+**In a fleet** (``[state] redis``, observe/fleet.py) the cycles run in the one process of the
+fleet that holds its lease (``lead``/``follow``), which writes the state, the drained set and the
+alerts to Redis in one fenced step (`Fleet.commit_job`) and copies them to its own state
+database; every worker of every node reads the drained set from Redis every
+``observe.flush_interval`` (the leading process of each node the whole state too, for its
+``GET /api/dnsbl`` and gauge, and copies it to its state database). While Redis is away each
+worker keeps the drained set it last read (a worker starting then: its node's copy), and the
+cycles pause. A new leader carries on from the state in Redis: the same alerts stay firing,
+nothing fires twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
+import json
 import logging
 import sqlite3
 import time
@@ -156,12 +168,20 @@ class BlocklistWatch:
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._open = False
+        # In a fleet (observe/fleet.py): the relay sets it, and the fleet calls lead and follow.
+        self.fleet: Any = None
+        self._stale = False
+        self._seq: str | None = None
+        self.checked_by: str | None = None
 
     # --- life cycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Opens the state, takes the drained set as it is (a restarted relay keeps its drained
         addresses drained) and, in the leader, starts the cycles (the first at once)."""
+        if self.fleet is not None:
+            await self._start_fleet()
+            return
         try:
             if await self._ensure_open() and self.leader:
                 await self._load()
@@ -223,6 +243,8 @@ class BlocklistWatch:
 
     async def refresh(self) -> bool:
         """Reads the drained set the leader wrote (a follower; the leader has it already)."""
+        if self.fleet is not None:
+            return await self._refresh_fleet()
         if self.leader or not await self._ensure_open():
             return False
         drained = await asyncio.get_running_loop().run_in_executor(None, self.store.drained)
@@ -254,6 +276,8 @@ class BlocklistWatch:
             for alert, _, _ in alerts:
                 if alert["type"] == "dnsbl-listed":
                     alert["in_rotation"] = {pool: self.in_rotation(pool) for pool in alert["pools"]}
+            if self.fleet is not None:
+                return await self._commit_fleet(cycle, alerts)
             if await self._ensure_open():
                 rows = self._drained_rows()
                 try:
@@ -458,6 +482,129 @@ class BlocklistWatch:
         # It fired when its state began.
         return dict(alert, state="resolved", fired_at=iso_time(since), resolved_at=iso_time(now), duration_seconds=round(max(0.0, now - since), 1))
 
+    # --- in a fleet ------------------------------------------------------------------------
+
+    async def lead(self) -> None:
+        """This process holds the fleet's lease now: the cycles run here, from the state in Redis."""
+        self.leader = True
+        self._stale = True
+        log.info("dnsbl: this node runs the blocklist cycles for the fleet, at most %d queries a day", queries_per_day(self.config))
+
+    async def follow(self) -> None:
+        self.leader = False
+
+    async def _start_fleet(self) -> None:
+        try:
+            if self.fleet.candidate and await self._ensure_open():
+                await self._load()  # this node's copy: its view until Redis answers
+            if not await self._refresh_fleet():
+                drained = await asyncio.get_running_loop().run_in_executor(None, self.store.drained) if await self._ensure_open() else {}
+                self.drained.update({pool: frozenset(a for a in addresses if a in self.sources) for pool, addresses in drained.items()})
+        except Exception:
+            log.exception("dnsbl: cannot read the blocklist state")
+        if self.run_loops:
+            self._tasks.append(asyncio.ensure_future(self._fleet_loop()))
+
+    async def _fleet_loop(self) -> None:
+        while True:
+            try:
+                if self.leader:
+                    if self._stale:
+                        await self._load_fleet()
+                        self._stale = False
+                    if self.last_cycle is None or self.clock() - self.last_cycle >= self.settings.interval:
+                        await self.check_now()
+                else:
+                    await self.refresh()
+            except Exception as exc:  # Redis away (BackendUnavailable), a failed cycle: next time
+                log.debug("dnsbl: fleet loop: %s", exc)
+            await asyncio.sleep(min(self.config.observe.flush_interval, self.settings.interval))
+
+    def _state_json(self) -> str:
+        return json.dumps({
+            "cells": [dataclasses.asdict(c) for c in self.cells.values()],
+            "zones": [dataclasses.asdict(z) for z in self.zone_rows.values()],
+            "last_cycle": self.last_cycle, "last_queries": self.last_queries, "cycles": self.cycles, "node": self.checked_by,
+        }, separators=(",", ":"))
+
+    def _apply_state(self, text: str) -> None:
+        state = json.loads(text)
+        for row in state.get("cells", ()):
+            key = (row["address"], row["zone"])
+            if key in self.cells:
+                self.cells[key] = CellRow(**{**row, "codes": tuple(row.get("codes") or ())})
+        for row in state.get("zones", ()):
+            key = (row["zone"], int(row["family"]))
+            if key in self.zone_rows:
+                self.zone_rows[key] = ZoneRow(**row)
+        self.last_cycle = state.get("last_cycle")
+        self.last_queries = int(state.get("last_queries") or 0)
+        self.cycles = int(state.get("cycles") or 0)
+        self.checked_by = state.get("node")
+
+    async def _load_fleet(self) -> None:
+        """The leader's start: the state as the previous leader left it in Redis (none there: this node's copy)."""
+        text = await self.fleet.store.field("dnsbl", "state")
+        if text is not None:
+            self._apply_state(text)
+        elif await self._ensure_open():
+            await self._load()
+        self.drained.update(self._drained_set())
+
+    async def _commit_fleet(self, cycle: Cycle, alerts: list[tuple[dict[str, Any], float, float | None]]) -> Cycle:
+        self.cycles += 1
+        self.checked_by = self.fleet.node
+        drained = {pool: sorted(a) for pool, a in sorted(self.drained.by_pool.items())}
+        seq = f"{self.cycles}:{self.last_cycle!r}"
+        fields = {"state": self._state_json(), "drained": json.dumps(drained), "seq": seq}
+        if not await self.fleet.commit_job(alerts, [("dnsbl", fields, False)]):
+            self.cycles -= 1
+            self._stale = True  # not written: whoever leads next starts from Redis
+            return cycle
+        self._seq = seq
+        await self._save_local()
+        return cycle
+
+    async def _save_local(self) -> None:
+        if await self._ensure_open():
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    None, self.store.save, list(self.cells.values()), list(self.zone_rows.values()), self._drained_rows()
+                )
+            except (OSError, sqlite3.Error) as exc:
+                log.warning("dnsbl: cannot copy the blocklist state to %s: %s", self.store.path, exc)
+
+    async def _refresh_fleet(self) -> bool:
+        """The drained set from Redis (and, in a node's leading process, the whole state when it
+        changed); False when Redis cannot be reached (the drained set stays as last read)."""
+        if self.leader:
+            return False
+        from deliverypool.state.backends import BackendUnavailable
+
+        store = self.fleet.store
+        try:
+            if self.fleet.candidate:
+                seq = await store.field("dnsbl", "seq")
+                if seq is not None and seq != self._seq:
+                    text = await store.field("dnsbl", "state")
+                    if text is not None:
+                        self._apply_state(text)
+                        self._seq = seq
+                        changed = self.drained.update(self._drained_set())
+                        await self._save_local()
+                        if changed:
+                            log.info("dnsbl: drained source addresses now %s", self._describe())
+                return True
+            text = await store.field("dnsbl", "drained")
+        except BackendUnavailable:
+            return False
+        if text is None:
+            return True
+        drained = {pool: frozenset(a for a in addresses if a in self.sources) for pool, addresses in json.loads(text).items()}
+        if self.drained.update(drained):
+            log.info("dnsbl: drained source addresses now %s", self._describe())
+        return True
+
     # --- views -----------------------------------------------------------------------------
 
     def listed_gauge(self) -> list[tuple[str, str, str, float]]:
@@ -515,6 +662,7 @@ class BlocklistWatch:
             "last_cycle": _iso(self.last_cycle),
             "last_cycle_queries": self.last_queries,
             "queries_per_day": queries_per_day(self.config),
+            **({"fleet": {"leading": self.leader, "checked_by": self.checked_by, "cycles": self.cycles}} if self.fleet is not None else {}),
         }
 
 

@@ -1,0 +1,1 @@
+"""Message authentication: DKIM (dkim.py); one module per mechanism."""
