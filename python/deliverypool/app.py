@@ -490,16 +490,16 @@ def dkim_summary(outcome: DkimOutcome | None) -> str:
     return words
 
 
-def configure_logging(level: int = logging.INFO) -> None:
+def configure_logging(level: int = logging.INFO, *, batched: bool = False) -> None:
     """One line per event on stderr, unless the application configured logging already.
 
     The relay logs two lines per message (accepted, attempt): the record attributes nobody
     formats (the caller's file and line, found by walking the stack; the thread and process
-    names) are not gathered, and the lines are written in batches (a warning at once, the
-    others within 0.25 s: `BatchedStreamHandler`), not one write per line."""
+    names) are not gathered. `batched` (a relay worker) writes the lines in batches (a warning
+    at once, the others within 0.25 s: `BatchedStreamHandler`) instead of one write per line."""
     root = logging.getLogger()
     if not root.handlers:
-        handler = BatchedStreamHandler(sys.stderr)
+        handler = BatchedStreamHandler(sys.stderr) if batched else logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
         handler.addFilter(RateLimit())  # lines a flood repeats: a few per minute, then a count
         root.addHandler(handler)
