@@ -3,11 +3,12 @@
 # (tests/dnsserver.py), Postfix (tests/postfix.py: a private instance in front of the milter),
 # rspamd (tests/rspamd.py: its own configuration directory, loopback only), libmilter-dev,
 # which pip needs to build pymilter (the `milter` extra), ss (iproute2), which reads a
-# listening socket's backlog (tests/test_ingress_hardening.py), and redis-server
+# listening socket's backlog (tests/test_ingress_hardening.py), redis-server
 # (tests/redis_server.py: a private instance on a free loopback port for the shared
 # sender-limit state), opendkim and opendkim-tools (tests/dkim_verifiers.py: OpenDKIM checks
 # every signature the relay and the milter make, beside dkimpy; benches/dkim_vs_opendkim.sh
-# runs it as Postfix's signing milter).
+# runs it as Postfix's signing milter), and Chromium (tests/chromium.py: a headless browser,
+# driven over the DevTools protocol, that tries cross-site requests against the admin API).
 # Idempotent: apt runs only when one is missing. Needs root or sudo (CI runs as root).
 set -euo pipefail
 
@@ -20,6 +21,7 @@ command -v ss >/dev/null 2>&1 || [ -x /usr/bin/ss ] || [ -x /bin/ss ] || missing
 [ -x /usr/bin/redis-server ] || missing+=(redis-server)
 [ -x /usr/sbin/opendkim ] || missing+=(opendkim)
 command -v opendkim-testmsg >/dev/null 2>&1 || [ -x /usr/sbin/opendkim-testmsg ] || missing+=(opendkim-tools)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi

@@ -30,17 +30,50 @@ README_HIGH_RISK_SOURCE = "198.51.100.7"
 README_MILTER = "inet:127.0.0.1:8893"
 
 
-def wait_listening(port: int, failure: Callable[[], str], seconds: float = 30.0) -> None:
-    """Waits until something accepts connections on 127.0.0.1:`port`; fails with `failure()`."""
+def wait_listening(port: int, failure: Callable[[], str], seconds: float = 30.0, host: str = "127.0.0.1") -> None:
+    """Waits until something accepts connections on `host`:`port`; fails with `failure()`."""
     deadline = time.monotonic() + seconds
     while True:
         try:
-            socket.create_connection(("127.0.0.1", port), 1).close()
+            socket.create_connection((host, port), 1).close()
             return
         except OSError:
             if time.monotonic() > deadline:
                 raise AssertionError(failure()) from None
             time.sleep(0.05)
+
+
+def private_main_cf(work: Path, relay_port: int, hostname: str) -> str:
+    """main.cf of a private instance in `work` (its conf/, queue/, data/ and postfix.log):
+    loopback only, relaying from 127.0.0.0/8 to 127.0.0.1:`relay_port`, no DNS, no TLS out."""
+    return f"""compatibility_level = 3.6
+queue_directory = {work / "queue"}
+data_directory = {work / "data"}
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = {hostname}
+mydestination =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+smtpd_relay_restrictions = permit_mynetworks, reject
+relayhost = [127.0.0.1]:{relay_port}
+smtp_dns_support_level = disabled
+smtp_tls_security_level = none
+maillog_file = {work / "postfix.log"}
+maillog_file_prefixes = {work}
+"""
+
+
+def private_master_cf(port: int) -> str:
+    """The stock master.cf with the SMTP listener moved to 127.0.0.1:`port` and nothing chrooted
+    (and postlogd for maillog_file)."""
+    master = MASTER_CF_DIST.read_text()
+    master = re.sub(r"^smtp      inet", f"127.0.0.1:{port} inet", master, flags=re.M)
+    master = re.sub(r"^([a-z0-9.:-]+ +[a-z-]+ +[-ny] +[-ny] +)[-y]", r"\1n", master, flags=re.M)
+    if not re.search(r"^postlog", master, flags=re.M):
+        master += "postlog   unix-dgram n  -       n       -       1       postlogd\n"
+    return master
 
 
 def postfix_installed() -> bool:
@@ -126,24 +159,9 @@ class PostfixInstance:
 
         # The instance's own settings first, then the guide's lines, as a user appends them.
         (self.config_dir / "main.cf").write_text(
-            f"""compatibility_level = 3.6
-queue_directory = {self.queue_dir}
-data_directory = {self.data_dir}
-mail_owner = postfix
-setgid_group = postdrop
-myhostname = postfix.milter.test
-mydomain = milter.test
+            private_main_cf(self.work, relay_port, "postfix.milter.test")
+            + """mydomain = milter.test
 myorigin = $myhostname
-mydestination =
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mynetworks = 127.0.0.0/8
-smtpd_relay_restrictions = permit_mynetworks, reject
-relayhost = [127.0.0.1]:{relay_port}
-smtp_dns_support_level = disabled
-smtp_tls_security_level = none
-maillog_file = {self.log_file}
-maillog_file_prefixes = {self.work}
 # Quick retries, so that a test sees deferred mail leave soon after its cause is gone.
 queue_run_delay = 1s
 minimal_backoff_time = 1s
@@ -155,13 +173,7 @@ delay_warning_time = 0
             # Lines added after the guide's (a later setting wins: the milter chain).
             + ours(extra_main)
         )
-        # The stock master.cf with the SMTP listener moved to our port and nothing chrooted.
-        master = MASTER_CF_DIST.read_text()
-        master = re.sub(r"^smtp      inet", f"127.0.0.1:{port} inet", master, flags=re.M)
-        master = re.sub(r"^([a-z0-9.:-]+ +[a-z-]+ +[-ny] +[-ny] +)[-y]", r"\1n", master, flags=re.M)
-        if not re.search(r"^postlog", master, flags=re.M):
-            master += "postlog   unix-dgram n  -       n       -       1       postlogd\n"
-        (self.config_dir / "master.cf").write_text(master + ours(blocks["master.cf"]))
+        (self.config_dir / "master.cf").write_text(private_master_cf(port) + ours(blocks["master.cf"]))
         for name, body in blocks.items():
             if name.endswith(".regexp"):
                 (self.config_dir / name).write_text(body)

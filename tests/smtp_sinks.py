@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -285,12 +286,34 @@ def message(subject: str = "hello", *, sender: str = "alice@sender.test", extra_
     ).encode()
 
 
+class Received(list[dict[str, Any]]):
+    """The alerts a webhook receiver took; `rejected`: the POSTs whose signature failed."""
+
+    rejected: list[str]
+
+
 @contextlib.asynccontextmanager
-async def webhook_receiver(port: int) -> AsyncIterator[list[dict[str, Any]]]:
-    received: list[dict[str, Any]] = []
+async def webhook_receiver(port: int, secret: str | Callable[[], str] | None = None) -> AsyncIterator[Received]:
+    """An alert webhook on loopback. With `secret` (or a function giving it: a secret the relay
+    generates), every POST is checked with the documented Standard Webhooks snippet
+    (docs/operations/admin-api.md): one that fails is answered 401 and kept out of the list."""
+    received = Received()
+    received.rejected = []
+    verify = None
+    if secret is not None:
+        from tests.admin_api import documented_snippet
+
+        verify = documented_snippet()
 
     async def hook(request: web.Request) -> web.Response:
-        received.append(await request.json())
+        body = await request.read()
+        if verify is not None:
+            try:
+                verify(secret() if callable(secret) else secret, request.headers, body)
+            except ValueError as exc:
+                received.rejected.append(str(exc))
+                return web.Response(status=401, text=str(exc))
+        received.append(json.loads(body))
         return web.Response(text="ok")
 
     app = web.Application()

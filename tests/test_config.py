@@ -82,6 +82,8 @@ def test_the_documented_example_loads() -> None:
     assert conf.tenants["app1"].threshold == 3.0 and conf.tenants["app1"].auth_users == ("app1",)
     assert (conf.dns.nameservers, conf.dns.timeout) == ((("127.0.0.53", 53),), 2.0)
     assert conf.spool.directory == Path("/var/spool/deliverypool")
+    assert conf.admin.token_file == Path("/etc/deliverypool/admin-tokens") and not conf.admin.open_metrics and not conf.admin.open_reads
+    assert conf.alerts.secret_file == Path("/etc/deliverypool/webhook-secret")
 
 
 def test_defaults() -> None:

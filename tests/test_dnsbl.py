@@ -294,7 +294,8 @@ normal_listed = "{normal_listed}"
 {dnsbl_extra}
 """
     if admin:
-        text += f'[admin]\naddress = "127.0.0.1:{free_port()}"\n'
+        # Only reads here: the open routes, no token (tests/test_admin.py tests the credentials).
+        text += f'[admin]\naddress = "127.0.0.1:{free_port()}"\nopen_reads = true\nopen_metrics = true\n'
     return text + extra
 
 

@@ -559,7 +559,7 @@ def test_redis_killed_under_load_mail_flows_the_degraded_alert_clears_and_the_co
                         return sent_since <= stored
 
                     with contextlib.suppress(AssertionError):
-                        await eventually(all_in, timeout=10, what="the DSNs in Redis")
+                        await eventually(all_in, timeout=30, what="the DSNs in Redis")
                     client.close()
                     views = [(await n.get("/api/tenants"))["fleet"] for n in nodes]
                     degraded = [h for h in hooks if h["type"] == "fleet-degraded"]

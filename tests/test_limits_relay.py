@@ -22,6 +22,7 @@ from deliverypool.cli.senders import senders_command
 from tests.redis_server import RedisServer, redis_server
 from tests.smtp_sinks import eventually, free_port, message, sink
 from tests.test_crash import RelayProcess, crash_config
+from tests.admin_api import HEADERS, admin_toml
 from tests.test_monitor import running, scrape, webhook_receiver
 
 
@@ -68,13 +69,13 @@ async def port_closed(port: int, timeout: float = 10.0) -> None:
 
 async def post_json(address: tuple[str, int], path: str, body: Any) -> tuple[int, Any]:
     async with aiohttp.ClientSession() as session:
-        async with session.post(f"http://{address[0]}:{address[1]}{path}", json=body) as response:
+        async with session.post(f"http://{address[0]}:{address[1]}{path}", json=body, headers=HEADERS) as response:
             return response.status, await response.json()
 
 
 async def get_json(address: tuple[str, int], path: str) -> Any:
     async with aiohttp.ClientSession() as session:
-        async with session.get(f"http://{address[0]}:{address[1]}{path}") as response:
+        async with session.get(f"http://{address[0]}:{address[1]}{path}", headers=HEADERS) as response:
             assert response.status == 200, await response.text()
             return await response.json()
 
@@ -92,7 +93,8 @@ def test_two_relays_sharing_one_redis_accept_exactly_the_limit(redis: RedisServe
         path.write_text(
             crash_config(tmp_path / name / "spool", listen, sink_port)
             + f'[limits]\nper_day = 50\naction = "block"\n[state]\nredis = "{redis.url}"\nkey_prefix = "{tmp_path.name}:"\n'
-            + f'[admin]\naddress = "127.0.0.1:{admin}"\n[observe]\nflush_interval = "100ms"\n'
+            + admin_toml(tmp_path / name, admin)
+            + '[observe]\nflush_interval = "100ms"\n'
         )
         nodes.append((RelayProcess(path, listen, "asyncio", workers=1), listen, ("127.0.0.1", admin)))
     (a, port_a, _), (b, port_b, admin_b) = nodes
@@ -144,7 +146,8 @@ def relay_toml(tmp_path: Path, sink_port: int, hook_port: int, extra: str = "") 
         "[listener]\n", '[listener]\nallow_plaintext_auth = true\nauth_users = { acme-app = "pw" }\n', 1
     )
     text += TENANT + (
-        f'[admin]\naddress = "127.0.0.1:{free_port()}"\n[alerts]\nwebhook = "http://127.0.0.1:{hook_port}/hook"\nretry_initial = "100ms"\n'
+        admin_toml(tmp_path, free_port())
+        + f'[alerts]\nwebhook = "http://127.0.0.1:{hook_port}/hook"\nretry_initial = "100ms"\n'
         '[observe]\nflush_interval = "100ms"\nevent_log = "events.jsonl"\n' + extra
     )
     path = tmp_path / "relay.toml"
@@ -168,7 +171,7 @@ def test_embedded_state_refuses_alerts_and_releases_through_the_cli(tmp_path: Pa
         return next((v for labels, v in rows if labels == {"tenant": "acme"}), None) == expected
 
     async def main() -> list[dict[str, Any]]:
-        async with sink("127.0.0.20", sink_port, "sink") as mx, webhook_receiver(hook_port) as hooks:
+        async with sink("127.0.0.20", sink_port, "sink") as mx, webhook_receiver(hook_port, lambda: (conf.spool.directory / "webhook-secret").read_text()) as hooks:
             async with running(conf):
                 # One transaction: three recipients taken, the fourth refused; the three are delivered.
                 ok, no = await transaction(port, "noreply@acme.example", ["a@far.example", "b@acme.example", "c@far.example", "d@far.example"], login="acme-app")
@@ -236,7 +239,7 @@ def test_redis_killed_mid_run_mail_flows_the_alert_fires_and_counting_returns(tm
                 client.close()
 
         async def main() -> None:
-            async with sink("127.0.0.20", sink_port, "sink") as mx, webhook_receiver(hook_port) as hooks, running(conf) as relay:
+            async with sink("127.0.0.20", sink_port, "sink") as mx, webhook_receiver(hook_port, lambda: (conf.spool.directory / "webhook-secret").read_text()) as hooks, running(conf) as relay:
                 assert relay.limits is not None
                 for i in range(5):
                     assert (await transaction(port, sender, [f"before{i}@far.example"]))[1] == []

@@ -29,6 +29,7 @@ from deliverypool.observe.reports import read_report
 from deliverypool.observe.surge import CAUSES
 from deliverypool.queue.listing import listing
 from deliverypool.testing.scenarios import SCENARIOS, SENDS_ORIGINALS, DsnFactory, DsnSpec
+from tests.admin_api import HEADERS, SECRET, TOKEN, admin_toml, secret_file
 from tests.conftest import CORPUS
 from tests.smtp_sinks import eventually, free_port, message, relay_config, sink, webhook_receiver
 from tests.test_relay import running
@@ -54,8 +55,9 @@ def monitor_config(tmp_path: Path, sink_port: int, webhook: str | None = None, e
     extra_toml = tomllib.loads(
         TENANTS
         + f'[monitor]\nwindow = "2s"\nbaseline = "24s"\nmin_dsns = 10\nfactor = 4.0\ninterval = "100ms"\n'
-        + f'[admin]\naddress = "127.0.0.1:{admin}"\n[observe]\nflush_interval = "100ms"\nevent_log = "events.jsonl"\n'
-        + (f'[alerts]\nwebhook = "{webhook}"\nretry_initial = "100ms"\nretry_maximum = "200ms"\n' if webhook else "")
+        + admin_toml(tmp_path, admin)
+        + '[observe]\nflush_interval = "100ms"\nevent_log = "events.jsonl"\n'
+        + (f'[alerts]\nwebhook = "{webhook}"\nretry_initial = "100ms"\nretry_maximum = "200ms"\nsecret_file = "{secret_file(tmp_path)}"\n' if webhook else "")
         + extra
     )
     text.update(extra_toml)
@@ -81,7 +83,7 @@ async def get_json(conf: RelayConfig, path: str) -> Any:
     assert conf.admin.address is not None
     host, port = conf.admin.address
     async with aiohttp.ClientSession() as session:
-        async with session.get(f"http://{host}:{port}{path}") as response:
+        async with session.get(f"http://{host}:{port}{path}", headers=HEADERS) as response:
             assert response.status == 200
             return await response.json()
 
@@ -90,7 +92,7 @@ async def scrape(conf: RelayConfig) -> dict[str, list[tuple[dict[str, str], floa
     assert conf.admin.address is not None
     host, port = conf.admin.address
     async with aiohttp.ClientSession() as session:
-        async with session.get(f"http://{host}:{port}/metrics") as response:
+        async with session.get(f"http://{host}:{port}/metrics", headers=HEADERS) as response:
             assert response.status == 200 and response.headers["Content-Type"].startswith("text/plain")
             text = await response.text()
     found: dict[str, list[tuple[dict[str, str], float]]] = {}
@@ -216,7 +218,7 @@ def test_each_cause_fires_with_its_evidence_and_resolves(aio_run: Run, tmp_path:
     conf = monitor_config(tmp_path, port, webhook=f"http://127.0.0.1:{hook_port}/hook")
 
     async def main() -> None:
-        async with sink("127.0.0.1", port), webhook_receiver(hook_port) as received, running(conf) as relay:
+        async with sink("127.0.0.1", port), webhook_receiver(hook_port, SECRET) as received, running(conf) as relay:
             # Steady traffic while the baseline is learned: acme's ordinary mail, a bounce of it.
             assert relay.observer.monitor is not None
             for i in range(5):
@@ -267,7 +269,7 @@ def test_webhook_down_alerts_are_retried_and_the_relay_is_unaffected(aio_run: Ru
                 await send(conf, message(f"during {i}"), source="127.0.1.5")
             await mx.wait_for(14 + 5)
             assert webhook.sent == 0
-            async with webhook_receiver(hook_port) as received:
+            async with webhook_receiver(hook_port, SECRET) as received:
                 await eventually(lambda: bool(received), what="the retried alert")
             assert received[0]["cause"] == "directory-harvest" and received[0]["state"] == "firing"
             status = await get_json(conf, "/api/status")
@@ -362,7 +364,7 @@ def test_label_values_cannot_be_chosen_by_a_client(aio_run: Run, tmp_path: Path)
     assert bounces == {"other": 12.0}  # 5.77.1: no such subject; the text decides, and says nothing known
 
 
-def test_the_monitor_command_prints_a_snapshot_and_a_table(aio_run: Run, tmp_path: Path) -> None:
+def test_the_monitor_command_prints_a_snapshot_and_a_table(aio_run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from deliverypool.cli.monitor import monitor_command, snapshot_table
     from rich.console import Console
 
@@ -378,6 +380,9 @@ def test_the_monitor_command_prints_a_snapshot_and_a_table(aio_run: Run, tmp_pat
             async def counted() -> bool:  # the message is in the rates once the observer flushed
                 return (await get_json(conf, "/api/tenants"))["tenants"]["globex"]["messages_per_minute"] > 0
             await eventually(counted, what="the message in the tenant view")
+            # Without a token the listener refuses (401): exit status 1.
+            assert await asyncio.to_thread(monitor_command, admin, as_json=True, out=io.StringIO()) == 1
+            monkeypatch.setenv("DELIVERYPOOL_ADMIN_TOKEN", f"tests:{TOKEN}")
             out = io.StringIO()
             assert await asyncio.to_thread(monitor_command, admin, as_json=True, out=out) == 0
             return out.getvalue()
@@ -403,7 +408,8 @@ def test_two_workers_give_one_view_and_one_surge(aio_run: Run, tmp_path: Path) -
     path.write_text(
         crash_config(tmp_path / "spool", listen, sink_port)
         + TENANTS
-        + f'[monitor]\nwindow = "2s"\nbaseline = "24s"\nmin_dsns = 10\ninterval = "100ms"\n[admin]\naddress = "127.0.0.1:{admin}"\n'
+        + f'[monitor]\nwindow = "2s"\nbaseline = "24s"\nmin_dsns = 10\ninterval = "100ms"\n'
+        + admin_toml(tmp_path, admin)
         + '[observe]\nflush_interval = "100ms"\n'
     )
     from deliverypool import config as cfg

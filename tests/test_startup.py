@@ -22,6 +22,7 @@ import trustme
 from deliverypool import config as cfg
 from deliverypool.preflight import named_files, run_checks
 from deliverypool.supervisor import MAX_START_FAILURES
+from tests.admin_api import token_file
 from tests.smtp_sinks import HIGH_RISK_SOURCE, NORMAL_SOURCE, free_port
 
 NOT_LOCAL = "192.0.2.10"  # TEST-NET-1: never an address of this machine
@@ -192,7 +193,9 @@ def test_check_reports_every_problem_and_passes_a_good_file(tmp_path: Path) -> N
         busy = deliverypool("relay", "--check", "--config", str(good))
     assert busy.returncode == 2 and f"listener.address: 127.0.0.1:{port} is in use" in busy.stderr
     bad = tmp_path / "bad.toml"
-    bad.write_text(relay_toml(tmp_path / "spool", port, f'[admin]\naddress = "{NOT_LOCAL}:9425"\n', normal=NOT_LOCAL))
+    # (An admin address other than loopback needs a credential: tests/admin_api.py's token file.)
+    admin = f'[admin]\naddress = "{NOT_LOCAL}:9425"\ntoken_file = "{token_file(tmp_path)}"\n'
+    bad.write_text(relay_toml(tmp_path / "spool", port, admin, normal=NOT_LOCAL))
     done = deliverypool("relay", "--check", "--config", str(bad))
     keys = [line.removeprefix(f"deliverypool relay: {bad}: ").split(":")[0] for line in done.stderr.splitlines()]
     assert done.returncode == 2 and keys == ["admin.address", "pools.normal.source_addresses[0]"], done.stderr

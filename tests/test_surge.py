@@ -160,12 +160,23 @@ def test_the_event_log_writes_json_lines_and_rotates(tmp_path: Any) -> None:
 
     from deliverypool.observe.service import EventLog
 
-    log = EventLog(tmp_path / "events.jsonl", max_bytes=400, keep=2)
-    for n in range(12):
-        log(MessageAccepted(float(n), f"Q{n}", "acme", "normal", ("spam-score",), "10.0.0.1", 1, f"<{n}@x>"))
+    def event(n: int) -> MessageAccepted:
+        return MessageAccepted(float(n), f"Q{n}", "acme", "normal", ("spam-score",), "10.0.0.1", 1, f"<{n}@x>")
+
+    # A file is rotated once it reaches max_bytes: here at its third line, whatever a line's length.
+    probe = EventLog(tmp_path / "probe.jsonl", max_bytes=1 << 20, keep=1)
+    probe(event(10))
+    probe.flush()
+    line = (tmp_path / "probe.jsonl").stat().st_size
+    (tmp_path / "probe.jsonl").unlink()
+    log = EventLog(tmp_path / "events.jsonl", max_bytes=line * 5 // 2, keep=2)
+    for n in range(11):  # rotated after events 2, 5 and 8: 9 and 10 are in the current file
+        log(event(n))
         log.flush()
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == ["events.jsonl", "events.jsonl.1", "events.jsonl.2"]  # keep = 2 rotated files
-    lines = [json.loads(line) for name in files for line in (tmp_path / name).read_text().splitlines()]
-    assert all(line["kind"] == "message-accepted" and line["tenant"] == "acme" for line in lines)
-    assert lines and max(line["at"] for line in lines) == 11.0
+    lines = {name: [json.loads(text) for text in (tmp_path / name).read_text().splitlines()] for name in files}
+    assert all(line["kind"] == "message-accepted" and line["tenant"] == "acme" for kept in lines.values() for line in kept)
+    assert [line["at"] for line in lines["events.jsonl"]] == [9.0, 10.0]
+    assert [line["at"] for line in lines["events.jsonl.1"]] == [6.0, 7.0, 8.0]
+    assert [line["at"] for line in lines["events.jsonl.2"]] == [3.0, 4.0, 5.0]

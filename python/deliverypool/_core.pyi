@@ -493,6 +493,73 @@ class SmtpServer:
     @property
     def buffered(self) -> int: ...
 
+# --- the SMTP client engine (rust/python/smtp_client.rs) ---
+
+__all__ += ["SMTP_CLIENT_EVENTS", "ClientOutcome", "SmtpClient"]
+
+SMTP_CLIENT_EVENTS: tuple[str, ...]
+
+@final
+class ClientOutcome:
+    """What one transaction gave: per recipient ``(reply, remote)`` or None (not tried: 452 too
+    many recipients), the reply that ended it, whether a reused connection was closed before
+    anything was attempted (``reconnect``), and why the connection ended (``lost``)."""
+
+    @property
+    def replies(self) -> tuple[tuple[str, bool] | None, ...]: ...
+    @property
+    def last(self) -> str | None: ...
+    @property
+    def reconnect(self) -> bool: ...
+    @property
+    def lost(self) -> str | None: ...
+
+@final
+class SmtpClient:
+    """The SMTP client of one connection without I/O: fed the server's bytes once per read,
+    returns ``(event, bytes to write or None)``; the events are indices into
+    ``SMTP_CLIENT_EVENTS``."""
+
+    def __new__(cls, *, ehlo_name: str, tls: Literal["opportunistic", "required", "none"], peer: str) -> SmtpClient: ...
+    def receive(self, data: bytes) -> tuple[int, bytes | None]: ...
+    @property
+    def holds_input(self) -> bool: ...
+    def begin(
+        self,
+        mail_from: str,
+        recipients: Sequence[str],
+        *,
+        size: int,
+        eight_bit: bool,
+        in_memory: bool,
+        ends_with_crlf: bool,
+        ret: str | None = None,
+        envid: str | None = None,
+        notify: Sequence[str | None] | None = None,
+        orcpt: Sequence[str | None] | None = None,
+    ) -> tuple[int, bytes | None]: ...
+    def tls_started(self) -> bytes: ...
+    def quit(self) -> bytes: ...
+    def connection_lost(self, why: str) -> int: ...
+    def body_frame(self) -> tuple[bool, bytes] | None: ...
+    def outcome(self) -> ClientOutcome | None: ...
+    @property
+    def greeting(self) -> str | None: ...
+    @property
+    def refusal(self) -> str | None: ...
+    @property
+    def refusal_code(self) -> int | None: ...
+    @property
+    def extensions(self) -> tuple[str, ...]: ...
+    @property
+    def tls_active(self) -> bool: ...
+    @property
+    def ready(self) -> bool: ...
+    @property
+    def transactions(self) -> int: ...
+    @property
+    def broken(self) -> str | None: ...
+
 # --- relayed Message-IDs (rust/python/seen.rs) ---
 
 __all__ += ["MessageIdFilter"]

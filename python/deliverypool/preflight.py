@@ -9,7 +9,8 @@ greeting that never comes, and no supervisor restarts workers in a loop.
 The checks are plain functions registered with `check` (one per concern, so that a new kind of
 setting adds its own): the optional packages a configuration needs (`extras`), the files it
 names (`files`: every path-valued key that is read, found by walking the models, plus whatever
-`named_files` providers add), the TLS pair, the addresses it must bind (the listeners with
+`named_files` providers add), the TLS pair, the admin API's tokens and certificates and the
+webhook's secret (`credentials`), the addresses it must bind (the listeners with
 their ports, each pool's source addresses with port 0, which proves they are addresses of this
 machine), Redis where ``[state] fail = "closed"``, and the spool's folder and free space
 (issue 27: `deliverypool.queue.space`).
@@ -240,6 +241,22 @@ def tls(run: Preflight) -> None:
             f"{listener.tls_certificate} and {listener.tls_key} do not load as a PEM certificate chain and its private key ({reason}): "
             "give the certificate's own key, both in PEM",
         )
+
+
+@check()
+def credentials(run: Preflight) -> None:
+    """The admin listener's tokens (token_file, token_env) parse and its TLS certificate, key
+    and client CA load; the webhook's secret file holds a secret (config/credentials.py, which
+    the listener and the webhook use to read them again at their start)."""
+    from deliverypool.config.credentials import check as check_credentials
+    from deliverypool.config.errors import ConfigError
+
+    if any(p.key.startswith(("admin.", "alerts.")) for p in run.problems):
+        return  # `files` said so
+    try:
+        check_credentials(run.config, admin=run.command == "relay")
+    except ConfigError as exc:
+        run.problem(exc.key, exc.problem)
 
 
 # --- addresses ----------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ mod errors;
 mod policy;
 mod scan;
 mod seen;
+mod smtp_client;
 mod smtp_data;
 mod smtp_server;
 
@@ -56,13 +57,15 @@ mod _core {
     #[pymodule_export]
     use super::seen::PyMessageIdFilter;
     #[pymodule_export]
+    use super::smtp_client::{PyClientOutcome, PySmtpClient};
+    #[pymodule_export]
     use super::smtp_data::{dot_stuff, PyDataReader};
     #[pymodule_export]
     use super::smtp_server::{PySmtpMessage, PySmtpServer, PySmtpServerConfig};
 
     #[pymodule_init]
     fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
-        use pyo3::types::PyModuleMethods;
+        use pyo3::types::{PyModuleMethods, PyTuple};
 
         use crate::dsn::{DsnKind, ReportKind, Signal};
         use crate::labels::Defect;
@@ -79,8 +82,9 @@ mod _core {
         m.add("REPORT_KINDS", super::names::<ReportKind>(py)?)?;
         m.add("DSN_KINDS", super::names::<DsnKind>(py)?)?;
         for (name, members) in super::dkim::tables() {
-            m.add(name, pyo3::types::PyTuple::new(py, members)?)?;
+            m.add(name, PyTuple::new(py, members)?)?;
         }
+        m.add("SMTP_CLIENT_EVENTS", PyTuple::new(py, super::smtp_client::event_names())?)?;
         m.add("PHRASE_GROUPS", super::dsn::phrase_groups(py)?)
     }
 }

@@ -85,25 +85,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     monitor = commands.add_parser("monitor", help="per-tenant message and DSN rates and active surges, live",
                                   description="Show a running relay's per-tenant rates and DSN surges (from its admin listener).")
-    monitor.add_argument("--admin", default="127.0.0.1:9425", metavar="HOST:PORT", help="the relay's [admin] address (default 127.0.0.1:9425)")
+    monitor.add_argument("--admin", metavar="HOST:PORT", help="the relay's [admin] address (default: --config's, else 127.0.0.1:9425)")
+    monitor.add_argument("--config", metavar="PATH", help="the relay's TOML configuration: its [admin] address, token_file or token_env")
+    add_admin_arguments(monitor)
     monitor.add_argument("--json", action="store_true", help="print one snapshot as JSON and exit")
     monitor.add_argument("--interval", type=float, default=2.0, metavar="S", help="refresh every S seconds (default 2)")
-    monitor.set_defaults(handler=lambda args: _command("monitor").monitor_command(args.admin, as_json=args.json, interval=args.interval))
+    monitor.set_defaults(
+        handler=lambda args: _command("monitor").monitor_command(
+            args.admin, config_path=args.config, token_name=args.token_name, cacert=args.cacert, cert=args.cert, key=args.key,
+            as_json=args.json, interval=args.interval,
+        )
+    )
 
     senders = commands.add_parser("senders", help="list or release the senders the sender limits restricted",
                                   description="The restricted senders, from the relay's state (its state database, or [state] redis).")
     senders_actions = senders.add_subparsers(dest="senders_action", required=True, metavar="ACTION")
     senders_list = senders_actions.add_parser("list", help="the restricted senders")
-    senders_list.add_argument("--config", required=True, metavar="PATH", help="the relay's TOML configuration")
     senders_list.add_argument("--tenant", metavar="T", help="only this tenant's senders")
-    senders_list.add_argument("--json", action="store_true", help="print JSON")
     senders_release = senders_actions.add_parser("release", help="lift a sender's restriction, on every worker and node")
     senders_release.add_argument("address", metavar="ADDRESS", help="the sender: its address or AUTH identity (any case)")
-    senders_release.add_argument("--config", required=True, metavar="PATH", help="the relay's TOML configuration")
-    senders_release.add_argument("--json", action="store_true", help="print JSON")
+    for action in (senders_list, senders_release):
+        action.add_argument("--config", required=True, metavar="PATH", help="the relay's TOML configuration")
+        action.add_argument("--admin", nargs="?", const="", metavar="HOST:PORT",
+                            help="through the running relay's admin API (audited, with the token of --config or "
+                            "DELIVERYPOOL_ADMIN_TOKEN) instead of its state directly; without HOST:PORT, --config's [admin] address")
+        add_admin_arguments(action)
+        action.add_argument("--json", action="store_true", help="print JSON")
     senders.set_defaults(
         handler=lambda args: _command("senders").senders_command(
-            args.senders_action, args.config, tenant=getattr(args, "tenant", None), address=getattr(args, "address", None), as_json=args.json
+            args.senders_action, args.config, tenant=getattr(args, "tenant", None), address=getattr(args, "address", None), as_json=args.json,
+            admin=args.admin, token_name=args.token_name, cacert=args.cacert, cert=args.cert, key=args.key,
         )
     )
     dnsbl = commands.add_parser("dnsbl", help="the blocklist watch of the pools' source addresses",
@@ -149,6 +160,14 @@ def build_parser() -> argparse.ArgumentParser:
                       "back and shown only when the demo finds a problem, so that they do not cut into the report")
     demo.set_defaults(handler=lambda args: _command("demo").demo_command(scale=args.scale, keep_running=args.keep_running, verbose=args.verbose))
     return parser
+
+
+def add_admin_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of a command that talks to the admin API (cli/admin_client.py)."""
+    parser.add_argument("--token-name", metavar="NAME", help="which entry of the configuration's token_file or token_env to send (default: the first)")
+    parser.add_argument("--cacert", metavar="FILE", help="CA certificate(s) the listener's HTTPS certificate is checked against")
+    parser.add_argument("--cert", metavar="FILE", help="client certificate (PEM) for a listener with [admin] client_ca")
+    parser.add_argument("--key", metavar="FILE", help="the client certificate's key (default: in --cert)")
 
 
 def _command(name: str) -> Any:

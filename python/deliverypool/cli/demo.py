@@ -42,6 +42,7 @@ from deliverypool.mail.dsn import Failure, build_dsn
 from deliverypool.mail.headers import crlf, header_block, header_section
 from deliverypool.eventloop import run
 from deliverypool.app import Accepted, Relay
+from deliverypool.config.credentials import new_token
 from deliverypool.cli.demo_limits import LIMITS_LISTENER, LIMITS_TENANTS, compromised_account
 from deliverypool.cli.demo_dnsbl import act_config, listed_address
 from deliverypool.cli.demo_monitor import MONITOR_SETTINGS, compromised_customer, print_alert
@@ -193,7 +194,9 @@ def workload(scale: int) -> list[tuple[str, str, list[str], bytes]]:
     return [item for _, item in sorted(enumerate(items), key=lambda pair: (pair[0] * 7919) % len(items))]
 
 
-def demo_config(spool: Path, listen_port: int, mx_port: int, dns: tuple[str, int], admin_port: int | None = None) -> cfg.RelayConfig:
+def demo_config(
+    spool: Path, listen_port: int, mx_port: int, dns: tuple[str, int], admin_port: int | None = None, token_file: Path | None = None
+) -> cfg.RelayConfig:
     pool = {"delivery": "mx", "mx_port": mx_port, "idle_timeout": "1s", "max_connections_per_destination": 4, "retry": {"initial": "1s", "maximum": "5s"}}
     return cfg.from_dict(
         {
@@ -210,7 +213,8 @@ def demo_config(spool: Path, listen_port: int, mx_port: int, dns: tuple[str, int
             **MONITOR_SETTINGS,
             # The compromised-account act (cli/demo_limits.py): a tenant with a sender limit.
             "tenants": {**MONITOR_SETTINGS["tenants"], **LIMITS_TENANTS},
-            **({"admin": {"address": f"127.0.0.1:{admin_port}"}} if admin_port else {}),
+            # The admin API with a token the demo generated; /metrics open for a browser.
+            **({"admin": {"address": f"127.0.0.1:{admin_port}", "open_metrics": True, **({"token_file": str(token_file)} if token_file else {})}} if admin_port else {}),
         }
     )
 
@@ -265,7 +269,10 @@ async def demo(
                 servers.append(await loop.create_server(lambda h=handler: SMTP(h, hostname=name, loop=loop), host, mx_port))  # type: ignore[misc]
             listen_port = common_port(["127.0.0.1"])
             admin_port = common_port(["127.0.0.1"])
-            config = demo_config(Path(tmp) / "spool", listen_port, mx_port, dns_address, admin_port)
+            token_file = Path(tmp) / "admin-tokens"
+            token_file.write_text(f"demo:{new_token()}\n")
+            token_file.chmod(0o600)
+            config = demo_config(Path(tmp) / "spool", listen_port, mx_port, dns_address, admin_port, token_file)
             relay = Relay(config)
 
             def accepted(result: Accepted, content: bytes) -> None:
@@ -282,7 +289,7 @@ async def demo(
             out.write(
                 f"deliverypool demo: relay on 127.0.0.1:{listen_port}; pools normal from {NORMAL_SOURCE}, "
                 f"high-risk from {HIGH_RISK_SOURCE}; DNS for *.test from {dns_address[0]}:{dns_address[1]}; "
-                f"MX sinks on {', '.join(SINKS.values())}; admin (metrics) on http://127.0.0.1:{admin_port}/metrics\n"
+                f"MX sinks on {', '.join(SINKS.values())}; admin (metrics) on http://127.0.0.1:{admin_port}/metrics, its API's token in {token_file}\n"
                 f"sending {len(items)} messages over {clients} connections...\n"
             )
             started = time.perf_counter()
@@ -304,12 +311,12 @@ async def demo(
             alert = await compromised_customer(relay, listen_port, out, mark=lambda dsn: _with_kind(dsn, "harvest"))
             print_alert(out, alert, f"127.0.0.1:{admin_port}")
             stats["alert"].reasons.update([alert["cause"]] if alert else [])
-            limits_act = await compromised_account(relay, listen_port, out, content=_with_kind(_message("ordinary", 0, "newsletter@sender.test"), "limits"), admin=f"127.0.0.1:{admin_port}")
+            limits_act = await compromised_account(relay, listen_port, out, content=_with_kind(_message("ordinary", 0, "newsletter@sender.test"), "limits"), admin=f"127.0.0.1:{admin_port}", token_file=token_file)
             act3 = stats["limits-act"]
             act3.sent, act3.refused = limits_act.accepted, limits_act.refused
             act3.reasons.update({"released": int(limits_act.released), "alert": int(limits_act.alert is not None), "after": limits_act.after_release})
             # Act 4 (cli/demo_dnsbl.py): a second relay's normal address gets listed and drained.
-            act4_config = act_config(Path(tmp) / "spool-act4", common_port(["127.0.0.1"]), mx_port, dns_address, common_port(["127.0.0.1"]))
+            act4_config = act_config(Path(tmp) / "spool-act4", common_port(["127.0.0.1"]), mx_port, dns_address, common_port(["127.0.0.1"]), token_file)
             act4 = await listed_address(
                 zones, act4_config, out, peers=lambda kind: collections.Counter(stats[kind].peers), mark=lambda m, kind: _with_kind(m, kind)
             )

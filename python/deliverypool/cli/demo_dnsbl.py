@@ -76,7 +76,7 @@ class WatchAct:
         return problems
 
 
-def act_config(spool: Path, listen_port: int, mx_port: int, dns: tuple[str, int], admin_port: int) -> cfg.RelayConfig:
+def act_config(spool: Path, listen_port: int, mx_port: int, dns: tuple[str, int], admin_port: int, token_file: Path | None = None) -> cfg.RelayConfig:
     pool = {"delivery": "mx", "mx_port": mx_port, "idle_timeout": "300ms", "max_connections_per_destination": 4, "retry": {"initial": "1s", "maximum": "5s"}}
     return cfg.from_dict(
         {
@@ -91,7 +91,11 @@ def act_config(spool: Path, listen_port: int, mx_port: int, dns: tuple[str, int]
             # A short interval so the act takes seconds (the default is 15m: docs/operations/blocklist-watch.md).
             "dnsbl": {"zones": [ZONE], "interval": "250ms"},
             "observe": {"flush_interval": "200ms"},
-            "admin": {"address": f"127.0.0.1:{admin_port}"},
+            # The demo's token; the read-only routes open: the act only shows where to look.
+            "admin": {
+                "address": f"127.0.0.1:{admin_port}", "open_reads": True, "open_metrics": True,
+                **({"token_file": str(token_file)} if token_file is not None else {}),
+            },
         }
     )
 

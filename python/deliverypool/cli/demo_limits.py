@@ -1,20 +1,23 @@
 """The demo's third act, a compromised account: the tenant ``initech``'s application user
 (AUTH ``initech-app``, sender limit ``per_day = 20``, action ``block``) starts sending 30
 recipients. The relay takes 20, refuses the rest at RCPT with 550 5.1.8, restricts the sender
-and raises the alert; an administrator releases it (as ``POST /api/senders/release`` or
-``deliverypool senders release`` would) and its mail flows again."""
+and raises the alert; an administrator releases it through the admin API (``POST
+/api/senders/release`` with the demo's token, as ``deliverypool senders release --admin`` does)
+and its mail flows again."""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TextIO
 
+import aiohttp
 import aiosmtplib
 
 from deliverypool.app import Relay
 
-__all__ = ["LIMITS_LISTENER", "LIMITS_TENANTS", "LimitsAct", "compromised_account"]
+__all__ = ["LIMITS_LISTENER", "LIMITS_TENANTS", "LimitsAct", "compromised_account", "release_through_api"]
 
 USER, PASSWORD = "initech-app", "demo-password"
 # Merged into the demo's configuration (cli/demo.py).
@@ -50,7 +53,18 @@ async def _send(port: int, recipients: list[str], act: LimitsAct, content: bytes
     return taken
 
 
-async def compromised_account(relay: Relay, listen_port: int, out: TextIO, *, content: bytes, admin: str | None, timeout: float = 10.0) -> LimitsAct:
+async def release_through_api(admin: str, token: str, sender: str) -> tuple[int, Any]:
+    """POST /api/senders/release as an operator's client would: the token, a JSON body."""
+    async with aiohttp.ClientSession() as session:
+        async with session.post(
+            f"http://{admin}/api/senders/release", json={"sender": sender}, headers={"Authorization": f"Bearer {token}"}
+        ) as response:
+            return response.status, await response.json()
+
+
+async def compromised_account(
+    relay: Relay, listen_port: int, out: TextIO, *, content: bytes, admin: str | None, token_file: Path | None = None, timeout: float = 10.0
+) -> LimitsAct:
     act = LimitsAct()
     limits = relay.limits
     if limits is None:
@@ -72,8 +86,17 @@ async def compromised_account(relay: Relay, listen_port: int, out: TextIO, *, co
         out.write("no sender-restricted alert (PROBLEM)\n")
     for r in await limits.restrictions():
         out.write(f"  restricted: {r.sender} (tenant {r.tenant}) until released; `deliverypool senders list` shows it\n")
-    hint = f"curl -d '{{\"sender\": \"{USER}\"}}' http://{admin}/api/senders/release" if admin else f"deliverypool senders release {USER}"
-    act.released = await limits.release(USER) is not None
+    if admin and token_file is not None:
+        hint = (
+            f"curl -H \"Authorization: Bearer $(cut -d: -f2 {token_file})\" -H 'Content-Type: application/json' "
+            f"-d '{{\"sender\": \"{USER}\"}}' http://{admin}/api/senders/release"
+        )
+        token = token_file.read_text().strip().split(":")[1]
+        status, _ = await release_through_api(admin, token, USER)
+        act.released = status == 200
+    else:
+        hint = f"deliverypool senders release {USER}"
+        act.released = await limits.release(USER) is not None
     out.write(f"  the administrator releases it ({hint}): {'released' if act.released else 'NOT released (PROBLEM)'}\n")
     before = len(act.refused)
     act.after_release = await _send(listen_port, ["after-release@shop.test"], act, content)

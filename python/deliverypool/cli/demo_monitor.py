@@ -71,4 +71,7 @@ def print_alert(out: TextIO, alert: dict[str, Any] | None, admin: str | None) ->
         f"top domains share {evidence['top_domains_share']}\n"
     )
     if admin:
-        out.write(f"  metrics: http://{admin}/metrics  alerts: http://{admin}/api/alerts  (deliverypool monitor --admin {admin})\n")
+        out.write(
+            f"  metrics: http://{admin}/metrics  alerts: http://{admin}/api/alerts  "
+            f"(with the token: DELIVERYPOOL_ADMIN_TOKEN=... deliverypool monitor --admin {admin})\n"
+        )

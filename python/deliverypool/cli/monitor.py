@@ -1,28 +1,29 @@
-"""`deliverypool monitor --admin HOST:PORT [--json] [--interval S]`: per-tenant message and DSN
-rates, baselines and active surges with their causes, from a running relay's admin listener
-(GET /api/tenants), as a live terminal table (rich), or one JSON snapshot. In a fleet any node's
-listener shows the whole fleet (the caption names the nodes and the leader, or says the view is
-this node's alone while Redis is away)."""
+"""`deliverypool monitor [--admin HOST:PORT] [--config PATH] [--json] [--interval S]`: per-tenant
+message and DSN rates, baselines and active surges with their causes, from a running relay's
+admin listener (GET /api/tenants), as a live terminal table (rich), or one JSON snapshot. In a
+fleet any node's listener shows the whole fleet (the caption names the nodes and the leader, or
+says the view is this node's alone while Redis is away). The address and the token come from
+the same places as the relay's (cli/admin_client.py)."""
 
 from __future__ import annotations
 
 import json
 import sys
 import time
-import urllib.error
-import urllib.request
 from typing import Any, TextIO
 
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from deliverypool.cli.admin_client import AdminClient, AdminError, admin_client
+from deliverypool.config import ConfigError
+
 __all__ = ["fleet_caption", "monitor_command", "snapshot_table"]
 
 
-def fetch(admin: str, timeout: float = 5.0) -> dict[str, Any]:
-    with urllib.request.urlopen(f"http://{admin}/api/tenants", timeout=timeout) as response:
-        data: dict[str, Any] = json.load(response)
+def fetch(client: AdminClient) -> dict[str, Any]:
+    data: dict[str, Any] = client.get("/api/tenants")
     return data
 
 
@@ -54,12 +55,29 @@ def snapshot_table(data: dict[str, Any]) -> Table:
     return table
 
 
-def monitor_command(admin: str, *, as_json: bool = False, interval: float = 2.0, out: TextIO = sys.stdout) -> int:
-    """Exit status 0, or 1 when the admin listener cannot be reached."""
+def monitor_command(
+    admin: str | None = None,
+    *,
+    config_path: str | None = None,
+    token_name: str | None = None,
+    cacert: str | None = None,
+    cert: str | None = None,
+    key: str | None = None,
+    as_json: bool = False,
+    interval: float = 2.0,
+    out: TextIO = sys.stdout,
+) -> int:
+    """Exit status 0; 1 when the admin listener cannot be reached or refuses (a missing token:
+    401); 2 for a configuration or token file that cannot be used."""
     try:
-        data = fetch(admin)
-    except (OSError, urllib.error.URLError, ValueError) as exc:
-        print(f"deliverypool monitor: cannot read http://{admin}/api/tenants: {exc}", file=sys.stderr)
+        client = admin_client(admin=admin, config_path=config_path, token_name=token_name, cacert=cacert, cert=cert, key=key, timeout=5.0)
+    except (ConfigError, ValueError) as exc:
+        print(f"deliverypool monitor: {exc}", file=sys.stderr)
+        return 2
+    try:
+        data = fetch(client)
+    except AdminError as exc:
+        print(f"deliverypool monitor: {exc}", file=sys.stderr)
         return 1
     if as_json:
         out.write(json.dumps(data) + "\n")
@@ -70,8 +88,8 @@ def monitor_command(admin: str, *, as_json: bool = False, interval: float = 2.0,
             while True:
                 time.sleep(interval)
                 try:
-                    live.update(snapshot_table(fetch(admin)))
-                except (OSError, urllib.error.URLError, ValueError):
+                    live.update(snapshot_table(fetch(client)))
+                except AdminError:
                     continue
         except KeyboardInterrupt:
             return 0

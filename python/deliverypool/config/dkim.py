@@ -169,7 +169,7 @@ def _seconds(duration: float | None) -> int | None:
 
 class DkimConfig(_Table):
     """DKIM: the keys mail is signed with at acceptance, and the check of signatures clients
-    already put on (docs/dkim.md)."""
+    already put on (docs/guide/dkim.md)."""
 
     keys: tuple[DkimKeyConfig, ...] = Field(
         (), description="The signing keys. Several for one domain sign it several times (RSA and Ed25519, or two selectors while rotating)."

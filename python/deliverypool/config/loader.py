@@ -5,9 +5,9 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from deliverypool.config.errors import ConfigError, from_validation_error
 from deliverypool.config.model import RelayConfig
@@ -23,6 +23,8 @@ __all__ = ["Command", "from_dict", "load", "loads"]
 # Who reads the file: `deliverypool relay` (and everything else), or `deliverypool milter`.
 Command = Literal["relay", "milter"]
 
+T = TypeVar("T", bound=BaseModel)
+
 
 def from_dict(data: Mapping[str, Any], *, base: Path | None = None, command: Command = "relay") -> RelayConfig:
     """Builds and validates a configuration from parsed TOML (or an equivalent dict). A
@@ -34,11 +36,28 @@ def from_dict(data: Mapping[str, Any], *, base: Path | None = None, command: Com
         config = RelayConfig.model_validate(data, context={"command": command, **model_context(base)})
     except ValidationError as exc:
         raise from_validation_error(exc) from None
-    directory = config.spool.directory
-    if base is not None and not directory.is_absolute():
-        # Only the folder changes: the spool's other keys (reserve, margin, ...) stay as written.
-        config = config.model_copy(update={"spool": config.spool.model_copy(update={"directory": base / directory})})
-    return config
+    return config if base is None else _relative_to(config, base)
+
+
+def _relative_to(config: RelayConfig, base: Path) -> RelayConfig:
+    """The configuration with its relative paths taken from `base`: the spool directory, the
+    admin listener's token file, certificates and client CA, and the webhook's secret file."""
+
+    def rebased(table: T, *keys: str) -> T:
+        update = {}
+        for key in keys:
+            path = getattr(table, key)
+            if path is not None and not path.is_absolute():
+                update[key] = base / path
+        return table.model_copy(update=update) if update else table
+
+    return config.model_copy(
+        update={
+            "spool": rebased(config.spool, "directory"),
+            "admin": rebased(config.admin, "token_file", "tls_certificate", "tls_key", "client_ca"),
+            "alerts": rebased(config.alerts, "secret_file"),
+        }
+    )
 
 
 def loads(text: str, *, base: Path | None = None, command: Command = "relay") -> RelayConfig:

@@ -773,7 +773,7 @@ class RelayConfig(_Table):
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Sender limits: the defaults of every tenant (docs/operations/sender-limits.md).")
     state: StateConfig = Field(default_factory=StateConfig, description="Where sender counters and restrictions live (embedded SQLite, or Redis).")
     dnsbl: DnsblConfig = Field(default_factory=DnsblConfig, description="The blocklist watch of the pools' own source addresses.")
-    dkim: DkimConfig = Field(default_factory=DkimConfig, description="DKIM: the keys mail is signed with, and the check of clients' signatures (docs/dkim.md).")
+    dkim: DkimConfig = Field(default_factory=DkimConfig, description="DKIM: the keys mail is signed with, and the check of clients' signatures (docs/guide/dkim.md).")
 
     @model_validator(mode="before")
     @classmethod

@@ -7,6 +7,7 @@ These models use the scalar types of :mod:`deliverypool.config.model` and are fi
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Annotated, Final, Literal, Optional
 
@@ -16,6 +17,7 @@ from deliverypool.config.errors import Invalid
 from deliverypool.config.limits import LimitsConfig
 from deliverypool.config.model import (
     Bool,
+    FilePath,
     Int,
     IPNetworkField,
     ListenAddress,
@@ -23,6 +25,7 @@ from deliverypool.config.model import (
     Number,
     OutputPath,
     Text,
+    _full_match,
     _shown_default,
     _Table,
     _text,
@@ -30,7 +33,7 @@ from deliverypool.config.model import (
 from deliverypool.config.units import Duration, Size
 from deliverypool.mail.address import normalize_domain
 
-__all__ = ["AdminConfig", "AlertsConfig", "DnsblConfig", "MonitorConfig", "NO_TENANT", "ObserveConfig", "TENANT_NAME_PATTERN", "TenantConfig"]
+__all__ = ["AdminConfig", "ENV_NAME_PATTERN", "is_loopback_host", "AlertsConfig", "DnsblConfig", "MonitorConfig", "NO_TENANT", "ObserveConfig", "TENANT_NAME_PATTERN", "TenantConfig"]
 
 # The label of mail that belongs to no tenant, in metrics, events and alerts; no tenant may be
 # named so.
@@ -122,11 +125,86 @@ class MonitorConfig(_Table):
         return self.interval if self.interval is not None else min(self.window / 10, 30.0)
 
 
+# The name of an environment variable (POSIX: letters, digits, underscores, not starting with a digit).
+ENV_NAME_PATTERN: Final = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+EnvName = Annotated[
+    str, PlainValidator(_full_match(re.compile(ENV_NAME_PATTERN), "an environment variable name")),
+    WithJsonSchema({"type": "string", "pattern": ENV_NAME_PATTERN}),
+]
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether a listen host is only reachable from this machine: ``localhost`` or a loopback
+    IP address (``0.0.0.0``, ``::`` and host names are not)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class AdminConfig(_Table):
     """The admin HTTP listener: /metrics (Prometheus), /healthz and the JSON API. Off unless an
-    address is set."""
+    address is set. Who may use it: bearer tokens (token_file, token_env) and/or client
+    certificates (client_ca); see docs/operations/admin-api.md."""
 
-    address: Optional[ListenAddress] = Field(None, description='"host:port" of the admin HTTP listener, e.g. "127.0.0.1:9425"; absent: no listener.')
+    address: Optional[ListenAddress] = Field(
+        None,
+        description=(
+            '"host:port" of the admin HTTP listener, e.g. "127.0.0.1:9425"; absent: no listener. An address other than '
+            "loopback needs a credential (token_file, token_env or client_ca)."
+        ),
+    )
+    token_file: Optional[FilePath] = Field(
+        None,
+        description=(
+            "File of the bearer tokens the API accepts, one NAME:TOKEN line each (NAME:TOKEN:read for a token that only "
+            "reads); a relative path is relative to the configuration file. Read at start and again whenever it changes."
+        ),
+    )
+    token_env: Optional[EnvName] = Field(
+        None, description="Name of an environment variable holding tokens in token_file's format, entries separated by commas or newlines."
+    )
+    open_metrics: Bool = Field(False, description="/metrics and /healthz answer without a credential (a Prometheus scraper without one).")
+    open_reads: Bool = Field(False, description="GET /api/* answers without a credential; a change (POST) always needs one.")
+    tls_certificate: Optional[FilePath] = Field(None, description="PEM certificate (chain): the listener speaks HTTPS; goes with tls_key.")
+    tls_key: Optional[FilePath] = Field(None, description="PEM private key of tls_certificate.")
+    client_ca: Optional[FilePath] = Field(
+        None,
+        description=(
+            "PEM CA certificate(s): every client must present a certificate they signed (mutual TLS; needs tls_certificate). "
+            "The certificate's subject CN names the client in the audit log."
+        ),
+    )
+    max_body: Size = Field(64 * 1024, description="Largest request body (at least 1k); a larger one gets 413.", json_schema_extra=_shown_default("64k"))
+    timeout: Duration = Field(
+        10.0,
+        description="A client that takes longer to send a request's header or body, or stays idle this long, is disconnected.",
+        json_schema_extra=_shown_default("10s"),
+    )
+    max_connections: Int = Field(64, ge=1, le=10000, description="Connections served at once; more are answered 503 and closed.")
+
+    @property
+    def has_credential(self) -> bool:
+        return self.token_file is not None or self.token_env is not None or self.client_ca is not None
+
+    @model_validator(mode="after")
+    def _credentials(self) -> AdminConfig:
+        if self.max_body < 1024:
+            raise Invalid(f"must be at least 1k (1024 bytes), got {self.max_body}", "max_body")
+        if (self.tls_certificate is None) != (self.tls_key is None):
+            raise Invalid("tls_certificate and tls_key go together", "tls_key" if self.tls_key is None else "tls_certificate")
+        if self.client_ca is not None and self.tls_certificate is None:
+            raise Invalid("client certificates need TLS: set tls_certificate and tls_key", "client_ca")
+        if self.address is not None and not is_loopback_host(self.address[0]) and not self.has_credential:
+            raise Invalid(
+                f"{self.address[0]} is not a loopback address and the admin API has no credential: set admin.token_file "
+                "(or admin.token_env, or admin.client_ca)",
+                "address",
+            )
+        return self
 
 
 class AlertsConfig(_Table):
@@ -138,6 +216,14 @@ class AlertsConfig(_Table):
     retry_initial: Duration = Field(1.0, description="Wait before the first retry of a failed POST.", json_schema_extra=_shown_default("1s"))
     retry_maximum: Duration = Field(300.0, description="Longest wait between retries (doubling from retry_initial).", json_schema_extra=_shown_default("5m"))
     max_attempts: Int = Field(20, ge=1, description="POSTs of one alert before it is given up (logged).")
+    secret_file: Optional[FilePath] = Field(
+        None,
+        description=(
+            "File of the webhook's signing secret(s), whsec_<base64> (Standard Webhooks), one a line: every POST is signed "
+            "with each. Relative: to the configuration file. Absent: a secret generated at first start in the spool "
+            "directory (webhook-secret)."
+        ),
+    )
 
 
 class ObserveConfig(_Table):

@@ -26,7 +26,7 @@ The sender is the SASL login Postfix passes (``{auth_authen}``), else the envelo
 Restrictions and limit alerts are reported as a relay worker reports them (logged, stored,
 POSTed to ``alerts.webhook``): the service runs an `Observer` without monitor or admin listener.
 
-With DKIM keys (``[dkim]``, docs/dkim.md), the milter signs each message at the end of it,
+With DKIM keys (``[dkim]``, docs/guide/dkim.md), the milter signs each message at the end of it,
 after classifying, with the keys of its header From's domain (as the relay does), and adds the
 DKIM-Signature fields at the top of the header (``insheader``: the ADDHDRS action): a Postfix
 user needs no OpenDKIM. What it signs is the header and body libmilter handed it (rebuilt with

@@ -4,21 +4,33 @@ log, the state database (for ``GET /api/alerts``: the active ones and the last
 ``[alerts] webhook``, POSTed as JSON from a bounded queue by a task of its own, retried with
 doubling waits, so that a webhook that is down or slow never holds up the relay (when the
 queue is full the oldest alert waiting is dropped and counted).
+
+Every POST is signed as Standard Webhooks (standardwebhooks.com) says: ``webhook-id`` (one id per
+alert POST, the same on its retries, so a receiver can drop repeats), ``webhook-timestamp``
+(seconds since the epoch, at each attempt) and ``webhook-signature``: ``v1,`` and the base64
+HMAC-SHA256 of ``ID.TIMESTAMP.BODY`` under each key of ``[alerts] secret_file`` (space
+separated: several during a rotation). The receiver's check is in docs/operations/admin-api.md.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
+import hashlib
+import hmac
 import json
 import logging
+import secrets
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import aiohttp
 
 from deliverypool.config import AlertsConfig
 
-__all__ = ["Webhook", "log_alert"]
+__all__ = ["Webhook", "log_alert", "sign"]
 
 log = logging.getLogger("deliverypool.alerts")
 
@@ -35,15 +47,25 @@ def log_alert(alert: dict[str, Any]) -> None:
     log.log(level, "%s %s %s %s", alert["type"], alert["state"], subject, json.dumps(alert, sort_keys=True))
 
 
+def sign(keys: Sequence[bytes], message_id: str, timestamp: int, body: bytes) -> str:
+    """The ``webhook-signature`` header of a Standard Webhooks POST: ``v1,<base64 HMAC-SHA256
+    of "ID.TIMESTAMP.BODY">`` under each key, space separated."""
+    signed = f"{message_id}.{timestamp}.".encode() + body
+    return " ".join("v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode("ascii") for key in keys)
+
+
 class Webhook:
     """POSTs alerts to one URL, in order, each retried until it succeeds (2xx) or
-    ``max_attempts`` POSTs failed."""
+    ``max_attempts`` POSTs failed, each POST signed with `keys` (see the module documentation)."""
 
-    def __init__(self, config: AlertsConfig) -> None:
+    def __init__(self, config: AlertsConfig, keys: Sequence[bytes] = (), *, clock: Callable[[], float] = time.time) -> None:
         assert config.webhook is not None
         self.url = config.webhook
         self.config = config
-        self.queue: collections.deque[dict[str, Any]] = collections.deque()
+        self.keys = tuple(keys)
+        self.clock = clock
+        # (the POST's webhook-id, the alert)
+        self.queue: collections.deque[tuple[str, dict[str, Any]]] = collections.deque()
         self.sent = 0
         self.failed_attempts = 0
         self.dropped = 0
@@ -57,7 +79,7 @@ class Webhook:
         if len(self.queue) >= self.config.queue_size:
             self.queue.popleft()
             self.dropped += 1
-        self.queue.append(alert)
+        self.queue.append(("msg_" + secrets.token_urlsafe(18), alert))
         self._wakeup.set()
 
     async def start(self) -> None:
@@ -82,10 +104,12 @@ class Webhook:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            alert = self.queue[0]
+            item = self.queue[0]
+            message_id, alert = item
+            body = json.dumps(alert, separators=(",", ":")).encode()
             wait = self.config.retry_initial
             for attempt in range(1, self.config.max_attempts + 1):
-                if await self._send(alert):
+                if await self._send(message_id, alert, body):
                     self.sent += 1
                     break
                 self.failed_attempts += 1
@@ -95,13 +119,21 @@ class Webhook:
                     break
                 await asyncio.sleep(wait)
                 wait = min(self.config.retry_maximum, wait * 2)
-            if self.queue and self.queue[0] is alert:
+            if self.queue and self.queue[0] is item:
                 self.queue.popleft()
 
-    async def _send(self, alert: dict[str, Any]) -> bool:
+    def headers(self, message_id: str, body: bytes) -> dict[str, str]:
+        """The POST's headers: JSON, and the Standard Webhooks id, timestamp and signature."""
+        timestamp = int(self.clock())
+        headers = {"Content-Type": "application/json", "webhook-id": message_id, "webhook-timestamp": str(timestamp)}
+        if self.keys:
+            headers["webhook-signature"] = sign(self.keys, message_id, timestamp, body)
+        return headers
+
+    async def _send(self, message_id: str, alert: dict[str, Any], body: bytes) -> bool:
         assert self._session is not None
         try:
-            async with self._session.post(self.url, json=alert) as response:
+            async with self._session.post(self.url, data=body, headers=self.headers(message_id, body)) as response:
                 if 200 <= response.status < 300:
                     return True
                 log.warning("webhook %s answered %d for alert %s; retrying", self.url, response.status, alert["id"])

@@ -30,6 +30,10 @@ if TYPE_CHECKING:
     from deliverypool.auth.dkim import DkimOutcome
 
 __all__ = [
+    "ADMIN_REFUSALS",
+    "RELEASE_RESULTS",
+    "AdminRefused",
+    "AdminRelease",
     "DeliveryAttempt",
     "DsnGenerated",
     "DsnRelayed",
@@ -158,7 +162,64 @@ class SenderReleased:
     since: float
 
 
-Event = Union[MessageAccepted, DeliveryAttempt, DsnGenerated, DsnRelayed, SenderRestricted, SenderLimitAlert, SenderReleased]
+# Why the admin listener refused a request (a closed set: the label of
+# deliverypool_admin_refused_total): no or an unknown credential (401), a read-only token on a
+# change, a browser's cross-site request or a CORS preflight, a Host that is not the loopback
+# listener's (DNS rebinding), a change that is not application/json (415), a body over
+# admin.max_body (413), a body that is not JSON or lacks what the route needs (400), an unknown
+# route (404) or method (405), a client too slow to send its body (408), the connection limit (503).
+ADMIN_REFUSALS: Final = (
+    "no-credential",
+    "bad-credential",
+    "read-only",
+    "cross-site",
+    "preflight",
+    "bad-host",
+    "content-type",
+    "too-large",
+    "bad-json",
+    "bad-request",
+    "not-found",
+    "method",
+    "timeout",
+    "too-many-connections",
+)
+# What a release through the admin API came to.
+RELEASE_RESULTS: Final = ("released", "not-restricted", "unavailable")
+
+
+@dataclass(frozen=True, slots=True)
+class AdminRefused:
+    """The admin listener refused a request (the audit log's line, as an event)."""
+
+    kind: ClassVar[str] = "admin-refused"
+    at: float
+    reason: str  # ADMIN_REFUSALS
+    status: int
+    method: str  # GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS or "other"
+    path: str  # bounded, printable
+    client: str | None  # the client's address
+    who: str | None  # the credential's name, when one was recognised (never the token)
+
+
+@dataclass(frozen=True, slots=True)
+class AdminRelease:
+    """A release asked for through the admin API, by whom (the token's name or the client
+    certificate's CN), from where, and what came of it."""
+
+    kind: ClassVar[str] = "admin-release"
+    at: float
+    sender: str
+    result: str  # RELEASE_RESULTS
+    who: str
+    client: str | None
+    tenant: str | None = None
+    window: str | None = None
+
+
+Event = Union[
+    MessageAccepted, DeliveryAttempt, DsnGenerated, DsnRelayed, SenderRestricted, SenderLimitAlert, SenderReleased, AdminRefused, AdminRelease
+]
 Handler = Callable[[Event], Union[None, Awaitable[None]]]
 
 _BATCH: Final = 256

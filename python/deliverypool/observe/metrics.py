@@ -25,6 +25,8 @@ Every label value comes from a closed set, never from message content:
 | ``deliverypool_spool_conditions_total`` (counter, times a shard entered it) | ``condition``: ``low-space``, ``stalled`` (observe/spool.py) |
 | ``deliverypool_spool_refused_total`` (counter) | none |
 | ``deliverypool_fleet_leader``, ``deliverypool_fleet_degraded`` (gauges, in a fleet) | none |
+| ``deliverypool_admin_refused_total`` (counter) | ``reason``: `ADMIN_REFUSALS` (observe/events.py) |
+| ``deliverypool_admin_releases_total`` (counter) | ``result``: `RELEASE_RESULTS` |
 
 A message with several reasons counts once under each; a value outside its set (a pool
 removed from the configuration while mail waited) is counted as ``other``.
@@ -44,7 +46,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from deliverypool.auth.dkim import UNSIGNED
 from deliverypool.config import NO_TENANT, RelayConfig
 from deliverypool.observe.bounce import status_class
-from deliverypool.observe.events import DeliveryAttempt, DsnGenerated, DsnRelayed, Event, MessageAccepted
+from deliverypool.observe.events import ADMIN_REFUSALS, RELEASE_RESULTS, AdminRefused, AdminRelease, DeliveryAttempt, DsnGenerated, DsnRelayed, Event, MessageAccepted
 from deliverypool.queue.schema import State
 from deliverypool.state.observations import Labels, ObservationStore
 
@@ -112,6 +114,10 @@ class MetricsRecorder:
         elif isinstance(event, DsnGenerated):
             first = next((r.status for r in event.recipients), None)
             counts[("deliverypool_dsns_total", (("tenant", self._tenant(event.tenant)), ("origin", "generated"), ("status_class", status_class(first))))] += 1
+        elif isinstance(event, AdminRefused):
+            counts[("deliverypool_admin_refused_total", (("reason", event.reason if event.reason in ADMIN_REFUSALS else OTHER),))] += 1
+        elif isinstance(event, AdminRelease):
+            counts[("deliverypool_admin_releases_total", (("result", event.result if event.result in RELEASE_RESULTS else OTHER),))] += 1
 
     def add(self, name: str, labels: Labels, value: float = 1.0) -> None:
         """Counts for a part of the relay that is not an event subscriber (the blocklist watch);
@@ -151,6 +157,8 @@ _HELP: Final = {
         "Times a spool shard entered low-space mode or its state changes started failing (stalled).", ["condition"]
     ),
     "deliverypool_spool_refused_total": ("Messages refused because the spool could not store them (disk full: 452; failing: 451).", []),
+    "deliverypool_admin_refused_total": ("Requests the admin listener refused, by reason.", ["reason"]),
+    "deliverypool_admin_releases_total": ("Sender releases asked for through the admin API, by result.", ["result"]),
 }
 
 

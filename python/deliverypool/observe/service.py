@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from deliverypool._core import Decision, scan
 from deliverypool.config import NO_TENANT, RelayConfig
+from deliverypool.config.credentials import webhook_secrets
 from deliverypool.mail.dsn import Failure
 from deliverypool.observe.alerts import Webhook, log_alert
 from deliverypool.observe.bounce import bounce_category, normalize_status
@@ -165,15 +166,16 @@ class Observer:
         await self.bus.start()
         # Every worker raises sender-limit alerts: each posts its own to the webhook.
         if (self.leader or limits_enabled(self.config)) and self.config.alerts.webhook is not None:
-            self.webhook = Webhook(self.config.alerts)
+            self.webhook = Webhook(self.config.alerts, webhook_secrets(self.config.alerts, self.spool_root))
             await self.webhook.start()
         if self.leader and self.config.admin.address is not None:
             from deliverypool.observe.admin import AdminServer
 
-            host, port = self.config.admin.address
-            self.admin = AdminServer(self, host, port)
+            # Its tokens and certificates are read here: a problem is a ConfigError before the
+            # relay listens for mail.
+            self.admin = AdminServer(self, self.config.admin)
             await self.admin.start()
-            log.info("admin listener on http://%s:%d/ (/metrics, /healthz, /api/alerts, /api/tenants)", host, port)
+            log.info("admin listener on %s (/metrics, /healthz, /api/...; %s)", self.admin.url, self.admin.describe_access())
         if self.fleet is not None and self.fleet.candidate:
             await self.fleet.tick()  # the first node up leads at once
         if self.run_loops:

@@ -1,6 +1,7 @@
 """One connection and one mail transaction: which hosts to try for a destination, which of the
-pool's source addresses to bind, and the SMTP dialogue (aiosmtplib) that turns a message and its
-recipients into one reply per recipient.
+pool's source addresses to bind, and the SMTP dialogue that turns a message and its recipients
+into one reply per recipient (the Rust client engine, rust/smtp/client.rs, driven by the
+asyncio protocol in outbound/client.py).
 
 Nothing here touches the spool: the scheduler decides what to send, the outcomes module what the
 replies mean.
@@ -17,13 +18,12 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiosmtplib
-
-from deliverypool._core import dot_stuff
+from deliverypool._core import SmtpClient
 from deliverypool.config import PoolConfig, SourceAddress
 from deliverypool.errors import DestinationError
 from deliverypool.lookup.mx import MxLookup
 from deliverypool.mail.address import AddressError, parse_mailbox
+from deliverypool.outbound.client import DONE, READY, SEND_BODY, START_TLS, SessionRefused, SmtpConnection, start_tls
 from deliverypool.outbound.outcomes import DeliveryStats
 from deliverypool.queue.spool import Spool
 
@@ -40,9 +40,11 @@ Replies = dict[int, tuple[str, "str | None"]]
 class Session:
     """An open connection to one host, bound to one source address of one pool."""
 
-    smtp: aiosmtplib.SMTP
+    connection: SmtpConnection
     host: str  # "name[ip]:port"
     source: str
+    # The pool's command_timeout: each reply's wait.
+    timeout: float
     transactions: int = 0
 
 
@@ -73,10 +75,24 @@ class Connector:
         # (pool, address) -> True while the blocklist watch has the address drained from the
         # pool's rotation (watch/dnsbl.py; the relay sets it when [dnsbl] has zones).
         self.drained: Callable[[str, str], bool] | None = None
-        self._tls = ssl.create_default_context()
-        # Opportunistic TLS, as in Postfix's "may" level: encrypt when offered, do not verify.
+        # Opportunistic TLS, as in Postfix's "may" level: encrypt when offered, do not verify
+        # (so no trust store is loaded: that takes ~0.2 s).
+        self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         self._tls.check_hostname = False
         self._tls.verify_mode = ssl.CERT_NONE
+        self._verify_tls: ssl.SSLContext | None = None
+
+    @property
+    def verify_tls(self) -> ssl.SSLContext:
+        """The context of tls = "required": the system's trust store, the target's host name
+        checked; made when first needed."""
+        if self._verify_tls is None:
+            self._verify_tls = ssl.create_default_context()
+        return self._verify_tls
+
+    @verify_tls.setter
+    def verify_tls(self, context: ssl.SSLContext) -> None:
+        self._verify_tls = context
 
     async def targets(self, pool: PoolConfig, destination: str) -> list[tuple[str, str, int]]:
         """(host name, address, port) to try in order for a lane's destination: the smarthost's
@@ -115,8 +131,9 @@ class Connector:
         return self.drained is not None and self.drained(pool, source)
 
     async def open(self, pool: PoolConfig, destination: str) -> Session:
-        """A connection to the first target that greets with 220. Raises DestinationError when
-        none does (temporary: the lane's work is deferred)."""
+        """A connection to the first target that greets with 220 and takes EHLO (and STARTTLS
+        where the pool's policy wants it). Raises DestinationError when none does (temporary:
+        the lane's work is deferred)."""
         targets = await self.targets(pool, destination)
         last = "no usable host"
         for host, address, port in targets:
@@ -129,182 +146,155 @@ class Connector:
                 else:
                     last = f"{label}: pool {pool.name} has no IPv{version} source address"
                 continue
-            smtp = aiosmtplib.SMTP(
-                hostname=address,
-                port=port,
-                source_address=(str(source.address), 0),
-                local_hostname=pool.ehlo_name,
-                timeout=pool.command_timeout,
-                start_tls={"opportunistic": None, "required": True, "none": False}[pool.tls],
-                tls_context=self._tls if pool.tls == "opportunistic" else None,
-            )
             try:
-                await smtp.connect(timeout=pool.connect_timeout)
-            except aiosmtplib.SMTPResponseException as exc:
-                # A 4xx or 5xx greeting: try the next host (RFC 5321 §5.1).
-                last = f"{exc.code} {exc.message}"
-                log.info("connect pool=%s source=%s host=%s reply=%s", pool.name, source.address, label, exc.code)
-                smtp.close()
+                connection = await self._connect(pool, host, address, port, str(source.address), label)
+            except SessionRefused as exc:
+                # A 4xx or 5xx greeting (or EHLO, or a required STARTTLS): the next host (RFC 5321 §5.1).
+                if exc.code is not None:
+                    last = exc.text
+                    log.info("connect pool=%s source=%s host=%s reply=%s", pool.name, source.address, label, exc.code)
+                else:
+                    last = f"{label}: {exc.text}"
+                    log.info("connect pool=%s source=%s host=%s reply=connect-failed (%s)", pool.name, source.address, label, exc.text)
                 continue
-            except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
-                last = f"{label}: {exc}"
-                log.info("connect pool=%s source=%s host=%s reply=connect-failed (%s)", pool.name, source.address, label, exc)
-                smtp.close()
+            except (OSError, asyncio.TimeoutError) as exc:
+                last = f"{label}: {exc or type(exc).__name__}"
+                log.info("connect pool=%s source=%s host=%s reply=connect-failed (%s)", pool.name, source.address, label, exc or type(exc).__name__)
                 continue
             self.stats.connections += 1
-            return Session(smtp, label, str(source.address))
+            return Session(connection, label, str(source.address), pool.command_timeout)
         raise DestinationError(f"451 4.4.1 Could not deliver to {destination}: {last}", permanent=False)
+
+    async def _connect(self, pool: PoolConfig, host: str, address: str, port: int, source: str, label: str) -> SmtpConnection:
+        """Connects from `source`, reads the greeting (connect_timeout), says EHLO and starts
+        TLS as the engine says (command_timeout each)."""
+        loop = asyncio.get_running_loop()
+        engine = SmtpClient(ehlo_name=pool.ehlo_name, tls=pool.tls, peer=label)
+        _, connection = await asyncio.wait_for(
+            loop.create_connection(lambda: SmtpConnection(engine, loop), address, port, local_addr=(source, 0)), pool.connect_timeout
+        )
+        try:
+            event = await connection.wait(pool.connect_timeout, then=pool.command_timeout)
+            if event == START_TLS:
+                context = self._tls if pool.tls == "opportunistic" else self.verify_tls
+                # The name the certificate is checked against (required) and sent as SNI: the
+                # MX host's name, or the smarthost as configured.
+                await start_tls(connection, context, host, pool.command_timeout)
+                event = await connection.wait(pool.command_timeout)
+            if event != READY:
+                raise SessionRefused(engine.refusal or engine.broken or "the session could not be set up", engine.refusal_code)
+        except BaseException:
+            connection.abort()
+            raise
+        return connection
 
     @staticmethod
     async def close(session: Session) -> None:
+        """QUIT (its reply waited for 5 s at most), then close."""
+        connection = session.connection
         try:
-            if session.smtp.is_connected:
-                await session.smtp.quit(timeout=5)
-        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+            if connection.engine.ready and not connection.closed:
+                connection.write(connection.engine.quit())
+                await connection.wait(5)
+        except (OSError, asyncio.TimeoutError):
             pass
         finally:
-            session.smtp.close()
+            connection.close()
 
 
-async def _data(smtp: aiosmtplib.SMTP, pieces: AsyncIterator[bytes]) -> aiosmtplib.SMTPResponse:
-    """DATA with the body as stored, in pieces that each end at a line break: each dot-stuffed in
-    Rust (no copy when no line starts with a dot) and written once the transport has taken the
-    one before (flow control), so a large message is never held whole, or twice. aiosmtplib's
-    own ``data()`` also rewrites every line ending with a regular expression and copies the body
-    three times; the spool only holds CRLF text (the DATA reader refuses bare CR and LF, and
-    the relay's own DSNs are CRLF), so neither is needed. The reply is read with the protocol's
-    public ``read_response``."""
-    ready = await smtp.execute_command(b"DATA")
-    if ready.code != 354:
-        raise aiosmtplib.SMTPDataError(ready.code, ready.message)
-    protocol = smtp.protocol
-    if protocol is None:
-        raise aiosmtplib.SMTPServerDisconnected("Connection lost")
-    first = True
-    async for piece in pieces:
-        if not first:
-            await protocol._drain_helper()
-        protocol.write(dot_stuff(piece))
-        first = False
-    protocol.write(b".\r\n")
-    response = await protocol.read_response(timeout=smtp.timeout)
-    if response.code != 250:
-        raise aiosmtplib.SMTPDataError(response.code, response.message)
-    return response
-
-
-def _is_too_many_recipients(code: int, message: str) -> bool:
-    """A 452 that means "no more recipients in this transaction" (RFC 5321 §4.5.3.1.10), not a
-    problem with this recipient: the rest go out at once in the next transaction."""
-    return code == 452 and ("4.5.3" in message or "too many recipients" in message.lower())
-
-
-# RFC 6531 §3.2: an address that needs SMTPUTF8 cannot be sent to a next hop without it.
-NO_SMTPUTF8 = "553 5.6.7 The next hop does not support SMTPUTF8, which this address needs"
+# (An address that needs SMTPUTF8 the next hop lacks gets 553 5.6.7 from the engine, RFC 6531 §3.2.)
 BAD_ADDRESS = "553 5.1.3 The address cannot be sent: {reason}"
 
 
-def wire_address(address: str) -> tuple[str | None, bool, str]:
-    """An address as it goes on the wire: its domain in ASCII (IDNA 2008), whether the local
-    part needs SMTPUTF8, and, when it cannot be sent at all, the reply to record (else "")."""
+def wire_address(address: str) -> tuple[str | None, str]:
+    """An address as it goes on the wire (its domain in ASCII, IDNA 2008; a local part that is
+    not ASCII needs SMTPUTF8, which the engine sees), and, when it cannot be sent at all, the
+    reply to record (else "")."""
     if not address:
-        return "", False, ""  # the null reverse-path
+        return "", ""  # the null reverse-path
     try:
         mailbox = parse_mailbox(address, smtputf8=True)
     except AddressError as error:
-        return None, False, BAD_ADDRESS.format(reason=error.reason)
-    return str(mailbox), mailbox.utf8, ""
+        return None, BAD_ADDRESS.format(reason=error.reason)
+    return str(mailbox), ""
 
 
 async def send(
     session: Session, mail_from: str, recipients: Sequence[tuple[int, str]], body: bytes | Path, spool: Spool
 ) -> Attempt:
-    """One mail transaction: MAIL, RCPT for each recipient, DATA when any was accepted.
+    """One mail transaction: MAIL, RCPT for each recipient, then the body (DATA, or BDAT where
+    the server offers CHUNKING) when any was accepted; pipelined where the server offers it.
 
     Every recipient ends with a reply (remote, or local: a 4.4.2 when the connection was lost,
     a 5.6.7 for an address that needs SMTPUTF8 the next hop lacks, a 5.1.3 for one that cannot
-    be sent at all) -- or in ``attempt.untried`` when the server said it takes no more
-    recipients in this transaction (452 4.5.3), to be sent at once in the next."""
-    smtp = session.smtp
+    be sent at all, a 5.3.4 for a message over the next hop's SIZE) -- or in ``attempt.untried``
+    when the server said it takes no more recipients in this transaction (452 4.5.3), to be sent
+    at once in the next."""
+    connection = session.connection
+    engine = connection.engine
     attempt = Attempt()
     replies = attempt.replies
-    accepted: list[int] = []
-    utf8_offered = smtp.supports_extension("smtputf8")
-    sender, sender_utf8, sender_problem = wire_address(mail_from)
-    if sender is None or (sender_utf8 and not utf8_offered):
-        reply = sender_problem or NO_SMTPUTF8
-        attempt.final = reply
-        attempt.replies.update({rid: (reply, None) for rid, _ in recipients})
+    sender, sender_problem = wire_address(mail_from)
+    if sender is None:
+        attempt.final = sender_problem
+        replies.update({rid: (sender_problem, None) for rid, _ in recipients})
         return attempt
-    wire: list[tuple[int, str, bool]] = []
+    ids: list[int] = []
+    wire: list[str] = []
     for rid, address in recipients:
-        text, utf8, problem = wire_address(address)
-        if text is None or (utf8 and not utf8_offered):
-            replies[rid] = (problem or NO_SMTPUTF8, None)
+        text, problem = wire_address(address)
+        if text is None:
+            replies[rid] = (problem, None)
         else:
-            wire.append((rid, text, utf8))
+            ids.append(rid)
+            wire.append(text)
     if not wire:
         attempt.final = next(iter(replies.values()))[0]
         return attempt
-    smtputf8 = utf8_offered and (sender_utf8 or any(utf8 for _, _, utf8 in wire))
-    encoding = "utf-8" if smtputf8 else "ascii"
+    if isinstance(body, bytes):
+        # 8BITMIME is declared for 8-bit text only; a body file is not read for it (declaring
+        # it for 7-bit text is harmless).
+        event, output = engine.begin(
+            sender, wire, size=len(body), eight_bit=not body.isascii(), in_memory=True, ends_with_crlf=body.endswith(b"\r\n")
+        )
+    else:
+        # The spool holds CRLF text that ends with CRLF (the DATA reader, the relay's DSNs).
+        size = body.stat().st_size
+        event, output = engine.begin(sender, wire, size=size, eight_bit=True, in_memory=False, ends_with_crlf=True)
+    connection.forget_event()
     try:
-        options = []
-        size = len(body) if isinstance(body, bytes) else body.stat().st_size
-        if smtp.supports_extension("size"):
-            options.append(f"SIZE={size}")
-        # A body file is not read for this: declaring 8BITMIME for 7-bit text is harmless.
-        if smtp.supports_extension("8bitmime") and (not isinstance(body, bytes) or not body.isascii()):
-            options.append("BODY=8BITMIME")
-        if smtputf8:
-            options.append("SMTPUTF8")
-        try:
-            await smtp.mail(sender, options=options, encoding=encoding)
-        except (aiosmtplib.SMTPServerDisconnected, ConnectionError, aiosmtplib.SMTPSenderRefused) as exc:
-            closed = not isinstance(exc, aiosmtplib.SMTPSenderRefused) or exc.code == 421
-            if session.transactions == 0 or not closed:
-                raise
-            # The server closed a reused connection while it was idle: not a failed attempt.
-            log.info("%s closed the reused connection (%s); reconnecting", session.host, exc)
-            attempt.reconnect = True
-            attempt.alive = False
-            return attempt
-        session.transactions += 1
-        for index, (rid, address, _) in enumerate(wire):
-            try:
-                await smtp.rcpt(address, encoding=encoding)
-                accepted.append(rid)
-            except aiosmtplib.SMTPRecipientRefused as exc:
-                if _is_too_many_recipients(exc.code, exc.message) and (accepted or index > 0):
-                    attempt.untried = [rid for rid, _, _ in wire[index:]]
-                    break
-                replies[rid] = (f"{exc.code} {exc.message}", session.host)
-        if accepted:
-            response = await _data(smtp, spool.chunks(body))
-            attempt.final = f"{response.code} {response.message}"
-            for rid in accepted:
-                replies[rid] = (attempt.final, session.host)
+        if event == SEND_BODY:
+            # BDAT right behind the commands: written with the body.
+            await connection.write_body(body, spool, session.timeout, output)
         else:
-            attempt.final = next(iter(replies.values()))[0]
-            await smtp.rset()
-    except aiosmtplib.SMTPResponseException as exc:
-        attempt.final = f"{exc.code} {exc.message}"
-        untried = set(attempt.untried)
-        for rid, _ in recipients:
-            if rid not in untried:
-                replies.setdefault(rid, (attempt.final, session.host))
-        attempt.alive = exc.code != 421
-        if attempt.alive:
-            try:
-                await smtp.rset()
-            except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
-                attempt.alive = False
-    except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
+            connection.write(output)
+        connection.catch_up()
+        while event != DONE:
+            event = await connection.wait(session.timeout)
+            if event == SEND_BODY:
+                await connection.write_body(body, spool, session.timeout)
+                connection.catch_up()
+    except (OSError, asyncio.TimeoutError) as exc:
+        # Writing the body failed (a stalled server, a body file that cannot be read): the
+        # connection is given up; its recipients are lost (deferred), not the relay's fault.
+        connection.abort()
+        engine.connection_lost(f"{exc or type(exc).__name__}")
+    outcome = engine.outcome()
+    if outcome is None:
+        raise RuntimeError(f"the SMTP client engine ended a transaction with {session.host} without an outcome")
+    if outcome.reconnect:
+        # The server closed a reused connection while it was idle: not a failed attempt.
+        log.info("%s closed the reused connection (%s); reconnecting", session.host, outcome.lost)
+        attempt.reconnect = True
         attempt.alive = False
-        attempt.untried = []
-        attempt.final = f"451 4.4.2 Connection to {session.host} lost: {exc or type(exc).__name__}"
-        for rid, _ in recipients:
-            if rid in accepted or rid not in replies:
-                replies[rid] = (attempt.final, None)
-    attempt.alive = attempt.alive and smtp.is_connected
+        return attempt
+    session.transactions += 1
+    for rid, entry in zip(ids, outcome.replies):
+        if entry is None:
+            attempt.untried.append(rid)
+        else:
+            text, remote = entry
+            replies[rid] = (text, session.host if remote else None)
+    attempt.final = outcome.lost or outcome.last or next(iter(replies.values()))[0]
+    attempt.alive = engine.ready and not connection.closed
     return attempt
