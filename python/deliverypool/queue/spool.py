@@ -333,6 +333,8 @@ class Spool:
         path = self.directory / RESERVE
         free = shutil.disk_usage(self.directory).free
         if not path.exists():
+            if free < 2 * self.reserve and self._truncate_wal():
+                free = shutil.disk_usage(self.directory).free
             if free < 2 * self.reserve:
                 return True, free
             try:
@@ -347,6 +349,24 @@ class Spool:
                 return True, free
             free -= self.reserve
         return free < self.reserve, free
+
+    def _truncate_wal(self) -> bool:
+        """Gives the write-ahead log's space back to the disk (a checkpoint that truncates it, on
+        a connection of its own, on the I/O thread); True when it was done. In low-space mode the
+        WAL still holds the burst that filled the disk (journal_size_limit is larger than a small
+        spool disk), and without it the mode could not end: the relay took mail faster than it
+        delivered it, the database pages freed by delivery stay in the database's file, and
+        twice the reserve never comes free."""
+        try:
+            with contextlib.closing(sqlite3.connect(self.directory / DATABASE, timeout=1.0)) as conn:
+                busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            return not busy
+        except sqlite3.Error:
+            return False
+
+    def _truncate_wal_if_short(self) -> None:
+        if shutil.disk_usage(self.directory).free < 2 * self.reserve:
+            self._truncate_wal()
 
     def _apply_space(self, low: bool, free: int) -> None:
         """Enters or leaves low-space mode (on the loop), logging and reporting the change once."""
@@ -380,11 +400,15 @@ class Spool:
             await asyncio.sleep(SPACE_CHECK_INTERVAL)
             if self._io is None or self._closing:
                 return
-            if self._low_space or not (self.directory / RESERVE).exists():
-                try:
+            try:
+                if self._low_space or not (self.directory / RESERVE).exists():
                     self._apply_space(*await self._loop_run(self._make_reserve))
-                except Exception:  # the disk itself: the next round tries again
-                    pass
+                elif self.low_space:
+                    # Another shard is short of space on the disk they share: this shard's WAL
+                    # is space too.
+                    await self._loop_run(self._truncate_wal_if_short)
+            except Exception:  # the disk itself: the next round tries again
+                pass
 
     async def _release_reserve(self) -> bool:
         """Removes the reserve file (entering low-space mode); False when there was none."""
