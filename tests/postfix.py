@@ -122,12 +122,15 @@ class PostfixInstance:
         *,
         port: int,
         relay_port: int,
-        milter_port: int,
-        normal_source: str,
-        high_risk_source: str,
+        milter_port: int = 0,
+        normal_source: str = README_NORMAL_SOURCE,
+        high_risk_source: str = README_HIGH_RISK_SOURCE,
         extra_main: str = "",
         rspamd_milter_port: int | None = None,
+        readme: bool = True,
     ) -> None:
+        """With `readme` False, a plain Postfix relaying to the relay, without the milter
+        guide's lines; `extra_main` is added to main.cf last (a later setting wins)."""
         self.port = port
         self.work = Path(tempfile.mkdtemp(prefix="dp-postfix-"))
         self.work.chmod(0o755)
@@ -138,7 +141,7 @@ class PostfixInstance:
         for folder in (self.config_dir, self.queue_dir, self.data_dir):
             folder.mkdir()
         shutil.chown(self.data_dir, "postfix")
-        blocks = readme_blocks()
+        blocks = readme_blocks() if readme else {"main.cf": "", "master.cf": ""}
         missing = {"main.cf", "master.cf"} - set(blocks)
         assert not missing, f"the milter guide's Postfix section lacks {missing}"
         replace = {
