@@ -11,7 +11,9 @@ catches a suite that rots without spending minutes timing it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,14 @@ from deliverypool.mail.sources import read_messages
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "corpus" / "sisimai"
+
+
+@pytest.fixture(scope="module")
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """An event loop of the module's own, for the groups that time coroutines."""
+    event_loop = asyncio.new_event_loop()
+    yield event_loop
+    event_loop.close()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -24,7 +24,6 @@ pools on the same work:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import cachetools
 import pytest
@@ -39,13 +38,6 @@ from deliverypool.routing.router import Router
 pytestmark = pytest.mark.benchmark(group="route")
 
 DOMAINS = [f"sender{i}.example" for i in range(100)]
-
-
-@pytest.fixture(scope="module")
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    event_loop = asyncio.new_event_loop()
-    yield event_loop
-    event_loop.close()
 
 
 @pytest.fixture(scope="module")

@@ -58,6 +58,8 @@ pub struct DataReader {
     problem: Option<Problem>,
     done: bool,
     taken: bool,
+    /// BDAT chunks (RFC 3030): no dot-stuffing and no terminator; `finish` ends the message.
+    chunked: bool,
 }
 
 impl DataReader {
@@ -76,7 +78,35 @@ impl DataReader {
             problem: None,
             done: false,
             taken: false,
+            chunked: false,
         }
+    }
+
+    /// A reader for a message sent in BDAT chunks: the same checks (bare CR or LF, NUL, line
+    /// and size limits), but a leading dot is text and nothing in the data ends it: the caller
+    /// feeds each chunk's bytes and calls [`DataReader::finish`] after the last.
+    pub fn chunked(size_limit: usize, line_limit: usize, expected: Option<usize>) -> DataReader {
+        DataReader { chunked: true, ..DataReader::new(size_limit, line_limit, expected) }
+    }
+
+    /// The last chunk was fed: a CR at the very end is bare, a last line without its CRLF gets
+    /// one (as Postfix's cleanup adds a missing newline), and the size is checked exactly.
+    pub fn finish(&mut self) {
+        if self.done {
+            return;
+        }
+        if self.pending_cr {
+            self.pending_cr = false;
+            self.flag(Problem::BareLineEnding);
+        }
+        if self.line_len > 0 {
+            self.push(b"\r\n");
+        }
+        if self.received > self.size_limit {
+            self.problem = Some(Problem::TooLarge);
+            self.discard();
+        }
+        self.done = true;
     }
 
     pub fn done(&self) -> bool {
@@ -109,7 +139,7 @@ impl DataReader {
                 self.push(b"\r");
                 self.grow(1);
             }
-            if self.line_len == 0 && !self.dot_line && input[i] == b'.' {
+            if self.line_len == 0 && !self.dot_line && !self.chunked && input[i] == b'.' {
                 self.dot_line = true;
                 self.line_len = 1;
                 self.received += 1;

@@ -131,14 +131,18 @@ class PostfixInstance:
         *,
         port: int,
         relay_port: int,
-        milter_port: int,
-        normal_source: str,
-        high_risk_source: str,
+        milter_port: int = 0,
+        normal_source: str = README_NORMAL_SOURCE,
+        high_risk_source: str = README_HIGH_RISK_SOURCE,
         extra_main: str = "",
         extra_master: str = "",
         rspamd_milter_port: int | None = None,
-        replace: dict[str, str] | None = None,
+        readme: bool = True,
+        substitute: dict[str, str] | None = None,
     ) -> None:
+        """With `readme` False, a plain Postfix relaying to the relay, without the milter
+        guide's lines; `extra_main` is added to main.cf last (a later setting wins),
+        `extra_master` to master.cf; `substitute`: more of the guide's values and the test's."""
         self.port = port
         self.work = Path(tempfile.mkdtemp(prefix="dp-postfix-"))
         self.work.chmod(0o755)
@@ -149,10 +153,9 @@ class PostfixInstance:
         for folder in (self.config_dir, self.queue_dir, self.data_dir):
             folder.mkdir()
         shutil.chown(self.data_dir, "postfix")
-        blocks = readme_blocks()
+        blocks = readme_blocks() if readme else {"main.cf": "", "master.cf": ""}
         missing = {"main.cf", "master.cf"} - set(blocks)
         assert not missing, f"the milter guide's Postfix section lacks {missing}"
-        more_replace = replace
         replace = {
             README_NORMAL_SOURCE: normal_source,
             README_HIGH_RISK_SOURCE: high_risk_source,
@@ -160,7 +163,7 @@ class PostfixInstance:
         }
         if rspamd_milter_port is not None:
             replace[README_RSPAMD_MILTER] = f"inet:127.0.0.1:{rspamd_milter_port}"
-        replace.update(more_replace or {})
+        replace.update(substitute or {})
 
         def ours(text: str) -> str:
             for old, new in replace.items():

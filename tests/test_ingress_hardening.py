@@ -250,26 +250,24 @@ def test_sessions_on_the_supervisors_socket_have_tcp_nodelay(aio_run: Run, tmp_p
     """A worker serves the socket the supervisor made with socket.create_server, whose accepted
     sockets have proto 0, so asyncio leaves Nagle's algorithm on for them: each multi-line reply
     then waited for the client's delayed ACK (40 ms; 48 ms per message instead of 5). The socket
-    option is read from inside the running relay, by a NOOP hook."""
+    option is read from inside the running relay, from the session's transport (the harness
+    used to read it in an aiosmtpd NOOP hook; the relay's listener no longer runs aiosmtpd)."""
     from deliverypool.app import Relay
     from deliverypool.supervisor import listen_socket
 
     conf = config(tmp_path)
     seen: list[int] = []
 
-    async def noop(server: Any, session: Any, envelope: Any, arg: str) -> str:
-        sock = server.transport.get_extra_info("socket")
-        seen.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
-        return "250 OK"
-
     async def main() -> None:
         relay = Relay(conf)
         await relay.start()
-        relay.handler.handle_NOOP = noop  # type: ignore[attr-defined]  # before the first session
         await relay.listen(listen_socket(conf.listener.host, conf.listener.port, conf.listener.backlog))
         try:
             client, _ = await greeted(conf.listener.port, "127.0.0.1")
             assert await client.command(b"NOOP\r\n") == [b"250 OK\r\n"]
+            (session,) = relay.server.sessions  # type: ignore[union-attr]
+            sock = session.transport.get_extra_info("socket")
+            seen.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
             client.close()
         finally:
             await relay.stop()

@@ -79,7 +79,7 @@ source_addresses = ["{HIGH_RISK_SOURCE}"]
     milter.start()
     postfix = PostfixInstance(
         port=free_port(), relay_port=controller.port, milter_port=milter_port, normal_source=NORMAL_SOURCE, high_risk_source=HIGH_RISK_SOURCE,
-        extra_main=blocks["main.cf"], extra_master=blocks["master.cf"], replace=GUIDE,
+        extra_main=blocks["main.cf"], extra_master=blocks["master.cf"], substitute=GUIDE,
     )
     try:
         postfix.start()

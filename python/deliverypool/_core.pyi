@@ -2,7 +2,7 @@
 `python -m mypy.stubtest deliverypool._core`."""
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Literal, TypedDict, final
+from typing import Literal, Protocol, TypedDict, final
 
 __all__ = [
     "BUILD_PROFILE",
@@ -496,6 +496,106 @@ class DataReader:
 def dot_stuff(message: bytes) -> bytes:
     """The message dot-stuffed for DATA (RFC 5321 §4.5.2); `message` itself when no line
     starts with a dot."""
+
+# --- the SMTP server engine (rust/smtp/server.rs, rust/python/smtp_server.rs) ---
+
+__all__ += ["SmtpMessage", "SmtpServer", "SmtpServerConfig"]
+
+@final
+class SmtpServerConfig:
+    """What a listener offers and enforces, shared by its sessions."""
+
+    def __new__(
+        cls,
+        hostname: str,
+        *,
+        ident: str = "deliverypool",
+        size_limit: int,
+        line_length_limit: int = 1001,
+        command_size_limit: int = 512,
+        auth: bool = False,
+        auth_requires_tls: bool = True,
+        tls: bool = False,
+        max_unknown_commands: int = 5,
+        call_limit: int = 10000,
+    ) -> SmtpServerConfig: ...
+    @property
+    def hostname(self) -> str: ...
+    @property
+    def size_limit(self) -> int: ...
+
+@final
+class SmtpMessage:
+    """A whole message with its envelope, as ``on_message`` gets it."""
+
+    @property
+    def content(self) -> bytes:
+        """The message as received, the relay's ``Received:`` field in front."""
+    @property
+    def mail_from(self) -> str:
+        """The reverse-path ("" for ``<>``), UTF-8 with surrogateescape."""
+    @property
+    def recipients(self) -> tuple[str, ...]: ...
+    @property
+    def smtputf8(self) -> bool: ...
+    @property
+    def body(self) -> Literal["7BIT", "8BITMIME"] | None: ...
+    @property
+    def ret(self) -> Literal["FULL", "HDRS"] | None: ...
+    @property
+    def envid(self) -> str | None:
+        """ENVID, decoded from xtext."""
+    @property
+    def notify(self) -> tuple[str | None, ...]:
+        """Per recipient: "NEVER", or some of "SUCCESS,FAILURE,DELAY"; None when not given."""
+    @property
+    def orcpt(self) -> tuple[str | None, ...]:
+        """Per recipient: ``addr-type;address`` (decoded), or None."""
+    @property
+    def chunked(self) -> bool:
+        """True when the message came in BDAT chunks."""
+    @property
+    def helo(self) -> str:
+        """The HELO/EHLO name ("unknown" without one)."""
+
+class _SmtpHandler(Protocol):
+    """What `SmtpServer.feed` and `answer` call for the decisions; each returns the reply, or
+    None to answer later with `SmtpServer.answer`."""
+
+    def on_mail(self, address: str, smtputf8: bool, /) -> str | bytes | None: ...
+    def on_rcpt(self, address: str, mail_from: str, smtputf8: bool, accepted: int, /) -> str | bytes | None: ...
+    def on_message(self, message: SmtpMessage, /) -> str | bytes | None: ...
+    def on_auth(self, mechanism: str | None, login: bytes, password: bytes, failure: str | None, /) -> str | bytes | None: ...
+    def on_starttls(self) -> object: ...
+
+@final
+class SmtpServer:
+    """The SMTP session of one connection (sans-IO): bytes in, replies out, the decisions
+    asked of the handler."""
+
+    def __new__(cls, config: SmtpServerConfig, peer: str) -> SmtpServer: ...
+    def feed(self, data: bytes, handler: _SmtpHandler) -> bytes | None:
+        """Reads `data`, calling `handler` for each decision; the replies to send, or None."""
+    def answer(self, reply: str, handler: _SmtpHandler) -> bytes | None:
+        """The answer to the pending decision; then reads on as `feed` does."""
+    def tls_started(self) -> None: ...
+    def shutdown(self, reply: str) -> bytes | None: ...
+    def take_output(self) -> bytes | None: ...
+    def take_activity(self) -> bool: ...
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def waiting(self) -> Literal["mail", "rcpt", "message", "auth", "starttls"] | None: ...
+    @property
+    def in_message(self) -> bool: ...
+    @property
+    def helo(self) -> str | None: ...
+    @property
+    def authenticated(self) -> bool: ...
+    @property
+    def tls(self) -> bool: ...
+    @property
+    def buffered(self) -> int: ...
 
 # --- the SMTP client engine (rust/python/smtp_client.rs) ---
 

@@ -2,7 +2,7 @@
 
 ::
 
-    ingress (aiosmtpd handler)  ->  Relay.accept: strip untrusted score fields, add Received,
+    ingress (SMTP sessions)  ->  Relay.accept: strip untrusted score fields, add Received,
     routing (Router: classify + sender-domain check)  ->  queue (Spool: committed before 250)
     ->  outbound (DeliveryEngine: lanes per pool and destination)  ->  the next hop
 
@@ -26,6 +26,10 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from deliverypool.ingress.smtp import RelaySMTP
 
 from deliverypool.auth.authenticator import Authenticator
 from deliverypool.auth.dkim import DkimOutcome, DkimSigner, DkimVerifier, has_signature
@@ -34,19 +38,19 @@ from deliverypool.ingress.client_counts import ClientCounts
 from deliverypool.ingress.handler import Accepted, RoutingHandler, in_networks
 from deliverypool.ingress.limits import Admission, Limits, raise_open_file_limit
 from deliverypool.ingress.listener import Listener
-from deliverypool.ingress.smtp import RelaySMTP, protocol_factory
+from deliverypool.ingress.session import SessionFactory
 from deliverypool.ingress.srs import SrsBounces
 from deliverypool.lookup.mx import MxLookup, MxResolver
 from deliverypool.lookup.resolver import Nameserver, Resolver, ResolverConfig
 from deliverypool.errors import MessageRefused, SpoolError, SpoolFull
 from deliverypool.mail.headers import count_received, received_field, strip_authentication_results, strip_header
-from deliverypool.observe.logs import RateLimit
+from deliverypool.observe.logs import BatchedStreamHandler, RateLimit
 from deliverypool.observe.service import Observer
 from deliverypool.observe.spool import SpoolConditions
 from deliverypool.outbound.scheduler import DeliveryEngine
 from deliverypool.outbound.sources import WarmupLedger, warmup_ledger_for
 from deliverypool.queue.space import SpaceFlags
-from deliverypool.queue.spool import FILE_THRESHOLD, NewMessage, Spool
+from deliverypool.queue.spool import FILE_THRESHOLD, DsnRequest, NewMessage, Spool
 from deliverypool.routing.auth import AuthRouting
 from deliverypool.routing.pools import policy_from_config
 from deliverypool.routing.router import Router
@@ -95,6 +99,8 @@ class Relay:
         self.handler = RoutingHandler(self)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.server: asyncio.AbstractServer | None = None
+        # The listener's session factory (its `stats`), once `listen` ran.
+        self.sessions: SessionFactory | None = None
         self._auth_sharing: asyncio.Task[None] | None = None
         self.recovered = 0
         self.possible_duplicates = 0
@@ -231,7 +237,8 @@ class Relay:
             # (supervisor.py): from here clients queue in the backlog instead of being refused.
             sock.listen(listener.backlog)
         admission = Admission(listener, limits, client_counts)
-        server = Listener(sock, protocol_factory(listener, self.handler, admission), admission)
+        self.sessions = SessionFactory(listener, self.handler, admission)
+        server = Listener(sock, self.sessions, admission)
         await server.start_serving()
         self.server = server
         if limits.max_auth_failures_per_client and self.is_worker:  # an embedded relay has nobody to share with
@@ -245,9 +252,19 @@ class Relay:
         return server
 
     def smtp_factory(self) -> Callable[[], RelaySMTP]:
-        """A protocol factory for `loop.create_server`, configured from the listener section
-        (the idle timeout and the AUTH limits; the connection limits are `listen`'s)."""
+        """An aiosmtpd protocol factory for `loop.create_server`, configured from the listener
+        section (the idle timeout and the AUTH limits; the connection limits are `listen`'s),
+        for embedding with aiosmtpd (an optional dependency). `session_factory` is the relay's
+        own listener's."""
+        from deliverypool.ingress.smtp import protocol_factory
+
         return protocol_factory(self.config.listener, self.handler)
+
+    def session_factory(self) -> SessionFactory:
+        """A protocol factory for `loop.create_server` with the relay's own SMTP sessions (the
+        Rust engine), configured from the listener section; the connection limits are
+        `listen`'s."""
+        return SessionFactory(self.config.listener, self.handler)
 
     async def accept(
         self,
@@ -259,10 +276,12 @@ class Relay:
         helo: str,
         login: str | None = None,
         traced: bool = False,
+        dsn: DsnRequest | None = None,
     ) -> Accepted:
         """Classifies, signs (DKIM) and spools one message; returns once it is on disk.
         `traced` says the relay's ``Received:`` field is already in front of `content` (the
-        DATA reader puts it there); otherwise it is added here."""
+        DATA reader puts it there); otherwise it is added here. `dsn` holds the client's RFC
+        3461 parameters, kept with the message for the DSNs the relay writes."""
         assert self.engine is not None and self.scores is not None, "Relay.start() first"
         # The client's own DKIM signatures are checked on the message as it came.
         arrived = content
@@ -318,6 +337,7 @@ class Relay:
                     tenant=tenant,
                     header_message_id=message_id,
                     recipient_pools=recipient_pools,
+                    dsn=dsn,
                     envelope_from=routed.auth.envelope_from if routed.auth is not None else None,
                 )
             )
@@ -333,20 +353,16 @@ class Relay:
             if full:
                 raise MessageRefused("452 4.3.1 Insufficient system storage; try again later", "spool-full") from None
             raise MessageRefused("451 4.3.0 Temporary failure storing the message; try again later", "spool-unavailable") from None
-        log.info(
-            "accepted queue_id=%s message_id=%s from=<%s> recipients=%d pool=%s%s reasons=%s spam=%s%s%s rule=%s",
-            job.queue_id,
-            message_id or "-",
-            mail_from,
-            len(recipients),
-            routed.pool,
-            "," + ",".join(p for p in dict.fromkeys(recipient_pools) if p != routed.pool) if recipient_pools else "",
-            ",".join(routed.reasons) or "-",
-            routed.spam.summary() if routed.spam is not None else "-",
-            dkim_summary(dkim),
-            routed.auth.summary() if routed.auth is not None else "",
-            routed.decision.rule or "-",
-        )
+        if log.isEnabledFor(logging.INFO):  # nothing is formatted for a line no handler writes
+            reasons = ",".join(routed.reasons) or "-"
+            spam = routed.spam.summary() if routed.spam is not None else "-"
+            split = "," + ",".join(p for p in dict.fromkeys(recipient_pools) if p != routed.pool) if recipient_pools else ""
+            log.info(
+                "accepted queue_id=%s message_id=%s from=<%s> recipients=%d pool=%s%s reasons=%s spam=%s%s%s rule=%s",
+                job.queue_id, message_id or "-", mail_from, len(recipients), routed.pool, split, reasons, spam,
+                dkim_summary(dkim), routed.auth.summary() if routed.auth is not None else "", routed.decision.rule or "-",
+                extra={"event": "accepted", "queue_id": job.queue_id, "pool": routed.pool, "reasons": reasons},
+            )
         # Delivery gets the body from memory (within its memory budget); a body the spool keeps
         # in a file of its own is streamed from there.
         self.engine.submit(job, content if len(content) <= FILE_THRESHOLD else None)
@@ -527,20 +543,23 @@ def dkim_summary(outcome: DkimOutcome | None) -> str:
     return words
 
 
-def configure_logging(level: int = logging.INFO) -> None:
+def configure_logging(level: int = logging.INFO, *, batched: bool = False) -> None:
     """One line per event on stderr, unless the application configured logging already.
 
     The relay logs two lines per message (accepted, attempt): the record attributes nobody
     formats (the caller's file and line, found by walking the stack; the thread and process
-    names) are not gathered."""
+    names) are not gathered. `batched` (a relay worker) writes the lines in batches (a warning
+    at once, the others within 0.25 s: `BatchedStreamHandler`) instead of one write per line."""
     root = logging.getLogger()
     if not root.handlers:
-        logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
-        for handler in root.handlers:
-            handler.addFilter(RateLimit())  # lines a flood repeats: a few per minute, then a count
+        handler = BatchedStreamHandler(sys.stderr) if batched else logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+        handler.addFilter(RateLimit())  # lines a flood repeats: a few per minute, then a count
+        root.addHandler(handler)
+        root.setLevel(level)
         logging._srcfile = None  # the documented switch that turns findCaller off
         logging.logThreads = False
         logging.logProcesses = False
         logging.logMultiprocessing = False
-    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter (embedding)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per rspamd request

@@ -15,6 +15,7 @@ mod scan;
 mod seen;
 mod smtp_client;
 mod smtp_data;
+mod smtp_server;
 
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
@@ -64,6 +65,8 @@ mod _core {
     use super::smtp_client::{PyClientOutcome, PySmtpClient};
     #[pymodule_export]
     use super::smtp_data::{dot_stuff, PyDataReader};
+    #[pymodule_export]
+    use super::smtp_server::{PySmtpMessage, PySmtpServer, PySmtpServerConfig};
 
     #[pymodule_init]
     fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {

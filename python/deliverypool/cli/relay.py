@@ -104,7 +104,7 @@ def _worker(
     from deliverypool.queue.space import SpaceFlags
     from deliverypool.supervisor import die_with_supervisor, shard_directory
 
-    configure_logging()
+    configure_logging(batched=True)  # a line per message accepted and per attempt: written in batches
     try:
         die_with_supervisor()
         sock = socket.socket(fileno=listen_fd)

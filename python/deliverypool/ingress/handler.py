@@ -1,5 +1,12 @@
-"""The aiosmtpd handler of the relay: relay control, address syntax, the smuggling defence,
-then hands each message to the relay (classify, spool) and answers 250 once it is stored.
+"""The relay's decisions at MAIL, RCPT and the end of data, and the aiosmtpd handler made of
+them: relay control, address syntax, the smuggling defence, then the message handed to the
+relay (classify, spool) and 250 answered once it is stored.
+
+The relay's own listener (:mod:`deliverypool.ingress.session`, the Rust SMTP engine) calls
+:meth:`RoutingHandler.mail_reply`, :meth:`~RoutingHandler.rcpt_reply`,
+:meth:`~RoutingHandler.message_reply` and :meth:`~RoutingHandler.credentials` directly; the
+``handle_MAIL``/``handle_RCPT``/``handle_DATA`` hooks and ``authenticate`` make the same
+decisions for an aiosmtpd server of your own (README "Embedding the handler").
 
 What the handler enforces:
 
@@ -13,12 +20,9 @@ What the handler enforces:
   every recipient of a restricted sender, gets 550 5.1.8 at RCPT (the recipients the
   transaction already has are kept);
 * SMTP smuggling: a message with a bare LF or bare CR anywhere (in particular before the final
-  dot, the "<LF>.<CR><LF>" trick) is refused with 554 5.6.0. aiosmtpd 1.4.5 and later only end
-  DATA on <CR><LF>.<CR><LF>, so the smuggled commands would otherwise end up *inside* the
-  message and reach the next hop, which may read them differently.
-
-The size limit (552), line length limit (500) and command length limit are aiosmtpd's, set
-from the listener section by :func:`deliverypool.ingress.smtp.protocol_factory`.
+  dot, the "<LF>.<CR><LF>" trick) is refused with 554 5.6.0 (the DATA readers of both
+  listeners refuse it before the handler sees it; under another aiosmtpd protocol it is done
+  here).
 """
 
 from __future__ import annotations
@@ -28,11 +32,9 @@ import functools
 import hmac
 import ipaddress
 import logging
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
-
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from deliverypool.config import ListenerConfig
 from deliverypool.errors import MessageRefused, SpoolFull
@@ -40,8 +42,11 @@ from deliverypool.mail.address import AddressError, parse_mailbox
 from deliverypool.mail.headers import has_bare_line_ending
 
 if TYPE_CHECKING:
+    from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
+
     from deliverypool.app import Relay
     from deliverypool.auth.dkim import DkimOutcome
+    from deliverypool.queue.spool import DsnRequest
     from deliverypool.routing.scores import SpamVerdict
 
 __all__ = ["Accepted", "RoutingHandler", "in_networks", "peer_ip"]
@@ -86,8 +91,16 @@ def in_networks(address: str | None, networks: Sequence[Any]) -> bool:
     return ip is not None and any(ip in network for network in networks)
 
 
-def peer_of(session: Session) -> str | None:
-    return session.peer[0] if isinstance(session.peer, tuple) else None
+# The address check of MAIL and RCPT, cached: senders and recipient domains repeat, and a
+# domain's IDNA conversion is most of a check's cost (parse_mailbox is pure; a refused address
+# raises, which is not cached).
+_mailbox = functools.lru_cache(maxsize=8192)(parse_mailbox)
+
+MAIL_OK: Final = "250 2.1.0 OK"
+RCPT_OK: Final = "250 2.1.5 OK"
+RELAY_DENIED: Final = "554 5.7.1 Relay access denied"
+AUTH_OK: Final = "235 2.7.0 Authentication successful"
+AUTH_INVALID: Final = "535 5.7.8 Authentication credentials invalid"
 
 
 def _address_refused(error: AddressError, code: str, role: str) -> str:
@@ -113,91 +126,164 @@ class RoutingHandler:
     def __init__(self, relay: Relay) -> None:
         self.relay = relay
         self.config: ListenerConfig = relay.config.listener
+        # Whether a client address is in allowed_networks, asked at every RCPT and message.
+        self._allowed = functools.lru_cache(maxsize=4096)(functools.partial(in_networks, networks=self.config.allowed_networks))
 
-    def relay_allowed(self, session: Session) -> bool:
-        peer = session.peer[0] if isinstance(session.peer, tuple) else None
-        return bool(session.authenticated) or in_networks(peer, self.config.allowed_networks)
+    # --- the decisions (any listener) --------------------------------------------------
 
-    async def handle_MAIL(
-        self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
-    ) -> str:
-        # aiosmtpd passes the null reverse-path as "<>" and needs a non-empty mail_from for RCPT
-        # to be accepted, so it stays "<>" in the envelope; `handle_DATA` maps it to "".
-        if address != "<>":
+    def relay_permitted(self, peer: str | None, authenticated: bool) -> bool:
+        return authenticated or self._allowed(peer)
+
+    def mail_reply(self, address: str, smtputf8: bool) -> str:
+        """The reply to MAIL FROM:<address> ("" for the null reverse-path)."""
+        if address and address != "<>":
             try:
-                parse_mailbox(address, smtputf8=envelope.smtp_utf8)
+                _mailbox(address, smtputf8=smtputf8)
             except AddressError as error:
                 return _address_refused(error, "553 5.1.7", "sender")
-        envelope.mail_from = address
-        envelope.mail_options.extend(mail_options)
-        return "250 2.1.0 OK"
+        return MAIL_OK
 
-    async def handle_RCPT(
-        self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
-    ) -> str:
+    def rcpt_reply(
+        self, *, peer: str | None, authenticated: bool, login: str | None, mail_from: str, address: str, smtputf8: bool, accepted: int
+    ) -> str | Coroutine[Any, Any, str]:
+        """The reply to RCPT TO:<address> in a transaction from `mail_from` that has `accepted`
+        recipients so far; a coroutine when the sender limits must be asked."""
         # A bounce to an SRS address of the relay, from any client (ingress/srs.py).
-        srs = self.relay.srs_bounces.rcpt_reply(address, peer_of(session)) if self.relay.srs_bounces is not None else None
-        if srs is not None and not srs.startswith("250"):
+        srs = self.relay.srs_bounces.rcpt_reply(address, peer) if self.relay.srs_bounces is not None else None
+        if srs is not None and srs != RCPT_OK:
             return srs
-        if srs is None and not self.relay_allowed(session):
-            log.warning("refused relay peer=%s rcpt=%s", session.peer, address, extra={"rate_limit": "refused relay"})
-            return "554 5.7.1 Relay access denied"
+        if srs is None and not self.relay_permitted(peer, authenticated):
+            if log.isEnabledFor(logging.WARNING):
+                log.warning("refused relay peer=%s rcpt=%s", peer, address, extra={"rate_limit": "refused relay"})
+            return RELAY_DENIED
         try:
-            parse_mailbox(address, smtputf8=envelope.smtp_utf8)
+            _mailbox(address, smtputf8=smtputf8)
         except AddressError as error:
             return _address_refused(error, "501 5.1.3", "recipient")
-        if len(envelope.rcpt_tos) >= self.config.max_recipients:
+        if accepted >= self.config.max_recipients:
             return "452 4.5.3 Too many recipients"
-        limits = self.relay.limits
-        if limits is not None and envelope.mail_from not in (None, "<>") and srs is None:
-            login = session.auth_data.login.decode("utf-8", "replace") if isinstance(session.auth_data, LoginPassword) else None
-            peer = session.peer[0] if isinstance(session.peer, tuple) else None
-            refused = await self._on_relay_loop(limits.check(login=login, mail_from=envelope.mail_from, recipient=address, peer=peer))
-            if refused is not None:
-                return refused
-        envelope.rcpt_tos.append(address)
-        envelope.rcpt_options.extend(rcpt_options)
-        return "250 2.1.5 OK"
+        if self.relay.limits is not None and mail_from not in ("", "<>") and srs is None:
+            return self._limited(login=login, mail_from=mail_from, address=address, peer=peer)
+        return RCPT_OK
 
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        srs_only = self.relay.srs_bounces is not None and self.relay.srs_bounces.only(envelope.rcpt_tos)
-        if not self.relay_allowed(session) and not srs_only:  # RCPT already refused; belt and braces
-            return "554 5.7.1 Relay access denied"
-        content = envelope.original_content or b""
-        # RelaySMTP's DATA reader has refused bare line endings already and put the relay's
-        # trace field in front; under another aiosmtpd protocol both are done here.
-        traced = getattr(envelope, "deliverypool_traced", False)
+    async def _limited(self, *, login: str | None, mail_from: str, address: str, peer: str | None) -> str:
+        limits = self.relay.limits
+        assert limits is not None
+        refused = await self._on_relay_loop(limits.check(login=login, mail_from=mail_from, recipient=address, peer=peer))
+        return RCPT_OK if refused is None else refused
+
+    async def message_reply(
+        self,
+        *,
+        mail_from: str,
+        recipients: tuple[str, ...],
+        content: bytes,
+        peer: str | None,
+        helo: str,
+        login: str | None,
+        authenticated: bool,
+        traced: bool,
+        dsn: DsnRequest | None = None,
+    ) -> str:
+        """Hands a message to the relay; the reply once it is stored (or why it is not).
+        `traced`: the relay's Received: field is in front of `content` already."""
+        srs_only = self.relay.srs_bounces is not None and self.relay.srs_bounces.only(recipients)
+        if not self.relay_permitted(peer, authenticated) and not srs_only:  # RCPT already refused; belt and braces
+            return RELAY_DENIED
         if not traced and has_bare_line_ending(content):
-            log.warning("refused bare LF/CR peer=%s from=%s", session.peer, envelope.mail_from, extra={"rate_limit": "refused bare line ending"})
+            log.warning("refused bare LF/CR peer=%s from=%s", peer, mail_from, extra={"rate_limit": "refused bare line ending"})
             return "554 5.6.0 Message contains a bare LF or CR; use CRLF line endings (SMTP smuggling)"
-        peer = session.peer[0] if isinstance(session.peer, tuple) else None
-        login = session.auth_data.login.decode("utf-8", "replace") if isinstance(session.auth_data, LoginPassword) else None
+        work = self.relay.accept(
+            mail_from="" if mail_from == "<>" else mail_from,
+            recipients=recipients,
+            content=content,
+            peer=peer,
+            helo=helo,
+            login=login,
+            traced=traced,
+            dsn=dsn,
+        )
         # From here the relay holds the only reference to the message, so that a copy it makes
         # (the trace field in front) frees the original at once: a large message is in memory
         # at most twice.
-        assert isinstance(content, bytes)
-        envelope.content = envelope.original_content = None
-        work = self.relay.accept(
-            mail_from="" if envelope.mail_from in (None, "<>") else envelope.mail_from,
-            recipients=tuple(envelope.rcpt_tos),
-            content=content,
-            peer=peer,
-            helo=session.host_name or "unknown",
-            login=login,
-            traced=traced,
-        )
         del content
         try:
             accepted = await self._on_relay_loop(work)
         except MessageRefused as refused:
             return refused.reply
         except SpoolFull:
-            log.warning("refused a message from %s: the spool's disk is full", session.peer)
+            log.warning("refused a message from %s: the spool's disk is full", peer)
             return "452 4.3.1 Insufficient system storage; try again later"
         except Exception:
-            log.exception("could not spool a message from %s", session.peer)
+            log.exception("could not spool a message from %s", peer)
             return "451 4.3.0 Temporary failure storing the message; try again later"
         return f"250 2.0.0 Ok: queued as {accepted.queue_id}"
+
+    def credentials(self, login: bytes, password: bytes, peer: str | None) -> str | None:
+        """The user `login` is, when `password` is its password in ``listener.auth_users``
+        (compared in constant time); None otherwise (logged)."""
+        user = login.decode("utf-8", "replace")
+        expected = self.config.auth_users.get(user)
+        if expected is not None and hmac.compare_digest(expected.encode("utf-8"), password):
+            return user
+        log.warning("failed AUTH peer=%s user=%s", peer, user, extra={"rate_limit": "failed AUTH"})
+        return None
+
+    # --- aiosmtpd's hooks ------------------------------------------------------------------
+
+    def relay_allowed(self, session: Session) -> bool:
+        peer = session.peer[0] if isinstance(session.peer, tuple) else None
+        return self.relay_permitted(peer, bool(session.authenticated))
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
+    ) -> str:
+        # aiosmtpd passes the null reverse-path as "<>" and needs a non-empty mail_from for RCPT
+        # to be accepted, so it stays "<>" in the envelope; `handle_DATA` maps it to "".
+        reply = self.mail_reply(address, envelope.smtp_utf8)
+        if reply == MAIL_OK:
+            envelope.mail_from = address
+            envelope.mail_options.extend(mail_options)
+        return reply
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
+        peer = session.peer[0] if isinstance(session.peer, tuple) else None
+        reply = self.rcpt_reply(
+            peer=peer,
+            authenticated=bool(session.authenticated),
+            login=_login(session),
+            mail_from=envelope.mail_from or "<>",
+            address=address,
+            smtputf8=envelope.smtp_utf8,
+            accepted=len(envelope.rcpt_tos),
+        )
+        if not isinstance(reply, str):
+            reply = await reply
+        if reply == RCPT_OK:
+            envelope.rcpt_tos.append(address)
+            envelope.rcpt_options.extend(rcpt_options)
+        return reply
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        content = envelope.original_content or b""
+        assert isinstance(content, bytes)
+        # RelaySMTP's DATA reader has refused bare line endings already and put the relay's
+        # trace field in front; under another aiosmtpd protocol both are done here.
+        traced = getattr(envelope, "deliverypool_traced", False)
+        envelope.content = envelope.original_content = None
+        peer = session.peer[0] if isinstance(session.peer, tuple) else None
+        return await self.message_reply(
+            mail_from=envelope.mail_from or "<>",
+            recipients=tuple(envelope.rcpt_tos),
+            content=content,
+            peer=peer,
+            helo=session.host_name or "unknown",
+            login=_login(session),
+            authenticated=bool(session.authenticated),
+            traced=traced,
+        )
 
     async def _on_relay_loop(self, work: Awaitable[T]) -> T:
         loop = self.relay.loop
@@ -210,11 +296,18 @@ class RoutingHandler:
         self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
     ) -> AuthResult:
         """aiosmtpd authenticator for PLAIN and LOGIN against ``listener.auth_users``."""
+        from aiosmtpd.smtp import AuthResult, LoginPassword
+
         if not isinstance(auth_data, LoginPassword):
             return AuthResult(success=False, handled=False)
-        user = auth_data.login.decode("utf-8", "replace")
-        expected = self.config.auth_users.get(user)
-        ok = expected is not None and hmac.compare_digest(expected.encode("utf-8"), auth_data.password)
-        if not ok:
-            log.warning("failed AUTH peer=%s user=%s", session.peer, user, extra={"rate_limit": "failed AUTH"})
+        peer = session.peer[0] if isinstance(session.peer, tuple) else session.peer
+        ok = self.credentials(auth_data.login, auth_data.password, peer) is not None
         return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
+
+
+def _login(session: Session) -> str | None:
+    """The user an aiosmtpd session authenticated as, or None."""
+    from aiosmtpd.smtp import LoginPassword
+
+    data = session.auth_data
+    return data.login.decode("utf-8", "replace") if isinstance(data, LoginPassword) else None

@@ -20,10 +20,9 @@ import errno
 import logging
 import socket
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from deliverypool.ingress.limits import Admission, Refusal, refusal_reply
-from deliverypool.ingress.smtp import RelaySMTP
 
 __all__ = ["Listener"]
 
@@ -36,11 +35,19 @@ _EXHAUSTED: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.
 _PAUSE: Final = 1.0
 
 
+class Session(Protocol):
+    """A session protocol the listener can serve: an asyncio protocol that calls `on_close`
+    once when its connection is gone (:class:`~deliverypool.ingress.session.SmtpSession`, or
+    aiosmtpd's :class:`~deliverypool.ingress.smtp.RelaySMTP`)."""
+
+    on_close: Callable[[], None] | None
+
+
 class Listener(asyncio.AbstractServer):
     """Serves SMTP on `sock` (already listening: its backlog is whoever called ``listen``, the
     supervisor for a shared socket) with sessions from `factory`, admitted by `admission`."""
 
-    def __init__(self, sock: socket.socket, factory: Callable[[], RelaySMTP], admission: Admission) -> None:
+    def __init__(self, sock: socket.socket, factory: Callable[[], Any], admission: Admission) -> None:
         self._sock = sock
         self._factory = factory
         self.admission = admission
@@ -51,6 +58,8 @@ class Listener(asyncio.AbstractServer):
         self._no_sessions.set()
         self._task: asyncio.Task[None] | None = None
         self._starting: set[asyncio.Task[None]] = set()
+        # The sessions being served (their protocols).
+        self.sessions: set[Any] = set()
         self._reading = False
         sock.setblocking(False)
 
@@ -170,19 +179,23 @@ class Listener(asyncio.AbstractServer):
 
     async def _serve(self, connection: socket.socket, peer: str | None) -> None:
         released = False
+        protocol: Session | None = None
 
         def release() -> None:
             nonlocal released
             if not released:
                 released = True
+                self.sessions.discard(protocol)
                 self.admission.release(peer)
                 self._session_ended.set()
                 if self.admission.open == 0:
                     self._no_sessions.set()
 
-        def session() -> RelaySMTP:
+        def session() -> Any:
+            nonlocal protocol
             protocol = self._factory()
             protocol.on_close = release
+            self.sessions.add(protocol)
             return protocol
 
         try:

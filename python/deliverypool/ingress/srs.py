@@ -35,6 +35,7 @@ from typing import Final
 from deliverypool._core import SRS_ERRORS, SrsError, SrsRewriter
 from deliverypool.config import SrsConfig
 from deliverypool.errors import MessageRefused
+from deliverypool.ingress.handler import RCPT_OK
 from deliverypool.mail.address import domain_of
 
 __all__ = ["SRS_OUTCOMES", "SrsBounces"]
@@ -45,7 +46,6 @@ log = logging.getLogger("deliverypool.srs")
 # domain came to (reversed, or why not). A closed set (metrics labels).
 SRS_OUTCOMES: Final[tuple[str, ...]] = ("rewritten", "reversed", *SRS_ERRORS)
 
-RCPT_OK: Final = "250 2.1.5 OK"
 
 
 class SrsBounces:

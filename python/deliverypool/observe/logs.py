@@ -14,12 +14,13 @@ logging itself can add one to its own handlers.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TextIO
 
-__all__ = ["RateLimit"]
+__all__ = ["BatchedStreamHandler", "RateLimit"]
 
 # Loggers of other packages whose lines a client can cause (aiosmtpd: "unrecognised command"
 # warnings; asyncio: accept errors).
@@ -86,3 +87,61 @@ class RateLimit(logging.Filter):
 def _annotate(record: logging.LogRecord, note: str) -> None:
     record.msg = record.getMessage() + note
     record.args = None
+
+
+class BatchedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A `logging.StreamHandler` that writes its lines in batches rather than one write (and
+    flush) per line: the relay logs a line per message accepted and per delivery attempt, and a
+    write per line was a system call per line. A record at WARNING or above is written at once
+    with the lines before it; other lines wait at most `interval` seconds (a timer thread) or
+    until `max_bytes` are buffered. `logging.shutdown` (at exit) writes what is left; a process
+    killed with SIGKILL loses at most the last `interval` of INFO lines."""
+
+    def __init__(self, stream: TextIO | None = None, *, interval: float = 0.25, max_bytes: int = 64 * 1024) -> None:
+        super().__init__(stream)
+        self.interval = interval
+        self.max_bytes = max_bytes
+        self._lines: list[str] = []
+        self._size = 0
+        self._due = threading.Event()
+        threading.Thread(target=self._timer, name="log-batches", daemon=True).start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + self.terminator
+        except Exception:
+            self.handleError(record)
+            return
+        self._lines.append(line)
+        self._size += len(line)
+        if record.levelno >= logging.WARNING or self._size >= self.max_bytes:
+            self.flush()
+        elif len(self._lines) == 1:
+            self._due.set()
+
+    def flush(self) -> None:
+        self.acquire()
+        try:
+            if self._lines:
+                batch = "".join(self._lines)
+                self._lines.clear()
+                self._size = 0
+                try:
+                    self.stream.write(batch)
+                except Exception:
+                    pass  # as StreamHandler: a log that cannot be written does not stop the relay
+            if self.stream is not None and hasattr(self.stream, "flush"):
+                self.stream.flush()
+        finally:
+            self.release()
+
+    def close(self) -> None:
+        self.flush()
+        super().close()
+
+    def _timer(self) -> None:
+        while True:
+            self._due.wait()
+            time.sleep(self.interval)
+            self._due.clear()
+            self.flush()

@@ -5,6 +5,10 @@ backoff until the pool's ``max_age`` (a last attempt is made at that age), then 
 recipients of a message with a non-null sender produce one RFC 3464 DSN, stored in the same
 spool transaction as the failure (a crash never separates them) and routed like any other
 message, so it leaves through the high-risk pool. A message with a null sender never gets one.
+The client's RFC 3461 parameters are honoured (the spool decides which outcomes are due a
+report): NOTIFY=NEVER, or a NOTIFY without FAILURE, gets no failure DSN; NOTIFY=SUCCESS gets a
+"relayed" report when delivered; NOTIFY=DELAY a "delayed" report at its first deferral (once);
+RET=FULL returns the whole message in a failure DSN; ENVID and ORCPT are given back.
 """
 
 from __future__ import annotations
@@ -105,18 +109,21 @@ class Recorder:
         dsn = build_dsn(
             reporting_mta=self.config.hostname,
             original_sender=batch.mail_from,
-            failures=[Failure(f.address, f.reply, f.host) for f in batch.failures],
+            failures=[Failure(f.address, f.reply, f.host, f.action, f.orcpt) for f in batch.failures],
             original=body,
             queue_id=batch.queue_id,
             arrival=batch.received_at,
             now=self.clock(),
+            envid=batch.envid,
+            ret=batch.ret,
         )
         dsn_pool, reasons = await self.route_dsn(dsn, batch.tenant)
         job = await self.spool.store_dsn(batch, NewMessage("", (batch.mail_from,), dsn, dsn_pool, reasons, None, None))
         self.stats.bounces += 1
-        if self.on_bounce is not None:
+        failed = [f for f in batch.failures if f.action == "failed"]
+        if self.on_bounce is not None and failed:  # a report of deliveries or delays only is no bounce
             try:
-                failures = [Failure(f.address, f.reply, f.host) for f in batch.failures]
+                failures = [Failure(f.address, f.reply, f.host) for f in failed]
                 self.on_bounce(queue_id=batch.queue_id, dsn_queue_id=job.queue_id, pool=job.pool, failures=failures, tenant=batch.tenant)
             except Exception:
                 pass  # observation only: the DSN is stored

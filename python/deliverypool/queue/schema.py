@@ -108,15 +108,27 @@ _V4: Final = """
 ALTER TABLE recipients ADD COLUMN pool TEXT
 """
 
-# Version 5: the envelope sender a message leaves with when it is not the one it came with (the
+# Version 5: the DSN parameters of RFC 3461 as the client gave them: RET and ENVID per message,
+# NOTIFY and ORCPT per recipient (NULL: not given). dsn_pending = 2 marks a delivered recipient
+# whose NOTIFY asked for SUCCESS, 3 a deferred one whose NOTIFY asked for DELAY: its "relayed" or
+# "delayed" report goes in the message's next DSN; dsn_delayed says the delay was reported.
+_V5: Final = """
+ALTER TABLE messages ADD COLUMN dsn_ret TEXT;
+ALTER TABLE messages ADD COLUMN dsn_envid TEXT;
+ALTER TABLE recipients ADD COLUMN dsn_notify TEXT;
+ALTER TABLE recipients ADD COLUMN dsn_orcpt TEXT;
+ALTER TABLE recipients ADD COLUMN dsn_delayed INTEGER NOT NULL DEFAULT 0
+"""
+
+# Version 6: the envelope sender a message leaves with when it is not the one it came with (the
 # SRS rewriting of relay-pool mail, docs/concepts/authentication.md); NULL: mail_from, which
 # stays the sender the relay's own DSNs go to.
-_V5: Final = """
+_V6: Final = """
 ALTER TABLE messages ADD COLUMN envelope_from TEXT
 """
 
 # MIGRATIONS[n - 1] takes a spool from version n - 1 to version n.
-MIGRATIONS: Final[tuple[str, ...]] = (_V1, _V2, _V3, _V4, _V5)
+MIGRATIONS: Final[tuple[str, ...]] = (_V1, _V2, _V3, _V4, _V5, _V6)
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 

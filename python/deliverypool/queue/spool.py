@@ -79,6 +79,19 @@ RETRY_MAXIMUM = 5.0
 # How often a shard in low-space mode looks at the free space again (commits look too).
 SPACE_CHECK_INTERVAL = 1.0
 
+@dataclass(frozen=True, slots=True)
+class DsnRequest:
+    """What the client asked of the DSNs for a message (RFC 3461): RET ("FULL" or "HDRS"),
+    ENVID (decoded from xtext), and per recipient, in the order of the message's recipients,
+    NOTIFY ("NEVER", or some of "SUCCESS,FAILURE,DELAY") and ORCPT ("addr-type;address",
+    decoded); None where not given."""
+
+    ret: str | None = None
+    envid: str | None = None
+    notify: tuple[str | None, ...] = ()
+    orcpt: tuple[str | None, ...] = ()
+
+
 @dataclass(frozen=True)
 class NewMessage:
     """A message to put in the spool, already routed to a pool (`recipient_pools`: each
@@ -92,6 +105,7 @@ class NewMessage:
     tenant: str | None = None
     header_message_id: str | None = None
     recipient_pools: tuple[str, ...] = ()
+    dsn: DsnRequest | None = None
     # The envelope sender to deliver with (SRS for relay-pool mail); None: `mail_from`, which
     # stays the address the relay's own DSNs go to.
     envelope_from: str | None = None
@@ -150,12 +164,16 @@ class Outcome:
 
 @dataclass(frozen=True)
 class FailedRecipient:
-    """A failed recipient that a DSN is due for."""
+    """A recipient that a DSN is due for: `action` "failed"; or, as its client asked (RFC 3461
+    NOTIFY), "relayed" (delivered, NOTIFY=SUCCESS) or "delayed" (its first deferral,
+    NOTIFY=DELAY). `orcpt` is its ORCPT ("addr-type;address") if given."""
 
     recipient: int
     address: str
     reply: str
     host: str | None
+    action: str = "failed"
+    orcpt: str | None = None
 
 
 @dataclass(frozen=True)
@@ -168,6 +186,9 @@ class DsnBatch:
     received_at: float
     failures: tuple[FailedRecipient, ...]
     tenant: str | None = None
+    # RFC 3461: RET ("FULL": the whole message in a failure DSN) and ENVID, as the client gave them.
+    ret: str | None = None
+    envid: str | None = None
 
 
 @dataclass(frozen=True)
@@ -397,6 +418,10 @@ class Spool:
         finally:
             side.close()
 
+    def _give_back_space_if_short(self) -> None:
+        if shutil.disk_usage(self.directory).free < 2 * self.reserve:
+            self._give_back_space()
+
     def _apply_space(self, low: bool, free: int) -> None:
         """Enters or leaves low-space mode (on the loop), logging and reporting the change once."""
         if self.space is not None:
@@ -429,11 +454,15 @@ class Spool:
             await asyncio.sleep(SPACE_CHECK_INTERVAL)
             if self._io is None or self._closing:
                 return
-            if self._low_space or not (self.directory / RESERVE).exists():
-                try:
+            try:
+                if self._low_space or not (self.directory / RESERVE).exists():
                     self._apply_space(*await self._loop_run(self._make_reserve))
-                except Exception:  # the disk itself: the next round tries again
-                    pass
+                elif self.low_space:
+                    # Another shard is short of space on the disk they share: what this shard's
+                    # database freed, and its WAL, are space too.
+                    await self._loop_run(self._give_back_space_if_short)
+            except Exception:  # the disk itself: the next round tries again
+                pass
 
     async def _release_reserve(self) -> bool:
         """Removes the reserve file (entering low-space mode); False when there was none."""
@@ -824,9 +853,10 @@ def _insert(conn: sqlite3.Connection, message: NewMessage, now: float, *, queue_
         queue_id = new_queue_id()
         while conn.execute("SELECT 1 FROM messages WHERE queue_id = ?", (queue_id,)).fetchone():
             queue_id = new_queue_id()
+    dsn = message.dsn
     cursor = conn.execute(
-        "INSERT INTO messages (queue_id, mail_from, pool, reasons, tenant, header_message_id, received_at, size, body, body_file, envelope_from)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO messages (queue_id, mail_from, pool, reasons, tenant, header_message_id, received_at, size, body, body_file,"
+        " dsn_ret, dsn_envid, envelope_from) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             queue_id,
             message.mail_from,
@@ -838,6 +868,8 @@ def _insert(conn: sqlite3.Connection, message: NewMessage, now: float, *, queue_
             len(message.body),
             b"" if body_file is not None else message.body,
             body_file,
+            dsn.ret if dsn is not None else None,
+            dsn.envid if dsn is not None else None,
             message.envelope_from,
         ),
     )
@@ -845,10 +877,16 @@ def _insert(conn: sqlite3.Connection, message: NewMessage, now: float, *, queue_
     assert message_id is not None
     recipients = []
     pools = message.recipient_pools or (message.pool,) * len(message.recipients)
-    for address, pool in zip(message.recipients, pools):
+    notify = dsn.notify if dsn is not None else ()
+    orcpt = dsn.orcpt if dsn is not None else ()
+    for n, (address, pool) in enumerate(zip(message.recipients, pools)):
         rc = conn.execute(
-            "INSERT INTO recipients (message, address, state, next_attempt, updated_at, pool) VALUES (?, ?, ?, ?, ?, ?)",
-            (message_id, address, State.QUEUED.value, now, now, None if pool == message.pool else pool),
+            "INSERT INTO recipients (message, address, state, next_attempt, updated_at, pool, dsn_notify, dsn_orcpt)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                message_id, address, State.QUEUED.value, now, now, None if pool == message.pool else pool,
+                notify[n] if n < len(notify) else None, orcpt[n] if n < len(orcpt) else None,
+            ),
         )
         assert rc.lastrowid is not None
         recipients.append((rc.lastrowid, address))
@@ -886,7 +924,7 @@ def _record(conn: sqlite3.Connection, outcomes: Sequence[Outcome], now: float) -
         messages.add(row["message"])
         conn.execute(
             "UPDATE recipients SET state = ?, last_reply = ?, last_host = ?, next_attempt = ?, updated_at = ?,"
-            " attempts = max(attempts, ?), dsn_pending = ? WHERE id = ?",
+            f" attempts = max(attempts, ?), dsn_pending = {_DSN_DUE} WHERE id = ?",
             (
                 outcome.state.value,
                 outcome.reply,
@@ -895,6 +933,8 @@ def _record(conn: sqlite3.Connection, outcomes: Sequence[Outcome], now: float) -
                 now,
                 outcome.attempts,
                 int(outcome.dsn and outcome.state is State.FAILED),
+                int(outcome.state is State.DELIVERED),
+                int(outcome.state is State.DEFERRED),
                 outcome.recipient,
             ),
         )
@@ -904,34 +944,54 @@ def _record(conn: sqlite3.Connection, outcomes: Sequence[Outcome], now: float) -
     return batches, _remove_finished(conn, messages)
 
 
+# Whether an outcome is due a DSN, by the recipient's NOTIFY (RFC 3461 §4.1): a failure (the
+# first parameter: its sender gets DSNs) unless NOTIFY was given without FAILURE (NEVER among
+# those), 1; a delivery when NOTIFY holds SUCCESS, 2 (a "relayed" report: the next hop is not
+# asked for DSNs); the first deferral when NOTIFY holds DELAY, 3 (a "delayed" report; never
+# twice: dsn_delayed); the last two only for a sender that is not null; else 0.
+_DSN_DUE: Final = (
+    "CASE WHEN ? AND (dsn_notify IS NULL OR instr(dsn_notify, 'FAILURE') > 0) THEN 1"
+    " WHEN (SELECT mail_from FROM messages WHERE messages.id = recipients.message) = '' THEN 0"
+    " WHEN ? AND instr(coalesce(dsn_notify, ''), 'SUCCESS') > 0 THEN 2"
+    " WHEN ? AND instr(coalesce(dsn_notify, ''), 'DELAY') > 0 AND dsn_delayed = 0 THEN 3 ELSE 0 END"
+)
+_ACTIONS: Final = {1: "failed", 2: "relayed", 3: "delayed"}
+
+
 def _batch(conn: sqlite3.Connection, message: int) -> DsnBatch | None:
     """The message's DSN batch if its failure batch is over, else None."""
     active = conn.execute(f"SELECT 1 FROM recipients WHERE message = ? AND state IN {ACTIVE_STATES_SQL}", (message,)).fetchone()
     if active is not None:
         return None
     rows = conn.execute(
-        "SELECT id, address, last_reply, last_host FROM recipients WHERE message = ? AND dsn_pending = 1 ORDER BY id", (message,)
+        "SELECT id, address, last_reply, last_host, dsn_pending, dsn_orcpt FROM recipients WHERE message = ? AND dsn_pending != 0 ORDER BY id",
+        (message,),
     ).fetchall()
     if not rows:
         return None
-    head = conn.execute("SELECT queue_id, mail_from, received_at, tenant FROM messages WHERE id = ?", (message,)).fetchone()
+    head = conn.execute("SELECT queue_id, mail_from, received_at, tenant, dsn_ret, dsn_envid FROM messages WHERE id = ?", (message,)).fetchone()
     return DsnBatch(
         message=message,
         queue_id=head["queue_id"],
         mail_from=head["mail_from"],
         received_at=head["received_at"],
-        failures=tuple(FailedRecipient(r["id"], r["address"], r["last_reply"] or "", r["last_host"]) for r in rows),
+        failures=tuple(
+            FailedRecipient(r["id"], r["address"], r["last_reply"] or "", r["last_host"], _ACTIONS.get(r["dsn_pending"], "failed"), r["dsn_orcpt"])
+            for r in rows
+        ),
         tenant=head["tenant"],
+        ret=head["dsn_ret"],
+        envid=head["dsn_envid"],
     )
 
 
 def _pending_dsn_messages(conn: sqlite3.Connection) -> list[int]:
-    return [row["message"] for row in conn.execute("SELECT DISTINCT message FROM recipients WHERE dsn_pending = 1")]
+    return [row["message"] for row in conn.execute("SELECT DISTINCT message FROM recipients WHERE dsn_pending != 0")]
 
 
 def _store_dsn(conn: sqlite3.Connection, batch: DsnBatch, dsn: NewMessage, now: float) -> tuple[Job, list[str]]:
     conn.execute(
-        f"UPDATE recipients SET dsn_pending = 0 WHERE id IN ({', '.join('?' * len(batch.failures))})",
+        f"UPDATE recipients SET dsn_delayed = dsn_delayed OR dsn_pending = 3, dsn_pending = 0 WHERE id IN ({', '.join('?' * len(batch.failures))})",
         [f.recipient for f in batch.failures],
     )
     _bump(conn, "bounces")
@@ -946,7 +1006,7 @@ def _remove_finished(conn: sqlite3.Connection, messages: Iterable[int]) -> list[
     for message in messages:
         row = conn.execute(
             "SELECT body_file FROM messages WHERE id = ? AND NOT EXISTS"
-            f" (SELECT 1 FROM recipients WHERE message = ? AND (state NOT IN {FINAL_STATES_SQL} OR dsn_pending = 1))",
+            f" (SELECT 1 FROM recipients WHERE message = ? AND (state NOT IN {FINAL_STATES_SQL} OR dsn_pending != 0))",
             (message, message),
         ).fetchone()
         if row is None:
