@@ -439,7 +439,7 @@ def test_notify_delay_gets_one_delayed_report(aio_run: Run, tmp_path: Path) -> N
     aio_run(main())
 
 
-def test_a_spool_of_schema_3_gains_the_dsn_columns(aio_run: Run, tmp_path: Path) -> None:
+def test_a_spool_of_schema_3_gains_the_pool_and_dsn_columns(aio_run: Run, tmp_path: Path) -> None:
     directory = tmp_path / "spool"
     directory.mkdir()
     with contextlib.closing(sqlite3.connect(directory / "spool.sqlite3")) as db:
