@@ -439,7 +439,7 @@ def test_notify_delay_gets_one_delayed_report(aio_run: Run, tmp_path: Path) -> N
     aio_run(main())
 
 
-def test_a_spool_of_schema_3_gains_the_dsn_columns(aio_run: Run, tmp_path: Path) -> None:
+def test_a_spool_of_schema_3_gains_the_pool_and_dsn_columns(aio_run: Run, tmp_path: Path) -> None:
     directory = tmp_path / "spool"
     directory.mkdir()
     with contextlib.closing(sqlite3.connect(directory / "spool.sqlite3")) as db:
@@ -538,10 +538,13 @@ def test_postfix_relays_many_pipelined_messages_over_starttls(aio_run: Run, tmp_
     count = 12
 
     with relay_in_a_thread(aio_run, conf), relaying_postfix(conf.listener.port, ca_file) as postfix:
-        with smtplib.SMTP("127.0.0.1", postfix.port, timeout=30) as smtp:
-            for n in range(count):
-                body = message(f"via postfix {n}", message_id=f"<pf-{n}@t>", body=f"line {n}\r\n.dot line\r\n" * 50)
-                smtp.sendmail(SENDER, [f"r{n}@example.org", f"s{n}@example.org"], body)
+        try:
+            with smtplib.SMTP("127.0.0.1", postfix.port, timeout=60) as smtp:
+                for n in range(count):
+                    body = message(f"via postfix {n}", message_id=f"<pf-{n}@t>", body=f"line {n}\r\n.dot line\r\n" * 50)
+                    smtp.sendmail(SENDER, [f"r{n}@example.org", f"s{n}@example.org"], body)
+        except (OSError, smtplib.SMTPException) as error:  # what Postfix was doing, to tell why
+            raise AssertionError(f"{error!r} from Postfix's smtpd\n{postfix.log()[-3000:]}") from error
         deadline = time.monotonic() + 90
         while len({row.header_message_id for row in listing(conf.spool.directory)}) < count and time.monotonic() < deadline:
             time.sleep(0.3)
