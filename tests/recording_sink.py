@@ -34,17 +34,18 @@ class Recorder:
 
     def transaction_reads(self) -> list[list[bytes]]:
         """The reads of each transaction: from the read holding its MAIL to the one that ended
-        its body (RSET, QUIT and EHLO reads are not part of one)."""
+        its body (RSET, QUIT and EHLO reads are not part of one), each within its connection: the
+        relay may deliver over two connections at once, and their reads interleave here."""
         transactions: list[list[bytes]] = []
-        current: list[bytes] | None = None
-        for _, data in self.reads:
-            if current is None and b"MAIL FROM:" in data:
-                current = []
-                transactions.append(current)
-            if current is not None:
-                current.append(data)
+        current: dict[int, list[bytes]] = {}
+        for connection, data in self.reads:
+            if connection not in current and b"MAIL FROM:" in data:
+                current[connection] = []
+                transactions.append(current[connection])
+            if connection in current:
+                current[connection].append(data)
                 if data.endswith(b"\r\n.\r\n") or b" LAST\r\n" in data or data == b".\r\n":
-                    current = None
+                    del current[connection]
         return transactions
 
     async def wait_for(self, count: int, timeout: float = 20.0) -> list[Message]:
