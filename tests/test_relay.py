@@ -190,6 +190,31 @@ def test_bare_line_ending_detection() -> None:
     assert has_bare_line_ending(b"a\n\rb")
 
 
+@given(
+    st.lists(
+        st.sampled_from([b"Received", b"received", b"RECEIVED", b"X-Received", b"Receivedx", b":", b" ", b"\t", b"\r\n", b"\n", b"\r",
+                         b"From: a@b", b"Subject: s", b"\xef\xbb\xbf", b"From x Mon", b"\r\n\r\n", b"body received: x", b"a"]),
+        max_size=30,
+    )
+)
+def test_count_received_counts_what_the_reference_expression_finds(parts: list[bytes]) -> None:
+    """count_received (a find loop on the lowered header block) against the regular expression
+    it replaced, on messages made of the pieces that matter (fields, folds, line endings, a
+    byte-order mark and an mbox line the scanner skips, the word in a body)."""
+    from deliverypool.mail.headers import _RECEIVED, count_received, header_block
+
+    message = b"".join(parts)
+    start, body = header_block(message)
+    assert count_received(message) == len(_RECEIVED.findall(message, start, body))
+
+
+def test_count_received_examples() -> None:
+    from deliverypool.mail.headers import count_received
+
+    assert count_received(b"Received: a\r\nreceived \t: b\r\n\tReceived: folded\r\nX-Received: no\r\n\r\nReceived: body\r\n") == 2
+    assert count_received(b"From: a\r\n\r\n") == 0
+
+
 def test_strip_header_removes_every_copy_with_continuations() -> None:
     msg = b"X-Spam-Score: 1\r\nFrom: a@b\r\nx-spam-score: 2\r\n  continued\r\nSubject: s\r\n\r\nX-Spam-Score: in body\r\n"
     stripped, removed = strip_header(msg, "X-Spam-Score")

@@ -609,3 +609,38 @@ def test_log_lines_are_written_in_batches_and_warnings_at_once() -> None:
     logger.info("accepted %d", 4)
     handler.close()
     assert stream.getvalue().endswith("INFO accepted 4\n"), "closing (logging.shutdown at exit) writes the rest"
+
+
+@given(
+    created=st.floats(min_value=0, max_value=4e9, allow_nan=False),
+    text=st.text(max_size=40),
+    args=st.lists(st.integers(), max_size=2),
+    with_exception=st.booleans(),
+    with_stack=st.booleans(),
+)
+def test_the_line_formatter_writes_what_the_stock_formatter_writes(
+    created: float, text: str, args: list[int], with_exception: bool, with_stack: bool
+) -> None:
+    """LineFormatter (the relay's: the time formatted once per second, the line put together
+    directly) against `logging.Formatter("%(asctime)s %(name)s %(message)s")`, the format it
+    replaced: the same text for any time, message, arguments, exception and stack, and again for
+    a second record within the same second."""
+    import logging
+    import sys
+
+    from deliverypool.observe.logs import LineFormatter
+
+    exc_info = None
+    if with_exception:
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            exc_info = sys.exc_info()
+    message_text = text.replace("%", "%%") + " %d" * len(args)
+    ours, stock = LineFormatter(), logging.Formatter("%(asctime)s %(name)s %(message)s")
+    for later in (0.0, 0.0004):
+        record = logging.LogRecord("deliverypool.relay", logging.INFO, __file__, 1, message_text, tuple(args), exc_info, sinfo="Stack (most recent call last):\n  x" if with_stack else None)
+        record.created = created + later
+        record.msecs = (record.created - int(record.created)) * 1000
+        twin = logging.makeLogRecord(record.__dict__)
+        assert ours.format(record) == stock.format(twin)

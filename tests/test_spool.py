@@ -154,6 +154,38 @@ def test_failures_are_kept_until_their_dsn_is_stored(aio_run: Run, tmp_path: Pat
     aio_run(main())
 
 
+def test_a_change_that_fails_after_writing_is_undone_alone(aio_run: Run, tmp_path: Path) -> None:
+    """The changes of a batch run without savepoints; when one fails, the batch runs again with a
+    savepoint per change: what the failed one wrote is gone, the others commit once each."""
+
+    async def main() -> None:
+        async with Spool(tmp_path) as spool:
+            calls: list[str] = []
+
+            def half_done(conn: sqlite3.Connection) -> None:
+                calls.append("bad")
+                conn.execute("UPDATE counters SET value = value + 100 WHERE name = 'accepted'")
+                raise RuntimeError("half done")
+
+            before = spool.run(lambda conn: calls.append("before") or conn.execute("UPDATE counters SET value = value + 1 WHERE name = 'failed'"))
+            bad = spool.run(half_done)
+            after = spool.accept(new(1))
+            results = await asyncio.gather(before, bad, after, return_exceptions=True)
+            assert isinstance(results[1], RuntimeError) and str(results[1]) == "half done"
+            assert not isinstance(results[2], BaseException) and results[2].queue_id
+            counters = await spool.counters()
+            assert counters["accepted"] == 1, "the failed change's write was undone, the accept counted once"
+            assert counters["failed"] == 1, "the change before it counted once, though it ran twice"
+            assert calls == ["before", "bad", "before", "bad"]
+            assert len(listing(tmp_path)) == 1
+            assert spool.stats.commits >= 1
+            # The next batch takes the fast path again.
+            await spool.accept(new(2))
+            assert len(listing(tmp_path)) == 2
+
+    aio_run(main())
+
+
 def test_listing_reads_while_the_writer_holds_the_database(aio_run: Run, tmp_path: Path) -> None:
     async def main() -> None:
         async with Spool(tmp_path) as spool:

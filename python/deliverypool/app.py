@@ -44,7 +44,7 @@ from deliverypool.lookup.mx import MxLookup, MxResolver
 from deliverypool.lookup.resolver import Nameserver, Resolver, ResolverConfig
 from deliverypool.errors import MessageRefused, SpoolError, SpoolFull
 from deliverypool.mail.headers import count_received, received_field, strip_authentication_results, strip_header
-from deliverypool.observe.logs import BatchedStreamHandler, RateLimit
+from deliverypool.observe.logs import BatchedStreamHandler, LineFormatter, RateLimit
 from deliverypool.observe.service import Observer
 from deliverypool.observe.spool import SpoolConditions
 from deliverypool.outbound.scheduler import DeliveryEngine
@@ -553,7 +553,7 @@ def configure_logging(level: int = logging.INFO, *, batched: bool = False) -> No
     root = logging.getLogger()
     if not root.handlers:
         handler = BatchedStreamHandler(sys.stderr) if batched else logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+        handler.setFormatter(LineFormatter())  # "%(asctime)s %(name)s %(message)s"
         handler.addFilter(RateLimit())  # lines a flood repeats: a few per minute, then a count
         root.addHandler(handler)
         root.setLevel(level)

@@ -503,7 +503,11 @@ class PoolConfig(_Table):
     @property
     def name(self) -> str:
         """The pool's name: its key in ``[pools]``."""
-        return self._name
+        # (From pydantic's dict of private values: `self._name` goes through the model's
+        # __getattr__, which builds and drops an AttributeError on the way; delivery reads the
+        # name a few times per message.)
+        private = self.__pydantic_private__
+        return self._name if private is None else str(private["_name"])
 
     @property
     def pool_class(self) -> PoolClass:

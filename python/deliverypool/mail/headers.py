@@ -121,4 +121,17 @@ def count_received(message: bytes) -> int:
     """How many ``Received:`` trace fields the header section holds: the hops the message made
     (RFC 5321 §6.3: a loop shows as an ever-growing trace)."""
     start, body = header_block(message)
-    return len(_RECEIVED.findall(message, start, body))
+    # What `_RECEIVED.findall(message, start, body)` counts (the reference: `\A` is the start of
+    # the message, not of the block), found with `bytes.find` on the lowered block instead of a
+    # regular expression tried at every byte: a tenth of the cost on a 2 KiB message.
+    header = message[start:body].lower()
+    count = 0
+    at = header.find(b"received")
+    while at >= 0:
+        if header[at - 1 : at] in (b"\r", b"\n") if at else start == 0:
+            colon = at + 8
+            while header[colon : colon + 1] in (b" ", b"\t"):
+                colon += 1
+            count += header[colon : colon + 1] == b":"
+        at = header.find(b"received", at + 8)
+    return count

@@ -20,7 +20,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Final, TextIO
 
-__all__ = ["BatchedStreamHandler", "RateLimit"]
+__all__ = ["BatchedStreamHandler", "LineFormatter", "RateLimit"]
 
 # Loggers of other packages whose lines a client can cause (aiosmtpd: "unrecognised command"
 # warnings; asyncio: accept errors).
@@ -55,7 +55,9 @@ class RateLimit(logging.Filter):
         self._windows: dict[object, _Window] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        key: object = getattr(record, "rate_limit", None)
+        # (From the record's dict: getattr with a default builds an AttributeError for every
+        # record without the key, which is nearly all of them.)
+        key: object = record.__dict__.get("rate_limit")
         if key is None:
             if record.name not in self.templates:
                 return True
@@ -87,6 +89,39 @@ class RateLimit(logging.Filter):
 def _annotate(record: logging.LogRecord, note: str) -> None:
     record.msg = record.getMessage() + note
     record.args = None
+
+
+class LineFormatter(logging.Formatter):
+    """``logging.Formatter("%(asctime)s %(name)s %(message)s")``, the same text, for less: the
+    date and time are formatted once per second (``time.strftime`` of a second does not change
+    within it), and the line is put together directly rather than through the format string.
+    The relay writes two lines per message; the stock formatter was a third of their cost."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(name)s %(message)s")
+        self._second = -1
+        self._stamp = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 (logging's name)
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        if second != self._second:
+            self._stamp = time.strftime(self.default_time_format, self.converter(record.created))
+            self._second = second
+        return "%s,%03d" % (self._stamp, record.msecs)  # logging's default_msec_format
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.message = record.getMessage()
+        record.asctime = self.formatTime(record)
+        line = f"{record.asctime} {record.name} {record.message}"
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            line = (line if line[-1:] == "\n" else line + "\n") + record.exc_text
+        if record.stack_info:
+            line = (line if line[-1:] == "\n" else line + "\n") + self.formatStack(record.stack_info)
+        return line
 
 
 class BatchedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]

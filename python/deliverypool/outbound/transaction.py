@@ -10,6 +10,7 @@ replies mean.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import random
@@ -213,10 +214,11 @@ class Connector:
 BAD_ADDRESS = "553 5.1.3 The address cannot be sent: {reason}"
 
 
+@functools.lru_cache(maxsize=8192)
 def wire_address(address: str) -> tuple[str | None, str]:
     """An address as it goes on the wire (its domain in ASCII, IDNA 2008; a local part that is
     not ASCII needs SMTPUTF8, which the engine sees), and, when it cannot be sent at all, the
-    reply to record (else "")."""
+    reply to record (else ""). Cached: senders and recipients repeat, and the check is pure."""
     if not address:
         return "", ""  # the null reverse-path
     try:

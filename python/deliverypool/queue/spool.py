@@ -521,7 +521,9 @@ class Spool:
         holding it is committed to disk (or with the exception `change` raised: that change
         is rolled back alone, the others in the batch are unaffected). Call it on the loop
         that opened the spool. A change that is not `essential` (new mail) never uses the
-        reserve: on a full disk it fails with :class:`SpoolFull`."""
+        reserve: on a full disk it fails with :class:`SpoolFull`. `change` acts on the database
+        alone: it may be run twice (in its batch's second try, when another change of the batch
+        failed), and only the second run counts."""
         if self._writer is None or self._closing or self._wakeup is None:
             raise SpoolError("the spool is not open")
         assert self._loop is not None
@@ -627,21 +629,9 @@ class Spool:
         made the whole transaction fail (then nothing of it is stored)."""
         conn = self._conn
         assert conn is not None and self._loop is not None
-        results: list[tuple[Any, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for change, _, _ in batch:
-                conn.execute("SAVEPOINT change")
-                try:
-                    results.append((change(conn), None))
-                    conn.execute("RELEASE change")
-                except Exception as exc:
-                    if _is_full(exc):
-                        raise  # not this change's fault: the whole batch waits for space
-                    # The change's own failure goes to its caller.
-                    conn.execute("ROLLBACK TO change")
-                    conn.execute("RELEASE change")
-                    results.append((None, exc))
+            results = _apply(conn, batch)
             started = time.perf_counter()
             await self._loop.run_in_executor(self._io, conn.execute, "COMMIT")
             if self.on_commit is not None:
@@ -792,6 +782,37 @@ class Spool:
         if reader is None or self._io is None:
             raise SpoolError("the spool is not open")
         return await asyncio.get_running_loop().run_in_executor(self._io, query, reader)
+
+
+def _apply(conn: sqlite3.Connection, batch: list[_Request]) -> list[tuple[Any, BaseException | None]]:
+    """Runs the changes of `batch` in the open transaction; returns each one's result or error.
+    They run one after the other as they are. Should one fail on its own (not for want of
+    space: then the whole transaction fails), the transaction is rolled back and run again with
+    each change in a savepoint of its own, so that the failed change is undone alone and its
+    error goes to its caller. (A savepoint around every change, always, was six statements of
+    eighteen per relayed message; a change fails on its own only through a bug or a bad
+    argument.)"""
+    try:
+        return [(change(conn), None) for change, _, _ in batch]
+    except Exception as exc:
+        if _is_full(exc):
+            raise  # not a change's fault: the whole batch waits for space
+    conn.execute("ROLLBACK")
+    conn.execute("BEGIN IMMEDIATE")
+    results: list[tuple[Any, BaseException | None]] = []
+    for change, _, _ in batch:
+        conn.execute("SAVEPOINT change")
+        try:
+            results.append((change(conn), None))
+            conn.execute("RELEASE change")
+        except Exception as exc:
+            if _is_full(exc):
+                raise
+            # The change's own failure goes to its caller.
+            conn.execute("ROLLBACK TO change")
+            conn.execute("RELEASE change")
+            results.append((None, exc))
+    return results
 
 
 def _is_full_text(text: str) -> bool:
