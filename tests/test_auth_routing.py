@@ -216,3 +216,49 @@ def test_an_srs_bounce_leaves_high_risk_without_auth_enabled_too() -> None:
     bounce = asyncio.run(router.route(ORDINARY[0], submission, srs_bounce=True))
     assert (ordinary.pool, ordinary.reasons, ordinary.auth) == ("normal", (), None)
     assert (bounce.pool, bounce.reasons) == ("high-risk", ("srs-bounce",))
+
+
+def test_sighup_rotates_the_srs_keys_and_a_broken_file_keeps_them(tmp_path: Path) -> None:
+    """Relay.reload (SIGHUP) takes the SRS key file again: new addresses are signed with the new
+    first key, addresses made before still reverse while their key is listed and stop when it
+    is gone; a key file that cannot be read keeps the keys in use; another SRS domain needs a
+    restart and changes nothing."""
+    from deliverypool.app import Relay
+
+    keys, path = tmp_path / "srs.keys", tmp_path / "relay.toml"
+
+    def write(domain: str = "srs.relay.test") -> None:
+        path.write_text(
+            f'[spool]\ndirectory = "{tmp_path / "spool"}"\n[dns]\ncheck_sender_domain = false\n'
+            '[pools.normal]\nsource_addresses = [{ address = "127.0.0.1" }]\n'
+            '[pools.high-risk]\nsource_addresses = [{ address = "127.0.0.2" }]\n'
+            f'[auth.srs]\ndomain = "{domain}"\nkey_file = "srs.keys"\n'
+        )
+
+    keys.write_text("first\n")
+    write()
+    relay = Relay(cfg.load(path))
+    srs = relay.srs_bounces
+    assert srs is not None
+    before = srs.forward("alice@forwarded.example")
+    assert before is not None and srs.rcpt_reply(before) == "250 2.1.5 OK"
+
+    keys.write_text("second\nfirst\n")
+    assert asyncio.run(relay.reload(path))
+    after = srs.forward("alice@forwarded.example")
+    assert after is not None and after != before, "the new first key signs"
+    assert srs.rcpt_reply(before) == srs.rcpt_reply(after) == "250 2.1.5 OK", "the old key still verifies"
+
+    keys.unlink()
+    assert not asyncio.run(relay.reload(path)), "an unreadable key file: refused"
+    assert srs.forward("alice@forwarded.example") == after and srs.rcpt_reply(before) == "250 2.1.5 OK"
+
+    keys.write_text("second\n")
+    write(domain="other.relay.test")
+    assert asyncio.run(relay.reload(path))
+    assert srs.domain == "srs.relay.test" and srs.rcpt_reply(before) == "250 2.1.5 OK", "another domain: nothing changed"
+
+    write()
+    assert asyncio.run(relay.reload(path))
+    assert srs.rcpt_reply(before) == f"550 5.1.1 <{before}>: invalid SRS address (bad-hash)", "the first key is gone"
+    assert srs.rcpt_reply(after) == "250 2.1.5 OK"

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 from deliverypool.auth.authenticator import Authenticator
 from deliverypool.auth.dkim import DkimOutcome, DkimSigner, DkimVerifier, has_signature
-from deliverypool.config import ConfigError, DnsConfig, RelayConfig, load
+from deliverypool.config import ConfigError, DnsConfig, RelayConfig, SrsConfig, load
 from deliverypool.ingress.client_counts import ClientCounts
 from deliverypool.ingress.handler import Accepted, RoutingHandler, in_networks
 from deliverypool.ingress.limits import Admission, Limits, raise_open_file_limit
@@ -392,20 +392,36 @@ class Relay:
         return result.authentication_results(authserv_id).encode("ascii") + content
 
     async def reload(self, config_path: Path) -> bool:
-        """SIGHUP: reads the configuration file again and signs with its DKIM keys from now on
-        (key rotation). A file that cannot be loaded (a key file missing, unreadable, too
-        short...) keeps the keys in use: one line in the log, and the reload metric counts it."""
+        """SIGHUP: reads the configuration file again and signs with its DKIM keys and its SRS
+        keys from now on (key rotation). A file that cannot be loaded (a key file missing,
+        unreadable, too short...) keeps the keys in use: one line in the log, and the reload
+        metric counts it. Nothing else of the file is taken: other changes need a restart."""
         try:
             config = await asyncio.to_thread(load, config_path)
         except ConfigError as exc:
             problem = str(exc).replace("\n", "; ")
-            log.error("SIGHUP: %s not reloaded, the DKIM keys in use are kept: %s", config_path, problem)
+            log.error("SIGHUP: %s not reloaded, the DKIM and SRS keys in use are kept: %s", config_path, problem)
             self.observer.metrics.add("deliverypool_dkim_reloads_total", (("result", "failed"),))
             return False
         self.dkim_signer.reload(config)
         self.observer.metrics.add("deliverypool_dkim_reloads_total", (("result", "ok"),))
         log.info("SIGHUP: DKIM keys reloaded from %s: %s", config_path, ", ".join(f"{k.selector}._domainkey.{k.domain}" for k in config.dkim.keys) or "none")
+        self._reload_srs(config.auth.srs)
         return True
+
+    def _reload_srs(self, srs: SrsConfig | None) -> None:
+        """The SRS keys of a reloaded configuration: the first signs new addresses from now on,
+        every one verifies the addresses bounces come back to. SRS turned on or off, or another
+        SRS domain, takes a restart (a warning says so; the SRS in use stays)."""
+        if self.srs_bounces is None or srs is None:
+            if (self.srs_bounces is None) != (srs is None):
+                log.warning("SIGHUP: [auth.srs] was %s: that takes a restart, nothing changed", "added" if srs is not None else "removed")
+            return
+        if srs.domain.lower() != self.srs_bounces.domain:
+            log.warning("SIGHUP: auth.srs.domain changed to %s: that takes a restart, the SRS keys in use are kept", srs.domain)
+            return
+        self.srs_bounces.rewriter = SrsBounces.from_config(srs).rewriter
+        log.info("SIGHUP: SRS keys reloaded: %d (the first signs)", len(srs.keys))
 
     async def _route_dsn(self, dsn: bytes, tenant: str | None = None) -> tuple[str, tuple[str, ...]]:
         """The pool of a DSN the relay wrote for mail of `tenant` (its rules apply to it)."""

@@ -192,7 +192,7 @@ class Supervisor:
         self._stopping = True
 
     def _hangup(self, signum: int, frame: object) -> None:
-        """SIGHUP: every worker reloads (its DKIM keys, from the configuration file)."""
+        """SIGHUP: every worker reloads (its DKIM and SRS keys, from the configuration file)."""
         for worker in self._children:
             if worker.process is not None and worker.process.poll() is None:
                 worker.process.send_signal(signal.SIGHUP)

@@ -36,7 +36,7 @@ class SrsConfig(_Table):
     key_file: FilePath = Field(
         description=(
             "File of SRS keys, one per line: the first signs, every one verifies (rotation). Readable by the relay only; "
-            "relative to the configuration file. Read at start."
+            "relative to the configuration file. Read at start and on SIGHUP (the relay; the milter needs a restart)."
         )
     )
     max_age_days: Int = Field(21, ge=1, le=1000, description="Days an SRS address is accepted back (a bounce to an older one is refused).")
