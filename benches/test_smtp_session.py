@@ -37,6 +37,7 @@ class NullRelay:
     def __init__(self, conf: cfg.RelayConfig) -> None:
         self.config = conf
         self.limits = None
+        self.srs_bounces = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.accepted = 0
 
@@ -67,6 +68,7 @@ class Transport(asyncio.Transport):
 
     def close(self) -> None:
         self.closing = True
+        self.done.set()
 
     def pause_reading(self) -> None:
         pass
@@ -102,6 +104,8 @@ async def session(make: Callable[[], asyncio.Protocol], messages: int) -> int:
         await asyncio.sleep(0)  # the 354 (aiosmtpd answers from its task)
         protocol.data_received(BODY)
         while transport.written <= n:
+            if transport.closing:
+                raise AssertionError(f"the session closed the connection after {transport.written} messages (its log says why)")
             transport.done.clear()
             await transport.done.wait()
     protocol.connection_lost(None)
