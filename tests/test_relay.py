@@ -199,13 +199,13 @@ def test_bare_line_ending_detection() -> None:
 )
 def test_count_received_counts_what_the_reference_expression_finds(parts: list[bytes]) -> None:
     """count_received (a find loop on the lowered header block) against the regular expression
-    it replaced, on messages made of the pieces that matter (fields, folds, line endings, a
+    it replaced, run on the header block alone, on messages made of the pieces that matter (fields, folds, line endings, a
     byte-order mark and an mbox line the scanner skips, the word in a body)."""
     from deliverypool.mail.headers import _RECEIVED, count_received, header_block
 
     message = b"".join(parts)
     start, body = header_block(message)
-    assert count_received(message) == len(_RECEIVED.findall(message, start, body))
+    assert count_received(message) == len(_RECEIVED.findall(message[start:body]))
 
 
 def test_count_received_examples() -> None:
@@ -213,6 +213,9 @@ def test_count_received_examples() -> None:
 
     assert count_received(b"Received: a\r\nreceived \t: b\r\n\tReceived: folded\r\nX-Received: no\r\n\r\nReceived: body\r\n") == 2
     assert count_received(b"From: a\r\n\r\n") == 0
+    # A field at the start of the block counts after a skipped byte-order mark or mbox line too.
+    assert count_received(b"\xef\xbb\xbfReceived: a\r\nReceived: b\r\n\r\n") == 2
+    assert count_received(b"From someone Mon Jan  1 00:00:00 2024\nReceived: a\nFrom: x\n\n") == 1
 
 
 def test_strip_header_removes_every_copy_with_continuations() -> None:

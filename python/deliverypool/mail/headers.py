@@ -121,14 +121,15 @@ def count_received(message: bytes) -> int:
     """How many ``Received:`` trace fields the header section holds: the hops the message made
     (RFC 5321 §6.3: a loop shows as an ever-growing trace)."""
     start, body = header_block(message)
-    # What `_RECEIVED.findall(message, start, body)` counts (the reference: `\A` is the start of
-    # the message, not of the block), found with `bytes.find` on the lowered block instead of a
-    # regular expression tried at every byte: a tenth of the cost on a 2 KiB message.
+    # What `_RECEIVED.findall(message[start:body])` counts (a field at the start of the block
+    # counts, also after a skipped byte-order mark or mbox line), found with `bytes.find` on the
+    # lowered block instead of a regular expression tried at every byte: a tenth of the cost on
+    # a 2 KiB message.
     header = message[start:body].lower()
     count = 0
     at = header.find(b"received")
     while at >= 0:
-        if header[at - 1 : at] in (b"\r", b"\n") if at else start == 0:
+        if at == 0 or header[at - 1 : at] in (b"\r", b"\n"):
             colon = at + 8
             while header[colon : colon + 1] in (b" ", b"\t"):
                 colon += 1
