@@ -39,7 +39,7 @@ from deliverypool.ingress.handler import Accepted, RoutingHandler, in_networks
 from deliverypool.ingress.limits import Admission, Limits, raise_open_file_limit
 from deliverypool.ingress.listener import Listener
 from deliverypool.ingress.session import SessionFactory
-from deliverypool.ingress.srs import SrsBounces
+from deliverypool.ingress.srs import SrsBounces, rewriter_of
 from deliverypool.lookup.mx import MxLookup, MxResolver
 from deliverypool.lookup.resolver import Nameserver, Resolver, ResolverConfig
 from deliverypool.errors import MessageRefused, SpoolError, SpoolFull
@@ -420,7 +420,7 @@ class Relay:
         if srs.domain.lower() != self.srs_bounces.domain:
             log.warning("SIGHUP: auth.srs.domain changed to %s: that takes a restart, the SRS keys in use are kept", srs.domain)
             return
-        self.srs_bounces.rewriter = SrsBounces.from_config(srs).rewriter
+        self.srs_bounces.rewriter = rewriter_of(srs)
         log.info("SIGHUP: SRS keys reloaded: %d (the first signs)", len(srs.keys))
 
     async def _route_dsn(self, dsn: bytes, tenant: str | None = None) -> tuple[str, tuple[str, ...]]:

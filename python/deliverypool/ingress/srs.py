@@ -38,7 +38,7 @@ from deliverypool.errors import MessageRefused
 from deliverypool.ingress.handler import RCPT_OK
 from deliverypool.mail.address import domain_of
 
-__all__ = ["SRS_OUTCOMES", "SrsBounces"]
+__all__ = ["SRS_OUTCOMES", "SrsBounces", "rewriter_of"]
 
 log = logging.getLogger("deliverypool.srs")
 
@@ -61,10 +61,7 @@ class SrsBounces:
     @classmethod
     def from_config(cls, config: SrsConfig) -> SrsBounces:
         """The keys were read (and checked) when the configuration loaded."""
-        rewriter = SrsRewriter(
-            config.domain, list(config.keys), max_age_days=config.max_age_days, hash_length=config.hash_length, separator=config.separator
-        )
-        return cls(rewriter)
+        return cls(rewriter_of(config))
 
     def ours(self, address: str) -> bool:
         """Whether `address` is at the SRS domain."""
@@ -128,3 +125,8 @@ class SrsBounces:
             return self.rewriter.forward(sender, now=int(self.clock()))
         except SrsError:
             return None
+
+
+def rewriter_of(config: SrsConfig) -> SrsRewriter:
+    """The rewriter of ``[auth.srs]``, with the keys read (and checked) when it loaded."""
+    return SrsRewriter(config.domain, list(config.keys), max_age_days=config.max_age_days, hash_length=config.hash_length, separator=config.separator)

@@ -197,7 +197,7 @@ impl BodyHasher {
                 }
                 b' ' | b'\t' if relaxed => {
                     // A single space between two content bytes stays as it is, inside the span.
-                    let plain_next = data.get(i + 1).is_some_and(|&next| !matches!(next, b' ' | b'\t' | b'\r' | b'\n'));
+                    let plain_next = data.get(i + 1).is_some_and(|&next| !special[usize::from(next)]);
                     if byte == b' ' && plain_next && span.is_some() {
                         i += 1;
                         continue;
