@@ -6,6 +6,7 @@
 #   SIZES="102400" MESSAGES=2000 SESSIONS=20 bash benches/relay_vs_postfix.sh
 #   DKIM=ed25519 bash benches/relay_vs_postfix.sh          # both relays signing (DKIM=rsa: RSA-2048)
 #   KEEP_RESULTS=DIR ...                                   # keep each run's result files in DIR
+#   WORKERS=1 ...                                          # deliverypool's worker processes (default: one per core)
 #
 # With DKIM set, both relays sign every message with one key for bench.test (smtp-source's
 # From): deliverypool with [[dkim.keys]], Postfix with OpenDKIM as its milter (smtpd_milters;
@@ -105,6 +106,7 @@ start_deliverypool() {
     mkdir -p "$WORK/dp"
     cat >"$WORK/dp/relay.toml" <<EOF
 hostname = "relay.bench.test"
+${WORKERS:+workers = $WORKERS}
 
 [listener]
 address = "127.0.0.1:$DP_PORT"

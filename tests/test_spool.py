@@ -186,6 +186,53 @@ def test_a_change_that_fails_after_writing_is_undone_alone(aio_run: Run, tmp_pat
     aio_run(main())
 
 
+def test_counts_of_a_failed_change_are_undone_with_it(aio_run: Run, tmp_path: Path) -> None:
+    """The counters are added up per transaction and written once before COMMIT: a change that
+    counts and then fails takes its counts with it, a batch's counts are each written once."""
+    from deliverypool.queue import spool as spool_module
+
+    async def main() -> None:
+        async with Spool(tmp_path) as spool:
+            def counts_then_fails(conn: sqlite3.Connection) -> None:
+                spool_module._bump(conn, "accepted", 100)
+                spool_module._bump(conn, "bounces", 7)
+                raise RuntimeError("after counting")
+
+            results = await asyncio.gather(
+                spool.accept(new(1)), spool.run(counts_then_fails), spool.accept(new(2)), return_exceptions=True
+            )
+            assert isinstance(results[1], RuntimeError)
+            counters = await spool.counters()
+            assert counters["accepted"] == 2 and counters["bounces"] == 0
+            # Outside the writer's transactions (recovery at open) a count is written at once.
+            jobs = [await spool.accept(new(n)) for n in range(3, 6)]
+            await spool.mark_in_flight(rid for job in jobs for rid, _ in job.recipients)
+        async with Spool(tmp_path) as spool:
+            counters = await spool.counters()
+            assert counters["accepted"] == 5 and counters["recovered_in_flight"] == 3
+
+    aio_run(main())
+
+
+def test_a_queue_id_drawn_twice_is_drawn_again(aio_run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Queue ids are unique per spool by the table's index, not by a look-up before each insert:
+    a random suffix that comes up again in the same second is drawn again."""
+    from deliverypool.queue import spool as spool_module
+
+    drawn = iter(["00000000AAAA", "00000000AAAA", "00000000AAAA", "00000000BBBB"])
+    monkeypatch.setattr(spool_module, "new_queue_id", lambda: next(drawn))
+
+    async def main() -> None:
+        async with Spool(tmp_path) as spool:
+            first = await spool.accept(new(1))
+            second = await spool.accept(new(2))
+            assert (first.queue_id, second.queue_id) == ("00000000AAAA", "00000000BBBB")
+            assert {row.queue_id for row in listing(tmp_path)} == {"00000000AAAA", "00000000BBBB"}
+            assert (await spool.counters())["accepted"] == 2
+
+    aio_run(main())
+
+
 def test_listing_reads_while_the_writer_holds_the_database(aio_run: Run, tmp_path: Path) -> None:
     async def main() -> None:
         async with Spool(tmp_path) as spool:

@@ -84,10 +84,10 @@ class Recorder:
         wants_dsn = bool(job.mail_from)
         for rid, (reply, host) in replies.items():
             if reply.startswith("2"):
-                outcomes.append(Outcome(rid, State.DELIVERED, reply, attempts=attempts, host=host))
+                outcomes.append(Outcome(rid, State.DELIVERED, reply, attempts=attempts, host=host, message=job.message))
                 self.stats.delivered += 1
             elif reply.startswith("5") or now >= expires:
-                outcomes.append(Outcome(rid, State.FAILED, reply, attempts=attempts, host=host, dsn=wants_dsn))
+                outcomes.append(Outcome(rid, State.FAILED, reply, attempts=attempts, host=host, dsn=wants_dsn, message=job.message))
                 self.stats.failed += 1
             else:
                 retry.append((rid, addresses[rid]))
@@ -95,7 +95,7 @@ class Recorder:
         if retry:
             delay = pool.retry.delay(attempts, self.rng.random())
             next_attempt = min(now + delay, expires)
-            outcomes += [Outcome(rid, State.DEFERRED, replies[rid][0], next_attempt, attempts, replies[rid][1]) for rid, _ in retry]
+            outcomes += [Outcome(rid, State.DEFERRED, replies[rid][0], next_attempt, attempts, replies[rid][1], message=job.message) for rid, _ in retry]
             self.stats.deferred += len(retry)
         batches = await self.spool.record(outcomes)
         bounces = [await self.bounce(batch, body) for batch in batches]

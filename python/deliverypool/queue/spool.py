@@ -160,6 +160,8 @@ class Outcome:
     attempts: int = 0
     host: str | None = None
     dsn: bool = False
+    # The recipient's message, when the caller knows it (saves a look-up per outcome).
+    message: int | None = None
 
 
 @dataclass(frozen=True)
@@ -220,13 +222,21 @@ class SpoolStats:
 _Request = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]", bool]
 
 
+class _Connection(sqlite3.Connection):
+    """A spool connection. While `tally` is a dict (the writer's transactions), the spool's
+    counters are added up in it and written once, before COMMIT (`_flush_tally`), rather than
+    by an UPDATE per change; otherwise `_bump` writes them at once."""
+
+    tally: dict[str, int] | None = None
+
+
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     """A connection to the spool database at `path`: rows read by column name; the writer in
     WAL mode with ``synchronous=FULL`` and foreign keys."""
     if readonly:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False, factory=_Connection)
     else:
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, factory=_Connection)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA busy_timeout = 5000")
     if not readonly:
@@ -632,6 +642,7 @@ class Spool:
         try:
             conn.execute("BEGIN IMMEDIATE")
             results = _apply(conn, batch)
+            _flush_tally(conn)
             started = time.perf_counter()
             await self._loop.run_in_executor(self._io, conn.execute, "COMMIT")
             if self.on_commit is not None:
@@ -792,6 +803,8 @@ def _apply(conn: sqlite3.Connection, batch: list[_Request]) -> list[tuple[Any, B
     error goes to its caller. (A savepoint around every change, always, was six statements of
     eighteen per relayed message; a change fails on its own only through a bug or a bad
     argument.)"""
+    tally: dict[str, int] = {}
+    conn.tally = tally  # type: ignore[attr-defined]  # a _Connection
     try:
         return [(change(conn), None) for change, _, _ in batch]
     except Exception as exc:
@@ -799,20 +812,35 @@ def _apply(conn: sqlite3.Connection, batch: list[_Request]) -> list[tuple[Any, B
             raise  # not a change's fault: the whole batch waits for space
     conn.execute("ROLLBACK")
     conn.execute("BEGIN IMMEDIATE")
+    tally.clear()
     results: list[tuple[Any, BaseException | None]] = []
     for change, _, _ in batch:
         conn.execute("SAVEPOINT change")
+        before = dict(tally)
         try:
             results.append((change(conn), None))
             conn.execute("RELEASE change")
         except Exception as exc:
             if _is_full(exc):
                 raise
-            # The change's own failure goes to its caller.
+            # The change's own failure goes to its caller, its counts with it.
             conn.execute("ROLLBACK TO change")
             conn.execute("RELEASE change")
+            tally.clear()
+            tally.update(before)
             results.append((None, exc))
     return results
+
+
+def _flush_tally(conn: sqlite3.Connection) -> None:
+    """Writes the counts `_apply`'s changes added up (one UPDATE per counter per transaction)."""
+    tally: dict[str, int] | None = getattr(conn, "tally", None)
+    if tally is None:
+        return
+    conn.tally = None  # type: ignore[attr-defined]
+    for name, by in tally.items():
+        if by:
+            conn.execute("UPDATE counters SET value = value + ? WHERE name = ?", (by, name))
 
 
 def _is_full_text(text: str) -> bool:
@@ -838,7 +866,12 @@ def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None
 
 
 def _bump(conn: sqlite3.Connection, name: str, by: int = 1) -> None:
-    if by:
+    if not by:
+        return
+    tally: dict[str, int] | None = getattr(conn, "tally", None)
+    if tally is not None:
+        tally[name] = tally.get(name, 0) + by
+    else:
         conn.execute("UPDATE counters SET value = value + ? WHERE name = ?", (by, name))
 
 
@@ -865,35 +898,46 @@ def _unlink(paths: Iterable[Path]) -> None:
         path.unlink(missing_ok=True)
 
 
+_INSERT_MESSAGE: Final = (
+    "INSERT INTO messages (queue_id, mail_from, pool, reasons, tenant, header_message_id, received_at, size, body, body_file,"
+    " dsn_ret, dsn_envid, envelope_from) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
 def _insert(conn: sqlite3.Connection, message: NewMessage, now: float, *, queue_id: str | None = None, body_file: str | None = None) -> Job:
     if not message.recipients:
         raise ValueError("a message needs at least one recipient")
     if message.recipient_pools and len(message.recipient_pools) != len(message.recipients):
         raise ValueError("recipient_pools must name one pool per recipient")
-    if queue_id is None:
-        queue_id = new_queue_id()
-        while conn.execute("SELECT 1 FROM messages WHERE queue_id = ?", (queue_id,)).fetchone():
-            queue_id = new_queue_id()
     dsn = message.dsn
-    cursor = conn.execute(
-        "INSERT INTO messages (queue_id, mail_from, pool, reasons, tenant, header_message_id, received_at, size, body, body_file,"
-        " dsn_ret, dsn_envid, envelope_from) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            queue_id,
-            message.mail_from,
-            message.pool,
-            encode_reasons(message.reasons),
-            message.tenant,
-            message.header_message_id,
-            now,
-            len(message.body),
-            b"" if body_file is not None else message.body,
-            body_file,
-            dsn.ret if dsn is not None else None,
-            dsn.envid if dsn is not None else None,
-            message.envelope_from,
-        ),
+    fields = (
+        message.mail_from,
+        message.pool,
+        encode_reasons(message.reasons),
+        message.tenant,
+        message.header_message_id,
+        now,
+        len(message.body),
+        b"" if body_file is not None else message.body,
+        body_file,
+        dsn.ret if dsn is not None else None,
+        dsn.envid if dsn is not None else None,
+        message.envelope_from,
     )
+    # A queue id is taken at most once per spool: its UNIQUE index says so, with no look-up
+    # before. A random suffix already drawn this second is drawn again (a failed INSERT undoes
+    # itself alone; the transaction goes on); a given one (a body file's name) cannot be.
+    drawn = queue_id is None
+    while True:
+        if drawn:
+            queue_id = new_queue_id()
+        try:
+            cursor = conn.execute(_INSERT_MESSAGE, (queue_id, *fields))
+            break
+        except sqlite3.IntegrityError as exc:
+            if not drawn or "messages.queue_id" not in str(exc):
+                raise
+    assert queue_id is not None
     message_id = cursor.lastrowid
     assert message_id is not None
     recipients = []
@@ -939,10 +983,13 @@ def _record(conn: sqlite3.Connection, outcomes: Sequence[Outcome], now: float) -
     """Returns the failure batches now over and the body files of messages now finished."""
     messages: set[int] = set()
     for outcome in outcomes:
-        row = conn.execute("SELECT message FROM recipients WHERE id = ?", (outcome.recipient,)).fetchone()
-        if row is None:
-            continue
-        messages.add(row["message"])
+        message = outcome.message
+        if message is None:
+            row = conn.execute("SELECT message FROM recipients WHERE id = ?", (outcome.recipient,)).fetchone()
+            if row is None:
+                continue
+            message = row["message"]
+        messages.add(message)
         conn.execute(
             "UPDATE recipients SET state = ?, last_reply = ?, last_host = ?, next_attempt = ?, updated_at = ?,"
             f" attempts = max(attempts, ?), dsn_pending = {_DSN_DUE} WHERE id = ?",
@@ -961,8 +1008,40 @@ def _record(conn: sqlite3.Connection, outcomes: Sequence[Outcome], now: float) -
         )
     _bump(conn, "delivered", sum(o.state is State.DELIVERED for o in outcomes))
     _bump(conn, "failed", sum(o.state is State.FAILED for o in outcomes))
-    batches = [batch for message in messages if (batch := _batch(conn, message)) is not None]
-    return batches, _remove_finished(conn, messages)
+    return _conclude(conn, messages)
+
+
+def _conclude(conn: sqlite3.Connection, messages: Iterable[int]) -> tuple[list[DsnBatch], list[str]]:
+    """For each of `messages`, after a change to its recipients: its DSN batch, when its failure
+    batch is over (none of its recipients queued or in flight) with a DSN due; or, when all its
+    recipients are delivered or failed with no DSN due, it is deleted and its body file (if any)
+    returned. One query per message tells which."""
+    batches: list[DsnBatch] = []
+    finished: list[str] = []
+    for message in messages:
+        row = conn.execute(_MESSAGE_STATE, (message,)).fetchone()
+        if row is None:
+            continue
+        if not row["active"] and row["pending"]:
+            batch = _batch(conn, message, checked=True)
+            if batch is not None:
+                batches.append(batch)
+        elif not row["unfinished"] and not row["pending"]:
+            conn.execute("DELETE FROM messages WHERE id = ?", (message,))
+            if row["body_file"] is not None:
+                finished.append(row["body_file"])
+    return batches, finished
+
+
+# A message's body file and whether any of its recipients is queued or in flight (active), has a
+# DSN due (pending), or is not delivered or failed (unfinished).
+_MESSAGE_STATE: Final = (
+    "SELECT body_file,"
+    f" EXISTS (SELECT 1 FROM recipients WHERE message = messages.id AND state IN {ACTIVE_STATES_SQL}) AS active,"
+    " EXISTS (SELECT 1 FROM recipients WHERE message = messages.id AND dsn_pending != 0) AS pending,"
+    f" EXISTS (SELECT 1 FROM recipients WHERE message = messages.id AND state NOT IN {FINAL_STATES_SQL}) AS unfinished"
+    " FROM messages WHERE id = ?"
+)
 
 
 # Whether an outcome is due a DSN, by the recipient's NOTIFY (RFC 3461 §4.1): a failure (the
@@ -979,11 +1058,13 @@ _DSN_DUE: Final = (
 _ACTIONS: Final = {1: "failed", 2: "relayed", 3: "delayed"}
 
 
-def _batch(conn: sqlite3.Connection, message: int) -> DsnBatch | None:
-    """The message's DSN batch if its failure batch is over, else None."""
-    active = conn.execute(f"SELECT 1 FROM recipients WHERE message = ? AND state IN {ACTIVE_STATES_SQL}", (message,)).fetchone()
-    if active is not None:
-        return None
+def _batch(conn: sqlite3.Connection, message: int, *, checked: bool = False) -> DsnBatch | None:
+    """The message's DSN batch if its failure batch is over, else None (`checked`: the caller
+    knows none of its recipients is queued or in flight)."""
+    if not checked:
+        active = conn.execute(f"SELECT 1 FROM recipients WHERE message = ? AND state IN {ACTIVE_STATES_SQL}", (message,)).fetchone()
+        if active is not None:
+            return None
     rows = conn.execute(
         "SELECT id, address, last_reply, last_host, dsn_pending, dsn_orcpt FROM recipients WHERE message = ? AND dsn_pending != 0 ORDER BY id",
         (message,),
@@ -1017,25 +1098,7 @@ def _store_dsn(conn: sqlite3.Connection, batch: DsnBatch, dsn: NewMessage, now: 
     )
     _bump(conn, "bounces")
     job = _insert(conn, dsn, now)
-    return job, _remove_finished(conn, {batch.message})
-
-
-def _remove_finished(conn: sqlite3.Connection, messages: Iterable[int]) -> list[str]:
-    """Deletes the messages whose recipients are all delivered or failed, with no DSN still due;
-    returns their body files."""
-    finished: list[str] = []
-    for message in messages:
-        row = conn.execute(
-            "SELECT body_file FROM messages WHERE id = ? AND NOT EXISTS"
-            f" (SELECT 1 FROM recipients WHERE message = ? AND (state NOT IN {FINAL_STATES_SQL} OR dsn_pending != 0))",
-            (message, message),
-        ).fetchone()
-        if row is None:
-            continue
-        conn.execute("DELETE FROM messages WHERE id = ?", (message,))
-        if row["body_file"] is not None:
-            finished.append(row["body_file"])
-    return finished
+    return job, _conclude(conn, {batch.message})[1]
 
 
 def _recover(conn: sqlite3.Connection) -> int:
