@@ -643,4 +643,61 @@ def test_the_line_formatter_writes_what_the_stock_formatter_writes(
         record.created = created + later
         record.msecs = (record.created - int(record.created)) * 1000
         twin = logging.makeLogRecord(record.__dict__)
-        assert ours.format(record) == stock.format(twin)
+        expected = stock.format(twin)
+        assert ours.format(record) == expected
+        if not with_exception and not with_stack:
+            # info_line's path: the same line from the time, the name and the message alone.
+            assert ours.line(record.created, record.name, record.getMessage()) == expected
+
+
+_INFO_LINE_SCRIPT = """
+import logging, sys
+from deliverypool.app import configure_logging
+from deliverypool.observe import logs
+configure_logging(batched=True)
+log = logging.getLogger("deliverypool.relay")
+handler = logging.getLogger().handlers[0]
+print("takes", handler._takes(log), file=sys.stdout, flush=True)
+for n in range(3):
+    logs.info_line(log, "accepted queue_id=%s recipients=%d note=%r", f"Q{n}", n, "50%", extra={"event": "accepted"})
+    log.info("accepted queue_id=%s recipients=%d note=%r", f"Q{n}", n, "50%", extra={"event": "accepted"})
+logs.info_line(log, "no arguments, 100%")
+log.setLevel(logging.WARNING)
+logs.info_line(log, "not written: the logger's level is WARNING")
+log.setLevel(logging.NOTSET)
+log.warning("then a warning")
+"""
+
+
+def test_info_line_writes_what_logger_info_writes_into_the_same_batches() -> None:
+    """The relay's per-message lines (`info_line`) skip the LogRecord when the relay's batched
+    handler is the only one: the lines are the same as ``logger.info``'s, in order, in the same
+    batches, and a level that drops INFO drops them too. (A process of its own: pytest's own
+    logging handlers would send every line the long way.)"""
+    import re
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _INFO_LINE_SCRIPT], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "takes True", "the direct path was taken"
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} "
+    lines = done.stderr.splitlines()
+    assert all(re.match(stamp, line) for line in lines), lines
+    texts = [line[24:] for line in lines]
+    expected = []
+    for n in range(3):
+        expected += [f"deliverypool.relay accepted queue_id=Q{n} recipients={n} note='50%'"] * 2
+    assert texts == [*expected, "deliverypool.relay no arguments, 100%", "deliverypool.relay then a warning"]
+
+
+def test_info_line_goes_the_long_way_when_another_handler_listens(caplog: pytest.LogCaptureFixture) -> None:
+    """With another handler (here pytest's), `info_line` is ``logger.info``: the record reaches
+    it with its `extra` fields."""
+    import logging
+
+    from deliverypool.observe.logs import info_line
+
+    with caplog.at_level(logging.INFO, logger="deliverypool.relay"):
+        info_line(logging.getLogger("deliverypool.relay"), "accepted queue_id=%s", "Q1", extra={"event": "accepted"})
+    (record,) = [r for r in caplog.records if r.name == "deliverypool.relay"]
+    assert record.getMessage() == "accepted queue_id=Q1" and record.event == "accepted"

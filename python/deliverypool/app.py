@@ -44,7 +44,7 @@ from deliverypool.lookup.mx import MxLookup, MxResolver
 from deliverypool.lookup.resolver import Nameserver, Resolver, ResolverConfig
 from deliverypool.errors import MessageRefused, SpoolError, SpoolFull
 from deliverypool.mail.headers import count_received, received_field, strip_authentication_results, strip_header
-from deliverypool.observe.logs import BatchedStreamHandler, LineFormatter, RateLimit
+from deliverypool.observe.logs import BatchedStreamHandler, LineFormatter, RateLimit, info_line
 from deliverypool.observe.service import Observer
 from deliverypool.observe.spool import SpoolConditions
 from deliverypool.outbound.scheduler import DeliveryEngine
@@ -357,7 +357,8 @@ class Relay:
             reasons = ",".join(routed.reasons) or "-"
             spam = routed.spam.summary() if routed.spam is not None else "-"
             split = "," + ",".join(p for p in dict.fromkeys(recipient_pools) if p != routed.pool) if recipient_pools else ""
-            log.info(
+            info_line(
+                log,
                 "accepted queue_id=%s message_id=%s from=<%s> recipients=%d pool=%s%s reasons=%s spam=%s%s%s rule=%s",
                 job.queue_id, message_id or "-", mail_from, len(recipients), routed.pool, split, reasons, spam,
                 dkim_summary(dkim), routed.auth.summary() if routed.auth is not None else "", routed.decision.rule or "-",
@@ -571,6 +572,8 @@ def configure_logging(level: int = logging.INFO, *, batched: bool = False) -> No
         handler = BatchedStreamHandler(sys.stderr) if batched else logging.StreamHandler(sys.stderr)
         handler.setFormatter(LineFormatter())  # "%(asctime)s %(name)s %(message)s"
         handler.addFilter(RateLimit())  # lines a flood repeats: a few per minute, then a count
+        if isinstance(handler, BatchedStreamHandler):
+            handler.direct(handler.filters)  # info_line: the per-message lines straight into its batches
         root.addHandler(handler)
         root.setLevel(level)
         logging._srcfile = None  # the documented switch that turns findCaller off

@@ -33,6 +33,7 @@ from deliverypool.errors import DestinationError
 from deliverypool.lookup.mx import MxLookup
 from deliverypool.mail.address import domain_of
 from deliverypool.mail.headers import one_line_ascii
+from deliverypool.observe.logs import info_line
 from deliverypool.outbound.outcomes import DeliveryStats, DsnRouter, Recorder
 from deliverypool.outbound.transaction import Connector, Session, send
 from deliverypool.queue.spool import DsnBatch, Job, Spool
@@ -373,7 +374,8 @@ class DeliveryEngine:
             bad = [f"{addresses[rid]}:{r.split(' ', 1)[0]}" for rid, (r, _) in replies.items() if not r.startswith("2")]
             if bad and len(bad) < len(replies):
                 refused = " refused=" + ",".join(bad)
-        log.info(
+        info_line(
+            log,
             "attempt queue_id=%s message_id=%s pool=%s source=%s host=%s reply=%s recipients=%d%s",
             work.job.queue_id,
             work.job.header_message_id or "-",
