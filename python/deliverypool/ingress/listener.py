@@ -62,6 +62,12 @@ class Listener(asyncio.AbstractServer):
         self.sessions: set[Any] = set()
         self._reading = False
         sock.setblocking(False)
+        # What `socket.accept` asks the listening socket for each connection (its family and
+        # type as enums, a conversion each), asked once.
+        self._kind = (int(sock.family), int(sock.type), sock.proto)
+        # uvloop sets TCP_NODELAY on the sockets it is given; asyncio's own loop does not on
+        # these (see _admit).
+        self._nodelay = not type(self._loop).__module__.startswith("uvloop")
 
     # --- asyncio.AbstractServer ----------------------------------------------------------
 
@@ -117,8 +123,9 @@ class Listener(asyncio.AbstractServer):
         while True:
             try:
                 for _ in range(_BATCH):
-                    connection, address = sock.accept()
-                    self._admit(connection, address)
+                    # socket.accept() without its per-call look-ups (socket.py does the same).
+                    fd, address = sock._accept()  # type: ignore[attr-defined]
+                    self._admit(socket.socket(*self._kind, fileno=fd), address)
             except (BlockingIOError, InterruptedError):
                 self._readable.clear()
                 await self._readable.wait()
@@ -156,8 +163,9 @@ class Listener(asyncio.AbstractServer):
         # asyncio sets TCP_NODELAY only on sockets whose proto is IPPROTO_TCP, and accept() on
         # a socket made by socket.create_server (the supervisor's) gives proto 0: without this,
         # Nagle's algorithm and the client's delayed ACK cost 40 ms per multi-line reply.
-        with contextlib.suppress(OSError):
-            connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._nodelay:
+            with contextlib.suppress(OSError):
+                connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._no_sessions.clear()
         task = self._loop.create_task(self._serve(connection, peer))
         self._starting.add(task)

@@ -172,7 +172,8 @@ class DeliveryEngine:
             lane = self._lanes.get((pool.name, destination))
             if lane is None:
                 lane = self._lanes[(pool.name, destination)] = _Lane(pool, destination)
-            lane.queue.append(_Work(replace(job, recipients=tuple(recipients)), self._hold(body)))
+            part = job if len(groups) == 1 else replace(job, recipients=tuple(recipients))
+            lane.queue.append(_Work(part, self._hold(body)))
             lane.wakeup.set()
             if lane.active < pool.max_connections_per_destination and len(lane.queue) > lane.idle:
                 lane.active += 1
