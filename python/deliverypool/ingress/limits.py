@@ -18,6 +18,7 @@ apply to everyone.
 from __future__ import annotations
 
 import collections
+import functools
 import ipaddress
 import logging
 import resource
@@ -66,8 +67,10 @@ def refusal_reply(hostname: str, reason: Refusal) -> str:
     return f"421 4.7.0 {hostname} {_REFUSAL_TEXT[reason]}"
 
 
+@functools.lru_cache(maxsize=8192)
 def client_key(peer: str | None) -> str:
-    """Who a connection counts against: the IPv4 address, or the IPv6 /64."""
+    """Who a connection counts against: the IPv4 address, or the IPv6 /64. Cached: asked when
+    a connection comes and when it goes, and clients come back."""
     if not peer:
         return ""
     ip = peer_ip(peer)
