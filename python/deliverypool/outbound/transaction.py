@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Final
 from pathlib import Path
 
-from deliverypool._core import SmtpClient
+from deliverypool._core import SmtpClient, has_8bit
 from deliverypool.config import PoolConfig, SourceAddress
 from deliverypool.errors import DestinationError
 from deliverypool.lookup.mx import MxLookup
@@ -269,7 +269,7 @@ async def send(
         # 8BITMIME is declared for 8-bit text only; a body file is not read for it (declaring
         # it for 7-bit text is harmless).
         event, output = engine.begin(
-            sender, wire, size=len(body), eight_bit=not body.isascii(), in_memory=len(body) <= WITH_COMMANDS, ends_with_crlf=body.endswith(b"\r\n")
+            sender, wire, size=len(body), eight_bit=has_8bit(body), in_memory=len(body) <= WITH_COMMANDS, ends_with_crlf=body.endswith(b"\r\n")
         )
     else:
         # The spool holds CRLF text that ends with CRLF (the DATA reader, the relay's DSNs).

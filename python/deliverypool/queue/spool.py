@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+from deliverypool._core import write_body_file
 from deliverypool.errors import SpoolError, SpoolFull, SpoolLocked
 from deliverypool.queue.space import SpaceFlags
 from deliverypool.queue.schema import ACTIVE_STATES_SQL, FINAL_STATES_SQL, State, decode_reasons, encode_reasons, migrate
@@ -855,21 +856,9 @@ def _bump(conn: sqlite3.Connection, name: str, by: int = 1) -> None:
 
 
 def _write_file(path: Path, body: bytes) -> None:
-    """Writes a body file durably: the data, then its directory entry."""
-    path.parent.mkdir(exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(body)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    """Writes a body file durably: the data, then its directory entry (in Rust, the GIL
+    released once for the whole file: `write_body_file`)."""
+    write_body_file(path, body)
 
 
 def _unlink(paths: Iterable[Path]) -> None:
