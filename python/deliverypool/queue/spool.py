@@ -240,16 +240,13 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         conn.execute("PRAGMA journal_size_limit = 67108864")
         # Freed pages are not zeroed. Debian's SQLite is built with secure delete on, which
         # wrote every page of a delivered body once more (zeros) into the WAL and then into the
-        # database: at 100 KiB, 28 of the 56 WAL frames a message cost. A body in a file of its
-        # own is unlinked, not overwritten, either; `_give_back_space` returns free pages.
+        # database: at 100 KiB, 28 of the 56 WAL frames a message cost, and half of the
+        # checkpoint's copying. A body in a file of its own is unlinked, not overwritten,
+        # either; `_give_back_space` returns free pages. (A larger checkpoint window,
+        # wal_autocheckpoint 2048, saved 8 more database writes per 100 KiB message, but on a
+        # nearly full disk the larger WAL took back the space delivered mail freed, and the
+        # shards went in and out of low-space mode twice as often: test_spool_space.)
         conn.execute("PRAGMA secure_delete = FAST")
-        # A checkpoint every 8 MiB of WAL (SQLite's default: 4 MiB). It copies each page's last
-        # version once; the pages of delivered bodies are reused, so the larger window copies
-        # fewer frames than were written. With the change above, at 100 KiB per message:
-        # database writes 34 -> 9, reads of the WAL and database 76 -> 13 (16 MiB: 6.5 and 12,
-        # not worth half of a worker's `spool.margin`). The WAL is rewritten from its start
-        # after a checkpoint, so the file stays about this size.
-        conn.execute("PRAGMA wal_autocheckpoint = 2048")
         conn.execute("PRAGMA foreign_keys = ON")
     return conn
 
