@@ -18,6 +18,7 @@ pub mod scan;
 pub mod seen;
 pub mod smtp;
 pub mod smtp_data;
+pub mod spool_file;
 
 #[cfg(feature = "python")]
 mod python;

@@ -22,7 +22,10 @@ from hypothesis import strategies as st
 from deliverypool._core import SMTP_CLIENT_EVENTS, SmtpClient, dot_stuff
 from deliverypool.cli.demo import common_port
 from deliverypool.outbound.client import DONE, EVENT_NAMES, READY, SEND_BODY
+from deliverypool.outbound.scheduler import MAX_HELD_BODY
+from deliverypool.outbound.transaction import WITH_COMMANDS
 from deliverypool.queue.listing import listing
+from deliverypool.queue.spool import FILE_THRESHOLD
 from tests.recording_sink import recording_sink
 from tests.smtp_sinks import eventually, message, relay_config
 from tests.test_outbound_hardening import submit
@@ -245,20 +248,71 @@ def test_round_trips_per_message(aio_run: Run, tmp_path: Path, pipelining: bool,
     aio_run(main())
 
 
-def test_a_body_file_goes_with_bdat(aio_run: Run, tmp_path: Path) -> None:
-    """A message over 256 KiB is stored in a file: sent with BDAT after the RCPT replies (with
-    sendfile(2) on the stdlib loop, in pieces on uvloop), byte for byte, dots and all."""
+@pytest.mark.parametrize("held", [True, False], ids=["held", "from-file"])
+def test_a_body_file_goes_with_bdat(aio_run: Run, tmp_path: Path, held: bool) -> None:
+    """A message over 256 KiB is stored in a file and sent with BDAT after the RCPT replies,
+    byte for byte, dots and all: from memory when the scheduler holds it (within its memory
+    budget), else from the file (sendfile(2) on the stdlib loop, in pieces on uvloop)."""
     destination = "127.0.0.21"
     port = common_port([destination])
     conf = relay_config(tmp_path / "spool", smarthost=f"{destination}:{port}")
+    if not held:
+        conf = conf.model_copy(update={"spool": conf.spool.model_copy(update={"memory_budget": 1})})
     body = message("big", body="".join(f".line {n:06d} " + "x" * 60 + "\r\n" for n in range(6000)))
 
     async def main() -> None:
-        async with recording_sink(destination, port) as sink, running(conf):
+        async with recording_sink(destination, port) as sink, running(conf) as relay:
+            read_back: list[int] = []
+            stored = relay.spool.stored
+
+            async def spy(message_id: int) -> bytes | Path:
+                read_back.append(message_id)
+                return await stored(message_id)
+
+            relay.spool.stored = spy  # type: ignore[method-assign]
             await submit(conf, body, ["a@dest.test"])
             (got,) = await sink.wait_for(1)
             assert got.via == "BDAT" and got.content.endswith(body)
             assert any(b"BDAT" in data and b"RCPT" not in data for _, data in sink.reads), "BDAT after the RCPT replies"
+            assert bool(read_back) is not held, read_back
+
+    aio_run(main())
+
+
+def test_bodies_around_the_size_thresholds_arrive_as_accepted(aio_run: Run, tmp_path: Path) -> None:
+    """Stored sizes one byte under, at and over the spool's file threshold (which is also the
+    largest body sent with the commands) and the scheduler's MAX_HELD_BODY: every body is
+    delivered byte for byte as the relay accepted it (its Received field included); one sent
+    with the commands is in the read that holds MAIL, a larger one follows the RCPT replies."""
+    destination = "127.0.0.21"
+    port = common_port([destination])
+    conf = relay_config(tmp_path / "spool", smarthost=f"{destination}:{port}")
+    assert FILE_THRESHOLD == WITH_COMMANDS
+
+    def sized(subject: str, size: int) -> bytes:
+        head = message(subject, body="")
+        line = b".x" + b"y" * 76 + b"\r\n"
+        filler = line * ((size - len(head)) // len(line) + 1)
+        cut = filler[: size - len(head) - 2].rstrip(b"\r") + b"\r\n"
+        return head + b"z" * (size - len(head) - len(cut)) + cut
+
+    async def main() -> None:
+        async with recording_sink(destination, port) as sink, running(conf) as relay:
+            accepted: dict[str, bytes] = {}
+            relay.on_accept = lambda _, content: accepted.__setitem__(email.message_from_bytes(content)["Subject"], content)
+            await submit(conf, message("probe"), ["a@dest.test"])
+            await sink.wait_for(1)
+            trace = len(accepted["probe"]) - len(message("probe"))
+            sizes = {f"s{n}": size for n, size in enumerate(t + d for t in (FILE_THRESHOLD, MAX_HELD_BODY) for d in (-1, 0, 1))}
+            for subject, size in sizes.items():
+                await submit(conf, sized(subject, size - trace), ["a@dest.test"])
+            delivered = {email.message_from_bytes(m.content)["Subject"]: m for m in await sink.wait_for(1 + len(sizes), timeout=60)}
+            for subject, size in sizes.items():
+                assert len(accepted[subject]) == size, (subject, len(accepted[subject]), size)
+                assert delivered[subject].content == accepted[subject], subject
+            for reads in sink.transaction_reads()[1:]:
+                size = int(reads[0].split(b"SIZE=")[1].split()[0])
+                assert (b"BDAT" in reads[0]) is (size <= WITH_COMMANDS), (size, reads[0][:200])
 
     aio_run(main())
 

@@ -273,3 +273,28 @@ def test_one_shard_without_its_reserve_puts_every_shard_in_low_space_mode(tmp_pa
         asyncio.run(main())
     finally:
         flags.close()
+
+
+def test_a_body_file_that_does_not_fit_is_refused_as_a_full_disk_and_removed(tmp_path: Path) -> None:
+    """The body file is written in Rust (`write_body_file`): its OSError keeps the errno, so
+    ENOSPC is a full disk (SpoolFull, 452) and not another failure (451); the partial file is
+    removed and the spool goes on."""
+    import asyncio
+
+    from deliverypool.errors import SpoolFull
+    from deliverypool.queue.spool import BODIES, NewMessage, Spool
+
+    with tmpfs(tmp_path / "disk", "4m") as disk:
+
+        async def main() -> None:
+            async with Spool(disk / "shard-0", reserve=512 * 1024) as spool:
+                assert not spool.low_space
+                big = b"Subject: too big\r\n\r\n" + b"x" * 78 * 70_000 + b"\r\n"  # 5.2 MB
+                with pytest.raises(SpoolFull):
+                    await spool.accept(NewMessage("a@space.test", ("b@dest.test",), big, "normal"))
+                assert not list((disk / "shard-0" / BODIES).iterdir())
+                fits = b"Subject: fits\r\n\r\n" + b"y" * 78 * 4_000 + b"\r\n"  # 312 KB: a body file
+                await spool.accept(NewMessage("a@space.test", ("b@dest.test",), fits, "normal"))
+                assert len(list((disk / "shard-0" / BODIES).iterdir())) == 1
+
+        asyncio.run(main())

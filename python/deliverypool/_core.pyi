@@ -1,6 +1,7 @@
 """Type stubs for the Rust extension. Checked against the built module by
 `python -m mypy.stubtest deliverypool._core`."""
 
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal, Protocol, TypedDict, final
 
@@ -468,7 +469,7 @@ class DnsCache:
     def unknown_ttl(self) -> float: ...
     def __len__(self) -> int: ...
 
-__all__ += ["DataReader", "dot_stuff"]
+__all__ += ["DataReader", "dot_stuff", "has_8bit", "write_body_file"]
 
 _DataProblem = Literal["bare-line-ending", "nul", "line-too-long", "too-large"]
 
@@ -496,6 +497,14 @@ class DataReader:
 def dot_stuff(message: bytes) -> bytes:
     """The message dot-stuffed for DATA (RFC 5321 §4.5.2); `message` itself when no line
     starts with a dot."""
+
+def has_8bit(message: bytes) -> bool:
+    """Whether `message` holds a byte over 0x7F: ``not message.isascii()``, vectorized."""
+
+def write_body_file(path: str | os.PathLike[str], data: bytes) -> None:
+    """Writes a spool body file durably: `data` to a new file at `path` (0600, made in its
+    directory if that is missing), fsynced, then its directory fsynced; the GIL is released
+    once for all of it. Raises OSError with the errno (the caller removes the file then)."""
 
 # --- the SMTP server engine (rust/smtp/server.rs, rust/python/smtp_server.rs) ---
 

@@ -50,7 +50,7 @@ from deliverypool.observe.spool import SpoolConditions
 from deliverypool.outbound.scheduler import DeliveryEngine
 from deliverypool.outbound.sources import WarmupLedger, warmup_ledger_for
 from deliverypool.queue.space import SpaceFlags
-from deliverypool.queue.spool import FILE_THRESHOLD, DsnRequest, NewMessage, Spool
+from deliverypool.queue.spool import DsnRequest, NewMessage, Spool
 from deliverypool.routing.auth import AuthRouting
 from deliverypool.routing.pools import policy_from_config
 from deliverypool.routing.router import Router
@@ -364,9 +364,11 @@ class Relay:
                 dkim_summary(dkim), routed.auth.summary() if routed.auth is not None else "", routed.decision.rule or "-",
                 extra={"event": "accepted", "queue_id": job.queue_id, "pool": routed.pool, "reasons": reasons},
             )
-        # Delivery gets the body from memory (within its memory budget); a body the spool keeps
-        # in a file of its own is streamed from there.
-        self.engine.submit(job, content if len(content) <= FILE_THRESHOLD else None)
+        # Delivery gets the body from memory, within the scheduler's memory budget
+        # (`spool.memory_budget`) and up to its MAX_HELD_BODY, also when the spool keeps it in a
+        # file: reading a 1 MiB body back cost a read(2) of it, a copy into Python and five trips
+        # to the spool's file thread. Otherwise it is read from the spool when its attempt starts.
+        self.engine.submit(job, content)
         accepted = Accepted(job.queue_id, routed.pool, routed.reasons, routed.spam, dkim)
         try:
             self.observer.accepted(

@@ -15,6 +15,7 @@
 //! | `Error::DkimKey`, `Error::DkimOption` | `DkimKeyError(ValueError)` |
 //! | `Error::Auth` | `AuthError(ValueError)` |
 //! | `Error::Srs` | `SrsError(ValueError)`, with `reason` |
+//! | `std::io::Error` (a spool body file: `os_error`) | `OSError(errno, strerror, filename)`: the built-in picks the subclass (`FileNotFoundError`, ...) and `errno` is kept (the spool tells a full disk by `ENOSPC`) |
 //!
 //! A `PolicyError` about pools or rules (`policy::Error::Routing`) carries where: `key`, the
 //! policy key as a tuple (`("rules", 2, "pool")`, `("normal_pool",)`), and `problem`, the text
@@ -185,6 +186,19 @@ pub fn to_py_err(py: Python<'_>, error: impl Into<Error>) -> PyErr {
 }
 
 /// A `PolicyError` with its `key` and `problem` (see the module documentation).
+/// An I/O error about `path` as Python's own: `OSError(errno, strerror, filename)`, which
+/// CPython turns into the subclass for the errno. (PyO3's conversion keeps only the text.)
+pub fn os_error(error: std::io::Error, path: &std::path::Path) -> PyErr {
+    match error.raw_os_error() {
+        Some(errno) => {
+            let text = std::io::Error::from_raw_os_error(errno).to_string();
+            let text = text.split(" (os error").next().unwrap_or_default().to_owned();
+            pyo3::exceptions::PyOSError::new_err((errno, text, path.to_path_buf()))
+        }
+        None => pyo3::exceptions::PyOSError::new_err((error.to_string(), path.to_path_buf())),
+    }
+}
+
 fn routing_error(py: Python<'_>, error: &RoutingError, message: &str) -> PyErr {
     let exception = PolicyError::new_err(message.to_owned());
     let key = match error.rule {

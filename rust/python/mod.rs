@@ -64,7 +64,7 @@ mod _core {
     #[pymodule_export]
     use super::smtp_client::{PyClientOutcome, PySmtpClient};
     #[pymodule_export]
-    use super::smtp_data::{dot_stuff, PyDataReader};
+    use super::smtp_data::{dot_stuff, has_8bit, write_body_file, PyDataReader};
     #[pymodule_export]
     use super::smtp_server::{PySmtpMessage, PySmtpServer, PySmtpServerConfig};
 

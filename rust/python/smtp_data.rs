@@ -79,3 +79,16 @@ pub fn dot_stuff<'py>(py: Python<'py>, message: &Bound<'py, PyBytes>) -> Bound<'
         None => message.clone(),
     }
 }
+
+/// Whether the message holds a byte over 0x7F: ``not message.isascii()``, vectorized.
+#[pyfunction]
+pub fn has_8bit(message: &[u8]) -> bool {
+    smtp_data::has_8bit(message)
+}
+
+/// Writes a spool body file durably (`rust/spool_file.rs`): the file, its fsync, its
+/// directory's fsync, with the GIL released once for all of it. Raises OSError with the errno.
+#[pyfunction]
+pub fn write_body_file(py: Python<'_>, path: std::path::PathBuf, data: pyo3::pybacked::PyBackedBytes) -> PyResult<()> {
+    py.detach(|| crate::spool_file::write_durably(&path, &data)).map_err(|error| super::errors::os_error(error, &path))
+}

@@ -833,9 +833,9 @@ class SpoolConfig(_Table):
     memory_budget: Size = Field(
         64 * 1024 * 1024,
         description=(
-            "Bodies of queued mail each worker keeps in memory, in all, so that delivery need not read them back. "
-            "Past it, a body is read from the spool when its attempt starts: a long queue (a destination that "
-            "stalls) costs no memory per message."
+            "Bodies of queued mail each worker keeps in memory, in all, so that delivery need not read them back "
+            "(each at most 4 MiB; a larger one is always read from its body file). Past it, a body is read from the "
+            "spool when its attempt starts: a long queue (a destination that stalls) costs no memory per message."
         ),
         json_schema_extra=_shown_default("64MB"),
     )

@@ -44,6 +44,11 @@ log = logging.getLogger("deliverypool.delivery")
 
 # The reply recorded when an attempt failed on our side (a bug, the spool): retried.
 LOCAL_FAILURE = "451 4.3.0 Local error while delivering; will retry"
+# The largest body kept in memory for delivery (within the memory budget). A larger one is
+# streamed from its body file when its attempt starts: holding it would add its size to the
+# worker's peak (a copy dot-stuffed for DATA, the transport's buffer) for a saving that is small
+# next to sending it.
+MAX_HELD_BODY = 4 * 1024 * 1024
 
 
 @dataclass
@@ -181,8 +186,9 @@ class DeliveryEngine:
                 self._spawn(self._worker(lane))
 
     def _hold(self, body: bytes | None) -> bytes | None:
-        """`body` if the memory budget has room for it (then counted), else None."""
-        if body is None or self.held + len(body) > self.memory_budget:
+        """`body` if it is at most MAX_HELD_BODY and the memory budget has room for it (then
+        counted), else None."""
+        if body is None or len(body) > MAX_HELD_BODY or self.held + len(body) > self.memory_budget:
             return None
         self.held += len(body)
         return body

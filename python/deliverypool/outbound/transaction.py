@@ -17,9 +17,10 @@ import random
 import ssl
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Final
 from pathlib import Path
 
-from deliverypool._core import SmtpClient
+from deliverypool._core import SmtpClient, has_8bit
 from deliverypool.config import PoolConfig, SourceAddress
 from deliverypool.errors import DestinationError
 from deliverypool.lookup.mx import MxLookup
@@ -212,6 +213,10 @@ class Connector:
 
 # (An address that needs SMTPUTF8 the next hop lacks gets 553 5.6.7 from the engine, RFC 6531 §3.2.)
 BAD_ADDRESS = "553 5.1.3 The address cannot be sent: {reason}"
+# A body up to this size goes in the same write as the commands (with PIPELINING and CHUNKING);
+# a larger one, in memory or in a body file, only after the RCPT replies: a large body is not
+# sent to a server that takes no recipient.
+WITH_COMMANDS: Final = 256 * 1024
 
 
 @functools.lru_cache(maxsize=8192)
@@ -264,7 +269,7 @@ async def send(
         # 8BITMIME is declared for 8-bit text only; a body file is not read for it (declaring
         # it for 7-bit text is harmless).
         event, output = engine.begin(
-            sender, wire, size=len(body), eight_bit=not body.isascii(), in_memory=True, ends_with_crlf=body.endswith(b"\r\n")
+            sender, wire, size=len(body), eight_bit=has_8bit(body), in_memory=len(body) <= WITH_COMMANDS, ends_with_crlf=body.endswith(b"\r\n")
         )
     else:
         # The spool holds CRLF text that ends with CRLF (the DATA reader, the relay's DSNs).
