@@ -185,10 +185,9 @@ pub fn to_py_err(py: Python<'_>, error: impl Into<Error>) -> PyErr {
     }
 }
 
-/// A `PolicyError` with its `key` and `problem` (see the module documentation).
 /// An I/O error about `path` as Python's own: `OSError(errno, strerror, filename)`, which
 /// CPython turns into the subclass for the errno. (PyO3's conversion keeps only the text.)
-pub fn os_error(error: std::io::Error, path: &std::path::Path) -> PyErr {
+pub fn os_error(error: &std::io::Error, path: &std::path::Path) -> PyErr {
     match error.raw_os_error() {
         Some(errno) => {
             let text = std::io::Error::from_raw_os_error(errno).to_string();
@@ -199,6 +198,7 @@ pub fn os_error(error: std::io::Error, path: &std::path::Path) -> PyErr {
     }
 }
 
+/// A `PolicyError` with its `key` and `problem` (see the module documentation).
 fn routing_error(py: Python<'_>, error: &RoutingError, message: &str) -> PyErr {
     let exception = PolicyError::new_err(message.to_owned());
     let key = match error.rule {

@@ -89,6 +89,7 @@ pub fn has_8bit(message: &[u8]) -> bool {
 /// Writes a spool body file durably (`rust/spool_file.rs`): the file, its fsync, its
 /// directory's fsync, with the GIL released once for all of it. Raises OSError with the errno.
 #[pyfunction]
+#[allow(clippy::needless_pass_by_value)] // PyO3 extracts the arguments into owned values
 pub fn write_body_file(py: Python<'_>, path: std::path::PathBuf, data: pyo3::pybacked::PyBackedBytes) -> PyResult<()> {
-    py.detach(|| crate::spool_file::write_durably(&path, &data)).map_err(|error| super::errors::os_error(error, &path))
+    py.detach(|| crate::spool_file::write_durably(&path, &data)).map_err(|error| super::errors::os_error(&error, &path))
 }
