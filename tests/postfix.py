@@ -65,6 +65,33 @@ maillog_file_prefixes = {work}
 """
 
 
+def later_wins(main_cf: str) -> str:
+    """`main_cf` with each parameter set once, to the value of its last setting (at the place of
+    its first). Postfix takes the last setting too, but every one of its processes then logs
+    "overriding earlier entry" when it starts: a dozen processes starting at once put more lines
+    in postlogd's socket than its queue holds (net.unix.max_dgram_qlen, 10), and postlogd, which
+    logs the same warning to that socket, blocks on it for good, and every process behind it."""
+    entries: dict[str, list[str]] = {}
+    order: list[str | list[str]] = []
+    current: list[str] | None = None
+    for line in main_cf.splitlines():
+        match = re.match(r"([A-Za-z0-9_.-]+)\s*=", line)
+        if match:
+            current = [line]
+            if match.group(1) not in entries:
+                order.append(match.group(1))
+            entries[match.group(1)] = current
+        elif line[:1].isspace() and line.strip() and current is not None:
+            current.append(line)  # a continuation line
+        else:
+            current = None
+            order.append([line])  # comments and blank lines stay where they are
+    lines: list[str] = []
+    for item in order:
+        lines += entries[item] if isinstance(item, str) else item
+    return "\n".join(lines) + "\n"
+
+
 def private_master_cf(port: int) -> str:
     """The stock master.cf with the SMTP listener moved to 127.0.0.1:`port` and nothing chrooted
     (and postlogd for maillog_file)."""
@@ -172,8 +199,9 @@ class PostfixInstance:
 
         # The instance's own settings first, then the guide's lines, as a user appends them.
         (self.config_dir / "main.cf").write_text(
-            private_main_cf(self.work, relay_port, "postfix.milter.test")
-            + """mydomain = milter.test
+            later_wins(
+                private_main_cf(self.work, relay_port, "postfix.milter.test")
+                + """mydomain = milter.test
 myorigin = $myhostname
 # Quick retries, so that a test sees deferred mail leave soon after its cause is gone.
 queue_run_delay = 1s
@@ -182,9 +210,10 @@ maximal_backoff_time = 2s
 bounce_queue_lifetime = 0
 delay_warning_time = 0
 """
-            + ours(blocks["main.cf"])
-            # Lines added after the guide's (a later setting wins: the milter chain).
-            + ours(extra_main)
+                + ours(blocks["main.cf"])
+                # Lines added after the guide's (a later setting wins: the milter chain).
+                + ours(extra_main)
+            )
         )
         (self.config_dir / "master.cf").write_text(private_master_cf(port) + ours(blocks["master.cf"]) + ours(extra_master))
         for name, body in blocks.items():

@@ -348,3 +348,14 @@ def test_sender_limits_refuse_recipients_at_rcpt_through_postfix(stack: Stack, t
         stack.milter.stop()
         stack.milter.config = original
         stack.milter.start()
+
+
+def test_a_later_main_cf_setting_replaces_the_earlier_one() -> None:
+    """The private instances' main.cf sets each parameter once (tests/postfix.later_wins): a
+    duplicate makes every Postfix process warn at start, and a dozen warnings at once fill
+    postlogd's socket and wedge the instance."""
+    from tests.postfix import later_wins
+
+    text = "a = 1\n# note\nb = x,\n    y\nsmtp_tls_security_level = none\n\nb = z\nsmtp_tls_security_level = verify\nc = $a\n"
+    assert later_wins(text) == "a = 1\n# note\nb = z\nsmtp_tls_security_level = verify\n\nc = $a\n"
+    assert later_wins(later_wins(text)) == later_wins(text)
