@@ -224,9 +224,8 @@ _Request = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]", boo
 
 
 class _Connection(sqlite3.Connection):
-    """A spool connection. While `tally` is a dict (the writer's transactions), the spool's
-    counters are added up in it and written once, before COMMIT (`_flush_tally`), rather than
-    by an UPDATE per change; otherwise `_bump` writes them at once."""
+    """A spool connection. While `tally` is a dict (during `_apply`, the writer's transactions),
+    `_bump` adds the spool's counters up in it; otherwise it writes them at once."""
 
     tally: dict[str, int] | None = None
 
@@ -652,7 +651,6 @@ class Spool:
         try:
             conn.execute("BEGIN IMMEDIATE")
             results = _apply(conn, batch)
-            _flush_tally(conn)
             started = time.perf_counter()
             await self._loop.run_in_executor(self._io, conn.execute, "COMMIT")
             if self.on_commit is not None:
@@ -806,15 +804,27 @@ class Spool:
 
 
 def _apply(conn: sqlite3.Connection, batch: list[_Request]) -> list[tuple[Any, BaseException | None]]:
-    """Runs the changes of `batch` in the open transaction; returns each one's result or error.
-    They run one after the other as they are. Should one fail on its own (not for want of
-    space: then the whole transaction fails), the transaction is rolled back and run again with
-    each change in a savepoint of its own, so that the failed change is undone alone and its
-    error goes to its caller. (A savepoint around every change, always, was six statements of
-    eighteen per relayed message; a change fails on its own only through a bug or a bad
-    argument.)"""
+    """Runs the changes of `batch` in the open transaction (`_run_changes`); returns each one's
+    result or error. The counters they add to are added up meanwhile (`_bump`) and written once
+    at the end: one UPDATE per counter per transaction, not one per change."""
     tally: dict[str, int] = {}
     conn.tally = tally  # type: ignore[attr-defined]  # a _Connection
+    try:
+        results = _run_changes(conn, batch, tally)
+    finally:
+        conn.tally = None  # type: ignore[attr-defined]
+    for name, by in tally.items():
+        _bump(conn, name, by)
+    return results
+
+
+def _run_changes(conn: sqlite3.Connection, batch: list[_Request], tally: dict[str, int]) -> list[tuple[Any, BaseException | None]]:
+    """The changes of `batch`, one after the other as they are. Should one fail on its own (not
+    for want of space: then the whole transaction fails), the transaction is rolled back and run
+    again with each change in a savepoint of its own, so that the failed change is undone alone,
+    its counts in `tally` with it, and its error goes to its caller. (A savepoint around every
+    change, always, was six statements of eighteen per relayed message; a change fails on its
+    own only through a bug or a bad argument.)"""
     try:
         return [(change(conn), None) for change, _, _ in batch]
     except Exception as exc:
@@ -840,17 +850,6 @@ def _apply(conn: sqlite3.Connection, batch: list[_Request]) -> list[tuple[Any, B
             tally.update(before)
             results.append((None, exc))
     return results
-
-
-def _flush_tally(conn: sqlite3.Connection) -> None:
-    """Writes the counts `_apply`'s changes added up (one UPDATE per counter per transaction)."""
-    tally: dict[str, int] | None = getattr(conn, "tally", None)
-    if tally is None:
-        return
-    conn.tally = None  # type: ignore[attr-defined]
-    for name, by in tally.items():
-        if by:
-            conn.execute("UPDATE counters SET value = value + ? WHERE name = ?", (by, name))
 
 
 def _is_full_text(text: str) -> bool:
