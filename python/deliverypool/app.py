@@ -575,7 +575,7 @@ def configure_logging(level: int = logging.INFO, *, batched: bool = False) -> No
         handler.setFormatter(LineFormatter())  # "%(asctime)s %(name)s %(message)s"
         handler.addFilter(RateLimit())  # lines a flood repeats: a few per minute, then a count
         if isinstance(handler, BatchedStreamHandler):
-            handler.direct(handler.filters)  # info_line: the per-message lines straight into its batches
+            handler.direct()  # info_line: the per-message lines straight into its batches
         root.addHandler(handler)
         root.setLevel(level)
         logging._srcfile = None  # the documented switch that turns findCaller off

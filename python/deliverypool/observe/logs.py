@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Final, TextIO
 
@@ -166,11 +166,11 @@ class BatchedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         elif len(self._lines) == 1:
             self._due.set()
 
-    def direct(self, filters: Sequence[object]) -> None:
-        """Makes this the handler `info_line` writes to directly while its filters are exactly
-        `filters` (those `configure_logging` put on it, which pass such lines untouched)."""
+    def direct(self) -> None:
+        """Makes this the handler `info_line` writes to directly while its filters are the ones
+        it has now (those `configure_logging` put on it, which pass such lines untouched)."""
         global _direct
-        self._direct_filters = list(filters)
+        self._direct_filters = list(self.filters)
         _direct = self
 
     def _takes(self, logger: logging.Logger) -> bool:
