@@ -13,6 +13,7 @@ import asyncio
 import collections
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -208,6 +209,11 @@ def test_a_killed_worker_is_replaced_and_loses_nothing(loop: str, tmp_path: Path
                 relay.stop()
             counters = read_counters(tmp_path / "spool")
             assert counters["accepted"] >= total and counters["delivered"] >= total
+            # Queue ids are unique per node: six digits of time, the shard's number, six random.
+            # (The killed worker's last batch of log lines died with it.)
+            ids = re.findall(r"accepted queue_id=(\w+) ", relay.log.read_text())
+            assert len(ids) >= total // 3 and len(set(ids)) == len(ids)
+            assert all(re.fullmatch(r"[0-9A-F]{6}0[01][0-9A-F]{6}", queue_id) for queue_id in ids), ids[:5]
 
     if loop == "uvloop":
         import uvloop

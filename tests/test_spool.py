@@ -4,6 +4,8 @@ in the same transaction as the failure."""
 from __future__ import annotations
 
 import asyncio
+import re
+import secrets
 import sqlite3
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -248,7 +250,7 @@ def test_a_queue_id_drawn_twice_is_drawn_again(aio_run: Run, tmp_path: Path, mon
     from deliverypool.queue import spool as spool_module
 
     drawn = iter(["00000000AAAA", "00000000AAAA", "00000000AAAA", "00000000BBBB"])
-    monkeypatch.setattr(spool_module, "new_queue_id", lambda: next(drawn))
+    monkeypatch.setattr(spool_module, "new_queue_id", lambda shard=None: next(drawn))
 
     async def main() -> None:
         async with Spool(tmp_path) as spool:
@@ -259,6 +261,26 @@ def test_a_queue_id_drawn_twice_is_drawn_again(aio_run: Run, tmp_path: Path, mon
             assert (await spool.counters())["accepted"] == 2
 
     aio_run(main())
+
+
+def test_queue_ids_name_the_shard(aio_run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two workers' shards drawing the same random digits in the same second still hand out
+    different queue ids: the shard's number is in them (a spool of its own has none)."""
+    monkeypatch.setattr(secrets, "token_hex", lambda n: "ab" * n)
+
+    async def main() -> None:
+        ids = []
+        for shard in (0, 1, 0x2A, None):
+            async with Spool(tmp_path / f"shard-{shard}", shard=shard) as spool:
+                job = await spool.accept(new(1))
+                ids.append(job.queue_id)
+                assert [row.queue_id for row in listing(tmp_path / f"shard-{shard}")] == [job.queue_id]
+        assert [queue_id[6:] for queue_id in ids] == ["00ABABAB", "01ABABAB", "2AABABAB", "ABABAB"]
+        assert all(re.fullmatch(r"[0-9A-F]{6}", queue_id[:6]) for queue_id in ids)
+
+    aio_run(main())
+    with pytest.raises(ValueError, match="0 to 255"):
+        Spool(tmp_path, shard=256)
 
 
 def test_listing_reads_while_the_writer_holds_the_database(aio_run: Run, tmp_path: Path) -> None:

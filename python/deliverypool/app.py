@@ -87,11 +87,13 @@ class Relay:
         spool_directory: Path | None = None,
         dnsbl_resolver: Resolver | None = None,
         space: SpaceFlags | None = None,
+        shard: int | None = None,
     ) -> None:
         self.config = config
-        # A worker of `deliverypool relay` has a shard of the spool; an embedded relay the spool.
-        # `space`: the low-space flags the workers share (queue/space.py).
-        self.spool = Spool(spool_directory or config.spool.directory, reserve=config.spool.reserve, space=space)
+        # A worker of `deliverypool relay` has a shard of the spool (`shard`: its number, in its
+        # queue ids); an embedded relay the spool. `space`: the low-space flags the workers share
+        # (queue/space.py).
+        self.spool = Spool(spool_directory or config.spool.directory, reserve=config.spool.reserve, space=space, shard=shard)
         self.mx = mx
         self.router = router
         self.scores: ScoredRouter | None = None
@@ -498,12 +500,13 @@ async def run_relay(
     client_counts: ClientCounts | None = None,
     space: SpaceFlags | None = None,
     config_path: Path | None = None,
+    shard: int | None = None,
 ) -> None:
     """Runs the relay until SIGINT or SIGTERM: recovers the spool, delivers, listens (on `sock`
-    when a supervisor shares one, with `spool_directory` its shard, `client_counts` the
-    workers' connections per client and `space` their low-space flags). SIGHUP reloads the
-    DKIM keys from `config_path`."""
-    relay = Relay(config, spool_directory=spool_directory, space=space)
+    when a supervisor shares one, with `spool_directory` its shard, `shard` that shard's
+    number, `client_counts` the workers' connections per client and `space` their low-space
+    flags). SIGHUP reloads the DKIM keys from `config_path`."""
+    relay = Relay(config, spool_directory=spool_directory, space=space, shard=shard)
     await relay.start()
     await relay.listen(sock, client_counts=client_counts)
     log.info("listening on %s:%d, spool %s", config.listener.host, config.listener.port, relay.spool.directory)

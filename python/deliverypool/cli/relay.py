@@ -117,7 +117,7 @@ def _worker(
                 os.close(ready_fd)
 
         directory = shard_directory(config.spool.directory, shard)
-        run(run_relay(config, sock=sock, spool_directory=directory, client_counts=counts, space=space, ready=ready, config_path=config_path), loop)
+        run(run_relay(config, sock=sock, spool_directory=directory, client_counts=counts, space=space, ready=ready, config_path=config_path, shard=shard), loop)
         return 0
     except SpoolError as exc:
         print(f"deliverypool relay: {exc}", file=sys.stderr)

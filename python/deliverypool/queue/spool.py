@@ -281,9 +281,13 @@ def _incremental_vacuum(conn: sqlite3.Connection, path: Path) -> None:
         log.warning("spool %s: conversion to incremental vacuum failed: %s", path, exc)
 
 
-def new_queue_id() -> str:
-    """Twelve upper-case hex digits: time-ordered prefix, random suffix."""
-    return f"{int(time.time()) & 0xFFFFFF:06X}{secrets.token_hex(3).upper()}"
+def new_queue_id(shard: int | None = None) -> str:
+    """Upper-case hex digits: six of time (seconds, so ids sort by acceptance), then the shard's
+    number in two when the spool is a worker's shard, then six random. Unique per spool by its
+    UNIQUE index (a suffix drawn twice is drawn again), so per node with the shard's number: two
+    workers never hand out the same id. Twelve digits for a spool of its own, fourteen for a shard."""
+    tag = "" if shard is None else f"{shard:02X}"
+    return f"{int(time.time()) & 0xFFFFFF:06X}{tag}{secrets.token_hex(3).upper()}"
 
 
 class Spool:
@@ -296,9 +300,14 @@ class Spool:
         clock: Callable[[], float] = time.time,
         reserve: int = RESERVE_BYTES,
         space: SpaceFlags | None = None,
+        shard: int | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.path = self.directory / DATABASE
+        # A worker's shard number (0-255): in every queue id this spool hands out.
+        if shard is not None and not 0 <= shard <= 0xFF:
+            raise ValueError(f"a shard number is 0 to 255, not {shard}")
+        self.shard = shard
         self.reserve = reserve
         # This shard's low-space mode (see the module); `space`: the flags all shards share.
         self._low_space = False
@@ -678,8 +687,8 @@ class Spool:
             raise SpoolError(f"the spool cannot write: {self.stall_error}")
         now = self.clock()
         if len(message.body) <= FILE_THRESHOLD:
-            return await self.run(lambda conn: _insert(conn, message, now), essential=False)
-        queue_id = new_queue_id()
+            return await self.run(lambda conn: _insert(conn, message, now, shard=self.shard), essential=False)
+        queue_id = new_queue_id(self.shard)
         path = self.directory / BODIES / queue_id
         try:
             await self._on_file_thread(lambda: _write_file(path, message.body))
@@ -713,7 +722,7 @@ class Spool:
         """Stores the DSN for a failure batch and clears its marks in one transaction (a crash
         before: the batch is found again at start; after: the DSN is in the spool)."""
         now = self.clock()
-        job, finished_files = await self.run(lambda conn: _store_dsn(conn, batch, dsn, now))
+        job, finished_files = await self.run(lambda conn: _store_dsn(conn, batch, dsn, now, self.shard))
         await self._remove_bodies(finished_files)
         return job
 
@@ -901,7 +910,9 @@ _INSERT_MESSAGE: Final = (
 )
 
 
-def _insert(conn: sqlite3.Connection, message: NewMessage, now: float, *, queue_id: str | None = None, body_file: str | None = None) -> Job:
+def _insert(
+    conn: sqlite3.Connection, message: NewMessage, now: float, *, queue_id: str | None = None, body_file: str | None = None, shard: int | None = None
+) -> Job:
     if not message.recipients:
         raise ValueError("a message needs at least one recipient")
     if message.recipient_pools and len(message.recipient_pools) != len(message.recipients):
@@ -927,7 +938,7 @@ def _insert(conn: sqlite3.Connection, message: NewMessage, now: float, *, queue_
     drawn = queue_id is None
     while True:
         if drawn:
-            queue_id = new_queue_id()
+            queue_id = new_queue_id(shard)
         try:
             cursor = conn.execute(_INSERT_MESSAGE, (queue_id, *fields))
             break
@@ -1088,13 +1099,13 @@ def _pending_dsn_messages(conn: sqlite3.Connection) -> list[int]:
     return [row["message"] for row in conn.execute("SELECT DISTINCT message FROM recipients WHERE dsn_pending != 0")]
 
 
-def _store_dsn(conn: sqlite3.Connection, batch: DsnBatch, dsn: NewMessage, now: float) -> tuple[Job, list[str]]:
+def _store_dsn(conn: sqlite3.Connection, batch: DsnBatch, dsn: NewMessage, now: float, shard: int | None) -> tuple[Job, list[str]]:
     conn.execute(
         f"UPDATE recipients SET dsn_delayed = dsn_delayed OR dsn_pending = 3, dsn_pending = 0 WHERE id IN ({', '.join('?' * len(batch.failures))})",
         [f.recipient for f in batch.failures],
     )
     _bump(conn, "bounces")
-    job = _insert(conn, dsn, now)
+    job = _insert(conn, dsn, now, shard=shard)
     return job, _conclude(conn, {batch.message})[1]
 
 
