@@ -467,6 +467,68 @@ def test_connections_per_destination_are_limited_and_reused(aio_run: Run, tmp_pa
             # 40 messages over at most 2 connections at a time, each carrying several messages.
             assert w.sinks["mx1"].handler.max_sessions <= 2
             assert len(w.sinks["mx1"].handler.connections) < 40
+            # With nothing more to send, the idle connections close after the pool's idle_timeout.
+            await eventually(lambda: w.sinks["mx1"].handler.sessions == 0, what="the idle connections closed")
+
+    aio_run(main())
+
+
+class GatedSMTP(CountingSMTP):
+    """Holds every DATA until `gate` is set."""
+
+    gate: asyncio.Event | None = None
+
+    async def smtp_DATA(self, arg: str) -> None:
+        assert self.gate is not None
+        await self.gate.wait()
+        await super().smtp_DATA(arg)
+
+
+def test_mail_a_connection_takes_at_once_is_stored_in_flight(aio_run: Run, tmp_path: Path) -> None:
+    """A message that a connection takes as soon as it is accepted is stored with its recipients
+    in flight (its first attempt writes no state change of its own); one that must wait for a
+    connection is stored queued, so that a crash counts only the first as a possible duplicate."""
+
+    async def main() -> None:
+        port = common_port(["127.0.0.20"])
+        conf = relay_config(tmp_path / "spool", smarthost=f"127.0.0.20:{port}", pool_extra="max_connections_per_destination = 1")
+        GatedSMTP.gate = asyncio.Event()
+        async with sink("127.0.0.20", port, "gated", smtp_class=GatedSMTP) as destination:
+            relay = Relay(conf)
+            await relay.start()
+            await relay.listen()
+            try:
+                await submit(conf, message("first"), sender=SENDER, to=["first@anywhere.test"])
+                await submit(conf, message("second"), sender=SENDER, to=["second@anywhere.test"])
+                states = {row.address: row.state for row in listing(conf.spool.directory)}
+                assert states == {"first@anywhere.test": "in-flight", "second@anywhere.test": "queued"}
+                GatedSMTP.gate.set()
+                assert len(await destination.wait_for(2)) == 2
+                await eventually(lambda: not listing(conf.spool.directory), what="both messages finished")
+                assert read_counters(conf.spool.directory)["delivered"] == 2
+            finally:
+                await relay.stop()
+
+    aio_run(main())
+
+
+def test_an_idle_lane_wait_ends_with_work_or_its_timeout(aio_run: Run, tmp_path: Path) -> None:
+    """A connection waiting for work: woken (True) when work comes, False at the timeout, and
+    a wait that ends in any way (cancelled too) leaves no waiter behind."""
+    from deliverypool.outbound.scheduler import _Lane
+
+    async def main() -> None:
+        lane = _Lane(pool=relay_config(tmp_path / "spool").high_risk_pool, destination="dest.test")
+        assert await lane.wait(0.01) is False and lane.waiting == []
+        waits = [asyncio.ensure_future(lane.wait(60)) for _ in range(3)]
+        await asyncio.sleep(0)
+        assert len(lane.waiting) == 3
+        waits[2].cancel()
+        await asyncio.sleep(0)
+        assert len(lane.waiting) == 2
+        lane.wake()
+        assert await asyncio.gather(*waits[:2]) == [True, True] and lane.waiting == []
+        lane.wake()  # nobody waits: nothing to do
 
     aio_run(main())
 

@@ -283,6 +283,25 @@ def test_queue_ids_name_the_shard(aio_run: Run, tmp_path: Path, monkeypatch: pyt
         Spool(tmp_path, shard=256)
 
 
+def test_a_message_accepted_in_flight_is_a_possible_duplicate_after_a_crash(aio_run: Run, tmp_path: Path) -> None:
+    """`accept(in_flight=True)` (a connection takes the message at once) stores its recipients in
+    flight in the same transaction; recovery requeues and counts them, as it does those marked by
+    `mark_in_flight`."""
+
+    async def main() -> None:
+        async with Spool(tmp_path) as spool:
+            await spool.accept(new(1, ("a@x.test", "b@x.test")), in_flight=True)
+            await spool.accept(new(2))
+            assert sorted((row.address, row.state) for row in listing(tmp_path)) == [
+                ("a@x.test", "in-flight"), ("a@x.test", "queued"), ("b@x.test", "in-flight"),
+            ]
+        async with Spool(tmp_path) as spool:
+            assert {row.state for row in listing(tmp_path)} == {"queued"}
+            assert (await spool.counters())["recovered_in_flight"] == 2
+
+    aio_run(main())
+
+
 def test_listing_reads_while_the_writer_holds_the_database(aio_run: Run, tmp_path: Path) -> None:
     async def main() -> None:
         async with Spool(tmp_path) as spool:

@@ -328,6 +328,9 @@ class Relay:
             dkim = dataclasses.replace(dkim or DkimOutcome(), checks=routed.checks)
         message_id = routed.decision.message_id
         recipient_pools = routed.recipient_pools
+        # A message that goes to a connection as soon as it is submitted is stored with its
+        # recipients in flight: its first attempt needs no state change of its own.
+        in_flight = self.engine.starts_at_once(routed.pool, recipients, recipient_pools)
         try:
             job = await self.spool.accept(
                 NewMessage(
@@ -341,7 +344,8 @@ class Relay:
                     recipient_pools=recipient_pools,
                     dsn=dsn,
                     envelope_from=routed.auth.envelope_from if routed.auth is not None else None,
-                )
+                ),
+                in_flight=in_flight,
             )
         except SpoolError as error:
             # Low space, or the spool failing to write: the client keeps the message. Counted,
@@ -370,7 +374,7 @@ class Relay:
         # (`spool.memory_budget`) and up to its MAX_HELD_BODY, also when the spool keeps it in a
         # file: reading a 1 MiB body back cost a read(2) of it, a copy into Python and five trips
         # to the spool's file thread. Otherwise it is read from the spool when its attempt starts.
-        self.engine.submit(job, content)
+        self.engine.submit(job, content, in_flight=in_flight)
         accepted = Accepted(job.queue_id, routed.pool, routed.reasons, routed.spam, dkim)
         try:
             self.observer.accepted(

@@ -53,10 +53,12 @@ MAX_HELD_BODY = 4 * 1024 * 1024
 
 @dataclass
 class _Work:
-    """Recipients of one message for one destination."""
+    """Recipients of one message for one destination (`in_flight`: already marked so in the
+    spool, when it was stored that way as it was accepted)."""
 
     job: Job
     body: bytes | None = None
+    in_flight: bool = False
 
 
 @dataclass
@@ -74,7 +76,44 @@ class _Lane:
     queue: deque[_Work] = field(default_factory=deque)
     active: int = 0
     idle: int = 0
-    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    # The idle connections' waits (see `wait`).
+    waiting: list[asyncio.Future[bool]] = field(default_factory=list)
+
+    def wake(self) -> None:
+        """Work came, or delivery stops: every idle connection of the lane looks again."""
+        waiting, self.waiting = self.waiting, []
+        for waiter in waiting:
+            if not waiter.done():
+                waiter.set_result(True)
+
+    async def wait(self, timeout: float) -> bool:
+        """Until `wake` (True) or `timeout` seconds (False). A future and a timer: a connection
+        goes idle about once per message under load, and `asyncio.wait_for` would make a task
+        for each wait."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bool] = loop.create_future()
+        self.waiting.append(waiter)
+        timer = loop.call_later(timeout, _expire, waiter)
+        try:
+            return await waiter
+        finally:
+            timer.cancel()
+            if waiter in self.waiting:
+                self.waiting.remove(waiter)
+
+
+def _destination(pool: PoolConfig, address: str) -> str:
+    """The lane of `address` within `pool`: its domain, or the smarthost as "[host]:port"."""
+    if pool.delivery == "smarthost":
+        assert pool.smarthost is not None
+        host, port = pool.smarthost
+        return f"[{host}]:{port}"
+    return domain_of(address)
+
+
+def _expire(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(False)
 
 
 class DeliveryEngine:
@@ -114,13 +153,32 @@ class DeliveryEngine:
 
     # --- submitting work -----------------------------------------------------------------
 
-    def submit(self, job: Job, body: bytes | None = None) -> None:
-        """Schedules a spooled job: now if due, else at its next_attempt."""
+    def submit(self, job: Job, body: bytes | None = None, *, in_flight: bool = False) -> None:
+        """Schedules a spooled job: now if due, else at its next_attempt. `in_flight`: the spool
+        holds its recipients in flight already (see :meth:`starts_at_once`)."""
         delay = job.next_attempt - self.clock()
         if delay > 0:
             self._later(delay, job, body)
         else:
-            self._enqueue(job, body)
+            self._enqueue(job, body, in_flight)
+
+    def starts_at_once(self, pool: str, recipients: Sequence[str], recipient_pools: Sequence[str] = ()) -> bool:
+        """Whether a message for `recipients` (through `pool`, or each through its own of
+        `recipient_pools`) would go to a connection as soon as it is submitted: every lane it
+        joins has an idle connection or room for one more, with no work waiting before it. The
+        relay then stores it with its recipients in flight, which spares the first attempt a
+        state change of its own; the guess can be wrong only for mail accepted while the lane
+        filled up, which a crash would count as possible duplicates without cause."""
+        if self._stopping:
+            return False
+        for address, name in zip(recipients, recipient_pools or (pool,) * len(recipients)):
+            config = self.config.pools.get(name)
+            if config is None:
+                return False
+            lane = self._lanes.get((name, _destination(config, address)))
+            if lane is not None and len(lane.queue) >= lane.idle + config.max_connections_per_destination - lane.active:
+                return False
+        return True
 
     def resume(self, jobs: Sequence[Job], dsn_batches: Sequence[DsnBatch] = ()) -> None:
         """Schedules the unfinished jobs a spool recovered at start, and writes the DSNs of
@@ -155,31 +213,25 @@ class DeliveryEngine:
             pool = self.config.high_risk_pool
         return pool
 
-    def _enqueue(self, job: Job, body: bytes | None) -> None:
+    def _enqueue(self, job: Job, body: bytes | None, in_flight: bool = False) -> None:
         if self._stopping:
             return
         if job.recipient_pools:
             # Rules routed the recipients to different pools: a job per pool.
             for pool_name, recipients in job.by_pool().items():
-                self._enqueue(replace(job, pool=pool_name, recipients=recipients, recipient_pools=()), body)
+                self._enqueue(replace(job, pool=pool_name, recipients=recipients, recipient_pools=()), body, in_flight)
             return
         pool = self._pool_of(job)
-        if pool.delivery == "smarthost":
-            assert pool.smarthost is not None
-            host, port = pool.smarthost
-            groups = {f"[{host}]:{port}": job.recipients}
-        else:
-            by_domain: dict[str, list[tuple[int, str]]] = {}
-            for rid, address in job.recipients:
-                by_domain.setdefault(domain_of(address), []).append((rid, address))
-            groups = {d: tuple(r) for d, r in by_domain.items()}
-        for destination, recipients in groups.items():
+        by_destination: dict[str, list[tuple[int, str]]] = {}
+        for rid, address in job.recipients:
+            by_destination.setdefault(_destination(pool, address), []).append((rid, address))
+        for destination, group in by_destination.items():
             lane = self._lanes.get((pool.name, destination))
             if lane is None:
                 lane = self._lanes[(pool.name, destination)] = _Lane(pool, destination)
-            part = job if len(groups) == 1 else replace(job, recipients=tuple(recipients))
-            lane.queue.append(_Work(part, self._hold(body)))
-            lane.wakeup.set()
+            part = job if len(by_destination) == 1 else replace(job, recipients=tuple(group))
+            lane.queue.append(_Work(part, self._hold(body), in_flight))
+            lane.wake()
             if lane.active < pool.max_connections_per_destination and len(lane.queue) > lane.idle:
                 lane.active += 1
                 self._idle.clear()
@@ -237,7 +289,7 @@ class DeliveryEngine:
             for work in lane.queue:
                 self._release(work)
             lane.queue.clear()
-            lane.wakeup.set()
+            lane.wake()
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
             for task in pending:
@@ -297,7 +349,8 @@ class DeliveryEngine:
         self._release(work)
         try:
             body = held if held is not None else await self.spool.stored(job.message)
-            await self.spool.mark_in_flight(rid for rid, _ in job.recipients)
+            if not work.in_flight:
+                await self.spool.mark_in_flight(rid for rid, _ in job.recipients)
         except Exception:
             log.exception("queue_id=%s: could not prepare the delivery attempt", job.queue_id)
             self._log(work, lane, None, None, LOCAL_FAILURE)
@@ -312,10 +365,8 @@ class DeliveryEngine:
                 if not lane.queue:
                     lane.idle += 1
                     try:
-                        lane.wakeup.clear()
-                        await asyncio.wait_for(lane.wakeup.wait(), lane.pool.idle_timeout)
-                    except asyncio.TimeoutError:
-                        return
+                        if not await lane.wait(lane.pool.idle_timeout):
+                            return
                     finally:
                         lane.idle -= 1
                     continue

@@ -676,10 +676,12 @@ class Spool:
 
     # --- changes --------------------------------------------------------------------------
 
-    async def accept(self, message: NewMessage) -> Job:
-        """Stores a message with its recipients queued. Returns once it is on disk. Raises
-        :class:`SpoolFull` in low-space mode (452), :class:`SpoolError` while state changes fail
-        for another reason (451)."""
+    async def accept(self, message: NewMessage, *, in_flight: bool = False) -> Job:
+        """Stores a message with its recipients queued, or in flight when the caller hands it to
+        a connection at once (`in_flight`: its first attempt then needs no mark of its own, see
+        :meth:`mark_in_flight`). Returns once it is on disk. Raises :class:`SpoolFull` in
+        low-space mode (452), :class:`SpoolError` while state changes fail for another reason
+        (451)."""
         if self.refusing:
             self.stats.refused += 1
             if self.low_space or _is_full_text(self.stall_error):
@@ -687,12 +689,12 @@ class Spool:
             raise SpoolError(f"the spool cannot write: {self.stall_error}")
         now = self.clock()
         if len(message.body) <= FILE_THRESHOLD:
-            return await self.run(lambda conn: _insert(conn, message, now, shard=self.shard), essential=False)
+            return await self.run(lambda conn: _insert(conn, message, now, shard=self.shard, in_flight=in_flight), essential=False)
         queue_id = new_queue_id(self.shard)
         path = self.directory / BODIES / queue_id
         try:
             await self._on_file_thread(lambda: _write_file(path, message.body))
-            return await self.run(lambda conn: _insert(conn, message, now, queue_id=queue_id, body_file=path.name), essential=False)
+            return await self.run(lambda conn: _insert(conn, message, now, queue_id=queue_id, body_file=path.name, in_flight=in_flight), essential=False)
         except BaseException as exc:
             path.unlink(missing_ok=True)
             if _is_full(exc):
@@ -703,7 +705,8 @@ class Spool:
 
     async def mark_in_flight(self, recipient_ids: Iterable[int]) -> None:
         """Records that an attempt starts. Awaited before sending, so that a crash during the
-        attempt is known at recovery as a possible duplicate."""
+        attempt is known at recovery as a possible duplicate. (A message handed to a connection
+        as it is accepted is stored in flight instead: :meth:`accept`.)"""
         ids = list(recipient_ids)
         now = self.clock()
         await self.run(lambda conn: _set_in_flight(conn, ids, now))
@@ -911,7 +914,14 @@ _INSERT_MESSAGE: Final = (
 
 
 def _insert(
-    conn: sqlite3.Connection, message: NewMessage, now: float, *, queue_id: str | None = None, body_file: str | None = None, shard: int | None = None
+    conn: sqlite3.Connection,
+    message: NewMessage,
+    now: float,
+    *,
+    queue_id: str | None = None,
+    body_file: str | None = None,
+    shard: int | None = None,
+    in_flight: bool = False,
 ) -> Job:
     if not message.recipients:
         raise ValueError("a message needs at least one recipient")
@@ -952,12 +962,13 @@ def _insert(
     pools = message.recipient_pools or (message.pool,) * len(message.recipients)
     notify = dsn.notify if dsn is not None else ()
     orcpt = dsn.orcpt if dsn is not None else ()
+    state = (State.IN_FLIGHT if in_flight else State.QUEUED).value
     for n, (address, pool) in enumerate(zip(message.recipients, pools)):
         rc = conn.execute(
             "INSERT INTO recipients (message, address, state, next_attempt, updated_at, pool, dsn_notify, dsn_orcpt)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                message_id, address, State.QUEUED.value, now, now, None if pool == message.pool else pool,
+                message_id, address, state, now, now, None if pool == message.pool else pool,
                 notify[n] if n < len(notify) else None, orcpt[n] if n < len(orcpt) else None,
             ),
         )
