@@ -298,3 +298,38 @@ def test_a_body_file_that_does_not_fit_is_refused_as_a_full_disk_and_removed(tmp
                 assert len(list((disk / "shard-0" / BODIES).iterdir())) == 1
 
         asyncio.run(main())
+
+
+def test_new_mail_finding_the_disk_full_puts_the_shard_in_low_space_mode(tmp_path: Path) -> None:
+    """A transaction of new mail alone that fails for a full disk refuses that mail (SpoolFull,
+    452) and enters low-space mode at once, so that the next messages are refused before any
+    transaction; the reserve is kept for the state changes of accepted mail. The mode ends at
+    the first commit that finds room again."""
+    import asyncio
+
+    from deliverypool.errors import SpoolFull
+    from deliverypool.queue.spool import RESERVE, NewMessage, Spool
+
+    with tmpfs(tmp_path / "disk", "8m") as disk:
+
+        async def main() -> None:
+            async with Spool(disk / "shard-0", reserve=1 * MiB) as spool:
+                body = b"Subject: fills\r\n\r\n" + b"z" * 78 * 1_300 + b"\r\n"  # 100 KB, in the database
+                filler = disk / "filler"
+                with open(filler, "wb", buffering=0) as f, contextlib.suppress(OSError):
+                    while True:
+                        f.write(b"\0" * 65536)
+                with pytest.raises(SpoolFull):
+                    for _ in range(100):  # SQLite may still find room for a message or two
+                        await spool.accept(NewMessage("a@space.test", ("b@dest.test",), body, "normal"))
+                assert spool.low_space and (disk / "shard-0" / RESERVE).exists()
+                commits = spool.stats.commits
+                with pytest.raises(SpoolFull):
+                    await spool.accept(NewMessage("a@space.test", ("b@dest.test",), body, "normal"))
+                assert spool.stats.commits == commits  # refused up front
+                filler.unlink()
+                await spool.run(lambda conn: None)
+                assert not spool.low_space
+                await spool.accept(NewMessage("a@space.test", ("b@dest.test",), body, "normal"))
+
+        asyncio.run(main())

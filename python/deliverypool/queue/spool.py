@@ -592,6 +592,11 @@ class Spool:
                     _settle(future, None, refused)
             batch = [request for request in batch if request[2]]
             results = []
+            if not batch and _is_full(failure):
+                # New mail alone found the disk full: low-space mode at once (452 before any
+                # transaction) until the space watch sees room; the reserve is kept for the
+                # state changes of the mail already accepted.
+                self._apply_space(True, shutil.disk_usage(self.directory).free)
             if batch and _is_full(failure) and await self._release_reserve():
                 # The disk is full: state changes of accepted mail go on in the reserve.
                 results = await self._try_commit(batch)
