@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import smtplib
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -179,23 +180,48 @@ def _line(r: dict) -> str:
 
 
 HEADER = (
-    "| size | deliverypool msg/s | Postfix msg/s | ratio | p50 / p99 ms (dp) | p50 / p99 ms (Postfix) | relay CPU ms/msg (dp) "
-    "| relay CPU µs/KiB (dp) | machine CPU ms/msg dp / Postfix | peak RSS MiB dp / Postfix (sum over processes) "
+    "| size | deliverypool msg/s | Postfix msg/s | ratio | p50 / p99 ms (dp) | p50 / p99 ms (Postfix) | relay CPU ms/msg dp / Postfix "
+    "| CPU ratio | relay CPU µs/KiB (dp) | machine CPU ms/msg dp / Postfix | peak RSS MiB dp / Postfix (sum over processes) "
     "| PSS MiB at the end dp / Postfix | lost dp / Postfix | dup dp / Postfix |"
 )
 
 
-def row(ours: dict, theirs: dict) -> str:
+def row(ours: dict, theirs: dict, label: str | None = None) -> str:
     ratio = ours["messages_per_second"] / theirs["messages_per_second"] if theirs["messages_per_second"] else float("nan")
+    cpu_ratio = ours["cpu_ms_per_message"] / theirs["cpu_ms_per_message"] if theirs["cpu_ms_per_message"] else float("nan")
     size = ours["size"]
-    label = f"{size // 1024} KiB" if size < 1 << 20 else f"{size / (1 << 20):g} MiB"
+    label = label or (f"{size // 1024} KiB" if size < 1 << 20 else f"{size / (1 << 20):g} MiB")
     return (
         f"| {label} | {ours['messages_per_second']:,.0f} | {theirs['messages_per_second']:,.0f} | **{ratio:.2f}** "
         f"| {ours['latency_p50_ms']:.0f} / {ours['latency_p99_ms']:.0f} | {theirs['latency_p50_ms']:.0f} / {theirs['latency_p99_ms']:.0f} "
-        f"| {ours['cpu_ms_per_message']:.2f} | {ours['cpu_us_per_kib']:.1f} "
+        f"| {ours['cpu_ms_per_message']:.2f} / {theirs['cpu_ms_per_message']:.2f} | **{cpu_ratio:.2f}** | {ours['cpu_us_per_kib']:.1f} "
         f"| {ours['machine_cpu_ms_per_message']:.2f} / {theirs['machine_cpu_ms_per_message']:.2f} "
         f"| {ours['peak_rss_mib']:.0f} / {theirs['peak_rss_mib']:.0f} | {ours['pss_mib']:.0f} / {theirs['pss_mib']:.0f} | {ours['lost']} / {theirs['lost']} | {ours['duplicates']} / {theirs['duplicates']} |"
     )
+
+
+def median_row(pairs: list[tuple[dict, dict]]) -> str:
+    """The row of several runs of one size: each figure the median of the runs (lost and
+    duplicated: the sum), the two ratios the medians of the runs' own ratios with their range."""
+    def median_of(results: list[dict]) -> dict:
+        merged = dict(results[0])
+        for key, value in results[0].items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "size":
+                values = [r[key] for r in results]
+                merged[key] = sum(values) if key in ("lost", "duplicates") else statistics.median(values)
+        return merged
+
+    ours, theirs = median_of([a for a, _ in pairs]), median_of([b for _, b in pairs])
+    ratios = [a["messages_per_second"] / b["messages_per_second"] for a, b in pairs if b["messages_per_second"]]
+    cpu = [a["cpu_ms_per_message"] / b["cpu_ms_per_message"] for a, b in pairs if b["cpu_ms_per_message"]]
+    size = ours["size"]
+    label = f"{size // 1024} KiB" if size < 1 << 20 else f"{size / (1 << 20):g} MiB"
+    text = row(ours, theirs, f"{label}, median of {len(pairs)}")
+    cells = text.split("|")
+    # Columns 4 and 8 (1-based after the leading empty cell): the ratios, as median (range).
+    cells[4] = f" **{statistics.median(ratios):.2f}** ({min(ratios):.2f}–{max(ratios):.2f}) "
+    cells[8] = f" **{statistics.median(cpu):.2f}** ({min(cpu):.2f}–{max(cpu):.2f}) "
+    return "|".join(cells)
 
 
 def compare(a: str, b: str) -> int:
@@ -209,11 +235,17 @@ def compare(a: str, b: str) -> int:
 
 
 def table(paths: list[str]) -> int:
-    """Markdown table from result files given as deliverypool, Postfix pairs."""
+    """Markdown table from result files given as deliverypool, Postfix pairs: a row per pair,
+    and where several pairs have one size (``RUNS``), a row of their medians after them."""
     print(HEADER)
     print("|" + "|".join([" --- "] * (HEADER.count("|") - 1)) + "|")
-    for ours, theirs in zip(paths[::2], paths[1::2]):
-        print(row(json.loads(Path(ours).read_text()), json.loads(Path(theirs).read_text())))
+    pairs = [(json.loads(Path(a).read_text()), json.loads(Path(b).read_text())) for a, b in zip(paths[::2], paths[1::2])]
+    for index, (ours, theirs) in enumerate(pairs):
+        print(row(ours, theirs))
+        following = pairs[index + 1][0]["size"] if index + 1 < len(pairs) else None
+        runs = [pair for pair in pairs if pair[0]["size"] == ours["size"]]
+        if following != ours["size"] and len(runs) > 1:
+            print(median_row(runs))
     return 0
 
 

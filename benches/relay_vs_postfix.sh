@@ -7,6 +7,7 @@
 #   DKIM=ed25519 bash benches/relay_vs_postfix.sh          # both relays signing (DKIM=rsa: RSA-2048)
 #   KEEP_RESULTS=DIR ...                                   # keep each run's result files in DIR
 #   WORKERS=1 ...                                          # deliverypool's worker processes (default: one per core)
+#   RUNS=3 ...                                             # each size N times, the two relays alternated; medians printed
 #
 # With DKIM set, both relays sign every message with one key for bench.test (smtp-source's
 # From): deliverypool with [[dkim.keys]], Postfix with OpenDKIM as its milter (smtpd_milters;
@@ -36,6 +37,7 @@ cd "$(dirname "$0")/.."
 SIZES=${SIZES:-"2048 20480 102400 1048576"}
 SESSIONS=${SESSIONS:-20}
 PROBES=${PROBES:-100}
+RUNS=${RUNS:-1}
 TIMEOUT=${TIMEOUT:-300}
 PY=${PY:-.venv/bin/python}
 # Figures from an unoptimised extension would mislead: refuse them (benches/build.py).
@@ -226,15 +228,15 @@ messages_for() { # size -> messages: a few seconds of load per run
     if [ "$1" -le 20480 ]; then echo 3000; elif [ "$1" -le 102400 ]; then echo 1500; else echo 300; fi
 }
 
-run_case() { # name port sink-port start-function stop-function size match
-    local name=$1 port=$2 sink_port=$3 start=$4 stop=$5 size=$6 match=$7
+run_case() { # name port sink-port start-function stop-function size match run
+    local name=$1 port=$2 sink_port=$3 start=$4 stop=$5 size=$6 match=$7 run=$8
     local messages
     messages=$(messages_for "$size")
     local dump="$WORK/$name-$size-sink"
     start_sink "$sink_port" "$dump"
     local sink_pid=${PIDS[-1]}
     "$start"
-    echo "== $name: $messages messages of $size bytes over $SESSIONS sessions, $PROBES latency probes"
+    echo "== $name: $messages messages of $size bytes over $SESSIONS sessions, $PROBES latency probes (run $run of $RUNS)"
     "$PY" benches/relay_probe.py usage --match "$match" --out "$WORK/$name-$size-before.json"
     "$PY" benches/relay_probe.py send --port "$port" --count "$PROBES" --out "$WORK/$name-$size-probes.json" --timeout "$TIMEOUT" &
     local probe=$!
@@ -245,7 +247,7 @@ run_case() { # name port sink-port start-function stop-function size match
     wait "$probe"
     "$PY" benches/relay_probe.py collect --dump "$dump" --probes "$WORK/$name-$size-probes.json" \
         --messages "$messages" --start-ns "$start_ns" --accepted-ns "$end_ns" --timeout "$TIMEOUT" \
-        --name "$name" --size "$size" --out "$WORK/$name-$size-result.json" \
+        --name "$name" --size "$size" --out "$WORK/$name-$size-$run-result.json" \
         --usage-before "$WORK/$name-$size-before.json" --usage-match "$match"
     "$stop"
     kill "$sink_pid" 2>/dev/null || true
@@ -255,9 +257,11 @@ run_case() { # name port sink-port start-function stop-function size match
 
 RESULTS=()
 for size in $SIZES; do
-    run_case deliverypool "$DP_PORT" "$DP_SINK" start_deliverypool stop_deliverypool "$size" "$WORK/dp/relay.toml"
-    run_case postfix "$PF_PORT" "$PF_SINK" start_postfix stop_postfix "$size" "exe:/usr/lib/postfix/sbin/|exe:/usr/sbin/opendkim"
-    RESULTS+=("$WORK/deliverypool-$size-result.json" "$WORK/postfix-$size-result.json")
+    for run in $(seq 1 "$RUNS"); do  # alternated, so that a drift of the machine touches both
+        run_case deliverypool "$DP_PORT" "$DP_SINK" start_deliverypool stop_deliverypool "$size" "$WORK/dp/relay.toml" "$run"
+        run_case postfix "$PF_PORT" "$PF_SINK" start_postfix stop_postfix "$size" "exe:/usr/lib/postfix/sbin/|exe:/usr/sbin/opendkim" "$run"
+        RESULTS+=("$WORK/deliverypool-$size-$run-result.json" "$WORK/postfix-$size-$run-result.json")
+    done
 done
 echo
 echo "== DKIM $DKIM, $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg), $SESSIONS sessions, commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"

@@ -1,0 +1,41 @@
+"""The table of `benches/relay_vs_postfix.sh` (`relay_probe.py table`): a row per run with both
+relays' CPU per message and its ratio, and with ``RUNS`` a row of medians per size."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benches.relay_probe import table
+
+RESULT = {
+    "size": 2048, "messages_per_second": 500.0, "latency_p50_ms": 1.0, "latency_p99_ms": 2.0, "cpu_ms_per_message": 1.0,
+    "cpu_us_per_kib": 500.0, "machine_cpu_ms_per_message": 2.0, "peak_rss_mib": 100.0, "pss_mib": 50.0, "lost": 0, "duplicates": 0,
+}
+
+
+def test_runs_of_one_size_get_a_median_row(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    runs = [
+        (dict(RESULT, messages_per_second=400.0, cpu_ms_per_message=0.9), dict(RESULT, messages_per_second=200.0, cpu_ms_per_message=3.0)),
+        (dict(RESULT, messages_per_second=600.0, cpu_ms_per_message=1.2, lost=1), dict(RESULT, messages_per_second=250.0, cpu_ms_per_message=3.0)),
+        (dict(RESULT, messages_per_second=500.0), dict(RESULT, messages_per_second=250.0, cpu_ms_per_message=2.0)),
+        (dict(RESULT, size=102400), dict(RESULT, size=102400, cpu_ms_per_message=4.0)),
+    ]
+    paths = []
+    for n, pair in enumerate(runs):
+        for name, result in zip(("dp", "pf"), pair):
+            path = tmp_path / f"{name}-{n}.json"
+            path.write_text(json.dumps(result))
+            paths.append(str(path))
+    assert table(paths) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 2 KiB") or line.startswith("| 100 KiB")]
+    assert len(rows) == 5  # three runs, their medians, one run of another size
+    assert "| 0.90 / 3.00 | **0.30** |" in rows[0]
+    median = rows[3]
+    assert median.startswith("| 2 KiB, median of 3 | 500 | 250 |")
+    # Throughput ratios 2.00, 2.40, 2.00; CPU ratios 0.30, 0.40, 0.50: medians with their range.
+    assert "| **2.00** (2.00–2.40) |" in median and "| **0.40** (0.30–0.50) |" in median
+    assert median.endswith("| 1 / 0 | 0 / 0 |")  # lost: summed over the runs
+    assert rows[4].startswith("| 100 KiB | 500 |") and "**0.25**" in rows[4]
