@@ -981,3 +981,20 @@ def test_without_a_memfd_the_supervisor_falls_back_to_per_worker_counts(monkeypa
     with caplog.at_level(logging.WARNING, logger="deliverypool"):
         assert shared_client_counts(2) is None
     assert any("counted per worker" in r.getMessage() and "not permitted" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6, socket.AF_UNIX])
+def test_an_accepted_socket_reports_family_and_type_as_a_standard_socket_does(family: socket.AddressFamily) -> None:
+    """The listener's accepted sockets answer `family` and `type` from a table instead of an
+    Enum call per look-up (uvloop asks three times per connection): same values, same types."""
+    from deliverypool.ingress.listener import _Accepted
+
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        plain = socket.socket(family, kind)
+        accepted = _Accepted(int(plain.family), int(plain.type), 0, fileno=socket.socket(family, kind).detach())
+        try:
+            assert (accepted.family, accepted.type) == (plain.family, plain.type)
+            assert type(accepted.family) is socket.AddressFamily and type(accepted.type) is socket.SocketKind
+        finally:
+            plain.close()
+            accepted.close()
