@@ -50,3 +50,26 @@ def test_filter_membership_persistence_and_union() -> None:
         MessageIdFilter.from_bytes(b"not a filter")
     with pytest.raises(ValueError):
         MessageIdFilter(0)
+
+
+def test_relayed_ids_fall_into_the_day_they_were_accepted_on(tmp_path: Path) -> None:
+    """`RelayedIds.add` puts an ID in the filter of its UTC day (the day formatted once, then
+    reused until midnight; a clock stepped back is followed), and filters older than the
+    retained days are dropped."""
+    from deliverypool.observe.seen import RelayedIds
+
+    midnight = 1_764_979_200.0  # 2025-12-06 00:00:00 UTC
+    now = [midnight - 1]
+    ids = RelayedIds(tmp_path / "seen", "shard-0", days=2, expected=1000, clock=lambda: now[0])
+    ids.add("<late@x>")
+    now[0] = midnight  # the next day
+    ids.add("<early@x>")
+    now[0] = midnight - 3600  # stepped back into the day before
+    ids.add("<stepped@x>")
+    assert sorted(ids.own) == ["20251205", "20251206"]
+    assert "<late@x>" in ids.own["20251205"] and "<stepped@x>" in ids.own["20251205"]
+    assert "<early@x>" in ids.own["20251206"] and "<late@x>" not in ids.own["20251206"]
+    now[0] = midnight + 86400 + 10  # two days retained: the 5th is gone once the 7th starts
+    ids.add("<next@x>")
+    assert sorted(ids.own) == ["20251206", "20251207"]
+    assert ids.relayed("<early@x>") and ids.relayed("<next@x>") and not ids.relayed("<late@x>")

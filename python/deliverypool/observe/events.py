@@ -334,7 +334,7 @@ class Subscription:
                 event = self.queue.popleft()
                 try:
                     result = self.handler(event)
-                    if inspect.isawaitable(result):
+                    if result is not None and inspect.isawaitable(result):  # most handlers are plain functions
                         await result
                     self.delivered += 1
                 except asyncio.CancelledError:

@@ -38,6 +38,10 @@ class RelayedIds:
         self.own: dict[str, MessageIdFilter] = {}
         self._others: dict[str, tuple[float, MessageIdFilter]] = {}
         self._dirty: set[str] = set()
+        # The day `add` last wrote to, and the UTC midnight that ends it: a message accepted
+        # before then needs no date formatting.
+        self._today = ""
+        self._today_ends = 0.0
 
     def _retained(self) -> list[str]:
         now = self.clock()
@@ -58,7 +62,12 @@ class RelayedIds:
                     pass
 
     def add(self, message_id: str) -> None:
-        day = _day(self.clock())
+        now = self.clock()
+        if now < self._today_ends and now >= self._today_ends - 86400:
+            day = self._today
+        else:
+            day = self._today = _day(now)
+            self._today_ends = (now // 86400 + 1) * 86400
         seen = self.own.get(day)
         if seen is None:
             seen = self.own[day] = MessageIdFilter(self.expected, FP_RATE)

@@ -336,9 +336,8 @@ class Observer:
     def attempt(self, *, queue_id: str, pool: str, source: str | None, destination: str, host: str | None, reply: str, replies: Mapping[int, tuple[str, str | None]] | None, recipients: int) -> None:
         if not self.enabled:
             return
-        codes = [r for r, _ in replies.values()] if replies else [reply] * recipients
-        delivered = sum(r.startswith("2") for r in codes)
-        failed = sum(r.startswith("5") for r in codes)
+        codes = [r[:1] for r, _ in replies.values()] if replies else [reply[:1]] * recipients
+        delivered, failed = codes.count("2"), codes.count("5")
         self.bus.publish(DeliveryAttempt(self.clock(), queue_id, pool, source, destination, host, reply[:200], delivered, len(codes) - delivered - failed, failed))
 
     def generated(self, *, queue_id: str, dsn_queue_id: str, pool: str, failures: list[Failure], tenant: str | None) -> None:
