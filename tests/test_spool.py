@@ -15,7 +15,7 @@ import pytest
 
 from deliverypool.errors import SpoolLocked
 from deliverypool.queue.listing import listing, read_counters
-from deliverypool.queue.spool import NewMessage, Outcome, Spool, State
+from deliverypool.queue.spool import BODIES, DsnRequest, Job, NewMessage, Outcome, Spool, State
 
 Run = Callable[[Coroutine[Any, Any, Any]], Any]
 
@@ -104,6 +104,43 @@ def test_recipient_states_and_cleanup(aio_run: Run, tmp_path: Path) -> None:
             assert await spool.pending() == []
             counters = await spool.counters()
             assert counters["delivered"] == 2 and counters["failed"] == 1 and counters["accepted"] == 1
+
+    aio_run(main())
+
+
+def test_a_message_delivered_whole_leaves_at_once_unless_a_success_dsn_is_due(aio_run: Run, tmp_path: Path) -> None:
+    """Outcomes that deliver every recipient a message has left delete it in one statement (its
+    body file too); not when other recipients remain, and not when one asked NOTIFY=SUCCESS:
+    that message stays until its "relayed" DSN is stored."""
+
+    def delivered(job: Job) -> list[Outcome]:
+        return [Outcome(rid, State.DELIVERED, "250 ok", attempts=1, message=job.message) for rid, _ in job.recipients]
+
+    async def main() -> None:
+        async with Spool(tmp_path) as spool:
+            whole = await spool.accept(new(1, ("a@x.test", "b@x.test")))
+            assert await spool.record(delivered(whole)) == []
+            assert listing(tmp_path) == []
+            big = NewMessage("s@y.test", ("a@x.test",), b"Subject: big\r\n\r\n" + b"x" * 78 * 4000 + b"\r\n", "normal")
+            filed = await spool.accept(big)
+            assert len(list((tmp_path / BODIES).iterdir())) == 1
+            await spool.record(delivered(filed))
+            assert listing(tmp_path) == [] and not list((tmp_path / BODIES).iterdir())
+            # One recipient of two: the other stays queued; the second finishes the message.
+            split = await spool.accept(new(3, ("a@x.test", "b@x.test")))
+            first, second = delivered(split)
+            await spool.record([first])
+            assert [(row.address, row.state) for row in listing(tmp_path)] == [("a@x.test", "delivered"), ("b@x.test", "queued")]
+            await spool.record([second])
+            assert listing(tmp_path) == []
+            # A success DSN asked: the message waits for its DSN.
+            asked = NewMessage("s@y.test", ("a@x.test", "b@x.test"), b"Subject: 4\r\n\r\nbody\r\n", "normal", dsn=DsnRequest(notify=("SUCCESS", None)))
+            job = await spool.accept(asked)
+            (batch,) = await spool.record(delivered(job))
+            assert [(f.address, f.action) for f in batch.failures] == [("a@x.test", "relayed")]
+            assert {row.state for row in listing(tmp_path)} == {"delivered"}
+            counters = await spool.counters()
+            assert counters["delivered"] == 7 and counters["accepted"] == 4
 
     aio_run(main())
 

@@ -1006,7 +1006,8 @@ def _set_in_flight(conn: sqlite3.Connection, ids: Sequence[int], now: float) -> 
 def _record(conn: sqlite3.Connection, outcomes: Sequence[Outcome], now: float) -> tuple[list[DsnBatch], list[str]]:
     """Returns the failure batches now over and the body files of messages now finished."""
     messages: set[int] = set()
-    for outcome in outcomes:
+    finished: list[str] = []
+    for outcome in _not_finished_at_once(conn, outcomes, finished):
         message = outcome.message
         if message is None:
             row = conn.execute("SELECT message FROM recipients WHERE id = ?", (outcome.recipient,)).fetchone()
@@ -1032,7 +1033,37 @@ def _record(conn: sqlite3.Connection, outcomes: Sequence[Outcome], now: float) -
         )
     _bump(conn, "delivered", sum(o.state is State.DELIVERED for o in outcomes))
     _bump(conn, "failed", sum(o.state is State.FAILED for o in outcomes))
-    return _conclude(conn, messages)
+    batches, files = _conclude(conn, messages)
+    return batches, finished + files
+
+
+def _not_finished_at_once(conn: sqlite3.Connection, outcomes: Sequence[Outcome], finished: list[str]) -> list[Outcome]:
+    """Deletes each message that these outcomes deliver whole (every recipient still in the
+    spool is delivered by them, none asked for a success DSN): one statement instead of the
+    recipients' updates and the look-up that would find the message finished. Its body file, if
+    any, goes to `finished`. Returns the outcomes still to record, in order."""
+    by_message: dict[int, list[Outcome]] = {}
+    for outcome in outcomes:
+        if outcome.message is not None:
+            by_message.setdefault(outcome.message, []).append(outcome)
+    done: set[int] = set()
+    for message, group in by_message.items():
+        if all(outcome.state is State.DELIVERED for outcome in group):
+            ids = [outcome.recipient for outcome in group]
+            rows = conn.execute(_DELETE_DELIVERED.format(", ".join("?" * len(ids))), (message, message, *ids)).fetchall()
+            if rows:
+                done.add(message)
+                if rows[0][0] is not None:
+                    finished.append(rows[0][0])
+    return [outcome for outcome in outcomes if outcome.message not in done] if done else list(outcomes)
+
+
+# Deletes a message (its recipients with it: ON DELETE CASCADE) when no recipient of it is left
+# but the given ones, and none of those asked for a DSN on success (RFC 3461 NOTIFY=SUCCESS).
+_DELETE_DELIVERED: Final = (
+    "DELETE FROM messages WHERE id = ? AND NOT EXISTS (SELECT 1 FROM recipients WHERE message = ?"
+    " AND (id NOT IN ({}) OR instr(coalesce(dsn_notify, ''), 'SUCCESS') > 0)) RETURNING body_file"
+)
 
 
 def _conclude(conn: sqlite3.Connection, messages: Iterable[int]) -> tuple[list[DsnBatch], list[str]]:
