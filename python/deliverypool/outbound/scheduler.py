@@ -167,8 +167,10 @@ class DeliveryEngine:
         `recipient_pools`) would go to a connection as soon as it is submitted: every lane it
         joins has an idle connection or room for one more, with no work waiting before it. The
         relay then stores it with its recipients in flight, which spares the first attempt a
-        state change of its own; the guess can be wrong only for mail accepted while the lane
-        filled up, which a crash would count as possible duplicates without cause."""
+        state change of its own. The answer does not count the messages being accepted at the
+        same moment (before their commit, none of them is in a lane yet), so up to that many may
+        be stored in flight and then wait for a connection: a crash then counts them among the
+        possible duplicates without cause. Never the other way: nothing is sent unmarked."""
         if self._stopping:
             return False
         for address, name in zip(recipients, recipient_pools or (pool,) * len(recipients)):
