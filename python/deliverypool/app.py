@@ -35,7 +35,7 @@ from deliverypool.auth.authenticator import Authenticator
 from deliverypool.auth.dkim import DkimOutcome, DkimSigner, DkimVerifier, has_signature
 from deliverypool.config import ConfigError, DnsConfig, RelayConfig, SrsConfig, load
 from deliverypool.ingress.client_counts import ClientCounts
-from deliverypool.ingress.handler import Accepted, RoutingHandler, in_networks
+from deliverypool.ingress.handler import Accepted, RoutingHandler, network_check
 from deliverypool.ingress.limits import Admission, Limits, raise_open_file_limit
 from deliverypool.ingress.listener import Listener
 from deliverypool.ingress.session import SessionFactory
@@ -99,6 +99,9 @@ class Relay:
         self.scores: ScoredRouter | None = None
         self.engine: DeliveryEngine | None = None
         self.handler = RoutingHandler(self)
+        # Whether a client may bring its own score header / route header (asked per message).
+        self._trusted_score = network_check(config.listener.trusted_score_networks)
+        self._trusted_route = network_check(config.listener.trusted_route_networks)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.server: asyncio.AbstractServer | None = None
         # The listener's session factory (its `stats`), once `listen` ran.
@@ -288,8 +291,8 @@ class Relay:
         # The client's own DKIM signatures are checked on the message as it came.
         arrived = content
         listener = self.config.listener
-        untrusted = not in_networks(peer, listener.trusted_score_networks)
-        untrusted_route = not in_networks(peer, listener.trusted_route_networks)
+        untrusted = not self._trusted_score(peer)
+        untrusted_route = not self._trusted_route(peer)
         # A client outside the trusted networks neither brings its own score nor picks its pool.
         for header, stripped in ((self.config.policy.score_header, untrusted), (self.config.policy.route_header, untrusted_route)):
             if header and stripped:
