@@ -424,7 +424,16 @@ class Spool:
                 path.unlink(missing_ok=True)
                 return True, free
             free -= self.reserve
-        return free < self.reserve, free
+        if not self._low_space:
+            return free < self.reserve, free
+        # Leaving low-space mode takes twice the reserve free besides it (entering it, less than
+        # the reserve): a shard that left as soon as the reserve fitted again filled the disk
+        # within a second and flapped, each time log lines and an alert. What delivered mail
+        # freed in the database counts: it is given back first.
+        if free < 2 * self.reserve:
+            self._give_back_space()
+            free = shutil.disk_usage(self.directory).free
+        return free < 2 * self.reserve, free
 
     def _give_back_space(self) -> None:
         """Returns to the file system the database pages delivered mail freed and the write-ahead
@@ -461,7 +470,7 @@ class Spool:
         if low:
             self.stats.low_space_entered += 1
             log.error(
-                "spool %s: low space (%d bytes free, reserve %d): refusing new mail (452) until twice the reserve is free",
+                "spool %s: low space (%d bytes free, reserve %d): refusing new mail (452) until twice the reserve is free besides it",
                 self.directory, free, self.reserve,
             )
         else:
