@@ -403,8 +403,9 @@ class Spool:
     def _make_reserve(self) -> tuple[bool, int]:
         """Keeps the reserve file in place (on the I/O thread); returns (low space, free bytes).
         Low space when the reserve is missing and cannot be made (it is made only while twice
-        the reserve is free), or when less than the reserve is free besides it. Without room for
-        the reserve, the database first gives back what delivered mail freed."""
+        the reserve is free), or when less than the reserve is free besides it; once in low-space
+        mode, until twice the reserve is free besides it. Without room, the database first gives
+        back what delivered mail freed."""
         path = self.directory / RESERVE
         free = shutil.disk_usage(self.directory).free
         if not path.exists():
