@@ -186,15 +186,21 @@ HEADER = (
 )
 
 
-def row(ours: dict, theirs: dict, label: str | None = None) -> str:
-    ratio = ours["messages_per_second"] / theirs["messages_per_second"] if theirs["messages_per_second"] else float("nan")
-    cpu_ratio = ours["cpu_ms_per_message"] / theirs["cpu_ms_per_message"] if theirs["cpu_ms_per_message"] else float("nan")
-    size = ours["size"]
-    label = label or (f"{size // 1024} KiB" if size < 1 << 20 else f"{size / (1 << 20):g} MiB")
+def _ratio(ours: dict, theirs: dict, key: str) -> float:
+    return ours[key] / theirs[key] if theirs[key] else float("nan")
+
+
+def _label(size: int) -> str:
+    return f"{size // 1024} KiB" if size < 1 << 20 else f"{size / (1 << 20):g} MiB"
+
+
+def row(ours: dict, theirs: dict, label: str | None = None, ratios: tuple[str, str] | None = None) -> str:
+    """One table row; `ratios`: the throughput and CPU ratio cells' text, when not one run's."""
+    throughput, cpu = ratios or (f"**{_ratio(ours, theirs, 'messages_per_second'):.2f}**", f"**{_ratio(ours, theirs, 'cpu_ms_per_message'):.2f}**")
     return (
-        f"| {label} | {ours['messages_per_second']:,.0f} | {theirs['messages_per_second']:,.0f} | **{ratio:.2f}** "
+        f"| {label or _label(ours['size'])} | {ours['messages_per_second']:,.0f} | {theirs['messages_per_second']:,.0f} | {throughput} "
         f"| {ours['latency_p50_ms']:.0f} / {ours['latency_p99_ms']:.0f} | {theirs['latency_p50_ms']:.0f} / {theirs['latency_p99_ms']:.0f} "
-        f"| {ours['cpu_ms_per_message']:.2f} / {theirs['cpu_ms_per_message']:.2f} | **{cpu_ratio:.2f}** | {ours['cpu_us_per_kib']:.1f} "
+        f"| {ours['cpu_ms_per_message']:.2f} / {theirs['cpu_ms_per_message']:.2f} | {cpu} | {ours['cpu_us_per_kib']:.1f} "
         f"| {ours['machine_cpu_ms_per_message']:.2f} / {theirs['machine_cpu_ms_per_message']:.2f} "
         f"| {ours['peak_rss_mib']:.0f} / {theirs['peak_rss_mib']:.0f} | {ours['pss_mib']:.0f} / {theirs['pss_mib']:.0f} | {ours['lost']} / {theirs['lost']} | {ours['duplicates']} / {theirs['duplicates']} |"
     )
@@ -211,17 +217,12 @@ def median_row(pairs: list[tuple[dict, dict]]) -> str:
                 merged[key] = sum(values) if key in ("lost", "duplicates") else statistics.median(values)
         return merged
 
+    def spread(key: str) -> str:
+        values = [_ratio(a, b, key) for a, b in pairs if b[key]]
+        return f"**{statistics.median(values):.2f}** ({min(values):.2f}–{max(values):.2f})"
+
     ours, theirs = median_of([a for a, _ in pairs]), median_of([b for _, b in pairs])
-    ratios = [a["messages_per_second"] / b["messages_per_second"] for a, b in pairs if b["messages_per_second"]]
-    cpu = [a["cpu_ms_per_message"] / b["cpu_ms_per_message"] for a, b in pairs if b["cpu_ms_per_message"]]
-    size = ours["size"]
-    label = f"{size // 1024} KiB" if size < 1 << 20 else f"{size / (1 << 20):g} MiB"
-    text = row(ours, theirs, f"{label}, median of {len(pairs)}")
-    cells = text.split("|")
-    # Columns 4 and 8 (1-based after the leading empty cell): the ratios, as median (range).
-    cells[4] = f" **{statistics.median(ratios):.2f}** ({min(ratios):.2f}–{max(ratios):.2f}) "
-    cells[8] = f" **{statistics.median(cpu):.2f}** ({min(cpu):.2f}–{max(cpu):.2f}) "
-    return "|".join(cells)
+    return row(ours, theirs, f"{_label(ours['size'])}, median of {len(pairs)}", (spread("messages_per_second"), spread("cpu_ms_per_message")))
 
 
 def compare(a: str, b: str) -> int:
@@ -229,7 +230,7 @@ def compare(a: str, b: str) -> int:
     print("== results (same machine, same load, loopback)")
     print(_line(ours))
     print(_line(theirs))
-    ratio = ours["messages_per_second"] / theirs["messages_per_second"] if theirs["messages_per_second"] else float("nan")
+    ratio = _ratio(ours, theirs, "messages_per_second")
     print(f"throughput ratio {ours['name']}/{theirs['name']}: {ratio:.2f}")
     return 0
 

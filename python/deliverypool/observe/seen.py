@@ -63,7 +63,7 @@ class RelayedIds:
 
     def add(self, message_id: str) -> None:
         now = self.clock()
-        if now < self._today_ends and now >= self._today_ends - 86400:
+        if self._today_ends - 86400 <= now < self._today_ends:
             day = self._today
         else:
             day = self._today = _day(now)

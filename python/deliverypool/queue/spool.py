@@ -1016,8 +1016,8 @@ def _set_in_flight(conn: sqlite3.Connection, ids: Sequence[int], now: float) -> 
 def _record(conn: sqlite3.Connection, outcomes: Sequence[Outcome], now: float) -> tuple[list[DsnBatch], list[str]]:
     """Returns the failure batches now over and the body files of messages now finished."""
     messages: set[int] = set()
-    finished: list[str] = []
-    for outcome in _not_finished_at_once(conn, outcomes, finished):
+    rest, finished = _delete_delivered_whole(conn, outcomes)
+    for outcome in rest:
         message = outcome.message
         if message is None:
             row = conn.execute("SELECT message FROM recipients WHERE id = ?", (outcome.recipient,)).fetchone()
@@ -1047,11 +1047,12 @@ def _record(conn: sqlite3.Connection, outcomes: Sequence[Outcome], now: float) -
     return batches, finished + files
 
 
-def _not_finished_at_once(conn: sqlite3.Connection, outcomes: Sequence[Outcome], finished: list[str]) -> list[Outcome]:
+def _delete_delivered_whole(conn: sqlite3.Connection, outcomes: Sequence[Outcome]) -> tuple[list[Outcome], list[str]]:
     """Deletes each message that these outcomes deliver whole (every recipient still in the
     spool is delivered by them, none asked for a success DSN): one statement instead of the
-    recipients' updates and the look-up that would find the message finished. Its body file, if
-    any, goes to `finished`. Returns the outcomes still to record, in order."""
+    recipients' updates and the look-up that would find the message finished. Returns the
+    outcomes still to record, in order, and the deleted messages' body files."""
+    finished: list[str] = []
     by_message: dict[int, list[Outcome]] = {}
     for outcome in outcomes:
         if outcome.message is not None:
@@ -1065,7 +1066,7 @@ def _not_finished_at_once(conn: sqlite3.Connection, outcomes: Sequence[Outcome],
                 done.add(message)
                 if rows[0][0] is not None:
                     finished.append(rows[0][0])
-    return [outcome for outcome in outcomes if outcome.message not in done] if done else list(outcomes)
+    return [outcome for outcome in outcomes if outcome.message not in done], finished
 
 
 # Deletes a message (its recipients with it: ON DELETE CASCADE) when no recipient of it is left
