@@ -5,7 +5,7 @@ process, so that nothing else is counted.
     relay_worker.py run --messages N [--size 2048] [--sessions 20] [--callgrind FILE | --strace FILE | --pyspy FILE | --cprofile FILE]
 
 starts Postfix's smtp-sink as the next hop, one relay worker (the code path of
-``deliverypool relay``'s workers: ``configure_logging(batched=True)``, ``run_relay`` on a socket
+``deliverypool relay``'s workers: ``configure_logging(batched=True)``, ``keep_freed_memory()``, ``run_relay`` on a socket
 bound for it, its spool a shard, the observer on, uvloop) under valgrind or strace if asked, and
 smtp-source sending N messages of SIZE bytes over SESSIONS sessions into it; the worker stops
 itself once it has delivered N messages. Printed (one JSON line): the worker's user and system
@@ -95,9 +95,10 @@ def worker(config_path: str, messages: int, result: str) -> int:
     from deliverypool.app import Relay, configure_logging, run_relay
     from deliverypool.config import load
     from deliverypool.eventloop import run
-    from deliverypool.supervisor import listen_socket, shard_directory
+    from deliverypool.supervisor import keep_freed_memory, listen_socket, shard_directory
 
     configure_logging(batched=True)
+    keep_freed_memory()
     config = load(config_path)
     sock = listen_socket(config.listener.host, config.listener.port, config.listener.backlog, listen=False)
     stats: dict[str, int] = {}

@@ -16,8 +16,10 @@
 //! more is stored (its memory is released at once) but the input is still read to the end of
 //! data, so that the reply comes at the right time and the session can go on.
 //!
-//! Cost: one pass with `memchr3` over the input and one copy into the message buffer; the
-//! buffer is reserved up front when the client declared the size (ESMTP `SIZE=`).
+//! Cost: one pass with `memchr3` over the input and one copy of each read into the message
+//! ([`Content`]): the bytes between two transparency dots are copied as one run, not a line at a
+//! time, and a growing message is never moved (a part is added instead). The first part is
+//! reserved for the size the client declared (ESMTP `SIZE=`), if it did.
 
 /// Why a message was refused (the first problem found wins, except that an oversized message
 /// is reported as such, as aiosmtpd does: 552 tells the client more than a line error).
@@ -46,13 +48,15 @@ impl Problem {
 pub struct DataReader {
     size_limit: usize,
     line_limit: usize,
-    out: Vec<u8>,
+    out: Content,
     /// Bytes of the current line seen so far, its leading dot included, its line break not.
     line_len: usize,
     /// The current line began with a dot (not copied to `out`).
     dot_line: bool,
-    /// The last byte seen was a CR whose meaning depends on the next one (not copied yet).
+    /// The last byte seen was a CR whose meaning depends on the next one.
     pending_cr: bool,
+    /// That CR came at the end of an earlier read and is not in `out` yet.
+    cr_unstored: bool,
     /// Bytes received, as sent (dots and line breaks included).
     received: usize,
     problem: Option<Problem>,
@@ -70,10 +74,11 @@ impl DataReader {
         DataReader {
             size_limit,
             line_limit,
-            out: Vec::with_capacity(reserve),
+            out: Content::with_capacity(reserve),
             line_len: 0,
             dot_line: false,
             pending_cr: false,
+            cr_unstored: false,
             received: 0,
             problem: None,
             done: false,
@@ -124,22 +129,37 @@ impl DataReader {
 
     /// Reads from `input`; returns how many bytes belong to the data (all of them, unless the
     /// end of data was found: then the rest is the client's next command, pipelined).
+    ///
+    /// A message read without a problem is its input less the transparency dots, the final
+    /// `.<CRLF>` and nothing else, so the input is stored in runs (`input[start..i]`), each
+    /// ended by a transparency dot or by the end of the read. A refused message stores
+    /// nothing, so what a problem does to the runs does not matter.
     pub fn feed(&mut self, input: &[u8]) -> usize {
         let mut i = 0;
+        let mut start = 0;
         while i < input.len() && !self.done {
             if self.pending_cr {
                 self.pending_cr = false;
+                let cr_unstored = std::mem::take(&mut self.cr_unstored);
                 if input[i] == b'\n' {
                     i += 1;
                     self.received += 1;
-                    self.end_of_line();
+                    if self.end_of_line() {
+                        return i; // the "." line is not part of the message
+                    }
+                    if cr_unstored {
+                        // The CR ended the previous read (so i == 1 and nothing of this read is
+                        // stored yet); the LF is in this read's run.
+                        self.push(b"\r");
+                    }
                     continue;
                 }
                 self.flag(Problem::BareLineEnding);
-                self.push(b"\r");
                 self.grow(1);
             }
             if self.line_len == 0 && !self.dot_line && !self.chunked && input[i] == b'.' {
+                self.push(&input[start..i]);
+                start = i + 1;
                 self.dot_line = true;
                 self.line_len = 1;
                 self.received += 1;
@@ -148,7 +168,6 @@ impl DataReader {
             }
             let rest = &input[i..];
             let run = memchr::memchr3(b'\r', b'\n', 0, rest).unwrap_or(rest.len());
-            self.push(&rest[..run]);
             self.grow(run);
             self.received += run;
             i += run;
@@ -159,7 +178,6 @@ impl DataReader {
                     b'\r' => self.pending_cr = true,
                     b'\n' => {
                         self.flag(Problem::BareLineEnding);
-                        self.push(b"\n");
                         self.grow(1);
                     }
                     _ => {
@@ -168,6 +186,12 @@ impl DataReader {
                     }
                 }
             }
+        }
+        if i > 0 && !self.done {
+            // A CR that ends the read waits for the next byte: it is stored with the LF.
+            let end = if self.pending_cr { i - 1 } else { i };
+            self.cr_unstored = self.pending_cr;
+            self.push(&input[start..end]);
         }
         i
     }
@@ -181,8 +205,9 @@ impl DataReader {
         }
     }
 
-    /// A CRLF ended the current line: the end of data, or one more line of the message.
-    fn end_of_line(&mut self) {
+    /// A CRLF ended the current line: the end of data (true), or one more line of the message
+    /// (the caller stores the CRLF with its run).
+    fn end_of_line(&mut self) -> bool {
         if self.dot_line && self.line_len == 1 {
             self.done = true;
             // The final ".<CRLF>" is not part of the data.
@@ -190,9 +215,8 @@ impl DataReader {
             if self.received > self.size_limit {
                 self.problem = Some(Problem::TooLarge);
             }
-            return;
+            return true;
         }
-        self.push(b"\r\n");
         self.line_len = 0;
         self.dot_line = false;
         // Over the limit by more than the terminator could account for: refused for sure.
@@ -200,6 +224,7 @@ impl DataReader {
             self.problem = Some(Problem::TooLarge);
             self.discard();
         }
+        false
     }
 
     fn flag(&mut self, problem: Problem) {
@@ -210,22 +235,18 @@ impl DataReader {
     }
 
     fn discard(&mut self) {
-        self.out = Vec::new();
+        self.out = Content::default();
     }
 
     fn push(&mut self, bytes: &[u8]) {
         if self.problem.is_none() {
-            self.out.extend_from_slice(bytes);
+            self.out.push(bytes);
         }
     }
 
-    /// The message, once the end of data was found without a problem (and not yet taken).
-    pub fn message(&self) -> Option<&[u8]> {
-        self.complete().then_some(self.out.as_slice())
-    }
-
-    /// The message buffer, taken out of the reader (once).
-    pub fn take(&mut self) -> Option<Vec<u8>> {
+    /// The message, taken out of the reader (once), once the end of data was found without a
+    /// problem.
+    pub fn take(&mut self) -> Option<Content> {
         let message = self.complete().then(|| std::mem::take(&mut self.out));
         self.taken |= message.is_some();
         message
@@ -233,6 +254,87 @@ impl DataReader {
 
     fn complete(&self) -> bool {
         self.done && self.problem.is_none() && !self.taken
+    }
+}
+
+/// A message as the DATA reader stores it: in parts that are never moved once written, each
+/// twice the size of the one before (from 8 KiB up to 1 MiB), the first one reserved for the
+/// size the client declared. One growing buffer copied a 1 MiB message about once more in
+/// reallocations (1.7 million instructions per message, callgrind); the parts are joined once,
+/// into the message handed on ([`Content::copy_to`], [`Content::into_vec`]).
+#[derive(Debug, Default, Clone)]
+pub struct Content {
+    parts: Vec<Vec<u8>>,
+    len: usize,
+}
+
+const FIRST_PART: usize = 8 << 10;
+const LARGEST_PART: usize = 1 << 20;
+
+impl Content {
+    pub fn with_capacity(capacity: usize) -> Content {
+        let parts = if capacity == 0 { Vec::new() } else { vec![Vec::with_capacity(capacity)] };
+        Content { parts, len: 0 }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes reserved, written or not.
+    pub fn capacity(&self) -> usize {
+        self.parts.iter().map(Vec::capacity).sum()
+    }
+
+    pub fn push(&mut self, mut bytes: &[u8]) {
+        self.len += bytes.len();
+        if let Some(last) = self.parts.last_mut() {
+            let room = last.capacity() - last.len();
+            if bytes.len() <= room {
+                last.extend_from_slice(bytes);
+                return;
+            }
+            let (head, tail) = bytes.split_at(room);
+            last.extend_from_slice(head);
+            bytes = tail;
+        }
+        if bytes.is_empty() {
+            return;
+        }
+        let size = self.parts.last().map_or(FIRST_PART, |last| (last.capacity() * 2).min(LARGEST_PART));
+        let mut part = Vec::with_capacity(size.max(bytes.len()));
+        part.extend_from_slice(bytes);
+        self.parts.push(part);
+    }
+
+    /// The message in order, a slice per part.
+    pub fn parts(&self) -> impl Iterator<Item = &[u8]> {
+        self.parts.iter().map(Vec::as_slice)
+    }
+
+    /// Copies the message to the start of `out`, which must hold [`Content::len`] bytes at least.
+    pub fn copy_to(&self, out: &mut [u8]) {
+        let mut at = 0;
+        for part in self.parts() {
+            out[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+    }
+
+    /// The message as one buffer: the first part itself when it is the only one.
+    pub fn into_vec(mut self) -> Vec<u8> {
+        if self.parts.len() <= 1 {
+            return self.parts.pop().unwrap_or_default();
+        }
+        let mut whole = Vec::with_capacity(self.len);
+        for part in &self.parts {
+            whole.extend_from_slice(part);
+        }
+        whole
     }
 }
 
@@ -288,7 +390,7 @@ mod tests {
     fn read(input: &[u8]) -> (Option<Vec<u8>>, Option<Problem>, usize) {
         let mut reader = DataReader::new(1 << 20, 1001, None);
         let used = reader.feed(input);
-        (reader.take(), reader.problem(), used)
+        (reader.take().map(Content::into_vec), reader.problem(), used)
     }
 
     #[test]
@@ -337,7 +439,7 @@ mod tests {
             let whole = read(input);
             for split in 0..=input.len() {
                 let (mut reader, used) = read_split(input, split);
-                assert_eq!((reader.take(), reader.problem(), used), whole, "split at {split} of {input:?}");
+                assert_eq!((reader.take().map(Content::into_vec), reader.problem(), used), whole, "split at {split} of {input:?}");
             }
         }
     }
@@ -363,7 +465,7 @@ mod tests {
         // Exactly at the limit (10 bytes with the CRLF) is fine.
         let mut reader = DataReader::new(10, 1001, None);
         reader.feed(b"01234567\r\n.\r\n");
-        assert_eq!(reader.take().unwrap(), b"01234567\r\n");
+        assert_eq!(reader.take().unwrap().into_vec(), b"01234567\r\n");
         let mut long = vec![b'a'; 1000];
         long.extend_from_slice(b"\r\n.\r\n");
         let (message, problem, _) = read(&long);
@@ -371,6 +473,43 @@ mod tests {
         let mut fits = vec![b'a'; 999];
         fits.extend_from_slice(b"\r\n.\r\n");
         assert!(read(&fits).0.is_some());
+    }
+
+    #[test]
+    fn a_large_message_reads_the_same_in_any_read_size_and_is_never_moved() {
+        // 1 MiB and more of lines, some starting with a dot, with and without a declared size.
+        let mut wire = Vec::new();
+        let mut expected = Vec::new();
+        for n in 0..14_000 {
+            let line = format!("{}line {n} of the message, text text text text text text\r\n", if n % 97 == 0 { "." } else { "" });
+            expected.extend_from_slice(line.as_bytes());
+            if line.starts_with('.') {
+                wire.push(b'.');
+            }
+            wire.extend_from_slice(line.as_bytes());
+        }
+        wire.extend_from_slice(b".\r\nQUIT\r\n");
+        for declared in [None, Some(expected.len()), Some(1000)] {
+            for read in [1, 2, 3, 7, 64, 1000, 4096, 65_536, 300_000, wire.len()] {
+                let mut reader = DataReader::new(8 << 20, 1001, declared);
+                let mut used = 0;
+                for piece in wire.chunks(read) {
+                    used += reader.feed(piece);
+                    if reader.done() {
+                        break;
+                    }
+                }
+                assert_eq!(used, wire.len() - b"QUIT\r\n".len(), "read size {read}");
+                let content = reader.take().unwrap();
+                assert_eq!(content.len(), expected.len());
+                // Parts are only ever added: at most ~log2 of the size of them, each filled before the next.
+                assert!(content.parts.len() <= 12, "{} parts", content.parts.len());
+                let mut joined = vec![0; content.len()];
+                content.copy_to(&mut joined);
+                assert!(joined == expected, "read size {read}, declared {declared:?}");
+                assert!(content.into_vec() == expected);
+            }
+        }
     }
 
     #[test]

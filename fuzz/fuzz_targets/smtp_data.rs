@@ -7,7 +7,7 @@
 //! the rest is what the client sends after 354.
 #![no_main]
 
-use deliverypool::smtp_data::{dot_stuff, DataReader, Problem};
+use deliverypool::smtp_data::{dot_stuff, Content, DataReader, Problem};
 use libfuzzer_sys::fuzz_target;
 
 struct Outcome {
@@ -38,7 +38,7 @@ fn read(data: &[u8], size_limit: usize, line_limit: usize, mut seed: Option<u32>
         consumed += used;
         at = end;
     }
-    Outcome { consumed, done: reader.done(), problem: reader.problem(), message: reader.take() }
+    Outcome { consumed, done: reader.done(), problem: reader.problem(), message: reader.take().map(Content::into_vec) }
 }
 
 /// What RFC 5321 says, line by line: lines end at CRLF only; the first line that is exactly

@@ -35,7 +35,7 @@ fn decide(event: Event, server: &mut Server, seen: &mut Vec<Vec<u8>>) -> Option<
             let (trace, body) = server.take_message().expect("a message for Event::Message");
             assert!(trace.starts_with(b"Received: from ") && trace.ends_with(b"\r\n"));
             assert!(!server.envelope().recipients.is_empty());
-            seen.push([b"MESSAGE ".as_slice(), &body].concat());
+            seen.push([b"MESSAGE ".as_slice(), &body.into_vec()].concat());
             b"250 2.0.0 queued".to_vec()
         }
         Event::Auth => {

@@ -41,6 +41,27 @@ fn untracked<T: PyClass>(py: Python<'_>, value: impl Into<PyClassInitializer<T>>
     Ok(object)
 }
 
+/// One new `bytes` holding `head` then `content`, written once. PyO3's `PyBytes::new_with`
+/// zero-fills the object before the copy: for a 1 MiB message that pass cost a million
+/// instructions and the page faults of fresh memory (callgrind, perf).
+#[allow(unsafe_code)]
+fn joined_bytes<'py>(py: Python<'py>, head: &[u8], content: &crate::smtp_data::Content) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
+    let len = head.len() + content.len();
+    let size = pyo3::ffi::Py_ssize_t::try_from(len).map_err(|_| pyo3::exceptions::PyOverflowError::new_err("message too large"))?;
+    // SAFETY: PyBytes_FromStringAndSize(NULL, n) returns a new bytes object of n bytes whose
+    // contents are uninitialized (or NULL with an exception set, turned into an error). Its
+    // buffer, n bytes long plus a NUL CPython put there, is written whole below before the
+    // object is seen by anyone: `head`, then every byte of `content`.
+    unsafe {
+        let object = Bound::from_owned_ptr_or_err(py, pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), size))?;
+        let buffer = std::slice::from_raw_parts_mut(pyo3::ffi::PyBytes_AsString(object.as_ptr()).cast::<u8>(), len);
+        let (front, back) = buffer.split_at_mut(head.len());
+        front.copy_from_slice(head);
+        content.copy_to(back);
+        Ok(object.cast_into_unchecked())
+    }
+}
+
 #[pyo3::pymodule]
 mod _core {
     #[pymodule_export]

@@ -61,12 +61,7 @@ impl PyDataReader {
     fn take<'py>(&mut self, py: Python<'py>, prefix: Option<&[u8]>) -> PyResult<Bound<'py, PyBytes>> {
         let prefix = prefix.unwrap_or_default();
         let message = self.0.take().ok_or_else(|| PyRuntimeError::new_err("no message: the data is not complete, or was refused"))?;
-        PyBytes::new_with(py, prefix.len() + message.len(), |buffer| {
-            let (head, tail) = buffer.split_at_mut(prefix.len());
-            head.copy_from_slice(prefix);
-            tail.copy_from_slice(&message);
-            Ok(())
-        })
+        super::joined_bytes(py, prefix, &message)
     }
 }
 

@@ -173,12 +173,7 @@ impl PySmtpServer {
 
     fn message<'py>(core: &mut Server, py: Python<'py>) -> PyResult<Bound<'py, PySmtpMessage>> {
         let (trace, body) = core.take_message().unwrap_or_default();
-        let content = PyBytes::new_with(py, trace.len() + body.len(), |buffer| {
-            let (head, tail) = buffer.split_at_mut(trace.len());
-            head.copy_from_slice(&trace);
-            tail.copy_from_slice(&body);
-            Ok(())
-        })?;
+        let content = super::joined_bytes(py, &trace, &body)?;
         drop(body);
         let envelope = core.envelope();
         let mail = &envelope.mail;

@@ -26,7 +26,7 @@ use std::time::SystemTime;
 
 use crate::smtp::command;
 use crate::smtp::trace;
-use crate::smtp_data::{DataReader, Problem};
+use crate::smtp_data::{Content, DataReader, Problem};
 
 /// What a listener offers and enforces; the same for every connection of a listener.
 #[derive(Debug, Clone)]
@@ -237,7 +237,7 @@ pub struct Server {
     /// BDAT chunks of the current message (their reader, not dot-aware).
     chunks: Option<Box<DataReader>>,
     /// The message of `Event::Message` and its `Received:` field.
-    message: Option<(Vec<u8>, Vec<u8>)>,
+    message: Option<(Vec<u8>, Content)>,
     message_chunked: bool,
     auth: Option<AuthAttempt>,
     unknown: u32,
@@ -428,7 +428,7 @@ impl Server {
 
     /// The message of [`Event::Message`] (once): the relay's `Received:` field and the
     /// message, to be joined where the caller makes its own copy.
-    pub fn take_message(&mut self) -> Option<(Vec<u8>, Vec<u8>)> {
+    pub fn take_message(&mut self) -> Option<(Vec<u8>, Content)> {
         self.message.take()
     }
 
@@ -917,7 +917,7 @@ impl Server {
         self.message_ready(message, false)
     }
 
-    fn message_ready(&mut self, message: Vec<u8>, chunked: bool) -> Option<Event> {
+    fn message_ready(&mut self, message: Content, chunked: bool) -> Option<Event> {
         let now = self.now.unwrap_or_else(SystemTime::now);
         let helo = self.helo.as_deref().unwrap_or_default();
         let trace = trace::received(helo, &self.peer, &self.config.hostname, self.authenticated, now);

@@ -102,11 +102,12 @@ def _worker(
     from deliverypool.eventloop import run
     from deliverypool.ingress.client_counts import ClientCounts
     from deliverypool.queue.space import SpaceFlags
-    from deliverypool.supervisor import die_with_supervisor, shard_directory
+    from deliverypool.supervisor import die_with_supervisor, keep_freed_memory, shard_directory
 
     configure_logging(batched=True)  # a line per message accepted and per attempt: written in batches
     try:
         die_with_supervisor()
+        keep_freed_memory()
         sock = socket.socket(fileno=listen_fd)
         counts = ClientCounts(client_counts_fd, workers, shard) if client_counts_fd is not None and workers is not None else None
         space = SpaceFlags(space_fd, workers, shard) if space_fd is not None and workers is not None else None

@@ -40,7 +40,7 @@ impl Script {
                 assert!(trace.starts_with(b"Received: from "));
                 let rcpts = server.envelope().recipients.len();
                 let from = String::from_utf8_lossy(&server.envelope().mail.address).into_owned();
-                self.seen.push(format!("MESSAGE {from} {rcpts} {}", String::from_utf8_lossy(&body)));
+                self.seen.push(format!("MESSAGE {from} {rcpts} {}", String::from_utf8_lossy(&body.into_vec())));
                 b"250 2.0.0 queued"
             }
             Event::Auth => {
