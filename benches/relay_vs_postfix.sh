@@ -19,14 +19,15 @@
 # into the relay, which delivers them to Postfix's smtp-sink (a fresh one per relay, dumping
 # every message to a file). Both relays keep their normal durable queue: the deliverypool
 # spool (SQLite, WAL, synchronous=FULL) and Postfix's queue (fsynced files). While the load
-# runs, a probe client sends PROBES messages at a steady pace and notes when each one was
-# accepted (the 250 after DATA); the time it reached the sink (its dump file's mtime) minus
-# that is its latency.
+# runs, a probe client sends PROBES messages at a steady pace and notes when it began each
+# one's transaction; the time it reached the sink (its dump file's mtime) minus that is its
+# latency (an upper bound: it includes the probe's MAIL, RCPT and DATA; measured from the
+# probe's reading of the 250 instead, a message the relay passes on at once read as negative).
 #
 # For each size in SIZES (bytes; default 2 KiB, 20 KiB, 100 KiB, 1 MiB), both relays run in turn
 # on the same load. Printed, one row per size: messages per second from the first message sent
-# to the last one arriving at the sink, p50/p99 latency, the relay's own CPU time per message and
-# per KiB (every process of it, exited children included), the machine's busy CPU per message
+# to the last one arriving at the sink, p50/p99 latency, the relay's own CPU time per message
+# of the load and per KiB (every process of it, exited children included), the machine's busy CPU per message
 # (all processes: fair to Postfix, whose work is spread over many), the peak RSS of the relay's
 # processes, messages lost and duplicated, and the ratio of the two relays. MESSAGES defaults to
 # a count per size that keeps each run to a few seconds (MESSAGES sets one count for all). Installs Postfix (with no system configuration) if smtp-source is

@@ -1,14 +1,16 @@
 """The table of `benches/relay_vs_postfix.sh` (`relay_probe.py table`): a row per run with both
-relays' CPU per message and its ratio, and with ``RUNS`` a row of medians per size."""
+relays' CPU per message and its ratio, and with ``RUNS`` a row of medians per size; the figures
+of one run (`summarize`)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
 import pytest
 
-from benches.relay_probe import table
+from benches.relay_probe import summarize, table
 
 RESULT = {
     "size": 2048, "messages_per_second": 500.0, "latency_p50_ms": 1.0, "latency_p99_ms": 2.0, "cpu_ms_per_message": 1.0,
@@ -39,3 +41,19 @@ def test_runs_of_one_size_get_a_median_row(tmp_path: Path, capsys: pytest.Captur
     assert "| **2.00** (2.00–2.40) |" in median and "| **0.40** (0.30–0.50) |" in median
     assert median.endswith("| 1 / 0 | 0 / 0 |")  # lost: summed over the runs
     assert rows[4].startswith("| 100 KiB | 500 |") and "**0.25**" in rows[4]
+
+
+def test_the_figures_of_a_run_count_the_load_and_time_the_probes_from_their_start() -> None:
+    args = argparse.Namespace(name="dp", messages=900, size=2048, start_ns=0, accepted_ns=int(1e9))
+    # Latency from the start of the probe's transaction: the relay passes a message on as it
+    # answers, so the sink may have it before the probe has read its 250.
+    probes = [{"message_id": f"<p{n}>", "sent": 1.0, "accepted": 1.005} for n in range(100)]
+    arrived = {f"<m{n}>": 2.0 for n in range(900)} | {f"<p{n}>": 1.004 for n in range(99)}  # one probe lost
+    before = {"cpu_seconds": 10.0, "machine_busy_seconds": 20.0}
+    after = {"cpu_seconds": 10.9, "machine_busy_seconds": 21.8, "peak_rss_mib": 100.0, "pss_mib": 50.0}
+    result = summarize(args, probes, arrived, 0, before, after)
+    assert result["cpu_ms_per_message"] == pytest.approx(1.0)  # 0.9 s over the 900 messages of the load
+    assert result["machine_cpu_ms_per_message"] == pytest.approx(2.0)
+    assert (result["delivered"], result["lost"]) == (900, 1)
+    assert result["latency_p50_ms"] == pytest.approx(4.0)
+    assert result["messages_per_second"] == pytest.approx(450.0)
