@@ -487,7 +487,9 @@ class GatedSMTP(CountingSMTP):
 def test_mail_a_connection_takes_at_once_is_stored_in_flight(aio_run: Run, tmp_path: Path) -> None:
     """A message that a connection takes as soon as it is accepted is stored with its recipients
     in flight (its first attempt writes no state change of its own); one that must wait for a
-    connection is stored queued, so that a crash counts only the first as a possible duplicate."""
+    connection is stored queued, so that a crash counts only the first as a possible duplicate.
+    Six messages accepted at the same moment for a destination with one connection: exactly one
+    is promised that connection."""
 
     async def main() -> None:
         port = common_port(["127.0.0.20"])
@@ -506,10 +508,40 @@ def test_mail_a_connection_takes_at_once_is_stored_in_flight(aio_run: Run, tmp_p
                 assert len(await destination.wait_for(2)) == 2
                 await eventually(lambda: not listing(conf.spool.directory), what="both messages finished")
                 assert read_counters(conf.spool.directory)["delivered"] == 2
+                # Once more, six at once: one connection, so one message stored in flight.
+                GatedSMTP.gate = asyncio.Event()
+                await asyncio.gather(*(submit(conf, message(f"at once {n}"), sender=SENDER, to=[f"n{n}@anywhere.test"]) for n in range(6)))
+                states = {row.address: row.state for row in listing(conf.spool.directory)}
+                assert len(states) == 6 and sorted(states.values()) == ["in-flight"] + ["queued"] * 5, states
+                assert relay.engine is not None and all(lane.promised == 0 for lane in relay.engine._lanes.values())
+                GatedSMTP.gate.set()
+                assert len(await destination.wait_for(8)) == 8
+                await eventually(lambda: not listing(conf.spool.directory), what="all messages finished")
             finally:
                 await relay.stop()
 
     aio_run(main())
+
+
+def test_a_promise_of_a_connection_is_given_back_when_the_spool_refuses_the_message(tmp_path: Path) -> None:
+    """`claim_at_once` holds one place per lane until the message is submitted or the promise
+    released; a released promise leaves no lane behind."""
+    from deliverypool.outbound.scheduler import DeliveryEngine
+    from deliverypool.queue.spool import Spool
+
+    conf = relay_config(tmp_path / "spool", smarthost="127.0.0.20:25", pool_extra="max_connections_per_destination = 2")
+    engine = DeliveryEngine(conf, Spool(tmp_path / "spool"), mx=None, route_dsn=classify)
+    first = engine.claim_at_once("normal", ["a@x.test"])
+    second = engine.claim_at_once("normal", ["b@y.test", "c@z.test"])  # one smarthost lane: one place
+    assert first is not None and second is not None and len(second) == 1
+    assert engine.claim_at_once("normal", ["d@x.test"]) is None  # two connections, two promises
+    engine.release(second)
+    third = engine.claim_at_once("normal", ["d@x.test"])
+    assert third is not None
+    engine.release(first)
+    engine.release(third)
+    assert engine._lanes == {}
+    assert engine.claim_at_once("no-such-pool", ["a@x.test"]) is None
 
 
 def test_an_idle_lane_wait_ends_with_work_or_its_timeout(aio_run: Run, tmp_path: Path) -> None:

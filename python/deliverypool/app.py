@@ -331,9 +331,9 @@ class Relay:
             dkim = dataclasses.replace(dkim or DkimOutcome(), checks=routed.checks)
         message_id = routed.decision.message_id
         recipient_pools = routed.recipient_pools
-        # A message that goes to a connection as soon as it is submitted is stored with its
+        # A message promised a connection as soon as it is submitted is stored with its
         # recipients in flight: its first attempt needs no state change of its own.
-        in_flight = self.engine.starts_at_once(routed.pool, recipients, recipient_pools)
+        claim = self.engine.claim_at_once(routed.pool, recipients, recipient_pools)
         try:
             job = await self.spool.accept(
                 NewMessage(
@@ -348,9 +348,10 @@ class Relay:
                     dsn=dsn,
                     envelope_from=routed.auth.envelope_from if routed.auth is not None else None,
                 ),
-                in_flight=in_flight,
+                in_flight=claim is not None,
             )
         except SpoolError as error:
+            self.engine.release(claim)
             # Low space, or the spool failing to write: the client keeps the message. Counted,
             # and logged at a bounded rate (the spool logs the condition itself, once).
             self.spool_conditions.refused()
@@ -362,6 +363,9 @@ class Relay:
             if full:
                 raise MessageRefused("452 4.3.1 Insufficient system storage; try again later", "spool-full") from None
             raise MessageRefused("451 4.3.0 Temporary failure storing the message; try again later", "spool-unavailable") from None
+        except BaseException:
+            self.engine.release(claim)
+            raise
         if log.isEnabledFor(logging.INFO):  # nothing is formatted for a line no handler writes
             reasons = ",".join(routed.reasons) or "-"
             spam = routed.spam.summary() if routed.spam is not None else "-"
@@ -377,7 +381,7 @@ class Relay:
         # (`spool.memory_budget`) and up to its MAX_HELD_BODY, also when the spool keeps it in a
         # file: reading a 1 MiB body back cost a read(2) of it, a copy into Python and five trips
         # to the spool's file thread. Otherwise it is read from the spool when its attempt starts.
-        self.engine.submit(job, content, in_flight=in_flight)
+        self.engine.submit(job, content, claim=claim)
         accepted = Accepted(job.queue_id, routed.pool, routed.reasons, routed.spam, dkim)
         try:
             self.observer.accepted(

@@ -76,6 +76,9 @@ class _Lane:
     queue: deque[_Work] = field(default_factory=deque)
     active: int = 0
     idle: int = 0
+    # Messages being accepted that were promised a connection of this lane at once (see
+    # `DeliveryEngine.claim_at_once`): counted as work until they are submitted.
+    promised: int = 0
     # The idle connections' waits (see `wait`).
     waiting: list[asyncio.Future[bool]] = field(default_factory=list)
 
@@ -100,6 +103,10 @@ class _Lane:
             timer.cancel()
             if waiter in self.waiting:
                 self.waiting.remove(waiter)
+
+
+# A promise of connections at once (`DeliveryEngine.claim_at_once`): the lanes it holds a place in.
+Claim = tuple[_Lane, ...]
 
 
 def _destination(pool: PoolConfig, address: str) -> str:
@@ -153,34 +160,57 @@ class DeliveryEngine:
 
     # --- submitting work -----------------------------------------------------------------
 
-    def submit(self, job: Job, body: bytes | None = None, *, in_flight: bool = False) -> None:
-        """Schedules a spooled job: now if due, else at its next_attempt. `in_flight`: the spool
-        holds its recipients in flight already (see :meth:`starts_at_once`)."""
+    def submit(self, job: Job, body: bytes | None = None, *, claim: Claim | None = None) -> None:
+        """Schedules a spooled job: now if due, else at its next_attempt. `claim`: the job was
+        promised a connection at once and the spool holds its recipients in flight already
+        (see :meth:`claim_at_once`); the promise becomes the job's place in its lanes."""
+        if claim is not None:
+            self.release(claim)
         delay = job.next_attempt - self.clock()
         if delay > 0:
             self._later(delay, job, body)
         else:
-            self._enqueue(job, body, in_flight)
+            self._enqueue(job, body, claim is not None)
 
-    def starts_at_once(self, pool: str, recipients: Sequence[str], recipient_pools: Sequence[str] = ()) -> bool:
-        """Whether a message for `recipients` (through `pool`, or each through its own of
-        `recipient_pools`) would go to a connection as soon as it is submitted: every lane it
-        joins has an idle connection or room for one more, with no work waiting before it. The
-        relay then stores it with its recipients in flight, which spares the first attempt a
-        state change of its own. The answer does not count the messages being accepted at the
-        same moment (before their commit, none of them is in a lane yet), so up to that many may
-        be stored in flight and then wait for a connection: a crash then counts them among the
-        possible duplicates without cause. Never the other way: nothing is sent unmarked."""
+    def claim_at_once(self, pool: str, recipients: Sequence[str], recipient_pools: Sequence[str] = ()) -> Claim | None:
+        """A promise that a message for `recipients` (through `pool`, or each through its own of
+        `recipient_pools`) goes to a connection as soon as it is submitted, or None: every lane
+        it joins has an idle connection or room for one more beyond the work already waiting
+        and the promises already made. The relay then stores it with its recipients in flight,
+        which spares the first attempt a state change of its own. Each promise holds a place
+        until the message is submitted with it or it is released (the spool refused the
+        message): messages accepted at the same moment for one lane get one place each, so
+        what a crash counts as possibly sent is exactly what a connection had taken."""
         if self._stopping:
-            return False
+            return None
+        lanes: dict[tuple[str, str], _Lane] = {}
         for address, name in zip(recipients, recipient_pools or (pool,) * len(recipients)):
             config = self.config.pools.get(name)
             if config is None:
-                return False
-            lane = self._lanes.get((name, _destination(config, address)))
-            if lane is not None and len(lane.queue) >= lane.idle + config.max_connections_per_destination - lane.active:
-                return False
-        return True
+                return None
+            key = (name, _destination(config, address))
+            if key in lanes:
+                continue
+            lane = self._lanes.get(key)
+            if lane is None:
+                lane = self._lanes[key] = _Lane(config, key[1])
+            if len(lane.queue) + lane.promised >= lane.idle + config.max_connections_per_destination - lane.active:
+                self._forget_if_unused(lane)
+                return None
+            lanes[key] = lane
+        for lane in lanes.values():
+            lane.promised += 1
+        return tuple(lanes.values())
+
+    def release(self, claim: Claim | None) -> None:
+        """Gives back the places of a promise (:meth:`claim_at_once`) that will not be used."""
+        for lane in claim or ():
+            lane.promised -= 1
+            self._forget_if_unused(lane)
+
+    def _forget_if_unused(self, lane: _Lane) -> None:
+        if lane.active == 0 and not lane.queue and not lane.promised:
+            self._lanes.pop((lane.pool.name, lane.destination), None)
 
     def resume(self, jobs: Sequence[Job], dsn_batches: Sequence[DsnBatch] = ()) -> None:
         """Schedules the unfinished jobs a spool recovered at start, and writes the DSNs of
@@ -330,8 +360,7 @@ class DeliveryEngine:
                     await self.connector.close(session)
         finally:
             lane.active -= 1
-            if lane.active == 0 and not lane.queue:
-                self._lanes.pop((lane.pool.name, lane.destination), None)
+            self._forget_if_unused(lane)
 
     async def _fail_lane(self, lane: _Lane, reply: str) -> None:
         """Records `reply` for every recipient waiting in `lane`."""
