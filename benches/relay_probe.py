@@ -2,8 +2,9 @@
 
     relay_probe.py send --port P --count N --out probes.json
         sends N probe messages at a steady pace (one every 20 ms) and writes, per probe, its
-        Message-ID and the wall-clock times its transaction began and the relay accepted it
-        (the 250 after DATA); latency is counted from the first.
+        Message-ID, the time its body went out (after the 354, on the kernel's coarse clock,
+        which file times come from) and the time the relay accepted it (the 250 after DATA);
+        latency is counted from the first.
     relay_probe.py collect --dump DIR --probes probes.json --messages M ...
         waits (bounded) until smtp-sink has dumped every message, then computes throughput,
         latency percentiles and losses.
@@ -27,12 +28,22 @@ import time
 from pathlib import Path
 
 PROBE_INTERVAL = 0.02
+# Linux's CLOCK_REALTIME_COARSE, which the kernel's file times come from (a tick, 4 ms at HZ=250,
+# behind the precise clock at most).
+_COARSE = 5
+
+
+def _coarse_now() -> float:
+    """The wall clock file times are taken from: a stamp taken before a file is written is never
+    later than the file's mtime. Elsewhere than Linux, the precise clock."""
+    return time.clock_gettime(_COARSE) if sys.platform.startswith("linux") else time.time()
 
 
 def send(port: int, count: int, out: Path, timeout: float) -> int:
     accepted = []
     deadline = time.monotonic() + timeout
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        client.ehlo()
         for number in range(count):
             if time.monotonic() > deadline:
                 break
@@ -41,12 +52,23 @@ def send(port: int, count: int, out: Path, timeout: float) -> int:
                 f"From: <probe@bench.test>\r\nTo: <rcpt@sink.test>\r\nSubject: probe {number}\r\n"
                 f"Message-Id: {message_id}\r\n\r\nlatency probe\r\n"
             )
-            # Stamped when the probe starts its transaction: the relay passes a message on as it
-            # answers 250, so the sink often has it before the probe has read that 250 (stamped
-            # after it, a latency read a few milliseconds below zero). Measured from here, it
-            # includes the probe's own MAIL, RCPT and DATA: an upper bound.
-            sent = time.time()
-            client.sendmail("probe@bench.test", ["rcpt@sink.test"], body)
+            # Stamped as the body goes out (after the 354), on the clock of the sink's file
+            # times: the relay passes a message on as it answers 250, so the sink often has it
+            # before the probe has read that 250, and a file's mtime lags the precise clock by up
+            # to a tick (stamped after the 250 with time.time(), latencies read a few ms below
+            # zero). So it covers the body, the relay's commit and the delivery: to a tick's
+            # resolution, never below zero.
+            for code, reply in (client.mail("probe@bench.test"), client.rcpt("rcpt@sink.test")):
+                if code != 250:
+                    raise smtplib.SMTPResponseException(code, reply)
+            code, reply = client.docmd("DATA")
+            if code != 354:
+                raise smtplib.SMTPDataError(code, reply)
+            sent = _coarse_now()
+            client.send(smtplib.quotedata(body).encode("ascii") + b".\r\n")
+            code, reply = client.getreply()
+            if code != 250:
+                raise smtplib.SMTPDataError(code, reply)
             accepted.append({"message_id": message_id, "sent": sent, "accepted": time.time()})
             time.sleep(PROBE_INTERVAL)
     out.write_text(json.dumps(accepted))

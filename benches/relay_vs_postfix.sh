@@ -19,10 +19,10 @@
 # into the relay, which delivers them to Postfix's smtp-sink (a fresh one per relay, dumping
 # every message to a file). Both relays keep their normal durable queue: the deliverypool
 # spool (SQLite, WAL, synchronous=FULL) and Postfix's queue (fsynced files). While the load
-# runs, a probe client sends PROBES messages at a steady pace and notes when it began each
-# one's transaction; the time it reached the sink (its dump file's mtime) minus that is its
-# latency (an upper bound: it includes the probe's MAIL, RCPT and DATA; measured from the
-# probe's reading of the 250 instead, a message the relay passes on at once read as negative).
+# runs, a probe client sends PROBES messages at a steady pace and notes when each one's body
+# went out (after the 354); the time it reached the sink (its dump file's mtime) minus that is
+# its latency (the body, the relay's commit and delivery; both times on the kernel's coarse
+# clock, so to a tick's resolution, 4 ms at HZ=250).
 #
 # For each size in SIZES (bytes; default 2 KiB, 20 KiB, 100 KiB, 1 MiB), both relays run in turn
 # on the same load. Printed, one row per size: messages per second from the first message sent

@@ -57,3 +57,4 @@ def test_the_figures_of_a_run_count_the_load_and_time_the_probes_from_their_star
     assert (result["delivered"], result["lost"]) == (900, 1)
     assert result["latency_p50_ms"] == pytest.approx(4.0)
     assert result["messages_per_second"] == pytest.approx(450.0)
+
