@@ -53,10 +53,9 @@ pub struct DataReader {
     line_len: usize,
     /// The current line began with a dot (not copied to `out`).
     dot_line: bool,
-    /// The last byte seen was a CR whose meaning depends on the next one.
+    /// The last byte seen was a CR whose meaning depends on the next one. Pending when a read
+    /// begins, it ended the previous read and is not in `out` yet.
     pending_cr: bool,
-    /// That CR came at the end of an earlier read and is not in `out` yet.
-    cr_unstored: bool,
     /// Bytes received, as sent (dots and line breaks included).
     received: usize,
     problem: Option<Problem>,
@@ -78,7 +77,6 @@ impl DataReader {
             line_len: 0,
             dot_line: false,
             pending_cr: false,
-            cr_unstored: false,
             received: 0,
             problem: None,
             done: false,
@@ -140,16 +138,16 @@ impl DataReader {
         while i < input.len() && !self.done {
             if self.pending_cr {
                 self.pending_cr = false;
-                let cr_unstored = std::mem::take(&mut self.cr_unstored);
                 if input[i] == b'\n' {
+                    // A CR pending at the start of the read ended the previous one, unstored.
+                    let cr_unstored = i == 0;
                     i += 1;
                     self.received += 1;
                     if self.end_of_line() {
                         return i; // the "." line is not part of the message
                     }
                     if cr_unstored {
-                        // The CR ended the previous read (so i == 1 and nothing of this read is
-                        // stored yet); the LF is in this read's run.
+                        // Nothing of this read is stored yet; the LF is in this read's run.
                         self.push(b"\r");
                     }
                     continue;
@@ -190,7 +188,6 @@ impl DataReader {
         if i > 0 && !self.done {
             // A CR that ends the read waits for the next byte: it is stored with the LF.
             let end = if self.pending_cr { i - 1 } else { i };
-            self.cr_unstored = self.pending_cr;
             self.push(&input[start..end]);
         }
         i

@@ -535,6 +535,9 @@ def test_a_promise_of_a_connection_is_given_back_when_the_spool_refuses_the_mess
     second = engine.claim_at_once("normal", ["b@y.test", "c@z.test"])  # one smarthost lane: one place
     assert first is not None and second is not None and len(second) == 1
     assert engine.claim_at_once("normal", ["d@x.test"]) is None  # two connections, two promises
+    # A message for two pools' lanes that cannot have the second leaves no lane behind for the first.
+    assert engine.claim_at_once("normal", ["e@w.test", "d@x.test"], ["high-risk", "normal"]) is None
+    assert set(engine._lanes) == {("normal", "[127.0.0.20]:25")}
     engine.release(second)
     third = engine.claim_at_once("normal", ["d@x.test"])
     assert third is not None

@@ -195,7 +195,8 @@ class DeliveryEngine:
             if lane is None:
                 lane = self._lanes[key] = _Lane(config, key[1])
             if len(lane.queue) + lane.promised >= lane.idle + config.max_connections_per_destination - lane.active:
-                self._forget_if_unused(lane)
+                for made in (*lanes.values(), lane):  # the lanes this call may have made
+                    self._forget_if_unused(made)
                 return None
             lanes[key] = lane
         for lane in lanes.values():
