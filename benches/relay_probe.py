@@ -2,9 +2,8 @@
 
     relay_probe.py send --port P --count N --out probes.json
         sends N probe messages at a steady pace (one every 20 ms) and writes, per probe, its
-        Message-ID, the time its body went out (after the 354, on the kernel's coarse clock,
-        which file times come from) and the time the relay accepted it (the 250 after DATA);
-        latency is counted from the first.
+        Message-ID and the time its body went out (after the 354, on the kernel's coarse clock,
+        which file times come from); latency is counted from it.
     relay_probe.py collect --dump DIR --probes probes.json --messages M ...
         waits (bounded) until smtp-sink has dumped every message, then computes throughput,
         latency percentiles and losses.
@@ -40,7 +39,7 @@ def _coarse_now() -> float:
 
 
 def send(port: int, count: int, out: Path, timeout: float) -> int:
-    accepted = []
+    sent_probes = []
     deadline = time.monotonic() + timeout
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
         client.ehlo()
@@ -69,9 +68,9 @@ def send(port: int, count: int, out: Path, timeout: float) -> int:
             code, reply = client.getreply()
             if code != 250:
                 raise smtplib.SMTPDataError(code, reply)
-            accepted.append({"message_id": message_id, "sent": sent, "accepted": time.time()})
+            sent_probes.append({"message_id": message_id, "sent": sent})
             time.sleep(PROBE_INTERVAL)
-    out.write_text(json.dumps(accepted))
+    out.write_text(json.dumps(sent_probes))
     return 0
 
 

@@ -47,7 +47,7 @@ def test_the_figures_of_a_run_count_the_load_and_time_the_probes_from_their_star
     args = argparse.Namespace(name="dp", messages=900, size=2048, start_ns=0, accepted_ns=int(1e9))
     # Latency from the start of the probe's transaction: the relay passes a message on as it
     # answers, so the sink may have it before the probe has read its 250.
-    probes = [{"message_id": f"<p{n}>", "sent": 1.0, "accepted": 1.005} for n in range(100)]
+    probes = [{"message_id": f"<p{n}>", "sent": 1.0} for n in range(100)]
     arrived = {f"<m{n}>": 2.0 for n in range(900)} | {f"<p{n}>": 1.004 for n in range(99)}  # one probe lost
     before = {"cpu_seconds": 10.0, "machine_busy_seconds": 20.0}
     after = {"cpu_seconds": 10.9, "machine_busy_seconds": 21.8, "peak_rss_mib": 100.0, "pss_mib": 50.0}

@@ -327,11 +327,7 @@ impl Content {
         if self.parts.len() <= 1 {
             return self.parts.pop().unwrap_or_default();
         }
-        let mut whole = Vec::with_capacity(self.len);
-        for part in &self.parts {
-            whole.extend_from_slice(part);
-        }
-        whole
+        self.parts.concat()
     }
 }
 
