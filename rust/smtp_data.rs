@@ -16,7 +16,9 @@
 //! more is stored (its memory is released at once) but the input is still read to the end of
 //! data, so that the reply comes at the right time and the session can go on.
 //!
-//! Cost: one pass with `memchr3` over the input and one copy of each read into the message
+//! Cost: ordinary lines (CRLF-ended, no dot first, no stray CR, LF or NUL) are passed over a run
+//! of whole lines at a time (`memchr` of LF per line, then a vectorised NUL search and CR count
+//! over the run); the rest goes through one `memchr3` per line. One copy of each read into the message
 //! ([`Content`]): the bytes between two transparency dots are copied as one run, not a line at a
 //! time, and a growing message is never moved (a part is added instead). The first part is
 //! reserved for the size the client declared (ESMTP `SIZE=`), if it did.
@@ -135,6 +137,9 @@ impl DataReader {
     pub fn feed(&mut self, input: &[u8]) -> usize {
         let mut i = 0;
         let mut start = 0;
+        // Before this index the lines go byte by byte: `plain_lines` looked there and found
+        // something for the byte-wise loop to decide.
+        let mut checked = 0;
         while i < input.len() && !self.done {
             if self.pending_cr {
                 self.pending_cr = false;
@@ -155,14 +160,31 @@ impl DataReader {
                 self.flag(Problem::BareLineEnding);
                 self.grow(1);
             }
-            if self.line_len == 0 && !self.dot_line && !self.chunked && input[i] == b'.' {
-                self.push(&input[start..i]);
-                start = i + 1;
-                self.dot_line = true;
-                self.line_len = 1;
-                self.received += 1;
-                i += 1;
-                continue;
+            if self.line_len == 0 && !self.dot_line {
+                if !self.chunked && input[i] == b'.' {
+                    self.push(&input[start..i]);
+                    start = i + 1;
+                    self.dot_line = true;
+                    self.line_len = 1;
+                    self.received += 1;
+                    i += 1;
+                    continue;
+                }
+                if i >= checked {
+                    match self.plain_lines(&input[i..]) {
+                        Ok(0) => {}
+                        Ok(n) => {
+                            // Stored with the run; the size is checked as at a line's end.
+                            self.received += n;
+                            i += n;
+                            self.end_of_lines();
+                            continue;
+                        }
+                        // Byte by byte up to where the look stopped, so that no byte is looked
+                        // at again and again.
+                        Err(n) => checked = i + n,
+                    }
+                }
             }
             let rest = &input[i..];
             let run = memchr::memchr3(b'\r', b'\n', 0, rest).unwrap_or(rest.len());
@@ -202,6 +224,42 @@ impl DataReader {
         }
     }
 
+    /// The length of the longest run of whole lines at the start of `input` (which starts a
+    /// line) that the byte-wise loop would pass over without a decision: each line ends with
+    /// CRLF, holds no other CR or LF and no NUL, fits the line limit and, unless chunked, does
+    /// not start with a dot. `Err(n)`: the first `n` bytes hold lines that look whole but have a
+    /// bare CR or a NUL; the caller reads them byte by byte.
+    ///
+    /// This is the reader's fast path: a message of ordinary lines costs one `memchr` of LF per
+    /// line and two vectorised passes (NUL, CR count) per read, instead of a `memchr3` per line
+    /// and a state change per byte class (1 MiB of 78-byte lines: 0.30 ms before, see
+    /// benches/README.md).
+    fn plain_lines(&self, input: &[u8]) -> Result<usize, usize> {
+        let mut end = 0;
+        let mut lines = 0;
+        for lf in memchr::memchr_iter(b'\n', input) {
+            let length = lf + 1 - end;
+            if length < 2 || input[lf - 1] != b'\r' || length > self.line_limit || (!self.chunked && input[end] == b'.') {
+                break;
+            }
+            end = lf + 1;
+            lines += 1;
+        }
+        let (crs, nul) = crs_and_nul(&input[..end]);
+        if nul || crs != lines {
+            return Err(end);
+        }
+        Ok(end)
+    }
+
+    /// Whole lines were read past at once: the size check `end_of_line` makes after each.
+    fn end_of_lines(&mut self) {
+        if self.received > self.size_limit.saturating_add(3) {
+            self.problem = Some(Problem::TooLarge);
+            self.discard();
+        }
+    }
+
     /// A CRLF ended the current line: the end of data (true), or one more line of the message
     /// (the caller stores the CRLF with its run).
     fn end_of_line(&mut self) -> bool {
@@ -217,10 +275,7 @@ impl DataReader {
         self.line_len = 0;
         self.dot_line = false;
         // Over the limit by more than the terminator could account for: refused for sure.
-        if self.received > self.size_limit.saturating_add(3) {
-            self.problem = Some(Problem::TooLarge);
-            self.discard();
-        }
+        self.end_of_lines();
         false
     }
 
@@ -252,6 +307,33 @@ impl DataReader {
     fn complete(&self) -> bool {
         self.done && self.problem.is_none() && !self.taken
     }
+}
+
+/// How many CRs `bytes` holds, and whether it holds a NUL: one pass, in byte lanes the compiler
+/// vectorises (`filter().count()` summed into a `usize` per byte, two bytes a step).
+fn crs_and_nul(bytes: &[u8]) -> (usize, bool) {
+    const LANES: usize = 32;
+    let mut crs = 0;
+    let mut nul = 0u8;
+    // A lane counts at most 255 blocks before it is added up.
+    for stretch in bytes.chunks(LANES * 255) {
+        let mut counts = [0u8; LANES];
+        let mut zeros = [0u8; LANES];
+        let mut blocks = stretch.chunks_exact(LANES);
+        for block in &mut blocks {
+            for j in 0..LANES {
+                counts[j] += u8::from(block[j] == b'\r');
+                zeros[j] |= u8::from(block[j] == 0);
+            }
+        }
+        for &byte in blocks.remainder() {
+            crs += usize::from(byte == b'\r');
+            nul |= u8::from(byte == 0);
+        }
+        crs += counts.iter().map(|&c| usize::from(c)).sum::<usize>();
+        nul |= zeros.iter().fold(0, |a, &z| a | z);
+    }
+    (crs, nul != 0)
 }
 
 /// A message as the DATA reader stores it: in parts that are never moved once written, each
@@ -417,6 +499,44 @@ mod tests {
     fn empty_message() {
         let (message, problem, used) = read(b".\r\nQUIT\r\n");
         assert_eq!((message.unwrap(), problem, used), (Vec::new(), None, 3));
+    }
+
+    #[test]
+    fn runs_of_whole_lines_read_as_byte_by_byte() {
+        // Many ordinary lines (the reader passes over them a run at a time) with one line the
+        // byte-wise loop must decide put at each place in turn: the outcome is what reading one
+        // byte at a time gives, whole or split anywhere.
+        let plain = b"Lorem ipsum dolor sit amet\r\n";
+        let odd: [&[u8]; 7] = [b"..dot\r\n", b"bare\rcr\r\n", b"bare\nlf\r\n", b"n\x00l\r\n", &[b'x'; 40], b"\r\n", b"\xc3\xa9t\xc3\xa9\r\n"];
+        for line in odd {
+            for at in [0, 1, 5, 9] {
+                let mut input = Vec::new();
+                for n in 0..10 {
+                    input.extend_from_slice(if n == at { line } else { plain });
+                }
+                input.extend_from_slice(b".\r\nQUIT\r\n");
+                let mut one = DataReader::new(1 << 20, 34, None);
+                let mut used = 0;
+                for byte in &input {
+                    if !one.done() {
+                        used += one.feed(std::slice::from_ref(byte));
+                    }
+                }
+                let expected = (one.take().map(Content::into_vec), one.problem(), used);
+                for split in 0..=input.len() {
+                    let (mut reader, used) = {
+                        let mut reader = DataReader::new(1 << 20, 34, None);
+                        let (a, b) = input.split_at(split);
+                        let mut used = reader.feed(a);
+                        if !reader.done() {
+                            used += reader.feed(b);
+                        }
+                        (reader, used)
+                    };
+                    assert_eq!((reader.take().map(Content::into_vec), reader.problem(), used), expected, "{line:?} at {at}, split at {split}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -23,12 +23,17 @@ fn read(data: &[u8], size_limit: usize, line_limit: usize, mut seed: Option<u32>
     let mut consumed = 0;
     let mut at = 0;
     while at < data.len() && !reader.done() {
-        // Read sizes from a small LCG: mostly short reads (every split point gets tried), some long.
+        // Read sizes from a small LCG: mostly short reads (every split point gets tried), some of
+        // a few lines (the reader's run of whole lines then starts and stops mid-read), some long.
         let size = match seed.as_mut() {
             None => data.len(),
             Some(state) => {
                 *state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-                if *state >> 28 == 0 { data.len() } else { 1 + (*state >> 16) as usize % 7 }
+                match *state >> 28 {
+                    0 => data.len(),
+                    1..=5 => 1 + (*state >> 16) as usize % 97,
+                    _ => 1 + (*state >> 16) as usize % 7,
+                }
             }
         };
         let end = (at + size).min(data.len());
