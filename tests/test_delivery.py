@@ -547,6 +547,31 @@ def test_a_promise_of_a_connection_is_given_back_when_the_spool_refuses_the_mess
     assert engine.claim_at_once("no-such-pool", ["a@x.test"]) is None
 
 
+def test_a_claimed_message_goes_into_the_lane_its_promise_held(aio_run: Run, tmp_path: Path) -> None:
+    """Submitted with its claim, a message joins the lane the promise held (the same one, not
+    one made again after the promise let it go) and the place is given back."""
+    from deliverypool.outbound.scheduler import DeliveryEngine
+    from deliverypool.queue.spool import Job, Spool
+
+    async def main() -> None:
+        conf = relay_config(tmp_path / "spool", smarthost="127.0.0.20:25")
+        engine = DeliveryEngine(conf, Spool(tmp_path / "spool"), mx=None, route_dsn=classify)
+        claim = engine.claim_at_once("normal", ["a@x.test"])
+        assert claim is not None
+        (lane,) = claim
+        job = Job(message=1, queue_id="Q1", mail_from="s@x.test", pool="normal", reasons=(), header_message_id=None, received_at=0.0, recipients=((1, "a@x.test"),))
+        engine.submit(job, b"Subject: x\r\n\r\nbody\r\n", claim=claim)
+        try:
+            assert engine._lanes[("normal", lane.destination)] is lane
+            assert lane.promised == 0 and lane.active == 1 and len(lane.queue) == 1 and lane.queue[0].in_flight
+        finally:
+            for task in engine._tasks:  # its connection is not opened: nothing listens there
+                task.cancel()
+            await asyncio.gather(*engine._tasks, return_exceptions=True)
+
+    aio_run(main())
+
+
 def test_an_idle_lane_wait_ends_with_work_or_its_timeout(aio_run: Run, tmp_path: Path) -> None:
     """A connection waiting for work: woken (True) when work comes, False at the timeout, and
     a wait that ends in any way (cancelled too) leaves no waiter behind."""

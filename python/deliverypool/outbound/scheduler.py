@@ -164,13 +164,14 @@ class DeliveryEngine:
         """Schedules a spooled job: now if due, else at its next_attempt. `claim`: the job was
         promised a connection at once and the spool holds its recipients in flight already
         (see :meth:`claim_at_once`); the promise becomes the job's place in its lanes."""
-        if claim is not None:
-            self.release(claim)
         delay = job.next_attempt - self.clock()
         if delay > 0:
             self._later(delay, job, body)
         else:
             self._enqueue(job, body, claim is not None)
+        # Given back once the job is in its lanes: a lane the promise made is not forgotten
+        # and made again.
+        self.release(claim)
 
     def claim_at_once(self, pool: str, recipients: Sequence[str], recipient_pools: Sequence[str] = ()) -> Claim | None:
         """A promise that a message for `recipients` (through `pool`, or each through its own of
