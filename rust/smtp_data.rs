@@ -17,12 +17,14 @@
 //! data, so that the reply comes at the right time and the session can go on.
 //!
 //! Cost: ordinary lines (CRLF-ended, no dot first, no stray CR, LF or NUL) are passed over a run
-//! of whole lines at a time (`memchr` of LF per line, then one vectorised pass over the run that
-//! counts its CRs and looks for a NUL); the rest goes through one `memchr3` per line. One copy of
-//! each read into the message ([`Content`]): the bytes between two transparency dots are copied
-//! as one run, not a line at a time, and a growing message is never moved (a part is added
-//! instead). The first part is reserved for the size the client declared (ESMTP `SIZE=`), if it
-//! did.
+//! of whole lines at a time (the line breaks found 64 bytes at a time by the header scanner's
+//! `LineScanner`, then one `memchr` for a NUL in the run); the rest goes through one `memchr3`
+//! per line. One copy of each read into the message ([`Content`]): the bytes between two
+//! transparency dots are copied as one run, not a line at a time, and a growing message is never
+//! moved (a part is added instead). The first part is reserved for the size the client declared
+//! (ESMTP `SIZE=`), if it did.
+
+use crate::line_scanner::LineScanner;
 
 /// Why a message was refused (the first problem found wins, except that an oversized message
 /// is reported as such, as aiosmtpd does: 552 tells the client more than a line error).
@@ -228,26 +230,25 @@ impl DataReader {
     /// The length of the longest run of whole lines at the start of `input` (which starts a
     /// line) that the byte-wise loop would pass over without a decision: each line ends with
     /// CRLF, holds no other CR or LF and no NUL, fits the line limit and, unless chunked, does
-    /// not start with a dot. `Err(n)`: the first `n` bytes hold lines that look whole but have a
-    /// bare CR or a NUL; the caller reads them byte by byte.
+    /// not start with a dot. `Err(n)`: the first `n` bytes are such lines but hold a NUL; the
+    /// caller reads them byte by byte.
     ///
-    /// This is the reader's fast path: a message of ordinary lines costs one `memchr` of LF per
-    /// line and one vectorised pass over the run (CR count, NUL), instead of a `memchr3` per line
-    /// and a state change per byte class (1 MiB of 78-byte lines: 0.30 ms before, 0.18 after;
-    /// benches/README.md, session 10).
+    /// This is the reader's fast path: the header scanner's `LineScanner` finds the line breaks
+    /// 64 bytes at a time (a count of trailing zeros per line), and one `memchr` looks for a NUL
+    /// in the run, instead of a `memchr3` per line and a state change per byte class (1 MiB of
+    /// 78-byte lines: 0.30 ms before; benches/README.md, session 10).
     fn plain_lines(&self, input: &[u8]) -> Result<usize, usize> {
+        let mut scanner = LineScanner::new(input);
         let mut end = 0;
-        let mut lines = 0;
-        for lf in memchr::memchr_iter(b'\n', input) {
-            let length = lf + 1 - end;
-            if length < 2 || input[lf - 1] != b'\r' || length > self.line_limit || (!self.chunked && input[end] == b'.') {
+        // Every CR or LF is seen: a line's must be a CR with its LF right after.
+        while let Some(at) = scanner.line_break(end) {
+            let length = at + 2 - end;
+            if input[at] != b'\r' || input.get(at + 1) != Some(&b'\n') || length > self.line_limit || (!self.chunked && input[end] == b'.') {
                 break;
             }
-            end = lf + 1;
-            lines += 1;
+            end = at + 2;
         }
-        let (crs, nul) = crs_and_nul(&input[..end]);
-        if nul || crs != lines {
+        if memchr::memchr(0, &input[..end]).is_some() {
             return Err(end);
         }
         Ok(end)
@@ -308,33 +309,6 @@ impl DataReader {
     fn complete(&self) -> bool {
         self.done && self.problem.is_none() && !self.taken
     }
-}
-
-/// How many CRs `bytes` holds, and whether it holds a NUL: one pass in `u8` lanes, which the
-/// compiler vectorises (a plain `filter().count()` adds into a `usize` and went two bytes a step).
-fn crs_and_nul(bytes: &[u8]) -> (usize, bool) {
-    const LANES: usize = 32;
-    let mut crs = 0;
-    let mut nul = 0u8;
-    // A lane counts at most 255 blocks before it is added up.
-    for stretch in bytes.chunks(LANES * 255) {
-        let mut counts = [0u8; LANES];
-        let mut zeros = [0u8; LANES];
-        let mut blocks = stretch.chunks_exact(LANES);
-        for block in &mut blocks {
-            for j in 0..LANES {
-                counts[j] += u8::from(block[j] == b'\r');
-                zeros[j] |= u8::from(block[j] == 0);
-            }
-        }
-        for &byte in blocks.remainder() {
-            crs += usize::from(byte == b'\r');
-            nul |= u8::from(byte == 0);
-        }
-        crs += counts.iter().map(|&c| usize::from(c)).sum::<usize>();
-        nul |= zeros.iter().fold(0, |a, &z| a | z);
-    }
-    (crs, nul != 0)
 }
 
 /// A message as the DATA reader stores it: in parts that are never moved once written, each
