@@ -7,6 +7,9 @@
 //! and each stop then costs a count of trailing zeros. The same pass notes whether any byte it
 //! classified has the high bit set, so a header block of plain ASCII needs no second pass to
 //! tell that it holds no 8-bit text.
+//!
+//! The DATA reader (`smtp_data.rs`) uses the line breaks too, to pass over a run of ordinary
+//! message lines at a time.
 
 pub struct LineScanner<'a> {
     bytes: &'a [u8],
