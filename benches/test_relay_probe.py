@@ -45,8 +45,7 @@ def test_runs_of_one_size_get_a_median_row(tmp_path: Path, capsys: pytest.Captur
 
 def test_the_figures_of_a_run_count_the_load_and_time_the_probes_from_their_start() -> None:
     args = argparse.Namespace(name="dp", messages=900, size=2048, start_ns=0, accepted_ns=int(1e9))
-    # Latency from the start of the probe's transaction: the relay passes a message on as it
-    # answers, so the sink may have it before the probe has read its 250.
+    # Latency from the moment the probe's body went out (its "sent" stamp) to the sink's copy.
     probes = [{"message_id": f"<p{n}>", "sent": 1.0} for n in range(100)]
     arrived = {f"<m{n}>": 2.0 for n in range(900)} | {f"<p{n}>": 1.004 for n in range(99)}  # one probe lost
     before = {"cpu_seconds": 10.0, "machine_busy_seconds": 20.0}
@@ -57,4 +56,3 @@ def test_the_figures_of_a_run_count_the_load_and_time_the_probes_from_their_star
     assert (result["delivered"], result["lost"]) == (900, 1)
     assert result["latency_p50_ms"] == pytest.approx(4.0)
     assert result["messages_per_second"] == pytest.approx(450.0)
-
