@@ -57,6 +57,8 @@ class SinkHandler:
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     sessions: int = 0
     max_sessions: int = 0
+    # The open connections' transports (CountingSMTP), cut when the sink stops.
+    transports: set[asyncio.BaseTransport] = field(default_factory=set)
     # Recipients taken per transaction; more get 452 4.5.3 (0: no limit).
     max_recipients: int = 0
     # The stage at which a ResettingSMTP (tests/test_faults.py) resets the connection once.
@@ -121,10 +123,13 @@ class CountingSMTP(SMTP):
         handler = self.event_handler
         handler.sessions += 1
         handler.max_sessions = max(handler.max_sessions, handler.sessions)
+        if self._original_transport is None:  # not the TLS layer made by STARTTLS
+            handler.transports.add(transport)
         super().connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.event_handler.sessions -= 1
+        self.event_handler.transports.discard(self._original_transport or self.transport)
         super().connection_lost(exc)
 
 
@@ -212,7 +217,12 @@ async def sink(
         yield Sink(handler, host, port, server)
     finally:
         server.close()
-        await server.wait_closed()
+        # Python 3.11's wait_closed waits for every connection too, and a connection whose
+        # reading is paused never sees its peer go: it would hold the test for ever (past
+        # pytest-timeout's signal, which asyncio can swallow). Whatever is still open is cut.
+        for transport in list(handler.transports):
+            transport.abort()
+        await asyncio.wait_for(server.wait_closed(), 30)
 
 
 async def eventually(check: Callable[[], bool] | Callable[[], Awaitable[bool]], timeout: float = 20.0, what: str = "condition") -> None:
