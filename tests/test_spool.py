@@ -387,3 +387,33 @@ def test_a_spool_from_before_incremental_vacuum_is_converted_at_open(aio_run: Ru
             return int(spool._conn.execute("PRAGMA auto_vacuum").fetchone()[0])
 
     assert aio_run(main()) == 2
+
+
+def test_bytes_and_none_are_bound_through_adapters_that_change_nothing() -> None:
+    """The spool registers identity adapters for bytes and None (sqlite3 otherwise raises and
+    formats two AttributeErrors inside each such parameter): a body is still stored as a blob,
+    a None as NULL, and an adapter the application registered first is kept."""
+    from deliverypool.queue import spool
+
+    protocol = sqlite3.PrepareProtocol
+    assert sqlite3.adapters[(bytes, protocol)](b"x") == b"x"
+    assert sqlite3.adapters[(type(None), protocol)](None) is None
+    conn = sqlite3.connect(":memory:")
+    row = conn.execute("SELECT typeof(?), typeof(?), ?", (b"\x00\xff", None, b"\x00\xff")).fetchone()
+    assert row == ("blob", "null", b"\x00\xff")
+
+    def ours(value: bytes) -> str:
+        return "theirs"
+
+    # The registry is the module's own dict (register_adapter writes to it, not to an attribute
+    # put in its place): emptied and filled back in place.
+    saved = dict(sqlite3.adapters)
+    try:
+        sqlite3.adapters.clear()
+        sqlite3.register_adapter(bytes, ours)
+        spool.bind_bytes_and_none_directly()
+        assert sqlite3.adapters[(bytes, protocol)] is ours
+        assert sqlite3.adapters[(type(None), protocol)](None) is None
+    finally:
+        sqlite3.adapters.clear()
+        sqlite3.adapters.update(saved)

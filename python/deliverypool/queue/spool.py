@@ -223,6 +223,26 @@ class SpoolStats:
 _Request = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]", bool]
 
 
+def bind_bytes_and_none_directly() -> None:
+    """Identity adapters for `bytes` and `None`, registered with sqlite3 unless the process has
+    its own for either type.
+
+    sqlite3 binds an int, a float, a str or a bytearray as it is, but for a bytes or a None
+    parameter it first looks for an adapter, and each miss raises and formats an AttributeError
+    inside (``__adapt__`` on its protocol, ``__conform__`` on the type): 1.3-1.7 µs a parameter
+    where binding an int takes nothing, and a message binds about ten (its body, and NULLs for
+    what it lacks). With an adapter registered the look-up is one dict hit and a C call; what is
+    bound does not change. Called once, when this module is imported."""
+    if (bytes, sqlite3.PrepareProtocol) not in sqlite3.adapters:
+        sqlite3.register_adapter(bytes, bytes)  # bytes(b) is b itself
+    if (type(None), sqlite3.PrepareProtocol) not in sqlite3.adapters:
+        none: dict[object, None] = {}
+        sqlite3.register_adapter(type(None), none.get)  # a C call that gives None
+
+
+bind_bytes_and_none_directly()
+
+
 class _Connection(sqlite3.Connection):
     """A spool connection. While `tally` is a dict (during `_apply`, the writer's transactions),
     `_bump` adds the spool's counters up in it; otherwise it writes them at once."""
