@@ -27,6 +27,21 @@ pub fn write_durably(path: &Path, data: &[u8]) -> io::Result<()> {
     File::open(directory)?.sync_all()
 }
 
+/// Writes `data` over the start of an existing file (a spent body file the spool kept): no
+/// create, no truncate, then fdatasync. The bytes past `data` are left as they were (the spool
+/// reads a body by its stored size); a longer `data` extends the file, and fdatasync makes the
+/// new length durable with the bytes. The name is already durable: no directory fsync.
+///
+/// This is cheaper than a new file: the pages are already in the page cache and the blocks
+/// already allocated, so the kernel copies into warm pages and writes the data back with no
+/// journal commit. 1 MiB: 0.15-0.19 ms of CPU against 0.49-0.52 for a new file written and
+/// unlinked (benches/README.md, session 11).
+pub fn write_over(path: &Path, data: &[u8]) -> io::Result<()> {
+    let mut file = OpenOptions::new().write(true).open(path)?;
+    file.write_all(data)?;
+    file.sync_data()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -42,6 +57,23 @@ mod tests {
         assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         write_durably(&path, b"").unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"");
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn written_over_keeps_the_tail_and_grows_the_file_only_when_longer() {
+        let base = std::env::temp_dir().join(format!("deliverypool-spool-over-{}", std::process::id()));
+        let path = base.join("bodies").join("Q1");
+        write_durably(&path, b"0123456789").unwrap();
+        write_over(&path, b"abc").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"abc3456789");
+        write_over(&path, b"ABCDEFGHIJKL").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"ABCDEFGHIJKL");
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        // A file that is gone is not made again: the caller writes a new one.
+        fs::remove_file(&path).unwrap();
+        assert_eq!(write_over(&path, b"x").unwrap_err().kind(), ErrorKind::NotFound);
+        assert!(!path.exists());
         fs::remove_dir_all(&base).unwrap();
     }
 

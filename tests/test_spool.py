@@ -4,6 +4,7 @@ in the same transaction as the failure."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import secrets
 import sqlite3
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from deliverypool.errors import SpoolLocked
 from deliverypool.queue.listing import listing, read_counters
@@ -125,7 +128,8 @@ def test_a_message_delivered_whole_leaves_at_once_unless_a_success_dsn_is_due(ai
             filed = await spool.accept(big)
             assert len(list((tmp_path / BODIES).iterdir())) == 1
             await spool.record(delivered(filed))
-            assert listing(tmp_path) == [] and not list((tmp_path / BODIES).iterdir())
+            # Its file is kept, spent, for the next large body to be written over.
+            assert listing(tmp_path) == [] and len(list((tmp_path / BODIES).iterdir())) == 1
             # One recipient of two: the other stays queued; the second finishes the message.
             split = await spool.accept(new(3, ("a@x.test", "b@x.test")))
             first, second = delivered(split)
@@ -417,3 +421,169 @@ def test_bytes_and_none_are_bound_through_adapters_that_change_nothing() -> None
     finally:
         sqlite3.adapters.clear()
         sqlite3.adapters.update(saved)
+
+
+# --- spent body files, written over ----------------------------------------------------------
+
+
+def _large(tag: bytes, length: int) -> bytes:
+    """A message over FILE_THRESHOLD (a body file), `length` bytes, every line naming `tag`."""
+    head = b"Subject: " + tag + b"\r\n\r\n"
+    line = tag * (76 // len(tag)) + b"\r\n"
+    lines = line * ((length - len(head)) // len(line) + 1)
+    return head + lines[: length - len(head) - 2] + b"\r\n"
+
+
+def _delivered(job: Job) -> list[Outcome]:
+    return [Outcome(rid, State.DELIVERED, "250 ok", attempts=1, message=job.message) for rid, _ in job.recipients]
+
+
+def _lengths(directory: Path) -> list[int]:
+    """The lengths of the files in `directory` (one being removed meanwhile left out)."""
+    lengths = []
+    for path in directory.iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            lengths.append(path.stat().st_size)
+    return sorted(lengths)
+
+
+async def _read_back(spool: Spool, job: Job) -> tuple[bytes, bytes]:
+    """A message's text as delivery reads it (chunks of the stored body) and as body() does."""
+    stored = await spool.stored(job.message)
+    streamed = b"".join([piece async for piece in spool.chunks(stored, size=64 * 1024)])
+    return streamed, await spool.body(job.message)
+
+
+def test_a_spent_body_file_is_written_over_and_read_by_the_stored_size(aio_run: Run, tmp_path: Path) -> None:
+    """A delivered message's body file is kept and the next large body is written over it (the
+    same file: no new one), read back by its own size even when shorter than what the file
+    held; never while a row still names it; the best fit is taken; spent files found at start
+    are kept; low-space mode removes them."""
+    from deliverypool.queue.spool import FILE_THRESHOLD, BodyFile
+
+    bodies = tmp_path / BODIES
+    a_text, b_text = _large(b"a", 3 * FILE_THRESHOLD), _large(b"b", 2 * FILE_THRESHOLD)
+
+    async def main() -> None:
+        async with Spool(tmp_path) as spool:
+            a = await spool.accept(NewMessage("s@y.test", ("r@x.test", "q@x.test"), a_text, "normal"))
+            (a_file,) = bodies.iterdir()
+            inode = a_file.stat().st_ino
+            first, second = _delivered(a)
+            await spool.record([first])
+            # One recipient still queued: the row names the file, which is not spent.
+            b = await spool.accept(NewMessage("s@y.test", ("r@x.test",), b_text, "normal"))
+            assert len(list(bodies.iterdir())) == 2
+            await spool.record([second])
+            await spool.record(_delivered(b))
+            assert listing(tmp_path) == [] and len(list(bodies.iterdir())) == 2
+            # The shortest spent file as long as the body: B's, for a body of B's length less one
+            # line; A's for one longer than B.
+            short = await spool.accept(NewMessage("s@y.test", ("r@x.test",), _large(b"c", 2 * FILE_THRESHOLD - 78), "normal"))
+            stored = await spool.stored(short.message)
+            assert isinstance(stored, BodyFile) and stored.path.name != a_file.name
+            assert stored.path.stat().st_size == len(b_text) > stored.size  # B's tail is still there
+            assert await _read_back(spool, short) == (_large(b"c", 2 * FILE_THRESHOLD - 78),) * 2
+            longer = await spool.accept(NewMessage("s@y.test", ("r@x.test",), _large(b"d", 2 * FILE_THRESHOLD + 78), "normal"))
+            stored = await spool.stored(longer.message)
+            assert isinstance(stored, BodyFile) and stored.path == a_file and a_file.stat().st_ino == inode
+            assert await _read_back(spool, longer) == (_large(b"d", 2 * FILE_THRESHOLD + 78),) * 2
+            # None spent now: a new file, named by its queue id.
+            new = await spool.accept(NewMessage("s@y.test", ("r@x.test",), a_text, "normal"))
+            assert len(list(bodies.iterdir())) == 3
+            await spool.record(_delivered(short) + _delivered(longer) + _delivered(new))
+            assert len(list(bodies.iterdir())) == 3
+        # At start, files no row names are spent files again, and written over.
+        async with Spool(tmp_path) as spool:
+            again = await spool.accept(NewMessage("s@y.test", ("r@x.test",), b_text, "normal"))
+            assert len(list(bodies.iterdir())) == 3
+            assert await _read_back(spool, again) == (b_text, b_text)
+            # Low space: the spent files are space to give back.
+            spool._apply_space(True, 0)
+            await asyncio.sleep(0.1)
+            for _ in range(100):
+                if len(list(bodies.iterdir())) == 1:
+                    break
+                await asyncio.sleep(0.05)
+            assert [path.name for path in bodies.iterdir()] == [(await spool.stored(again.message)).path.name]  # type: ignore[union-attr]
+
+    aio_run(main())
+
+
+def test_spent_body_files_stay_within_their_budget(aio_run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Spent files are kept up to SPENT_KEPT_BYTES in all, each at most SPENT_LARGEST; the
+    others are removed as their messages leave."""
+    from deliverypool.queue import spool as spool_module
+    from deliverypool.queue.spool import FILE_THRESHOLD
+
+    monkeypatch.setattr(spool_module, "SPENT_KEPT_BYTES", 5 * FILE_THRESHOLD)
+    monkeypatch.setattr(spool_module, "SPENT_LARGEST", 3 * FILE_THRESHOLD)
+    bodies = tmp_path / BODIES
+
+    async def main() -> None:
+        async with Spool(tmp_path) as spool:
+            sizes = (4 * FILE_THRESHOLD, 2 * FILE_THRESHOLD, 2 * FILE_THRESHOLD, 2 * FILE_THRESHOLD)
+            jobs = [await spool.accept(NewMessage("s@y.test", ("r@x.test",), _large(b"%d" % n, size), "normal")) for n, size in enumerate(sizes)]
+            await spool.record([outcome for job in jobs for outcome in _delivered(job)])
+            for _ in range(100):  # removals go on a file thread
+                kept = _lengths(bodies)
+                if kept == [2 * FILE_THRESHOLD] * 2:
+                    break
+                await asyncio.sleep(0.05)
+            assert kept == [2 * FILE_THRESHOLD] * 2
+
+    aio_run(main())
+
+
+_STEPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("accept"), st.integers(1, 4)),  # that many FILE_THRESHOLDs, about
+        st.tuples(st.just("deliver"), st.integers(0, 7)),  # the live message at that index (modulo)
+        st.tuples(st.just("restart"), st.just(0)),
+    ),
+    min_size=1,
+    max_size=14,
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=_STEPS, jitter=st.integers(0, 4000))
+def test_any_run_of_accepts_deliveries_and_restarts_reads_every_message_back(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch, steps: list[tuple[str, int]], jitter: int
+) -> None:
+    """Whatever the order of large messages accepted, delivered and the spool reopened, every
+    message still stored reads back as it was accepted (delivery's chunks and body()), no row's
+    file is written over, and the spent files stay within their budget."""
+    from deliverypool.queue import spool as spool_module
+    from deliverypool.queue.spool import FILE_THRESHOLD
+
+    monkeypatch.setattr(spool_module, "SPENT_KEPT_BYTES", 6 * FILE_THRESHOLD)
+    directory = tmp_path_factory.mktemp("spent")
+    bodies = directory / BODIES
+
+    async def main() -> None:
+        live: list[tuple[Job, bytes]] = []
+        spool = Spool(directory)
+        await spool.open()
+        try:
+            for n, (step, value) in enumerate(steps):
+                if step == "accept":
+                    text = _large(b"%d" % n, value * FILE_THRESHOLD + 1 + jitter * n % 997)
+                    live.append((await spool.accept(NewMessage("s@y.test", ("r@x.test",), text, "normal")), text))
+                elif step == "deliver" and live:
+                    job, _ = live.pop(value % len(live))
+                    await spool.record(_delivered(job))
+                elif step == "restart":
+                    await spool.close()
+                    spool = Spool(directory)
+                    await spool.open()
+                for job, text in live:
+                    assert await _read_back(spool, job) == (text, text)
+                assert spool._spent_bytes == sum(spool._spent.values()) <= 6 * FILE_THRESHOLD
+                named = {(await spool.stored(job.message)).path.name for job, _ in live}  # type: ignore[union-attr]
+                assert len(named) == len(live) and not named & set(spool._spent)
+                assert named <= ({path.name for path in bodies.iterdir()} if bodies.is_dir() else set())
+        finally:
+            await spool.close()
+
+    asyncio.run(main())

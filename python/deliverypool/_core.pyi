@@ -501,10 +501,13 @@ def dot_stuff(message: bytes) -> bytes:
 def has_8bit(message: bytes) -> bool:
     """Whether `message` holds a byte over 0x7F: ``not message.isascii()``, vectorized."""
 
-def write_body_file(path: str | os.PathLike[str], data: bytes) -> None:
+def write_body_file(path: str | os.PathLike[str], data: bytes, *, over: bool = False) -> None:
     """Writes a spool body file durably: `data` to a new file at `path` (0600, made in its
-    directory if that is missing), fsynced, then its directory fsynced; the GIL is released
-    once for all of it. Raises OSError with the errno (the caller removes the file then)."""
+    directory if that is missing), fsynced, then its directory fsynced; or, with `over`, over
+    the start of the existing file at `path` (a spent body file: no create, no truncate, the
+    bytes past `data` left as they are), then fdatasync. The GIL is released once for all of
+    it. Raises OSError with the errno (FileNotFoundError when `over` finds no file; the caller
+    removes the file after a failure)."""
 
 # --- the SMTP server engine (rust/smtp/server.rs, rust/python/smtp_server.rs) ---
 

@@ -81,10 +81,14 @@ pub fn has_8bit(message: &[u8]) -> bool {
     smtp_data::has_8bit(message)
 }
 
-/// Writes a spool body file durably (`rust/spool_file.rs`): the file, its fsync, its
-/// directory's fsync, with the GIL released once for all of it. Raises OSError with the errno.
+/// Writes a spool body file durably (`rust/spool_file.rs`), with the GIL released once for all
+/// of it: a new file, its fsync and its directory's fsync; or, with `over`, the start of an
+/// existing file written over and fdatasync'd (a spent body file reused; FileNotFoundError when
+/// it is gone). Raises OSError with the errno.
 #[pyfunction]
+#[pyo3(signature = (path, data, *, over = false))]
 #[allow(clippy::needless_pass_by_value)] // PyO3 extracts the arguments into owned values
-pub fn write_body_file(py: Python<'_>, path: std::path::PathBuf, data: pyo3::pybacked::PyBackedBytes) -> PyResult<()> {
-    py.detach(|| crate::spool_file::write_durably(&path, &data)).map_err(|error| super::errors::os_error(&error, &path))
+pub fn write_body_file(py: Python<'_>, path: std::path::PathBuf, data: pyo3::pybacked::PyBackedBytes, over: bool) -> PyResult<()> {
+    py.detach(|| if over { crate::spool_file::write_over(&path, &data) } else { crate::spool_file::write_durably(&path, &data) })
+        .map_err(|error| super::errors::os_error(&error, &path))
 }

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from deliverypool._core import SMTP_CLIENT_EVENTS, SmtpClient, dot_stuff
 
 if TYPE_CHECKING:
-    from deliverypool.queue.spool import Spool
+    from deliverypool.queue.spool import BodyFile, Spool
 
 __all__ = ["CLOSED", "DONE", "PENDING", "READY", "REFUSED", "SEND_BODY", "START_TLS", "SmtpConnection", "SessionRefused"]
 
@@ -172,7 +171,7 @@ class SmtpConnection(asyncio.Protocol):
         finally:
             self._drained = None
 
-    async def write_body(self, body: bytes | Path, spool: Spool, timeout: float, commands: bytes | None = None) -> None:
+    async def write_body(self, body: bytes | BodyFile, spool: Spool, timeout: float, commands: bytes | None = None) -> None:
         """The body as the engine's frame says: dot-stuffed for DATA (in Rust: no copy when no
         line starts with a dot) with the end of data after it, or as stored for BDAT; a body
         file in pieces that each end at a line break, each written once the transport has taken
@@ -204,15 +203,16 @@ class SmtpConnection(asyncio.Protocol):
         if suffix and not self.closed:
             transport.write(suffix)
 
-    async def _sendfile(self, path: Path, timeout: float) -> bool:
-        """The body file with sendfile(2): only on the stdlib loop (uvloop has none) over plain
-        TCP. False when not possible (then the caller streams it)."""
+    async def _sendfile(self, body: BodyFile, timeout: float) -> bool:
+        """The body file's message with sendfile(2): only on the stdlib loop (uvloop has none)
+        over plain TCP. False when not possible (then the caller streams it)."""
         transport = self.transport
         if not isinstance(self.loop, asyncio.BaseEventLoop) or transport is None or transport.get_extra_info("sslcontext") is not None:
             return False
-        with open(path, "rb") as file:  # noqa: ASYNC230 -- an open(2) of a local file
+        with open(body.path, "rb") as file:  # noqa: ASYNC230 -- an open(2) of a local file
             try:
-                await asyncio.wait_for(self.loop.sendfile(transport, file, fallback=False), timeout + path.stat().st_size / 65536)
+                sent = self.loop.sendfile(transport, file, 0, body.size, fallback=False)
+                await asyncio.wait_for(sent, timeout + body.size / 65536)
             except asyncio.SendfileNotAvailableError:
                 return False
             except asyncio.TimeoutError:

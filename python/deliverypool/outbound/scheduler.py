@@ -26,7 +26,6 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 from deliverypool.config import PoolConfig, RelayConfig
 from deliverypool.errors import DestinationError
@@ -36,7 +35,7 @@ from deliverypool.mail.headers import one_line_ascii
 from deliverypool.observe.logs import info_line
 from deliverypool.outbound.outcomes import DeliveryStats, DsnRouter, Recorder
 from deliverypool.outbound.transaction import Connector, Session, send
-from deliverypool.queue.spool import DsnBatch, Job, Spool
+from deliverypool.queue.spool import BodyFile, DsnBatch, Job, Spool
 
 __all__ = ["DeliveryEngine"]
 
@@ -66,7 +65,7 @@ class _Ready:
     """A work with its body at hand and its recipients marked in flight."""
 
     work: _Work
-    body: bytes | Path
+    body: bytes | BodyFile
 
 
 @dataclass

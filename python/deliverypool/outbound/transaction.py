@@ -18,7 +18,6 @@ import ssl
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
-from pathlib import Path
 
 from deliverypool._core import SmtpClient, has_8bit
 from deliverypool.config import PoolConfig, SourceAddress
@@ -28,7 +27,7 @@ from deliverypool.mail.address import AddressError, parse_mailbox
 from deliverypool.outbound.client import DONE, READY, SEND_BODY, START_TLS, SessionRefused, SmtpConnection, start_tls
 from deliverypool.outbound.outcomes import DeliveryStats
 from deliverypool.outbound.sources import SourcePicker
-from deliverypool.queue.spool import Spool
+from deliverypool.queue.spool import BodyFile, Spool
 
 __all__ = ["Attempt", "Connector", "Session", "send"]
 
@@ -234,7 +233,7 @@ def wire_address(address: str) -> tuple[str | None, str]:
 
 
 async def send(
-    session: Session, mail_from: str, recipients: Sequence[tuple[int, str]], body: bytes | Path, spool: Spool
+    session: Session, mail_from: str, recipients: Sequence[tuple[int, str]], body: bytes | BodyFile, spool: Spool
 ) -> Attempt:
     """One mail transaction: MAIL, RCPT for each recipient, then the body (DATA, or BDAT where
     the server offers CHUNKING) when any was accepted; pipelined where the server offers it.
@@ -273,8 +272,7 @@ async def send(
         )
     else:
         # The spool holds CRLF text that ends with CRLF (the DATA reader, the relay's DSNs).
-        size = body.stat().st_size
-        event, output = engine.begin(sender, wire, size=size, eight_bit=True, in_memory=False, ends_with_crlf=True)
+        event, output = engine.begin(sender, wire, size=body.size, eight_bit=True, in_memory=False, ends_with_crlf=True)
     connection.forget_event()
     try:
         if event == SEND_BODY:
