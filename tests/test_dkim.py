@@ -499,3 +499,26 @@ def test_sighup_to_deliverypool_relay_rotates_every_workers_key(tmp_path: Path, 
                     assert checks == [(selector, True)]
 
     asyncio.run(main())  # one event loop: the relay's processes are what is tested
+
+
+_NAMES = [b"DKIM-Signature", b"dkim-signature", b"Dkim-SIGNATURE", b"X-DKIM-Signature", b"DKIM-Signatures", b"Subject", b"Received"]
+
+
+@settings(max_examples=300)
+@given(
+    fields=st.lists(
+        st.tuples(st.sampled_from(_NAMES), st.sampled_from([b":", b" :", b"\t:"]), st.binary(max_size=24).map(lambda v: v.replace(b"\r", b"").replace(b"\n", b""))),
+        max_size=6,
+    ),
+    in_body=st.booleans(),
+)
+def test_a_signature_field_is_found_in_any_case_and_only_in_the_header(fields: list[tuple[bytes, bytes, bytes]], in_body: bool) -> None:
+    """`has_signature` (the cheap look before a DKIM check): a DKIM-Signature field in any case,
+    spaces before its colon allowed; not another field whose name holds the words, not a value
+    that does, not the body."""
+    from deliverypool.auth.dkim import has_signature
+
+    header = b"".join(name + colon + b" " + value + b"\r\n" for name, colon, value in fields)
+    body = b"DKIM-Signature: v=1; in the body\r\n" if in_body else b"text\r\n"
+    expected = any(name.lower() == b"dkim-signature" for name, _, _ in fields)
+    assert has_signature(header + b"From: a@b.test\r\n\r\n" + body) is expected
