@@ -42,7 +42,7 @@ import logging
 import shutil
 import os
 import concurrent.futures
-import secrets
+import random
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -323,9 +323,14 @@ def new_queue_id(shard: int | None = None) -> str:
     """Upper-case hex digits: six of time (seconds, so ids sort by acceptance), then the shard's
     number in two when the spool is a worker's shard, then six random. Unique per spool by its
     UNIQUE index (a suffix drawn twice is drawn again), so per node with the shard's number: two
-    workers never hand out the same id. Twelve digits for a spool of its own, fourteen for a shard."""
+    workers never hand out the same id. Twelve digits for a spool of its own, fourteen for a shard.
+
+    The random digits come from `random` (seeded from the OS, and again in a forked child), not
+    from `secrets`: a queue id is a name, not a secret (Postfix's are a time and an inode), and
+    `secrets` made a getrandom(2) call per message that released the GIL, so a file thread or
+    the commit thread could take it and hold up the event loop."""
     tag = "" if shard is None else f"{shard:02X}"
-    return f"{int(time.time()) & 0xFFFFFF:06X}{tag}{secrets.token_hex(3).upper()}"
+    return f"{int(time.time()) & 0xFFFFFF:06X}{tag}{random.getrandbits(24):06X}"
 
 
 class Spool:
