@@ -450,8 +450,11 @@ def _lengths(directory: Path) -> list[int]:
 async def _read_back(spool: Spool, job: Job) -> tuple[bytes, bytes]:
     """A message's text as delivery reads it (chunks of the stored body) and as body() does."""
     stored = await spool.stored(job.message)
-    streamed = b"".join([piece async for piece in spool.chunks(stored, size=64 * 1024)])
-    return streamed, await spool.body(job.message)
+    pieces = [piece async for piece in spool.chunks(stored, size=64 * 1024)]
+    # Each piece ends a line (dot-stuffed alone, a piece must not split one), and is about the
+    # size asked for.
+    assert all(piece.endswith(b"\n") and 0 < len(piece) <= 64 * 1024 + 100 for piece in pieces)
+    return b"".join(pieces), await spool.body(job.message)
 
 
 def test_a_spent_body_file_is_written_over_and_read_by_the_stored_size(aio_run: Run, tmp_path: Path) -> None:
