@@ -31,6 +31,8 @@ class Recorder:
     messages: list[Message] = field(default_factory=list)
     connections: int = 0
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    # Lines that were no command it knows (bytes a client sent past what it declared, say).
+    unknown: list[str] = field(default_factory=list)
 
     def transaction_reads(self) -> list[list[bytes]]:
         """The reads of each transaction: from the read holding its MAIL to the one that ended
@@ -154,6 +156,7 @@ class _Session(asyncio.Protocol):
                 self.transport.write(b"221 2.0.0 Bye\r\n")
                 self.transport.close()
             return b""
+        recorder.unknown.append(line)
         return b"502 5.5.2 Error: command not recognized\r\n"
 
     def _chunk_done(self) -> bytes:

@@ -25,7 +25,7 @@ from deliverypool.outbound.client import DONE, EVENT_NAMES, READY, SEND_BODY
 from deliverypool.outbound.scheduler import MAX_HELD_BODY
 from deliverypool.outbound.transaction import WITH_COMMANDS
 from deliverypool.queue.listing import listing
-from deliverypool.queue.spool import FILE_THRESHOLD
+from deliverypool.queue.spool import BODIES, FILE_THRESHOLD, BodyFile
 from tests.recording_sink import recording_sink
 from tests.smtp_sinks import eventually, message, relay_config
 from tests.test_outbound_hardening import submit
@@ -265,7 +265,7 @@ def test_a_body_file_goes_with_bdat(aio_run: Run, tmp_path: Path, held: bool) ->
             read_back: list[int] = []
             stored = relay.spool.stored
 
-            async def spy(message_id: int) -> bytes | Path:
+            async def spy(message_id: int) -> bytes | BodyFile:
                 read_back.append(message_id)
                 return await stored(message_id)
 
@@ -275,6 +275,16 @@ def test_a_body_file_goes_with_bdat(aio_run: Run, tmp_path: Path, held: bool) ->
             assert got.via == "BDAT" and got.content.endswith(body)
             assert any(b"BDAT" in data and b"RCPT" not in data for _, data in sink.reads), "BDAT after the RCPT replies"
             assert bool(read_back) is not held, read_back
+            # A shorter one is written over the first one's spent file, whose tail stays: it is
+            # sent by its own size (sendfile's count, the pieces' end), not the file's.
+            await eventually(lambda: bool(relay.spool._spent), what="the first body file kept, spent")
+            (spent,) = relay.spool._spent
+            shorter = message("big2", body="".join(f"line {n:06d} " + "y" * 60 + "\r\n" for n in range(4000)))
+            await submit(conf, shorter, ["a@dest.test"])
+            got = (await sink.wait_for(2))[1]
+            assert got.via == "BDAT" and got.content.endswith(shorter), got.content[-200:]
+            assert [path.name for path in (relay.spool.directory / BODIES).iterdir()] == [spent], "written over, no new file"
+            assert not sink.unknown, sink.unknown[:3]
 
     aio_run(main())
 
