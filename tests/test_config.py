@@ -116,6 +116,20 @@ def test_durations_sizes_and_weights() -> None:
     assert (conf.listener.host, conf.listener.port) == ("::1", 2600)
 
 
+def test_spool_spent_files_is_a_size_that_reaches_the_spool(tmp_path: Path) -> None:
+    """`spool.spent_files`: 64 MiB unless set; a positive size; the relay's spool keeps that
+    much."""
+    from deliverypool.app import Relay
+
+    assert cfg.loads(MINIMAL).spool.spent_files == 64 * 1024 * 1024
+    conf = cfg.loads(MINIMAL + f'[spool]\ndirectory = "{tmp_path}"\nspent_files = "8MiB"\n')
+    assert conf.spool.spent_files == 8 * 1024 * 1024
+    assert Relay(conf).spool.spent_files == 8 * 1024 * 1024
+    for bad in ("0", "-1", '"many"'):
+        with pytest.raises(cfg.ConfigError, match="spool.spent_files"):
+            cfg.loads(MINIMAL + f"[spool]\nspent_files = {bad}\n")
+
+
 def test_retry_delay_grows_caps_and_jitters() -> None:
     retry = cfg.RetryConfig(initial=60, maximum=3600, factor=2, jitter=0.2)
     assert retry.delay(1, 0.5) == 60

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deliverypool.errors import SpoolLocked
@@ -514,26 +514,31 @@ def test_a_spent_body_file_is_written_over_and_read_by_the_stored_size(aio_run: 
 
 
 def test_spent_body_files_stay_within_their_budget(aio_run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Spent files are kept up to SPENT_KEPT_BYTES in all, each at most SPENT_LARGEST; the
-    others are removed as their messages leave."""
+    """Spent files are kept up to `spent_files` bytes in all (`spool.spent_files`), each at most
+    SPENT_LARGEST; the others are removed as their messages leave. Less than any body file keeps
+    none."""
     from deliverypool.queue import spool as spool_module
     from deliverypool.queue.spool import FILE_THRESHOLD
 
-    monkeypatch.setattr(spool_module, "SPENT_KEPT_BYTES", 5 * FILE_THRESHOLD)
     monkeypatch.setattr(spool_module, "SPENT_LARGEST", 3 * FILE_THRESHOLD)
     bodies = tmp_path / BODIES
 
-    async def main() -> None:
-        async with Spool(tmp_path) as spool:
+    async def kept_after(spent_files: int, expected: list[int]) -> None:
+        async with Spool(tmp_path, spent_files=spent_files) as spool:
             sizes = (4 * FILE_THRESHOLD, 2 * FILE_THRESHOLD, 2 * FILE_THRESHOLD, 2 * FILE_THRESHOLD)
             jobs = [await spool.accept(NewMessage("s@y.test", ("r@x.test",), _large(b"%d" % n, size), "normal")) for n, size in enumerate(sizes)]
             await spool.record([outcome for job in jobs for outcome in _delivered(job)])
             for _ in range(100):  # removals go on a file thread
                 kept = _lengths(bodies)
-                if kept == [2 * FILE_THRESHOLD] * 2:
+                if kept == expected:
                     break
                 await asyncio.sleep(0.05)
-            assert kept == [2 * FILE_THRESHOLD] * 2
+            assert kept == expected
+
+    async def main() -> None:
+        await kept_after(5 * FILE_THRESHOLD, [2 * FILE_THRESHOLD] * 2)
+        # The spent files found at start count too: with room for none, they go.
+        await kept_after(FILE_THRESHOLD, [])
 
     aio_run(main())
 
@@ -549,24 +554,22 @@ _STEPS = st.lists(
 )
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=None)
 @given(steps=_STEPS, jitter=st.integers(0, 4000))
 def test_any_run_of_accepts_deliveries_and_restarts_reads_every_message_back(
-    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch, steps: list[tuple[str, int]], jitter: int
+    tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[str, int]], jitter: int
 ) -> None:
     """Whatever the order of large messages accepted, delivered and the spool reopened, every
     message still stored reads back as it was accepted (delivery's chunks and body()), no row's
     file is written over, and the spent files stay within their budget."""
-    from deliverypool.queue import spool as spool_module
     from deliverypool.queue.spool import FILE_THRESHOLD
 
-    monkeypatch.setattr(spool_module, "SPENT_KEPT_BYTES", 6 * FILE_THRESHOLD)
     directory = tmp_path_factory.mktemp("spent")
     bodies = directory / BODIES
 
     async def main() -> None:
         live: list[tuple[Job, bytes]] = []
-        spool = Spool(directory)
+        spool = Spool(directory, spent_files=6 * FILE_THRESHOLD)
         await spool.open()
         try:
             for n, (step, value) in enumerate(steps):
@@ -578,7 +581,7 @@ def test_any_run_of_accepts_deliveries_and_restarts_reads_every_message_back(
                     await spool.record(_delivered(job))
                 elif step == "restart":
                     await spool.close()
-                    spool = Spool(directory)
+                    spool = Spool(directory, spent_files=6 * FILE_THRESHOLD)
                     await spool.open()
                 for job, text in live:
                     assert await _read_back(spool, job) == (text, text)

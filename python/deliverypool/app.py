@@ -93,7 +93,9 @@ class Relay:
         # A worker of `deliverypool relay` has a shard of the spool (`shard`: its number, in its
         # queue ids); an embedded relay the spool. `space`: the low-space flags the workers share
         # (queue/space.py).
-        self.spool = Spool(spool_directory or config.spool.directory, reserve=config.spool.reserve, space=space, shard=shard)
+        self.spool = Spool(
+            spool_directory or config.spool.directory, reserve=config.spool.reserve, space=space, shard=shard, spent_files=config.spool.spent_files
+        )
         self.mx = mx
         self.router = router
         self.scores: ScoredRouter | None = None

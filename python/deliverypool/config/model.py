@@ -839,6 +839,17 @@ class SpoolConfig(_Table):
         ),
         json_schema_extra=_shown_default("64MB"),
     )
+    spent_files: Size = Field(
+        64 * 1024 * 1024,
+        description=(
+            "Body files of finished messages each worker keeps, in all, for later large bodies (over 256 KiB) to be "
+            "written over: cheaper than a new file (pages and blocks already there, no new name to sync). Each kept "
+            "file is at most 8 MiB and holds an older message's text past the new one until written over; they are "
+            'removed in low-space mode. "256k" keeps none (a body file is larger): every body file is then new, and '
+            "removed once its message is done."
+        ),
+        json_schema_extra=_shown_default("64MB"),
+    )
 
 
 class ScoreConfig(_Table):

@@ -67,7 +67,8 @@ LOCK = "spool.lock"
 BODIES = "bodies"
 FILE_THRESHOLD = 256 * 1024
 # A body file whose message is gone (delivered, bounced) is kept as a spent file, up to this many
-# bytes of them in all and each at most SPENT_LARGEST, and the next large body is written over
+# bytes of them in all by default (`spool.spent_files`; the Spool's `spent_files`) and each at
+# most SPENT_LARGEST, and the next large body is written over
 # one: its pages are still in the page cache and its blocks on disk, where a new file takes fresh
 # pages, new blocks, a journal commit for its name and a directory fsync (1 MiB written durably:
 # 0.15-0.19 ms of CPU over a spent file, 0.49-0.52 ms in a new file later unlinked; benches/
@@ -344,6 +345,7 @@ class Spool:
         reserve: int = RESERVE_BYTES,
         space: SpaceFlags | None = None,
         shard: int | None = None,
+        spent_files: int = SPENT_KEPT_BYTES,
     ) -> None:
         self.directory = Path(directory)
         self.path = self.directory / DATABASE
@@ -381,10 +383,11 @@ class Spool:
         # Told how long each commit took, in seconds (observe/: the commit histogram).
         self.on_commit: Callable[[float], None] | None = None
         # Body files by name with their length on disk: those of stored messages (and of
-        # bodies being written), and the spent ones kept to be written over (SPENT_KEPT_BYTES).
+        # bodies being written), and the spent ones kept to be written over (`spent_files`).
         self._body_files: dict[str, int] = {}
         self._spent: dict[str, int] = {}
         self._spent_bytes = 0
+        self.spent_files = spent_files
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -822,13 +825,13 @@ class Spool:
 
     def _spend_bodies(self, names: Iterable[str]) -> None:
         """The body files of messages whose removal is committed: kept as spent files while
-        there is room for them (SPENT_KEPT_BYTES), else removed on a file thread. Never one
+        there is room for them (`spent_files` bytes), else removed on a file thread. Never one
         still named by a row: a file written over before its message's removal was durable
         would give a recovered message another's text."""
         removed = []
         for name in names:
             length = self._body_files.pop(name, None)
-            if length is None or self.low_space or length > SPENT_LARGEST or self._spent_bytes + length > SPENT_KEPT_BYTES:
+            if length is None or self.low_space or length > SPENT_LARGEST or self._spent_bytes + length > self.spent_files:
                 removed.append(name)
             else:
                 self._spent[name] = length
