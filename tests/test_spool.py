@@ -593,3 +593,33 @@ def test_any_run_of_accepts_deliveries_and_restarts_reads_every_message_back(
             await spool.close()
 
     asyncio.run(main())
+
+
+def test_a_spent_file_whose_write_fails_is_removed_and_forgotten(aio_run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Written over, a spent file can fail like a new one (a full disk as it grows): the message
+    is refused as a full disk, and the file, no longer the spool's, is removed."""
+    import errno
+
+    from deliverypool.errors import SpoolFull
+    from deliverypool.queue import spool as spool_module
+    from deliverypool.queue.spool import FILE_THRESHOLD
+
+    bodies = tmp_path / BODIES
+    written = spool_module.write_body_file
+
+    def full_when_over(path: Path, data: bytes, *, over: bool = False) -> None:
+        if over:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        written(path, data, over=over)
+
+    async def main() -> None:
+        async with Spool(tmp_path) as spool:
+            first = await spool.accept(NewMessage("s@y.test", ("r@x.test",), _large(b"a", 2 * FILE_THRESHOLD), "normal"))
+            await spool.record(_delivered(first))
+            (spent,) = spool._spent
+            monkeypatch.setattr(spool_module, "write_body_file", full_when_over)
+            with pytest.raises(SpoolFull):
+                await spool.accept(NewMessage("s@y.test", ("r@x.test",), _large(b"b", 3 * FILE_THRESHOLD), "normal"))
+            assert spent not in spool._body_files and not spool._spent and not (bodies / spent).exists()
+
+    aio_run(main())

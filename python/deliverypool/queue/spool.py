@@ -62,17 +62,17 @@ log = logging.getLogger("deliverypool.spool")
 DATABASE = "spool.sqlite3"
 LOCK = "spool.lock"
 # Bodies larger than this are written to a file of their own (BODIES/<queue id of the first
-# message written in it>, fsynced before the row that names it is committed) instead of into the database: a large message is then
-# written once, off the event loop, and read back without SQLite assembling a copy of it.
+# message written in it>, fsynced before the row that names it is committed) instead of into the
+# database: a large message is then written once, off the event loop, and read back without
+# SQLite assembling a copy of it.
 BODIES = "bodies"
 FILE_THRESHOLD = 256 * 1024
 # A body file whose message is gone (delivered, bounced) is kept as a spent file, up to this many
 # bytes of them in all by default (`spool.spent_files`; the Spool's `spent_files`) and each at
-# most SPENT_LARGEST, and the next large body is written over
-# one: its pages are still in the page cache and its blocks on disk, where a new file takes fresh
-# pages, new blocks, a journal commit for its name and a directory fsync (1 MiB written durably:
-# 0.15-0.19 ms of CPU over a spent file, 0.49-0.52 ms in a new file later unlinked; benches/
-# README.md, session 11). A body is read by its stored size: a spent file written over by a
+# most SPENT_LARGEST, and the next large body is written over one: its pages are still in the
+# page cache and its blocks on disk, where a new file takes fresh pages, new blocks, a journal
+# commit for its name and a directory fsync (1 MiB written durably: 0.15-0.19 ms of CPU over a
+# spent file, 0.49-0.52 ms in a new file later unlinked; benches/README.md, session 11). A body is read by its stored size: a spent file written over by a
 # shorter body keeps the older bytes after it. In low-space mode spent files are removed.
 SPENT_KEPT_BYTES = 64 * 1024 * 1024
 SPENT_LARGEST = 8 * 1024 * 1024
@@ -783,15 +783,24 @@ class Spool:
             length, name = min(longer) if longer else max((length, name) for name, length in self._spent.items())
             del self._spent[name]
             self._spent_bytes -= length
-            self._body_files[name] = max(length, len(body))
             try:
-                await self._on_file_thread(lambda: write_body_file(bodies / name, body, over=True))
+                await self._write_file(bodies / name, body, max(length, len(body)), over=True)
                 return name
             except FileNotFoundError:  # removed behind the spool's back: a new file then
-                del self._body_files[name]
-        self._body_files[queue_id] = len(body)
-        await self._on_file_thread(lambda: write_body_file(bodies / queue_id, body))
+                pass
+        await self._write_file(bodies / queue_id, body, len(body), over=False)
         return queue_id
+
+    async def _write_file(self, path: Path, body: bytes, length: int, *, over: bool) -> None:
+        """Writes one body file (`length`: the file's length then); a file whose write failed
+        is no longer this spool's, and is removed."""
+        self._body_files[path.name] = length
+        try:
+            await self._on_file_thread(lambda: write_body_file(path, body, over=over))
+        except BaseException:
+            del self._body_files[path.name]
+            path.unlink(missing_ok=True)
+            raise
 
     async def mark_in_flight(self, recipient_ids: Iterable[int]) -> None:
         """Records that an attempt starts. Awaited before sending, so that a crash during the
@@ -893,15 +902,13 @@ class Spool:
             while left:
                 block = await self._on_file_thread(lambda: handle.read(min(size, left)))
                 if not block:
-                    raise SpoolError(f"{stored.path}: the body file ends {left} bytes short of the message")
+                    raise _short(stored, left)
                 left -= len(block)
                 block = carry + block
                 cut = len(block) if not left else block.rfind(b"\n") + 1
                 carry = block[cut:]
                 if cut:
                     yield block[:cut]
-            if carry:
-                yield carry
         finally:
             await self._on_file_thread(handle.close)
 
@@ -1021,8 +1028,12 @@ def _read_body(stored: BodyFile) -> bytes:
     with stored.path.open("rb") as handle:
         data = handle.read(stored.size)
     if len(data) != stored.size:
-        raise SpoolError(f"{stored.path}: the body file ends {stored.size - len(data)} bytes short of the message")
+        raise _short(stored, stored.size - len(data))
     return data
+
+
+def _short(stored: BodyFile, missing: int) -> SpoolError:
+    return SpoolError(f"{stored.path}: the body file ends {missing} bytes short of the message")
 
 
 def _unlink(paths: Iterable[Path]) -> None:
