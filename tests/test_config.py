@@ -130,6 +130,17 @@ def test_spool_spent_files_is_a_size_that_reaches_the_spool(tmp_path: Path) -> N
             cfg.loads(MINIMAL + f"[spool]\nspent_files = {bad}\n")
 
 
+def test_listener_in_flow_delay_is_a_delay_that_zero_turns_off() -> None:
+    """`listener.in_flow_delay`: 1 s unless set; any duration; 0 (or "0s") for none; anything
+    else refused naming the key."""
+    assert cfg.loads(MINIMAL).listener.in_flow_delay == 1.0
+    for text, seconds in (('"250ms"', 0.25), ("2", 2.0), ("0", 0.0), ('"0s"', 0.0), ("0.0", 0.0)):
+        assert cfg.loads(MINIMAL + f"[listener]\nin_flow_delay = {text}\n").listener.in_flow_delay == seconds
+    for bad in ("-1", '"soon"', "true", '"-1s"'):
+        with pytest.raises(cfg.ConfigError, match="listener.in_flow_delay"):
+            cfg.loads(MINIMAL + f"[listener]\nin_flow_delay = {bad}\n")
+
+
 def test_retry_delay_grows_caps_and_jitters() -> None:
     retry = cfg.RetryConfig(initial=60, maximum=3600, factor=2, jitter=0.2)
     assert retry.delay(1, 0.5) == 60
@@ -408,6 +419,23 @@ def test_garbage_is_refused(parse: Callable[[object], float], points: int, text:
     # and spaces, and is a positive finite amount.
     assert set(text) <= UNIT_TEXT and text.count(".") <= points
     assert 0 < value < float("inf")
+
+
+@given(st.one_of(st.text(alphabet=sorted(UNIT_TEXT), max_size=8), st.floats(), st.integers(-5, 5), st.booleans()))
+def test_a_delay_is_a_duration_or_zero(value: object) -> None:
+    """`parse_delay` (listener.in_flow_delay) takes what `parse_duration` takes, the same, and
+    zero written any way a duration could be; it refuses the rest."""
+    from deliverypool.config.units import parse_delay
+
+    try:
+        expected: float | None = cfg.parse_duration(value)
+    except ValueError as exc:
+        expected = 0.0 if "longer than zero" in str(exc) and not (isinstance(value, (int, float)) and value < 0) else None
+    if expected is None:
+        with pytest.raises(ValueError):
+            parse_delay(value)
+    else:
+        assert parse_delay(value) == expected
 
 
 @pytest.mark.parametrize(

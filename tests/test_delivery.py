@@ -484,6 +484,24 @@ class GatedSMTP(CountingSMTP):
         await super().smtp_DATA(arg)
 
 
+@contextlib.asynccontextmanager
+async def gated_relay(make_config: Callable[[int], RelayConfig]) -> AsyncIterator[tuple[RelayConfig, Relay, Sink]]:
+    """A listening relay (configured by `make_config` for the sink's port) that delivers to a
+    GatedSMTP sink at 127.0.0.20, its gate closed; the gate is opened at the end."""
+    port = common_port(["127.0.0.20"])
+    conf = make_config(port)
+    GatedSMTP.gate = asyncio.Event()
+    async with sink("127.0.0.20", port, "gated", smtp_class=GatedSMTP) as destination:
+        relay = Relay(conf)
+        await relay.start()
+        await relay.listen()
+        try:
+            yield conf, relay, destination
+        finally:
+            GatedSMTP.gate.set()
+            await relay.stop()
+
+
 def test_mail_a_connection_takes_at_once_is_stored_in_flight(aio_run: Run, tmp_path: Path) -> None:
     """A message that a connection takes as soon as it is accepted is stored with its recipients
     in flight (its first attempt writes no state change of its own); one that must wait for a
@@ -492,33 +510,131 @@ def test_mail_a_connection_takes_at_once_is_stored_in_flight(aio_run: Run, tmp_p
     is promised that connection."""
 
     async def main() -> None:
-        port = common_port(["127.0.0.20"])
-        conf = relay_config(tmp_path / "spool", smarthost=f"127.0.0.20:{port}", pool_extra="max_connections_per_destination = 1")
-        GatedSMTP.gate = asyncio.Event()
-        async with sink("127.0.0.20", port, "gated", smtp_class=GatedSMTP) as destination:
-            relay = Relay(conf)
-            await relay.start()
-            await relay.listen()
-            try:
-                await submit(conf, message("first"), sender=SENDER, to=["first@anywhere.test"])
-                await submit(conf, message("second"), sender=SENDER, to=["second@anywhere.test"])
-                states = {row.address: row.state for row in listing(conf.spool.directory)}
-                assert states == {"first@anywhere.test": "in-flight", "second@anywhere.test": "queued"}
-                GatedSMTP.gate.set()
-                assert len(await destination.wait_for(2)) == 2
-                await eventually(lambda: not listing(conf.spool.directory), what="both messages finished")
-                assert read_counters(conf.spool.directory)["delivered"] == 2
-                # Once more, six at once: one connection, so one message stored in flight.
-                GatedSMTP.gate = asyncio.Event()
-                await asyncio.gather(*(submit(conf, message(f"at once {n}"), sender=SENDER, to=[f"n{n}@anywhere.test"]) for n in range(6)))
-                states = {row.address: row.state for row in listing(conf.spool.directory)}
-                assert len(states) == 6 and sorted(states.values()) == ["in-flight"] + ["queued"] * 5, states
-                assert relay.engine is not None and all(lane.promised == 0 for lane in relay.engine._lanes.values())
-                GatedSMTP.gate.set()
-                assert len(await destination.wait_for(8)) == 8
-                await eventually(lambda: not listing(conf.spool.directory), what="all messages finished")
-            finally:
-                await relay.stop()
+        async with gated_relay(
+            lambda port: relay_config(tmp_path / "spool", smarthost=f"127.0.0.20:{port}", pool_extra="max_connections_per_destination = 1")
+        ) as (conf, relay, destination):
+            await submit(conf, message("first"), sender=SENDER, to=["first@anywhere.test"])
+            await submit(conf, message("second"), sender=SENDER, to=["second@anywhere.test"])
+            states = {row.address: row.state for row in listing(conf.spool.directory)}
+            assert states == {"first@anywhere.test": "in-flight", "second@anywhere.test": "queued"}
+            GatedSMTP.gate.set()
+            assert len(await destination.wait_for(2)) == 2
+            await eventually(lambda: not listing(conf.spool.directory), what="both messages finished")
+            assert read_counters(conf.spool.directory)["delivered"] == 2
+            # Once more, six at once: one connection, so one message stored in flight.
+            GatedSMTP.gate = asyncio.Event()
+            await asyncio.gather(*(submit(conf, message(f"at once {n}"), sender=SENDER, to=[f"n{n}@anywhere.test"]) for n in range(6)))
+            states = {row.address: row.state for row in listing(conf.spool.directory)}
+            assert len(states) == 6 and sorted(states.values()) == ["in-flight"] + ["queued"] * 5, states
+            assert relay.engine is not None and all(lane.promised == 0 for lane in relay.engine._lanes.values())
+            GatedSMTP.gate.set()
+            assert len(await destination.wait_for(8)) == 8
+            await eventually(lambda: not listing(conf.spool.directory), what="all messages finished")
+
+    aio_run(main())
+
+
+IN_FLOW_DELAYS = ("deliverypool_in_flow_delays_total", ())
+
+
+def _flow_config(tmp_path: Path, port: int, in_flow_delay: str) -> RelayConfig:
+    """One connection to a gated smarthost, a 64 KiB memory budget (behind past 32 KiB)."""
+    conf = relay_config(
+        tmp_path / "spool",
+        smarthost=f"127.0.0.20:{port}",
+        pool_extra="max_connections_per_destination = 1",
+        listener=f"in_flow_delay = {in_flow_delay}",
+    )
+    return conf.model_copy(update={"spool": conf.spool.model_copy(update={"memory_budget": 64 * 1024})})
+
+
+@contextlib.asynccontextmanager
+async def _behind(tmp_path: Path, in_flow_delay: str) -> AsyncIterator[tuple[RelayConfig, Relay, Sink]]:
+    """A listening relay whose delivery is behind: its one connection holds the first message
+    at DATA (until GatedSMTP.gate is set), and the second (40 KiB) waits for it, its body held:
+    more than half of the memory budget."""
+    async with gated_relay(lambda port: _flow_config(tmp_path, port, in_flow_delay)) as (conf, relay, destination):
+        await submit(conf, message("first"), sender=SENDER, to=["first@anywhere.test"])
+        await submit(conf, message("big", body=("x" * 78 + "\r\n") * 500), sender=SENDER, to=["second@anywhere.test"])
+        assert relay.engine is not None and relay.engine.behind
+        yield conf, relay, destination
+
+
+def test_mail_waits_while_delivery_is_behind(aio_run: Run, tmp_path: Path) -> None:
+    """Flow control (listener.in_flow_delay): while the bodies waiting for a connection pass half
+    of spool.memory_budget, a MAIL is answered only when delivery catches up, and counted; the
+    message then goes through like any other."""
+
+    async def main() -> None:
+        async with _behind(tmp_path, '"60s"') as (conf, relay, destination):
+            client = aiosmtplib.SMTP(hostname=conf.listener.host, port=conf.listener.port, start_tls=False)
+            async with client:
+                mail = asyncio.ensure_future(client.mail(SENDER))
+                await eventually(lambda: relay.observer.metrics.counts[IN_FLOW_DELAYS] == 1, what="the MAIL held")
+                assert not mail.done(), "answered while delivery was behind"
+                assert GatedSMTP.gate is not None
+                GatedSMTP.gate.set()  # the first is delivered; the connection takes the second
+                assert (await asyncio.wait_for(mail, 20)).code == 250
+                assert relay.engine is not None and not relay.engine.behind
+                await client.rcpt("third@anywhere.test")
+                assert (await client.data(message("third"))).code == 250
+            assert len(await destination.wait_for(3)) == 3
+            assert relay.observer.metrics.counts[IN_FLOW_DELAYS] == 1
+
+    aio_run(main())
+
+
+@pytest.mark.parametrize(("in_flow_delay", "held"), [('"300ms"', 1), ("0", 0)])
+def test_in_flow_delay_bounds_the_wait_and_zero_turns_it_off(aio_run: Run, tmp_path: Path, in_flow_delay: str, held: int) -> None:
+    """A MAIL waits at most listener.in_flow_delay, then is answered 250 even though delivery is
+    still behind; with 0 it does not wait at all. The relay's own listener and the aiosmtpd
+    handler (for those who mount it in their own server) alike."""
+    from aiosmtpd.smtp import Envelope, Session
+
+    async def main() -> None:
+        async with _behind(tmp_path, in_flow_delay) as (conf, relay, destination):
+            client = aiosmtplib.SMTP(hostname=conf.listener.host, port=conf.listener.port, start_tls=False)
+            async with client:
+                assert (await asyncio.wait_for(client.mail(SENDER), 20)).code == 250
+            assert relay.engine is not None and relay.engine.behind
+            assert relay.observer.metrics.counts[IN_FLOW_DELAYS] == held
+            envelope = Envelope()
+            reply = await relay.handler.handle_MAIL(None, Session(asyncio.get_running_loop()), envelope, SENDER, [])  # type: ignore[arg-type]
+            assert reply == "250 2.1.0 OK" and envelope.mail_from == SENDER
+            assert relay.observer.metrics.counts[IN_FLOW_DELAYS] == 2 * held
+            assert GatedSMTP.gate is not None
+            GatedSMTP.gate.set()
+            assert len(await destination.wait_for(2)) == 2
+
+    aio_run(main())
+
+
+def test_delivery_lets_one_waiting_mail_in_per_body_that_leaves(aio_run: Run, tmp_path: Path) -> None:
+    """`DeliveryEngine.behind` and `caught_up`: a body leaving the memory budget lets one
+    waiting MAIL in (Postfix's tokens; waking every waiter would let a burst in), a wait ends
+    False at its timeout, and every wait ends False when delivery stops."""
+    from deliverypool.outbound.scheduler import DeliveryEngine, _Work
+    from deliverypool.queue.spool import Spool
+
+    async def main() -> None:
+        conf = relay_config(tmp_path / "spool", smarthost="127.0.0.20:25")
+        engine = DeliveryEngine(conf, Spool(tmp_path / "spool"), mx=None, route_dsn=classify, memory_budget=100)
+        job: Any = None
+        works = [_Work(job, engine._hold(b"x" * 30)) for _ in range(2)]
+        assert engine.held == 60 and engine.behind
+        waits = [asyncio.ensure_future(engine.caught_up(30)) for _ in range(3)]
+        await asyncio.sleep(0)
+        engine._release(works[0])
+        await asyncio.sleep(0)
+        assert engine.held == 30 and not engine.behind
+        assert [w.done() for w in waits] == [True, False, False] and waits[0].result() is True
+        engine._release(works[1])
+        await asyncio.sleep(0)
+        assert [w.done() for w in waits] == [True, True, False]
+        assert await engine.caught_up(0.01) is False  # nothing leaves: the timeout
+        await engine.stop()
+        assert await waits[2] is False
+        assert await engine.caught_up(30) is False  # stopped: at once
 
     aio_run(main())
 

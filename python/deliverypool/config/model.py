@@ -38,7 +38,7 @@ from pydantic_core import CoreSchema
 
 from deliverypool._core import POOL_CLASSES, REASONS, REPORT_KINDS
 from deliverypool.config.errors import Invalid, toml_kind
-from deliverypool.config.units import Duration, Size, format_duration, format_size
+from deliverypool.config.units import Delay, Duration, Size, format_duration, format_size
 from deliverypool.mail.address import AddressError, normalize_domain, parse_host_port
 
 __all__ = [
@@ -629,6 +629,15 @@ class ListenerConfig(_Table):
         300.0,
         description="A client that sends nothing for this long (in DATA too) gets 421 4.4.2 and is disconnected.",
         json_schema_extra=_shown_default("5m"),
+    )
+    in_flow_delay: Delay = Field(
+        1.0,
+        description=(
+            "Flow control, as Postfix's in_flow_delay: while delivery is behind (the bodies of mail waiting for a "
+            "delivery connection pass half of spool.memory_budget), a worker answers each MAIL when delivery catches "
+            "up, after at most this long, so that mail is not taken in faster than it leaves. 0 turns it off."
+        ),
+        json_schema_extra=_shown_default("1s"),
     )
     max_auth_failures: Int = Field(
         3, ge=1, description="Failed AUTH attempts on one connection; the last one is answered 421 4.7.0 and the connection closed."

@@ -2,7 +2,8 @@
 
 A **duration** is a number of seconds or a string: a number (decimals allowed) and a unit,
 ``ms``, ``s``, ``m``, ``h``, ``d`` or ``w`` (``"500ms"``, ``"90s"``, ``"1.5h"``, ``"5d"``,
-``"1w"``); no unit means seconds. Durations are longer than zero.
+``"1w"``); no unit means seconds. Durations are longer than zero, except a **delay**, where
+zero (``0``, ``"0s"``) means none.
 
 A **size** is a number of bytes or a string: a whole number and a unit ``B``, ``k``, ``M`` or
 ``G``, any case, optionally with ``i`` and ``B`` (``"512k"``, ``"25MB"``, ``"25MiB"``). The
@@ -24,7 +25,18 @@ from pydantic import PlainValidator, WithJsonSchema
 
 from deliverypool.config.errors import toml_kind
 
-__all__ = ["DURATION_PATTERN", "SIZE_PATTERN", "Duration", "Size", "format_duration", "format_size", "parse_duration", "parse_size"]
+__all__ = [
+    "DURATION_PATTERN",
+    "SIZE_PATTERN",
+    "Delay",
+    "Duration",
+    "Size",
+    "format_duration",
+    "format_size",
+    "parse_delay",
+    "parse_duration",
+    "parse_size",
+]
 
 # Written for JSON Schema (ECMA-262) as well as Python, hence no inline flags.
 DURATION_PATTERN: Final = r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$"
@@ -61,6 +73,17 @@ def parse_duration(value: object) -> float:
     if seconds <= 0:
         raise ValueError(f"must be longer than zero, got {value!r}")
     return seconds
+
+
+def parse_delay(value: object) -> float:
+    """A duration, or zero (``0``, ``"0s"``, ``"0ms"``...) for none."""
+    if isinstance(value, str):
+        match = _DURATION.fullmatch(value)
+        if match and float(match[1]) == 0:
+            return 0.0
+    elif _is_number(value) and value == 0:
+        return 0.0
+    return parse_duration(value)
 
 
 def format_duration(seconds: float) -> str:
@@ -102,13 +125,13 @@ def format_size(size: int) -> str:
     return f"{size}B"
 
 
-def _number_or_text(number: str, meaning: str, pattern: str, text_meaning: str) -> WithJsonSchema:
+def _number_or_text(number: str, meaning: str, pattern: str, text_meaning: str, minimum: str = "exclusiveMinimum") -> WithJsonSchema:
     """The JSON Schema of a value written either as a plain number (`number` is its JSON type)
     or as a string matching `pattern`."""
     return WithJsonSchema(
         {
             "anyOf": [
-                {"type": number, "exclusiveMinimum": 0, "description": meaning},
+                {"type": number, minimum: 0, "description": meaning},
                 {"type": "string", "pattern": pattern, "description": text_meaning},
             ]
         }
@@ -119,6 +142,11 @@ Duration = Annotated[
     float,
     PlainValidator(parse_duration),
     _number_or_text("number", "seconds", DURATION_PATTERN, "a number and a unit: ms, s, m, h, d or w"),
+]
+Delay = Annotated[
+    float,
+    PlainValidator(parse_delay),
+    _number_or_text("number", "seconds (0: none)", DURATION_PATTERN, "a number and a unit: ms, s, m, h, d or w", "minimum"),
 ]
 Size = Annotated[
     int,

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
     from deliverypool.app import Relay
+    from deliverypool.outbound.scheduler import DeliveryEngine
     from deliverypool.auth.dkim import DkimOutcome
     from deliverypool.queue.spool import DsnRequest
     from deliverypool.routing.scores import SpamVerdict
@@ -103,6 +104,8 @@ def network_check(networks: Sequence[Any]) -> Callable[[str | None], bool]:
 _mailbox = functools.lru_cache(maxsize=8192)(parse_mailbox)
 
 MAIL_OK: Final = "250 2.1.0 OK"
+# Counted each time a MAIL's 250 waited for delivery to catch up (`RoutingHandler.mail_reply`).
+IN_FLOW_DELAYS: Final = "deliverypool_in_flow_delays_total"
 RCPT_OK: Final = "250 2.1.5 OK"
 RELAY_DENIED: Final = "554 5.7.1 Relay access denied"
 AUTH_OK: Final = "235 2.7.0 Authentication successful"
@@ -140,13 +143,24 @@ class RoutingHandler:
     def relay_permitted(self, peer: str | None, authenticated: bool) -> bool:
         return authenticated or self._allowed(peer)
 
-    def mail_reply(self, address: str, smtputf8: bool) -> str:
-        """The reply to MAIL FROM:<address> ("" for the null reverse-path)."""
+    def mail_reply(self, address: str, smtputf8: bool) -> str | Coroutine[Any, Any, str]:
+        """The reply to MAIL FROM:<address> ("" for the null reverse-path); a coroutine when
+        delivery is behind and the 250 waits for it (``listener.in_flow_delay``)."""
         if address and address != "<>":
             try:
                 _mailbox(address, smtputf8=smtputf8)
             except AddressError as error:
                 return _address_refused(error, "553 5.1.7", "sender")
+        engine = self.relay.engine
+        if engine is not None and engine.behind and self.config.in_flow_delay > 0:
+            return self._in_flow(engine)
+        return MAIL_OK
+
+    async def _in_flow(self, engine: DeliveryEngine) -> str:
+        observer = self.relay.observer
+        if observer.enabled:
+            observer.metrics.add(IN_FLOW_DELAYS, ())
+        await engine.caught_up(self.config.in_flow_delay)
         return MAIL_OK
 
     def rcpt_reply(
@@ -247,6 +261,8 @@ class RoutingHandler:
         # aiosmtpd passes the null reverse-path as "<>" and needs a non-empty mail_from for RCPT
         # to be accepted, so it stays "<>" in the envelope; `handle_DATA` maps it to "".
         reply = self.mail_reply(address, envelope.smtp_utf8)
+        if not isinstance(reply, str):
+            reply = await self._on_relay_loop(reply)
         if reply == MAIL_OK:
             envelope.mail_from = address
             envelope.mail_options.extend(mail_options)

@@ -220,8 +220,12 @@ class SmtpSession(asyncio.Protocol):
 
     # --- the engine's callbacks ------------------------------------------------------------
 
-    def on_mail(self, address: str, smtputf8: bool) -> str:
-        return self.handler.mail_reply(address, smtputf8)
+    def on_mail(self, address: str, smtputf8: bool) -> str | None:
+        reply = self.handler.mail_reply(address, smtputf8)
+        if isinstance(reply, str):
+            return reply
+        self._later(reply)
+        return None
 
     def on_rcpt(self, address: str, mail_from: str, smtputf8: bool, accepted: int) -> str | None:
         reply = self.handler.rcpt_reply(

@@ -28,6 +28,7 @@ Every label value comes from a closed set, never from message content:
 | ``deliverypool_auth_problems_total`` (counter) | ``problem``: `AUTH_PROBLEMS` (``own-domain-no-key``) |
 | ``deliverypool_spool_conditions_total`` (counter, times a shard entered it) | ``condition``: ``low-space``, ``stalled`` (observe/spool.py) |
 | ``deliverypool_spool_refused_total`` (counter) | none |
+| ``deliverypool_in_flow_delays_total`` (counter, MAIL commands held while delivery was behind: ``listener.in_flow_delay``) | none |
 | ``deliverypool_fleet_leader``, ``deliverypool_fleet_degraded`` (gauges, in a fleet) | none |
 | ``deliverypool_admin_refused_total`` (counter) | ``reason``: `ADMIN_REFUSALS` (observe/events.py) |
 | ``deliverypool_admin_releases_total`` (counter) | ``result``: `RELEASE_RESULTS` |
@@ -201,6 +202,7 @@ _HELP: Final = {
         "Times a spool shard entered low-space mode or its state changes started failing (stalled).", ["condition"]
     ),
     "deliverypool_spool_refused_total": ("Messages refused because the spool could not store them (disk full: 452; failing: 451).", []),
+    "deliverypool_in_flow_delays_total": ("MAIL commands answered only when delivery caught up (listener.in_flow_delay).", []),
     "deliverypool_admin_refused_total": ("Requests the admin listener refused, by reason.", ["reason"]),
     "deliverypool_admin_releases_total": ("Sender releases asked for through the admin API, by result.", ["result"]),
 }

@@ -84,24 +84,11 @@ class _Lane:
     def wake(self) -> None:
         """Work came, or delivery stops: every idle connection of the lane looks again."""
         waiting, self.waiting = self.waiting, []
-        for waiter in waiting:
-            if not waiter.done():
-                waiter.set_result(True)
+        _wake(waiting)
 
     async def wait(self, timeout: float) -> bool:
-        """Until `wake` (True) or `timeout` seconds (False). A future and a timer: a connection
-        goes idle about once per message under load, and `asyncio.wait_for` would make a task
-        for each wait."""
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[bool] = loop.create_future()
-        self.waiting.append(waiter)
-        timer = loop.call_later(timeout, _expire, waiter)
-        try:
-            return await waiter
-        finally:
-            timer.cancel()
-            if waiter in self.waiting:
-                self.waiting.remove(waiter)
+        """Until `wake` (True) or `timeout` seconds (False)."""
+        return await _wait(self.waiting, timeout)
 
 
 # A promise of connections at once (`DeliveryEngine.claim_at_once`): the lanes it holds a place in.
@@ -120,6 +107,28 @@ def _destination(pool: PoolConfig, address: str) -> str:
 def _expire(waiter: asyncio.Future[bool]) -> None:
     if not waiter.done():
         waiter.set_result(False)
+
+
+def _wake(waiting: list[asyncio.Future[bool]], result: bool = True) -> None:
+    for waiter in waiting:
+        if not waiter.done():
+            waiter.set_result(result)
+
+
+async def _wait(waiting: list[asyncio.Future[bool]], timeout: float) -> bool:
+    """Until a future put in `waiting` is woken (True) or `timeout` seconds (False). A future
+    and a timer: a connection goes idle, and a MAIL may wait for delivery, about once per
+    message under load, and `asyncio.wait_for` would make a task for each wait."""
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[bool] = loop.create_future()
+    waiting.append(waiter)
+    timer = loop.call_later(timeout, _expire, waiter)
+    try:
+        return await waiter
+    finally:
+        timer.cancel()
+        if waiter in waiting:
+            waiting.remove(waiter)
 
 
 class DeliveryEngine:
@@ -142,6 +151,9 @@ class DeliveryEngine:
         # queue costs no memory per message.
         self.memory_budget = memory_budget
         self.held = 0
+        # Flow control (`behind`, `caught_up`): the waits of MAIL commands until delivery
+        # catches up.
+        self._flow_waiting: list[asyncio.Future[bool]] = []
         self.spool = spool
         self.clock = clock
         self.rng = rng or random.Random()
@@ -282,6 +294,31 @@ class DeliveryEngine:
         if work.body is not None:
             self.held -= len(work.body)
             work.body = None
+            # One MAIL in per body out, as Postfix's tokens: waking every waiter at once would
+            # let a burst in and put delivery behind again.
+            while self._flow_waiting and not self.behind:
+                waiter = self._flow_waiting.pop(0)
+                if not waiter.done():
+                    waiter.set_result(True)
+                    break
+
+    # --- flow control --------------------------------------------------------------------
+
+    @property
+    def behind(self) -> bool:
+        """Delivery is behind acceptance: the bodies of work waiting for a connection take more
+        than half of the memory budget. Past the budget, bodies are read back from the spool
+        and large ones need new files: taking mail in faster than it leaves then costs more
+        per message (at 1 MiB, a third more CPU in benches/README.md), so the listener holds
+        each MAIL (`listener.in_flow_delay`, like Postfix's in_flow_delay)."""
+        return self.held > self.memory_budget // 2
+
+    async def caught_up(self, timeout: float) -> bool:
+        """Until delivery is no longer `behind` (True) or `timeout` seconds (False; also
+        False at once when delivery stops)."""
+        if self._stopping:
+            return False
+        return await _wait(self._flow_waiting, timeout)
 
     def _spawn(self, coroutine: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coroutine)
@@ -315,6 +352,8 @@ class DeliveryEngine:
         """Stops taking new work, lets current transactions finish for up to `timeout`
         seconds, then cancels the rest (recipients left in flight are retried at start)."""
         self._stopping = True
+        waiting, self._flow_waiting = self._flow_waiting, []
+        _wake(waiting, False)
         for handle in self._timers:
             handle.cancel()
         self._timers.clear()
