@@ -538,7 +538,7 @@ IN_FLOW_DELAYS = ("deliverypool_in_flow_delays_total", ())
 
 
 def _flow_config(tmp_path: Path, port: int, in_flow_delay: str) -> RelayConfig:
-    """One connection to a gated smarthost, a 64 KiB memory budget (behind past 32 KiB)."""
+    """One connection to a gated smarthost, a 64 KiB memory budget (behind past 8 KiB)."""
     conf = relay_config(
         tmp_path / "spool",
         smarthost=f"127.0.0.20:{port}",
@@ -552,17 +552,19 @@ def _flow_config(tmp_path: Path, port: int, in_flow_delay: str) -> RelayConfig:
 async def _behind(tmp_path: Path, in_flow_delay: str) -> AsyncIterator[tuple[RelayConfig, Relay, Sink]]:
     """A listening relay whose delivery is behind: its one connection holds the first message
     at DATA (until GatedSMTP.gate is set), and the second (40 KiB) waits for it, its body held:
-    more than half of the memory budget."""
+    more than an eighth of the memory budget."""
     async with gated_relay(lambda port: _flow_config(tmp_path, port, in_flow_delay)) as (conf, relay, destination):
+        assert relay.engine is not None
+        relay.engine.stalled_after = 3600.0  # the gated lane counts however slow the machine
         await submit(conf, message("first"), sender=SENDER, to=["first@anywhere.test"])
         await submit(conf, message("big", body=("x" * 78 + "\r\n") * 500), sender=SENDER, to=["second@anywhere.test"])
-        assert relay.engine is not None and relay.engine.behind
+        assert relay.engine.behind
         yield conf, relay, destination
 
 
 def test_mail_waits_while_delivery_is_behind(aio_run: Run, tmp_path: Path) -> None:
-    """Flow control (listener.in_flow_delay): while the bodies waiting for a connection pass half
-    of spool.memory_budget, a MAIL is answered only when delivery catches up, and counted; the
+    """Flow control (listener.in_flow_delay): while the bodies waiting for a connection pass an
+    eighth of spool.memory_budget, a MAIL is answered only when delivery catches up, and counted; the
     message then goes through like any other."""
 
     async def main() -> None:
@@ -610,30 +612,46 @@ def test_in_flow_delay_bounds_the_wait_and_zero_turns_it_off(aio_run: Run, tmp_p
 
 
 def test_delivery_lets_one_waiting_mail_in_per_body_that_leaves(aio_run: Run, tmp_path: Path) -> None:
-    """`DeliveryEngine.behind` and `caught_up`: a body leaving the memory budget lets one
-    waiting MAIL in (Postfix's tokens; waking every waiter would let a burst in), a wait ends
-    False at its timeout, and every wait ends False when delivery stops."""
-    from deliverypool.outbound.scheduler import DeliveryEngine, _Work
+    """`DeliveryEngine.behind` and `caught_up`: behind past an eighth of the memory budget held
+    in lanes that are taking work, not counting a stalled lane; a body leaving lets one waiting
+    MAIL in (Postfix's tokens; waking every waiter would let a burst in); a wait ends False at
+    its timeout, and every wait ends False when delivery stops."""
+    import time
+
+    from deliverypool.outbound.scheduler import DeliveryEngine, _Lane, _Work
     from deliverypool.queue.spool import Spool
 
     async def main() -> None:
         conf = relay_config(tmp_path / "spool", smarthost="127.0.0.20:25")
-        engine = DeliveryEngine(conf, Spool(tmp_path / "spool"), mx=None, route_dsn=classify, memory_budget=100)
+        engine = DeliveryEngine(conf, Spool(tmp_path / "spool"), mx=None, route_dsn=classify, memory_budget=800)
+        flowing, stalled = _Lane(conf.pools["normal"], "flowing"), _Lane(conf.pools["normal"], "stalled")
+        engine._lanes.update({("normal", "flowing"): flowing, ("normal", "stalled"): stalled})
         job: Any = None
-        works = [_Work(job, engine._hold(b"x" * 30)) for _ in range(2)]
-        assert engine.held == 60 and engine.behind
+        works = [_Work(job, engine._hold(b"x" * 60, flowing)) for _ in range(2)]
+        stuck = _Work(job, engine._hold(b"x" * 300, stalled))
+        assert (engine.held, flowing.held, stalled.held) == (420, 120, 300)
+        assert not engine.behind  # nothing has taken work: both lanes count as stalled
+        flowing.took = time.monotonic()
+        assert engine.behind  # 120 bytes in a flowing lane, over 800 / 8
         waits = [asyncio.ensure_future(engine.caught_up(30)) for _ in range(3)]
         await asyncio.sleep(0)
-        engine._release(works[0])
+        engine._release(works[0], flowing)
         await asyncio.sleep(0)
-        assert engine.held == 30 and not engine.behind
+        assert engine.held == 360 and not engine.behind  # the stalled lane's 300 do not count
         assert [w.done() for w in waits] == [True, False, False] and waits[0].result() is True
-        engine._release(works[1])
+        engine._release(works[1], flowing)
         await asyncio.sleep(0)
         assert [w.done() for w in waits] == [True, True, False]
+        stalled.took = flowing.took
+        assert engine.behind  # taking work again: it counts
         assert await engine.caught_up(0.01) is False  # nothing leaves: the timeout
+        engine._release(stuck, stalled)
+        assert engine.held == 0 and (flowing.held, stalled.held) == (0, 0)
+        assert await waits[2] is True
+        last = asyncio.ensure_future(engine.caught_up(30))
+        await asyncio.sleep(0)
         await engine.stop()
-        assert await waits[2] is False
+        assert await last is False
         assert await engine.caught_up(30) is False  # stopped: at once
 
     aio_run(main())

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 from collections import deque
@@ -48,6 +49,16 @@ LOCAL_FAILURE = "451 4.3.0 Local error while delivering; will retry"
 # worker's peak (a copy dot-stuffed for DATA, the transport's buffer) for a saving that is small
 # next to sending it.
 MAX_HELD_BODY = 4 * 1024 * 1024
+# Flow control (`DeliveryEngine.behind`): delivery is behind when the held bodies of work waiting
+# for a connection take more than this share of the memory budget (8 MiB of the default 64):
+# enough to keep every connection fed, small enough that a burst's bodies stay in memory and
+# its body files are reused. Measured at 1 MiB (benches/README.md): a half let 1 MiB messages
+# in faster than they left; an eighth held acceptance to delivery's pace.
+FLOW_SHARE = 8
+# A lane whose connections took no work for this long is stalled (a destination that tarpits
+# or hangs): its waiting bodies do not count, so that one slow destination does not slow
+# every client of the worker.
+STALLED_AFTER = 1.0
 
 
 @dataclass
@@ -78,6 +89,10 @@ class _Lane:
     # Messages being accepted that were promised a connection of this lane at once (see
     # `DeliveryEngine.claim_at_once`): counted as work until they are submitted.
     promised: int = 0
+    # Bytes of the bodies held for the work in `queue`, and when (time.monotonic) a connection
+    # last took work from it: flow control (`DeliveryEngine.behind`).
+    held: int = 0
+    took: float = -math.inf
     # The idle connections' waits (see `wait`).
     waiting: list[asyncio.Future[bool]] = field(default_factory=list)
 
@@ -154,6 +169,7 @@ class DeliveryEngine:
         # Flow control (`behind`, `caught_up`): the waits of MAIL commands until delivery
         # catches up.
         self._flow_waiting: list[asyncio.Future[bool]] = []
+        self.stalled_after = STALLED_AFTER
         self.spool = spool
         self.clock = clock
         self.rng = rng or random.Random()
@@ -275,24 +291,26 @@ class DeliveryEngine:
             if lane is None:
                 lane = self._lanes[(pool.name, destination)] = _Lane(pool, destination)
             part = job if len(by_destination) == 1 else replace(job, recipients=tuple(group))
-            lane.queue.append(_Work(part, self._hold(body), in_flight))
+            lane.queue.append(_Work(part, self._hold(body, lane), in_flight))
             lane.wake()
             if lane.active < pool.max_connections_per_destination and len(lane.queue) > lane.idle:
                 lane.active += 1
                 self._idle.clear()
                 self._spawn(self._worker(lane))
 
-    def _hold(self, body: bytes | None) -> bytes | None:
+    def _hold(self, body: bytes | None, lane: _Lane) -> bytes | None:
         """`body` if it is at most MAX_HELD_BODY and the memory budget has room for it (then
-        counted), else None."""
+        counted, in all and for `lane`), else None."""
         if body is None or len(body) > MAX_HELD_BODY or self.held + len(body) > self.memory_budget:
             return None
         self.held += len(body)
+        lane.held += len(body)
         return body
 
-    def _release(self, work: _Work) -> None:
+    def _release(self, work: _Work, lane: _Lane) -> None:
         if work.body is not None:
             self.held -= len(work.body)
+            lane.held -= len(work.body)
             work.body = None
             # One MAIL in per body out, as Postfix's tokens: waking every waiter at once would
             # let a burst in and put delivery behind again.
@@ -306,12 +324,17 @@ class DeliveryEngine:
 
     @property
     def behind(self) -> bool:
-        """Delivery is behind acceptance: the bodies of work waiting for a connection take more
-        than half of the memory budget. Past the budget, bodies are read back from the spool
-        and large ones need new files: taking mail in faster than it leaves then costs more
-        per message (at 1 MiB, a third more CPU in benches/README.md), so the listener holds
-        each MAIL (`listener.in_flow_delay`, like Postfix's in_flow_delay)."""
-        return self.held > self.memory_budget // 2
+        """Delivery is behind acceptance: the held bodies of work waiting for a connection, in
+        lanes whose connections are taking work (not stalled: STALLED_AFTER), take more than a
+        FLOW_SHARE of the memory budget. Mail taken in faster than it leaves costs more per
+        message (past the budget bodies are read back from the spool, large ones need new
+        files; at 1 MiB, a quarter more CPU in benches/README.md), so the listener holds each
+        MAIL (`listener.in_flow_delay`, like Postfix's in_flow_delay)."""
+        limit = self.memory_budget // FLOW_SHARE
+        if self.held <= limit:
+            return False
+        since = time.monotonic() - self.stalled_after
+        return sum(lane.held for lane in self._lanes.values() if lane.took > since) > limit
 
     async def caught_up(self, timeout: float) -> bool:
         """Until delivery is no longer `behind` (True) or `timeout` seconds (False; also
@@ -359,7 +382,7 @@ class DeliveryEngine:
         self._timers.clear()
         for lane in self._lanes.values():
             for work in lane.queue:
-                self._release(work)
+                self._release(work, lane)
             lane.queue.clear()
             lane.wake()
         if self._tasks:
@@ -407,7 +430,7 @@ class DeliveryEngine:
         works = list(lane.queue)
         lane.queue.clear()
         for work in works:
-            self._release(work)
+            self._release(work, lane)
             self._log(work, lane, None, None, reply)
             await self._settle(work, {rid: (reply, None) for rid, _ in work.job.recipients})
 
@@ -415,9 +438,10 @@ class DeliveryEngine:
         """The next work of the lane with its body and its recipients marked in flight, or None
         when that failed on our side (then recorded as a local failure and retried later)."""
         work = lane.queue.popleft()
+        lane.took = time.monotonic()
         job = work.job
         held = work.body
-        self._release(work)
+        self._release(work, lane)
         try:
             body = held if held is not None else await self.spool.stored(job.message)
             if not work.in_flight:
@@ -469,18 +493,18 @@ class DeliveryEngine:
             # limit: not one more message from it. The work goes back to the front; the next
             # connection binds another address of the pool.
             log.info("pool=%s source=%s drained or at its warm-up limit: closing the connection to %s", lane.pool.name, session.source, session.host)
-            lane.queue.appendleft(_Work(job, self._hold(body if isinstance(body, bytes) else None)))
+            lane.queue.appendleft(_Work(job, self._hold(body if isinstance(body, bytes) else None, lane)))
             return False
         attempt = await send(session, job.sender, job.recipients, body, self.spool)
         if attempt.reconnect:
-            lane.queue.appendleft(_Work(job, self._hold(body if isinstance(body, bytes) else None)))
+            lane.queue.appendleft(_Work(job, self._hold(body if isinstance(body, bytes) else None, lane)))
             return False
         if attempt.untried:
             # The server takes no more recipients in this transaction: the rest go first in the
             # next one, on this connection, without counting an attempt.
             untried = set(attempt.untried)
             rest = tuple(r for r in job.recipients if r[0] in untried)
-            lane.queue.appendleft(_Work(replace(job, recipients=rest), self._hold(body if isinstance(body, bytes) else None)))
+            lane.queue.appendleft(_Work(replace(job, recipients=rest), self._hold(body if isinstance(body, bytes) else None, lane)))
             work = _Work(replace(job, recipients=tuple(r for r in job.recipients if r[0] not in untried)))
         self._log(work, lane, session.source, session.host, attempt.final, attempt.replies)
         # Outcomes commit in the background: the connection moves on to the next message.
