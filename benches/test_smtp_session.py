@@ -32,10 +32,12 @@ ENVELOPE = b"MAIL FROM:<a@sender.test>\r\nRCPT TO:<x@example.org>\r\nDATA\r\n"
 
 
 class NullRelay:
-    """What RoutingHandler needs of a relay: a config, no limits, an accept that stores nothing."""
+    """What RoutingHandler needs of a relay: a config, no limits, no delivery engine (so no flow
+    control), an accept that stores nothing."""
 
     def __init__(self, conf: cfg.RelayConfig) -> None:
         self.config = conf
+        self.engine = None
         self.limits = None
         self.srs_bounces = None
         self.loop: asyncio.AbstractEventLoop | None = None
