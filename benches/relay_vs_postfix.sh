@@ -67,7 +67,7 @@ chmod 755 "$WORK"
 # receiving side, and its file creation must not bound either relay. On an ext4 without a
 # journal (this kind of VM's root), creating a file costs 0.7-0.8 ms of kernel CPU for minutes
 # after many deletions (ext4's recently_deleted() scan, benches/README.md): a sink dumping there
-# caps a run at about 1,200 msg/s and makes the next run slower than the first.
+# caps deliverypool at about 1,000 msg/s and makes the next run slower than the first.
 SINK_ROOT=${SINK_ROOT:-$([ -d /dev/shm ] && [ -w /dev/shm ] && echo /dev/shm || echo "$WORK")}
 SINKS=$(mktemp -d "$SINK_ROOT/relay-bench-sinks.XXXXXX")
 chmod 755 "$SINKS"

@@ -152,7 +152,7 @@ class RoutingHandler:
             except AddressError as error:
                 return _address_refused(error, "553 5.1.7", "sender")
         engine = self.relay.engine
-        if engine is not None and engine.behind and self.config.in_flow_delay > 0:
+        if self.config.in_flow_delay > 0 and engine is not None and engine.behind:
             return self._in_flow(engine)
         return MAIL_OK
 

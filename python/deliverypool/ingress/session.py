@@ -197,6 +197,14 @@ class SmtpSession(asyncio.Protocol):
         self.tasks.add(task)
         task.add_done_callback(self._answered)
 
+    def _now_or_later(self, reply: str | Coroutine[Any, Any, str]) -> str | None:
+        """A handler's decision for the engine: a reply now, or None and the reply later (the
+        coroutine, run as a task of the session)."""
+        if isinstance(reply, str):
+            return reply
+        self._later(reply)
+        return None
+
     def _answered(self, task: asyncio.Task[str]) -> None:
         self.tasks.discard(task)
         if task.cancelled():
@@ -221,11 +229,7 @@ class SmtpSession(asyncio.Protocol):
     # --- the engine's callbacks ------------------------------------------------------------
 
     def on_mail(self, address: str, smtputf8: bool) -> str | None:
-        reply = self.handler.mail_reply(address, smtputf8)
-        if isinstance(reply, str):
-            return reply
-        self._later(reply)
-        return None
+        return self._now_or_later(self.handler.mail_reply(address, smtputf8))
 
     def on_rcpt(self, address: str, mail_from: str, smtputf8: bool, accepted: int) -> str | None:
         reply = self.handler.rcpt_reply(
@@ -237,10 +241,7 @@ class SmtpSession(asyncio.Protocol):
             smtputf8=smtputf8,
             accepted=accepted,
         )
-        if isinstance(reply, str):
-            return reply
-        self._later(reply)
-        return None
+        return self._now_or_later(reply)
 
     def on_message(self, message: SmtpMessage) -> None:
         # (The engine is busy calling this: its methods cannot be called from here.)

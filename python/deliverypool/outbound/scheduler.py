@@ -307,6 +307,11 @@ class DeliveryEngine:
         lane.held += len(body)
         return body
 
+    def _again(self, job: Job, body: bytes | BodyFile, lane: _Lane) -> _Work:
+        """Work for `job` back in `lane` after an attempt that did not finish it, its body held
+        again when it was in memory (and the budget has room)."""
+        return _Work(job, self._hold(body if isinstance(body, bytes) else None, lane))
+
     def _release(self, work: _Work, lane: _Lane) -> None:
         if work.body is not None:
             self.held -= len(work.body)
@@ -493,18 +498,18 @@ class DeliveryEngine:
             # limit: not one more message from it. The work goes back to the front; the next
             # connection binds another address of the pool.
             log.info("pool=%s source=%s drained or at its warm-up limit: closing the connection to %s", lane.pool.name, session.source, session.host)
-            lane.queue.appendleft(_Work(job, self._hold(body if isinstance(body, bytes) else None, lane)))
+            lane.queue.appendleft(self._again(job, body, lane))
             return False
         attempt = await send(session, job.sender, job.recipients, body, self.spool)
         if attempt.reconnect:
-            lane.queue.appendleft(_Work(job, self._hold(body if isinstance(body, bytes) else None, lane)))
+            lane.queue.appendleft(self._again(job, body, lane))
             return False
         if attempt.untried:
             # The server takes no more recipients in this transaction: the rest go first in the
             # next one, on this connection, without counting an attempt.
             untried = set(attempt.untried)
             rest = tuple(r for r in job.recipients if r[0] in untried)
-            lane.queue.appendleft(_Work(replace(job, recipients=rest), self._hold(body if isinstance(body, bytes) else None, lane)))
+            lane.queue.appendleft(self._again(replace(job, recipients=rest), body, lane))
             work = _Work(replace(job, recipients=tuple(r for r in job.recipients if r[0] not in untried)))
         self._log(work, lane, session.source, session.host, attempt.final, attempt.replies)
         # Outcomes commit in the background: the connection moves on to the next message.

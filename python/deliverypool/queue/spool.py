@@ -72,8 +72,9 @@ FILE_THRESHOLD = 256 * 1024
 # most SPENT_LARGEST, and the next large body is written over one: its pages are still in the
 # page cache and its blocks on disk, where a new file takes fresh pages, new blocks, a journal
 # commit for its name and a directory fsync (1 MiB written durably: 0.15-0.19 ms of CPU over a
-# spent file, 0.49-0.52 ms in a new file later unlinked; benches/README.md, session 11). A body is read by its stored size: a spent file written over by a
-# shorter body keeps the older bytes after it. In low-space mode spent files are removed.
+# spent file, 0.49-0.52 ms in a new file later unlinked; benches/README.md, session 11). A body
+# is read by its stored size: a spent file written over by a shorter body keeps the older bytes
+# after it. In low-space mode spent files are removed.
 SPENT_KEPT_BYTES = 64 * 1024 * 1024
 SPENT_LARGEST = 8 * 1024 * 1024
 # Space kept back for state changes: when the disk fills, this file is removed so that
