@@ -11,6 +11,9 @@
         writes the CPU seconds (user+system, exited children included) and the sum of the peak
         RSS of every process whose command line contains TEXT (or whose executable is under
         TEXT after "exe:"), and the machine's busy CPU seconds (/proc/stat).
+    relay_probe.py combine --load LOAD.json --latency LATENCY.json --out RESULT.json
+        one result from a run of the load alone (throughput, CPU, memory) and a run of the same
+        load with the probes (latency); losses and duplicates of both counted.
     relay_probe.py compare A.json B.json
         prints both results and their ratio.
 """
@@ -149,8 +152,10 @@ def summarize(
         cpu = after["cpu_seconds"] - before["cpu_seconds"]
         machine = after["machine_busy_seconds"] - before["machine_busy_seconds"]
         rss, pss = after["peak_rss_mib"], after["pss_mib"]
-    # Per message of the load: the probes (small, one connection) add their share to both
-    # relays' CPU, about 1/30 of the messages at 2 KiB, a small fraction of the work at 1 MiB.
+    # Per message of the load. With probes running, their CPU is counted too: each is a message
+    # on its own, which costs either relay about 1.3-1.6 ms (benches/README.md, session 13), so
+    # 100 probes weigh ~0.5 ms on each of 300 messages of 1 MiB. relay_vs_postfix.sh therefore
+    # takes CPU and throughput from a run of the load alone (`combine`).
     handled = max(1, len(load_arrivals))
     result = {
         "name": args.name,
@@ -207,6 +212,23 @@ def collect(args: argparse.Namespace) -> int:
     return 0
 
 
+def combine(load: dict, latency: dict) -> dict:
+    """One run's figures: throughput, CPU and memory from the run of the load alone, latency from
+    the run with the probes (whose own CPU per message of the load is kept as
+    ``cpu_ms_per_message_with_probes``); messages lost or duplicated in either run counted."""
+    result = dict(load)
+    result.update(
+        latency_p50_ms=latency["latency_p50_ms"],
+        latency_p99_ms=latency["latency_p99_ms"],
+        probes=latency["probes"],
+        lost=load["lost"] + latency["lost"],
+        duplicates=load["duplicates"] + latency["duplicates"],
+        cpu_ms_per_message_with_probes=latency["cpu_ms_per_message"],
+        messages_per_second_with_probes=latency["messages_per_second"],
+    )
+    return result
+
+
 def _line(r: dict) -> str:
     return (
         f"{r['name']:<13} {r['messages_per_second']:>9,.0f} msg/s delivered   {r['accepted_per_second']:>9,.0f} msg/s accepted   "
@@ -219,7 +241,7 @@ def _line(r: dict) -> str:
 
 HEADER = (
     "| size | deliverypool msg/s | Postfix msg/s | ratio | p50 / p99 ms (dp) | p50 / p99 ms (Postfix) | relay CPU ms/msg dp / Postfix "
-    "| CPU ratio | relay CPU µs/KiB (dp) | machine CPU ms/msg dp / Postfix | peak RSS MiB dp / Postfix (sum over processes) "
+    "| CPU ratio | relay CPU ms/msg with the probes dp / Postfix | relay CPU µs/KiB (dp) | machine CPU ms/msg dp / Postfix | peak RSS MiB dp / Postfix (sum over processes) "
     "| PSS MiB at the end dp / Postfix | lost dp / Postfix | dup dp / Postfix |"
 )
 
@@ -234,11 +256,13 @@ def _label(size: int) -> str:
 
 def row(ours: dict, theirs: dict, label: str | None = None, ratios: tuple[str, str] | None = None) -> str:
     """One table row; `ratios`: the throughput and CPU ratio cells' text, when not one run's."""
+    nan = float("nan")  # results of runs before the load was run alone have no figure with the probes
     throughput, cpu = ratios or (f"**{_ratio(ours, theirs, 'messages_per_second'):.2f}**", f"**{_ratio(ours, theirs, 'cpu_ms_per_message'):.2f}**")
     return (
         f"| {label or _label(ours['size'])} | {ours['messages_per_second']:,.0f} | {theirs['messages_per_second']:,.0f} | {throughput} "
         f"| {ours['latency_p50_ms']:.0f} / {ours['latency_p99_ms']:.0f} | {theirs['latency_p50_ms']:.0f} / {theirs['latency_p99_ms']:.0f} "
-        f"| {ours['cpu_ms_per_message']:.2f} / {theirs['cpu_ms_per_message']:.2f} | {cpu} | {ours['cpu_us_per_kib']:.1f} "
+        f"| {ours['cpu_ms_per_message']:.2f} / {theirs['cpu_ms_per_message']:.2f} | {cpu} "
+        f"| {ours.get('cpu_ms_per_message_with_probes', nan):.2f} / {theirs.get('cpu_ms_per_message_with_probes', nan):.2f} | {ours['cpu_us_per_kib']:.1f} "
         f"| {ours['machine_cpu_ms_per_message']:.2f} / {theirs['machine_cpu_ms_per_message']:.2f} "
         f"| {ours['peak_rss_mib']:.0f} / {theirs['peak_rss_mib']:.0f} | {ours['pss_mib']:.0f} / {theirs['pss_mib']:.0f} | {ours['lost']} / {theirs['lost']} | {ours['duplicates']} / {theirs['duplicates']} |"
     )
@@ -313,6 +337,10 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("--out", type=Path, required=True)
     t = sub.add_parser("table")
     t.add_argument("results", nargs="+")
+    b = sub.add_parser("combine")
+    b.add_argument("--load", type=Path, required=True)
+    b.add_argument("--latency", type=Path, required=True)
+    b.add_argument("--out", type=Path, required=True)
     m = sub.add_parser("compare")
     m.add_argument("a")
     m.add_argument("b")
@@ -323,6 +351,11 @@ def main(argv: list[str] | None = None) -> int:
         return collect(args)
     if args.command == "usage":
         return usage(args.match, args.out)
+    if args.command == "combine":
+        result = combine(json.loads(args.load.read_text()), json.loads(args.latency.read_text()))
+        args.out.write_text(json.dumps(result))
+        print(_line(result))
+        return 0
     if args.command == "table":
         return table(args.results)
     return compare(args.a, args.b)

@@ -19,11 +19,12 @@
 # For each relay: Postfix's smtp-source sends MESSAGES messages over SESSIONS parallel sessions
 # into the relay, which delivers them to Postfix's smtp-sink (a fresh one per relay, dumping
 # every message to a file). Both relays keep their normal durable queue: the deliverypool
-# spool (SQLite, WAL, synchronous=FULL) and Postfix's queue (fsynced files). While the load
-# runs, a probe client sends PROBES messages at a steady pace and notes when each one's body
-# went out (after the 354); the time it reached the sink (its dump file's mtime) minus that is
-# its latency (the body, the relay's commit and delivery; both times on the kernel's coarse
-# clock, so to a tick's resolution, 4 ms at HZ=250).
+# spool (SQLite, WAL, synchronous=FULL) and Postfix's queue (fsynced files). Each relay gets the
+# load twice: alone, for throughput and CPU; then again while a probe client sends PROBES
+# messages at a steady pace and notes when each one's body went out (after the 354); the time it
+# reached the sink (its dump file's mtime) minus that is its latency (the body, the relay's
+# commit and delivery; both times on the kernel's coarse clock, so to a tick's resolution, 4 ms
+# at HZ=250). The second run's CPU per message, probes counted, is printed beside the first's.
 #
 # For each size in SIZES (bytes; default 2 KiB, 20 KiB, 100 KiB, 1 MiB), both relays run in turn
 # on the same load. Printed, one row per size: messages per second from the first message sent
@@ -238,6 +239,26 @@ messages_for() { # size -> messages: a few seconds of load per run
     if [ "$1" -le 20480 ]; then echo 3000; elif [ "$1" -le 102400 ]; then echo 1500; else echo 300; fi
 }
 
+load_phase() { # name port dump size messages match probes out: one load, the usage around it
+    local name=$1 port=$2 dump=$3 size=$4 messages=$5 match=$6 probes=$7 out=$8
+    local probe="" start_ns end_ns
+    "$PY" benches/relay_probe.py usage --match "$match" --out "$out.before"
+    if [ "$probes" -gt 0 ]; then
+        "$PY" benches/relay_probe.py send --port "$port" --count "$probes" --out "$out.probes" --timeout "$TIMEOUT" &
+        probe=$!
+    else
+        echo "[]" >"$out.probes"
+    fi
+    start_ns=$(date +%s%N)
+    timeout "$TIMEOUT" smtp-source -s "$SESSIONS" -m "$messages" -l "$size" -f sender@bench.test -t rcpt@sink.test "127.0.0.1:$port"
+    end_ns=$(date +%s%N)
+    [ -z "$probe" ] || wait "$probe"
+    "$PY" benches/relay_probe.py collect --dump "$dump" --probes "$out.probes" \
+        --messages "$messages" --start-ns "$start_ns" --accepted-ns "$end_ns" --timeout "$TIMEOUT" \
+        --name "$name" --size "$size" --out "$out" --usage-before "$out.before" --usage-match "$match"
+    find "$dump" -type f -delete  # the sink keeps running; the next phase counts its own messages
+}
+
 run_case() { # name port sink-port start-function stop-function size match run
     local name=$1 port=$2 sink_port=$3 start=$4 stop=$5 size=$6 match=$7 run=$8
     local messages
@@ -246,19 +267,15 @@ run_case() { # name port sink-port start-function stop-function size match run
     start_sink "$sink_port" "$dump"
     local sink_pid=${PIDS[-1]}
     "$start"
-    echo "== $name: $messages messages of $size bytes over $SESSIONS sessions, $PROBES latency probes (run $run of $RUNS)"
-    "$PY" benches/relay_probe.py usage --match "$match" --out "$WORK/$name-$size-before.json"
-    "$PY" benches/relay_probe.py send --port "$port" --count "$PROBES" --out "$WORK/$name-$size-probes.json" --timeout "$TIMEOUT" &
-    local probe=$!
-    local start_ns end_ns
-    start_ns=$(date +%s%N)
-    timeout "$TIMEOUT" smtp-source -s "$SESSIONS" -m "$messages" -l "$size" -f sender@bench.test -t rcpt@sink.test "127.0.0.1:$port"
-    end_ns=$(date +%s%N)
-    wait "$probe"
-    "$PY" benches/relay_probe.py collect --dump "$dump" --probes "$WORK/$name-$size-probes.json" \
-        --messages "$messages" --start-ns "$start_ns" --accepted-ns "$end_ns" --timeout "$TIMEOUT" \
-        --name "$name" --size "$size" --out "$WORK/$name-$size-$run-result.json" \
-        --usage-before "$WORK/$name-$size-before.json" --usage-match "$match"
+    # Twice on the same relay: the load alone, for throughput and CPU per message; then the same
+    # load again with the latency probes. A probe is a message on its own, which costs either
+    # relay 1.3-1.6 ms of CPU; counted in the first run, the probes would add a fixed ~150 ms to
+    # both relays' CPU, half a millisecond per message of the 300 at 1 MiB.
+    echo "== $name: $messages messages of $size bytes over $SESSIONS sessions (run $run of $RUNS), then again with $PROBES latency probes"
+    load_phase "$name" "$port" "$dump" "$size" "$messages" "$match" 0 "$WORK/$name-$size-$run-load.json"
+    load_phase "$name" "$port" "$dump" "$size" "$messages" "$match" "$PROBES" "$WORK/$name-$size-$run-latency.json"
+    "$PY" benches/relay_probe.py combine --load "$WORK/$name-$size-$run-load.json" --latency "$WORK/$name-$size-$run-latency.json" \
+        --out "$WORK/$name-$size-$run-result.json"
     "$stop"
     kill "$sink_pid" 2>/dev/null || true
     wait "$sink_pid" 2>/dev/null || true

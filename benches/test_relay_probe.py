@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from benches.relay_probe import summarize, table
+from benches.relay_probe import combine, summarize, table
 
 RESULT = {
     "size": 2048, "messages_per_second": 500.0, "latency_p50_ms": 1.0, "latency_p99_ms": 2.0, "cpu_ms_per_message": 1.0,
@@ -56,3 +56,24 @@ def test_the_figures_of_a_run_count_the_load_and_time_the_probes_from_their_star
     assert (result["delivered"], result["lost"]) == (900, 1)
     assert result["latency_p50_ms"] == pytest.approx(4.0)
     assert result["messages_per_second"] == pytest.approx(450.0)
+
+
+def test_a_run_takes_cpu_and_throughput_from_the_load_alone_and_latency_from_the_probed_load(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    load = dict(RESULT, cpu_ms_per_message=2.0, messages_per_second=280.0, lost=1, duplicates=0, probes=0)
+    load.update(latency_p50_ms=float("nan"), latency_p99_ms=float("nan"))
+    probed = dict(RESULT, cpu_ms_per_message=2.5, messages_per_second=250.0, latency_p50_ms=3.0, latency_p99_ms=90.0, lost=0, duplicates=2, probes=100)
+    result = combine(load, probed)
+    assert (result["cpu_ms_per_message"], result["messages_per_second"]) == (2.0, 280.0)
+    assert (result["latency_p50_ms"], result["latency_p99_ms"], result["probes"]) == (3.0, 90.0, 100)
+    assert (result["lost"], result["duplicates"]) == (1, 2)  # either run's losses count
+    assert (result["cpu_ms_per_message_with_probes"], result["messages_per_second_with_probes"]) == (2.5, 250.0)
+    paths = []
+    for name, one in (("dp", result), ("pf", dict(RESULT, cpu_ms_per_message=6.0))):  # a result from before: no probed figure
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(one))
+        paths.append(str(path))
+    assert table(paths) == 0
+    row = capsys.readouterr().out.splitlines()[-1]
+    assert "| 2.00 / 6.00 | **0.33** | 2.50 / nan |" in row
