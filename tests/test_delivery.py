@@ -612,13 +612,13 @@ def test_in_flow_delay_bounds_the_wait_and_zero_turns_it_off(aio_run: Run, tmp_p
 
 
 def test_delivery_lets_one_waiting_mail_in_per_body_that_leaves(aio_run: Run, tmp_path: Path) -> None:
-    """`DeliveryEngine.behind` and `caught_up`: behind past an eighth of the memory budget held
+    """`DeliveryEngine.behind` and `caught_up`: behind past an eighth of the memory budget waiting
     in lanes that are taking work, not counting a stalled lane; a body leaving lets one waiting
     MAIL in (Postfix's tokens; waking every waiter would let a burst in); a wait ends False at
     its timeout, and every wait ends False when delivery stops."""
     import time
 
-    from deliverypool.outbound.scheduler import DeliveryEngine, _Lane, _Work
+    from deliverypool.outbound.scheduler import DeliveryEngine, _Lane
     from deliverypool.queue.spool import Spool
 
     async def main() -> None:
@@ -627,8 +627,11 @@ def test_delivery_lets_one_waiting_mail_in_per_body_that_leaves(aio_run: Run, tm
         flowing, stalled = _Lane(conf.pools["normal"], "flowing"), _Lane(conf.pools["normal"], "stalled")
         engine._lanes.update({("normal", "flowing"): flowing, ("normal", "stalled"): stalled})
         job: Any = None
-        works = [_Work(job, engine._hold(b"x" * 60, flowing)) for _ in range(2)]
-        stuck = _Work(job, engine._hold(b"x" * 300, stalled))
+        for _ in range(2):
+            engine._put(flowing, job, b"x" * 60)
+        engine._put(stalled, job, b"x" * 300)
+        works, (stuck,) = list(flowing.queue), list(stalled.queue)
+        assert (engine.queued, flowing.queued, stalled.queued) == (420, 120, 300)
         assert (engine.held, flowing.held, stalled.held) == (420, 120, 300)
         assert not engine.behind  # nothing has taken work: both lanes count as stalled
         flowing.took = time.monotonic()
@@ -637,7 +640,7 @@ def test_delivery_lets_one_waiting_mail_in_per_body_that_leaves(aio_run: Run, tm
         await asyncio.sleep(0)
         engine._release(works[0], flowing)
         await asyncio.sleep(0)
-        assert engine.held == 360 and not engine.behind  # the stalled lane's 300 do not count
+        assert engine.queued == 360 and not engine.behind  # the stalled lane's 300 do not count
         assert [w.done() for w in waits] == [True, False, False] and waits[0].result() is True
         engine._release(works[1], flowing)
         await asyncio.sleep(0)
@@ -646,13 +649,49 @@ def test_delivery_lets_one_waiting_mail_in_per_body_that_leaves(aio_run: Run, tm
         assert engine.behind  # taking work again: it counts
         assert await engine.caught_up(0.01) is False  # nothing leaves: the timeout
         engine._release(stuck, stalled)
-        assert engine.held == 0 and (flowing.held, stalled.held) == (0, 0)
+        engine._release(stuck, stalled)  # released twice (a lane failed as it stopped): counted once
+        assert (engine.queued, engine.held) == (0, 0) and (flowing.queued, stalled.queued, flowing.held, stalled.held) == (0, 0, 0, 0)
         assert await waits[2] is True
         last = asyncio.ensure_future(engine.caught_up(30))
         await asyncio.sleep(0)
         await engine.stop()
         assert await last is False
         assert await engine.caught_up(30) is False  # stopped: at once
+
+    aio_run(main())
+
+
+def test_bodies_not_held_count_and_a_lane_that_stalls_lets_the_waits_go(aio_run: Run, tmp_path: Path) -> None:
+    """Flow control counts the bodies of waiting work whether held in memory or not: past a
+    budget that a stalled lane filled, a flowing lane's bodies (and a body file sent back after
+    an attempt) are not held but still make delivery behind. When the lane they wait on
+    stalls, `behind` turns false with no body leaving: the waiting MAILs go then, not at their
+    in_flow_delay."""
+    import time
+
+    from deliverypool.outbound.scheduler import DeliveryEngine, _Lane
+    from deliverypool.queue.spool import BodyFile, Spool
+
+    async def main() -> None:
+        conf = relay_config(tmp_path / "spool", smarthost="127.0.0.20:25")
+        engine = DeliveryEngine(conf, Spool(tmp_path / "spool"), mx=None, route_dsn=classify, memory_budget=800)
+        flowing, stalled = _Lane(conf.pools["normal"], "flowing"), _Lane(conf.pools["normal"], "stalled")
+        engine._lanes.update({("normal", "flowing"): flowing, ("normal", "stalled"): stalled})
+        job: Any = None
+        engine._put(stalled, job, b"x" * 750)  # a stalled destination fills the memory budget
+        engine._put(flowing, job, b"x" * 80)
+        engine._put(flowing, job, BodyFile(tmp_path / "body", 40), front=True)
+        assert (flowing.held, flowing.queued, engine.queued) == (0, 120, 870)
+        assert [w.body for w in flowing.queue] == [None, None] and [w.size for w in flowing.queue] == [40, 80]
+        engine.stalled_after = 0.2
+        flowing.took = time.monotonic()
+        assert engine.behind  # 120 waiting bytes in a flowing lane, none of them held
+        waits = [asyncio.ensure_future(engine.caught_up(60)) for _ in range(2)]
+        # The flowing lane takes nothing more: it stalls after 0.2 s and both waits end then,
+        # True (the 60 s in_flow_delay would end them False).
+        assert await asyncio.wait_for(asyncio.gather(*waits), 30) == [True, True]
+        assert not engine.behind and engine._flow_waiting == [] and engine._stall_timer is None
+        await engine.stop()
 
     aio_run(main())
 

@@ -634,9 +634,10 @@ class ListenerConfig(_Table):
         1.0,
         description=(
             "Flow control, as Postfix's in_flow_delay: while delivery is behind (the bodies of mail waiting for a "
-            "delivery connection pass an eighth of spool.memory_budget, not counting destinations whose connections "
-            "took nothing for a second), a worker answers each MAIL when a body leaves, after at most this long, so "
-            "that mail is not taken in faster than it leaves. 0 turns it off."
+            "delivery connection, in memory or not, pass an eighth of spool.memory_budget, not counting destinations "
+            "whose connections took nothing for a second), a worker answers each MAIL when a body leaves or the "
+            "destination it waits on stalls, after at most this long, so that mail is not taken in faster than it "
+            "leaves. 0 turns it off."
         ),
         json_schema_extra=_shown_default("1s"),
     )

@@ -49,8 +49,9 @@ LOCAL_FAILURE = "451 4.3.0 Local error while delivering; will retry"
 # worker's peak (a copy dot-stuffed for DATA, the transport's buffer) for a saving that is small
 # next to sending it.
 MAX_HELD_BODY = 4 * 1024 * 1024
-# Flow control (`DeliveryEngine.behind`): delivery is behind when the held bodies of work waiting
-# for a connection take more than this share of the memory budget (8 MiB of the default 64):
+# Flow control (`DeliveryEngine.behind`): delivery is behind when the bodies of work waiting for
+# a connection (held in memory or not) take more than this share of the memory budget (8 MiB of
+# the default 64):
 # enough to keep every connection fed, small enough that a burst's bodies stay in memory and
 # its body files are reused. Measured at 1 MiB (benches/README.md): a half let 1 MiB messages
 # in faster than they left; an eighth held acceptance to delivery's pace.
@@ -69,6 +70,9 @@ class _Work:
     job: Job
     body: bytes | None = None
     in_flight: bool = False
+    # Bytes of its body counted in its lane's `queued` while it waits (0: not counted, a size
+    # not known, or released).
+    size: int = 0
 
 
 @dataclass
@@ -89,9 +93,11 @@ class _Lane:
     # Messages being accepted that were promised a connection of this lane at once (see
     # `DeliveryEngine.claim_at_once`): counted as work until they are submitted.
     promised: int = 0
-    # Bytes of the bodies held for the work in `queue`, and when (time.monotonic) a connection
-    # last took work from it: flow control (`DeliveryEngine.behind`).
+    # Bytes of the bodies held in memory for the work in `queue`; bytes of the bodies of the work
+    # in `queue`, held or not, and when (time.monotonic) a connection last took work from it:
+    # flow control (`DeliveryEngine.behind`).
     held: int = 0
+    queued: int = 0
     took: float = -math.inf
     # The idle connections' waits (see `wait`).
     waiting: list[asyncio.Future[bool]] = field(default_factory=list)
@@ -166,9 +172,12 @@ class DeliveryEngine:
         # queue costs no memory per message.
         self.memory_budget = memory_budget
         self.held = 0
-        # Flow control (`behind`, `caught_up`): the waits of MAIL commands until delivery
-        # catches up.
+        # Flow control (`behind`, `caught_up`): the bytes of the bodies waiting for a connection
+        # (held or not), the waits of MAIL commands until delivery catches up, and the timer for
+        # the moment a lane they wait on would stall (`_watch_stalls`).
+        self.queued = 0
         self._flow_waiting: list[asyncio.Future[bool]] = []
+        self._stall_timer: asyncio.TimerHandle | None = None
         self.stalled_after = STALLED_AFTER
         self.spool = spool
         self.clock = clock
@@ -291,7 +300,7 @@ class DeliveryEngine:
             if lane is None:
                 lane = self._lanes[(pool.name, destination)] = _Lane(pool, destination)
             part = job if len(by_destination) == 1 else replace(job, recipients=tuple(group))
-            lane.queue.append(_Work(part, self._hold(body, lane), in_flight))
+            self._put(lane, part, body, in_flight=in_flight)
             lane.wake()
             if lane.active < pool.max_connections_per_destination and len(lane.queue) > lane.idle:
                 lane.active += 1
@@ -307,16 +316,29 @@ class DeliveryEngine:
         lane.held += len(body)
         return body
 
-    def _again(self, job: Job, body: bytes | BodyFile, lane: _Lane) -> _Work:
-        """Work for `job` back in `lane` after an attempt that did not finish it, its body held
-        again when it was in memory (and the budget has room)."""
-        return _Work(job, self._hold(body if isinstance(body, bytes) else None, lane))
+    def _put(self, lane: _Lane, job: Job, body: bytes | BodyFile | None, *, in_flight: bool = False, front: bool = False) -> None:
+        """Work for `job` into `lane`, at the `front` when it comes back after an attempt that
+        did not finish it: its body held when it is in memory (and the budget has room), its
+        size counted for flow control while it waits (`behind`) whether held or not."""
+        size = len(body) if isinstance(body, bytes) else 0 if body is None else body.size
+        work = _Work(job, self._hold(body if isinstance(body, bytes) else None, lane), in_flight, size)
+        self.queued += size
+        lane.queued += size
+        if front:
+            lane.queue.appendleft(work)
+        else:
+            lane.queue.append(work)
 
     def _release(self, work: _Work, lane: _Lane) -> None:
+        """`work` leaves its lane's queue: its held body and its size are no longer counted."""
         if work.body is not None:
             self.held -= len(work.body)
             lane.held -= len(work.body)
             work.body = None
+        if work.size:
+            self.queued -= work.size
+            lane.queued -= work.size
+            work.size = 0
             # One MAIL in per body out, as Postfix's tokens: waking every waiter at once would
             # let a burst in and put delivery behind again.
             while self._flow_waiting and not self.behind:
@@ -329,24 +351,53 @@ class DeliveryEngine:
 
     @property
     def behind(self) -> bool:
-        """Delivery is behind acceptance: the held bodies of work waiting for a connection, in
-        lanes whose connections are taking work (not stalled: STALLED_AFTER), take more than a
-        FLOW_SHARE of the memory budget. Mail taken in faster than it leaves costs more per
-        message (past the budget bodies are read back from the spool, large ones need new
-        files; at 1 MiB, a quarter more CPU in benches/README.md), so the listener holds each
-        MAIL (`listener.in_flow_delay`, like Postfix's in_flow_delay)."""
+        """Delivery is behind acceptance: the bodies of work waiting for a connection (held in
+        memory or not: a body too large to hold, or past a budget that stalled lanes filled,
+        counts as well), in lanes whose connections are taking work (not stalled:
+        STALLED_AFTER), take more than a FLOW_SHARE of the memory budget. Mail taken in faster
+        than it leaves costs more per message (past the budget bodies are read back from the
+        spool, large ones need new files; at 1 MiB, a quarter more CPU in benches/README.md),
+        so the listener holds each MAIL (`listener.in_flow_delay`, like Postfix's
+        in_flow_delay)."""
         limit = self.memory_budget // FLOW_SHARE
-        if self.held <= limit:
+        if self.queued <= limit:
             return False
         since = time.monotonic() - self.stalled_after
-        return sum(lane.held for lane in self._lanes.values() if lane.took > since) > limit
+        return sum(lane.queued for lane in self._lanes.values() if lane.took > since) > limit
 
     async def caught_up(self, timeout: float) -> bool:
         """Until delivery is no longer `behind` (True) or `timeout` seconds (False; also
         False at once when delivery stops)."""
         if self._stopping:
             return False
+        self._watch_stalls()
         return await _wait(self._flow_waiting, timeout)
+
+    def _watch_stalls(self) -> None:
+        """While MAILs wait, a timer for the moment the next lane that counts would stall:
+        `behind` may turn false then with no body leaving, and the waits end at that moment
+        rather than at their `in_flow_delay`."""
+        if self._stall_timer is not None:
+            return
+        now = time.monotonic()
+        since = now - self.stalled_after
+        took = [lane.took for lane in self._lanes.values() if lane.queued and lane.took > since]
+        if took:
+            # A hair late, so that the lane has stalled by then on any clock.
+            delay = min(took) + self.stalled_after - now + 0.01
+            self._stall_timer = asyncio.get_running_loop().call_later(delay, self._on_stall)
+
+    def _on_stall(self) -> None:
+        self._stall_timer = None
+        if not self._flow_waiting:
+            return
+        if self.behind:
+            self._watch_stalls()
+            return
+        # No longer behind because a lane stalled, not because a body left: no body will come
+        # out to let them in one by one, so every wait ends.
+        waiting, self._flow_waiting = self._flow_waiting, []
+        _wake(waiting)
 
     def _spawn(self, coroutine: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coroutine)
@@ -382,6 +433,9 @@ class DeliveryEngine:
         self._stopping = True
         waiting, self._flow_waiting = self._flow_waiting, []
         _wake(waiting, False)
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
         for handle in self._timers:
             handle.cancel()
         self._timers.clear()
@@ -498,18 +552,18 @@ class DeliveryEngine:
             # limit: not one more message from it. The work goes back to the front; the next
             # connection binds another address of the pool.
             log.info("pool=%s source=%s drained or at its warm-up limit: closing the connection to %s", lane.pool.name, session.source, session.host)
-            lane.queue.appendleft(self._again(job, body, lane))
+            self._put(lane, job, body, front=True)
             return False
         attempt = await send(session, job.sender, job.recipients, body, self.spool)
         if attempt.reconnect:
-            lane.queue.appendleft(self._again(job, body, lane))
+            self._put(lane, job, body, front=True)
             return False
         if attempt.untried:
             # The server takes no more recipients in this transaction: the rest go first in the
             # next one, on this connection, without counting an attempt.
             untried = set(attempt.untried)
             rest = tuple(r for r in job.recipients if r[0] in untried)
-            lane.queue.appendleft(self._again(replace(job, recipients=rest), body, lane))
+            self._put(lane, replace(job, recipients=rest), body, front=True)
             work = _Work(replace(job, recipients=tuple(r for r in job.recipients if r[0] not in untried)))
         self._log(work, lane, session.source, session.host, attempt.final, attempt.replies)
         # Outcomes commit in the background: the connection moves on to the next message.
