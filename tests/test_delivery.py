@@ -611,6 +611,19 @@ def test_in_flow_delay_bounds_the_wait_and_zero_turns_it_off(aio_run: Run, tmp_p
     aio_run(main())
 
 
+def _two_lanes(tmp_path: Path) -> tuple[Any, Any, Any]:
+    """A delivery engine with an 800-byte memory budget (behind past 100 bytes) and two lanes of
+    the normal pool, "flowing" and "stalled", that have taken no work yet."""
+    from deliverypool.outbound.scheduler import DeliveryEngine, _Lane
+    from deliverypool.queue.spool import Spool
+
+    conf = relay_config(tmp_path / "spool", smarthost="127.0.0.20:25")
+    engine = DeliveryEngine(conf, Spool(tmp_path / "spool"), mx=None, route_dsn=classify, memory_budget=800)
+    flowing, stalled = _Lane(conf.pools["normal"], "flowing"), _Lane(conf.pools["normal"], "stalled")
+    engine._lanes.update({("normal", "flowing"): flowing, ("normal", "stalled"): stalled})
+    return engine, flowing, stalled
+
+
 def test_delivery_lets_one_waiting_mail_in_per_body_that_leaves(aio_run: Run, tmp_path: Path) -> None:
     """`DeliveryEngine.behind` and `caught_up`: behind past an eighth of the memory budget waiting
     in lanes that are taking work, not counting a stalled lane; a body leaving lets one waiting
@@ -618,14 +631,8 @@ def test_delivery_lets_one_waiting_mail_in_per_body_that_leaves(aio_run: Run, tm
     its timeout, and every wait ends False when delivery stops."""
     import time
 
-    from deliverypool.outbound.scheduler import DeliveryEngine, _Lane
-    from deliverypool.queue.spool import Spool
-
     async def main() -> None:
-        conf = relay_config(tmp_path / "spool", smarthost="127.0.0.20:25")
-        engine = DeliveryEngine(conf, Spool(tmp_path / "spool"), mx=None, route_dsn=classify, memory_budget=800)
-        flowing, stalled = _Lane(conf.pools["normal"], "flowing"), _Lane(conf.pools["normal"], "stalled")
-        engine._lanes.update({("normal", "flowing"): flowing, ("normal", "stalled"): stalled})
+        engine, flowing, stalled = _two_lanes(tmp_path)
         job: Any = None
         for _ in range(2):
             engine._put(flowing, job, b"x" * 60)
@@ -669,14 +676,10 @@ def test_bodies_not_held_count_and_a_lane_that_stalls_lets_the_waits_go(aio_run:
     in_flow_delay."""
     import time
 
-    from deliverypool.outbound.scheduler import DeliveryEngine, _Lane
-    from deliverypool.queue.spool import BodyFile, Spool
+    from deliverypool.queue.spool import BodyFile
 
     async def main() -> None:
-        conf = relay_config(tmp_path / "spool", smarthost="127.0.0.20:25")
-        engine = DeliveryEngine(conf, Spool(tmp_path / "spool"), mx=None, route_dsn=classify, memory_budget=800)
-        flowing, stalled = _Lane(conf.pools["normal"], "flowing"), _Lane(conf.pools["normal"], "stalled")
-        engine._lanes.update({("normal", "flowing"): flowing, ("normal", "stalled"): stalled})
+        engine, flowing, stalled = _two_lanes(tmp_path)
         job: Any = None
         engine._put(stalled, job, b"x" * 750)  # a stalled destination fills the memory budget
         engine._put(flowing, job, b"x" * 80)
