@@ -155,6 +155,44 @@ def test_the_bus_drops_for_a_full_subscriber_and_never_blocks() -> None:
     assert (fast, dropped, fast_dropped) == (10, 6, 0)
 
 
+def test_an_idle_subscriber_sleeps_until_an_event_comes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With nothing published, a subscriber's task waits with no timer (a timer per subscriber
+    woke every idle worker 20 times a second per subscriber); the first event wakes it, and
+    the events of a batch still reach the handler together, after the bus's latency."""
+    from deliverypool.observe import events
+
+    timed_waits = 0
+    real_wait_for = asyncio.wait_for
+
+    async def counting_wait_for(awaitable: Any, timeout: float | None) -> Any:
+        nonlocal timed_waits
+        timed_waits += 1
+        return await real_wait_for(awaitable, timeout)
+
+    monkeypatch.setattr(events.asyncio, "wait_for", counting_wait_for)
+
+    async def main() -> None:
+        bus = EventBus(latency=0.01)
+        seen: list[object] = []
+        bus.subscribe("batched", seen.append)
+        await bus.start()
+        await asyncio.sleep(0.3)  # thirty latencies of nothing
+        assert timed_waits == 0 and seen == []
+        event = MessageAccepted(0.0, "Q", None, "normal", (), None, 1, None)
+        bus.publish(event)
+        bus.publish(event)  # within the first one's latency: the same batch
+        for _ in range(500):
+            if len(seen) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert seen == [event, event] and timed_waits == 1
+        await asyncio.sleep(0.3)  # idle again: asleep again
+        assert timed_waits == 1
+        await bus.stop()
+
+    asyncio.run(main())
+
+
 def test_the_event_log_writes_json_lines_and_rotates(tmp_path: Any) -> None:
     import json
 

@@ -3,8 +3,9 @@ subscriber (metrics, the surge monitor's DSN windows, the event log, and later f
 instead of calls added into the engine.
 
 `EventBus.publish` never blocks and never raises: each subscriber has a bounded queue and a
-task of its own that hands it the events, every `latency` seconds (50 ms) or as soon as its
-queue is half full: publishing costs a queue append, not a task switch per event (waking each
+task of its own that hands it the events `latency` seconds (50 ms) after the first of a batch
+arrived, or as soon as its queue is half full, and sleeps while there are none: publishing
+costs a queue append, not a task switch per event (waking each
 subscriber for each event cost 14% of the relay's CPU per message; see benches/README.md). When a subscriber falls behind, its queue fills and
 further events for it are dropped and counted (``dropped``); when it raises, the error is
 logged and counted (``errors``) and it gets the next event. Acceptance is never held up.
@@ -317,19 +318,24 @@ class Subscription:
             self.dropped += 1
             return
         queue.append(event)
-        if len(queue) == self.size // 2:
+        if len(queue) == 1 or len(queue) == self.size // 2:
             self.wakeup.set()
 
     async def run(self) -> None:
         while True:
+            if not self.queue:
+                # Idle: asleep until the first event, with no timer (a timer per subscriber woke an
+                # idle worker 120 times a second).
+                self.wakeup.clear()
+                await self.wakeup.wait()
             if len(self.queue) < self.size // 2:
+                # The first event waits up to `latency` for others to join it, or until the queue
+                # is half full: one task switch per batch, not per event.
                 self.wakeup.clear()
                 try:
                     await asyncio.wait_for(self.wakeup.wait(), self.latency)
                 except asyncio.TimeoutError:
                     pass
-            if not self.queue:
-                continue
             for _ in range(min(_BATCH, len(self.queue))):
                 event = self.queue.popleft()
                 try:
