@@ -5,10 +5,11 @@ instead of calls added into the engine.
 `EventBus.publish` never blocks and never raises: each subscriber has a bounded queue and a
 task of its own that hands it the events `latency` seconds (50 ms) after the first of a batch
 arrived, or as soon as its queue is half full, and sleeps while there are none: publishing
-costs a queue append, not a task switch per event (waking each
-subscriber for each event cost 14% of the relay's CPU per message; see benches/README.md). When a subscriber falls behind, its queue fills and
-further events for it are dropped and counted (``dropped``); when it raises, the error is
-logged and counted (``errors``) and it gets the next event. Acceptance is never held up.
+costs a queue append, not a task switch per event (waking each subscriber for each event cost
+14% of the relay's CPU per message; see benches/README.md). When a subscriber falls behind, its
+queue fills and further events for it are dropped and counted (``dropped``); when it raises,
+the error is logged and counted (``errors``) and it gets the next event. Acceptance is never
+held up.
 
 Events are frozen dataclasses with a ``kind`` and the time ``at`` (seconds since the epoch,
 from the observer's clock); `as_json` gives the JSON object the event log writes.
