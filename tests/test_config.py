@@ -207,6 +207,28 @@ def test_unknown_top_level_key_and_bad_toml() -> None:
         cfg.loads("")
 
 
+def test_the_spools_defaults_are_the_librarys_defaults() -> None:
+    """A Spool or DeliveryEngine built without a configuration (embedding) gets the same reserve,
+    spent-file budget and memory budget as a relay whose file leaves them out, and the schema
+    shows each default as a size that parses back to it."""
+    import inspect
+
+    from deliverypool.config.units import parse_size
+    from deliverypool.outbound.scheduler import DeliveryEngine
+    from deliverypool.queue.spool import Spool
+
+    spool = cfg.loads(MINIMAL).spool
+    library = {
+        "reserve": inspect.signature(Spool).parameters["reserve"].default,
+        "spent_files": inspect.signature(Spool).parameters["spent_files"].default,
+        "memory_budget": inspect.signature(DeliveryEngine).parameters["memory_budget"].default,
+    }
+    schema = json.loads(schema_text())["$defs"]["SpoolConfig"]["properties"]
+    for key, default in library.items():
+        assert getattr(spool, key) == default, key
+        assert parse_size(schema[key]["default"]) == default, key
+
+
 def test_load_resolves_the_spool_relative_to_the_file(tmp_path: Path) -> None:
     path = tmp_path / "relay.toml"
     path.write_text(MINIMAL + '[spool]\ndirectory = "queue"\n')
