@@ -153,7 +153,7 @@ def summarize(
         machine = after["machine_busy_seconds"] - before["machine_busy_seconds"]
         rss, pss = after["peak_rss_mib"], after["pss_mib"]
     # Per message of the load. With probes running, their CPU is counted too: each is a message
-    # on its own, which costs either relay about 1.3-1.6 ms (benches/README.md, session 13), so
+    # on its own, which costs either relay about 1.2-1.8 ms (benches/README.md, session 13), so
     # 100 probes weigh ~0.5 ms on each of 300 messages of 1 MiB. relay_vs_postfix.sh therefore
     # takes CPU and throughput from a run of the load alone (`combine`).
     handled = max(1, len(load_arrivals))

@@ -269,7 +269,7 @@ run_case() { # name port sink-port start-function stop-function size match run
     "$start"
     # Twice on the same relay: the load alone, for throughput and CPU per message; then the same
     # load again with the latency probes. A probe is a message on its own, which costs either
-    # relay 1.3-1.6 ms of CPU; counted in the first run, the probes would add a fixed ~150 ms to
+    # relay 1.2-1.8 ms of CPU; counted in the first run, the probes would add a fixed ~150 ms to
     # both relays' CPU, half a millisecond per message of the 300 at 1 MiB.
     echo "== $name: $messages messages of $size bytes over $SESSIONS sessions (run $run of $RUNS), then again with $PROBES latency probes"
     load_phase "$name" "$port" "$dump" "$size" "$messages" "$match" 0 "$WORK/$name-$size-$run-load.json"
