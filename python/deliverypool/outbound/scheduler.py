@@ -93,10 +93,9 @@ class _Lane:
     # Messages being accepted that were promised a connection of this lane at once (see
     # `DeliveryEngine.claim_at_once`): counted as work until they are submitted.
     promised: int = 0
-    # Bytes of the bodies held in memory for the work in `queue`; bytes of the bodies of the work
-    # in `queue`, held or not, and when (time.monotonic) a connection last took work from it:
-    # flow control (`DeliveryEngine.behind`).
-    held: int = 0
+    # Bytes of the bodies of the work in `queue`, held in memory or not, and when
+    # (time.monotonic) a connection last took work from it: flow control
+    # (`DeliveryEngine.behind`).
     queued: int = 0
     took: float = -math.inf
     # The idle connections' waits (see `wait`).
@@ -307,13 +306,12 @@ class DeliveryEngine:
                 self._idle.clear()
                 self._spawn(self._worker(lane))
 
-    def _hold(self, body: bytes | None, lane: _Lane) -> bytes | None:
+    def _hold(self, body: bytes | None) -> bytes | None:
         """`body` if it is at most MAX_HELD_BODY and the memory budget has room for it (then
-        counted, in all and for `lane`), else None."""
+        counted), else None."""
         if body is None or len(body) > MAX_HELD_BODY or self.held + len(body) > self.memory_budget:
             return None
         self.held += len(body)
-        lane.held += len(body)
         return body
 
     def _put(self, lane: _Lane, job: Job, body: bytes | BodyFile | None, *, in_flight: bool = False, front: bool = False) -> None:
@@ -321,7 +319,7 @@ class DeliveryEngine:
         did not finish it: its body held when it is in memory (and the budget has room), its
         size counted for flow control while it waits (`behind`) whether held or not."""
         size = len(body) if isinstance(body, bytes) else 0 if body is None else body.size
-        work = _Work(job, self._hold(body if isinstance(body, bytes) else None, lane), in_flight, size)
+        work = _Work(job, self._hold(body if isinstance(body, bytes) else None), in_flight, size)
         self.queued += size
         lane.queued += size
         if front:
@@ -333,7 +331,6 @@ class DeliveryEngine:
         """`work` leaves its lane's queue: its held body and its size are no longer counted."""
         if work.body is not None:
             self.held -= len(work.body)
-            lane.held -= len(work.body)
             work.body = None
         if work.size:
             self.queued -= work.size
